@@ -1,0 +1,66 @@
+"""optx: composable JAX/Optax gradient transformations for recent optimizer papers.
+
+Every optimizer is an ``optax.GradientTransformationExtraArgs`` built as an
+``optax.chain`` of small primitives; matrix methods route hidden matrices by
+key path (:class:`optx.Router`) and see them through explicit layouts
+(:class:`optx.MatrixLayout`). See README.md for the method table.
+"""
+
+__version__ = "0.1.0"
+
+# Foundation: contract helpers, layouts, routing, sharding, registry.
+from optx._src.accumulation import AccumulateGradientsState, accumulate_gradients
+
+# Optimizers (each module registers its optimizers on import).
+from optx._src.aliases.elementwise import adamw
+from optx._src.aliases.orthogonalized import muon, normuon
+from optx._src.base import path_to_str
+from optx._src.layouts import (
+    ATTENTION_IN,
+    ATTENTION_OUT,
+    DENSE,
+    MatrixLayout,
+    ResolvedLayout,
+    conv_layout,
+    from_matrices,
+    resolve_layout,
+    to_matrices,
+)
+
+# Primitives.
+from optx._src.moments import ScaleByMomentumState, scale_by_adam, scale_by_momentum
+from optx._src.normalization import (
+    ScaleByAxisRmsState,
+    preserve_frobenius_norm,
+    scale_by_column_rms,
+    scale_by_row_rms,
+    scale_by_shape,
+    scale_to_rms,
+)
+from optx._src.orthogonalization import (
+    NS_PRESETS,
+    NewtonSchulzCoefficients,
+    newton_schulz,
+    polar_express_coefficients,
+    scale_by_newton_schulz,
+)
+from optx._src.registry import (
+    ExtraArgsContext,
+    OptimizerSpec,
+    get_optimizer,
+    list_optimizers,
+    register,
+    registered_specs,
+)
+from optx._src.routing import (
+    Assignment,
+    Router,
+    Rule,
+    default_router,
+    default_rules,
+    describe,
+    routed,
+    router_of,
+)
+from optx._src.sharding import apply_matrix_fn, state_shardings
+from optx._src.state_utils import param_count, state_bytes, state_bytes_per_param

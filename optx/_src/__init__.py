@@ -1,0 +1,1 @@
+"""optx implementation modules (private; use the flat ``optx`` namespace)."""

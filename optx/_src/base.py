@@ -1,0 +1,217 @@
+"""Shared types, argument validation and key-path helpers.
+
+Everything in optx follows the optax contract (DESIGN §1): transforms are
+``optax.GradientTransformationExtraArgs``; hyper-parameters are Python numbers,
+``jax.Array`` scalars or schedules; shapes, ranks and step counts are static
+Python values.
+
+Validation helpers here only inspect *concrete* values. Under
+``optax.inject_hyperparams`` a factory is re-run inside a trace with
+hyper-parameters as tracers, so a validator must never branch on a traced
+value: it checks what it can see (Python numbers, concrete arrays) and lets
+tracers through.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Params: TypeAlias = optax.Params
+Updates: TypeAlias = optax.Updates
+OptState: TypeAlias = optax.OptState
+ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
+KeyPath: TypeAlias = tuple[Any, ...]
+DType: TypeAlias = Any
+
+# Key-path entries that NNX (and other Variable-boxing libraries) append to
+# the path of the boxed array. They carry no meaning for routing.
+_BOX_ATTRS = frozenset({"value", "raw_value"})
+
+
+def _concrete_float(value: Any) -> float | None:
+    """Returns ``float(value)`` when it is a concrete scalar, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0:
+        return float(value)
+    if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer) and value.ndim == 0:
+        return float(value)
+    return None
+
+
+def check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
+    """Validates a static integer hyper-parameter (a rank, a step count...).
+
+    Raises:
+      TypeError: if ``value`` is not a Python/NumPy integer (bools and floats
+        are rejected: ``steps=5.0`` is a bug, not a request).
+      ValueError: if it is negative, or zero when ``allow_zero`` is False.
+    """
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral,)):
+        raise TypeError(
+            f"`{name}` must be a static Python int, got {value!r} of type "
+            f"{type(value).__name__}. Shapes, ranks and step counts are static in optx; "
+            "if you wrap the optimizer in optax.inject_hyperparams, list it in static_args."
+        )
+    value = int(value)
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"`{name}` must be {bound}, got {value}.")
+    return value
+
+
+def check_finite(name: str, value: Any) -> None:
+    """Raises ValueError if a concrete scalar ``value`` is NaN or infinite."""
+    v = _concrete_float(value)
+    if v is not None and not math.isfinite(v):
+        raise ValueError(f"`{name}` must be finite, got {value!r}.")
+
+
+def check_learning_rate(name: str, value: Any) -> None:
+    """Validates a learning rate: a finite scalar, an array scalar or a schedule."""
+    if value is None:
+        raise ValueError(f"`{name}` must be a number or a schedule, got None.")
+    if callable(value):
+        return
+    if isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) != 0:
+        raise ValueError(f"`{name}` must be a scalar, got an array of shape {np.shape(value)}.")
+    if _concrete_float(value) is None and not isinstance(value, (jax.Array, np.ndarray)):
+        raise TypeError(f"`{name}` must be a number or a schedule, got {type(value).__name__}.")
+    check_finite(name, value)
+
+
+def check_in_range(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = False,
+) -> None:
+    """Checks ``low <(=) value <(=) high`` when ``value`` is concrete."""
+    v = _concrete_float(value)
+    if v is None:
+        return
+    ok_low = v >= low if low_inclusive else v > low
+    ok_high = v <= high if high_inclusive else v < high
+    if not (ok_low and ok_high and math.isfinite(v)):
+        lb = "[" if low_inclusive else "("
+        hb = "]" if high_inclusive else ")"
+        raise ValueError(f"`{name}` must be in {lb}{low}, {high}{hb}, got {value!r}.")
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+    """Checks ``value >= 0`` (and finite) when ``value`` is concrete."""
+    v = _concrete_float(value)
+    if v is None:
+        return
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raises ValueError if ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
+
+
+def canonicalize_dtype(dtype: DType | None) -> jnp.dtype | None:
+    """``None`` stays None; anything else becomes a canonical ``jnp.dtype``."""
+    if dtype is None:
+        return None
+    return jax.dtypes.canonicalize_dtype(dtype)
+
+
+# ----------------------------------------------------------------------------
+# Key paths
+# ----------------------------------------------------------------------------
+
+
+def path_entry_name(entry: Any) -> str:
+    """The human-readable name of one ``jax.tree_util`` key-path entry."""
+    if isinstance(entry, jax.tree_util.DictKey):
+        return str(entry.key)
+    if isinstance(entry, jax.tree_util.GetAttrKey):
+        return str(entry.name)
+    if isinstance(entry, jax.tree_util.SequenceKey):
+        return str(entry.idx)
+    if isinstance(entry, jax.tree_util.FlattenedIndexKey):
+        return str(entry.key)
+    return str(entry)
+
+
+def strip_box_entries(path: KeyPath) -> KeyPath:
+    """Drops trailing ``.value`` attribute entries added by NNX Variables.
+
+    Only *attribute* entries are dropped: a dict key named ``"value"`` (an
+    attention value projection, say) is kept.
+    """
+    path = tuple(path)
+    while path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name in _BOX_ATTRS:
+        path = path[:-1]
+    return path
+
+
+def path_to_str(path: KeyPath) -> str:
+    """``('blocks', 0, 'attn', 'kernel', .value)`` -> ``'blocks/0/attn/kernel'``."""
+    return "/".join(path_entry_name(e) for e in strip_box_entries(path))
+
+
+def is_leaf_or_none(x: Any) -> bool:
+    """``is_leaf`` for trees that may hold ``None`` leaves (optax convention)."""
+    return x is None
+
+
+def flatten_with_paths(tree: Any) -> tuple[list[tuple[str, Any]], Any]:
+    """Flattens ``tree`` into ``[(path_str, leaf)]`` and its treedef.
+
+    ``optax.MaskedNode`` subtrees contribute no leaves (they have no children),
+    so a tree masked by ``optax.masked``/``optax.partition`` flattens to the
+    unmasked leaves with their full, original paths.
+    """
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    return [(path_to_str(p), leaf) for p, leaf in leaves_with_path], treedef
+
+
+def tree_map_with_path_str(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    """``jax.tree.map`` where ``fn`` receives the '/'-joined path string first."""
+    return jax.tree_util.tree_map_with_path(lambda p, x, *r: fn(path_to_str(p), x, *r), tree, *rest)
+
+
+def check_same_structure(name_a: str, tree_a: Any, name_b: str, tree_b: Any) -> None:
+    """Raises a clear ValueError when two trees do not have the same structure."""
+    sa = jax.tree_util.tree_structure(tree_a)
+    sb = jax.tree_util.tree_structure(tree_b)
+    if sa != sb:
+        raise ValueError(
+            f"`{name_a}` and `{name_b}` must have the same tree structure.\n"
+            f"  {name_a}: {sa}\n  {name_b}: {sb}"
+        )
+
+
+def unzip_tree(prefix: Any, tree_of_tuples: Any, n: int = 2) -> tuple[Any, ...]:
+    """Splits a tree whose leaves (at ``prefix``'s leaf positions) are n-tuples.
+
+    ``prefix`` fixes where the tuples sit, so tuples that are part of the
+    parameter structure itself are never confused with per-leaf results.
+    """
+    return tuple(
+        jax.tree.map(
+            lambda _, t, i=i: None if t is None else t[i],
+            prefix,
+            tree_of_tuples,
+            is_leaf=is_leaf_or_none,
+        )
+        for i in range(n)
+    )

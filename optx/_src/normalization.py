@@ -1,0 +1,310 @@
+"""Per-neuron, per-matrix and shape-dependent rescalings of matrix updates.
+
+All primitives here act in a leaf's matrix layout (:mod:`optx._src.layouts`):
+a *row* is an output neuron (statistics reduce over the reduction/fan-in
+axes), a *column* is an input feature (statistics reduce over the output axes),
+and a *matrix* is one ``(fan_in, fan_out)`` slice of the batch. Leaves without
+a layout pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optx._src import base, layouts, sharding
+from optx._src.layouts import LayoutSpec, ResolvedLayout
+
+
+class ScaleByAxisRmsState(NamedTuple):
+    """State of :func:`scale_by_row_rms` / :func:`scale_by_column_rms`.
+
+    ``nu`` holds, per matrix leaf, the EMA of the mean square with the reduced
+    axes kept as size 1 (``optax.MaskedNode()`` for leaves without a layout).
+    """
+
+    count: jax.Array
+    nu: base.Updates
+
+
+def _scale_by_axis_rms(
+    which: str,
+    beta: Any,
+    eps: Any,
+    *,
+    bias_correction: bool,
+    eps_inside_sqrt: bool,
+    layout: LayoutSpec,
+    nu_dtype: Any,
+) -> optax.GradientTransformationExtraArgs:
+    base.check_in_range(f"beta ({which} rms)", beta, 0.0, 1.0)
+    base.check_nonnegative("eps", eps)
+    nu_dtype = base.canonicalize_dtype(nu_dtype)
+
+    def axes_of(lay: ResolvedLayout) -> tuple[int, ...]:
+        return lay.reduction_axes if which == "row" else lay.output_axes
+
+    def stat_shape(lay: ResolvedLayout) -> tuple[int, ...]:
+        return lay.row_stat_shape() if which == "row" else lay.column_stat_shape()
+
+    def init_fn(params: base.Params) -> ScaleByAxisRmsState:
+        def leaf(p: Any, lay: ResolvedLayout) -> jax.Array:
+            dtype = nu_dtype or p.dtype
+            return sharding.zeros_like_spec(stat_shape(lay), dtype, p)
+
+        return ScaleByAxisRmsState(
+            count=jnp.zeros([], jnp.int32),
+            nu=layouts.init_per_matrix_state(leaf, layout, params),
+        )
+
+    def update_fn(
+        updates: base.Updates,
+        state: ScaleByAxisRmsState,
+        params: base.Params | None = None,
+        **extra: Any,
+    ) -> tuple[base.Updates, ScaleByAxisRmsState]:
+        del params, extra
+        count = optax.safe_increment(state.count)
+        if bias_correction:
+            correction = 1.0 - jnp.asarray(beta, jnp.float32) ** count.astype(jnp.float32)
+        else:
+            correction = jnp.asarray(1.0, jnp.float32)
+
+        def leaf(x: jax.Array, lay: ResolvedLayout, nu: jax.Array) -> tuple[jax.Array, jax.Array]:
+            cdt = jnp.promote_types(jnp.promote_types(x.dtype, nu.dtype), jnp.float32)
+            xc = x.astype(cdt)
+            mean_sq = jnp.mean(jnp.square(xc), axis=axes_of(lay), keepdims=True)
+            new_nu = beta * nu.astype(cdt) + (1.0 - beta) * mean_sq
+            nu_hat = new_nu / correction.astype(cdt)
+            if eps_inside_sqrt:
+                denom = jnp.sqrt(nu_hat + eps)
+            else:
+                denom = jnp.sqrt(nu_hat) + eps
+            return (xc / denom).astype(x.dtype), new_nu.astype(nu.dtype)
+
+        out = layouts.map_matrix_leaves(
+            leaf, layout, updates, state.nu, otherwise=lambda x, nu: (x, nu)
+        )
+        new_updates, new_nu = base.unzip_tree(updates, out)
+        return new_updates, ScaleByAxisRmsState(count=count, nu=new_nu)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_row_rms(
+    beta: Any = 0.95,
+    eps: Any = 1e-10,
+    *,
+    bias_correction: bool = False,
+    eps_inside_sqrt: bool = False,
+    layout: LayoutSpec = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Divides each output neuron (row) by the RMS EMA of its entries.
+
+    NorMuon's neuron-wise second moment (arXiv 2510.05491, Alg. 1 lines 7–8):
+
+    .. math::
+
+      v_t = β v_{t-1} + (1-β)\\, \\mathrm{mean}_{\\text{fan-in}}(O_t ⊙ O_t), \\qquad
+      \\hat O_t = O_t / (\\sqrt{v_t} + ε),
+
+    one scalar per output neuron (the PyTorch *row*; in a Flax ``(in, out)``
+    kernel the mean runs over axis 0). The official code uses no bias
+    correction and ε = 1e-10 outside the square root (the defaults);
+    ``bias_correction=True`` divides ``v`` by ``1 − βᵗ`` and
+    ``eps_inside_sqrt=True`` uses ``sqrt(v + ε)`` (the optax PR's form).
+
+    Args:
+      beta: EMA decay (scalar or array; injectable).
+      eps: denominator epsilon.
+      bias_correction: divide ``v`` by ``1 − βᵗ``.
+      eps_inside_sqrt: put ε inside the square root.
+      layout: a :data:`~optx.LayoutSpec`.
+      nu_dtype: dtype of ``v`` (default: the parameter dtype).
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.scale_by_row_rms(beta=0.0)
+      >>> g = {'w': jnp.array([[1.0, 4.0], [1.0, 4.0]])}   # (in=2, out=2)
+      >>> u, _ = tx.update(g, tx.init(g))
+      >>> u['w']
+      Array([[1., 1.],
+             [1., 1.]], dtype=float32)
+    """
+    return _scale_by_axis_rms(
+        "row",
+        beta,
+        eps,
+        bias_correction=bias_correction,
+        eps_inside_sqrt=eps_inside_sqrt,
+        layout=layout,
+        nu_dtype=nu_dtype,
+    )
+
+
+def scale_by_column_rms(
+    beta: Any = 0.95,
+    eps: Any = 1e-10,
+    *,
+    bias_correction: bool = False,
+    eps_inside_sqrt: bool = False,
+    layout: LayoutSpec = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """The column twin of :func:`scale_by_row_rms`: one statistic per input feature.
+
+    .. math::
+
+      v_t = β v_{t-1} + (1-β)\\, \\mathrm{mean}_{\\text{fan-out}}(O_t ⊙ O_t), \\qquad
+      \\hat O_t = O_t / (\\sqrt{v_t} + ε).
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.scale_by_column_rms(beta=0.0)
+      >>> g = {'w': jnp.array([[2.0, 2.0], [3.0, 3.0]])}
+      >>> u, _ = tx.update(g, tx.init(g))
+      >>> u['w']
+      Array([[1., 1.],
+             [1., 1.]], dtype=float32)
+    """
+    return _scale_by_axis_rms(
+        "column",
+        beta,
+        eps,
+        bias_correction=bias_correction,
+        eps_inside_sqrt=eps_inside_sqrt,
+        layout=layout,
+        nu_dtype=nu_dtype,
+    )
+
+
+def preserve_frobenius_norm(
+    inner: optax.GradientTransformation,
+    *,
+    eps: Any = 1e-10,
+    layout: LayoutSpec = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Runs ``inner`` and rescales each matrix back to its input Frobenius norm.
+
+    .. math::  \\mathrm{out} = Y \\cdot \\|X\\|_F / (\\|Y\\|_F + ε), \\quad Y = \\mathrm{inner}(X)
+
+    per matrix of the layout (NorMuon's official "norm restore" after the
+    neuron-wise normalization, so the update keeps Muon's magnitude). Leaves
+    without a layout get ``inner``'s output unchanged. The state is ``inner``'s.
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.preserve_frobenius_norm(optx.scale_by_row_rms(beta=0.0))
+      >>> g = {'w': jnp.array([[3.0, 0.0], [0.0, 4.0]])}
+      >>> u, _ = tx.update(g, tx.init(g))
+      >>> float(jnp.linalg.norm(u['w']))
+      5.0
+    """
+    base.check_nonnegative("eps", eps)
+    inner = optax.with_extra_args_support(inner)
+
+    def update_fn(
+        updates: base.Updates, state: Any, params: base.Params | None = None, **extra: Any
+    ) -> tuple[base.Updates, Any]:
+        new, new_state = inner.update(updates, state, params, **extra)
+
+        def leaf(x: jax.Array, lay: ResolvedLayout, y: jax.Array) -> jax.Array:
+            nx = jnp.sqrt(layouts.matrix_sum_of_squares(x, lay))
+            ny = jnp.sqrt(layouts.matrix_sum_of_squares(y, lay))
+            return (y.astype(nx.dtype) * (nx / (ny + eps))).astype(y.dtype)
+
+        out = layouts.map_matrix_leaves(leaf, layout, updates, new, otherwise=lambda x, y: y)
+        return out, new_state
+
+    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+
+
+SHAPE_RULES = ("keller", "moonlight", "none")
+
+
+def shape_scale(rule: str, fan_in: int, fan_out: int, rms: float = 0.2) -> float:
+    """The static scale factor of :func:`scale_by_shape` for one matrix shape."""
+    if rule == "keller":
+        return math.sqrt(max(1.0, fan_out / fan_in))
+    if rule == "moonlight":
+        return rms * math.sqrt(max(fan_in, fan_out))
+    if rule == "none":
+        return 1.0
+    raise ValueError(f"Unknown shape rule {rule!r}; choose one of {SHAPE_RULES}.")
+
+
+def scale_by_shape(
+    rule: str = "keller", *, rms: float = 0.2, layout: LayoutSpec = None
+) -> optax.GradientTransformationExtraArgs:
+    """Multiplies each matrix update by a factor of its shape.
+
+    * ``'keller'``: ``√max(1, fan_out / fan_in)`` (Keller Jordan's Muon; the
+      PyTorch ``sqrt(max(1, rows/cols))``);
+    * ``'moonlight'``: ``rms · √max(fan_in, fan_out)`` with ``rms = 0.2``, so an
+      orthogonal update has RMS ≈ 0.2 like AdamW's (Liu et al., "Muon is
+      Scalable for LLM Training", arXiv 2502.16982, Eq. 4);
+    * ``'none'``: 1.
+
+    ``fan_in``/``fan_out`` are the products of the layout's reduction/output
+    axis sizes (a conv kernel's fan-in includes its window). Keller's code
+    computes the ratio on the *4-D* conv gradient, i.e. ``kh/kw``; optx uses the
+    matrix view (documented deviation for conv kernels only). Stateless.
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.scale_by_shape('keller')
+      >>> u, _ = tx.update({'w': jnp.ones((2, 8))}, optax.EmptyState())
+      >>> float(u['w'][0, 0])
+      2.0
+    """
+    base.check_choice("rule", rule, SHAPE_RULES)
+    base.check_nonnegative("rms", rms)
+
+    def update_fn(
+        updates: base.Updates, state: Any, params: base.Params | None = None, **extra: Any
+    ) -> tuple[base.Updates, Any]:
+        del params, extra
+
+        def leaf(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
+            return (x * shape_scale(rule, lay.fan_in, lay.fan_out, rms)).astype(x.dtype)
+
+        return layouts.map_matrix_leaves(leaf, layout, updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+
+
+def scale_to_rms(
+    rms: Any = 0.2, *, eps: Any = 1e-10, layout: LayoutSpec = None
+) -> optax.GradientTransformationExtraArgs:
+    """Rescales each matrix to a target RMS: ``X · rms · √(mn) / (‖X‖_F + ε)``.
+
+    NorMuon's paper form of the step size (arXiv 2510.05491, Alg. 1 line 9,
+    ``η̂ = 0.2 η √(mn) / ‖Ô‖_F``), which matches AdamW's update RMS. Stateless.
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.scale_to_rms(0.2)
+      >>> u, _ = tx.update({'w': 3 * jnp.ones((4, 4))}, optax.EmptyState())
+      >>> round(float(jnp.sqrt(jnp.mean(u['w'] ** 2))), 6)
+      0.2
+    """
+    base.check_nonnegative("eps", eps)
+
+    def update_fn(
+        updates: base.Updates, state: Any, params: base.Params | None = None, **extra: Any
+    ) -> tuple[base.Updates, Any]:
+        del params, extra
+
+        def leaf(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
+            norm = jnp.sqrt(layouts.matrix_sum_of_squares(x, lay))
+            factor = rms * math.sqrt(lay.fan_in * lay.fan_out) / (norm + eps)
+            return (x.astype(norm.dtype) * factor).astype(x.dtype)
+
+        return layouts.map_matrix_leaves(leaf, layout, updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)

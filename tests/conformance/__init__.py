@@ -1,0 +1,1 @@
+"""Shared conformance suite: problems and helpers used by tests/test_conformance.py."""

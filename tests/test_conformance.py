@@ -1,0 +1,395 @@
+"""The conformance suite (DESIGN §6): every registered optimizer passes all of it.
+
+Adding an optimizer to the registry (``optx.register``) adds it here. Each test
+is parametrized over ``optx.list_optimizers()``; per-optimizer settings come
+from the :class:`optx.OptimizerSpec` (``defaults``, ``test_overrides``,
+``static_args``, ``extra_args``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optx
+from tests.conformance import problems
+
+NAMES = optx.list_optimizers()
+
+
+def _spec(name: str) -> optx.OptimizerSpec:
+    return optx.get_optimizer(name)
+
+
+def _kwargs(spec: optx.OptimizerSpec, **extra: Any) -> dict[str, Any]:
+    return {**spec.defaults, **spec.test_overrides, **extra}
+
+
+def _build(spec: optx.OptimizerSpec, **extra: Any) -> optax.GradientTransformationExtraArgs:
+    return optax.with_extra_args_support(spec.factory(**_kwargs(spec, **extra)))
+
+
+def _grads(params: Any) -> tuple[Any, Any]:
+    loss, grads = jax.value_and_grad(problems.mixed_loss)(params)
+    return loss, grads
+
+
+def _step_fn(spec: optx.OptimizerSpec, tx: optax.GradientTransformation):
+    """A jitted (params, state, step) -> (params, state, updates) on the mixed loss."""
+    key = jax.random.key(42)
+
+    def step(params: Any, state: Any, i: jax.Array) -> tuple[Any, Any, Any]:
+        _, grads, extra = problems.extra_args_for(spec, problems.mixed_loss, params, i, key)
+        updates, state = tx.update(grads, state, params, **extra)
+        return optax.apply_updates(params, updates), state, updates
+
+    return jax.jit(step)
+
+
+# ----------------------------------------------------------------------------
+# Registry sanity
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_spec_is_complete(name: str) -> None:
+    spec = _spec(name)
+    sig = inspect.signature(spec.factory).parameters
+    assert "learning_rate" in sig, "registered factories take `learning_rate`"
+    assert spec.paper, "every method cites its paper"
+    assert spec.factory.__doc__ and "References" in spec.factory.__doc__
+    assert spec.lr_grid, "a learning-rate grid for benchmark sweeps"
+    for a in spec.static_args:
+        assert a in sig, f"static arg {a!r} is not a factory argument"
+
+
+# ----------------------------------------------------------------------------
+# Convergence
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("problem", sorted(problems.PROBLEMS))
+@pytest.mark.parametrize("name", NAMES)
+def test_convergence(name: str, problem: str) -> None:
+    spec = _spec(name)
+    prob = problems.PROBLEMS[problem]()
+    lr = _kwargs(spec)["learning_rate"]
+    tx = _build(spec, learning_rate=problems.decaying(lr, prob.steps))
+    params, _ = problems.run_steps(spec, tx, prob.loss, prob.init(), prob.steps)
+    dist = problems.tree_rel_distance(params, prob.solution)
+    assert np.isfinite(dist)
+    assert dist < 0.05, f"{name} on {problem}: relative distance to optimum {dist:.3g}"
+
+
+# ----------------------------------------------------------------------------
+# The optax contract
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_extra_args_accepted_and_no_recompile(name: str) -> None:
+    spec = _spec(name)
+    tx = _build(spec)
+    params = problems.mixed_params()
+    state = tx.init(params)
+    key = jax.random.key(0)
+
+    @jax.jit
+    def update(params: Any, state: Any, i: jax.Array) -> tuple[Any, Any]:
+        _, grads, extra = problems.extra_args_for(spec, problems.mixed_loss, params, i, key)
+        return tx.update(grads, state, params, unexpected_extra_arg_optx_ignores=1.0, **extra)
+
+    u1, state = update(params, state, jnp.asarray(0))
+    params = optax.apply_updates(params, u1)
+    u2, state = update(params, state, jnp.asarray(1))
+    assert update._cache_size() == 1, "the second call recompiled"
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u2))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inject_hyperparams_equivalence(name: str) -> None:
+    spec = _spec(name)
+    kwargs = _kwargs(spec)
+    injected = optax.inject_hyperparams(spec.factory, static_args=spec.all_static_args())(**kwargs)
+    plain = _build(spec)
+    params = problems.mixed_params()
+    s_inj, s_plain = injected.init(params), plain.init(params)
+    step_inj, step_plain = _step_fn(spec, injected), _step_fn(spec, plain)
+    p_inj = p_plain = params
+    for i in range(3):
+        p_inj, s_inj, u_inj = step_inj(p_inj, s_inj, jnp.asarray(i))
+        p_plain, s_plain, u_plain = step_plain(p_plain, s_plain, jnp.asarray(i))
+        for a, b in zip(jax.tree.leaves(u_inj), jax.tree.leaves(u_plain)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert "learning_rate" in s_inj.hyperparams
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("name", NAMES)
+def test_update_dtype_follows_gradient(name: str, dtype: Any) -> None:
+    spec = _spec(name)
+    tx = _build(spec)
+    params = problems.mixed_params(dtype)
+    state = tx.init(params)
+    step = _step_fn(spec, tx)
+    new_params, new_state, updates = step(params, state, jnp.asarray(0))
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+        assert u.dtype == p.dtype
+    for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(params)):
+        assert a.dtype == b.dtype
+    assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_params_with_f32_state(name: str) -> None:
+    spec = _spec(name)
+    sig = inspect.signature(spec.factory).parameters
+    dtype_args = {a: jnp.float32 for a in ("mu_dtype", "nu_dtype") if a in sig}
+    if not dtype_args:
+        pytest.skip("this optimizer has no moment-dtype arguments")
+    tx = _build(spec, **dtype_args)
+    params = problems.mixed_params(jnp.bfloat16)
+    state = tx.init(params)
+    for leaf in problems.floating_state_leaves(state):
+        assert leaf.dtype != jnp.bfloat16, "moment requested in f32 is stored in bf16"
+    _new_params, new_state, updates = _step_fn(spec, tx)(params, state, jnp.asarray(0))
+    assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)
+    assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lax_cond_type_stability(name: str) -> None:
+    spec = _spec(name)
+    tx = _build(spec)
+    params = problems.mixed_params()
+    state = tx.init(params)
+    key = jax.random.key(0)
+
+    @jax.jit
+    def maybe_update(state: Any, pred: jax.Array) -> Any:
+        _, grads, extra = problems.extra_args_for(spec, problems.mixed_loss, params, 0, key)
+        return jax.lax.cond(
+            pred, lambda s: tx.update(grads, s, params, **extra)[1], lambda s: s, state
+        )
+
+    for pred in (True, False):
+        new = maybe_update(state, jnp.asarray(pred))
+        assert jax.tree.map(jax.typeof, new) == jax.tree.map(jax.typeof, state)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradient_accumulation(name: str) -> None:
+    """optax.MultiSteps and optx.accumulate_gradients agree with one big step."""
+    spec = _spec(name)
+    params = problems.mixed_params()
+    key = jax.random.key(3)
+    micro = [jax.tree.map(lambda g, i=i: g * (1.0 + 0.1 * i), _grads(params)[1]) for i in range(3)]
+    mean_g = jax.tree.map(lambda *g: sum(g) / 3.0, *micro)
+    _, _, extra = problems.extra_args_for(spec, problems.mixed_loss, params, 0, key)
+
+    ref_tx = _build(spec)
+    ref_u, _ = jax.jit(lambda s: ref_tx.update(mean_g, s, params, **extra))(ref_tx.init(params))
+
+    for wrapped in (
+        optax.MultiSteps(_build(spec), every_k_schedule=3).gradient_transformation(),
+        optx.accumulate_gradients(_build(spec), every_k=3),
+    ):
+        state = wrapped.init(params)
+        upd = jax.jit(lambda g, s, w=wrapped: w.update(g, s, params, **extra))
+        for i, g in enumerate(micro):
+            u, state = upd(g, state)
+            if i < 2:
+                assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(u))
+        for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(ref_u)):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_abstract_init(name: str) -> None:
+    spec = _spec(name)
+    tx = _build(spec)
+    params = problems.mixed_params()
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    concrete = tx.init(params)
+    shapes = jax.eval_shape(tx.init, abstract)
+    assert jax.tree.structure(shapes) == jax.tree.structure(concrete)
+    for a, b in zip(jax.tree.leaves(shapes), jax.tree.leaves(concrete)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    direct = tx.init(abstract)
+    assert jax.tree.structure(direct) == jax.tree.structure(concrete)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_gradients_give_finite_updates(name: str) -> None:
+    spec = _spec(name)
+    tx = _build(spec)
+    params = problems.mixed_params()
+    state = tx.init(params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    key = jax.random.key(0)
+    _, _, extra = problems.extra_args_for(spec, problems.mixed_loss, params, 0, key)
+    update = jax.jit(lambda s: tx.update(zeros, s, params, **extra))
+    for _ in range(3):
+        u, state = update(state)
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in problems.floating_state_leaves(state))
+
+
+# ----------------------------------------------------------------------------
+# Sharding: 8 CPU devices, hidden matrices actually sharded
+# ----------------------------------------------------------------------------
+
+
+def _sharded_case(mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
+    params = problems.mixed_params()
+    specs = jax.tree.map(lambda _: P(), params)
+    specs["hidden"]["kernel"] = P("data", "model")  # (8, 16): both dims sharded
+    specs["stack"]["kernel"] = P(None, "model", "data")  # (3, 16, 8)
+    specs["head"]["kernel"] = P("model", None)
+    return params, specs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sharded_state_stable_under_explicit_mesh(name: str) -> None:
+    spec = _spec(name)
+    tx = _build(spec)
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    params, specs = _sharded_case(mesh)
+    step_ref = _step_fn(spec, tx)
+    _ref_params, _, ref_updates = step_ref(params, tx.init(params), jnp.asarray(0))
+    with jax.set_mesh(mesh):
+        sharded = jax.tree.map(
+            lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs
+        )
+        state0 = tx.init(sharded)
+        step = _step_fn(spec, tx)
+        p1, state1, updates = step(sharded, state0, jnp.asarray(0))
+        assert jax.tree.map(jax.typeof, state1) == jax.tree.map(jax.typeof, state0)
+        _p2, state2, _ = step(p1, state1, jnp.asarray(1))
+        assert jax.tree.map(jax.typeof, state2) == jax.tree.map(jax.typeof, state0)
+        # The hidden kernel stays sharded on both mesh axes through the update.
+        assert jax.typeof(updates["hidden"]["kernel"]).sharding.spec == P("data", "model")
+        assert jax.typeof(p1["hidden"]["kernel"]).sharding.spec == P("data", "model")
+        abstract_shardings = optx.state_shardings(tx, sharded)
+        for s, a in zip(jax.tree.leaves(state0), jax.tree.leaves(abstract_shardings)):
+            assert s.sharding.is_equivalent_to(a, s.ndim), (s.sharding, a)
+    # Same numbers as the single-device run: the sharded matrix path is exercised.
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    if spec.uses_matrix_path:
+        router = optx.router_of(tx)
+        assert router is not None
+        assert router.group("hidden/kernel", params["hidden"]["kernel"]) == "matrix"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sharded_init_under_auto_mesh(name: str) -> None:
+    """Auto axes: jitted init with out_shardings from optx.state_shardings."""
+    spec = _spec(name)
+    tx = _build(spec)
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    params, specs = _sharded_case(mesh)
+    sharded = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs)
+    shardings = optx.state_shardings(tx, sharded)
+    state = jax.jit(tx.init, out_shardings=shardings)(sharded)
+    for s, sh in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)):
+        assert s.sharding.is_equivalent_to(sh, s.ndim)
+    with jax.set_mesh(mesh):
+        _, state1, _ = _step_fn(spec, tx)(sharded, state, jnp.asarray(0))
+    assert jax.tree.structure(state1) == jax.tree.structure(state)
+
+
+# ----------------------------------------------------------------------------
+# Checkpointing and Flax NNX
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_round_trip(name: str) -> None:
+    import orbax.checkpoint as ocp
+
+    spec = _spec(name)
+    tx = _build(spec)
+    step = _step_fn(spec, tx)
+    params = problems.mixed_params()
+    state = tx.init(params)
+    for i in range(2):
+        params, state, _ = step(params, state, jnp.asarray(i))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "ckpt")
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(path, {"params": params, "state": state})
+        ckptr.wait_until_finished()
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": params, "state": state})
+        restored = ckptr.restore(path, target)
+    assert jax.tree.structure(restored["state"]) == jax.tree.structure(state)
+    a_params, a_state = params, state
+    b_params, b_state = restored["params"], restored["state"]
+    for i in range(2, 4):
+        a_params, a_state, _ = step(a_params, a_state, jnp.asarray(i))
+        b_params, b_state, _ = step(b_params, b_state, jnp.asarray(i))
+    for a, b in zip(jax.tree.leaves((a_params, a_state)), jax.tree.leaves((b_params, b_state))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+class _TinyModel(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.embed = nnx.Embed(12, 8, rngs=rngs)
+        self.hidden = nnx.Linear(8, 16, rngs=rngs)
+        self.ln = nnx.LayerNorm(16, rngs=rngs)
+        self.head = nnx.Linear(16, 12, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        h = jax.nn.gelu(self.hidden(self.embed(tokens)))
+        return self.head(self.ln(h))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nnx_optimizer_step(name: str) -> None:
+    spec = _spec(name)
+    model = _TinyModel(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, _build(spec), wrt=nnx.Param)
+    tokens = jnp.arange(24).reshape(4, 6) % 12
+    targets = (tokens + 1) % 12
+
+    def loss_of(m: _TinyModel) -> jax.Array:
+        logits = m(tokens)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+    @nnx.jit
+    def train_step(model: _TinyModel, optimizer: nnx.Optimizer, i: jax.Array) -> jax.Array:
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss_fn(p: Any) -> jax.Array:
+            return loss_of(nnx.merge(graphdef, p, rest))
+
+        loss, grads = nnx.value_and_grad(loss_of)(model)
+        ctx = optx.ExtraArgsContext(
+            loss_fn=loss_fn,
+            params=nnx.as_pure(params) if hasattr(nnx, "as_pure") else params,
+            grads=grads,
+            loss=loss,
+            key=jax.random.fold_in(jax.random.key(0), i),
+            step=i,
+        )
+        optimizer.update(model, grads, **spec.make_extra_args(ctx))
+        return loss
+
+    before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+    losses = [float(train_step(model, optimizer, jnp.asarray(i))) for i in range(3)]
+    after = nnx.state(model, nnx.Param)
+    assert all(np.isfinite(losses))
+    changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, after))
+    assert any(changed)
+    assert int(optimizer.step[...]) == 3
