@@ -14,6 +14,20 @@ from optx._src.accumulation import AccumulateGradientsState, accumulate_gradient
 # Optimizers (each module registers its optimizers on import).
 from optx._src.aliases.elementwise import adamw
 from optx._src.aliases.orthogonalized import muon, normuon
+
+# --- Orthogonalized-update family: AuON, ROOT, Lipschitz constraints (issue 4) ---
+
+
+# --- Rotated-basis family: SOAP, Conda, COSMOS (issue 5) ---
+
+
+# --- Element-wise adaptive family and schedules (issue 6) ---
+
+
+# --- Memory-efficient family: 8-bit states, projections (issue 7) ---
+
+
+# --- Curvature family: MKOR, M-FAC, AdaHessian, Sophia (issue 8) ---
 from optx._src.base import path_to_str
 from optx._src.layouts import (
     ATTENTION_IN,
