@@ -198,7 +198,7 @@ def test_bad_input(factory) -> None:
         factory(0.02, ns_coefficients="fast")
     with pytest.raises(ValueError, match="scaling"):
         factory(0.02, scaling="huge")
-    with pytest.raises(ValueError, match="beta|momentum"):
+    with pytest.raises(ValueError, match=r"beta|momentum"):
         factory(0.02, momentum=1.5)
     bad_router = optx.Router(
         [optx.Rule(r".*", "matrix", optx.MatrixLayout((0,), (3,)), min_ndim=2)]
