@@ -28,6 +28,44 @@ from optx._src.aliases.orthogonalized import muon, normuon
 
 
 # --- Curvature family: MKOR, M-FAC, AdaHessian, Sophia (issue 8) ---
+from optx._src.aliases.curvature import adahessian, mfac, mkor, mkor_h, sophia_g, sophia_h
+from optx._src.capture import (
+    LayerStatistics,
+    linen_value_grad_and_captures,
+    value_grad_and_captures,
+)
+from optx._src.curvature import (
+    GaussNewtonBartlett,
+    Hutchinson,
+    curvature_args,
+    estimate_diagonal,
+    gauss_newton_bartlett_diagonal,
+    hutchinson_diagonal,
+    hvp,
+    nnx_curvature_args,
+    random_probes,
+    sampled_label_loss,
+    select_by_path,
+)
+from optx._src.diagonal_preconditioning import (
+    ScaleByAdaHessianState,
+    ScaleBySophiaState,
+    conv_window_axes,
+    scale_by_adahessian,
+    scale_by_sophia,
+)
+from optx._src.fisher import ScaleByMFACState, mfac_state_bytes, scale_by_mfac
+from optx._src.kronecker import (
+    MKORLayerState,
+    ScaleByMKORState,
+    SecondOrderSwitchState,
+    mkor_router,
+    mkor_statistics_from_gradients,
+    scale_by_mkor,
+    sherman_morrison_update,
+    statistics_from_gradient,
+)
+
 from optx._src.base import path_to_str
 from optx._src.layouts import (
     ATTENTION_IN,

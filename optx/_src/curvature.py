@@ -1,0 +1,512 @@
+"""Curvature oracles: the one extra-argument vocabulary of optx's second-order methods.
+
+Second-order methods (Sophia, AdaHessian, MKOR-H, ...) need more than the
+gradient. optax has no common vocabulary for that (``obj_fn`` for Sophia,
+``value_fn`` for line searches, ``grad_fn`` for SAM), and its Sophia breaks
+inside ``optax.partition``/``optax.masked`` because the closure is called on a
+masked tree. optx uses **one** vocabulary, passed as keyword extra arguments to
+``update(updates, state, params, **extra)``:
+
+============================  ==================================================
+extra argument                meaning
+============================  ==================================================
+``loss_fn``                   ``params -> scalar``: the training loss on the
+                              current batch, a function of the **full**
+                              parameter tree (the tree the training loop
+                              differentiates; with ``nnx.Optimizer``, the
+                              ``wrt`` state). ``obj_fn`` (optax's name) is
+                              accepted as an alias.
+``sampled_loss_fn``           ``(params, key) -> scalar``: the loss with targets
+                              sampled from the model's own predictive
+                              distribution (Gauss–Newton–Bartlett). Build it
+                              from a logits function with
+                              :func:`sampled_label_loss`.
+``full_params``               the full tree at which the closures are
+                              evaluated. Optional at top level (default: the
+                              ``params`` the transform receives); **required**
+                              when the transform sits inside ``optax.partition``
+                              or ``optax.masked`` (it then receives a masked
+                              tree).
+``key``                       optional PRNG key for probes / label sampling
+                              (default: a key kept in the transform's state).
+``loss``                      the scalar loss value of this step (MKOR-H).
+``captures``                  per-layer input/output-gradient statistics
+                              (MKOR), see :func:`optx.value_grad_and_captures`.
+============================  ==================================================
+
+A transform computes what it needs from these — a Hessian-vector product
+(forward-over-reverse, :func:`hvp`), a Hutchinson diagonal (:class:`Hutchinson`,
+Rademacher or Gaussian probes, several samples) or a Gauss–Newton–Bartlett
+diagonal (:class:`GaussNewtonBartlett`, labels sampled from the logits) — **over
+the full tree**, then keeps its own leaves by key path
+(:func:`estimate_diagonal`). ``optx.path_to_str`` strips NNX's ``.value``, so the
+paths of a masked tree, an NNX ``State`` and a plain dict agree. Inside a
+partition the full-tree estimate is computed once per transform that needs it.
+
+:func:`curvature_args` builds the dict for plain JAX code and
+:func:`nnx_curvature_args` builds it from an NNX model and a batch (call it inside
+``nnx.jit``; pass the result to ``nnx.Optimizer.update(model, grads, **args)``).
+
+**Data parallelism.** Under ``jax.jit`` with sharded arrays (the global view),
+``loss_fn`` is the loss of the *global* batch, so every estimate is already the
+cross-device average: XLA inserts the reductions. Under ``shard_map``/``pmap``
+(per-device view) give the estimator an ``axis_name``: Hutchinson estimates use
+the same probe on every device (the key must be replicated — the state key is)
+and ``pmean`` the Hessian-vector products, which is exactly the HVP of the
+global mean loss; Gauss–Newton–Bartlett folds the device index into the
+label-sampling key (independent labels per shard) and ``pmean``\\ s the sampled
+gradient **before** squaring it, as the official SophiaG script does under DDP.
+
+References:
+  Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for
+  Language Model Pre-training", arXiv 2305.14342 (Hutchinson Eq. 8, GNB
+  Algorithm 2); Yao et al., "ADAHESSIAN", arXiv 2006.00719 (Eq. 8); Pearlmutter,
+  "Fast exact multiplication by the Hessian", Neural Computation 1994;
+  Hutchinson, "A stochastic estimator of the trace of the influence matrix",
+  1989.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optx._src import base
+
+LossFn = Callable[[Any], jax.Array]
+SampledLossFn = Callable[[Any, jax.Array], jax.Array]
+
+DISTRIBUTIONS = ("rademacher", "gaussian")
+
+
+# ----------------------------------------------------------------------------
+# Primitives: HVP and probes
+# ----------------------------------------------------------------------------
+
+
+def hvp(loss_fn: LossFn, params: Any, tangents: Any) -> Any:
+    """Hessian-vector product ``H(params) · tangents`` by forward-over-reverse.
+
+    ``jax.jvp(jax.grad(loss_fn), (params,), (tangents,))`` — one extra
+    forward/backward, no Hessian is formed (Pearlmutter 1994).
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> loss = lambda p: 0.5 * jnp.sum(jnp.array([1.0, 2.0]) * p['w'] ** 2)
+      >>> optx.hvp(loss, {'w': jnp.ones(2)}, {'w': jnp.ones(2)})['w']
+      Array([1., 2.], dtype=float32)
+    """
+    return jax.jvp(jax.grad(loss_fn), (params,), (tangents,))[1]
+
+
+def random_probes(key: jax.Array, tree: Any, distribution: str = "rademacher") -> Any:
+    """Random probe tree like ``tree``: Rademacher (±1) or standard normal.
+
+    Drawn in float32 and cast to each leaf's dtype; one independent stream per
+    leaf (``jax.random.split`` over the flattened leaves).
+    """
+    base.check_choice("distribution", distribution, DISTRIBUTIONS)
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, max(1, len(leaves)))
+
+    def draw(k: jax.Array, x: Any) -> jax.Array:
+        shape, dtype = jnp.shape(x), x.dtype
+        if distribution == "rademacher":
+            z = jax.random.rademacher(k, shape, jnp.float32)
+        else:
+            z = jax.random.normal(k, shape, jnp.float32)
+        return z.astype(dtype)
+
+    return jax.tree.unflatten(treedef, [draw(k, x) for k, x in zip(keys, leaves)])
+
+
+def _pmean(tree: Any, axis_name: str | None) -> Any:
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def hutchinson_diagonal(
+    loss_fn: LossFn,
+    params: Any,
+    key: jax.Array,
+    *,
+    num_samples: int = 1,
+    distribution: str = "rademacher",
+    absolute: bool = False,
+    axis_name: str | None = None,
+) -> Any:
+    """Hutchinson's estimate of ``diag(H)``: the mean over probes of ``z ⊙ Hz``.
+
+    .. math::
+
+      \\hat D = \\frac{1}{S}\\sum_{s=1}^S z_s \\odot (H z_s), \\qquad
+      \\mathbb E[z z^\\top] = I
+
+    With ``absolute=True`` the mean of ``|z ⊙ Hz|`` (AdaHessian's ``|Hz|`` for
+    Rademacher probes, arXiv 2006.00719 §3.2). Probes are drawn once per sample
+    and the samples are accumulated in a ``lax.scan`` (memory of one HVP).
+    With ``axis_name`` the HVPs are ``pmean``-ed across devices before ``|·|``.
+
+    Args:
+      loss_fn: ``params -> scalar``.
+      params: where to evaluate (any pytree of arrays).
+      key: PRNG key (replicate it across devices under ``axis_name``).
+      num_samples: number of probes (static).
+      distribution: ``'rademacher'`` or ``'gaussian'``.
+      absolute: average ``|z ⊙ Hz|`` instead of ``z ⊙ Hz``.
+      axis_name: mapped axis to average over (``shard_map``/``pmap``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optx
+      >>> loss = lambda p: 0.5 * jnp.sum(jnp.array([1.0, 3.0]) * p ** 2)
+      >>> optx.hutchinson_diagonal(loss, jnp.ones(2), jax.random.key(0))
+      Array([1., 3.], dtype=float32)
+    """
+    num_samples = base.check_positive_int("num_samples", num_samples)
+    base.check_choice("distribution", distribution, DISTRIBUTIONS)
+
+    def one(k: jax.Array) -> Any:
+        z = random_probes(k, params, distribution)
+        hz = _pmean(hvp(loss_fn, params, z), axis_name)
+        est = jax.tree.map(lambda a, b: a * b, z, hz)
+        return jax.tree.map(jnp.abs, est) if absolute else est
+
+    if num_samples == 1:
+        return one(key)
+    keys = jax.random.split(key, num_samples)
+
+    def body(acc: Any, k: jax.Array) -> tuple[Any, None]:
+        return jax.tree.map(jnp.add, acc, one(k)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    total, _ = jax.lax.scan(body, zeros, keys)
+    return jax.tree.map(lambda t: t / num_samples, total)
+
+
+def gauss_newton_bartlett_diagonal(
+    sampled_loss_fn: SampledLossFn,
+    params: Any,
+    key: jax.Array,
+    *,
+    clip_norm: float | None = None,
+    axis_name: str | None = None,
+) -> Any:
+    """The Gauss–Newton–Bartlett diagonal ``ĝ ⊙ ĝ`` (Sophia, arXiv 2305.14342 Alg. 2).
+
+    ``ĝ = ∇_θ L̂(θ)`` where ``L̂`` is the mean loss with labels ``ŷ`` sampled from
+    the model's own softmax (``sampled_loss_fn``). The estimator of the paper is
+    ``B · ĝ ⊙ ĝ`` for a batch of ``B`` examples; as in the official SophiaG code
+    the factor ``B`` is applied by the optimizer (``ρ · B · h``), not here.
+
+    Args:
+      sampled_loss_fn: ``(params, key) -> scalar`` (see :func:`sampled_label_loss`).
+      params: where to evaluate.
+      key: PRNG key for the label sampling.
+      clip_norm: clip ``ĝ`` to this global norm before squaring (the official
+        training script reuses ``grad_clip = 1.0``); None disables.
+      axis_name: mapped axis: ``ĝ`` is ``pmean``-ed before squaring (DDP
+        semantics) and the device index is folded into the sampling key.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optx
+      >>> logits_fn = lambda p: jnp.ones((4, 3)) @ p
+      >>> f = optx.sampled_label_loss(logits_fn)
+      >>> h = optx.gauss_newton_bartlett_diagonal(f, jnp.zeros((3, 3)), jax.random.key(0))
+      >>> h.shape
+      (3, 3)
+    """
+    if axis_name is not None:
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    g = jax.grad(sampled_loss_fn)(params, key)
+    g = _pmean(g, axis_name)
+    if clip_norm is not None:
+        norm = optax.tree.norm(g)
+        scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-30))
+        g = jax.tree.map(lambda x: x * scale.astype(x.dtype), g)
+    return jax.tree.map(lambda x: x * x, g)
+
+
+def sampled_label_loss(
+    logits_fn: Callable[[Any], jax.Array], *, where: jax.Array | None = None
+) -> SampledLossFn:
+    """Builds ``(params, key) -> mean CE(logits, ŷ)`` with ``ŷ ~ softmax(logits)``.
+
+    The labels are sampled from the (stopped-gradient) logits of the model
+    itself, as in the official SophiaG training loop (``Categorical(logits)
+    .sample()`` then ``cross_entropy``). ``logits_fn(params)`` returns
+    ``(..., num_classes)``; ``where`` (broadcastable to ``logits.shape[:-1]``)
+    masks positions out of the mean (padding tokens).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optx
+      >>> f = optx.sampled_label_loss(lambda p: p)
+      >>> float(f(jnp.zeros((2, 4)), jax.random.key(0))) == float(jnp.log(4.0))
+      True
+    """
+
+    def loss(params: Any, key: jax.Array) -> jax.Array:
+        logits = logits_fn(params)
+        labels = jax.random.categorical(key, jax.lax.stop_gradient(logits).astype(jnp.float32))
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+        if where is None:
+            return jnp.mean(ce)
+        w = jnp.broadcast_to(where, ce.shape).astype(ce.dtype)
+        return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+    return loss
+
+
+# ----------------------------------------------------------------------------
+# Estimators: what a transform asks for, computed over the full tree
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Hutchinson:
+    """Hutchinson diagonal estimator from ``loss_fn`` (see :func:`hutchinson_diagonal`).
+
+    Attributes:
+      num_samples: probes per estimate.
+      distribution: ``'rademacher'`` or ``'gaussian'``.
+      absolute: estimate ``|z ⊙ Hz|`` (AdaHessian) instead of ``z ⊙ Hz`` (Sophia-H).
+      axis_name: mapped axis for cross-device averaging (``shard_map``/``pmap``).
+    """
+
+    num_samples: int = 1
+    distribution: str = "rademacher"
+    absolute: bool = False
+    axis_name: str | None = None
+
+    requires = ("loss_fn",)
+
+    def __post_init__(self) -> None:
+        base.check_positive_int("num_samples", self.num_samples)
+        base.check_choice("distribution", self.distribution, DISTRIBUTIONS)
+
+    def __call__(self, extra: Mapping[str, Any], params: Any, key: jax.Array) -> Any:
+        return hutchinson_diagonal(
+            extra["loss_fn"],
+            params,
+            key,
+            num_samples=self.num_samples,
+            distribution=self.distribution,
+            absolute=self.absolute,
+            axis_name=self.axis_name,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussNewtonBartlett:
+    """Gauss–Newton–Bartlett estimator from ``sampled_loss_fn``.
+
+    Attributes:
+      clip_norm: global-norm clip of the sampled gradient (official: 1.0).
+      axis_name: mapped axis for cross-device averaging.
+    """
+
+    clip_norm: float | None = 1.0
+    axis_name: str | None = None
+
+    requires = ("sampled_loss_fn",)
+
+    def __call__(self, extra: Mapping[str, Any], params: Any, key: jax.Array) -> Any:
+        return gauss_newton_bartlett_diagonal(
+            extra["sampled_loss_fn"],
+            params,
+            key,
+            clip_norm=self.clip_norm,
+            axis_name=self.axis_name,
+        )
+
+
+DiagonalEstimator = Hutchinson | GaussNewtonBartlett
+
+_ALIASES = {"loss_fn": ("loss_fn", "obj_fn")}
+
+
+def _lookup(extra: Mapping[str, Any], name: str) -> Any:
+    for alias in _ALIASES.get(name, (name,)):
+        if extra.get(alias) is not None:
+            return extra[alias]
+    return None
+
+
+def _is_masked_node(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
+
+
+def is_masked_tree(tree: Any) -> bool:
+    """True when ``tree`` holds ``optax.MaskedNode`` subtrees (inside partition/masked)."""
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: _is_masked_node(x) or x is None)
+    return any(_is_masked_node(x) for x in leaves)
+
+
+def select_by_path(full_tree: Any, like: Any, *, what: str = "estimate") -> Any:
+    """Leaves of ``full_tree`` at the key paths of ``like``'s leaves.
+
+    ``like`` may be a masked tree (``optax.MaskedNode`` subtrees are kept as
+    they are); paths are compared with :func:`optx.path_to_str`, so NNX's
+    ``.value`` entries do not matter.
+    """
+    flat, _ = base.flatten_with_paths(full_tree)
+    table = dict(flat)
+
+    def pick(path: Any, x: Any) -> Any:
+        if x is None or _is_masked_node(x):
+            return x
+        p = base.path_to_str(path)
+        if p not in table:
+            raise ValueError(
+                f"The full-tree {what} has no leaf '{p}'. `full_params` must be the full "
+                f"parameter tree `loss_fn` takes (known paths: {sorted(table)[:6]}...)."
+            )
+        return table[p]
+
+    return jax.tree_util.tree_map_with_path(
+        pick, like, is_leaf=lambda x: x is None or _is_masked_node(x)
+    )
+
+
+def missing_arguments(estimator: Any, extra: Mapping[str, Any]) -> list[str]:
+    """Names of the extra arguments ``estimator`` needs that ``extra`` lacks."""
+    return [n for n in estimator.requires if _lookup(extra, n) is None]
+
+
+def check_extra_args(estimator: Any, extra: Mapping[str, Any], who: str) -> None:
+    """Raises a TypeError naming the missing extra arguments, if any."""
+    missing = missing_arguments(estimator, extra)
+    if missing:
+        raise TypeError(
+            f"{who} needs the extra argument(s) {missing} in update(...): "
+            f"{', '.join(_DESCRIPTIONS[m] for m in missing)}. Build them with "
+            "optx.curvature_args(...) or optx.nnx_curvature_args(...)."
+        )
+
+
+_DESCRIPTIONS = {
+    "loss_fn": "`loss_fn` (params -> scalar loss of the current batch, over the full tree)",
+    "sampled_loss_fn": "`sampled_loss_fn` ((params, key) -> loss with labels sampled from "
+    "the model's logits; see optx.sampled_label_loss)",
+}
+
+
+def estimate_diagonal(estimator: Any, params: Any, extra: Mapping[str, Any], key: jax.Array) -> Any:
+    """Runs ``estimator`` over the full tree and returns the leaves of ``params``.
+
+    ``extra`` is the update's extra-argument dict (the vocabulary above). When
+    ``params`` is a masked tree, ``extra['full_params']`` must be given.
+    """
+    full = extra.get("full_params")
+    if full is None:
+        if params is None or is_masked_tree(params):
+            raise ValueError(
+                "This transform sits inside optax.partition/optax.masked (it received a "
+                "masked params tree) or got no params: pass the full parameter tree as the "
+                "extra argument `full_params` (optx.curvature_args does it)."
+            )
+        full = params
+    resolved = {n: _lookup(extra, n) for n in estimator.requires}
+    diag = estimator(resolved, full, key)
+    return select_by_path(diag, params)
+
+
+# ----------------------------------------------------------------------------
+# Building the extra arguments
+# ----------------------------------------------------------------------------
+
+
+def curvature_args(
+    loss_fn: LossFn,
+    params: Any,
+    *,
+    sampled_loss_fn: SampledLossFn | None = None,
+    key: jax.Array | None = None,
+    loss: jax.Array | None = None,
+) -> dict[str, Any]:
+    """The extra-argument dict of the curvature vocabulary for plain JAX code.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optx
+      >>> loss_fn = lambda p: jnp.sum(p['w'] ** 2)
+      >>> params = {'w': jnp.ones(3)}
+      >>> tx = optx.sophia_h(learning_rate=1e-2)
+      >>> state = tx.init(params)
+      >>> u, state = tx.update(jax.grad(loss_fn)(params), state, params,
+      ...                      **optx.curvature_args(loss_fn, params))
+    """
+    out: dict[str, Any] = {"loss_fn": loss_fn, "full_params": params}
+    if sampled_loss_fn is not None:
+        out["sampled_loss_fn"] = sampled_loss_fn
+    if key is not None:
+        out["key"] = key
+    if loss is not None:
+        out["loss"] = loss
+    return out
+
+
+def nnx_curvature_args(
+    model: Any,
+    batch: Any,
+    loss_fn: Callable[[Any, Any], jax.Array],
+    *,
+    logits_fn: Callable[[Any, Any], jax.Array] | None = None,
+    wrt: Any = None,
+    key: jax.Array | None = None,
+    where: jax.Array | None = None,
+) -> dict[str, Any]:
+    """The curvature extra arguments for a Flax NNX model and a batch.
+
+    Splits ``model`` into the ``wrt`` state (``nnx.Param`` by default, the same
+    filter as the ``nnx.Optimizer``) and the rest, and closes ``loss_fn(model,
+    batch)`` (and ``logits_fn(model, batch)`` for Gauss–Newton–Bartlett) over
+    the rest, as functions of the parameter state. Call it inside ``nnx.jit``
+    and pass the dict to ``optimizer.update(model, grads, **args)``.
+
+    Args:
+      model: the NNX module.
+      batch: the current batch (closed over).
+      loss_fn: ``(model, batch) -> scalar``.
+      logits_fn: ``(model, batch) -> logits (..., classes)``; adds
+        ``sampled_loss_fn`` (labels sampled from these logits).
+      wrt: the parameter filter (default ``nnx.Param``).
+      key: an optional PRNG key for probes / label sampling.
+      where: optional mask of the sampled-label loss positions.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optx
+      >>> from flax import nnx
+      >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+      >>> opt = nnx.Optimizer(model, optx.sophia_h(1e-3), wrt=nnx.Param)
+      >>> batch = (jnp.ones((4, 3)), jnp.zeros((4, 2)))
+      >>> mse = lambda m, b: jnp.mean((m(b[0]) - b[1]) ** 2)
+      >>> @nnx.jit
+      ... def step(model, opt, batch):
+      ...     loss, grads = nnx.value_and_grad(mse)(model, batch)
+      ...     opt.update(model, grads, **optx.nnx_curvature_args(model, batch, mse))
+      ...     return loss
+      >>> _ = step(model, opt, batch)
+    """
+    from flax import nnx  # local import: flax is only needed for NNX helpers
+
+    wrt = nnx.Param if wrt is None else wrt
+    graphdef, params, rest = nnx.split(model, wrt, ...)
+    params = nnx.as_pure(params)
+
+    def merged(p: Any) -> Any:
+        return nnx.merge(graphdef, p, rest, copy=True)
+
+    out: dict[str, Any] = {
+        "loss_fn": lambda p: loss_fn(merged(p), batch),
+        "full_params": params,
+    }
+    if logits_fn is not None:
+        out["sampled_loss_fn"] = sampled_label_loss(
+            lambda p: logits_fn(merged(p), batch), where=where
+        )
+    if key is not None:
+        out["key"] = key
+    return out

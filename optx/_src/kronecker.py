@@ -1,0 +1,616 @@
+"""Kronecker-factored preconditioning with rank-1 inverse updates (MKOR, MKOR-H).
+
+MKOR (arXiv 2306.01685) preconditions each Dense/Conv layer's gradient with
+inverse Kronecker factors ``A⁻¹`` (inputs) and ``G⁻¹`` (output gradients)
+that it never inverts: every ``inv_freq`` steps they are updated by one
+Sherman–Morrison step with the *batch-mean* input ``ā`` and output gradient
+``ḡ`` (a rank-1 approximation of the covariances). A norm-based stabilizer
+resets factors whose entries blow up, and the preconditioned gradient is
+rescaled to the gradient's norm before a first-order optimizer takes the step.
+
+Layers are the leaves a router sends to its matrix group (by default every
+Dense, attention and conv kernel — including output heads, as the official code
+preconditions every ``nn.Linear``; embeddings, norms and biases are not
+layers). A kernel's sibling ``bias`` (same parent path) is folded in as an
+extra input row, as in the official code's ``[∇W, ∇b]`` matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optx._src import base, layouts, routing, sharding
+from optx._src.capture import LayerStatistics
+
+RESET_MODES = ("identity", "blend")
+STATISTICS = ("auto", "captures", "gradients")
+
+
+class MKORLayerState(NamedTuple):
+    """Per-layer state of :func:`scale_by_mkor` (one entry per matrix of the layer).
+
+    Attributes:
+      a_inv: ``(B, n_a, n_a)`` inverse input factor (``n_a`` = fan-in, +1 with bias).
+      g_inv: ``(B, n_g, n_g)`` inverse output-gradient factor (``n_g`` = fan-out).
+      reset_a, reset_g: ``(B,)`` stabilizer flags: reset at the next refresh.
+    """
+
+    a_inv: jax.Array
+    g_inv: jax.Array
+    reset_a: jax.Array
+    reset_g: jax.Array
+
+
+class SecondOrderSwitchState(NamedTuple):
+    """MKOR-H's switch (see :func:`scale_by_mkor`): scalars only.
+
+    Attributes:
+      second_order: True while MKOR preconditions (False after the switch).
+      window_loss: sum of the losses seen in the current window.
+      window_steps: steps in the current window.
+      previous_mean: mean loss of the previous window (0 before the first).
+      best_rate: largest relative loss decrease per window seen so far.
+      windows: windows closed so far (int32).
+      switched_at: step of the switch (-1 before).
+    """
+
+    second_order: jax.Array
+    window_loss: jax.Array
+    window_steps: jax.Array
+    previous_mean: jax.Array
+    best_rate: jax.Array
+    windows: jax.Array
+    switched_at: jax.Array
+
+
+class ScaleByMKORState(NamedTuple):
+    """State of :func:`scale_by_mkor`.
+
+    Attributes:
+      count: steps taken (int32).
+      layers: one :class:`MKORLayerState` per layer, in the sorted order of the
+        layers' kernel paths (a tuple, so the state does not mirror the
+        parameter tree: NNX ``Variable`` boxes and masks do not affect it).
+      switch: MKOR-H's switch state.
+    """
+
+    count: jax.Array
+    layers: tuple[MKORLayerState, ...]
+    switch: SecondOrderSwitchState
+
+
+def mkor_router() -> routing.Router:
+    """The default MKOR layers: :func:`optx.default_rules` without the head rule.
+
+    The official code preconditions every ``nn.Linear``/``nn.Conv2d``, output
+    layers included, and no embedding; so heads (``head``, ``lm_head``,
+    ``classifier``) are layers here, embeddings/norms/biases are not.
+    """
+    return routing.Router([r for r in routing.default_rules() if r.name != "head"])
+
+
+class _Layer(NamedTuple):
+    path: str
+    layout: layouts.ResolvedLayout
+    bias: str | None
+
+
+def _plan(tree: Any, router: routing.Router) -> dict[str, _Layer]:
+    """The MKOR layers of ``tree``: kernel path -> (layout, sibling bias path)."""
+    flat, _ = base.flatten_with_paths(tree)
+    leaves = dict(flat)
+    plan = {}
+    for path, leaf in flat:
+        layout = router.layout(path, leaf)
+        if layout is None:
+            continue
+        lay = layouts.resolve_layout(layout, jnp.shape(leaf), path)
+        bias = None
+        parent, _, name = path.rpartition("/")
+        candidate = f"{parent}/bias" if parent else "bias"
+        if name == "kernel" and candidate in leaves:
+            expected = tuple(lay.shape[a] for a in lay.batch_axes + lay.output_axes)
+            ordered = not lay.batch_axes or max(lay.batch_axes) < min(lay.output_axes)
+            if ordered and tuple(jnp.shape(leaves[candidate])) == expected:
+                bias = candidate
+        plan[path] = _Layer(path, lay, bias)
+    return plan
+
+
+# ----------------------------------------------------------------------------
+# Rank-1 statistics from the gradient (when no capture is available)
+# ----------------------------------------------------------------------------
+
+
+def _leading_pair(mat: jax.Array, iters: int = 8) -> tuple[jax.Array, jax.Array]:
+    """Balanced leading singular pair ``(√σ u, √σ v)`` of ``mat (m, n)`` by power iteration."""
+    v = jnp.ones(mat.shape[1], mat.dtype) / jnp.sqrt(mat.shape[1])
+    v = mat.T @ (mat @ v) + v * 1e-30
+
+    def body(_: int, v: jax.Array) -> jax.Array:
+        v = v / jnp.maximum(jnp.linalg.norm(v), 1e-30)
+        return mat.T @ (mat @ v)
+
+    v = jax.lax.fori_loop(0, iters, body, v)
+    v = v / jnp.maximum(jnp.linalg.norm(v), 1e-30)
+    mv = mat @ v
+    sigma = jnp.linalg.norm(mv)
+    u = mv / jnp.maximum(sigma, 1e-30)
+    root = jnp.sqrt(sigma)
+    return root * u, root * v
+
+
+def statistics_from_gradient(
+    kernel_grad: jax.Array, bias_grad: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """Rank-1 ``(ā, ḡ)`` of one ``(fan_in, fan_out)`` gradient matrix (f32).
+
+    MKOR's own approximation is ``∇W ≈ ā ḡᵀ`` (for a Dense layer
+    ``∇W = Σ_rows a_r δ_rᵀ``, ``ḡ = Σ_rows δ_r``). With a bias,
+    ``ḡ = ∇b`` exactly and ``ā = ∇W ∇b / ‖∇b‖²`` (least squares); without one
+    the split of the leading singular value is ambiguous and the balanced pair
+    ``(√σ u, √σ v)`` is used.
+    """
+    k = kernel_grad.astype(jnp.float32)
+    if bias_grad is not None:
+        g = bias_grad.astype(jnp.float32)
+        a = (k @ g) / jnp.maximum(jnp.sum(g * g), 1e-30)
+        return a, g
+    return _leading_pair(k)
+
+
+def mkor_statistics_from_gradients(
+    grads: Any, router: routing.Router | None = None
+) -> dict[str, LayerStatistics]:
+    """MKOR captures derived from gradients only (see :func:`statistics_from_gradient`).
+
+    The fallback used when a layer has no capture (plain loss functions,
+    layers inside ``nnx.scan``); keyed like :func:`optx.value_grad_and_captures`.
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> g = {'dense': {'kernel': jnp.ones((3, 2)), 'bias': jnp.ones(2)}}
+      >>> optx.mkor_statistics_from_gradients(g)['dense/kernel'].inputs
+      Array([1., 1., 1.], dtype=float32)
+    """
+    router = mkor_router() if router is None else routing.as_router(router)
+    plan = _plan(grads, router)
+    leaves = dict(base.flatten_with_paths(grads)[0])
+    out = {}
+    for path, layer in plan.items():
+        a, g = _layer_gradient_statistics(layer, leaves[path], leaves.get(layer.bias))
+        bshape = layer.layout.batch_shape
+        out[path] = LayerStatistics(a.reshape(*bshape, -1), g.reshape(*bshape, -1))
+    return out
+
+
+def _layer_gradient_statistics(layer: _Layer, kernel: jax.Array, bias: jax.Array | None):
+    lay = layer.layout
+    mats = layouts.to_matrices(kernel, lay)
+    if bias is None:
+        return jax.vmap(lambda m: statistics_from_gradient(m, None))(mats)
+    b = bias.reshape(lay.batch_size, lay.fan_out)
+    return jax.vmap(statistics_from_gradient)(mats, b)
+
+
+# ----------------------------------------------------------------------------
+# Factor updates and preconditioning
+# ----------------------------------------------------------------------------
+
+
+def sherman_morrison_update(inverse: jax.Array, v: jax.Array, decay: Any) -> jax.Array:
+    """``(P⁻¹ + v vᵀ)⁻¹`` with ``P = decay · F⁻¹ + (1 − decay) I`` (f32).
+
+    MKOR's released factor update (``sm_inverse(0.95·F + 0.05·I, v)``):
+    ``F⁻¹ ← P − (P v)(vᵀ P) / (1 + vᵀ P v)``.
+    """
+    f = inverse.astype(jnp.float32)
+    n = f.shape[-1]
+    p = decay * f + (1.0 - decay) * jnp.eye(n, dtype=jnp.float32)
+    v = v.astype(jnp.float32)
+    pv = p @ v
+    vp = v @ p
+    return p - jnp.outer(pv, vp) / (1.0 + v @ pv)
+
+
+def _refresh_matrix(
+    a_inv: jax.Array,
+    g_inv: jax.Array,
+    reset_a: jax.Array,
+    reset_g: jax.Array,
+    a: jax.Array,
+    g: jax.Array,
+    *,
+    decay: Any,
+    reset_mode: str,
+    stabilization: Any,
+    threshold: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """One refresh of one layer matrix, in the released code's order (A, then G)."""
+
+    def reset(f: jax.Array) -> jax.Array:
+        eye = jnp.eye(f.shape[-1], dtype=jnp.float32)
+        if reset_mode == "identity":
+            return eye
+        return (1.0 - stabilization) * f.astype(jnp.float32) + stabilization * eye
+
+    def step(f: jax.Array, flag: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+        new = jnp.where(flag, reset(f), sherman_morrison_update(f, v, decay)).astype(f.dtype)
+        blew_up = jnp.logical_not(flag) & (jnp.max(jnp.abs(new.astype(jnp.float32))) > threshold)
+        return new, blew_up
+
+    a_new, blew_a = step(a_inv, reset_a, a)
+    # A blow-up flags both factors: G is reset (not updated) at this same refresh.
+    reset_g = reset_g | blew_a
+    g_new, blew_g = step(g_inv, reset_g, g)
+    return a_new, g_new, blew_a | blew_g, blew_g
+
+
+def _precondition(
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    st: MKORLayerState,
+    lay: layouts.ResolvedLayout,
+) -> tuple[jax.Array, jax.Array | None]:
+    """``G⁻¹ [∇W, ∇b] A⁻¹`` (PyTorch view), rescaled to the gradient's norm."""
+    k = layouts.to_matrices(kernel, lay).astype(jnp.float32)  # (B, fan_in, fan_out)
+    parts = [k]
+    if bias is not None:
+        parts.append(bias.reshape(lay.batch_size, 1, lay.fan_out).astype(jnp.float32))
+    mat = jnp.concatenate(parts, axis=1) if bias is not None else k
+    a = jnp.swapaxes(st.a_inv.astype(jnp.float32), -1, -2)
+    g = jnp.swapaxes(st.g_inv.astype(jnp.float32), -1, -2)
+    pre = a @ mat @ g  # Flax view of G⁻¹ M_torch A⁻¹ (transposed)
+
+    def norms(x: jax.Array) -> jax.Array:
+        n = jnp.linalg.norm(x[:, : lay.fan_in, :], axis=(1, 2))
+        if bias is not None:
+            n = n + jnp.linalg.norm(x[:, lay.fan_in, :], axis=-1)
+        return n
+
+    grad_norm, pre_norm = norms(mat), norms(pre)
+    fix = grad_norm / jnp.where(pre_norm > 0, pre_norm, 1.0)
+    ok = (pre_norm > 0) & jnp.isfinite(fix)
+    out = jnp.where(ok[:, None, None], pre * fix[:, None, None], mat)
+    new_kernel = layouts.from_matrices(out[:, : lay.fan_in, :], lay).astype(kernel.dtype)
+    new_bias = None
+    if bias is not None:
+        new_bias = out[:, lay.fan_in, :].reshape(bias.shape).astype(bias.dtype)
+    return new_kernel, new_bias
+
+
+def _sharded_call(fn: Any, args: tuple[Any, ...], outs_like: Any) -> Any:
+    """``fn(*args)``; under an Explicit mesh with sharded inputs, via ``auto_axes``.
+
+    Outputs get the shardings of ``outs_like`` (a tree of arrays, or None for
+    replicated outputs), so matrix math over sharded contracting dimensions
+    compiles and the results keep a fixed sharding.
+    """
+    if not any(sharding.is_sharded(x) for x in jax.tree.leaves(args)):
+        return fn(*args)
+    replicated = jax.sharding.PartitionSpec()
+    if outs_like is None:
+        out_sharding = replicated
+    else:
+        out_sharding = jax.tree.map(lambda x: sharding.spec_of(x) or replicated, outs_like)
+    return jax.sharding.auto_axes(fn, out_sharding=out_sharding)(*args)
+
+
+def scale_by_mkor(
+    inv_freq: int = 10,
+    *,
+    factor_decay: Any = 0.95,
+    stabilization_factor: Any = 0.1,
+    reset_mode: str = "identity",
+    reset_threshold: Any = 2.0,
+    clip_value: Any = 100.0,
+    warmup_steps: int = 0,
+    statistics: str = "auto",
+    factor_dtype: Any = jnp.float16,
+    router: routing.Router | None = None,
+    hybrid: bool = False,
+    switch_window: int = 100,
+    switch_threshold: Any = 0.1,
+    switch_min_steps: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """MKOR's preconditioner: rank-1 Sherman–Morrison inverse Kronecker factors.
+
+    Per layer (a routed kernel, with its sibling bias folded in as the last
+    input row; PyTorch view ``M = [∇W, ∇b]`` of shape ``(out, in+1)``):
+
+    .. math::
+
+      \\text{every } \\texttt{inv\\_freq} \\text{ steps:}\\quad
+      A^{-1} \\leftarrow \\mathrm{SM}\\big(γ A^{-1} + (1-γ) I,\\ \\bar a\\big),\\quad
+      G^{-1} \\leftarrow \\mathrm{SM}\\big(γ G^{-1} + (1-γ) I,\\ \\bar g\\big),
+
+      \\mathrm{SM}(P, v) = P - \\frac{P v\\, v^\\top P}{1 + v^\\top P v}
+      = (P^{-1} + v v^\\top)^{-1},
+
+      \\text{every step:}\\quad Δ = G^{-1} M A^{-1}, \\qquad
+      Δ \\leftarrow Δ\\, \\frac{\\|∇W\\| + \\|∇b\\|}{\\|Δ_W\\| + \\|Δ_b\\|}
+
+    (arXiv 2306.01685, Algorithm 1 and §3.2–3.4; released package
+    ``mkor/mkor.py``, commit 3a0e3bb2). ``ā`` is the batch-mean layer input
+    with a trailing 1 for the bias, ``ḡ`` the batch-mean output gradient times
+    the number of rows (:func:`optx.value_grad_and_captures`). Factors start at
+    ``I``. **Norm-based stabilizer:** after an SM update, if ``max|F⁻¹| > 2``
+    both factors of the layer are flagged and reset at the next refresh
+    (``reset_mode='identity'``: to ``I``, what the released code does — its
+    blend branch is unreachable, see below; ``'blend'``: ``(1−ζ)F⁻¹ + ζI``, the
+    intended path, ζ = ``stabilization_factor``). A refresh that resets a factor
+    skips that factor's SM update; a blow-up of ``A⁻¹`` resets ``G⁻¹`` in the
+    same refresh (the released code's order). Flags start set, so the first
+    refresh (step 0) only resets to ``I``. If ``Δ`` is zero the raw gradient is
+    kept. Chain a first-order optimizer after this transform (:func:`optx.mkor`).
+
+    **Statistics.** The ``captures`` extra argument maps kernel paths to
+    :class:`optx.LayerStatistics`. ``statistics='auto'`` uses captures where
+    given and, for other layers (or without ``captures``), rank-1 statistics
+    derived from the layer's gradient (:func:`optx.statistics_from_gradient`:
+    ``ḡ = ∇b``, ``ā = ∇W∇b/‖∇b‖²`` with a bias, the balanced leading singular
+    pair without) — an approximation for plain loss functions and layers the
+    capture cannot see (``nnx.scan``). ``'captures'`` requires a capture for
+    every layer; ``'gradients'`` ignores captures.
+
+    **MKOR-H** (``hybrid=True``; the paper's hybrid, not in the released code,
+    so this rule is optx's specification of "switch to the first-order optimizer
+    once second-order updates stop reducing the loss faster"): every
+    ``switch_window`` steps the mean of the ``loss`` extra argument over the
+    window gives the relative decrease rate
+    ``r_k = (L̄_{k−1} − L̄_k)/|L̄_{k−1}|``; the best rate so far is ``r*``; once
+    ``r_k < switch_threshold · r*`` (with ``r* > 0`` and at least
+    ``switch_min_steps`` steps) MKOR stops preconditioning for good and the
+    inner optimizer continues on raw gradients (its state carries over). The
+    switch state is in ``state.switch``.
+
+    Official-code quirks, and what optx does:
+
+    * The factor update hard-codes γ = 0.95 (``stat_decay`` is unused):
+      ``factor_decay`` defaults to 0.95.
+    * ``_reset_factors`` tests ``module not in factor_dict`` on a list of
+      tensors, which is always true: resets always go to ``I``
+      (``reset_mode='identity'``).
+    * Factors, ``ā`` and ``ḡ`` are stored in fp16 (``half_precision=True``) and
+      the SM update runs in fp16; optx stores factors in ``factor_dtype``
+      (default fp16) but computes the update and the preconditioning in f32.
+    * Inputs and output gradients are clamped to ±100 per sample before the
+      batch mean (``clip_value`` in the capture; the means are clamped again
+      here).
+    * While ``step < warmup_steps`` the factors are refreshed every step.
+    * Gradient-accumulation and loss-scaling arguments are not needed: use
+      :func:`optx.accumulate_gradients` (captures of the last micro-batch are
+      used).
+
+    Args:
+      inv_freq: refresh period of the factors (static; official 10).
+      factor_decay: γ of ``P = γF⁻¹ + (1−γ)I`` (official 0.95).
+      stabilization_factor: ζ of ``reset_mode='blend'`` (official 0.1).
+      reset_mode: ``'identity'`` (released behaviour) or ``'blend'``.
+      reset_threshold: blow-up threshold on ``max|F⁻¹|`` (official 2).
+      clip_value: clamp of the statistics (official 100).
+      warmup_steps: refresh every step before this step (static; official 0).
+      statistics: ``'auto'``, ``'captures'`` or ``'gradients'``.
+      factor_dtype: storage dtype of the factors (official fp16).
+      router: which leaves are layers (default :func:`optx.mkor_router`).
+      hybrid: MKOR-H switching (needs the ``loss`` extra argument).
+      switch_window: steps per loss window (static).
+      switch_threshold: switch when the window's rate falls below this
+        fraction of the best rate.
+      switch_min_steps: never switch before this step.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> params = {'dense': {'kernel': jnp.ones((3, 2)), 'bias': jnp.zeros(2)}}
+      >>> tx = optax.chain(optx.scale_by_mkor(inv_freq=1), optax.sgd(0.1))
+      >>> u, s = tx.update(params, tx.init(params), params)
+    """
+    k = base.check_positive_int("inv_freq", inv_freq)
+    warmup_steps = base.check_positive_int("warmup_steps", warmup_steps, allow_zero=True)
+    window = base.check_positive_int("switch_window", switch_window)
+    base.check_positive_int("switch_min_steps", switch_min_steps, allow_zero=True)
+    base.check_choice("reset_mode", reset_mode, RESET_MODES)
+    base.check_choice("statistics", statistics, STATISTICS)
+    base.check_in_range("factor_decay", factor_decay, 0.0, 1.0, high_inclusive=True)
+    base.check_in_range("stabilization_factor", stabilization_factor, 0.0, 1.0, high_inclusive=True)
+    base.check_nonnegative("clip_value", clip_value)
+    base.check_nonnegative("reset_threshold", reset_threshold)
+    base.check_nonnegative("switch_threshold", switch_threshold)
+    factor_dtype = base.canonicalize_dtype(factor_dtype)
+    if not jnp.issubdtype(factor_dtype, jnp.floating):
+        raise TypeError(f"`factor_dtype` must be a floating dtype, got {factor_dtype}.")
+    router = mkor_router() if router is None else routing.as_router(router)
+
+    def init_fn(params: base.Params) -> ScaleByMKORState:
+        plan = _plan(params, router)
+
+        def layer_state(layer: _Layer) -> MKORLayerState:
+            lay = layer.layout
+            na = lay.fan_in + (1 if layer.bias is not None else 0)
+
+            def eye(n: int) -> jax.Array:
+                return jnp.broadcast_to(jnp.eye(n, dtype=factor_dtype), (lay.batch_size, n, n))
+
+            return MKORLayerState(
+                a_inv=eye(na),
+                g_inv=eye(lay.fan_out),
+                reset_a=jnp.ones((lay.batch_size,), jnp.bool_),
+                reset_g=jnp.ones((lay.batch_size,), jnp.bool_),
+            )
+
+        return ScaleByMKORState(
+            count=jnp.zeros([], jnp.int32),
+            layers=tuple(layer_state(plan[p]) for p in sorted(plan)),
+            switch=SecondOrderSwitchState(
+                second_order=jnp.ones([], jnp.bool_),
+                window_loss=jnp.zeros([], jnp.float32),
+                window_steps=jnp.zeros([], jnp.int32),
+                previous_mean=jnp.zeros([], jnp.float32),
+                best_rate=jnp.zeros([], jnp.float32),
+                windows=jnp.zeros([], jnp.int32),
+                switched_at=jnp.full([], -1, jnp.int32),
+            ),
+        )
+
+    def layer_vectors(layer: _Layer, leaves: dict[str, Any], captures: Any):
+        lay = layer.layout
+        cap = None if captures is None or statistics == "gradients" else captures.get(layer.path)
+        if cap is None:
+            if statistics == "captures":
+                raise ValueError(
+                    f"statistics='captures' but there is no capture for layer '{layer.path}' "
+                    f"(captured: {sorted(captures or {})[:6]})."
+                )
+            a, g = _layer_gradient_statistics(layer, leaves[layer.path], leaves.get(layer.bias))
+        else:
+            a = jnp.asarray(cap.inputs, jnp.float32).reshape(-1, lay.fan_in)
+            g = jnp.asarray(cap.output_grads, jnp.float32).reshape(-1, lay.fan_out)
+            if a.shape[0] != lay.batch_size or g.shape[0] != lay.batch_size:
+                raise ValueError(
+                    f"Capture of layer '{layer.path}' has shapes {jnp.shape(cap.inputs)}, "
+                    f"{jnp.shape(cap.output_grads)}; expected {(*lay.batch_shape, lay.fan_in)} "
+                    f"and {(*lay.batch_shape, lay.fan_out)}."
+                )
+        a = jnp.clip(a, -clip_value, clip_value)
+        g = jnp.clip(g, -clip_value, clip_value)
+        if layer.bias is not None:
+            a = jnp.concatenate([a, jnp.ones((a.shape[0], 1), a.dtype)], axis=1)
+        return a, g
+
+    def refresh(plan, leaves, layer_states, captures):
+        new = {}
+        for path, layer in plan.items():
+            st = layer_states[path]
+
+            def fn(kernel, bias, st, caps, layer=layer):
+                a, g = layer_vectors(layer, {layer.path: kernel, layer.bias: bias}, caps)
+                out = jax.vmap(
+                    lambda A, G, ra, rg, av, gv: _refresh_matrix(
+                        A,
+                        G,
+                        ra,
+                        rg,
+                        av,
+                        gv,
+                        decay=factor_decay,
+                        reset_mode=reset_mode,
+                        stabilization=stabilization_factor,
+                        threshold=reset_threshold,
+                    )
+                )(st.a_inv, st.g_inv, st.reset_a, st.reset_g, a, g)
+                return MKORLayerState(*out)
+
+            caps = {path: captures[path]} if captures is not None and path in captures else None
+            args = (leaves[path], leaves.get(layer.bias), st, caps)
+            new[path] = _sharded_call(fn, args, None)
+        return new
+
+    def precondition(plan, leaves, layer_states):
+        out = {}
+        for path, layer in plan.items():
+            kernel, bias = leaves[path], leaves.get(layer.bias)
+
+            def fn(kernel, bias, st, layer=layer):
+                new_k, new_b = _precondition(kernel, bias, st, layer.layout)
+                return (new_k,) if new_b is None else (new_k, new_b)
+
+            like = (kernel,) if bias is None else (kernel, bias)
+            outs = _sharded_call(fn, (kernel, bias, layer_states[path]), like)
+            out[path] = outs[0]
+            if layer.bias is not None:
+                out[layer.bias] = outs[1]
+        return out
+
+    def switch_update(sw: SecondOrderSwitchState, loss: Any, count: jax.Array):
+        loss = jnp.asarray(loss, jnp.float32)
+        total = sw.window_loss + loss
+        steps = sw.window_steps + 1
+        closing = steps >= window
+        mean = total / steps.astype(jnp.float32)
+        prev = sw.previous_mean
+        have_prev = sw.windows > 0
+        rate = jnp.where(have_prev, (prev - mean) / jnp.maximum(jnp.abs(prev), 1e-12), 0.0)
+        best = jnp.where(closing & have_prev, jnp.maximum(sw.best_rate, rate), sw.best_rate)
+        trigger = (
+            closing
+            & have_prev
+            & (sw.best_rate > 0)
+            & (count >= switch_min_steps)
+            & (rate < switch_threshold * sw.best_rate)
+        )
+        second_order = sw.second_order & jnp.logical_not(trigger)
+        return SecondOrderSwitchState(
+            second_order=second_order,
+            window_loss=jnp.where(closing, 0.0, total),
+            window_steps=jnp.where(closing, 0, steps).astype(jnp.int32),
+            previous_mean=jnp.where(closing, mean, prev),
+            best_rate=best,
+            windows=sw.windows + closing.astype(jnp.int32),
+            switched_at=jnp.where(sw.second_order & trigger, count, sw.switched_at),
+        )
+
+    def update_fn(
+        updates: base.Updates,
+        state: ScaleByMKORState,
+        params: base.Params | None = None,
+        *,
+        captures: Any = None,
+        loss: Any = None,
+        **extra: Any,
+    ) -> tuple[base.Updates, ScaleByMKORState]:
+        del params, extra
+        if hybrid and loss is None:
+            raise TypeError(
+                "MKOR-H (hybrid=True) needs the `loss` extra argument: "
+                "update(grads, state, params, loss=loss_value)."
+            )
+        if statistics == "captures" and captures is None:
+            raise TypeError(
+                "statistics='captures' needs the `captures` extra argument "
+                "(optx.value_grad_and_captures / optx.linen_value_grad_and_captures)."
+            )
+        plan = _plan(updates, router)
+        flat, _ = base.flatten_with_paths(updates)
+        leaves = dict(flat)
+        if len(state.layers) != len(plan):
+            raise ValueError(
+                f"The MKOR state has {len(state.layers)} layers but the updates have "
+                f"{len(plan)} ({sorted(plan)}): init and update trees differ."
+            )
+        state_flat = dict(zip(sorted(plan), state.layers))
+        count = state.count
+        switch = switch_update(state.switch, loss, count) if hybrid else state.switch
+        due = (count % k == 0) | (count < warmup_steps)
+
+        def second_order(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+            layer_states = jax.lax.cond(
+                due,
+                lambda s: refresh(plan, leaves, s, captures),
+                lambda s: s,
+                state_flat,
+            )
+            return precondition(plan, leaves, layer_states), layer_states
+
+        def first_order(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+            keep = {p: leaves[p] for p in plan}
+            keep.update({ly.bias: leaves[ly.bias] for ly in plan.values() if ly.bias is not None})
+            return keep, state_flat
+
+        if hybrid:
+            new_leaves, new_states = jax.lax.cond(
+                switch.second_order, second_order, first_order, None
+            )
+        else:
+            new_leaves, new_states = second_order(None)
+
+        new_updates = base.tree_map_with_path_str(lambda p, x: new_leaves.get(p, x), updates)
+        new_layers = tuple(new_states[p] for p in sorted(plan))
+        return new_updates, ScaleByMKORState(
+            count=optax.safe_increment(count), layers=new_layers, switch=switch
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
