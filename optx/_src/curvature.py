@@ -50,12 +50,13 @@ partition the full-tree estimate is computed once per transform that needs it.
 **Data parallelism.** Under ``jax.jit`` with sharded arrays (the global view),
 ``loss_fn`` is the loss of the *global* batch, so every estimate is already the
 cross-device average: XLA inserts the reductions. Under ``shard_map``/``pmap``
-(per-device view) give the estimator an ``axis_name``: Hutchinson estimates use
-the same probe on every device (the key must be replicated — the state key is)
-and ``pmean`` the Hessian-vector products, which is exactly the HVP of the
-global mean loss; Gauss–Newton–Bartlett folds the device index into the
-label-sampling key (independent labels per shard) and ``pmean``\\ s the sampled
-gradient **before** squaring it, as the official SophiaG script does under DDP.
+(per-device view, ``loss_fn`` = the local batch's loss) give the estimator an
+``axis_name``: it differentiates ``lax.pmean(loss_fn(p), axis_name)``, so
+Hutchinson estimates are the HVP of the global mean loss with the same probe on
+every device (the key must be replicated — the state key is), and
+Gauss–Newton–Bartlett (which folds the device index into the label-sampling
+key: independent labels per shard) averages the sampled gradient across devices
+**before** squaring it, as the official SophiaG script does under DDP.
 
 References:
   Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for
@@ -125,8 +126,16 @@ def random_probes(key: jax.Array, tree: Any, distribution: str = "rademacher") -
     return jax.tree.unflatten(treedef, [draw(k, x) for k, x in zip(keys, leaves)])
 
 
-def _pmean(tree: Any, axis_name: str | None) -> Any:
-    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+def _averaged(fn: Callable[..., jax.Array], axis_name: str | None) -> Callable[..., jax.Array]:
+    """``fn`` averaged over the mapped axis: derivatives of it are cross-device means.
+
+    Differentiating ``pmean(local_loss)`` gives the gradient / HVP of the mean of
+    the per-device losses on every device, under ``shard_map`` (whose autodiff
+    already sums the cotangents of replicated inputs) and ``pmap`` alike.
+    """
+    if axis_name is None:
+        return fn
+    return lambda *args: jax.lax.pmean(fn(*args), axis_name)
 
 
 def hutchinson_diagonal(
@@ -149,7 +158,9 @@ def hutchinson_diagonal(
     With ``absolute=True`` the mean of ``|z ⊙ Hz|`` (AdaHessian's ``|Hz|`` for
     Rademacher probes, arXiv 2006.00719 §3.2). Probes are drawn once per sample
     and the samples are accumulated in a ``lax.scan`` (memory of one HVP).
-    With ``axis_name`` the HVPs are ``pmean``-ed across devices before ``|·|``.
+    With ``axis_name`` (per-device ``loss_fn`` under ``shard_map``/``pmap``) the
+    HVP is that of the cross-device mean loss (``pmean`` inside the closure),
+    so it is averaged over devices before ``|·|``.
 
     Args:
       loss_fn: ``params -> scalar``.
@@ -169,9 +180,11 @@ def hutchinson_diagonal(
     num_samples = base.check_positive_int("num_samples", num_samples)
     base.check_choice("distribution", distribution, DISTRIBUTIONS)
 
+    loss_fn = _averaged(loss_fn, axis_name)
+
     def one(k: jax.Array) -> Any:
         z = random_probes(k, params, distribution)
-        hz = _pmean(hvp(loss_fn, params, z), axis_name)
+        hz = hvp(loss_fn, params, z)
         est = jax.tree.map(lambda a, b: a * b, z, hz)
         return jax.tree.map(jnp.abs, est) if absolute else est
 
@@ -208,8 +221,9 @@ def gauss_newton_bartlett_diagonal(
       key: PRNG key for the label sampling.
       clip_norm: clip ``ĝ`` to this global norm before squaring (the official
         training script reuses ``grad_clip = 1.0``); None disables.
-      axis_name: mapped axis: ``ĝ`` is ``pmean``-ed before squaring (DDP
-        semantics) and the device index is folded into the sampling key.
+      axis_name: mapped axis: ``ĝ`` is the gradient of the cross-device mean
+        sampled loss, i.e. averaged before squaring (DDP semantics); the device
+        index is folded into the sampling key.
 
     Example:
       >>> import jax, jax.numpy as jnp, optx
@@ -221,8 +235,7 @@ def gauss_newton_bartlett_diagonal(
     """
     if axis_name is not None:
         key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-    g = jax.grad(sampled_loss_fn)(params, key)
-    g = _pmean(g, axis_name)
+    g = jax.grad(_averaged(sampled_loss_fn, axis_name))(params, key)
     if clip_norm is not None:
         norm = optax.tree.norm(g)
         scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-30))

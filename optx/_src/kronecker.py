@@ -155,9 +155,10 @@ def statistics_from_gradient(
     the split of the leading singular value is ambiguous and the balanced pair
     ``(√σ u, √σ v)`` is used.
     """
-    k = kernel_grad.astype(jnp.float32)
+    cdt = jnp.result_type(jnp.float32, kernel_grad)
+    k = kernel_grad.astype(cdt)
     if bias_grad is not None:
-        g = bias_grad.astype(jnp.float32)
+        g = bias_grad.astype(cdt)
         a = (k @ g) / jnp.maximum(jnp.sum(g * g), 1e-30)
         return a, g
     return _leading_pair(k)
@@ -208,10 +209,11 @@ def sherman_morrison_update(inverse: jax.Array, v: jax.Array, decay: Any) -> jax
     MKOR's released factor update (``sm_inverse(0.95·F + 0.05·I, v)``):
     ``F⁻¹ ← P − (P v)(vᵀ P) / (1 + vᵀ P v)``.
     """
-    f = inverse.astype(jnp.float32)
+    cdt = jnp.result_type(jnp.float32, inverse, v)
+    f = inverse.astype(cdt)
     n = f.shape[-1]
-    p = decay * f + (1.0 - decay) * jnp.eye(n, dtype=jnp.float32)
-    v = v.astype(jnp.float32)
+    p = decay * f + (1.0 - decay) * jnp.eye(n, dtype=cdt)
+    v = v.astype(cdt)
     pv = p @ v
     vp = v @ p
     return p - jnp.outer(pv, vp) / (1.0 + v @ pv)
@@ -233,14 +235,15 @@ def _refresh_matrix(
     """One refresh of one layer matrix, in the released code's order (A, then G)."""
 
     def reset(f: jax.Array) -> jax.Array:
-        eye = jnp.eye(f.shape[-1], dtype=jnp.float32)
+        cdt = jnp.result_type(jnp.float32, f)
+        eye = jnp.eye(f.shape[-1], dtype=cdt)
         if reset_mode == "identity":
             return eye
-        return (1.0 - stabilization) * f.astype(jnp.float32) + stabilization * eye
+        return (1.0 - stabilization) * f.astype(cdt) + stabilization * eye
 
     def step(f: jax.Array, flag: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
         new = jnp.where(flag, reset(f), sherman_morrison_update(f, v, decay)).astype(f.dtype)
-        blew_up = jnp.logical_not(flag) & (jnp.max(jnp.abs(new.astype(jnp.float32))) > threshold)
+        blew_up = jnp.logical_not(flag) & (jnp.max(jnp.abs(new)) > threshold)
         return new, blew_up
 
     a_new, blew_a = step(a_inv, reset_a, a)
@@ -257,13 +260,14 @@ def _precondition(
     lay: layouts.ResolvedLayout,
 ) -> tuple[jax.Array, jax.Array | None]:
     """``G⁻¹ [∇W, ∇b] A⁻¹`` (PyTorch view), rescaled to the gradient's norm."""
-    k = layouts.to_matrices(kernel, lay).astype(jnp.float32)  # (B, fan_in, fan_out)
+    cdt = jnp.result_type(jnp.float32, kernel, st.a_inv)
+    k = layouts.to_matrices(kernel, lay).astype(cdt)  # (B, fan_in, fan_out)
     parts = [k]
     if bias is not None:
-        parts.append(bias.reshape(lay.batch_size, 1, lay.fan_out).astype(jnp.float32))
+        parts.append(bias.reshape(lay.batch_size, 1, lay.fan_out).astype(cdt))
     mat = jnp.concatenate(parts, axis=1) if bias is not None else k
-    a = jnp.swapaxes(st.a_inv.astype(jnp.float32), -1, -2)
-    g = jnp.swapaxes(st.g_inv.astype(jnp.float32), -1, -2)
+    a = jnp.swapaxes(st.a_inv.astype(cdt), -1, -2)
+    g = jnp.swapaxes(st.g_inv.astype(cdt), -1, -2)
     pre = a @ mat @ g  # Flax view of G⁻¹ M_torch A⁻¹ (transposed)
 
     def norms(x: jax.Array) -> jax.Array:
@@ -467,14 +471,16 @@ def scale_by_mkor(
                 )
             a, g = _layer_gradient_statistics(layer, leaves[layer.path], leaves.get(layer.bias))
         else:
-            a = jnp.asarray(cap.inputs, jnp.float32).reshape(-1, lay.fan_in)
-            g = jnp.asarray(cap.output_grads, jnp.float32).reshape(-1, lay.fan_out)
-            if a.shape[0] != lay.batch_size or g.shape[0] != lay.batch_size:
+            want_a, want_g = (*lay.batch_shape, lay.fan_in), (*lay.batch_shape, lay.fan_out)
+            if jnp.shape(cap.inputs) != want_a or jnp.shape(cap.output_grads) != want_g:
                 raise ValueError(
                     f"Capture of layer '{layer.path}' has shapes {jnp.shape(cap.inputs)}, "
                     f"{jnp.shape(cap.output_grads)}; expected {(*lay.batch_shape, lay.fan_in)} "
                     f"and {(*lay.batch_shape, lay.fan_out)}."
                 )
+            cdt = jnp.result_type(jnp.float32, cap.inputs, cap.output_grads)
+            a = jnp.asarray(cap.inputs, cdt).reshape(lay.batch_size, lay.fan_in)
+            g = jnp.asarray(cap.output_grads, cdt).reshape(lay.batch_size, lay.fan_out)
         a = jnp.clip(a, -clip_value, clip_value)
         g = jnp.clip(g, -clip_value, clip_value)
         if layer.bias is not None:

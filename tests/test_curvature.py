@@ -1,0 +1,274 @@
+"""The curvature extra-argument vocabulary: HVP, Hutchinson, Gauss–Newton–Bartlett,
+selection by key path, device averaging on the 8-device CPU mesh, NNX helpers."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optx
+from optx._src import curvature
+
+
+def _mlp(seed: int = 0, dtype=jnp.float32):
+    r = np.random.default_rng(seed)
+    x = jnp.asarray(r.normal(size=(16, 3)), dtype)
+    y = jnp.asarray(r.normal(size=(16, 2)), dtype)
+    params = {
+        "l1": {"kernel": jnp.asarray(r.normal(size=(3, 4)), dtype), "bias": jnp.zeros(4, dtype)},
+        "l2": {"kernel": jnp.asarray(r.normal(size=(4, 2)) * 0.5, dtype)},
+    }
+
+    def loss_fn(p, x=x, y=y):
+        h = jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"])
+        return 0.5 * jnp.mean(jnp.sum((h @ p["l2"]["kernel"] - y) ** 2, -1))
+
+    return params, loss_fn, (x, y)
+
+
+def _exact_hessian(loss_fn, params) -> tuple[np.ndarray, np.ndarray]:
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    return np.asarray(jax.hessian(lambda v: loss_fn(unravel(v)))(flat)), np.asarray(flat)
+
+
+def _ravel(tree) -> np.ndarray:
+    return np.asarray(jax.flatten_util.ravel_pytree(tree)[0])
+
+
+def test_hvp_matches_exact_hessian() -> None:
+    with jax.enable_x64(True):
+        params, loss_fn, _ = _mlp(dtype=jnp.float64)
+        hess, _ = _exact_hessian(loss_fn, params)
+        v = jax.tree.map(
+            lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape), params
+        )
+        got = _ravel(optx.hvp(loss_fn, params, v))
+        np.testing.assert_allclose(got, hess @ _ravel(v), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+def test_hutchinson_is_probe_times_hvp(distribution: str) -> None:
+    with jax.enable_x64(True):
+        params, loss_fn, _ = _mlp(dtype=jnp.float64)
+        hess, _ = _exact_hessian(loss_fn, params)
+        key = jax.random.key(7)
+        z = _ravel(optx.random_probes(key, params, distribution))
+        if distribution == "rademacher":
+            assert set(np.unique(z)) <= {-1.0, 1.0}
+        est = optx.hutchinson_diagonal(loss_fn, params, key, distribution=distribution)
+        np.testing.assert_allclose(_ravel(est), z * (hess @ z), rtol=1e-10, atol=1e-12)
+        est_abs = optx.hutchinson_diagonal(
+            loss_fn, params, key, distribution=distribution, absolute=True
+        )
+        np.testing.assert_allclose(_ravel(est_abs), np.abs(z * (hess @ z)), rtol=1e-10, atol=1e-12)
+
+
+def test_hutchinson_is_unbiased_on_mlp() -> None:
+    """The mean of many probes approaches the exact Hessian diagonal."""
+    with jax.enable_x64(True):
+        params, loss_fn, _ = _mlp(dtype=jnp.float64)
+        hess, _ = _exact_hessian(loss_fn, params)
+        est = optx.hutchinson_diagonal(loss_fn, params, jax.random.key(0), num_samples=4096)
+        diag = np.diag(hess)
+        # Rademacher: the error of coordinate i has std ||H_i,-i|| / sqrt(S).
+        off = np.sqrt(np.sum(hess**2, axis=1) - diag**2) / np.sqrt(4096)
+        assert np.all(np.abs(_ravel(est) - diag) < 5 * off + 1e-12)
+
+
+def test_gauss_newton_bartlett_is_unbiased_for_softmax_regression() -> None:
+    """B · E[ĝ ⊙ ĝ] = diag of the Gauss–Newton matrix (arXiv 2305.14342, Eq. 10–12)."""
+    r = np.random.default_rng(1)
+    n, d, c = 6, 3, 4
+    x = r.normal(size=(n, d))
+    w = r.normal(size=(d, c)) * 0.5
+    logits_fn = lambda p: jnp.asarray(x, jnp.float32) @ p  # noqa: E731
+    sampled = optx.sampled_label_loss(logits_fn)
+    keys = jax.random.split(jax.random.key(0), 20000)
+    est = jax.vmap(
+        lambda k: optx.gauss_newton_bartlett_diagonal(sampled, jnp.asarray(w, jnp.float32), k)
+    )(keys)
+    got = n * np.asarray(est).mean(0)
+    # Gauss–Newton diagonal of the mean CE of a linear softmax model.
+    z = x @ w
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    ggn = (x[:, :, None] ** 2 * (p * (1 - p))[:, None, :]).mean(0)
+    np.testing.assert_allclose(got, ggn, rtol=0.08, atol=1e-3)
+
+
+def test_gauss_newton_bartlett_clip_norm() -> None:
+    f = optx.sampled_label_loss(lambda p: p)
+    params = jnp.array([[5.0, -5.0, 0.0], [0.0, 3.0, -3.0]])
+    key = jax.random.key(3)
+    raw = optx.gauss_newton_bartlett_diagonal(f, params, key)
+    clipped = optx.gauss_newton_bartlett_diagonal(f, params, key, clip_norm=0.1)
+    norm2 = float(jnp.sum(raw))
+    assert norm2 > 0.01
+    np.testing.assert_allclose(float(jnp.sum(clipped)), 0.01, rtol=1e-5)
+    np.testing.assert_allclose(clipped, raw * 0.01 / norm2, rtol=1e-5)
+
+
+def test_sampled_label_loss_mask() -> None:
+    logits = jnp.array([[0.0, 0.0], [10.0, -10.0]])
+    f = optx.sampled_label_loss(lambda p: p, where=jnp.array([True, False]))
+    np.testing.assert_allclose(float(f(logits, jax.random.key(0))), np.log(2.0), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Selection by key path (partition / masked / NNX)
+# ----------------------------------------------------------------------------
+
+
+def test_estimate_over_full_tree_selects_own_leaves() -> None:
+    params, loss_fn, _ = _mlp()
+    key = jax.random.key(0)
+    full = optx.hutchinson_diagonal(loss_fn, params, key)
+    masked = {
+        "l1": {"kernel": params["l1"]["kernel"], "bias": optax.MaskedNode()},
+        "l2": optax.MaskedNode(),
+    }
+    est = optx.Hutchinson()
+    got = optx.estimate_diagonal(est, masked, {"loss_fn": loss_fn, "full_params": params}, key)
+    assert isinstance(got["l2"], optax.MaskedNode)
+    assert isinstance(got["l1"]["bias"], optax.MaskedNode)
+    np.testing.assert_array_equal(got["l1"]["kernel"], full["l1"]["kernel"])
+    with pytest.raises(ValueError, match="full_params"):
+        optx.estimate_diagonal(est, masked, {"loss_fn": loss_fn}, key)
+    with pytest.raises(ValueError, match="no leaf"):
+        optx.select_by_path(full, {"other": jnp.zeros(2)})
+
+
+def test_select_by_path_ignores_nnx_value_boxes() -> None:
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    boxed = nnx.state(model, nnx.Param)  # leaves under '.value' attributes
+    pure = nnx.as_pure(boxed)
+    doubled = jax.tree.map(lambda x: 2 * x, pure)
+    got = optx.select_by_path(doubled, boxed)
+    np.testing.assert_array_equal(jax.tree.leaves(got)[0], jax.tree.leaves(doubled)[0])
+
+
+def test_missing_arguments_message() -> None:
+    with pytest.raises(TypeError, match="sampled_loss_fn"):
+        curvature.check_extra_args(optx.GaussNewtonBartlett(), {}, "Sophia-G")
+    assert curvature.missing_arguments(optx.Hutchinson(), {"obj_fn": lambda p: 0.0}) == []
+    args = optx.curvature_args(lambda p: 0.0, {"w": 1.0}, key=jax.random.key(0), loss=1.0)
+    assert set(args) == {"loss_fn", "full_params", "key", "loss"}
+
+
+# ----------------------------------------------------------------------------
+# Data parallelism on the 8-device CPU mesh
+# ----------------------------------------------------------------------------
+
+
+def _batch_problem():
+    r = np.random.default_rng(5)
+    x = jnp.asarray(r.normal(size=(32, 3)), jnp.float32)
+    labels = jnp.asarray(r.integers(0, 4, size=(32,)), jnp.int32)
+    params = {"w": jnp.asarray(r.normal(size=(3, 4)) * 0.3, jnp.float32), "b": jnp.zeros(4)}
+
+    def logits(p, x):
+        return jnp.tanh(x @ p["w"]) * 2 + p["b"]
+
+    def loss(p, x, labels):
+        return optax.softmax_cross_entropy_with_integer_labels(logits(p, x), labels).mean()
+
+    return params, x, labels, logits, loss
+
+
+def test_global_view_estimates_are_cross_device_averages() -> None:
+    """Under jit with a batch sharded over 8 devices the estimate equals the unsharded one."""
+    params, x, labels, _, loss = _batch_problem()
+    key = jax.random.key(1)
+    ref = optx.hutchinson_diagonal(partial(loss, x=x, labels=labels), params, key)
+    # Auto axes: the user's own gradient of x @ W (batch-sharded contraction) needs them.
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    ls = jax.device_put(labels, NamedSharding(mesh, P("data")))
+
+    @jax.jit
+    def estimate(params, xs, ls):
+        return optx.hutchinson_diagonal(lambda p: loss(p, xs, ls), params, key)
+
+    got = estimate(params, xs, ls)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_shard_map_axis_name_averages_hvp_and_gnb() -> None:
+    params, x, labels, logits, loss = _batch_problem()
+    key = jax.random.key(2)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+    ref = optx.hutchinson_diagonal(partial(loss, x=x, labels=labels), params, key)
+
+    def per_device(params, x, labels):
+        hutch = optx.hutchinson_diagonal(
+            lambda p: loss(p, x, labels), params, key, axis_name="data"
+        )
+        sampled = optx.sampled_label_loss(lambda p: logits(p, x))
+        gnb = optx.gauss_newton_bartlett_diagonal(sampled, params, key, axis_name="data")
+        return hutch, gnb
+
+    sharded = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(), P("data"), P("data")), out_specs=(P(), P())
+    )
+    hutch, gnb = jax.jit(sharded)(params, x, labels)
+    # Same probe on every device: the HVP of the global mean loss.
+    for a, b in zip(jax.tree.leaves(hutch), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # GNB: per-shard sampled gradients (device index folded into the key),
+    # averaged across devices before squaring (DDP semantics).
+    shard_grads = [
+        jax.grad(optx.sampled_label_loss(lambda p, d=d: logits(p, x[4 * d : 4 * d + 4])))(
+            params, jax.random.fold_in(key, d)
+        )
+        for d in range(8)
+    ]
+    g_mean = jax.tree.map(lambda *g: sum(g) / 8, *shard_grads)
+    for a, b in zip(jax.tree.leaves(gnb), jax.tree.leaves(g_mean)):
+        np.testing.assert_allclose(a, b * b, rtol=1e-4, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------
+# NNX helper
+# ----------------------------------------------------------------------------
+
+
+class _Classifier(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.hidden = nnx.Linear(3, 8, rngs=rngs)
+        self.head = nnx.Linear(8, 4, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(jax.nn.relu(self.hidden(x)))
+
+
+def test_nnx_curvature_args_closures() -> None:
+    model = _Classifier(nnx.Rngs(0))
+    x = jnp.ones((5, 3))
+    labels = jnp.arange(5) % 4
+    batch = (x, labels)
+
+    def loss_fn(m, b):
+        return optax.softmax_cross_entropy_with_integer_labels(m(b[0]), b[1]).mean()
+
+    @nnx.jit
+    def run(model):
+        args = optx.nnx_curvature_args(
+            model, batch, loss_fn, logits_fn=lambda m, b: m(b[0]), key=jax.random.key(0)
+        )
+        direct = loss_fn(model, batch)
+        via = args["loss_fn"](args["full_params"])
+        sampled = args["sampled_loss_fn"](args["full_params"], args["key"])
+        return direct, via, sampled
+
+    direct, via, sampled = run(model)
+    np.testing.assert_allclose(direct, via, rtol=1e-6)
+    assert np.isfinite(float(sampled))
