@@ -1,10 +1,10 @@
 """Jitted update time of optx.muon / optx.normuon vs optax.contrib.muon and optax.adamw.
 
-Run:  python benchmarks/muon_step.py [--d-model 256 --layers 4 --vocab 4096 --reps 20]
+Run:  python benchmarks/muon_step.py [--size small --reps 20]
 
-Builds a GPT-style parameter tree (per-layer 2-D kernels, so optax.contrib.muon's
-``ndim == 2`` rule routes them as optx's router does; embeddings and the head go
-to AdamW in both), times ``jax.jit(tx.update)`` (median of ``--reps`` calls after
+Builds a GPT-style parameter tree (``benchmarks/_trees.py``; optax.contrib.muon
+gets dimension numbers from optx's router so both send the same leaves to
+Newton–Schulz and the embeddings/head to AdamW), times ``jax.jit(tx.update)`` (median of ``--reps`` calls after
 warm-up) and prints each time as a ratio to ``optax.adamw`` measured in the same
 run. The same script runs unchanged on GPU/TPU.
 """
@@ -19,34 +19,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from _trees import PRESETS, gpt_params
 
 import optx
 
 
-def gpt_tree(d: int, layers: int, vocab: int) -> dict[str, Any]:
-    key = iter(jax.random.split(jax.random.key(0), 8 * layers + 4))
-    n = lambda *s: 0.02 * jax.random.normal(next(key), s)  # noqa: E731
-    tree: dict[str, Any] = {"embed": {"embedding": n(vocab, d)}, "lm_head": {"kernel": n(d, vocab)}}
-    for i in range(layers):
-        tree[f"block_{i}"] = {
-            "ln1": {"scale": jnp.ones(d)},
-            "attn_qkv": {"kernel": n(d, 3 * d)},
-            "attn_out": {"kernel": n(d, d)},
-            "ln2": {"scale": jnp.ones(d)},
-            "mlp_up": {"kernel": n(d, 4 * d), "bias": jnp.zeros(4 * d)},
-            "mlp_down": {"kernel": n(4 * d, d), "bias": jnp.zeros(d)},
-        }
-    return tree
+def contrib_muon_dims(params: Any) -> Any:
+    """optax.contrib.muon dimension numbers from optx's router, so both route alike.
 
-
-def contrib_muon_labels(params: Any) -> Any:
-    """optax.contrib.muon's default rule, but with embeddings/heads on Adam as optx does."""
+    (optax's own default, ``ndim == 2``, would send the 3-D attention kernels to
+    Adam and the embedding/head to Muon.)
+    """
+    router = optx.default_router()
 
     def dim_nums(path: Any, x: jax.Array) -> Any:
-        p = optx.path_to_str(path)
-        if x.ndim != 2 or "embed" in p or "lm_head" in p:
+        layout = router.layout(optx.path_to_str(path), x)
+        if layout is None:
             return None
-        return optax.contrib.MuonDimensionNumbers(0, 1)
+        r = optx.resolve_layout(layout, x.shape)
+        return optax.contrib.MuonDimensionNumbers(r.reduction_axes, r.output_axes)
 
     return jax.tree_util.tree_map_with_path(dim_nums, params)
 
@@ -68,14 +59,13 @@ def time_update(tx: optax.GradientTransformation, params: Any, reps: int) -> flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--d-model", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--size", default="small", choices=sorted(PRESETS))
     ap.add_argument("--reps", type=int, default=20)
     args = ap.parse_args()
-    params = gpt_tree(args.d_model, args.layers, args.vocab)
+    shape = PRESETS[args.size]
+    params = gpt_params(shape, jax.random.key(0))
     n_params = optx.param_count(params)
-    contrib_dims = contrib_muon_labels(params)
+    contrib_dims = contrib_muon_dims(params)
     candidates = {
         "optax.adamw": optax.adamw(1e-3),
         "optax.contrib.muon": optax.contrib.muon(0.02, muon_weight_dimension_numbers=contrib_dims),
@@ -88,8 +78,8 @@ def main() -> None:
         f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}"
     )
     print(
-        f"GPT-style tree: d_model={args.d_model}, layers={args.layers}, vocab={args.vocab}, "
-        f"{n_params / 1e6:.2f}M params; median of {args.reps} jitted updates\n"
+        f"GPT-style tree '{args.size}': {shape}, {n_params / 1e6:.2f}M params; "
+        f"median of {args.reps} jitted updates\n"
     )
     base = None
     rows = []
