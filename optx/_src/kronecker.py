@@ -460,7 +460,8 @@ def scale_by_mkor(
             ),
         )
 
-    def layer_vectors(layer: _Layer, leaves: dict[str, Any], captures: Any):
+    def layer_vectors(layer: _Layer, kernel: Any, bias: Any, captures: Any):
+        """Clipped (ā, ḡ) of every matrix of a layer: ``(B, n_a)``, ``(B, n_g)``."""
         lay = layer.layout
         cap = None if captures is None or statistics == "gradients" else captures.get(layer.path)
         if cap is None:
@@ -469,7 +470,7 @@ def scale_by_mkor(
                     f"statistics='captures' but there is no capture for layer '{layer.path}' "
                     f"(captured: {sorted(captures or {})[:6]})."
                 )
-            a, g = _layer_gradient_statistics(layer, leaves[layer.path], leaves.get(layer.bias))
+            a, g = _layer_gradient_statistics(layer, kernel, bias)
         else:
             want_a, want_g = (*lay.batch_shape, lay.fan_in), (*lay.batch_shape, lay.fan_out)
             if jnp.shape(cap.inputs) != want_a or jnp.shape(cap.output_grads) != want_g:
@@ -493,7 +494,7 @@ def scale_by_mkor(
             st = layer_states[path]
 
             def fn(kernel, bias, st, caps, layer=layer):
-                a, g = layer_vectors(layer, {layer.path: kernel, layer.bias: bias}, caps)
+                a, g = layer_vectors(layer, kernel, bias, caps)
                 out = jax.vmap(
                     lambda A, G, ra, rg, av, gv: _refresh_matrix(
                         A,

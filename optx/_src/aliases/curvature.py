@@ -651,16 +651,19 @@ def registry_extra_args(ctx: registry.ExtraArgsContext) -> dict[str, Any]:
     """The curvature vocabulary from an :class:`optx.ExtraArgsContext`.
 
     ``loss_fn``/``full_params``/``key``/``loss`` come from the context;
-    ``captures`` and ``sampled_loss_fn`` from ``ctx.aux`` when the problem
-    provides them. Without a ``sampled_loss_fn`` (a plain loss of the
-    parameters has no predictive distribution to sample labels from) Sophia-G
-    gets ``(params, key) -> loss_fn(params)``: its Gauss–Newton–Bartlett
-    estimate then degrades to the squared (clipped) gradient, the empirical
-    Fisher diagonal. Without ``captures`` MKOR derives its rank-1 statistics
-    from the gradients (:func:`optx.mkor_statistics_from_gradients`).
+    ``captures``, ``sampled_loss_fn`` (or ``logits_fn``: ``params -> logits``,
+    turned into one by :func:`optx.sampled_label_loss`) from ``ctx.aux`` when
+    the problem provides them. Without either (a plain loss of the parameters
+    has no predictive distribution to sample labels from) Sophia-G gets
+    ``(params, key) -> loss_fn(params)``: its Gauss–Newton–Bartlett estimate
+    then degrades to the squared (clipped) gradient, the empirical Fisher
+    diagonal. Without ``captures`` MKOR derives its rank-1 statistics from the
+    gradients (:func:`optx.mkor_statistics_from_gradients`).
     """
     aux = dict(ctx.aux or {})
     sampled = aux.get("sampled_loss_fn")
+    if sampled is None and aux.get("logits_fn") is not None:
+        sampled = curvature.sampled_label_loss(aux["logits_fn"])
     if sampled is None:
         loss_fn = ctx.loss_fn
 
