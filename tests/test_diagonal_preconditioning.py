@@ -65,6 +65,19 @@ def _flat(p) -> dict:
     }
 
 
+def _trajectory(tx, loss_fn, tree, init, steps: int) -> list[dict]:
+    """The parameters after each of ``steps`` jitted updates, as flat NumPy dicts."""
+    params = tree({n: jnp.asarray(v) for n, v in init.items()})
+    state = tx.init(params)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p, loss_fn=loss_fn))
+    out = []
+    for _ in range(steps):
+        u, state = step(jax.grad(loss_fn)(params), state, params)
+        params = optax.apply_updates(params, u)
+        out.append(_flat(params))
+    return out
+
+
 @pytest.mark.parametrize("refresh_at_start", [False, True])
 def test_sophia_matches_float64_reference(refresh_at_start: bool) -> None:
     tree, loss_fn, grad_np, hdiag_np, init = _separable_problem(0)
@@ -81,14 +94,7 @@ def test_sophia_matches_float64_reference(refresh_at_start: bool) -> None:
             refresh_at_start=refresh_at_start,
             distribution="rademacher",
         )
-        params = tree({n: jnp.asarray(v) for n, v in init.items()})
-        state = tx.init(params)
-        step = jax.jit(lambda g, s, p: tx.update(g, s, p, loss_fn=loss_fn))
-        got = []
-        for _ in range(steps):
-            u, state = step(jax.grad(loss_fn)(params), state, params)
-            params = optax.apply_updates(params, u)
-            got.append(_flat(params))
+        got = _trajectory(tx, loss_fn, tree, init, steps)
     # Reference.
     x = {n: v.copy() for n, v in init.items()}
     m = {n: np.zeros_like(v) for n, v in x.items()}
@@ -111,14 +117,7 @@ def test_adahessian_matches_float64_reference(block_size) -> None:
     lr, b1, b2, eps, wd, power, steps = 0.05, 0.9, 0.99, 1e-4, 0.01, 0.5, 4
     with jax.enable_x64(True):
         tx = optx.adahessian(lr, b1, b2, eps, wd, power, block_size=block_size)
-        params = tree({n: jnp.asarray(v) for n, v in init.items()})
-        state = tx.init(params)
-        step = jax.jit(lambda g, s, p: tx.update(g, s, p, loss_fn=loss_fn))
-        got = []
-        for _ in range(steps):
-            u, state = step(jax.grad(loss_fn)(params), state, params)
-            params = optax.apply_updates(params, u)
-            got.append(_flat(params))
+        got = _trajectory(tx, loss_fn, tree, init, steps)
 
     def average(name: str, d: np.ndarray) -> np.ndarray:
         if name == "conv":  # (kh, kw, in, out): mean over the window

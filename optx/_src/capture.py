@@ -229,11 +229,41 @@ def _conv_statistic(mod: Any, x: jax.Array, clip_value: float) -> jax.Array | No
     return conv_input_statistic(x, ks, strides, padding, in_dil, k_dil, clip_value)
 
 
-def _general_statistic(mod: Any, x: jax.Array, fan_in: int, clip_value: float) -> jax.Array:
-    axes = mod.axis if isinstance(mod.axis, tuple) else (mod.axis,)
-    axes = tuple(a % x.ndim for a in axes)
+def _general_statistic(mod: Any, x: jax.Array, clip_value: float) -> jax.Array:
+    """Rows × contracted features of a ``LinearGeneral``/``DenseGeneral`` input."""
+    axes = _axes(mod.axis, x.ndim)
+    fan_in = math.prod(x.shape[a] for a in axes)
     x = jnp.moveaxis(x, axes, tuple(range(x.ndim - len(axes), x.ndim)))
     return dense_input_statistic(x, fan_in, clip_value)
+
+
+def _tapped_call(
+    mod: Any,
+    kind: str,
+    x: jax.Array,
+    call: Callable[[], jax.Array],
+    path: str,
+    probe: jax.Array,
+    inputs: dict[str, list],
+    clip_value: float,
+) -> jax.Array:
+    """Runs the layer (``call()``), records its input statistic and taps its output."""
+    if kind == "conv":
+        stat = _conv_statistic(mod, x, clip_value)
+    elif kind == "general":
+        stat = _general_statistic(mod, x, clip_value)
+    else:
+        stat = dense_input_statistic(x, x.shape[-1], clip_value)
+    y = call()
+    if stat is None:
+        warnings.warn(
+            f"optx capture: layer {path!r} has an unsupported padding; skipped.", stacklevel=3
+        )
+        return y
+    inputs.setdefault(path, []).append(stat)
+    if kind == "conv":
+        return tap(y, probe, "conv", clip_value=clip_value, spatial=len(mod.kernel_size))
+    return tap(y, probe, "dense", clip_value=clip_value)
 
 
 @contextlib.contextmanager
@@ -252,28 +282,15 @@ def _patched_nnx_calls(
             info = _nnx_layer_info(self) if path is not None else None
             if info is None:
                 return orig(self, x, *args, **kwargs)
-            kind, fan_in, _ = info
-            if kind == "conv":
-                stat = _conv_statistic(self, x, clip_value)
-            elif kind == "general":
-                stat = _general_statistic(self, x, fan_in, clip_value)
-            else:
-                stat = dense_input_statistic(x, fan_in, clip_value)
-            y = orig(self, x, *args, **kwargs)
-            if stat is None:
-                warnings.warn(
-                    f"optx capture: layer {path!r} has an unsupported padding; skipped.",
-                    stacklevel=2,
-                )
-                return y
-            inputs.setdefault(path, []).append(stat)
-            spatial = len(self.kernel_size) if kind == "conv" else 0
-            return tap(
-                y,
+            return _tapped_call(
+                self,
+                info[0],
+                x,
+                lambda: orig(self, x, *args, **kwargs),
+                path,
                 probes[path],
-                "conv" if kind == "conv" else "dense",
-                clip_value=clip_value,
-                spatial=spatial,
+                inputs,
+                clip_value,
             )
 
         return call
@@ -434,26 +451,15 @@ def linen_value_grad_and_captures(
             path = "/".join(mod.path)
             if info is None or path not in probes:
                 return next_fun(*a, **kw)
-            kind, _ = info
-            x = a[0]
-            if kind == "conv":
-                stat = _conv_statistic(mod, x, clip_value)
-            elif kind == "general":
-                fan_in = math.prod(x.shape[ax] for ax in _axes(mod.axis, x.ndim))
-                stat = _general_statistic(mod, x, fan_in, clip_value)
-            else:
-                stat = dense_input_statistic(x, x.shape[-1], clip_value)
-            y = next_fun(*a, **kw)
-            if stat is None:
-                return y
-            inputs.setdefault(path, []).append(stat)
-            spatial = len(mod.kernel_size) if kind == "conv" else 0
-            return tap(
-                y,
+            return _tapped_call(
+                mod,
+                info[0],
+                a[0],
+                lambda: next_fun(*a, **kw),
+                path,
                 probes[path],
-                "conv" if kind == "conv" else "dense",
-                clip_value=clip_value,
-                spatial=spatial,
+                inputs,
+                clip_value,
             )
 
         with nn.intercept_methods(intercept):

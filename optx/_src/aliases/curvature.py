@@ -460,6 +460,10 @@ def mkor(
     router: routing.Router | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    hybrid: bool = False,
+    switch_window: int = 100,
+    switch_threshold: Any = 0.1,
+    switch_min_steps: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """MKOR: rank-1 Kronecker-factored preconditioning wrapped around a first-order optimizer.
 
@@ -502,6 +506,8 @@ def mkor(
         reset_threshold, clip_value, warmup_steps, statistics, factor_dtype,
         router: see :func:`optx.scale_by_mkor`.
       mu_dtype, nu_dtype: the inner optimizer's moment dtypes.
+      hybrid, switch_window, switch_threshold, switch_min_steps: MKOR-H
+        (:func:`optx.mkor_h` is ``mkor(..., hybrid=True)``).
 
     References:
       Mozaffari, Li, Zhang, Mehri Dehnavi, "MKOR: Momentum-Enabled
@@ -534,18 +540,13 @@ def mkor(
             statistics=statistics,
             factor_dtype=factor_dtype,
             router=router,
+            hybrid=hybrid,
+            switch_window=switch_window,
+            switch_threshold=switch_threshold,
+            switch_min_steps=switch_min_steps,
         ),
         _inner_optimizer(
-            inner,
-            learning_rate,
-            momentum,
-            nesterov,
-            b1,
-            b2,
-            eps,
-            weight_decay,
-            mu_dtype,
-            nu_dtype,
+            inner, learning_rate, momentum, nesterov, b1, b2, eps, weight_decay, mu_dtype, nu_dtype
         ),
     )
 
@@ -609,36 +610,31 @@ def mkor_h(
       >>> tx = optx.mkor_h(0.1, switch_window=10)
       >>> u, s = tx.update(params, tx.init(params), params, loss=jnp.asarray(1.0))
     """
-    base.check_learning_rate("learning_rate", learning_rate)
-    return optax.chain(
-        kronecker.scale_by_mkor(
-            inv_freq,
-            factor_decay=factor_decay,
-            stabilization_factor=stabilization_factor,
-            reset_mode=reset_mode,
-            reset_threshold=reset_threshold,
-            clip_value=clip_value,
-            warmup_steps=warmup_steps,
-            statistics=statistics,
-            factor_dtype=factor_dtype,
-            router=router,
-            hybrid=True,
-            switch_window=switch_window,
-            switch_threshold=switch_threshold,
-            switch_min_steps=switch_min_steps,
-        ),
-        _inner_optimizer(
-            inner,
-            learning_rate,
-            momentum,
-            nesterov,
-            b1,
-            b2,
-            eps,
-            weight_decay,
-            mu_dtype,
-            nu_dtype,
-        ),
+    return mkor(
+        learning_rate,
+        inner,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        inv_freq=inv_freq,
+        factor_decay=factor_decay,
+        stabilization_factor=stabilization_factor,
+        reset_mode=reset_mode,
+        reset_threshold=reset_threshold,
+        clip_value=clip_value,
+        warmup_steps=warmup_steps,
+        statistics=statistics,
+        factor_dtype=factor_dtype,
+        router=router,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        hybrid=True,
+        switch_window=switch_window,
+        switch_threshold=switch_threshold,
+        switch_min_steps=switch_min_steps,
     )
 
 
@@ -682,6 +678,16 @@ def registry_extra_args(ctx: registry.ExtraArgsContext) -> dict[str, Any]:
 
 
 _CURVATURE_STATIC = ("seed", "update_interval", "num_samples", "distribution", "axis_name")
+_MKOR_STATIC = (
+    "inner",
+    "inv_freq",
+    "warmup_steps",
+    "reset_mode",
+    "statistics",
+    "factor_dtype",
+    "switch_window",
+    "switch_min_steps",
+)
 
 registry.register(
     registry.OptimizerSpec(
@@ -746,14 +752,7 @@ registry.register(
         family="curvature",
         defaults={"learning_rate": 0.05},
         lr_grid=(0.01, 0.03, 0.1, 0.3),
-        static_args=(
-            "inner",
-            "inv_freq",
-            "warmup_steps",
-            "reset_mode",
-            "statistics",
-            "factor_dtype",
-        ),
+        static_args=_MKOR_STATIC,
         extra_args=registry_extra_args,
         uses_matrix_path=False,
         test_overrides={"learning_rate": 0.02},
@@ -768,16 +767,7 @@ registry.register(
         family="curvature",
         defaults={"learning_rate": 0.05},
         lr_grid=(0.01, 0.03, 0.1, 0.3),
-        static_args=(
-            "inner",
-            "inv_freq",
-            "warmup_steps",
-            "reset_mode",
-            "statistics",
-            "factor_dtype",
-            "switch_window",
-            "switch_min_steps",
-        ),
+        static_args=_MKOR_STATIC,
         extra_args=registry_extra_args,
         test_overrides={"learning_rate": 0.02},
         description="MKOR-H: MKOR switching to its inner optimizer (loss-rate rule)",
