@@ -326,3 +326,40 @@ def test_inner_optimizers() -> None:
     tx = optx.mkor(1e-2, inner="adamw", weight_decay=0.0, inv_freq=1)
     u, _ = tx.update(params, tx.init(params), params)
     np.testing.assert_allclose(u["dense"]["bias"], -1e-2 * np.ones(2), rtol=1e-4)
+
+
+def test_mkor_with_injected_hyperparameters_under_an_explicit_mesh() -> None:
+    """Traced hyper-parameters and sharded kernels: same numbers as on one device."""
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    r = np.random.default_rng(5)
+    params = {
+        "hidden": {
+            "kernel": jnp.asarray(r.normal(size=(8, 16)), jnp.float32),
+            "bias": jnp.asarray(r.normal(size=(16,)), jnp.float32),
+        }
+    }
+    grads = jax.tree.map(lambda x: 0.1 * x, params)
+    static = optx.get_optimizer("mkor").all_static_args()
+    tx = optax.inject_hyperparams(optx.mkor, static_args=static)(
+        learning_rate=0.1, factor_decay=0.9, clip_value=50.0, inv_freq=1
+    )
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    state = tx.init(params)
+    for _ in range(2):
+        ref, state = step(grads, state, params)
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(mesh):
+        specs = {"hidden": {"kernel": P("data", "model"), "bias": P("model")}}
+        put = lambda t: jax.tree.map(  # noqa: E731
+            lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), t, specs
+        )
+        sp, sg = put(params), put(grads)
+        s0 = tx.init(sp)
+        _, s1 = step(sg, s0, sp)
+        u, s2 = step(sg, s1, sp)
+        assert jax.tree.map(jax.typeof, s2) == jax.tree.map(jax.typeof, s0)
+        assert jax.typeof(u["hidden"]["kernel"]).sharding.spec == P("data", "model")
+    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

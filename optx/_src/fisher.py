@@ -210,7 +210,7 @@ def scale_by_mfac(
         def leaf(path: str, g: jax.Array, G: jax.Array, gram: jax.Array) -> tuple[Any, Any, Any]:
             lay, b, n = leaf_blocks(g, path)
 
-            def fn(x: jax.Array, G: jax.Array, gram: jax.Array) -> tuple[Any, Any, Any]:
+            def fn(x: jax.Array, G: jax.Array, gram: jax.Array, slot: jax.Array, damp: Any):
                 mats = (layouts.to_matrices(x, lay) if lay is not None else x).reshape(b, n)
                 G, gram = jax.vmap(_insert, in_axes=(0, 0, 0, None))(G, gram, mats, slot)
                 u = jax.vmap(lambda G_, gr: _ifvp_newest(G_, gr, slot, damp, compute_dtype))(
@@ -224,8 +224,10 @@ def scale_by_mfac(
             if sharding.is_sharded(g):
                 spec = sharding.spec_of(g)
                 P = jax.sharding.PartitionSpec
-                return jax.sharding.auto_axes(fn, out_sharding=(spec, P(), P()))(g, G, gram)
-            return fn(g, G, gram)
+                return jax.sharding.auto_axes(fn, out_sharding=(spec, P(), P()))(
+                    g, G, gram, slot, jnp.asarray(damp)
+                )
+            return fn(g, G, gram, slot, damp)
 
         out = base.tree_map_with_path_str(leaf, updates, state.grads, state.gram)
         u, G, gram = base.unzip_tree(updates, out, 3)

@@ -460,7 +460,7 @@ def scale_by_mkor(
             ),
         )
 
-    def layer_vectors(layer: _Layer, kernel: Any, bias: Any, captures: Any):
+    def layer_vectors(layer: _Layer, kernel: Any, bias: Any, captures: Any, clip: Any):
         """Clipped (ā, ḡ) of every matrix of a layer: ``(B, n_a)``, ``(B, n_g)``."""
         lay = layer.layout
         cap = None if captures is None or statistics == "gradients" else captures.get(layer.path)
@@ -482,19 +482,26 @@ def scale_by_mkor(
             cdt = jnp.result_type(jnp.float32, cap.inputs, cap.output_grads)
             a = jnp.asarray(cap.inputs, cdt).reshape(lay.batch_size, lay.fan_in)
             g = jnp.asarray(cap.output_grads, cdt).reshape(lay.batch_size, lay.fan_out)
-        a = jnp.clip(a, -clip_value, clip_value)
-        g = jnp.clip(g, -clip_value, clip_value)
+        a = jnp.clip(a, -clip, clip)
+        g = jnp.clip(g, -clip, clip)
         if layer.bias is not None:
             a = jnp.concatenate([a, jnp.ones((a.shape[0], 1), a.dtype)], axis=1)
         return a, g
 
     def refresh(plan, leaves, layer_states, captures):
+        # Numeric hyper-parameters travel as arguments (they may be tracers under
+        # inject_hyperparams, which auto_axes must not close over).
+        hp = tuple(
+            jnp.asarray(x)
+            for x in (factor_decay, stabilization_factor, reset_threshold, clip_value)
+        )
         new = {}
         for path, layer in plan.items():
             st = layer_states[path]
 
-            def fn(kernel, bias, st, caps, layer=layer):
-                a, g = layer_vectors(layer, kernel, bias, caps)
+            def fn(kernel, bias, st, caps, hp, layer=layer):
+                decay, stabilization, threshold, clip = hp
+                a, g = layer_vectors(layer, kernel, bias, caps, clip)
                 out = jax.vmap(
                     lambda A, G, ra, rg, av, gv: _refresh_matrix(
                         A,
@@ -503,16 +510,16 @@ def scale_by_mkor(
                         rg,
                         av,
                         gv,
-                        decay=factor_decay,
+                        decay=decay,
                         reset_mode=reset_mode,
-                        stabilization=stabilization_factor,
-                        threshold=reset_threshold,
+                        stabilization=stabilization,
+                        threshold=threshold,
                     )
                 )(st.a_inv, st.g_inv, st.reset_a, st.reset_g, a, g)
                 return MKORLayerState(*out)
 
             caps = {path: captures[path]} if captures is not None and path in captures else None
-            args = (leaves[path], leaves.get(layer.bias), st, caps)
+            args = (leaves[path], leaves.get(layer.bias), st, caps, hp)
             new[path] = _sharded_call(fn, args, None)
         return new
 
