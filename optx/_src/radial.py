@@ -96,13 +96,18 @@ def radial_projection(
     layer = cos_l < delta / jnp.sqrt(jnp.asarray(layout.fan_in * layout.fan_out, cdt))
     branch = jnp.where(channel, CHANNEL_PROJECTION, jnp.where(layer, LAYER_PROJECTION, 0))
 
-    # d - ŵ⟨ŵ, d⟩ with ŵ = w/(‖w‖+ε), per row (channel) or per matrix (layer).
-    wd_c = rsum(w * d)
-    coef_c = wd_c / jnp.square(jnp.sqrt(ww_c) + eps)
-    coef_l = osum(wd_c) / jnp.square(jnp.sqrt(ww_l) + eps)
-    coef = jnp.where(channel, coef_c, jnp.where(layer, coef_l, jnp.zeros_like(coef_c)))
-    projected = d - w * coef
-    return projected.astype(direction.dtype), branch.astype(jnp.int32)
+    def project(d: jax.Array) -> jax.Array:
+        # d - ŵ⟨ŵ, d⟩ with ŵ = w/(‖w‖+ε), per row (channel) or per matrix (layer).
+        wd_c = rsum(w * d)
+        coef_c = wd_c / jnp.square(jnp.sqrt(ww_c) + eps)
+        coef_l = osum(wd_c) / jnp.square(jnp.sqrt(ww_l) + eps)
+        coef = jnp.where(channel, coef_c, jnp.where(layer, coef_l, jnp.zeros_like(coef_c)))
+        return (d - w * coef).astype(direction.dtype)
+
+    # Most weights of a network without normalization layers never project:
+    # skip the extra pass over (w, d) then.
+    projected = jax.lax.cond(jnp.any(branch > 0), project, lambda d: d.astype(direction.dtype), d)
+    return projected, branch.astype(jnp.int32)
 
 
 def project_out_radial(

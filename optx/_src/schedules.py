@@ -61,8 +61,10 @@ def rex_schedule(
     base.check_finite("end_value", end_value)
 
     def schedule(count: Any) -> Any:
-        z = jnp.clip(jnp.asarray(count, jnp.float32) / decay_steps, 0.0, 1.0)
-        return end_value + (init_value - end_value) * (1.0 - z) / (1.0 - 0.5 * z)
+        # (1 − z)/(1 − z/2) = 2r/(T + r) with r = T − t: exact integers in f32,
+        # so the tail keeps full relative precision (1 − z would not).
+        remaining = jnp.clip(decay_steps - jnp.asarray(count, jnp.float32), 0.0, decay_steps)
+        return end_value + (init_value - end_value) * (2.0 * remaining) / (decay_steps + remaining)
 
     return schedule
 

@@ -270,10 +270,9 @@ def agvm(
         )
         inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra)
         applied = jnp.where(in_window, scales, jnp.ones_like(scales))
+        # Scaled in (at least) f32 and returned in the gradient's dtype.
         new_updates = jax.tree.map(
-            lambda u, lab: (u * applied[lab].astype(u.dtype)).astype(u.dtype),
-            inner_updates,
-            labels,
+            lambda u, g, lab: (u * applied[lab]).astype(g.dtype), inner_updates, updates, labels
         )
         return new_updates, AgvmState(
             count=optax.safe_increment(count),

@@ -1,0 +1,138 @@
+"""Step cost of the element-wise family relative to ``optax.adamw`` (DESIGN §7).
+
+For every method: the jitted ``update`` time and the optimizer-state bytes per
+parameter on a GPT-style parameter tree, both as ratios to ``optax.adamw``
+measured in the same run. Timings are medians over interleaved rounds (all
+methods are timed round-robin, so machine load drifts hit them alike).
+
+Run:  python benchmarks/elementwise_cost.py [--d-model 256 --layers 4 --vocab 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import optx
+
+
+def gpt_params(d: int, layers: int, vocab: int, key: jax.Array) -> dict[str, Any]:
+    """A GPT-2-style tree: embeddings, L blocks (attention, MLP, LayerNorms), head."""
+    keys = iter(jax.random.split(key, 8 * layers + 4))
+
+    def w(*shape: int) -> jax.Array:
+        return 0.02 * jax.random.normal(next(keys), shape, jnp.float32)
+
+    blocks = {
+        str(i): {
+            "ln1": {"scale": jnp.ones((d,)), "bias": jnp.zeros((d,))},
+            "attn": {
+                "qkv": {"kernel": w(d, 3 * d), "bias": jnp.zeros((3 * d,))},
+                "proj": {"kernel": w(d, d), "bias": jnp.zeros((d,))},
+            },
+            "ln2": {"scale": jnp.ones((d,)), "bias": jnp.zeros((d,))},
+            "mlp": {
+                "fc": {"kernel": w(d, 4 * d), "bias": jnp.zeros((4 * d,))},
+                "out": {"kernel": w(4 * d, d), "bias": jnp.zeros((d,))},
+            },
+        }
+        for i in range(layers)
+    }
+    return {
+        "wte": {"embedding": w(vocab, d)},
+        "wpe": {"embedding": w(1024, d)},
+        "blocks": blocks,
+        "ln_f": {"scale": jnp.ones((d,)), "bias": jnp.zeros((d,))},
+        "lm_head": {"kernel": w(d, vocab)},
+    }
+
+
+def methods() -> dict[str, Callable[[], optax.GradientTransformation]]:
+    return {
+        "optax.adamw": lambda: optax.adamw(1e-3),
+        "optx.adamw": lambda: optx.adamw(1e-3),
+        "adamp": lambda: optx.adamp(1e-3, weight_decay=1e-2),
+        "sgdp": lambda: optx.sgdp(0.1, 0.9, 1e-5, nesterov=True),
+        "adabelief": lambda: optx.adabelief(1e-3),
+        "optax.adabelief": lambda: optax.adabelief(1e-3),
+        "lion": lambda: optx.lion(1e-4, weight_decay=0.1),
+        "optax.lion": lambda: optax.lion(1e-4, weight_decay=0.1),
+        "lion_kappa[l2]": lambda: optx.lion_kappa(1e-4, "l2", weight_decay=0.1),
+        "lion_kappa[huber]": lambda: optx.lion_kappa(1e-4, "huber", weight_decay=0.1),
+        "lion_kappa[nuclear]": lambda: optx.lion_kappa(1e-4, "nuclear", weight_decay=0.1),
+        "exadam": lambda: optx.exadam(1e-3),
+        "sgd_sai": lambda: optx.sgd_sai(1e-2),
+        "agvm_sgd": lambda: optx.agvm_sgd(0.1, start_step=0, interval=1),
+    }
+
+
+NEEDS_HALVES = {"agvm_sgd"}
+MATRIX_METHODS = {"lion_kappa[nuclear]"}  # Newton–Schulz: not element-wise
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    ap.add_argument("--reps", type=int, default=5, help="updates per round (median taken)")
+    args = ap.parse_args()
+
+    params = gpt_params(args.d_model, args.layers, args.vocab, jax.random.key(0))
+    n_params = optx.param_count(params)
+    grads = jax.tree.map(
+        lambda p: 1e-3 * jnp.sin(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape) + 1e-4, params
+    )
+    halves = {
+        "grads_a": jax.tree.map(lambda g: 1.1 * g, grads),
+        "grads_b": jax.tree.map(lambda g: 0.9 * g, grads),
+    }
+
+    runners = {}
+    for name, make in methods().items():
+        tx = make()
+        extra = halves if name in NEEDS_HALVES else {}
+        state = tx.init(params)
+        step = jax.jit(lambda g, s, p, tx=tx, extra=extra: tx.update(g, s, p, **extra))
+        jax.block_until_ready(step(grads, state, params))  # compile
+        jax.block_until_ready(step(grads, state, params))
+        runners[name] = (step, state, optx.state_bytes(tx, params) / n_params)
+
+    times: dict[str, list[float]] = {n: [] for n in runners}
+    for _ in range(args.rounds):
+        for name, (step, state, _) in runners.items():
+            samples = []
+            for _ in range(args.reps):
+                t0 = time.perf_counter()
+                jax.block_until_ready(step(grads, state, params))
+                samples.append(time.perf_counter() - t0)
+            times[name].append(min(samples))
+
+    base_t = statistics.median(times["optax.adamw"])
+    base_b = runners["optax.adamw"][2]
+    dev = jax.devices()[0]
+    print(
+        f"GPT-style tree: d={args.d_model}, layers={args.layers}, vocab={args.vocab}, "
+        f"{n_params / 1e6:.2f}M params, f32; device: {dev.platform} ({dev.device_kind}); "
+        f"{args.rounds} rounds x {args.reps} reps"
+    )
+    print(f"optax.adamw: {1e3 * base_t:.2f} ms/update, {base_b:.2f} state bytes/param\n")
+    print("| method | ms/update | time / adamw | state B/param | state / adamw | ≤1.1x |")
+    print("|---|---|---|---|---|---|")
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        b = runners[name][2]
+        ok = "n/a (matrix)" if name in MATRIX_METHODS else ("yes" if t / base_t <= 1.1 else "no")
+        print(f"| {name} | {1e3 * t:.2f} | {t / base_t:.2f} | {b:.2f} | {b / base_b:.2f} | {ok} |")
+
+
+if __name__ == "__main__":
+    main()
