@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -52,6 +53,51 @@ def power(beta: Any, count: jax.Array) -> jax.Array:
 
 def _zeros(params: base.Params, dtype: Any) -> base.Updates:
     return optax.tree.zeros_like(params, dtype=dtype)
+
+
+def _scale_by_two_moments(
+    b1: Any,
+    b2: Any,
+    direction: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array],
+    state_type: Any,
+    mu_dtype: Any,
+    nu_dtype: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """Adam's two EMAs ``m, v`` with a custom ``direction(g, m, v, count)``.
+
+    ``m = β₁ m + (1−β₁) g``, ``v = β₂ v + (1−β₂) g²`` in at least f32;
+    ``count`` is the step number after the increment. The state is
+    ``state_type(count, mu, nu)``.
+    """
+    mu_dtype = base.canonicalize_dtype(mu_dtype)
+    nu_dtype = base.canonicalize_dtype(nu_dtype)
+
+    def init_fn(params: base.Params) -> Any:
+        return state_type(
+            count=jnp.zeros([], jnp.int32), mu=_zeros(params, mu_dtype), nu=_zeros(params, nu_dtype)
+        )
+
+    def update_fn(
+        updates: base.Updates, state: Any, params: base.Params | None = None, **extra: Any
+    ) -> tuple[base.Updates, Any]:
+        del params, extra
+        count = optax.safe_increment(state.count)
+
+        def leaf(g: Any, mu: Any, nu: Any) -> tuple[Any, Any, Any]:
+            if g is None:
+                return None, mu, nu
+            cdt = compute_dtype(g.dtype, mu.dtype, nu.dtype)
+            gc = g.astype(cdt)
+            m = b1 * mu.astype(cdt) + (1.0 - b1) * gc
+            v = b2 * nu.astype(cdt) + (1.0 - b2) * jnp.square(gc)
+            u = direction(gc, m, v, count)
+            return u.astype(g.dtype), m.astype(mu.dtype), v.astype(nu.dtype)
+
+        out = jax.tree.map(leaf, updates, state.mu, state.nu, is_leaf=base.is_leaf_or_none)
+        new_u, new_mu, new_nu = base.unzip_tree(updates, out, 3)
+        return new_u, state_type(count=count, mu=new_mu, nu=new_nu)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 # ----------------------------------------------------------------------------
@@ -331,50 +377,21 @@ def scale_by_exadam(
     base.check_in_range("b1", b1, 0.0, 1.0)
     base.check_in_range("b2", b2, 0.0, 1.0)
     base.check_nonnegative("eps", eps)
-    mu_dtype = base.canonicalize_dtype(mu_dtype)
-    nu_dtype = base.canonicalize_dtype(nu_dtype)
 
-    def init_fn(params: base.Params) -> ScaleByExAdamState:
-        return ScaleByExAdamState(
-            count=jnp.zeros([], jnp.int32), mu=_zeros(params, mu_dtype), nu=_zeros(params, nu_dtype)
-        )
-
-    def update_fn(
-        updates: base.Updates,
-        state: ScaleByExAdamState,
-        params: base.Params | None = None,
-        **extra: Any,
-    ) -> tuple[base.Updates, ScaleByExAdamState]:
-        del params, extra
-        count = optax.safe_increment(state.count)
-        bc1 = one_minus_power(b1, count)
-        bc2 = one_minus_power(b2, count)
-        b1t, b2t = power(b1, count), power(b2, count)
+    def direction(g: jax.Array, m: jax.Array, v: jax.Array, count: jax.Array) -> jax.Array:
+        cdt = g.dtype
+        bc1 = one_minus_power(b1, count).astype(cdt)
+        bc2 = one_minus_power(b2, count).astype(cdt)
+        d1 = 1.0 + power(b2, count).astype(cdt) * (v / (v + eps))
+        m2 = jnp.square(m)
+        d2 = 1.0 + power(b1, count).astype(cdt) * (m2 / (m2 + eps))
         if dynamic_step_size:
-            alpha = 0.5 * jnp.log(2.0 * (count.astype(jnp.float32) + 1.0))
+            alpha = (0.5 * jnp.log(2.0 * (count.astype(jnp.float32) + 1.0))).astype(cdt)
         else:
-            alpha = jnp.ones([], jnp.float32)
+            alpha = jnp.ones([], cdt)
+        return alpha * ((m + g) * d1 / bc1) / (jnp.sqrt(v * d2 / bc2) + eps)
 
-        def leaf(g: Any, mu: Any, nu: Any) -> tuple[Any, Any, Any]:
-            if g is None:
-                return None, mu, nu
-            cdt = compute_dtype(g.dtype, mu.dtype, nu.dtype)
-            gc = g.astype(cdt)
-            m = b1 * mu.astype(cdt) + (1.0 - b1) * gc
-            v = b2 * nu.astype(cdt) + (1.0 - b2) * jnp.square(gc)
-            d1 = 1.0 + b2t.astype(cdt) * (v / (v + eps))
-            m2 = jnp.square(m)
-            d2 = 1.0 + b1t.astype(cdt) * (m2 / (m2 + eps))
-            numer = (m + gc) * d1 / bc1.astype(cdt)
-            denom = jnp.sqrt(v * d2 / bc2.astype(cdt)) + eps
-            u = alpha.astype(cdt) * numer / denom
-            return u.astype(g.dtype), m.astype(mu.dtype), v.astype(nu.dtype)
-
-        out = jax.tree.map(leaf, updates, state.mu, state.nu, is_leaf=base.is_leaf_or_none)
-        new_u, new_mu, new_nu = base.unzip_tree(updates, out, 3)
-        return new_u, ScaleByExAdamState(count=count, mu=new_mu, nu=new_nu)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _scale_by_two_moments(b1, b2, direction, ScaleByExAdamState, mu_dtype, nu_dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -413,41 +430,13 @@ def scale_by_adam_lookahead(
     base.check_in_range("b1", b1, 0.0, 1.0)
     base.check_in_range("b2", b2, 0.0, 1.0)
     base.check_nonnegative("eps", eps)
-    mu_dtype = base.canonicalize_dtype(mu_dtype)
-    nu_dtype = base.canonicalize_dtype(nu_dtype)
 
-    def init_fn(params: base.Params) -> optax.ScaleByAdamState:
-        return optax.ScaleByAdamState(
-            count=jnp.zeros([], jnp.int32), mu=_zeros(params, mu_dtype), nu=_zeros(params, nu_dtype)
-        )
+    def direction(g: jax.Array, m: jax.Array, v: jax.Array, count: jax.Array) -> jax.Array:
+        bc1 = one_minus_power(b1, count).astype(g.dtype)
+        bc2 = one_minus_power(b2, count).astype(g.dtype)
+        return ((b1 * m + (1.0 - b1) * g) / bc1) / (jnp.sqrt(v / bc2) + eps)
 
-    def update_fn(
-        updates: base.Updates,
-        state: optax.ScaleByAdamState,
-        params: base.Params | None = None,
-        **extra: Any,
-    ) -> tuple[base.Updates, optax.ScaleByAdamState]:
-        del params, extra
-        count = optax.safe_increment(state.count)
-        bc1 = one_minus_power(b1, count)
-        bc2 = one_minus_power(b2, count)
-
-        def leaf(g: Any, mu: Any, nu: Any) -> tuple[Any, Any, Any]:
-            if g is None:
-                return None, mu, nu
-            cdt = compute_dtype(g.dtype, mu.dtype, nu.dtype)
-            gc = g.astype(cdt)
-            m = b1 * mu.astype(cdt) + (1.0 - b1) * gc
-            v = b2 * nu.astype(cdt) + (1.0 - b2) * jnp.square(gc)
-            look = (b1 * m + (1.0 - b1) * gc) / bc1.astype(cdt)
-            u = look / (jnp.sqrt(v / bc2.astype(cdt)) + eps)
-            return u.astype(g.dtype), m.astype(mu.dtype), v.astype(nu.dtype)
-
-        out = jax.tree.map(leaf, updates, state.mu, state.nu, is_leaf=base.is_leaf_or_none)
-        new_u, new_mu, new_nu = base.unzip_tree(updates, out, 3)
-        return new_u, optax.ScaleByAdamState(count=count, mu=new_mu, nu=new_nu)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _scale_by_two_moments(b1, b2, direction, optax.ScaleByAdamState, mu_dtype, nu_dtype)
 
 
 # ----------------------------------------------------------------------------

@@ -156,8 +156,8 @@ def agvm(
       momentum: α of the EMA of the modulation factors (official 0.97).
       interval: measure every ``interval`` steps (official 5; static).
       start_step: first step of the modulation window (official 500; static).
-      stop_step: last step of the window (static; None = never stops, the
-        official ``-1``).
+      stop_step: last step of the window, > ``start_step`` (static; None =
+        never stops, the official ``-1``).
       min_ratio, max_ratio: the clip of ``(D₀ + 10⁻⁶)/(D_i + 10⁻⁶)`` (0.5, 10).
       adam_preconditioning: the hook's ``use_adam`` (see the module docstring).
       adam_b2, adam_eps: β₂ and ε of that preconditioning (the wrapped Adam's).
@@ -195,8 +195,9 @@ def agvm(
     start_step = base.check_positive_int("start_step", start_step, allow_zero=True)
     if stop_step is not None:
         stop_step = base.check_positive_int("stop_step", stop_step, allow_zero=True)
-        if stop_step < start_step:
-            raise ValueError(f"`stop_step` ({stop_step}) must be >= `start_step` ({start_step}).")
+        if stop_step <= start_step:
+            # The official hook silently ignores such a stop (it never stops).
+            raise ValueError(f"`stop_step` ({stop_step}) must be > `start_step` ({start_step}).")
     if not 0 < min_ratio <= max_ratio:
         raise ValueError(f"Need 0 < min_ratio <= max_ratio, got {min_ratio}, {max_ratio}.")
     inner = optax.with_extra_args_support(inner)
