@@ -5,7 +5,12 @@ parameter on a GPT-style parameter tree, both as ratios to ``optax.adamw``
 measured in the same run. Timings are medians over interleaved rounds (all
 methods are timed round-robin, so machine load drifts hit them alike).
 
-Run:  python benchmarks/elementwise_cost.py [--d-model 256 --layers 4 --vocab 4096]
+Run:  python benchmarks/elementwise_cost.py [--size small --rounds 15 --reps 5]
+
+The tree is the shared GPT-style one of ``benchmarks/_trees.py`` (the key paths
+of ``examples.models.TransformerLM``, so the default router sees embeddings,
+attention ``(d, heads, head_dim)`` kernels, MLP kernels, norms and the head).
+The same script runs unchanged on GPU/TPU.
 """
 
 from __future__ import annotations
@@ -14,44 +19,13 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from _trees import PRESETS, gpt_params
 
 import optx
-
-
-def gpt_params(d: int, layers: int, vocab: int, key: jax.Array) -> dict[str, Any]:
-    """A GPT-2-style tree: embeddings, L blocks (attention, MLP, LayerNorms), head."""
-    keys = iter(jax.random.split(key, 8 * layers + 4))
-
-    def w(*shape: int) -> jax.Array:
-        return 0.02 * jax.random.normal(next(keys), shape, jnp.float32)
-
-    blocks = {
-        str(i): {
-            "ln1": {"scale": jnp.ones((d,)), "bias": jnp.zeros((d,))},
-            "attn": {
-                "qkv": {"kernel": w(d, 3 * d), "bias": jnp.zeros((3 * d,))},
-                "proj": {"kernel": w(d, d), "bias": jnp.zeros((d,))},
-            },
-            "ln2": {"scale": jnp.ones((d,)), "bias": jnp.zeros((d,))},
-            "mlp": {
-                "fc": {"kernel": w(d, 4 * d), "bias": jnp.zeros((4 * d,))},
-                "out": {"kernel": w(4 * d, d), "bias": jnp.zeros((d,))},
-            },
-        }
-        for i in range(layers)
-    }
-    return {
-        "wte": {"embedding": w(vocab, d)},
-        "wpe": {"embedding": w(1024, d)},
-        "blocks": blocks,
-        "ln_f": {"scale": jnp.ones((d,)), "bias": jnp.zeros((d,))},
-        "lm_head": {"kernel": w(d, vocab)},
-    }
 
 
 def methods() -> dict[str, Callable[[], optax.GradientTransformation]]:
@@ -79,14 +53,13 @@ MATRIX_METHODS = {"lion_kappa[nuclear]"}  # Newton–Schulz: not element-wise
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--d-model", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--size", default="small", choices=sorted(PRESETS))
     ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     ap.add_argument("--reps", type=int, default=5, help="updates per round (median taken)")
     args = ap.parse_args()
 
-    params = gpt_params(args.d_model, args.layers, args.vocab, jax.random.key(0))
+    shape = PRESETS[args.size]
+    params = gpt_params(shape, jax.random.key(0))
     n_params = optx.param_count(params)
     grads = jax.tree.map(
         lambda p: 1e-3 * jnp.sin(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape) + 1e-4, params
@@ -119,10 +92,10 @@ def main() -> None:
     base_t = statistics.median(times["optax.adamw"])
     base_b = runners["optax.adamw"][2]
     dev = jax.devices()[0]
+    print(f"device: {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
     print(
-        f"GPT-style tree: d={args.d_model}, layers={args.layers}, vocab={args.vocab}, "
-        f"{n_params / 1e6:.2f}M params, f32; device: {dev.platform} ({dev.device_kind}); "
-        f"{args.rounds} rounds x {args.reps} reps"
+        f"GPT-style tree '{args.size}': {shape}, {n_params / 1e6:.2f}M params, f32; "
+        f"median over {args.rounds} interleaved rounds of the best of {args.reps} updates"
     )
     print(f"optax.adamw: {1e3 * base_t:.2f} ms/update, {base_b:.2f} state bytes/param\n")
     print("| method | ms/update | time / adamw | state B/param | state / adamw | ≤1.1x |")
