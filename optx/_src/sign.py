@@ -42,8 +42,9 @@ Norms are taken per *block*: per matrix for leaves with a
 :class:`~optx.MatrixLayout` (one block per layer of a scanned stack), per leaf
 otherwise. So ``'l2'`` is the group norm ``𝒦 = Σ_b ‖c_b‖₂`` and the
 constraint holds block by block (``‖x_b‖₂ ≤ 1/λ``). For ``'nuclear'``, leaves
-without a layout (biases, norms, embeddings by default) are vectors, whose
-nuclear norm is their ℓ2 norm: they get ``c/‖c‖₂``. The Newton–Schulz polar
+without a layout (biases, norm scales and, with the default router,
+embeddings and the head) are treated as flat vectors, whose nuclear norm (as a
+1 × n matrix) is their ℓ2 norm: they get ``c/‖c‖₂``. The Newton–Schulz polar
 factor is approximate (Keller's quintic leaves singular values in ≈[0.7, 1.2]);
 ``ns_coefficients='cubic'`` with more steps is closer to exact. ``optax``
 exposes two members: ``scale_by_lion(mode='smooth')`` is ``'log_cosh'`` with
