@@ -18,6 +18,7 @@ the same run. The same command runs unchanged on a GPU/TPU (use a larger
 
 Example::
 
+  python benchmarks/step_cost.py --preset small --repeats 20
   python -m benchmarks.step_cost --preset small --repeats 20
   python -m benchmarks.step_cost --preset gpt2-small --optimizers muon,normuon --csv cost.csv
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import pathlib
 import statistics
 import sys
 import time
@@ -38,7 +40,12 @@ import jax.numpy as jnp
 import optax
 
 import optx
-from benchmarks import _trees
+
+# The benchmark scripts import each other as top-level modules, whether run as
+# `python benchmarks/step_cost.py` or `python -m benchmarks.step_cost`.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _trees
+from muon_step import contrib_muon_dims
 
 BASELINE = "optax.adamw"
 
@@ -58,11 +65,19 @@ class Entry:
     error: str = ""
 
 
-def entries(names: Sequence[str]) -> list[Entry]:
-    """The baseline, the optax Muon reference, and the requested optx optimizers."""
+def entries(names: Sequence[str], params: Any) -> list[Entry]:
+    """The baseline, the optax Muon reference, and the requested optx optimizers.
+
+    ``optax.contrib.muon`` gets its dimension numbers from optx's router, so it
+    orthogonalizes the same leaves as ``optx.muon`` (its own ``ndim == 2`` rule
+    would send the 3-D attention kernels to Adam and the embedding to Muon).
+    """
     rows = [
         Entry(BASELINE, optax.adamw(1e-3, weight_decay=1e-4)),
-        Entry("optax.contrib.muon", optax.contrib.muon(0.02)),
+        Entry(
+            "optax.contrib.muon",
+            optax.contrib.muon(0.02, muon_weight_dimension_numbers=contrib_muon_dims(params)),
+        ),
     ]
     for n in names:
         spec = optx.get_optimizer(n)
@@ -185,7 +200,7 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     params = _trees.gpt_params(shape, jax.random.key(0), dtype)
     grads = _trees.gpt_params(shape, jax.random.key(1), dtype, std=1e-3)
     n_params = optx.param_count(params)
-    rows = entries(names)
+    rows = entries(names, params)
 
     def log(msg: str) -> None:
         print(f"[step_cost] {msg}", file=sys.stderr, flush=True)

@@ -331,11 +331,10 @@ def main(argv: Sequence[str] | None = None) -> ShardedRun:
         log=lambda s: print(f"[sharded] {s}", flush=True),
     )
     print(f"[sharded] collectives in the whole training step: {run.step_collectives}")
-    shown = 0
-    for path, sh in optx.routing.base.flatten_with_paths(run.state_shardings)[0]:
-        if any(a is not None for a in sh.spec) and shown < 6:
-            print(f"[sharded] state {path}: {sh.spec}")
-            shown += 1
+    flat = jax.tree_util.tree_flatten_with_path(run.state_shardings)[0]
+    sharded_state = [(optx.path_to_str(p), s.spec) for p, s in flat if any(s.spec)]
+    for path, spec in sharded_state[:6]:
+        print(f"[sharded] state {path}: {spec}")
     if not args.no_strategy_table:
         params = nnx.split(models.TransformerLM(cfg, rngs=nnx.Rngs(0)), nnx.Param)[1]
         print("\nCollectives in the optimizer update alone (optx.muon strategies):\n")
