@@ -39,7 +39,7 @@ import optax
 from flax import nnx
 
 import optx
-from examples import data, models
+from examples import data, models, training
 
 
 def _ocp() -> Any:
@@ -112,20 +112,18 @@ def make_step(graphdef: Any, tx: optax.GradientTransformationExtraArgs, spec: op
 
     @jax.jit
     def step(state: dict[str, Any], batch: Any) -> tuple[dict[str, Any], jax.Array]:
-        p, s, i = state["params"], state["opt_state"], state["step"]
-        loss, grads = jax.value_and_grad(loss_of)(p, batch)
-        ctx = optx.ExtraArgsContext(
-            loss_fn=lambda q: loss_of(q, batch),
-            params=p,
-            grads=grads,
-            loss=loss,
-            key=jax.random.fold_in(jax.random.key(0), i),
+        i = state["step"]
+        p, s, loss = training.optimizer_step(
+            tx,
+            spec,
+            lambda q: loss_of(q, batch),
+            state["params"],
+            state["opt_state"],
+            key=jax.random.key(0),
             step=i,
             batch=batch,
         )
-        updates, s = tx.update(grads, s, p, **spec.make_extra_args(ctx))
-        new = {"params": optax.apply_updates(p, updates), "opt_state": s, "step": i + 1}
-        return new, loss
+        return {"params": p, "opt_state": s, "step": i + 1}, loss
 
     return step
 

@@ -194,6 +194,14 @@ def summarize(
     return rows, best
 
 
+def write_csv(path: pathlib.Path, records: list[dict[str, Any]]) -> None:
+    """Writes dict records (all with the same keys) as a CSV file with a header."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(records[0]) if records else [])
+        w.writeheader()
+        w.writerows(records)
+
+
 def write_outputs(
     out: pathlib.Path,
     config: dict[str, Any],
@@ -216,92 +224,57 @@ def write_outputs(
         f"Command: `{config['command']}`\n"
     )
     (out / "summary.md").write_text(md)
-    with open(out / "summary.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "optimizer",
-                "learning_rate",
-                "hparams",
-                "final_val_loss",
-                "steps_to_target",
-                "speedup",
-                "ms_per_step",
-                "state_bytes_per_param",
-                "target",
-            ]
-        )
-        for r in rows:
-            w.writerow(
-                [
-                    r["optimizer"],
-                    r["learning_rate"],
-                    json.dumps(r["hparams"]),
-                    f"{r['final_val_loss']:.6f}",
-                    r["steps_to_target"] or "",
-                    "" if r["speedup"] is None else f"{r['speedup']:.4f}",
-                    f"{r['ms_per_step']:.3f}",
-                    f"{r['state_bytes_per_param']:.4f}",
-                    f"{r['target']:.6f}",
-                ]
-            )
-    with open(out / "sweep.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "optimizer",
-                "learning_rate",
-                "hparams",
-                "final_val_loss",
-                "diverged",
-                "best",
-                "ms_per_step",
-                "compile_seconds",
-                "state_bytes_per_param",
-            ]
-        )
-        for name, rs in results.items():
-            for r in rs:
-                w.writerow(
-                    [
-                        name,
-                        r.learning_rate,
-                        json.dumps(r.hparams),
-                        f"{r.final_val_loss:.6f}",
-                        int(r.diverged),
-                        int(r is best[name]),
-                        f"{r.ms_per_step:.3f}",
-                        f"{r.compile_seconds:.2f}",
-                        f"{r.state_bytes_per_param:.4f}",
-                    ]
-                )
-    with open(out / "curves.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "optimizer",
-                "learning_rate",
-                "hparams",
-                "step",
-                "train_seconds",
-                "val_loss",
-                "train_loss",
-            ]
-        )
-        for name, rs in results.items():
-            for r in rs:
-                for s, t, v, tl in zip(r.steps, r.train_seconds, r.val_loss, r.train_loss):
-                    w.writerow(
-                        [
-                            name,
-                            r.learning_rate,
-                            json.dumps(r.hparams),
-                            s,
-                            f"{t:.4f}",
-                            f"{v:.6f}",
-                            f"{tl:.6f}",
-                        ]
-                    )
+    write_csv(
+        out / "summary.csv",
+        [
+            {
+                "optimizer": r["optimizer"],
+                "learning_rate": r["learning_rate"],
+                "hparams": json.dumps(r["hparams"]),
+                "final_val_loss": f"{r['final_val_loss']:.6f}",
+                "steps_to_target": r["steps_to_target"] or "",
+                "speedup": "" if r["speedup"] is None else f"{r['speedup']:.4f}",
+                "ms_per_step": f"{r['ms_per_step']:.3f}",
+                "state_bytes_per_param": f"{r['state_bytes_per_param']:.4f}",
+                "target": f"{r['target']:.6f}",
+            }
+            for r in rows
+        ],
+    )
+    runs = [(name, r) for name, rs in results.items() for r in rs]
+    write_csv(
+        out / "sweep.csv",
+        [
+            {
+                "optimizer": name,
+                "learning_rate": r.learning_rate,
+                "hparams": json.dumps(r.hparams),
+                "final_val_loss": f"{r.final_val_loss:.6f}",
+                "diverged": int(r.diverged),
+                "best": int(r is best[name]),
+                "ms_per_step": f"{r.ms_per_step:.3f}",
+                "compile_seconds": f"{r.compile_seconds:.2f}",
+                "state_bytes_per_param": f"{r.state_bytes_per_param:.4f}",
+            }
+            for name, r in runs
+        ],
+    )
+    write_csv(
+        out / "curves.csv",
+        [
+            {
+                "optimizer": name,
+                "learning_rate": r.learning_rate,
+                "hparams": json.dumps(r.hparams),
+                "step": step,
+                "train_seconds": f"{t:.4f}",
+                "val_loss": f"{v:.6f}",
+                "train_loss": f"{tl:.6f}",
+            }
+            for name, r in runs
+            for step, t, v, tl in zip(r.steps, r.train_seconds, r.val_loss, r.train_loss)
+        ],
+    )
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     if plot:
         plot_curves(best, out / "val_loss.png", f"{config['run_name']}: {description}")
@@ -330,10 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--warmup-frac", type=float, default=0.1)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
+    training.add_model_arguments(p)
     p.add_argument("--positions", default="rope", choices=("rope", "learned"))
     p.add_argument("--tie-embeddings", action="store_true")
     p.add_argument("--no-scan", action="store_true", help="unrolled layers instead of nnx.scan")

@@ -45,7 +45,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optx
-from examples import data, models
+from examples import data, models, training
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 _COLLECTIVE_RE = re.compile(r"=\s*[^=]*?\b(" + "|".join(COLLECTIVES) + r")(-start)?\(")
@@ -219,18 +219,16 @@ def train_sharded(
         return models.lm_loss(nnx.merge(graphdef, p), batch)
 
     def step(p: Any, s: Any, batch: Any, i: jax.Array) -> tuple[Any, Any, jax.Array]:
-        loss, grads = jax.value_and_grad(loss_of)(p, batch)
-        ctx = optx.ExtraArgsContext(
-            loss_fn=lambda q: loss_of(q, batch),
-            params=p,
-            grads=grads,
-            loss=loss,
-            key=jax.random.fold_in(jax.random.key(seed), i),
+        return training.optimizer_step(
+            tx,
+            spec,
+            lambda q: loss_of(q, batch),
+            p,
+            s,
+            key=jax.random.key(seed),
             step=i,
             batch=batch,
         )
-        updates, s = tx.update(grads, s, p, **spec.make_extra_args(ctx))
-        return optax.apply_updates(p, updates), s, loss
 
     step_fn = jax.jit(
         step,
@@ -291,10 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsdp", action="store_true", help="also shard kernels over the data axis")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=64)
+    training.add_model_arguments(p)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--no-strategy-table", action="store_true")
     return p

@@ -110,6 +110,14 @@ def lm_task(
     return Task("shakespeare-lm", graphdef, params, models.lm_loss, batches, evals, desc)
 
 
+def add_model_arguments(parser: Any) -> None:
+    """The transformer-size flags shared by the example CLIs (``argparse``)."""
+    parser.add_argument("--d-model", type=int, default=64, help="residual width")
+    parser.add_argument("--layers", type=int, default=2, help="transformer blocks")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads")
+    parser.add_argument("--seq-len", type=int, default=64, help="context length (characters)")
+
+
 def image_task(
     model: str = "cnn",
     *,
@@ -213,6 +221,37 @@ class RunResult:
         return None
 
 
+def optimizer_step(
+    tx: optax.GradientTransformationExtraArgs,
+    spec: optx.OptimizerSpec,
+    loss_fn: Callable[[Any], jax.Array],
+    params: Any,
+    opt_state: Any,
+    *,
+    key: jax.Array,
+    step: Any,
+    batch: Any = None,
+) -> tuple[Any, Any, jax.Array]:
+    """One step of ``tx`` on ``loss_fn``: ``(params, opt_state, loss)`` after the update.
+
+    The extra arguments come from ``spec.make_extra_args`` with an
+    :class:`optx.ExtraArgsContext` holding the loss closure of this batch, so
+    optimizers that need curvature or the loss value run through the same code.
+    """
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    ctx = optx.ExtraArgsContext(
+        loss_fn=loss_fn,
+        params=params,
+        grads=grads,
+        loss=loss,
+        key=jax.random.fold_in(key, step),
+        step=step,
+        batch=batch,
+    )
+    updates, opt_state = tx.update(grads, opt_state, params, **spec.make_extra_args(ctx))
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
 class Trainer:
     """Compiled train/eval functions of one optimizer on one task (reused across a sweep)."""
 
@@ -248,21 +287,10 @@ class Trainer:
             tx = self.make_tx(lr, wd)
 
             def body(carry: Any, xs: Any) -> tuple[Any, jax.Array]:
-                p, s = carry
                 batch, i = xs
                 loss_fn = functools.partial(_loss_on, task, batch)
-                loss, grads = jax.value_and_grad(loss_fn)(p)
-                ctx = optx.ExtraArgsContext(
-                    loss_fn=loss_fn,
-                    params=p,
-                    grads=grads,
-                    loss=loss,
-                    key=jax.random.fold_in(key, i),
-                    step=i,
-                    batch=batch,
-                )
-                updates, s = tx.update(grads, s, p, **spec.make_extra_args(ctx))
-                return (optax.apply_updates(p, updates), s), loss
+                p, s, loss = optimizer_step(tx, spec, loss_fn, *carry, key=key, step=i, batch=batch)
+                return (p, s), loss
 
             idx = step0 + jnp.arange(jax.tree.leaves(batches)[0].shape[0])
             (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (batches, idx))
