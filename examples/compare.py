@@ -395,7 +395,7 @@ def run(argv: Sequence[str] | None = None) -> pathlib.Path:
         spec = optx.get_optimizer(name)
         factory_params = inspect.signature(spec.factory).parameters
         overrides = {k: v for k, v in fixed.items() if k in factory_params}
-        sweeping_wd = "weight_decay" in grids and "weight_decay" in factory_params
+        sweeping_wd = "weight_decay" in grids and training.takes_weight_decay(spec)
         by_static: dict[tuple, training.Trainer] = {}
         for point in plan[name]:
             lr = point["learning_rate"]

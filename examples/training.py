@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -180,8 +181,7 @@ def build_optimizer(
 
 
 def takes_weight_decay(spec: optx.OptimizerSpec) -> bool:
-    import inspect
-
+    """Whether the optimizer's factory has a ``weight_decay`` argument."""
     return "weight_decay" in inspect.signature(spec.factory).parameters
 
 
@@ -319,7 +319,7 @@ class Trainer:
 
         return evaluate
 
-    def compiled(self, lr: float, wd: float | None, opt_state_example: Any, batches: Batch) -> Any:
+    def compiled(self, lr: float, wd: float | None, batches: Batch) -> Any:
         """AOT-compiled (chunk, init, eval) functions and the compile time."""
         key = (None, None) if self.traced_hparams else (lr, wd)
         if key in self._compiled:
@@ -369,12 +369,12 @@ def train(
     first = _stack([next(it) for _ in range(chunk)])
     hp = jnp.asarray([learning_rate, 0.0 if weight_decay is None else weight_decay], jnp.float32)
     try:
-        fns, compile_s = trainer.compiled(learning_rate, weight_decay, None, first)
+        fns, compile_s = trainer.compiled(learning_rate, weight_decay, first)
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError, TypeError):
         if not trainer.traced_hparams:
             raise
         trainer.traced_hparams = False  # this factory needs concrete hyper-parameters
-        fns, compile_s = trainer.compiled(learning_rate, weight_decay, None, first)
+        fns, compile_s = trainer.compiled(learning_rate, weight_decay, first)
     chunk_fn, init_fn, eval_fn = fns
     params = jax.tree.map(jnp.array, task.params)  # a fresh copy (the chunk donates it)
     opt_state = init_fn(params, hp)
