@@ -138,6 +138,21 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_sweep(results: dict[str, list[training.RunResult]]) -> str:
+    """Markdown list of every sweep point's final validation loss (best in bold)."""
+    lines = []
+    for name, rs in results.items():
+        best = min(rs, key=lambda r: r.final_val_loss)
+        points = []
+        for r in rs:
+            extra = "".join(f", {k}={v}" for k, v in r.hparams.items())
+            val = "diverged" if r.diverged else f"{r.final_val_loss:.4f}"
+            text = f"lr {r.learning_rate:g}{extra}: {val}"
+            points.append(f"**{text}**" if r is best else text)
+        lines.append(f"* {name}: " + "; ".join(points))
+    return "\n".join(lines)
+
+
 def plot_curves(best: dict[str, training.RunResult], path: pathlib.Path, title: str) -> None:
     """Validation loss vs steps and vs training wall time, one curve per optimizer."""
     import matplotlib
@@ -221,6 +236,9 @@ def write_outputs(
         f"{config['steps']} steps, warmup {config['warmup']}, cosine decay to 0; per-optimizer "
         f"sweep, best by final validation loss. Target = {baseline}'s final validation loss "
         f"{target:.4f} (validation every {config['eval_every']} steps).\n\n{table}\n\n"
+        f"Learning-rate sweep (final validation loss):\n\n{format_sweep(results)}\n\n"
+        f"Total time {config['total_seconds']} s on {config['device']} "
+        f"({config['cpu_count']} cores visible).\n\n"
         f"Command: `{config['command']}`\n"
     )
     (out / "summary.md").write_text(md)

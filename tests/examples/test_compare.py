@@ -68,6 +68,7 @@ def test_run_writes_table_csvs_and_plot_only_under_results(tmp_path: pathlib.Pat
     assert len(curves) == 4 * 3  # 4 runs × (step 0, 2, 4)
     md = (out / "summary.md").read_text()
     assert "| adamw |" in md and "| muon |" in md and "Command:" in md
+    assert "* muon: " in md and md.count("**lr ") == 2  # the sweep, best point in bold
     config = json.loads((out / "config.json").read_text())
     assert config["optimizers"] == ["adamw", "muon"] and config["steps"] == 4
 
