@@ -146,7 +146,9 @@ def format_sweep(results: dict[str, list[training.RunResult]]) -> str:
         points = []
         for r in rs:
             extra = "".join(f", {k}={v}" for k, v in r.hparams.items())
-            val = "diverged" if r.diverged else f"{r.final_val_loss:.4f}"
+            val = f"{r.final_val_loss:.4f}"
+            if r.diverged:
+                val = "failed" if r.error else "diverged"
             text = f"lr {r.learning_rate:g}{extra}: {val}"
             points.append(f"**{text}**" if r is best else text)
         lines.append(f"* {name}: " + "; ".join(points))
@@ -269,6 +271,7 @@ def write_outputs(
                 "hparams": json.dumps(r.hparams),
                 "final_val_loss": f"{r.final_val_loss:.6f}",
                 "diverged": int(r.diverged),
+                "error": r.error,
                 "best": int(r is best[name]),
                 "ms_per_step": f"{r.ms_per_step:.3f}",
                 "compile_seconds": f"{r.compile_seconds:.2f}",
@@ -439,17 +442,38 @@ def run(argv: Sequence[str] | None = None) -> pathlib.Path:
                     bar.update(n)
                     bar.set_postfix(val=f"{info['val']:.3f}")
 
-            r = training.train(
-                trainer,
-                learning_rate=lr,
-                weight_decay=wd,
-                steps=args.steps,
-                seed=args.seed,
-                progress=progress,
-            )
+            try:
+                r = training.train(
+                    trainer,
+                    learning_rate=lr,
+                    weight_decay=wd,
+                    steps=args.steps,
+                    seed=args.seed,
+                    progress=progress,
+                )
+            except Exception as err:  # one broken optimizer must not end the comparison
+                if name == args.baseline:
+                    raise
+                r = training.RunResult(
+                    name,
+                    lr,
+                    wd,
+                    [0],
+                    [math.inf],
+                    [0.0],
+                    [math.nan],
+                    0.0,
+                    math.nan,
+                    diverged=True,
+                    error=f"{type(err).__name__}: {err}"[:300],
+                )
+                if bar is not None:
+                    bar.update(args.steps)
             r.hparams = {**({"weight_decay": wd} if wd is not None else {}), **other}
             results.setdefault(name, []).append(r)
-            status = "diverged" if r.diverged else f"val {r.final_val_loss:.4f}"
+            status = f"val {r.final_val_loss:.4f}"
+            if r.diverged:
+                status = f"FAILED ({r.error})" if r.error else "diverged"
             msg = (
                 f"[compare] {name:>10} lr={lr:<8g}{' ' + str(r.hparams) if r.hparams else ''}"
                 f" {status}  {r.ms_per_step:.1f} ms/step (compile {r.compile_seconds:.1f}s)"

@@ -200,6 +200,7 @@ class RunResult:
     state_bytes_per_param: float
     diverged: bool = False
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    error: str = ""
 
     @property
     def final_val_loss(self) -> float:

@@ -118,3 +118,44 @@ def test_sweep_points_and_argument_parsing() -> None:
     with pytest.raises(SystemExit):
         compare.run(["--steps", "5", "--eval-every", "2"])
     assert math.isnan(_result("x", [1.0]).ms_per_step)
+
+
+def test_a_failing_optimizer_is_recorded_not_fatal(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_train = training.train
+
+    def train(trainer: training.Trainer, **kw: object) -> training.RunResult:
+        if trainer.spec.name == "muon":
+            raise RuntimeError("boom")
+        return real_train(trainer, **kw)
+
+    monkeypatch.setattr(training, "train", train)
+    args = [
+        "--task",
+        "mlp",
+        "--optimizers",
+        "muon",
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--batch",
+        "32",
+        "--lr-grid",
+        "0.01",
+        "--results-dir",
+        str(tmp_path),
+        "--no-plot",
+        "--no-progress",
+    ]
+    out = compare.run(args)
+    sweep = {r["optimizer"]: r for r in _rows(out / "sweep.csv")}
+    assert sweep["muon"]["error"] == "RuntimeError: boom" and sweep["muon"]["diverged"] == "1"
+    assert sweep["adamw"]["error"] == ""
+    assert "lr 0.01: failed" in (out / "summary.md").read_text()
+    monkeypatch.setattr(
+        training, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("baseline"))
+    )
+    with pytest.raises(RuntimeError, match="baseline"):
+        compare.run(args)
