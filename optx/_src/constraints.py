@@ -888,7 +888,7 @@ def spectral_norms(
     """Exact operator norm of every matrix: ``{path: norms (batch shape)}``.
 
     ``geometry='l2'``: ``σ_max``; ``'rms'``: ``√(fan_in/fan_out)·σ_max`` (the
-    RMS→RMS norm constrained by the projections). SVD in f32. The default
+    RMS→RMS norm constrained by the projections). SVD in f32 (or wider). The default
     layout takes every ``kernel`` leaf of rank ≥ 2 (Dense, with leading axes
     as stacked layers; Conv kernels under a ``conv*`` path component as
     ``(window·in, out)`` matrices). Accepts a ``flax.nnx.Module`` (its
@@ -907,7 +907,8 @@ def spectral_norms(
         lay = resolve(path, leaf)
         if lay is None:
             continue
-        mats = layouts.to_matrices(jnp.asarray(leaf).astype(jnp.float32), lay)
+        leaf = jnp.asarray(leaf)
+        mats = layouts.to_matrices(leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32)), lay)
         sigma = jnp.linalg.norm(mats, ord=2, axis=(-2, -1))
         sigma = sigma / geometry_scale(geometry, lay.fan_in, lay.fan_out)
         out[path] = jnp.reshape(sigma, lay.batch_shape)
@@ -978,5 +979,6 @@ def lipschitz_bound(
         factors[path] = factor
     bound = jnp.asarray(1.0, jnp.float32)
     for factor in factors.values():
+        bound = bound.astype(jnp.promote_types(bound.dtype, factor.dtype))
         bound = bound * jnp.prod(factor)
     return LipschitzBound(bound=bound, norms=norms, factors=factors)
