@@ -11,16 +11,9 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optx
+from tests.matrix_views import matrices
 
 SHAPES = {"hidden": (5, 9), "stack": (3, 9, 4), "conv": (3, 3, 2, 6)}
-
-
-def matrices(x: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "hidden":
-        return x[None]
-    if kind == "stack":
-        return x
-    return x.reshape(1, -1, x.shape[-1])
 
 
 def quantile_linear(v: np.ndarray, q: float) -> float:

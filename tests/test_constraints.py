@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 import optx
 from optx._src import constraints
+from tests.matrix_views import matrices
 
 SHAPES = {"hidden": (6, 10), "stack": (2, 10, 6), "conv": (3, 3, 2, 5)}
 HARD_CAP = [
@@ -26,14 +27,6 @@ HARD_CAP = [
     (1.810259, -0.200265, 0.008251),
     (1.004384, -0.183490, 0.014413),
 ]
-
-
-def matrices(x: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "hidden":
-        return x[None]
-    if kind == "stack":
-        return x
-    return x.reshape(1, -1, x.shape[-1])
 
 
 def alpha_np(w_max: float, delta: float, decay: float = 0.0) -> float:
@@ -260,7 +253,7 @@ def test_sharded_projection_keeps_the_sharding() -> None:
     w = {"hidden": {"kernel": jax.random.normal(jax.random.key(0), (8, 16))}}
     u = jax.tree.map(lambda x: 0.1 * x, w)
     for tx in (optx.spectral_hammer(1.0), optx.spectral_soft_cap(1.0, 0.1)):
-        ref, ref_state = tx.update(u, tx.init(w), w)
+        ref, _ = tx.update(u, tx.init(w), w)
         with jax.set_mesh(mesh):
             shard = jax.tree.map(
                 lambda x: jax.device_put(x, NamedSharding(mesh, P("data", "model"))), w

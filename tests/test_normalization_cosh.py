@@ -10,17 +10,9 @@ import optax
 import pytest
 
 import optx
+from tests.matrix_views import matrices
 
 SHAPES = {"hidden": (5, 9), "stack": (3, 9, 4), "conv": (3, 3, 2, 6)}
-
-
-def matrices(x: np.ndarray, kind: str) -> np.ndarray:
-    """(batch, fan_in, fan_out) views of the default router's layouts."""
-    if kind == "hidden":
-        return x[None]
-    if kind == "stack":
-        return x
-    return x.reshape(1, -1, x.shape[-1])
 
 
 def tree(r: np.random.Generator, scale: float = 1.0) -> dict[str, np.ndarray]:

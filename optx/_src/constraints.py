@@ -207,6 +207,10 @@ def soft_cap_coupling(w_max: Any, max_update_norm: Any, decay: Any = 0.0) -> jax
     eigenvalue solver, so it runs on every backend). ``k ≤ w_max`` needs no cap:
     α = 0 (the official code returns 1 there, see the module notes).
 
+    References:
+      Newhouse, Hess, Cesista, Zahorodnii, Bernstein, Isola, "Training
+      Transformers with Enforced Lipschitz Constants", arXiv 2507.13338.
+
     Example:
       >>> import optx
       >>> alpha = optx.soft_cap_coupling(1.0, 0.1)

@@ -333,6 +333,10 @@ def normalize_by_frobenius(
     matrix of the layout (conv kernels and stacked ``(L, in, out)`` layers are
     normalized per matrix); linear time, no matrix products. Stateless.
 
+    References:
+      Maity, "AuON: A Linear-time Alternative to (Semi-)Orthogonal Momentum
+      Updates", arXiv 2509.24320.
+
     Example:
       >>> import jax.numpy as jnp, optax, optx
       >>> tx = optx.normalize_by_frobenius(eps=0.0)
@@ -390,6 +394,11 @@ def scale_by_cosh_rms(
       normalize_argument: compute ``r`` from ``X/(‖X‖_F + norm_eps)``.
       norm_eps: ε of that normalization (1e-7).
       layout: a :data:`~optx.LayoutSpec`.
+
+    References:
+      Maity, "AuON: A Linear-time Alternative to (Semi-)Orthogonal Momentum
+      Updates", arXiv 2509.24320 (code: github.com/ryyzn9/AuON,
+      ``auon/optimizer.py``).
 
     Example:
       >>> import jax.numpy as jnp, optax, optx
