@@ -845,7 +845,7 @@ def lipschitz_muon(
     5 steps; computed from the coefficients, see
     :func:`optx.composed_polynomial_max`); the soft cap maps ``k`` to ``w_max``.
 
-    ``projection`` (see :mod:`optx` constraints): ``'soft_cap'`` (default, the
+    ``projection`` (see :mod:`optx._src.constraints`): ``'soft_cap'`` (default, the
     paper's), ``'hard_cap'``, ``'svd_cap'`` (exact), ``'normalize'``,
     ``'hammer'``, ``'spectral_wd'`` (strength ``spectral_decay``) or
     ``'none'``. Only leaves the router sends to ``'matrix'`` are projected; to
@@ -880,7 +880,9 @@ def lipschitz_muon(
       embedding_max_inflation: enable the embedding RMS projection with this
         inflation factor (None: off).
       nesterov, ns_coefficients, ns_steps, ns_dtype, weight_decay_mask,
-        mu_dtype, nu_dtype, router, strategy: see :func:`optx.muon`.
+        mu_dtype, nu_dtype, router, strategy: see :func:`optx.muon` (the soft
+        cap's coupling assumes every matrix decays by ``ηλ``; with a
+        ``weight_decay_mask`` the excluded matrices get a slightly weaker cap).
       adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
         adam_weight_decay: the fallback AdamW (see :func:`optx.muon`).
 
