@@ -960,34 +960,24 @@ def lipschitz_muon(
     return _with_router(optax.chain(*steps), router)
 
 
-registry.register(
-    registry.OptimizerSpec(
-        name="auon",
-        factory=auon,
-        paper="2509.24320",
-        family="orthogonalized",
-        defaults={"learning_rate": 0.055},
-        lr_grid=(0.01, 0.03, 0.055, 0.1),
-        static_args=("form",),
-        uses_matrix_path=True,
-        test_overrides={"adam_lr_ratio": 0.4},
-        description="AuON (paper's unit-norm cosh-RMS form), AdamW fallback",
+for _name, _factory, _description in (
+    ("auon", auon, "AuON (paper's unit-norm cosh-RMS form), AdamW fallback"),
+    ("hybrid_auon", hybrid_auon, "Hybrid-AuON (1 Newton-Schulz step + cosh brake), AdamW fallback"),
+):
+    registry.register(
+        registry.OptimizerSpec(
+            name=_name,
+            factory=_factory,
+            paper="2509.24320",
+            family="orthogonalized",
+            defaults={"learning_rate": 0.055},
+            lr_grid=(0.01, 0.03, 0.055, 0.1),
+            static_args=("form",),
+            uses_matrix_path=True,
+            test_overrides={"adam_lr_ratio": 0.4},
+            description=_description,
+        )
     )
-)
-registry.register(
-    registry.OptimizerSpec(
-        name="hybrid_auon",
-        factory=hybrid_auon,
-        paper="2509.24320",
-        family="orthogonalized",
-        defaults={"learning_rate": 0.055},
-        lr_grid=(0.01, 0.03, 0.055, 0.1),
-        static_args=("form",),
-        uses_matrix_path=True,
-        test_overrides={"adam_lr_ratio": 0.4},
-        description="Hybrid-AuON (1 Newton-Schulz step + cosh brake), AdamW fallback",
-    )
-)
 registry.register(
     registry.OptimizerSpec(
         name="root",
