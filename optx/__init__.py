@@ -16,6 +16,34 @@ from optx._src.aliases.elementwise import adamw
 from optx._src.aliases.orthogonalized import muon, normuon
 
 # --- Orthogonalized-update family: AuON, ROOT, Lipschitz constraints (issue 4) ---
+from optx._src.aliases.orthogonalized import auon, hybrid_auon, lipschitz_muon, root
+from optx._src.clipping import clip_by_quantile, matrix_quantile
+from optx._src.constraints import (
+    HARD_CAP_COEFFICIENTS,
+    LipschitzBound,
+    SpectralProjectionState,
+    embedding_mask,
+    embedding_rms_projection,
+    lipschitz_bound,
+    power_iteration,
+    soft_cap_coupling,
+    spectral_hammer,
+    spectral_hard_cap,
+    spectral_normalize,
+    spectral_norms,
+    spectral_projection,
+    spectral_soft_cap,
+    spectral_svd_cap,
+    spectral_weight_decay,
+)
+from optx._src.newton_schulz_fitting import (
+    ROOT_COEFFICIENTS,
+    ShapeCoefficientTable,
+    composed_polynomial_max,
+    fit_newton_schulz_coefficients,
+    newton_schulz_error,
+)
+from optx._src.normalization import normalize_by_frobenius, scale_by_cosh_rms
 
 
 # --- Rotated-basis family: SOAP, Conda, COSMOS (issue 5) ---
