@@ -19,6 +19,28 @@ from optx._src.aliases.orthogonalized import muon, normuon
 
 
 # --- Rotated-basis family: SOAP, Conda, COSMOS (issue 5) ---
+from optx._src.aliases.rotated import (
+    ModeView,
+    ScaleByCondaState,
+    ScaleByCosmosState,
+    ScaleBySoapState,
+    add_decayed_weights_after_step,
+    conda,
+    cosmos,
+    eigh_basis,
+    mode_gram,
+    power_qr_basis,
+    rotate,
+    rotate_back,
+    scale_by_conda,
+    scale_by_cosmos,
+    scale_by_soap,
+    singular_basis,
+    soap,
+    subspace_init,
+    subspace_power_step,
+    subspace_split,
+)
 
 
 # --- Element-wise adaptive family and schedules (issue 6) ---
