@@ -65,7 +65,7 @@ def add_decayed_weights_after_step(
       ...                  optax.scale_by_learning_rate(0.1))
       >>> w = jnp.array([2.0])
       >>> u, _ = tx.update(jnp.array([1.0]), tx.init(w), w)
-      >>> float(w + u[0])   # (2 - 0.1 * 1) * (1 - 0.1 * 0.5)
+      >>> round(float((w + u)[0]), 6)   # (2 - 0.1 * 1) * (1 - 0.1 * 0.5)
       1.805
     """
     base.check_learning_rate("learning_rate", learning_rate)
@@ -85,7 +85,10 @@ def add_decayed_weights_after_step(
     ) -> tuple[base.Updates, AddDecayedWeightsAfterStepState]:
         del extra
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(
+                "add_decayed_weights_after_step needs the parameters: call "
+                "update(updates, state, params)."
+            )
         lr = jnp.asarray(_value_at(learning_rate, state.count), jnp.float32)
         wd = jnp.asarray(_value_at(weight_decay, state.count), jnp.float32)
         wd = jnp.where(state.count < skip_steps, 0.0, wd)
