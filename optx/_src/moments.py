@@ -91,9 +91,9 @@ def scale_by_momentum(
         del params, extra
         count = optax.safe_increment(state.count)
         if bias_correction:
-            correction = 1.0 - jnp.asarray(beta, jnp.float32) ** count.astype(jnp.float32)
+            correction = base.bias_correction(beta, count)
         else:
-            correction = jnp.asarray(1.0, jnp.float32)
+            correction = base.at_least_f32(1.0)
 
         def leaf(g: jax.Array, mu: jax.Array) -> tuple[jax.Array, jax.Array]:
             if g is None:

@@ -70,9 +70,9 @@ def _scale_by_axis_rms(
         del params, extra
         count = optax.safe_increment(state.count)
         if bias_correction:
-            correction = 1.0 - jnp.asarray(beta, jnp.float32) ** count.astype(jnp.float32)
+            correction = base.bias_correction(beta, count)
         else:
-            correction = jnp.asarray(1.0, jnp.float32)
+            correction = base.at_least_f32(1.0)
 
         def leaf(x: jax.Array, lay: ResolvedLayout, nu: jax.Array) -> tuple[jax.Array, jax.Array]:
             cdt = jnp.promote_types(jnp.promote_types(x.dtype, nu.dtype), jnp.float32)
