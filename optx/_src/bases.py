@@ -59,7 +59,7 @@ import optax
 from jax.sharding import PartitionSpec
 
 from optx._src import base, layouts, orthogonalization, sharding
-from optx._src.layouts import LayoutSpec, MatrixLayout, ResolvedLayout
+from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 FACTORIZATIONS = ("matrix", "axes")
 
@@ -443,26 +443,26 @@ def rotation_view_fn(
     factorization: str = "matrix",
     merge_dims: bool = False,
     max_dim: int | None = None,
-    unrouted_layout: MatrixLayout | None = None,
+    extra_layout: LayoutSpec | None = None,
     precondition_1d: bool = False,
 ) -> Callable[[str, Any], ModeView]:
     """``(path, leaf) -> ModeView``: which modes of a leaf are rotated.
 
-    Leaves with a layout (from ``layout``) get :func:`matrix_modes` or
-    :func:`axis_modes`; other leaves with ``ndim >= 2`` get
-    ``unrouted_layout`` if given; 1-D leaves get one mode when
-    ``precondition_1d``; everything else is unrotated. Modes larger than
-    ``max_dim`` are not rotated.
+    Leaves with a layout (from ``layout``, else from ``extra_layout`` when
+    given) get :func:`matrix_modes` or :func:`axis_modes`; 1-D leaves get one
+    mode when ``precondition_1d``; everything else is unrotated. Modes larger
+    than ``max_dim`` are not rotated.
     """
     base.check_choice("factorization", factorization, FACTORIZATIONS)
     resolve = layouts.resolved_layout_fn(layout)
+    resolve_extra = None if extra_layout is None else layouts.resolved_layout_fn(extra_layout)
     cap = max_dim if max_dim is not None else math.inf
 
     def view_of(path: str, leaf: Any) -> ModeView:
         shape = tuple(jnp.shape(leaf))
         lay = resolve(path, leaf)
-        if lay is None and unrouted_layout is not None and len(shape) >= 2:
-            lay = layouts.resolve_layout(unrouted_layout, shape, path)
+        if lay is None and resolve_extra is not None:
+            lay = resolve_extra(path, leaf)
         if lay is not None:
             if factorization == "axes":
                 return axis_modes(lay, cap, merge_dims=merge_dims)  # type: ignore[arg-type]
@@ -512,7 +512,7 @@ def scale_by_soap(
     factorization: str = "matrix",
     merge_dims: bool = False,
     precondition_1d: bool = False,
-    unrouted_layout: MatrixLayout | None = layouts.DENSE,
+    extra_layout: LayoutSpec | None = None,
     normalize_grads: bool = False,
     correct_bias: bool = True,
     mu_dtype: Any = None,
@@ -568,9 +568,10 @@ def scale_by_soap(
     modes ``(fan_in, fan_out)``, so a conv kernel is one ``kh·kw·in × out``
     matrix and stacked layers get per-layer factors) or one mode per non-batch
     axis (``'axes'``, the official N-D treatment, with the official greedy
-    ``merge_dims``). Leaves without a layout but with ``ndim >= 2`` (embeddings,
-    heads) get ``unrouted_layout`` (default: the last two axes, as the official
-    code rotates every 2-D parameter); ``None`` leaves them element-wise.
+    ``merge_dims``). Leaves ``layout`` gives no layout are looked up in
+    ``extra_layout`` (the :func:`optx.soap` alias passes the embeddings and
+    heads there, as the official code rotates every 2-D parameter); leaves
+    neither gives a layout get element-wise Adam.
 
     State memory per ``m × n`` matrix: ``2mn`` (``M'``, ``V``) + ``2(m² + n²)``
     (factors and bases).
@@ -583,7 +584,8 @@ def scale_by_soap(
       factorization: ``'matrix'`` or ``'axes'`` (static).
       merge_dims: greedy merge of axes (``'axes'`` only).
       precondition_1d: rotate 1-D leaves too.
-      unrouted_layout: layout for ``ndim >= 2`` leaves ``layout`` gives none.
+      extra_layout: an optional second :data:`~optx.LayoutSpec` for leaves
+        ``layout`` gives none (``None``: no other leaf is rotated).
       normalize_grads: per-matrix RMS normalization of the update.
       correct_bias: fold Adam's bias correction into the step.
       mu_dtype, nu_dtype: dtypes of ``M'`` and ``V`` (default: the param dtype).
@@ -624,7 +626,7 @@ def scale_by_soap(
         factorization=factorization,
         merge_dims=merge_dims,
         max_dim=max_dim,
-        unrouted_layout=unrouted_layout,
+        extra_layout=extra_layout,
         precondition_1d=precondition_1d,
     )
 

@@ -179,6 +179,7 @@ def _tree(seed: int = 0) -> dict[str, Any]:
         "hidden": {"kernel": n(6, 6), "bias": n(6)},
         "stack": {"kernel": n(2, 6, 5)},
         "head": {"kernel": n(6, 12)},
+        "ln": {"scale": n(2, 6)},  # a stacked norm scale: two 1-D parameters
     }
 
 
@@ -211,6 +212,7 @@ def test_soap_rotates_fallback_matrices_like_the_official_code() -> None:
     emb = [f["embed"]["embedding"] for f in state.factors]
     assert [e.shape for e in emb] == [(12, 12), (6, 6)]
     assert isinstance(state.factors[0]["hidden"]["bias"], optax.MaskedNode)
+    assert isinstance(state.factors[0]["ln"]["scale"], optax.MaskedNode)
     state = optx.soap(rotate_fallback_matrices=False, max_precond_dim=8).init(params)[0]
     assert isinstance(state.factors[0]["embed"]["embedding"], optax.MaskedNode)
     assert state.factors[0]["stack"]["kernel"].shape == (2, 6, 6)  # routed: per layer

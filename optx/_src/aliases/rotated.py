@@ -11,10 +11,12 @@ How the router is used:
   (same ε placement, same decay-after-the-step, SOAP's first-step skip):
   the router only decides which leaves are *rotated* and with which layout.
   Conda rotates the router's ``'matrix'`` leaves (the official attention and
-  MLP weights); SOAP also rotates the other ``ndim >= 2`` leaves (embeddings,
-  heads) over their last two axes unless ``rotate_fallback_matrices=False``,
-  because the official code rotates every 2-D parameter (a vocabulary side
-  above ``max_precond_dim`` stays unrotated).
+  MLP weights); SOAP also rotates the embeddings and heads over their last
+  two axes unless ``rotate_fallback_matrices=False``, because the official
+  code rotates every 2-D parameter (a vocabulary side above
+  ``max_precond_dim`` stays unrotated); stacked biases and norm scales
+  ``(L, d)`` stay element-wise, as the separate 1-D parameters they are in
+  PyTorch.
 * **COSMOS** is a :func:`optx.routed` pair: the matrix chain on ``'matrix'``
   leaves and :func:`optx.adamw` on the rest (the official code's fallback
   Adam has a hard-coded ``0.1·g`` momentum and ``1 − 0.9ᵗ`` bias correction;
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 
 from optx._src import base, bases, layouts, normalization, registry, routing
@@ -65,6 +68,27 @@ def _with_router(
 
     init_fn.router = router  # type: ignore[attr-defined]
     return optax.GradientTransformationExtraArgs(init_fn, tx.update)
+
+
+SOAP_FALLBACK_MATRIX_RULES = ("embedding", "head")
+"""Names of the router rules whose ``ndim >= 2`` leaves :func:`optx.soap` rotates
+although they are routed to the fallback (the default router's embedding and
+head rules). Stacked biases and norm scales ``(L, d)`` stay element-wise: in
+PyTorch they are separate 1-D parameters."""
+
+
+def fallback_matrix_layout(router: routing.Router) -> layouts.LayoutFn:
+    """``(path, leaf) -> DENSE | None``: the embeddings and heads of ``router``
+    (rules named in :data:`SOAP_FALLBACK_MATRIX_RULES`), seen over their last two
+    axes (a vocabulary side above ``max_precond_dim`` then stays unrotated)."""
+
+    def layout(path: str, leaf: Any) -> layouts.MatrixLayout | None:
+        if len(jnp.shape(leaf)) < 2:
+            return None
+        rule = router.assign(path, leaf).rule
+        return layouts.DENSE if rule in SOAP_FALLBACK_MATRIX_RULES else None
+
+    return layout
 
 
 def soap(
@@ -122,8 +146,10 @@ def soap(
     * Weight decay acts on the *updated* weights with the raw learning rate.
     * Dimensions above ``max_precond_dim`` stay unrotated; 1-D parameters are
       plain Adam (with the same first-step skip) unless ``precondition_1d``;
-      every other ``ndim >= 2`` leaf is rotated (embeddings and heads included,
-      ``rotate_fallback_matrices``).
+      the embeddings and heads the router sends to the fallback are rotated too
+      (``rotate_fallback_matrices``, rules named in
+      :data:`SOAP_FALLBACK_MATRIX_RULES`); stacked biases and norm scales
+      ``(L, d)`` stay element-wise (separate 1-D parameters in PyTorch).
     * ``merge_dims`` (official greedy merge) applies with
       ``factorization='axes'`` (one factor per tensor axis, the official N-D
       treatment); the default ``'matrix'`` uses the router's matrix view
@@ -147,8 +173,9 @@ def soap(
       factorization: ``'matrix'`` (router layout) or ``'axes'`` (per axis).
       merge_dims: official greedy dimension merging (``'axes'`` only).
       precondition_1d: rotate 1-D parameters too.
-      rotate_fallback_matrices: rotate ``ndim >= 2`` leaves the router sends to
-        the fallback group (embeddings, heads) over their last two axes.
+      rotate_fallback_matrices: rotate the router's embeddings and heads
+        (fallback leaves of the rules in :data:`SOAP_FALLBACK_MATRIX_RULES`)
+        over their last two axes, as the official code does.
       normalize_grads: divide each update matrix by its RMS (official option).
       correct_bias: Adam bias correction (official: on).
       weight_decay_mask: optional mask for the decay.
@@ -185,7 +212,7 @@ def soap(
         factorization=factorization,
         merge_dims=merge_dims,
         precondition_1d=precondition_1d,
-        unrouted_layout=layouts.DENSE if rotate_fallback_matrices else None,
+        extra_layout=fallback_matrix_layout(router) if rotate_fallback_matrices else None,
         normalize_grads=normalize_grads,
         correct_bias=correct_bias,
         mu_dtype=mu_dtype,
