@@ -340,3 +340,28 @@ def test_registered_specs() -> None:
         params = _tree()
         u, _ = tx.update(_grads(params, 0), tx.init(params), params)
         assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
+
+
+def test_cosmos_official_fallback_reproduces_the_quirky_adam() -> None:
+    """official_fallback=True: m = b1 m + 0.1 g and 1 - 0.9^t whatever b1 (decay before)."""
+    lr, b1, b2, eps, wd = 1e-2, 0.95, 0.95, 1e-8, 0.1
+    params = _tree()
+    tx = optx.cosmos(lr, b1, b2, eps, weight_decay=wd, rank=2, official_fallback=True)
+    state = tx.init(params)
+    w = np.asarray(params["hidden"]["bias"], np.float64)
+    m = v = np.zeros_like(w)
+    update = jax.jit(tx.update)
+    for t in range(1, 4):
+        g = _grads(params, t)
+        u, state = update(g, state, params)
+        gb = np.asarray(g["hidden"]["bias"], np.float64)
+        m, v = b1 * m + 0.1 * gb, b2 * v + (1 - b2) * gb**2
+        adam = (m / (1 - 0.9**t)) / (np.sqrt(v) / np.sqrt(1 - b2**t) + eps)
+        want = -lr * (adam + wd * np.asarray(params["hidden"]["bias"], np.float64))
+        np.testing.assert_allclose(u["hidden"]["bias"], want, rtol=2e-5, atol=1e-8)
+        params = optax.apply_updates(params, u)
+    # At b1 = 0.9 it is AdamW.
+    g = _grads(params, 0)
+    a, _ = optx.cosmos(lr, official_fallback=True).update(g, optx.cosmos(lr).init(params), params)
+    b, _ = optx.cosmos(lr).update(g, optx.cosmos(lr).init(params), params)
+    np.testing.assert_allclose(a["embed"]["embedding"], b["embed"]["embedding"], rtol=1e-5)

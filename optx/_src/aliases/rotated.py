@@ -26,13 +26,14 @@ How the router is used:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
 from optx._src import base, bases, layouts, normalization, registry, routing
-from optx._src.aliases.orthogonalized import fallback_adamw
+from optx._src.aliases.orthogonalized import fallback_adamw, scaled_learning_rate
 
 # Re-exported through ``optx`` (one import line per family in optx/__init__.py).
 from optx._src.bases import (  # noqa: F401
@@ -351,6 +352,7 @@ def cosmos(
     adam_b2: Any = None,
     adam_eps: Any = None,
     adam_weight_decay: Any = None,
+    official_fallback: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """COSMOS: SOAP on a tracked leading eigensubspace, Muon on the residual.
 
@@ -382,7 +384,7 @@ def cosmos(
     ``m ← β₁m + 0.1g`` and bias correction ``1 − 0.9ᵗ`` whatever ``β₁`` —
     identical to AdamW at ``β₁ = 0.9`` (the default), about twice AdamW's step
     at the README's ``β₁ = 0.95``; optx uses the standard AdamW (a deliberate
-    deviation, METHODS.md). Newton–Schulz runs in f32 by default
+    deviation, METHODS.md) unless ``official_fallback=True`` reproduces it. Newton–Schulz runs in f32 by default
     (``ns_dtype='bfloat16'`` is the official cast); ``rank`` is clipped to the
     fan-in. The older (Feb 2025) code projected on the output side with EMA
     momentum and a separate β₃; it is not reproduced.
@@ -409,6 +411,8 @@ def cosmos(
       adam_lr_ratio: see above (1.0).
       adam_b1, adam_b2, adam_eps, adam_weight_decay: fallback AdamW settings
         (default: ``b1``, ``b2``, ``eps``, ``weight_decay``, as in the official code).
+      official_fallback: use the official code's quirky Adam for the fallback
+        leaves (:func:`scale_by_official_cosmos_adam`) instead of AdamW.
 
     References:
       Liu, Xu, Zhang, Kang, Li, Liang, Chen, Zhao, "COSMOS: A Hybrid Adaptive
@@ -445,7 +449,7 @@ def cosmos(
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    fallback = fallback_adamw(
+    adam = (
         learning_rate,
         adam_learning_rate,
         adam_lr_ratio,
@@ -456,7 +460,108 @@ def cosmos(
         mu_dtype,
         nu_dtype,
     )
+    fallback = official_cosmos_fallback(*adam) if official_fallback else fallback_adamw(*adam)
     return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
+
+
+class ScaleByOfficialCosmosAdamState(NamedTuple):
+    """State of :func:`scale_by_official_cosmos_adam`."""
+
+    count: jax.Array
+    mu: base.Updates
+    nu: base.Updates
+
+
+def scale_by_official_cosmos_adam(
+    b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, *, mu_dtype: Any = None, nu_dtype: Any = None
+) -> optax.GradientTransformationExtraArgs:
+    """The official COSMOS code's Adam for non-matrix parameters, quirks included.
+
+    .. math::
+
+      m ← β_1 m + 0.1\\, g, \\quad v ← β_2 v + (1-β_2) g^2, \\quad
+      u = \\frac{m / (1 - 0.9^t)}{\\sqrt{v} / \\sqrt{1-β_2^t} + ε}
+
+    (``lliu606/COSMOS`` ``COSMOS_optim.py`` @61de180e, the ``else`` branch of
+    ``cosmos``): the ``0.1`` and ``0.9`` are hard-coded whatever ``β₁``, so with
+    ``β₁ = 0.9`` this is Adam, and with ``β₁ = 0.95`` its momentum mass tends
+    to 2 (steps about twice Adam's). For number-matching only; :func:`optx.cosmos`
+    uses AdamW unless ``official_fallback=True``.
+
+    References:
+      Liu et al., "COSMOS: A Hybrid Adaptive Optimizer for Memory-Efficient
+      Training of LLMs", arXiv 2502.17410 (code: github.com/lliu606/COSMOS).
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.scale_by_official_cosmos_adam(b1=0.9)
+      >>> u, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
+      >>> round(float(u[0]), 4)   # Adam's first step: sign(g)
+      1.0
+    """
+    base.check_in_range("b1", b1, 0.0, 1.0)
+    base.check_in_range("b2", b2, 0.0, 1.0)
+    base.check_nonnegative("eps", eps)
+    mu_dtype = base.canonicalize_dtype(mu_dtype)
+    nu_dtype = base.canonicalize_dtype(nu_dtype)
+
+    def init_fn(params: base.Params) -> ScaleByOfficialCosmosAdamState:
+        return ScaleByOfficialCosmosAdamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+            nu=optax.tree.zeros_like(params, dtype=nu_dtype),
+        )
+
+    def update_fn(
+        updates: base.Updates,
+        state: ScaleByOfficialCosmosAdamState,
+        params: base.Params | None = None,
+        **extra: Any,
+    ) -> tuple[base.Updates, ScaleByOfficialCosmosAdamState]:
+        del params, extra
+        count = optax.safe_increment(state.count)
+        t = count.astype(jnp.float32)
+        bc1 = 1.0 - jnp.asarray(0.9, jnp.float32) ** t
+        bc2 = 1.0 - jnp.asarray(b2, jnp.float32) ** t
+
+        def leaf(g: jax.Array, mu: jax.Array, nu: jax.Array) -> tuple[Any, Any, Any]:
+            g32 = g.astype(jnp.promote_types(g.dtype, jnp.float32))
+            m = b1 * mu.astype(g32.dtype) + 0.1 * g32
+            v = b2 * nu.astype(g32.dtype) + (1.0 - b2) * jnp.square(g32)
+            u = (m / bc1) / (jnp.sqrt(v) / jnp.sqrt(bc2) + eps)
+            return u.astype(g.dtype), m.astype(mu.dtype), v.astype(nu.dtype)
+
+        out = jax.tree.map(leaf, updates, state.mu, state.nu)
+        u, mu, nu = base.unzip_tree(updates, out, 3)
+        return u, ScaleByOfficialCosmosAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def official_cosmos_fallback(
+    learning_rate: base.ScalarOrSchedule,
+    adam_learning_rate: base.ScalarOrSchedule | None,
+    adam_lr_ratio: Any,
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    weight_decay: Any,
+    mu_dtype: Any,
+    nu_dtype: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """The official COSMOS non-matrix update: its quirky Adam, decay before the
+    step (``W ← W(1 − ηλ)``), the full learning rate (same arguments as
+    :func:`fallback_adamw`)."""
+    if adam_learning_rate is None:
+        lr = scaled_learning_rate(learning_rate, adam_lr_ratio)
+    else:
+        base.check_learning_rate("adam_learning_rate", adam_learning_rate)
+        lr = adam_learning_rate
+    return optax.chain(
+        scale_by_official_cosmos_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(lr),
+    )
 
 
 _ROTATED_STATIC = ("precondition_frequency", "max_precond_dim", "precond_dtype")
