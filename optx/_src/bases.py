@@ -430,11 +430,24 @@ def _scalars(**values: Any) -> dict[str, jax.Array]:
     return {k: jnp.asarray(v) for k, v in values.items()}
 
 
-def _flatten_like(updates: Any, *trees: Any) -> tuple[list[tuple[str, Any]], Any, list[list[Any]]]:
-    """Flattens ``updates`` with paths and each tree up to ``updates``' structure."""
+def map_leaves_with_state(
+    fn: Callable[..., tuple[Any, ...]], updates: Any, *trees: Any
+) -> tuple[Any, ...]:
+    """Per leaf ``g`` of ``updates``: ``fn(path, g, *leaf_states) -> (u, *new_states)``.
+
+    ``trees`` have ``updates``' structure as a prefix (per-leaf arrays or
+    ``optax.MaskedNode``); ``None`` updates are passed through with their
+    states. Returns ``(new_updates, *new_trees)``.
+    """
     flat, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=base.is_leaf_or_none)
-    pairs = [(base.path_to_str(p), x) for p, x in flat]
-    return pairs, treedef, [treedef.flatten_up_to(t) for t in trees]
+    columns = [treedef.flatten_up_to(t) for t in trees]
+    outs = []
+    for j, (path, g) in enumerate(flat):
+        states = [column[j] for column in columns]
+        outs.append((None, *states) if g is None else fn(base.path_to_str(path), g, *states))
+    return tuple(
+        jax.tree_util.tree_unflatten(treedef, [o[i] for o in outs]) for i in range(1 + len(trees))
+    )
 
 
 def rotation_view_fn(
@@ -749,33 +762,23 @@ def scale_by_soap(
             refresh=(t > 0) & (t % frequency == 0),
         )
         k = len(state.factors)
-        pairs, treedef, flat = _flatten_like(
-            updates, state.mu, state.nu, *state.factors, *state.bases
-        )
-        mus, nus, factors, bases = flat[0], flat[1], flat[2 : 2 + k], flat[2 + k :]
-        outs = []
-        for j, (path, g) in enumerate(pairs):
-            f = tuple(factors[i][j] for i in range(k))
-            q = tuple(bases[i][j] for i in range(k))
-            if g is None:
-                outs.append((None, mus[j], nus[j], f, q))
-                continue
+
+        def leaf(path: str, g: jax.Array, mu: Any, nu: Any, *fq: Any) -> tuple[Any, ...]:
+            f, q = fq[:k], fq[k:]
             view = view_of(path, g)
             n = len(view.modes)
-            u, mu, nu, f_new, q_new = call_keeping_shardings(
-                leaf_update(view), (g, mus[j], nus[j], f[:n], q[:n]), scalars
+            u, mu, nu, new_f, new_q = call_keeping_shardings(
+                leaf_update(view), (g, mu, nu, f[:n], q[:n]), scalars
             )
-            outs.append((u, mu, nu, f_new + f[n:], q_new + q[n:]))
+            return (u, mu, nu, *new_f, *f[n:], *new_q, *q[n:])
 
-        def unflatten(column: Any) -> Any:
-            return jax.tree_util.tree_unflatten(treedef, list(column))
-
-        return unflatten(o[0] for o in outs), ScaleBySoapState(
+        new = map_leaves_with_state(leaf, updates, state.mu, state.nu, *state.factors, *state.bases)
+        return new[0], ScaleBySoapState(
             count=optax.safe_increment(state.count),
-            mu=unflatten(o[1] for o in outs),
-            nu=unflatten(o[2] for o in outs),
-            factors=tuple(unflatten(o[3][i] for o in outs) for i in range(k)),
-            bases=tuple(unflatten(o[4][i] for o in outs) for i in range(k)),
+            mu=new[1],
+            nu=new[2],
+            factors=tuple(new[3 : 3 + k]),
+            bases=tuple(new[3 + k :]),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -958,17 +961,12 @@ def scale_by_conda(
             step_scale=step_scale,
             refresh=state.count % gap == 0,
         )
-        pairs, treedef, (mus, nus, bases) = _flatten_like(updates, state.mu, state.nu, state.bases)
-        outs = []
-        for (path, g), mu, nu, q in zip(pairs, mus, nus, bases):
-            if g is None:
-                outs.append((None, mu, nu, q))
-                continue
-            view = view_of(path, g)
-            outs.append(call_keeping_shardings(leaf_update(view), (g, mu, nu, q), scalars))
-        cols = list(zip(*outs)) if outs else [[]] * 4
-        new = [jax.tree_util.tree_unflatten(treedef, list(c)) for c in cols]
-        return new[0], ScaleByCondaState(count=count, mu=new[1], nu=new[2], bases=new[3])
+
+        def leaf(path: str, g: jax.Array, *states: Any) -> tuple[Any, ...]:
+            return call_keeping_shardings(leaf_update(view_of(path, g)), (g, *states), scalars)
+
+        u, mu, nu, q = map_leaves_with_state(leaf, updates, state.mu, state.nu, state.bases)
+        return u, ScaleByCondaState(count=count, mu=mu, nu=nu, bases=q)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -1188,20 +1186,16 @@ def scale_by_cosmos(
             c1=(1.0 - b1_**t) / (1.0 - b1_),
             bc2=1.0 - jnp.asarray(b2, jnp.float32) ** t,
         )
-        pairs, treedef, (mus, ps, sms, vs) = _flatten_like(
-            updates, state.mu, state.basis, state.basis_moment, state.nu
+
+        def leaf(path: str, g: jax.Array, *states: Any) -> tuple[Any, ...]:
+            view = view_of(path, g)
+            if not view.modes:  # not a routed matrix: passed through unchanged
+                return (g, *states)
+            return call_keeping_shardings(leaf_update(view), (g, *states), scalars)
+
+        u, mu, p, sm, v = map_leaves_with_state(
+            leaf, updates, state.mu, state.basis, state.basis_moment, state.nu
         )
-        outs = []
-        for (path, g), mu, p, sm, v in zip(pairs, mus, ps, sms, vs):
-            view = None if g is None else view_of(path, g)
-            if view is None or not view.modes:
-                outs.append((g, mu, p, sm, v))
-                continue
-            outs.append(call_keeping_shardings(leaf_update(view), (g, mu, p, sm, v), scalars))
-        cols = list(zip(*outs)) if outs else [[]] * 5
-        new = [jax.tree_util.tree_unflatten(treedef, list(c)) for c in cols]
-        return new[0], ScaleByCosmosState(
-            count=count, mu=new[1], basis=new[2], basis_moment=new[3], nu=new[4]
-        )
+        return u, ScaleByCosmosState(count=count, mu=mu, basis=p, basis_moment=sm, nu=v)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -193,7 +193,7 @@ def soap(
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optx
-    >>> params = {'hidden': {'kernel': jnp.ones((8, 16)), 'bias': jnp.zeros(16)}}
+      >>> params = {'hidden': {'kernel': jnp.ones((8, 16)), 'bias': jnp.zeros(16)}}
       >>> tx = optx.soap(learning_rate=3e-3)
       >>> state = tx.init(params)
       >>> grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p) + p, params)
@@ -300,7 +300,7 @@ def conda(
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optx
-    >>> params = {'hidden': {'kernel': jnp.ones((8, 16))}, 'bias': jnp.zeros(16)}
+      >>> params = {'hidden': {'kernel': jnp.ones((8, 16))}, 'bias': jnp.zeros(16)}
       >>> tx = optx.conda(learning_rate=1e-3, update_proj_gap=100)
       >>> grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p) + p, params)
       >>> updates, state = tx.update(grads, tx.init(params), params)
@@ -421,7 +421,7 @@ def cosmos(
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optx
-    >>> params = {'hidden': {'kernel': jnp.ones((8, 16))}, 'bias': jnp.zeros(16)}
+      >>> params = {'hidden': {'kernel': jnp.ones((8, 16))}, 'bias': jnp.zeros(16)}
       >>> tx = optx.cosmos(learning_rate=1e-3, rank=4)
       >>> grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p) + p, params)
       >>> updates, state = tx.update(grads, tx.init(params), params)
