@@ -46,6 +46,32 @@ from optx._src.aliases.rotated import (
 
 
 # --- Element-wise adaptive family and schedules (issue 6) ---
+# isort: split
+from optx._src.adaptive import (
+    ScaleByBeliefState,
+    ScaleByExAdamState,
+    ScaleBySaiState,
+    scale_by_adam_lookahead,
+    scale_by_belief,
+    scale_by_exadam,
+    scale_by_sai,
+)
+from optx._src.aliases.elementwise import (
+    adabelief,
+    adamp,
+    agvm_sgd,
+    exadam,
+    lion,
+    lion_kappa,
+    sgd_sai,
+    sgdp,
+)
+from optx._src.radial import ProjectOutRadialState, project_out_radial, radial_projection
+from optx._src.schedules import rex_schedule, warmup_rex_schedule
+from optx._src.sign import KAPPAS, ScaleByLionKappaState, kappa_gradient, scale_by_lion_kappa
+from optx._src.variance import AgvmState, agvm, half_batch_gradients
+
+# isort: split
 
 
 # --- Memory-efficient family: 8-bit states, projections (issue 7) ---
