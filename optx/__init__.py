@@ -47,6 +47,30 @@ from optx._src.normalization import normalize_by_frobenius, scale_by_cosh_rms
 
 
 # --- Rotated-basis family: SOAP, Conda, COSMOS (issue 5) ---
+from optx._src.aliases.rotated import (
+    ModeView,
+    ScaleByCondaState,
+    ScaleByCosmosState,
+    ScaleByOfficialCosmosAdamState,
+    ScaleBySoapState,
+    add_decayed_weights_after_step,
+    conda,
+    cosmos,
+    eigh_basis,
+    mode_gram,
+    power_qr_basis,
+    rotate,
+    rotate_back,
+    scale_by_conda,
+    scale_by_cosmos,
+    scale_by_official_cosmos_adam,
+    scale_by_soap,
+    singular_basis,
+    soap,
+    subspace_init,
+    subspace_power_step,
+    subspace_split,
+)
 
 
 # --- Element-wise adaptive family and schedules (issue 6) ---
