@@ -76,7 +76,7 @@ registry.register(
         paper="1711.05101",
         family="elementwise",
         defaults={"learning_rate": 1e-3, "weight_decay": 1e-4},
-        lr_grid=(3e-4, 1e-3, 3e-3, 1e-2),
+        lr_grid=(1e-3, 3e-3, 1e-2, 3e-2),
         description="AdamW (optax numbers) with mu_dtype/nu_dtype; the baseline",
     )
 )
