@@ -48,3 +48,17 @@ def test_tree_options_and_params() -> None:
         _trees.GPTShape(d_model=10, n_heads=4)
     with pytest.raises(ValueError, match="positive"):
         _trees.GPTShape(n_layers=0)
+
+
+def test_step_cost_reports_ratios_to_optax_adamw(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import step_cost
+
+    records = step_cost.run(["--preset", "tiny", "--optimizers", "muon", "--repeats", "2"])
+    by = {r["optimizer"]: r for r in records}
+    assert set(by) == {"optax.adamw", "optax.contrib.muon", "muon"}
+    assert by["optax.adamw"]["time_ratio"] == 1.0 and by["optax.adamw"]["state_ratio"] == 1.0
+    # Muon keeps one momentum for hidden matrices where AdamW keeps two moments.
+    assert by["muon"]["state_ratio"] < 1.0 and by["muon"]["state_bytes_per_param"] < 8.0
+    assert all(r["ms_per_step"] > 0 for r in records)
+    out = capsys.readouterr().out
+    assert "| optax.contrib.muon |" in out and "time / adamw" in out
