@@ -329,3 +329,20 @@ def test_registry_entries() -> None:
     assert {"loss_fn", "sampled_loss_fn", "full_params", "key", "loss", "captures"} <= set(extra)
     # The fallback sampled loss of a plain loss is the loss itself (empirical Fisher).
     assert float(extra["sampled_loss_fn"](jnp.ones(2), jax.random.key(1))) == 2.0
+
+
+def test_registry_extra_args_build_sampled_loss_from_logits() -> None:
+    spec = optx.get_optimizer("sophia_g")
+    ctx = optx.ExtraArgsContext(
+        loss_fn=lambda p: jnp.sum(p**2),
+        params=jnp.zeros((2, 3)),
+        grads=jnp.zeros((2, 3)),
+        loss=jnp.asarray(0.0),
+        key=jax.random.key(0),
+        aux={"logits_fn": lambda p: p},
+    )
+    sampled = spec.make_extra_args(ctx)["sampled_loss_fn"]
+    # Uniform logits: the sampled-label cross-entropy is log(3) whatever the labels.
+    np.testing.assert_allclose(
+        float(sampled(jnp.zeros((2, 3)), jax.random.key(1))), np.log(3.0), rtol=1e-6
+    )
