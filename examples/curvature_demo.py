@@ -116,10 +116,10 @@ LEARNING_RATES = {
     "cnn": {
         "sgd": 0.1,
         "mkor_sgd": 0.03,
-        "adamw": 1e-2,
+        "adamw": 3e-2,
         "mkor_adamw": 1e-2,
         "sophia_g": 3e-3,
-        "adahessian": 0.1,
+        "adahessian": 0.3,
     },
     "lm": {
         "sgd": 0.3,
@@ -127,7 +127,7 @@ LEARNING_RATES = {
         "adamw": 1e-2,
         "mkor_adamw": 1e-2,
         "sophia_g": 1e-3,
-        "adahessian": 0.1,
+        "adahessian": 0.3,
     },
 }
 SWEEP = {
@@ -136,7 +136,7 @@ SWEEP = {
     "adamw": (1e-3, 3e-3, 1e-2, 3e-2),
     "mkor_adamw": (1e-3, 3e-3, 1e-2, 3e-2),
     "sophia_g": (3e-4, 1e-3, 3e-3),
-    "adahessian": (0.03, 0.1, 0.3),
+    "adahessian": (0.03, 0.1, 0.3, 1.0),
 }
 REFERENCE = {"mkor_sgd": "sgd", "mkor_adamw": "adamw", "sophia_g": "adamw", "adahessian": "adamw"}
 LABELS = {
