@@ -31,7 +31,8 @@ Quirks of the reference (bitsandbytes 0.50.2), and what optx does:
   are a neighbour of the nearest); its CUDA kernel uses a binary search. optx
   rounds to the nearest code exactly, ties to the lower code (``argmin``).
 * bitsandbytes builds the map with float32 ``torch.linspace``; optx computes it
-  in float64 and rounds once, so a few entries differ by one float32 ulp.
+  in float64 and rounds once, so some entries differ by one or two float32
+  ulps.
 * Tensors with fewer than ``min_size`` (bitsandbytes: 4096) entries keep full
   precision state; the block size is 256 in current bitsandbytes (hard-coded),
   2048 in the paper.
