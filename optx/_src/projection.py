@@ -492,7 +492,7 @@ def _projected_transform(
 def scale_by_subspace(
     inner: optax.GradientTransformation | None = None,
     *,
-    rank: int | None = 128,
+    rank: int | None = None,
     density: float | None = None,
     projection: str | ProjectionFn = "svd",
     side: str = "std",
@@ -535,7 +535,8 @@ def scale_by_subspace(
 
     Args:
       inner: the transform run in the subspace (default: ``optx.scale_by_adam()``).
-      rank: subspace rank ``r`` (static), clipped to the projected dimension.
+      rank: subspace rank ``r`` (static; default 128 unless ``density`` is
+        given), clipped to the projected dimension.
       density: alternatively, ``r = round(density · d)`` per matrix (FRUGAL's ρ;
         ``density=0`` leaves only the residual update).
       projection: ``'svd'``, ``'random'``, ``'orthogonal'``, ``'coordinate'``,
@@ -596,7 +597,7 @@ def scale_by_subspace(
     return _projected_transform(
         inner,
         combine,
-        rank=rank if density is None else None,
+        rank=128 if rank is None and density is None else rank,
         density=density,
         projection=projection,
         side=side,
