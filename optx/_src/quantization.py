@@ -29,7 +29,8 @@ Quirks of the reference (bitsandbytes 0.50.2), and what optx does:
   here, by construction.
 * bitsandbytes' CPU quantizer is not exact nearest rounding (about 2% of codes
   are a neighbour of the nearest); its CUDA kernel uses a binary search. optx
-  rounds to the nearest code exactly, ties to the lower code (``argmin``).
+  rounds to the nearest code exactly, ties to the lower code (``argmin``),
+  computed arithmetically from the map's structure (no table lookups).
 * bitsandbytes builds the map with float32 ``torch.linspace``; optx computes it
   in float64 and rounds once, so some entries differ by one or two float32
   ulps.
@@ -127,10 +128,41 @@ def dynamic_map(signed: bool = True) -> np.ndarray:
     return _dynamic_map_np(bool(signed))
 
 
-def _thresholds(signed: bool) -> np.ndarray:
-    """Decision thresholds between consecutive codes (255 midpoints, float32)."""
-    m = _dynamic_map_np(signed).astype(np.float64)
-    return ((m[:-1] + m[1:]) / 2.0).astype(np.float32)
+def _nearest_code(y: jax.Array, signed: bool) -> jax.Array:
+    """Index of the nearest :func:`dynamic_map` entry for ``y ∈ [−1, 1]`` (int32).
+
+    Gather-free, from the map's structure: the exponent ``i`` (codes of
+    exponent ``i`` lie in ``[10^{i−7}, 10^{i−6}]``) by six comparisons, the
+    nearest fraction on that exponent's uniform grid by rounding, then the two
+    neighbours across the exponent boundary (the last code of exponent ``i−1``
+    or 0; the first of ``i+1`` or 1.0) compared by distance, ties to the lower
+    code. Equivalent to an ``argmin`` over the 256 codes, several times
+    faster than a binary search on CPU.
+    """
+    extra = 0 if signed else 1
+    a = jnp.abs(y)
+    i = jnp.zeros(a.shape, jnp.int32)
+    scale = jnp.full(a.shape, 10.0 ** -(_EXPONENT_BITS - 1), jnp.float32)
+    for j in range(1, _EXPONENT_BITS):
+        up = a >= 10.0 ** (j - _EXPONENT_BITS)
+        i = jnp.where(up, j, i)
+        scale = jnp.where(up, jnp.float32(10.0 ** (j - _EXPONENT_BITS + 1)), scale)
+    n_int = jnp.left_shift(jnp.int32(1), i + extra)  # fraction codes of exponent i
+    n = n_int.astype(jnp.float32)
+    k = jnp.clip(jnp.round((a / scale - 0.1) * n / 0.9 - 0.5), 0, n - 1)
+    dist = jnp.abs(a - scale * (0.1 + (k + 0.5) * 0.9 / n))
+    last = _EXPONENT_BITS - 1
+    lower = jnp.where(i == 0, 0.0, scale * 0.1 * (1.0 - 0.45 / (0.5 * n)))
+    upper = jnp.where(i == last, 1.0, scale * 10.0 * (0.1 + 0.45 / (2.0 * n)))
+    take_lower = (k == 0) & (jnp.abs(a - lower) <= dist)
+    take_upper = (k == n - 1) & (jnp.abs(upper - a) < dist)
+    if signed:
+        take_upper = take_upper & ~((y < 0) & (i == last))  # there is no −1.0 code
+    kk = k.astype(jnp.int32) + jnp.where(take_lower, -1, jnp.where(take_upper, 1, 0))
+    if not signed:
+        return n_int - 1 + kk  # [0 | exponent 0 (2) | ... | exponent 6 (128) | 1.0]
+    positive = 127 + n_int + kk  # [negatives (127) | 0 | exponent 0 (1) | ... | 1.0]
+    return jnp.where(y < 0, 254 - positive, positive)
 
 
 def num_blocks(size: int, block_size: int) -> int:
@@ -181,8 +213,7 @@ def quantize_blockwise(
         absmax = jnp.max(jnp.abs(blocks), axis=1)
         scale = jnp.where(absmax > 0, absmax, 1.0)
         normalized = blocks / scale[:, None]
-        # Code k is the nearest map value: k = #thresholds strictly below y.
-        codes = jnp.searchsorted(jnp.asarray(_thresholds(signed)), normalized, side="left")
+        codes = _nearest_code(jnp.clip(normalized, -1.0 if signed else 0.0, 1.0), signed)
         return _unblock(codes.astype(jnp.uint8), shape), absmax
 
     out_specs = (sharding.spec_or_replicated(x), PartitionSpec())
@@ -204,7 +235,7 @@ def dequantize_blockwise(
       >>> x = jnp.array([0.5, -1.0, 0.25, 0.0])
       >>> q = optx.quantize_blockwise(x, block_size=2)
       >>> optx.dequantize_blockwise(q, block_size=2)
-      Array([ 0.5      , -0.9929687,  0.25     ,  0.       ], dtype=float32)
+      Array([ 0.50078124, -0.99296874,  0.25      ,  0.        ], dtype=float32)
     """
     block_size = base.check_positive_int("block_size", block_size)
     shape = jnp.shape(q.codes)

@@ -69,11 +69,12 @@ def reset_state_every(
       >>> import jax.numpy as jnp, optax, optx
       >>> tx = optx.reset_state_every(optax.scale_by_adam(), every_k=2)
       >>> s = tx.init(jnp.zeros(2))
-      >>> for _ in range(2): _, s = tx.update(jnp.ones(2), s)
-      >>> int(s.inner_state[0].count)
+      >>> _, s = tx.update(jnp.ones(2), s)
+      >>> _, s = tx.update(jnp.ones(2), s)
+      >>> int(s.inner_state.count)
       2
       >>> _, s = tx.update(jnp.ones(2), s)   # reset, then one step
-      >>> int(s.inner_state[0].count)
+      >>> int(s.inner_state.count)
       1
     """
     every_k = base.check_positive_int("every_k", every_k)

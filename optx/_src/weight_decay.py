@@ -53,7 +53,7 @@ def add_decayed_weights_after_step(
       ...                  optax.scale_by_learning_rate(0.5))
       >>> w = jnp.ones(1)
       >>> u, _ = tx.update(jnp.ones(1), tx.init(w), w)
-      >>> float((w + u)[0])   # (1 − 0.5·1)·(1 − 0.5·0.1)
+      >>> round(float((w + u)[0]), 6)   # (1 − 0.5·1)·(1 − 0.5·0.1)
       0.475
     """
     base.check_learning_rate("learning_rate", learning_rate)
