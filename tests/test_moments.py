@@ -20,9 +20,7 @@ def _grads(n: int = 5) -> list[np.ndarray]:
 @pytest.mark.parametrize("bias_correction", [True, False])
 def test_adam_eps_placement_matches_reference(placement: str, bias_correction: bool) -> None:
     b1, b2, eps = 0.9, 0.999, 1e-3  # a large eps makes the placement visible
-    tx = optx.scale_by_adam(
-        b1, b2, eps, eps_placement=placement, bias_correction=bias_correction
-    )
+    tx = optx.scale_by_adam(b1, b2, eps, eps_placement=placement, bias_correction=bias_correction)
     state = tx.init(jnp.zeros((3, 4)))
     m = v = 0.0
     for t, g in enumerate(_grads(), start=1):
@@ -62,6 +60,4 @@ def test_bias_correction_factor() -> None:
     state = tx.init(jnp.zeros(2))
     for t in range(1, 4):
         u, state = tx.update(jnp.ones(2), state)
-        np.testing.assert_allclose(
-            np.asarray(u), np.sqrt(1 - 0.99**t) / (1 - 0.9**t), rtol=1e-5
-        )
+        np.testing.assert_allclose(np.asarray(u), np.sqrt(1 - 0.99**t) / (1 - 0.9**t), rtol=1e-5)

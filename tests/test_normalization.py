@@ -17,9 +17,7 @@ def test_norm_growth_limiter_matches_reference() -> None:
     shapes = {"dense": (4, 5), "stack": (3, 4, 5), "conv": (2, 2, 3, 4)}
     layout = lambda path, leaf: CONV if path == "conv" else optx.DENSE  # noqa: E731
     tx = optx.scale_by_norm_growth_limiter(1.01, layout=layout)
-    grads = [
-        {k: rng.standard_normal(s) * (3.0**t) for k, s in shapes.items()} for t in range(4)
-    ]
+    grads = [{k: rng.standard_normal(s) * (3.0**t) for k, s in shapes.items()} for t in range(4)]
     state = tx.init(jax.tree.map(jnp.asarray, grads[0]))
     stored: dict[str, np.ndarray] = {}
     for t, g in enumerate(grads):
@@ -27,7 +25,9 @@ def test_norm_growth_limiter_matches_reference() -> None:
         for k, x in g.items():
             mats = x.reshape(1, -1, x.shape[-1]) if k == "conv" else x.reshape(-1, *x.shape[-2:])
             norm = np.linalg.norm(mats, axis=(1, 2))
-            lim = np.ones_like(norm) if t == 0 else np.maximum(norm / (stored[k] + 1e-8), 1.01) / 1.01
+            lim = (
+                np.ones_like(norm) if t == 0 else np.maximum(norm / (stored[k] + 1e-8), 1.01) / 1.01
+            )
             stored[k] = norm / lim
             ref = (mats / lim[:, None, None]).reshape(x.shape)
             np.testing.assert_allclose(np.asarray(u[k]), ref, rtol=1e-5, err_msg=k)

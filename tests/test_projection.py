@@ -11,6 +11,7 @@ random kinds, check the projector's distributional properties.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import jax
@@ -322,7 +323,7 @@ def test_refresh_runs_only_on_schedule() -> None:
     for _ in range(7):
         _, state = tx.update(g, state)
         seen.append(np.asarray(state.projector["w"]).copy())
-    changed = [not np.array_equal(a, b) for a, b in zip(seen, seen[1:])]
+    changed = [not np.array_equal(a, b) for a, b in itertools.pairwise(seen)]
     # counts before the step: 0 (draw), 1, 2, 3 (draw), 4, 5, 6 (draw)
     assert changed == [False, False, True, False, False, True]
 
@@ -387,7 +388,11 @@ def test_block_subspace_matches_reference_ascending_order() -> None:
     rng = np.random.default_rng(5)
     grads = [{k: rng.standard_normal(s) for k, s in shapes.items()} for _ in range(5)]
     tx = optx.scale_by_block_subspace(
-        density=0.4, update_proj_gap=2, order="ascending", residual="sign", residual_scale=0.5,
+        density=0.4,
+        update_proj_gap=2,
+        order="ascending",
+        residual="sign",
+        residual_scale=0.5,
         layout=optx.DENSE,
     )
     state = tx.init(jax.tree.map(jnp.asarray, grads[0]))
@@ -456,7 +461,7 @@ def test_projector_state_sharding_rules() -> None:
         step = jax.jit(tx.update)
         u, new = step(sharded, state)
         assert jax.tree.map(jax.typeof, new) == jax.tree.map(jax.typeof, state)
-        u2, new2 = step(u, new)
+        _, new2 = step(u, new)
         assert jax.tree.map(jax.typeof, new2) == jax.tree.map(jax.typeof, state)
         assert spec(u["hidden"]) == P("data", "model")
     for k in params:

@@ -176,7 +176,9 @@ def test_second_moment_uses_unsigned_map() -> None:
     _, state = tx.update(g, tx.init(g))
     mu_codes, nu_codes = state.inner_state.mu["w"], state.inner_state.nu["w"]
     signed, unsigned = optx.dynamic_map(True), optx.dynamic_map(False)
-    mu = signed[np.asarray(mu_codes)] * np.repeat(np.asarray(state.absmax["1"]), 256).reshape(64, 64)
+    mu = signed[np.asarray(mu_codes)] * np.repeat(np.asarray(state.absmax["1"]), 256).reshape(
+        64, 64
+    )
     nu = unsigned[np.asarray(nu_codes)] * np.repeat(np.asarray(state.absmax["2"]), 256).reshape(
         64, 64
     )

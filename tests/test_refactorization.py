@@ -58,7 +58,7 @@ def test_refactorize_every_emits_balanced_weights_and_resets() -> None:
     pstate = plain.init(params)
     p = params
     for i in range(2):
-        g = jax.tree.map(lambda x: jnp.ones_like(x) * (i + 1), p)
+        g = jax.tree.map(lambda x, i=i: jnp.ones_like(x) * (i + 1), p)
         u, state = tx.update(g, state, p)
         pu, pstate = plain.update(g, pstate, p)
         stepped = optax.apply_updates(p, pu)

@@ -14,9 +14,7 @@ import optx
 def test_decay_after_step_matches_official_order(schedule: bool) -> None:
     lr = optax.linear_schedule(0.1, 0.05, 4) if schedule else 0.1
     wd = 0.3
-    tx = optax.chain(
-        optx.add_decayed_weights_after_step(wd, lr), optax.scale_by_learning_rate(lr)
-    )
+    tx = optax.chain(optx.add_decayed_weights_after_step(wd, lr), optax.scale_by_learning_rate(lr))
     w = jnp.array([1.0, -2.0, 0.5])
     state = tx.init(w)
     w_ref = np.asarray(w, np.float64)

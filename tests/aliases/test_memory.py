@@ -109,7 +109,7 @@ def test_galore_matches_official_golden() -> None:
 
 def test_galore_projector_spans_official_subspace() -> None:
     """Our SVD projector spans the reference's (signs may differ)."""
-    meta, z = _golden("galore__public")
+    _, z = _golden("galore__public")
     params = {n: jnp.asarray(_flax(z[f"init/{n}"])) for n in ("w1", "w2")}
     tx = optx.scale_by_subspace(rank=4, layout=optx.DENSE)
     grads = {n: jnp.asarray(_flax(z[f"grads/{n}"][0])) for n in params}
@@ -147,8 +147,10 @@ def test_adamw_8bit_matches_bitsandbytes_teacher_forced() -> None:
                 mu_key: jnp.asarray(z[f"aux/absmax1_per_step/{n8}"][t - 1]),
                 nu_key: jnp.asarray(z[f"aux/absmax2_per_step/{n8}"][t - 1]),
             }
-            state = (qs._replace(inner_state=adam._replace(mu=mu, nu=nu), absmax=absmax),
-                     *state[1:])
+            state = (
+                qs._replace(inner_state=adam._replace(mu=mu, nu=nu), absmax=absmax),
+                *state[1:],
+            )
             params = {**params, n8: jnp.asarray(z[f"params_after/{n8}"][t - 1])}
         grads = {n: jnp.asarray(z[f"grads/{n}"][t]) for n in params}
         updates, state = step(grads, state, params)
@@ -191,13 +193,21 @@ SHAPES = {"dense": (10, 6), "stack": (3, 6, 10), "conv": (3, 3, 2, 5), "bias": (
 def _tree(seed: int, scale: float = 1.0) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     t = {k: rng.standard_normal(s) * scale for k, s in SHAPES.items()}
-    return {"dense": {"kernel": t["dense"]}, "stack": {"kernel": t["stack"]},
-            "conv": {"kernel": t["conv"]}, "bias": t["bias"]}
+    return {
+        "dense": {"kernel": t["dense"]},
+        "stack": {"kernel": t["stack"]},
+        "conv": {"kernel": t["conv"]},
+        "bias": t["bias"],
+    }
 
 
 def _leaves(tree: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {"dense": tree["dense"]["kernel"], "stack": tree["stack"]["kernel"],
-            "conv": tree["conv"]["kernel"], "bias": tree["bias"]}
+    return {
+        "dense": tree["dense"]["kernel"],
+        "stack": tree["stack"]["kernel"],
+        "conv": tree["conv"]["kernel"],
+        "bias": tree["bias"],
+    }
 
 
 def _mats(x: np.ndarray, name: str) -> np.ndarray:
@@ -250,8 +260,9 @@ def _np_official_adamw(w, g, st, t, lr, wd, b1=0.9, b2=0.999, eps=1e-6):
 
 def test_galore_alias_matches_reference() -> None:
     lr, wd, alpha, gap, b1, b2, eps = 0.05, 0.1, 0.25, 2, 0.9, 0.999, 1e-6
-    tx = optx.galore(lr, weight_decay=wd, rank=2, update_proj_gap=gap, scale=alpha,
-                     projection=_jax_cols)
+    tx = optx.galore(
+        lr, weight_decay=wd, rank=2, update_proj_gap=gap, scale=alpha, projection=_jax_cols
+    )
     ours = _simulate(tx, 5)
     w = {k: v.astype(np.float64) for k, v in _leaves(_tree(100, 0.5)).items()}
     st: dict[str, dict] = {k: {} for k in w}
@@ -278,8 +289,16 @@ def test_galore_alias_matches_reference() -> None:
 @pytest.mark.parametrize("scale_type,scale_front", [("channel", False), ("tensor", True)])
 def test_apollo_alias_matches_reference(scale_type: str, scale_front: bool) -> None:
     lr, wd, alpha, gap, b1, b2, eps = 0.02, 0.05, 4.0, 2, 0.9, 0.999, 1e-6
-    tx = optx.apollo(lr, weight_decay=wd, rank=2, scale=alpha, scale_type=scale_type,
-                     update_proj_gap=gap, scale_front=scale_front, projection=_jax_cols)
+    tx = optx.apollo(
+        lr,
+        weight_decay=wd,
+        rank=2,
+        scale=alpha,
+        scale_type=scale_type,
+        update_proj_gap=gap,
+        scale_front=scale_front,
+        projection=_jax_cols,
+    )
     ours = _simulate(tx, 5)
     w = {k: v.astype(np.float64) for k, v in _leaves(_tree(100, 0.5)).items()}
     st: dict[str, dict] = {k: {} for k in w}
@@ -353,8 +372,15 @@ def test_dct_adamw_alias_matches_reference() -> None:
 def test_frugal_block_alias_matches_reference() -> None:
     """Block FRUGAL: active stacked layers get Adam, the rest signSGD; lr scales."""
     lr, wd, s_p, s_i = 0.01, 0.1, 0.5, 0.3
-    tx = optx.frugal(lr, weight_decay=wd, density=0.34, update_proj_gap=2, order="ascending",
-                     inactive_lr_scale=s_i, proj_lr_scale=s_p)
+    tx = optx.frugal(
+        lr,
+        weight_decay=wd,
+        density=0.34,
+        update_proj_gap=2,
+        order="ascending",
+        inactive_lr_scale=s_i,
+        proj_lr_scale=s_p,
+    )
     ours = _simulate(tx, 4)
     w = {k: v.astype(np.float64) for k, v in _leaves(_tree(100, 0.5)).items()}
     b1, b2, eps = 0.9, 0.999, 1e-8
@@ -413,8 +439,14 @@ def _quadratic_run(tx: optax.GradientTransformation, steps: int = 15) -> np.ndar
 @pytest.mark.parametrize(
     "eight_bit,reference",
     [
-        (lambda: optx.adamw_8bit(1e-2, weight_decay=0.1), lambda: optax.adamw(1e-2, weight_decay=0.1)),
-        (lambda: optx.lion_8bit(1e-2, weight_decay=0.1), lambda: optax.lion(1e-2, weight_decay=0.1)),
+        (
+            lambda: optx.adamw_8bit(1e-2, weight_decay=0.1),
+            lambda: optax.adamw(1e-2, weight_decay=0.1),
+        ),
+        (
+            lambda: optx.lion_8bit(1e-2, weight_decay=0.1),
+            lambda: optax.lion(1e-2, weight_decay=0.1),
+        ),
         (
             lambda: optx.sgd_momentum_8bit(1e-2, 0.9, weight_decay=0.1),
             lambda: optax.chain(optax.add_decayed_weights(0.1), optax.sgd(1e-2, 0.9)),
@@ -480,3 +512,28 @@ def test_memory_claims_on_a_gpt_tree() -> None:
     galore = optx.state_bytes_by_group(optx.galore(1e-2, rank=r), params)
     expected = sum(layers * (2 * r * max(s) + r * min(s)) * 4 for s in shapes) + 3 * 4
     assert galore["matrix"] == expected
+
+
+def test_bad_alias_arguments() -> None:
+    with pytest.raises(ValueError):
+        optx.galore(None)
+    with pytest.raises(ValueError):
+        optx.galore(1e-2, projection="qr")
+    with pytest.raises(ValueError):
+        optx.galore(1e-2, rank=0)
+    with pytest.raises(ValueError):
+        optx.apollo(1e-2, scale=-1.0)
+    with pytest.raises(ValueError):
+        optx.apollo(1e-2, scale_type="row")
+    with pytest.raises(ValueError):
+        optx.frugal(1e-3, projection="dct")
+    with pytest.raises(ValueError):
+        optx.frugal(1e-3, density=1.5)
+    with pytest.raises(ValueError):
+        optx.frugal(1e-3, inactive_update_rule="adam")
+    with pytest.raises(ValueError):
+        optx.dct_adamw(1e-3, update_proj_gap=0)
+    with pytest.raises(ValueError):
+        optx.adamw_8bit(1e-3, block_size=0)
+    with pytest.raises(TypeError):
+        optx.lion_8bit(1e-4, full_precision=1)
