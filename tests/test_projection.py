@@ -500,3 +500,19 @@ def test_bad_arguments() -> None:
     g = {"w": jnp.ones((6, 4))}
     with pytest.raises(ValueError, match="custom projection"):
         bad.update(g, bad.init(g))
+
+
+def test_seed_only_projector_gives_the_same_updates_with_less_state() -> None:
+    grads = [_tree(40 + s) for s in range(5)]
+    kwargs = dict(rank=2, projection="random", update_proj_gap=2, layout=_layout)
+    stored = optx.scale_by_subspace(**kwargs)
+    seed_only = optx.scale_by_subspace(store_projector=False, **kwargs)
+    for a, b in zip(_run(stored, grads), _run(seed_only, grads)):
+        for k in SHAPES:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7)
+    params = jax.tree.map(jnp.asarray, grads[0])
+    saved = optx.state_bytes(stored, params) - optx.state_bytes(seed_only, params)
+    # dense (10, 6): P (1, 6, 2); stack (3, 6, 10): P (3, 6, 2); conv (18, 5): P (1, 5, 2)
+    assert saved == 4 * (6 * 2 + 3 * 6 * 2 + 5 * 2)
+    with pytest.raises(ValueError, match="store_projector"):
+        optx.scale_by_subspace(projection="svd", store_projector=False)

@@ -59,7 +59,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
@@ -334,6 +333,7 @@ def _projected_transform(
     score_norm: float,
     seed: int,
     layout: LayoutSpec,
+    store_projector: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Project → ``inner`` in the subspace → ``combine(X, R, N, P, geometry)``."""
     _check_rank_args(rank, density)
@@ -345,6 +345,11 @@ def _projected_transform(
     if score_norm <= 0:
         raise ValueError(f"`score_norm` must be > 0, got {score_norm}.")
     uses_key = callable(projection) or projection in RANDOM_PROJECTIONS
+    if not store_projector and projection != "random":
+        raise ValueError(
+            "store_projector=False regenerates the projection from its PRNG key every "
+            f"step; it is only offered for projection='random', got {projection!r}."
+        )
     inner = optax.with_extra_args_support(inner)
     resolve = layouts.resolved_layout_fn(layout)
 
@@ -378,7 +383,9 @@ def _projected_transform(
         return jax.tree_util.tree_map_with_path(leaf, params, is_leaf=base.is_leaf_or_none)
 
     def init_fn(params: base.Params) -> SubspaceState:
-        def init_projector(p: Any, lay: ResolvedLayout) -> jax.Array:
+        def init_projector(p: Any, lay: ResolvedLayout) -> Any:
+            if not store_projector:
+                return optax.MaskedNode()
             geo = geometry(lay)
             shape, dtype = _projector_shape_dtype(projection, geo)
             p_spec, _ = specs(p, geo)
@@ -409,18 +416,20 @@ def _projected_transform(
         count = state.count
         refresh = jnp.logical_or(count == 0, (count + phase) % gap == 0)
 
-        def down(g: jax.Array, lay: ResolvedLayout, proj: jax.Array, key: Any) -> Any:
+        def down(g: jax.Array, lay: ResolvedLayout, proj: Any, key: Any) -> Any:
             geo = geometry(lay)
             p_spec, r_spec = specs(g, geo)
             has_key = not isinstance(key, optax.MaskedNode)
+            if not store_projector:
+                return regenerate(g, lay, geo, key, p_spec, r_spec)
 
             def fn(g: jax.Array, proj: jax.Array, key: Any, refresh: jax.Array) -> Any:
                 x = layouts.to_matrices(g, lay).astype(jnp.float32)
 
                 def fresh(_: Any) -> tuple[jax.Array, Any]:
-                    if has_key:
-                        use, nxt = jax.random.split(jax.random.wrap_key_data(key))
-                        new_key = jax.random.key_data(nxt)
+                    if has_key:  # key chain k_{n+1} = split(k_n)[0], the period's key
+                        use = jax.random.split(jax.random.wrap_key_data(key))[0]
+                        new_key = jax.random.key_data(use)
                     else:
                         use, new_key = None, key
                     new = compute_projector(
@@ -442,7 +451,30 @@ def _projected_transform(
             r, new_proj, new_key = sharding.call_with_out_specs(
                 fn, (g, proj, key_arg, refresh), out_specs
             )
-            return r, new_proj, (new_key if has_key else key)
+            return r, new_proj, new_proj, (new_key if has_key else key)
+
+        def regenerate(
+            g: jax.Array, lay: ResolvedLayout, geo: LeafGeometry, key: Any, p_spec: Any, r_spec: Any
+        ) -> Any:
+            """Seed-only state: the draw of the current period is re-made every step."""
+
+            def fn(g: jax.Array, key: jax.Array, refresh: jax.Array) -> Any:
+                x = layouts.to_matrices(g, lay).astype(jnp.float32)
+                nxt = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(key))[0])
+                current = jnp.where(refresh, nxt, key)
+                p = compute_projector(
+                    x,
+                    jax.random.wrap_key_data(current),
+                    projection=projection,
+                    axis=geo.axis,
+                    rank=geo.rank,
+                )
+                r = project(x, p, projection=projection, axis=geo.axis)
+                return r.astype(g.dtype), p, current
+
+            out_specs = (r_spec, p_spec, PartitionSpec())
+            r, p, new_key = sharding.call_with_out_specs(fn, (g, key, refresh), out_specs)
+            return r, p, optax.MaskedNode(), new_key
 
         out = layouts.map_matrix_leaves(
             down,
@@ -450,9 +482,9 @@ def _projected_transform(
             updates,
             state.projector,
             state.key,
-            otherwise=lambda g, proj, key: (g, proj, key),
+            otherwise=lambda g, proj, key: (g, proj, proj, key),
         )
-        low, new_proj, new_key = base.unzip_tree(updates, out, 3)
+        low, used_proj, new_proj, new_key = base.unzip_tree(updates, out, 4)
 
         inner_state = state.inner_state
         if reset_on_refresh:
@@ -476,7 +508,7 @@ def _projected_transform(
             updates,
             low,
             directions,
-            new_proj,
+            used_proj,
             otherwise=lambda g, r, n, proj: n.astype(g.dtype),
         )
         return new_updates, SubspaceState(
@@ -504,6 +536,7 @@ def scale_by_subspace(
     refresh_phase: int = 0,
     score_norm: float = 1.0,
     seed: int = 0,
+    store_projector: bool = True,
     layout: LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Runs ``inner`` on low-rank projections of each matrix and projects back.
@@ -556,6 +589,10 @@ def scale_by_subspace(
         official DCT-AdamW uses 1 (its 1-based counter: steps 1, T, 2T, ...).
       score_norm: ``p`` of the ℓp alignment score of DCT columns (official 1).
       seed: seed of the per-leaf PRNG keys (random kinds; static).
+      store_projector: keep the projector in the state (default, as the
+        official codes do). ``False`` (``projection='random'`` only) keeps just
+        the PRNG key and regenerates the Gaussian draw every step — the same
+        numbers, ``r · min(m, n)`` fewer floats per matrix, one RNG call per step.
       layout: a :data:`~optx.LayoutSpec` (default: the default router's).
 
     References:
@@ -607,6 +644,7 @@ def scale_by_subspace(
         score_norm=score_norm,
         seed=seed,
         layout=layout,
+        store_projector=store_projector,
     )
 
 
@@ -624,6 +662,7 @@ def scale_by_apollo(
     side: str = "std",
     update_proj_gap: int = 200,
     seed: int = 0,
+    store_projector: bool = True,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
     layout: LayoutSpec = None,
@@ -668,6 +707,9 @@ def scale_by_apollo(
       side: ``'std'`` (official), see :func:`scale_by_subspace`.
       update_proj_gap: ``T`` (static; 200 in the scripts).
       seed: PRNG seed of the projections (static).
+      store_projector: keep the projection in the state (official); ``False``
+        keeps only its key and regenerates it every step (same numbers), see
+        :func:`scale_by_subspace`.
       mu_dtype, nu_dtype: dtypes of the projected moments.
       layout: a :data:`~optx.LayoutSpec`.
 
@@ -721,6 +763,7 @@ def scale_by_apollo(
         score_norm=1.0,
         seed=seed,
         layout=layout,
+        store_projector=store_projector,
     )
 
 
@@ -935,11 +978,3 @@ def scale_by_block_subspace(
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def projector_bytes(tx_state: Any) -> int:
-    """Bytes held by projector/index leaves of a :class:`SubspaceState` tree."""
-    total = 0
-    for leaf in jax.tree.leaves(getattr(tx_state, "projector", ())):
-        total += int(np.prod(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize
-    return total

@@ -357,6 +357,9 @@ def quantize_moments(
         leaves, absmax = [x for _, x in flat], {}
         for i, (path, x) in enumerate(flat):
             if wants_quantization(path, x):
+                # The barrier keeps XLA from constant-folding the quantization of
+                # the (usually all-zero) initial state under jit, which is slow.
+                x = jax.lax.optimization_barrier(x)
                 q = quantize_blockwise(x, signed=is_signed(path), block_size=block_size)
                 leaves[i], absmax[str(i)] = q.codes, q.absmax
         return QuantizedState(jax.tree_util.tree_unflatten(treedef, leaves), absmax)

@@ -499,6 +499,7 @@ def apollo(
     norm_growth_limit: Any = 1.01,
     correct_bias: bool = True,
     seed: int = 0,
+    store_projector: bool = True,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
     router: routing.Router | None = None,
@@ -549,6 +550,10 @@ def apollo(
       norm_growth_limit: γ of the limiter, or None to disable it (``disable_nl``).
       correct_bias: fold Adam's bias correction into the step (official True).
       seed: PRNG seed of the random projections (static).
+      store_projector: keep the projection in the state (official). ``False``
+        keeps only its PRNG key and regenerates the draw every step (same
+        numbers; saves ``rank · min(m, n)`` floats per matrix, a third of
+        APOLLO's matrix state at rank ¼·d).
       mu_dtype, nu_dtype: moment dtypes.
       router: an :class:`optx.Router`.
 
@@ -579,6 +584,7 @@ def apollo(
             side=side,
             update_proj_gap=update_proj_gap,
             seed=seed,
+            store_projector=store_projector,
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
             layout=router,
@@ -625,6 +631,7 @@ def apollo_mini(
     norm_growth_limit: Any = 1.01,
     correct_bias: bool = True,
     seed: int = 0,
+    store_projector: bool = True,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
     router: routing.Router | None = None,
@@ -648,7 +655,7 @@ def apollo_mini(
     Args:
       learning_rate, b1, b2, eps, weight_decay, rank, scale, projection, side,
         update_proj_gap, scale_front, norm_growth_limit, correct_bias, seed,
-        mu_dtype, nu_dtype, router: see :func:`apollo`.
+        store_projector, mu_dtype, nu_dtype, router: see :func:`apollo`.
 
     References:
       Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance",
@@ -676,6 +683,7 @@ def apollo_mini(
         norm_growth_limit=norm_growth_limit,
         correct_bias=correct_bias,
         seed=seed,
+        store_projector=store_projector,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
         router=router,
