@@ -23,6 +23,17 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optx
+from tests.projection_reference import (
+    adam_moments,
+    columns_projection,
+    dct_columns,
+    dct_projection,
+    down,
+    jax_columns_projection,
+    matrices,
+    projected_axis,
+    up,
+)
 
 CONV = optx.MatrixLayout((-4, -3, -2), (-1,))
 SHAPES = {"dense": (10, 6), "stack": (3, 6, 10), "conv": (3, 3, 2, 5)}
@@ -35,41 +46,6 @@ def _layout(path: str, leaf: Any) -> Any:
 def _tree(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {k: rng.standard_normal(s) * np.exp(rng.uniform(-1, 1, s)) for k, s in SHAPES.items()}
-
-
-def _matrices(x: np.ndarray, name: str) -> np.ndarray:
-    """The (batch, fan_in, fan_out) view, written directly in NumPy."""
-    if name == "conv":
-        return x.reshape(1, -1, x.shape[-1])
-    return x.reshape(-1, *x.shape[-2:])
-
-
-def _np_axis(fi: int, fo: int, side: str = "std") -> str:
-    if side in ("in", "out"):
-        return side
-    if side == "std":
-        return "in" if fi <= fo else "out"
-    return "out" if fi <= fo else "in"
-
-
-def _np_columns_projection(x: np.ndarray, r: int, axis: str) -> np.ndarray:
-    """Deterministic test projector: unit-norm leading columns (or rows) of X."""
-    cols = x[:, :, :r] if axis == "in" else np.swapaxes(x[:, :r, :], 1, 2)
-    return cols / np.linalg.norm(cols, axis=1, keepdims=True)
-
-
-def _jax_columns_projection(key: Any, x: jax.Array, r: int, axis: str) -> jax.Array:
-    del key
-    cols = x[:, :, :r] if axis == "in" else jnp.swapaxes(x[:, :r, :], 1, 2)
-    return cols / jnp.linalg.norm(cols, axis=1, keepdims=True)
-
-
-def _down(x: np.ndarray, p: np.ndarray, axis: str) -> np.ndarray:
-    return np.einsum("bdr,bdo->bro", p, x) if axis == "in" else np.einsum("bid,bdr->bir", x, p)
-
-
-def _up(r: np.ndarray, p: np.ndarray, axis: str) -> np.ndarray:
-    return np.einsum("bdr,bro->bdo", p, r) if axis == "in" else np.einsum("bir,bdr->bid", r, p)
 
 
 def _run(tx: optax.GradientTransformation, grads: list[dict], params: Any = None) -> list[dict]:
@@ -101,9 +77,7 @@ def test_projected_axis_rules() -> None:
 
 def test_dct_basis_matches_closed_form_and_is_orthonormal() -> None:
     d = 12
-    i, j = np.meshgrid(np.arange(d), np.arange(d), indexing="ij")
-    ref = np.sqrt(2 / d) * np.cos(np.pi * i * (2 * j + 1) / (2 * d))
-    ref[0] *= np.sqrt(0.5)  # the DCT-II matrix; its columns are the basis
+    ref = dct_columns(d)  # the DCT-II matrix; its columns are the basis
     np.testing.assert_allclose(np.asarray(optx.dct_basis(d)), ref, atol=1e-6)
     idx = jnp.array([[3, 0], [11, 5]])
     np.testing.assert_allclose(
@@ -174,7 +148,7 @@ def _np_subspace_adam(
     reset: bool = False,
     phase: int = 0,
     official_eps: bool = True,
-    projector: Any = _np_columns_projection,
+    projector: Any = columns_projection,
     side: str = "std",
 ) -> list[dict]:
     """Float64 reference: projector refresh, Adam in the subspace, back, residual."""
@@ -190,22 +164,21 @@ def _np_subspace_adam(
         t += 1
         out = {}
         for name, x in g.items():
-            X = _matrices(x, name)
+            X = matrices(x, name)
             fi, fo = X.shape[1:]
-            axis = _np_axis(fi, fo, side)
-            s = st.setdefault(name, {"P": None, "m": 0.0, "v": 0.0})
+            axis = projected_axis(fi, fo, side)
+            s = st.setdefault(name, {})
             if refresh:
                 s["P"] = projector(X, min(rank, fi if axis == "in" else fo), axis)
-            R = _down(X, s["P"], axis)
-            s["m"] = b1 * s["m"] + (1 - b1) * R
-            s["v"] = b2 * s["v"] + (1 - b2) * R**2
+            R = down(X, s["P"], axis)
+            adam_moments(s, R, b1, b2)
             if official_eps:  # eps on the uncorrected sqrt(v), correction in the step
                 N = np.sqrt(1 - b2**t) / (1 - b1**t) * s["m"] / (np.sqrt(s["v"]) + eps)
             else:
                 N = (s["m"] / (1 - b1**t)) / (np.sqrt(s["v"] / (1 - b2**t)) + eps)
-            U = scale * _up(N, s["P"], axis)
+            U = scale * up(N, s["P"], axis)
             if residual is not None:
-                res = X - _up(R, s["P"], axis)
+                res = X - up(R, s["P"], axis)
                 U = U + (np.sign(res) if residual == "sign" else res)
             out[name] = U.reshape(x.shape)
         outs.append(out)
@@ -219,7 +192,7 @@ def test_galore_subspace_adam_matches_reference(gap: int) -> None:
     tx = optx.scale_by_subspace(
         inner,
         rank=3,
-        projection=_jax_columns_projection,
+        projection=jax_columns_projection,
         update_proj_gap=gap,
         scale=0.25,
         layout=_layout,
@@ -258,7 +231,7 @@ def test_residual_sign_and_reset_match_frugal_reference() -> None:
     tx = optx.scale_by_subspace(
         optx.scale_by_adam(),
         density=0.34,
-        projection=_jax_columns_projection,
+        projection=jax_columns_projection,
         update_proj_gap=2,
         residual="sign",
         reset_on_refresh=True,
@@ -268,7 +241,7 @@ def test_residual_sign_and_reset_match_frugal_reference() -> None:
 
     def rank_of_density(X: np.ndarray, r: int, axis: str) -> np.ndarray:
         d = X.shape[1] if axis == "in" else X.shape[2]
-        return _np_columns_projection(X, max(1, round(0.34 * d)), axis)
+        return columns_projection(X, max(1, round(0.34 * d)), axis)
 
     ref = _np_subspace_adam(
         grads,
@@ -288,16 +261,6 @@ def test_residual_sign_and_reset_match_frugal_reference() -> None:
 def test_dct_refresh_phase_and_scores_match_reference() -> None:
     grads = [_tree(20 + s) for s in range(5)]
 
-    def np_dct(X: np.ndarray, r: int, axis: str) -> np.ndarray:
-        d = X.shape[1] if axis == "in" else X.shape[2]
-        i, j = np.meshgrid(np.arange(d), np.arange(d), indexing="ij")
-        Q = np.sqrt(2 / d) * np.cos(np.pi * i * (2 * j + 1) / (2 * d))
-        Q[0] *= np.sqrt(0.5)
-        S = np.einsum("dk,bdo->bko", Q, X) if axis == "in" else np.einsum("bid,dk->bik", X, Q)
-        scores = np.abs(S).sum(axis=2 if axis == "in" else 1)
-        idx = np.argsort(-scores, axis=1)[:, :r]
-        return np.stack([Q[:, row] for row in idx])
-
     tx = optx.scale_by_subspace(
         optx.scale_by_adam(),
         rank=2,
@@ -308,7 +271,7 @@ def test_dct_refresh_phase_and_scores_match_reference() -> None:
     )
     ours = _run(tx, grads)
     ref = _np_subspace_adam(
-        grads, rank=2, gap=2, scale=1.0, phase=1, official_eps=False, projector=np_dct
+        grads, rank=2, gap=2, scale=1.0, phase=1, official_eps=False, projector=dct_projection
     )
     for a, b in zip(ours, ref):
         for k in SHAPES:
@@ -347,7 +310,7 @@ def test_apollo_scaling_matches_reference(scale_type: str) -> None:
     tx = optx.scale_by_apollo(
         rank=2,
         scale_type=scale_type,
-        projection=_jax_columns_projection,
+        projection=jax_columns_projection,
         update_proj_gap=2,
         layout=_layout,
     )
@@ -356,14 +319,13 @@ def test_apollo_scaling_matches_reference(scale_type: str) -> None:
     st: dict[str, dict] = {}
     for step, (g, out) in enumerate(zip(grads, ours)):
         for name, x in g.items():
-            X = _matrices(x, name)
-            axis = _np_axis(*X.shape[1:])
-            s = st.setdefault(name, {"m": 0.0, "v": 0.0})
+            X = matrices(x, name)
+            axis = projected_axis(*X.shape[1:])
+            s = st.setdefault(name, {})
             if step % 2 == 0:
-                s["P"] = _np_columns_projection(X, 2, axis)
-            R = _down(X, s["P"], axis)
-            s["m"] = b1 * s["m"] + (1 - b1) * R
-            s["v"] = b2 * s["v"] + (1 - b2) * R**2
+                s["P"] = columns_projection(X, 2, axis)
+            R = down(X, s["P"], axis)
+            adam_moments(s, R, b1, b2)
             N = s["m"] / (np.sqrt(s["v"]) + eps)  # no bias correction in the ratio
             if scale_type == "tensor":
                 factor = np.linalg.norm(N, axis=(1, 2), keepdims=True) / (

@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from optx._src import base, layouts, sharding
+from optx._src import base, layouts, moments, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 PROJECTIONS = ("svd", "random", "orthogonal", "coordinate", "dct")
@@ -611,8 +611,6 @@ def scale_by_subspace(
       >>> state.projector['kernel'].shape   # (batch, fan_out = 4 < 8, rank)
       (1, 4, 2)
     """
-    from optx._src import moments  # local import keeps module import order simple
-
     base.check_choice("residual", residual, RESIDUALS)
     inner = moments.scale_by_adam() if inner is None else inner
 
@@ -726,8 +724,6 @@ def scale_by_apollo(
       >>> u['kernel'].shape
       (8, 4)
     """
-    from optx._src import moments
-
     base.check_choice("scale_type", scale_type, APOLLO_SCALE_TYPES)
     inner = moments.scale_by_adam(
         b1,
@@ -857,8 +853,6 @@ def scale_by_block_subspace(
       >>> state.active['8x8_float32'].shape   # 2 of the 4 stacked matrices
       (2,)
     """
-    from optx._src import moments
-
     if isinstance(density, bool) or not isinstance(density, (int, float)):
         raise TypeError(f"`density` must be a static float in [0, 1], got {density!r}.")
     base.check_in_range("density", density, 0.0, 1.0, high_inclusive=True)

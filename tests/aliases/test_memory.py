@@ -20,6 +20,16 @@ import optax
 import pytest
 
 import optx
+from tests.projection_reference import (
+    adam_moments,
+    columns_projection,
+    dct_projection,
+    down,
+    jax_columns_projection,
+    matrices,
+    projected_axis,
+    up,
+)
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 
@@ -210,33 +220,6 @@ def _leaves(tree: dict[str, Any]) -> dict[str, np.ndarray]:
     }
 
 
-def _mats(x: np.ndarray, name: str) -> np.ndarray:
-    return x.reshape(1, -1, x.shape[-1]) if name == "conv" else x.reshape(-1, *x.shape[-2:])
-
-
-def _axis(fi: int, fo: int) -> str:
-    return "in" if fi <= fo else "out"
-
-
-def _np_cols(x: np.ndarray, r: int, axis: str) -> np.ndarray:
-    cols = x[:, :, :r] if axis == "in" else np.swapaxes(x[:, :r, :], 1, 2)
-    return cols / np.linalg.norm(cols, axis=1, keepdims=True)
-
-
-def _jax_cols(key: Any, x: jax.Array, r: int, axis: str) -> jax.Array:
-    del key
-    cols = x[:, :, :r] if axis == "in" else jnp.swapaxes(x[:, :r, :], 1, 2)
-    return cols / jnp.linalg.norm(cols, axis=1, keepdims=True)
-
-
-def _down(x: np.ndarray, p: np.ndarray, axis: str) -> np.ndarray:
-    return np.einsum("bdr,bdo->bro", p, x) if axis == "in" else np.einsum("bid,bdr->bir", x, p)
-
-
-def _up(r: np.ndarray, p: np.ndarray, axis: str) -> np.ndarray:
-    return np.einsum("bdr,bro->bdo", p, r) if axis == "in" else np.einsum("bir,bdr->bid", r, p)
-
-
 def _simulate(tx: optax.GradientTransformation, steps: int) -> list[dict[str, np.ndarray]]:
     """Runs tx on a fixed quadratic-free gradient sequence; returns the params."""
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _tree(100, 0.5))
@@ -252,16 +235,31 @@ def _simulate(tx: optax.GradientTransformation, steps: int) -> list[dict[str, np
 
 
 def _np_official_adamw(w, g, st, t, lr, wd, b1=0.9, b2=0.999, eps=1e-6):
-    st["m"] = b1 * st.get("m", 0.0) + (1 - b1) * g
-    st["v"] = b2 * st.get("v", 0.0) + (1 - b2) * g**2
+    adam_moments(st, g, b1, b2)
     w = w - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * st["m"] / (np.sqrt(st["v"]) + eps)
     return w - lr * wd * w  # decay after the step (HF AdamW)
+
+
+def _projected_moments(st: dict, x: np.ndarray, name: str, t: int, gap: int) -> tuple:
+    """Refresh P every ``gap`` steps, project, update the subspace moments."""
+    X = matrices(x, name)
+    axis = projected_axis(*X.shape[1:])
+    if (t - 1) % gap == 0:
+        st["P"] = columns_projection(X, 2, axis)
+    R = down(X, st["P"], axis)
+    adam_moments(st, R)
+    return X, R, axis
 
 
 def test_galore_alias_matches_reference() -> None:
     lr, wd, alpha, gap, b1, b2, eps = 0.05, 0.1, 0.25, 2, 0.9, 0.999, 1e-6
     tx = optx.galore(
-        lr, weight_decay=wd, rank=2, update_proj_gap=gap, scale=alpha, projection=_jax_cols
+        lr,
+        weight_decay=wd,
+        rank=2,
+        update_proj_gap=gap,
+        scale=alpha,
+        projection=jax_columns_projection,
     )
     ours = _simulate(tx, 5)
     w = {k: v.astype(np.float64) for k, v in _leaves(_tree(100, 0.5)).items()}
@@ -272,15 +270,9 @@ def test_galore_alias_matches_reference() -> None:
             if k == "bias":
                 w[k] = _np_official_adamw(w[k], g[k], st[k], t, lr, wd)
                 continue
-            X = _mats(g[k], k)
-            axis = _axis(*X.shape[1:])
-            if (t - 1) % gap == 0:
-                st[k]["P"] = _np_cols(X, 2, axis)
-            R = _down(X, st[k]["P"], axis)
-            st[k]["m"] = b1 * st[k].get("m", 0.0) + (1 - b1) * R
-            st[k]["v"] = b2 * st[k].get("v", 0.0) + (1 - b2) * R**2
+            _, _, axis = _projected_moments(st[k], g[k], k, t, gap)
             N = np.sqrt(1 - b2**t) / (1 - b1**t) * st[k]["m"] / (np.sqrt(st[k]["v"]) + eps)
-            w[k] = w[k] - lr * alpha * _up(N, st[k]["P"], axis).reshape(w[k].shape)
+            w[k] = w[k] - lr * alpha * up(N, st[k]["P"], axis).reshape(w[k].shape)
             w[k] = w[k] - lr * wd * w[k]
         for k in w:
             np.testing.assert_allclose(ours[t - 1][k], w[k], rtol=1e-5, atol=5e-6, err_msg=k)
@@ -297,7 +289,7 @@ def test_apollo_alias_matches_reference(scale_type: str, scale_front: bool) -> N
         scale_type=scale_type,
         update_proj_gap=gap,
         scale_front=scale_front,
-        projection=_jax_cols,
+        projection=jax_columns_projection,
     )
     ours = _simulate(tx, 5)
     w = {k: v.astype(np.float64) for k, v in _leaves(_tree(100, 0.5)).items()}
@@ -308,13 +300,7 @@ def test_apollo_alias_matches_reference(scale_type: str, scale_front: bool) -> N
             if k == "bias":
                 w[k] = _np_official_adamw(w[k], g[k], st[k], t, lr, wd)
                 continue
-            X = _mats(g[k], k)
-            axis = _axis(*X.shape[1:])
-            if (t - 1) % gap == 0:
-                st[k]["P"] = _np_cols(X, 2, axis)
-            R = _down(X, st[k]["P"], axis)
-            st[k]["m"] = b1 * st[k].get("m", 0.0) + (1 - b1) * R
-            st[k]["v"] = b2 * st[k].get("v", 0.0) + (1 - b2) * R**2
+            X, R, axis = _projected_moments(st[k], g[k], k, t, gap)
             N = st[k]["m"] / (np.sqrt(st[k]["v"]) + eps)
             ax = (1, 2) if scale_type == "tensor" else (1 if axis == "in" else 2)
             s = np.linalg.norm(N, axis=ax, keepdims=True) / (
@@ -340,7 +326,7 @@ def test_dct_adamw_alias_matches_reference() -> None:
     tx = optx.dct_adamw(lr, weight_decay=wd, rank=rank)  # official T = 1: every step
     ours = _simulate(tx, 4)
     w = {k: v.astype(np.float64) for k, v in _leaves(_tree(100, 0.5)).items()}
-    st: dict[str, dict] = {k: {"m": 0.0, "v": 0.0} for k in w}
+    st: dict[str, dict] = {k: {} for k in w}
     for t in range(1, 5):
         g = _leaves(_tree(t - 1))
         for k in w:
@@ -348,22 +334,14 @@ def test_dct_adamw_alias_matches_reference() -> None:
             if k == "bias":
                 d = g[k]
             else:
-                X = _mats(g[k], k)
-                axis = _axis(*X.shape[1:])
-                n = X.shape[1] if axis == "in" else X.shape[2]
-                i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-                Q = np.sqrt(2 / n) * np.cos(np.pi * i * (2 * j + 1) / (2 * n))
-                Q[0] *= np.sqrt(0.5)
-                S = np.einsum("dk,bdo->bko", Q, X) if axis == "in" else X @ Q
-                scores = np.abs(S).sum(axis=2 if axis == "in" else 1)
-                idx = np.argsort(-scores, axis=1)[:, :rank]
-                Pm = np.stack([Q[:, row] for row in idx])
-                d = _down(X, Pm, axis)
-            st[k]["m"] = b1 * st[k]["m"] + (1 - b1) * d
-            st[k]["v"] = b2 * st[k]["v"] + (1 - b2) * d**2
+                X = matrices(g[k], k)
+                axis = projected_axis(*X.shape[1:])
+                Pm = dct_projection(X, rank, axis)
+                d = down(X, Pm, axis)
+            adam_moments(st[k], d, b1, b2)
             u = st[k]["m"] / (np.sqrt(st[k]["v"]) + eps * np.sqrt(1 - b2**t))
             if k != "bias":
-                u = _up(u, Pm, axis).reshape(w[k].shape)
+                u = up(u, Pm, axis).reshape(w[k].shape)
             w[k] = w[k] - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * u
         for k in w:
             np.testing.assert_allclose(ours[t - 1][k], w[k], rtol=1e-5, atol=5e-6, err_msg=k)

@@ -222,6 +222,21 @@ def sgd_momentum_8bit(
 # ----------------------------------------------------------------------------
 
 
+def _official_adam(
+    b1: Any, b2: Any, eps: Any, correct_bias: bool, mu_dtype: Any, nu_dtype: Any
+) -> optax.GradientTransformationExtraArgs:
+    """Adam with ε on the uncorrected ``√v`` and the correction in the step size."""
+    return moments.scale_by_adam(
+        b1,
+        b2,
+        eps,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        eps_placement="uncorrected",
+        bias_correction=correct_bias,
+    )
+
+
 def official_adamw(
     learning_rate: base.ScalarOrSchedule,
     b1: Any,
@@ -242,15 +257,7 @@ def official_adamw(
     methods do not project.
     """
     return optax.chain(
-        moments.scale_by_adam(
-            b1,
-            b2,
-            eps,
-            mu_dtype=mu_dtype,
-            nu_dtype=nu_dtype,
-            eps_placement="uncorrected",
-            bias_correction=correct_bias,
-        ),
+        _official_adam(b1, b2, eps, correct_bias, mu_dtype, nu_dtype),
         add_decayed_weights_after_step(weight_decay, learning_rate),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -346,15 +353,7 @@ def galore(
     router = routing.as_router(router)
     inner = base_optimizer
     if inner is None:
-        inner = moments.scale_by_adam(
-            b1,
-            b2,
-            eps,
-            mu_dtype=mu_dtype,
-            nu_dtype=nu_dtype,
-            eps_placement="uncorrected",
-            bias_correction=correct_bias,
-        )
+        inner = _official_adam(b1, b2, eps, correct_bias, mu_dtype, nu_dtype)
     matrix = optax.chain(
         proj_lib.scale_by_subspace(
             inner,
