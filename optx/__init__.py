@@ -16,12 +16,90 @@ from optx._src.aliases.elementwise import adamw
 from optx._src.aliases.orthogonalized import muon, normuon
 
 # --- Orthogonalized-update family: AuON, ROOT, Lipschitz constraints (issue 4) ---
+from optx._src.aliases.orthogonalized import auon, hybrid_auon, lipschitz_muon, root
+from optx._src.clipping import clip_by_quantile, matrix_quantile
+from optx._src.constraints import (
+    HARD_CAP_COEFFICIENTS,
+    LipschitzBound,
+    SpectralProjectionState,
+    embedding_mask,
+    embedding_rms_projection,
+    lipschitz_bound,
+    power_iteration,
+    soft_cap_coupling,
+    spectral_hammer,
+    spectral_hard_cap,
+    spectral_normalize,
+    spectral_norms,
+    spectral_projection,
+    spectral_soft_cap,
+    spectral_svd_cap,
+    spectral_weight_decay,
+)
+from optx._src.newton_schulz_fitting import (
+    ROOT_COEFFICIENTS,
+    ShapeCoefficientTable,
+    composed_polynomial_max,
+    fit_newton_schulz_coefficients,
+    newton_schulz_error,
+)
+from optx._src.normalization import normalize_by_frobenius, scale_by_cosh_rms
 
 
 # --- Rotated-basis family: SOAP, Conda, COSMOS (issue 5) ---
+from optx._src.aliases.rotated import (
+    ModeView,
+    ScaleByCondaState,
+    ScaleByCosmosState,
+    ScaleByOfficialCosmosAdamState,
+    ScaleBySoapState,
+    add_decayed_weights_after_step,
+    conda,
+    cosmos,
+    eigh_basis,
+    mode_gram,
+    power_qr_basis,
+    rotate,
+    rotate_back,
+    scale_by_conda,
+    scale_by_cosmos,
+    scale_by_official_cosmos_adam,
+    scale_by_soap,
+    singular_basis,
+    soap,
+    subspace_init,
+    subspace_power_step,
+    subspace_split,
+)
 
 
 # --- Element-wise adaptive family and schedules (issue 6) ---
+# isort: split
+from optx._src.adaptive import (
+    ScaleByBeliefState,
+    ScaleByExAdamState,
+    ScaleBySaiState,
+    scale_by_adam_lookahead,
+    scale_by_belief,
+    scale_by_exadam,
+    scale_by_sai,
+)
+from optx._src.aliases.elementwise import (
+    adabelief,
+    adamp,
+    agvm_sgd,
+    exadam,
+    lion,
+    lion_kappa,
+    sgd_sai,
+    sgdp,
+)
+from optx._src.radial import ProjectOutRadialState, project_out_radial, radial_projection
+from optx._src.schedules import rex_schedule, warmup_rex_schedule
+from optx._src.sign import KAPPAS, ScaleByLionKappaState, kappa_gradient, scale_by_lion_kappa
+from optx._src.variance import AgvmState, agvm, half_batch_gradients
+
+# isort: split
 
 
 # --- Memory-efficient family: 8-bit states, projections (issue 7) ---
@@ -68,7 +146,6 @@ from optx._src.refactorization import (
     reset_state_every,
 )
 from optx._src.state_utils import state_bytes_by_group
-from optx._src.weight_decay import add_decayed_weights_after_step
 
 # isort: split
 

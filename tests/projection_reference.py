@@ -1,7 +1,8 @@
 """Float64 NumPy building blocks shared by the projection and memory-family tests.
 
-Written from the papers' definitions (the matrix view of a leaf, the 'std'
-side rule, projection/back-projection), never by calling optx.
+Written from the papers' definitions (the 'std' side rule, projection and
+back-projection, the DCT basis), never by calling optx; the matrix views of
+leaves are in ``tests/matrix_views.py``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-
-def matrices(x: np.ndarray, name: str) -> np.ndarray:
-    """The (batch, fan_in, fan_out) view: conv kernels flatten (kh, kw, in)."""
-    if name == "conv":
-        return x.reshape(1, -1, x.shape[-1])
-    return x.reshape(-1, *x.shape[-2:])
 
 
 def projected_axis(fi: int, fo: int, side: str = "std") -> str:

@@ -23,6 +23,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optx
+from tests.matrix_views import matrices
 from tests.projection_reference import (
     adam_moments,
     columns_projection,
@@ -30,13 +31,12 @@ from tests.projection_reference import (
     dct_projection,
     down,
     jax_columns_projection,
-    matrices,
     projected_axis,
     up,
 )
 
 CONV = optx.MatrixLayout((-4, -3, -2), (-1,))
-SHAPES = {"dense": (10, 6), "stack": (3, 6, 10), "conv": (3, 3, 2, 5)}
+SHAPES = {"hidden": (10, 6), "stack": (3, 6, 10), "conv": (3, 3, 2, 5)}
 
 
 def _layout(path: str, leaf: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Tests of optx/_src/weight_decay.py: decay of the post-step weights."""
+"""Tests for optx._src.weight_decay: decoupled decay of the post-step weights."""
 
 from __future__ import annotations
 
@@ -10,30 +10,44 @@ import pytest
 import optx
 
 
-@pytest.mark.parametrize("schedule", [False, True])
-def test_decay_after_step_matches_official_order(schedule: bool) -> None:
-    lr = optax.linear_schedule(0.1, 0.05, 4) if schedule else 0.1
-    wd = 0.3
-    tx = optax.chain(optx.add_decayed_weights_after_step(wd, lr), optax.scale_by_learning_rate(lr))
-    w = jnp.array([1.0, -2.0, 0.5])
-    state = tx.init(w)
-    w_ref = np.asarray(w, np.float64)
-    for t in range(4):
-        d = np.array([0.3, -0.1, 2.0]) * (t + 1)
-        u, state = tx.update(jnp.asarray(d, jnp.float32), state, w)
-        w = optax.apply_updates(w, u)
-        eta = lr(t) if schedule else lr
-        w_ref = w_ref - eta * d  # the step, then W <- W - eta·wd·W (official)
-        w_ref = w_ref - eta * wd * w_ref
-        np.testing.assert_allclose(np.asarray(w), w_ref, rtol=1e-6)
+def test_decay_after_step_matches_numpy_over_steps() -> None:
+    """W_{t+1} = (W_t - η_t U_t)(1 - η_t λ_t), schedules and skip_steps included."""
+    lr = optax.linear_schedule(0.1, 0.02, 5)
+    wd = optax.linear_schedule(0.5, 0.1, 5)
+    tx = optax.chain(
+        optx.add_decayed_weights_after_step(wd, lr, skip_steps=1),
+        optax.scale_by_learning_rate(lr),
+    )
+    r = np.random.default_rng(0)
+    w = r.normal(size=(3, 4))
+    params = jnp.asarray(w, jnp.float32)
+    state = tx.init(params)
+    for t in range(5):
+        u = r.normal(size=(3, 4))
+        out, state = tx.update(jnp.asarray(u, jnp.float32), state, params)
+        params = params + out
+        eta, lam = float(lr(t)), float(wd(t))
+        w = (w - eta * u) * (1 - (0.0 if t == 0 else eta * lam))
+        np.testing.assert_allclose(params, w, rtol=1e-5, atol=1e-6)
 
 
-def test_decay_after_step_needs_params_and_masks() -> None:
-    tx = optx.add_decayed_weights_after_step(0.1, 1.0, mask={"a": True, "b": False})
-    p = {"a": jnp.ones(2), "b": jnp.ones(2)}
-    u, _ = tx.update({"a": jnp.zeros(2), "b": jnp.zeros(2)}, tx.init(p), p)
-    np.testing.assert_allclose(np.asarray(u["a"]), 0.1)
-    np.testing.assert_allclose(np.asarray(u["b"]), 0.0)
-    bare = optx.add_decayed_weights_after_step(0.1, 1.0)
-    with pytest.raises(ValueError, match="params"):
-        bare.update(jnp.ones(2), bare.init(jnp.ones(2)))
+def test_mask_and_dtype() -> None:
+    tx = optx.add_decayed_weights_after_step(0.5, 0.1, mask={"w": True, "b": False})
+    params = {"w": jnp.ones(2, jnp.bfloat16), "b": jnp.ones(2, jnp.bfloat16)}
+    updates = {"w": jnp.zeros(2, jnp.bfloat16), "b": jnp.zeros(2, jnp.bfloat16)}
+    out, _ = tx.update(updates, tx.init(params), params)
+    np.testing.assert_allclose(np.asarray(out["w"], np.float32), 0.5)
+    np.testing.assert_array_equal(np.asarray(out["b"], np.float32), 0.0)
+    assert out["w"].dtype == jnp.bfloat16
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError):
+        optx.add_decayed_weights_after_step(-1.0, 0.1)
+    with pytest.raises(ValueError):
+        optx.add_decayed_weights_after_step(0.1, None)
+    with pytest.raises(ValueError):
+        optx.add_decayed_weights_after_step(0.1, 0.1, skip_steps=-1)
+    tx = optx.add_decayed_weights_after_step(0.1, 0.1)
+    with pytest.raises(ValueError):
+        tx.update(jnp.ones(2), tx.init(jnp.ones(2)))  # params are required

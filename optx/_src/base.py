@@ -215,3 +215,21 @@ def unzip_tree(prefix: Any, tree_of_tuples: Any, n: int = 2) -> tuple[Any, ...]:
         )
         for i in range(n)
     )
+
+
+def at_least_f32(x: Any) -> jax.Array:
+    """``x`` as an array of at least f32 precision (f64 stays f64).
+
+    For bias corrections and similar scalar math on hyper-parameters that may
+    arrive as bf16 tracers under ``inject_hyperparams``.
+    """
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return x.astype(jnp.promote_types(jnp.float32, jnp.result_type(float)))
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def bias_correction(decay: Any, count: jax.Array) -> jax.Array:
+    """``1 − decayᵗ`` in at least f32 (f64 when x64 is on and decay is f64)."""
+    d = at_least_f32(decay)
+    return 1.0 - d ** count.astype(d.dtype)

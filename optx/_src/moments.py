@@ -92,9 +92,9 @@ def scale_by_momentum(
         del params, extra
         count = optax.safe_increment(state.count)
         if bias_correction:
-            correction = 1.0 - jnp.asarray(beta, jnp.float32) ** count.astype(jnp.float32)
+            correction = base.bias_correction(beta, count)
         else:
-            correction = jnp.asarray(1.0, jnp.float32)
+            correction = base.at_least_f32(1.0)
 
         def leaf(g: jax.Array, mu: jax.Array) -> tuple[jax.Array, jax.Array]:
             if g is None:
@@ -225,13 +225,7 @@ def _scale_by_adam_step_size_corrected(
         count = optax.safe_increment(state.count)
         mu = optax.tree.update_moment(updates, state.mu, b1, 1)
         nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
-        if bias_correction:
-            t = count.astype(jnp.float32)
-            step = jnp.sqrt(1.0 - jnp.asarray(b2, jnp.float32) ** t) / (
-                1.0 - jnp.asarray(b1, jnp.float32) ** t
-            )
-        else:
-            step = jnp.asarray(1.0, jnp.float32)
+        step = step_size_correction(b1, b2, count) if bias_correction else base.at_least_f32(1.0)
 
         def leaf(g: Any, m: Any, v: Any) -> Any:
             if g is None:
@@ -249,6 +243,11 @@ def _scale_by_adam_step_size_corrected(
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def step_size_correction(b1: Any, b2: Any, count: jax.Array) -> jax.Array:
+    """``√(1−β₂ᵗ)/(1−β₁ᵗ)`` in at least f32: Adam's correction folded into the step."""
+    return jnp.sqrt(base.bias_correction(b2, count)) / base.bias_correction(b1, count)
 
 
 class BiasCorrectionState(NamedTuple):
@@ -287,10 +286,7 @@ def scale_by_bias_correction(
     ) -> tuple[base.Updates, BiasCorrectionState]:
         del params, extra
         count = optax.safe_increment(state.count)
-        t = count.astype(jnp.float32)
-        factor = jnp.sqrt(1.0 - jnp.asarray(b2, jnp.float32) ** t) / (
-            1.0 - jnp.asarray(b1, jnp.float32) ** t
-        )
+        factor = step_size_correction(b1, b2, count)
         new = jax.tree.map(
             lambda u: None if u is None else (u * factor.astype(u.dtype)).astype(u.dtype),
             updates,

@@ -70,9 +70,9 @@ def _scale_by_axis_rms(
         del params, extra
         count = optax.safe_increment(state.count)
         if bias_correction:
-            correction = 1.0 - jnp.asarray(beta, jnp.float32) ** count.astype(jnp.float32)
+            correction = base.bias_correction(beta, count)
         else:
-            correction = jnp.asarray(1.0, jnp.float32)
+            correction = base.at_least_f32(1.0)
 
         def leaf(x: jax.Array, lay: ResolvedLayout, nu: jax.Array) -> tuple[jax.Array, jax.Array]:
             cdt = jnp.promote_types(jnp.promote_types(x.dtype, nu.dtype), jnp.float32)
@@ -224,7 +224,7 @@ def preserve_frobenius_norm(
     return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
 
-SHAPE_RULES = ("keller", "moonlight", "none")
+SHAPE_RULES = ("keller", "moonlight", "none", "rms_to_rms")
 
 
 def shape_scale(rule: str, fan_in: int, fan_out: int, rms: float = 0.2) -> float:
@@ -235,6 +235,8 @@ def shape_scale(rule: str, fan_in: int, fan_out: int, rms: float = 0.2) -> float
         return rms * math.sqrt(max(fan_in, fan_out))
     if rule == "none":
         return 1.0
+    if rule == "rms_to_rms":
+        return math.sqrt(fan_out / fan_in)
     raise ValueError(f"Unknown shape rule {rule!r}; choose one of {SHAPE_RULES}.")
 
 
@@ -248,7 +250,11 @@ def scale_by_shape(
     * ``'moonlight'``: ``rms · √max(fan_in, fan_out)`` with ``rms = 0.2``, so an
       orthogonal update has RMS ≈ 0.2 like AdamW's (Liu et al., "Muon is
       Scalable for LLM Training", arXiv 2502.16982, Eq. 4);
-    * ``'none'``: 1.
+    * ``'none'``: 1;
+    * ``'rms_to_rms'``: ``√(fan_out / fan_in)``, so an orthogonal update has unit
+      RMS→RMS operator norm (the modular-norm dualization of Newhouse et al.,
+      "Training Transformers with Enforced Lipschitz Constants",
+      arXiv 2507.13338, used by :func:`optx.lipschitz_muon`).
 
     ``fan_in``/``fan_out`` are the products of the layout's reduction/output
     axis sizes (a conv kernel's fan-in includes its window). Keller's code
@@ -304,6 +310,121 @@ def scale_to_rms(
             norm = jnp.sqrt(layouts.matrix_sum_of_squares(x, lay))
             factor = rms * math.sqrt(lay.fan_in * lay.fan_out) / (norm + eps)
             return (x.astype(norm.dtype) * factor).astype(x.dtype)
+
+        return layouts.map_matrix_leaves(leaf, layout, updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+
+
+# ----------------------------------------------------------------------------
+# AuON's linear-time normalizations (arXiv 2509.24320)
+# ----------------------------------------------------------------------------
+
+
+def normalize_by_frobenius(
+    eps: Any = 1e-7, *, layout: LayoutSpec = None
+) -> optax.GradientTransformationExtraArgs:
+    """Divides each matrix by its Frobenius norm: ``X / (‖X‖_F + ε)``.
+
+    AuON's first step (Maity, "AuON: A Linear-time Alternative to
+    (Semi-)Orthogonal Momentum Updates", arXiv 2509.24320, §3.1, the
+    "Method (equations)" display: ``update := G / (‖G‖_F + 10⁻⁷)``), and the
+    pre-normalization every Newton–Schulz iteration starts from. One norm per
+    matrix of the layout (conv kernels and stacked ``(L, in, out)`` layers are
+    normalized per matrix); linear time, no matrix products. Stateless.
+
+    References:
+      Maity, "AuON: A Linear-time Alternative to (Semi-)Orthogonal Momentum
+      Updates", arXiv 2509.24320.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> tx = optx.normalize_by_frobenius(eps=0.0)
+      >>> u, _ = tx.update({'w': jnp.array([[3.0, 0.0], [0.0, 4.0]])}, optax.EmptyState())
+      >>> u['w']
+      Array([[0.6, 0. ],
+             [0. , 0.8]], dtype=float32)
+    """
+    base.check_nonnegative("eps", eps)
+
+    def update_fn(
+        updates: base.Updates, state: Any, params: base.Params | None = None, **extra: Any
+    ) -> tuple[base.Updates, Any]:
+        del params, extra
+
+        def leaf(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
+            norm = jnp.sqrt(layouts.matrix_sum_of_squares(x, lay))
+            return (x.astype(norm.dtype) / (norm + eps)).astype(x.dtype)
+
+        return layouts.map_matrix_leaves(leaf, layout, updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+
+
+def scale_by_cosh_rms(
+    gamma: Any = 1.0,
+    eps: Any = 1e-8,
+    *,
+    normalize_argument: bool = False,
+    norm_eps: Any = 1e-7,
+    layout: LayoutSpec = None,
+) -> optax.GradientTransformationExtraArgs:
+    """AuON's hyperbolic-cosine RMS brake: ``X / (√mean(cosh(γ Z)²) + ε)``.
+
+    Per matrix ``X`` of the layout (arXiv 2509.24320, §3.1):
+
+    .. math::
+
+      r = \\sqrt{\\tfrac{1}{N} \\textstyle\\sum_i \\cosh(γ Z_i)^2}, \\qquad
+      \\mathrm{out} = X / (r + ε),
+
+    with ``Z = X`` (the paper, which applies it to an already unit-Frobenius
+    ``X``: :func:`normalize_by_frobenius` first) or, with
+    ``normalize_argument=True``, ``Z = X / (‖X‖_F + norm_eps)`` (the official
+    repository's ``AuON``/``HybridAuON``, which divides the *un-normalized*
+    ``X`` by a brake computed from its normalized copy, with ``γ = 1.5``).
+    ``r ≥ 1``, so the brake only ever shrinks; it grows with the tails of
+    ``Z`` (``cosh`` is even and convex), leaving signs and ratios untouched.
+    One scalar per matrix: linear time, no matrix products. Computed in f32
+    (or wider); ``cosh`` cannot overflow for normalized arguments. Stateless.
+
+    Args:
+      gamma: the argument scale γ (1 in the paper, 1.5 in the repository).
+      eps: ε added to ``r`` (1e-8).
+      normalize_argument: compute ``r`` from ``X/(‖X‖_F + norm_eps)``.
+      norm_eps: ε of that normalization (1e-7).
+      layout: a :data:`~optx.LayoutSpec`.
+
+    References:
+      Maity, "AuON: A Linear-time Alternative to (Semi-)Orthogonal Momentum
+      Updates", arXiv 2509.24320 (code: github.com/ryyzn9/AuON,
+      ``auon/optimizer.py``).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> tx = optx.scale_by_cosh_rms(gamma=1.0, eps=0.0)
+      >>> u, _ = tx.update({'w': jnp.zeros((2, 3))}, optax.EmptyState())
+      >>> float(jnp.abs(u['w']).max())   # cosh(0) = 1: zero stays zero
+      0.0
+    """
+    base.check_nonnegative("eps", eps)
+    base.check_nonnegative("norm_eps", norm_eps)
+    base.check_finite("gamma", gamma)
+
+    def update_fn(
+        updates: base.Updates, state: Any, params: base.Params | None = None, **extra: Any
+    ) -> tuple[base.Updates, Any]:
+        del params, extra
+
+        def leaf(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
+            cdt = jnp.promote_types(x.dtype, jnp.float32)
+            xc = x.astype(cdt)
+            z = xc
+            if normalize_argument:
+                z = xc / (jnp.sqrt(layouts.matrix_sum_of_squares(xc, lay)) + norm_eps)
+            axes = lay.reduction_axes + lay.output_axes
+            r = jnp.sqrt(jnp.mean(jnp.square(jnp.cosh(gamma * z)), axis=axes, keepdims=True))
+            return (xc / (r + eps)).astype(x.dtype)
 
         return layouts.map_matrix_leaves(leaf, layout, updates), state
 

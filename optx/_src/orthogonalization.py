@@ -315,7 +315,9 @@ def newton_schulz(
     transpose = m > n
     if transpose:
         X = jnp.swapaxes(X, -1, -2)
-    norm = jnp.sqrt(jnp.sum(jnp.square(X.astype(jnp.float32)), axis=(-2, -1), keepdims=True))
+    # Scalars (norm, coefficients) in at least f32, in f64 for an f64 iteration.
+    scalar_dtype = jnp.promote_types(compute_dtype, jnp.float32)
+    norm = jnp.sqrt(jnp.sum(jnp.square(X.astype(scalar_dtype)), axis=(-2, -1), keepdims=True))
     X = (X / (norm * coeffs.norm_scale + coeffs.eps).astype(compute_dtype)).astype(compute_dtype)
 
     # Coefficients stay in f32 even for a bf16 iteration (as torch's Python-float
@@ -327,10 +329,10 @@ def newton_schulz(
         return (a * X + B @ X).astype(compute_dtype)
 
     if all(t == table[0] for t in table):
-        abc = jnp.asarray(table[0], dtype=jnp.float32)
+        abc = jnp.asarray(table[0], dtype=scalar_dtype)
         X = jax.lax.fori_loop(0, steps, lambda _, X: step(X, abc), X)
     else:
-        abcs = jnp.asarray(table, dtype=jnp.float32)
+        abcs = jnp.asarray(table, dtype=scalar_dtype)
         X, _ = jax.lax.scan(lambda X, abc: (step(X, abc), None), X, abcs)
     if transpose:
         X = jnp.swapaxes(X, -1, -2)
@@ -393,9 +395,10 @@ def _orthogonalize_batched(
                 stack = jax.sharding.reshard(stack, spec)
             else:
                 stack = jax.lax.with_sharding_constraint(stack, spec)
-        out = newton_schulz(stack, coefficients, steps, compute_dtype=compute_dtype)[:total]
+        out = newton_schulz(stack, coefficients, steps, compute_dtype=compute_dtype)
         if explicit:
             out = jax.sharding.reshard(out, PartitionSpec())
+        out = out[:total]
         offset = 0
         for i in idx:
             b = mats[i].shape[0]

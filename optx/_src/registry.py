@@ -82,6 +82,12 @@ class OptimizerSpec:
       test_overrides: keyword overrides used by the conformance convergence
         tests (e.g. a smaller learning rate), merged over ``defaults``.
       description: one line for tables.
+      equivalence_tolerance: multiplier on the conformance suite's tolerances
+        where two runs are equal in exact arithmetic (``inject_hyperparams``,
+        gradient accumulation, sharded vs. single device). Methods whose update
+        depends on eigen- or singular vectors (SOAP, Conda, COSMOS) amplify
+        round-off by the inverse spectral gap: a 1e-7 relative input change
+        moves their update by ~1e-4 of its scale. Smooth methods keep 1.0.
     """
 
     name: str
@@ -95,6 +101,7 @@ class OptimizerSpec:
     uses_matrix_path: bool = False
     test_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     description: str = ""
+    equivalence_tolerance: float = 1.0
 
     def build(self, **overrides: Any) -> optax.GradientTransformationExtraArgs:
         """``factory(**defaults, **overrides)`` as an ExtraArgs transform."""

@@ -322,9 +322,19 @@ def routed(
             )
         return partition.init(params)
 
+    def update_fn(
+        updates: base.Updates,
+        state: optax.OptState,
+        params: base.Params | None = None,
+        **extra: Any,
+    ) -> tuple[base.Updates, optax.OptState]:
+        if params is not None:
+            base.check_same_structure("updates", updates, "params", params)
+        return partition.update(updates, state, params, **extra)
+
     init_fn.router = router  # type: ignore[attr-defined]
     init_fn.groups = tuple(transforms)  # type: ignore[attr-defined]
-    return optax.GradientTransformationExtraArgs(init_fn, partition.update)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def router_of(tx: Any) -> Router | None:

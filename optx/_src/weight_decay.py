@@ -1,15 +1,16 @@
-"""Decoupled weight decay applied to the post-step weights.
+"""Decoupled weight decay applied *after* the step (the HuggingFace-AdamW order).
 
-optax's ``add_decayed_weights`` decays the *pre-step* weights
-(``W ← W − η(D + λW)``, as PyTorch ``AdamW`` and bitsandbytes do). The Hugging
-Face ``AdamW`` and the official GaLore, 8-bit GaLore and APOLLO code decay the
-weights *after* the step, with the base learning rate:
+``optax.add_decayed_weights`` decays the weights the step starts from:
+``W ← W − η(U + λW)``. Several official codes (SOAP, Conda, GaLore, the
+HuggingFace ``AdamW``) step first and then decay the *updated* weights:
 
 .. math::
 
-  W' = W - η D, \\qquad W'' = W' - η λ W' = W - η\\big(D + λ (W - η D)\\big).
+  W ← (W − η U)(1 − ηλ) = W − η\\big((1 − ηλ) U + λ W\\big).
 
-The two differ by ``O(η²λ)``, visible in exact comparisons.
+:func:`add_decayed_weights_after_step` produces the bracket, so the chain still
+ends with ``optax.scale_by_learning_rate``; it needs the learning rate itself
+for the ``ηλ`` cross term.
 """
 
 from __future__ import annotations
@@ -23,66 +24,86 @@ import optax
 from optx._src import base
 
 
-class DecayAfterStepState(NamedTuple):
-    """State of :func:`add_decayed_weights_after_step` (schedule counter)."""
+class AddDecayedWeightsAfterStepState(NamedTuple):
+    """State of :func:`add_decayed_weights_after_step`: the step counter."""
 
     count: jax.Array
+
+
+def _value_at(x: base.ScalarOrSchedule, count: jax.Array) -> Any:
+    return x(count) if callable(x) else x
 
 
 def add_decayed_weights_after_step(
     weight_decay: base.ScalarOrSchedule,
     learning_rate: base.ScalarOrSchedule,
     mask: Any = None,
+    *,
+    skip_steps: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
-    """Adds ``λ (W − η D)``: decoupled decay of the post-step weights.
+    """``U ← (1 − η_t λ_t) U + λ_t W``: decoupled decay of the post-step weights.
 
-    Place it just before ``optax.scale_by_learning_rate(learning_rate)`` with
-    the **same** learning rate (scalar or schedule; both are evaluated at the
-    same step count). The result is the official GaLore/APOLLO order
-    ``W ← W − ηD; W ← W − ηλW`` in optax's update form (see module doc).
+    Followed by ``optax.scale_by_learning_rate(learning_rate)`` this gives
+    ``W_{t+1} = (W_t − η_t U_t)(1 − η_t λ_t)``, the order of the official SOAP,
+    Conda and GaLore codes (and HuggingFace ``AdamW``), where the decay acts on
+    the already-updated weights (with the raw learning rate, not the
+    bias-corrected step size). ``learning_rate`` must be the same scalar or
+    schedule as the ``scale_by_learning_rate`` that follows (both count calls
+    from 0).
 
     Args:
       weight_decay: λ (scalar or schedule).
-      learning_rate: η, the learning rate of the following
-        ``scale_by_learning_rate``.
-      mask: optional tree/callable of booleans (as ``optax.add_decayed_weights``).
+      learning_rate: η (scalar or schedule).
+      mask: optional tree or callable selecting the decayed leaves (as in
+        ``optax.add_decayed_weights``).
+      skip_steps: no decay on the first ``skip_steps`` calls (SOAP's first call
+        only initializes its preconditioner and leaves the weights alone).
 
     Example:
       >>> import jax.numpy as jnp, optax, optx
-      >>> tx = optax.chain(optx.add_decayed_weights_after_step(0.1, 0.5),
-      ...                  optax.scale_by_learning_rate(0.5))
-      >>> w = jnp.ones(1)
-      >>> u, _ = tx.update(jnp.ones(1), tx.init(w), w)
-      >>> round(float((w + u)[0]), 6)   # (1 − 0.5·1)·(1 − 0.5·0.1)
-      0.475
+      >>> tx = optax.chain(optx.add_decayed_weights_after_step(0.5, 0.1),
+      ...                  optax.scale_by_learning_rate(0.1))
+      >>> w = jnp.array([2.0])
+      >>> u, _ = tx.update(jnp.array([1.0]), tx.init(w), w)
+      >>> round(float((w + u)[0]), 6)   # (2 - 0.1 * 1) * (1 - 0.1 * 0.5)
+      1.805
     """
     base.check_learning_rate("learning_rate", learning_rate)
+    if not callable(weight_decay):
+        base.check_nonnegative("weight_decay", weight_decay)
+    skip_steps = base.check_positive_int("skip_steps", skip_steps, allow_zero=True)
 
-    def init_fn(params: base.Params) -> DecayAfterStepState:
+    def init_fn(params: base.Params) -> AddDecayedWeightsAfterStepState:
         del params
-        return DecayAfterStepState(jnp.zeros([], jnp.int32))
+        return AddDecayedWeightsAfterStepState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(
         updates: base.Updates,
-        state: DecayAfterStepState,
+        state: AddDecayedWeightsAfterStepState,
         params: base.Params | None = None,
         **extra: Any,
-    ) -> tuple[base.Updates, DecayAfterStepState]:
+    ) -> tuple[base.Updates, AddDecayedWeightsAfterStepState]:
         del extra
         if params is None:
-            raise ValueError("add_decayed_weights_after_step needs `params` in update().")
-        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
+            raise ValueError(
+                "add_decayed_weights_after_step needs the parameters: call "
+                "update(updates, state, params)."
+            )
+        lr = jnp.asarray(_value_at(learning_rate, state.count), jnp.float32)
+        wd = jnp.asarray(_value_at(weight_decay, state.count), jnp.float32)
+        wd = jnp.where(state.count < skip_steps, 0.0, wd)
 
-        def leaf(d: Any, w: Any) -> Any:
-            if d is None:
+        def leaf(u: Any, p: Any) -> Any:
+            if u is None:
                 return None
-            return (d + wd * (w.astype(d.dtype) - lr * d)).astype(d.dtype)
+            cdt = jnp.promote_types(u.dtype, jnp.float32)
+            out = (1.0 - lr * wd) * u.astype(cdt) + wd * p.astype(cdt)
+            return out.astype(u.dtype)
 
         new = jax.tree.map(leaf, updates, params, is_leaf=base.is_leaf_or_none)
-        return new, DecayAfterStepState(optax.safe_increment(state.count))
+        return new, AddDecayedWeightsAfterStepState(count=optax.safe_increment(state.count))
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-    if mask is not None:
-        return optax.with_extra_args_support(optax.masked(tx, mask))
-    return tx
+    if mask is None:
+        return tx
+    return optax.with_extra_args_support(optax.masked(tx, mask))

@@ -20,13 +20,13 @@ import optax
 import pytest
 
 import optx
+from tests.matrix_views import matrices
 from tests.projection_reference import (
     adam_moments,
     columns_projection,
     dct_projection,
     down,
     jax_columns_projection,
-    matrices,
     projected_axis,
     up,
 )
@@ -197,14 +197,14 @@ def test_adamw_8bit_matches_bitsandbytes_teacher_forced() -> None:
 # Float64 references of the full aliases (2-D, stacked, conv; routed fallback)
 # ----------------------------------------------------------------------------
 
-SHAPES = {"dense": (10, 6), "stack": (3, 6, 10), "conv": (3, 3, 2, 5), "bias": (5,)}
+SHAPES = {"hidden": (10, 6), "stack": (3, 6, 10), "conv": (3, 3, 2, 5), "bias": (5,)}
 
 
 def _tree(seed: int, scale: float = 1.0) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     t = {k: rng.standard_normal(s) * scale for k, s in SHAPES.items()}
     return {
-        "dense": {"kernel": t["dense"]},
+        "hidden": {"kernel": t["hidden"]},
         "stack": {"kernel": t["stack"]},
         "conv": {"kernel": t["conv"]},
         "bias": t["bias"],
@@ -213,7 +213,7 @@ def _tree(seed: int, scale: float = 1.0) -> dict[str, Any]:
 
 def _leaves(tree: dict[str, Any]) -> dict[str, np.ndarray]:
     return {
-        "dense": tree["dense"]["kernel"],
+        "hidden": tree["hidden"]["kernel"],
         "stack": tree["stack"]["kernel"],
         "conv": tree["conv"]["kernel"],
         "bias": tree["bias"],
@@ -385,7 +385,7 @@ def test_frugal_block_alias_matches_reference() -> None:
             np.sqrt(blk["v"] / (1 - b2 ** blk["t"])) + eps
         )
         w["stack"] -= lr * s_p * upd
-        for k in ("dense", "conv"):
+        for k in ("hidden", "conv"):
             w[k] -= lr * s_p * s_i * np.sign(g[k])
         for k in w:
             np.testing.assert_allclose(ours[t - 1][k], w[k], rtol=1e-5, atol=5e-6, err_msg=k)

@@ -1,12 +1,21 @@
-"""Element-wise adaptive optimizers (AdamW with ``nu_dtype``; the family's home)."""
+"""Element-wise adaptive optimizers and their registrations (the family's home).
+
+AdamW (with ``nu_dtype``), AdamP/SGDP, AdaBelief, Lion and Lion-𝒦, EXAdam,
+SGD-SaI and AGVM-wrapped SGD. The primitives live in
+:mod:`optx._src.adaptive`, :mod:`optx._src.radial`, :mod:`optx._src.sign` and
+:mod:`optx._src.variance`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 
-from optx._src import base, moments, registry
+from optx._src import adaptive, base, moments, radial, registry, routing, sign, variance
 
 
 def adamw(
@@ -67,7 +76,736 @@ registry.register(
         paper="1711.05101",
         family="elementwise",
         defaults={"learning_rate": 1e-3, "weight_decay": 1e-4},
-        lr_grid=(3e-4, 1e-3, 3e-3, 1e-2),
+        lr_grid=(1e-3, 3e-3, 1e-2, 3e-2),
         description="AdamW (optax numbers) with mu_dtype/nu_dtype; the baseline",
+    )
+)
+
+
+# ----------------------------------------------------------------------------
+# AdamP and SGDP (arXiv 2006.08217)
+# ----------------------------------------------------------------------------
+
+
+def adamp(
+    learning_rate: base.ScalarOrSchedule = 1e-3,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    delta: Any = 0.1,
+    wd_ratio: Any = 0.1,
+    nesterov: bool = False,
+    router: routing.Router | None = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """AdamP: Adam whose update loses its radial part on scale-invariant weights.
+
+    Official ``clovaai/AdamP`` (``adamp`` 0.3.0) semantics. Per tensor, with
+    ``d = m̂/(√v̂ + ε)`` (or the official Nesterov look-ahead, see
+    :func:`optx.scale_by_adam_lookahead`):
+
+    .. math::
+
+      \\text{if}\\ \\max_i |\\cos(g_i, w_i)| < δ/\\sqrt{n}:\\quad
+      d_i ← d_i - \\hat w_i\\langle \\hat w_i, d_i\\rangle,\\quad ρ = \\text{wd\\_ratio};
+      \\ \\text{else}\\ ρ = 1
+
+      w ← w - η\\,(d + λ ρ w)
+
+    tried per channel (``i`` = output neuron, ``n`` = fan-in), then per layer
+    (``i`` = the whole matrix, ``n`` = its size) — see :mod:`optx._src.radial`
+    and :func:`optx.project_out_radial`.
+
+    Official-code details: the test uses the raw **gradient**, the projection
+    the Adam direction; ``ŵ = w/(‖w‖ + ε)`` with the pre-step weights; the
+    decay ``w(1 − ηλρ)`` is decoupled and applied before the step (the same as
+    ``−η λρ w`` in update form); tensors with < 2 dims are never projected.
+    Deviation: the channel is the **output** axis of the leaf's layout (Flax
+    ``(in, out)`` kernels; PyTorch's dim 0), a scanned ``(L, in, out)`` stack
+    is tested per layer, and only leaves the router gives a layout are
+    projected (by default not embeddings and output heads, which the official
+    code would test too).
+
+    Args:
+      learning_rate: η (official default 1e-3).
+      b1, b2, eps: Adam's hyper-parameters.
+      weight_decay: λ (official default 0; the README uses 1e-2).
+      delta: δ of the cosine test (0.1).
+      wd_ratio: decay multiplier on projected tensors (0.1).
+      nesterov: the official Nesterov look-ahead (not optax's NAdam).
+      router: the :class:`optx.Router` whose layouts define channels (default
+        :func:`optx.default_router`).
+      mu_dtype, nu_dtype: moment dtypes.
+
+    References:
+      Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
+      Scale-invariant Weights", ICLR 2021, arXiv 2006.08217 (Alg. 2; code:
+      github.com/clovaai/AdamP).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> params = {'hidden': {'kernel': jnp.ones((4, 3))}, 'bias': jnp.zeros(3)}
+      >>> tx = optx.adamp(1e-3, weight_decay=1e-2)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+      >>> params = optax.apply_updates(params, updates)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    router = routing.as_router(router)
+    if nesterov:
+        inner = adaptive.scale_by_adam_lookahead(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    else:
+        inner = moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    return optax.chain(
+        radial.project_out_radial(inner, delta, wd_ratio, weight_decay, eps, layout=router),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def sgdp(
+    learning_rate: base.ScalarOrSchedule = 0.1,
+    momentum: Any = 0.0,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    nesterov: bool = False,
+    eps: Any = 1e-8,
+    delta: Any = 0.1,
+    wd_ratio: Any = 0.1,
+    project_momentum_buffer: bool = True,
+    router: routing.Router | None = None,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """SGDP: SGD-momentum whose update loses its radial part on scale-invariant weights.
+
+    Official ``clovaai/AdamP`` ``SGDP`` semantics:
+
+    .. math::
+
+      b_t = μ b_{t-1} + g_t,\\qquad d_t = \\begin{cases} g_t + μ b_t & \\text{nesterov} \\\\
+                                                      b_t & \\text{otherwise} \\end{cases}
+
+      w ← w - η\\Big(Π(d_t) + \\frac{λ ρ}{1-μ} w\\Big)
+
+    with the projection ``Π`` and ratio ``ρ`` of :func:`optx.adamp`. Official
+    quirks reproduced: the decay carries the factor ``1/(1 − μ)``; with
+    ``nesterov=False`` the direction *is* the momentum buffer and the official
+    code projects it in place, so a projected buffer carries into later steps
+    (``project_momentum_buffer=False`` keeps the buffer unprojected). The
+    official ``dampening`` argument (default 0) is not exposed. The class has
+    no default learning rate (0.1 here, the README's); the README also uses
+    ``momentum=0.9, nesterov=True, weight_decay=1e-5``.
+
+    Args:
+      learning_rate: η.
+      momentum: μ (official default 0).
+      weight_decay: λ (official default 0).
+      nesterov: Nesterov momentum (official default False).
+      eps, delta, wd_ratio: as :func:`optx.adamp`.
+      project_momentum_buffer: reproduce the official in-place projection of
+        the buffer when ``nesterov=False``.
+      router: see :func:`optx.adamp`.
+      mu_dtype: momentum dtype.
+
+    References:
+      Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
+      Scale-invariant Weights", ICLR 2021, arXiv 2006.08217 (Alg. 1; code:
+      github.com/clovaai/AdamP).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> params = {'hidden': {'kernel': jnp.ones((4, 3))}}
+      >>> tx = optx.sgdp(0.1, momentum=0.9, nesterov=True, weight_decay=1e-5)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    base.check_in_range("momentum", momentum, 0.0, 1.0)
+    router = routing.as_router(router)
+    inner = moments.scale_by_momentum(momentum, kind="sum", nesterov=nesterov, mu_dtype=mu_dtype)
+    feedback = None
+    if project_momentum_buffer and not nesterov:
+
+        def feedback(state: moments.ScaleByMomentumState, projected: Any) -> Any:
+            return state._replace(mu=optax.tree.cast_like(projected, state.mu))
+
+    return optax.chain(
+        radial.project_out_radial(
+            inner,
+            delta,
+            wd_ratio,
+            _scaled(weight_decay, 1.0 / (1.0 - momentum)),
+            eps,
+            layout=router,
+            project_inner_state=feedback,
+        ),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def _scaled(value: base.ScalarOrSchedule, factor: Any) -> base.ScalarOrSchedule:
+    if callable(value):
+        return lambda count: factor * value(count)
+    return factor * value
+
+
+# ----------------------------------------------------------------------------
+# AdaBelief (arXiv 2010.07468)
+# ----------------------------------------------------------------------------
+
+
+def adabelief(
+    learning_rate: base.ScalarOrSchedule = 1e-3,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-16,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    eps_root: Any = None,
+    rectify: bool = True,
+    degenerated_to_sgd: bool = True,
+    amsgrad: bool = False,
+    weight_decouple: bool = True,
+    fixed_decay: bool = False,
+    mask: Any = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """AdaBelief with the official defaults (rectified, decoupled decay).
+
+    ``adabelief-pytorch`` 0.2.1 semantics (see :func:`optx.scale_by_belief`
+    for the direction ``u_t`` and every quirk):
+
+    .. math::
+
+      w ← w - η\\,(u_t + λ w)\\quad\\text{(weight\\_decouple; }
+      \\text{fixed\\_decay: } w ← w - η u_t - λ w\\text{)}
+
+    or ``g ← g + λw`` before the moments when ``weight_decouple=False``. The
+    decay always uses the pre-step weights and applies even on steps the
+    rectification skips.
+
+    How it differs from ``optax.adabelief`` (0.2.8): optax has no
+    rectification (the official default), no AMSGrad, no weight decay and no
+    ``mu_dtype``/``nu_dtype``; its non-rectified numbers are the official
+    ones with ``eps_root = eps``. ``optx.adabelief(lr, rectify=False)`` equals
+    ``optax.adabelief(lr)`` (tested), and ``eps_root`` exposes optax's
+    separate in-state ε.
+
+    Args:
+      learning_rate: η (1e-3).
+      b1, b2: EMA rates (0.9, 0.999).
+      eps: ε (official 1e-16; README: 1e-8 for CNNs on images).
+      weight_decay: λ (official default 0).
+      eps_root: ε added to the stored ``s`` (None = ``eps``, official).
+      rectify, degenerated_to_sgd, amsgrad: see :func:`optx.scale_by_belief`.
+      weight_decouple: decoupled (AdamW-style, default) or L2 decay.
+      fixed_decay: decoupled decay not multiplied by η.
+      mask: optional decay mask (tree or callable), as in optax.
+      mu_dtype, nu_dtype: moment dtypes.
+
+    References:
+      Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
+      Observed Gradients", NeurIPS 2020, arXiv 2010.07468 (Alg. 2; code:
+      github.com/juntang-zhuang/Adabelief-Optimizer).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> params = {'w': jnp.ones((3, 2))}
+      >>> tx = optx.adabelief(1e-3)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    direction = adaptive.scale_by_belief(
+        b1,
+        b2,
+        eps,
+        eps_root,
+        rectify=rectify,
+        degenerated_to_sgd=degenerated_to_sgd,
+        amsgrad=amsgrad,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
+    if not weight_decouple:
+        return optax.chain(
+            optax.add_decayed_weights(weight_decay, mask),
+            direction,
+            optax.scale_by_learning_rate(learning_rate),
+        )
+    if fixed_decay:
+        return optax.chain(
+            direction,
+            optax.scale_by_learning_rate(learning_rate),
+            optax.add_decayed_weights(_scaled(weight_decay, -1.0), mask),
+        )
+    return optax.chain(
+        direction,
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+# ----------------------------------------------------------------------------
+# Lion and Lion-K (arXiv 2302.06675, 2310.05898)
+# ----------------------------------------------------------------------------
+
+
+def lion_kappa(
+    learning_rate: base.ScalarOrSchedule = 1e-4,
+    kappa: str | Callable[[Any], Any] = "l1",
+    b1: Any = 0.9,
+    b2: Any = 0.99,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    delta: Any = 1.0,
+    p: Any = 3.0,
+    mask: Any = None,
+    ns_coefficients: Any = "keller",
+    ns_steps: int = 5,
+    ns_dtype: Any = None,
+    router: routing.Router | None = None,
+    strategy: str = "auto",
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Lion-𝒦: Lion with ``sign`` replaced by the (sub)gradient of a convex 𝒦.
+
+    .. math::
+
+      c_t = β_1 m_{t-1} + (1-β_1) g_t,\\qquad
+      w ← w - η\\,(∇𝒦(c_t) + λ w),\\qquad m_t = β_2 m_{t-1} + (1-β_2) g_t
+
+    With decoupled decay λ > 0 the iterates solve ``min f(x) + 𝒦*(λx)/λ``;
+    for a norm 𝒦 that is ``min f`` over the dual-norm ball ``‖x‖_* ≤ 1/λ``.
+    The catalogue (``kappa=``; constraint interpretation of each in
+    :mod:`optx._src.sign`): ``'l1'`` (Lion; box ``‖x‖_∞ ≤ 1/λ``), ``'l2'``
+    (normalized momentum; ``‖x‖₂ ≤ 1/λ``), ``'linf'`` (greedy coordinate
+    step; ``‖x‖₁ ≤ 1/λ``), ``'lp'`` (``‖x‖_q ≤ 1/λ``, ``1/p + 1/q = 1``),
+    ``'l2_squared'`` (momentum SGD; L2 penalty ``λ‖x‖²/2``), ``'huber'``
+    (``clip(c/δ, ±1)``; box plus ``δλ‖x‖²/2``), ``'relativistic'``
+    (``c/√(c²+δ²)``; box plus a barrier), ``'log_cosh'`` (``tanh(c/δ)``; box
+    plus an entropy term), ``'nuclear'`` (Newton–Schulz polar factor per
+    matrix — Muon with Lion's momentum; spectral ball ``‖X‖₂ ≤ 1/λ``). Norms
+    are per block: per matrix for leaves with a layout, per leaf otherwise.
+
+    Lion-𝒦 paper quirks: the paper's momentum tracks ``−∇f`` (equivalent for
+    the even 𝒦 above) and some of its statements use the implicit decay
+    ``λ x_{t+1}``; optx uses Lion's explicit ``λ x_t``, as the official Lion
+    code. The paper ships no code: the catalogue follows its §3 examples.
+
+    Args:
+      learning_rate: η (official Lion default 1e-4: 3–10× smaller than AdamW's).
+      kappa: a name (see above) or a callable ``c -> ∇𝒦(c)`` per leaf (static).
+      b1, b2: Lion's betas (0.9, 0.99).
+      weight_decay: λ (official Lion default 0; use 3–10× AdamW's).
+      delta: δ of ``'huber'``, ``'relativistic'``, ``'log_cosh'``.
+      p: exponent of ``'lp'``.
+      mask: optional decay mask.
+      ns_coefficients, ns_steps, ns_dtype, strategy: Newton–Schulz settings of
+        ``'nuclear'``.
+      router: the :class:`optx.Router` whose layouts define matrix blocks.
+      mu_dtype: momentum dtype.
+
+    References:
+      Chen et al., "Symbolic Discovery of Optimization Algorithms",
+      arXiv 2302.06675 (Alg. 2); Chen, Liu, Liang, Liu, "Lion Secretly Solves
+      Constrained Optimization, As Lyapunov Predicts", ICLR 2024,
+      arXiv 2310.05898.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> params = {'hidden': {'kernel': jnp.ones((4, 3))}, 'bias': jnp.zeros(3)}
+      >>> tx = optx.lion_kappa(3e-4, kappa='nuclear', weight_decay=0.1)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    router = routing.as_router(router)
+    return optax.chain(
+        sign.scale_by_lion_kappa(
+            b1,
+            b2,
+            kappa,
+            delta=delta,
+            p=p,
+            ns_coefficients=ns_coefficients,
+            ns_steps=ns_steps,
+            ns_dtype=ns_dtype,
+            layout=router,
+            strategy=strategy,
+            mu_dtype=mu_dtype,
+        ),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def lion(
+    learning_rate: base.ScalarOrSchedule = 1e-4,
+    b1: Any = 0.9,
+    b2: Any = 0.99,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    mask: Any = None,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Lion (EvoLved Sign Momentum), the ℓ1 member of :func:`optx.lion_kappa`.
+
+    .. math::
+
+      c_t = β_1 m_{t-1} + (1-β_1) g_t,\\qquad
+      w ← w - η\\,(\\mathrm{sign}(c_t) + λ w),\\qquad m_t = β_2 m_{t-1} + (1-β_2) g_t
+
+    Official ``google/automl`` ``lion_pytorch.py`` semantics: the momentum is
+    updated *after* it is used, ``sign(0) = 0``, decay decoupled and
+    multiplied by η, applied before the step. With λ > 0 Lion minimizes ``f``
+    over the box ``‖x‖_∞ ≤ 1/λ`` (arXiv 2310.05898).
+
+    How it differs from ``optax.lion``: optax's default ``weight_decay`` is
+    1e-3 (official: 0) and with f32 ``mu_dtype`` on bf16 params optax returns
+    f32 updates (optx returns the gradient's dtype); with the same arguments
+    in f32 the numbers are identical (tested).
+
+    Args:
+      learning_rate: η (official 1e-4).
+      b1, b2: (0.9, 0.99) official; (0.95, 0.98) is common for LMs.
+      weight_decay: λ (official 0).
+      mask: optional decay mask.
+      mu_dtype: momentum dtype.
+
+    References:
+      Chen et al., "Symbolic Discovery of Optimization Algorithms",
+      arXiv 2302.06675 (Alg. 2; code: github.com/google/automl/tree/master/lion).
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.lion(1e-4)
+      >>> w = jnp.zeros(2)
+      >>> u, s = tx.update(jnp.array([0.5, -2.0]), tx.init(w), w)
+      >>> u
+      Array([-0.0001,  0.0001], dtype=float32)
+    """
+    return lion_kappa(learning_rate, "l1", b1, b2, weight_decay, mask=mask, mu_dtype=mu_dtype)
+
+
+# ----------------------------------------------------------------------------
+# EXAdam (arXiv 2412.20302)
+# ----------------------------------------------------------------------------
+
+
+def exadam(
+    learning_rate: base.ScalarOrSchedule = 1e-3,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    dynamic_step_size: bool = True,
+    mask: Any = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """EXAdam: Adam with cross-moment debiasing, gradient acceleration and a growing step.
+
+    .. math::
+
+      w ← w - η\\,\\big(α_t \\frac{\\tilde m_t + \\tilde g_t}{\\sqrt{\\tilde v_t} + ε} + λ w\\big)
+
+    with ``m̃, ṽ, g̃`` and ``α_t = ln(√2·√(t+1))`` of :func:`optx.scale_by_exadam`.
+    Pinned to the paper's **v1** rule (the repo's first commit): the dynamic
+    step size is on. ``dynamic_step_size=False`` is the repo's HEAD rule
+    (arXiv v2, the golden reference). Official-code details: decoupled decay
+    ``w ← w − ηλw`` first (with η, not ``α_t η``); ε enters the two debiasing
+    ratios and the denominator. The HEAD file lacks ``import numpy`` (a
+    ``NameError`` on construction); irrelevant here.
+
+    Args:
+      learning_rate: η (1e-3; README: vision 1e-3, NLP 3e-4, RL 5e-4).
+      b1, b2, eps: (0.9, 0.999, 1e-8).
+      weight_decay: λ (official default 0; README: vision 1e-4, NLP 1e-5).
+      dynamic_step_size: paper v1 (True) or repo HEAD (False).
+      mask: optional decay mask.
+      mu_dtype, nu_dtype: moment dtypes.
+
+    References:
+      Adly, "EXAdam: The Power of Adaptive Cross-Moments", arXiv 2412.20302
+      (§3; code: github.com/AhmedMostafa16/EXAdam).
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.exadam(1e-3, dynamic_step_size=False)
+      >>> w = jnp.zeros(2)
+      >>> u, s = tx.update(jnp.ones(2), tx.init(w), w)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    return optax.chain(
+        adaptive.scale_by_exadam(
+            b1, b2, eps, dynamic_step_size=dynamic_step_size, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+        ),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+# ----------------------------------------------------------------------------
+# SGD-SaI (arXiv 2412.11768)
+# ----------------------------------------------------------------------------
+
+
+def sgd_sai(
+    learning_rate: base.ScalarOrSchedule = 1e-2,
+    momentum: Any = 0.9,
+    eps: Any = 1e-8,
+    weight_decay: base.ScalarOrSchedule = 1e-2,
+    *,
+    scale_rule: str = "gsnr",
+    mask: Any = None,
+    router: routing.Router | None = None,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """SGD-SaI: SGD-momentum with per-block learning-rate scales set at initialization.
+
+    .. math::
+
+      w ← w - η\\,(\\mathrm{gsnr}_b M_t + λ w),\\qquad
+      \\mathrm{gsnr}_b = \\frac{\\|g_1^{(b)}\\|_2}{\\mathrm{std}(g_1^{(b)}) + ε}
+
+    with ``M`` and the frozen g-SNR of :func:`optx.scale_by_sai` (official
+    ``sgd-sai`` 1.0.3: unbiased std, NaN → 0 so a single-element tensor gets
+    ``gsnr = |g|/ε``; the first buffer is a copy of ``g``; decoupled decay
+    ``w(1 − ηλ)`` with the pre-step weights). Blocks are per matrix for
+    leaves with a layout (per layer of a scanned stack), per leaf otherwise.
+    Memory: one momentum plus one scalar per block (half of AdamW's state).
+
+    Args:
+      learning_rate: η (official 1e-2).
+      momentum: μ (0.9).
+      eps: ε of the g-SNR (1e-8).
+      weight_decay: λ (official 1e-2).
+      scale_rule: ``'gsnr'`` (1.0.3), ``'gsnr_max'`` (1.0.4), ``'sqrt_numel'``
+        (1.1.0); see :func:`optx.scale_by_sai`.
+      mask: optional decay mask.
+      router: the :class:`optx.Router` whose layouts define the blocks.
+      mu_dtype: momentum dtype.
+
+    References:
+      Xu et al., "No More Adam: Learning Rate Scaling at Initialization is All
+      You Need", arXiv 2412.11768 (Alg. 1; code:
+      github.com/AnonymousAlethiometer/SGD_SaI).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> params = {'hidden': {'kernel': jnp.ones((4, 3))}, 'bias': jnp.zeros(3)}
+      >>> tx = optx.sgd_sai(1e-2)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    router = routing.as_router(router)
+    return optax.chain(
+        adaptive.scale_by_sai(
+            momentum, eps, scale_rule=scale_rule, layout=router, mu_dtype=mu_dtype
+        ),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+# ----------------------------------------------------------------------------
+# AGVM around SGD-momentum (arXiv 2210.11078)
+# ----------------------------------------------------------------------------
+
+
+def agvm_sgd(
+    learning_rate: base.ScalarOrSchedule = 0.1,
+    momentum: Any = 0.9,
+    weight_decay: base.ScalarOrSchedule = 1e-4,
+    *,
+    nesterov: bool = False,
+    groups: Sequence[str] | None = None,
+    agvm_momentum: Any = 0.97,
+    interval: int = 5,
+    start_step: int = 500,
+    stop_step: int | None = None,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """SGD-momentum with AGVM's gradient-variance modulated group learning rates.
+
+    The paper's main configuration (Faster R-CNN, ``torch.optim.SGD`` with
+    coupled L2 decay, momentum 0.9, decay 1e-4) wrapped by :func:`optx.agvm`:
+
+    .. math::
+
+      b_t = μ b_{t-1} + g_t + λ w,\\qquad w ← w - η\\, s_{i(w)}\\, b_t
+
+    where ``s_i`` is the EMA of ``√clip((D₀ + 10⁻⁶)/(D_i + 10⁻⁶), 0.5, 10)``,
+    ``D_i = 1 − cos(g^A_i, g^B_i)`` measured every ``interval`` steps from the
+    two half-batch gradients (extra args ``grads_a``, ``grads_b``; compute them
+    with :func:`optx.half_batch_gradients`). See :mod:`optx._src.variance`
+    for the official hook's window semantics. For AdamW/LAMB/LARS wrap them
+    directly: ``optx.agvm(optx.adamw(...), groups, adam_preconditioning=True)``.
+
+    Args:
+      learning_rate: η.
+      momentum: μ of SGD (0.9).
+      weight_decay: λ (coupled, as torch SGD; 1e-4).
+      nesterov: Nesterov SGD.
+      groups: module-group patterns, group 0 the reference (see
+        :func:`optx.agvm`; default: top-level keys).
+      agvm_momentum: α of the scale EMA (0.97).
+      interval, start_step, stop_step: the measurement schedule (official
+        5, 500, never).
+      mu_dtype: momentum dtype.
+
+    References:
+      Xue et al., "Large-batch Optimization for Dense Visual Predictions",
+      NeurIPS 2022, arXiv 2210.11078 (code: github.com/Sense-X/AGVM).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optx
+      >>> params = {'backbone': {'w': jnp.ones(3)}, 'head': {'w': jnp.ones(2)}}
+      >>> tx = optx.agvm_sgd(0.1, groups=('backbone', '.*'), start_step=0)
+      >>> g = jax.tree.map(jnp.ones_like, params)
+      >>> u, s = tx.update(g, tx.init(params), params, grads_a=g, grads_b=g)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    inner = optax.chain(
+        optax.add_decayed_weights(weight_decay),
+        optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=mu_dtype),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    return variance.agvm(
+        inner,
+        groups,
+        momentum=agvm_momentum,
+        interval=interval,
+        start_step=start_step,
+        stop_step=stop_step,
+    )
+
+
+def _noisy_half_batch_grads(ctx: registry.ExtraArgsContext) -> dict[str, Any]:
+    """Registry extra args for AGVM: two deterministic "half-batch" gradients.
+
+    The conformance problems have no batches, so ``g ± 0.5·|g|·ξ`` with ξ a
+    key-dependent standard normal per leaf stands in for the two halves (their
+    mean is the true gradient).
+    """
+    leaves, treedef = jax.tree.flatten(ctx.grads)
+    keys = jax.random.split(ctx.key, max(1, len(leaves)))
+    noise = [
+        0.5 * jnp.abs(g) * jax.random.normal(k, jnp.shape(g), jnp.float32).astype(g.dtype)
+        for g, k in zip(leaves, keys)
+    ]
+    plus = [g + n for g, n in zip(leaves, noise)]
+    minus = [g - n for g, n in zip(leaves, noise)]
+    return {
+        "grads_a": jax.tree.unflatten(treedef, plus),
+        "grads_b": jax.tree.unflatten(treedef, minus),
+    }
+
+
+# ----------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------
+
+_ADAPTIVE_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
+
+registry.register(
+    registry.OptimizerSpec(
+        name="adamp",
+        factory=adamp,
+        paper="2006.08217",
+        family="elementwise",
+        defaults={"learning_rate": 1e-3, "weight_decay": 1e-2},
+        lr_grid=_ADAPTIVE_GRID,
+        static_args=("nesterov",),
+        description="AdamP (official clovaai semantics), channel = output axis",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="sgdp",
+        factory=sgdp,
+        paper="2006.08217",
+        family="elementwise",
+        defaults={"learning_rate": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-5},
+        lr_grid=(0.03, 0.1, 0.3, 1.0),
+        static_args=("nesterov", "project_momentum_buffer"),
+        test_overrides={"learning_rate": 0.01},
+        description="SGDP (official clovaai semantics, README settings)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="adabelief",
+        factory=adabelief,
+        paper="2010.07468",
+        family="elementwise",
+        defaults={"learning_rate": 1e-3},
+        lr_grid=_ADAPTIVE_GRID,
+        static_args=("rectify", "degenerated_to_sgd", "amsgrad", "weight_decouple", "fixed_decay"),
+        description="AdaBelief (official 0.2.1: rectified, eps in state)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="lion",
+        factory=lion,
+        paper="2302.06675",
+        family="elementwise",
+        defaults={"learning_rate": 1e-4},
+        lr_grid=(3e-5, 1e-4, 3e-4, 1e-3),
+        test_overrides={"learning_rate": 3e-3},
+        description="Lion (official google/automl semantics)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="lion_kappa",
+        factory=lion_kappa,
+        paper="2310.05898",
+        family="elementwise",
+        defaults={"learning_rate": 1e-4, "kappa": "nuclear"},
+        lr_grid=(3e-5, 1e-4, 3e-4, 1e-3),
+        static_args=("kappa",),
+        test_overrides={"learning_rate": 3e-3},
+        description="Lion-K, nuclear-norm member (orthogonalized Lion) as the registry default",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="exadam",
+        factory=exadam,
+        paper="2412.20302",
+        family="elementwise",
+        defaults={"learning_rate": 1e-3},
+        lr_grid=_ADAPTIVE_GRID,
+        static_args=("dynamic_step_size",),
+        description="EXAdam (paper v1 rule with the growing step size)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="sgd_sai",
+        factory=sgd_sai,
+        paper="2412.11768",
+        family="elementwise",
+        defaults={"learning_rate": 1e-2},
+        lr_grid=(3e-3, 1e-2, 3e-2, 1e-1),
+        static_args=("scale_rule",),
+        description="SGD-SaI (official 1.0.3: g-SNR frozen at step 1)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="agvm_sgd",
+        factory=agvm_sgd,
+        paper="2210.11078",
+        family="elementwise",
+        defaults={"learning_rate": 0.1},
+        lr_grid=(0.03, 0.1, 0.3, 1.0),
+        static_args=("nesterov", "groups", "interval", "start_step", "stop_step"),
+        extra_args=_noisy_half_batch_grads,
+        test_overrides={"learning_rate": 0.01, "start_step": 0, "interval": 2},
+        description="AGVM around SGD-momentum (official hook semantics)",
     )
 )

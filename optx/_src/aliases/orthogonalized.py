@@ -1,4 +1,4 @@
-"""Orthogonalized-update optimizers: Muon and NorMuon (the family's home).
+"""Orthogonalized-update optimizers: Muon, NorMuon, AuON, ROOT, Lipschitz Muon.
 
 Each alias is a :func:`optx.routed` pair: hidden matrices (routed by key path,
 see :class:`optx.Router`) get the matrix chain, everything else (embeddings,
@@ -11,7 +11,17 @@ from typing import Any
 
 import optax
 
-from optx._src import base, moments, normalization, orthogonalization, registry, routing
+from optx._src import (
+    base,
+    clipping,
+    constraints,
+    moments,
+    newton_schulz_fitting,
+    normalization,
+    orthogonalization,
+    registry,
+    routing,
+)
 from optx._src.aliases.elementwise import adamw
 
 # Keller Jordan's MuonWithAuxAdam defaults for the non-matrix parameters:
@@ -315,8 +325,11 @@ registry.register(
         factory=muon,
         paper="Jordan et al. 2024; 2502.16982",
         family="orthogonalized",
-        defaults={"learning_rate": 0.02},
-        lr_grid=(0.005, 0.01, 0.02, 0.04),
+        # Benchmark setting: the fallback AdamW at 0.2 × the matrix learning rate, the
+        # Adam-side ratio of the tuned Muon configs in "Fantastic Pretraining
+        # Optimizers" (arXiv 2509.02046); the factory default stays Keller's 0.015.
+        defaults={"learning_rate": 0.02, "adam_lr_ratio": 0.2},
+        lr_grid=(0.01, 0.02, 0.04, 0.08),
         uses_matrix_path=True,
         test_overrides={"adam_lr_ratio": 1.0},
         description="Muon (Keller Jordan's official semantics), AdamW fallback",
@@ -328,10 +341,673 @@ registry.register(
         factory=normuon,
         paper="2510.05491",
         family="orthogonalized",
-        defaults={"learning_rate": 0.02},
-        lr_grid=(0.005, 0.01, 0.02, 0.04),
+        # Benchmark setting: the fallback AdamW at 0.2 × the matrix learning rate, the
+        # Adam-side ratio of the tuned Muon configs in "Fantastic Pretraining
+        # Optimizers" (arXiv 2509.02046); the factory default stays Keller's 0.015.
+        defaults={"learning_rate": 0.02, "adam_lr_ratio": 0.2},
+        lr_grid=(0.01, 0.02, 0.04, 0.08),
         uses_matrix_path=True,
         test_overrides={"adam_lr_ratio": 1.0},
         description="NorMuon (official code semantics), AdamW fallback",
+    )
+)
+
+
+# ----------------------------------------------------------------------------
+# AuON and Hybrid-AuON (arXiv 2509.24320)
+# ----------------------------------------------------------------------------
+
+AUON_FORMS = ("paper", "repo")
+
+
+def _auon_brake(
+    form: str, gamma: Any, eps: Any, router: routing.Router, *, after_ns: bool
+) -> optax.GradientTransformationExtraArgs:
+    """AuON's brake in the paper's or the repository's form.
+
+    The paper brakes the unit-Frobenius momentum (AuON) or the Newton–Schulz
+    output as is (Hybrid); the repository always computes the brake from a
+    normalized copy and divides the un-normalized input.
+    """
+    if form == "paper":
+        brake = normalization.scale_by_cosh_rms(1.0 if gamma is None else gamma, eps, layout=router)
+        if after_ns:
+            return brake
+        return optax.chain(normalization.normalize_by_frobenius(1e-7, layout=router), brake)
+    return normalization.scale_by_cosh_rms(
+        1.5 if gamma is None else gamma, eps, normalize_argument=True, layout=router
+    )
+
+
+def _auon_alias(
+    orthogonalize: optax.GradientTransformation | None,
+    learning_rate: base.ScalarOrSchedule,
+    momentum: Any,
+    weight_decay: Any,
+    form: str,
+    gamma: Any,
+    eps: Any,
+    nesterov: bool,
+    scaling: str | None,
+    weight_decay_mask: Any,
+    mu_dtype: Any,
+    router: routing.Router,
+    fallback: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+    if scaling is None:
+        scaling = "keller" if form == "paper" else "none"
+    base.check_choice("scaling", scaling, ("keller", "moonlight", "none"))
+    matrix = optax.chain(
+        moments.scale_by_momentum(momentum, kind="ema", nesterov=nesterov, mu_dtype=mu_dtype),
+        *(() if orthogonalize is None else (orthogonalize,)),
+        _auon_brake(form, gamma, eps, router, after_ns=orthogonalize is not None),
+        normalization.scale_by_shape(scaling, layout=router),
+        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
+
+
+# The repository's README pairs AuON (lr 0.08) with Adam lr 0.008, betas
+# (0.8, 0.95), eps 1e-10 for the non-matrix parameters.
+AUON_ADAM_LR_RATIO = 0.1
+
+
+def auon(
+    learning_rate: base.ScalarOrSchedule = 0.055,
+    momentum: Any = 0.95,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    form: str = "paper",
+    gamma: Any = None,
+    eps: Any = 1e-8,
+    nesterov: bool = True,
+    scaling: str | None = None,
+    weight_decay_mask: Any = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    router: routing.Router | None = None,
+    adam_learning_rate: base.ScalarOrSchedule | None = None,
+    adam_lr_ratio: Any = AUON_ADAM_LR_RATIO,
+    adam_b1: Any = 0.8,
+    adam_b2: Any = 0.95,
+    adam_eps: Any = 1e-10,
+    adam_weight_decay: Any = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """AuON: linear-time normalized momentum with a hyperbolic-cosine brake.
+
+    Maity, "AuON: A Linear-time Alternative to (Semi-)Orthogonal Momentum
+    Updates" (arXiv 2509.24320, v1 "A Survey For Linear-time Orthogonal
+    Optimizer"). Per hidden matrix ``G`` (Flax ``(fan_in, fan_out)``), the
+    paper's unit-norm form (§3.1, "Method (equations)", and Eqs. (1)–(3) for
+    the norms it implies), by default:
+
+    .. math::
+
+      M_t = β M_{t-1} + (1-β) G_t, \\qquad U_t = (1-β) G_t + β M_t,
+
+      X_t = U_t / (\\|U_t\\|_F + 10^{-7}), \\qquad
+      r_t = \\sqrt{\\tfrac{1}{N}\\textstyle\\sum_i \\cosh(X_{t,i})^2}, \\qquad
+      O_t = X_t / (r_t + 10^{-8}),
+
+      W_t = W_{t-1} - η\\,\\big(\\sqrt{\\max(1, \\text{fan\\_out}/\\text{fan\\_in})}\\, O_t + λ W_{t-1}\\big),
+
+    with the shape factor and Nesterov of the paper's training script
+    (``Auon_Adam_train.py``, c87b8625). No matrix products: three ``O(mn)``
+    passes per matrix (two norms and a ``cosh``). Since ``‖X‖_F = 1``,
+    ``r ≈ 1 + 1/(2N)`` unless ``X`` is spiky: AuON is essentially
+    Frobenius-normalized Nesterov momentum with a tail-aware brake.
+
+    ``form='repo'`` is the official repository's ``AuON`` (``auon/optimizer.py``,
+    bba2e822): ``r`` is computed from ``cosh(γ U/(‖U‖_F + 10⁻⁷))`` with
+    ``γ = 1.5`` and divides the **un-normalized** ``U`` (``O = U/(r + 10⁻⁸)``),
+    with no shape factor — a brake on SGD-Nesterov whose step scales with
+    ``‖U‖`` (repository default lr 0.24, README 0.08). The golden trajectory
+    ``auon__public`` records this form.
+
+    Official-code quirks, and what optx does:
+
+    * The training script casts ``U`` to bf16 before normalizing; optx computes
+      in f32 (or wider).
+    * The repository's weight decay ``W ← W(1 − ηλ)`` happens before the step
+      (in update form ``−η(O + λW)``, identical); it skips the update (not the
+      decay) when ``‖U‖ = 0``; optx's update is 0 there anyway.
+    * The repository applies AuON to every parameter it is given, including
+      1-D ones; as in its README, optx routes biases, norms, embeddings and
+      heads to AdamW (lr ``0.1 × learning_rate``, β = (0.8, 0.95), ε = 1e-10).
+
+    Args:
+      learning_rate: the AuON learning rate (0.055: the paper's LM runs).
+      momentum: β (0.95).
+      weight_decay: decoupled decay for the matrix leaves.
+      form: ``'paper'`` (unit-norm; default) or ``'repo'``.
+      gamma: γ inside ``cosh`` (default 1 for the paper, 1.5 for the repo).
+      eps: ε added to ``r`` (1e-8).
+      nesterov: Nesterov look-ahead (both forms use it).
+      scaling: shape factor: ``'keller'`` (paper default), ``'none'`` (repo
+        default) or ``'moonlight'``.
+      weight_decay_mask: optional mask of the matrix-group decay.
+      mu_dtype, nu_dtype: moment dtypes (momentum; AdamW moments).
+      router: an :class:`optx.Router` (default: :func:`optx.default_router`).
+      adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
+        adam_weight_decay: the fallback AdamW (see :func:`optx.muon`).
+
+    Static (uninjectable) arguments: ``form``, ``scaling``, ``router``,
+    dtypes and the boolean flags.
+
+    References:
+      Maity, "AuON: A Linear-time Alternative to (Semi-)Orthogonal Momentum
+      Updates", arXiv 2509.24320 (code: github.com/ryyzn9/AuON).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> params = {'hidden': {'kernel': jnp.ones((8, 16))}, 'bias': jnp.zeros(16)}
+      >>> tx = optx.auon(learning_rate=0.05)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+      >>> params = optax.apply_updates(params, updates)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    base.check_choice("form", form, AUON_FORMS)
+    router = routing.as_router(router)
+    fallback = fallback_adamw(
+        learning_rate,
+        adam_learning_rate,
+        adam_lr_ratio,
+        adam_b1,
+        adam_b2,
+        adam_eps,
+        adam_weight_decay,
+        mu_dtype,
+        nu_dtype,
+    )
+    return _auon_alias(
+        None,
+        learning_rate,
+        momentum,
+        weight_decay,
+        form,
+        gamma,
+        eps,
+        nesterov,
+        scaling,
+        weight_decay_mask,
+        mu_dtype,
+        router,
+        fallback,
+    )
+
+
+def hybrid_auon(
+    learning_rate: base.ScalarOrSchedule = 0.055,
+    momentum: Any = 0.95,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    form: str = "paper",
+    ns_steps: int | None = None,
+    ns_coefficients: Any = "keller",
+    ns_dtype: Any = None,
+    gamma: Any = None,
+    eps: Any = 1e-8,
+    nesterov: bool = True,
+    scaling: str | None = None,
+    weight_decay_mask: Any = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    router: routing.Router | None = None,
+    strategy: str = "auto",
+    adam_learning_rate: base.ScalarOrSchedule | None = None,
+    adam_lr_ratio: Any = AUON_ADAM_LR_RATIO,
+    adam_b1: Any = 0.8,
+    adam_b2: Any = 0.95,
+    adam_eps: Any = 1e-10,
+    adam_weight_decay: Any = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """Hybrid-AuON: a few Newton–Schulz steps, then AuON's cosh brake.
+
+    arXiv 2509.24320, §3.2 ("Hybrid Approach"): the paper uses **one**
+    Newton–Schulz iteration (Muon's quintic, after Frobenius normalization) and
+    then the cosh-RMS rescaling of its output ``X``:
+
+    .. math::
+
+      X = \\mathrm{NS}_1(U_t), \\qquad
+      O_t = X / \\big(\\sqrt{\\tfrac{1}{N}\\textstyle\\sum_i \\cosh(X_i)^2} + 10^{-8}\\big),
+
+      W_t = W_{t-1} - η\\,\\big(\\sqrt{\\max(1, \\text{fan\\_out}/\\text{fan\\_in})}\\, O_t + λ W_{t-1}\\big)
+
+    with AuON's Nesterov momentum (:func:`optx.auon`). The paper's display of
+    the hybrid writes ``rms = (1/N)‖cosh X‖²_F`` without the square root, at odds
+    with its main formula and both codes; optx uses the square root.
+
+    ``form='repo'`` is the repository's ``HybridAuON`` (bba2e822): 5 steps by
+    default (``ns_steps``), in f32, then the repository brake
+    (γ = 1.5, normalized argument, un-normalized divisor — see
+    :func:`optx.auon`) and no shape factor; the golden trajectory
+    ``hybrid_auon__public`` records it. Quirk: for a 4-D conv tensor the
+    repository orthogonalizes each ``kh × kw`` slice separately (NS batched
+    over the leading ``(out, in)`` axes); optx uses the layout's matrix view
+    ``(kh·kw·in, out)``, like Muon.
+
+    Args:
+      ns_steps: Newton–Schulz iterations (default 1 for the paper, 5 for the
+        repo; static).
+      ns_coefficients, ns_dtype, strategy: see :func:`optx.muon`.
+      others: as :func:`optx.auon`.
+
+    References:
+      Maity, "AuON: A Linear-time Alternative to (Semi-)Orthogonal Momentum
+      Updates", arXiv 2509.24320 (code: github.com/ryyzn9/AuON).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> params = {'hidden': {'kernel': jnp.ones((8, 16))}}
+      >>> tx = optx.hybrid_auon(learning_rate=0.05)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    base.check_choice("form", form, AUON_FORMS)
+    if ns_steps is None:
+        ns_steps = 1 if form == "paper" else 5
+    ns_steps = base.check_positive_int("ns_steps", ns_steps)
+    router = routing.as_router(router)
+    orthogonalize = orthogonalization.scale_by_newton_schulz(
+        ns_coefficients, ns_steps, compute_dtype=ns_dtype, layout=router, strategy=strategy
+    )
+    fallback = fallback_adamw(
+        learning_rate,
+        adam_learning_rate,
+        adam_lr_ratio,
+        adam_b1,
+        adam_b2,
+        adam_eps,
+        adam_weight_decay,
+        mu_dtype,
+        nu_dtype,
+    )
+    return _auon_alias(
+        orthogonalize,
+        learning_rate,
+        momentum,
+        weight_decay,
+        form,
+        gamma,
+        eps,
+        nesterov,
+        scaling,
+        weight_decay_mask,
+        mu_dtype,
+        router,
+        fallback,
+    )
+
+
+# ----------------------------------------------------------------------------
+# ROOT (arXiv 2511.20626)
+# ----------------------------------------------------------------------------
+
+
+def root(
+    learning_rate: base.ScalarOrSchedule = 1e-3,
+    momentum: Any = 0.95,
+    weight_decay: base.ScalarOrSchedule = 0.1,
+    *,
+    nesterov: bool = True,
+    quantile: Any = 0.9,
+    clip_eps: Any = 1e-9,
+    ns_coefficients: Any = newton_schulz_fitting.ROOT_COEFFICIENTS,
+    ns_steps: int = 5,
+    ns_dtype: Any = None,
+    scaling: str = "moonlight",
+    weight_decay_mask: Any = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    router: routing.Router | None = None,
+    strategy: str = "auto",
+    adam_learning_rate: base.ScalarOrSchedule | None = None,
+    adam_lr_ratio: Any = 1.0,
+    adam_b1: Any = 0.9,
+    adam_b2: Any = 0.95,
+    adam_eps: Any = 1e-8,
+    adam_weight_decay: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """ROOT: robust orthogonalized optimizer (soft-threshold + AdaNewton).
+
+    He, Han, Zhou, Chen, Liu, Chen, Wang, "ROOT: Robust Orthogonalized
+    Optimizer for Neural Network Training", arXiv 2511.20626; official code
+    ``ROOT/examples/example_train.py`` (class ``ROOT``, ``root5``; noah-research
+    aea3c60d) by default. Per hidden matrix ``G``:
+
+    .. math::
+
+      M_t = μ M_{t-1} + G_t, \\qquad U_t = G_t + μ M_t \\quad\\text{(Nesterov)},
+
+      ε_t = \\mathrm{quantile}_{0.9}(|U_t|) + 10^{-9}, \\qquad
+      B_t = U_t - \\mathrm{sign}(U_t) \\max(|U_t| - ε_t, 0),
+
+      O_t = \\mathrm{NS}_5^{(a,b,c)_{m,n}}(B_t), \\qquad
+      W_t = W_{t-1} - η\\,\\big(0.2\\sqrt{\\max(m, n)}\\, O_t + λ W_{t-1}\\big).
+
+    The paper's algorithm (momentum, soft-threshold outlier separation
+    ``O_t = T_ε[M_t]``, ``B_t = M_t − O_t``, AdaNewton) names an abstract
+    threshold ε; the official code's per-matrix 0.9-quantile (linear
+    interpolation, ``torch.quantile``'s rule) is the concrete choice pinned
+    here (:func:`optx.clip_by_quantile`). ``(a, b, c)_{m,n}`` comes from the
+    shape table :data:`optx.ROOT_COEFFICIENTS` (one triple for all steps);
+    shapes outside it use Muon's coefficients with a one-time warning — fit
+    coefficients for your shapes with :func:`optx.fit_newton_schulz_coefficients`
+    and pass ``ROOT_COEFFICIENTS.with_shapes({...})``.
+
+    Official-code quirks, and what optx does:
+
+    * The quantile is computed on ``|U|`` in f32 (``g.abs().float()``) with a
+      hand-written ``kthvalue`` interpolation equal to ``torch.quantile``; optx
+      uses ``jnp.quantile(method='linear')`` in f32.
+    * Newton–Schulz runs in the gradient dtype (f32), no bf16 cast (optx:
+      ``ns_dtype=None``, f32).
+    * Weight decay multiplies by ``1 − ηλ`` with the *unadjusted* lr while the
+      step uses ``η·0.2√max(m, n)`` (Moonlight), exactly ``−η(0.2√max·O + λW)``.
+    * Unknown shapes log a warning on *every* step; optx warns once per shape.
+    * The built-in AdamW for 1-D, ``embed_tokens`` and ``lm_head`` uses the
+      same lr and weight decay, β = (0.9, 0.95), ε = 1e-8, and folds bias
+      correction into the lr (``m/(√v + ε)·√(1−β₂ᵗ)/(1−β₁ᵗ)``, i.e. ε scaled by
+      ``√(1−β₂ᵗ)``); optx's fallback is :func:`optx.adamw` with the same lr
+      (``adam_lr_ratio=1``) and decay (``adam_weight_decay=None`` = λ), ε added
+      to the bias-corrected ``√v̂`` (a ≤ 1e-8 difference in the denominator).
+    * The official class asserts 2-D parameters (conv kernels would break
+      ``p.add_``); optx handles conv and stacked leaves through their layouts.
+
+    Args:
+      learning_rate: η (1e-3 in the official script; AdamW-like because of the
+        Moonlight scaling).
+      momentum: μ of the sum momentum (0.95).
+      weight_decay: λ (0.1 official), also the fallback's unless
+        ``adam_weight_decay`` is given.
+      nesterov: Nesterov look-ahead (official: on).
+      quantile: the clipping quantile q (0.9).
+      clip_eps: added to the quantile (1e-9).
+      ns_coefficients: a shape table (default :data:`optx.ROOT_COEFFICIENTS`)
+        or any Newton–Schulz coefficient spec.
+      ns_steps, ns_dtype, strategy: see :func:`optx.muon`.
+      scaling: ``'moonlight'`` (official) or ``'keller'``.
+      weight_decay_mask, mu_dtype, nu_dtype, router: see :func:`optx.muon`.
+      adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
+        adam_weight_decay: the fallback AdamW.
+
+    References:
+      He et al., "ROOT: Robust Orthogonalized Optimizer for Neural Network
+      Training", arXiv 2511.20626 (code: github.com/huawei-noah/noah-research,
+      ROOT/); Liu et al., "Muon is Scalable for LLM Training", arXiv 2502.16982.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> params = {'hidden': {'kernel': jnp.ones((8, 16)) + jnp.eye(8, 16)}}
+      >>> tx = optx.root(learning_rate=1e-3, ns_coefficients='keller')
+      >>> updates, state = tx.update(params, tx.init(params), params)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    base.check_positive_int("ns_steps", ns_steps)
+    base.check_choice("scaling", scaling, ("moonlight", "keller", "none"))
+    router = routing.as_router(router)
+    matrix = optax.chain(
+        moments.scale_by_momentum(momentum, kind="sum", nesterov=nesterov, mu_dtype=mu_dtype),
+        clipping.clip_by_quantile(quantile, clip_eps, layout=router, strategy=strategy),
+        orthogonalization.scale_by_newton_schulz(
+            ns_coefficients, ns_steps, compute_dtype=ns_dtype, layout=router, strategy=strategy
+        ),
+        normalization.scale_by_shape(scaling, layout=router),
+        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    fallback = fallback_adamw(
+        learning_rate,
+        adam_learning_rate,
+        adam_lr_ratio,
+        adam_b1,
+        adam_b2,
+        adam_eps,
+        weight_decay if adam_weight_decay is None else adam_weight_decay,
+        mu_dtype,
+        nu_dtype,
+    )
+    return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
+
+
+# ----------------------------------------------------------------------------
+# Lipschitz-constrained Muon (arXiv 2507.13338)
+# ----------------------------------------------------------------------------
+
+LIPSCHITZ_PROJECTIONS = (*constraints.PROJECTIONS, "none")
+
+
+def _times(a: Any, b: Any) -> Any:
+    """``a × b`` for scalars or schedules."""
+    if callable(a) or callable(b):
+        return lambda count: (a(count) if callable(a) else a) * (b(count) if callable(b) else b)
+    return a * b
+
+
+def _with_router(
+    tx: optax.GradientTransformationExtraArgs, router: routing.Router
+) -> optax.GradientTransformationExtraArgs:
+    """``tx`` with ``router`` attached for :func:`optx.describe`/``router_of``."""
+
+    def init_fn(params: base.Params) -> Any:
+        return tx.init(params)
+
+    init_fn.router = router  # type: ignore[attr-defined]
+    return optax.GradientTransformationExtraArgs(init_fn, tx.update)
+
+
+def lipschitz_muon(
+    learning_rate: base.ScalarOrSchedule = 0.02,
+    momentum: Any = 0.95,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    projection: str = "soft_cap",
+    w_max: Any = 1.0,
+    spectral_decay: base.ScalarOrSchedule = 0.1,
+    max_update_norm: base.ScalarOrSchedule | None = None,
+    geometry: str = "rms",
+    coupling: str = "rms",
+    power_iterations: int = 16,
+    warm_start: bool = True,
+    seed: int = 0,
+    embedding_max_inflation: Any = None,
+    nesterov: bool = True,
+    ns_coefficients: Any = "keller",
+    ns_steps: int = 5,
+    ns_dtype: Any = None,
+    weight_decay_mask: Any = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    router: routing.Router | None = None,
+    strategy: str = "auto",
+    adam_learning_rate: base.ScalarOrSchedule | None = None,
+    adam_lr_ratio: Any = KELLER_ADAM_LR_RATIO,
+    adam_b1: Any = 0.9,
+    adam_b2: Any = 0.95,
+    adam_eps: Any = 1e-10,
+    adam_weight_decay: Any = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """Muon with a post-step spectral-norm projection (Lipschitz training).
+
+    Newhouse, Hess, Cesista, Zahorodnii, Bernstein, Isola, "Training
+    Transformers with Enforced Lipschitz Constants" (arXiv 2507.13338; code
+    ``Arongil/lipschitz-transformers``, ``modula/abstract.py::
+    Atom.decay_step_project``). Per hidden matrix, Muon's step in the RMS→RMS
+    geometry followed by a projection ``P`` of the weights:
+
+    .. math::
+
+      D_t = \\mathrm{NS}_5(U_t) \\sqrt{\\text{fan\\_out}/\\text{fan\\_in}}, \\qquad
+      W_t = s\\, P\\big((W_{t-1}(1 - ηλ) - η D_t)/s\\big), \\quad
+      s = \\sqrt{\\text{fan\\_out}/\\text{fan\\_in}},
+
+    emitted as the update ``P(W + u) − W`` (the chain ends with the
+    projection, after ``scale_by_learning_rate``). ``D_t`` has unit RMS→RMS
+    norm up to Newton–Schulz's overshoot, so a weight with
+    ``‖W‖_{RMS→RMS} ≤ w_max`` reaches at most
+    ``k = w_max(1 − ηλ) + δ`` with ``δ = η × max_σ NS`` (1.2024 for Muon's
+    5 steps; computed from the coefficients, see
+    :func:`optx.composed_polynomial_max`); the soft cap maps ``k`` to ``w_max``.
+
+    ``projection`` (see :mod:`optx._src.constraints`): ``'soft_cap'`` (default, the
+    paper's), ``'hard_cap'``, ``'svd_cap'`` (exact), ``'normalize'``,
+    ``'hammer'``, ``'spectral_wd'`` (strength ``spectral_decay``) or
+    ``'none'``. Only leaves the router sends to ``'matrix'`` are projected; to
+    constrain the head too, route it to ``'matrix'`` (it is then trained by
+    Muon, as in the paper). ``embedding_max_inflation=f`` adds the embedding
+    RMS projection (:func:`optx.embedding_rms_projection`) on the router's
+    embedding leaves (trained by the fallback AdamW).
+
+    Deviations from the official code (each documented in
+    :mod:`optx._src.constraints`): the soft cap's coupling uses ``δ`` in
+    RMS→RMS units (``coupling='modula'`` divides by ``s`` as the official code
+    does); stacked matrices are not divided by their count; power iteration is
+    warm-started (``warm_start=False`` re-seeds); the NS overshoot is folded
+    into δ (the official NanoGPT script multiplies by 1.14502·1.05 for its
+    coefficients, modula's JAX code not at all). Initialize the model inside the
+    ball (e.g. one :func:`optx.spectral_svd_cap` projection of the initial
+    weights): a soft cap only guarantees the bound from a feasible start.
+
+    Args:
+      learning_rate: Muon's learning rate η (scalar or schedule).
+      momentum: β (0.95).
+      weight_decay: decoupled decay λ of the matrix leaves.
+      projection: the projection (see above; static).
+      w_max: the bound on each matrix's norm.
+      spectral_decay: strength of ``'spectral_wd'``.
+      max_update_norm: δ; default ``learning_rate × max NS singular value``.
+      geometry: ``'rms'`` (RMS→RMS, the paper; updates scaled by
+        √(fan_out/fan_in)) or ``'l2'`` (plain spectral norm; no shape factor).
+      coupling: soft-cap coupling convention (``'rms'`` or ``'modula'``).
+      power_iterations, warm_start, seed: power iteration of ``'normalize'``,
+        ``'hammer'`` and ``'spectral_wd'``.
+      embedding_max_inflation: enable the embedding RMS projection with this
+        inflation factor (None: off).
+      nesterov, ns_coefficients, ns_steps, ns_dtype, weight_decay_mask,
+        mu_dtype, nu_dtype, router, strategy: see :func:`optx.muon` (the soft
+        cap's coupling assumes every matrix decays by ``ηλ``; with a
+        ``weight_decay_mask`` the excluded matrices get a slightly weaker cap).
+      adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
+        adam_weight_decay: the fallback AdamW (see :func:`optx.muon`).
+
+    References:
+      Newhouse, Hess, Cesista, Zahorodnii, Bernstein, Isola, "Training
+      Transformers with Enforced Lipschitz Constants", arXiv 2507.13338;
+      Jordan et al., "Muon", 2024.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> params = {'hidden': {'kernel': 0.1 * jnp.ones((8, 16))}}
+      >>> tx = optx.lipschitz_muon(learning_rate=0.02, w_max=1.0)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+      >>> params = optax.apply_updates(params, updates)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    base.check_choice("projection", projection, LIPSCHITZ_PROJECTIONS)
+    base.check_choice("geometry", geometry, constraints.GEOMETRIES)
+    ns_steps = base.check_positive_int("ns_steps", ns_steps)
+    router = routing.as_router(router)
+    if max_update_norm is None:
+        if callable(ns_coefficients):
+            raise ValueError(
+                "With shape-dependent ns_coefficients, pass max_update_norm explicitly "
+                "(the largest singular value Newton–Schulz can output, times the lr)."
+            )
+        overshoot = newton_schulz_fitting.composed_polynomial_max(ns_coefficients, ns_steps)
+        max_update_norm = _times(learning_rate, overshoot)
+    matrix = optax.chain(
+        moments.scale_by_momentum(momentum, kind="ema", nesterov=nesterov, mu_dtype=mu_dtype),
+        orthogonalization.scale_by_newton_schulz(
+            ns_coefficients, ns_steps, compute_dtype=ns_dtype, layout=router, strategy=strategy
+        ),
+        normalization.scale_by_shape("rms_to_rms" if geometry == "rms" else "none", layout=router),
+        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    fallback = fallback_adamw(
+        learning_rate,
+        adam_learning_rate,
+        adam_lr_ratio,
+        adam_b1,
+        adam_b2,
+        adam_eps,
+        adam_weight_decay,
+        mu_dtype,
+        nu_dtype,
+    )
+    steps = [routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)]
+    pi = {"power_iterations": power_iterations, "warm_start": warm_start, "seed": seed}
+    common = {"geometry": geometry, "layout": router}
+    if projection == "soft_cap":
+        steps.append(
+            constraints.spectral_soft_cap(
+                w_max,
+                max_update_norm,
+                _times(learning_rate, weight_decay),
+                coupling=coupling,
+                strategy=strategy,
+                **common,
+            )
+        )
+    elif projection in ("hard_cap", "svd_cap"):
+        steps.append(constraints.PROJECTIONS[projection](w_max, strategy=strategy, **common))
+    elif projection in ("normalize", "hammer"):
+        steps.append(constraints.PROJECTIONS[projection](w_max, **pi, **common))
+    elif projection == "spectral_wd":
+        steps.append(constraints.spectral_weight_decay(spectral_decay, **pi, **common))
+    if embedding_max_inflation is not None:
+        steps.append(
+            constraints.embedding_rms_projection(
+                embedding_max_inflation, mask=constraints.embedding_mask(router)
+            )
+        )
+    return _with_router(optax.chain(*steps), router)
+
+
+for _name, _factory, _description in (
+    ("auon", auon, "AuON (paper's unit-norm cosh-RMS form), AdamW fallback"),
+    ("hybrid_auon", hybrid_auon, "Hybrid-AuON (1 Newton-Schulz step + cosh brake), AdamW fallback"),
+):
+    registry.register(
+        registry.OptimizerSpec(
+            name=_name,
+            factory=_factory,
+            paper="2509.24320",
+            family="orthogonalized",
+            defaults={"learning_rate": 0.055},
+            lr_grid=(0.01, 0.03, 0.055, 0.1),
+            static_args=("form",),
+            uses_matrix_path=True,
+            test_overrides={"adam_lr_ratio": 0.4},
+            description=_description,
+        )
+    )
+registry.register(
+    registry.OptimizerSpec(
+        name="root",
+        factory=root,
+        paper="2511.20626",
+        family="orthogonalized",
+        defaults={"learning_rate": 1e-3, "weight_decay": 0.1},
+        lr_grid=(3e-4, 1e-3, 3e-3, 1e-2),
+        uses_matrix_path=True,
+        test_overrides={"learning_rate": 0.02, "weight_decay": 0.0},
+        description="ROOT (quantile soft-threshold + shape-specific NS, Moonlight scale)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="lipschitz_muon",
+        factory=lipschitz_muon,
+        paper="2507.13338",
+        family="orthogonalized",
+        defaults={"learning_rate": 0.02, "w_max": 1.0},
+        lr_grid=(0.005, 0.01, 0.02, 0.04),
+        static_args=("projection", "geometry", "coupling", "power_iterations", "seed"),
+        uses_matrix_path=True,
+        test_overrides={"w_max": 100.0, "adam_lr_ratio": 1.0},
+        description="Muon + spectral soft cap (Lipschitz-constrained training)",
     )
 )

@@ -1,0 +1,617 @@
+"""Rotated-basis optimizers: SOAP, Conda and COSMOS (the family's home).
+
+All three run an Adam-like update in a coordinate basis refreshed from time to
+time; the shared pieces (Kronecker factors, eigh / power-QR / SVD bases,
+rank-r subspace tracking, rotations) are in :mod:`optx._src.bases`.
+
+How the router is used:
+
+* **SOAP** and **Conda** are single transforms over *every* leaf, as in their
+  official codes, where the non-rotated parameters get the very same Adam
+  (same ε placement, same decay-after-the-step, SOAP's first-step skip):
+  the router only decides which leaves are *rotated* and with which layout.
+  Conda rotates the router's ``'matrix'`` leaves (the official attention and
+  MLP weights); SOAP also rotates the embeddings and heads over their last
+  two axes unless ``rotate_fallback_matrices=False``, because the official
+  code rotates every 2-D parameter (a vocabulary side above
+  ``max_precond_dim`` stays unrotated); stacked biases and norm scales
+  ``(L, d)`` stay element-wise, as the separate 1-D parameters they are in
+  PyTorch.
+* **COSMOS** is a :func:`optx.routed` pair: the matrix chain on ``'matrix'``
+  leaves and :func:`optx.adamw` on the rest (the official code's fallback
+  Adam has a hard-coded ``0.1·g`` momentum and ``1 − 0.9ᵗ`` bias correction;
+  with ``b1 = 0.9`` that is exactly AdamW, otherwise optx deliberately uses
+  the standard AdamW).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optx._src import base, bases, layouts, normalization, registry, routing
+from optx._src.aliases.orthogonalized import fallback_adamw, scaled_learning_rate
+
+# Re-exported through ``optx`` (one import line per family in optx/__init__.py).
+from optx._src.bases import (  # noqa: F401
+    ModeView,
+    ScaleByCondaState,
+    ScaleByCosmosState,
+    ScaleBySoapState,
+    eigh_basis,
+    mode_gram,
+    power_qr_basis,
+    rotate,
+    rotate_back,
+    scale_by_conda,
+    scale_by_cosmos,
+    scale_by_soap,
+    singular_basis,
+    subspace_init,
+    subspace_power_step,
+    subspace_split,
+)
+from optx._src.weight_decay import add_decayed_weights_after_step
+
+
+def _with_router(
+    tx: optax.GradientTransformation, router: routing.Router
+) -> optax.GradientTransformationExtraArgs:
+    """Attaches ``router`` to ``tx.init`` so :func:`optx.describe` and
+    :func:`optx.router_of` see it (as :func:`optx.routed` does)."""
+    tx = optax.with_extra_args_support(tx)
+
+    def init_fn(params: base.Params) -> optax.OptState:
+        return tx.init(params)
+
+    init_fn.router = router  # type: ignore[attr-defined]
+    return optax.GradientTransformationExtraArgs(init_fn, tx.update)
+
+
+SOAP_FALLBACK_MATRIX_RULES = ("embedding", "head")
+"""Names of the router rules whose ``ndim >= 2`` leaves :func:`optx.soap` rotates
+although they are routed to the fallback (the default router's embedding and
+head rules). Stacked biases and norm scales ``(L, d)`` stay element-wise: in
+PyTorch they are separate 1-D parameters."""
+
+
+def fallback_matrix_layout(router: routing.Router) -> layouts.LayoutFn:
+    """``(path, leaf) -> DENSE | None``: the embeddings and heads of ``router``
+    (rules named in :data:`SOAP_FALLBACK_MATRIX_RULES`), seen over their last two
+    axes (a vocabulary side above ``max_precond_dim`` then stays unrotated)."""
+
+    def layout(path: str, leaf: Any) -> layouts.MatrixLayout | None:
+        if len(jnp.shape(leaf)) < 2:
+            return None
+        rule = router.assign(path, leaf).rule
+        return layouts.DENSE if rule in SOAP_FALLBACK_MATRIX_RULES else None
+
+    return layout
+
+
+def soap(
+    learning_rate: base.ScalarOrSchedule = 3e-3,
+    b1: Any = 0.95,
+    b2: Any = 0.95,
+    eps: Any = 1e-8,
+    weight_decay: base.ScalarOrSchedule = 0.01,
+    *,
+    shampoo_beta: Any = None,
+    precondition_frequency: int = 10,
+    max_precond_dim: int = 10000,
+    factorization: str = "matrix",
+    merge_dims: bool = False,
+    precondition_1d: bool = False,
+    rotate_fallback_matrices: bool = True,
+    normalize_grads: bool = False,
+    correct_bias: bool = True,
+    weight_decay_mask: Any = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    precond_dtype: Any = "float32",
+    router: routing.Router | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """SOAP: Adam in the eigenbasis of Shampoo's preconditioner.
+
+    Official semantics of ``nikhilvyas/SOAP`` (``soap.py`` @a1e55353), the
+    algorithm of Vyas et al., arXiv 2409.11321 (Algorithm 3, with the
+    eigenbasis refresh of Algorithm 4). For a matrix ``G`` with Kronecker
+    factors ``L, R`` and their eigenbases ``Q_L, Q_R``:
+
+    .. math::
+
+      G' = Q_L^\\top G Q_R, \\quad M' ← β_1 M' + (1-β_1) G', \\quad
+      V ← β_2 V + (1-β_2) G'^2,
+
+      W ← W - η\\,\\frac{\\sqrt{1-β_2^t}}{1-β_1^t}\\, Q_L \\frac{M'}{\\sqrt V + ε} Q_R^\\top,
+      \\qquad W ← W - η λ W \\ \\ (\\text{after the step}),
+
+      L ← β_s L + (1-β_s) G G^\\top, \\quad R ← β_s R + (1-β_s) G^\\top G,
+
+    and every ``precondition_frequency`` steps ``Q ← QR(L Q_sorted)`` (one
+    power step from the current basis, columns sorted by the estimated
+    eigenvalues ``diag(Qᵀ L Q)``), with ``V`` permuted by that sort and ``M'``
+    re-rotated into the new basis. Chain: :func:`optx.scale_by_soap` |
+    :func:`optx.add_decayed_weights_after_step` | ``scale_by_learning_rate``.
+
+    Official-code quirks, all reproduced (see :func:`optx.scale_by_soap`):
+
+    * **The first step only initializes** the preconditioner (``L, R`` from the
+      first gradient, ``Q`` by eigh): the parameters do not move and are not
+      decayed; the bias-correction step counts real updates only.
+    * eigh at the first call, power step + QR afterwards; eigh/QR in float32.
+    * ε is added to ``√V`` before the bias correction (folded into the step).
+    * Weight decay acts on the *updated* weights with the raw learning rate.
+    * Dimensions above ``max_precond_dim`` stay unrotated; 1-D parameters are
+      plain Adam (with the same first-step skip) unless ``precondition_1d``;
+      the embeddings and heads the router sends to the fallback are rotated too
+      (``rotate_fallback_matrices``, rules named in
+      :data:`SOAP_FALLBACK_MATRIX_RULES`); stacked biases and norm scales
+      ``(L, d)`` stay element-wise (separate 1-D parameters in PyTorch).
+    * ``merge_dims`` (official greedy merge) applies with
+      ``factorization='axes'`` (one factor per tensor axis, the official N-D
+      treatment); the default ``'matrix'`` uses the router's matrix view
+      (identical for 2-D weights; conv kernels as ``kh·kw·in × out``; scanned
+      stacks get one set of factors per layer). The official ``data_format``
+      only matters for merged PyTorch conv weights and has no equivalent here.
+    * Flax kernels are ``(in, out)``: the official ``L`` over the PyTorch rows
+      is our fan-out factor ``GᵀG`` — the same preconditioner, transposed.
+
+    State memory per ``m × n`` matrix: ``2mn + 2(m² + n²)`` (two rotated
+    moments, two factors, two bases), the price COSMOS cuts.
+
+    Args:
+      learning_rate: η (scalar or schedule; 3e-3 official).
+      b1, b2: Adam betas (0.95, 0.95 official).
+      eps: ε (1e-8).
+      weight_decay: λ, decoupled and applied after the step (0.01 official).
+      shampoo_beta: EMA decay of ``L, R`` (default ``b2``; official −1).
+      precondition_frequency: basis refresh period (10; static).
+      max_precond_dim: larger dimensions stay unrotated (10000; static).
+      factorization: ``'matrix'`` (router layout) or ``'axes'`` (per axis).
+      merge_dims: official greedy dimension merging (``'axes'`` only).
+      precondition_1d: rotate 1-D parameters too.
+      rotate_fallback_matrices: rotate the router's embeddings and heads
+        (fallback leaves of the rules in :data:`SOAP_FALLBACK_MATRIX_RULES`)
+        over their last two axes, as the official code does.
+      normalize_grads: divide each update matrix by its RMS (official option).
+      correct_bias: Adam bias correction (official: on).
+      weight_decay_mask: optional mask for the decay.
+      mu_dtype, nu_dtype: moment dtypes; precond_dtype: factors and bases.
+      router: an :class:`optx.Router` (default :func:`optx.default_router`).
+
+    Static (uninjectable) arguments: ``precondition_frequency``,
+    ``max_precond_dim``, ``factorization``, dtypes, ``router`` and the flags.
+
+    References:
+      Vyas, Morwani, Zhao, Shapira, Brandfonbrener, Janson, Kakade, "SOAP:
+      Improving and Stabilizing Shampoo using Adam", arXiv 2409.11321 (code:
+      github.com/nikhilvyas/SOAP).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optx
+      >>> params = {'hidden': {'kernel': jnp.ones((8, 16)), 'bias': jnp.zeros(16)}}
+      >>> tx = optx.soap(learning_rate=3e-3)
+      >>> state = tx.init(params)
+      >>> grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p) + p, params)
+      >>> updates, state = tx.update(grads, state, params)   # initializes only
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = optax.apply_updates(params, updates)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    router = routing.as_router(router)
+    direction = bases.scale_by_soap(
+        b1,
+        b2,
+        eps,
+        shampoo_beta=shampoo_beta,
+        precondition_frequency=precondition_frequency,
+        max_precond_dim=max_precond_dim,
+        factorization=factorization,
+        merge_dims=merge_dims,
+        precondition_1d=precondition_1d,
+        extra_layout=fallback_matrix_layout(router) if rotate_fallback_matrices else None,
+        normalize_grads=normalize_grads,
+        correct_bias=correct_bias,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        precond_dtype=precond_dtype,
+        layout=router,
+    )
+    tx = optax.chain(
+        direction,
+        add_decayed_weights_after_step(
+            weight_decay, learning_rate, weight_decay_mask, skip_steps=1
+        ),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    return _with_router(tx, router)
+
+
+def conda(
+    learning_rate: base.ScalarOrSchedule = 1e-3,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    update_proj_gap: int = 50,
+    scale: Any = 1.0,
+    correct_bias: bool = True,
+    weight_decay_mask: Any = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    precond_dtype: Any = "float32",
+    router: routing.Router | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Conda (Column-Normalized Adam): Adam with its second moment in the SVD
+    basis of the momentum.
+
+    Official semantics of ``jie040109/Conda`` (``conda_torch/conda.py`` and
+    ``projector.py`` @449af713, ``proj_type='std'``), the algorithm of Wang et
+    al., arXiv 2509.24218 (Algorithm 1). For a routed matrix ``G``:
+
+    .. math::
+
+      M ← β_1 M + (1-β_1) G, \\qquad Q = \\mathrm{SVD}(M)
+      \\text{ factor on the smaller side, every } T \\text{ steps (from step 0)},
+
+      V ← β_2 V + (1-β_2) (Q^\\top G)^2, \\qquad
+      W ← W - η\\, s\\, \\frac{\\sqrt{1-β_2^t}}{1-β_1^t}\\,
+      Q \\frac{Q^\\top M}{\\sqrt V + ε}, \\qquad W ← W - ηλW \\ \\ (\\text{after}).
+
+    (``QᵀX`` is the rotation of the smaller side: left for a fan-in side no
+    larger than the fan-out side, right otherwise.) Other leaves (embeddings,
+    heads, norms, biases) get the same Adam without rotation or ``s``, as the
+    official non-projected parameter group does. Chain:
+    :func:`optx.scale_by_conda` | :func:`optx.add_decayed_weights_after_step` |
+    ``scale_by_learning_rate``.
+
+    Official-code quirks, all reproduced: the momentum stays in the original
+    coordinates and is SVD'd *after* its update (at the first step
+    ``M = (1−β₁)G``); the rotation is full-rank on the smaller side (not
+    GaLore's low rank); ``V`` lives in the rotated basis and is **not** rotated
+    or reset at a refresh; the SVD runs at pre-increment steps 0, T, 2T, … in
+    float32; ε is added to the uncorrected ``√V``; the decay uses the raw
+    learning rate on the updated weights. The signature's ε is 1e-8 (its
+    docstring says 1e-6). Paper scripts used ``b2 = 0.99``, ``T = 2000``,
+    ``scale = 0.25`` and lr ≈ 6e-3–1e-2 for LLM pre-training.
+
+    State memory per ``m × n`` matrix: ``2mn + min(m, n)²``.
+
+    Args:
+      learning_rate: η (scalar or schedule; 1e-3 class default).
+      b1, b2, eps: Adam's hyper-parameters (0.9, 0.999, 1e-8).
+      weight_decay: λ, decoupled and applied after the step (0.0).
+      update_proj_gap: basis refresh period T (CLI default 50; static).
+      scale: multiplier ``s`` of the rotated leaves' update (1.0).
+      correct_bias: Adam bias correction (on).
+      weight_decay_mask: optional mask for the decay.
+      mu_dtype, nu_dtype: moment dtypes; precond_dtype: the bases.
+      router: an :class:`optx.Router` (default :func:`optx.default_router`).
+
+    References:
+      Wang, Zhou, Dong, Li, Li, Zhou, Lao, Fang, Lin, "Conda: Column-Normalized
+      Adam for Training Large Language Models Faster", arXiv 2509.24218 (code:
+      github.com/jie040109/Conda).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optx
+      >>> params = {'hidden': {'kernel': jnp.ones((8, 16))}, 'bias': jnp.zeros(16)}
+      >>> tx = optx.conda(learning_rate=1e-3, update_proj_gap=100)
+      >>> grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p) + p, params)
+      >>> updates, state = tx.update(grads, tx.init(params), params)
+      >>> params = optax.apply_updates(params, updates)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    router = routing.as_router(router)
+    tx = optax.chain(
+        bases.scale_by_conda(
+            b1,
+            b2,
+            eps,
+            update_proj_gap=update_proj_gap,
+            scale=scale,
+            correct_bias=correct_bias,
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+            precond_dtype=precond_dtype,
+            layout=router,
+        ),
+        add_decayed_weights_after_step(weight_decay, learning_rate, weight_decay_mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    return _with_router(tx, router)
+
+
+def cosmos(
+    learning_rate: base.ScalarOrSchedule = 1e-3,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    lr_ratio: Any = 0.1,
+    rank: int = 64,
+    gamma: Any = 0.2,
+    nesterov: bool = True,
+    ns_coefficients: Any = "keller",
+    ns_steps: int = 5,
+    ns_dtype: Any = None,
+    weight_decay_mask: Any = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    precond_dtype: Any = "float32",
+    router: routing.Router | None = None,
+    adam_learning_rate: base.ScalarOrSchedule | None = None,
+    adam_lr_ratio: Any = 1.0,
+    adam_b1: Any = None,
+    adam_b2: Any = None,
+    adam_eps: Any = None,
+    adam_weight_decay: Any = None,
+    official_fallback: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """COSMOS: SOAP on a tracked leading eigensubspace, Muon on the residual.
+
+    Official current semantics of ``lliu606/COSMOS`` (``COSMOS_optim.py``
+    @61de180e), the algorithm of Liu et al., arXiv 2502.17410 (Algorithm 1).
+    Per routed matrix ``G`` (``n × m``, fan-in × fan-out), with the rank-r
+    basis ``P`` of the EMA of ``GGᵀ`` tracked by one QR power step per step
+    (:func:`optx.scale_by_cosmos`):
+
+    .. math::
+
+      U = P\\,\\frac{P^\\top \\hat G}{\\sqrt{V/(1-β_2^t)} + ε}
+        + γ\\,\\sqrt{nm}\\,\\frac{\\mathrm{NS}_5(\\hat G - P P^\\top \\hat G)}{\\|\\cdot\\|_F + ε},
+
+      W ← W - η λ W - η\\,ρ\\,\\sqrt{nm}\\, U / (\\|U\\|_F + ε)
+
+    with ``Ĝ`` the Nesterov-blended sum momentum normalized by its total weight,
+    ``V`` the EMA of the squared projected raw gradient, and ``ρ = lr_ratio``:
+    every matrix step has per-entry RMS ``η·ρ``. Chain:
+    :func:`optx.scale_by_cosmos` | :func:`optx.scale_to_rms` (ρ) |
+    ``add_decayed_weights`` | ``scale_by_learning_rate``; the other leaves get
+    :func:`optx.adamw` with the full learning rate ``η`` (``adam_lr_ratio``).
+
+    Official-code quirks: the decay is applied before the step with the full
+    ``η`` (not ``ηρ``), as ``add_decayed_weights`` does; the official matrix
+    rule is "2-D with PyTorch ``size(0) <= 10000``", which on a Flax head
+    kernel ``(d, V)`` would pick the head — optx routes by key path (heads and
+    embeddings to AdamW); the official non-matrix Adam uses a hard-coded
+    ``m ← β₁m + 0.1g`` and bias correction ``1 − 0.9ᵗ`` whatever ``β₁`` —
+    identical to AdamW at ``β₁ = 0.9`` (the default), about twice AdamW's step
+    at the README's ``β₁ = 0.95``; optx uses the standard AdamW (a deliberate
+    deviation, METHODS.md) unless ``official_fallback=True`` reproduces it. Newton–Schulz runs in f32 by default
+    (``ns_dtype='bfloat16'`` is the official cast); ``rank`` is clipped to the
+    fan-in. The older (Feb 2025) code projected on the output side with EMA
+    momentum and a separate β₃; it is not reproduced.
+
+    State memory per ``m × n`` matrix: ``mn + (m + n) r + r²`` — against SOAP's
+    ``2mn + 2(m² + n²)``.
+
+    Args:
+      learning_rate: η (scalar or schedule; 1e-3 class default, README 2e-3).
+      b1, b2: momentum / second-moment decay (0.9, 0.999; README 0.95, 0.95).
+      eps: ε (1e-8).
+      weight_decay: decoupled λ for matrices and, by default, the fallback.
+      lr_ratio: ρ, the matrix step RMS relative to ``η`` (0.1; README 0.2).
+      rank: subspace rank r (64; static).
+      gamma: weight of the Newton–Schulz residual (0.2).
+      nesterov: official Nesterov form (on).
+      ns_coefficients, ns_steps, ns_dtype: Newton–Schulz settings.
+      weight_decay_mask: optional mask for the matrix decay.
+      mu_dtype, nu_dtype: moment dtypes (also the fallback AdamW's).
+      precond_dtype: storage dtype of ``P`` and ``S``.
+      router: an :class:`optx.Router` (default :func:`optx.default_router`).
+      adam_learning_rate: fallback AdamW learning rate (default
+        ``adam_lr_ratio × learning_rate``, i.e. the full η).
+      adam_lr_ratio: see above (1.0).
+      adam_b1, adam_b2, adam_eps, adam_weight_decay: fallback AdamW settings
+        (default: ``b1``, ``b2``, ``eps``, ``weight_decay``, as in the official code).
+      official_fallback: use the official code's quirky Adam for the fallback
+        leaves (:func:`scale_by_official_cosmos_adam`) instead of AdamW.
+
+    References:
+      Liu, Xu, Zhang, Kang, Li, Liang, Chen, Zhao, "COSMOS: A Hybrid Adaptive
+      Optimizer for Memory-Efficient Training of LLMs", arXiv 2502.17410 (code:
+      github.com/lliu606/COSMOS).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optx
+      >>> params = {'hidden': {'kernel': jnp.ones((8, 16))}, 'bias': jnp.zeros(16)}
+      >>> tx = optx.cosmos(learning_rate=1e-3, rank=4)
+      >>> grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p) + p, params)
+      >>> updates, state = tx.update(grads, tx.init(params), params)
+      >>> params = optax.apply_updates(params, updates)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    router = routing.as_router(router)
+    matrix = optax.chain(
+        bases.scale_by_cosmos(
+            b1,
+            b2,
+            eps,
+            rank=rank,
+            gamma=gamma,
+            nesterov=nesterov,
+            ns_coefficients=ns_coefficients,
+            ns_steps=ns_steps,
+            ns_dtype=ns_dtype,
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+            precond_dtype=precond_dtype,
+            layout=router,
+        ),
+        normalization.scale_to_rms(lr_ratio, eps=eps, layout=router),
+        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    adam = (
+        learning_rate,
+        adam_learning_rate,
+        adam_lr_ratio,
+        b1 if adam_b1 is None else adam_b1,
+        b2 if adam_b2 is None else adam_b2,
+        eps if adam_eps is None else adam_eps,
+        weight_decay if adam_weight_decay is None else adam_weight_decay,
+        mu_dtype,
+        nu_dtype,
+    )
+    fallback = official_cosmos_fallback(*adam) if official_fallback else fallback_adamw(*adam)
+    return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
+
+
+class ScaleByOfficialCosmosAdamState(NamedTuple):
+    """State of :func:`scale_by_official_cosmos_adam`."""
+
+    count: jax.Array
+    mu: base.Updates
+    nu: base.Updates
+
+
+def scale_by_official_cosmos_adam(
+    b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, *, mu_dtype: Any = None, nu_dtype: Any = None
+) -> optax.GradientTransformationExtraArgs:
+    """The official COSMOS code's Adam for non-matrix parameters, quirks included.
+
+    .. math::
+
+      m ← β_1 m + 0.1\\, g, \\quad v ← β_2 v + (1-β_2) g^2, \\quad
+      u = \\frac{m / (1 - 0.9^t)}{\\sqrt{v} / \\sqrt{1-β_2^t} + ε}
+
+    (``lliu606/COSMOS`` ``COSMOS_optim.py`` @61de180e, the ``else`` branch of
+    ``cosmos``): the ``0.1`` and ``0.9`` are hard-coded whatever ``β₁``, so with
+    ``β₁ = 0.9`` this is Adam, and with ``β₁ = 0.95`` its momentum mass tends
+    to 2 (steps about twice Adam's). For number-matching only; :func:`optx.cosmos`
+    uses AdamW unless ``official_fallback=True``.
+
+    References:
+      Liu et al., "COSMOS: A Hybrid Adaptive Optimizer for Memory-Efficient
+      Training of LLMs", arXiv 2502.17410 (code: github.com/lliu606/COSMOS).
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.scale_by_official_cosmos_adam(b1=0.9)
+      >>> u, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
+      >>> round(float(u[0]), 4)   # Adam's first step: sign(g)
+      1.0
+    """
+    base.check_in_range("b1", b1, 0.0, 1.0)
+    base.check_in_range("b2", b2, 0.0, 1.0)
+    base.check_nonnegative("eps", eps)
+    mu_dtype = base.canonicalize_dtype(mu_dtype)
+    nu_dtype = base.canonicalize_dtype(nu_dtype)
+
+    def init_fn(params: base.Params) -> ScaleByOfficialCosmosAdamState:
+        return ScaleByOfficialCosmosAdamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+            nu=optax.tree.zeros_like(params, dtype=nu_dtype),
+        )
+
+    def update_fn(
+        updates: base.Updates,
+        state: ScaleByOfficialCosmosAdamState,
+        params: base.Params | None = None,
+        **extra: Any,
+    ) -> tuple[base.Updates, ScaleByOfficialCosmosAdamState]:
+        del params, extra
+        count = optax.safe_increment(state.count)
+        t = count.astype(jnp.float32)
+        bc1 = 1.0 - jnp.asarray(0.9, jnp.float32) ** t
+        bc2 = 1.0 - jnp.asarray(b2, jnp.float32) ** t
+
+        def leaf(g: jax.Array, mu: jax.Array, nu: jax.Array) -> tuple[Any, Any, Any]:
+            g32 = g.astype(jnp.promote_types(g.dtype, jnp.float32))
+            m = b1 * mu.astype(g32.dtype) + 0.1 * g32
+            v = b2 * nu.astype(g32.dtype) + (1.0 - b2) * jnp.square(g32)
+            u = (m / bc1) / (jnp.sqrt(v) / jnp.sqrt(bc2) + eps)
+            return u.astype(g.dtype), m.astype(mu.dtype), v.astype(nu.dtype)
+
+        out = jax.tree.map(leaf, updates, state.mu, state.nu)
+        u, mu, nu = base.unzip_tree(updates, out, 3)
+        return u, ScaleByOfficialCosmosAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def official_cosmos_fallback(
+    learning_rate: base.ScalarOrSchedule,
+    adam_learning_rate: base.ScalarOrSchedule | None,
+    adam_lr_ratio: Any,
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    weight_decay: Any,
+    mu_dtype: Any,
+    nu_dtype: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """The official COSMOS non-matrix update: its quirky Adam, decay before the
+    step (``W ← W(1 − ηλ)``), the full learning rate (same arguments as
+    :func:`fallback_adamw`)."""
+    if adam_learning_rate is None:
+        lr = scaled_learning_rate(learning_rate, adam_lr_ratio)
+    else:
+        base.check_learning_rate("adam_learning_rate", adam_learning_rate)
+        lr = adam_learning_rate
+    return optax.chain(
+        scale_by_official_cosmos_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(lr),
+    )
+
+
+_ROTATED_STATIC = ("precondition_frequency", "max_precond_dim", "precond_dtype")
+
+registry.register(
+    registry.OptimizerSpec(
+        name="soap",
+        factory=soap,
+        paper="2409.11321",
+        family="rotated",
+        defaults={"learning_rate": 3e-3},
+        lr_grid=(1e-3, 3e-3, 1e-2),
+        static_args=(*_ROTATED_STATIC, "factorization"),
+        uses_matrix_path=True,
+        test_overrides={"learning_rate": 1e-2, "weight_decay": 0.0},
+        description="SOAP (official semantics: first step initializes, eigh + power-QR)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="conda",
+        factory=conda,
+        paper="2509.24218",
+        family="rotated",
+        defaults={"learning_rate": 3e-3},
+        lr_grid=(1e-3, 3e-3, 1e-2),
+        static_args=("update_proj_gap", "precond_dtype"),
+        uses_matrix_path=True,
+        # The SVD basis turns ulp-level input changes (accumulated or sharded
+        # gradients) into ~1e-4-of-scale update changes (measured).
+        equivalence_tolerance=20.0,
+        description="Conda (official: Adam with v in the momentum's SVD basis)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="cosmos",
+        factory=cosmos,
+        paper="2502.17410",
+        family="rotated",
+        defaults={"learning_rate": 2e-3},
+        lr_grid=(1e-3, 2e-3, 4e-3, 8e-3),
+        static_args=("rank", "precond_dtype"),
+        uses_matrix_path=True,
+        # Matrix steps of RMS 1e-3 (lr_ratio 0.1, official) and the fallback AdamW at
+        # lr 1e-3, as optx.adamw is tested (inject_hyperparams rounds b2 = 0.999 to
+        # f32: a 7e-6 relative change of AdamW's step). eigh + Newton-Schulz turn
+        # ulp-level input changes into ~1e-4-of-scale update changes (measured).
+        test_overrides={"learning_rate": 1e-2, "rank": 2, "adam_lr_ratio": 0.1},
+        equivalence_tolerance=20.0,
+        description="COSMOS (official current code), AdamW fallback",
+    )
+)

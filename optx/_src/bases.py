@@ -1,0 +1,1201 @@
+"""Rotated-basis preconditioning: Kronecker factors, eigenbases, subspaces.
+
+SOAP, Conda and COSMOS share one idea: run an Adam-like update in a rotated
+coordinate basis that is refreshed from time to time. This module holds the
+pieces once, as small pure functions on arrays, plus the three ``scale_by_*``
+transforms built from them (the aliases are in ``aliases/rotated.py``).
+
+**Mode views.** A leaf is seen as a batch of k-way tensors
+``batch_shape + (d_1, …, d_k)`` (a :class:`ModeView`): its layout's batch
+axes stay in front, unflattened, and its other axes are grouped into *modes*.
+A matrix layout gives the two modes ``(fan_in, fan_out)`` — a Dense kernel
+``(in, out)``, a scanned stack ``(L, in, out)`` (L is a batch axis: one set of
+factors per layer), a conv kernel ``(kh, kw, in, out)`` seen as the matrix
+``(kh·kw·in, out)``; SOAP can instead give every axis its own mode (the
+official code's N-D treatment). A basis ``Q_i`` (``batch + (d_i, d_i)``,
+orthonormal columns) acts on mode ``i``:
+
+.. math::
+
+  \\mathrm{rotate}(X) = X \\times_1 Q_1^\\top \\cdots \\times_k Q_k^\\top, \\qquad
+  \\mathrm{rotate\\_back}(X') = X' \\times_1 Q_1 \\cdots \\times_k Q_k,
+
+so for a matrix ``G`` (Flax ``(fan_in, fan_out)``) ``rotate(G) = Q_inᵀ G Q_out``.
+Modes without a basis are left alone (SOAP's ``max_precond_dim``).
+
+**Kronecker factors.** The factor of mode ``i`` is the gradient contracted
+with itself over every other mode (:func:`mode_gram`); for a matrix these are
+``G Gᵀ`` (fan-in side) and ``Gᵀ G`` (fan-out side): Shampoo's L and R in Flax
+orientation (a PyTorch paper's ``L = G Gᵀ`` over the *output* rows is our
+fan-out factor).
+
+**Bases.** :func:`eigh_basis` (eigenvectors, descending), :func:`power_qr_basis`
+(one power step and a QR, with the columns first sorted by estimated
+eigenvalue — SOAP's refresh), :func:`singular_basis` (the full orthogonal
+factor of the SVD on one side — Conda), and :func:`subspace_init` /
+:func:`subspace_power_step` (a rank-r leading eigenspace of an EMA of
+``G Gᵀ`` tracked by one QR power step — COSMOS) with :func:`subspace_split`
+(projection and residual). All decompositions run in float32 (or wider) whatever
+the parameter dtype.
+
+**Sharding.** Non-param-shaped state (factors, bases, subspace moments) is
+created sharded like the parameter axis it belongs to (a fan-in factor of a
+kernel sharded over ``'data'`` on its fan-in axis is sharded over ``'data'`` on
+its first axis; batch axes keep their sharding), so
+:func:`optx.state_shardings` gives it a deliberate layout. Per-leaf updates run
+under ``jax.sharding.auto_axes`` when any input is sharded under an Explicit
+mesh, and every output keeps the sharding of the state it replaces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec
+
+from optx._src import base, layouts, orthogonalization, sharding
+from optx._src.layouts import LayoutSpec, ResolvedLayout
+
+FACTORIZATIONS = ("matrix", "axes")
+
+# Letters for einsum subscripts: batch axes first, then modes; "z" is reserved
+# for the new index of a mode product.
+_LETTERS = "abcdefghijklmnopqrstuvwxy"
+
+
+# ----------------------------------------------------------------------------
+# Mode views
+# ----------------------------------------------------------------------------
+
+
+class ModeView(NamedTuple):
+    """How one leaf is seen as a batch of k-way tensors.
+
+    Attributes:
+      shape: the leaf's shape.
+      batch_axes: axes kept in front as batch axes (in increasing order).
+      modes: groups of leaf axes; mode ``i`` is their product (merged in order).
+      rotated: per mode, whether it gets a Kronecker factor and a basis.
+    """
+
+    shape: tuple[int, ...]
+    batch_axes: tuple[int, ...]
+    modes: tuple[tuple[int, ...], ...]
+    rotated: tuple[bool, ...]
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[a] for a in self.batch_axes)
+
+    @property
+    def num_batch(self) -> int:
+        return len(self.batch_axes)
+
+    @property
+    def mode_dims(self) -> tuple[int, ...]:
+        return tuple(math.prod(self.shape[a] for a in m) for m in self.modes)
+
+    @property
+    def view_shape(self) -> tuple[int, ...]:
+        return self.batch_shape + self.mode_dims
+
+    @property
+    def permutation(self) -> tuple[int, ...]:
+        return self.batch_axes + tuple(a for m in self.modes for a in m)
+
+    @property
+    def any_rotated(self) -> bool:
+        return any(self.rotated)
+
+
+def no_modes(shape: Sequence[int]) -> ModeView:
+    """The view of a leaf that is never rotated (element-wise Adam only)."""
+    shape = tuple(int(d) for d in shape)
+    return ModeView(shape, tuple(range(len(shape))), (), ())
+
+
+def vector_modes(shape: Sequence[int], max_dim: int) -> ModeView:
+    """A 1-D leaf as a single mode (SOAP's ``precondition_1d``)."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 1:
+        raise ValueError(f"vector_modes needs a 1-D shape, got {shape}.")
+    return ModeView(shape, (), ((0,),), (shape[0] <= max_dim,))
+
+
+def matrix_modes(layout: ResolvedLayout, max_dim: int | None = None) -> ModeView:
+    """The two modes ``(fan_in, fan_out)`` of a matrix layout."""
+    modes = (layout.reduction_axes, layout.output_axes)
+    dims = (layout.fan_in, layout.fan_out)
+    rotated = tuple(max_dim is None or d <= max_dim for d in dims)
+    return ModeView(layout.shape, layout.batch_axes, modes, rotated)
+
+
+def axis_modes(layout: ResolvedLayout, max_dim: int, *, merge_dims: bool = False) -> ModeView:
+    """One mode per non-batch axis of the leaf (SOAP's treatment of N-D tensors).
+
+    With ``merge_dims`` consecutive axes are merged greedily while the product
+    stays ``<= max_dim``: the official SOAP ``merge_dims`` rule, applied to
+    the non-batch axes in stored order. Axes of size 1 left over at the end
+    join the last mode.
+    """
+    axes = tuple(sorted(layout.reduction_axes + layout.output_axes))
+    shape = layout.shape
+    if not merge_dims:
+        groups: list[tuple[int, ...]] = [(a,) for a in axes]
+    else:
+        groups = []
+        current: list[int] = []
+        size = 1
+        for a in axes:
+            d = shape[a]
+            if size * d > max_dim:
+                if size > 1:
+                    groups.append(tuple(current))
+                    current, size = [a], d
+                else:
+                    groups.append((*current, a))
+                    current, size = [], 1
+            else:
+                current.append(a)
+                size *= d
+        if size > 1 or not groups:
+            groups.append(tuple(current))
+        elif current:
+            groups[-1] = groups[-1] + tuple(current)
+    dims = [math.prod(shape[a] for a in g) for g in groups]
+    return ModeView(shape, layout.batch_axes, tuple(groups), tuple(d <= max_dim for d in dims))
+
+
+def to_modes(x: jax.Array, view: ModeView) -> jax.Array:
+    """``x`` as ``batch_shape + mode_dims`` (a no-op for a view without modes)."""
+    if not view.modes:
+        return x
+    return jnp.reshape(jnp.transpose(x, view.permutation), view.view_shape)
+
+
+def from_modes(y: jax.Array, view: ModeView) -> jax.Array:
+    """Inverse of :func:`to_modes`."""
+    if not view.modes:
+        return y
+    perm = view.permutation
+    y = jnp.reshape(y, tuple(view.shape[a] for a in perm))
+    inverse = [0] * len(perm)
+    for i, a in enumerate(perm):
+        inverse[a] = i
+    return jnp.transpose(y, inverse)
+
+
+# ----------------------------------------------------------------------------
+# Mode products, factors and bases (arrays in a mode view)
+# ----------------------------------------------------------------------------
+
+
+def _subscripts(num_batch: int, num_modes: int) -> tuple[str, str]:
+    if num_batch + num_modes > len(_LETTERS):
+        raise ValueError(f"Too many axes for a mode product: {num_batch + num_modes}.")
+    return _LETTERS[:num_batch], _LETTERS[num_batch : num_batch + num_modes]
+
+
+def mode_product(
+    x: jax.Array, q: jax.Array, mode: int, num_batch: int, *, into_basis: bool
+) -> jax.Array:
+    """Multiplies mode ``mode`` of ``x`` by ``qᵀ`` (``into_basis``) or by ``q``.
+
+    ``x`` is ``batch + dims``, ``q`` is ``batch + (d, d)``. Into the basis:
+    ``X'[.., j, ..] = Σ_a Q[a, j] X[.., a, ..]``; back: ``X = Σ_j Q[a, j] X'[.., j, ..]``.
+    """
+    batch, modes = _subscripts(num_batch, x.ndim - num_batch)
+    a = modes[mode]
+    q_sub = batch + (a + "z" if into_basis else "z" + a)
+    out = batch + modes.replace(a, "z")
+    return jnp.einsum(f"{batch + modes},{q_sub}->{out}", x, q)
+
+
+def _is_basis(q: Any) -> bool:
+    return q is not None and not isinstance(q, optax.MaskedNode)
+
+
+def rotate(x: jax.Array, bases: Sequence[Any], num_batch: int) -> jax.Array:
+    """``x ×_i Q_iᵀ`` for every mode with a basis (absent bases are identities)."""
+    for i, q in enumerate(bases):
+        if _is_basis(q):
+            x = mode_product(x, q.astype(x.dtype), i, num_batch, into_basis=True)
+    return x
+
+
+def rotate_back(x: jax.Array, bases: Sequence[Any], num_batch: int) -> jax.Array:
+    """``x ×_i Q_i`` for every mode with a basis: the inverse of :func:`rotate`."""
+    for i, q in enumerate(bases):
+        if _is_basis(q):
+            x = mode_product(x, q.astype(x.dtype), i, num_batch, into_basis=False)
+    return x
+
+
+def mode_gram(x: jax.Array, mode: int, num_batch: int) -> jax.Array:
+    """The Kronecker-factor statistic of one mode: ``x`` contracted with itself
+    over every other mode, ``batch + (d_mode, d_mode)``.
+
+    For a matrix ``G`` (``fan_in × fan_out``) mode 0 gives ``G Gᵀ`` and mode 1
+    gives ``Gᵀ G``.
+    """
+    batch, modes = _subscripts(num_batch, x.ndim - num_batch)
+    a = modes[mode]
+    other = modes.replace(a, "z")
+    return jnp.einsum(f"{batch + modes},{batch + other}->{batch}{a}z", x, x)
+
+
+def _f32(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def eigh_basis(factor: jax.Array) -> jax.Array:
+    """Eigenvectors of a symmetric factor, columns by descending eigenvalue (f32)."""
+    _, vecs = jnp.linalg.eigh(_f32(factor))
+    return jnp.flip(vecs, axis=-1)
+
+
+def power_qr_basis(factor: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One power step and a QR from the current basis (SOAP's refresh, f32).
+
+    The columns of ``Q`` are first sorted by the estimated eigenvalues
+    ``diag(Qᵀ F Q)`` (descending), then ``Q ← QR(F Q_sorted)``.
+
+    Returns:
+      ``(new_basis, order)`` where ``order`` (``batch + (d,)``) is the sorting
+      permutation, to be applied to statistics kept in the old basis.
+    """
+    f, q = _f32(factor), _f32(basis)
+    estimate = jnp.einsum("...ij,...ik,...kj->...j", q, f, q)
+    order = jnp.argsort(-estimate, axis=-1)
+    q = jnp.take_along_axis(q, order[..., None, :], axis=-1)
+    new, _ = jnp.linalg.qr(f @ q)
+    return new, order
+
+
+def permute_mode(x: jax.Array, order: jax.Array, mode: int, num_batch: int) -> jax.Array:
+    """Reorders the entries of mode ``mode`` of ``x`` by a per-batch permutation."""
+    num_modes = x.ndim - num_batch
+    index_shape = order.shape[:-1] + tuple(
+        order.shape[-1] if i == mode else 1 for i in range(num_modes)
+    )
+    return jnp.take_along_axis(x, order.reshape(index_shape), axis=num_batch + mode)
+
+
+def singular_basis(x: jax.Array, mode: int) -> jax.Array:
+    """The full orthogonal factor of the reduced SVD of a batch of matrices on
+    the smaller side (f32): ``U`` (``n × n``) for mode 0 when ``n <= m``, ``V``
+    (``m × m``) for mode 1 when ``m <= n``, where ``x = U S Vᵀ`` is ``n × m``."""
+    n, m = x.shape[-2], x.shape[-1]
+    if (mode == 0 and n > m) or (mode == 1 and m > n) or mode not in (0, 1):
+        raise ValueError(f"singular_basis: mode {mode} is not the smaller side of {(n, m)}.")
+    u, _, vh = jnp.linalg.svd(_f32(x), full_matrices=False)
+    return u if mode == 0 else jnp.swapaxes(vh, -1, -2)
+
+
+def _mT(x: jax.Array) -> jax.Array:
+    return jnp.swapaxes(x, -1, -2)
+
+
+def subspace_init(x: jax.Array, rank: int, beta: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Starts rank-``r`` subspace tracking from one gradient (COSMOS, step 1).
+
+    ``P`` = the top-``r`` eigenvectors of ``X Xᵀ`` (``n × r``, the fan-in side of
+    ``x``: ``n × m``), ``C = Pᵀ X`` and ``S = (1 − β) C Cᵀ``.
+
+    Returns:
+      ``(P, S, C)``.
+    """
+    x = _f32(x)
+    p = eigh_basis(x @ _mT(x))[..., :rank]
+    c = _mT(p) @ x
+    return p, (1.0 - beta) * (c @ _mT(c)), c
+
+
+def subspace_power_step(
+    p: jax.Array, s: jax.Array, x: jax.Array, beta: Any
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One QR power step of the leading eigenspace of ``E = β E + (1−β) X Xᵀ``.
+
+    With ``E ≈ P S Pᵀ`` (``P``: ``n × r`` orthonormal, ``S``: ``r × r``):
+
+    .. math::
+
+      P' = \\mathrm{QR}\\big(β P S + (1-β) X (X^\\top P)\\big), \\quad T = P^\\top P',
+      \\quad S' = β T^\\top S T + (1-β) (P'^\\top X)(P'^\\top X)^\\top
+
+    (COSMOS, arXiv 2502.17410, Algorithm 1; ``x`` is ``n × m`` with the subspace
+    on its first side, so ``X Xᵀ`` is the PyTorch ``GᵀG``).
+
+    Returns:
+      ``(P', S', C)`` with ``C = P'ᵀ X`` (``r × m``).
+    """
+    x, p, s = _f32(x), _f32(p), _f32(s)
+    new_p, _ = jnp.linalg.qr(beta * (p @ s) + (1.0 - beta) * (x @ (_mT(x) @ p)))
+    t = _mT(p) @ new_p
+    c = _mT(new_p) @ x
+    new_s = beta * (_mT(t) @ s @ t) + (1.0 - beta) * (c @ _mT(c))
+    return new_p, new_s, c
+
+
+def subspace_split(x: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(Pᵀ X, X − P Pᵀ X)``: coordinates in the subspace and the residual."""
+    c = _mT(p) @ x
+    return c, x - p @ c
+
+
+# ----------------------------------------------------------------------------
+# Sharding of non-param-shaped state
+# ----------------------------------------------------------------------------
+
+
+def zeros_from_axes(
+    shape: Sequence[int], dtype: Any, like: Any, source_axes: Sequence[int | None]
+) -> jax.Array:
+    """Zeros whose axis ``i`` is sharded like axis ``source_axes[i]`` of ``like``.
+
+    ``None`` entries are unsharded. Outside an Explicit mesh this is plain
+    ``jnp.zeros`` (:func:`optx.state_shardings` evaluates ``init`` under an
+    Explicit copy of the mesh, so the rule is picked up there too). The
+    permuting cousin of :func:`optx._src.sharding.zeros_like_spec`.
+    """
+    shape = tuple(int(d) for d in shape)
+    spec = sharding.spec_of(like)
+    if spec is None:
+        return jnp.zeros(shape, dtype)
+    entries = tuple(spec) + (None,) * (len(jnp.shape(like)) - len(spec))
+    out = PartitionSpec(*(None if a is None else entries[a] for a in source_axes))
+    return jnp.zeros(shape, dtype, out_sharding=out)
+
+
+def mode_source_axis(view: ModeView, mode: int) -> int | None:
+    """The leaf axis whose sharding a per-mode state axis inherits (single-axis
+    modes only; a merged mode is unsharded)."""
+    axes = view.modes[mode]
+    return axes[0] if len(axes) == 1 else None
+
+
+def factor_zeros(view: ModeView, mode: int, dtype: Any, like: Any) -> jax.Array:
+    """Zeros for a ``batch + (d, d)`` factor or basis of ``mode``, sharded on its
+    first axis like the mode's leaf axis."""
+    d = view.mode_dims[mode]
+    return zeros_from_axes(
+        (*view.batch_shape, d, d),
+        dtype,
+        like,
+        (*view.batch_axes, mode_source_axis(view, mode), None),
+    )
+
+
+def call_keeping_shardings(fn: Callable[[Any, Any], Any], arrays: Any, scalars: Any = None) -> Any:
+    """``fn(arrays, scalars)`` whose output (structured like ``arrays``) keeps
+    every input array's sharding.
+
+    Under an Explicit mesh with a sharded input, ``fn`` runs under
+    ``jax.sharding.auto_axes`` (the compiler inserts the collectives for
+    contractions over sharded axes, eigh, QR and SVD) and each output is
+    resharded to its input's spec; otherwise ``fn`` is called directly.
+    ``scalars`` (hyper-parameters, counters) are passed through as arguments
+    rather than closed over.
+    """
+    leaves = jax.tree.leaves(arrays)
+    if not any(sharding.is_sharded(x) for x in leaves):
+        return fn(arrays, scalars)
+    specs = jax.tree.map(sharding.spec_of, arrays)
+    return jax.sharding.auto_axes(fn, out_sharding=specs)(arrays, scalars)
+
+
+# ----------------------------------------------------------------------------
+# Shared helpers of the transforms
+# ----------------------------------------------------------------------------
+
+
+def _check_dtype_arg(name: str, value: Any) -> Any:
+    try:
+        return base.canonicalize_dtype(value)
+    except TypeError:
+        raise TypeError(f"`{name}` must be a dtype or dtype name, got {value!r}.") from None
+
+
+def _bias_corrections(count: jax.Array, b1: Any, b2: Any) -> tuple[jax.Array, jax.Array]:
+    t = count.astype(jnp.float32)
+    return 1.0 - jnp.asarray(b1, jnp.float32) ** t, 1.0 - jnp.asarray(b2, jnp.float32) ** t
+
+
+def _scalars(**values: Any) -> dict[str, jax.Array]:
+    return {k: jnp.asarray(v) for k, v in values.items()}
+
+
+def map_leaves_with_state(
+    fn: Callable[..., tuple[Any, ...]], updates: Any, *trees: Any
+) -> tuple[Any, ...]:
+    """Per leaf ``g`` of ``updates``: ``fn(path, g, *leaf_states) -> (u, *new_states)``.
+
+    ``trees`` have ``updates``' structure as a prefix (per-leaf arrays or
+    ``optax.MaskedNode``); ``None`` updates are passed through with their
+    states. Returns ``(new_updates, *new_trees)``.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=base.is_leaf_or_none)
+    columns = [treedef.flatten_up_to(t) for t in trees]
+    outs = []
+    for j, (path, g) in enumerate(flat):
+        states = [column[j] for column in columns]
+        outs.append((None, *states) if g is None else fn(base.path_to_str(path), g, *states))
+    return tuple(
+        jax.tree_util.tree_unflatten(treedef, [o[i] for o in outs]) for i in range(1 + len(trees))
+    )
+
+
+def rotation_view_fn(
+    layout: LayoutSpec,
+    *,
+    factorization: str = "matrix",
+    merge_dims: bool = False,
+    max_dim: int | None = None,
+    extra_layout: LayoutSpec | None = None,
+    precondition_1d: bool = False,
+) -> Callable[[str, Any], ModeView]:
+    """``(path, leaf) -> ModeView``: which modes of a leaf are rotated.
+
+    Leaves with a layout (from ``layout``, else from ``extra_layout`` when
+    given) get :func:`matrix_modes` or :func:`axis_modes`; 1-D leaves get one
+    mode when ``precondition_1d``; everything else is unrotated. Modes larger
+    than ``max_dim`` are not rotated.
+    """
+    base.check_choice("factorization", factorization, FACTORIZATIONS)
+    resolve = layouts.resolved_layout_fn(layout)
+    resolve_extra = None if extra_layout is None else layouts.resolved_layout_fn(extra_layout)
+    cap = max_dim if max_dim is not None else math.inf
+
+    def view_of(path: str, leaf: Any) -> ModeView:
+        shape = tuple(jnp.shape(leaf))
+        lay = resolve(path, leaf)
+        if lay is None and resolve_extra is not None:
+            lay = resolve_extra(path, leaf)
+        if lay is not None:
+            if factorization == "axes":
+                return axis_modes(lay, cap, merge_dims=merge_dims)  # type: ignore[arg-type]
+            return matrix_modes(lay, max_dim)
+        if len(shape) == 1 and precondition_1d:
+            return vector_modes(shape, cap)  # type: ignore[arg-type]
+        return no_modes(shape)
+
+    return view_of
+
+
+# ----------------------------------------------------------------------------
+# SOAP
+# ----------------------------------------------------------------------------
+
+
+class ScaleBySoapState(NamedTuple):
+    """State of :func:`scale_by_soap`.
+
+    Attributes:
+      count: number of ``update`` calls so far (the first only initializes).
+      mu: first moment, in the rotated basis (parameter-shaped).
+      nu: second moment, in the rotated basis (parameter-shaped).
+      factors: a tuple over mode index ``i``: a parameter-structured tree whose
+        leaf holds the EMA Kronecker factor ``batch + (d_i, d_i)`` of that
+        leaf's mode ``i``, or ``optax.MaskedNode()`` (no such mode, or an
+        unrotated one). Keeping the per-mode split outside the parameter tree
+        keeps the state a plain tree of arrays inside ``nnx.State`` too.
+      bases: the matching eigenbases (same structure as ``factors``).
+    """
+
+    count: jax.Array
+    mu: base.Updates
+    nu: base.Updates
+    factors: Any
+    bases: Any
+
+
+def scale_by_soap(
+    b1: Any = 0.95,
+    b2: Any = 0.95,
+    eps: Any = 1e-8,
+    *,
+    shampoo_beta: Any = None,
+    precondition_frequency: int = 10,
+    max_precond_dim: int = 10000,
+    factorization: str = "matrix",
+    merge_dims: bool = False,
+    precondition_1d: bool = False,
+    extra_layout: LayoutSpec | None = None,
+    normalize_grads: bool = False,
+    correct_bias: bool = True,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    precond_dtype: Any = "float32",
+    layout: LayoutSpec = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Adam in the eigenbasis of Shampoo's Kronecker factors (SOAP's direction).
+
+    Vyas et al., arXiv 2409.11321, Algorithms 3 (SOAP step) and 4 (eigenvector
+    refresh by power iteration + QR), with the official code's semantics
+    (``nikhilvyas/SOAP`` ``soap.py`` @a1e55353). Per leaf, with a factor
+    ``F_i`` and a basis ``Q_i`` for every rotated mode (:class:`ModeView`):
+
+    .. math::
+
+      G' = \\mathrm{rotate}(G), \\quad M' ← β_1 M' + (1-β_1) G', \\quad
+      V ← β_2 V + (1-β_2) G'^2,
+
+      U = \\frac{\\sqrt{1-β_2^t}}{1-β_1^t}\\,\\mathrm{rotate\\_back}\\big(M' / (\\sqrt V + ε)\\big),
+
+      F_i ← β_s F_i + (1-β_s)\\, \\mathrm{gram}_i(G) \\quad
+      (\\text{after the step; } F_0 = G G^\\top,\\ F_1 = G^\\top G \\text{ for a matrix}).
+
+    Official semantics, all reproduced:
+
+    * The **first call only initializes**: ``F_i = (1−β_s) gram_i(G)`` and
+      ``Q_i = eigh(F_i)`` (descending eigenvalues); the update is **zero** and
+      the moments stay zero. The bias-correction step ``t`` counts the real
+      updates (the first call is not counted).
+    * Every ``precondition_frequency`` real updates (``t % f == 0``), after the
+      factor update, each ``Q_i`` is refreshed by :func:`power_qr_basis`; ``V``
+      is **permuted** by the eigenvalue sort (not rotated) and ``M'`` is
+      re-rotated (back with the old basis, forward with the new). The official
+      code round-trips ``M'`` through the original basis on every step; that
+      is the identity up to round-off and is done only on refresh here.
+    * ε is added to ``√V`` before the bias correction, which is folded into the
+      step size (``√(1−β₂ᵗ)/(1−β₁ᵗ)``; ``correct_bias=False`` drops it).
+    * Modes larger than ``max_precond_dim`` get no rotation; 1-D leaves are
+      unrotated unless ``precondition_1d``; ``normalize_grads`` divides each
+      matrix of ``U`` by its RMS (+1e-30) before the bias correction.
+    * ``shampoo_beta`` (β_s) defaults to ``b2`` (the official ``−1``; a negative
+      value also means ``b2``).
+    * eigh/QR in float32 whatever the parameter dtype; factors and bases are
+      stored in ``precond_dtype`` (float32).
+    * For a non-square matrix the larger factor is rank-deficient at the first
+      eigh; the basis of its null space is arbitrary (it depends on LAPACK, the
+      device and the sharding) and the element-wise Adam is not invariant to
+      it, so otherwise identical runs may differ — as in the official code.
+
+    Which leaves are rotated: leaves the ``layout`` spec gives a layout (the
+    router's hidden matrices) use their matrix view (``factorization='matrix'``:
+    modes ``(fan_in, fan_out)``, so a conv kernel is one ``kh·kw·in × out``
+    matrix and stacked layers get per-layer factors) or one mode per non-batch
+    axis (``'axes'``, the official N-D treatment, with the official greedy
+    ``merge_dims``). Leaves ``layout`` gives no layout are looked up in
+    ``extra_layout`` (the :func:`optx.soap` alias passes the embeddings and
+    heads there, as the official code rotates every 2-D parameter); leaves
+    neither gives a layout get element-wise Adam.
+
+    State memory per ``m × n`` matrix: ``2mn`` (``M'``, ``V``) + ``2(m² + n²)``
+    (factors and bases).
+
+    Args:
+      b1, b2, eps: Adam's hyper-parameters (injectable).
+      shampoo_beta: EMA decay of the factors (default ``b2``).
+      precondition_frequency: refresh period of the bases (static).
+      max_precond_dim: modes above this size stay unrotated (static).
+      factorization: ``'matrix'`` or ``'axes'`` (static).
+      merge_dims: greedy merge of axes (``'axes'`` only).
+      precondition_1d: rotate 1-D leaves too.
+      extra_layout: an optional second :data:`~optx.LayoutSpec` for leaves
+        ``layout`` gives none (``None``: no other leaf is rotated).
+      normalize_grads: per-matrix RMS normalization of the update.
+      correct_bias: fold Adam's bias correction into the step.
+      mu_dtype, nu_dtype: dtypes of ``M'`` and ``V`` (default: the param dtype).
+      precond_dtype: storage dtype of factors and bases.
+      layout: a :data:`~optx.LayoutSpec` (default: the default router's).
+
+    References:
+      Vyas, Morwani, Zhao, Shapira, Brandfonbrener, Janson, Kakade, "SOAP:
+      Improving and Stabilizing Shampoo using Adam", arXiv 2409.11321 (code:
+      github.com/nikhilvyas/SOAP).
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.scale_by_soap()
+      >>> g = {'w': jnp.ones((4, 3)) + jnp.eye(4, 3)}
+      >>> state = tx.init(g)
+      >>> u, state = tx.update(g, state)   # first call: initializes only
+      >>> float(jnp.abs(u['w']).max())
+      0.0
+      >>> u, state = tx.update(g, state)
+      >>> u['w'].shape
+      (4, 3)
+    """
+    base.check_in_range("b1", b1, 0.0, 1.0)
+    base.check_in_range("b2", b2, 0.0, 1.0)
+    base.check_nonnegative("eps", eps)
+    if shampoo_beta is not None:
+        base.check_in_range("shampoo_beta", shampoo_beta, -math.inf, 1.0)
+    frequency = base.check_positive_int("precondition_frequency", precondition_frequency)
+    max_dim = base.check_positive_int("max_precond_dim", max_precond_dim)
+    if merge_dims and factorization != "axes":
+        raise ValueError("merge_dims=True needs factorization='axes' (the matrix view is merged).")
+    mu_dtype = _check_dtype_arg("mu_dtype", mu_dtype)
+    nu_dtype = _check_dtype_arg("nu_dtype", nu_dtype)
+    precond_dtype = _check_dtype_arg("precond_dtype", precond_dtype)
+    view_of = rotation_view_fn(
+        layout,
+        factorization=factorization,
+        merge_dims=merge_dims,
+        max_dim=max_dim,
+        extra_layout=extra_layout,
+        precondition_1d=precondition_1d,
+    )
+
+    def init_fn(params: base.Params) -> ScaleBySoapState:
+        flat, _ = jax.tree_util.tree_flatten_with_path(params)
+        num_modes = max((len(view_of(base.path_to_str(p), x).modes) for p, x in flat), default=0)
+
+        def mode_tree(i: int) -> Any:
+            def leaf(path: Any, p: Any) -> Any:
+                view = view_of(base.path_to_str(path), p)
+                if i < len(view.modes) and view.rotated[i]:
+                    return factor_zeros(view, i, precond_dtype, p)
+                return optax.MaskedNode()
+
+            return jax.tree_util.tree_map_with_path(leaf, params)
+
+        factors = tuple(mode_tree(i) for i in range(num_modes))
+        bases = tuple(mode_tree(i) for i in range(num_modes))
+        return ScaleBySoapState(
+            count=jnp.zeros([], jnp.int32),
+            mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+            nu=optax.tree.zeros_like(params, dtype=nu_dtype),
+            factors=factors,
+            bases=bases,
+        )
+
+    def leaf_update(view: ModeView) -> Callable[[Any, Any], Any]:
+        nb = view.num_batch
+        rotated = [i for i, r in enumerate(view.rotated) if r]
+
+        def fn(arrays: Any, s: dict[str, jax.Array]) -> Any:
+            g, mu, nu, factors, bases = arrays
+            first = s["count"] == 0
+            beta_s = s["shampoo_beta"]
+            G = to_modes(_f32(g), view)
+
+            def initialize(_: Any) -> Any:
+                new_f = list(factors)
+                new_q = list(bases)
+                for i in rotated:
+                    f = (1.0 - beta_s) * mode_gram(G, i, nb)
+                    new_f[i] = f.astype(factors[i].dtype)
+                    new_q[i] = eigh_basis(f).astype(bases[i].dtype)
+                return jnp.zeros_like(g), mu, nu, tuple(new_f), tuple(new_q)
+
+            def step(_: Any) -> Any:
+                rot_g = rotate(G, bases, nb)
+                m = s["b1"] * to_modes(_f32(mu), view) + (1.0 - s["b1"]) * rot_g
+                v = s["b2"] * to_modes(_f32(nu), view) + (1.0 - s["b2"]) * jnp.square(rot_g)
+                direction = rotate_back(m / (jnp.sqrt(v) + s["eps"]), bases, nb)
+                if normalize_grads:
+                    # Per matrix of a stack (each is its own tensor in PyTorch);
+                    # an unrotated leaf is normalized as a whole.
+                    axes = tuple(range(nb if view.modes else 0, direction.ndim))
+                    rms = jnp.sqrt(jnp.mean(jnp.square(direction), axis=axes, keepdims=True))
+                    direction = direction / (rms + 1e-30)
+                direction = direction * s["step_scale"]
+                new_f = list(factors)
+                for i in rotated:
+                    f = beta_s * _f32(factors[i]) + (1.0 - beta_s) * mode_gram(G, i, nb)
+                    new_f[i] = f.astype(factors[i].dtype)
+
+                def refresh(operands: Any) -> Any:
+                    m, v, qs = operands
+                    m = rotate_back(m, qs, nb)
+                    qs = list(qs)
+                    for i in rotated:
+                        new, order = power_qr_basis(new_f[i], qs[i])
+                        v = permute_mode(v, order, i, nb)
+                        qs[i] = new.astype(qs[i].dtype)
+                    return rotate(m, qs, nb), v, tuple(qs)
+
+                m, v, new_q = jax.lax.cond(
+                    s["refresh"], refresh, lambda ops: ops, (m, v, tuple(bases))
+                )
+                return (
+                    from_modes(direction, view).astype(g.dtype),
+                    from_modes(m, view).astype(mu.dtype),
+                    from_modes(v, view).astype(nu.dtype),
+                    tuple(new_f),
+                    new_q,
+                )
+
+            if not rotated:
+                # Element-wise Adam; the first call still only "initializes".
+                u, new_mu, new_nu, _, _ = step(None)
+                return (
+                    jnp.where(first, jnp.zeros_like(u), u),
+                    jnp.where(first, mu, new_mu),
+                    jnp.where(first, nu, new_nu),
+                    factors,
+                    bases,
+                )
+            return jax.lax.cond(first, initialize, step, None)
+
+        return fn
+
+    def update_fn(
+        updates: base.Updates,
+        state: ScaleBySoapState,
+        params: base.Params | None = None,
+        **extra: Any,
+    ) -> tuple[base.Updates, ScaleBySoapState]:
+        del params, extra
+        # The first call only initializes, so call number c (from 0) is real step t = c.
+        t = state.count
+        bc1, bc2 = _bias_corrections(jnp.maximum(t, 1), b1, b2)
+        step_scale = jnp.sqrt(bc2) / bc1 if correct_bias else jnp.asarray(1.0, jnp.float32)
+        if shampoo_beta is None:
+            beta_s = jnp.asarray(b2, jnp.float32)
+        else:
+            beta_s = jnp.where(jnp.asarray(shampoo_beta) >= 0, shampoo_beta, b2)
+        scalars = _scalars(
+            count=state.count,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            shampoo_beta=beta_s.astype(jnp.float32),
+            step_scale=step_scale,
+            refresh=(t > 0) & (t % frequency == 0),
+        )
+        k = len(state.factors)
+
+        def leaf(path: str, g: jax.Array, mu: Any, nu: Any, *fq: Any) -> tuple[Any, ...]:
+            f, q = fq[:k], fq[k:]
+            view = view_of(path, g)
+            n = len(view.modes)
+            u, mu, nu, new_f, new_q = call_keeping_shardings(
+                leaf_update(view), (g, mu, nu, f[:n], q[:n]), scalars
+            )
+            return (u, mu, nu, *new_f, *f[n:], *new_q, *q[n:])
+
+        new = map_leaves_with_state(leaf, updates, state.mu, state.nu, *state.factors, *state.bases)
+        return new[0], ScaleBySoapState(
+            count=optax.safe_increment(state.count),
+            mu=new[1],
+            nu=new[2],
+            factors=tuple(new[3 : 3 + k]),
+            bases=tuple(new[3 + k :]),
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ----------------------------------------------------------------------------
+# Conda
+# ----------------------------------------------------------------------------
+
+
+class ScaleByCondaState(NamedTuple):
+    """State of :func:`scale_by_conda`.
+
+    Attributes:
+      count: number of updates so far.
+      mu: first moment in the **original** coordinates (parameter-shaped).
+      nu: second moment in the rotated basis (parameter-shaped; not rotated or
+        reset when the basis changes).
+      bases: per leaf, the orthogonal basis of the smaller side
+        ``batch + (k, k)``, or ``optax.MaskedNode()`` for unrotated leaves.
+    """
+
+    count: jax.Array
+    mu: base.Updates
+    nu: base.Updates
+    bases: Any
+
+
+def conda_side(view: ModeView) -> int:
+    """The mode Conda rotates: the smaller side of the matrix; fan-in on a tie
+    (the PyTorch ``(out, in)`` rule ``out >= in → right (in) side``)."""
+    fan_in, fan_out = view.mode_dims
+    return 0 if fan_in <= fan_out else 1
+
+
+def scale_by_conda(
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    *,
+    update_proj_gap: int = 50,
+    scale: Any = 1.0,
+    correct_bias: bool = True,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    precond_dtype: Any = "float32",
+    layout: LayoutSpec = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Column-normalized Adam: Adam's second moment in the SVD basis of the momentum.
+
+    Wang et al., arXiv 2509.24218, Algorithm 1, with the official code's
+    semantics (``jie040109/Conda`` ``conda_torch/conda.py`` + ``projector.py``
+    @449af713, ``proj_type='std'``). Per matrix ``G`` (Flax ``n × m`` =
+    ``fan_in × fan_out``) with layout:
+
+    .. math::
+
+      M ← β_1 M + (1-β_1) G, \\qquad
+      Q ← \\text{orthogonal SVD factor of } M \\text{ on the smaller side}
+      \\quad (\\text{calls } 0, T, 2T, \\dots),
+
+      V ← β_2 V + (1-β_2)\\, \\tilde G^2, \\qquad
+      U = s\\,\\frac{\\sqrt{1-β_2^t}}{1-β_1^t}\\,
+      \\mathrm{rotate\\_back}\\big(\\tilde M / (\\sqrt V + ε)\\big)
+
+    with ``G̃ = rotate(G)``, ``M̃ = rotate(M)``: ``Qᵀ X`` when the fan-in side is
+    rotated (``n <= m``; PyTorch's right projection ``X Vᴴᵀ``), ``X Q`` when
+    the fan-out side is (PyTorch's left ``Uᵀ X``). The rotation is **full rank**
+    (``k × k``, ``k = min(n, m)``), not a low-rank projection.
+
+    Official-code quirks, all reproduced:
+
+    * ``M`` stays in the original coordinates; only ``V`` lives in the rotated
+      basis, and ``V`` is **not** rotated or reset when ``Q`` changes.
+    * The SVD is of the *updated* momentum (at the first call ``M = (1−β₁)G``)
+      and is taken when the pre-increment step counter is a multiple of
+      ``update_proj_gap`` (steps 0, T, 2T, …), in float32.
+    * ε is added to the uncorrected ``√V``; the bias correction is folded into
+      the step size; ``scale`` multiplies only the rotated leaves.
+    * Leaves without a layout get the same Adam without rotation or ``scale``
+      (the official non-projected parameter group).
+    * SVD sign conventions cancel (``V`` holds squares and ``Ñ`` goes back
+      through the same ``Q``).
+
+    State memory per ``m × n`` matrix: ``2mn + min(m, n)²``.
+
+    Args:
+      b1, b2, eps: Adam's hyper-parameters (injectable).
+      update_proj_gap: the refresh period T of the basis (static).
+      scale: multiplier of the rotated leaves' update (injectable).
+      correct_bias: fold Adam's bias correction into the step.
+      mu_dtype, nu_dtype: moment dtypes (default: the param dtype).
+      precond_dtype: storage dtype of the bases (float32).
+      layout: a :data:`~optx.LayoutSpec` (default: the default router's).
+
+    References:
+      Wang, Zhou, Dong, Li, Li, Zhou, Lao, Fang, Lin, "Conda: Column-Normalized
+      Adam for Training Large Language Models Faster", arXiv 2509.24218 (code:
+      github.com/jie040109/Conda).
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.scale_by_conda(update_proj_gap=10)
+      >>> g = {'w': jnp.ones((4, 3)) + jnp.eye(4, 3)}
+      >>> u, state = tx.update(g, tx.init(g))
+      >>> state.bases['w'].shape   # the 3 x 3 fan-out side is the smaller one
+      (3, 3)
+    """
+    base.check_in_range("b1", b1, 0.0, 1.0)
+    base.check_in_range("b2", b2, 0.0, 1.0)
+    base.check_nonnegative("eps", eps)
+    base.check_finite("scale", scale)
+    gap = base.check_positive_int("update_proj_gap", update_proj_gap)
+    mu_dtype = _check_dtype_arg("mu_dtype", mu_dtype)
+    nu_dtype = _check_dtype_arg("nu_dtype", nu_dtype)
+    precond_dtype = _check_dtype_arg("precond_dtype", precond_dtype)
+    view_of = rotation_view_fn(layout)
+
+    def init_fn(params: base.Params) -> ScaleByCondaState:
+        def leaf_basis(path: Any, p: Any) -> Any:
+            view = view_of(base.path_to_str(path), p)
+            if not view.modes:
+                return optax.MaskedNode()
+            return factor_zeros(view, conda_side(view), precond_dtype, p)
+
+        return ScaleByCondaState(
+            count=jnp.zeros([], jnp.int32),
+            mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+            nu=optax.tree.zeros_like(params, dtype=nu_dtype),
+            bases=jax.tree_util.tree_map_with_path(leaf_basis, params),
+        )
+
+    def leaf_update(view: ModeView) -> Callable[[Any, Any], Any]:
+        nb = view.num_batch
+        side = conda_side(view) if view.modes else None
+
+        def fn(arrays: Any, s: dict[str, jax.Array]) -> Any:
+            g, mu, nu, q = arrays
+            G = to_modes(_f32(g), view)
+            m = s["b1"] * to_modes(_f32(mu), view) + (1.0 - s["b1"]) * G
+            bases: tuple[Any, ...] = ()
+            if side is not None:
+                q = jax.lax.cond(
+                    s["refresh"],
+                    lambda m: singular_basis(m, side).astype(q.dtype),
+                    lambda m: q,
+                    m,
+                )
+                bases = tuple(q if i == side else None for i in range(2))
+            rot_g, rot_m = rotate(G, bases, nb), rotate(m, bases, nb)
+            v = s["b2"] * to_modes(_f32(nu), view) + (1.0 - s["b2"]) * jnp.square(rot_g)
+            direction = rotate_back(rot_m / (jnp.sqrt(v) + s["eps"]), bases, nb)
+            direction = direction * s["step_scale"]
+            if side is not None:
+                direction = direction * s["scale"]
+            return (
+                from_modes(direction, view).astype(g.dtype),
+                from_modes(m, view).astype(mu.dtype),
+                from_modes(v, view).astype(nu.dtype),
+                q,
+            )
+
+        return fn
+
+    def update_fn(
+        updates: base.Updates,
+        state: ScaleByCondaState,
+        params: base.Params | None = None,
+        **extra: Any,
+    ) -> tuple[base.Updates, ScaleByCondaState]:
+        del params, extra
+        count = optax.safe_increment(state.count)
+        bc1, bc2 = _bias_corrections(count, b1, b2)
+        step_scale = jnp.sqrt(bc2) / bc1 if correct_bias else jnp.asarray(1.0, jnp.float32)
+        scalars = _scalars(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            scale=scale,
+            step_scale=step_scale,
+            refresh=state.count % gap == 0,
+        )
+
+        def leaf(path: str, g: jax.Array, *states: Any) -> tuple[Any, ...]:
+            return call_keeping_shardings(leaf_update(view_of(path, g)), (g, *states), scalars)
+
+        u, mu, nu, q = map_leaves_with_state(leaf, updates, state.mu, state.nu, state.bases)
+        return u, ScaleByCondaState(count=count, mu=mu, nu=nu, bases=q)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ----------------------------------------------------------------------------
+# COSMOS
+# ----------------------------------------------------------------------------
+
+
+class ScaleByCosmosState(NamedTuple):
+    """State of :func:`scale_by_cosmos` (matrix leaves only; others hold
+    ``optax.MaskedNode()``).
+
+    Attributes:
+      count: number of updates so far.
+      mu: sum momentum ``M ← β₁ M + G`` (parameter-shaped).
+      basis: ``P``, ``batch + (fan_in, r)``: orthonormal basis of the tracked
+        rank-r leading eigenspace of the EMA of ``G Gᵀ`` (fan-in side).
+      basis_moment: ``S``, ``batch + (r, r)``: that EMA expressed in ``P``.
+      nu: ``V``, ``batch + (r, fan_out)``: EMA of ``(Pᵀ G)²``.
+    """
+
+    count: jax.Array
+    mu: base.Updates
+    basis: Any
+    basis_moment: Any
+    nu: Any
+
+
+def cosmos_rank(view: ModeView, rank: int) -> int:
+    """The subspace rank used for a leaf: ``min(rank, fan_in)``."""
+    return min(rank, view.mode_dims[0])
+
+
+def scale_by_cosmos(
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    *,
+    rank: int = 64,
+    gamma: Any = 0.2,
+    nesterov: bool = True,
+    ns_coefficients: Any = "keller",
+    ns_steps: int = 5,
+    ns_dtype: Any = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    precond_dtype: Any = "float32",
+    layout: LayoutSpec = None,
+) -> optax.GradientTransformationExtraArgs:
+    """COSMOS's direction: SOAP-like Adam on a tracked rank-r subspace, Muon on the rest.
+
+    Liu et al., arXiv 2502.17410, Algorithm 1, with the official current code's
+    semantics (``lliu606/COSMOS`` ``COSMOS_optim.py`` @61de180e). Per matrix
+    ``G`` (Flax ``n × m`` = ``fan_in × fan_out``; the subspace lives on the
+    fan-in side, PyTorch's ``GᵀG``):
+
+    .. math::
+
+      M ← β_1 M + G \\quad (\\text{sum momentum}), \\qquad c_1 = \\frac{1-β_1^t}{1-β_1},
+
+      (P, S) ← \\begin{cases} (\\text{top-}r\\ \\mathrm{eigh}(G G^\\top),\\ (1-β_2) P^\\top G G^\\top P)
+        & t = 1 \\\\ \\text{one QR power step (:func:`subspace_power_step`)} & t > 1
+        \\end{cases}
+
+      V ← β_2 V + (1-β_2) (P^\\top G)^2, \\qquad
+      \\hat G = \\begin{cases} (G + β_1 M) / (1 + β_1 c_1) & \\text{nesterov} \\\\
+        M / c_1 & \\text{otherwise} \\end{cases}
+
+      A = P\\,\\frac{P^\\top \\hat G}{\\sqrt{V}/\\sqrt{1-β_2^t} + ε}, \\qquad
+      R = \\mathrm{NS}_5(\\hat G - P P^\\top \\hat G), \\quad
+      R ← \\sqrt{nm}\\, R / (\\|R\\|_F + ε), \\qquad U = A + γ R.
+
+    The unit-Frobenius rescale ``sqrt(nm)·U/(‖U‖_F + ε)`` (times the learning
+    rate ratio) is *not* applied here: the alias follows this transform with
+    :func:`optx.scale_to_rms`. Leaves without a layout pass through unchanged
+    (the alias routes them to AdamW).
+
+    Official-code quirks: ``V`` comes from the raw gradient (not the momentum);
+    ``P`` at step 1 comes from a decomposition of ``GᵀG`` (an SVD there, eigh
+    here: the same subspace; SVD/QR sign conventions cancel); Newton–Schulz is
+    the Muon quintic (3.4445, −4.7750, 2.0315), 5 steps, pre-normalized by
+    ``‖X‖_F + 1e-7``, in bf16 in the official code (``ns_dtype='bfloat16'``;
+    f32 by default here); ``rank`` must not exceed the fan-in there — here it is
+    clipped to ``min(rank, fan_in)`` per leaf (when it equals the fan-in, the
+    residual is zero and COSMOS is Adam in the full eigenbasis of one side).
+    All decompositions run in float32; ``P`` and ``S`` are stored in
+    ``precond_dtype``, ``V`` in ``nu_dtype``.
+
+    State memory per ``m × n`` matrix: ``mn`` (``M``) + ``nr`` (``P``) + ``r²``
+    (``S``) + ``mr`` (``V``).
+
+    Args:
+      b1, b2, eps: momentum and second-moment decay, ε (injectable).
+      rank: subspace rank r (static).
+      gamma: weight γ of the Newton–Schulz residual (injectable).
+      nesterov: the official Nesterov form (default on).
+      ns_coefficients, ns_steps, ns_dtype: Newton–Schulz settings
+        (:func:`optx.newton_schulz`).
+      mu_dtype, nu_dtype: dtypes of ``M`` and ``V``.
+      precond_dtype: storage dtype of ``P`` and ``S``.
+      layout: a :data:`~optx.LayoutSpec` (default: the default router's).
+
+    References:
+      Liu, Xu, Zhang, Kang, Li, Liang, Chen, Zhao, "COSMOS: A Hybrid Adaptive
+      Optimizer for Memory-Efficient Training of LLMs", arXiv 2502.17410 (code:
+      github.com/lliu606/COSMOS).
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.scale_by_cosmos(rank=2)
+      >>> g = {'w': jnp.arange(12.0).reshape(4, 3) / 10}
+      >>> u, state = tx.update(g, tx.init(g))
+      >>> state.basis['w'].shape, state.nu['w'].shape
+      ((4, 2), (2, 3))
+    """
+    base.check_in_range("b1", b1, 0.0, 1.0)
+    base.check_in_range("b2", b2, 0.0, 1.0)
+    base.check_nonnegative("eps", eps)
+    base.check_finite("gamma", gamma)
+    rank = base.check_positive_int("rank", rank)
+    ns_steps = base.check_positive_int("ns_steps", ns_steps)
+    if not callable(ns_coefficients):
+        orthogonalization.resolve_coefficients(ns_coefficients).for_steps(ns_steps)
+    ns_dtype = _check_dtype_arg("ns_dtype", ns_dtype)
+    mu_dtype = _check_dtype_arg("mu_dtype", mu_dtype)
+    nu_dtype = _check_dtype_arg("nu_dtype", nu_dtype)
+    precond_dtype = _check_dtype_arg("precond_dtype", precond_dtype)
+    view_of = rotation_view_fn(layout)
+
+    def init_fn(params: base.Params) -> ScaleByCosmosState:
+        def leaf(which: str) -> Callable[[Any, Any], Any]:
+            def make(path: Any, p: Any) -> Any:
+                view = view_of(base.path_to_str(path), p)
+                if not view.modes:
+                    return optax.MaskedNode()
+                r = cosmos_rank(view, rank)
+                n, m = view.mode_dims
+                src_in, src_out = mode_source_axis(view, 0), mode_source_axis(view, 1)
+                if which == "basis":
+                    shape, src, dtype = (n, r), (src_in, None), precond_dtype
+                elif which == "basis_moment":
+                    shape, src, dtype = (r, r), (None, None), precond_dtype
+                else:
+                    shape, src, dtype = (r, m), (None, src_out), nu_dtype or p.dtype
+                return zeros_from_axes(view.batch_shape + shape, dtype, p, view.batch_axes + src)
+
+            return make
+
+        def momentum(path: Any, p: Any) -> Any:
+            if not view_of(base.path_to_str(path), p).modes:
+                return optax.MaskedNode()
+            return jnp.zeros_like(p, dtype=mu_dtype or p.dtype)
+
+        return ScaleByCosmosState(
+            count=jnp.zeros([], jnp.int32),
+            mu=jax.tree_util.tree_map_with_path(momentum, params),
+            basis=jax.tree_util.tree_map_with_path(leaf("basis"), params),
+            basis_moment=jax.tree_util.tree_map_with_path(leaf("basis_moment"), params),
+            nu=jax.tree_util.tree_map_with_path(leaf("nu"), params),
+        )
+
+    def leaf_update(view: ModeView) -> Callable[[Any, Any], Any]:
+        r = cosmos_rank(view, rank)
+        n, m = view.mode_dims
+
+        def fn(arrays: Any, s: dict[str, jax.Array]) -> Any:
+            g, mu, p, sm, v = arrays
+            X = to_modes(_f32(g), view)
+            b1_, b2_ = s["b1"], s["b2"]
+            M = b1_ * to_modes(_f32(mu), view) + X
+            new_p, new_s, c = jax.lax.cond(
+                s["first"],
+                lambda ops: subspace_init(ops[0], r, b2_),
+                lambda ops: subspace_power_step(ops[1], ops[2], ops[0], b2_),
+                (X, _f32(p), _f32(sm)),
+            )
+            new_v = b2_ * _f32(v) + (1.0 - b2_) * jnp.square(c)
+            if nesterov:
+                g_hat = (X + b1_ * M) / (1.0 + b1_ * s["c1"])
+            else:
+                g_hat = M / s["c1"]
+            coeff, residual = subspace_split(g_hat, new_p)
+            adam = new_p @ (coeff / (jnp.sqrt(new_v) / jnp.sqrt(s["bc2"]) + s["eps"]))
+            ortho = orthogonalization.newton_schulz(
+                residual, ns_coefficients, ns_steps, compute_dtype=ns_dtype
+            )
+            ortho_norm = jnp.sqrt(jnp.sum(jnp.square(ortho), axis=(-2, -1), keepdims=True))
+            ortho = math.sqrt(n * m) * ortho / (ortho_norm + s["eps"])
+            direction = adam + s["gamma"] * ortho
+            return (
+                from_modes(direction, view).astype(g.dtype),
+                from_modes(M, view).astype(mu.dtype),
+                new_p.astype(p.dtype),
+                new_s.astype(sm.dtype),
+                new_v.astype(v.dtype),
+            )
+
+        return fn
+
+    def update_fn(
+        updates: base.Updates,
+        state: ScaleByCosmosState,
+        params: base.Params | None = None,
+        **extra: Any,
+    ) -> tuple[base.Updates, ScaleByCosmosState]:
+        del params, extra
+        count = optax.safe_increment(state.count)
+        t = count.astype(jnp.float32)
+        b1_ = jnp.asarray(b1, jnp.float32)
+        scalars = _scalars(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            gamma=gamma,
+            first=state.count == 0,
+            c1=(1.0 - b1_**t) / (1.0 - b1_),
+            bc2=1.0 - jnp.asarray(b2, jnp.float32) ** t,
+        )
+
+        def leaf(path: str, g: jax.Array, *states: Any) -> tuple[Any, ...]:
+            view = view_of(path, g)
+            if not view.modes:  # not a routed matrix: passed through unchanged
+                return (g, *states)
+            return call_keeping_shardings(leaf_update(view), (g, *states), scalars)
+
+        u, mu, p, sm, v = map_leaves_with_state(
+            leaf, updates, state.mu, state.basis, state.basis_moment, state.nu
+        )
+        return u, ScaleByCosmosState(count=count, mu=mu, basis=p, basis_moment=sm, nu=v)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

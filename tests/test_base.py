@@ -1,0 +1,76 @@
+"""Tests for argument validation and key-path helpers (optx._src.base)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optx._src import base
+
+
+def test_check_positive_int() -> None:
+    assert base.check_positive_int("steps", 3) == 3
+    assert base.check_positive_int("steps", np.int64(3)) == 3
+    assert base.check_positive_int("k", 0, allow_zero=True) == 0
+    for bad in (3.0, True, "3", None, jnp.asarray(3)):
+        with pytest.raises(TypeError, match="static Python int"):
+            base.check_positive_int("steps", bad)
+    with pytest.raises(ValueError, match="> 0"):
+        base.check_positive_int("steps", 0)
+    with pytest.raises(ValueError, match=">= 0"):
+        base.check_positive_int("steps", -1, allow_zero=True)
+
+
+def test_check_learning_rate() -> None:
+    base.check_learning_rate("lr", 0.1)
+    base.check_learning_rate("lr", jnp.asarray(0.1))
+    base.check_learning_rate("lr", lambda c: 0.1)
+    for bad in (float("nan"), float("inf"), jnp.asarray(float("nan"))):
+        with pytest.raises(ValueError, match="finite"):
+            base.check_learning_rate("lr", bad)
+    with pytest.raises(ValueError, match="scalar"):
+        base.check_learning_rate("lr", jnp.ones(3))
+    with pytest.raises(ValueError, match="None"):
+        base.check_learning_rate("lr", None)
+    with pytest.raises(TypeError):
+        base.check_learning_rate("lr", "fast")
+
+
+def test_validators_let_tracers_through() -> None:
+    @jax.jit
+    def f(beta):
+        base.check_in_range("beta", beta, 0.0, 1.0)
+        base.check_nonnegative("eps", beta)
+        base.check_learning_rate("lr", beta)
+        return beta
+
+    f(5.0)  # a traced out-of-range value cannot be checked, and must not crash
+    with pytest.raises(ValueError):
+        base.check_in_range("beta", 5.0, 0.0, 1.0)
+
+
+def test_paths() -> None:
+    class Box:
+        pass
+
+    tree = {"attn": {"value": {"kernel": 1}}, "seq": [2, 3]}
+    flat, _ = base.flatten_with_paths(tree)
+    assert [p for p, _ in flat] == ["attn/value/kernel", "seq/0", "seq/1"]
+    path = (jax.tree_util.DictKey("w"), jax.tree_util.GetAttrKey("value"))
+    assert base.path_to_str(path) == "w"
+    path = (jax.tree_util.DictKey("value"),)
+    assert base.path_to_str(path) == "value"
+
+
+def test_check_same_structure() -> None:
+    base.check_same_structure("a", {"x": 1}, "b", {"x": 2})
+    with pytest.raises(ValueError, match="same tree structure"):
+        base.check_same_structure("a", {"x": 1}, "b", {"y": 2})
+
+
+def test_bias_correction_precision() -> None:
+    count = jnp.asarray(3, jnp.int32)
+    assert base.bias_correction(jnp.asarray(0.9, jnp.bfloat16), count).dtype == jnp.float32
+    np.testing.assert_allclose(base.bias_correction(0.9, count), 1 - 0.9**3, rtol=1e-6)
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(base.bias_correction(0.9, count), 1 - 0.9**3, rtol=1e-15)

@@ -1,0 +1,360 @@
+"""Lipschitz projections, the soft-cap coupling and the Lipschitz bound,
+against float64 NumPy references written from arXiv 2507.13338."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optx
+from optx._src import constraints
+from tests.matrix_views import matrices
+
+SHAPES = {"hidden": (6, 10), "stack": (2, 10, 6), "conv": (3, 3, 2, 5)}
+HARD_CAP = [
+    (0.805032, 0.206361, -0.019763),
+    (0.649867, 0.162935, -0.011150),
+    (1.810259, -0.200265, 0.008251),
+    (1.004384, -0.183490, 0.014413),
+]
+
+
+def alpha_np(w_max: float, delta: float, decay: float = 0.0) -> float:
+    """Smallest non-negative real root of −k⁹α⁴ + 3k⁷α³ − 3k⁵α² + (k − w_max)."""
+    k = w_max * (1 - decay) + delta
+    roots = np.roots([-(k**9), 3 * k**7, -3 * k**5, 0.0, k - w_max])
+    real = roots[(np.abs(roots.imag) < 1e-7) & (roots.real >= -1e-15)].real
+    if real.size == 0:  # k < w_max: no cap needed (optx's α = 0; the official code gives 1)
+        return 0.0
+    return float(max(real.min(), 0.0))
+
+
+def on_singular_values(m: np.ndarray, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    u, s, vt = np.linalg.svd(m, full_matrices=False)
+    return (u * f(s)) @ vt
+
+
+def reference_projection(name: str, m: np.ndarray, w_max: float, **kw: Any) -> np.ndarray:
+    """P(M) for M = W/s, from the SVD of M."""
+    u, s, vt = np.linalg.svd(m, full_matrices=False)
+    top = np.outer(u[:, 0], vt[0])
+    if name == "normalize":
+        return m / max(1.0, s[0] / w_max)
+    if name == "hammer":
+        return m + (w_max - s[0]) * top
+    if name == "spectral_wd":
+        return m - kw["decay"] * s[0] * top
+    if name == "svd_cap":
+        return (u * np.minimum(s, w_max)) @ vt
+    if name == "soft_cap":
+        a = alpha_np(w_max, kw["delta"], kw.get("lam", 0.0))
+
+        def cap(x: np.ndarray) -> np.ndarray:
+            y = x - a * x**3
+            return y + a * y**3
+
+        return (u * cap(s)) @ vt
+    if name == "hard_cap":
+
+        def cap(x: np.ndarray) -> np.ndarray:
+            x = x / w_max
+            for a, b, c in HARD_CAP:
+                x = a * x + b * x**3 + c * x**5
+            return w_max * x
+
+        return (u * cap(s)) @ vt
+    raise AssertionError(name)
+
+
+def make_case(seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Weights with a clear spectral gap (so 40 power iterations converge) and
+    small updates."""
+    r = np.random.default_rng(seed)
+    weights, updates = {}, {}
+    for kind, shape in SHAPES.items():
+        mats = matrices(np.zeros(shape), kind)
+        out = np.empty_like(mats)
+        for i in range(mats.shape[0]):
+            q1, _ = np.linalg.qr(r.normal(size=(mats.shape[1], mats.shape[1])))
+            q2, _ = np.linalg.qr(r.normal(size=(mats.shape[2], mats.shape[2])))
+            k = min(mats.shape[1:])
+            sig = np.linspace(1.6, 0.2, k) * np.array([1.6] + [1.0] * (k - 1))
+            out[i] = (q1[:, :k] * sig) @ q2[:, :k].T
+        weights[kind] = out.reshape(shape)
+        updates[kind] = 0.01 * r.normal(size=shape)
+    return weights, updates
+
+
+def run_projection(
+    tx: optax.GradientTransformation, w: dict[str, np.ndarray], u: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    params = {k: {"kernel": jnp.asarray(v)} for k, v in w.items()}
+    updates = {k: {"kernel": jnp.asarray(v)} for k, v in u.items()}
+    out, _ = jax.jit(tx.update)(updates, tx.init(params), params)
+    new = optax.apply_updates(params, out)
+    return {k: np.asarray(v["kernel"]) for k, v in new.items()}
+
+
+CASES = {
+    "normalize": (lambda: optx.spectral_normalize(0.9, power_iterations=40), {}),
+    "hammer": (lambda: optx.spectral_hammer(0.9, power_iterations=40), {}),
+    "spectral_wd": (
+        lambda: optx.spectral_weight_decay(0.1, power_iterations=40),
+        {"decay": 0.1},
+    ),
+    "svd_cap": (lambda: optx.spectral_svd_cap(0.9), {}),
+    "soft_cap": (
+        lambda: optx.spectral_soft_cap(0.9, max_update_norm=0.05, decay=0.01),
+        {"delta": 0.05, "lam": 0.01},
+    ),
+    "hard_cap": (lambda: optx.spectral_hard_cap(0.9), {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_projection_matches_reference_in_rms_geometry(name: str) -> None:
+    factory, kw = CASES[name]
+    w, u = make_case(0)
+    with jax.enable_x64(True):
+        got = run_projection(factory(), w, u)
+    for kind in SHAPES:
+        target = matrices(w[kind] + u[kind], kind)
+        fan_in, fan_out = target.shape[1:]
+        s = math.sqrt(fan_out / fan_in)
+        want = np.stack([s * reference_projection(name, m / s, 0.9, **kw) for m in target])
+        np.testing.assert_allclose(matrices(got[kind], kind), want, atol=1e-9, err_msg=kind)
+
+
+def test_l2_geometry_caps_the_plain_spectral_norm() -> None:
+    w = {"hidden": np.diag([3.0, 1.0, 0.5]) @ np.ones((3, 12)) / np.sqrt(12)}
+    for geometry, factor in (("l2", 1.0), ("rms", math.sqrt(12 / 3))):
+        out = run_projection(
+            optx.spectral_svd_cap(1.0, geometry=geometry), w, {"hidden": np.zeros((3, 12))}
+        )
+        assert abs(np.linalg.norm(out["hidden"], 2) - factor) < 1e-5
+
+
+def test_soft_cap_coupling_matches_numpy_roots() -> None:
+    with jax.enable_x64(True):
+        coupling = jax.jit(optx.soft_cap_coupling)
+        for w_max in (0.5, 1.0, 8.0):
+            for delta in (1e-4, 0.01, 0.3, 2.0):
+                for decay in (0.0, 1e-3):
+                    got = float(coupling(w_max, delta, decay))
+                    want = alpha_np(w_max, delta, decay)
+                    assert got == pytest.approx(want, rel=1e-9, abs=1e-14), (w_max, delta, decay)
+                    k = w_max * (1 - decay) + delta
+                    y = k - got * k**3
+                    if k > w_max:  # the cap maps the worst singular value k to w_max
+                        assert y + got * y**3 == pytest.approx(w_max, rel=1e-9)
+    # float32, traced (as under inject_hyperparams with a schedule).
+    alpha = jax.jit(optx.soft_cap_coupling)(jnp.float32(1.0), jnp.float32(0.02), jnp.float32(0.0))
+    assert float(alpha) == pytest.approx(alpha_np(1.0, 0.02), rel=1e-5)
+
+
+def test_coupling_is_zero_when_decay_keeps_weights_inside() -> None:
+    # w_max·λ ≥ δ: k ≤ w_max, no cap needed (the official code returns α = 1 here).
+    assert float(optx.soft_cap_coupling(8.0, 0.1, 0.2)) == 0.0
+    assert float(optx.soft_cap_coupling(1.0, 0.0)) == 0.0
+
+
+def test_modula_coupling_divides_the_update_norm_by_the_scale() -> None:
+    w = {"hidden": 0.2 * np.random.default_rng(0).normal(size=(4, 16))}
+    u = {"hidden": np.zeros((4, 16))}
+    s = math.sqrt(16 / 4)
+    with jax.enable_x64(True):
+        got = run_projection(optx.spectral_soft_cap(1.0, 0.3, coupling="modula"), w, u)
+    a = alpha_np(1.0, 0.3 / s)
+
+    def cap(x: np.ndarray) -> np.ndarray:
+        y = x - a * x**3
+        return y + a * y**3
+
+    want = s * on_singular_values(w["hidden"] / s, cap)
+    np.testing.assert_allclose(got["hidden"], want, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(5, 9), (9, 5)])
+def test_power_iteration_and_polynomial_steps(shape: tuple[int, int]) -> None:
+    r = np.random.default_rng(1)
+    q1, _ = np.linalg.qr(r.normal(size=(shape[0], shape[0])))
+    q2, _ = np.linalg.qr(r.normal(size=(shape[1], shape[1])))
+    sig = np.array([2.0, 1.0, 0.7, 0.3, 0.1])
+    m = (q1[:, :5] * sig) @ q2[:, :5].T
+    with jax.enable_x64(True):
+        start = jnp.asarray(r.normal(size=(1, min(shape))))
+        sigma, u, v, _ = optx.power_iteration(jnp.asarray(m)[None], start, 60)
+        np.testing.assert_allclose(float(sigma[0]), 2.0, rtol=1e-12)
+        np.testing.assert_allclose(np.abs(np.asarray(u[0]) @ q1[:, 0]), 1.0, rtol=1e-10)
+        np.testing.assert_allclose(np.abs(np.asarray(v[0]) @ q2[:, 0]), 1.0, rtol=1e-10)
+        coeffs = ((1.2, -0.3, 0.05), (0.9, 0.1, 0.0))
+        got = constraints.odd_polynomial_steps(jnp.asarray(m), coeffs)
+
+    def f(x: np.ndarray) -> np.ndarray:
+        for a, b, c in coeffs:
+            x = a * x + b * x**3 + c * x**5
+        return x
+
+    np.testing.assert_allclose(np.asarray(got), on_singular_values(m, f), atol=1e-12)
+    zero = optx.power_iteration(jnp.zeros((1, 3, 4)), jnp.ones((1, 3)), 4)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in zero) and float(zero[0][0]) == 0.0
+
+
+def test_warm_start_converges_across_steps() -> None:
+    """One iteration per step: warm-started vectors converge, re-seeded ones do not."""
+    r = np.random.default_rng(2)
+    q1, _ = np.linalg.qr(r.normal(size=(8, 8)))
+    q2, _ = np.linalg.qr(r.normal(size=(8, 8)))
+    w = {"hidden": {"kernel": jnp.asarray((q1 * np.linspace(2.0, 1.6, 8)) @ q2.T, jnp.float32)}}
+    zero = jax.tree.map(jnp.zeros_like, w)
+    errors = {}
+    for warm in (True, False):
+        tx = optx.spectral_normalize(1.0, power_iterations=1, warm_start=warm, geometry="l2")
+        state = tx.init(w)
+        step = jax.jit(tx.update)
+        for _ in range(30):
+            u, state = step(zero, state, w)
+        scale = 2.0 / float(jnp.linalg.norm(optax.apply_updates(w, u)["hidden"]["kernel"], 2))
+        errors[warm] = abs(scale - 2.0)  # W/σ̂ has norm 2/σ̂ ... exact: σ̂ = 2
+    assert errors[True] < 1e-3 < errors[False]
+
+
+def test_state_layout_key_and_abstract_init() -> None:
+    params = {
+        "stack": {"kernel": jnp.ones((3, 4, 6))},
+        "conv": {"kernel": jnp.ones((3, 3, 2, 5))},
+        "bias": jnp.ones(6),
+    }
+    tx = optx.spectral_hammer(1.0)
+    state = tx.init(params)
+    assert state.vectors["stack"]["kernel"].shape == (3, 4)
+    assert state.vectors["conv"]["kernel"].shape == (1, 5)
+    assert isinstance(state.vectors["bias"], optax.MaskedNode)
+    abstract = jax.eval_shape(tx.init, params)
+    assert jax.tree.structure(abstract) == jax.tree.structure(state)
+    direct = tx.init(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params))
+    assert jax.tree.structure(direct) == jax.tree.structure(state)
+    _, new = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+    assert not bool(jnp.all(new.key == state.key)) and int(new.count) == 1
+    assert isinstance(optx.spectral_svd_cap().init(params).key, optax.EmptyState)
+
+
+def test_sharded_projection_keeps_the_sharding() -> None:
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    w = {"hidden": {"kernel": jax.random.normal(jax.random.key(0), (8, 16))}}
+    u = jax.tree.map(lambda x: 0.1 * x, w)
+    for tx in (optx.spectral_hammer(1.0), optx.spectral_soft_cap(1.0, 0.1)):
+        ref, _ = tx.update(u, tx.init(w), w)
+        with jax.set_mesh(mesh):
+            shard = jax.tree.map(
+                lambda x: jax.device_put(x, NamedSharding(mesh, P("data", "model"))), w
+            )
+            us = jax.tree.map(
+                lambda x: jax.device_put(x, NamedSharding(mesh, P("data", "model"))), u
+            )
+            state = tx.init(shard)
+            out, new_state = jax.jit(tx.update)(us, state, shard)
+            assert jax.typeof(out["hidden"]["kernel"]).sharding.spec == P("data", "model")
+            assert jax.tree.map(jax.typeof, new_state) == jax.tree.map(jax.typeof, state)
+        np.testing.assert_allclose(
+            np.asarray(out["hidden"]["kernel"]),
+            np.asarray(ref["hidden"]["kernel"]),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
+def test_embedding_rms_projection() -> None:
+    r = np.random.default_rng(3)
+    table = r.normal(size=(7, 4)) * np.array([[3.0], [0.1], [1.0], [0.5], [2.0], [0.01], [1.2]])
+    for f in (1.0, 4.0):
+        tx = optx.embedding_rms_projection(f)
+        with jax.enable_x64(True):
+            params = {
+                "embed": {"embedding": jnp.asarray(table)},
+                "hidden": {"kernel": jnp.ones((4, 4))},
+            }
+            zero = jax.tree.map(jnp.zeros_like, params)
+            u, _ = tx.update(zero, tx.init(params), params)
+        rms = np.sqrt(np.mean(table**2, axis=-1, keepdims=True))
+        want = table / np.maximum(1.0 / f, rms)
+        np.testing.assert_allclose(np.asarray(u["embed"]["embedding"]) + table, want, rtol=1e-12)
+        np.testing.assert_array_equal(u["hidden"]["kernel"], 0.0)  # not an embedding
+    with pytest.raises(ValueError, match="params"):
+        tx.update(zero, tx.init(params))
+
+
+def test_spectral_norms_and_lipschitz_bound() -> None:
+    r = np.random.default_rng(4)
+    w1, w2 = r.normal(size=(3, 8)), r.normal(size=(8, 2))
+    stack = r.normal(size=(2, 8, 8))
+    conv = r.normal(size=(3, 3, 2, 4))
+    params = {
+        "l1": {"kernel": w1, "bias": np.zeros(8)},
+        "blocks": {"kernel": stack},
+        "l2": {"kernel": w2},
+        "conv": {"kernel": conv},
+    }
+    with jax.enable_x64(True):
+        report = optx.lipschitz_bound(jax.tree.map(jnp.asarray, params))
+        rms = optx.spectral_norms(jax.tree.map(jnp.asarray, params), geometry="rms")
+    n = lambda m: np.linalg.norm(m, 2)  # noqa: E731
+    conv_norm = n(conv.reshape(-1, 4))
+    want = n(w1) * n(stack[0]) * n(stack[1]) * n(w2) * 3.0 * conv_norm
+    np.testing.assert_allclose(float(report.bound), want, rtol=1e-10)
+    np.testing.assert_allclose(report.norms["blocks/kernel"], [n(stack[0]), n(stack[1])])
+    np.testing.assert_allclose(float(report.factors["conv/kernel"]), 3.0 * conv_norm)
+    np.testing.assert_allclose(float(rms["l1/kernel"]), n(w1) * math.sqrt(3 / 8))
+    assert "l1/bias" not in report.norms
+
+
+def test_lipschitz_bound_of_an_nnx_model() -> None:
+    class Net(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.a = nnx.Linear(4, 6, rngs=rngs)
+            self.b = nnx.Linear(6, 2, rngs=rngs)
+
+    model = Net(nnx.Rngs(0))
+    report = optx.lipschitz_bound(model)
+    want = np.linalg.norm(np.asarray(model.a.kernel[...]), 2) * np.linalg.norm(
+        np.asarray(model.b.kernel[...]), 2
+    )
+    np.testing.assert_allclose(float(report.bound), want, rtol=1e-5)
+    assert sorted(report.norms) == ["a/kernel", "b/kernel"]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="w_max"):
+        optx.spectral_normalize(0.0)
+    with pytest.raises(ValueError, match="w_max"):
+        optx.spectral_svd_cap(-1.0)
+    with pytest.raises(ValueError, match="geometry"):
+        optx.spectral_hammer(1.0, geometry="linf")
+    with pytest.raises(ValueError, match="power_iterations"):
+        optx.spectral_hammer(1.0, power_iterations=0)
+    with pytest.raises(TypeError, match="power_iterations"):
+        optx.spectral_normalize(1.0, power_iterations=2.0)
+    with pytest.raises(ValueError, match="decay"):
+        optx.spectral_weight_decay(1.5)
+    with pytest.raises(ValueError, match="coupling"):
+        optx.spectral_soft_cap(1.0, coupling="torch")
+    with pytest.raises(ValueError, match="max_update_norm"):
+        optx.spectral_soft_cap(1.0, max_update_norm=-0.1)
+    with pytest.raises(ValueError, match="max_inflation_factor"):
+        optx.embedding_rms_projection(0.0)
+    with pytest.raises(ValueError, match="geometry"):
+        optx.lipschitz_bound({"a": {"kernel": jnp.ones((2, 2))}}, geometry="linf")
+    tx = optx.spectral_svd_cap()
+    p = {"hidden": {"kernel": jnp.ones((3, 3))}}
+    with pytest.raises(ValueError, match="params"):
+        tx.update(p, tx.init(p))

@@ -1,0 +1,193 @@
+"""Tests for Newton–Schulz orthogonalization (optx._src.orthogonalization)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optx
+from optx._src import orthogonalization as orth
+
+KELLER = (3.4445, -4.7750, 2.0315)
+
+
+def ns_reference(g: np.ndarray, table, eps=1e-7, norm_scale=1.0) -> np.ndarray:
+    """float64 NumPy Newton–Schulz, written from the quintic iteration."""
+    x = np.asarray(g, np.float64)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    x = x / (norm_scale * np.linalg.norm(x) + eps)
+    for a, b, c in table:
+        A = x @ x.T
+        x = a * x + (b * A + c * A @ A) @ x
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize("shape", [(6, 10), (10, 6), (8, 8)])
+@pytest.mark.parametrize("preset", ["keller", "polar_express", "dion"])
+def test_newton_schulz_matches_float64_reference(shape, preset) -> None:
+    g = np.random.default_rng(0).normal(size=shape)
+    coeffs = optx.NS_PRESETS[preset]
+    with jax.enable_x64(True):
+        got = optx.newton_schulz(jnp.asarray(g), preset, steps=5)
+    want = ns_reference(g, coeffs.for_steps(5), coeffs.eps, coeffs.norm_scale)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10, atol=1e-12)
+
+
+def test_newton_schulz_f32_close_to_f64() -> None:
+    g = np.random.default_rng(1).normal(size=(12, 20))
+    got = optx.newton_schulz(jnp.asarray(g, jnp.float32), "keller", 5)
+    np.testing.assert_allclose(got, ns_reference(g, [KELLER] * 5), atol=2e-5)
+
+
+def test_cubic_converges_to_polar_factor() -> None:
+    g = np.random.default_rng(2).normal(size=(7, 12))
+    u, _, vt = np.linalg.svd(g, full_matrices=False)
+    with jax.enable_x64(True):
+        got = optx.newton_schulz(jnp.asarray(g), "cubic", steps=60)
+    np.testing.assert_allclose(np.asarray(got), u @ vt, atol=1e-8)
+
+
+def test_keller_singular_values_land_in_the_known_band() -> None:
+    g = jax.random.normal(jax.random.key(0), (64, 128))
+    s = jnp.linalg.svd(optx.newton_schulz(g, "keller", 5), compute_uv=False)
+    assert float(s.min()) > 0.6 and float(s.max()) < 1.25
+
+
+def test_batched_leading_axes_are_independent_matrices() -> None:
+    g = jax.random.normal(jax.random.key(1), (3, 5, 9))
+    batched = optx.newton_schulz(g, "keller", 5)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], optx.newton_schulz(g[i], "keller", 5), atol=1e-6)
+
+
+def test_bf16_compute_dtype_keeps_input_dtype_and_is_close() -> None:
+    g = jax.random.normal(jax.random.key(2), (16, 32))
+    lo = optx.newton_schulz(g, "keller", 5, compute_dtype=jnp.bfloat16)
+    assert lo.dtype == jnp.float32
+    np.testing.assert_allclose(lo, optx.newton_schulz(g, "keller", 5), atol=5e-2)
+
+
+def test_polar_express_table_is_reproduced_by_the_generator() -> None:
+    regenerated = optx.polar_express_coefficients(1e-3, 10, safety=1e-2, cushion=0.02)
+    np.testing.assert_allclose(
+        np.array(regenerated), np.array(orth._POLAR_EXPRESS_TABLE), rtol=1e-6
+    )
+    # The last polynomial tends to the (15/8, -10/8, 3/8) fixed-point polynomial.
+    np.testing.assert_allclose(regenerated[-1], (15 / 8, -10 / 8, 3 / 8), rtol=1e-4)
+
+
+def test_optimal_quintic_equioscillates() -> None:
+    lo, hi = 0.05, 1.0
+    a, b, c = orth.optimal_odd_quintic(lo, hi)
+    xs = np.linspace(lo, hi, 20001)
+    err = 1 - (a * xs + b * xs**3 + c * xs**5)
+    e = np.abs(err).max()
+    assert abs(err[0] - e) < 1e-6 and abs(err[-1] + e) < 1e-6  # extremes of opposite sign
+
+
+def test_coefficient_table_validation() -> None:
+    with pytest.raises(ValueError, match="has 5 entries but steps=6"):
+        optx.scale_by_newton_schulz("dion", steps=6)
+    optx.scale_by_newton_schulz("dion", steps=3)  # a prefix of the table is fine
+    with pytest.raises(ValueError, match="Unknown Newton–Schulz preset"):
+        optx.scale_by_newton_schulz("nope")
+    with pytest.raises(ValueError, match="three finite numbers"):
+        optx.scale_by_newton_schulz([(1.0, 2.0, float("nan"))], steps=1)
+    with pytest.raises(ValueError, match="three"):
+        optx.scale_by_newton_schulz([(1.0, 2.0)], steps=1)
+    with pytest.raises(TypeError, match="static Python int"):
+        optx.scale_by_newton_schulz(steps=5.0)
+    with pytest.raises(ValueError, match="> 0"):
+        optx.scale_by_newton_schulz(steps=0)
+    with pytest.raises(ValueError, match="strategy"):
+        optx.scale_by_newton_schulz(strategy="magic")
+    with pytest.raises(ValueError, match="rank >= 2"):
+        optx.newton_schulz(jnp.ones(3))
+
+
+def test_custom_table_and_shape_callable() -> None:
+    g = np.random.default_rng(3).normal(size=(6, 9))
+    table = [(3.0, -3.2, 1.2), (2.0, -1.5, 0.5)]
+    with jax.enable_x64(True):
+        got = optx.newton_schulz(jnp.asarray(g), table, steps=2)
+        seen = []
+
+        def by_shape(lo, hi):
+            seen.append((lo, hi))
+            return table
+
+        got2 = optx.newton_schulz(jnp.asarray(g), by_shape, steps=2)
+    np.testing.assert_allclose(np.asarray(got), ns_reference(g, table), rtol=1e-10)
+    np.testing.assert_allclose(got2, got)
+    assert seen == [(6, 9)]
+
+
+def test_transform_orthogonalizes_each_matrix_of_each_layout() -> None:
+    k = iter(jax.random.split(jax.random.key(4), 4))
+    grads = {
+        "mlp": {"kernel": jax.random.normal(next(k), (6, 10))},
+        "stack": {"kernel": jax.random.normal(next(k), (3, 6, 10))},
+        "conv": {"kernel": jax.random.normal(next(k), (3, 3, 2, 5))},
+        "bias": jnp.ones(4),
+    }
+    tx = optx.scale_by_newton_schulz(steps=5)
+    out, _ = tx.update(grads, tx.init(grads))
+    np.testing.assert_allclose(out["mlp"]["kernel"], optx.newton_schulz(grads["mlp"]["kernel"]))
+    for i in range(3):
+        np.testing.assert_allclose(
+            out["stack"]["kernel"][i], optx.newton_schulz(grads["stack"]["kernel"][i]), atol=1e-6
+        )
+    conv_m = grads["conv"]["kernel"].reshape(18, 5)
+    np.testing.assert_allclose(
+        out["conv"]["kernel"].reshape(18, 5), optx.newton_schulz(conv_m), atol=1e-6
+    )
+    np.testing.assert_array_equal(out["bias"], grads["bias"])
+
+
+@pytest.mark.parametrize("strategy", ["auto", "replicate", "batched"])
+def test_sharding_strategies_match_unsharded(strategy) -> None:
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    k = iter(jax.random.split(jax.random.key(5), 4))
+    grads = {
+        "a": {"kernel": jax.random.normal(next(k), (16, 8))},
+        "b": {"kernel": jax.random.normal(next(k), (16, 8))},
+        "c": {"kernel": jax.random.normal(next(k), (3, 8, 16))},
+    }
+    specs = {
+        "a": {"kernel": P("data", "model")},
+        "b": {"kernel": P("model", None)},
+        "c": {"kernel": P(None, "data", "model")},
+    }
+    tx = optx.scale_by_newton_schulz(steps=5, strategy=strategy)
+    want, _ = jax.jit(tx.update)(grads, tx.init(grads))
+    with jax.set_mesh(mesh):
+        sharded = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), grads, specs)
+        got, _ = jax.jit(tx.update)(sharded, tx.init(sharded))
+        for leaf, spec in zip(jax.tree.leaves(got), jax.tree.leaves(specs)):
+            assert jax.typeof(leaf).sharding.spec == spec
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+
+
+def test_plain_matmul_fails_on_sharded_contraction_but_transform_does_not() -> None:
+    """The failure mode the 'auto' strategy exists for (optax.contrib.muon hits it)."""
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(mesh):
+        w = jax.device_put(jnp.ones((16, 8)), NamedSharding(mesh, P("data", "model")))
+        with pytest.raises(Exception, match="Contracting dimensions are sharded"):
+            jax.jit(lambda x: x @ x.T)(w)
+        tx = optx.scale_by_newton_schulz()
+        jax.jit(tx.update)({"w": w}, optax.EmptyState())
+
+
+def test_batched_strategy_without_mesh_matches_per_leaf() -> None:
+    grads = {f"l{i}": {"kernel": jax.random.normal(jax.random.key(i), (5, 7))} for i in range(3)}
+    a, _ = optx.scale_by_newton_schulz(strategy="batched").update(grads, optax.EmptyState())
+    b, _ = optx.scale_by_newton_schulz().update(grads, optax.EmptyState())
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, atol=1e-6)

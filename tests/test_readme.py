@@ -1,0 +1,28 @@
+"""The README's test command is what CI runs (.ci/run), verbatim."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = text.split("```bash")[1:]
+    return [b.split("```")[0].strip().splitlines()[-1] for b in blocks]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    commands = _readme_commands()
+    test_cmd = next(c for c in commands if "pytest" in c)
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert test_cmd in ci
+
+
+def test_readme_main_command_targets_an_existing_script() -> None:
+    main_cmd = _readme_commands()[0]
+    target = main_cmd.split()[-1]
+    if target.endswith(".py"):
+        assert (ROOT / target).exists(), target
+    else:  # python -m package.module
+        module = main_cmd.split("-m")[-1].split()[0]
+        assert (ROOT / (module.replace(".", "/") + ".py")).exists(), module
