@@ -1,64 +1,49 @@
 """Optimizer-state memory and update time of the memory-efficient family.
 
-Prints, for a GPT-style parameter tree, the exact optimizer-state bytes per
-parameter (``optx.state_bytes`` / ``optx.state_bytes_by_group``, from
-``jax.eval_shape``: nothing is allocated) of AdamW, AdamW-8bit, APOLLO (rank
-256), APOLLO-Mini, GaLore (rank 128), GaLore-8bit, FRUGAL and DCT-AdamW — in
-total and on the routed hidden-matrix leaves — and the jitted update time as a
-ratio to ``optax.adamw`` measured in the same run (steady-state step and, for
-methods with a periodic projector refresh, the refresh step).
+Prints, for a GPT-style parameter tree (:mod:`benchmarks._trees`, scanned
+layers), the exact optimizer-state bytes per parameter (``optx.state_bytes`` /
+``optx.state_bytes_by_group``, from ``jax.eval_shape``: nothing is allocated) of
+AdamW, AdamW-8bit, APOLLO (rank 256), APOLLO-Mini, GaLore (rank 128),
+GaLore-8bit, FRUGAL and DCT-AdamW — in total and split into the routed hidden
+matrices and the other leaves — and the jitted update time as a ratio to
+``optax.adamw`` measured in the same run: the steady-state step and the step
+that refreshes the projectors (every 200 steps for GaLore/APOLLO/FRUGAL, every
+step for DCT-AdamW).
 
 Usage::
 
-  python benchmarks/memory_table.py                  # GPT-2-small shapes, timing on a small GPT
-  python benchmarks/memory_table.py --time-size gpt2 # time on the GPT-2-small tree too
-  python benchmarks/memory_table.py --no-time        # memory only
+  python benchmarks/memory_table.py                          # memory: gpt2-small; time: small
+  python benchmarks/memory_table.py --time-preset gpt2-small # time the big tree too (GPU)
+  python benchmarks/memory_table.py --no-time                # memory only
 
-The memory table is computed for the GPT-2-small shapes (124M parameters:
-vocab 50257, d 768, 12 scanned layers) whatever ``--time-size`` says.
+On a shared CPU run it with ``OPENBLAS_NUM_THREADS=1``: the SVD/QR refreshes
+call LAPACK, whose worker threads otherwise spin against other processes and
+make the refresh step 10-100x slower than the arithmetic warrants.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import pathlib
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
 import optx
 
-SIZES = {
-    "small": {"vocab": 4096, "d": 256, "layers": 4, "ctx": 256},
-    "gpt2": {"vocab": 50257, "d": 768, "layers": 12, "ctx": 1024},
-}
+# The benchmark scripts import each other as top-level modules.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _trees
 
 
-def gpt_params(vocab: int, d: int, layers: int, ctx: int) -> dict[str, Any]:
-    """Abstract GPT-2-style parameters, scanned layers stacked on axis 0."""
-    f = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
-    return {
-        "wte": {"embedding": f(vocab, d)},
-        "wpe": {"embedding": f(ctx, d)},
-        "blocks": {
-            "ln1": {"scale": f(layers, d), "bias": f(layers, d)},
-            "attn": {
-                "qkv": {"kernel": f(layers, d, 3 * d), "bias": f(layers, 3 * d)},
-                "proj": {"kernel": f(layers, d, d), "bias": f(layers, d)},
-            },
-            "ln2": {"scale": f(layers, d), "bias": f(layers, d)},
-            "mlp": {
-                "fc": {"kernel": f(layers, d, 4 * d), "bias": f(layers, 4 * d)},
-                "proj": {"kernel": f(layers, 4 * d, d), "bias": f(layers, d)},
-            },
-        },
-        "ln_f": {"scale": f(d), "bias": f(d)},
-        "lm_head": {"kernel": f(d, vocab)},
-    }
+def _shape(preset: str) -> _trees.GPTShape:
+    return dataclasses.replace(_trees.PRESETS[preset], scanned=True)
 
 
 def optimizers() -> dict[str, Callable[[], optax.GradientTransformation]]:
@@ -77,9 +62,7 @@ def optimizers() -> dict[str, Callable[[], optax.GradientTransformation]]:
 def memory_table(params: Any) -> str:
     n_total = optx.param_count(params)
     router = optx.default_router()
-    n_matrix = sum(
-        int(jnp.prod(jnp.array(a.shape))) for a in router.assignments(params) if a.group == "matrix"
-    )
+    n_matrix = optx.param_count(_split(params, router)[0])
     base = optx.state_bytes(optax.adamw(1e-3), params)
     rows = [("optimizer", "state MiB", "B/param", "x AdamW", "matrix B/param", "other B/param")]
     for name, make in optimizers().items():
@@ -123,14 +106,6 @@ def _format(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def _concrete(params: Any, key: jax.Array) -> Any:
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten(
-        [0.02 * jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)]
-    )
-
-
 def _time(fn: Callable[[], Any], repeats: int) -> float:
     jax.block_until_ready(fn())  # compile + warm up
     times = []
@@ -141,9 +116,9 @@ def _time(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def time_table(params: Any, repeats: int) -> str:
-    params = _concrete(params, jax.random.key(0))
-    grads = _concrete(params, jax.random.key(1))
+def time_table(shape: _trees.GPTShape, repeats: int) -> str:
+    params = _trees.gpt_params(shape, jax.random.key(0))
+    grads = _trees.gpt_params(shape, jax.random.key(1))
     rows = [("optimizer", "steady ms", "x adamw", "refresh ms", "x adamw")]
     base = None
     for name, make in optimizers().items():
@@ -168,18 +143,19 @@ def time_table(params: Any, repeats: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time-size", choices=sorted(SIZES), default="small")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--memory-preset", choices=sorted(_trees.PRESETS), default="gpt2-small")
+    parser.add_argument("--time-preset", choices=sorted(_trees.PRESETS), default="small")
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-time", action="store_true")
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}\n")
-    print("## Optimizer-state memory, GPT-2-small shapes, untied LM head (fp32 params)\n")
-    print(memory_table(gpt_params(**SIZES["gpt2"])))
+    print(f"## Optimizer-state memory, {args.memory_preset} (scanned layers, fp32 params)\n")
+    print(memory_table(_trees.gpt_param_shapes(_shape(args.memory_preset))))
     if not args.no_time:
-        cfg = SIZES[args.time_size]
-        n = optx.param_count(gpt_params(**cfg))
-        print(f"\n## Update time ({args.time_size}: {n / 1e6:.1f}M params), ratio to optax.adamw\n")
-        print(time_table(gpt_params(**cfg), args.repeats))
+        shape = _shape(args.time_preset)
+        n = _trees.gpt_param_count(shape)
+        print(f"\n## Update time, {args.time_preset} ({n / 1e6:.1f}M params), x optax.adamw\n")
+        print(time_table(shape, args.repeats))
 
 
 if __name__ == "__main__":
