@@ -929,6 +929,8 @@ def dct_adamw(
 # ----------------------------------------------------------------------------
 
 _8BIT_TEST = {"min_size": 0, "block_size": 8}
+# Registry defaults are small-model settings: rank 64 = ¼·d_model for d_model 256 (the
+# GaLore/APOLLO rank rules); 8-bit states with the bitsandbytes block size and threshold.
 
 registry.register(
     registry.OptimizerSpec(
@@ -975,7 +977,7 @@ registry.register(
         factory=galore,
         paper="2403.03507",
         family="memory",
-        defaults={"learning_rate": 1e-2, "rank": 128, "update_proj_gap": 200, "scale": 0.25},
+        defaults={"learning_rate": 1e-2, "rank": 64, "update_proj_gap": 200, "scale": 0.25},
         lr_grid=(3e-3, 1e-2, 3e-2, 1e-1),
         static_args=(*_PROJECTION_STATIC, "base_optimizer"),
         uses_matrix_path=True,
@@ -989,7 +991,7 @@ registry.register(
         factory=galore_8bit,
         paper="2403.03507; 2110.02861",
         family="memory",
-        defaults={"learning_rate": 1e-2, "rank": 128, "update_proj_gap": 200, "scale": 0.25},
+        defaults={"learning_rate": 1e-2, "rank": 64, "update_proj_gap": 200, "scale": 0.25},
         lr_grid=(3e-3, 1e-2, 3e-2, 1e-1),
         static_args=(*_PROJECTION_STATIC, *_COMMON_8BIT_STATIC),
         uses_matrix_path=True,
@@ -1003,7 +1005,7 @@ registry.register(
         factory=apollo,
         paper="2412.05270",
         family="memory",
-        defaults={"learning_rate": 1e-2, "rank": 256, "update_proj_gap": 200},
+        defaults={"learning_rate": 1e-2, "rank": 64, "update_proj_gap": 200},
         lr_grid=(3e-3, 1e-2, 3e-2),
         static_args=(*_PROJECTION_STATIC, "scale_type"),
         uses_matrix_path=True,
@@ -1054,7 +1056,7 @@ registry.register(
         factory=dct_adamw,
         paper="2505.17967",
         family="memory",
-        defaults={"learning_rate": 1e-3, "rank": 128, "update_proj_gap": 1},
+        defaults={"learning_rate": 1e-3, "rank": 64, "update_proj_gap": 1},
         lr_grid=(3e-4, 1e-3, 3e-3, 1e-2),
         static_args=("rank", "update_proj_gap", "side", "score_norm"),
         uses_matrix_path=True,
