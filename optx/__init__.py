@@ -103,6 +103,51 @@ from optx._src.variance import AgvmState, agvm, half_batch_gradients
 
 
 # --- Memory-efficient family: 8-bit states, projections (issue 7) ---
+# isort: split
+from optx._src.aliases.memory import (
+    adamw_8bit,
+    apollo,
+    apollo_mini,
+    dct_adamw,
+    frugal,
+    galore,
+    galore_8bit,
+    lion_8bit,
+    sgd_momentum_8bit,
+)
+from optx._src.moments import BiasCorrectionState, scale_by_bias_correction
+from optx._src.normalization import NormGrowthLimiterState, scale_by_norm_growth_limiter
+from optx._src.projection import (
+    BlockSubspaceState,
+    SubspaceState,
+    compute_projector,
+    dct_basis,
+    project,
+    project_back,
+    projected_axis,
+    residual,
+    scale_by_apollo,
+    scale_by_block_subspace,
+    scale_by_subspace,
+)
+from optx._src.quantization import (
+    QuantizedArray,
+    QuantizedState,
+    dequantize_blockwise,
+    dynamic_map,
+    quantize_blockwise,
+    quantize_moments,
+)
+from optx._src.refactorization import (
+    ResetEveryState,
+    quick_recovery_schedule,
+    refactorize,
+    refactorize_every,
+    reset_state_every,
+)
+from optx._src.state_utils import state_bytes_by_group
+
+# isort: split
 
 
 # --- Curvature family: MKOR, M-FAC, AdaHessian, Sophia (issue 8) ---

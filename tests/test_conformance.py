@@ -8,6 +8,7 @@ from the :class:`optx.OptimizerSpec` (``defaults``, ``test_overrides``,
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import tempfile
@@ -46,15 +47,42 @@ def _grads(params: Any) -> tuple[Any, Any]:
 
 
 def _step_fn(spec: optx.OptimizerSpec, tx: optax.GradientTransformation):
-    """A jitted (params, state, step) -> (params, state, updates) on the mixed loss."""
+    """A jitted (params, state, step) -> (params, state, updates) on the mixed loss.
+
+    It also passes an extra argument no optimizer knows: every optimizer must
+    accept and ignore it.
+    """
     key = jax.random.key(42)
 
     def step(params: Any, state: Any, i: jax.Array) -> tuple[Any, Any, Any]:
         _, grads, extra = problems.extra_args_for(spec, problems.mixed_loss, params, i, key)
-        updates, state = tx.update(grads, state, params, **extra)
+        updates, state = tx.update(
+            grads, state, params, unexpected_extra_arg_optx_ignores=1.0, **extra
+        )
         return optax.apply_updates(params, updates), state, updates
 
     return jax.jit(step)
+
+
+# Compiling dominates this suite's time. One transform and one jitted step per
+# optimizer are shared by the tests that can use them (jit then compiles once per
+# input signature: f32, bf16, sharded); `--dist loadgroup` keeps an optimizer's
+# tests in one xdist worker so the cache is hit.
+@functools.cache
+def _shared_tx(name: str) -> optax.GradientTransformationExtraArgs:
+    return _build(_spec(name))
+
+
+@functools.cache
+def _shared_step(name: str):
+    return _step_fn(_spec(name), _shared_tx(name))
+
+
+def _group(name: str) -> Any:
+    return pytest.param(name, marks=pytest.mark.xdist_group(name), id=name)
+
+
+GROUPED = [_group(n) for n in NAMES]
 
 
 # ----------------------------------------------------------------------------
@@ -62,7 +90,7 @@ def _step_fn(spec: optx.OptimizerSpec, tx: optax.GradientTransformation):
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 def test_spec_is_complete(name: str) -> None:
     spec = _spec(name)
     sig = inspect.signature(spec.factory).parameters
@@ -80,7 +108,7 @@ def test_spec_is_complete(name: str) -> None:
 
 
 @pytest.mark.parametrize("problem", sorted(problems.PROBLEMS))
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 def test_convergence(name: str, problem: str) -> None:
     spec = _spec(name)
     prob = problems.PROBLEMS[problem]()
@@ -97,35 +125,31 @@ def test_convergence(name: str, problem: str) -> None:
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 def test_extra_args_accepted_and_no_recompile(name: str) -> None:
-    spec = _spec(name)
-    tx = _build(spec)
+    tx, step = _shared_tx(name), _shared_step(name)
     params = problems.mixed_params()
     state = tx.init(params)
-    key = jax.random.key(0)
-
-    @jax.jit
-    def update(params: Any, state: Any, i: jax.Array) -> tuple[Any, Any]:
-        _, grads, extra = problems.extra_args_for(spec, problems.mixed_loss, params, i, key)
-        return tx.update(grads, state, params, unexpected_extra_arg_optx_ignores=1.0, **extra)
-
-    u1, state = update(params, state, jnp.asarray(0))
-    params = optax.apply_updates(params, u1)
-    u2, state = update(params, state, jnp.asarray(1))
-    assert update._cache_size() == 1, "the second call recompiled"
+    params1, state, u1 = step(params, state, jnp.asarray(0))
+    compiled = step._cache_size()
+    _, state2, u2 = step(params1, state, jnp.asarray(1))
+    assert step._cache_size() == compiled, "the second call recompiled"
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u2))
+    # f32 in, f32 out; the state keeps its dtypes.
+    for u, p in zip(jax.tree.leaves(u1), jax.tree.leaves(params)):
+        assert u.dtype == p.dtype
+    assert jax.tree.map(lambda x: x.dtype, state2) == jax.tree.map(lambda x: x.dtype, state)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 def test_inject_hyperparams_equivalence(name: str) -> None:
     spec = _spec(name)
     kwargs = _kwargs(spec)
     injected = optax.inject_hyperparams(spec.factory, static_args=spec.all_static_args())(**kwargs)
-    plain = _build(spec)
+    plain = _shared_tx(name)
     params = problems.mixed_params()
     s_inj, s_plain = injected.init(params), plain.init(params)
-    step_inj, step_plain = _step_fn(spec, injected), _step_fn(spec, plain)
+    step_inj, step_plain = _step_fn(spec, injected), _shared_step(name)
     p_inj = p_plain = params
     for i in range(3):
         p_inj, s_inj, u_inj = step_inj(p_inj, s_inj, jnp.asarray(i))
@@ -136,14 +160,12 @@ def test_inject_hyperparams_equivalence(name: str) -> None:
     assert "learning_rate" in s_inj.hyperparams
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("name", NAMES)
-def test_update_dtype_follows_gradient(name: str, dtype: Any) -> None:
-    spec = _spec(name)
-    tx = _build(spec)
-    params = problems.mixed_params(dtype)
+@pytest.mark.parametrize("name", GROUPED)
+def test_bf16_params_keep_their_dtype(name: str) -> None:
+    """bf16 params and grads give bf16 updates (f32 is checked with the extra args)."""
+    tx, step = _shared_tx(name), _shared_step(name)
+    params = problems.mixed_params(jnp.bfloat16)
     state = tx.init(params)
-    step = _step_fn(spec, tx)
     new_params, new_state, updates = step(params, state, jnp.asarray(0))
     for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
         assert u.dtype == p.dtype
@@ -152,7 +174,7 @@ def test_update_dtype_follows_gradient(name: str, dtype: Any) -> None:
     assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 def test_bf16_params_with_f32_state(name: str) -> None:
     spec = _spec(name)
     sig = inspect.signature(spec.factory).parameters
@@ -169,29 +191,42 @@ def test_bf16_params_with_f32_state(name: str) -> None:
     assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_lax_cond_type_stability(name: str) -> None:
-    spec = _spec(name)
-    tx = _build(spec)
+@pytest.mark.parametrize("name", GROUPED)
+def test_lax_cond_type_stability_and_zero_gradients(name: str) -> None:
+    """The state keeps its types through ``lax.cond(update, identity)``; all-zero
+    gradients give finite updates and states for several steps."""
+    spec, tx = _spec(name), _shared_tx(name)
     params = problems.mixed_params()
     state = tx.init(params)
     key = jax.random.key(0)
+    _, grads, extra = problems.extra_args_for(spec, problems.mixed_loss, params, 0, key)
+    zeros = jax.tree.map(jnp.zeros_like, grads)
 
     @jax.jit
-    def maybe_update(state: Any, pred: jax.Array) -> Any:
-        _, grads, extra = problems.extra_args_for(spec, problems.mixed_loss, params, 0, key)
-        return jax.lax.cond(
-            pred, lambda s: tx.update(grads, s, params, **extra)[1], lambda s: s, state
-        )
+    def maybe_update(state: Any, grads: Any, pred: jax.Array) -> Any:
+        def update(s: Any) -> Any:
+            return tx.update(grads, s, params, **extra)
+
+        def skip(s: Any) -> Any:
+            return jax.tree.map(jnp.zeros_like, grads), s
+
+        return jax.lax.cond(pred, update, skip, state)
 
     for pred in (True, False):
-        new = maybe_update(state, jnp.asarray(pred))
+        _, new = maybe_update(state, grads, jnp.asarray(pred))
         assert jax.tree.map(jax.typeof, new) == jax.tree.map(jax.typeof, state)
+    for _ in range(3):
+        u, state = maybe_update(state, zeros, jnp.asarray(True))
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in problems.floating_state_leaves(state))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 def test_gradient_accumulation(name: str) -> None:
-    """optax.MultiSteps and optx.accumulate_gradients agree with one big step."""
+    """optax.MultiSteps over 3 micro-batches equals one step on their mean.
+
+    (``optx.accumulate_gradients`` is tested against the same property in
+    tests/test_accumulation.py.)"""
     spec = _spec(name)
     params = problems.mixed_params()
     key = jax.random.key(3)
@@ -199,28 +234,24 @@ def test_gradient_accumulation(name: str) -> None:
     mean_g = jax.tree.map(lambda *g: sum(g) / 3.0, *micro)
     _, _, extra = problems.extra_args_for(spec, problems.mixed_loss, params, 0, key)
 
-    ref_tx = _build(spec)
+    ref_tx = _shared_tx(name)
     ref_u, _ = jax.jit(lambda s: ref_tx.update(mean_g, s, params, **extra))(ref_tx.init(params))
 
-    for wrapped in (
-        optax.MultiSteps(_build(spec), every_k_schedule=3).gradient_transformation(),
-        optx.accumulate_gradients(_build(spec), every_k=3),
-    ):
-        state = wrapped.init(params)
-        upd = jax.jit(lambda g, s, w=wrapped: w.update(g, s, params, **extra))
-        for i, g in enumerate(micro):
-            u, state = upd(g, state)
-            if i < 2:
-                assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(u))
-        for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(ref_u)):
-            tol = spec.equivalence_tolerance
-            np.testing.assert_allclose(a, b, rtol=2e-5 * tol, atol=1e-7 * tol)
+    wrapped = optax.MultiSteps(_build(spec), every_k_schedule=3).gradient_transformation()
+    state = wrapped.init(params)
+    upd = jax.jit(lambda g, s: wrapped.update(g, s, params, **extra))
+    for i, g in enumerate(micro):
+        u, state = upd(g, state)
+        if i < 2:
+            assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(u))
+    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(ref_u)):
+        tol = spec.equivalence_tolerance
+        np.testing.assert_allclose(a, b, rtol=2e-5 * tol, atol=1e-7 * tol)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 def test_abstract_init(name: str) -> None:
-    spec = _spec(name)
-    tx = _build(spec)
+    tx = _shared_tx(name)
     params = problems.mixed_params()
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
     concrete = tx.init(params)
@@ -230,22 +261,6 @@ def test_abstract_init(name: str) -> None:
         assert a.shape == b.shape and a.dtype == b.dtype
     direct = tx.init(abstract)
     assert jax.tree.structure(direct) == jax.tree.structure(concrete)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_zero_gradients_give_finite_updates(name: str) -> None:
-    spec = _spec(name)
-    tx = _build(spec)
-    params = problems.mixed_params()
-    state = tx.init(params)
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    key = jax.random.key(0)
-    _, _, extra = problems.extra_args_for(spec, problems.mixed_loss, params, 0, key)
-    update = jax.jit(lambda s: tx.update(zeros, s, params, **extra))
-    for _ in range(3):
-        u, state = update(state)
-        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
-        assert all(bool(jnp.all(jnp.isfinite(x))) for x in problems.floating_state_leaves(state))
 
 
 # ----------------------------------------------------------------------------
@@ -262,20 +277,17 @@ def _sharded_case(mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
     return params, specs
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 def test_sharded_state_stable_under_explicit_mesh(name: str) -> None:
-    spec = _spec(name)
-    tx = _build(spec)
+    spec, tx, step = _spec(name), _shared_tx(name), _shared_step(name)
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
     params, specs = _sharded_case(mesh)
-    step_ref = _step_fn(spec, tx)
-    _ref_params, _, ref_updates = step_ref(params, tx.init(params), jnp.asarray(0))
+    _ref_params, _, ref_updates = step(params, tx.init(params), jnp.asarray(0))
     with jax.set_mesh(mesh):
         sharded = jax.tree.map(
             lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs
         )
         state0 = tx.init(sharded)
-        step = _step_fn(spec, tx)
         p1, state1, updates = step(sharded, state0, jnp.asarray(0))
         assert jax.tree.map(jax.typeof, state1) == jax.tree.map(jax.typeof, state0)
         _p2, state2, _ = step(p1, state1, jnp.asarray(1))
@@ -296,11 +308,10 @@ def test_sharded_state_stable_under_explicit_mesh(name: str) -> None:
         assert router.group("hidden/kernel", params["hidden"]["kernel"]) == "matrix"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 def test_sharded_init_under_auto_mesh(name: str) -> None:
     """Auto axes: jitted init with out_shardings from optx.state_shardings."""
-    spec = _spec(name)
-    tx = _build(spec)
+    tx, step = _shared_tx(name), _shared_step(name)
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
     params, specs = _sharded_case(mesh)
     sharded = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs)
@@ -309,7 +320,7 @@ def test_sharded_init_under_auto_mesh(name: str) -> None:
     for s, sh in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)):
         assert s.sharding.is_equivalent_to(sh, s.ndim)
     with jax.set_mesh(mesh):
-        _, state1, _ = _step_fn(spec, tx)(sharded, state, jnp.asarray(0))
+        _, state1, _ = step(sharded, state, jnp.asarray(0))
     assert jax.tree.structure(state1) == jax.tree.structure(state)
 
 
@@ -318,13 +329,11 @@ def test_sharded_init_under_auto_mesh(name: str) -> None:
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 def test_checkpoint_round_trip(name: str) -> None:
     import orbax.checkpoint as ocp
 
-    spec = _spec(name)
-    tx = _build(spec)
-    step = _step_fn(spec, tx)
+    tx, step = _shared_tx(name), _shared_step(name)
     params = problems.mixed_params()
     state = tx.init(params)
     for i in range(2):
@@ -358,7 +367,7 @@ class _TinyModel(nnx.Module):
         return self.head(self.ln(h))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GROUPED)
 def test_nnx_optimizer_step(name: str) -> None:
     spec = _spec(name)
     model = _TinyModel(nnx.Rngs(0))

@@ -21,6 +21,7 @@ import optax
 from optx._src import base
 
 MOMENTUM_KINDS = ("ema", "sum")
+EPS_PLACEMENTS = ("corrected", "uncorrected")
 
 
 class ScaleByMomentumState(NamedTuple):
@@ -125,6 +126,8 @@ def scale_by_adam(
     mu_dtype: Any = None,
     nu_dtype: Any = None,
     nesterov: bool = False,
+    eps_placement: str = "corrected",
+    bias_correction: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """``optax.scale_by_adam`` with an explicit second-moment dtype.
 
@@ -139,6 +142,21 @@ def scale_by_adam(
     keeps ``v`` in f32 (the state dtype is fixed at ``init`` and kept by
     ``update``).
 
+    ``eps_placement`` chooses where ε sits relative to the bias correction
+    (the references disagree, ``notes/methods_memory.md`` §19.3):
+
+    * ``'corrected'`` (default, optax, bitsandbytes, PyTorch ``Adam``):
+      ``u = m̂ / (√v̂ + ε)`` with ``m̂ = m/(1−β₁ᵗ)``, ``v̂ = v/(1−β₂ᵗ)``;
+    * ``'uncorrected'`` (Hugging Face ``transformers.AdamW``, and the official
+      GaLore and APOLLO code built on it): ``u = √(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε)``,
+      i.e. ε is added to the *uncorrected* ``√v`` and the correction is folded
+      into the step size.
+
+    ``bias_correction=False`` drops the correction altogether
+    (``u = m / (√v + ε)``, HF's ``correct_bias=False``; APOLLO's norm ratios are
+    measured on this quantity). Both options are static; ``nesterov`` is only
+    available with the defaults.
+
     References:
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", arXiv 1412.6980.
 
@@ -149,7 +167,17 @@ def scale_by_adam(
       >>> s.nu.dtype
       dtype('float32')
     """
+    base.check_choice("eps_placement", eps_placement, EPS_PLACEMENTS)
     nu_dtype = base.canonicalize_dtype(nu_dtype)
+    if eps_placement != "corrected" or not bias_correction:
+        if nesterov:
+            raise ValueError(
+                "nesterov=True is only supported with eps_placement='corrected' and "
+                "bias_correction=True."
+            )
+        return _scale_by_adam_step_size_corrected(
+            b1, b2, eps, eps_root, mu_dtype, nu_dtype, bias_correction
+        )
     inner = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov)
 
     def init_fn(params: base.Params) -> optax.ScaleByAdamState:
@@ -167,5 +195,103 @@ def scale_by_adam(
         # f32 moments with bf16 gradients give f32 updates in optax; keep the
         # gradient dtype (apply_updates would cast anyway).
         return optax.tree.cast_like(new_updates, updates), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _scale_by_adam_step_size_corrected(
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    eps_root: Any,
+    mu_dtype: Any,
+    nu_dtype: Any,
+    bias_correction: bool,
+) -> optax.GradientTransformationExtraArgs:
+    """Adam with ε on the uncorrected ``√v`` (see :func:`scale_by_adam`)."""
+    mu_dtype = base.canonicalize_dtype(mu_dtype)
+
+    def init_fn(params: base.Params) -> optax.ScaleByAdamState:
+        return optax.ScaleByAdamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+            nu=optax.tree.zeros_like(params, dtype=nu_dtype),
+        )
+
+    def update_fn(
+        updates: base.Updates, state: Any, params: base.Params | None = None, **extra: Any
+    ) -> tuple[base.Updates, Any]:
+        del params, extra
+        count = optax.safe_increment(state.count)
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        step = step_size_correction(b1, b2, count) if bias_correction else base.at_least_f32(1.0)
+
+        def leaf(g: Any, m: Any, v: Any) -> Any:
+            if g is None:
+                return None
+            cdt = jnp.promote_types(jnp.promote_types(m.dtype, v.dtype), jnp.float32)
+            mc, vc = m.astype(cdt), v.astype(cdt)
+            u = step.astype(cdt) * mc / (jnp.sqrt(vc + eps_root) + eps)
+            return u.astype(g.dtype)
+
+        new_updates = jax.tree.map(leaf, updates, mu, nu, is_leaf=base.is_leaf_or_none)
+        return new_updates, optax.ScaleByAdamState(
+            count=count,
+            mu=optax.tree.cast_like(mu, state.mu),
+            nu=optax.tree.cast_like(nu, state.nu),
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def step_size_correction(b1: Any, b2: Any, count: jax.Array) -> jax.Array:
+    """``√(1−β₂ᵗ)/(1−β₁ᵗ)`` in at least f32: Adam's correction folded into the step."""
+    return jnp.sqrt(base.bias_correction(b2, count)) / base.bias_correction(b1, count)
+
+
+class BiasCorrectionState(NamedTuple):
+    """State of :func:`scale_by_bias_correction`."""
+
+    count: jax.Array
+
+
+def scale_by_bias_correction(
+    b1: Any = 0.9, b2: Any = 0.999
+) -> optax.GradientTransformationExtraArgs:
+    """Multiplies the updates by Adam's step-size correction ``√(1−β₂ᵗ)/(1−β₁ᵗ)``.
+
+    The bias correction the Hugging Face ``AdamW`` and the official APOLLO code
+    fold into the learning rate (``step_size = lr·√(1−β₂ᵗ)/(1−β₁ᵗ)``), as a
+    separate transform for chains whose direction is not a plain Adam ratio
+    (APOLLO scales the raw gradient, then limits its norm, then applies this).
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.scale_by_bias_correction(0.9, 0.999)
+      >>> u, _ = tx.update(jnp.ones(1), tx.init(jnp.ones(1)))
+      >>> round(float(u[0]), 5)   # sqrt(0.001) / 0.1
+      0.31623
+    """
+
+    def init_fn(params: base.Params) -> BiasCorrectionState:
+        del params
+        return BiasCorrectionState(jnp.zeros([], jnp.int32))
+
+    def update_fn(
+        updates: base.Updates,
+        state: BiasCorrectionState,
+        params: base.Params | None = None,
+        **extra: Any,
+    ) -> tuple[base.Updates, BiasCorrectionState]:
+        del params, extra
+        count = optax.safe_increment(state.count)
+        factor = step_size_correction(b1, b2, count)
+        new = jax.tree.map(
+            lambda u: None if u is None else (u * factor.astype(u.dtype)).astype(u.dtype),
+            updates,
+            is_leaf=base.is_leaf_or_none,
+        )
+        return new, BiasCorrectionState(count)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

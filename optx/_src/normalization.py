@@ -429,3 +429,83 @@ def scale_by_cosh_rms(
         return layouts.map_matrix_leaves(leaf, layout, updates), state
 
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+
+
+class NormGrowthLimiterState(NamedTuple):
+    """State of :func:`scale_by_norm_growth_limiter`.
+
+    ``norm`` holds, per matrix leaf, the (limited) Frobenius norm of the
+    previous output of each matrix, in :meth:`ResolvedLayout.matrix_norm_shape`
+    (``optax.MaskedNode()`` for leaves without a layout).
+    """
+
+    count: jax.Array
+    norm: base.Updates
+
+
+def scale_by_norm_growth_limiter(
+    gamma: Any = 1.01, *, eps: Any = 1e-8, layout: LayoutSpec = None
+) -> optax.GradientTransformationExtraArgs:
+    """Caps the growth of each matrix update's norm at a factor ``γ`` per step.
+
+    The norm-growth limiter of Fira (Chen et al., arXiv 2410.01623, Eq. 8),
+    used by APOLLO (arXiv 2412.05270, Alg. 1):
+
+    .. math::
+
+      \\ell_t = \\max\\!\\big(\\|X_t\\|_F / (N_{t-1} + ε),\\ γ\\big) / γ, \\qquad
+      \\tilde X_t = X_t / \\ell_t, \\qquad N_t = \\|X_t\\|_F / \\ell_t
+
+    so ``‖X̃_t‖ ≤ γ N_{t−1}``; the first step is never limited (it only records
+    ``N_1 = ‖X_1‖``), and the stored norm is the *limited* one — both as in the
+    official APOLLO code. Norms are per matrix of the layout (per stacked layer).
+    Leaves without a layout pass through.
+
+    Args:
+      gamma: the allowed growth factor (1.01 in APOLLO/Fira).
+      eps: added to the stored norm (1e-8).
+      layout: a :data:`~optx.LayoutSpec`.
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.scale_by_norm_growth_limiter(1.01)
+      >>> s = tx.init({'w': jnp.ones((2, 2))})
+      >>> _, s = tx.update({'w': jnp.ones((2, 2))}, s)
+      >>> u, s = tx.update({'w': 10 * jnp.ones((2, 2))}, s)
+      >>> round(float(jnp.linalg.norm(u['w'])), 4)   # 1.01 × the first norm (2)
+      2.02
+    """
+    base.check_nonnegative("eps", eps)
+
+    def init_fn(params: base.Params) -> NormGrowthLimiterState:
+        def leaf(p: Any, lay: ResolvedLayout) -> jax.Array:
+            return sharding.zeros_like_spec(lay.matrix_norm_shape(), jnp.float32, p)
+
+        return NormGrowthLimiterState(
+            count=jnp.zeros([], jnp.int32),
+            norm=layouts.init_per_matrix_state(leaf, layout, params),
+        )
+
+    def update_fn(
+        updates: base.Updates,
+        state: NormGrowthLimiterState,
+        params: base.Params | None = None,
+        **extra: Any,
+    ) -> tuple[base.Updates, NormGrowthLimiterState]:
+        del params, extra
+        first = state.count == 0
+
+        def leaf(x: jax.Array, lay: ResolvedLayout, prev: jax.Array) -> tuple[Any, Any]:
+            norm = jnp.sqrt(layouts.matrix_sum_of_squares(x, lay))
+            limiter = jnp.maximum(norm / (prev + eps), gamma) / gamma
+            limiter = jnp.where(first, 1.0, limiter).astype(norm.dtype)
+            out = (x.astype(norm.dtype) / limiter).astype(x.dtype)
+            return out, (norm / limiter).astype(prev.dtype)
+
+        out = layouts.map_matrix_leaves(
+            leaf, layout, updates, state.norm, otherwise=lambda x, n: (x, n)
+        )
+        new_updates, new_norm = base.unzip_tree(updates, out)
+        return new_updates, NormGrowthLimiterState(optax.safe_increment(state.count), new_norm)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -192,3 +192,60 @@ def state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
         return NamedSharding(mesh, spec)
 
     return jax.tree.map(to_sharding, state)
+
+
+def call_with_out_specs(fn: Callable[..., Any], args: Sequence[Any], out_specs: Any) -> Any:
+    """Runs ``fn(*args)``, fixing the output shardings when inputs are sharded.
+
+    Under an Explicit mesh with any array in ``args`` sharded, ``fn`` runs inside
+    ``jax.sharding.auto_axes`` (the compiler picks the collectives for reshapes,
+    contractions and gathers over sharded dimensions) and its outputs get the
+    ``PartitionSpec``\\ s in ``out_specs`` (a pytree matching the output). That is
+    how non-param-shaped results (projections, quantization scales, projected
+    moments) keep the sharding their ``init`` gave them (see
+    :func:`zeros_like_spec`). Otherwise this is plain ``fn(*args)``.
+    """
+    if not any(is_sharded(a) for a in jax.tree.leaves(tuple(args))):
+        return fn(*args)
+    return jax.sharding.auto_axes(fn, out_sharding=out_specs)(*args)
+
+
+def spec_or_replicated(x: Any) -> PartitionSpec:
+    """``x``'s PartitionSpec under an Explicit mesh, else the replicated ``P()``."""
+    spec = spec_of(x)
+    return PartitionSpec() if spec is None else spec
+
+
+def zeros_with_spec(shape: Sequence[int], dtype: Any, spec: PartitionSpec | None) -> jax.Array:
+    """Zeros with an explicit ``PartitionSpec`` under an Explicit mesh.
+
+    For state whose rank differs from its parameter's (projectors, projected
+    moments, per-block scales) :func:`zeros_like_spec` cannot line axes up;
+    the caller derives ``spec`` from the parameter's (e.g. with
+    :func:`matrix_view_specs`). Outside an Explicit mesh, or with ``spec=None``,
+    this is plain ``jnp.zeros``.
+    """
+    shape = tuple(int(d) for d in shape)
+    if spec is None or not explicit_axes():
+        return jnp.zeros(shape, dtype)
+    return jnp.zeros(shape, dtype, out_sharding=spec)
+
+
+def matrix_view_specs(x: Any, layout: Any) -> tuple[Any, Any, Any] | None:
+    """Mesh axes of the ``(batch, fan_in, fan_out)`` view of a sharded leaf.
+
+    Each of the three view dimensions keeps the sharding of the parameter axis
+    it comes from when it comes from exactly one axis (one batch axis, one
+    reduction axis, one output axis); merged axis groups (a conv window, two
+    stack axes) are unsharded in the view. Returns None when ``x`` carries no
+    Explicit sharding. ``layout`` is a :class:`optx.ResolvedLayout`.
+    """
+    spec = spec_of(x)
+    if spec is None:
+        return None
+    entries = tuple(spec) + (None,) * (len(layout.shape) - len(spec))
+
+    def one(axes: tuple[int, ...]) -> Any:
+        return entries[axes[0]] if len(axes) == 1 else None
+
+    return one(layout.batch_axes), one(layout.reduction_axes), one(layout.output_axes)

@@ -1,0 +1,1066 @@
+"""Memory-efficient optimizers: 8-bit states, GaLore, APOLLO, FRUGAL, DCT-AdamW.
+
+Every alias here keeps less optimizer state than AdamW's 8 bytes per
+parameter; ``optx.state_bytes`` / ``optx.state_bytes_by_group`` report exactly
+what each one allocates (``benchmarks/memory_table.py`` prints the table).
+
+* 8-bit block-wise states (:func:`adamw_8bit`, :func:`lion_8bit`,
+  :func:`sgd_momentum_8bit`) wrap the 32-bit transform in
+  :func:`optx.quantize_moments`; they are element-wise (no routing).
+* Low-rank methods (:func:`galore`, :func:`galore_8bit`, :func:`apollo`,
+  :func:`apollo_mini`, :func:`frugal`, :func:`dct_adamw`) are
+  :func:`optx.routed` pairs: hidden matrices get the projected chain, the
+  rest (embeddings, heads, norms, biases) the method's own AdamW, as the
+  official code does for its "regular" parameter group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from optx._src import base, moments, normalization, quantization, registry, routing
+from optx._src import projection as proj_lib
+from optx._src.aliases.elementwise import adamw
+from optx._src.weight_decay import add_decayed_weights_after_step
+
+_COMMON_8BIT_STATIC = ("block_size", "min_size", "full_precision")
+_PROJECTION_STATIC = ("rank", "update_proj_gap", "projection", "side", "seed")
+
+
+# ----------------------------------------------------------------------------
+# 8-bit block-wise states (Dettmers et al., arXiv 2110.02861)
+# ----------------------------------------------------------------------------
+
+
+def adamw_8bit(
+    learning_rate: base.ScalarOrSchedule = 1e-3,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    weight_decay: base.ScalarOrSchedule = 1e-2,
+    *,
+    block_size: int = quantization.REFERENCE_BLOCK_SIZE,
+    min_size: int = quantization.REFERENCE_MIN_SIZE,
+    full_precision: Any = None,
+    mask: Any = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """AdamW with block-wise 8-bit moments (bitsandbytes ``AdamW8bit``).
+
+    Per step (arXiv 2110.02861, Alg. 1 with Adam; bitsandbytes 0.50.2):
+
+    .. math::
+
+      m, v = \\mathrm{deq}(q^m_{t-1}), \\mathrm{deq}(q^v_{t-1}); \\quad
+      m ← β_1 m + (1-β_1) g, \\quad v ← β_2 v + (1-β_2) g^2
+
+      u = -η\\Big(\\frac{m/(1-β_1^t)}{\\sqrt{v/(1-β_2^t)} + ε} + λ W\\Big), \\quad
+      q^m_t, q^v_t = \\mathrm{quant}_{\\text{signed}}(m), \\mathrm{quant}_{\\text{unsigned}}(v)
+
+    with the dynamic tree map, blocks of ``block_size`` entries and one float32
+    absmax per block: ≈ 2.03 bytes per parameter instead of 8. Leaves with
+    fewer than ``min_size`` entries keep full-precision moments.
+
+    Official-code quirks: the decay is decoupled and applied to the pre-step
+    weights (the shared bitsandbytes "adam" kernel, for ``Adam8bit`` too — use
+    ``weight_decay=0`` for ``Adam8bit``); ε sits outside the corrected
+    ``√v̂`` (optax's placement); block size 256 and ``min_8bit_size`` 4096 as in
+    bitsandbytes 0.50.2 (the paper used 2048); bitsandbytes' CPU quantizer is
+    not exact nearest rounding, optx's is (see :mod:`optx._src.quantization`);
+    ``StableEmbedding``'s 32-bit optimizer state is ``full_precision=r'embed'``.
+
+    Args:
+      learning_rate: scalar or schedule.
+      b1, b2, eps: Adam hyper-parameters.
+      weight_decay: decoupled λ (bitsandbytes ``AdamW8bit`` default 1e-2).
+      block_size: entries per absmax block (static).
+      min_size: smaller leaves keep full-precision moments (static).
+      full_precision: regex (or predicate) on the state path of leaves to keep
+        in full precision, see :func:`optx.quantize_moments`.
+      mask: weight-decay mask.
+      mu_dtype, nu_dtype: dtypes of the full-precision (small) moments.
+
+    References:
+      Dettmers, Lewis, Shleifer, Zettlemoyer, "8-bit Optimizers via Block-wise
+      Quantization", ICLR 2022, arXiv 2110.02861; Loshchilov & Hutter,
+      arXiv 1711.05101.
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> params = {'w': jnp.zeros((128, 64))}
+      >>> tx = optx.adamw_8bit(1e-3)
+      >>> optx.state_bytes(tx, params) / 8192   # codes + scales + count
+      2.0317...
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    return optax.chain(
+        quantization.quantize_moments(
+            moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+            block_size=block_size,
+            min_size=min_size,
+            full_precision=full_precision,
+        ),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def lion_8bit(
+    learning_rate: base.ScalarOrSchedule = 1e-4,
+    b1: Any = 0.9,
+    b2: Any = 0.99,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    block_size: int = quantization.REFERENCE_BLOCK_SIZE,
+    min_size: int = quantization.REFERENCE_MIN_SIZE,
+    full_precision: Any = None,
+    mask: Any = None,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Lion with a block-wise 8-bit momentum (bitsandbytes ``Lion8bit``).
+
+    .. math::
+
+      m = \\mathrm{deq}(q_{t-1}), \\quad
+      u = -η\\big(\\mathrm{sign}(β_1 m + (1-β_1) g) + λ W\\big), \\quad
+      q_t = \\mathrm{quant}_{\\text{signed}}(β_2 m + (1-β_2) g)
+
+    ``optax.scale_by_lion`` wrapped in :func:`optx.quantize_moments` (1.03
+    bytes per parameter instead of 4). bitsandbytes defaults: lr 1e-4,
+    β = (0.9, 0.99), no decay; decay on the pre-step weights.
+
+    Args:
+      learning_rate: scalar or schedule.
+      b1, b2: Lion's interpolation and momentum coefficients.
+      weight_decay: decoupled λ.
+      block_size, min_size, full_precision: see :func:`adamw_8bit`.
+      mask: weight-decay mask.
+      mu_dtype: dtype of full-precision (small) momenta.
+
+    References:
+      Chen et al., "Symbolic Discovery of Optimization Algorithms",
+      arXiv 2302.06675; Dettmers et al., arXiv 2110.02861.
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.lion_8bit(1e-4)
+      >>> state = tx.init({'w': jnp.zeros((128, 64))})
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    return optax.chain(
+        quantization.quantize_moments(
+            optax.scale_by_lion(b1, b2, mu_dtype=mu_dtype),
+            block_size=block_size,
+            min_size=min_size,
+            full_precision=full_precision,
+        ),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def sgd_momentum_8bit(
+    learning_rate: base.ScalarOrSchedule = 1e-2,
+    momentum: Any = 0.9,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    nesterov: bool = False,
+    block_size: int = quantization.REFERENCE_BLOCK_SIZE,
+    min_size: int = quantization.REFERENCE_MIN_SIZE,
+    full_precision: Any = None,
+    mask: Any = None,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """SGD with a block-wise 8-bit momentum buffer (bitsandbytes ``SGD8bit``).
+
+    .. math::
+
+      \\tilde g = g + λ W, \\quad b = \\mathrm{deq}(q_{t-1}), \\quad
+      b ← μ b + \\tilde g, \\quad u = -η\\,(\\tilde g + μ b \\text{ if nesterov else } b)
+
+    PyTorch ``SGD`` semantics (coupled L2 decay added to the gradient, the
+    first buffer equals the gradient since it starts at zero), the buffer
+    quantized with the signed dynamic map: ``optax.trace`` wrapped in
+    :func:`optx.quantize_moments`.
+
+    Args:
+      learning_rate: scalar or schedule.
+      momentum: μ.
+      weight_decay: coupled L2 coefficient λ (added to the gradient).
+      nesterov: Nesterov momentum.
+      block_size, min_size, full_precision: see :func:`adamw_8bit`.
+      mask: weight-decay mask.
+      mu_dtype: dtype of full-precision (small) buffers.
+
+    References:
+      Dettmers et al., "8-bit Optimizers via Block-wise Quantization",
+      arXiv 2110.02861 (8-bit Momentum, §3).
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> tx = optx.sgd_momentum_8bit(0.1, momentum=0.9)
+      >>> state = tx.init({'w': jnp.zeros((128, 64))})
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask),
+        quantization.quantize_moments(
+            optax.trace(momentum, nesterov=nesterov, accumulator_dtype=mu_dtype),
+            block_size=block_size,
+            min_size=min_size,
+            full_precision=full_precision,
+        ),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+# ----------------------------------------------------------------------------
+# The official-code AdamW of GaLore/APOLLO (their "regular" parameter group)
+# ----------------------------------------------------------------------------
+
+
+def _official_adam(
+    b1: Any, b2: Any, eps: Any, correct_bias: bool, mu_dtype: Any, nu_dtype: Any
+) -> optax.GradientTransformationExtraArgs:
+    """Adam with ε on the uncorrected ``√v`` and the correction in the step size."""
+    return moments.scale_by_adam(
+        b1,
+        b2,
+        eps,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        eps_placement="uncorrected",
+        bias_correction=correct_bias,
+    )
+
+
+def official_adamw(
+    learning_rate: base.ScalarOrSchedule,
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    weight_decay: base.ScalarOrSchedule,
+    *,
+    correct_bias: bool = True,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """The Hugging Face ``AdamW`` that GaLore's and APOLLO's code subclass.
+
+    ``u = −η(√(1−β₂ᵗ)/(1−β₁ᵗ)·m/(√v + ε) + λ(W − η·…))``: ε on the uncorrected
+    ``√v``, the correction folded into the step size, decay of the post-step
+    weights. Built from :func:`optx.scale_by_adam` (``eps_placement='uncorrected'``)
+    and :func:`optx.add_decayed_weights_after_step`; used for the leaves these
+    methods do not project.
+    """
+    return optax.chain(
+        _official_adam(b1, b2, eps, correct_bias, mu_dtype, nu_dtype),
+        add_decayed_weights_after_step(weight_decay, learning_rate),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+# ----------------------------------------------------------------------------
+# GaLore (Zhao et al., arXiv 2403.03507)
+# ----------------------------------------------------------------------------
+
+
+def galore(
+    learning_rate: base.ScalarOrSchedule = 1e-2,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-6,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    rank: int = 128,
+    update_proj_gap: int = 200,
+    scale: Any = 0.25,
+    projection: Any = "svd",
+    side: str = "std",
+    base_optimizer: optax.GradientTransformation | None = None,
+    correct_bias: bool = True,
+    reset_on_refresh: bool = False,
+    seed: int = 0,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    router: routing.Router | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """GaLore: Adam on a low-rank SVD projection of each gradient matrix.
+
+    Official ``GaLoreAdamW`` semantics (galore-torch 1.0, repo commit
+    2cc66f8). Per hidden matrix ``G`` (arXiv 2403.03507, Alg. 2):
+
+    .. math::
+
+      P_t = \\mathrm{top}_r\\text{-singular vectors}(G_t) \\text{ if } t \\bmod T = 0, \\quad
+      R_t = \\mathrm{down}_{P_t}(G_t)
+
+      M_t = β_1 M_{t-1} + (1-β_1) R_t, \\quad V_t = β_2 V_{t-1} + (1-β_2) R_t^2, \\quad
+      N_t = \\frac{\\sqrt{1-β_2^t}}{1-β_1^t}\\,\\frac{M_t}{\\sqrt{V_t} + ε}
+
+      W ← W - η\\, α\\, \\mathrm{up}_{P_t}(N_t), \\qquad W ← W - η λ W
+
+    Official-code quirks (all reproduced): the ``'std'`` side projects the
+    **smaller** dimension (``r × max(m,n)`` moments; optax.contrib.galore
+    projects the larger, official ``'reverse_std'``, available as
+    ``side='reverse_std'``); the SVD runs in float32 on the current gradient at
+    steps ``0, T, 2T, …``; ε = 1e-6 is added to the *uncorrected* ``√V`` with the
+    bias correction in the step size; α (``scale``) is linear; the moments are
+    neither reset nor rotated when the subspace changes (``reset_on_refresh``
+    offers the reset); decoupled decay is applied to the *post-step* weights
+    with the base lr; the non-projected parameters get the same AdamW without
+    projection. SVD sign conventions differ between LAPACK builds; after a
+    refresh with stale moments the trajectory depends on them (as in the
+    official code). Rank is clipped to ``min(m, n)``.
+
+    ``base_optimizer`` replaces the subspace Adam by any gradient-only
+    transform (Adafactor, Lion, SGD, an 8-bit Adam, ...); it then also defines
+    the bias correction and ε placement.
+
+    Args:
+      learning_rate: scalar or schedule (paper/README 0.01; class 1e-3).
+      b1, b2, eps: Adam hyper-parameters (official ε 1e-6).
+      weight_decay: decoupled λ (post-step).
+      rank: subspace rank (static; 128 for 60M, 256 for 130M–350M, 512–1024 for 1B+).
+      update_proj_gap: SVD period ``T`` (static; 200, 500 for 7B).
+      scale: α (paper 0.25).
+      projection: ``'svd'`` (official) or another kind of
+        :func:`optx.scale_by_subspace`.
+      side: ``'std'`` (official), ``'reverse_std'``, ``'in'``, ``'out'``.
+      base_optimizer: the transform run in the subspace (default: the official Adam).
+      correct_bias: fold Adam's bias correction into the step (official True).
+      reset_on_refresh: reset the subspace optimizer's state at each refresh.
+      seed: PRNG seed for random projection kinds (static).
+      mu_dtype, nu_dtype: moment dtypes (subspace and fallback).
+      router: an :class:`optx.Router` (default :func:`optx.default_router`).
+
+    References:
+      Zhao, Zhang, Chen, Wang, Anandkumar, Tian, "GaLore: Memory-Efficient LLM
+      Training by Gradient Low-Rank Projection", ICML 2024, arXiv 2403.03507
+      (code: github.com/jiaweizzhao/GaLore).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> params = {'mlp': {'kernel': jnp.ones((64, 32))}, 'bias': jnp.zeros(32)}
+      >>> tx = optx.galore(learning_rate=0.01, rank=8)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+      >>> params = optax.apply_updates(params, updates)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    router = routing.as_router(router)
+    inner = base_optimizer
+    if inner is None:
+        inner = _official_adam(b1, b2, eps, correct_bias, mu_dtype, nu_dtype)
+    matrix = optax.chain(
+        proj_lib.scale_by_subspace(
+            inner,
+            rank=rank,
+            projection=projection_kind(projection),
+            side=side,
+            update_proj_gap=update_proj_gap,
+            scale=scale,
+            reset_on_refresh=reset_on_refresh,
+            seed=seed,
+            layout=router,
+        ),
+        add_decayed_weights_after_step(weight_decay, learning_rate),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    fallback = official_adamw(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        weight_decay,
+        correct_bias=correct_bias,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
+    return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
+
+
+def projection_kind(kind: Any) -> Any:
+    """Validates a projection kind (a name of ``optx.projection.PROJECTIONS`` or a callable)."""
+    if not callable(kind):
+        base.check_choice("projection", kind, proj_lib.PROJECTIONS)
+    return kind
+
+
+def galore_8bit(
+    learning_rate: base.ScalarOrSchedule = 1e-2,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    weight_decay: base.ScalarOrSchedule = 1e-2,
+    *,
+    rank: int = 128,
+    update_proj_gap: int = 200,
+    scale: Any = 0.25,
+    projection: Any = "svd",
+    side: str = "std",
+    block_size: int = quantization.REFERENCE_BLOCK_SIZE,
+    min_size: int = quantization.REFERENCE_MIN_SIZE,
+    full_precision: Any = None,
+    seed: int = 0,
+    router: routing.Router | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """8-bit GaLore: GaLore with bitsandbytes' block-wise 8-bit Adam in the subspace.
+
+    Official ``GaLoreAdamW8bit`` (repo commit 2cc66f8): the projected gradient
+    ``R`` goes through bitsandbytes' 8-bit Adam (its ε = 1e-8 *outside* the
+    corrected ``√v̂``, standard bias correction, moments quantized with the
+    signed/unsigned dynamic maps, block size 256, 32-bit state for low-rank
+    tensors with fewer than ``min_size`` = 4096 entries), the result is
+    projected back and scaled by α, then the decay is applied to the
+    post-step weights. Non-projected parameters get the 8-bit AdamW itself
+    (decay before the step, the bitsandbytes kernel). Built as
+    ``scale_by_subspace(quantize_moments(scale_by_adam()))`` — any moment of
+    any subspace optimizer can be 8-bit this way.
+
+    Quirk not reproduced: ``GaLoreAdamW8bit`` passes ``percentile_clipping`` and
+    ``block_wise`` positionally to ``Optimizer2State``; with bitsandbytes ≥ 0.45
+    those slots are ``max_unorm``/``skip_zeros`` (so current installs silently
+    run with ``max_unorm=100``). optx implements the intended method.
+
+    Args:
+      learning_rate: scalar or schedule (7B single-GPU recipe: 0.005).
+      b1, b2, eps: Adam hyper-parameters (bitsandbytes ε 1e-8).
+      weight_decay: λ (signature default 1e-2).
+      rank, update_proj_gap, scale, projection, side, seed: see :func:`galore`.
+      block_size, min_size, full_precision: see :func:`adamw_8bit`.
+      router: an :class:`optx.Router`.
+
+    References:
+      Zhao et al., arXiv 2403.03507 (§4.2, 8-bit GaLore); Dettmers et al.,
+      "8-bit Optimizers via Block-wise Quantization", arXiv 2110.02861.
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> params = {'mlp': {'kernel': jnp.ones((256, 128))}}
+      >>> tx = optx.galore_8bit(learning_rate=0.01, rank=32)
+      >>> state = tx.init(params)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    router = routing.as_router(router)
+
+    def adam8() -> optax.GradientTransformationExtraArgs:
+        return quantization.quantize_moments(
+            moments.scale_by_adam(b1, b2, eps),
+            block_size=block_size,
+            min_size=min_size,
+            full_precision=full_precision,
+        )
+
+    matrix = optax.chain(
+        proj_lib.scale_by_subspace(
+            adam8(),
+            rank=rank,
+            projection=projection_kind(projection),
+            side=side,
+            update_proj_gap=update_proj_gap,
+            scale=scale,
+            seed=seed,
+            layout=router,
+        ),
+        add_decayed_weights_after_step(weight_decay, learning_rate),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    fallback = optax.chain(
+        adam8(),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
+
+
+# ----------------------------------------------------------------------------
+# APOLLO and APOLLO-Mini (Zhu et al., arXiv 2412.05270)
+# ----------------------------------------------------------------------------
+
+
+def apollo(
+    learning_rate: base.ScalarOrSchedule = 1e-2,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-6,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    rank: int = 256,
+    scale: Any = 1.0,
+    scale_type: str = "channel",
+    projection: Any = "random",
+    side: str = "std",
+    update_proj_gap: int = 200,
+    scale_front: bool = False,
+    norm_growth_limit: Any = 1.01,
+    correct_bias: bool = True,
+    seed: int = 0,
+    store_projector: bool = True,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    router: routing.Router | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """APOLLO: SGD-like memory, AdamW-level performance (arXiv 2412.05270).
+
+    Official ``apollo_torch.APOLLOAdamW`` semantics (apollo-torch 1.0.3,
+    byte-identical to repo commit 76b3472). Per hidden matrix ``G``
+    (Alg. 1; :func:`optx.scale_by_apollo` for the scaling factor ``s``):
+
+    .. math::
+
+      \\tilde G_t = G_t ⊙ s_t(P_t G_t), \\qquad
+      \\tilde G_t ← \\tilde G_t / \\ell_t \\ \\text{(norm-growth limiter, γ = 1.01)}, \\qquad
+      \\tilde G_t ← \\sqrt{α}\\, \\tilde G_t
+
+      W ← W - η \\frac{\\sqrt{1-β_2^t}}{1-β_1^t} \\tilde G_t, \\qquad W ← W - ηλW
+
+    Chain: ``scale_by_apollo | scale_by_norm_growth_limiter | scale(√α) |
+    scale_by_bias_correction | add_decayed_weights_after_step |
+    scale_by_learning_rate`` on the matrix leaves; the official package's AdamW
+    (ε on the uncorrected ``√v``, bias correction in the step size, decay after
+    the step) on the rest.
+
+    Official-code quirks (reproduced): the scale α enters as **√α**
+    (``scale=128`` for APOLLO-Mini multiplies by 11.3); with ``scale_front``
+    √α is applied before the limiter (which then sees the scaled norm); the
+    limiter never limits the first step and stores the limited norm; the
+    channel factors are computed for the larger (unprojected) dimension and
+    scale the raw gradient; the projection is redrawn at steps ``0, T, 2T, …``
+    without resetting the moments; decay after the step with the base lr;
+    ``rank > min(m, n)`` is not checked by the reference (optx clips it). Not
+    reproduced: the torch ``Generator`` seed chain (JAX keys instead, so the
+    random bits differ) — tests inject the reference's draws.
+
+    Args:
+      learning_rate: scalar or schedule (scripts: 0.01 with cosine; class 1e-3).
+      b1, b2, eps: Adam hyper-parameters of the projected moments (ε 1e-6).
+      weight_decay: λ (post-step, base lr).
+      rank: projection rank (static; README: ¼ d_model, 256 for 1B/7B).
+      scale: α (enters as √α).
+      scale_type: ``'channel'`` or ``'tensor'``.
+      projection: ``'random'`` (official), ``'svd'`` (official option), or any
+        kind/callable of :func:`optx.scale_by_subspace`.
+      side: ``'std'`` (official).
+      update_proj_gap: ``T`` (static; 200).
+      scale_front: apply √α before the limiter (official flag).
+      norm_growth_limit: γ of the limiter, or None to disable it (``disable_nl``).
+      correct_bias: fold Adam's bias correction into the step (official True).
+      seed: PRNG seed of the random projections (static).
+      store_projector: keep the projection in the state (official). ``False``
+        keeps only its PRNG key and regenerates the draw every step (same
+        numbers; saves ``rank · min(m, n)`` floats per matrix, a third of
+        APOLLO's matrix state at rank ¼·d).
+      mu_dtype, nu_dtype: moment dtypes.
+      router: an :class:`optx.Router`.
+
+    References:
+      Zhu, Zhang, Cong, Liu, Park, Chandra, Long, Pan, Wang, Lee, "APOLLO:
+      SGD-like Memory, AdamW-level Performance", MLSys 2025, arXiv 2412.05270
+      (code: github.com/zhuhanqing/APOLLO); the limiter: Chen et al., "Fira",
+      arXiv 2410.01623.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> params = {'mlp': {'kernel': jnp.ones((64, 32))}, 'bias': jnp.zeros(32)}
+      >>> tx = optx.apollo(learning_rate=0.01, rank=8)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    base.check_nonnegative("scale", scale)
+    router = routing.as_router(router)
+    sqrt_scale = optax.scale(scale**0.5)
+    parts: list[optax.GradientTransformation] = [
+        proj_lib.scale_by_apollo(
+            b1,
+            b2,
+            eps,
+            rank=rank,
+            scale_type=scale_type,
+            projection=projection_kind(projection),
+            side=side,
+            update_proj_gap=update_proj_gap,
+            seed=seed,
+            store_projector=store_projector,
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+            layout=router,
+        )
+    ]
+    if scale_front:
+        parts.append(sqrt_scale)
+    if norm_growth_limit is not None:
+        parts.append(normalization.scale_by_norm_growth_limiter(norm_growth_limit, layout=router))
+    if not scale_front:
+        parts.append(sqrt_scale)
+    if correct_bias:
+        parts.append(moments.scale_by_bias_correction(b1, b2))
+    parts += [
+        add_decayed_weights_after_step(weight_decay, learning_rate),
+        optax.scale_by_learning_rate(learning_rate),
+    ]
+    fallback = official_adamw(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        weight_decay,
+        correct_bias=correct_bias,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
+    return routing.routed({routing.MATRIX: optax.chain(*parts), routing.FALLBACK: fallback}, router)
+
+
+def apollo_mini(
+    learning_rate: base.ScalarOrSchedule = 1e-2,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-6,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    rank: int = 1,
+    scale: Any = 128.0,
+    projection: Any = "random",
+    side: str = "std",
+    update_proj_gap: int = 200,
+    scale_front: bool = False,
+    norm_growth_limit: Any = 1.01,
+    correct_bias: bool = True,
+    seed: int = 0,
+    store_projector: bool = True,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    router: routing.Router | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """APOLLO-Mini: rank-1 projection, one tensor-wise scaling factor per matrix.
+
+    :func:`apollo` with ``rank=1``, ``scale_type='tensor'`` and ``scale=128``
+    (the README setting; the effective multiplier is √128 ≈ 11.3; larger
+    models use larger α, e.g. 192 with ``scale_front`` for 130M in the
+    scripts). Per matrix the state is the rank-1 moments ``2·max(m, n)`` numbers,
+    the ``min(m, n)``-vector projection and one limiter norm — SGD-level
+    memory (arXiv 2412.05270, §4.3):
+
+    .. math::
+
+      s_t = \\frac{\\|M_t / (\\sqrt{V_t} + ε)\\|}{\\|R_t\\| + 10^{-8}}, \\qquad
+      W ← W - η \\frac{\\sqrt{1-β_2^t}}{1-β_1^t}\\, \\sqrt{α}\\, \\mathrm{limit}(s_t G_t)
+
+    All official quirks of :func:`apollo` apply.
+
+    Args:
+      learning_rate, b1, b2, eps, weight_decay, rank, scale, projection, side,
+        update_proj_gap, scale_front, norm_growth_limit, correct_bias, seed,
+        store_projector, mu_dtype, nu_dtype, router: see :func:`apollo`.
+
+    References:
+      Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance",
+      MLSys 2025, arXiv 2412.05270.
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> params = {'mlp': {'kernel': jnp.ones((64, 32))}}
+      >>> tx = optx.apollo_mini(learning_rate=0.01)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+    """
+    return apollo(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        weight_decay,
+        rank=rank,
+        scale=scale,
+        scale_type="tensor",
+        projection=projection,
+        side=side,
+        update_proj_gap=update_proj_gap,
+        scale_front=scale_front,
+        norm_growth_limit=norm_growth_limit,
+        correct_bias=correct_bias,
+        seed=seed,
+        store_projector=store_projector,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        router=router,
+    )
+
+
+# ----------------------------------------------------------------------------
+# FRUGAL (Zmushko et al., arXiv 2411.07837)
+# ----------------------------------------------------------------------------
+
+FRUGAL_PROJECTIONS = ("block", "svd", "orthogonal", "random", "coordinate")
+
+
+def frugal(
+    learning_rate: base.ScalarOrSchedule = 1e-3,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    density: float = 0.25,
+    update_proj_gap: int = 200,
+    projection: str = "block",
+    order: str = "random",
+    side: str = "std",
+    reset_statistics: bool = True,
+    inactive_update_rule: str | None = "sign",
+    inactive_lr_scale: Any = 1.0,
+    proj_lr_scale: Any = 1.0,
+    base_optimizer: optax.GradientTransformation | None = None,
+    seed: int = 0,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    router: routing.Router | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """FRUGAL: a stateful optimizer on a subspace, state-free signSGD on the rest.
+
+    Per hidden matrix ``G`` (arXiv 2411.07837, Alg. 1), with a subspace
+    re-chosen every ``T`` steps (and, by default, the stateful optimizer's
+    state — counters included — reset at each re-choice):
+
+    .. math::
+
+      U = s_p\\big(\\mathrm{up}(\\mathrm{Adam}(\\mathrm{down}(G)))
+          + s_i\\, \\mathrm{sign}(G - \\mathrm{up}(\\mathrm{down}(G)))\\big), \\qquad
+      W ← W - η λ W - η U
+
+    Subspaces (``projection``):
+
+    * ``'block'`` (the official pre-training runs, ``--optimizer frugal``): a
+      ``density`` fraction of whole matrices is active (Adam), the others get
+      ``sign(G)``; see :func:`optx.scale_by_block_subspace` for the
+      per-shape-group selection optx uses for static shapes;
+    * ``'svd'`` (``GaloreOptimizer``'s class default), ``'orthogonal'`` (its
+      ``'random'``: ``orthogonal_`` init), ``'coordinate'`` (``'randperm'``
+      / ``CoordOptimizer``'s columns), ``'random'`` (Gaussian): rank
+      ``round(density · d)`` of the projected side (``side='std'``).
+
+    Official-code quirks (reproduced): Adam with ε outside the corrected
+    ``√v̂``; the decay ``W ← W(1 − ηλ)`` is applied *before* the step to every
+    parameter, active or not (optax order); all matrices switch subspace at
+    the same step (``step % T == 0``, including step 0); ``sign(0) = 0``;
+    the regular parameters get plain AdamW (never reset). Block orders
+    ``'random'``, ``'ascending'``, ``'descending'`` (the 130M script); the
+    code read is the fork ``hungquangbui02022003/FRUGAL`` (the upstream
+    ``philip-zmushko/FRUGAL`` was not available).
+
+    Args:
+      learning_rate: scalar or schedule (scripts 1e-3, cosine, warmup).
+      b1, b2, eps: Adam hyper-parameters of the stateful part.
+      weight_decay: λ, decoupled, pre-step (scripts 0; class 0.01).
+      density: ρ, the stateful fraction (static; 0.25; 0 = signSGD only).
+      update_proj_gap: ``T`` (static; 200).
+      projection: ``'block'``, ``'svd'``, ``'orthogonal'``, ``'random'``,
+        ``'coordinate'``.
+      order: block order (``projection='block'`` only).
+      side: projected side for the projection kinds.
+      reset_statistics: reset the stateful optimizer at every re-choice.
+      inactive_update_rule: ``'sign'`` (signSGD), ``'sgd'`` or None.
+      inactive_lr_scale: lr multiplier of the state-free part (pre-training
+        1.0, fine-tuning 0.1).
+      proj_lr_scale: lr multiplier of the whole projected-parameter update.
+      base_optimizer: the stateful transform (default Adam, optax placement).
+      seed: PRNG seed (static).
+      mu_dtype, nu_dtype: moment dtypes.
+      router: an :class:`optx.Router`.
+
+    References:
+      Zmushko, Beznosikov, Takáč, Horváth, "FRUGAL: Memory-Efficient
+      Optimization by Reducing State Overhead for Scalable Training",
+      ICML 2025, arXiv 2411.07837.
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> params = {'blocks': {'kernel': jnp.ones((4, 16, 16))}}
+      >>> tx = optx.frugal(learning_rate=1e-3, density=0.25)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    base.check_choice("projection", projection, FRUGAL_PROJECTIONS)
+    router = routing.as_router(router)
+    inner = base_optimizer
+    if inner is None:
+        inner = moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    if projection == "block":
+        subspace = proj_lib.scale_by_block_subspace(
+            inner,
+            density=density,
+            update_proj_gap=update_proj_gap,
+            order=order,
+            residual=inactive_update_rule,
+            residual_scale=inactive_lr_scale,
+            reset_on_refresh=reset_statistics,
+            seed=seed,
+            layout=router,
+        )
+    else:
+        subspace = proj_lib.scale_by_subspace(
+            inner,
+            rank=None,
+            density=density,
+            projection=projection,
+            side=side,
+            update_proj_gap=update_proj_gap,
+            residual=inactive_update_rule,
+            residual_scale=inactive_lr_scale,
+            reset_on_refresh=reset_statistics,
+            seed=seed,
+            layout=router,
+        )
+    matrix = optax.chain(
+        subspace,
+        optax.scale(proj_lr_scale),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    fallback = adamw(
+        learning_rate, b1, b2, eps, weight_decay=weight_decay, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+    )
+    return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
+
+
+# ----------------------------------------------------------------------------
+# DCT-AdamW (Modoranu et al., arXiv 2505.17967)
+# ----------------------------------------------------------------------------
+
+
+def dct_adamw(
+    learning_rate: base.ScalarOrSchedule = 1e-3,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    *,
+    rank: int = 128,
+    update_proj_gap: int = 1,
+    side: str = "std",
+    score_norm: float = 1.0,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    router: routing.Router | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """DCT-AdamW: SVD-free low-rank Adam on DCT columns chosen by alignment.
+
+    Official ``DCTAdamW`` (ista-daslab-optimizers 1.1.15, ``proj='dct'``,
+    ``sim_type='matmul'``). Per hidden matrix ``G`` with the orthonormal DCT
+    basis ``Q`` of the smaller dimension (:func:`optx.dct_basis`), at a refresh
+    (arXiv 2505.17967, Alg. 1):
+
+    .. math::
+
+      S = Q^\\top G \\ (\\text{or } G Q), \\quad
+      \\mathcal I = \\mathrm{top}_r\\big(\\|S_{j}\\|_1\\big), \\quad
+      R_t = Q_{:,\\mathcal I}^\\top G_t
+
+      M_t = β_1 M_{t-1} + (1-β_1) R_t, \\ V_t = β_2 V_{t-1} + (1-β_2) R_t^2, \\
+      W ← W(1-ηλ) - η \\frac{\\sqrt{1-β_2^t}}{1-β_1^t}
+          Q_{:,\\mathcal I} \\frac{M_t}{\\sqrt{V_t} + ε\\sqrt{1-β_2^t}}
+
+    Only the ``r`` int32 indices are stored per matrix (no projector matrix);
+    ``Q`` is a closed-form function of ``d`` evaluated inside the update
+    (``d × d`` on refresh steps for the scores, ``d × r`` otherwise) instead of
+    one cached ``d × d`` matrix — under ``jit`` a cached basis would be state or
+    a baked-in constant.
+
+    Official-code quirks: the refresh happens at the optimizer's 1-based
+    steps ``1, T, 2T, …`` (default ``T = 1``: every step); the moments are
+    neither reset nor rotated when the indices change (columns are silently
+    re-associated with the new basis vectors; the official
+    ``rotate_subspace`` option is not provided); ``torch.topk(sorted=False)``
+    order is unspecified, optx keeps the indices sorted by score; ε·√(1−β₂ᵗ)
+    in the denominator is the standard Adam placement; decay before the step.
+    Not reproduced: the hard-coded right projection for (512|1024)×(3584|4096)
+    shapes, ``max_shape`` (the router sends embeddings/heads to AdamW), error
+    feedback (``use_ef``) and the Hadamard/random-QR variants.
+
+    Args:
+      learning_rate: scalar or schedule (required in the official class).
+      b1, b2, eps: Adam hyper-parameters.
+      weight_decay: decoupled λ (pre-step).
+      rank: number of DCT columns (static).
+      update_proj_gap: ``T`` (static; official default 1).
+      side: ``'std'`` (official: basis over the smaller dimension).
+      score_norm: ℓp of the alignment score (official 1).
+      mu_dtype, nu_dtype: moment dtypes.
+      router: an :class:`optx.Router`.
+
+    References:
+      Modoranu, Safaryan, Schultheis, Ryabinin, Chumachenko, Alistarh,
+      "SVD-Free Low-Rank Adaptive Gradient Optimization for Large Language
+      Models" / "FFT-based Dynamic Subspace Selection for Low-Rank Adaptive
+      Optimization of Large Language Models", arXiv 2505.17967.
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> params = {'mlp': {'kernel': jnp.ones((64, 32))}}
+      >>> tx = optx.dct_adamw(learning_rate=1e-3, rank=8)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+    """
+    base.check_learning_rate("learning_rate", learning_rate)
+    router = routing.as_router(router)
+    matrix = optax.chain(
+        proj_lib.scale_by_subspace(
+            moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+            rank=rank,
+            projection="dct",
+            side=side,
+            update_proj_gap=update_proj_gap,
+            refresh_phase=1,
+            score_norm=score_norm,
+            layout=router,
+        ),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    fallback = adamw(
+        learning_rate, b1, b2, eps, weight_decay=weight_decay, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+    )
+    return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
+
+
+# ----------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------
+
+_8BIT_TEST = {"min_size": 0, "block_size": 8}
+# Registry defaults are small-model settings: rank 64 = ¼·d_model for d_model 256 (the
+# GaLore/APOLLO rank rules); 8-bit states with the bitsandbytes block size and threshold.
+
+registry.register(
+    registry.OptimizerSpec(
+        name="adamw_8bit",
+        factory=adamw_8bit,
+        paper="2110.02861",
+        family="memory",
+        defaults={"learning_rate": 1e-3, "weight_decay": 1e-2},
+        lr_grid=(3e-4, 1e-3, 3e-3, 1e-2),
+        static_args=_COMMON_8BIT_STATIC,
+        test_overrides=_8BIT_TEST,
+        description="AdamW with block-wise 8-bit moments (bitsandbytes AdamW8bit)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="lion_8bit",
+        factory=lion_8bit,
+        paper="2110.02861; 2302.06675",
+        family="memory",
+        defaults={"learning_rate": 1e-4},
+        lr_grid=(3e-5, 1e-4, 3e-4, 1e-3),
+        static_args=_COMMON_8BIT_STATIC,
+        test_overrides={**_8BIT_TEST, "learning_rate": 1e-2},
+        description="Lion with a block-wise 8-bit momentum (bitsandbytes Lion8bit)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="sgd_momentum_8bit",
+        factory=sgd_momentum_8bit,
+        paper="2110.02861",
+        family="memory",
+        defaults={"learning_rate": 1e-2, "momentum": 0.9},
+        lr_grid=(3e-3, 1e-2, 3e-2, 1e-1),
+        static_args=_COMMON_8BIT_STATIC,
+        test_overrides=_8BIT_TEST,
+        description="SGD with a block-wise 8-bit momentum (bitsandbytes SGD8bit)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="galore",
+        factory=galore,
+        paper="2403.03507",
+        family="memory",
+        defaults={"learning_rate": 1e-2, "rank": 64, "update_proj_gap": 200, "scale": 0.25},
+        lr_grid=(3e-3, 1e-2, 3e-2, 1e-1),
+        static_args=(*_PROJECTION_STATIC, "base_optimizer"),
+        uses_matrix_path=True,
+        test_overrides={"rank": 4, "update_proj_gap": 20},
+        description="GaLore (official GaLoreAdamW: 'std' side, eps on uncorrected sqrt(v))",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="galore_8bit",
+        factory=galore_8bit,
+        paper="2403.03507; 2110.02861",
+        family="memory",
+        defaults={"learning_rate": 1e-2, "rank": 64, "update_proj_gap": 200, "scale": 0.25},
+        lr_grid=(3e-3, 1e-2, 3e-2, 1e-1),
+        static_args=(*_PROJECTION_STATIC, *_COMMON_8BIT_STATIC),
+        uses_matrix_path=True,
+        test_overrides={"rank": 4, "update_proj_gap": 20, **_8BIT_TEST},
+        description="8-bit GaLore (bitsandbytes 8-bit Adam in the subspace)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="apollo",
+        factory=apollo,
+        paper="2412.05270",
+        family="memory",
+        defaults={"learning_rate": 1e-2, "rank": 64, "update_proj_gap": 200},
+        lr_grid=(3e-3, 1e-2, 3e-2),
+        static_args=(*_PROJECTION_STATIC, "scale_type"),
+        uses_matrix_path=True,
+        test_overrides={"rank": 4, "update_proj_gap": 20},
+        description="APOLLO (channel-wise norm-ratio scaling, official apollo-torch)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="apollo_mini",
+        factory=apollo_mini,
+        paper="2412.05270",
+        family="memory",
+        defaults={"learning_rate": 1e-2, "update_proj_gap": 200},
+        lr_grid=(1e-3, 3e-3, 1e-2, 3e-2),
+        static_args=_PROJECTION_STATIC,
+        uses_matrix_path=True,
+        test_overrides={"update_proj_gap": 20},
+        description="APOLLO-Mini (rank 1, tensor-wise scaling, sqrt(128) scale)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="frugal",
+        factory=frugal,
+        paper="2411.07837",
+        family="memory",
+        defaults={"learning_rate": 1e-3, "density": 0.25, "update_proj_gap": 200},
+        lr_grid=(3e-4, 1e-3, 3e-3, 1e-2),
+        static_args=(
+            "density",
+            "update_proj_gap",
+            "projection",
+            "order",
+            "side",
+            "seed",
+            "inactive_update_rule",
+            "base_optimizer",
+        ),
+        uses_matrix_path=True,
+        test_overrides={"learning_rate": 1e-2, "update_proj_gap": 20},
+        description="FRUGAL (block subspace Adam + signSGD, reset every T)",
+    )
+)
+registry.register(
+    registry.OptimizerSpec(
+        name="dct_adamw",
+        factory=dct_adamw,
+        paper="2505.17967",
+        family="memory",
+        defaults={"learning_rate": 1e-3, "rank": 64, "update_proj_gap": 1},
+        lr_grid=(3e-4, 1e-3, 3e-3, 1e-2),
+        static_args=("rank", "update_proj_gap", "side", "score_norm"),
+        uses_matrix_path=True,
+        test_overrides={"learning_rate": 1e-2, "rank": 4},
+        description="DCT-AdamW (SVD-free: DCT columns by alignment, indices only)",
+    )
+)

@@ -1,0 +1,480 @@
+"""Tests of optx/_src/projection.py against float64 NumPy references.
+
+The references below are written from the papers' update rules (GaLore
+arXiv 2403.03507 Alg. 2, APOLLO arXiv 2412.05270 Alg. 1, FRUGAL
+arXiv 2411.07837 Alg. 1, DCT-AdamW arXiv 2505.17967 Alg. 1), on 2-D, stacked
+``(L, in, out)`` and conv ``(kh, kw, in, out)`` inputs. Random projections
+cannot be reproduced bit-for-bit in NumPy, so the references use a
+deterministic custom projection (passed to optx as a callable) or, for the
+random kinds, check the projector's distributional properties.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optx
+from tests.matrix_views import matrices
+from tests.projection_reference import (
+    adam_moments,
+    columns_projection,
+    dct_columns,
+    dct_projection,
+    down,
+    jax_columns_projection,
+    projected_axis,
+    up,
+)
+
+CONV = optx.MatrixLayout((-4, -3, -2), (-1,))
+SHAPES = {"hidden": (10, 6), "stack": (3, 6, 10), "conv": (3, 3, 2, 5)}
+
+
+def _layout(path: str, leaf: Any) -> Any:
+    return CONV if path.startswith("conv") else optx.DENSE
+
+
+def _tree(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal(s) * np.exp(rng.uniform(-1, 1, s)) for k, s in SHAPES.items()}
+
+
+def _run(tx: optax.GradientTransformation, grads: list[dict], params: Any = None) -> list[dict]:
+    state = tx.init(jax.tree.map(jnp.asarray, grads[0]))
+    step = jax.jit(tx.update)
+    out = []
+    for g in grads:
+        u, state = step(jax.tree.map(jnp.asarray, g), state, params)
+        out.append(jax.tree.map(np.asarray, u))
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Geometry, bases and projector kinds
+# ----------------------------------------------------------------------------
+
+
+def test_projected_axis_rules() -> None:
+    # 'std' projects the smaller dimension, ties -> fan-in (PyTorch "right").
+    assert optx.projected_axis(4, 8, "std") == "in"
+    assert optx.projected_axis(8, 4, "std") == "out"
+    assert optx.projected_axis(6, 6, "std") == "in"
+    assert optx.projected_axis(4, 8, "reverse_std") == "out"
+    assert optx.projected_axis(6, 6, "reverse_std") == "out"
+    assert optx.projected_axis(8, 4, "in") == "in"
+    with pytest.raises(ValueError):
+        optx.projected_axis(4, 8, "left")
+
+
+def test_dct_basis_matches_closed_form_and_is_orthonormal() -> None:
+    d = 12
+    ref = dct_columns(d)  # the DCT-II matrix; its columns are the basis
+    np.testing.assert_allclose(np.asarray(optx.dct_basis(d)), ref, atol=1e-6)
+    idx = jnp.array([[3, 0], [11, 5]])
+    np.testing.assert_allclose(
+        np.asarray(optx.dct_basis(d, idx)), ref[:, np.asarray(idx)].transpose(1, 0, 2), atol=1e-6
+    )
+    big = optx.dct_basis(4096, jnp.array([4095, 1]))
+    np.testing.assert_allclose(np.asarray(big.T @ big), np.eye(2), atol=1e-4)
+
+
+def test_projector_kinds_properties() -> None:
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 12, 30)), jnp.float32)
+    key = jax.random.key(1)
+    svd = optx.compute_projector(x, None, projection="svd", axis="in", rank=3)
+    u = np.linalg.svd(np.asarray(x, np.float64))[0][:, :, :3]
+    for b in range(2):  # same subspace as NumPy's top-3 left singular vectors
+        np.testing.assert_allclose(np.abs(u[b].T @ np.asarray(svd[b])), np.eye(3), atol=1e-4)
+    orth = optx.compute_projector(x, key, projection="orthogonal", axis="out", rank=5)
+    assert orth.shape == (2, 30, 5)
+    np.testing.assert_allclose(
+        np.einsum("bdr,bds->brs", orth, orth), np.broadcast_to(np.eye(5), (2, 5, 5)), atol=1e-5
+    )
+    gauss = optx.compute_projector(
+        jnp.zeros((4, 400, 2)), key, projection="random", axis="in", rank=50
+    )
+    assert abs(float(jnp.mean(gauss))) < 0.01
+    assert abs(float(jnp.var(gauss)) * 50 - 1.0) < 0.05  # N(0, 1/r)
+    coord = np.asarray(optx.compute_projector(x, key, projection="coordinate", axis="in", rank=4))
+    assert coord.dtype == np.int32 and coord.shape == (2, 4)
+    assert all(len(set(row)) == 4 and row.min() >= 0 and row.max() < 12 for row in coord)
+    dct = np.asarray(optx.compute_projector(x, None, projection="dct", axis="out", rank=4))
+    Q = np.asarray(optx.dct_basis(30), np.float64)
+    scores = np.abs(np.asarray(x, np.float64) @ Q).sum(axis=1)  # l1 per basis column
+    np.testing.assert_array_equal(dct, np.argsort(-scores, axis=1)[:, :4])
+
+
+@pytest.mark.parametrize("kind", ["svd", "orthogonal", "coordinate", "dct"])
+@pytest.mark.parametrize("axis", ["in", "out"])
+def test_back_projection_and_residual(kind: str, axis: str) -> None:
+    """For orthonormal bases, up∘down is the orthogonal projection onto the
+    subspace: idempotent, and the residual is orthogonal to the subspace."""
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 9, 7)), jnp.float32)
+    p = optx.compute_projector(x, jax.random.key(0), projection=kind, axis=axis, rank=3)
+    r = optx.project(x, p, projection=kind, axis=axis)
+    assert r.shape == ((2, 3, 7) if axis == "in" else (2, 9, 3))
+    back = optx.project_back(r, p, projection=kind, axis=axis, matrix_shape=x.shape)
+    res = optx.residual(x, p, projection=kind, axis=axis)
+    np.testing.assert_allclose(np.asarray(back + res), np.asarray(x), atol=1e-5)
+    again = optx.project(back, p, projection=kind, axis=axis)
+    np.testing.assert_allclose(np.asarray(again), np.asarray(r), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(optx.project(res, p, projection=kind, axis=axis)), 0.0, atol=1e-5
+    )
+
+
+# ----------------------------------------------------------------------------
+# scale_by_subspace: GaLore, FRUGAL-style residual, DCT refresh phase
+# ----------------------------------------------------------------------------
+
+
+def _np_subspace_adam(
+    grads: list[dict],
+    *,
+    rank: int,
+    gap: int,
+    scale: float,
+    residual: str | None = None,
+    reset: bool = False,
+    phase: int = 0,
+    official_eps: bool = True,
+    projector: Any = columns_projection,
+    side: str = "std",
+) -> list[dict]:
+    """Float64 reference: projector refresh, Adam in the subspace, back, residual."""
+    b1, b2 = 0.9, 0.999
+    eps = 1e-6 if official_eps else 1e-8
+    outs: list[dict] = []
+    st: dict[str, dict] = {}
+    t = 0
+    for step, g in enumerate(grads):
+        refresh = step == 0 or (step + phase) % gap == 0
+        if refresh and reset:
+            st, t = {}, 0
+        t += 1
+        out = {}
+        for name, x in g.items():
+            X = matrices(x, name)
+            fi, fo = X.shape[1:]
+            axis = projected_axis(fi, fo, side)
+            s = st.setdefault(name, {})
+            if refresh:
+                s["P"] = projector(X, min(rank, fi if axis == "in" else fo), axis)
+            R = down(X, s["P"], axis)
+            adam_moments(s, R, b1, b2)
+            if official_eps:  # eps on the uncorrected sqrt(v), correction in the step
+                N = np.sqrt(1 - b2**t) / (1 - b1**t) * s["m"] / (np.sqrt(s["v"]) + eps)
+            else:
+                N = (s["m"] / (1 - b1**t)) / (np.sqrt(s["v"] / (1 - b2**t)) + eps)
+            U = scale * up(N, s["P"], axis)
+            if residual is not None:
+                res = X - up(R, s["P"], axis)
+                U = U + (np.sign(res) if residual == "sign" else res)
+            out[name] = U.reshape(x.shape)
+        outs.append(out)
+    return outs
+
+
+@pytest.mark.parametrize("gap", [2, 100])
+def test_galore_subspace_adam_matches_reference(gap: int) -> None:
+    grads = [_tree(s) for s in range(5)]
+    inner = optx.scale_by_adam(0.9, 0.999, 1e-6, eps_placement="uncorrected")
+    tx = optx.scale_by_subspace(
+        inner,
+        rank=3,
+        projection=jax_columns_projection,
+        update_proj_gap=gap,
+        scale=0.25,
+        layout=_layout,
+    )
+    ours = _run(tx, grads)
+    ref = _np_subspace_adam(grads, rank=3, gap=gap, scale=0.25)
+    for a, b in zip(ours, ref):
+        for k in SHAPES:
+            np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=1e-6, err_msg=k)
+
+
+def test_svd_subspace_matches_numpy_svd_reference() -> None:
+    """With one refresh (moments start at zero) SVD signs cancel exactly."""
+    grads = [_tree(s) for s in range(4)]
+
+    def np_svd(X: np.ndarray, r: int, axis: str) -> np.ndarray:
+        u, _, vh = np.linalg.svd(X, full_matrices=False)
+        return u[:, :, :r] if axis == "in" else np.swapaxes(vh[:, :r, :], 1, 2)
+
+    tx = optx.scale_by_subspace(
+        optx.scale_by_adam(0.9, 0.999, 1e-6, eps_placement="uncorrected"),
+        rank=2,
+        update_proj_gap=200,
+        scale=1.0,
+        layout=_layout,
+    )
+    ours = _run(tx, grads)
+    ref = _np_subspace_adam(grads, rank=2, gap=200, scale=1.0, projector=np_svd)
+    for a, b in zip(ours, ref):
+        for k in SHAPES:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+def test_residual_sign_and_reset_match_frugal_reference() -> None:
+    grads = [_tree(10 + s) for s in range(5)]
+    tx = optx.scale_by_subspace(
+        optx.scale_by_adam(),
+        density=0.34,
+        projection=jax_columns_projection,
+        update_proj_gap=2,
+        residual="sign",
+        reset_on_refresh=True,
+        layout=_layout,
+    )
+    ours = _run(tx, grads)
+
+    def rank_of_density(X: np.ndarray, r: int, axis: str) -> np.ndarray:
+        d = X.shape[1] if axis == "in" else X.shape[2]
+        return columns_projection(X, max(1, round(0.34 * d)), axis)
+
+    ref = _np_subspace_adam(
+        grads,
+        rank=10**6,
+        gap=2,
+        scale=1.0,
+        residual="sign",
+        reset=True,
+        official_eps=False,
+        projector=rank_of_density,
+    )
+    for a, b in zip(ours, ref):
+        for k in SHAPES:
+            np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+def test_dct_refresh_phase_and_scores_match_reference() -> None:
+    grads = [_tree(20 + s) for s in range(5)]
+
+    tx = optx.scale_by_subspace(
+        optx.scale_by_adam(),
+        rank=2,
+        projection="dct",
+        update_proj_gap=2,
+        refresh_phase=1,
+        layout=_layout,
+    )
+    ours = _run(tx, grads)
+    ref = _np_subspace_adam(
+        grads, rank=2, gap=2, scale=1.0, phase=1, official_eps=False, projector=dct_projection
+    )
+    for a, b in zip(ours, ref):
+        for k in SHAPES:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+def test_refresh_runs_only_on_schedule() -> None:
+    g = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((6, 4)), jnp.float32)}
+    tx = optx.scale_by_subspace(rank=2, projection="orthogonal", update_proj_gap=3)
+    state = tx.init(g)
+    seen = []
+    for _ in range(7):
+        _, state = tx.update(g, state)
+        seen.append(np.asarray(state.projector["w"]).copy())
+    changed = [not np.array_equal(a, b) for a, b in itertools.pairwise(seen)]
+    # counts before the step: 0 (draw), 1, 2, 3 (draw), 4, 5, 6 (draw)
+    assert changed == [False, False, True, False, False, True]
+
+
+def test_leaves_without_layout_get_inner_at_full_size() -> None:
+    g = {"bias": jnp.ones(5), "kernel": jnp.ones((6, 4))}
+    tx = optx.scale_by_subspace(optax.scale(-2.0), rank=1)
+    u, state = tx.update(g, tx.init(g))
+    np.testing.assert_allclose(np.asarray(u["bias"]), -2.0)
+    assert isinstance(state.projector["bias"], optax.MaskedNode)
+
+
+# ----------------------------------------------------------------------------
+# scale_by_apollo
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale_type", ["channel", "tensor"])
+def test_apollo_scaling_matches_reference(scale_type: str) -> None:
+    grads = [_tree(30 + s) for s in range(4)]
+    tx = optx.scale_by_apollo(
+        rank=2,
+        scale_type=scale_type,
+        projection=jax_columns_projection,
+        update_proj_gap=2,
+        layout=_layout,
+    )
+    ours = _run(tx, grads)
+    b1, b2, eps = 0.9, 0.999, 1e-6
+    st: dict[str, dict] = {}
+    for step, (g, out) in enumerate(zip(grads, ours)):
+        for name, x in g.items():
+            X = matrices(x, name)
+            axis = projected_axis(*X.shape[1:])
+            s = st.setdefault(name, {})
+            if step % 2 == 0:
+                s["P"] = columns_projection(X, 2, axis)
+            R = down(X, s["P"], axis)
+            adam_moments(s, R, b1, b2)
+            N = s["m"] / (np.sqrt(s["v"]) + eps)  # no bias correction in the ratio
+            if scale_type == "tensor":
+                factor = np.linalg.norm(N, axis=(1, 2), keepdims=True) / (
+                    np.linalg.norm(R, axis=(1, 2), keepdims=True) + 1e-8
+                )
+            else:  # channels = the unprojected axis; norms over the rank axis
+                ax = 1 if axis == "in" else 2
+                factor = np.linalg.norm(N, axis=ax, keepdims=True) / (
+                    np.linalg.norm(R, axis=ax, keepdims=True) + 1e-8
+                )
+            ref = (X * factor).reshape(x.shape)  # the RAW gradient is scaled
+            np.testing.assert_allclose(out[name], ref, rtol=2e-4, atol=1e-6, err_msg=name)
+
+
+# ----------------------------------------------------------------------------
+# Block subspace (FRUGAL's default)
+# ----------------------------------------------------------------------------
+
+
+def test_block_subspace_matches_reference_ascending_order() -> None:
+    shapes = {"a": (4, 6, 5), "b": (6, 5), "c": (5, 6)}  # groups 6x5 (N=5), 5x6 (N=1)
+    rng = np.random.default_rng(5)
+    grads = [{k: rng.standard_normal(s) for k, s in shapes.items()} for _ in range(5)]
+    tx = optx.scale_by_block_subspace(
+        density=0.4,
+        update_proj_gap=2,
+        order="ascending",
+        residual="sign",
+        residual_scale=0.5,
+        layout=optx.DENSE,
+    )
+    state = tx.init(jax.tree.map(jnp.asarray, grads[0]))
+    assert set(state.active) == {"6x5_float32"}  # round(0.4·1) = 0: no state for 5x6
+    assert state.active["6x5_float32"].shape == (2,)
+    ours = _run(tx, grads)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    start, t, m, v, active = 0, 0, None, None, None
+    for step, (g, out) in enumerate(zip(grads, ours)):
+        stack = np.concatenate([g["a"], g["b"][None]])  # the 6x5 group, N = 5
+        if step % 2 == 0:  # refresh: next two blocks cyclically, state reset
+            active = [(start + i) % 5 for i in range(2)]
+            start = (start + 2) % 5
+            t, m, v = 0, 0.0, 0.0
+        t += 1
+        A = stack[active]
+        m = b1 * m + (1 - b1) * A
+        v = b2 * v + (1 - b2) * A**2
+        full = 0.5 * np.sign(stack)
+        full[active] = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        np.testing.assert_allclose(out["a"], full[:4], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(out["b"], full[4], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(out["c"], 0.5 * np.sign(g["c"]))
+
+
+def test_block_subspace_random_order_draws_distinct_blocks() -> None:
+    g = {"s": jnp.ones((8, 4, 4))}
+    tx = optx.scale_by_block_subspace(density=0.5, update_proj_gap=1, seed=3)
+    state = tx.init(g)
+    draws = []
+    for _ in range(4):
+        _, state = tx.update(g, state)
+        draws.append(tuple(np.asarray(state.active["4x4_float32"])))
+    assert all(len(set(d)) == 4 for d in draws) and len(set(draws)) > 1
+
+
+# ----------------------------------------------------------------------------
+# Sharding rules for projector state (8-device CPU mesh)
+# ----------------------------------------------------------------------------
+
+
+def test_projector_state_sharding_rules() -> None:
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    rng = np.random.default_rng(0)
+    params = {
+        "hidden": jnp.asarray(rng.standard_normal((8, 16)), jnp.float32),
+        "stack": jnp.asarray(rng.standard_normal((4, 16, 8)), jnp.float32),
+    }
+    specs = {"hidden": P("data", "model"), "stack": P("data", "model", None)}
+    tx = optx.scale_by_subspace(rank=2, projection="orthogonal", layout=optx.DENSE)
+    ref_u, _ = jax.jit(tx.update)(params, tx.init(params))
+    with jax.set_mesh(mesh):
+        sharded = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in params.items()}
+        state = tx.init(sharded)
+        spec = lambda x: jax.typeof(x).sharding.spec  # noqa: E731
+        # hidden (8, 16): fan_in 8 <= 16 -> project fan-in; P (1, 8, 2) keeps 'data'
+        assert spec(state.projector["hidden"]) == P(None, "data", None)
+        mu = state.inner_state.mu
+        assert mu["hidden"].shape == (1, 2, 16) and spec(mu["hidden"]) == P(None, None, "model")
+        # stack (4, 16, 8): fan_out 8 < 16 -> project fan-out; batch keeps 'data'
+        assert spec(state.projector["stack"]) == P("data", None, None)
+        assert spec(mu["stack"]) == P("data", "model", None)
+        abstract = optx.state_shardings(tx, sharded)
+        for s, a in zip(jax.tree.leaves(state), jax.tree.leaves(abstract)):
+            assert s.sharding.is_equivalent_to(a, s.ndim)
+        step = jax.jit(tx.update)
+        u, new = step(sharded, state)
+        assert jax.tree.map(jax.typeof, new) == jax.tree.map(jax.typeof, state)
+        _, new2 = step(u, new)
+        assert jax.tree.map(jax.typeof, new2) == jax.tree.map(jax.typeof, state)
+        assert spec(u["hidden"]) == P("data", "model")
+    for k in params:
+        np.testing.assert_allclose(np.asarray(u[k]), np.asarray(ref_u[k]), rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        optx.scale_by_subspace(rank=0)
+    with pytest.raises(TypeError):
+        optx.scale_by_subspace(rank=2.0)
+    with pytest.raises(ValueError):
+        optx.scale_by_subspace(rank=4, density=0.5)
+    with pytest.raises(ValueError):
+        optx.scale_by_subspace(rank=None, density=1.5)
+    with pytest.raises(ValueError):
+        optx.scale_by_subspace(projection="qr")
+    with pytest.raises(ValueError):
+        optx.scale_by_subspace(side="left")
+    with pytest.raises(ValueError):
+        optx.scale_by_subspace(update_proj_gap=0)
+    with pytest.raises(ValueError):
+        optx.scale_by_subspace(residual="adam")
+    with pytest.raises(ValueError):
+        optx.scale_by_apollo(scale_type="row")
+    with pytest.raises(ValueError):
+        optx.scale_by_block_subspace(order="mirror")
+    with pytest.raises(TypeError):
+        optx.scale_by_block_subspace(density="0.5")
+    bad = optx.scale_by_subspace(rank=2, projection=lambda k, x, r, a: jnp.zeros((1, 3, 3)))
+    g = {"w": jnp.ones((6, 4))}
+    with pytest.raises(ValueError, match="custom projection"):
+        bad.update(g, bad.init(g))
+
+
+def test_seed_only_projector_gives_the_same_updates_with_less_state() -> None:
+    grads = [_tree(40 + s) for s in range(5)]
+    kwargs = dict(rank=2, projection="random", update_proj_gap=2, layout=_layout)
+    stored = optx.scale_by_subspace(**kwargs)
+    seed_only = optx.scale_by_subspace(store_projector=False, **kwargs)
+    for a, b in zip(_run(stored, grads), _run(seed_only, grads)):
+        for k in SHAPES:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7)
+    params = jax.tree.map(jnp.asarray, grads[0])
+    saved = optx.state_bytes(stored, params) - optx.state_bytes(seed_only, params)
+    # dense (10, 6): P (1, 6, 2); stack (3, 6, 10): P (3, 6, 2); conv (18, 5): P (1, 5, 2)
+    assert saved == 4 * (6 * 2 + 3 * 6 * 2 + 5 * 2)
+    with pytest.raises(ValueError, match="store_projector"):
+        optx.scale_by_subspace(projection="svd", store_projector=False)

@@ -1,0 +1,291 @@
+"""Tests of optx/_src/quantization.py: the dynamic map, block-wise quantization
+and the generic quantized-state wrapper."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optx
+
+DATA = pathlib.Path(__file__).resolve().parent / "data"
+
+
+def _reference_map(signed: bool) -> np.ndarray:
+    """The dynamic tree map from the paper's description (arXiv 2110.02861 §2.3)."""
+    values = [0.0, 1.0]
+    for e in range(7):  # exponent 10^(e-6); fraction = midpoints of a linear grid
+        n_fraction = 2**e if signed else 2 ** (e + 1)
+        grid = np.linspace(0.1, 1.0, n_fraction + 1)
+        mids = 10.0 ** (e - 6) * (grid[1:] + grid[:-1]) / 2
+        values += list(mids) + (list(-mids) if signed else [])
+    return np.sort(np.array(values))
+
+
+# ----------------------------------------------------------------------------
+# The map
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_dynamic_map_structure(signed: bool) -> None:
+    m = optx.dynamic_map(signed).astype(np.float64)
+    assert m.shape == (256,) and m.dtype == np.float64
+    assert np.all(np.diff(m) > 0), "256 distinct sorted codes"
+    assert m[-1] == 1.0 and 0.0 in m
+    np.testing.assert_allclose(m, _reference_map(signed), rtol=1e-7)
+    nonzero = np.abs(m[m != 0])
+    if signed:
+        assert -1.0 not in m and np.isclose(m[0], -0.99296875)
+        assert np.isclose(nonzero.min(), 5.5e-7)
+    else:
+        assert m[0] == 0.0 and np.isclose(nonzero.min(), 3.25e-7)
+
+
+def test_dynamic_map_matches_bitsandbytes_to_two_ulps() -> None:
+    z = np.load(DATA / "adam8bit__public.npz")
+    for signed, key in ((True, "qmap1"), (False, "qmap2")):
+        ref = z[f"state/w8/{key}"]
+        ours = optx.dynamic_map(signed)
+        ulp = np.spacing(np.abs(ref).astype(np.float32))
+        assert np.all(np.abs(ours - ref) <= 2 * ulp), key  # bnb rounds in float32
+
+
+# ----------------------------------------------------------------------------
+# Block-wise quantization: error bounds over random magnitudes
+# ----------------------------------------------------------------------------
+
+SHAPES = ((37,), (8, 33), (3, 4, 20))
+
+
+def _blocks(x: np.ndarray, block: int) -> np.ndarray:
+    flat = x.reshape(-1).astype(np.float64)
+    pad = -flat.size % block
+    return np.concatenate([flat, np.zeros(pad)]).reshape(-1, block)
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    shape=st.sampled_from(SHAPES),
+    block=st.sampled_from((8, 64, 256)),
+    log_scale=st.floats(-8.0, 6.0),
+    signed=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_quantize_is_nearest_code_with_bounded_error(
+    shape: tuple[int, ...], block: int, log_scale: float, signed: bool, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    # Heavy-tailed values spanning several orders of magnitude inside a block.
+    x = rng.standard_normal(shape) * np.exp(rng.uniform(-6, 0, shape)) * 10.0**log_scale
+    if not signed:
+        x = np.abs(x)
+    x = x.astype(np.float32)
+    q = optx.quantize_blockwise(jnp.asarray(x), signed=signed, block_size=block)
+    assert q.codes.shape == shape and q.codes.dtype == jnp.uint8
+    blocks = _blocks(x, block)
+    absmax = np.abs(blocks).max(axis=1)
+    np.testing.assert_array_equal(np.asarray(q.absmax), absmax.astype(np.float32))
+
+    m = optx.dynamic_map(signed).astype(np.float64)
+    y = (blocks / np.where(absmax > 0, absmax, 1.0)[:, None]).reshape(-1)[: x.size]
+    codes = np.asarray(q.codes).reshape(-1).astype(int)
+    best = np.abs(y[:, None] - m[None, :]).min(axis=1)
+    err = np.abs(y - m[codes])
+    assert np.all(err <= best + 1e-7), "not the nearest code"
+    # Absolute bound: half the largest gap of the map, times the block scale.
+    xhat = np.asarray(optx.dequantize_blockwise(q, signed=signed, block_size=block))
+    scale = np.repeat(absmax, block)[: x.size].reshape(shape)
+    bound = np.diff(m).max() / 2 * scale + 1e-7 * scale
+    assert np.all(np.abs(xhat - x) <= bound)
+    # The block maximum itself is exact (codes ±1 are in the map, or -0.99297).
+    i = np.argmax(np.abs(x.reshape(-1)))
+    rel = abs(xhat.reshape(-1)[i] - x.reshape(-1)[i]) / abs(x.reshape(-1)[i])
+    assert rel <= (1 - 0.99296875) + 1e-6
+
+
+def test_zero_blocks_negative_unsigned_and_bf16() -> None:
+    x = jnp.concatenate([jnp.zeros(8), jnp.array([-1.0, 2.0, 0.5, 0.0, 0, 0, 0, 0])])
+    q = optx.quantize_blockwise(x, signed=False, block_size=8)
+    np.testing.assert_array_equal(np.asarray(q.absmax), [0.0, 2.0])
+    xhat = optx.dequantize_blockwise(q, signed=False, block_size=8)
+    assert float(xhat[8]) == 0.0, "negative values clip to the unsigned map's 0"
+    np.testing.assert_array_equal(np.asarray(xhat[:8]), 0.0)
+    qb = optx.quantize_blockwise(x.astype(jnp.bfloat16), block_size=8)
+    out = optx.dequantize_blockwise(qb, block_size=8, dtype=jnp.bfloat16)
+    assert out.dtype == jnp.bfloat16 and out.shape == x.shape
+
+
+def test_bad_quantization_arguments() -> None:
+    with pytest.raises(ValueError):
+        optx.quantize_blockwise(jnp.ones(4), block_size=0)
+    with pytest.raises(TypeError):
+        optx.quantize_blockwise(jnp.ones(4), block_size=2.5)
+    with pytest.raises(ValueError):
+        optx.quantize_moments(optax.scale_by_adam(), min_size=-1)
+    with pytest.raises(TypeError):
+        optx.quantize_moments(optax.scale_by_adam(), full_precision=3)
+    with pytest.raises(TypeError):
+        optx.quantize_moments(optax.scale_by_adam(), block_size=None)
+
+
+# ----------------------------------------------------------------------------
+# quantize_moments
+# ----------------------------------------------------------------------------
+
+
+def _codes_and_scales(state: optx.QuantizedState) -> tuple[list, dict]:
+    return jax.tree.leaves(state.inner_state), state.absmax
+
+
+def test_selection_min_size_fields_and_full_precision() -> None:
+    params = {"big": jnp.zeros((64, 64)), "embed": jnp.zeros((64, 64)), "small": jnp.zeros(8)}
+    tx = optx.quantize_moments(optax.scale_by_adam(), full_precision=r"(^|/)embed$")
+    state = tx.init(params)
+    adam = state.inner_state
+    assert adam.mu["big"].dtype == jnp.uint8 and adam.nu["big"].dtype == jnp.uint8
+    assert adam.mu["embed"].dtype == jnp.float32, "full_precision keeps it in f32"
+    assert adam.mu["small"].dtype == jnp.float32, "below min_size"
+    assert all(a.shape == (16,) for a in state.absmax.values()) and len(state.absmax) == 2
+
+    only_mu = optx.quantize_moments(optax.scale_by_adam(), fields=("mu",), min_size=0)
+    s = only_mu.init(params).inner_state
+    assert s.mu["small"].dtype == jnp.uint8 and s.nu["small"].dtype == jnp.float32
+
+    by_pred = optx.quantize_moments(
+        optax.scale_by_adam(), full_precision=lambda path: path.endswith("big")
+    )
+    s = by_pred.init(params).inner_state
+    assert s.mu["big"].dtype == jnp.float32 and s.mu["embed"].dtype == jnp.uint8
+
+
+def test_second_moment_uses_unsigned_map() -> None:
+    """nu gets the unsigned map: its codes index [0, 1], mu's the signed map."""
+    g = {"w": jnp.linspace(-1.0, 1.0, 64 * 64).reshape(64, 64)}
+    tx = optx.quantize_moments(optax.scale_by_adam(b1=0.0, b2=0.0), min_size=0)
+    _, state = tx.update(g, tx.init(g))
+    mu_codes, nu_codes = state.inner_state.mu["w"], state.inner_state.nu["w"]
+    signed, unsigned = optx.dynamic_map(True), optx.dynamic_map(False)
+    mu = signed[np.asarray(mu_codes)] * np.repeat(np.asarray(state.absmax["1"]), 256).reshape(
+        64, 64
+    )
+    nu = unsigned[np.asarray(nu_codes)] * np.repeat(np.asarray(state.absmax["2"]), 256).reshape(
+        64, 64
+    )
+    np.testing.assert_allclose(mu, np.asarray(g["w"]), atol=0.0071)
+    np.testing.assert_allclose(nu, np.asarray(g["w"]) ** 2, atol=0.0036)
+
+
+def _quadratic(seed: int = 0) -> tuple[dict, callable]:
+    rng = np.random.default_rng(seed)
+    target = jnp.asarray(rng.standard_normal((64, 64)), jnp.float32)
+    curv = jnp.asarray(rng.uniform(0.5, 2.0, (64, 64)), jnp.float32)
+
+    def loss(p: dict) -> jax.Array:
+        return 0.5 * jnp.sum(curv * (p["w"] - target) ** 2)
+
+    return {"w": jnp.zeros((64, 64))}, loss
+
+
+def _trajectory(tx: optax.GradientTransformation, steps: int) -> list[np.ndarray]:
+    params, loss = _quadratic()
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p: dict, s: optax.OptState) -> tuple[dict, optax.OptState]:
+        u, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, u), s
+
+    out = []
+    for _ in range(steps):
+        params, state = step(params, state)
+        out.append(np.asarray(params["w"]))
+    return out
+
+
+@pytest.mark.parametrize("block_size", [256, 2048])
+def test_8bit_adam_trajectory_close_to_32bit(block_size: int) -> None:
+    """8-bit Adam tracks 32-bit Adam: the dynamic map's relative precision
+    (a few % for entries far below their block's absmax) bounds the gap."""
+    lr = 1e-2
+    q = _trajectory(
+        optax.chain(
+            optx.quantize_moments(optax.scale_by_adam(), block_size=block_size),
+            optax.scale(-lr),
+        ),
+        20,
+    )
+    ref = _trajectory(optax.adam(lr), 20)
+    for a, b in zip(q, ref):
+        assert np.abs(a - b).max() <= 0.25 * np.abs(b).max()
+    assert np.abs(q[-1] - ref[-1]).mean() <= 0.05 * np.abs(ref[-1]).mean()
+    _, loss = _quadratic()
+    l8, l32 = float(loss({"w": jnp.asarray(q[-1])})), float(loss({"w": jnp.asarray(ref[-1])}))
+    assert abs(l8 - l32) <= 0.01 * l32
+
+
+def test_state_is_two_bytes_per_parameter_for_adam() -> None:
+    params = {"w": jax.ShapeDtypeStruct((512, 384), jnp.float32)}
+    n = 512 * 384
+    for block in (256, 2048):
+        tx = optx.quantize_moments(optax.scale_by_adam(), block_size=block)
+        expected = 2 * n + 2 * 4 * (n // block) + 4  # codes + absmax + count
+        assert optx.state_bytes(tx, params) == expected
+        assert optx.state_bytes(tx, params) / n < 2.04
+    assert optx.state_bytes(optax.scale_by_adam(), params) == 8 * n + 4
+
+
+def test_jit_cond_type_stability_and_momentum_inner() -> None:
+    g = {"w": jnp.ones((32, 32)), "b": jnp.ones(3)}
+    tx = optx.quantize_moments(optax.trace(0.9), min_size=64)
+    state = tx.init(g)
+    assert state.inner_state.trace["w"].dtype == jnp.uint8
+    assert state.inner_state.trace["b"].dtype == jnp.float32
+
+    @jax.jit
+    def maybe(s: optx.QuantizedState, pred: jax.Array) -> optx.QuantizedState:
+        return jax.lax.cond(pred, lambda s: tx.update(g, s)[1], lambda s: s, s)
+
+    for pred in (True, False):
+        new = maybe(state, jnp.asarray(pred))
+        assert jax.tree.map(jax.typeof, new) == jax.tree.map(jax.typeof, state)
+    u, state = tx.update(g, state)
+    u, state = tx.update(g, state)
+    np.testing.assert_allclose(np.asarray(u["w"]), 1.9, rtol=0.01)  # 1 + 0.9·(~1)
+
+
+def test_sharded_codes_follow_the_parameter() -> None:
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    params = {"w": jnp.linspace(-1, 1, 64 * 32).reshape(64, 32)}
+    tx = optx.quantize_moments(optax.scale_by_adam(), min_size=0, block_size=64)
+    ref_u, ref_s = jax.jit(tx.update)(params, tx.init(params))
+    with jax.set_mesh(mesh):
+        sharded = {"w": jax.device_put(params["w"], NamedSharding(mesh, P("data", "model")))}
+        state = tx.init(sharded)
+        assert jax.typeof(state.inner_state.mu["w"]).sharding.spec == P("data", "model")
+        assert jax.typeof(state.absmax["1"]).sharding.spec == P(None)
+        u, new = jax.jit(tx.update)(sharded, state)
+        assert jax.tree.map(jax.typeof, new) == jax.tree.map(jax.typeof, state)
+        assert jax.typeof(u["w"]).sharding.spec == P("data", "model")
+    np.testing.assert_allclose(np.asarray(u["w"]), np.asarray(ref_u["w"]), rtol=1e-6)
+    np.testing.assert_array_equal(
+        np.asarray(new.inner_state.nu["w"]), np.asarray(ref_s.inner_state.nu["w"])
+    )
+
+
+def test_golden_sidecar_block_layout() -> None:
+    """bitsandbytes blocks the row-major flattening in 256s: (64·72)/256 = 18."""
+    meta = json.loads((DATA / "adam8bit__public.json").read_text())
+    assert meta["arrays"]["state/w8/absmax1"]["shape"] == [18]
+    q = optx.quantize_blockwise(jnp.ones((64, 72)))
+    assert q.absmax.shape == (18,)
