@@ -38,11 +38,12 @@ def compute_dtype(*dtypes: Any) -> jnp.dtype:
     return functools.reduce(jnp.promote_types, dtypes, jnp.dtype(jnp.float32))
 
 
-def one_minus_power(beta: Any, count: jax.Array) -> jax.Array:
-    """``1 − βᵗ`` in f32, accurate for β close to 1 (see the module docstring)."""
+def one_minus_power(beta: Any, count: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """``1 − βᵗ`` in f32 (or a wider ``dtype``), accurate for β close to 1 (see the
+    module docstring)."""
     one_minus_beta = 1.0 - beta  # exact in Python when beta is a Python float
-    log_beta = jnp.log1p(-jnp.asarray(one_minus_beta, jnp.float32))
-    return -jnp.expm1(count.astype(jnp.float32) * log_beta)
+    log_beta = jnp.log1p(-jnp.asarray(one_minus_beta, dtype))
+    return -jnp.expm1(count.astype(dtype) * log_beta)
 
 
 def power(beta: Any, count: jax.Array) -> jax.Array:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, curvature, layouts, routing
+from optx._src import adaptive, base, curvature, layouts, routing
 
 
 def _new_key(seed: int) -> jax.Array:
@@ -33,28 +33,10 @@ def _refresh_key(state_key: jax.Array, extra: dict[str, Any]) -> tuple[jax.Array
     return next_key, (sub if given is None else given)
 
 
-def _one_minus(beta: Any) -> Any:
-    """``1 − β``, in Python double precision when β is a Python number.
-
-    ``1 − float32(0.999)`` is off by 1.3e-5 relative; the reference codes do
-    this arithmetic on Python floats. Traced β (``inject_hyperparams``) stay f32.
-    """
-    return 1.0 - float(beta) if isinstance(beta, (int, float)) else 1.0 - beta
-
-
-def _bias_correction(beta: Any, count: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-    """``1 − βᵗ`` (f32, or wider) as ``−expm1(t · log1p(−(1 − β)))`` (no cancellation)."""
-    c = jnp.asarray(_one_minus(beta), dtype)
-    return -jnp.expm1(count.astype(dtype) * jnp.log1p(-c))
-
-
-def _compute_dtype(*xs: jax.Array) -> Any:
-    return jnp.result_type(jnp.float32, *[x.dtype for x in xs])
-
-
 def _ema(old: jax.Array, new: jax.Array, beta: Any) -> jax.Array:
     cdt = jnp.promote_types(old.dtype, jnp.float32)
-    out = beta * old.astype(cdt) + _one_minus(beta) * new.astype(cdt)
+    # 1 − β stays a Python float when β is one (exact, as in the reference codes).
+    out = beta * old.astype(cdt) + (1.0 - beta) * new.astype(cdt)
     return out.astype(old.dtype)
 
 
@@ -197,7 +179,7 @@ def scale_by_sophia(
         scale = rho * tokens_per_batch
 
         def direction(g: jax.Array, m: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
-            cdt = _compute_dtype(g, m, h)
+            cdt = adaptive.compute_dtype(g.dtype, m.dtype, h.dtype)
             mc = m.astype(cdt)
             curv = scale * h.astype(cdt)
             u = jnp.clip(mc / jnp.maximum(curv, eps), -1.0, 1.0)
@@ -432,9 +414,9 @@ def scale_by_adahessian(
         mu = jax.tree.map(lambda m, g: _ema(m, g, b1), state.mu, updates)
 
         def direction(g: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
-            cdt = _compute_dtype(g, m, v)
-            bc1 = _bias_correction(b1, count, cdt)
-            bc2 = _bias_correction(b2, hessian_count, cdt)
+            cdt = adaptive.compute_dtype(g.dtype, m.dtype, v.dtype)
+            bc1 = adaptive.one_minus_power(b1, count, cdt)
+            bc2 = adaptive.one_minus_power(b2, hessian_count, cdt)
             root = jnp.sqrt(v.astype(cdt)) / jnp.sqrt(bc2)
             denom = jnp.power(root, hessian_power) + eps
             return (m.astype(cdt) / bc1 / denom).astype(g.dtype)
