@@ -74,7 +74,11 @@ def _blocks(x: np.ndarray, block: int) -> np.ndarray:
     return np.concatenate([flat, np.zeros(pad)]).reshape(-1, block)
 
 
-@hypothesis.settings(max_examples=40, deadline=None)
+_quantize = jax.jit(optx.quantize_blockwise, static_argnames=("signed", "block_size"))
+_dequantize = jax.jit(optx.dequantize_blockwise, static_argnames=("signed", "block_size"))
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
 @hypothesis.given(
     shape=st.sampled_from(SHAPES),
     block=st.sampled_from((8, 64, 256)),
@@ -91,7 +95,7 @@ def test_quantize_is_nearest_code_with_bounded_error(
     if not signed:
         x = np.abs(x)
     x = x.astype(np.float32)
-    q = optx.quantize_blockwise(jnp.asarray(x), signed=signed, block_size=block)
+    q = _quantize(jnp.asarray(x), signed=signed, block_size=block)
     assert q.codes.shape == shape and q.codes.dtype == jnp.uint8
     blocks = _blocks(x, block)
     absmax = np.abs(blocks).max(axis=1)
@@ -104,7 +108,7 @@ def test_quantize_is_nearest_code_with_bounded_error(
     err = np.abs(y - m[codes])
     assert np.all(err <= best + 1e-7), "not the nearest code"
     # Absolute bound: half the largest gap of the map, times the block scale.
-    xhat = np.asarray(optx.dequantize_blockwise(q, signed=signed, block_size=block))
+    xhat = np.asarray(_dequantize(q, signed=signed, block_size=block))
     scale = np.repeat(absmax, block)[: x.size].reshape(shape)
     bound = np.diff(m).max() / 2 * scale + 1e-7 * scale
     assert np.all(np.abs(xhat - x) <= bound)

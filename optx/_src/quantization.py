@@ -221,6 +221,9 @@ def quantize_blockwise(
     return QuantizedArray(codes, absmax)
 
 
+_quantize_jitted = jax.jit(quantize_blockwise, static_argnames=("signed", "block_size"))
+
+
 def dequantize_blockwise(
     q: QuantizedArray,
     *,
@@ -360,7 +363,9 @@ def quantize_moments(
                 # The barrier keeps XLA from constant-folding the quantization of
                 # the (usually all-zero) initial state under jit, which is slow.
                 x = jax.lax.optimization_barrier(x)
-                q = quantize_blockwise(x, signed=is_signed(path), block_size=block_size)
+                # One compiled program per leaf shape: called eagerly (``tx.init``
+                # outside jit), op-by-op dispatch of the quantizer took ~10 s.
+                q = _quantize_jitted(x, signed=is_signed(path), block_size=block_size)
                 leaves[i], absmax[str(i)] = q.codes, q.absmax
         return QuantizedState(jax.tree_util.tree_unflatten(treedef, leaves), absmax)
 
