@@ -406,6 +406,8 @@ def galore_8bit(
     full_precision: Any = None,
     seed: int = 0,
     router: routing.Router | None = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """8-bit GaLore: GaLore with bitsandbytes' block-wise 8-bit Adam in the subspace.
 
@@ -432,6 +434,7 @@ def galore_8bit(
       rank, update_proj_gap, scale, projection, side, seed: see :func:`galore`.
       block_size, min_size, full_precision: see :func:`adamw_8bit`.
       router: an :class:`optx.Router`.
+      mu_dtype, nu_dtype: dtypes of the full-precision (small) moments.
 
     References:
       Zhao et al., arXiv 2403.03507 (§4.2, 8-bit GaLore); Dettmers et al.,
@@ -448,7 +451,7 @@ def galore_8bit(
 
     def adam8() -> optax.GradientTransformationExtraArgs:
         return quantization.quantize_moments(
-            moments.scale_by_adam(b1, b2, eps),
+            moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
             block_size=block_size,
             min_size=min_size,
             full_precision=full_precision,
