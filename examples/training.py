@@ -65,6 +65,10 @@ class Task:
         """The loss as a pure function of the parameter state."""
         return self.loss(nnx.merge(self.graphdef, params), batch)
 
+    def logits_of(self, params: Any, batch: Batch) -> jax.Array:
+        """The model's logits on the batch inputs (for Sophia-G's sampled labels)."""
+        return nnx.merge(self.graphdef, params)(batch[0])
+
     @property
     def num_params(self) -> int:
         return optx.param_count(self.params)
@@ -232,12 +236,15 @@ def optimizer_step(
     key: jax.Array,
     step: Any,
     batch: Any = None,
+    aux: dict[str, Any] | None = None,
 ) -> tuple[Any, Any, jax.Array]:
     """One step of ``tx`` on ``loss_fn``: ``(params, opt_state, loss)`` after the update.
 
     The extra arguments come from ``spec.make_extra_args`` with an
     :class:`optx.ExtraArgsContext` holding the loss closure of this batch, so
     optimizers that need curvature or the loss value run through the same code.
+    ``aux`` carries problem-specific extras (e.g. ``logits_fn`` for Sophia-G's
+    Gauss–Newton–Bartlett estimator).
     """
     loss, grads = jax.value_and_grad(loss_fn)(params)
     ctx = optx.ExtraArgsContext(
@@ -248,6 +255,7 @@ def optimizer_step(
         key=jax.random.fold_in(key, step),
         step=step,
         batch=batch,
+        aux=dict(aux or {}),
     )
     updates, opt_state = tx.update(grads, opt_state, params, **spec.make_extra_args(ctx))
     return optax.apply_updates(params, updates), opt_state, loss
@@ -290,7 +298,10 @@ class Trainer:
             def body(carry: Any, xs: Any) -> tuple[Any, jax.Array]:
                 batch, i = xs
                 loss_fn = functools.partial(_loss_on, task, batch)
-                p, s, loss = optimizer_step(tx, spec, loss_fn, *carry, key=key, step=i, batch=batch)
+                aux = {"logits_fn": functools.partial(_logits_on, task, batch)}
+                p, s, loss = optimizer_step(
+                    tx, spec, loss_fn, *carry, key=key, step=i, batch=batch, aux=aux
+                )
                 return (p, s), loss
 
             idx = step0 + jnp.arange(jax.tree.leaves(batches)[0].shape[0])
@@ -342,6 +353,10 @@ class Trainer:
 
 def _loss_on(task: Task, batch: Batch, params: Any) -> jax.Array:
     return task.loss_of(params, batch)
+
+
+def _logits_on(task: Task, batch: Batch, params: Any) -> jax.Array:
+    return task.logits_of(params, batch)
 
 
 def _stack(batches: list[Batch]) -> Batch:
