@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from optx._src import base, layouts, orthogonalization, sharding
+from optx._src import base, layouts, linalg, orthogonalization, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 FACTORIZATIONS = ("matrix", "axes")
@@ -273,7 +273,7 @@ def power_qr_basis(factor: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.
     estimate = jnp.einsum("...ij,...ik,...kj->...j", q, f, q)
     order = jnp.argsort(-estimate, axis=-1)
     q = jnp.take_along_axis(q, order[..., None, :], axis=-1)
-    new, _ = jnp.linalg.qr(f @ q)
+    new, _ = linalg.qr(f @ q)
     return new, order
 
 
@@ -335,7 +335,7 @@ def subspace_power_step(
       ``(P', S', C)`` with ``C = P'ᵀ X`` (``r × m``).
     """
     x, p, s = _f32(x), _f32(p), _f32(s)
-    new_p, _ = jnp.linalg.qr(beta * (p @ s) + (1.0 - beta) * (x @ (_mT(x) @ p)))
+    new_p, _ = linalg.qr(beta * (p @ s) + (1.0 - beta) * (x @ (_mT(x) @ p)))
     t = _mT(p) @ new_p
     c = _mT(new_p) @ x
     new_s = beta * (_mT(t) @ s @ t) + (1.0 - beta) * (c @ _mT(c))

@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from optx._src import base, layouts, moments, sharding
+from optx._src import base, layouts, linalg, moments, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 PROJECTIONS = ("svd", "random", "orthogonal", "coordinate", "dct")
@@ -226,7 +226,7 @@ def compute_projector(
     if projection == "random":
         return jax.random.normal(key, (b, d, rank), jnp.float32) / math.sqrt(max(rank, 1))
     if projection == "orthogonal":
-        q, r = jnp.linalg.qr(jax.random.normal(key, (b, d, rank), jnp.float32))
+        q, r = linalg.qr(jax.random.normal(key, (b, d, rank), jnp.float32))
         signs = jnp.sign(jnp.diagonal(r, axis1=1, axis2=2))
         return q * jnp.where(signs == 0, 1.0, signs)[:, None, :]
     if projection == "coordinate":
