@@ -6,7 +6,11 @@ model on the same data order for the same number of steps with the same
 warmup + cosine-decay schedule; each optimizer's learning rate is swept over
 its registry grid (``optx.get_optimizer(name).lr_grid``; optionally weight
 decay and any other factory keyword with ``--grid``) and the point with the
-best *final* validation loss is kept. Reported per optimizer:
+best *final* validation loss is kept. When that point is the smallest or largest
+learning rate of the grid, the grid is extended one step beyond that edge (up to
+``--extend-grid`` times), so a paper's default grid that misses a small model's
+optimum does not decide the comparison; a best point still at the edge is marked
+† in the table. Reported per optimizer:
 
 * final validation loss (nats per character for the LM);
 * steps to reach the baseline's (AdamW's) final validation loss, and the
@@ -23,7 +27,8 @@ Outputs, all under ``results/<run-name>/``: ``summary.md`` (the table),
 ``config.json``.
 
 The default (a small character-level transformer on the Shakespeare corpus
-with AdamW, Muon and NorMuon) finishes in under 10 minutes on a 2-core CPU.
+with AdamW, Muon and NorMuon, plus SOAP, Lion, APOLLO-Mini and Sophia-G for the
+other families) finishes in under 10 minutes on a 2-core CPU.
 Scale it up on a GPU/TPU with e.g.::
 
   python -m examples.compare --d-model 384 --layers 6 --heads 6 --seq-len 256 \\
@@ -56,7 +61,7 @@ import jax
 import optx
 from examples import training
 
-DEFAULT_OPTIMIZERS = ("adamw", "muon", "normuon")
+DEFAULT_OPTIMIZERS = ("adamw", "muon", "normuon", "soap", "lion", "apollo_mini", "sophia_g")
 BASELINE = "adamw"
 
 
@@ -127,13 +132,21 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "| ms/step | state bytes/param |\n| --- | --- | --- | --- | --- | --- | --- |"
     )
     lines = [header]
+    edge = False
     for r in rows:
         steps = "not reached" if r["steps_to_target"] is None else str(r["steps_to_target"])
         speed = "—" if r["speedup"] is None else f"{r['speedup']:.2f}×"
         extra = "".join(f", {k}={v}" for k, v in r["hparams"].items())
+        mark = " †" if r.get("lr_at_grid_edge") else ""
+        edge = edge or bool(mark)
         lines.append(
-            f"| {r['optimizer']} | {r['learning_rate']:g}{extra} | {r['final_val_loss']:.4f} "
+            f"| {r['optimizer']} | {r['learning_rate']:g}{mark}{extra} | {r['final_val_loss']:.4f} "
             f"| {steps} | {speed} | {r['ms_per_step']:.1f} | {r['state_bytes_per_param']:.2f} |"
+        )
+    if edge:
+        lines.append(
+            "\n† best learning rate at the edge of the swept grid: the optimum may lie "
+            "outside it (widen it with --lr-grid before drawing conclusions)."
         )
     return "\n".join(lines)
 
@@ -183,6 +196,28 @@ def plot_curves(best: dict[str, training.RunResult], path: pathlib.Path, title: 
     plt.close(fig)
 
 
+def grid_extension(runs: list[training.RunResult]) -> dict[str, Any] | None:
+    """The next learning rate to try when the best run sits at the edge of the swept grid.
+
+    Returns ``{"learning_rate": lr, "point": other_hparams}`` one grid step beyond
+    the edge (the ratio of the two outermost learning rates on that side, so a
+    ×3 grid extends by ×3), or None when the best point is interior, the grid has
+    a single learning rate, or the best run diverged.
+    """
+    finite = [r for r in runs if math.isfinite(r.final_val_loss)]
+    lrs = sorted({r.learning_rate for r in runs})
+    if not finite or len(lrs) < 2:
+        return None
+    best = min(finite, key=lambda r: r.final_val_loss)
+    if best.learning_rate == lrs[-1]:
+        lr = lrs[-1] * lrs[-1] / lrs[-2]
+    elif best.learning_rate == lrs[0]:
+        lr = lrs[0] * lrs[0] / lrs[1]
+    else:
+        return None
+    return {"learning_rate": float(f"{lr:.3g}"), "point": dict(best.hparams)}
+
+
 def summarize(
     results: dict[str, list[training.RunResult]], baseline: str
 ) -> tuple[list[dict[str, Any]], dict[str, training.RunResult]]:
@@ -193,6 +228,8 @@ def summarize(
     base_steps = base.steps_to(target) if math.isfinite(target) else None
     rows = []
     for name, r in best.items():
+        lrs = sorted({x.learning_rate for x in results[name]})
+        at_edge = len(lrs) > 1 and r.learning_rate in (lrs[0], lrs[-1])
         steps = r.steps_to(target) if math.isfinite(target) else None
         speedup = base_steps / steps if (steps and base_steps) else None
         rows.append(
@@ -206,6 +243,7 @@ def summarize(
                 "ms_per_step": r.ms_per_step,
                 "state_bytes_per_param": r.state_bytes_per_param,
                 "target": target,
+                "lr_at_grid_edge": at_edge,
             }
         )
     return rows, best
@@ -257,6 +295,7 @@ def write_outputs(
                 "ms_per_step": f"{r['ms_per_step']:.3f}",
                 "state_bytes_per_param": f"{r['state_bytes_per_param']:.4f}",
                 "target": f"{r['target']:.6f}",
+                "lr_at_grid_edge": int(r["lr_at_grid_edge"]),
             }
             for r in rows
         ],
@@ -334,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated learning rates for every optimizer "
         "(default: each optimizer's registry lr_grid)",
+    )
+    p.add_argument(
+        "--extend-grid",
+        type=int,
+        default=2,
+        help="when an optimizer's best learning rate is at the edge of its grid, try up to "
+        "this many more points beyond that edge (default: %(default)s; 0 disables)",
     )
     p.add_argument(
         "--wd-grid",
@@ -418,7 +464,19 @@ def run(argv: Sequence[str] | None = None) -> pathlib.Path:
         overrides = {k: v for k, v in fixed.items() if k in factory_params}
         sweeping_wd = "weight_decay" in grids and training.takes_weight_decay(spec)
         by_static: dict[tuple, training.Trainer] = {}
-        for point in plan[name]:
+        queue = list(plan[name])
+        extensions = 0
+        while queue or extensions < args.extend_grid:
+            if not queue:
+                more = grid_extension(results.get(name, []))
+                if not more:
+                    break
+                extensions += 1
+                queue = [{**more["point"], "learning_rate": more["learning_rate"]}]
+                if bar is not None:
+                    bar.total += args.steps
+                    bar.refresh()
+            point = queue.pop(0)
             lr = point["learning_rate"]
             wd = point.get("weight_decay") if sweeping_wd else None
             other = {k: v for k, v in point.items() if k not in ("learning_rate", "weight_decay")}

@@ -38,6 +38,8 @@ def test_run_writes_table_csvs_and_plot_only_under_results(tmp_path: pathlib.Pat
             "--run-name",
             "tiny",
             "--no-progress",
+            "--extend-grid",
+            "0",
         ]
     )
     assert out == tmp_path / "tiny"
@@ -94,6 +96,64 @@ def test_summary_speedup_is_baseline_steps_over_optimizer_steps() -> None:
     assert by["slow"]["steps_to_target"] is None and by["slow"]["speedup"] is None
     table = compare.format_table(rows)
     assert "not reached" in table and "3.00×" in table
+    assert "†" not in table  # every best point is interior or the only one
+
+
+def test_grid_is_extended_past_an_edge_best_point(tmp_path: pathlib.Path) -> None:
+    out = compare.run(
+        [
+            "--task",
+            "mlp",
+            "--optimizers",
+            "adamw",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--lr-grid",
+            "0.003,0.03",
+            "--extend-grid",
+            "1",
+            "--results-dir",
+            str(tmp_path),
+            "--run-name",
+            "ext",
+            "--no-progress",
+            "--no-plot",
+        ]
+    )
+    lrs = [float(r["learning_rate"]) for r in _rows(out / "sweep.csv")]
+    # Two grid points are always both edges: one more point, a grid step (×10) beyond the best.
+    assert lrs[:2] == [0.003, 0.03] and len(lrs) == 3
+    assert lrs[2] in (pytest.approx(0.3), pytest.approx(0.0003))
+
+
+def test_grid_extension_rule() -> None:
+    interior = [_result("a", [3.0, v], lr=lr) for v, lr in ((2.5, 0.01), (2.0, 0.03), (2.2, 0.1))]
+    assert compare.grid_extension(interior) is None
+    top = [_result("a", [3.0, v], lr=lr) for v, lr in ((2.5, 0.01), (2.2, 0.03), (2.0, 0.1))]
+    assert compare.grid_extension(top)["learning_rate"] == pytest.approx(0.333, rel=1e-3)
+    bottom = [_result("a", [3.0, v], lr=lr) for v, lr in ((2.0, 0.01), (2.2, 0.02))]
+    assert compare.grid_extension(bottom)["learning_rate"] == pytest.approx(0.005)
+    assert compare.grid_extension([_result("a", [3.0, 2.0], lr=0.01)]) is None  # one point
+    diverged = [_result("a", [3.0, float("inf")], lr=lr) for lr in (0.01, 0.1)]
+    assert compare.grid_extension(diverged) is None
+
+
+def test_best_lr_at_the_grid_edge_is_flagged() -> None:
+    results = {
+        "adamw": [
+            _result("adamw", [4.0, 3.0], lr=0.001),
+            _result("adamw", [4.0, 2.0], lr=0.01),
+            _result("adamw", [4.0, 2.5], lr=0.1),
+        ],
+        "edge": [_result("edge", [4.0, 2.9], lr=0.001), _result("edge", [4.0, 2.1], lr=0.01)],
+    }
+    rows, _ = compare.summarize(results, "adamw")
+    by = {r["optimizer"]: r for r in rows}
+    assert not by["adamw"]["lr_at_grid_edge"] and by["edge"]["lr_at_grid_edge"]
+    table = compare.format_table(rows)
+    assert "| edge | 0.01 † |" in table and "edge of the swept grid" in table
 
 
 def test_sweep_points_and_argument_parsing() -> None:

@@ -704,7 +704,7 @@ registry.register(
         paper="2305.14342",
         family="curvature",
         defaults={"learning_rate": 3e-4, "tokens_per_batch": 1024, "rho": 0.05},
-        lr_grid=(1e-4, 3e-4, 6e-4, 1e-3),
+        lr_grid=(1e-4, 3e-4, 1e-3, 3e-3),
         static_args=("seed", "update_interval", "refresh_at_start", "axis_name", "gnb_clip_norm"),
         extra_args=registry_extra_args,
         test_overrides={"learning_rate": 3e-2, "tokens_per_batch": 1.0, "weight_decay": 0.0},

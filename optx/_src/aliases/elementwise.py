@@ -753,7 +753,7 @@ registry.register(
         paper="2302.06675",
         family="elementwise",
         defaults={"learning_rate": 1e-4},
-        lr_grid=(3e-5, 1e-4, 3e-4, 1e-3),
+        lr_grid=(1e-4, 3e-4, 1e-3, 3e-3),
         test_overrides={"learning_rate": 3e-3},
         description="Lion (official google/automl semantics)",
     )

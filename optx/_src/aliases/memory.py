@@ -1023,7 +1023,7 @@ registry.register(
         paper="2412.05270",
         family="memory",
         defaults={"learning_rate": 1e-2, "update_proj_gap": 200},
-        lr_grid=(1e-3, 3e-3, 1e-2, 3e-2),
+        lr_grid=(3e-3, 1e-2, 3e-2, 1e-1),
         static_args=_PROJECTION_STATIC,
         uses_matrix_path=True,
         test_overrides={"update_proj_gap": 20},

@@ -573,7 +573,7 @@ registry.register(
         paper="2409.11321",
         family="rotated",
         defaults={"learning_rate": 3e-3},
-        lr_grid=(1e-3, 3e-3, 1e-2),
+        lr_grid=(3e-3, 1e-2, 3e-2),
         static_args=(*_ROTATED_STATIC, "factorization"),
         uses_matrix_path=True,
         test_overrides={"learning_rate": 1e-2, "weight_decay": 0.0},
