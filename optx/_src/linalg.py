@@ -9,7 +9,8 @@ them run concurrently inside a ``lax.cond`` inside a ``lax.scan`` — exactly
 an optimizer's periodic refresh inside a scanned training loop (observed with
 jax/jaxlib 0.10.2 on a 2-core CPU: three leaves' refreshes, all XLA worker
 threads idle, the host waiting forever; ``tests/test_linalg.py`` keeps the
-reproducer).
+reproducer). Cost on a 2-core CPU, jitted, square f32: 256² 7 ms (LAPACK
+7.5 ms), 512² 44 ms (32 ms), 1024² 328 ms (282 ms).
 """
 
 from __future__ import annotations
