@@ -17,13 +17,28 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optx
+from optx._src import radial
 
-SHAPES = {"dense": (6, 4), "stacked": (3, 6, 4), "conv": (3, 3, 2, 4)}
+# The "-wide" cases have a fan-in that is a multiple of 8 (>= 16), so on CPU
+# their channel sums take the one-pass blocked reduce of sums_over_axes.
+SHAPES = {
+    "dense": (6, 4),
+    "stacked": (3, 6, 4),
+    "conv": (3, 3, 2, 4),
+    "dense-wide": (32, 4),
+    "stacked-wide": (3, 16, 4),
+    "conv-wide": (2, 2, 4, 4),
+}
 KEYS = {"dense": "hidden", "stacked": "stack", "conv": "conv"}
+
+
+def _family(kind: str) -> str:
+    return kind.split("-")[0]
 
 
 def _to_torch(x: np.ndarray, kind: str) -> np.ndarray:
     """Flax kernel -> stack of PyTorch (out, fan_in) matrices."""
+    kind = _family(kind)
     if kind == "dense":
         return x.T[None]
     if kind == "stacked":
@@ -33,6 +48,7 @@ def _to_torch(x: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _from_torch(m: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
+    kind = _family(kind)
     if kind == "dense":
         return m[0].T
     if kind == "stacked":
@@ -74,7 +90,8 @@ def _case(kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     g_t = np.empty_like(w_t)
     for b in range(w_t.shape[0]):
         w = w_t[b]
-        kind_b = b % 3 if kind == "stacked" else {"dense": 0, "conv": 1}[kind]
+        family = _family(kind)
+        kind_b = b % 3 if family == "stacked" else {"dense": 0, "conv": 1}[family]
         if kind_b == 0:
             g = r.normal(size=w.shape)
             g -= np.sum(g * w, axis=1, keepdims=True) / np.sum(w * w, axis=1, keepdims=True) * w
@@ -96,7 +113,7 @@ def _case(kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 @pytest.mark.parametrize("kind", list(SHAPES))
 def test_radial_projection_matches_official_rule(kind: str) -> None:
     w, g, d = _case(kind)
-    lay = optx.default_router().layout(f"{KEYS[kind]}/kernel", w).resolve(w.shape)
+    lay = optx.default_router().layout(f"{KEYS[_family(kind)]}/kernel", w).resolve(w.shape)
     got, branch = optx.radial_projection(
         jnp.asarray(g, jnp.float32), jnp.asarray(w, jnp.float32), jnp.asarray(d, jnp.float32), lay
     )
@@ -110,7 +127,7 @@ def test_radial_projection_matches_official_rule(kind: str) -> None:
         np.asarray(got, np.float64), _from_torch(np.stack(ref_t), kind, w.shape), atol=2e-6
     )
     np.testing.assert_array_equal(np.asarray(branch).ravel(), ref_branch)
-    if kind == "stacked":
+    if _family(kind) == "stacked":
         assert ref_branch == [1, 2, 0], "the test case should exercise every branch"
 
 
@@ -145,7 +162,7 @@ def test_project_out_radial_wrapping_adam_is_adamp(kind: str) -> None:
         optx.project_out_radial(optax.scale_by_adam(), weight_decay=wd),
         optax.scale_by_learning_rate(lr),
     )
-    key = KEYS[kind]
+    key = KEYS[_family(kind)]
     params = {key: {"kernel": jnp.asarray(w, jnp.float32)}}
     state = tx.init(params)
     update = jax.jit(tx.update)
@@ -213,6 +230,62 @@ def test_projection_keeps_sharding_under_explicit_mesh() -> None:
         u, s1 = jax.jit(tx.update)(gs, s0, ps)
         assert jax.typeof(u["hidden"]["kernel"]).sharding.spec == P("data", "model")
         assert jax.tree.map(jax.typeof, s1) == jax.tree.map(jax.typeof, s0)
+    np.testing.assert_allclose(
+        np.asarray(u["hidden"]["kernel"]), ref["hidden"]["kernel"], rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "shape, axes",
+    [
+        ((32, 6), (0,)),  # Dense, blocked on CPU
+        ((16, 3, 5), (0,)),  # attention input, blocked
+        ((2, 4, 24), (0, 1)),  # attention output, blocked
+        ((3, 40, 5), (1,)),  # stacked Dense, blocked
+        ((2, 2, 4, 3), (0, 1, 2)),  # conv, blocked
+        ((12, 5), (0,)),  # fan-in not a multiple of 8: jnp.sum
+        ((8, 5), (0,)),  # fan-in below 2 blocks: jnp.sum
+        ((16, 3, 8), (0, 2)),  # non-consecutive axes: jnp.sum
+    ],
+)
+def test_sums_over_axes_matches_float64_sums(shape: tuple[int, ...], axes: tuple[int, ...]) -> None:
+    r = np.random.default_rng(3)
+    xs = tuple(r.normal(size=shape) for _ in range(3))
+    got = jax.jit(lambda *xs: radial.sums_over_axes(xs, axes))(
+        *(jnp.asarray(x, jnp.float32) for x in xs)
+    )
+    assert len(got) == 3
+    for x, y in zip(xs, got):
+        assert y.shape == tuple(1 if i in axes else n for i, n in enumerate(shape))
+        np.testing.assert_allclose(
+            np.asarray(y), np.sum(x, axis=axes, keepdims=True), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_blocked_sums_is_one_variadic_reduce_on_cpu() -> None:
+    """The CPU path really is the blocked reduce (the slow path is jnp.sum)."""
+    xs = tuple(jnp.ones((32, 6)) * k for k in range(1, 4))
+    hlo = jax.jit(lambda *xs: radial.sums_over_axes(xs, (0,))).lower(*xs).as_text()
+    if jax.default_backend() == "cpu":
+        assert "tensor<4x8x6xf32>" in hlo, "fan-in 32 should be split into 4 blocks of 8"
+    np.testing.assert_allclose(radial._blocked_sums(xs, (0,), 8)[2], np.full((1, 6), 96.0))
+
+
+def test_split_reduction_axis_sharded_under_explicit_mesh_falls_back() -> None:
+    """A fan-in axis sharded 4 ways with 2 blocks of 8 cannot be split: jnp.sum is used."""
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    r = np.random.default_rng(0)
+    w, g = (r.normal(size=(16, 8)).astype(np.float32) for _ in range(2))
+    tx = optx.project_out_radial(optax.scale_by_adam(), weight_decay=0.1)
+    params = {"hidden": {"kernel": jnp.asarray(w)}}
+    grads = {"hidden": {"kernel": jnp.asarray(g)}}
+    ref, _ = tx.update(grads, tx.init(params), params)
+    with jax.set_mesh(mesh):
+        sh = NamedSharding(mesh, P("data", "model"))
+        ps = jax.tree.map(lambda x: jax.device_put(x, sh), params)
+        gs = jax.tree.map(lambda x: jax.device_put(x, sh), grads)
+        u, _ = jax.jit(tx.update)(gs, tx.init(ps), ps)
+        assert jax.typeof(u["hidden"]["kernel"]).sharding.spec == P("data", "model")
     np.testing.assert_allclose(
         np.asarray(u["hidden"]["kernel"]), ref["hidden"]["kernel"], rtol=1e-5
     )
