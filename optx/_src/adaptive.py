@@ -19,7 +19,6 @@ Conventions shared by this module:
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -32,10 +31,7 @@ import optax
 from optx._src import base, layouts, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
-
-def compute_dtype(*dtypes: Any) -> jnp.dtype:
-    """The promotion of ``dtypes`` and f32 (element-wise math never runs in bf16)."""
-    return functools.reduce(jnp.promote_types, dtypes, jnp.dtype(jnp.float32))
+compute_dtype = base.compute_dtype  # the library-wide rule; kept here for existing callers
 
 
 def one_minus_power(beta: Any, count: jax.Array, dtype: Any = jnp.float32) -> jax.Array:

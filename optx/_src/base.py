@@ -14,6 +14,7 @@ tracers through.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -215,6 +216,25 @@ def unzip_tree(prefix: Any, tree_of_tuples: Any, n: int = 2) -> tuple[Any, ...]:
         )
         for i in range(n)
     )
+
+
+def compute_dtype(*dtypes: Any) -> jnp.dtype:
+    """The dtype internal arithmetic runs in: ``promote(*dtypes, float32)``.
+
+    The library-wide rule (DESIGN §1, issue 14): bf16/f16 parameters compute in
+    f32, f32 stays f32, f64 (with ``jax_enable_x64``) stays f64, and complex
+    parameters keep their complex dtype (c64/c128). Never hard-code
+    ``jnp.float32`` for arithmetic on parameter-derived values; use this.
+    """
+    return functools.reduce(jnp.promote_types, dtypes, jnp.dtype(jnp.float32))
+
+
+def real_dtype(dtype: Any) -> jnp.dtype:
+    """The real counterpart of ``dtype`` (c64 -> f32, c128 -> f64; reals unchanged)."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return jnp.finfo(dtype).dtype
+    return dtype
 
 
 def at_least_f32(x: Any) -> jax.Array:
