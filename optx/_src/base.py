@@ -253,3 +253,23 @@ def bias_correction(decay: Any, count: jax.Array) -> jax.Array:
     """``1 − decayᵗ`` in at least f32 (f64 when x64 is on and decay is f64)."""
     d = at_least_f32(decay)
     return 1.0 - d ** count.astype(d.dtype)
+
+
+def check_real_params(params: Any, method: str) -> None:
+    """Raises a TypeError naming the first complex leaf of ``params``.
+
+    The complex policy (issues 13 and 20): an optimizer either supports complex
+    leaves correctly (phase-equivariant: ``|g|²``, conjugate transposes,
+    Hermitian bases, no casts to a real dtype) or calls this in ``init`` so that
+    complex parameters are refused before any step, with the leaf named. Works
+    on arrays and ``jax.ShapeDtypeStruct`` leaves.
+    """
+    flat, _ = flatten_with_paths(params)
+    for path, leaf in flat:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(
+                f"{method} does not support complex parameters; leaf '{path or '<root>'}' has "
+                f"dtype {jnp.dtype(dtype).name}. Route complex leaves to an optimizer that supports "
+                "them (e.g. optx.adamw) or split them into real and imaginary parts."
+            )
