@@ -227,10 +227,15 @@ from optx._src.registry import (
     register,
     registered_specs,
 )
+from optx._src.model_routing import LoraPair, lora_pairs, router_for
 from optx._src.routing import (
     Assignment,
     Router,
+    RoutingRow,
+    RoutingTable,
+    RoutingWarning,
     Rule,
+    attach_router,
     default_router,
     default_rules,
     describe,

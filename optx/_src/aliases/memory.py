@@ -350,7 +350,7 @@ def galore(
       >>> params = optax.apply_updates(params, updates)
     """
     base.check_learning_rate("learning_rate", learning_rate)
-    router = routing.as_router(router)
+    router = routing.as_router(router).with_rank_limit(rank)
     inner = base_optimizer
     if inner is None:
         inner = _official_adam(b1, b2, eps, correct_bias, mu_dtype, nu_dtype)
@@ -447,7 +447,7 @@ def galore_8bit(
       >>> state = tx.init(params)
     """
     base.check_learning_rate("learning_rate", learning_rate)
-    router = routing.as_router(router)
+    router = routing.as_router(router).with_rank_limit(rank)
 
     def adam8() -> optax.GradientTransformationExtraArgs:
         return quantization.quantize_moments(
@@ -573,7 +573,7 @@ def apollo(
     """
     base.check_learning_rate("learning_rate", learning_rate)
     base.check_nonnegative("scale", scale)
-    router = routing.as_router(router)
+    router = routing.as_router(router).with_rank_limit(rank)
     sqrt_scale = optax.scale(scale**0.5)
     parts: list[optax.GradientTransformation] = [
         proj_lib.scale_by_apollo(
@@ -906,7 +906,7 @@ def dct_adamw(
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
     base.check_learning_rate("learning_rate", learning_rate)
-    router = routing.as_router(router)
+    router = routing.as_router(router).with_rank_limit(rank)
     matrix = optax.chain(
         proj_lib.scale_by_subspace(
             moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),

@@ -428,7 +428,7 @@ def cosmos(
       >>> params = optax.apply_updates(params, updates)
     """
     base.check_learning_rate("learning_rate", learning_rate)
-    router = routing.as_router(router)
+    router = routing.as_router(router).with_rank_limit(rank)
     matrix = optax.chain(
         bases.scale_by_cosmos(
             b1,

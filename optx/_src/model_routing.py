@@ -1,0 +1,749 @@
+"""Routing from a model's structure: :func:`router_for` and :func:`lora_pairs`.
+
+Names alone cannot route every model: linen calls a model's last layer
+``Dense_1``, an NNX conv may be called ``c1``, a scanned block's down-projection
+may be called ``out``. :func:`router_for` reads the model instead — the type of
+the module that owns each parameter decides its layout — and, given example
+inputs, the call order decides which layer is the output layer.
+
+* **NNX** (``flax.nnx.Module``): the module graph is walked
+  (``nnx.iter_graph``); only ``nnx.Param`` variables are routed (BatchNorm
+  statistics, RNG keys and counts, caches are never listed). Leading axes that
+  ``nnx.vmap``/``nnx.scan`` added to a variable (its shape against the shape the
+  module declares, e.g. ``(in_features, out_features)``) are batch axes. With
+  example inputs, one abstract call (``nnx.eval_shape``) records the order in
+  which ``Linear``/``LinearGeneral``/``Einsum``/``Conv``/``ConvTranspose``
+  modules and ``Embed.attend`` are applied (their ``__call__`` is wrapped for
+  the duration of that call); without inputs, the last layer of an
+  ``nnx.Sequential`` model is its output layer.
+* **linen** (``flax.linen.Module``, example inputs required): the module
+  classes, their attributes and the call order are recorded with
+  ``flax.linen.intercept_methods`` during an abstract ``init``
+  (``jax.eval_shape``); ``nn.scan``/``nn.vmap`` axes are found the same way.
+
+What each module type means (the ``(batch, fan_in, fan_out)`` matrix view):
+
+=====================================  ==================================================
+module                                 routing
+=====================================  ==================================================
+``Linear`` / ``Dense``                 kernel ``(in, out)``: ``dense``
+``LinearGeneral`` / ``DenseGeneral``   kernel ``(*batch_axis, *in_features, *out)``:
+                                       ``dense`` (in → fan-in, out → fan-out, batch axes);
+                                       inside ``MultiHeadAttention`` / linen
+                                       ``MultiHeadDotProductAttention``: ``attention-in``
+                                       (``query``/``key``/``value``) and ``attention-out``
+``Einsum``                             kernel axes contracted with the input (or summed
+                                       away) → fan-in, axes only in the output → fan-out,
+                                       axes in input and output → batch: ``einsum``
+``Conv`` / ``ConvTranspose``           window + input channels → fan-in: ``conv``
+                                       (``transpose_kernel=True`` swaps the channel axes)
+``Embed``                              ``embedding`` → ``embedding_group`` (fallback)
+``LoRA`` / ``LoRALinear``              ``lora_a (in, r)``, ``lora_b (r, out)`` →
+                                       ``lora_group`` (fallback), roles and pairing for
+                                       :func:`lora_pairs`; the wrapped kernel gets role
+                                       ``'lora_base'``
+norms (Layer/RMS/Batch/Group/Instance) ``norm`` → fallback
+biases of the above                    ``bias/scale`` → fallback
+the output layer                       ``head`` → ``output_group`` (fallback)
+any other module type                  the name rules (:func:`optx.default_rules`);
+                                       leaves of rank >= 2 are marked **guessed**
+=====================================  ==================================================
+
+**LoRA.** LoRA factors go to the fallback (AdamW) by default — the standard
+LoRA recipe, and an ``r × out`` factor is not a hidden weight matrix whose
+orthogonalized update means anything (``lora_group='matrix'`` routes them as
+dense matrices instead). Methods that need both factors of an adapter together
+(LoRA-Pro, LoRA-SB, SoRA) get them from :func:`lora_pairs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from optx._src import base, layouts, routing
+from optx._src.layouts import MatrixLayout
+from optx._src.routing import FALLBACK, LORA_A, LORA_B, LORA_BASE, MATRIX, Assignment, Router
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decl:
+    """What a module says about one of its parameters."""
+
+    kind: str  # 'matrix' | 'bias' | 'embedding' | 'norm' | 'lora_a' | 'lora_b' | 'unknown'
+    rule: str = ""
+    declared: tuple[int | None, ...] = ()  # the per-layer shape (None: any size)
+    red: tuple[int, ...] = ()  # indices into `declared`
+    out: tuple[int, ...] = ()
+
+
+_UNKNOWN = _Decl("unknown")
+_BIAS = _Decl("bias", "bias/scale")
+_NORM = _Decl("norm", "norm")
+
+
+def _tuple(x: Any) -> tuple[Any, ...]:
+    return tuple(x) if isinstance(x, Sequence) else (x,)
+
+
+def _block_decl(
+    rule: str, batch: tuple[Any, ...], ins: tuple[Any, ...], outs: tuple[Any, ...]
+) -> _Decl:
+    nb, ni = len(batch), len(ins)
+    red = tuple(range(nb, nb + ni))
+    out = tuple(range(nb + ni, nb + ni + len(outs)))
+    return _Decl("matrix", rule, (*batch, *ins, *outs), red, out)
+
+
+def _einsum_decl(einsum_str: Any, kernel_shape: Sequence[int | None]) -> _Decl:
+    """Kernel axes of ``'<input>,<kernel>-><output>'``: contracted → fan-in, output-only → fan-out."""
+    if not isinstance(einsum_str, str):
+        return _UNKNOWN
+    s = einsum_str.replace(" ", "")
+    if s.count("->") != 1:
+        return _UNKNOWN
+    lhs, out = s.split("->")
+    operands = lhs.split(",")
+    if len(operands) != 2:
+        return _UNKNOWN
+    x, k = operands
+    if "." in k or len(k) != len(kernel_shape) or len(set(k)) != len(k):
+        return _UNKNOWN
+    x, out = x.replace("...", ""), out.replace("...", "")
+    red = tuple(i for i, c in enumerate(k) if c not in out)
+    fan_out = tuple(i for i, c in enumerate(k) if c in out and c not in x)
+    if not red or not fan_out:
+        return _UNKNOWN
+    return _Decl("matrix", "einsum", tuple(kernel_shape), red, fan_out)
+
+
+def _conv_decl(kernel_shape: Sequence[int | None], transpose_kernel: bool) -> _Decl:
+    n = len(kernel_shape) - 2
+    if n < 1:
+        return _UNKNOWN
+    window = tuple(range(n))
+    if transpose_kernel:  # (*window, out, in)
+        return _Decl("matrix", "conv", tuple(kernel_shape), (*window, n + 1), (n,))
+    return _Decl("matrix", "conv", tuple(kernel_shape), (*window, n), (n + 1,))
+
+
+def _attention_rule(parent: Any, attention_type: type | None, name_in_parent: Any) -> str:
+    if attention_type is not None and isinstance(parent, attention_type):
+        return "attention-out" if name_in_parent == "out" else "attention-in"
+    return "dense"
+
+
+def _norm_types(mod: Any) -> tuple[type, ...]:
+    names = ("LayerNorm", "RMSNorm", "BatchNorm", "GroupNorm", "InstanceNorm")
+    return tuple(t for t in (getattr(mod, n, None) for n in names) if isinstance(t, type))
+
+
+def _nnx_decl(nnx: Any, module: Any, attr: Any, parent: Any, name_in_parent: Any) -> _Decl:
+    if isinstance(module, nnx.LoRA):
+        if attr == "lora_a":
+            return _Decl("lora_a", "lora-a", (module.in_features, None), (0,), (1,))
+        if attr == "lora_b":
+            return _Decl("lora_b", "lora-b", (None, module.out_features), (0,), (1,))
+        return _UNKNOWN
+    if attr == "bias" and isinstance(
+        module, (nnx.Linear, nnx.LinearGeneral, nnx.Einsum, nnx.Conv, nnx.ConvTranspose)
+    ):
+        return _BIAS
+    if attr != "kernel":
+        if isinstance(module, nnx.Embed) and attr == "embedding":
+            return _Decl(
+                "embedding", "embedding", (module.num_embeddings, module.features), (0,), (1,)
+            )
+        return _NORM if isinstance(module, _norm_types(nnx)) else _UNKNOWN
+    if isinstance(module, nnx.Linear):
+        return _Decl("matrix", "dense", (module.in_features, module.out_features), (0,), (1,))
+    if isinstance(module, nnx.LinearGeneral):
+        rule = _attention_rule(parent, nnx.MultiHeadAttention, name_in_parent)
+        batch = tuple(module.batch_axis.values())
+        return _block_decl(rule, batch, tuple(module.in_features), tuple(module.out_features))
+    if isinstance(module, nnx.Einsum):
+        return _einsum_decl(module.einsum_str, module.kernel_shape)
+    if isinstance(module, nnx.ConvTranspose):
+        return _conv_decl(module.kernel_shape, bool(module.transpose_kernel))
+    if isinstance(module, nnx.Conv):
+        return _conv_decl(module.kernel_shape, False)
+    return _UNKNOWN
+
+
+def _linen_decl(nn: Any, module: Any, attr: Any, parent: Any, name_in_parent: Any) -> _Decl:
+    layer_types = (nn.Dense, nn.DenseGeneral, nn.Einsum, nn.Conv, nn.ConvTranspose)
+    if attr == "bias" and isinstance(module, layer_types):
+        return _BIAS
+    if attr != "kernel":
+        if isinstance(module, nn.Embed) and attr == "embedding":
+            return _Decl("embedding", "embedding", (None, None), (0,), (1,))
+        return _NORM if isinstance(module, _norm_types(nn)) else _UNKNOWN
+    if isinstance(module, nn.Dense):
+        return _Decl("matrix", "dense", (None, module.features), (0,), (1,))
+    if isinstance(module, nn.DenseGeneral):
+        rule = _attention_rule(
+            parent, getattr(nn, "MultiHeadDotProductAttention", None), name_in_parent
+        )
+        batch = (None,) * len(_tuple(module.batch_dims))
+        ins = (None,) * len(_tuple(module.axis))
+        return _block_decl(rule, batch, ins, _tuple(module.features))
+    if isinstance(module, nn.Einsum):
+        return _einsum_decl(module.einsum_str, tuple(module.shape))
+    if isinstance(module, (nn.Conv, nn.ConvTranspose)):
+        window = _tuple(module.kernel_size)
+        transpose = isinstance(module, nn.ConvTranspose) and bool(module.transpose_kernel)
+        features = module.features
+        shape = (*window, features, None) if transpose else (*window, None, features)
+        return _conv_decl(shape, transpose)
+    return _UNKNOWN
+
+
+def _fit(actual: tuple[int, ...], declared: tuple[int | None, ...]) -> tuple[int, ...] | None:
+    """Positions of the declared axes in ``actual``; extra (stacked) axes leading if possible."""
+    n, k = len(actual), len(declared)
+    if k == 0 or n < k:
+        return None
+
+    def ok(pos: Sequence[int]) -> bool:
+        return all(d is None or actual[p] == d for p, d in zip(pos, declared))
+
+    trailing = tuple(range(n - k, n))
+    if ok(trailing):
+        return trailing
+    for pos in sorted(itertools.combinations(range(n), k), reverse=True):
+        if ok(pos):
+            return pos
+    return None
+
+
+def _layout(shape: tuple[int, ...], decl: _Decl) -> tuple[MatrixLayout, bool] | None:
+    """The layout of ``decl`` on the actual ``shape``, and whether it is stacked."""
+    pos = _fit(shape, decl.declared)
+    if pos is None:
+        return None
+    n = len(shape)
+    leading = pos == tuple(range(n - len(pos), n))
+    red = tuple(pos[i] for i in decl.red)
+    out = tuple(pos[i] for i in decl.out)
+    if leading:
+        red, out = tuple(a - n for a in red), tuple(a - n for a in out)
+    return MatrixLayout(red, out), n > len(decl.declared)
+
+
+def _type_name(t: type) -> str:
+    mod = t.__module__ or ""
+    if mod.startswith("flax.nnx"):
+        return f"nnx.{t.__name__}"
+    if mod.startswith("flax.linen"):
+        return f"nn.{t.__name__}"
+    return t.__name__
+
+
+def _str_path(path: Sequence[Any]) -> str:
+    return "/".join(str(k) for k in path)
+
+
+def _owner(path: tuple[Any, ...], modules: dict[tuple[Any, ...], Any]) -> tuple[Any, ...]:
+    for i in range(len(path) - 1, -1, -1):
+        if path[:i] in modules:
+            return path[:i]
+    return ()
+
+
+class _Leaf(NamedTuple):
+    path: tuple[Any, ...]
+    shape: tuple[int, ...]
+
+
+class _Walk(NamedTuple):
+    """What a model trace found: modules, parameter leaves, call order."""
+
+    modules: dict[tuple[Any, ...], Any]
+    leaves: list[_Leaf]
+    calls: list[tuple[Any, ...] | None]  # layer modules in call order (None: unknown)
+    decl: Callable[[Any, Any, Any, Any], _Decl]  # (module, attr, parent, name_in_parent)
+    embed_type: type
+    sequential_last: tuple[Any, ...] | None = None
+
+
+# -- NNX ------------------------------------------------------------------------
+
+
+def _variable_shape(var: Any) -> tuple[int, ...]:
+    value = var.get_value() if hasattr(var, "get_value") else var.value
+    shape = value.shape if hasattr(value, "shape") else jnp.shape(value)  # ShapeDtypeStruct too
+    return tuple(int(d) for d in shape)
+
+
+def _nnx_calls(
+    nnx: Any, model: Any, inputs: tuple[Any, ...], method: Any, kwargs: dict[str, Any]
+) -> list[tuple[Any, ...] | None]:
+    """The layer modules an abstract call applies, in order (wrapping their methods)."""
+    hooked = [
+        (nnx.Linear, "__call__"),
+        (nnx.LinearGeneral, "__call__"),
+        (nnx.Einsum, "__call__"),
+        (nnx.Conv, "__call__"),
+        (nnx.ConvTranspose, "__call__"),
+        (nnx.Embed, "attend"),
+    ]
+    calls: list[tuple[Any, ...] | None] = []
+    ids: dict[int, tuple[Any, ...]] = {}
+
+    def hook(orig: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(orig)
+        def wrapper(self: Any, *args: Any, **kw: Any) -> Any:
+            calls.append(ids.get(id(self)))
+            return orig(self, *args, **kw)
+
+        return wrapper
+
+    def run(m: Any, *xs: Any) -> Any:
+        for p, node in nnx.iter_graph(m):
+            if isinstance(node, nnx.Module):
+                ids[id(node)] = tuple(p)
+        if method is None:
+            return m(*xs, **kwargs)
+        if isinstance(method, str):
+            return getattr(m, method)(*xs, **kwargs)
+        return method(m, *xs, **kwargs)
+
+    patched = []
+    try:
+        for cls, name in hooked:
+            orig = cls.__dict__[name]
+            setattr(cls, name, hook(orig))
+            patched.append((cls, name, orig))
+        nnx.eval_shape(run, model, *inputs)
+    finally:
+        for cls, name, orig in reversed(patched):
+            setattr(cls, name, orig)
+    return calls
+
+
+def _sequential_last(
+    nnx: Any, model: Any, ids: dict[int, tuple[Any, ...]]
+) -> tuple[Any, ...] | None:
+    """The last layer module of an ``nnx.Sequential`` model (recursively), if any."""
+    layer_types = (
+        nnx.Linear,
+        nnx.LinearGeneral,
+        nnx.Einsum,
+        nnx.Conv,
+        nnx.ConvTranspose,
+        nnx.Embed,
+    )
+    node = model
+    while isinstance(node, nnx.Sequential):
+        mods = [m for m in node.layers if isinstance(m, nnx.Module)]
+        if not mods:
+            return None
+        node = mods[-1]
+    if node is model or not isinstance(node, layer_types):
+        return None
+    return ids.get(id(node))
+
+
+def _walk_nnx(
+    nnx: Any, model: Any, inputs: tuple[Any, ...], method: Any, kwargs: dict[str, Any]
+) -> _Walk:
+    modules: dict[tuple[Any, ...], Any] = {}
+    leaves: list[_Leaf] = []
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Module):
+            modules[tuple(path)] = node
+        elif isinstance(node, nnx.Param):
+            leaves.append(_Leaf(tuple(path), _variable_shape(node)))
+    ids = {id(m): p for p, m in modules.items()}
+    calls = _nnx_calls(nnx, model, inputs, method, kwargs) if inputs else []
+    return _Walk(
+        modules,
+        leaves,
+        calls,
+        functools.partial(_nnx_decl, nnx),
+        nnx.Embed,
+        None if inputs else _sequential_last(nnx, model, ids),
+    )
+
+
+# -- linen ----------------------------------------------------------------------
+
+
+def _walk_linen(
+    nn: Any, model: Any, inputs: tuple[Any, ...], method: Any, rngs: Any, kwargs: dict[str, Any]
+) -> _Walk:
+    if not inputs:
+        raise ValueError(
+            "router_for(linen_module) needs example inputs (arrays or jax.ShapeDtypeStruct): "
+            "linen modules create their parameters when first called, e.g. "
+            "optx.router_for(model, jnp.zeros((1, 28, 28, 1)))."
+        )
+    layer_types = (nn.Dense, nn.DenseGeneral, nn.Einsum, nn.Conv, nn.ConvTranspose)
+    modules: dict[tuple[Any, ...], Any] = {}
+    calls: list[tuple[Any, ...] | None] = []
+
+    def interceptor(next_fun: Any, args: Any, kw: Any, context: Any) -> Any:
+        m = context.module
+        path = tuple(m.path)
+        modules.setdefault(path, m)
+        name = context.method_name
+        if (name == "__call__" and isinstance(m, layer_types)) or (
+            name == "attend" and isinstance(m, nn.Embed)
+        ):
+            calls.append(path)
+        return next_fun(*args, **kw)
+
+    key = jax.random.key(0) if rngs is None else rngs
+
+    def init(*xs: Any) -> Any:
+        return model.init(key, *xs, method=method, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        variables = jax.eval_shape(init, *inputs)
+    params = variables.get("params", {}) if hasattr(variables, "get") else {}
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    leaves = [_Leaf(tuple(base.path_entry_name(k) for k in p), tuple(x.shape)) for p, x in flat]
+    return _Walk(modules, leaves, calls, functools.partial(_linen_decl, nn), nn.Embed)
+
+
+# -- the table --------------------------------------------------------------------
+
+
+def _output_module(walk: _Walk) -> tuple[Any, ...] | None:
+    """The output layer: the last layer applied (unless it is an embedding's ``attend``)."""
+    if walk.calls:
+        last = walk.calls[-1]
+        if last is None or isinstance(walk.modules.get(last), walk.embed_type):
+            return None
+        return last
+    return walk.sequential_last
+
+
+_HEAD_PATH = routing.Rule(routing._component(routing.HEAD_NAMES), FALLBACK)
+_TOP_HEAD_PATH = routing.Rule(rf"(?i)^({routing.TOP_LEVEL_HEAD_NAMES})(/|$)", FALLBACK)
+
+
+def _is_head_name(module_path: str) -> bool:
+    return bool(module_path) and (
+        _HEAD_PATH.matches(module_path, 2) or _TOP_HEAD_PATH.matches(module_path, 2)
+    )
+
+
+def _lora_base_path(
+    walk: _Walk, lora_path: tuple[Any, ...], params: set[tuple[Any, ...]]
+) -> tuple[Any, ...] | None:
+    """The kernel a LoRA module adapts: its LoRALinear's, or its ``base_module``'s."""
+    module = walk.modules[lora_path]
+    base_module = getattr(module, "base_module", None)
+    if base_module is not None:
+        for p, m in walk.modules.items():
+            if m is base_module and (*p, "kernel") in params:
+                return (*p, "kernel")
+    parent = _owner(lora_path, walk.modules)
+    if lora_path and (*parent, "kernel") in params and lora_path[-1] == "lora":
+        return (*parent, "kernel")
+    return None
+
+
+def _matrix_layout_for(
+    group: str, router: Router, shape: tuple[int, ...], decl: _Decl
+) -> MatrixLayout | None:
+    if group not in router.matrix_groups:
+        return None
+    fitted = _layout(shape, decl) if decl.declared else None
+    return fitted[0] if fitted is not None else layouts.DENSE
+
+
+def _table(
+    walk: _Walk,
+    name_router: Router,
+    output_group: str | None,
+    embedding_group: str,
+    lora_group: str,
+) -> list[Assignment]:
+    output = _output_module(walk) if output_group is not None else None
+    param_paths = {leaf.path for leaf in walk.leaves}
+    entries: list[Assignment] = []
+    bases: dict[tuple[Any, ...], str] = {}
+    for leaf in walk.leaves:
+        owner = _owner(leaf.path, walk.modules)
+        module = walk.modules.get(owner)
+        parent_path = _owner(owner, walk.modules) if owner else None
+        parent = walk.modules.get(parent_path) if parent_path is not None else None
+        name_in_parent = owner[len(parent_path)] if parent_path is not None and owner else None
+        attr = leaf.path[len(owner)] if len(leaf.path) > len(owner) else None
+        decl = walk.decl(module, attr, parent, name_in_parent) if module is not None else _UNKNOWN
+        path, mod_path = _str_path(leaf.path), _str_path(owner)
+        mtype = _type_name(type(module)) if module is not None else ""
+        common = dict(module=mod_path, module_type=mtype)
+        fitted = _layout(leaf.shape, decl) if decl.kind == "matrix" else None
+        if decl.kind == "matrix" and fitted is None:
+            decl = _UNKNOWN
+        if decl.kind == "unknown":
+            a = name_router.assign(path, jax.ShapeDtypeStruct(leaf.shape, jnp.float32))
+            guessed = a.guessed or len(leaf.shape) >= 2
+            entries.append(dataclasses.replace(a, guessed=guessed, **common))
+            continue
+        if decl.kind == "matrix":
+            layout, stacked = fitted  # type: ignore[misc]
+            is_output = (
+                output_group is not None
+                and not stacked
+                and (
+                    owner == output
+                    or (decl.rule in ("dense", "einsum") and _is_head_name(mod_path))
+                )
+            )
+            if is_output:
+                group = output_group
+                lay = layout if group in name_router.matrix_groups else None
+                entries.append(Assignment(path, leaf.shape, group, lay, "head", **common))  # type: ignore[arg-type]
+            else:
+                entries.append(Assignment(path, leaf.shape, MATRIX, layout, decl.rule, **common))
+            continue
+        if decl.kind in (LORA_A, LORA_B):
+            lay = _matrix_layout_for(lora_group, name_router, leaf.shape, decl)
+            entries.append(
+                Assignment(
+                    path,
+                    leaf.shape,
+                    lora_group,
+                    lay,
+                    decl.rule,
+                    role=decl.kind,
+                    pair=mod_path,
+                    **common,
+                )
+            )
+            base_path = _lora_base_path(walk, owner, param_paths)
+            if base_path is not None:
+                bases[base_path] = mod_path
+            continue
+        if decl.kind == "embedding":
+            lay = _matrix_layout_for(embedding_group, name_router, leaf.shape, decl)
+            entries.append(
+                Assignment(path, leaf.shape, embedding_group, lay, "embedding", **common)
+            )
+            continue
+        entries.append(Assignment(path, leaf.shape, FALLBACK, None, decl.rule, **common))
+    by_path = {_str_path(p): pair for p, pair in bases.items()}
+    return [
+        dataclasses.replace(a, role=LORA_BASE, pair=by_path[a.path]) if a.path in by_path else a
+        for a in entries
+    ]
+
+
+def router_for(
+    model: Any,
+    *example_inputs: Any,
+    method: str | Callable[..., Any] | None = None,
+    rngs: Any = None,
+    name_router: Router | None = None,
+    output_group: str | None = FALLBACK,
+    embedding_group: str = FALLBACK,
+    lora_group: str = FALLBACK,
+    warn_guessed: bool = True,
+    **call_kwargs: Any,
+) -> Router:
+    """A :class:`~optx.Router` built from a Flax model's structure (NNX or linen).
+
+    The owning module's type decides each parameter's group and layout (see the
+    module table in :mod:`optx._src.model_routing`); leading axes added by
+    ``nnx.vmap``/``nnx.scan``/``nn.scan``/``nn.vmap`` are batch axes; with
+    example inputs the last layer applied is the output layer and goes to
+    ``output_group`` (AdamW in the aliases), as embeddings do. Leaves of module
+    types it does not know are routed by ``name_router``'s rules and marked as
+    guessed. The result is an ordinary, hashable :class:`~optx.Router`: pass it
+    as ``router=`` to any matrix method, extend it with
+    :meth:`~optx.Router.with_rules` (those rules override the model table), and
+    look at it with :func:`optx.describe`.
+
+    Args:
+      model: an ``nnx.Module`` (concrete, or abstract from ``nnx.eval_shape``:
+        only shapes are read) or a ``flax.linen.Module``.
+      *example_inputs: inputs of one call (arrays or ``jax.ShapeDtypeStruct``;
+        only shapes and dtypes are used, nothing is computed). Optional for
+        NNX (then the output layer is found only for ``nnx.Sequential`` models
+        and by name), required for linen.
+      method: the method to call instead of ``__call__`` (a name, or for NNX a
+        function ``(model, *inputs, **call_kwargs)``; for linen as
+        ``Module.init``'s ``method``).
+      rngs: linen only: the ``init`` rngs (default ``jax.random.key(0)``; pass
+        ``{'params': k, 'dropout': k}`` for models that need more streams).
+      name_router: the router whose rules decide leaves of unknown module types
+        (default :func:`optx.default_router`); its ``default_group``,
+        ``matrix_groups`` and ``rank_limit`` carry over.
+      output_group: group of the output layer's kernel (default ``'fallback'``);
+        ``None`` routes it by its type like any other layer.
+      embedding_group: group of embedding tables (default ``'fallback'``; a
+        matrix group views ``(vocab, d)`` as one dense matrix).
+      lora_group: group of LoRA factors (default ``'fallback'``).
+      warn_guessed: warn at ``init`` about guessed leaves (see :class:`~optx.Router`).
+      **call_kwargs: keyword arguments of the model call (``train=False``, ...).
+
+    Returns:
+      the model's :class:`~optx.Router`.
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> from flax import nnx
+      >>> def make(rngs):
+      ...     return nnx.Sequential(
+      ...         nnx.Conv(1, 4, kernel_size=(3, 3), rngs=rngs),
+      ...         lambda x: x.reshape(x.shape[0], -1),
+      ...         nnx.Linear(4 * 8 * 8, 16, rngs=rngs), nnx.relu,
+      ...         nnx.Linear(16, 10, rngs=rngs))
+      >>> model = nnx.eval_shape(lambda: make(nnx.Rngs(0)))  # or make(nnx.Rngs(0))
+      >>> router = optx.router_for(model, jnp.zeros((1, 8, 8, 1)))
+      >>> table = optx.describe(router, model)
+      >>> [(r.path, r.group, r.rule) for r in table if r.path.endswith('kernel')]
+      [('layers/0/kernel', 'matrix', 'conv'), ('layers/2/kernel', 'matrix', 'dense'), ('layers/4/kernel', 'fallback', 'head')]
+      >>> tx = optx.muon(0.02, router=router)
+    """
+    name_router = routing.as_router(name_router)
+    for name, group in (("embedding_group", embedding_group), ("lora_group", lora_group)):
+        if not isinstance(group, str) or not group:
+            raise TypeError(f"{name} must be a non-empty string, got {group!r}.")
+    if output_group is not None and (not isinstance(output_group, str) or not output_group):
+        raise TypeError(f"output_group must be a non-empty string or None, got {output_group!r}.")
+    nnx = routing._nnx()
+    if nnx is not None and isinstance(model, nnx.Module):
+        walk = _walk_nnx(nnx, model, example_inputs, method, call_kwargs)
+    elif routing._is_linen_module(model):
+        import flax.linen as nn
+
+        walk = _walk_linen(nn, model, example_inputs, method, rngs, call_kwargs)
+    else:
+        raise TypeError(
+            f"router_for needs a flax.nnx.Module or a flax.linen.Module, got {type(model).__name__}. "
+            "For a bare parameter tree use the name rules: optx.default_router()."
+        )
+    entries = _table(walk, name_router, output_group, embedding_group, lora_group)
+    return Router(
+        name_router.rules,
+        default_group=name_router.default_group,
+        matrix_groups=name_router.matrix_groups,
+        warn_guessed=warn_guessed,
+        rank_limit=name_router.rank_limit,
+        table=entries,
+        overrides=name_router.overrides,
+    )
+
+
+# -- LoRA pairs ----------------------------------------------------------------------
+
+
+class LoraPair(NamedTuple):
+    """One LoRA adapter: the paths of its factors ``A (…, in, r)`` and ``B (…, r, out)``.
+
+    Attributes:
+      module: path of the adapter (the ``nnx.LoRA`` module, or the path before
+        ``lora_a``/``lora_b`` for name-routed trees).
+      a, b: the '/'-joined paths of ``A`` and ``B`` in the parameter tree.
+      base: path of the (frozen) kernel the adapter adds to, or None if unknown.
+      rank: ``r``.
+    """
+
+    module: str
+    a: str
+    b: str
+    base: str | None
+    rank: int
+
+
+def _name_base(pair: str, paths: dict[str, tuple[int, ...]]) -> str | None:
+    parent = pair.rsplit("/", 1)[0] if "/" in pair else ""
+    candidates = [f"{pair}/kernel", f"{pair}/base_layer/kernel", f"{pair}/base_module/kernel"]
+    if pair.rsplit("/", 1)[-1].lower() == "lora":
+        candidates.append(f"{parent}/kernel" if parent else "kernel")
+    for c in candidates:
+        if len(paths.get(c, ())) >= 2:
+            return c
+    return None
+
+
+def lora_pairs(source: Any = None, params: Any = None) -> tuple[LoraPair, ...]:
+    """The LoRA adapters of a model or parameter tree, each with both factors.
+
+    Factors are recognized by module type (``nnx.LoRA``, ``nnx.LoRALinear``,
+    through :func:`router_for`) or by name (``lora_a``/``lora_b``, also
+    ``lora_A/kernel``, through the default rules), and paired by their module.
+
+    Args:
+      source: an NNX model (routed with :func:`router_for`), a
+        :class:`~optx.Router` (e.g. ``router_for(model)``), a transform whose
+        router is used (:func:`optx.router_of`), or None (the default name rules).
+      params: the parameter tree (arrays, ``ShapeDtypeStruct``, an NNX State,
+        or the NNX model). Optional when ``source`` is a model.
+
+    Returns:
+      the pairs, in the order of their ``A`` factors in ``params``.
+
+    Raises:
+      ValueError: an ``A`` without its ``B`` (or the reverse), two factors of the
+        same kind in one adapter, or a rank mismatch (``A``'s last axis is not
+        ``B``'s fan-in axis, or their stacked axes differ).
+
+    Example:
+      >>> import optx
+      >>> from flax import nnx
+      >>> model = nnx.eval_shape(lambda: nnx.LoRALinear(8, 4, lora_rank=2, rngs=nnx.Rngs(0)))
+      >>> optx.lora_pairs(model)
+      (LoraPair(module='lora', a='lora/lora_a', b='lora/lora_b', base='kernel', rank=2),)
+    """
+    if routing._is_nnx_module(source):
+        router = router_for(source)
+        tree = routing.model_params(source if params is None else params)
+    else:
+        if params is None:
+            raise TypeError("lora_pairs needs the parameter tree: optx.lora_pairs(router, params).")
+        if isinstance(source, Router) or source is None:
+            router = routing.as_router(source)
+        else:
+            router = routing.router_of(source) or routing.default_router()
+        tree = routing.model_params(params)
+    assignments = router.assignments(tree)
+    shapes = {a.path: a.shape for a in assignments}
+    factors: dict[str, dict[str, Assignment]] = {}
+    bases: dict[str, str] = {}
+    order: list[str] = []
+    for a in assignments:
+        if a.role == LORA_BASE:
+            bases[a.pair] = a.path
+        if a.role not in (LORA_A, LORA_B):
+            continue
+        slot = factors.setdefault(a.pair, {})
+        if a.pair not in order:
+            order.append(a.pair)
+        if a.role in slot:
+            raise ValueError(
+                f"LoRA adapter '{a.pair}' has two '{a.role}' factors: '{slot[a.role].path}' and '{a.path}'."
+            )
+        slot[a.role] = a
+    pairs = []
+    for pair in order:
+        slot = factors[pair]
+        for role, other in ((LORA_A, LORA_B), (LORA_B, LORA_A)):
+            if other not in slot:
+                raise ValueError(
+                    f"LoRA factor '{slot[role].path}' has no matching '{other}' in adapter '{pair}'."
+                )
+        a, b = slot[LORA_A], slot[LORA_B]
+        if (
+            len(a.shape) != len(b.shape)
+            or a.shape[-1] != b.shape[-2]
+            or a.shape[:-2] != b.shape[:-2]
+        ):
+            raise ValueError(
+                f"LoRA rank mismatch in adapter '{pair}': A '{a.path}' {a.shape} and "
+                f"B '{b.path}' {b.shape} (expected A (..., in, r) and B (..., r, out))."
+            )
+        base_path = bases.get(pair) or _name_base(pair, shapes)
+        pairs.append(LoraPair(pair, a.path, b.path, base_path, int(a.shape[-1])))
+    return tuple(pairs)
