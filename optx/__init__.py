@@ -189,6 +189,61 @@ from optx._src.kronecker import (
     statistics_from_gradient,
 )
 
+
+# --- Low-rank adapters: LoRA plumbing, LoRA-Pro, LoRA-SB, SoRA (issue 15) ---
+# isort: split
+from optx._src.adapters import (
+    GateThresholdState,
+    ScaleByLoRAProState,
+    gate_threshold,
+    scale_by_gate_threshold,
+    scale_by_lora_pro,
+    solve_sylvester_psd,
+    sora_l1_penalty,
+    sparsifying_schedule,
+    sparsifying_thresholds,
+)
+from optx._src.aliases.adapters import lora_pro, sora
+from optx._src.lora import (
+    LoRAPair,
+    freeze_base,
+    lora_delta,
+    lora_filter,
+    lora_labels,
+    lora_mask,
+    lora_pairs,
+    lora_scale,
+    merge_lora,
+)
+
+# The NNX adapter modules import flax.nnx; they load on first access.
+_LAZY_ADAPTER_MODULES = (
+    "GatedLoRA",
+    "LoRAFrozen",
+    "LoRAXS",
+    "ScaledLoRA",
+    "add_lora",
+    "estimate_first_update",
+    "lora_sb_factors",
+    "lora_sb_init",
+    "prune_sora",
+)
+
+
+def __getattr__(name: str):
+    if name in _LAZY_ADAPTER_MODULES:
+        from optx._src import adapter_modules
+
+        return getattr(adapter_modules, name)
+    raise AttributeError(f"module 'optx' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY_ADAPTER_MODULES])
+
+
+# isort: split
+
 from optx._src.base import path_to_str
 from optx._src.layouts import (
     ATTENTION_IN,
