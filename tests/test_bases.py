@@ -171,7 +171,9 @@ class NpCosmos:
         self.M = b1 * self.M + g
         self.V = b2 * self.V + (1 - b2) * (self.P.T @ g) ** 2
         c1 = (1 - b1**t) / (1 - b1)
-        g_hat = (g + b1 * self.M) / (1 + b1 * c1) if self.nesterov else self.M / c1
+        # Official COSMOS_optim.py (lines 86-87 @61de180e): without Nesterov the *raw
+        # gradient* is divided by c1; the momentum is not used.
+        g_hat = (g + b1 * self.M) / (1 + b1 * c1) if self.nesterov else g / c1
         coeff = self.P.T @ g_hat
         adam = self.P @ (coeff / (np.sqrt(self.V) / np.sqrt(1 - b2**t) + self.eps))
         res = np_newton_schulz5(g_hat - self.P @ coeff)

@@ -30,7 +30,7 @@ def accumulate_gradients(
     inner: optax.GradientTransformation,
     every_k: int,
     *,
-    accumulator_dtype: Any = jnp.float32,
+    accumulator_dtype: Any = None,
     use_grad_mean: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Accumulates ``every_k`` micro-batch gradients, then applies ``inner`` once.
@@ -43,7 +43,9 @@ def accumulate_gradients(
     Args:
       inner: the optimizer to apply to the accumulated gradient.
       every_k: micro-steps per real step (static int >= 1).
-      accumulator_dtype: dtype of the accumulator (f32 by default).
+      accumulator_dtype: dtype of the accumulator (default: each leaf's
+        compute dtype, ``promote(param dtype, float32)``: f32 for bf16/f32
+        leaves, f64 for f64 leaves).
       use_grad_mean: average (default) or sum the micro-batch gradients.
 
     Example:
@@ -65,7 +67,12 @@ def accumulate_gradients(
         return AccumulateGradientsState(
             mini_step=jnp.zeros([], jnp.int32),
             gradient_step=jnp.zeros([], jnp.int32),
-            acc_grads=optax.tree.zeros_like(params, dtype=accumulator_dtype),
+            acc_grads=jax.tree.map(
+                lambda p: optax.tree.zeros_like(
+                    p, dtype=accumulator_dtype or base.compute_dtype(p.dtype)
+                ),
+                params,
+            ),
             inner_state=inner.init(params),
         )
 

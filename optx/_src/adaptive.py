@@ -8,13 +8,15 @@ Conventions shared by this module:
 
 * ``t`` is the step number after the first increment (``t = 1`` on the first
   update); ``bc1 = 1 − β₁ᵗ``, ``bc2 = 1 − β₂ᵗ``.
-* Bias corrections are computed in f32 as ``−expm1(t·log1p(−(1−β)))`` with
-  ``1 − β`` formed *before* the conversion to f32, so that a Python
-  ``β₂ = 0.999`` keeps its exact ``1 − β₂ = 10⁻³`` (``1 − float32(0.999)`` is
-  off by 1.3e-5 relative, which would move AdaBelief's rectification switch).
-* The arithmetic runs in at least f32 whatever the parameter dtype; moments
-  keep the dtype fixed at ``init`` (``mu_dtype``/``nu_dtype``) and updates
-  come back in the gradient's dtype.
+* Bias corrections are computed in the leaf's compute dtype (f32 for bf16/f32
+  leaves, f64 for f64 leaves) as ``−expm1(t·log1p(−(1−β)))`` with ``1 − β``
+  formed *before* the conversion, so that a Python ``β₂ = 0.999`` keeps its
+  exact ``1 − β₂ = 10⁻³`` (``1 − float32(0.999)`` is off by 1.3e-5 relative,
+  which would move AdaBelief's rectification switch).
+* The arithmetic runs in ``base.compute_dtype`` = promote(param dtype, f32):
+  f32 for bf16/f32 parameters, f64 for f64 parameters; moments keep the
+  dtype fixed at ``init`` (``mu_dtype``/``nu_dtype``) and updates come back
+  in the gradient's dtype.
 """
 
 from __future__ import annotations
@@ -34,18 +36,15 @@ from optx._src.layouts import LayoutSpec, ResolvedLayout
 compute_dtype = base.compute_dtype  # the library-wide rule; kept here for existing callers
 
 
-def one_minus_power(beta: Any, count: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-    """``1 − βᵗ`` in f32 (or a wider ``dtype``), accurate for β close to 1 (see the
-    module docstring)."""
-    one_minus_beta = 1.0 - beta  # exact in Python when beta is a Python float
-    log_beta = jnp.log1p(-jnp.asarray(one_minus_beta, dtype))
-    return -jnp.expm1(count.astype(dtype) * log_beta)
+def one_minus_power(beta: Any, count: jax.Array, dtype: Any = None) -> jax.Array:
+    """``1 − βᵗ`` in ``base.scalar_dtype(dtype)``, accurate for β close to 1 (see the
+    module docstring and :func:`optx._src.base.bias_correction`)."""
+    return base.bias_correction(beta, count, dtype)
 
 
-def power(beta: Any, count: jax.Array) -> jax.Array:
-    """``βᵗ`` in f32 (the complement of :func:`one_minus_power`)."""
-    log_beta = jnp.log1p(-jnp.asarray(1.0 - beta, jnp.float32))
-    return jnp.exp(count.astype(jnp.float32) * log_beta)
+def power(beta: Any, count: jax.Array, dtype: Any = None) -> jax.Array:
+    """``βᵗ`` in ``base.scalar_dtype(dtype)`` (the complement of :func:`one_minus_power`)."""
+    return base.power(beta, count, dtype)
 
 
 def _zeros(params: base.Params, dtype: Any) -> base.Updates:
@@ -116,8 +115,10 @@ class ScaleByBeliefState(NamedTuple):
     nu_max: Any
 
 
-def radam_rectification(b2: Any, count: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """RAdam's ``(ρ_t, r_t)`` in f32 (Liu et al., arXiv 1908.03265, Alg. 2).
+def radam_rectification(
+    b2: Any, count: jax.Array, dtype: Any = None
+) -> tuple[jax.Array, jax.Array]:
+    """RAdam's ``(ρ_t, r_t)`` (Liu et al., arXiv 1908.03265, Alg. 2) in ``base.scalar_dtype(dtype)``.
 
     .. math::
 
@@ -128,9 +129,15 @@ def radam_rectification(b2: Any, count: jax.Array) -> tuple[jax.Array, jax.Array
     ``r_t`` here includes AdaBelief's ``(1 − β₂ᵗ)`` factor (its rectified
     denominator is the *uncorrected* ``√s``). ``r_t`` is 0 where ``ρ_t < 4``.
 
-    The direct formula loses ~3 digits to cancellation in f32 (ρ∞ ≈ 2000 minus
-    ≈ 1995 for β₂ = 0.999), while ρ₅ = 4.996 sits next to the threshold 5.
-    With ``δ = 1 − β₂``, ``ℓ = −log(1 − δ)`` and ``u = tℓ`` it is evaluated as
+    In float64 this is the closed form above, with ``β₂ᵗ`` and ``1 − β₂ᵗ``
+    from :func:`optx._src.base.power` / :func:`~optx._src.base.bias_correction`
+    (the official code evaluates the same expression in Python doubles; they
+    agree to ~1e-13 relative, the cancellation ρ∞ − … costs ~3 digits).
+
+    In float32 the direct formula loses those ~3 digits to cancellation
+    (ρ∞ ≈ 2000 minus ≈ 1995 for β₂ = 0.999) while ρ₅ = 4.996 sits next to the
+    threshold 5. With ``δ = 1 − β₂``, ``ℓ = −log(1 − δ)`` and ``u = tℓ`` it is
+    then evaluated as
 
     .. math::
 
@@ -139,33 +146,40 @@ def radam_rectification(b2: Any, count: jax.Array) -> tuple[jax.Array, jax.Array
            = \\frac{u}{12} - \\frac{u^3}{720} + \\frac{u^5}{30240} - …
 
     for ``u < 1`` (the bracket in float64 when β₂ is a Python number, by its
-    series otherwise; ``h`` by its series), and directly for ``u ≥ 1``, where
-    nothing cancels. Relative error ~1e-6.
+    series otherwise; ``h`` by its series, whose truncation error ~1e-8 is
+    below float32's resolution), and directly for ``u ≥ 1``, where nothing
+    cancels. Relative error ~1e-6.
     """
-    delta = 1.0 - b2
-    if isinstance(delta, numbers.Real):
-        ell = -math.log1p(-float(delta))
-        offset = jnp.asarray(2.0 / delta - 2.0 / ell - 1.0, jnp.float32)
+    dt = base.scalar_dtype(dtype)
+    t = count.astype(dt)
+    omd = base.one_minus(b2, dt)
+    rho_inf = 2.0 / omd - 1.0
+    if jnp.finfo(dt).bits >= 64:
+        beta_t = base.power(b2, count, dt)
+        bc2 = base.bias_correction(b2, count, dt)
+        rho_t = rho_inf - 2.0 * t * beta_t / bc2
     else:
-        d = jnp.asarray(delta, jnp.float32)
-        ell_minus_d_series = sum(d**k / k for k in range(2, 12))
-        ell_minus_d = jnp.where(d < 0.1, ell_minus_d_series, -jnp.log1p(-d) - d)
-        ell_ = d + ell_minus_d
-        offset = 2.0 * ell_minus_d / (d * ell_) - 1.0
-    ell = -jnp.log1p(-jnp.asarray(delta, jnp.float32))
-    t = count.astype(jnp.float32)
-    u = t * ell
-    h = u / 12.0 - u**3 / 720.0 + u**5 / 30240.0 - u**7 / 1209600.0
-    rho_inf = 2.0 / delta - 1.0
-    rho_small = offset + t - 2.0 * t * h
-    rho_large = rho_inf - 2.0 * t * jnp.exp(-u) / -jnp.expm1(-jnp.maximum(u, 1.0))
-    rho_t = jnp.where(u < 1.0, rho_small, rho_large)
-    bc2 = -jnp.expm1(-u)
+        delta = 1.0 - b2
+        if isinstance(delta, numbers.Real):
+            ell = -math.log1p(-float(delta))
+            offset = jnp.asarray(2.0 / delta - 2.0 / ell - 1.0, dt)
+        else:
+            d = jnp.asarray(delta, dt)
+            ell_minus_d_series = sum(d**k / k for k in range(2, 12))
+            ell_minus_d = jnp.where(d < 0.1, ell_minus_d_series, -jnp.log1p(-d) - d)
+            ell_ = d + ell_minus_d
+            offset = 2.0 * ell_minus_d / (d * ell_) - 1.0
+        u = t * -jnp.log1p(-omd)
+        h = u / 12.0 - u**3 / 720.0 + u**5 / 30240.0 - u**7 / 1209600.0
+        rho_small = offset + t - 2.0 * t * h
+        rho_large = rho_inf - 2.0 * t * jnp.exp(-u) / -jnp.expm1(-jnp.maximum(u, 1.0))
+        rho_t = jnp.where(u < 1.0, rho_small, rho_large)
+        bc2 = -jnp.expm1(-u)
     ratio = (
         bc2 * (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
     )
     r_t = jnp.sqrt(jnp.maximum(ratio, 0.0))
-    return rho_t.astype(jnp.float32), r_t.astype(jnp.float32)
+    return rho_t.astype(dt), r_t.astype(dt)
 
 
 def scale_by_belief(
@@ -272,7 +286,7 @@ def scale_by_belief(
         if rectify:
             rho_t, r_t = radam_rectification(b2, count)
             use_adaptive = rho_t >= 5.0
-            sgd_scale = 1.0 / bc1 if degenerated_to_sgd else jnp.zeros([], jnp.float32)
+            sgd_scale = 1.0 / bc1 if degenerated_to_sgd else jnp.zeros([], bc1.dtype)
 
         def leaf(g: Any, mu: Any, nu: Any, nu_max: Any) -> tuple[Any, Any, Any, Any]:
             if g is None:
@@ -383,7 +397,7 @@ def scale_by_exadam(
         m2 = jnp.square(m)
         d2 = 1.0 + power(b1, count).astype(cdt) * (m2 / (m2 + eps))
         if dynamic_step_size:
-            alpha = (0.5 * jnp.log(2.0 * (count.astype(jnp.float32) + 1.0))).astype(cdt)
+            alpha = (0.5 * jnp.log(2.0 * (count.astype(base.scalar_dtype(cdt)) + 1.0))).astype(cdt)
         else:
             alpha = jnp.ones([], cdt)
         return alpha * ((m + g) * d1 / bc1) / (jnp.sqrt(v * d2 / bc2) + eps)
@@ -446,7 +460,8 @@ SAI_SCALE_RULES = ("gsnr", "gsnr_max", "sqrt_numel")
 class ScaleBySaiState(NamedTuple):
     """State of :func:`scale_by_sai`.
 
-    ``gsnr`` holds one f32 scale per parameter block (per matrix for leaves
+    ``gsnr`` holds one scale (in the parameter's real compute dtype: f32, or
+    f64 for f64 parameters) per parameter block (per matrix for leaves
     with a layout, in :meth:`ResolvedLayout.matrix_norm_shape`; per tensor
     otherwise, with every axis kept as size 1), frozen after the first step.
     """
@@ -551,7 +566,8 @@ def scale_by_sai(
     def init_fn(params: base.Params) -> ScaleBySaiState:
         def gsnr_leaf(path: Any, p: Any) -> jax.Array:
             lay = resolve(base.path_to_str(path), p)
-            return sharding.zeros_like_spec(_block_shape(p, lay), jnp.float32, p)
+            dtype = base.real_dtype(compute_dtype(p.dtype))
+            return sharding.zeros_like_spec(_block_shape(p, lay), dtype, p)
 
         return ScaleBySaiState(
             count=jnp.zeros([], jnp.int32),

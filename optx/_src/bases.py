@@ -254,13 +254,13 @@ def _f32(x: jax.Array) -> jax.Array:
 
 
 def eigh_basis(factor: jax.Array) -> jax.Array:
-    """Eigenvectors of a symmetric factor, columns by descending eigenvalue (f32)."""
+    """Eigenvectors of a symmetric factor, columns by descending eigenvalue (≥ f32)."""
     _, vecs = jnp.linalg.eigh(_f32(factor))
     return jnp.flip(vecs, axis=-1)
 
 
 def power_qr_basis(factor: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One power step and a QR from the current basis (SOAP's refresh, f32).
+    """One power step and a QR from the current basis (SOAP's refresh, ≥ f32).
 
     The columns of ``Q`` are first sorted by the estimated eigenvalues
     ``diag(Qᵀ F Q)`` (descending), then ``Q ← QR(F Q_sorted)``.
@@ -288,7 +288,7 @@ def permute_mode(x: jax.Array, order: jax.Array, mode: int, num_batch: int) -> j
 
 def singular_basis(x: jax.Array, mode: int) -> jax.Array:
     """The full orthogonal factor of the reduced SVD of a batch of matrices on
-    the smaller side (f32): ``U`` (``n × n``) for mode 0 when ``n <= m``, ``V``
+    the smaller side (≥ f32): ``U`` (``n × n``) for mode 0 when ``n <= m``, ``V``
     (``m × m``) for mode 1 when ``m <= n``, where ``x = U S Vᵀ`` is ``n × m``."""
     n, m = x.shape[-2], x.shape[-1]
     if (mode == 0 and n > m) or (mode == 1 and m > n) or mode not in (0, 1):
@@ -301,7 +301,9 @@ def _mT(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, -1, -2)
 
 
-def subspace_init(x: jax.Array, rank: int, beta: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+def subspace_init(
+    x: jax.Array, rank: int, beta: Any, one_minus_beta: Any = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Starts rank-``r`` subspace tracking from one gradient (COSMOS, step 1).
 
     ``P`` = the top-``r`` eigenvectors of ``X Xᵀ`` (``n × r``, the fan-in side of
@@ -311,13 +313,14 @@ def subspace_init(x: jax.Array, rank: int, beta: Any) -> tuple[jax.Array, jax.Ar
       ``(P, S, C)``.
     """
     x = _f32(x)
+    omb = 1.0 - beta if one_minus_beta is None else one_minus_beta
     p = eigh_basis(x @ _mT(x))[..., :rank]
     c = _mT(p) @ x
-    return p, (1.0 - beta) * (c @ _mT(c)), c
+    return p, omb * (c @ _mT(c)), c
 
 
 def subspace_power_step(
-    p: jax.Array, s: jax.Array, x: jax.Array, beta: Any
+    p: jax.Array, s: jax.Array, x: jax.Array, beta: Any, one_minus_beta: Any = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One QR power step of the leading eigenspace of ``E = β E + (1−β) X Xᵀ``.
 
@@ -331,14 +334,18 @@ def subspace_power_step(
     (COSMOS, arXiv 2502.17410, Algorithm 1; ``x`` is ``n × m`` with the subspace
     on its first side, so ``X Xᵀ`` is the PyTorch ``GᵀG``).
 
+    ``one_minus_beta`` (default ``1 − beta``) lets callers pass ``1 − β`` formed
+    exactly from a Python float (see ``base.one_minus``).
+
     Returns:
       ``(P', S', C)`` with ``C = P'ᵀ X`` (``r × m``).
     """
     x, p, s = _f32(x), _f32(p), _f32(s)
-    new_p, _ = linalg.qr(beta * (p @ s) + (1.0 - beta) * (x @ (_mT(x) @ p)))
+    omb = 1.0 - beta if one_minus_beta is None else one_minus_beta
+    new_p, _ = linalg.qr(beta * (p @ s) + omb * (x @ (_mT(x) @ p)))
     t = _mT(p) @ new_p
     c = _mT(new_p) @ x
-    new_s = beta * (_mT(t) @ s @ t) + (1.0 - beta) * (c @ _mT(c))
+    new_s = beta * (_mT(t) @ s @ t) + omb * (c @ _mT(c))
     return new_p, new_s, c
 
 
@@ -422,12 +429,27 @@ def _check_dtype_arg(name: str, value: Any) -> Any:
 
 
 def _bias_corrections(count: jax.Array, b1: Any, b2: Any) -> tuple[jax.Array, jax.Array]:
-    t = count.astype(jnp.float32)
-    return 1.0 - jnp.asarray(b1, jnp.float32) ** t, 1.0 - jnp.asarray(b2, jnp.float32) ** t
+    """``(1 − β₁ᵗ, 1 − β₂ᵗ)`` in the widest enabled float (see ``base.bias_correction``)."""
+    return base.bias_correction(b1, count), base.bias_correction(b2, count)
 
 
 def _scalars(**values: Any) -> dict[str, jax.Array]:
     return {k: jnp.asarray(v) for k, v in values.items()}
+
+
+def _in_dtype(s: dict[str, jax.Array], dtype: Any) -> dict[str, jax.Array]:
+    """The floating scalars of ``s`` cast to the real counterpart of ``dtype``.
+
+    Shared scalars are computed once in the widest enabled float (f64 under
+    ``jax_enable_x64``); each leaf casts them to its own compute dtype so that an
+    f32 leaf computes in f32 and an f64 leaf in f64.
+    """
+    dt = base.real_dtype(dtype)
+    return {k: v.astype(dt) if jnp.issubdtype(v.dtype, jnp.floating) else v for k, v in s.items()}
+
+
+def _one_minus(value: Any) -> jax.Array:
+    return base.one_minus(value)
 
 
 def map_leaves_with_state(
@@ -530,7 +552,7 @@ def scale_by_soap(
     correct_bias: bool = True,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-    precond_dtype: Any = "float32",
+    precond_dtype: Any = None,
     layout: LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Adam in the eigenbasis of Shampoo's Kronecker factors (SOAP's direction).
@@ -569,8 +591,9 @@ def scale_by_soap(
       matrix of ``U`` by its RMS (+1e-30) before the bias correction.
     * ``shampoo_beta`` (β_s) defaults to ``b2`` (the official ``−1``; a negative
       value also means ``b2``).
-    * eigh/QR in float32 whatever the parameter dtype; factors and bases are
-      stored in ``precond_dtype`` (float32).
+    * eigh/QR in the parameter's compute dtype (float32 for bf16/f32
+      parameters, float64 for f64 ones); factors and bases are stored in
+      ``precond_dtype`` (default: that compute dtype).
     * For a non-square matrix the larger factor is rank-deficient at the first
       eigh; the basis of its null space is arbitrary (it depends on LAPACK, the
       device and the sharding) and the element-wise Adam is not invariant to
@@ -602,7 +625,8 @@ def scale_by_soap(
       normalize_grads: per-matrix RMS normalization of the update.
       correct_bias: fold Adam's bias correction into the step.
       mu_dtype, nu_dtype: dtypes of ``M'`` and ``V`` (default: the param dtype).
-      precond_dtype: storage dtype of factors and bases.
+      precond_dtype: storage dtype of factors and bases (default ``None``: the
+        parameter's compute dtype, ``promote(param dtype, float32)``).
       layout: a :data:`~optx.LayoutSpec` (default: the default router's).
 
     References:
@@ -651,7 +675,7 @@ def scale_by_soap(
             def leaf(path: Any, p: Any) -> Any:
                 view = view_of(base.path_to_str(path), p)
                 if i < len(view.modes) and view.rotated[i]:
-                    return factor_zeros(view, i, precond_dtype, p)
+                    return factor_zeros(view, i, precond_dtype or base.compute_dtype(p.dtype), p)
                 return optax.MaskedNode()
 
             return jax.tree_util.tree_map_with_path(leaf, params)
@@ -672,23 +696,24 @@ def scale_by_soap(
 
         def fn(arrays: Any, s: dict[str, jax.Array]) -> Any:
             g, mu, nu, factors, bases = arrays
-            first = s["count"] == 0
-            beta_s = s["shampoo_beta"]
             G = to_modes(_f32(g), view)
+            s = _in_dtype(s, G.dtype)
+            first = s["count"] == 0
+            beta_s, omb_s = s["shampoo_beta"], s["one_minus_shampoo_beta"]
 
             def initialize(_: Any) -> Any:
                 new_f = list(factors)
                 new_q = list(bases)
                 for i in rotated:
-                    f = (1.0 - beta_s) * mode_gram(G, i, nb)
+                    f = omb_s * mode_gram(G, i, nb)
                     new_f[i] = f.astype(factors[i].dtype)
                     new_q[i] = eigh_basis(f).astype(bases[i].dtype)
                 return jnp.zeros_like(g), mu, nu, tuple(new_f), tuple(new_q)
 
             def step(_: Any) -> Any:
                 rot_g = rotate(G, bases, nb)
-                m = s["b1"] * to_modes(_f32(mu), view) + (1.0 - s["b1"]) * rot_g
-                v = s["b2"] * to_modes(_f32(nu), view) + (1.0 - s["b2"]) * jnp.square(rot_g)
+                m = s["b1"] * to_modes(_f32(mu), view) + s["one_minus_b1"] * rot_g
+                v = s["b2"] * to_modes(_f32(nu), view) + s["one_minus_b2"] * jnp.square(rot_g)
                 direction = rotate_back(m / (jnp.sqrt(v) + s["eps"]), bases, nb)
                 if normalize_grads:
                     # Per matrix of a stack (each is its own tensor in PyTorch);
@@ -699,7 +724,7 @@ def scale_by_soap(
                 direction = direction * s["step_scale"]
                 new_f = list(factors)
                 for i in rotated:
-                    f = beta_s * _f32(factors[i]) + (1.0 - beta_s) * mode_gram(G, i, nb)
+                    f = beta_s * _f32(factors[i]) + omb_s * mode_gram(G, i, nb)
                     new_f[i] = f.astype(factors[i].dtype)
 
                 def refresh(operands: Any) -> Any:
@@ -747,17 +772,22 @@ def scale_by_soap(
         # The first call only initializes, so call number c (from 0) is real step t = c.
         t = state.count
         bc1, bc2 = _bias_corrections(jnp.maximum(t, 1), b1, b2)
-        step_scale = jnp.sqrt(bc2) / bc1 if correct_bias else jnp.asarray(1.0, jnp.float32)
+        step_scale = jnp.sqrt(bc2) / bc1 if correct_bias else jnp.ones([], bc1.dtype)
         if shampoo_beta is None:
-            beta_s = jnp.asarray(b2, jnp.float32)
+            beta_s, omb_s = b2, _one_minus(b2)
         else:
-            beta_s = jnp.where(jnp.asarray(shampoo_beta) >= 0, shampoo_beta, b2)
+            use_b2 = jnp.asarray(shampoo_beta) < 0
+            beta_s = jnp.where(use_b2, b2, shampoo_beta)
+            omb_s = jnp.where(use_b2, _one_minus(b2), _one_minus(shampoo_beta))
         scalars = _scalars(
             count=state.count,
             b1=b1,
             b2=b2,
+            one_minus_b1=_one_minus(b1),
+            one_minus_b2=_one_minus(b2),
             eps=eps,
-            shampoo_beta=beta_s.astype(jnp.float32),
+            shampoo_beta=beta_s,
+            one_minus_shampoo_beta=omb_s,
             step_scale=step_scale,
             refresh=(t > 0) & (t % frequency == 0),
         )
@@ -824,7 +854,7 @@ def scale_by_conda(
     correct_bias: bool = True,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-    precond_dtype: Any = "float32",
+    precond_dtype: Any = None,
     layout: LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Column-normalized Adam: Adam's second moment in the SVD basis of the momentum.
@@ -855,7 +885,7 @@ def scale_by_conda(
       basis, and ``V`` is **not** rotated or reset when ``Q`` changes.
     * The SVD is of the *updated* momentum (at the first call ``M = (1−β₁)G``)
       and is taken when the pre-increment step counter is a multiple of
-      ``update_proj_gap`` (steps 0, T, 2T, …), in float32.
+      ``update_proj_gap`` (steps 0, T, 2T, …), in the compute dtype (≥ f32).
     * ε is added to the uncorrected ``√V``; the bias correction is folded into
       the step size; ``scale`` multiplies only the rotated leaves.
     * Leaves without a layout get the same Adam without rotation or ``scale``
@@ -871,7 +901,8 @@ def scale_by_conda(
       scale: multiplier of the rotated leaves' update (injectable).
       correct_bias: fold Adam's bias correction into the step.
       mu_dtype, nu_dtype: moment dtypes (default: the param dtype).
-      precond_dtype: storage dtype of the bases (float32).
+      precond_dtype: storage dtype of the bases (default: the parameter's
+        compute dtype, float32 for bf16/f32 parameters, float64 for f64).
       layout: a :data:`~optx.LayoutSpec` (default: the default router's).
 
     References:
@@ -902,7 +933,8 @@ def scale_by_conda(
             view = view_of(base.path_to_str(path), p)
             if not view.modes:
                 return optax.MaskedNode()
-            return factor_zeros(view, conda_side(view), precond_dtype, p)
+            dtype = precond_dtype or base.compute_dtype(p.dtype)
+            return factor_zeros(view, conda_side(view), dtype, p)
 
         return ScaleByCondaState(
             count=jnp.zeros([], jnp.int32),
@@ -918,7 +950,8 @@ def scale_by_conda(
         def fn(arrays: Any, s: dict[str, jax.Array]) -> Any:
             g, mu, nu, q = arrays
             G = to_modes(_f32(g), view)
-            m = s["b1"] * to_modes(_f32(mu), view) + (1.0 - s["b1"]) * G
+            s = _in_dtype(s, G.dtype)
+            m = s["b1"] * to_modes(_f32(mu), view) + s["one_minus_b1"] * G
             bases: tuple[Any, ...] = ()
             if side is not None:
                 q = jax.lax.cond(
@@ -929,7 +962,7 @@ def scale_by_conda(
                 )
                 bases = tuple(q if i == side else None for i in range(2))
             rot_g, rot_m = rotate(G, bases, nb), rotate(m, bases, nb)
-            v = s["b2"] * to_modes(_f32(nu), view) + (1.0 - s["b2"]) * jnp.square(rot_g)
+            v = s["b2"] * to_modes(_f32(nu), view) + s["one_minus_b2"] * jnp.square(rot_g)
             direction = rotate_back(rot_m / (jnp.sqrt(v) + s["eps"]), bases, nb)
             direction = direction * s["step_scale"]
             if side is not None:
@@ -952,10 +985,12 @@ def scale_by_conda(
         del params, extra
         count = optax.safe_increment(state.count)
         bc1, bc2 = _bias_corrections(count, b1, b2)
-        step_scale = jnp.sqrt(bc2) / bc1 if correct_bias else jnp.asarray(1.0, jnp.float32)
+        step_scale = jnp.sqrt(bc2) / bc1 if correct_bias else jnp.ones([], bc1.dtype)
         scalars = _scalars(
             b1=b1,
             b2=b2,
+            one_minus_b1=_one_minus(b1),
+            one_minus_b2=_one_minus(b2),
             eps=eps,
             scale=scale,
             step_scale=step_scale,
@@ -1014,7 +1049,7 @@ def scale_by_cosmos(
     ns_dtype: Any = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-    precond_dtype: Any = "float32",
+    precond_dtype: Any = None,
     layout: LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     """COSMOS's direction: SOAP-like Adam on a tracked rank-r subspace, Muon on the rest.
@@ -1034,7 +1069,7 @@ def scale_by_cosmos(
 
       V ← β_2 V + (1-β_2) (P^\\top G)^2, \\qquad
       \\hat G = \\begin{cases} (G + β_1 M) / (1 + β_1 c_1) & \\text{nesterov} \\\\
-        M / c_1 & \\text{otherwise} \\end{cases}
+        G / c_1 & \\text{otherwise (official: the momentum is unused)} \\end{cases}
 
       A = P\\,\\frac{P^\\top \\hat G}{\\sqrt{V}/\\sqrt{1-β_2^t} + ε}, \\qquad
       R = \\mathrm{NS}_5(\\hat G - P P^\\top \\hat G), \\quad
@@ -1053,8 +1088,9 @@ def scale_by_cosmos(
     f32 by default here); ``rank`` must not exceed the fan-in there — here it is
     clipped to ``min(rank, fan_in)`` per leaf (when it equals the fan-in, the
     residual is zero and COSMOS is Adam in the full eigenbasis of one side).
-    All decompositions run in float32; ``P`` and ``S`` are stored in
-    ``precond_dtype``, ``V`` in ``nu_dtype``.
+    Decompositions run in the parameter's compute dtype (float32 for bf16/f32
+    parameters, float64 for f64 ones); ``P`` and ``S`` are stored in
+    ``precond_dtype`` (default: that compute dtype), ``V`` in ``nu_dtype``.
 
     State memory per ``m × n`` matrix: ``mn`` (``M``) + ``nr`` (``P``) + ``r²``
     (``S``) + ``mr`` (``V``).
@@ -1063,7 +1099,10 @@ def scale_by_cosmos(
       b1, b2, eps: momentum and second-moment decay, ε (injectable).
       rank: subspace rank r (static).
       gamma: weight γ of the Newton–Schulz residual (injectable).
-      nesterov: the official Nesterov form (default on).
+      nesterov: the official Nesterov form (default on). ``False`` is the
+        official other branch, which scales the *raw gradient* by ``1/c₁``
+        (``COSMOS_optim.py`` lines 86–87 @61de180e): ``M`` is then kept but
+        unused.
       ns_coefficients, ns_steps, ns_dtype: Newton–Schulz settings
         (:func:`optx.newton_schulz`).
       mu_dtype, nu_dtype: dtypes of ``M`` and ``V``.
@@ -1106,10 +1145,11 @@ def scale_by_cosmos(
                 r = cosmos_rank(view, rank)
                 n, m = view.mode_dims
                 src_in, src_out = mode_source_axis(view, 0), mode_source_axis(view, 1)
+                pdt = precond_dtype or base.compute_dtype(p.dtype)
                 if which == "basis":
-                    shape, src, dtype = (n, r), (src_in, None), precond_dtype
+                    shape, src, dtype = (n, r), (src_in, None), pdt
                 elif which == "basis_moment":
-                    shape, src, dtype = (r, r), (None, None), precond_dtype
+                    shape, src, dtype = (r, r), (None, None), pdt
                 else:
                     shape, src, dtype = (r, m), (None, src_out), nu_dtype or p.dtype
                 return zeros_from_axes(view.batch_shape + shape, dtype, p, view.batch_axes + src)
@@ -1136,19 +1176,20 @@ def scale_by_cosmos(
         def fn(arrays: Any, s: dict[str, jax.Array]) -> Any:
             g, mu, p, sm, v = arrays
             X = to_modes(_f32(g), view)
-            b1_, b2_ = s["b1"], s["b2"]
+            s = _in_dtype(s, X.dtype)
+            b1_, b2_, omb2 = s["b1"], s["b2"], s["one_minus_b2"]
             M = b1_ * to_modes(_f32(mu), view) + X
             new_p, new_s, c = jax.lax.cond(
                 s["first"],
-                lambda ops: subspace_init(ops[0], r, b2_),
-                lambda ops: subspace_power_step(ops[1], ops[2], ops[0], b2_),
+                lambda ops: subspace_init(ops[0], r, b2_, omb2),
+                lambda ops: subspace_power_step(ops[1], ops[2], ops[0], b2_, omb2),
                 (X, _f32(p), _f32(sm)),
             )
-            new_v = b2_ * _f32(v) + (1.0 - b2_) * jnp.square(c)
+            new_v = b2_ * _f32(v) + omb2 * jnp.square(c)
             if nesterov:
                 g_hat = (X + b1_ * M) / (1.0 + b1_ * s["c1"])
-            else:
-                g_hat = M / s["c1"]
+            else:  # official: the raw gradient over c1 (the momentum is unused)
+                g_hat = X / s["c1"]
             coeff, residual = subspace_split(g_hat, new_p)
             adam = new_p @ (coeff / (jnp.sqrt(new_v) / jnp.sqrt(s["bc2"]) + s["eps"]))
             ortho = orthogonalization.newton_schulz(
@@ -1175,16 +1216,15 @@ def scale_by_cosmos(
     ) -> tuple[base.Updates, ScaleByCosmosState]:
         del params, extra
         count = optax.safe_increment(state.count)
-        t = count.astype(jnp.float32)
-        b1_ = jnp.asarray(b1, jnp.float32)
         scalars = _scalars(
             b1=b1,
             b2=b2,
+            one_minus_b2=_one_minus(b2),
             eps=eps,
             gamma=gamma,
             first=state.count == 0,
-            c1=(1.0 - b1_**t) / (1.0 - b1_),
-            bc2=1.0 - jnp.asarray(b2, jnp.float32) ** t,
+            c1=base.bias_correction(b1, count) / _one_minus(b1),
+            bc2=base.bias_correction(b2, count),
         )
 
         def leaf(path: str, g: jax.Array, *states: Any) -> tuple[Any, ...]:

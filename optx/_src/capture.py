@@ -78,7 +78,7 @@ _LOCK = threading.RLock()
 
 
 def _rows_mean(x: jax.Array, clip_value: float) -> jax.Array:
-    x = x.astype(jnp.float32)
+    x = x.astype(base.compute_dtype(x.dtype))
     return jnp.mean(jnp.clip(x, -clip_value, clip_value), axis=0)
 
 
@@ -108,7 +108,7 @@ def conv_input_statistic(
         raise NotImplementedError("conv capture supports 1 to 3 spatial dimensions")
     rhs_spec = "HWD"[:nsp] + "IO"
     patches = jax.lax.conv_general_dilated_patches(
-        x.astype(jnp.float32),
+        x.astype(base.compute_dtype(x.dtype)),
         filter_shape=kernel_size,
         window_strides=strides,
         padding=padding,
@@ -125,7 +125,7 @@ def conv_input_statistic(
 
 
 def _output_statistic(ct: jax.Array, kind: str, clip_value: float, fan_out: int, spatial: int):
-    ct = ct.astype(jnp.float32)
+    ct = ct.astype(base.compute_dtype(ct.dtype))
     if kind == "conv":
         per_sample = ct.reshape(-1, math.prod(ct.shape[ct.ndim - spatial - 1 : -1]), fan_out)
         n = per_sample.shape[0]
@@ -142,12 +142,12 @@ def _tap(y: jax.Array, probe: jax.Array, kind: str, clip_value: float, fan_out: 
 
 
 def _tap_fwd(y, probe, kind, clip_value, fan_out, spatial):
-    del probe
-    return y, None
+    return y, jnp.zeros((), probe.dtype)
 
 
-def _tap_bwd(kind, clip_value, fan_out, spatial, _, ct):
-    return ct, _output_statistic(ct, kind, clip_value, fan_out, spatial)
+def _tap_bwd(kind, clip_value, fan_out, spatial, like, ct):
+    stat = _output_statistic(ct, kind, clip_value, fan_out, spatial)
+    return ct, stat.astype(like.dtype)
 
 
 _tap.defvjp(_tap_fwd, _tap_bwd)
@@ -347,7 +347,11 @@ def value_grad_and_captures(
 
     wrt = nnx.Param if wrt is None else wrt
     layers = _nnx_layers(model)
-    probes = {p: jnp.zeros((fan_out,), jnp.float32) for p, (_, _, fan_out) in layers.items()}
+    # Probes in the widest enabled float (f64 under x64), so the output-gradient
+    # statistics of an f64 model are not rounded to f32.
+    probes = {
+        p: jnp.zeros((fan_out,), base.scalar_dtype()) for p, (_, _, fan_out) in layers.items()
+    }
 
     def wrapped(model: Any, probes: dict[str, jax.Array]) -> tuple[jax.Array, Any]:
         ids = {
@@ -440,7 +444,7 @@ def linen_value_grad_and_captures(
 
     with _LOCK, nn.intercept_methods(discover):
         jax.eval_shape(lambda p: loss_fn(p, *args), params)
-    probes = {p: jnp.zeros((fan_out,), jnp.float32) for p, (_, fan_out) in found.items()}
+    probes = {p: jnp.zeros((fan_out,), base.scalar_dtype()) for p, (_, fan_out) in found.items()}
 
     def wrapped(params: Any, probes: dict[str, jax.Array]) -> tuple[jax.Array, Any]:
         inputs: dict[str, list] = {}

@@ -220,7 +220,9 @@ def gauss_newton_bartlett_diagonal(
       params: where to evaluate.
       key: PRNG key for the label sampling.
       clip_norm: clip ``ĝ`` to this global norm before squaring (the official
-        training script reuses ``grad_clip = 1.0``); None disables.
+        training script reuses ``grad_clip = 1.0``) in the official
+        ``torch.nn.utils.clip_grad_norm_`` form, ``ĝ · min(1, c/(‖ĝ‖ + 10⁻⁶))``
+        (``Liuhong99/Sophia`` ``train_sophiag.py`` @a7e15722); None disables.
       axis_name: mapped axis: ``ĝ`` is the gradient of the cross-device mean
         sampled loss, i.e. averaged before squaring (DDP semantics); the device
         index is folded into the sampling key.
@@ -237,9 +239,7 @@ def gauss_newton_bartlett_diagonal(
         key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
     g = jax.grad(_averaged(sampled_loss_fn, axis_name))(params, key)
     if clip_norm is not None:
-        norm = optax.tree.norm(g)
-        scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-30))
-        g = jax.tree.map(lambda x: x * scale.astype(x.dtype), g)
+        g = base.clip_grad_norm_like_torch(g, clip_norm)
     return jax.tree.map(lambda x: x * x, g)
 
 
@@ -263,8 +263,9 @@ def sampled_label_loss(
 
     def loss(params: Any, key: jax.Array) -> jax.Array:
         logits = logits_fn(params)
-        labels = jax.random.categorical(key, jax.lax.stop_gradient(logits).astype(jnp.float32))
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+        cdt = base.compute_dtype(logits.dtype)
+        labels = jax.random.categorical(key, jax.lax.stop_gradient(logits).astype(cdt))
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(cdt), labels)
         if where is None:
             return jnp.mean(ce)
         w = jnp.broadcast_to(where, ce.shape).astype(ce.dtype)

@@ -91,7 +91,7 @@ def scale_by_mfac(
     blockwise: bool = False,
     router: routing.Router | None = None,
     buffer_dtype: Any = None,
-    compute_dtype: Any = jnp.float32,
+    compute_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """M-FAC: multiply by the inverse damped empirical Fisher of the last ``m`` gradients.
 
@@ -127,7 +127,8 @@ def scale_by_mfac(
       router: layouts of the blocks when ``blockwise``.
       buffer_dtype: dtype of the ring buffer (default: f32, or the params'
         dtype when wider).
-      compute_dtype: dtype of the Gram matrix and the solve.
+      compute_dtype: dtype of the Gram matrix and the solve (default: f32, or
+        the params' dtype when wider — f64 for f64 parameters).
 
     Example:
       >>> import jax.numpy as jnp, optx
@@ -141,7 +142,7 @@ def scale_by_mfac(
     base.check_nonnegative("damp", damp)
     router = routing.as_router(router)
     buffer_dtype = base.canonicalize_dtype(buffer_dtype)
-    compute_dtype = base.canonicalize_dtype(compute_dtype)
+    compute_dtype_arg = base.canonicalize_dtype(compute_dtype)
 
     def buf_dtype(params: Any) -> Any:
         if buffer_dtype is not None:
@@ -158,6 +159,9 @@ def scale_by_mfac(
 
     def init_fn(params: base.Params) -> ScaleByMFACState:
         dtype = buf_dtype(params)
+        compute_dtype = compute_dtype_arg or jnp.result_type(
+            jnp.float32, *[x.dtype for x in jax.tree.leaves(params)]
+        )
         if not blockwise:
             d = sum(int(math.prod(jnp.shape(x))) for x in jax.tree.leaves(params))
             return ScaleByMFACState(
@@ -191,7 +195,7 @@ def scale_by_mfac(
             updates_r = updates
         flat, unravel = ravel_pytree(updates_r)
         G, gram = _insert(state.grads, state.gram, flat, slot)
-        u = _ifvp_newest(G, gram, slot, damp, compute_dtype)
+        u = _ifvp_newest(G, gram, slot, damp, gram.dtype)
         out = unravel(u.astype(flat.dtype))
         out = jax.tree.map(
             lambda y, x, s: (
@@ -213,9 +217,7 @@ def scale_by_mfac(
             def fn(x: jax.Array, G: jax.Array, gram: jax.Array, slot: jax.Array, damp: Any):
                 mats = (layouts.to_matrices(x, lay) if lay is not None else x).reshape(b, n)
                 G, gram = jax.vmap(_insert, in_axes=(0, 0, 0, None))(G, gram, mats, slot)
-                u = jax.vmap(lambda G_, gr: _ifvp_newest(G_, gr, slot, damp, compute_dtype))(
-                    G, gram
-                )
+                u = jax.vmap(lambda G_, gr: _ifvp_newest(G_, gr, slot, damp, gram.dtype))(G, gram)
                 u = u.astype(x.dtype)
                 if lay is not None:
                     u = layouts.from_matrices(u.reshape(lay.matrix_shape), lay)

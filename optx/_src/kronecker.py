@@ -203,15 +203,18 @@ def _layer_gradient_statistics(layer: _Layer, kernel: jax.Array, bias: jax.Array
 # ----------------------------------------------------------------------------
 
 
-def sherman_morrison_update(inverse: jax.Array, v: jax.Array, decay: Any) -> jax.Array:
+def sherman_morrison_update(
+    inverse: jax.Array, v: jax.Array, decay: Any, dtype: Any = None
+) -> jax.Array:
     """``(P⁻¹ + v vᵀ)⁻¹`` with ``P = decay · F⁻¹ + (1 − decay) I`` (f32).
 
     MKOR's released factor update (``sm_inverse(0.95·F + 0.05·I, v)``):
     ``F⁻¹ ← P − (P v)(vᵀ P) / (1 + vᵀ P v)``.
     """
-    cdt = jnp.result_type(jnp.float32, inverse, v)
+    cdt = jnp.result_type(jnp.float32, inverse, v) if dtype is None else jnp.dtype(dtype)
     f = inverse.astype(cdt)
     n = f.shape[-1]
+    decay = jnp.asarray(decay).astype(cdt)
     p = decay * f + (1.0 - decay) * jnp.eye(n, dtype=cdt)
     v = v.astype(cdt)
     pv = p @ v
@@ -231,18 +234,20 @@ def _refresh_matrix(
     reset_mode: str,
     stabilization: Any,
     threshold: Any,
+    dtype: Any = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """One refresh of one layer matrix, in the released code's order (A, then G)."""
 
     def reset(f: jax.Array) -> jax.Array:
-        cdt = jnp.result_type(jnp.float32, f)
+        cdt = jnp.result_type(jnp.float32, f) if dtype is None else jnp.dtype(dtype)
         eye = jnp.eye(f.shape[-1], dtype=cdt)
         if reset_mode == "identity":
             return eye
-        return (1.0 - stabilization) * f.astype(cdt) + stabilization * eye
+        zeta = jnp.asarray(stabilization).astype(cdt)
+        return (1.0 - zeta) * f.astype(cdt) + zeta * eye
 
     def step(f: jax.Array, flag: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-        new = jnp.where(flag, reset(f), sherman_morrison_update(f, v, decay)).astype(f.dtype)
+        new = jnp.where(flag, reset(f), sherman_morrison_update(f, v, decay, dtype)).astype(f.dtype)
         blew_up = jnp.logical_not(flag) & (jnp.max(jnp.abs(new)) > threshold)
         return new, blew_up
 
@@ -315,6 +320,7 @@ def scale_by_mkor(
     warmup_steps: int = 0,
     statistics: str = "auto",
     factor_dtype: Any = jnp.float16,
+    factor_compute_dtype: Any = None,
     router: routing.Router | None = None,
     hybrid: bool = False,
     switch_window: int = 100,
@@ -379,9 +385,17 @@ def scale_by_mkor(
     * ``_reset_factors`` tests ``module not in factor_dict`` on a list of
       tensors, which is always true: resets always go to ``I``
       (``reset_mode='identity'``).
-    * Factors, ``ā`` and ``ḡ`` are stored in fp16 (``half_precision=True``) and
-      the SM update runs in fp16; optx stores factors in ``factor_dtype``
-      (default fp16) but computes the update and the preconditioning in f32.
+    * Factors, ``ā`` and ``ḡ`` are stored in fp16 (``half_precision=True``,
+      the official default) and the SM update and resets run in fp16
+      (``mkor/mkor.py`` ``_invert_factor``/``sm_inverse``, every operation
+      rounded to fp16); the preconditioning ``G⁻¹ M A⁻¹`` casts the factors
+      to f32. optx does the same by default: factors are stored in
+      ``factor_dtype`` (fp16) and updated in ``factor_compute_dtype``
+      (default: ``factor_dtype``); ``factor_compute_dtype=jnp.float32``
+      computes the update in f32 and only stores fp16 (more accurate, not the
+      official numbers); ``factor_dtype=jnp.float32`` is the official
+      ``half_precision=False``. The preconditioning runs in the gradient's
+      compute dtype (f32, f64 for f64 parameters).
     * Inputs and output gradients are clamped to ±100 per sample before the
       batch mean (``clip_value`` in the capture; the means are clamped again
       here).
@@ -400,6 +414,8 @@ def scale_by_mkor(
       warmup_steps: refresh every step before this step (static; official 0).
       statistics: ``'auto'``, ``'captures'`` or ``'gradients'``.
       factor_dtype: storage dtype of the factors (official fp16).
+      factor_compute_dtype: dtype of the Sherman–Morrison update and the
+        resets (static; ``None``: ``factor_dtype``, as the official code).
       router: which leaves are layers (default :func:`optx.mkor_router`).
       hybrid: MKOR-H switching (needs the ``loss`` extra argument).
       switch_window: steps per loss window (static).
@@ -427,6 +443,9 @@ def scale_by_mkor(
     factor_dtype = base.canonicalize_dtype(factor_dtype)
     if not jnp.issubdtype(factor_dtype, jnp.floating):
         raise TypeError(f"`factor_dtype` must be a floating dtype, got {factor_dtype}.")
+    update_dtype = base.canonicalize_dtype(factor_compute_dtype) or factor_dtype
+    if not jnp.issubdtype(update_dtype, jnp.floating):
+        raise TypeError(f"`factor_compute_dtype` must be a floating dtype, got {update_dtype}.")
     router = mkor_router() if router is None else routing.as_router(router)
 
     def init_fn(params: base.Params) -> ScaleByMKORState:
@@ -514,6 +533,7 @@ def scale_by_mkor(
                         reset_mode=reset_mode,
                         stabilization=stabilization,
                         threshold=threshold,
+                        dtype=update_dtype,
                     )
                 )(st.a_inv, st.g_inv, st.reset_a, st.reset_g, a, g)
                 return MKORLayerState(*out)

@@ -99,7 +99,7 @@ def scale_by_momentum(
         def leaf(g: jax.Array, mu: jax.Array) -> tuple[jax.Array, jax.Array]:
             if g is None:
                 return None, mu
-            cdt = jnp.promote_types(g.dtype, mu.dtype)
+            cdt = base.compute_dtype(g.dtype, mu.dtype)
             gc, muc = g.astype(cdt), mu.astype(cdt)
             if kind == "ema":
                 new_mu = beta * muc + (1.0 - beta) * gc
@@ -230,7 +230,7 @@ def _scale_by_adam_step_size_corrected(
         def leaf(g: Any, m: Any, v: Any) -> Any:
             if g is None:
                 return None
-            cdt = jnp.promote_types(jnp.promote_types(m.dtype, v.dtype), jnp.float32)
+            cdt = base.compute_dtype(m.dtype, v.dtype)
             mc, vc = m.astype(cdt), v.astype(cdt)
             u = step.astype(cdt) * mc / (jnp.sqrt(vc + eps_root) + eps)
             return u.astype(g.dtype)
@@ -246,7 +246,11 @@ def _scale_by_adam_step_size_corrected(
 
 
 def step_size_correction(b1: Any, b2: Any, count: jax.Array) -> jax.Array:
-    """``√(1−β₂ᵗ)/(1−β₁ᵗ)`` in at least f32: Adam's correction folded into the step."""
+    """``√(1−β₂ᵗ)/(1−β₁ᵗ)``: Adam's correction folded into the step.
+
+    In the widest enabled float (f64 under ``jax_enable_x64``): cast it to each
+    leaf's compute dtype at use.
+    """
     return jnp.sqrt(base.bias_correction(b2, count)) / base.bias_correction(b1, count)
 
 

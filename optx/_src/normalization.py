@@ -75,7 +75,7 @@ def _scale_by_axis_rms(
             correction = base.at_least_f32(1.0)
 
         def leaf(x: jax.Array, lay: ResolvedLayout, nu: jax.Array) -> tuple[jax.Array, jax.Array]:
-            cdt = jnp.promote_types(jnp.promote_types(x.dtype, nu.dtype), jnp.float32)
+            cdt = base.compute_dtype(x.dtype, nu.dtype)
             xc = x.astype(cdt)
             mean_sq = jnp.mean(jnp.square(xc), axis=axes_of(lay), keepdims=True)
             new_nu = beta * nu.astype(cdt) + (1.0 - beta) * mean_sq
@@ -417,7 +417,7 @@ def scale_by_cosh_rms(
         del params, extra
 
         def leaf(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
-            cdt = jnp.promote_types(x.dtype, jnp.float32)
+            cdt = base.compute_dtype(x.dtype)
             xc = x.astype(cdt)
             z = xc
             if normalize_argument:
@@ -479,7 +479,8 @@ def scale_by_norm_growth_limiter(
 
     def init_fn(params: base.Params) -> NormGrowthLimiterState:
         def leaf(p: Any, lay: ResolvedLayout) -> jax.Array:
-            return sharding.zeros_like_spec(lay.matrix_norm_shape(), jnp.float32, p)
+            dtype = base.real_dtype(base.compute_dtype(p.dtype))
+            return sharding.zeros_like_spec(lay.matrix_norm_shape(), dtype, p)
 
         return NormGrowthLimiterState(
             count=jnp.zeros([], jnp.int32),

@@ -22,8 +22,9 @@ and the residual is ``X − back(R)``. Which axis is projected (``side``):
 
 Projector kinds (``projection``):
 
-* ``'svd'`` — the top-``r`` singular vectors of the current gradient (float32
-  SVD, GaLore arXiv 2403.03507 Alg. 2);
+* ``'svd'`` — the top-``r`` singular vectors of the current gradient (SVD in
+  the compute dtype: float32, float64 for f64 parameters; GaLore arXiv
+  2403.03507 Alg. 2);
 * ``'random'`` — i.i.d. ``N(0, 1/r)`` entries (APOLLO arXiv 2412.05270 §4);
 * ``'orthogonal'`` — a random matrix with orthonormal columns (QR of a Gaussian
   with the sign of ``diag(R)`` fixed, like ``torch.nn.init.orthogonal_``;
@@ -151,21 +152,25 @@ def leaf_key(seed: int, path: str) -> jax.Array:
 # ----------------------------------------------------------------------------
 
 
-def dct_basis(dim: int, indices: jax.Array | None = None) -> jax.Array:
+def dct_basis(dim: int, indices: jax.Array | None = None, dtype: Any = jnp.float32) -> jax.Array:
     """Columns of the orthonormal DCT matrix used by DCT-AdamW (arXiv 2505.17967).
 
     ``Q[i, j] = √(2/d) · c_i · cos(π i (2j + 1) / (2d))`` with ``c_0 = 1/√2`` and
     ``c_i = 1`` otherwise — the orthonormal DCT-II matrix; like the official
     code (``dct3_matrix``, ``sim_type='matmul'``) its **columns** ``j`` are the
     basis vectors. The phase is reduced modulo ``2π`` in integer arithmetic, so
-    large ``d`` keeps full float32 accuracy.
+    large ``d`` keeps the full accuracy of ``dtype``. (The official
+    ``dct3_matrix`` evaluates the cosines in float32 and casts to the parameter
+    dtype, so its float64 basis is float32-accurate; here a float64 basis is
+    accurate to float64.)
 
     Args:
       dim: the length ``d`` of the basis vectors.
       indices: integer array ``(..., r)`` of basis-vector indices; default all.
+      dtype: a real floating dtype (float32 default; float64 under x64).
 
     Returns:
-      ``(d, d)`` or ``(..., d, r)`` float32.
+      ``(d, d)`` or ``(..., d, r)`` in ``dtype``.
 
     Example:
       >>> import jax.numpy as jnp, optx
@@ -179,9 +184,10 @@ def dct_basis(dim: int, indices: jax.Array | None = None) -> jax.Array:
     j = jnp.asarray(indices, jnp.int32)[..., None, :]  # (..., 1, r)
     i = jnp.arange(dim, dtype=jnp.int32)[:, None]  # (d, 1)
     phase = (i * (2 * j + 1)) % (4 * dim)  # cos(π·k/(2d)) has period 4d in k
-    values = jnp.cos(jnp.pi * phase.astype(jnp.float32) / (2.0 * dim))
-    c = jnp.where(i == 0, math.sqrt(0.5), 1.0).astype(jnp.float32)
-    return (math.sqrt(2.0 / dim) * c * values).astype(jnp.float32)
+    dtype = jnp.dtype(dtype)
+    values = jnp.cos(jnp.pi * phase.astype(dtype) / (2.0 * dim))
+    c = jnp.where(i == 0, math.sqrt(0.5), 1.0).astype(dtype)
+    return (math.sqrt(2.0 / dim) * c * values).astype(dtype)
 
 
 def _scores(S: jax.Array, axis: str, norm: float) -> jax.Array:
@@ -204,15 +210,17 @@ def compute_projector(
 ) -> jax.Array:
     """A fresh projector for the matrices ``x`` ``(b, fan_in, fan_out)``.
 
-    Dense kinds return ``(b, d, r)`` float32, index kinds (``'coordinate'``,
-    ``'dct'``) ``(b, r)`` int32. ``key`` is a typed PRNG key (random kinds
-    only). Computed in float32 whatever ``x``'s dtype.
+    Dense kinds return ``(b, d, r)`` in ``x``'s compute dtype
+    (``promote(x.dtype, float32)``: float32, float64 for f64 inputs; real
+    for the random kinds), index kinds (``'coordinate'``, ``'dct'``)
+    ``(b, r)`` int32. ``key`` is a typed PRNG key (random kinds only).
     """
-    x = x.astype(jnp.float32)
+    x = x.astype(base.compute_dtype(x.dtype))
+    rdt = base.real_dtype(x.dtype)
     b, fi, fo = x.shape
     d = fi if axis == "in" else fo
     if callable(projection):
-        p = jnp.asarray(projection(key, x, rank, axis), jnp.float32)
+        p = jnp.asarray(projection(key, x, rank, axis), x.dtype)
         if p.shape != (b, d, rank):
             raise ValueError(
                 f"A custom projection must return shape (b, d, r) = {(b, d, rank)}, got {p.shape}."
@@ -224,24 +232,24 @@ def compute_projector(
             return u[:, :, :rank]
         return jnp.swapaxes(vh[:, :rank, :], 1, 2)
     if projection == "random":
-        return jax.random.normal(key, (b, d, rank), jnp.float32) / math.sqrt(max(rank, 1))
+        return jax.random.normal(key, (b, d, rank), rdt) / math.sqrt(max(rank, 1))
     if projection == "orthogonal":
-        q, r = linalg.qr(jax.random.normal(key, (b, d, rank), jnp.float32))
+        q, r = linalg.qr(jax.random.normal(key, (b, d, rank), rdt))
         signs = jnp.sign(jnp.diagonal(r, axis1=1, axis2=2))
         return q * jnp.where(signs == 0, 1.0, signs)[:, None, :]
     if projection == "coordinate":
         order = jnp.argsort(jax.random.uniform(key, (b, d)), axis=1)
         return order[:, :rank].astype(jnp.int32)
     # 'dct': score every basis vector, keep the r best aligned.
-    Q = dct_basis(d)
+    Q = dct_basis(d, dtype=rdt)
     S = jnp.einsum("dk,bdo->bko", Q, x) if axis == "in" else jnp.einsum("bid,dk->bik", x, Q)
     _, idx = jax.lax.top_k(_scores(S, axis, score_norm), rank)
     return idx.astype(jnp.int32)
 
 
-def _dense(projector: jax.Array, projection: Any, d: int) -> jax.Array:
+def _dense(projector: jax.Array, projection: Any, d: int, dtype: Any) -> jax.Array:
     if projection == "dct":
-        return dct_basis(d, projector)
+        return dct_basis(d, projector, base.real_dtype(dtype))
     return projector
 
 
@@ -252,7 +260,7 @@ def project(x: jax.Array, projector: jax.Array, *, projection: Any, axis: str) -
             return jnp.take_along_axis(x, projector[:, :, None], axis=1)
         return jnp.take_along_axis(x, projector[:, None, :], axis=2)
     d = x.shape[1] if axis == "in" else x.shape[2]
-    p = _dense(projector, projection, d).astype(x.dtype)
+    p = _dense(projector, projection, d, x.dtype).astype(x.dtype)
     if axis == "in":
         return jnp.einsum("bdr,bdo->bro", p, x)
     return jnp.einsum("bid,bdr->bir", x, p)
@@ -274,7 +282,7 @@ def project_back(
             return jax.vmap(lambda z, i, v: z.at[i, :].set(v))(zeros, projector, r)
         return jax.vmap(lambda z, i, v: z.at[:, i].set(v))(zeros, projector, r)
     d = fi if axis == "in" else fo
-    p = _dense(projector, projection, d).astype(r.dtype)
+    p = _dense(projector, projection, d, r.dtype).astype(r.dtype)
     if axis == "in":
         return jnp.einsum("bdr,bro->bdo", p, r)
     return jnp.einsum("bir,bdr->bid", r, p)
@@ -286,10 +294,17 @@ def residual(x: jax.Array, projector: jax.Array, *, projection: Any, axis: str) 
     return x - project_back(r, projector, projection=projection, axis=axis, matrix_shape=x.shape)
 
 
-def _projector_shape_dtype(projection: Any, geo: LeafGeometry) -> tuple[tuple[int, ...], Any]:
+def _projector_shape_dtype(
+    projection: Any, geo: LeafGeometry, param_dtype: Any
+) -> tuple[tuple[int, ...], Any]:
+    """Index kinds: int32 indices; dense kinds: the parameter's compute dtype
+    (float32 for bf16/f32, float64 for f64; real for the random kinds)."""
     if projection in INDEX_PROJECTIONS:
         return (geo.batch, geo.rank), jnp.int32
-    return (geo.batch, geo.dim, geo.rank), jnp.float32
+    dtype = base.compute_dtype(param_dtype)
+    if projection in RANDOM_PROJECTIONS:
+        dtype = base.real_dtype(dtype)
+    return (geo.batch, geo.dim, geo.rank), dtype
 
 
 # ----------------------------------------------------------------------------
@@ -303,7 +318,8 @@ class SubspaceState(NamedTuple):
     Attributes:
       count: steps taken (int32); refreshes happen when
         ``(count + refresh_phase) % update_proj_gap == 0`` or ``count == 0``.
-      projector: per matrix leaf, the current projector (``(b, d, r)`` float32,
+      projector: per matrix leaf, the current projector (``(b, d, r)`` in the
+        parameter's compute dtype,
         or ``(b, r)`` int32 indices for index kinds); ``MaskedNode`` elsewhere.
       key: per matrix leaf, raw PRNG key data (random kinds only).
       inner_state: the state of the inner transform, which runs on the
@@ -387,7 +403,7 @@ def _projected_transform(
             if not store_projector:
                 return optax.MaskedNode()
             geo = geometry(lay)
-            shape, dtype = _projector_shape_dtype(projection, geo)
+            shape, dtype = _projector_shape_dtype(projection, geo, p.dtype)
             p_spec, _ = specs(p, geo)
             return sharding.zeros_with_spec(shape, dtype, p_spec)
 
@@ -424,7 +440,7 @@ def _projected_transform(
                 return regenerate(g, lay, geo, key, p_spec, r_spec)
 
             def fn(g: jax.Array, proj: jax.Array, key: Any, refresh: jax.Array) -> Any:
-                x = layouts.to_matrices(g, lay).astype(jnp.float32)
+                x = layouts.to_matrices(g, lay).astype(base.compute_dtype(g.dtype))
 
                 def fresh(_: Any) -> tuple[jax.Array, Any]:
                     if has_key:  # key chain k_{n+1} = split(k_n)[0], the period's key
@@ -459,7 +475,7 @@ def _projected_transform(
             """Seed-only state: the draw of the current period is re-made every step."""
 
             def fn(g: jax.Array, key: jax.Array, refresh: jax.Array) -> Any:
-                x = layouts.to_matrices(g, lay).astype(jnp.float32)
+                x = layouts.to_matrices(g, lay).astype(base.compute_dtype(g.dtype))
                 nxt = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(key))[0])
                 current = jnp.where(refresh, nxt, key)
                 p = compute_projector(
@@ -496,8 +512,8 @@ def _projected_transform(
             geo = geometry(lay)
 
             def fn(g: jax.Array, r: jax.Array, n: jax.Array, proj: jax.Array) -> jax.Array:
-                x = layouts.to_matrices(g, lay).astype(jnp.float32)
-                out = combine(x, r.astype(jnp.float32), n.astype(jnp.float32), proj, geo)
+                x = layouts.to_matrices(g, lay).astype(base.compute_dtype(g.dtype))
+                out = combine(x, r.astype(x.dtype), n.astype(x.dtype), proj, geo)
                 return layouts.from_matrices(out, lay).astype(g.dtype)
 
             return sharding.call_with_out_specs(fn, (g, r, n, proj), sharding.spec_or_replicated(g))
@@ -947,7 +963,7 @@ def scale_by_block_subspace(
 
         out_leaves = list(leaves)
         for g, idx in groups.items():
-            stack = stacks[g].astype(jnp.float32)
+            stack = stacks[g].astype(base.compute_dtype(stacks[g].dtype))
             if residual == "sign":
                 full = residual_scale * jnp.sign(stack)
             elif residual == "sgd":
@@ -955,7 +971,7 @@ def scale_by_block_subspace(
             else:
                 full = jnp.zeros_like(stack)
             if g in info:
-                full = full.at[new_active[g]].set(directions[g].astype(jnp.float32))
+                full = full.at[new_active[g]].set(directions[g].astype(full.dtype))
             offset = 0
             for k in idx:
                 b = lays[k].batch_size

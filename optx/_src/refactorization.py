@@ -5,7 +5,7 @@ Recent Algorithmic Advances and Benchmarking" (code:
 ``OptimAI-Lab/Memory_Efficient_Pretraining``), find two techniques that let
 factorized low-rank training (``W = L R``) approach memory-efficient optimizers:
 
-1. **Weight refactorization** every ``K`` steps: ``L R = U Σ Vᵀ`` (float32 SVD),
+1. **Weight refactorization** every ``K`` steps: ``L R = U Σ Vᵀ`` (SVD in ≥ f32),
    then ``L ← U_r Σ_r^{1/2}``, ``R ← Σ_r^{1/2} V_rᵀ``. The product is unchanged;
    the factors are re-balanced and their columns/rows orthogonalized.
 2. **Momentum reset** at exactly those steps: the optimizer state (moments and
@@ -126,7 +126,7 @@ def refactorize(left: jax.Array, right: jax.Array) -> tuple[jax.Array, jax.Array
     """Balanced refactorization of ``W = L R`` (arXiv 2505.22922, §4).
 
     ``L (..., m, r)``, ``R (..., r, n)``; leading axes are batch axes.
-    ``W = U Σ Vᵀ`` in float32, ``L' = U_r Σ_r^{1/2}``, ``R' = Σ_r^{1/2} V_rᵀ``, so
+    ``W = U Σ Vᵀ`` in the compute dtype (float32, float64 for f64 factors), ``L' = U_r Σ_r^{1/2}``, ``R' = Σ_r^{1/2} V_rᵀ``, so
     ``L' R' = W`` (the rank of ``L R`` is at most ``r``), ``L'ᵀL' = R'R'ᵀ = Σ_r``.
 
     Example:
@@ -142,7 +142,8 @@ def refactorize(left: jax.Array, right: jax.Array) -> tuple[jax.Array, jax.Array
         raise ValueError(
             f"refactorize needs L (..., m, r) and R (..., r, n); got {left.shape}, {right.shape}."
         )
-    w = jnp.matmul(left.astype(jnp.float32), right.astype(jnp.float32))
+    cdt = base.compute_dtype(left.dtype, right.dtype)
+    w = jnp.matmul(left.astype(cdt), right.astype(cdt))
     u, s, vh = jnp.linalg.svd(w, full_matrices=False)
     root = jnp.sqrt(s[..., :r])
     new_left = u[..., :, :r] * root[..., None, :]
@@ -166,7 +167,7 @@ def refactorize_every(
     the refactorized weights); with ``reset_state`` the inner state is
     re-initialized at the same step, as the official code rebuilds its
     optimizer after each refactorization (arXiv 2505.22922, §4). The SVD runs
-    under ``lax.cond`` only on those steps, in float32.
+    under ``lax.cond`` only on those steps, in the compute dtype (f32 or f64).
 
     Args:
       inner: the optimizer of the factorized model.

@@ -62,8 +62,10 @@ def rex_schedule(
 
     def schedule(count: Any) -> Any:
         # (1 − z)/(1 − z/2) = 2r/(T + r) with r = T − t: exact integers in f32,
-        # so the tail keeps full relative precision (1 − z would not).
-        remaining = jnp.clip(decay_steps - jnp.asarray(count, jnp.float32), 0.0, decay_steps)
+        # so the tail keeps full relative precision (1 − z would not). In the
+        # widest enabled float (f64 under x64).
+        dt = base.scalar_dtype()
+        remaining = jnp.clip(decay_steps - jnp.asarray(count).astype(dt), 0.0, decay_steps)
         return end_value + (init_value - end_value) * (2.0 * remaining) / (decay_steps + remaining)
 
     return schedule

@@ -29,9 +29,16 @@ Semantics of the official hook (``Sense-X/AGVM``
   ``start_step``, after ``stop_step``) the step is *unscaled* — the EMA is
   kept but not used;
 * ``adam_preconditioning`` (the hook's ``use_adam``) divides each half
-  gradient by ``√(β₂ v + (1−β₂) g²) + ε`` with the wrapped Adam's current
+  gradient by ``√(β₂ v + (1−β₂) (g/W)²) + ε`` with the wrapped Adam's current
   ``v`` (found as the unique ``nu`` field of the inner state) before the
-  cosine.
+  cosine, ``W`` the data-parallel world size (``world_size``; the hook's
+  loss is divided by ``W·W/2``, so the gradient it squares is ``g/W``);
+* ``grad_clip`` / ``grad_clip_iter_range``: the hook's
+  ``clip_grad_norm_`` of the full gradient (``max_norm/(‖g‖ + 10⁻⁶)``,
+  capped at 1) before the optimizer step, optionally only for
+  ``low ≤ t ≤ high``;
+* the statistics and scales are computed in the parameters' compute dtype
+  (float32, float64 for f64 parameters).
 
 The official hook scales the torch ``param_group['lr']``; optx multiplies
 the wrapped optimizer's *update*, which is the same thing when the inner
@@ -112,9 +119,15 @@ def group_labels(params: Any, groups: Sequence[str] | None) -> Any:
     return base.tree_map_with_path_str(label, params)
 
 
-def _group_sums(labels: Any, values: Any, n_groups: int) -> jax.Array:
+def _tree_dtype(tree: Any) -> Any:
+    """The real compute dtype of a tree: ``promote(*leaf dtypes, float32)``."""
+    dtypes = [jnp.asarray(x).dtype for x in jax.tree.leaves(tree)]
+    return base.real_dtype(base.compute_dtype(*dtypes))
+
+
+def _group_sums(labels: Any, values: Any, n_groups: int, dtype: Any) -> jax.Array:
     """Sums the per-leaf scalars ``values`` into an ``(n_groups,)`` f32 vector."""
-    out = jnp.zeros((n_groups,), jnp.float32)
+    out = jnp.zeros((n_groups,), dtype)
     for lab, v in zip(jax.tree.leaves(labels), jax.tree.leaves(values)):
         out = out.at[lab].add(v)
     return out
@@ -133,6 +146,9 @@ def agvm(
     adam_preconditioning: bool = False,
     adam_b2: Any = 0.999,
     adam_eps: Any = 1e-8,
+    world_size: int = 1,
+    grad_clip: float | None = None,
+    grad_clip_iter_range: tuple[int, int] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps ``inner`` with AGVM's per-group learning-rate modulation.
 
@@ -161,6 +177,20 @@ def agvm(
       min_ratio, max_ratio: the clip of ``(D₀ + 10⁻⁶)/(D_i + 10⁻⁶)`` (0.5, 10).
       adam_preconditioning: the hook's ``use_adam`` (see the module docstring).
       adam_b2, adam_eps: β₂ and ε of that preconditioning (the wrapped Adam's).
+      world_size: the number of data-parallel processes ``W`` of the official
+        run (static, default 1). Only the Adam preconditioning depends on it:
+        the official hook divides the loss by ``W·W/2``, so the half-batch
+        gradient it squares is ``g/W`` (its current-gradient term
+        ``(1−β₂)g²/W²``); optx's ``grads_a``/``grads_b`` are the plain
+        half-batch means.
+      grad_clip: the hook's ``grad_clip=dict(max_norm=…)`` (``None``: off):
+        the full gradient is scaled by ``min(1, max_norm/(‖g‖₂ + 10⁻⁶))``
+        (``torch.nn.utils.clip_grad_norm_``, global 2-norm over all leaves)
+        before the wrapped optimizer, after the AGVM measurement (which uses
+        the unclipped half gradients).
+      grad_clip_iter_range: ``(low, high)``: clip only at steps
+        ``low ≤ t ≤ high`` (static; ``None``: every step). The official
+        detection configs use ``max_norm=1.0`` with ``[820, 1020]``.
 
     References:
       Xue et al., "Large-batch Optimization for Dense Visual Predictions",
@@ -200,15 +230,38 @@ def agvm(
             raise ValueError(f"`stop_step` ({stop_step}) must be > `start_step` ({start_step}).")
     if not 0 < min_ratio <= max_ratio:
         raise ValueError(f"Need 0 < min_ratio <= max_ratio, got {min_ratio}, {max_ratio}.")
+    world_size = base.check_positive_int("world_size", world_size)
+    if grad_clip is not None:
+        base.check_finite("grad_clip", grad_clip)
+        if base._concrete_float(grad_clip) is not None and float(grad_clip) <= 0:
+            raise ValueError(f"`grad_clip` (max_norm) must be > 0, got {grad_clip!r}.")
+    if grad_clip_iter_range is not None:
+        if grad_clip is None:
+            raise ValueError("`grad_clip_iter_range` needs `grad_clip`.")
+        if (
+            not isinstance(grad_clip_iter_range, (tuple, list))
+            or len(grad_clip_iter_range) != 2
+            or not grad_clip_iter_range[0] < grad_clip_iter_range[1]
+        ):
+            raise ValueError(
+                "`grad_clip_iter_range` must be two static ints (low, high) with low < high, "
+                f"got {grad_clip_iter_range!r}."
+            )
+        low, high = (
+            base.check_positive_int("grad_clip_iter_range", v, allow_zero=True)
+            for v in grad_clip_iter_range
+        )
+        grad_clip_iter_range = (low, high)
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: base.Params) -> AgvmState:
         group_labels(params, groups)  # raises on unmatched leaves
         n = len(group_names(params, groups))
+        dtype = _tree_dtype(params)
         return AgvmState(
             count=jnp.zeros([], jnp.int32),
-            scales=jnp.ones((n,), jnp.float32),
-            variance_proxy=jnp.zeros((n,), jnp.float32),
+            scales=jnp.ones((n,), dtype),
+            variance_proxy=jnp.zeros((n,), dtype),
             inner_state=inner.init(params),
         )
 
@@ -224,9 +277,13 @@ def agvm(
             raise ValueError("adam_preconditioning: the wrapped optimizer's state has no `nu`.")
 
         def leaf(g: jax.Array, v: jax.Array) -> jax.Array:
-            g32 = g.astype(jnp.float32)
-            v_new = adam_b2 * v.astype(jnp.float32) + (1.0 - adam_b2) * jnp.square(g32)
-            return g32 / (jnp.sqrt(v_new) + adam_eps)
+            cdt = base.compute_dtype(g.dtype, v.dtype)
+            gc = g.astype(cdt)
+            # The official hook squares the gradient of a loss divided by W·W/2
+            # (all-reduced over W/2 ranks): g/W.
+            sq = jnp.square(gc / world_size) if world_size > 1 else jnp.square(gc)
+            v_new = adam_b2 * v.astype(cdt) + base.one_minus(adam_b2, cdt).astype(cdt) * sq
+            return gc / (jnp.sqrt(v_new) + adam_eps)
 
         return jax.tree.map(leaf, g_half, nu)
 
@@ -248,6 +305,7 @@ def agvm(
         if stop_step is not None:
             in_window = in_window & (count <= stop_step)
         measure = in_window & (count % interval == 0)
+        sdt = state.scales.dtype
 
         def measured(_: Any) -> tuple[jax.Array, jax.Array]:
             a, b = grads_a, grads_b
@@ -255,20 +313,28 @@ def agvm(
                 a, b = precondition(a, state.inner_state), precondition(b, state.inner_state)
 
             def dot(x: jax.Array, y: jax.Array) -> jax.Array:
-                return jnp.sum(x.astype(jnp.float32) * y.astype(jnp.float32))
+                return jnp.sum(x.astype(sdt) * y.astype(sdt))
 
-            ab = _group_sums(labels, jax.tree.map(dot, a, b), n)
-            aa = _group_sums(labels, jax.tree.map(dot, a, a), n)
-            bb = _group_sums(labels, jax.tree.map(dot, b, b), n)
+            ab = _group_sums(labels, jax.tree.map(dot, a, b), n, sdt)
+            aa = _group_sums(labels, jax.tree.map(dot, a, a), n, sdt)
+            bb = _group_sums(labels, jax.tree.map(dot, b, b), n, sdt)
             cos = ab / (jnp.maximum(jnp.sqrt(aa), _COS_EPS) * jnp.maximum(jnp.sqrt(bb), _COS_EPS))
             proxy = 1.0 - cos
             ratio = jnp.clip((proxy[0] + _D_EPS) / (proxy + _D_EPS), min_ratio, max_ratio)
             scales = momentum * state.scales + (1.0 - momentum) * jnp.sqrt(ratio)
-            return scales.astype(jnp.float32), proxy.astype(jnp.float32)
+            return scales.astype(sdt), proxy.astype(sdt)
 
         scales, proxy = jax.lax.cond(
             measure, measured, lambda _: (state.scales, state.variance_proxy), None
         )
+        if grad_clip is not None:
+            clipped = base.clip_grad_norm_like_torch(updates, grad_clip)
+            if grad_clip_iter_range is None:
+                updates = clipped
+            else:
+                low, high = grad_clip_iter_range
+                use = (count >= low) & (count <= high)
+                updates = jax.tree.map(lambda c, u: jnp.where(use, c, u), clipped, updates)
         inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra)
         applied = jnp.where(in_window, scales, jnp.ones_like(scales))
         # Scaled in (at least) f32 and returned in the gradient's dtype.

@@ -89,14 +89,17 @@ def add_decayed_weights_after_step(
                 "add_decayed_weights_after_step needs the parameters: call "
                 "update(updates, state, params)."
             )
-        lr = jnp.asarray(_value_at(learning_rate, state.count), jnp.float32)
-        wd = jnp.asarray(_value_at(weight_decay, state.count), jnp.float32)
-        wd = jnp.where(state.count < skip_steps, 0.0, wd)
+        # Scalars in the widest enabled float, cast to each leaf's compute dtype
+        # (f32 for bf16/f32 leaves, f64 for f64 leaves under x64).
+        lr_ = base.at_least_f32(_value_at(learning_rate, state.count))
+        wd_ = base.at_least_f32(_value_at(weight_decay, state.count))
+        wd_ = jnp.where(state.count < skip_steps, jnp.zeros_like(wd_), wd_)
 
         def leaf(u: Any, p: Any) -> Any:
             if u is None:
                 return None
-            cdt = jnp.promote_types(u.dtype, jnp.float32)
+            cdt = base.compute_dtype(u.dtype)
+            lr, wd = lr_.astype(cdt), wd_.astype(cdt)
             out = (1.0 - lr * wd) * u.astype(cdt) + wd * p.astype(cdt)
             return out.astype(u.dtype)
 

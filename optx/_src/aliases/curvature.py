@@ -333,7 +333,7 @@ def mfac(
     blockwise: bool = False,
     router: routing.Router | None = None,
     buffer_dtype: Any = None,
-    compute_dtype: Any = jnp.float32,
+    compute_dtype: Any = None,
     mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """M-FAC: SGD preconditioned by the inverse empirical Fisher of the last m gradients.

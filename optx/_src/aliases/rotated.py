@@ -111,7 +111,7 @@ def soap(
     weight_decay_mask: Any = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-    precond_dtype: Any = "float32",
+    precond_dtype: Any = None,
     router: routing.Router | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SOAP: Adam in the eigenbasis of Shampoo's preconditioner.
@@ -142,7 +142,8 @@ def soap(
     * **The first step only initializes** the preconditioner (``L, R`` from the
       first gradient, ``Q`` by eigh): the parameters do not move and are not
       decayed; the bias-correction step counts real updates only.
-    * eigh at the first call, power step + QR afterwards; eigh/QR in float32.
+    * eigh at the first call, power step + QR afterwards; eigh/QR in the
+      parameter's compute dtype (float32, float64 for f64 parameters).
     * ε is added to ``√V`` before the bias correction (folded into the step).
     * Weight decay acts on the *updated* weights with the raw learning rate.
     * Dimensions above ``max_precond_dim`` stay unrotated; 1-D parameters are
@@ -180,7 +181,8 @@ def soap(
       normalize_grads: divide each update matrix by its RMS (official option).
       correct_bias: Adam bias correction (official: on).
       weight_decay_mask: optional mask for the decay.
-      mu_dtype, nu_dtype: moment dtypes; precond_dtype: factors and bases.
+      mu_dtype, nu_dtype: moment dtypes; precond_dtype: factors and bases
+        (default: the parameter's compute dtype).
       router: an :class:`optx.Router` (default :func:`optx.default_router`).
 
     Static (uninjectable) arguments: ``precondition_frequency``,
@@ -244,7 +246,7 @@ def conda(
     weight_decay_mask: Any = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-    precond_dtype: Any = "float32",
+    precond_dtype: Any = None,
     router: routing.Router | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Conda (Column-Normalized Adam): Adam with its second moment in the SVD
@@ -275,7 +277,7 @@ def conda(
     ``M = (1−β₁)G``); the rotation is full-rank on the smaller side (not
     GaLore's low rank); ``V`` lives in the rotated basis and is **not** rotated
     or reset at a refresh; the SVD runs at pre-increment steps 0, T, 2T, … in
-    float32; ε is added to the uncorrected ``√V``; the decay uses the raw
+    the compute dtype (float32, float64 for f64 parameters); ε is added to the uncorrected ``√V``; the decay uses the raw
     learning rate on the updated weights. The signature's ε is 1e-8 (its
     docstring says 1e-6). Paper scripts used ``b2 = 0.99``, ``T = 2000``,
     ``scale = 0.25`` and lr ≈ 6e-3–1e-2 for LLM pre-training.
@@ -290,7 +292,8 @@ def conda(
       scale: multiplier ``s`` of the rotated leaves' update (1.0).
       correct_bias: Adam bias correction (on).
       weight_decay_mask: optional mask for the decay.
-      mu_dtype, nu_dtype: moment dtypes; precond_dtype: the bases.
+      mu_dtype, nu_dtype: moment dtypes; precond_dtype: the bases (default:
+        the parameter's compute dtype).
       router: an :class:`optx.Router` (default :func:`optx.default_router`).
 
     References:
@@ -344,7 +347,7 @@ def cosmos(
     weight_decay_mask: Any = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-    precond_dtype: Any = "float32",
+    precond_dtype: Any = None,
     router: routing.Router | None = None,
     adam_learning_rate: base.ScalarOrSchedule | None = None,
     adam_lr_ratio: Any = 1.0,
@@ -404,7 +407,8 @@ def cosmos(
       ns_coefficients, ns_steps, ns_dtype: Newton–Schulz settings.
       weight_decay_mask: optional mask for the matrix decay.
       mu_dtype, nu_dtype: moment dtypes (also the fallback AdamW's).
-      precond_dtype: storage dtype of ``P`` and ``S``.
+      precond_dtype: storage dtype of ``P`` and ``S`` (default: the
+        parameter's compute dtype).
       router: an :class:`optx.Router` (default :func:`optx.default_router`).
       adam_learning_rate: fallback AdamW learning rate (default
         ``adam_lr_ratio × learning_rate``, i.e. the full η).
@@ -520,14 +524,14 @@ def scale_by_official_cosmos_adam(
     ) -> tuple[base.Updates, ScaleByOfficialCosmosAdamState]:
         del params, extra
         count = optax.safe_increment(state.count)
-        t = count.astype(jnp.float32)
-        bc1 = 1.0 - jnp.asarray(0.9, jnp.float32) ** t
-        bc2 = 1.0 - jnp.asarray(b2, jnp.float32) ** t
+        bc1_ = base.bias_correction(0.9, count)
+        bc2_ = base.bias_correction(b2, count)
 
         def leaf(g: jax.Array, mu: jax.Array, nu: jax.Array) -> tuple[Any, Any, Any]:
-            g32 = g.astype(jnp.promote_types(g.dtype, jnp.float32))
+            g32 = g.astype(base.compute_dtype(g.dtype))
+            bc1, bc2 = bc1_.astype(g32.dtype), bc2_.astype(g32.dtype)
             m = b1 * mu.astype(g32.dtype) + 0.1 * g32
-            v = b2 * nu.astype(g32.dtype) + (1.0 - b2) * jnp.square(g32)
+            v = b2 * nu.astype(g32.dtype) + base.one_minus(b2, g32.dtype) * jnp.square(g32)
             u = (m / bc1) / (jnp.sqrt(v) / jnp.sqrt(bc2) + eps)
             return u.astype(g.dtype), m.astype(mu.dtype), v.astype(nu.dtype)
 

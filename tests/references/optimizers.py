@@ -1,0 +1,199 @@
+"""Float64 NumPy references (see the package docstring)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+Params = dict[str, np.ndarray]
+GradFn = Callable[[Params, int], Params]
+KERNEL, BIAS = "hidden/kernel", "bias"
+KELLER = (3.4445, -4.7750, 2.0315)
+
+
+def _run(step: Callable[[Params, Params, dict, int], Params], p0: Params, grad: GradFn, steps: int):
+    """Drives ``step(params, grads, state, t)`` (t from 1); returns the params after each step."""
+    p = {k: v.copy() for k, v in p0.items()}
+    state: dict[str, Any] = {}
+    out = []
+    for t in range(1, steps + 1):
+        g = grad(p, t - 1)
+        p = step(p, g, state, t)
+        out.append({k: v.copy() for k, v in p.items()})
+    return out
+
+
+def _adamw_leaf(st: dict, key: str, w, g, t, lr, b1, b2, eps, wd):
+    """optax.adamw: m̂/(√v̂ + ε) + λw, decay with the pre-step weights."""
+    m = st.get(("m", key), np.zeros_like(w))
+    v = st.get(("v", key), np.zeros_like(w))
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    st[("m", key)], st[("v", key)] = m, v
+    mh, vh = m / (1 - b1**t), v / (1 - b2**t)
+    return w - lr * (mh / (np.sqrt(vh) + eps) + wd * w)
+
+
+def adamw(p0, grad, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4):
+    """AdamW (Loshchilov & Hutter, arXiv 1711.05101) with optax's ε placement."""
+
+    def step(p, g, st, t):
+        return {k: _adamw_leaf(st, k, p[k], g[k], t, lr, b1, b2, eps, weight_decay) for k in p}
+
+    return _run(step, p0, grad, steps)
+
+
+def adabelief(p0, grad, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-16, weight_decay=0.0):
+    """adabelief-pytorch 0.2.1 defaults: rectified, ε added in place to s, decoupled decay.
+
+    ρ_t and r_t by the official direct formula (Python doubles); the rectified
+    branch divides by the uncorrected √s; ρ_t < 5 takes the SGD branch m/(1−β₁ᵗ).
+    """
+    rho_inf = 2.0 / (1.0 - b2) - 1.0
+
+    def step(p, g, st, t):
+        out = {}
+        for k in p:
+            m = b1 * st.get(("m", k), 0.0) + (1 - b1) * g[k]
+            s = b2 * st.get(("s", k), 0.0) + (1 - b2) * (g[k] - m) ** 2 + eps
+            st[("m", k)], st[("s", k)] = m, s
+            bc1, b2t = 1 - b1**t, b2**t
+            rho = rho_inf - 2 * t * b2t / (1 - b2t)
+            if rho >= 5:
+                r = math.sqrt(
+                    (1 - b2t)
+                    * (rho - 4)
+                    * (rho - 2)
+                    * rho_inf
+                    / ((rho_inf - 4) * (rho_inf - 2) * rho)
+                )
+                d = r / bc1 * m / (np.sqrt(s) + eps)
+            else:
+                d = m / bc1
+            out[k] = p[k] - lr * (d + weight_decay * p[k])
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
+def exadam(p0, grad, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
+    """EXAdam (arXiv 2412.20302 §3) with v1's dynamic step ln(√2·√(t+1)); decay first."""
+
+    def step(p, g, st, t):
+        out = {}
+        for k in p:
+            m = b1 * st.get(("m", k), 0.0) + (1 - b1) * g[k]
+            v = b2 * st.get(("v", k), 0.0) + (1 - b2) * g[k] ** 2
+            st[("m", k)], st[("v", k)] = m, v
+            bc1, bc2 = 1 - b1**t, 1 - b2**t
+            d1 = 1 + b2**t * v / (v + eps)
+            d2 = 1 + b1**t * m * m / (m * m + eps)
+            mt, vt, gt = m / bc1 * d1, v / bc2 * d2, g[k] / bc1 * d1
+            alpha = math.log(math.sqrt(2) * math.sqrt(t + 1))
+            out[k] = p[k] - lr * (alpha * (mt + gt) / (np.sqrt(vt) + eps) + weight_decay * p[k])
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
+def lion(p0, grad, steps, lr=1e-4, b1=0.9, b2=0.99, weight_decay=0.0):
+    """Lion (arXiv 2302.06675 Alg. 2): sign(β₁m + (1−β₁)g), decay λw, then m updated with β₂."""
+
+    def step(p, g, st, t):
+        out = {}
+        for k in p:
+            m = st.get(("m", k), np.zeros_like(p[k]))
+            c = b1 * m + (1 - b1) * g[k]
+            out[k] = p[k] - lr * (np.sign(c) + weight_decay * p[k])
+            st[("m", k)] = b2 * m + (1 - b2) * g[k]
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
+def sgd_sai(p0, grad, steps, lr=1e-2, momentum=0.9, eps=1e-8, weight_decay=1e-2):
+    """sgd-sai 1.0.3: g-SNR ‖g₁‖/(unbiased std + ε) per block frozen at step 1; buffer = g₁ first.
+
+    One block per matrix (the kernel) and per leaf (the bias).
+    """
+
+    def step(p, g, st, t):
+        out = {}
+        for k in p:
+            if t == 1:
+                st[("s", k)] = np.linalg.norm(g[k]) / (np.std(g[k], ddof=1) + eps)
+                m = g[k].copy()
+            else:
+                m = momentum * st[("m", k)] + (1 - momentum) * g[k]
+            st[("m", k)] = m
+            out[k] = p[k] - lr * (st[("s", k)] * m + weight_decay * p[k])
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
+def _ns5(x: np.ndarray) -> np.ndarray:
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / (np.linalg.norm(x) + 1e-7)
+    for _ in range(5):
+        a = x @ x.T
+        x = KELLER[0] * x + (KELLER[1] * a + KELLER[2] * a @ a) @ x
+    return x.T if tall else x
+
+
+def _muon_family(kind: str):
+    def ref(
+        p0,
+        grad,
+        steps,
+        lr=0.02,
+        b1=0.95,
+        b2=0.95,
+        weight_decay=0.0,
+        adam_lr_ratio=3e-4 / 0.02,
+        adam_b1=0.9,
+        adam_b2=0.95,
+        adam_eps=1e-10,
+    ):
+        """Muon (KellerJordan/Muon@857d1adc) / NorMuon (zichongli5/NorMuon@d45c9a42) on the
+        kernel: EMA + Keller-Nesterov, NS5; Muon × √max(1, out/in); NorMuon's per-output
+        second moment (β₂, ε = 1e-10 outside √) and Frobenius restore. Bias: AdamW fallback."""
+
+        def step(p, g, st, t):
+            w, gk = p[KERNEL], g[KERNEL]
+            m = b1 * st.get("m", 0.0) + (1 - b1) * gk
+            st["m"] = m
+            o = _ns5((1 - b1) * gk + b1 * m)
+            fi, fo = w.shape
+            if kind == "muon":
+                d = o * math.sqrt(max(1.0, fo / fi))
+            else:
+                v = b2 * st.get("v", 0.0) + (1 - b2) * np.mean(o * o, axis=0, keepdims=True)
+                st["v"] = v
+                oh = o / (np.sqrt(v) + 1e-10)
+                d = oh * np.linalg.norm(o) / (np.linalg.norm(oh) + 1e-10)
+                d = d * math.sqrt(max(1.0, fo / fi))
+            out = {KERNEL: w - lr * (d + weight_decay * w)}
+            out[BIAS] = _adamw_leaf(
+                st, BIAS, p[BIAS], g[BIAS], t, lr * adam_lr_ratio, adam_b1, adam_b2, adam_eps, 0.0
+            )
+            return out
+
+        return _run(step, p0, grad, steps)
+
+    return ref
+
+
+REFERENCES: dict[str, Callable[..., list[Params]]] = {
+    "adamw": adamw,
+    "adabelief": adabelief,
+    "exadam": exadam,
+    "lion": lion,
+    "sgd_sai": sgd_sai,
+    "muon": _muon_family("muon"),
+    "normuon": _muon_family("normuon"),
+}
