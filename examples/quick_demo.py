@@ -63,9 +63,13 @@ def train(tx: optax.GradientTransformation, steps: int = 300, batch: int = 128) 
 
 def main() -> None:
     schedule = lambda peak: optax.warmup_cosine_decay_schedule(0.0, peak, 30, 300)  # noqa: E731
+    # Route by the model (module types and call order: the head goes to AdamW).
+    router = optx.router_for(
+        nnx.eval_shape(lambda: MLP(32, 128, 8, nnx.Rngs(1))), jnp.zeros((1, 32))
+    )
     runs = {
         "optax.adamw(3e-3)": optax.adamw(schedule(3e-3), weight_decay=0.0),
-        "optx.normuon(0.02)": optx.normuon(schedule(0.02), adam_lr_ratio=0.15),
+        "optx.normuon(0.02)": optx.normuon(schedule(0.02), adam_lr_ratio=0.15, router=router),
     }
     for name, tx in runs.items():
         t0 = time.perf_counter()

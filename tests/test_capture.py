@@ -185,7 +185,11 @@ def test_scanned_layers_are_skipped() -> None:
 def test_mkor_trains_an_nnx_model_with_captures() -> None:
     model = _Net(nnx.Rngs(2))
     x, y = _batch()
-    opt = nnx.Optimizer(model, optx.mkor(0.05, inv_freq=2, statistics="captures"), wrt=nnx.Param)
+    # A top-level LinearGeneral named `out` is only known from the model (by name it
+    # would be the output layer); MKOR preconditions the head too (output_group=None).
+    router = optx.router_for(model, output_group=None)
+    tx = optx.mkor(0.05, inv_freq=2, statistics="captures", router=router)
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     @nnx.jit
     def step(model, opt):

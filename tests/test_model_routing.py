@@ -635,3 +635,9 @@ def test_router_for_bad_inputs() -> None:
         optx.router_for(_mlp(), output_group="")
     with pytest.raises(TypeError, match="lora_group"):
         optx.router_for(_mlp(), lora_group=None)
+    # A failing call names router_for and leaves the Flax classes as they were.
+    call, attend = nnx.Linear.__call__, nnx.Embed.attend
+    with pytest.raises(Exception) as info:  # whatever jax raises for the shapes
+        optx.router_for(_mlp(), SDS((2, 5), jnp.float32))  # the model wants 12 features
+    assert any("optx.router_for" in note for note in info.value.__notes__)
+    assert nnx.Linear.__call__ is call and nnx.Embed.attend is attend

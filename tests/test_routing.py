@@ -394,6 +394,12 @@ def test_describe_without_routing_and_bad_inputs() -> None:
 
     with pytest.raises(TypeError, match="example inputs"):
         optx.describe(nn.Dense(3))
+
+    def failing_init(params: object) -> object:
+        raise RuntimeError("boom")
+
+    with pytest.raises(ValueError, match="init failed: RuntimeError: boom"):
+        optx.describe(optax.GradientTransformation(failing_init, optax.identity().update), params)
     # A transform whose init fails (a group without a transform) is described as far as it got.
     broken = optx.routed({"fallback": optax.sgd(0.1)})
     assert optx.describe(broken, params).row("w").group == "matrix"

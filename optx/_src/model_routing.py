@@ -317,13 +317,21 @@ def _nnx_calls(
     patched = []
     try:
         for cls, name in hooked:
-            orig = cls.__dict__[name]
-            setattr(cls, name, hook(orig))
-            patched.append((cls, name, orig))
+            own = cls.__dict__.get(name)
+            setattr(cls, name, hook(getattr(cls, name)))
+            patched.append((cls, name, own))
         nnx.eval_shape(run, model, *inputs)
+    except Exception as e:
+        e.add_note(
+            "(raised while optx.router_for traced one call of the model on its example inputs)"
+        )
+        raise
     finally:
-        for cls, name, orig in reversed(patched):
-            setattr(cls, name, orig)
+        for cls, name, own in reversed(patched):
+            if own is None:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, own)
     return calls
 
 
@@ -404,8 +412,12 @@ def _walk_linen(
     def init(*xs: Any) -> Any:
         return model.init(key, *xs, method=method, **kwargs)
 
-    with nn.intercept_methods(interceptor):
-        variables = jax.eval_shape(init, *inputs)
+    try:
+        with nn.intercept_methods(interceptor):
+            variables = jax.eval_shape(init, *inputs)
+    except Exception as e:
+        e.add_note("(raised while optx.router_for initialized the model on its example inputs)")
+        raise
     params = variables.get("params", {}) if hasattr(variables, "get") else {}
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     leaves = [_Leaf(tuple(base.path_entry_name(k) for k in p), tuple(x.shape)) for p, x in flat]

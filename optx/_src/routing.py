@@ -386,6 +386,7 @@ class Router:
         self.table = entries
         self.overrides = overrides
         self._by_path = {a.path: a for a in entries}
+        self._hash: int | None = None
 
     # -- identity -------------------------------------------------------------
 
@@ -414,7 +415,9 @@ class Router:
         return isinstance(other, Router) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        if self._hash is None:
+            self._hash = hash(self._key())
+        return self._hash
 
     def replace(self, **changes: Any) -> Router:
         """A copy with some constructor arguments changed (``warn_guessed=False``, ...)."""
@@ -947,20 +950,29 @@ def _abstract(params: Any) -> Any:
     return jax.tree.map(leaf, params, is_leaf=base.is_leaf_or_none)
 
 
-def _traced_assignments(tx: Any, params: Any) -> list[tuple[Router, list[Assignment]]]:
-    """Runs ``tx.init`` abstractly and returns what every routed init inside saw."""
+def _traced_assignments(
+    tx: Any, params: Any
+) -> tuple[list[tuple[Router, list[Assignment]]], Exception | None]:
+    """Runs ``tx.init`` abstractly: what every routed init inside saw, and any error."""
+    error = None
     with _recording() as record, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # A failing init (e.g. a group without a transform) is described as far as it got.
-        with contextlib.suppress(Exception):
+        try:
             jax.eval_shape(tx.init, _abstract(params))
-    return record
+        except Exception as e:  # described as far as it got (e.g. a group without a transform)
+            error = e
+    return record, error
 
 
 def _transform_table(tx: Any, params: Any) -> RoutingTable:
-    record = _traced_assignments(tx, params)
+    record, error = _traced_assignments(tx, params)
     if not record:
         found = routers_in(tx)
+        if not found and error is not None:
+            raise ValueError(
+                f"describe runs the transform's init abstractly to find its routing, and init "
+                f"failed: {type(error).__name__}: {error}"
+            ) from error
         record = [(r, r.assignments(params)) for r in found]
     seen: dict[str, list[Assignment]] = {}
     for _, assignments in record:
