@@ -182,6 +182,54 @@ def check_lora_pro_args(
             raise ValueError(f"`alpha` must be a positive finite number, got {alpha!r}.")
 
 
+def _full_moment(a: Any, b: Any, dtype: Any) -> jax.Array:
+    """Zeros ``(…, fan_in, fan_out)`` sharded like ``A`` on ``(…, fan_in)`` and like
+    ``B`` on ``fan_out`` (under an Explicit mesh; a mesh axis used twice is dropped)."""
+    shape = (*a.shape[:-1], b.shape[-1])
+    sa, sb = sharding.spec_of(a), sharding.spec_of(b)
+    if sa is None and sb is None:
+        return jnp.zeros(shape, dtype)
+    ea = tuple(sa or ()) + (None,) * (len(a.shape) - len(sa or ()))
+    eb = tuple(sb or ()) + (None,) * (len(b.shape) - len(sb or ()))
+    entries = [*ea[:-1], eb[-1]]
+    used = [n for e in entries[:-1] if e is not None for n in (e if isinstance(e, tuple) else (e,))]
+    last = entries[-1]
+    if last is not None and set(last if isinstance(last, tuple) else (last,)) & set(used):
+        entries[-1] = None
+    return jnp.zeros(shape, dtype, out_sharding=jax.sharding.PartitionSpec(*entries))
+
+
+def _sharded_pair_step(
+    leaves: tuple[jax.Array, ...],
+    moments: tuple[jax.Array, jax.Array],
+    count: jax.Array,
+    hparams: tuple[Any, ...],
+    official: bool,
+) -> tuple[jax.Array, ...]:
+    """:func:`_lora_pro_pair` under ``auto_axes`` when the factors are sharded.
+
+    Numeric hyper-parameters that are arrays (tracers under
+    ``inject_hyperparams``) travel as arguments; Python numbers stay static
+    (the bias corrections use them in double precision).
+    """
+    dynamic = [i for i, h in enumerate(hparams) if not isinstance(h, (int, float))]
+
+    def fn(*args: jax.Array) -> tuple[jax.Array, ...]:
+        a, b, ga, gb, mu, nu, count, *dyn = args
+        hp = list(hparams)
+        for i, value in zip(dynamic, dyn):
+            hp[i] = value
+        b1, b2, eps, delta, s = hp
+        return _lora_pro_pair(
+            a, b, ga, gb, mu, nu, count, s=s, b1=b1, b2=b2, eps=eps, delta=delta, official=official
+        )
+
+    a, b = leaves[0], leaves[1]
+    specs = tuple(sharding.spec_or_replicated(x) for x in (a, b, *moments))
+    args = (*leaves, *moments, count, *(hparams[i] for i in dynamic))
+    return sharding.call_with_out_specs(fn, args, specs)
+
+
 def scale_by_lora_pro(
     b1: Any = 0.9,
     b2: Any = 0.999,
@@ -277,9 +325,7 @@ def scale_by_lora_pro(
                 p = by_a.get(path)
                 if p is None:
                     return optax.MaskedNode()
-                shape = (*x.shape[:-1], leaves[p.b].shape[-1])
-                keep = [True] * (len(shape) - 1) + [False]
-                return sharding.zeros_like_spec(shape, dtype or x.dtype, like=x, keep=keep)
+                return _full_moment(x, leaves[p.b], dtype or x.dtype)
 
             return base.tree_map_with_path_str(leaf, params)
 
@@ -305,20 +351,14 @@ def scale_by_lora_pro(
         new_mu: dict[str, Any] = {}
         new_nu: dict[str, Any] = {}
         for p in found:
-            da, db, m, v = _lora_pro_pair(
-                p_leaves[p.a],
-                p_leaves[p.b],
-                g_leaves[p.a],
-                g_leaves[p.b],
-                mu_leaves[p.a],
-                nu_leaves[p.a],
+            leaves = (p_leaves[p.a], p_leaves[p.b], g_leaves[p.a], g_leaves[p.b])
+            moments = (mu_leaves[p.a], nu_leaves[p.a])
+            da, db, m, v = _sharded_pair_step(
+                leaves,
+                moments,
                 state.count,
-                s=_pair_scale(p, alpha, scaling),
-                b1=b1,
-                b2=b2,
-                eps=eps,
-                delta=delta,
-                official=official,
+                (b1, b2, eps, delta, _pair_scale(p, alpha, scaling)),
+                official,
             )
             new_g[p.a] = da.astype(g_leaves[p.a].dtype)
             new_g[p.b] = db.astype(g_leaves[p.b].dtype)

@@ -337,7 +337,13 @@ def resolve_pairs(
 def _path_set(tree: Any, pairs: Sequence[LoRAPair] | None, which: str) -> frozenset[str]:
     found = lora_pairs(tree) if pairs is None else tuple(pairs)
     if which == "trainable":
-        return frozenset(x for p in found for x in p.trainable_paths)
+        # Gates and cores are trained even when their (frozen) factors are not in the tree.
+        named = {
+            path
+            for path, _ in base.flatten_with_paths(tree)[0]
+            if _split(path)[1].lower() in (GATE_NAME, CORE_NAME)
+        }
+        return frozenset(x for p in found for x in p.trainable_paths) | named
     return frozenset(x for p in found for x in p.adapter_paths)
 
 

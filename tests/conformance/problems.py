@@ -183,3 +183,102 @@ def decaying(lr: float, steps: int) -> optax.Schedule:
     return optax.join_schedules(
         [optax.constant_schedule(lr), optax.cosine_decay_schedule(lr, steps - half)], [half]
     )
+
+
+# ----------------------------------------------------------------------------
+# Low-rank adapter problems (issue 15): the standard problems have no LoRA
+# pairs, so adapter optimizers (registry family "adapters") are also run here.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterProblem:
+    """A fine-tuning problem: adapters on frozen base weights (closed over by ``loss``).
+
+    ``effective(params)`` maps the trainable tree to the weights the loss
+    sees (``s·A diag(g) B`` per adapter, other leaves as is); convergence is
+    measured there, since the factors themselves are not unique.
+    """
+
+    name: str
+    init: Callable[[], Any]
+    loss: Callable[[Any], jax.Array]
+    effective: Callable[[Any], Any]
+    target: Any
+    steps: int
+
+
+def _adapter_problem(name: str, gated: bool, seed: int) -> AdapterProblem:
+    """``Σ_l ½‖X_l(W₀ + A_l diag(g_l) B_l) + b − Y_l‖²/n`` for a 2-D and a stacked
+    ``(2, in, r)`` adapter; the targets are exactly rank 2 (the adapters have
+    rank 3 with gates, 2 without)."""
+    r = _rng(seed)
+    n, d_in, d_out, rank = 32, 8, 6, 3 if gated else 2
+    scales = np.geomspace(0.5, 2.0, d_in)
+
+    def f32(x: Any) -> jax.Array:
+        return jnp.asarray(x, jnp.float32)
+
+    xs = {
+        k: f32(r.normal(size=(*lead, n, d_in)) * scales)
+        for k, lead in (("dense", ()), ("stack", (2,)))
+    }
+    w0 = {
+        k: f32(r.normal(size=(*x.shape[:-2], d_in, d_out)) / np.sqrt(d_in)) for k, x in xs.items()
+    }
+    delta = {
+        k: f32(
+            0.5
+            * r.normal(size=(*x.shape[:-2], d_in, 2))
+            @ r.normal(size=(*x.shape[:-2], 2, d_out))
+            / np.sqrt(d_in)
+        )
+        for k, x in xs.items()
+    }
+    b_true = f32(r.uniform(-0.3, 0.3, d_out))
+    ys = {k: xs[k] @ (w0[k] + delta[k]) + b_true for k in xs}
+
+    def init() -> Any:
+        rr = _rng(seed + 100)
+        params: dict[str, Any] = {"bias": jnp.zeros((d_out,), jnp.float32)}
+        for k, x in xs.items():
+            lead = x.shape[:-2]
+            leaf = {
+                "lora_a": f32(rr.uniform(-1, 1, (*lead, d_in, rank)) / np.sqrt(d_in)),
+                "lora_b": jnp.zeros((*lead, rank, d_out), jnp.float32),
+            }
+            if gated:
+                leaf["lora_gate"] = jnp.ones((*lead, rank), jnp.float32)
+            params[k] = {"lora": leaf}
+        return params
+
+    def effective(p: Any) -> Any:
+        out = {"bias": p["bias"]}
+        for k in xs:
+            ad = p[k]["lora"]
+            out[k] = optx.lora_delta(ad["lora_a"], ad["lora_b"], gate=ad.get("lora_gate"))
+        return out
+
+    def loss(p: Any) -> jax.Array:
+        e = effective(p)
+        total = 0.0
+        for k, x in xs.items():
+            pred = x @ (w0[k] + e[k].astype(jnp.float32)) + e["bias"].astype(jnp.float32)
+            total = total + 0.5 * jnp.sum((pred - ys[k]) ** 2) / n
+        return total
+
+    return AdapterProblem(name, init, loss, effective, {"bias": b_true, **delta}, 1500)
+
+
+def lora_least_squares() -> AdapterProblem:
+    return _adapter_problem("lora_least_squares", gated=False, seed=3)
+
+
+def gated_lora_least_squares() -> AdapterProblem:
+    return _adapter_problem("gated_lora_least_squares", gated=True, seed=4)
+
+
+ADAPTER_PROBLEMS: dict[str, Callable[[], AdapterProblem]] = {
+    "lora_least_squares": lora_least_squares,
+    "gated_lora_least_squares": gated_lora_least_squares,
+}

@@ -209,7 +209,7 @@ def sora(
       >>> tx = optx.sora(learning_rate=1e-2, threshold=1e-3)
       >>> grads = jax.tree.map(jnp.zeros_like, params)
       >>> updates, _ = tx.update(grads, tx.init(params), params)
-      >>> optax.apply_updates(params, updates)['l']['lora_gate'].round(6).tolist()
+      >>> [round(float(v), 6) for v in optax.apply_updates(params, updates)['l']['lora_gate']]
       [0.0, 0.999]
     """
     base.check_learning_rate("learning_rate", learning_rate)
