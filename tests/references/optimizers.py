@@ -141,11 +141,12 @@ def sgd_sai(p0, grad, steps, lr=1e-2, momentum=0.9, eps=1e-8, weight_decay=1e-2)
     return _run(step, p0, grad, steps)
 
 
-def _ns5(x: np.ndarray) -> np.ndarray:
+def _ns5(x: np.ndarray, steps: int = 5) -> np.ndarray:
+    """Keller Jordan's quintic Newton–Schulz (wide orientation, ‖X‖_F + 1e-7)."""
     tall = x.shape[0] > x.shape[1]
     x = x.T if tall else x
     x = x / (np.linalg.norm(x) + 1e-7)
-    for _ in range(5):
+    for _ in range(steps):
         a = x @ x.T
         x = KELLER[0] * x + (KELLER[1] * a + KELLER[2] * a @ a) @ x
     return x.T if tall else x
@@ -298,7 +299,55 @@ def conda(p0, grad, steps, lr=3e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0
     return _run(step, p0, grad, steps)
 
 
+def _auon(ns_steps: int):
+    def ref(p0, grad, steps, lr=0.055, b1=0.95, weight_decay=0.0, eps=1e-8, adam_lr_ratio=0.1):
+        """AuON / Hybrid-AuON, paper form (arXiv 2509.24320; ryyzn9/AuON @bba2e822): Keller
+        EMA-Nesterov momentum U; AuON: X = U/(‖U‖_F + 1e-7); Hybrid: X = NS_k(U) (k = 1);
+        then X / (√mean(cosh(X)²) + ε) × √max(1, out/in). Bias: AdamW(0.1·lr, 0.8, 0.95,
+        1e-10), no decay."""
+
+        def step(p, g, st, t):
+            w, gk = p[KERNEL], g[KERNEL]
+            m = b1 * st.get("m", 0.0) + (1 - b1) * gk
+            st["m"] = m
+            u = (1 - b1) * gk + b1 * m
+            x = _ns5(u, ns_steps) if ns_steps else u / (np.linalg.norm(u) + 1e-7)
+            d = x / (np.sqrt(np.mean(np.cosh(x) ** 2)) + eps)
+            fi, fo = w.shape
+            d = d * math.sqrt(max(1.0, fo / fi))
+            out = {KERNEL: w - lr * (d + weight_decay * w)}
+            out[BIAS] = _adamw_leaf(
+                st, BIAS, p[BIAS], g[BIAS], t, lr * adam_lr_ratio, 0.8, 0.95, 1e-10, 0.0
+            )
+            return out
+
+        return _run(step, p0, grad, steps)
+
+    return ref
+
+
+def sgd_momentum(p0, grad, steps, lr=1e-2, momentum=0.9, weight_decay=0.0):
+    """torch.optim.SGD (bitsandbytes SGD8bit's update): buf = μ buf + (g + λw); w −= η buf."""
+
+    def step(p, g, st, t):
+        out = {}
+        for k in p:
+            buf = momentum * st.get(("b", k), 0.0) + g[k] + weight_decay * p[k]
+            st[("b", k)] = buf
+            out[k] = p[k] - lr * buf
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
 REFERENCES: dict[str, Callable[..., list[Params]]] = {
+    "auon": _auon(0),
+    "hybrid_auon": _auon(1),
+    # Registry defaults keep leaves below 4096 entries in full precision (bitsandbytes'
+    # min_8bit_size): on the tiny test tree the 8-bit optimizers are their 32-bit twins.
+    "adamw_8bit": adamw,
+    "lion_8bit": lion,
+    "sgd_momentum_8bit": sgd_momentum,
     "adamp": adamp,
     "sgdp": sgdp,
     "galore": galore,
