@@ -8,6 +8,7 @@ fix it covers.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 
 import jax
@@ -245,3 +246,50 @@ def test_sophia_g_decays_only_linear_weights_by_default() -> None:
     flat, _ = optx._src.base.flatten_with_paths(u)
     for path, x in flat:
         np.testing.assert_allclose(np.asarray(x), -0.05 if decayed[path] else 0.0, err_msg=path)
+
+
+# ----------------------------------------------------------------------------
+# FRUGAL: the official pre-training block order is 'descending' (issue 14 §2)
+# ----------------------------------------------------------------------------
+
+
+def test_frugal_default_block_order_is_descending() -> None:
+    params = {"blocks": {"kernel": jnp.zeros((8, 3, 3))}}  # 8 stacked (3 x 3) blocks
+    tx = optx.frugal(1e-3, density=0.25, update_proj_gap=2)
+    s = tx.init(params)
+    chosen = []
+
+    def block_state(tree):
+        is_block = lambda x: isinstance(x, optx.BlockSubspaceState)  # noqa: E731
+        return [x for x in jax.tree.leaves(tree, is_leaf=is_block) if is_block(x)][0]
+
+    for _ in range(4):  # refreshes at steps 0 and 2
+        _, s = tx.update(jax.tree.map(jnp.ones_like, params), s, params)
+        chosen.append(tuple(int(i) for i in next(iter(block_state(s).active.values()))))
+    assert chosen == [(7, 6), (7, 6), (5, 4), (5, 4)]
+
+
+# ----------------------------------------------------------------------------
+# ROOT's AdamW fallback: ε on the uncorrected √v (issue 14 §2)
+# ----------------------------------------------------------------------------
+
+
+def test_root_fallback_puts_eps_on_the_uncorrected_sqrt_v() -> None:
+    lr, b1, b2, eps, wd, steps = 1e-3, 0.9, 0.95, 1e-8, 0.1, 3
+    r = np.random.default_rng(11)
+    w0, grads = r.normal(size=4) * 1e-6, r.normal(size=(steps, 4)) * 1e-7
+    w, m, v, want = w0.copy(), np.zeros(4), np.zeros(4), []
+    for t, g in enumerate(grads, start=1):  # official ROOT's AdamW for 1-D parameters
+        w = w * (1 - lr * wd)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        w = w - lr * math.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
+        want.append(w.copy())
+    with jax.enable_x64(True):
+        tx = optx.root(lr, weight_decay=wd)
+        p = {"bias": jnp.asarray(w0)}
+        s = tx.init(p)
+        for g, ww in zip(grads, want):
+            u, s = tx.update({"bias": jnp.asarray(g)}, s, p)
+            p = optax.apply_updates(p, u)
+            np.testing.assert_allclose(np.asarray(p["bias"]), ww, rtol=1e-12)
