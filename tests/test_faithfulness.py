@@ -261,7 +261,7 @@ def test_frugal_default_block_order_is_descending() -> None:
 
     def block_state(tree):
         is_block = lambda x: isinstance(x, optx.BlockSubspaceState)  # noqa: E731
-        return [x for x in jax.tree.leaves(tree, is_leaf=is_block) if is_block(x)][0]
+        return next(x for x in jax.tree.leaves(tree, is_leaf=is_block) if is_block(x))
 
     for _ in range(4):  # refreshes at steps 0 and 2
         _, s = tx.update(jax.tree.map(jnp.ones_like, params), s, params)
