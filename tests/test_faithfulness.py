@@ -293,3 +293,44 @@ def test_root_fallback_puts_eps_on_the_uncorrected_sqrt_v() -> None:
             u, s = tx.update({"bias": jnp.asarray(g)}, s, p)
             p = optax.apply_updates(p, u)
             np.testing.assert_allclose(np.asarray(p["bias"]), ww, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------
+# quick_recovery_schedule = the official lambda with LambdaLR's offset (issue 21 §5;
+# OptimAI-Lab/Memory_Efficient_Pretraining @9f803d4 training_utils.py)
+# ----------------------------------------------------------------------------
+
+
+def test_quick_recovery_schedule_matches_official() -> None:
+    total, warmup, cycle, recovery, min_ratio, lr = 200, 15, 50, 10, 0.1, 3e-3
+
+    def normal(step):  # the official get_normal_lr
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def lam(step):  # _get_cosine_schedule_with_quick_recovery_lambda
+        last = (step // cycle) * cycle
+        since = step - last
+        if since < recovery:
+            target = normal(last + recovery)
+            start = target * 0.001
+            return start + (target - start) * min(since / (recovery - 1), 1.0)
+        return normal(step)
+
+    # LambdaLR(last_epoch=-1) at the start, rebuilt with last_epoch=K at each restart: the
+    # constructor steps once, so update t >= K uses lambda(t + 1).
+    want = [lr * lam(t if t < cycle else t + 1) for t in range(total)]
+
+    def base(step):
+        step = jnp.asarray(step, jnp.float64)
+        cos = min_ratio + (1 - min_ratio) * 0.5 * (
+            1 + jnp.cos(jnp.pi * (step - warmup) / (total - warmup))
+        )
+        return lr * jnp.where(step < warmup, step / warmup, cos)
+
+    with jax.enable_x64(True):
+        sched = optx.quick_recovery_schedule(base, cycle, recovery)
+        got = np.asarray(jax.vmap(sched)(jnp.arange(total)))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-18)
