@@ -334,3 +334,31 @@ def test_quick_recovery_schedule_matches_official() -> None:
         sched = optx.quick_recovery_schedule(base, cycle, recovery)
         got = np.asarray(jax.vmap(sched)(jnp.arange(total)))
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-18)
+
+
+# ----------------------------------------------------------------------------
+# Newton–Schulz: the 5-step Polar Express variant of microsoft/dion (issue 14 §2)
+# ----------------------------------------------------------------------------
+
+# dion/polar_express.py (_POLAR_EXPRESS_COEFFS; normalization ‖X‖·1.02 + 1e-6).
+DION_POLAR_EXPRESS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+
+
+def test_polar_express_5_is_the_dion_table() -> None:
+    gen = optx.polar_express_coefficients(1e-3, 5, safety=2e-2, cushion=0.02)
+    np.testing.assert_allclose(gen, DION_POLAR_EXPRESS, rtol=1e-13)
+    r = np.random.default_rng(2)
+    g = r.normal(size=(6, 9))
+    x = g / (np.linalg.norm(g) * 1.02 + 1e-6)  # the official (wide) iteration in float64
+    for a, b, c in DION_POLAR_EXPRESS:
+        m = x @ x.T
+        x = a * x + (b * m + c * m @ m) @ x
+    with jax.enable_x64(True):
+        got = optx.newton_schulz(jnp.asarray(g), "polar_express_5", 5)
+    np.testing.assert_allclose(np.asarray(got), x, rtol=1e-11, atol=1e-13)
