@@ -89,8 +89,11 @@ def test_refactorize_every_bad_input() -> None:
 def test_quick_recovery_schedule() -> None:
     base = optax.constant_schedule(2.0)
     s = optx.quick_recovery_schedule(base, cycle_length=10, recovery_steps=4, start_factor=0.0)
-    values = [float(s(t)) for t in range(16)]
-    assert values[:10] == [2.0] * 10  # the first cycle follows the base schedule
-    np.testing.assert_allclose(values[10:16], [0.0, 0.5, 1.0, 1.5, 2.0, 2.0])
+    values = [float(s(t)) for t in range(21)]
+    # Official: the first cycle ramps too (to the target at step R - 1 = 3); from the
+    # restart on, step t uses lambda(t + 1) (LambdaLR rebuilt with last_epoch = 10).
+    np.testing.assert_allclose(values[:10], [0.0, 2 / 3, 4 / 3] + [2.0] * 7, rtol=1e-6)
+    np.testing.assert_allclose(values[10:14], [2 / 3, 4 / 3, 2.0, 2.0], rtol=1e-6)
+    assert values[19] == 0.0  # lambda(20): the next restart's first ramp value
     with pytest.raises(ValueError):
         optx.quick_recovery_schedule(1.0, cycle_length=0)

@@ -206,20 +206,34 @@ def _layer_gradient_statistics(layer: _Layer, kernel: jax.Array, bias: jax.Array
 def sherman_morrison_update(
     inverse: jax.Array, v: jax.Array, decay: Any, dtype: Any = None
 ) -> jax.Array:
-    """``(P⁻¹ + v vᵀ)⁻¹`` with ``P = decay · F⁻¹ + (1 − decay) I`` (f32).
+    """``(P⁻¹ + v vᵀ)⁻¹`` with ``P = decay · F⁻¹ + (1 − decay) I``.
 
     MKOR's released factor update (``sm_inverse(0.95·F + 0.05·I, v)``):
-    ``F⁻¹ ← P − (P v)(vᵀ P) / (1 + vᵀ P v)``.
+    ``F⁻¹ ← P − (P v)(vᵀ P) / (1 + vᵀ P v)``, computed in ``dtype`` (default
+    ``promote(inverse, v, float32)``). A half-precision ``dtype`` follows
+    PyTorch's fp16 semantics, as the official ``half_precision=True`` code
+    runs: every operation is evaluated in float32 and rounded to ``dtype``
+    (``v`` is rounded first), in the official order of operations.
     """
     cdt = jnp.result_type(jnp.float32, inverse, v) if dtype is None else jnp.dtype(dtype)
-    f = inverse.astype(cdt)
-    n = f.shape[-1]
-    decay = jnp.asarray(decay).astype(cdt)
-    p = decay * f + (1.0 - decay) * jnp.eye(n, dtype=cdt)
-    v = v.astype(cdt)
-    pv = p @ v
-    vp = v @ p
-    return p - jnp.outer(pv, vp) / (1.0 + v @ pv)
+    n = inverse.shape[-1]
+    if jnp.finfo(cdt).bits >= 32:
+        f, v = inverse.astype(cdt), v.astype(cdt)
+        d = jnp.asarray(decay).astype(cdt)
+        p = d * f + (1.0 - d) * jnp.eye(n, dtype=cdt)
+        pv, vp = p @ v, v @ p
+        return p - jnp.outer(pv, vp) / (1.0 + v @ pv)
+
+    def r(x: jax.Array) -> jax.Array:  # one fp16 operation: f32 math, then rounding
+        return x.astype(cdt).astype(jnp.float32)
+
+    f, v = r(inverse.astype(jnp.float32)), r(v.astype(jnp.float32))
+    d = jnp.asarray(decay, jnp.float32)
+    eye = jnp.eye(n, dtype=jnp.float32)
+    p = r(r(d * f) + r((1.0 - d) * eye))
+    pv, vp = r(p @ v), r(v @ p)
+    coef = r(1.0 / r(1.0 + r(vp @ v)))
+    return r(p - r(jnp.outer(r(coef * pv), vp))).astype(cdt)
 
 
 def _refresh_matrix(
@@ -243,8 +257,8 @@ def _refresh_matrix(
         eye = jnp.eye(f.shape[-1], dtype=cdt)
         if reset_mode == "identity":
             return eye
-        zeta = jnp.asarray(stabilization).astype(cdt)
-        return (1.0 - zeta) * f.astype(cdt) + zeta * eye
+        zeta = jnp.asarray(stabilization, jnp.promote_types(cdt, jnp.float32))
+        return ((1.0 - zeta) * f.astype(zeta.dtype) + zeta * eye).astype(cdt)
 
     def step(f: jax.Array, flag: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
         new = jnp.where(flag, reset(f), sherman_morrison_update(f, v, decay, dtype)).astype(f.dtype)

@@ -38,6 +38,7 @@ def scale_by_momentum(
     nesterov: bool = True,
     bias_correction: bool = False,
     mu_dtype: Any = None,
+    dampening: Any = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     """Momentum in the EMA or sum form, with Keller/Moonlight-style Nesterov.
 
@@ -62,6 +63,8 @@ def scale_by_momentum(
       nesterov: use the Nesterov look-ahead.
       bias_correction: divide the EMA by ``1 − βᵗ`` (EMA only).
       mu_dtype: dtype of ``M`` (default: the parameter dtype).
+      dampening: torch.optim.SGD's dampening ``d`` (``kind='sum'`` only):
+        ``M_t = β M_{t-1} + (1 − d) G_t``; the Nesterov term stays ``G_t + β M_t``.
 
     Example:
       >>> import jax.numpy as jnp, optx
@@ -75,6 +78,10 @@ def scale_by_momentum(
     base.check_in_range("beta", beta, 0.0, 1.0)
     if bias_correction and kind != "ema":
         raise ValueError("bias_correction is only defined for kind='ema'.")
+    base.check_in_range("dampening", dampening, 0.0, 1.0, high_inclusive=True)
+    damped = not (isinstance(dampening, (int, float)) and dampening == 0)
+    if damped and kind != "sum":
+        raise ValueError("dampening is only defined for kind='sum' (torch.optim.SGD's buffer).")
     mu_dtype = base.canonicalize_dtype(mu_dtype)
 
     def init_fn(params: base.Params) -> ScaleByMomentumState:
@@ -106,7 +113,7 @@ def scale_by_momentum(
                 mu_hat = new_mu / correction.astype(cdt)
                 u = (1.0 - beta) * gc + beta * mu_hat if nesterov else mu_hat
             else:
-                new_mu = beta * muc + gc
+                new_mu = beta * muc + ((1.0 - dampening) * gc if damped else gc)
                 u = gc + beta * new_mu if nesterov else new_mu
             return u.astype(g.dtype), new_mu.astype(mu.dtype)
 

@@ -250,30 +250,54 @@ def quick_recovery_schedule(
     recovery_steps: int = 10,
     start_factor: float = 1e-3,
 ) -> optax.Schedule:
-    """Re-warms the learning rate after every restart (arXiv 2505.22922).
+    """Re-warms the learning rate after every restart, as the official code (arXiv 2505.22922).
 
-    ``lr(t) = schedule(t) · f(t mod K)`` for ``t ≥ K`` (``K = cycle_length``),
-    where ``f`` rises linearly from ``start_factor`` to 1 over
-    ``recovery_steps`` steps after each restart and is 1 afterwards; the first
-    cycle follows ``schedule`` (its own warm-up). The official
-    ``get_cosine_schedule_with_quick_recovery`` does this around a
-    warm-up + cosine base schedule.
+    ``OptimAI-Lab/Memory_Efficient_Pretraining`` @9f803d4
+    (``_get_cosine_schedule_with_quick_recovery_lambda`` and the
+    ``LambdaLR(last_epoch=update_step)`` rebuilt at each restart in
+    ``torchrun_main_DDP.py``). With ``K = cycle_length``, ``R = recovery_steps``
+    and ``f = schedule`` (the base warm-up + cosine learning rate):
+
+    .. math::
+
+      λ(s) = \\begin{cases}
+        f(s_0 + R)\\,\\big(c + (1 - c)\\min(1, \\tfrac{s - s_0}{R - 1})\\big)
+          & s - s_0 < R,\\ s_0 = K\\lfloor s/K \\rfloor \\\\
+        f(s) & \\text{otherwise}
+      \\end{cases}
+
+    (``c = start_factor`` = 0.001): after every restart — and in the first cycle
+    too — the rate ramps linearly from ``c·f(s₀+R)`` to the *fixed* target
+    ``f(s₀+R)``, reached at ``s − s₀ = R − 1``. The step ``t`` (0-based) uses
+    ``λ(t)`` before the first restart and ``λ(t + 1)`` from step ``K`` on: the
+    official code rebuilds ``LambdaLR`` with ``last_epoch = K`` after each
+    restart and its constructor steps once, so the first update after a restart
+    already uses ``λ(K+1) = (c + (1−c)/(R−1))·f(K+R)`` (0.112× for R = 10).
 
     Example:
       >>> import optx
       >>> s = optx.quick_recovery_schedule(1.0, cycle_length=100, recovery_steps=10)
-      >>> float(s(50)), round(float(s(100)), 4), float(s(110))
-      (1.0, 0.001, 1.0)
+      >>> round(float(s(0)), 4), float(s(9)), float(s(50)), round(float(s(100)), 4)
+      (0.001, 1.0, 1.0, 0.112)
     """
     cycle_length = base.check_positive_int("cycle_length", cycle_length)
     recovery_steps = base.check_positive_int("recovery_steps", recovery_steps)
     base.check_in_range("start_factor", start_factor, 0.0, 1.0, high_inclusive=True)
 
+    def base_lr(step: jax.Array) -> Any:
+        return schedule(step) if callable(schedule) else schedule
+
     def fn(count: Any) -> jax.Array:
-        base_lr = schedule(count) if callable(schedule) else schedule
-        since = jnp.asarray(count) % cycle_length
-        ramp = start_factor + (1.0 - start_factor) * jnp.minimum(since / recovery_steps, 1.0)
-        factor = jnp.where(jnp.asarray(count) >= cycle_length, ramp, 1.0)
-        return base_lr * factor
+        count = jnp.asarray(count)
+        s = jnp.where(count >= cycle_length, count + 1, count)  # LambdaLR's extra step
+        start = (s // cycle_length) * cycle_length
+        since = s - start
+        target = base_lr(start + recovery_steps)
+        if recovery_steps > 1:
+            progress = jnp.minimum(since / (recovery_steps - 1), 1.0)
+        else:
+            progress = jnp.ones_like(since, dtype=base.scalar_dtype())
+        ramp = target * (start_factor + (1.0 - start_factor) * progress)
+        return jnp.where(since < recovery_steps, ramp, base_lr(s))
 
     return fn

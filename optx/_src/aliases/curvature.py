@@ -24,7 +24,7 @@ from optx._src import (
 )
 from optx._src.aliases.elementwise import adamw
 
-INNER_OPTIMIZERS = ("sgd", "adamw")
+INNER_OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def sophia_g(
@@ -44,6 +44,7 @@ def sophia_g(
     seed: int = 0,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    router: routing.Router | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Sophia-G: Sophia with the Gauss–Newton–Bartlett Hessian estimator.
 
@@ -83,7 +84,13 @@ def sophia_g(
     ``max(ρBh, ε)`` here (identical for GNB, whose ``h ≥ 0``); decoupled decay
     ``θ(1 − ηλ)`` applied before the step (the update form above is exact);
     the gradient fed to the step is clipped to norm 1 by the training script
-    (``optax.clip_by_global_norm(1.0)`` before this optimizer reproduces it).
+    (``torch.nn.utils.clip_grad_norm_``; ``optax.clip_by_global_norm(1.0)``
+    before this optimizer reproduces it up to torch's ``+1e-6`` in the norm).
+    The official nanoGPT setup (``model.py`` ``configure_optimizers``) decays
+    only the weights of ``nn.Linear`` layers — not biases, norms or embeddings
+    (the tied head is the embedding): the default ``weight_decay_mask=None``
+    does the same through the ``router`` (leaves routed to the matrix group —
+    dense, attention and conv kernels — and untied heads are decayed).
 
     Args:
       learning_rate: η (official class default 1e-4; GPT-2 small used 6e-4).
@@ -96,9 +103,13 @@ def sophia_g(
       refresh_at_start: refresh at steps 0, k, … (the paper's algorithm) instead.
       gnb_clip_norm: clip of the sampled gradient (official 1.0; None: off).
       axis_name: mapped axis for cross-device averaging (``shard_map``).
-      weight_decay_mask: optional decay mask.
+      weight_decay_mask: decay mask (tree or callable); ``None``: the official
+        Linear-weights-only mask (see above). Pass
+        ``lambda p: jax.tree.map(lambda _: True, p)`` to decay every leaf.
       seed: seed of the label-sampling key (static).
       mu_dtype, nu_dtype: dtypes of ``m`` and ``h``.
+      router: the :class:`optx.Router` of the default mask (default
+        :func:`optx.default_router`).
 
     References:
       Liu, Li, Hall, Liang, Ma, "Sophia: A Scalable Stochastic Second-order
@@ -133,9 +144,31 @@ def sophia_g(
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
         ),
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        optax.add_decayed_weights(
+            weight_decay,
+            linear_weight_mask(router) if weight_decay_mask is None else weight_decay_mask,
+        ),
         optax.scale_by_learning_rate(learning_rate),
     )
+
+
+def linear_weight_mask(router: routing.Router | None = None) -> Any:
+    """The official nanoGPT/Sophia decay mask: True on Linear weights only.
+
+    A leaf is decayed when ``router`` sends it to its matrix group (dense,
+    attention and conv kernels) or it is an (untied) output head; biases,
+    norms, embeddings and scalars are not.
+    """
+    router = routing.as_router(router)
+
+    def mask(params: Any) -> Any:
+        def leaf(path: str, x: Any) -> bool:
+            a = router.assign(path, x)
+            return a.group in router.matrix_groups or a.rule == "head"
+
+        return base.tree_map_with_path_str(leaf, params)
+
+    return mask
 
 
 def sophia_h(
@@ -421,6 +454,14 @@ def _inner_optimizer(
                 ),
                 optax.scale_by_learning_rate(learning_rate),
             )
+        if inner == "adam":
+            # torch.optim.Adam (the official optimizer='adam'): coupled L2, g + λw
+            # (pre-step weights) enters the moments; ε outside √v̂.
+            return optax.chain(
+                optax.add_decayed_weights(weight_decay),
+                moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+                optax.scale_by_learning_rate(learning_rate),
+            )
         return adamw(
             learning_rate,
             b1,
@@ -433,7 +474,7 @@ def _inner_optimizer(
     if isinstance(inner, optax.GradientTransformation):
         return optax.chain(inner, optax.scale_by_learning_rate(learning_rate))
     raise TypeError(
-        "`inner` must be 'sgd', 'adamw' or an optax.GradientTransformation without its "
+        "`inner` must be 'sgd', 'adam', 'adamw' or an optax.GradientTransformation without its "
         f"learning rate (e.g. optax.scale_by_lion()), got {inner!r}."
     )
 
@@ -490,18 +531,20 @@ def mkor(
     semantics and every quirk of the released code).
 
     ``inner``: ``'sgd'`` (``torch.optim.SGD``: coupled weight decay, momentum
-    ``buf = μ buf + d``, optional Nesterov; the official default), ``'adamw'``
-    (:func:`optx.adamw`), or any ``optax.GradientTransformation`` **without**
+    ``buf = μ buf + d``, optional Nesterov; the official default), ``'adam'``
+    (``torch.optim.Adam``, the official ``optimizer='adam'``: *coupled* L2
+    decay ``g + λw`` before the moments), ``'adamw'`` (:func:`optx.adamw`,
+    decoupled decay), or any ``optax.GradientTransformation`` **without**
     a learning rate (e.g. ``optax.scale_by_lion()``), after which
-    ``scale_by_learning_rate(learning_rate)`` is applied. With ``'adamw'`` use an
-    AdamW learning rate (≈1e-3).
+    ``scale_by_learning_rate(learning_rate)`` is applied. With ``'adam'``/``'adamw'``
+    use an Adam learning rate (≈1e-3).
 
     Args:
       learning_rate: the inner optimizer's learning rate (scalar or schedule).
-      inner: ``'sgd'``, ``'adamw'`` or a transformation (static).
+      inner: ``'sgd'``, ``'adam'``, ``'adamw'`` or a transformation (static).
       momentum, nesterov: SGD momentum (0.9) and Nesterov flag.
-      weight_decay: SGD's coupled / AdamW's decoupled decay.
-      b1, b2, eps: AdamW's hyper-parameters.
+      weight_decay: SGD's and Adam's coupled / AdamW's decoupled decay.
+      b1, b2, eps: Adam's hyper-parameters.
       inv_freq, factor_decay, stabilization_factor, reset_mode,
         reset_threshold, clip_value, warmup_steps, statistics, factor_dtype,
         router: see :func:`optx.scale_by_mkor`.

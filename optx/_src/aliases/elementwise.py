@@ -176,6 +176,7 @@ def sgdp(
     project_momentum_buffer: bool = True,
     router: routing.Router | None = None,
     mu_dtype: Any = None,
+    dampening: Any = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     """SGDP: SGD-momentum whose update loses its radial part on scale-invariant weights.
 
@@ -183,7 +184,7 @@ def sgdp(
 
     .. math::
 
-      b_t = μ b_{t-1} + g_t,\\qquad d_t = \\begin{cases} g_t + μ b_t & \\text{nesterov} \\\\
+      b_t = μ b_{t-1} + (1 - \\text{dampening})\\, g_t,\\qquad d_t = \\begin{cases} g_t + μ b_t & \\text{nesterov} \\\\
                                                       b_t & \\text{otherwise} \\end{cases}
 
       w ← w - η\\Big(Π(d_t) + \\frac{λ ρ}{1-μ} w\\Big)
@@ -193,7 +194,8 @@ def sgdp(
     ``nesterov=False`` the direction *is* the momentum buffer and the official
     code projects it in place, so a projected buffer carries into later steps
     (``project_momentum_buffer=False`` keeps the buffer unprojected). The
-    official ``dampening`` argument (default 0) is not exposed. The class has
+    official ``dampening`` (default 0) scales the gradient entering the buffer
+    (``adamp/sgdp.py`` @7f6f038 line 70). The class has
     no default learning rate (0.1 here, the README's); the README also uses
     ``momentum=0.9, nesterov=True, weight_decay=1e-5``.
 
@@ -207,6 +209,7 @@ def sgdp(
         the buffer when ``nesterov=False``.
       router: see :func:`optx.adamp`.
       mu_dtype: momentum dtype.
+      dampening: the official dampening of the buffer (default 0).
 
     References:
       Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
@@ -222,7 +225,9 @@ def sgdp(
     base.check_learning_rate("learning_rate", learning_rate)
     base.check_in_range("momentum", momentum, 0.0, 1.0)
     router = routing.as_router(router)
-    inner = moments.scale_by_momentum(momentum, kind="sum", nesterov=nesterov, mu_dtype=mu_dtype)
+    inner = moments.scale_by_momentum(
+        momentum, kind="sum", nesterov=nesterov, mu_dtype=mu_dtype, dampening=dampening
+    )
     feedback = None
     if project_momentum_buffer and not nesterov:
 

@@ -709,7 +709,7 @@ def frugal(
     density: float = 0.25,
     update_proj_gap: int = 200,
     projection: str = "block",
-    order: str = "random",
+    order: str = "descending",
     side: str = "std",
     reset_statistics: bool = True,
     inactive_update_rule: str | None = "sign",
@@ -749,7 +749,11 @@ def frugal(
     parameter, active or not (optax order); all matrices switch subspace at
     the same step (``step % T == 0``, including step 0); ``sign(0) = 0``;
     the regular parameters get plain AdamW (never reset). Block orders
-    ``'random'``, ``'ascending'``, ``'descending'`` (the 130M script); the
+    ``'random'``, ``'ascending'``, ``'descending'`` — the official pre-training
+    scripts use ``'descending'``, the default here; the official
+    ``BlockOptimizer`` resets the state of newly chosen blocks whatever
+    ``reset_statistics`` says (optx's default ``True`` does the same;
+    ``False`` carries the slots over, an optx option); the
     code read is the fork ``hungquangbui02022003/FRUGAL`` (the upstream
     ``philip-zmushko/FRUGAL`` was not available).
 
@@ -761,7 +765,8 @@ def frugal(
       update_proj_gap: ``T`` (static; 200).
       projection: ``'block'``, ``'svd'``, ``'orthogonal'``, ``'random'``,
         ``'coordinate'``.
-      order: block order (``projection='block'`` only).
+      order: block order (``projection='block'`` only; default
+        ``'descending'``, the official scripts').
       side: projected side for the projection kinds.
       reset_statistics: reset the stateful optimizer at every re-choice.
       inactive_update_rule: ``'sign'`` (signSGD), ``'sgd'`` or None.

@@ -46,17 +46,37 @@ def fallback_adamw(
     adam_weight_decay: Any,
     mu_dtype: Any,
     nu_dtype: Any,
+    *,
+    eps_placement: str = "corrected",
 ) -> optax.GradientTransformationExtraArgs:
     """The AdamW used for leaves routed to ``'fallback'`` by a matrix alias.
 
     Its learning rate is ``adam_learning_rate`` if given, else
     ``adam_lr_ratio × learning_rate`` (so one schedule drives both groups).
+    ``eps_placement='corrected'`` is :func:`optx.adamw` (``m̂/(√v̂ + ε)``);
+    ``'uncorrected'`` puts ε on the uncorrected ``√v`` and folds the bias
+    correction into the step, ``m/(√v + ε)·√(1−β₂ᵗ)/(1−β₁ᵗ)`` (HF/torch-style
+    AdamW of the ROOT, GaLore and APOLLO codes).
     """
     if adam_learning_rate is None:
         lr = scaled_learning_rate(learning_rate, adam_lr_ratio)
     else:
         base.check_learning_rate("adam_learning_rate", adam_learning_rate)
         lr = adam_learning_rate
+    base.check_choice("eps_placement", eps_placement, moments.EPS_PLACEMENTS)
+    if eps_placement == "uncorrected":
+        return optax.chain(
+            moments.scale_by_adam(
+                adam_b1,
+                adam_b2,
+                adam_eps,
+                mu_dtype=mu_dtype,
+                nu_dtype=nu_dtype,
+                eps_placement="uncorrected",
+            ),
+            optax.add_decayed_weights(adam_weight_decay),
+            optax.scale_by_learning_rate(lr),
+        )
     return adamw(
         lr,
         adam_b1,
@@ -669,6 +689,7 @@ def root(
     adam_b2: Any = 0.95,
     adam_eps: Any = 1e-8,
     adam_weight_decay: Any = None,
+    adam_eps_placement: str = "uncorrected",
 ) -> optax.GradientTransformationExtraArgs:
     """ROOT: robust orthogonalized optimizer (soft-threshold + AdaNewton).
 
@@ -710,9 +731,10 @@ def root(
     * The built-in AdamW for 1-D, ``embed_tokens`` and ``lm_head`` uses the
       same lr and weight decay, β = (0.9, 0.95), ε = 1e-8, and folds bias
       correction into the lr (``m/(√v + ε)·√(1−β₂ᵗ)/(1−β₁ᵗ)``, i.e. ε scaled by
-      ``√(1−β₂ᵗ)``); optx's fallback is :func:`optx.adamw` with the same lr
-      (``adam_lr_ratio=1``) and decay (``adam_weight_decay=None`` = λ), ε added
-      to the bias-corrected ``√v̂`` (a ≤ 1e-8 difference in the denominator).
+      ``√(1−β₂ᵗ)``); optx's fallback reproduces it (``adam_eps_placement=
+      'uncorrected'``, the default) with the same lr (``adam_lr_ratio=1``) and
+      decay (``adam_weight_decay=None`` = λ); ``'corrected'`` is
+      :func:`optx.adamw`'s ``m̂/(√v̂ + ε)``.
     * The official class asserts 2-D parameters (conv kernels would break
       ``p.add_``); optx handles conv and stacked leaves through their layouts.
 
@@ -732,6 +754,8 @@ def root(
       weight_decay_mask, mu_dtype, nu_dtype, router: see :func:`optx.muon`.
       adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
         adam_weight_decay: the fallback AdamW.
+      adam_eps_placement: ``'uncorrected'`` (official, see above) or
+        ``'corrected'`` (:func:`optx.adamw`).
 
     References:
       He et al., "ROOT: Robust Orthogonalized Optimizer for Neural Network
@@ -768,6 +792,7 @@ def root(
         weight_decay if adam_weight_decay is None else adam_weight_decay,
         mu_dtype,
         nu_dtype,
+        eps_placement=adam_eps_placement,
     )
     return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
 

@@ -403,7 +403,8 @@ def cosmos(
       lr_ratio: ρ, the matrix step RMS relative to ``η`` (0.1; README 0.2).
       rank: subspace rank r (64; static).
       gamma: weight of the Newton–Schulz residual (0.2).
-      nesterov: official Nesterov form (on).
+      nesterov: official Nesterov form (on); ``False`` is the official other
+        branch (the raw gradient over ``c₁``, see :func:`optx.scale_by_cosmos`).
       ns_coefficients, ns_steps, ns_dtype: Newton–Schulz settings.
       weight_decay_mask: optional mask for the matrix decay.
       mu_dtype, nu_dtype: moment dtypes (also the fallback AdamW's).
