@@ -36,7 +36,8 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "hybrid_auon": ({"weight_decay": 0.1}, {}),
     "adamp": ({"weight_decay": 0.1}, {}),
     "sgdp": ({"weight_decay": 0.1}, {}),
-    "galore": ({"weight_decay": 0.1}, {"rank": 64, "scale": 0.25}),
+    # rank < min side (3): a rank that reaches the smaller side routes the leaf to AdamW.
+    "galore": ({"weight_decay": 0.1, "rank": 2}, {"rank": 2, "scale": 0.25}),
     "conda": ({"weight_decay": 0.1}, {}),
     "adabelief": ({"weight_decay": 0.1}, {}),
     "exadam": ({"weight_decay": 0.1}, {}),
