@@ -378,7 +378,7 @@ def _projected_transform(
                 return p
             geo = geometry(lay)
             _, r_spec = specs(p, geo)
-            return sharding.zeros_with_spec(geo.projected_shape(), p.dtype, r_spec)
+            return sharding.zeros_with_spec(geo.projected_shape(), p.dtype, r_spec, like=p)
 
         return jax.tree_util.tree_map_with_path(leaf, params, is_leaf=base.is_leaf_or_none)
 
@@ -389,7 +389,7 @@ def _projected_transform(
             geo = geometry(lay)
             shape, dtype = _projector_shape_dtype(projection, geo)
             p_spec, _ = specs(p, geo)
-            return sharding.zeros_with_spec(shape, dtype, p_spec)
+            return sharding.zeros_with_spec(shape, dtype, p_spec, like=p)
 
         def init_key(path: Any, p: Any) -> Any:
             if p is None:
@@ -912,12 +912,9 @@ def scale_by_block_subspace(
         leaves, treedef, groups, lays = groups_of(updates)
         info = sizes(leaves, groups, lays)
         refresh = state.count % gap == 0
-        explicit = bool(sharding.explicit_axes())
 
         def matrices(k: int) -> jax.Array:
-            x = leaves[k]
-            if explicit and sharding.is_sharded(x):
-                x = jax.sharding.reshard(x, PartitionSpec())
+            x = sharding.replicate(leaves[k])
             return layouts.to_matrices(x, lays[k])
 
         stacks = {
