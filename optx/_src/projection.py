@@ -52,6 +52,7 @@ identical across ``init`` and ``update``.
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections import defaultdict
 from collections.abc import Callable
@@ -831,7 +832,9 @@ def scale_by_block_subspace(
 
     Args:
       inner: the stateful transform (default ``optx.scale_by_adam()``).
-      density: fraction ρ of active matrices per shape group (static).
+      density: fraction ρ of active matrices per shape group (static): round(ρ·N)
+        blocks of a group of N, at least 1 when ρ > 0 (with a warning when
+        round(ρ·N) = 0, which would leave the group to the residual alone).
       update_proj_gap: ``T`` (static).
       order: ``'random'``, ``'ascending'`` or ``'descending'``.
       residual: ``'sign'`` (signSGD, official default), ``'sgd'`` or ``None``.
@@ -882,6 +885,15 @@ def scale_by_block_subspace(
         for g, idx in groups.items():
             n = sum(lays[i].batch_size for i in idx)
             n_active = round(float(density) * n)
+            if n_active == 0 and density > 0:
+                # round(ρ·N) = 0 would silently make FRUGAL pure signSGD.
+                warnings.warn(
+                    f"FRUGAL: round(density·N) = round({float(density)}·{n}) = 0 active "
+                    f"blocks among {n} matrices of shape {lays[idx[0]].matrix_shape[1:]}; "
+                    "taking 1.",
+                    stacklevel=2,
+                )
+                n_active = 1
             if n_active > 0:  # groups without active blocks carry no state at all
                 _, fi, fo = lays[idx[0]].matrix_shape
                 out[g] = (n, n_active, fi, fo, leaves[idx[0]].dtype)
