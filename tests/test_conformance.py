@@ -20,8 +20,6 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jax.sharding import AxisType, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import optx
 from tests.conformance import problems
@@ -263,65 +261,8 @@ def test_abstract_init(name: str) -> None:
     assert jax.tree.structure(direct) == jax.tree.structure(concrete)
 
 
-# ----------------------------------------------------------------------------
-# Sharding: 8 CPU devices, hidden matrices actually sharded
-# ----------------------------------------------------------------------------
-
-
-def _sharded_case(mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
-    params = problems.mixed_params()
-    specs = jax.tree.map(lambda _: P(), params)
-    specs["hidden"]["kernel"] = P("data", "model")  # (8, 16): both dims sharded
-    specs["stack"]["kernel"] = P(None, "model", "data")  # (3, 16, 8)
-    specs["head"]["kernel"] = P("model", None)
-    return params, specs
-
-
-@pytest.mark.parametrize("name", GROUPED)
-def test_sharded_state_stable_under_explicit_mesh(name: str) -> None:
-    spec, tx, step = _spec(name), _shared_tx(name), _shared_step(name)
-    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
-    params, specs = _sharded_case(mesh)
-    _ref_params, _, ref_updates = step(params, tx.init(params), jnp.asarray(0))
-    with jax.set_mesh(mesh):
-        sharded = jax.tree.map(
-            lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs
-        )
-        state0 = tx.init(sharded)
-        p1, state1, updates = step(sharded, state0, jnp.asarray(0))
-        assert jax.tree.map(jax.typeof, state1) == jax.tree.map(jax.typeof, state0)
-        _p2, state2, _ = step(p1, state1, jnp.asarray(1))
-        assert jax.tree.map(jax.typeof, state2) == jax.tree.map(jax.typeof, state0)
-        # The hidden kernel stays sharded on both mesh axes through the update.
-        assert jax.typeof(updates["hidden"]["kernel"]).sharding.spec == P("data", "model")
-        assert jax.typeof(p1["hidden"]["kernel"]).sharding.spec == P("data", "model")
-        abstract_shardings = optx.state_shardings(tx, sharded)
-        for s, a in zip(jax.tree.leaves(state0), jax.tree.leaves(abstract_shardings)):
-            assert s.sharding.is_equivalent_to(a, s.ndim), (s.sharding, a)
-    # Same numbers as the single-device run: the sharded matrix path is exercised.
-    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates)):
-        tol = spec.equivalence_tolerance
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4 * tol, atol=1e-6 * tol)
-    if spec.uses_matrix_path:
-        router = optx.router_of(tx)
-        assert router is not None
-        assert router.group("hidden/kernel", params["hidden"]["kernel"]) == "matrix"
-
-
-@pytest.mark.parametrize("name", GROUPED)
-def test_sharded_init_under_auto_mesh(name: str) -> None:
-    """Auto axes: jitted init with out_shardings from optx.state_shardings."""
-    tx, step = _shared_tx(name), _shared_step(name)
-    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
-    params, specs = _sharded_case(mesh)
-    sharded = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs)
-    shardings = optx.state_shardings(tx, sharded)
-    state = jax.jit(tx.init, out_shardings=shardings)(sharded)
-    for s, sh in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)):
-        assert s.sharding.is_equivalent_to(sh, s.ndim)
-    with jax.set_mesh(mesh):
-        _, state1, _ = step(sharded, state, jnp.asarray(0))
-    assert jax.tree.structure(state1) == jax.tree.structure(state)
+# Sharding (8 CPU devices, Explicit and Auto axes, with and without a mesh
+# context) is checked in tests/conformance/test_mesh.py.
 
 
 # ----------------------------------------------------------------------------

@@ -357,18 +357,21 @@ def test_block_subspace_matches_reference_ascending_order() -> None:
         residual_scale=0.5,
         layout=optx.DENSE,
     )
-    state = tx.init(jax.tree.map(jnp.asarray, grads[0]))
-    assert set(state.active) == {"6x5_float32"}  # round(0.4·1) = 0: no state for 5x6
+    with pytest.warns(UserWarning, match=r"round\(0.4·1\) = 0 active blocks"):
+        state = tx.init(jax.tree.map(jnp.asarray, grads[0]))
+        ours = _run(tx, grads)
+    # round(0.4·5) = 2 blocks of 6x5; round(0.4·1) = 0 of 5x6 is raised to 1.
     assert state.active["6x5_float32"].shape == (2,)
-    ours = _run(tx, grads)
+    assert state.active["5x6_float32"].shape == (1,)
     b1, b2, eps = 0.9, 0.999, 1e-8
     start, t, m, v, active = 0, 0, None, None, None
+    mc = vc = 0.0
     for step, (g, out) in enumerate(zip(grads, ours)):
         stack = np.concatenate([g["a"], g["b"][None]])  # the 6x5 group, N = 5
         if step % 2 == 0:  # refresh: next two blocks cyclically, state reset
             active = [(start + i) % 5 for i in range(2)]
             start = (start + 2) % 5
-            t, m, v = 0, 0.0, 0.0
+            t, m, v, mc, vc = 0, 0.0, 0.0, 0.0, 0.0
         t += 1
         A = stack[active]
         m = b1 * m + (1 - b1) * A
@@ -377,7 +380,23 @@ def test_block_subspace_matches_reference_ascending_order() -> None:
         full[active] = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
         np.testing.assert_allclose(out["a"], full[:4], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(out["b"], full[4], rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(out["c"], 0.5 * np.sign(g["c"]))
+        mc = b1 * mc + (1 - b1) * g["c"]
+        vc = b2 * vc + (1 - b2) * g["c"] ** 2
+        ref_c = (mc / (1 - b1**t)) / (np.sqrt(vc / (1 - b2**t)) + eps)
+        np.testing.assert_allclose(out["c"], ref_c, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("n", "density", "expected"), [(3, 0.5, 2), (1, 0.5, 1)])
+def test_block_subspace_block_count_rounds_and_takes_at_least_one(n, density, expected) -> None:
+    """ρN = 1.5 rounds to 2 (not int's 1); ρN = 0.5 rounds to 0, raised to 1 with a warning."""
+    g = {"s": jnp.ones((n, 4, 3))}
+    tx = optx.scale_by_block_subspace(density=density, layout=optx.DENSE)
+    if density * n < 1:
+        with pytest.warns(UserWarning, match="taking 1"):
+            state = tx.init(g)
+    else:
+        state = tx.init(g)
+    assert state.active["4x3_float32"].shape == (expected,)
 
 
 def test_block_subspace_random_order_draws_distinct_blocks() -> None:

@@ -374,9 +374,9 @@ def zeros_from_axes(
     spec = sharding.spec_of(like)
     if spec is None:
         return jnp.zeros(shape, dtype)
-    entries = tuple(spec) + (None,) * (len(jnp.shape(like)) - len(spec))
-    out = PartitionSpec(*(None if a is None else entries[a] for a in source_axes))
-    return jnp.zeros(shape, dtype, out_sharding=out)
+    out = PartitionSpec(*(None if a is None else spec[a] for a in source_axes))
+    out = sharding.divisible_spec(out, shape, like)
+    return sharding.zeros(shape, dtype, sharding.named(out, like))
 
 
 def mode_source_axis(view: ModeView, mode: int) -> int | None:
@@ -409,11 +409,8 @@ def call_keeping_shardings(fn: Callable[[Any, Any], Any], arrays: Any, scalars: 
     ``scalars`` (hyper-parameters, counters) are passed through as arguments
     rather than closed over.
     """
-    leaves = jax.tree.leaves(arrays)
-    if not any(sharding.is_sharded(x) for x in leaves):
-        return fn(arrays, scalars)
-    specs = jax.tree.map(sharding.spec_of, arrays)
-    return jax.sharding.auto_axes(fn, out_sharding=specs)(arrays, scalars)
+    specs = jax.tree.map(sharding.spec_or_replicated, arrays)
+    return sharding.call_with_out_specs(fn, (arrays, scalars), specs)
 
 
 # ----------------------------------------------------------------------------

@@ -74,7 +74,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import PartitionSpec
 
 from optx._src import base, layouts, routing, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
@@ -269,7 +268,7 @@ def _run_gathered(fn: Callable[..., Any], x: jax.Array, *args: Any) -> Any:
     """
     if not sharding.is_sharded(x):
         return fn(x, *args)
-    out = fn(jax.sharding.reshard(x, PartitionSpec()), *args)
+    out = fn(sharding.replicate(x), *args)
     return (sharding.reshard_like(out[0], x), *out[1:])
 
 

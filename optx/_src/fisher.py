@@ -187,19 +187,14 @@ def scale_by_mfac(
     def global_update(updates: Any, state: ScaleByMFACState) -> tuple[Any, ScaleByMFACState]:
         slot = state.count % m
         specs = jax.tree.map(sharding.spec_of, updates)
-        if any(sharding.is_sharded(x) for x in jax.tree.leaves(updates)):
-            updates_r = jax.tree.map(
-                lambda x: jax.sharding.reshard(x, jax.sharding.PartitionSpec()), updates
-            )
-        else:
-            updates_r = updates
+        updates_r = jax.tree.map(sharding.replicate, updates)
         flat, unravel = ravel_pytree(updates_r)
         G, gram = _insert(state.grads, state.gram, flat, slot)
         u = _ifvp_newest(G, gram, slot, damp, gram.dtype)
         out = unravel(u.astype(flat.dtype))
         out = jax.tree.map(
             lambda y, x, s: (
-                jax.sharding.reshard(y, s) if s is not None and sharding.is_sharded(x) else y
+                sharding.reshard(y, s, like=x) if s is not None and sharding.is_sharded(x) else y
             ).astype(x.dtype),
             out,
             updates,
@@ -224,10 +219,8 @@ def scale_by_mfac(
                 return u.reshape(x.shape), G, gram
 
             if sharding.is_sharded(g):
-                spec = sharding.spec_of(g)
-                P = jax.sharding.PartitionSpec
-                return jax.sharding.auto_axes(fn, out_sharding=(spec, P(), P()))(
-                    g, G, gram, slot, jnp.asarray(damp)
+                return sharding.call_with_out_specs(
+                    fn, (g, G, gram, slot, jnp.asarray(damp)), (sharding.spec_of(g), None, None)
                 )
             return fn(g, G, gram, slot, damp)
 

@@ -313,14 +313,8 @@ def _sharded_call(fn: Any, args: tuple[Any, ...], outs_like: Any) -> Any:
     replicated outputs), so matrix math over sharded contracting dimensions
     compiles and the results keep a fixed sharding.
     """
-    if not any(sharding.is_sharded(x) for x in jax.tree.leaves(args)):
-        return fn(*args)
-    replicated = jax.sharding.PartitionSpec()
-    if outs_like is None:
-        out_sharding = replicated
-    else:
-        out_sharding = jax.tree.map(lambda x: sharding.spec_of(x) or replicated, outs_like)
-    return jax.sharding.auto_axes(fn, out_sharding=out_sharding)(*args)
+    out_specs = None if outs_like is None else jax.tree.map(sharding.spec_of, outs_like)
+    return sharding.call_with_out_specs(fn, args, out_specs)
 
 
 def scale_by_mkor(
@@ -464,6 +458,7 @@ def scale_by_mkor(
 
     def init_fn(params: base.Params) -> ScaleByMKORState:
         plan = _plan(params, router)
+        leaves = dict(base.flatten_with_paths(params)[0])
 
         def layer_state(layer: _Layer) -> MKORLayerState:
             lay = layer.layout
@@ -472,12 +467,14 @@ def scale_by_mkor(
             def eye(n: int) -> jax.Array:
                 return jnp.broadcast_to(jnp.eye(n, dtype=factor_dtype), (lay.batch_size, n, n))
 
-            return MKORLayerState(
+            state = MKORLayerState(
                 a_inv=eye(na),
                 g_inv=eye(lay.fan_out),
                 reset_a=jnp.ones((lay.batch_size,), jnp.bool_),
                 reset_g=jnp.ones((lay.batch_size,), jnp.bool_),
             )
+            # Replicated on the params' mesh (typed as under jax.set_mesh).
+            return sharding.put_like(state, leaves[layer.path])
 
         return ScaleByMKORState(
             count=jnp.zeros([], jnp.int32),

@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import PartitionSpec
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from optx._src import base, layouts, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
@@ -389,12 +389,14 @@ def _orthogonalize_batched(
     groups: dict[tuple[int, int, Any], list[int]] = defaultdict(list)
     mats: list[jax.Array] = []
     transposed: list[bool] = []
-    mesh_axes = sharding.context_mesh_axes()
-    explicit = bool(sharding.explicit_axes())
+    # The mesh comes from the leaves' own types (no ``jax.set_mesh`` needed);
+    # Auto-axes leaves carry no spec, so the mesh in context is the fallback.
+    mesh = sharding.mesh_of([x for x, _ in leaves])
+    if mesh is None and not jax.sharding.get_abstract_mesh().empty:
+        mesh = jax.sharding.get_abstract_mesh()
+    explicit = mesh is not None and AxisType.Explicit in mesh.axis_types
     for i, (x, lay) in enumerate(leaves):
-        if explicit and sharding.is_sharded(x):
-            x = jax.sharding.reshard(x, PartitionSpec())
-        m = layouts.to_matrices(x, lay)
+        m = layouts.to_matrices(sharding.replicate(x), lay)
         t = m.shape[-2] > m.shape[-1]
         if t:
             m = jnp.swapaxes(m, -1, -2)
@@ -402,23 +404,22 @@ def _orthogonalize_batched(
         transposed.append(t)
         groups[(m.shape[-2], m.shape[-1], m.dtype)].append(i)
     outs: list[jax.Array | None] = [None] * len(leaves)
-    mesh = jax.sharding.get_abstract_mesh()
-    n_dev = 1 if mesh.empty else math.prod(mesh.axis_sizes)
+    n_dev = 1 if mesh is None else math.prod(mesh.axis_sizes)
     for idx in groups.values():
         stack = jnp.concatenate([mats[i] for i in idx], axis=0)
         total = stack.shape[0]
-        if mesh_axes and n_dev > 1:
+        if n_dev > 1:
             pad = (-total) % n_dev
             if pad:
                 stack = jnp.concatenate([stack, jnp.zeros((pad, *stack.shape[1:]), stack.dtype)])
-            spec = PartitionSpec(mesh_axes, None, None)
+            target = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names), None, None))
             if explicit:
-                stack = jax.sharding.reshard(stack, spec)
+                stack = jax.sharding.reshard(stack, target)
             else:
-                stack = jax.lax.with_sharding_constraint(stack, spec)
+                stack = jax.lax.with_sharding_constraint(stack, target)
         out = newton_schulz(stack, coefficients, steps, compute_dtype=compute_dtype)
         if explicit:
-            out = jax.sharding.reshard(out, PartitionSpec())
+            out = jax.sharding.reshard(out, NamedSharding(mesh, PartitionSpec()))
         out = out[:total]
         offset = 0
         for i in idx:

@@ -53,6 +53,7 @@ identical across ``init`` and ``update``.
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections import defaultdict
 from collections.abc import Callable
@@ -394,7 +395,7 @@ def _projected_transform(
                 return p
             geo = geometry(lay)
             _, r_spec = specs(p, geo)
-            return sharding.zeros_with_spec(geo.projected_shape(), p.dtype, r_spec)
+            return sharding.zeros_with_spec(geo.projected_shape(), p.dtype, r_spec, like=p)
 
         return jax.tree_util.tree_map_with_path(leaf, params, is_leaf=base.is_leaf_or_none)
 
@@ -405,7 +406,7 @@ def _projected_transform(
             geo = geometry(lay)
             shape, dtype = _projector_shape_dtype(projection, geo, p.dtype)
             p_spec, _ = specs(p, geo)
-            return sharding.zeros_with_spec(shape, dtype, p_spec)
+            return sharding.zeros_with_spec(shape, dtype, p_spec, like=p)
 
         def init_key(path: Any, p: Any) -> Any:
             if p is None:
@@ -847,7 +848,9 @@ def scale_by_block_subspace(
 
     Args:
       inner: the stateful transform (default ``optx.scale_by_adam()``).
-      density: fraction ρ of active matrices per shape group (static).
+      density: fraction ρ of active matrices per shape group (static): round(ρ·N)
+        blocks of a group of N, at least 1 when ρ > 0 (with a warning when
+        round(ρ·N) = 0, which would leave the group to the residual alone).
       update_proj_gap: ``T`` (static).
       order: ``'random'``, ``'ascending'`` or ``'descending'``.
       residual: ``'sign'`` (signSGD, official default), ``'sgd'`` or ``None``.
@@ -898,6 +901,15 @@ def scale_by_block_subspace(
         for g, idx in groups.items():
             n = sum(lays[i].batch_size for i in idx)
             n_active = round(float(density) * n)
+            if n_active == 0 and density > 0:
+                # round(ρ·N) = 0 would silently make FRUGAL pure signSGD.
+                warnings.warn(
+                    f"FRUGAL: round(density·N) = round({float(density)}·{n}) = 0 active "
+                    f"blocks among {n} matrices of shape {lays[idx[0]].matrix_shape[1:]}; "
+                    "taking 1.",
+                    stacklevel=2,
+                )
+                n_active = 1
             if n_active > 0:  # groups without active blocks carry no state at all
                 _, fi, fo = lays[idx[0]].matrix_shape
                 out[g] = (n, n_active, fi, fo, leaves[idx[0]].dtype)
@@ -928,12 +940,9 @@ def scale_by_block_subspace(
         leaves, treedef, groups, lays = groups_of(updates)
         info = sizes(leaves, groups, lays)
         refresh = state.count % gap == 0
-        explicit = bool(sharding.explicit_axes())
 
         def matrices(k: int) -> jax.Array:
-            x = leaves[k]
-            if explicit and sharding.is_sharded(x):
-                x = jax.sharding.reshard(x, PartitionSpec())
+            x = sharding.replicate(leaves[k])
             return layouts.to_matrices(x, lays[k])
 
         stacks = {

@@ -23,6 +23,7 @@ structural ``tree_map_params`` cannot express it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,37 +36,157 @@ from optx._src import base
 
 STRATEGIES = ("auto", "replicate", "batched")
 
+# Each array's own type says which mesh it lives on (``jax.typeof(x).sharding``),
+# so nothing here reads the mesh in context: an update jitted on explicitly
+# sharded arrays runs the same code, with the same numbers, with or without
+# ``jax.set_mesh``. Shardings are built as ``NamedSharding(mesh_of(x), spec)``
+# (a bare ``PartitionSpec`` would need the context mesh).
 
-def explicit_axes() -> tuple[str, ...]:
-    """Names of the Explicit axes of the mesh in context (``jax.set_mesh``)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
+
+def _named_sharding_of(x: Any) -> NamedSharding | None:
+    """``x``'s NamedSharding with a non-empty mesh, concrete where ``x`` is.
+
+    Concrete arrays and ``jax.ShapeDtypeStruct`` carry a concrete ``Mesh``
+    (needed to create arrays outside ``jit``); tracers an ``AbstractMesh``.
+    The spec is padded to ``x``'s rank.
+    """
+    if isinstance(x, jax.ShapeDtypeStruct):
+        sh = x.sharding
+        if not isinstance(sh, NamedSharding):
+            return None
+        ndim = len(x.shape)
+    else:
+        try:
+            sh = jax.typeof(x).sharding
+        except (TypeError, AttributeError):
+            return None
+        if not isinstance(sh, NamedSharding):
+            return None
+        ndim = jnp.ndim(x)
+        concrete = None if isinstance(x, jax.core.Tracer) else getattr(x, "sharding", None)
+        if isinstance(concrete, NamedSharding) and isinstance(concrete.mesh, jax.sharding.Mesh):
+            sh = NamedSharding(concrete.mesh, sh.spec)
+    if sh.mesh.empty:
+        return None
+    spec = tuple(sh.spec) + (None,) * (ndim - len(sh.spec))
+    return NamedSharding(sh.mesh, PartitionSpec(*spec))
+
+
+def _has_explicit_axis(mesh: Any) -> bool:
+    return any(t == AxisType.Explicit for t in mesh.axis_types)
+
+
+def mesh_of(*trees: Any) -> Any:
+    """The mesh the first array leaf of ``trees`` placed on a mesh lives on, or None.
+
+    Explicit meshes are preferred (they decide how ``jit`` types the arrays);
+    a mesh with only Auto axes is returned when no leaf has an Explicit one.
+    """
+    found = None
+    for leaf in jax.tree.leaves(trees):
+        sh = _named_sharding_of(leaf)
+        if sh is None:
+            continue
+        if _has_explicit_axis(sh.mesh):
+            return sh.mesh
+        found = found if found is not None else sh.mesh
+    return found
+
+
+def explicit_axes(*trees: Any) -> tuple[str, ...]:
+    """Names of the Explicit axes of the mesh the arrays in ``trees`` live on.
+
+    Without arrays (the old form), the mesh in context (``jax.set_mesh``).
+    """
+    mesh = mesh_of(*trees) if trees else jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
         return ()
     return tuple(n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit)
 
 
-def context_mesh_axes() -> tuple[str, ...]:
-    """All axis names of the mesh in context, or ``()``."""
-    mesh = jax.sharding.get_abstract_mesh()
-    return () if mesh.empty else tuple(mesh.axis_names)
-
-
 def spec_of(x: Any) -> PartitionSpec | None:
-    """The PartitionSpec in ``x``'s type under an Explicit mesh, else None."""
-    if not explicit_axes():
+    """The PartitionSpec in ``x``'s own type when its mesh has Explicit axes, else None.
+
+    Read from the array (``jax.typeof(x).sharding``), not from the mesh in
+    context, so it is the same with or without ``jax.set_mesh``.
+    """
+    sh = _named_sharding_of(x)
+    if sh is None or not _has_explicit_axis(sh.mesh):
         return None
-    try:
-        sharding = jax.typeof(x).sharding
-    except Exception:
-        return None
-    spec = getattr(sharding, "spec", None)
-    return spec if isinstance(spec, PartitionSpec) else None
+    return sh.spec
 
 
 def is_sharded(x: Any) -> bool:
     """True when ``x``'s type names a mesh axis on any dimension."""
     spec = spec_of(x)
     return spec is not None and any(s is not None for s in spec)
+
+
+def named(spec: PartitionSpec | None, like: Any) -> NamedSharding | None:
+    """``spec`` on the (Explicit) mesh ``like`` lives on; None when there is none.
+
+    ``like`` is an array, a tree of arrays or a mesh.
+    """
+    if spec is None:
+        return None
+    if isinstance(like, jax.sharding.Mesh | jax.sharding.AbstractMesh):
+        mesh = like
+    else:
+        mesh = mesh_of(like)
+    if mesh is None or not _has_explicit_axis(mesh):
+        return None
+    return NamedSharding(mesh, spec)
+
+
+def reshard(y: jax.Array, spec: PartitionSpec, like: Any = None) -> jax.Array:
+    """Reshards ``y`` to ``spec`` on ``like``'s mesh (default: ``y``'s own).
+
+    A no-op when neither lives on a mesh with Explicit axes.
+    """
+    target = named(spec, y if like is None else like)
+    if target is None:
+        return y
+    return jax.sharding.reshard(y, target)
+
+
+def replicate(x: jax.Array) -> jax.Array:
+    """``x`` resharded to replicated on its own mesh (no-op if unsharded)."""
+    if not is_sharded(x):
+        return x
+    return reshard(x, PartitionSpec())
+
+
+def zeros(shape: Sequence[int], dtype: Any, target: NamedSharding | None) -> jax.Array:
+    """``jnp.zeros(shape, dtype)`` with sharding ``target`` (None: unsharded).
+
+    On a concrete mesh (eager ``init``, the mesh taken from a concrete array)
+    the zeros are placed with ``jax.device_put``, which needs no mesh in
+    context; on an abstract mesh (under ``jit``) they are typed with
+    ``out_sharding``.
+    """
+    shape = tuple(int(d) for d in shape)
+    if target is None:
+        return jnp.zeros(shape, dtype)
+    if isinstance(target.mesh, jax.sharding.Mesh):
+        return jax.device_put(jnp.zeros(shape, dtype), target)
+    return jnp.zeros(shape, dtype, out_sharding=target)
+
+
+def put_like(x: Any, like: Any, spec: PartitionSpec | None = None) -> Any:
+    """``x`` (a tree) placed on ``like``'s Explicit mesh with ``spec`` (default replicated).
+
+    State an ``init`` creates from scratch (identity factors, flags) would
+    otherwise live on no mesh when no ``jax.set_mesh`` is active, and ``jit``
+    would let the compiler choose its output sharding, so the next step's
+    types differ. Placing it on the params' mesh types it as under
+    ``jax.set_mesh``. A no-op when ``like`` is on no Explicit mesh.
+    """
+    target = named(PartitionSpec() if spec is None else spec, like)
+    if target is None:
+        return x
+    if isinstance(target.mesh, jax.sharding.Mesh):
+        return jax.device_put(x, target)
+    return jax.sharding.reshard(x, target)
 
 
 def derived_spec(
@@ -84,8 +205,9 @@ def zeros_like_spec(
     """Zeros of ``shape`` sharded like ``like`` (an array of the same rank).
 
     Axes where ``keep`` is False (default: axes whose size differs from
-    ``like``'s, e.g. reduced statistics) are unsharded. Outside an Explicit
-    mesh this is plain ``jnp.zeros``.
+    ``like``'s, e.g. reduced statistics) are unsharded, and so is any axis
+    whose size the mesh axes do not divide. For an array ``like`` on no
+    Explicit mesh this is plain ``jnp.zeros``.
     """
     shape = tuple(int(d) for d in shape)
     spec = spec_of(like)
@@ -95,18 +217,35 @@ def zeros_like_spec(
     if keep is None:
         keep = [len(like_shape) == len(shape) and a == b for a, b in zip(like_shape, shape)]
         keep += [False] * (len(shape) - len(keep))
-    out_spec = derived_spec(spec, len(shape), keep)
-    return jnp.zeros(shape, dtype, out_sharding=out_spec)
+    out_spec = divisible_spec(derived_spec(spec, len(shape), keep), shape, like)
+    return zeros(shape, dtype, named(out_spec, like))
+
+
+def divisible_spec(spec: PartitionSpec, shape: Sequence[int], like: Any) -> PartitionSpec:
+    """``spec`` with every axis whose size its mesh axes do not divide unsharded."""
+    mesh = mesh_of(like)
+    if mesh is None:
+        return spec
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+
+    def ok(entry: Any, d: int) -> bool:
+        if entry is None:
+            return True
+        names = entry if isinstance(entry, tuple) else (entry,)
+        return d % math.prod(sizes[n] for n in names) == 0
+
+    entries = tuple(spec) + (None,) * (len(shape) - len(spec))
+    return PartitionSpec(*(e if ok(e, d) else None for e, d in zip(entries, shape)))
 
 
 def reshard_like(y: jax.Array, x: jax.Array) -> jax.Array:
-    """Reshards ``y`` to ``x``'s sharding type (no-op outside Explicit meshes)."""
+    """Reshards ``y`` to ``x``'s sharding type (no-op when ``x`` is on no Explicit mesh)."""
     spec = spec_of(x)
     if spec is None:
         return y
     if spec_of(y) == spec:
         return y
-    return jax.sharding.reshard(y, spec)
+    return reshard(y, spec, like=x)
 
 
 def apply_matrix_fn(
@@ -114,7 +253,7 @@ def apply_matrix_fn(
 ) -> jax.Array:
     """Runs shape-preserving matrix math ``fn`` on a possibly sharded ``x``.
 
-    * ``'auto'``: under an Explicit mesh with ``x`` sharded, wraps ``fn`` in
+    * ``'auto'``: with ``x`` sharded over Explicit mesh axes, wraps ``fn`` in
       ``jax.sharding.auto_axes`` with ``out_sharding`` = ``x``'s sharding, so
       contractions over sharded dimensions compile (XLA inserts collectives).
     * ``'replicate'``: reshards ``x`` to replicated, runs ``fn`` on every
@@ -122,16 +261,19 @@ def apply_matrix_fn(
     * ``'batched'`` is a tree-level strategy (see
       :func:`optx.scale_by_newton_schulz`); per leaf it behaves like ``'auto'``.
 
-    Outside a mesh, or for an unsharded ``x``, this is ``fn(x)``.
+    The mesh is ``x``'s own (no ``jax.set_mesh`` needed); a replicated ``x``
+    on an Explicit mesh also runs under ``auto_axes``, so arrays ``fn``
+    creates live on that mesh as they would under ``jax.set_mesh``. For ``x``
+    on no mesh (or on Auto axes only, where the compiler shards), this is
+    ``fn(x)``.
     """
     base.check_choice("strategy", strategy, STRATEGIES)
-    if not is_sharded(x):
-        return fn(x)
     spec = spec_of(x)
+    if spec is None:
+        return fn(x)
     if strategy == "replicate":
-        y = fn(jax.sharding.reshard(x, PartitionSpec()))
-        return jax.sharding.reshard(y, spec)
-    return jax.sharding.auto_axes(fn, out_sharding=spec)(x)
+        return reshard(fn(replicate(x)), spec, like=x)
+    return jax.sharding.auto_axes(fn, out_sharding=named(spec, x))(x)
 
 
 def _explicit_mesh_like(mesh: Any) -> jax.sharding.Mesh | jax.sharding.AbstractMesh:
@@ -187,9 +329,11 @@ def state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
         state = jax.eval_shape(tx.init, abstract)
 
     def to_sharding(s: Any) -> NamedSharding:
+        # Specs padded to the leaf's rank, as jit types its outputs: a state placed
+        # with P() where a step returns P(None,) would compile the step twice.
         sh = getattr(s, "sharding", None)
-        spec = sh.spec if isinstance(sh, NamedSharding) else PartitionSpec()
-        return NamedSharding(mesh, spec)
+        spec = tuple(sh.spec) if isinstance(sh, NamedSharding) else ()
+        return NamedSharding(mesh, PartitionSpec(*spec, *(None,) * (len(s.shape) - len(spec))))
 
     return jax.tree.map(to_sharding, state)
 
@@ -197,38 +341,57 @@ def state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
 def call_with_out_specs(fn: Callable[..., Any], args: Sequence[Any], out_specs: Any) -> Any:
     """Runs ``fn(*args)``, fixing the output shardings when inputs are sharded.
 
-    Under an Explicit mesh with any array in ``args`` sharded, ``fn`` runs inside
-    ``jax.sharding.auto_axes`` (the compiler picks the collectives for reshapes,
-    contractions and gathers over sharded dimensions) and its outputs get the
-    ``PartitionSpec``\\ s in ``out_specs`` (a pytree matching the output). That is
-    how non-param-shaped results (projections, quantization scales, projected
-    moments) keep the sharding their ``init`` gave them (see
-    :func:`zeros_like_spec`). Otherwise this is plain ``fn(*args)``.
+    With any array in ``args`` on a mesh with Explicit axes (sharded or
+    replicated), ``fn`` runs inside ``jax.sharding.auto_axes`` on that mesh (the compiler picks
+    the collectives for reshapes, contractions, eigh/QR/SVD and gathers over
+    sharded dimensions) and its outputs get the ``PartitionSpec``\\ s in
+    ``out_specs`` (a pytree matching the output; ``None`` entries are
+    replicated). That is how non-param-shaped results (projections,
+    quantization scales, projected moments, Kronecker factors) keep the sharding
+    their ``init`` gave them (see :func:`zeros_like_spec`). Otherwise this is
+    plain ``fn(*args)``. The mesh in context plays no part.
     """
-    if not any(is_sharded(a) for a in jax.tree.leaves(tuple(args))):
+    on_mesh = [a for a in jax.tree.leaves(tuple(args)) if spec_of(a) is not None]
+    if not on_mesh:
         return fn(*args)
-    return jax.sharding.auto_axes(fn, out_sharding=out_specs)(*args)
+    mesh = mesh_of(on_mesh[0])
+    out_sharding = jax.tree.map(
+        lambda s: NamedSharding(mesh, PartitionSpec() if s is None else s),
+        out_specs,
+        is_leaf=lambda s: s is None or isinstance(s, PartitionSpec),
+    )
+    return jax.sharding.auto_axes(fn, out_sharding=out_sharding)(*args)
 
 
 def spec_or_replicated(x: Any) -> PartitionSpec:
-    """``x``'s PartitionSpec under an Explicit mesh, else the replicated ``P()``."""
+    """``x``'s PartitionSpec on an Explicit mesh, else the replicated ``P()``."""
     spec = spec_of(x)
     return PartitionSpec() if spec is None else spec
 
 
-def zeros_with_spec(shape: Sequence[int], dtype: Any, spec: PartitionSpec | None) -> jax.Array:
-    """Zeros with an explicit ``PartitionSpec`` under an Explicit mesh.
+def zeros_with_spec(
+    shape: Sequence[int], dtype: Any, spec: PartitionSpec | None, like: Any = None
+) -> jax.Array:
+    """Zeros with an explicit ``PartitionSpec`` on ``like``'s Explicit mesh.
 
     For state whose rank differs from its parameter's (projectors, projected
     moments, per-block scales) :func:`zeros_like_spec` cannot line axes up;
-    the caller derives ``spec`` from the parameter's (e.g. with
-    :func:`matrix_view_specs`). Outside an Explicit mesh, or with ``spec=None``,
-    this is plain ``jnp.zeros``.
+    the caller derives ``spec`` from the parameter ``like`` (e.g. with
+    :func:`matrix_view_specs`). Axes the mesh does not divide are unsharded.
+    Without a mesh (``like`` on none, and none in context), or with
+    ``spec=None``, this is plain ``jnp.zeros``.
     """
     shape = tuple(int(d) for d in shape)
-    if spec is None or not explicit_axes():
+    if spec is None:
         return jnp.zeros(shape, dtype)
-    return jnp.zeros(shape, dtype, out_sharding=spec)
+    mesh = mesh_of(like) if like is not None else None
+    if mesh is None:
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty or not _has_explicit_axis(mesh):
+            return jnp.zeros(shape, dtype)
+        return jnp.zeros(shape, dtype, out_sharding=spec)
+    spec = divisible_spec(spec, shape, like)
+    return zeros(shape, dtype, named(spec, mesh))
 
 
 def matrix_view_specs(x: Any, layout: Any) -> tuple[Any, Any, Any] | None:

@@ -761,7 +761,8 @@ def frugal(
       learning_rate: scalar or schedule (scripts 1e-3, cosine, warmup).
       b1, b2, eps: Adam hyper-parameters of the stateful part.
       weight_decay: λ, decoupled, pre-step (scripts 0; class 0.01).
-      density: ρ, the stateful fraction (static; 0.25; 0 = signSGD only).
+      density: ρ, the stateful fraction (static; 0.25; 0 = signSGD only): round(ρ·N)
+        blocks per shape group, at least 1 (with a warning) when ρ > 0.
       update_proj_gap: ``T`` (static; 200).
       projection: ``'block'``, ``'svd'``, ``'orthogonal'``, ``'random'``,
         ``'coordinate'``.
