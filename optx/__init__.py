@@ -242,6 +242,41 @@ def __dir__():
     return sorted([*globals(), *_LAZY_ADAPTER_MODULES])
 
 
+# --- Evolution strategies: EGGROLL, OpenES (issue 15) ---
+# isort: split
+from optx._src.aliases.evolution import eggroll, openes
+from optx._src.evolution import (
+    LowRankNoise,
+    ScaleByEggrollState,
+    es_evaluate,
+    es_gradient,
+    es_noise,
+    es_router,
+    es_tree_key,
+    perturb,
+    perturbed_matmul,
+    scale_by_eggroll,
+    shape_fitness,
+)
+
+# isort: split
+
+# --- Structured sparsity: WGSEF (issue 15) ---
+# isort: split
+from optx._src.aliases.sparsity import wgsef
+from optx._src.sparsity import (
+    GroupSparseEnvelopeState,
+    from_groups,
+    group_axes,
+    group_norms,
+    group_sparse_envelope,
+    group_sparse_envelope_prox,
+    group_sparsity,
+    sparse_envelope,
+    sparse_envelope_prox,
+    to_groups,
+)
+
 # isort: split
 
 from optx._src.base import path_to_str

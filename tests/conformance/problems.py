@@ -80,6 +80,31 @@ def matrix_least_squares() -> Problem:
     )
 
 
+def quantized_least_squares() -> Problem:
+    """``½ mean(q(X W + b − Y)²)`` with residuals quantized to steps of 0.05.
+
+    Piecewise constant: its gradient is zero almost everywhere, so only a
+    zeroth-order method (evolution strategies) can minimize it. The
+    conformance problem of the ``'evolution'`` family
+    (``tests/conformance/test_zeroth_order.py``); ``(W*, b*)`` is exact.
+    """
+    r = _rng(2)
+    n, d_in, d_out = 16, 4, 3
+    X = jnp.asarray(r.normal(size=(n, d_in)), jnp.float32)
+    W = jnp.asarray(r.uniform(-0.5, 0.5, (d_in, d_out)), jnp.float32)
+    b = jnp.asarray(r.uniform(-0.3, 0.3, (d_out,)), jnp.float32)
+    Y = X @ W + b
+    target = {"hidden": {"kernel": W}, "bias": b}
+
+    def loss(p: Any) -> jax.Array:
+        residual = X @ p["hidden"]["kernel"] + p["bias"] - Y
+        return 0.5 * jnp.mean((0.05 * jnp.round(residual / 0.05)) ** 2)
+
+    return Problem(
+        "quantized_least_squares", lambda: jax.tree.map(jnp.zeros_like, target), loss, target, 300
+    )
+
+
 PROBLEMS: dict[str, Callable[[], Problem]] = {
     "parabola": parabola,
     "rosenbrock": rosenbrock,
