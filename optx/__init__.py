@@ -317,7 +317,7 @@ from optx._src.registry import (
     register,
     registered_specs,
 )
-from optx._src.model_routing import LoraPair, lora_pairs, router_for
+from optx._src.model_routing import router_for
 from optx._src.routing import (
     Assignment,
     Router,

@@ -22,10 +22,16 @@ together. :func:`lora_pairs` finds the pairs once, behind one function:
   :class:`optx.ScaledLoRA`, :class:`optx.GatedLoRA`, :class:`optx.LoRAXS`),
   which also finds each adapter's base kernel and forward scale;
 * from a parameter tree (arrays, ``ShapeDtypeStruct`` or an ``nnx.State``),
-  by the NNX names: sibling leaves ``lora_a``/``lora_b`` (case-insensitive),
-  plus ``lora_gate`` (SoRA) and ``lora_core`` (LoRA-XS / LoRA-SB) siblings and
-  the base kernel at ``<parent>/base_module/kernel`` (``nnx.LoRA`` wrapping a
-  module) or ``<grandparent>/kernel`` (``nnx.LoRALinear``'s ``lora`` child).
+  by the names the routing rules give roles ``'lora_a'``/``'lora_b'``
+  (:func:`optx.default_rules`): sibling leaves ``lora_a``/``lora_b``
+  (case-insensitive; also linen/PEFT-style ``lora_A/kernel``), plus
+  ``lora_gate`` (SoRA) and ``lora_core`` (LoRA-XS / LoRA-SB) siblings and the
+  base kernel at ``<parent>/base_module/kernel`` (``nnx.LoRA`` wrapping a
+  module), ``<parent>/base_layer/kernel`` (PEFT), ``<parent>/kernel`` or
+  ``<grandparent>/kernel`` (``nnx.LoRALinear``'s ``lora`` child).
+
+The module types are those :func:`optx.router_for` gives the roles
+``'lora_a'``/``'lora_b'``/``'lora_base'`` (shown by :func:`optx.describe`).
 
 Optimizer states stay per-leaf (DESIGN §2): a pair's state lives on its ``A``
 leaf and its ``B`` leaf gets ``optax.MaskedNode()``, so ``optax.chain``,
@@ -209,8 +215,17 @@ def _pairs_from_paths(leaves: dict[str, Any], skip: frozenset[str] = frozenset()
             continue
         parent, name = _split(path)
         key = name.lower()
+        if key == "kernel" and _split(parent)[1].lower() in (A_NAME, B_NAME):
+            parent, key = _split(parent)  # linen / PEFT style: `<parent>/lora_A/kernel`
+            key = key.lower()
         if key in ADAPTER_NAMES:
-            by_parent.setdefault(parent, {})[key] = path
+            slot = by_parent.setdefault(parent, {})
+            if key in slot:
+                raise ValueError(
+                    f"LoRA adapter '{parent or '/'}' has two '{key}' leaves: "
+                    f"'{slot[key]}' and '{path}'."
+                )
+            slot[key] = path
     pairs = []
     for parent, found in sorted(by_parent.items()):
         a, b = found.get(A_NAME), found.get(B_NAME)
@@ -225,7 +240,11 @@ def _pairs_from_paths(leaves: dict[str, Any], skip: frozenset[str] = frozenset()
                 "(route them to the same group)."
             )
         grandparent, parent_name = _split(parent)
-        candidates = [_join(parent, "base_module", "kernel"), _join(parent, "kernel")]
+        candidates = [
+            _join(parent, "base_module", "kernel"),
+            _join(parent, "base_layer", "kernel"),
+            _join(parent, "kernel"),
+        ]
         if parent_name.lower() == "lora":  # nnx.LoRALinear keeps its adapter in `lora`
             candidates.append(_join(grandparent, "kernel"))
         base_path = next((c for c in candidates if c in leaves), None)
@@ -278,8 +297,8 @@ def lora_pairs(model_or_params: Any) -> tuple[LoRAPair, ...]:
 
     Raises:
       ValueError: an ``lora_a`` without a sibling ``lora_b`` (or vice versa),
-        factors whose ranks or leading axes disagree, or a gate/core whose
-        shape does not match the rank.
+        two leaves of the same kind in one adapter, factors whose ranks or
+        leading axes disagree, or a gate/core whose shape does not match the rank.
 
     Example:
       >>> import optx

@@ -1,4 +1,4 @@
-"""Routing from a model's structure: :func:`router_for` and :func:`lora_pairs`.
+"""Routing from a model's structure: :func:`router_for`.
 
 Names alone cannot route every model: linen calls a model's last layer
 ``Dense_1``, an NNX conv may be called ``c1``, a scanned block's down-projection
@@ -39,9 +39,9 @@ module                                 routing
                                        (``transpose_kernel=True`` swaps the channel axes)
 ``Embed``                              ``embedding`` → ``embedding_group`` (fallback)
 ``LoRA`` / ``LoRALinear``              ``lora_a (in, r)``, ``lora_b (r, out)`` →
-                                       ``lora_group`` (fallback), roles and pairing for
-                                       :func:`lora_pairs`; the wrapped kernel gets role
-                                       ``'lora_base'``
+                                       ``lora_group`` (fallback), roles ``'lora_a'``/
+                                       ``'lora_b'`` with ``pair`` (for :func:`optx.describe`);
+                                       the wrapped kernel gets role ``'lora_base'``
 norms (Layer/RMS/Batch/Group/Instance) ``norm`` → fallback
 biases of the above                    ``bias/scale`` → fallback
 the output layer                       ``head`` → ``output_group`` (fallback)
@@ -53,7 +53,7 @@ any other module type                  the name rules (:func:`optx.default_rules
 LoRA recipe, and an ``r × out`` factor is not a hidden weight matrix whose
 orthogonalized update means anything (``lora_group='matrix'`` routes them as
 dense matrices instead). Methods that need both factors of an adapter together
-(LoRA-Pro, LoRA-SB, SoRA) get them from :func:`lora_pairs`.
+(LoRA-Pro, LoRA-SB, SoRA) get them from :func:`optx.lora_pairs`.
 """
 
 from __future__ import annotations
@@ -646,116 +646,3 @@ def router_for(
         table=entries,
         overrides=name_router.overrides,
     )
-
-
-# -- LoRA pairs ----------------------------------------------------------------------
-
-
-class LoraPair(NamedTuple):
-    """One LoRA adapter: the paths of its factors ``A (…, in, r)`` and ``B (…, r, out)``.
-
-    Attributes:
-      module: path of the adapter (the ``nnx.LoRA`` module, or the path before
-        ``lora_a``/``lora_b`` for name-routed trees).
-      a, b: the '/'-joined paths of ``A`` and ``B`` in the parameter tree.
-      base: path of the (frozen) kernel the adapter adds to, or None if unknown.
-      rank: ``r``.
-    """
-
-    module: str
-    a: str
-    b: str
-    base: str | None
-    rank: int
-
-
-def _name_base(pair: str, paths: dict[str, tuple[int, ...]]) -> str | None:
-    parent = pair.rsplit("/", 1)[0] if "/" in pair else ""
-    candidates = [f"{pair}/kernel", f"{pair}/base_layer/kernel", f"{pair}/base_module/kernel"]
-    if pair.rsplit("/", 1)[-1].lower() == "lora":
-        candidates.append(f"{parent}/kernel" if parent else "kernel")
-    for c in candidates:
-        if len(paths.get(c, ())) >= 2:
-            return c
-    return None
-
-
-def lora_pairs(source: Any = None, params: Any = None) -> tuple[LoraPair, ...]:
-    """The LoRA adapters of a model or parameter tree, each with both factors.
-
-    Factors are recognized by module type (``nnx.LoRA``, ``nnx.LoRALinear``,
-    through :func:`router_for`) or by name (``lora_a``/``lora_b``, also
-    ``lora_A/kernel``, through the default rules), and paired by their module.
-
-    Args:
-      source: an NNX model (routed with :func:`router_for`), a
-        :class:`~optx.Router` (e.g. ``router_for(model)``), a transform whose
-        router is used (:func:`optx.router_of`), or None (the default name rules).
-      params: the parameter tree (arrays, ``ShapeDtypeStruct``, an NNX State,
-        or the NNX model). Optional when ``source`` is a model.
-
-    Returns:
-      the pairs, in the order of their ``A`` factors in ``params``.
-
-    Raises:
-      ValueError: an ``A`` without its ``B`` (or the reverse), two factors of the
-        same kind in one adapter, or a rank mismatch (``A``'s last axis is not
-        ``B``'s fan-in axis, or their stacked axes differ).
-
-    Example:
-      >>> import optx
-      >>> from flax import nnx
-      >>> model = nnx.eval_shape(lambda: nnx.LoRALinear(8, 4, lora_rank=2, rngs=nnx.Rngs(0)))
-      >>> optx.lora_pairs(model)
-      (LoraPair(module='lora', a='lora/lora_a', b='lora/lora_b', base='kernel', rank=2),)
-    """
-    if routing._is_nnx_module(source):
-        router = router_for(source)
-        tree = routing.model_params(source if params is None else params)
-    else:
-        if params is None:
-            raise TypeError("lora_pairs needs the parameter tree: optx.lora_pairs(router, params).")
-        if isinstance(source, Router) or source is None:
-            router = routing.as_router(source)
-        else:
-            router = routing.router_of(source) or routing.default_router()
-        tree = routing.model_params(params)
-    assignments = router.assignments(tree)
-    shapes = {a.path: a.shape for a in assignments}
-    factors: dict[str, dict[str, Assignment]] = {}
-    bases: dict[str, str] = {}
-    order: list[str] = []
-    for a in assignments:
-        if a.role == LORA_BASE:
-            bases[a.pair] = a.path
-        if a.role not in (LORA_A, LORA_B):
-            continue
-        slot = factors.setdefault(a.pair, {})
-        if a.pair not in order:
-            order.append(a.pair)
-        if a.role in slot:
-            raise ValueError(
-                f"LoRA adapter '{a.pair}' has two '{a.role}' factors: '{slot[a.role].path}' and '{a.path}'."
-            )
-        slot[a.role] = a
-    pairs = []
-    for pair in order:
-        slot = factors[pair]
-        for role, other in ((LORA_A, LORA_B), (LORA_B, LORA_A)):
-            if other not in slot:
-                raise ValueError(
-                    f"LoRA factor '{slot[role].path}' has no matching '{other}' in adapter '{pair}'."
-                )
-        a, b = slot[LORA_A], slot[LORA_B]
-        if (
-            len(a.shape) != len(b.shape)
-            or a.shape[-1] != b.shape[-2]
-            or a.shape[:-2] != b.shape[:-2]
-        ):
-            raise ValueError(
-                f"LoRA rank mismatch in adapter '{pair}': A '{a.path}' {a.shape} and "
-                f"B '{b.path}' {b.shape} (expected A (..., in, r) and B (..., r, out))."
-            )
-        base_path = bases.get(pair) or _name_base(pair, shapes)
-        pairs.append(LoraPair(pair, a.path, b.path, base_path, int(a.shape[-1])))
-    return tuple(pairs)
