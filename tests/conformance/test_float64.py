@@ -121,9 +121,20 @@ def test_float64_matches_reference(name: str) -> None:
         assert err <= RTOL, f"{name} {k}: max relative error {err:.3g} > {RTOL}"
 
 
+# Registered optimizers whose float64 check lives next to their golden data (their update
+# needs pairs, fitness values or a post-step prox that the generic problem above lacks).
+CHECKED_ELSEWHERE = {
+    "lora_pro": "tests/aliases/test_adapters.py (official golden in float64, 2.4e-13)",
+    "sora": "tests/aliases/test_adapters.py (float64 NumPy reference)",
+    "eggroll": "tests/test_evolution.py (official golden in float64, 1.5e-15)",
+    "wgsef": "tests/test_sparsity.py (float64 NumPy reference of the prox and the alias)",
+}
+
+
 def test_every_registered_optimizer_is_listed() -> None:
     registered = set(optx.list_optimizers())
-    assert registered == set(CASES) | NOT_YET, registered ^ (set(CASES) | NOT_YET)
+    listed = set(CASES) | NOT_YET | set(CHECKED_ELSEWHERE)
+    assert registered == listed, registered ^ listed
     assert not set(CASES) & NOT_YET
 
 
