@@ -266,9 +266,12 @@ def agvm(
             scales = momentum * state.scales + (1.0 - momentum) * jnp.sqrt(ratio)
             return scales.astype(jnp.float32), proxy.astype(jnp.float32)
 
-        scales, proxy = jax.lax.cond(
-            measure, measured, lambda _: (state.scales, state.variance_proxy), None
-        )
+        if n == 0:  # an empty tree has no groups: nothing to modulate
+            scales, proxy = state.scales, state.variance_proxy
+        else:
+            scales, proxy = jax.lax.cond(
+                measure, measured, lambda _: (state.scales, state.variance_proxy), None
+            )
         inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra)
         applied = jnp.where(in_window, scales, jnp.ones_like(scales))
         # Scaled in (at least) f32 and returned in the gradient's dtype.
