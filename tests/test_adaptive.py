@@ -219,9 +219,9 @@ def _matrices(x: np.ndarray, shape_kind: str) -> np.ndarray:
 
 
 def _gsnr(block: np.ndarray, eps: float = 1e-8) -> float:
-    n = block.size
-    std = np.std(block, ddof=1) if n > 1 else 0.0  # torch: NaN -> 0
-    return float(np.linalg.norm(block) / (std + eps))
+    if block.size == 1:  # no std: scale 1 (the official NaN -> 0 gives |g|/eps, divergent)
+        return 1.0
+    return float(np.linalg.norm(block) / (np.std(block, ddof=1) + eps))
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -243,13 +243,25 @@ def test_scale_by_sai_matches_reference(shape: str) -> None:
 
 
 def test_sai_single_element_and_vector_blocks() -> None:
-    """A 1-element tensor gets |g|/eps (unbiased std NaN -> 0); a vector one scale."""
+    """A 1-element block gets scale 1 (no std; the official |g|/eps diverges); a
+    vector one scale."""
     tx = optx.scale_by_sai()
-    params = {"scalar": jnp.zeros(()), "one": jnp.zeros((1,)), "bias": jnp.zeros((4,))}
-    g = {"scalar": jnp.asarray(2e-8), "one": jnp.asarray([-3e-8]), "bias": jnp.arange(4.0)}
-    _, s = tx.update(g, tx.init(params))
-    np.testing.assert_allclose(float(s.gsnr["scalar"]), 2.0, rtol=1e-5)
-    np.testing.assert_allclose(float(s.gsnr["one"][0]), 3.0, rtol=1e-5)
+    params = {
+        "scalar": jnp.zeros(()),
+        "one": jnp.zeros((1,)),
+        "unit": {"kernel": jnp.zeros((1, 1))},
+        "bias": jnp.zeros((4,)),
+    }
+    g = {
+        "scalar": jnp.asarray(2.0),
+        "one": jnp.asarray([-3.0]),
+        "unit": {"kernel": jnp.asarray([[0.5]])},
+        "bias": jnp.arange(4.0),
+    }
+    u, s = tx.update(g, tx.init(params))
+    assert float(s.gsnr["scalar"]) == 1.0 and float(s.gsnr["one"][0]) == 1.0
+    assert float(s.gsnr["unit"]["kernel"].ravel()[0]) == 1.0
+    np.testing.assert_allclose(float(u["scalar"]), 2.0)  # the first momentum is g
     np.testing.assert_allclose(float(s.gsnr["bias"][0]), _gsnr(np.arange(4.0)), rtol=1e-6)
 
 

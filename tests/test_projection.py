@@ -360,9 +360,12 @@ def test_block_subspace_matches_reference_ascending_order() -> None:
     with pytest.warns(UserWarning, match=r"round\(0.4·1\) = 0 active blocks"):
         state = tx.init(jax.tree.map(jnp.asarray, grads[0]))
         ours = _run(tx, grads)
-    # round(0.4·5) = 2 blocks of 6x5; round(0.4·1) = 0 of 5x6 is raised to 1.
-    assert state.active["6x5_float32"].shape == (2,)
-    assert state.active["5x6_float32"].shape == (1,)
+    # The 6x5 group's state sits at its first leaf: round(0.4·5) = 2 blocks; the 5x6
+    # group's round(0.4·1) = 0 is raised to 1 (with the warning above).
+    assert state.active["a"].shape == (2,)
+    assert isinstance(state.active["b"], optax.MaskedNode)
+    assert state.active["c"].shape == (1,)
+    assert state.inner_state.mu["a"].shape == (2, 6, 5)
     b1, b2, eps = 0.9, 0.999, 1e-8
     start, t, m, v, active = 0, 0, None, None, None
     mc = vc = 0.0
@@ -406,7 +409,7 @@ def test_block_subspace_random_order_draws_distinct_blocks() -> None:
     draws = []
     for _ in range(4):
         _, state = tx.update(g, state)
-        draws.append(tuple(np.asarray(state.active["4x4_float32"])))
+        draws.append(tuple(np.asarray(state.active["s"])))
     assert all(len(set(d)) == 4 for d in draws) and len(set(draws)) > 1
 
 

@@ -484,10 +484,13 @@ def _block_shape(x: Any, lay: ResolvedLayout | None) -> tuple[int, ...]:
 
 
 def block_gsnr(g: jax.Array, lay: ResolvedLayout | None, eps: Any) -> jax.Array:
-    """``‖g‖₂ / (std(g) + ε)`` per block, with torch's *unbiased* std (NaN → 0).
+    """``‖g‖₂ / (std(g) + ε)`` per block, with torch's *unbiased* std.
 
-    A single-element block has an undefined unbiased std, which the official
-    code turns into 0 (``nan_to_num``): its scale is ``|g|/ε``.
+    A single-element block has an undefined unbiased std. The official code
+    turns it into 0 (``nan_to_num``), so its scale is ``|g|/ε`` (≈ 1e8·|g|) and
+    any scalar or 1×1 parameter diverges; optx gives such a block the scale
+    ``√numel = 1`` (the official 1.1.0 ``sqrt_numel`` rule), so the update stays
+    finite: momentum SGD on that element.
     """
     axes = _block_axes(g, lay)
     n = math.prod(jnp.shape(g)[a] for a in axes)
@@ -498,7 +501,7 @@ def block_gsnr(g: jax.Array, lay: ResolvedLayout | None, eps: Any) -> jax.Array:
         var = jnp.sum(jnp.square(g32 - mean), axis=axes, keepdims=True) / (n - 1)
         std = jnp.sqrt(var)
     else:
-        std = jnp.zeros_like(norm)
+        return jnp.ones_like(norm)
     return norm / (std + eps)
 
 
@@ -526,7 +529,11 @@ def scale_by_sai(
     **unbiased** (n − 1) std over the block, NaN → 0, so a single-element
     block gets ``gsnr = |g|/ε`` (≈ 1e8·|g|); the first momentum buffer is a
     *copy* of ``g`` (not ``(1 − μ) g``); a block whose first gradient is zero
-    is frozen forever (``gsnr = 0``). The official code computes one scale per
+    is frozen forever (``gsnr = 0``).
+
+    Deviation from the official code: a **single-element** block (a scalar, a
+    1×1 matrix) has no std; the official ``nan_to_num`` makes its scale
+    ``|g|/ε`` (≈ 1e8·|g|: the parameter diverges), optx uses 1 (``√numel``). The official code computes one scale per
     *tensor*; optx uses one per matrix for leaves with a layout, so a scanned
     ``(L, in, out)`` stack gets the L scales its L PyTorch tensors would get
     (leaves without a layout, e.g. stacked biases, get one scale per leaf).

@@ -368,7 +368,7 @@ def scale_by_adahessian(
         if block_size is None:
             return lambda d: d
         layout = router.layout(path, leaf)
-        if layout is None:
+        if layout is None or not layouts.has_matrix_view(leaf):
             return lambda d: d
         lay = layouts.resolve_layout(layout, jnp.shape(leaf), path)
         if block_size != -1 and lay.fan_in % block_size:

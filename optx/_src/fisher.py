@@ -152,7 +152,7 @@ def scale_by_mfac(
 
     def leaf_blocks(x: Any, path: str) -> tuple[layouts.ResolvedLayout | None, int, int]:
         layout = router.layout(path, x)
-        if layout is None:
+        if layout is None or not layouts.has_matrix_view(x):
             return None, 1, int(math.prod(jnp.shape(x)))
         lay = layouts.resolve_layout(layout, jnp.shape(x), path)
         return lay, lay.batch_size, lay.fan_in * lay.fan_out
@@ -199,7 +199,6 @@ def scale_by_mfac(
             out,
             updates,
             specs,
-            is_leaf=lambda v: v is None,
         )
         return out, ScaleByMFACState(optax.safe_increment(state.count), G, gram)
 

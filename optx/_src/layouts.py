@@ -29,6 +29,9 @@ Primitives take a ``layout`` argument (a :data:`LayoutSpec`):
   (so it keeps working inside ``optax.partition``/``optax.masked``).
 
 Leaves without a layout are passed through unchanged by matrix primitives.
+**Zero-size leaves** (a ``(0, 4)`` kernel, an empty stack) have no matrix view:
+:func:`resolved_layout_fn` (and so every matrix primitive) treats them as
+leaves without a layout, and they pass through (their update is empty).
 """
 
 from __future__ import annotations
@@ -244,11 +247,23 @@ def layout_fn_from_spec(spec: LayoutSpec) -> LayoutFn:
     return lookup
 
 
+def has_matrix_view(leaf: Any) -> bool:
+    """Whether a leaf can be seen as matrices at all: it has at least one element.
+
+    A zero-size leaf gets no layout (it passes through matrix primitives)."""
+    return math.prod(jnp.shape(leaf)) > 0
+
+
 def resolved_layout_fn(spec: LayoutSpec) -> Callable[[str, Any], ResolvedLayout | None]:
-    """Like :func:`layout_fn_from_spec` but validated against each leaf's shape."""
+    """Like :func:`layout_fn_from_spec` but validated against each leaf's shape.
+
+    Zero-size leaves resolve to None (see :func:`has_matrix_view`).
+    """
     fn = layout_fn_from_spec(spec)
 
     def resolved(path: str, leaf: Any) -> ResolvedLayout | None:
+        if not has_matrix_view(leaf):
+            return None
         layout = fn(path, leaf)
         if layout is None:
             return None

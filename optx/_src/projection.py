@@ -789,12 +789,21 @@ class BlockSubspaceState(NamedTuple):
     """State of :func:`scale_by_block_subspace`.
 
     Attributes:
+    ``active``, ``cursor`` and ``inner_state``'s moments mirror the parameter
+    tree (as optax states do, so ``optax.tree.map_params``, ``optax.masked``
+    and checkpoint tools apply): blocks are chosen per matrix-shape group
+    across leaves, and each group's state sits at the group's **first** leaf
+    (in tree order); every other leaf holds ``optax.MaskedNode()``.
+
+    Attributes:
       count: steps taken (int32).
-      active: per matrix-shape group ``'<fan_in>x<fan_out>'``, the int32 indices
-        of the active matrices among the group's ``N`` matrices.
-      cursor: per group, the next start index of the cyclic orders (int32).
+      active: at a group's first leaf, the int32 indices of the active matrices
+        among the group's ``N`` matrices.
+      cursor: at a group's first leaf, the next start index of the cyclic
+        orders (int32).
       key: raw PRNG key data for the random order.
-      inner_state: ``inner``'s state on ``{group: (k, fan_in, fan_out)}``.
+      inner_state: ``inner``'s state on the active blocks: ``(k, fan_in,
+        fan_out)`` at each group's first leaf.
     """
 
     count: jax.Array
@@ -869,7 +878,7 @@ def scale_by_block_subspace(
       >>> tx = optx.scale_by_block_subspace(density=0.5)
       >>> g = {'stack': {'kernel': jnp.ones((4, 8, 8))}}
       >>> state = tx.init(g)
-      >>> state.active['8x8_float32'].shape   # 2 of the 4 stacked matrices
+      >>> state.active['stack']['kernel'].shape   # 2 of the 4 stacked matrices
       (2,)
     """
     if isinstance(density, bool) or not isinstance(density, (int, float)):
@@ -915,19 +924,34 @@ def scale_by_block_subspace(
                 out[g] = (n, n_active, fi, fo, leaves[idx[0]].dtype)
         return out
 
+    def at_owners(treedef: Any, groups: dict[str, list[int]], values: dict[str, Any]) -> Any:
+        """A parameter-structured tree: ``values[g]`` at group ``g``'s first leaf."""
+        owners = {idx[0]: g for g, idx in groups.items() if g in values}
+        n = treedef.num_leaves
+        return treedef.unflatten(
+            [values[owners[k]] if k in owners else optax.MaskedNode() for k in range(n)]
+        )
+
+    def by_group(treedef: Any, groups: dict[str, list[int]], tree: Any, info: Any) -> Any:
+        """Inverse of :func:`at_owners` for the groups in ``info``."""
+        column = treedef.flatten_up_to(tree)
+        return {g: column[idx[0]] for g, idx in groups.items() if g in info}
+
     def init_fn(params: base.Params) -> BlockSubspaceState:
-        leaves, _, groups, lays = groups_of(params)
+        leaves, treedef, groups, lays = groups_of(params)
         info = sizes(leaves, groups, lays)
         templates = {g: jnp.zeros((k, fi, fo), dt) for g, (_, k, fi, fo, dt) in info.items()}
+        active = {g: jnp.zeros((k,), jnp.int32) for g, (_, k, _, _, _) in info.items()}
+        cursor = {
+            g: jnp.asarray(n - 1 if order == "descending" else 0, jnp.int32)
+            for g, (n, _, _, _, _) in info.items()
+        }
         return BlockSubspaceState(
             count=jnp.zeros([], jnp.int32),
-            active={g: jnp.zeros((k,), jnp.int32) for g, (_, k, _, _, _) in info.items()},
-            cursor={
-                g: jnp.asarray(n - 1 if order == "descending" else 0, jnp.int32)
-                for g, (n, _, _, _, _) in info.items()
-            },
+            active=at_owners(treedef, groups, active),
+            cursor=at_owners(treedef, groups, cursor),
             key=jax.random.key_data(jax.random.key(seed)),
-            inner_state=inner.init(templates),
+            inner_state=inner.init(at_owners(treedef, groups, templates)),
         )
 
     def update_fn(
@@ -949,9 +973,11 @@ def scale_by_block_subspace(
             g: jnp.concatenate([matrices(k) for k in idx], axis=0) for g, idx in groups.items()
         }
         use_key, next_key = jax.random.split(jax.random.wrap_key_data(state.key))
+        old_active = by_group(treedef, groups, state.active, info)
+        old_cursor = by_group(treedef, groups, state.cursor, info)
         new_active, new_cursor = {}, {}
         for j, (g, (n, k, _, _, _)) in enumerate(sorted(info.items())):
-            cur = state.cursor[g]
+            cur = old_cursor[g]
             if order == "random":
                 draw = jax.random.permutation(jax.random.fold_in(use_key, j), n)[:k]
                 chosen, moved = draw.astype(jnp.int32), cur
@@ -961,14 +987,17 @@ def scale_by_block_subspace(
             else:
                 chosen = ((cur - jnp.arange(k)) % n).astype(jnp.int32)
                 moved = ((cur - k) % n).astype(jnp.int32)
-            new_active[g] = jnp.where(refresh, chosen, state.active[g])
+            new_active[g] = jnp.where(refresh, chosen, old_active[g])
             new_cursor[g] = jnp.where(refresh, moved, cur)
-        gathered = {g: jnp.take(stacks[g], new_active[g], axis=0) for g in info}
+        gathered = at_owners(
+            treedef, groups, {g: jnp.take(stacks[g], new_active[g], axis=0) for g in info}
+        )
         inner_state = state.inner_state
         if reset_on_refresh:
             fresh = optax.tree.cast_like(inner.init(gathered), inner_state)
             inner_state = jax.lax.cond(refresh, lambda: fresh, lambda: inner_state)
         directions, new_inner = inner.update(gathered, inner_state, None, **extra)
+        directions = by_group(treedef, groups, directions, info)
 
         out_leaves = list(leaves)
         for g, idx in groups.items():
@@ -990,8 +1019,8 @@ def scale_by_block_subspace(
         new_key = jnp.where(refresh, jax.random.key_data(next_key), state.key)
         return jax.tree_util.tree_unflatten(treedef, out_leaves), BlockSubspaceState(
             count=optax.safe_increment(state.count),
-            active=new_active,
-            cursor=new_cursor,
+            active=at_owners(treedef, groups, new_active),
+            cursor=at_owners(treedef, groups, new_cursor),
             key=new_key,
             inner_state=new_inner,
         )

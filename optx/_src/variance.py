@@ -324,9 +324,12 @@ def agvm(
             scales = momentum * state.scales + (1.0 - momentum) * jnp.sqrt(ratio)
             return scales.astype(sdt), proxy.astype(sdt)
 
-        scales, proxy = jax.lax.cond(
-            measure, measured, lambda _: (state.scales, state.variance_proxy), None
-        )
+        if n == 0:  # an empty tree has no groups: nothing to modulate
+            scales, proxy = state.scales, state.variance_proxy
+        else:
+            scales, proxy = jax.lax.cond(
+                measure, measured, lambda _: (state.scales, state.variance_proxy), None
+            )
         if grad_clip is not None:
             clipped = base.clip_grad_norm_like_torch(updates, grad_clip)
             if grad_clip_iter_range is None:

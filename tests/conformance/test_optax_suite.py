@@ -1,0 +1,410 @@
+"""optax's own optimizer test matrix, run on every registered optx optimizer.
+
+The test functions are imported from the installed optax package
+(``optax/_src/alias_test.py`` and ``optax/contrib/_common_test.py``) and called
+unchanged: optax's assertions, problems, step counts and tolerances. Only the
+construction is adapted:
+
+* optax's factory lookups (``alias_test._get_opt``,
+  ``_common_test._get_opt_factory``) are monkeypatched to return the optx
+  factory under test (its signature with evaluated annotations, so optax's
+  ``inspect.signature`` checks see ``optax.ScalarOrSchedule``), called with the
+  keyword arguments in :data:`OPTAX_KWARGS` (a learning rate suited to optax's
+  problems, as optax's own ``_OPTIMIZERS_UNDER_TEST`` picks one per optimizer);
+* an optimizer whose ``update`` needs extra inputs (curvature oracles, losses,
+  half-batch gradients) is wrapped so its registry ``extra_args`` builder
+  (:class:`optx.ExtraArgsContext`) is fed from what optax's tests pass: the
+  contrib matrix passes the objective as ``obj_fn`` when ``opt_name`` is
+  ``'sophia'`` (its hook for optimizers that need the loss), the alias matrix
+  passes the loss value as ``value`` when ``opt_name`` is ``'polyak_sgd'``;
+  those hook names are used for such optimizers.
+
+Every case passes except the exclusions in :data:`EXCLUDED`, each with its
+reason; an excluded case for an optimizer that refuses complex parameters
+asserts the refusal (a ``TypeError`` naming the leaf) instead of skipping.
+
+The full matrix (every optimizer × every optax test × every parametrization,
+~1000 cases, about half an hour on 2 cores) runs with::
+
+    OPTX_OPTAX_MATRIX=full python -m pytest -n 2 tests/conformance/test_optax_suite.py
+
+The default run takes a deterministic subset that still runs every optax test
+function and every optimizer (see :func:`_default_subset`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import optx
+
+alias_test = pytest.importorskip("optax._src.alias_test")
+common_test = pytest.importorskip("optax.contrib._common_test")
+
+NAMES = optx.list_optimizers()
+FULL = os.environ.get("OPTX_OPTAX_MATRIX", "").lower() == "full"
+# Opt-in until the inject_hyperparams literal form (issue 13 §4) and the 8-bit
+# state (quantization.py) land: OPTX_OPTAX_MATRIX=subset or =full.
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("OPTX_OPTAX_MATRIX"), reason="set OPTX_OPTAX_MATRIX=subset or =full"
+)
+
+# ----------------------------------------------------------------------------
+# Construction: the keyword arguments optax's tests call each factory with
+# ----------------------------------------------------------------------------
+
+# optax's problems are tiny (a 3-vector parabola, a 2-vector Rosenbrock, a 2×2
+# matrix parabola) and are run for 10k (alias) or 30k (contrib) steps to a 3e-2
+# tolerance; like optax's own table, each entry picks a learning rate for them.
+OPTAX_KWARGS: dict[str, dict[str, Any]] = {
+    "adabelief": {"learning_rate": 1e-2},
+    "adahessian": {"learning_rate": 1e-1},
+    "adamp": {"learning_rate": 1e-2},
+    "adamw": {"learning_rate": 1e-1},
+    "adamw_8bit": {"learning_rate": 1e-2},
+    "agvm_sgd": {"learning_rate": 1e-3},
+    "apollo": {"learning_rate": 1e-2},
+    "apollo_mini": {"learning_rate": 1e-2},
+    "auon": {"learning_rate": 1e-2},
+    "conda": {"learning_rate": 1e-2},
+    "cosmos": {"learning_rate": 1e-2},
+    "dct_adamw": {"learning_rate": 1e-2},
+    "exadam": {"learning_rate": 1e-2},
+    "frugal": {"learning_rate": 1e-2},
+    "galore": {"learning_rate": 1e-2},
+    "galore_8bit": {"learning_rate": 1e-2},
+    "hybrid_auon": {"learning_rate": 1e-2},
+    "lion": {"learning_rate": 1e-2},
+    "lion_8bit": {"learning_rate": 1e-2},
+    "lion_kappa": {"learning_rate": 1e-2},
+    "lipschitz_muon": {"learning_rate": 1e-2},
+    "mfac": {"learning_rate": 1e-2},
+    "mkor": {"learning_rate": 1e-2},
+    "mkor_h": {"learning_rate": 1e-2},
+    "muon": {"learning_rate": 1e-2},
+    "normuon": {"learning_rate": 1e-2},
+    "root": {"learning_rate": 1e-2},
+    "sgd_momentum_8bit": {"learning_rate": 1e-3},
+    "sgd_sai": {"learning_rate": 1e-2},
+    "sgdp": {"learning_rate": 1e-3},
+    "soap": {"learning_rate": 1e-2},
+    "sophia_g": {"learning_rate": 1e-2},
+    "sophia_h": {"learning_rate": 1e-2},
+}
+
+
+def _evaluated_signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """``fn``'s signature with string annotations evaluated (``from __future__
+    import annotations`` stringifies them; optax compares them to its types)."""
+    try:
+        return inspect.signature(fn, eval_str=True)
+    except Exception:  # an annotation only importable under TYPE_CHECKING
+        return inspect.signature(fn)
+
+
+def _with_extra_inputs(
+    spec: optx.OptimizerSpec, tx: optax.GradientTransformation
+) -> optax.GradientTransformationExtraArgs:
+    """``tx`` with its registry extra inputs built from optax's hooks.
+
+    ``obj_fn`` (contrib's loss hook) becomes the context's ``loss_fn``,
+    ``value`` (alias's ``polyak_sgd`` hook) its ``loss``; extra inputs that
+    would need a missing loss are left out, so the optimizer's own error for a
+    missing input surfaces.
+    """
+    tx = optax.with_extra_args_support(tx)
+    if spec.extra_args is None:
+        return tx
+
+    def update(updates, state, params=None, *, obj_fn=None, value=None, **extra):
+        loss = value
+        if loss is None and obj_fn is not None:
+            loss = obj_fn(params)
+        ctx = optx.ExtraArgsContext(
+            loss_fn=obj_fn, params=params, grads=updates, loss=loss, key=jax.random.key(0)
+        )
+        made = spec.make_extra_args(ctx)
+        if obj_fn is None:
+            for k in ("loss_fn", "sampled_loss_fn"):
+                made.pop(k, None)
+        if loss is None:
+            made.pop("loss", None)
+        return tx.update(updates, state, params, **made, **extra)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update)
+
+
+def optx_factory(name: str) -> Callable[..., optax.GradientTransformationExtraArgs]:
+    """The factory optax's tests receive in place of an optax alias."""
+    spec = optx.get_optimizer(name)
+
+    def factory(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+        return _with_extra_inputs(spec, spec.factory(*args, **kwargs))
+
+    functools.update_wrapper(factory, spec.factory)
+    factory.__signature__ = _evaluated_signature(spec.factory)  # type: ignore[attr-defined]
+    return factory
+
+
+# Optimizers whose update needs the loss function or the loss value.
+_NEEDS_LOSS = ("adahessian", "mkor_h", "sophia_g", "sophia_h")
+
+
+def _hook_name(name: str, suite: str) -> str:
+    """The ``opt_name`` optax's test sees: the optx name, or optax's hook name
+    for an optimizer whose update needs the loss."""
+    if name not in _NEEDS_LOSS:
+        return name
+    return "sophia" if suite == "contrib" else "polyak_sgd"
+
+
+# ----------------------------------------------------------------------------
+# The matrix: optax's test functions and their parametrizations
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class OptaxTest:
+    suite: str  # 'alias' (optax/_src/alias_test.py) or 'contrib' (contrib/_common_test.py)
+    name: str  # the test method's name in optax
+    grid: Mapping[str, tuple[Any, ...]]  # the non-optimizer parametrization, as optax's
+
+    def cases(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [{}]
+        for key, values in self.grid.items():
+            out = [{**o, key: v} for o in out for v in values]
+        return out
+
+    def function(self) -> Callable[..., None]:
+        """optax's test method (the function under absl's parametrization)."""
+        cls = alias_test.AliasTest if self.suite == "alias" else common_test.ContribTest
+        pattern = re.compile(re.escape(self.name) + r"\d+")
+        generated = next(getattr(cls, k) for k in sorted(vars(cls)) if pattern.fullmatch(k))
+        return generated.__wrapped__
+
+    def instance(self) -> Any:
+        cls = alias_test.AliasTest if self.suite == "alias" else common_test.ContribTest
+        return cls()
+
+
+_A, _C = "alias", "contrib"
+TESTS = (
+    OptaxTest(
+        _A,
+        "test_optimization",
+        {
+            "target": (alias_test._setup_parabola, alias_test._setup_rosenbrock),
+            "dtype": (jnp.float32, jnp.complex64),
+        },
+    ),
+    OptaxTest(_A, "test_optimizers_accept_extra_args", {}),
+    OptaxTest(_A, "test_optimizers_can_be_wrapped_in_inject_hyperparams", {}),
+    OptaxTest(_A, "test_preserve_dtype", {"dtype": ("bfloat16", "float32")}),
+    OptaxTest(
+        _A,
+        "test_state_shape_dtype_shard_stability",
+        {
+            "dtype": (
+                jnp.float16,
+                jnp.bfloat16,
+                jnp.float32,
+                jnp.float64,
+                jnp.complex64,
+                jnp.complex128,
+            )
+        },
+    ),
+    OptaxTest(_A, "test_gradient_accumulation", {"dtype": ("bfloat16", "float32")}),
+    OptaxTest(
+        _C,
+        "test_optimizers_accept_extra_args",
+        {"wrapper_name": (None,), "wrapper_kwargs": (None,), "wrap": (False,)},
+    ),
+    OptaxTest(
+        _C,
+        "test_optimizers",
+        {
+            "wrapper_name": (None,),
+            "wrapper_kwargs": (None,),
+            "target": (
+                common_test._setup_parabola,
+                common_test._setup_rosenbrock,
+                common_test._setup_matrix_parabola,
+                common_test._setup_mixed_tensor_target,
+            ),
+            "dtype": ("float32",),
+        },
+    ),
+    OptaxTest(_C, "test_optimizers_can_be_wrapped_in_inject_hyperparams", {}),
+    OptaxTest(_C, "test_preserve_dtype", {"dtype": ("bfloat16", "float32")}),
+    OptaxTest(_C, "test_gradient_accumulation", {"dtype": ("bfloat16", "float32")}),
+    OptaxTest(
+        _C,
+        "test_state_shape_dtype_shard_stability",
+        {
+            "wrapper_name": (None,),
+            "wrapper_kwargs": (None,),
+            "dtype": (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64),
+        },
+    ),
+    OptaxTest(
+        _C,
+        "test_optimizers_accept_learning_rate_schedule_if_type_annotated_as_such",
+        {"wrapper_name": (None,), "wrapper_kwargs": (None,)},
+    ),
+)
+
+
+def _param_id(value: Any) -> str:
+    if callable(value) and hasattr(value, "__name__"):
+        return value.__name__.removeprefix("_setup_")
+    if isinstance(value, type):
+        return value.__name__
+    try:
+        return jnp.dtype(value).name
+    except TypeError:
+        return str(value)
+
+
+def _case_id(test: OptaxTest, params: Mapping[str, Any]) -> str:
+    shown = [_param_id(v) for k, v in params.items() if k not in ("wrapper_name", "wrapper_kwargs")]
+    shown = [s for s in shown if s != "False"]
+    return f"{test.suite}.{test.name.removeprefix('test_')}" + (
+        f"[{','.join(shown)}]" if shown else ""
+    )
+
+
+# ----------------------------------------------------------------------------
+# Exclusions: cases a method cannot meet by design
+# ----------------------------------------------------------------------------
+
+_NEEDS_LOSS_FN = (
+    "needs the loss function (Hessian-vector products / sampled losses); optax's alias "
+    "matrix has no hook that passes the objective (polyak_sgd's `value` is a number): "
+    "the same checks run in the contrib matrix through its `obj_fn` hook"
+)
+
+
+def _needs_loss_fn(name: str) -> bool:
+    return name in ("adahessian", "sophia_g", "sophia_h")
+
+
+def _complex(params: Mapping[str, Any]) -> bool:
+    dtype = params.get("dtype")
+    return dtype is not None and jnp.issubdtype(jnp.dtype(dtype), jnp.complexfloating)
+
+
+def _refuses_complex(name: str) -> bool:
+    """Whether ``name`` refuses complex parameters at init (the complex policy)."""
+    tx = optx.get_optimizer(name).build()
+    try:
+        jax.eval_shape(tx.init, {"w": jax.ShapeDtypeStruct((3,), jnp.complex64)})
+    except TypeError as e:
+        return "complex" in str(e)
+    return False
+
+
+def exclusion(name: str, test: OptaxTest, params: Mapping[str, Any]) -> str | None:
+    """Why ``(name, test, params)`` is excluded, or None when it must pass."""
+    if test.suite == _A and _needs_loss_fn(name):
+        return _NEEDS_LOSS_FN
+    if _complex(params) and _refuses_complex(name):
+        return "refuses complex parameters (TypeError at init naming the leaf)"
+    return None
+
+
+EXCLUDED = {
+    "needs the loss function (alias matrix only)": ("adahessian", "sophia_g", "sophia_h"),
+    "refuses complex parameters (the complex cases of alias.optimization and "
+    "alias.state_shape_dtype_shard_stability assert the TypeError)": "see _refuses_complex",
+}
+
+
+# ----------------------------------------------------------------------------
+# The parametrization: the full matrix, or the default subset
+# ----------------------------------------------------------------------------
+
+ALL_CASES = [
+    (name, test, params, _case_id(test, params))
+    for name in NAMES
+    for test in TESTS
+    for params in test.cases()
+]
+
+
+def _default_subset() -> list[tuple[str, OptaxTest, dict[str, Any], str]]:
+    """One case per optimizer, walking the test functions in turn (optimizer
+    ``i`` runs test ``i mod len(TESTS)`` at parametrization ``i // len(TESTS)``,
+    cycled), so every optimizer and every optax test function runs by default."""
+    picked = []
+    for i, name in enumerate(NAMES):
+        test = TESTS[i % len(TESTS)]
+        cases = test.cases()
+        params = cases[(i // len(TESTS)) % len(cases)]
+        picked.append((name, test, params, _case_id(test, params)))
+    return picked
+
+
+CASES = ALL_CASES if FULL else _default_subset()
+
+
+@pytest.fixture
+def optax_lookups(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Points optax's factory lookups at the optx optimizer under test."""
+
+    def use(name: str) -> None:
+        factory = optx_factory(name)
+        monkeypatch.setattr(alias_test, "_get_opt", lambda self, opt_name: factory)
+        monkeypatch.setattr(common_test, "_get_opt_factory", lambda opt_name: factory)
+
+    return use
+
+
+@pytest.mark.parametrize(
+    ("name", "test", "params"),
+    [
+        pytest.param(n, t, p, marks=pytest.mark.xdist_group(f"optax-{n}"), id=f"{n}-{i}")
+        for n, t, p, i in CASES
+    ],
+)
+def test_optax_matrix(
+    name: str, test: OptaxTest, params: dict[str, Any], optax_lookups: Callable[[str], None]
+) -> None:
+    optax_lookups(name)
+    reason = exclusion(name, test, params)
+    run = functools.partial(
+        test.function(),
+        test.instance(),
+        opt_name=_hook_name(name, test.suite),
+        opt_kwargs=dict(OPTAX_KWARGS[name]),
+        **params,
+    )
+    if reason is None:
+        run()
+    elif "complex" in reason:
+        with pytest.raises(TypeError, match=r"complex parameters; leaf"):
+            run()
+    else:
+        pytest.skip(reason)
+
+
+def test_matrix_table_is_complete() -> None:
+    assert sorted(OPTAX_KWARGS) == NAMES, "every registered optimizer needs an OPTAX_KWARGS entry"
+    covered = {(t.suite, t.name) for _, t, _, _ in _default_subset()}
+    assert covered == {(t.suite, t.name) for t in TESTS}
+    assert {n for n, *_ in _default_subset()} == set(NAMES)
+
+
+def teardown_module() -> None:
+    jax.clear_caches()
