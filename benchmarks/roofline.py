@@ -314,33 +314,39 @@ def _cosmos(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
     return cost
 
 
-def _galore(state_words: float) -> CostModel:
-    def model(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
-        rank = int(hyper(spec, "rank"))
-        gap = int(hyper(spec, "update_proj_gap"))
-        cost = _fallback(t) + elementwise(t.matrix_size, 0)
-        for x in t.matrices:
-            b, m, n = x.view
-            r = min(rank, m, n)
-            low = b * r * max(m, n)  # moments live in the projected (r × l) space
-            cost = cost + elementwise(low, state_words) + low_rank_projection(x.view, r, 2)
+def _low_rank_adam(
+    t: TreeInfo, rank: int, state_words: float, projections: int, gap: int | None
+) -> Cost:
+    """Adam moments in an ``r × l`` projected space per matrix, ``projections``
+    products with the basis per step, an SVD of the smaller side every ``gap``
+    steps (``None``: a random basis, no decomposition)."""
+    cost = _fallback(t) + elementwise(t.matrix_size, 0, extra_passes=1 if gap is None else 0)
+    for x in t.matrices:
+        b, m, n = x.view
+        r = min(rank, m, n)
+        cost = cost + elementwise(b * r * max(m, n), state_words)
+        cost = cost + low_rank_projection(x.view, r, projections)
+        if gap is not None:
             cost = cost + eigh(min(m, n), gap, b) + Cost(2.0 * b * m * n * min(m, n) / gap, 0)
-        return cost
+    return cost
+
+
+def _galore(state_words: float) -> CostModel:
+    """Project in and back out; SVD refresh every ``update_proj_gap`` steps."""
+
+    def model(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+        rank, gap = int(hyper(spec, "rank")), int(hyper(spec, "update_proj_gap"))
+        return _low_rank_adam(t, rank, state_words, projections=2, gap=gap)
 
     return model
 
 
 def _apollo(rank_of: Callable[[optx.OptimizerSpec], int]) -> CostModel:
+    """Random projection in, Adam in the ``r × l`` space; the channel-wise norm
+    ratio scales the raw gradient (one more read, no projection back)."""
+
     def model(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
-        rank = rank_of(spec)
-        cost = _fallback(t) + elementwise(t.matrix_size, 0, extra_passes=1)
-        for x in t.matrices:
-            b, m, n = x.view
-            r = min(rank, m, n)
-            # Random projection (regenerated every gap steps: no SVD), Adam in
-            # the r × l space, channel-wise norm ratio scales the raw gradient.
-            cost = cost + elementwise(b * r * max(m, n), 2) + low_rank_projection(x.view, r, 1)
-        return cost
+        return _low_rank_adam(t, rank_of(spec), 2, projections=1, gap=None)
 
     return model
 
