@@ -13,8 +13,11 @@ baseline) and ``optax.contrib.muon`` (a reference row) measures
 * optimizer-state bytes per parameter (``optx.state_bytes``, exact, abstract);
 
 and prints a Markdown table with both as ratios to ``optax.adamw`` measured in
-the same run. The same command runs unchanged on a GPU/TPU (use a larger
-``--preset``, e.g. ``gpt2-small``).
+the same run, next to each optimizer's **roofline bound** (:mod:`roofline`: its
+cost model's FLOPs and bytes per step at this device's peak matmul FLOP/s and
+streaming bandwidth, both measured by a calibration kernel at start) and the
+fraction of it reached (``bound / measured``). The same command runs unchanged
+on a GPU/TPU (use a larger ``--preset``, e.g. ``gpt2-small``).
 
 Example::
 
@@ -45,6 +48,7 @@ import optx
 # `python benchmarks/step_cost.py` or `python -m benchmarks.step_cost`.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _trees
+import roofline
 from muon_step import contrib_muon_dims
 
 BASELINE = "optax.adamw"
@@ -130,14 +134,21 @@ def measure(
             e.state = out[1]
 
 
-def table(rows: list[Entry], n_params: int) -> tuple[str, list[dict[str, Any]]]:
+def table(
+    rows: list[Entry],
+    n_params: int,
+    tree: roofline.TreeInfo | None = None,
+    peaks: roofline.Peaks | None = None,
+) -> tuple[str, list[dict[str, Any]]]:
     base = next(e for e in rows if e.name == BASELINE)
     base_t = statistics.median(base.times)
     records = []
-    lines = [
-        "| optimizer | ms/step | time / adamw | state bytes/param | state / adamw |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    head = "| optimizer | ms/step | time / adamw | state bytes/param | state / adamw |"
+    rule = "| --- | --- | --- | --- | --- |"
+    if peaks is not None:
+        head += " GFLOP | MB | bound ms | roofline |"
+        rule += " --- | --- | --- | --- |"
+    lines = [head, rule]
     for e in rows:
         if e.error:
             lines.append(f"| {e.name} | failed: {e.error} | | | |")
@@ -152,11 +163,21 @@ def table(rows: list[Entry], n_params: int) -> tuple[str, list[dict[str, Any]]]:
             "state_ratio": e.state_bytes / max(1, base.state_bytes),
             "compile_seconds": e.compile_seconds,
         }
-        records.append(rec)
-        lines.append(
+        line = (
             f"| {e.name} | {rec['ms_per_step']:.2f} | {rec['time_ratio']:.2f} | "
             f"{bpp:.2f} | {rec['state_ratio']:.2f} |"
         )
+        if peaks is not None and tree is not None:
+            cost = roofline.cost_of(e.name, tree)
+            bound = cost.seconds(peaks.flops, peaks.bytes)
+            rec.update(gflop=cost.flops / 1e9, mbytes=cost.bytes / 1e6, bound_ms=1e3 * bound)
+            rec["roofline_fraction"] = bound / t
+            line += (
+                f" {rec['gflop']:.2f} | {rec['mbytes']:.0f} | {rec['bound_ms']:.2f} | "
+                f"{rec['roofline_fraction']:.2f} |"
+            )
+        records.append(rec)
+        lines.append(line)
     return "\n".join(lines), records
 
 
@@ -174,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizers", default="all", help="comma-separated registry names or 'all'")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--csv", default=None, help="also write the rows to this CSV file")
+    p.add_argument("--no-roofline", action="store_true", help="skip calibration and bounds")
     return p
 
 
@@ -206,12 +228,22 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         print(f"[step_cost] {msg}", file=sys.stderr, flush=True)
 
     log(f"{shape} -> {n_params:,} params, {args.dtype}, device {jax.devices()[0].device_kind}")
+    peaks = tree = None
+    if not args.no_roofline:
+        peaks = roofline.calibrate()
+        tree = roofline.TreeInfo.from_params(params)
+        log(f"peaks: {peaks.flops / 1e9:.1f} GFLOP/s f32 matmul, {peaks.bytes / 1e9:.1f} GB/s")
     measure(rows, params, grads, repeats=args.repeats, log=log)
-    text, records = table(rows, n_params)
+    text, records = table(rows, n_params, tree, peaks)
+    peak_text = (
+        ""
+        if peaks is None
+        else f"; peaks {peaks.flops / 1e9:.1f} GFLOP/s, {peaks.bytes / 1e9:.1f} GB/s (calibrated)"
+    )
     print(
         f"GPT-style tree: d={shape.d_model} L={shape.n_layers} heads={shape.n_heads} "
         f"vocab={shape.vocab_size} scanned={shape.scanned} ({n_params:,} params, {args.dtype}); "
-        f"device: {jax.devices()[0].device_kind}; median of {args.repeats} steps\n"
+        f"device: {jax.devices()[0].device_kind}; median of {args.repeats} steps{peak_text}\n"
     )
     print(text)
     if args.csv:

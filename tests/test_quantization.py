@@ -118,6 +118,43 @@ def test_quantize_is_nearest_code_with_bounded_error(
     assert rel <= (1 - 0.99296875) + 1e-6
 
 
+def _boundary_values(m: np.ndarray) -> np.ndarray:
+    """Every code, every float32 midpoint of adjacent codes and the 3 floats on
+    each side of it: the values where a rounding rule can differ."""
+    mids = (m[1:] + m[:-1]) * np.float32(0.5)
+    out = [m, mids]
+    for direction in (np.float32(-2.0), np.float32(2.0)):
+        v = mids
+        for _ in range(3):
+            v = np.nextafter(v, direction)
+            out.append(v)
+    return np.concatenate(out).astype(np.float32)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_rounding_rule_at_code_boundaries(signed: bool) -> None:
+    """The stated rule, exactly: ``argmin_k fl(|y − map[k]|)`` in float32,
+    ties to the lower code index, checked at every code boundary (codes,
+    float32 midpoints, ±3 ulps) and on random values of both signs."""
+    m = optx.dynamic_map(signed)
+    rng = np.random.default_rng(7)
+    y = np.concatenate([_boundary_values(m), -_boundary_values(m)])
+    rand = rng.standard_normal(20_000) * np.exp(rng.uniform(-17, 0, 20_000))
+    y = np.concatenate([y, rand.astype(np.float32)])
+    y = np.clip(y, -1.0 if signed else 0.0, 1.0).astype(np.float32)
+    dist = np.abs(y[:, None] - m[None, :])  # float32 arithmetic
+    want = np.argmin(dist, axis=1)  # first index on ties
+    ties = np.sum(np.sum(dist == dist.min(axis=1, keepdims=True), axis=1) > 1)
+    assert ties >= 100, "the boundary set must contain exact ties"
+    # One block whose absmax is 1.0, so the normalized value is y itself.
+    x = np.concatenate([y, [1.0]]).astype(np.float32)
+    q = _quantize(jnp.asarray(x), signed=signed, block_size=x.size)
+    assert float(q.absmax[0]) == 1.0
+    np.testing.assert_array_equal(np.asarray(q.codes)[:-1], want)
+    xhat = np.asarray(_dequantize(q, signed=signed, block_size=x.size))
+    np.testing.assert_array_equal(xhat[:-1], m[want])
+
+
 def test_zero_blocks_negative_unsigned_and_bf16() -> None:
     x = jnp.concatenate([jnp.zeros(8), jnp.array([-1.0, 2.0, 0.5, 0.0, 0, 0, 0, 0])])
     q = optx.quantize_blockwise(x, signed=False, block_size=8)
@@ -148,10 +185,6 @@ def test_bad_quantization_arguments() -> None:
 # ----------------------------------------------------------------------------
 
 
-def _codes_and_scales(state: optx.QuantizedState) -> tuple[list, dict]:
-    return jax.tree.leaves(state.inner_state), state.absmax
-
-
 def test_selection_min_size_fields_and_full_precision() -> None:
     params = {"big": jnp.zeros((64, 64)), "embed": jnp.zeros((64, 64)), "small": jnp.zeros(8)}
     tx = optx.quantize_moments(optax.scale_by_adam(), full_precision=r"(^|/)embed$")
@@ -160,7 +193,11 @@ def test_selection_min_size_fields_and_full_precision() -> None:
     assert adam.mu["big"].dtype == jnp.uint8 and adam.nu["big"].dtype == jnp.uint8
     assert adam.mu["embed"].dtype == jnp.float32, "full_precision keeps it in f32"
     assert adam.mu["small"].dtype == jnp.float32, "below min_size"
-    assert all(a.shape == (16,) for a in state.absmax.values()) and len(state.absmax) == 2
+    scales = jax.tree.leaves(state.absmax)
+    assert all(a.shape == (16,) for a in scales) and len(scales) == 2
+    assert state.absmax.mu["big"].shape == (16,) and state.absmax.nu["big"].shape == (16,)
+    for leaf in (state.absmax.count, state.absmax.mu["embed"], state.absmax.mu["small"]):
+        assert isinstance(leaf, optax.MaskedNode)
 
     only_mu = optx.quantize_moments(optax.scale_by_adam(), fields=("mu",), min_size=0)
     s = only_mu.init(params).inner_state
@@ -180,12 +217,10 @@ def test_second_moment_uses_unsigned_map() -> None:
     _, state = tx.update(g, tx.init(g))
     mu_codes, nu_codes = state.inner_state.mu["w"], state.inner_state.nu["w"]
     signed, unsigned = optx.dynamic_map(True), optx.dynamic_map(False)
-    mu = signed[np.asarray(mu_codes)] * np.repeat(np.asarray(state.absmax["1"]), 256).reshape(
-        64, 64
-    )
-    nu = unsigned[np.asarray(nu_codes)] * np.repeat(np.asarray(state.absmax["2"]), 256).reshape(
-        64, 64
-    )
+    mu_scale = np.repeat(np.asarray(state.absmax.mu["w"]), 256).reshape(64, 64)
+    nu_scale = np.repeat(np.asarray(state.absmax.nu["w"]), 256).reshape(64, 64)
+    mu = signed[np.asarray(mu_codes)] * mu_scale
+    nu = unsigned[np.asarray(nu_codes)] * nu_scale
     np.testing.assert_allclose(mu, np.asarray(g["w"]), atol=0.0071)
     np.testing.assert_allclose(nu, np.asarray(g["w"]) ** 2, atol=0.0036)
 
@@ -277,7 +312,7 @@ def test_sharded_codes_follow_the_parameter() -> None:
         sharded = {"w": jax.device_put(params["w"], NamedSharding(mesh, P("data", "model")))}
         state = tx.init(sharded)
         assert jax.typeof(state.inner_state.mu["w"]).sharding.spec == P("data", "model")
-        assert jax.typeof(state.absmax["1"]).sharding.spec == P(None)
+        assert jax.typeof(state.absmax.mu["w"]).sharding.spec == P(None)
         u, new = jax.jit(tx.update)(sharded, state)
         assert jax.tree.map(jax.typeof, new) == jax.tree.map(jax.typeof, state)
         assert jax.typeof(u["w"]).sharding.spec == P("data", "model")
@@ -293,3 +328,37 @@ def test_golden_sidecar_block_layout() -> None:
     assert meta["arrays"]["state/w8/absmax1"]["shape"] == [18]
     q = optx.quantize_blockwise(jnp.ones((64, 72)))
     assert q.absmax.shape == (18,)
+
+
+def test_state_mirrors_the_parameter_tree() -> None:
+    """Block scales live in a tree of the inner state's structure (MaskedNode
+    where a leaf is not quantized), so optax's parameter-tree tools work:
+    ``optax.tree.map_params`` (identity and per-parameter), ``optax.masked``."""
+    params = {"w": jnp.ones((32, 32)), "b": jnp.ones(8), "e": {"k": jnp.ones((16, 8))}}
+    tx = optx.adamw_8bit(1e-3, min_size=64, full_precision="e/")
+    state = tx.init(params)
+    scales = state[0].absmax
+    is_masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    for field in (scales.mu, scales.nu):
+        assert jax.tree.structure(field, is_leaf=is_masked) == jax.tree.structure(params)
+        assert field["w"].shape == (4,) and is_masked(field["b"]) and is_masked(field["e"]["k"])
+    same = optax.tree.map_params(tx, lambda v: v, state)
+    assert jax.tree.structure(same) == jax.tree.structure(state)
+    # A per-parameter map over every parameter-shaped subtree (here: leaf names).
+    names = {"w": "w", "b": "b", "e": {"k": "e/k"}}
+    tagged = optax.tree.map_params(
+        tx,
+        lambda v, n: n if not is_masked(v) else v,
+        state,
+        names,
+        transform_non_params=lambda _: None,
+        is_leaf=is_masked,
+    )
+    assert tagged[0].absmax.mu["w"] == "w" and tagged[0].inner_state.nu["e"]["k"] == "e/k"
+    assert tagged[0].inner_state.count is None
+    masked = optax.masked(optx.adamw_8bit(1e-3, min_size=64), {"w": True, "b": False, "e": False})
+    m_state = masked.init(params)
+    u, m_state = jax.jit(masked.update)(params, m_state, params)
+    assert m_state.inner_state[0].inner_state.mu["w"].dtype == jnp.uint8
+    np.testing.assert_array_equal(u["b"], params["b"])
+    optax.tree.map_params(masked, lambda v: v, m_state, is_leaf=is_masked)

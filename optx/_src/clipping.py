@@ -15,10 +15,23 @@ linear interpolation between order statistics, as ``torch.quantile`` (and
 ``jnp.quantile``'s default ``method='linear'``): with ``N`` entries sorted
 ``x₍₀₎ ≤ … ≤ x₍N−1₎`` and ``h = q (N − 1)``,
 ``quantile_q = x₍⌊h⌋₎ + (h − ⌊h⌋)(x₍⌈h⌉₎ − x₍⌊h⌋₎)``.
+
+The two order statistics are found by **exact selection, not a sort**
+(:func:`matrix_quantile`): floats are mapped to unsigned integer keys
+whose order is the float order, and the ``k``-th smallest key is built bit by
+bit, most significant first, each bit decided by one count
+``#{x : key(x) ≤ t}`` — 32 counting passes for f32 (64 for f64), each a
+fused compare-and-sum over the matrix, ``O(N)`` work per pass and no data
+movement. Every pass is a reduction over the matrix axes of the parameter
+itself (no transpose, no reshape), so sharded leaves need no gather and no
+mesh context.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -28,19 +41,163 @@ import optax
 from optx._src import base, layouts, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
+QUANTILE_METHODS = ("linear", "lower", "higher")
 
-def matrix_quantile(x: jax.Array, q: Any, layout: ResolvedLayout) -> jax.Array:
-    """The ``q``-quantile of each matrix of ``x`` (linear interpolation).
+
+def _key_type(dtype: Any) -> jnp.dtype:
+    return jnp.dtype(f"uint{8 * jnp.dtype(dtype).itemsize}")
+
+
+def _sortable_key(x: Any, dtype: Any) -> jax.Array:
+    """The unsigned integer key of the float ``x``: key order is float order."""
+    utype = _key_type(dtype)
+    sign = jnp.asarray(1 << (8 * utype.itemsize - 1), utype)
+    bits = jax.lax.bitcast_convert_type(jnp.asarray(x, dtype), utype)
+    # Negative floats: every bit flipped (larger magnitude -> smaller key);
+    # non-negative floats: the sign bit set (above every negative float).
+    return jnp.where(bits >= sign, ~bits, bits | sign)
+
+
+def _float_from_key(keys: jax.Array, dtype: Any) -> jax.Array:
+    """Inverse of :func:`_sortable_key` (the key of −0 gives −0)."""
+    sign = jnp.asarray(1 << (8 * keys.dtype.itemsize - 1), keys.dtype)
+    return jax.lax.bitcast_convert_type(jnp.where(keys >= sign, keys ^ sign, ~keys), dtype)
+
+
+def _counter(x: jax.Array, axes: tuple[int, ...], n: int) -> Callable[[jax.Array], jax.Array]:
+    """``t ↦ #{x ≤ t}`` per matrix, as one fused compare-and-sum pass.
+
+    Summed in ``x``'s float dtype while every partial sum is exact (``n`` up
+    to 2**24 entries in f32), which XLA's CPU backend reduces about twice as
+    fast as int32; int32 beyond.
+    """
+    exact = n <= 2 ** (jnp.finfo(x.dtype).nmant + 1)
+    count_dtype = x.dtype if exact else jnp.int32
+
+    def count(t: jax.Array) -> jax.Array:
+        return jnp.sum((x <= t).astype(count_dtype), axis=axes, keepdims=True)
+
+    return count
+
+
+def _select(x: jax.Array, k: jax.Array, axes: tuple[int, ...], n: int) -> jax.Array:
+    """The ``k``-th smallest entry (0-based) over ``axes``, per remaining index.
+
+    In key space (:func:`_sortable_key`), the smallest key ``v`` with
+    ``#{key(x) ≤ v} ≥ k + 1`` is built from the most significant bit down: bit
+    ``b`` of ``v`` stays 0 iff at least ``k + 1`` entries are ``≤`` the float
+    whose key has the bits decided so far, ``b`` zero and all lower bits one.
+    One counting pass per bit; the compare runs on the floats themselves (the
+    key map is monotone; keys above ``+inf``'s are clamped to it, keys below
+    ``−inf``'s are NaNs that count nothing, as they should). NaN entries are
+    never counted.
+    """
+    utype = _key_type(x.dtype)
+    nbits = 8 * utype.itemsize
+    one = jnp.asarray(1, utype)
+    key_of_inf = _sortable_key(jnp.inf, x.dtype)
+    count = _counter(x, axes, n)
+    need = (k + 1).astype(count(jnp.zeros((), x.dtype)).dtype)
+    # A reduction result, so the carry has the reduced value's sharding type.
+    start = jnp.zeros_like(jnp.min(x, axis=axes, keepdims=True)).astype(utype)
+
+    def body(i: jax.Array, ans: jax.Array) -> jax.Array:
+        bit = one << (nbits - 1 - i).astype(utype)
+        trial = jnp.minimum(ans | (bit - one), key_of_inf)
+        zero_here = count(_float_from_key(trial, x.dtype)) >= need
+        return jnp.where(zero_here, ans, ans | bit)
+
+    return _float_from_key(jax.lax.fori_loop(0, nbits, body, start), x.dtype)
+
+
+def _order_statistic_pair(
+    x: jax.Array, lo: jax.Array, hi: jax.Array, axes: tuple[int, ...], n: int
+) -> tuple[jax.Array, jax.Array]:
+    """The ``lo``-th and ``hi``-th smallest entries (0-based, ``hi ∈ {lo, lo+1}``)."""
+    x_lo = _select(x, lo, axes, n)
+    # The next order statistic is x_lo again if it repeats, else the smallest entry above.
+    count = _counter(x, axes, n)
+    repeats = count(x_lo) >= (hi + 1).astype(count(x_lo).dtype)
+    above = jnp.min(jnp.where(x > x_lo, x, jnp.inf), axis=axes, keepdims=True)
+    x_hi = jnp.where(repeats, x_lo, above)
+    zero = jnp.zeros((), x.dtype)
+    return jnp.where(x_lo == 0, zero, x_lo), jnp.where(x_hi == 0, zero, x_hi)  # +0, not −0
+
+
+def _reduction_axes(layout: ResolvedLayout) -> tuple[int, ...]:
+    return tuple(sorted(layout.reduction_axes + layout.output_axes))
+
+
+def matrix_quantile(
+    x: jax.Array, q: Any, layout: ResolvedLayout, method: str = "linear"
+) -> jax.Array:
+    """The ``q``-quantile of each matrix of ``x``, by exact selection.
+
+    ``method`` is ``jnp.quantile``'s: ``'linear'`` (``torch.quantile``'s and
+    ROOT's rule) interpolates ``x₍⌊h⌋₎(1 − w) + x₍⌈h⌉₎ w`` with ``h = q(N − 1)``,
+    ``w = h − ⌊h⌋``, computed in the compute dtype (f32, or f64 for f64 ``x``)
+    as ``jnp.quantile`` does; ``'lower'`` / ``'higher'`` return the order
+    statistic ``x₍⌊h⌋₎`` / ``x₍⌈h⌉₎`` itself. The order statistics are exact
+    (bit-identical to a sort; −0 counts as +0); a matrix holding a NaN gets
+    NaN, as ``jnp.quantile``. Cost: ``8·itemsize + 2`` fused counting passes
+    over ``x`` (34 for f32) instead of a sort.
 
     Returns an array of :meth:`ResolvedLayout.matrix_norm_shape` (reduction and
-    output axes kept as size 1), computed in f32 or wider. Batch axes (stacked
-    layers, ...) get one quantile each.
+    output axes kept as size 1). Batch axes (stacked layers, ...) get one
+    quantile each. Works on sharded ``x`` with or without a mesh context (only
+    elementwise ops and reductions over the matrix axes).
+
+    Example:
+      >>> import jax.numpy as jnp, optx
+      >>> x = jnp.array([[4.0, 1.0], [3.0, 2.0]])
+      >>> lay = optx.MatrixLayout().resolve(x.shape)
+      >>> optx.matrix_quantile(x, 0.5, lay)   # h = 1.5: 2 (1 - 0.5) + 3 (0.5)
+      Array([[2.5]], dtype=float32)
+      >>> optx.matrix_quantile(x, 0.9, lay, method="lower")   # h = 2.7: x₍₂₎
+      Array([[3.]], dtype=float32)
     """
-    cdt = jnp.promote_types(x.dtype, jnp.float32)
-    mats = layouts.to_matrices(x.astype(cdt), layout)
-    flat = jnp.reshape(mats, (mats.shape[0], -1))
-    qs = jnp.quantile(flat, jnp.asarray(q, cdt), axis=-1, method="linear")
-    return jnp.reshape(qs, layout.matrix_norm_shape())
+    base.check_choice("method", method, QUANTILE_METHODS)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError("matrix_quantile needs real input; pass jnp.abs(x) for complex x.")
+    return _matrix_quantile(x, q, layout, method)
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "method"))
+def _matrix_quantile(x: jax.Array, q: Any, layout: ResolvedLayout, method: str) -> jax.Array:
+    """:func:`matrix_quantile`, jitted: eager calls compile one program per
+    shape instead of dispatching the counting loop op by op."""
+    cdt = base.compute_dtype(x.dtype)
+    xc = x.astype(cdt)
+    axes = _reduction_axes(layout)
+    n = math.prod(layout.shape[a] for a in axes)
+    h = jnp.asarray(q, cdt) * (jnp.asarray(n, cdt) - 1)
+    floor, ceil = jnp.floor(h), jnp.ceil(h)
+    w = h - floor
+    lo = jnp.clip(floor, 0, n - 1).astype(jnp.int32)
+    hi = jnp.clip(ceil, 0, n - 1).astype(jnp.int32)
+    x_lo, x_hi = _order_statistic_pair(xc, lo, hi, axes, n)
+    if method == "lower":
+        out = x_lo
+    elif method == "higher":
+        out = x_hi
+    else:
+        out = x_lo * (1 - w) + x_hi * w
+    has_nan = jnp.any(jnp.isnan(xc), axis=axes, keepdims=True)
+    return jnp.where(has_nan, jnp.asarray(jnp.nan, cdt), out)
+
+
+@functools.partial(jax.jit, static_argnames=("layout",))
+def _soft_threshold(v: jax.Array, quantile: Any, eps: Any, layout: ResolvedLayout) -> jax.Array:
+    """``v − sign(v)·max(|v| − ε, 0)`` with ``ε = quantile_q(|v|) + eps`` per matrix.
+
+    Jitted so that eager calls compile one program per leaf shape instead of
+    dispatching the counting loop op by op.
+    """
+    vc = v.astype(base.compute_dtype(v.dtype))
+    magnitude = jnp.abs(vc)  # real, also for complex v
+    threshold = _matrix_quantile(magnitude, quantile, layout, "linear") + eps
+    outliers = jnp.sign(vc) * jax.nn.relu(magnitude - threshold)
+    return (vc - outliers).astype(v.dtype)
 
 
 def clip_by_quantile(
@@ -63,9 +220,12 @@ def clip_by_quantile(
 
     which equals ``clip(M, −ε, ε)``; the official form is evaluated as written.
     The quantile is taken over all entries of the matrix (linear interpolation,
-    ``torch.quantile``'s rule), in f32 like the official ``g.abs().float()``;
-    the result is returned in the update's dtype. Cost: one sort per matrix,
-    ``O(N log N)``. Leaves without a layout pass through. Stateless.
+    ``torch.quantile``'s rule), in f32 like the official ``g.abs().float()``
+    (f64 for f64 updates); the result is returned in the update's dtype.
+    Complex updates are thresholded on ``|M|`` and keep their phase
+    (``sign(M) = M/|M|``). Cost: 34 fused counting passes per matrix (exact
+    selection, :func:`matrix_quantile`), ``O(N)`` each, instead of an
+    ``O(N log N)`` sort. Leaves without a layout pass through. Stateless.
 
     Args:
       quantile: q in [0, 1] (0.9 official; injectable).
@@ -99,11 +259,7 @@ def clip_by_quantile(
 
         def leaf(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
             def fn(v: jax.Array) -> jax.Array:
-                cdt = jnp.promote_types(v.dtype, jnp.float32)
-                vc = v.astype(cdt)
-                threshold = matrix_quantile(jnp.abs(vc), quantile, lay) + eps
-                outliers = jnp.sign(vc) * jax.nn.relu(jnp.abs(vc) - threshold)
-                return (vc - outliers).astype(v.dtype)
+                return _soft_threshold(v, quantile, eps, lay)
 
             return sharding.apply_matrix_fn(fn, x, strategy)
 

@@ -27,10 +27,18 @@ Quirks of the reference (bitsandbytes 0.50.2), and what optx does:
 * The signed map holds +1.0 but not −1.0 (the most negative entry is
   −0.99297): a block's most negative value decodes to ``−0.99297·a_b``. Same
   here, by construction.
-* bitsandbytes' CPU quantizer is not exact nearest rounding (about 2% of codes
-  are a neighbour of the nearest); its CUDA kernel uses a binary search. optx
-  rounds to the nearest code exactly, ties to the lower code (``argmin``),
-  computed arithmetically from the map's structure (no table lookups).
+* Rounding rule at code boundaries (:func:`quantize_blockwise`): ``y =
+  x / a_b`` in float32 (correctly rounded division, as bitsandbytes' CPU
+  quantizer), then the code ``argmin_k fl(|y − map[k]|)`` with the distances
+  evaluated in float32 and **ties to the lower code index** — bitsandbytes'
+  CPU rule ("take the right neighbour only if strictly closer"), whose
+  left-neighbour search (``BinSearch`` ``Direct2``) is approximate where codes
+  are dense, so about 2% of its codes are a neighbour of the nearest one; optx
+  finds the neighbours exactly. bitsandbytes' CUDA optimizer kernels differ
+  at exact ties (their 7-step binary search ends on an even code index, and
+  the midpoint is rounded to float32 first) and divide with ``__fdividef``;
+  they also move a negative first-moment value that rounds to the 0 code to
+  the smallest negative code. optx does not copy either CUDA quirk.
 * bitsandbytes builds the map with float32 ``torch.linspace``; optx computes it
   in float64 and rounds once, so some entries differ by one or two float32
   ulps.
@@ -83,13 +91,16 @@ class QuantizedState(NamedTuple):
       inner_state: the inner transform's state with each quantized leaf
         replaced by its ``uint8`` codes (same shape, so it shards like the
         original leaf).
-      absmax: the float32 block scales, keyed by the quantized leaf's index in
-        ``jax.tree.leaves(inner_state)`` (a flat dict of arrays, so the state
-        survives Flax NNX's and Orbax's tree conversions).
+      absmax: a tree with the structure of ``inner_state``: the float32 block
+        scales ``(num_blocks,)`` of each quantized leaf, ``optax.MaskedNode()``
+        for every other leaf (counters, small or full-precision moments). Its
+        moment fields mirror the parameter tree as the inner state's do, so
+        ``optax.tree.map_params``, ``optax.masked`` and checkpoint tools see
+        the same structure for any set of quantized leaves.
     """
 
     inner_state: Any
-    absmax: dict[str, jax.Array]
+    absmax: Any
 
 
 @functools.cache
@@ -128,41 +139,100 @@ def dynamic_map(signed: bool = True) -> np.ndarray:
     return _dynamic_map_np(bool(signed))
 
 
-def _nearest_code(y: jax.Array, signed: bool) -> jax.Array:
-    """Index of the nearest :func:`dynamic_map` entry for ``y ∈ [−1, 1]`` (int32).
+# Buckets of the float32 bit pattern of |y|: 8 exponent + 8 mantissa bits, from
+# 2**-24 (every smaller magnitude rounds to the 0 code) to 1.0. Each bucket
+# holds at most one decision threshold (checked when the tables are built): the
+# map's relative code spacing, ≥ 0.9/128 > 2**-8, is wider than a bucket.
+_BUCKET_SHIFT = 15
+_FIRST_BUCKET = int(np.float32(2.0**-24).view(np.uint32)) >> _BUCKET_SHIFT
+_LAST_BUCKET = int(np.float32(1.0).view(np.uint32)) >> _BUCKET_SHIFT
 
-    Gather-free, from the map's structure: the exponent ``i`` (codes of
-    exponent ``i`` lie in ``[10^{i−7}, 10^{i−6}]``) by six comparisons, the
-    nearest fraction on that exponent's uniform grid by rounding, then the two
-    neighbours across the exponent boundary (the last code of exponent ``i−1``
-    or 0; the first of ``i+1`` or 1.0) compared by distance, ties to the lower
-    code. Equivalent to an ``argmin`` over the 256 codes, several times
-    faster than a binary search on CPU.
+
+def _stay_thresholds(mags: np.ndarray, ties_stay: bool) -> np.ndarray:
+    """For each pair of adjacent magnitudes ``(m_k, m_{k+1})``: the largest
+    float32 ``a`` that rounds to ``m_k`` under float32 distances
+    (``fl(a − m_k) ≤ fl(m_{k+1} − a)`` if ``ties_stay``, else ``<``), by a
+    vectorized bisection on the bit patterns."""
+    lo = mags[:-1].view(np.uint32).astype(np.int64)
+    hi = mags[1:].view(np.uint32).astype(np.int64)
+    a_k, a_k1 = mags[:-1], mags[1:]
+    while np.any(hi - lo > 1):
+        mid = (lo + hi) // 2
+        y = mid.astype(np.uint32).view(np.float32)
+        d_left, d_right = y - a_k, a_k1 - y  # float32 arithmetic
+        stays = (d_left <= d_right) if ties_stay else (d_left < d_right)
+        lo, hi = np.where(stays, mid, lo), np.where(stays, hi, mid)
+    return lo.astype(np.uint32).view(np.float32)
+
+
+def _bucket_table(mags: np.ndarray, ties_stay: bool) -> np.ndarray:
+    """One ``uint32`` per bucket: ``first << 15 | low``.
+
+    ``first`` is the magnitude index of the bucket's first float (the number
+    of thresholds below it) and ``low`` the low 15 bits of the one threshold
+    inside the bucket, whose high bits are the bucket's own (all ones when the
+    bucket holds none: no float of the bucket exceeds it). Then
+    ``k = first + (bits(|y|) > bucket << 15 | low)``, an integer compare of
+    bit patterns that orders non-negative floats as the floats.
     """
-    extra = 0 if signed else 1
-    a = jnp.abs(y)
-    i = jnp.zeros(a.shape, jnp.int32)
-    scale = jnp.full(a.shape, 10.0 ** -(_EXPONENT_BITS - 1), jnp.float32)
-    for j in range(1, _EXPONENT_BITS):
-        up = a >= 10.0 ** (j - _EXPONENT_BITS)
-        i = jnp.where(up, j, i)
-        scale = jnp.where(up, jnp.float32(10.0 ** (j - _EXPONENT_BITS + 1)), scale)
-    n_int = jnp.left_shift(jnp.int32(1), i + extra)  # fraction codes of exponent i
-    n = n_int.astype(jnp.float32)
-    k = jnp.clip(jnp.round((a / scale - 0.1) * n / 0.9 - 0.5), 0, n - 1)
-    dist = jnp.abs(a - scale * (0.1 + (k + 0.5) * 0.9 / n))
-    last = _EXPONENT_BITS - 1
-    lower = jnp.where(i == 0, 0.0, scale * 0.1 * (1.0 - 0.45 / (0.5 * n)))
-    upper = jnp.where(i == last, 1.0, scale * 10.0 * (0.1 + 0.45 / (2.0 * n)))
-    take_lower = (k == 0) & (jnp.abs(a - lower) <= dist)
-    take_upper = (k == n - 1) & (jnp.abs(upper - a) < dist)
-    if signed:
-        take_upper = take_upper & ~((y < 0) & (i == last))  # there is no −1.0 code
-    kk = k.astype(jnp.int32) + jnp.where(take_lower, -1, jnp.where(take_upper, 1, 0))
+    thresholds = _stay_thresholds(mags, ties_stay)
+    buckets = np.arange(_FIRST_BUCKET, _LAST_BUCKET + 2, dtype=np.uint32)
+    starts = (buckets << np.uint32(_BUCKET_SHIFT)).view(np.float32)
+    first = np.searchsorted(thresholds, starts[:-1], side="left")  # thresholds below
+    inside = np.searchsorted(thresholds, starts[1:], side="left") - first
+    if np.any(inside > 1):  # pragma: no cover - a property of the map
+        raise AssertionError("a quantization bucket holds two code boundaries")
+    low_mask = (1 << _BUCKET_SHIFT) - 1
+    padded = np.append(thresholds.view(np.uint32) & low_mask, low_mask)
+    low = np.where(inside == 1, padded[first], low_mask)
+    return ((first.astype(np.uint32) << _BUCKET_SHIFT) | low).astype(np.uint32)
+
+
+@functools.cache
+def _code_table(signed: bool) -> np.ndarray:
+    """The bucket table of :func:`_nearest_code` (see :func:`_bucket_table`).
+
+    Unsigned map: indexed by bucket, ``k`` is the code. Signed map: positive
+    ``y`` (magnitudes 0, …, 1.0; ties stay on the smaller magnitude, the lower
+    code) then negative ``y`` (magnitudes 0, …, 0.99297; ties go to the larger
+    magnitude, the lower code), concatenated.
+    """
+    m = _dynamic_map_np(signed)
     if not signed:
-        return n_int - 1 + kk  # [0 | exponent 0 (2) | ... | exponent 6 (128) | 1.0]
-    positive = 127 + n_int + kk  # [negatives (127) | 0 | exponent 0 (1) | ... | 1.0]
-    return jnp.where(y < 0, 254 - positive, positive)
+        table = _bucket_table(m, ties_stay=True)
+    else:
+        pos = m[m >= 0]
+        neg = np.float32(0.0) - m[m <= 0][::-1]  # +0.0, not -0.0
+        table = np.concatenate([_bucket_table(pos, True), _bucket_table(neg, False)])
+    table.setflags(write=False)
+    return table
+
+
+def _nearest_code(y: jax.Array, signed: bool) -> jax.Array:
+    """The code of ``y ∈ [−1, 1]`` (``[0, 1]`` unsigned) under optx's rule (int32).
+
+    The rule: ``argmin_k fl(|y − map[k]|)``, float32 distances, ties to the
+    lower code index (bitsandbytes' CPU comparison). Computed exactly with one
+    lookup in a small table instead of a search: the bucket of ``|y|``'s
+    float32 bit pattern gives the candidate code and the single decision
+    threshold inside the bucket, precomputed from the map in NumPy
+    (:func:`_code_table`); ``code = candidate + (|y| > threshold)``.
+    """
+    table = jnp.asarray(_code_table(signed))
+    n_buckets = _LAST_BUCKET - _FIRST_BUCKET + 1
+    bits = jax.lax.bitcast_convert_type(jnp.abs(y), jnp.uint32)
+    bucket = jnp.clip(bits >> _BUCKET_SHIFT, _FIRST_BUCKET, _LAST_BUCKET)
+    idx = (bucket - _FIRST_BUCKET).astype(jnp.int32)
+    if signed:
+        idx = idx + jnp.where(y < 0, n_buckets, 0)
+    entry = table[idx]
+    low_mask = (1 << _BUCKET_SHIFT) - 1
+    threshold = (bucket << _BUCKET_SHIFT) | (entry & low_mask)
+    k = (entry >> _BUCKET_SHIFT).astype(jnp.int32) + (bits > threshold).astype(jnp.int32)
+    if not signed:
+        return jnp.minimum(k, 255)  # NaN entries (a NaN block) land past the last code
+    zero_code = 127  # [negatives (127) | 0 | positives (127) | 1.0]
+    return jnp.where(y < 0, zero_code - jnp.minimum(k, 127), zero_code + jnp.minimum(k, 128))
 
 
 def num_blocks(size: int, block_size: int) -> int:
@@ -190,9 +260,11 @@ def quantize_blockwise(
     """Quantizes ``x`` block-wise to 8-bit codes of :func:`dynamic_map`.
 
     Each block of ``block_size`` consecutive entries (row-major) is divided by
-    its absolute maximum and every entry is rounded to the nearest map value
-    (ties to the lower code). All-zero blocks keep scale 0. For the unsigned
-    map ``x`` must be non-negative (negative entries round to code 0).
+    its absolute maximum (float32, correctly rounded) and every entry ``y``
+    gets the code ``argmin_k fl(|y − map[k]|)``: the nearest map value with
+    float32 distances, ties to the lower code index (bitsandbytes' CPU rule,
+    see the module notes). All-zero blocks keep scale 0. For the unsigned map
+    ``x`` must be non-negative (negative entries round to code 0).
 
     Args:
       x: any floating array (computed in float32).
@@ -308,7 +380,11 @@ def quantize_moments(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
-      :class:`QuantizedState`. Updates come back in the gradient dtype.
+      :class:`QuantizedState`: the inner state with ``uint8`` codes in place of
+      the quantized leaves, and a block-scale tree of the same structure
+      (``optax.MaskedNode()`` where a leaf is not quantized), so the state
+      mirrors the parameter tree as optax states do. Updates come back in the
+      gradient dtype.
 
     References:
       Dettmers, Lewis, Shleifer, Zettlemoyer, "8-bit Optimizers via Block-wise
@@ -318,7 +394,7 @@ def quantize_moments(
       >>> import jax.numpy as jnp, optax, optx
       >>> tx = optx.quantize_moments(optax.scale_by_adam(), min_size=0)
       >>> state = tx.init({'w': jnp.zeros((64, 64))})
-      >>> state.inner_state.mu['w'].dtype, state.absmax['1'].shape   # codes; 16 scales
+      >>> state.inner_state.mu['w'].dtype, state.absmax.mu['w'].shape   # codes; 16 scales
       (dtype('uint8'), (16,))
     """
     block_size = base.check_positive_int("block_size", block_size)
@@ -357,8 +433,8 @@ def quantize_moments(
 
     def init_fn(params: base.Params) -> QuantizedState:
         flat, treedef = jax.tree_util.tree_flatten_with_path(inner.init(params))
-        leaves, absmax = [x for _, x in flat], {}
-        for i, (path, x) in enumerate(flat):
+        leaves, scales = [], []
+        for path, x in flat:
             if wants_quantization(path, x):
                 # The barrier keeps XLA from constant-folding the quantization of
                 # the (usually all-zero) initial state under jit, which is slow.
@@ -366,8 +442,15 @@ def quantize_moments(
                 # One compiled program per leaf shape: called eagerly (``tx.init``
                 # outside jit), op-by-op dispatch of the quantizer took ~10 s.
                 q = _quantize_jitted(x, signed=is_signed(path), block_size=block_size)
-                leaves[i], absmax[str(i)] = q.codes, q.absmax
-        return QuantizedState(jax.tree_util.tree_unflatten(treedef, leaves), absmax)
+                leaves.append(q.codes)
+                scales.append(q.absmax)
+            else:
+                leaves.append(x)
+                scales.append(optax.MaskedNode())
+        return QuantizedState(
+            jax.tree_util.tree_unflatten(treedef, leaves),
+            jax.tree_util.tree_unflatten(treedef, scales),
+        )
 
     def update_fn(
         updates: base.Updates,
@@ -376,26 +459,31 @@ def quantize_moments(
         **extra: Any,
     ) -> tuple[base.Updates, QuantizedState]:
         flat, treedef = jax.tree_util.tree_flatten_with_path(state.inner_state)
-        leaves = [x for _, x in flat]
-        for key, scales in state.absmax.items():
-            i = int(key)
-            leaves[i] = dequantize_blockwise(
-                QuantizedArray(leaves[i], scales),
-                signed=is_signed(flat[i][0]),
-                block_size=block_size,
+        scales = treedef.flatten_up_to(state.absmax)
+        quantized = [not isinstance(s, optax.MaskedNode) for s in scales]
+        leaves = [
+            dequantize_blockwise(
+                QuantizedArray(x, s), signed=is_signed(path), block_size=block_size
             )
+            if q
+            else x
+            for (path, x), s, q in zip(flat, scales, quantized)
+        ]
         full = jax.tree_util.tree_unflatten(treedef, leaves)
         new_updates, new_inner = inner.update(updates, full, params, **extra)
         new_leaves = treedef.flatten_up_to(new_inner)
-        new_absmax = {}
-        for key, scales in state.absmax.items():
-            i = int(key)
-            q = quantize_blockwise(
-                new_leaves[i], signed=is_signed(flat[i][0]), block_size=block_size
-            )
-            new_leaves[i] = sharding.reshard_like(q.codes, flat[i][1])
-            new_absmax[key] = sharding.reshard_like(q.absmax, scales)
-        new_state = QuantizedState(jax.tree_util.tree_unflatten(treedef, new_leaves), new_absmax)
+        new_scales = list(scales)
+        for i, ((path, codes), q) in enumerate(zip(flat, quantized)):
+            if q:
+                new = quantize_blockwise(
+                    new_leaves[i], signed=is_signed(path), block_size=block_size
+                )
+                new_leaves[i] = sharding.reshard_like(new.codes, codes)
+                new_scales[i] = sharding.reshard_like(new.absmax, scales[i])
+        new_state = QuantizedState(
+            jax.tree_util.tree_unflatten(treedef, new_leaves),
+            jax.tree_util.tree_unflatten(treedef, new_scales),
+        )
         return optax.tree.cast_like(new_updates, updates), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -722,7 +722,8 @@ def root(
 
     * The quantile is computed on ``|U|`` in f32 (``g.abs().float()``) with a
       hand-written ``kthvalue`` interpolation equal to ``torch.quantile``; optx
-      uses ``jnp.quantile(method='linear')`` in f32.
+      finds the two order statistics by exact selection (no sort,
+      :func:`optx.matrix_quantile`) and interpolates in f32.
     * Newton–Schulz runs in the gradient dtype (f32), no bf16 cast (optx:
       ``ns_dtype=None``, f32).
     * Weight decay multiplies by ``1 − ηλ`` with the *unadjusted* lr while the

@@ -1,0 +1,548 @@
+"""A roofline per optimizer: FLOPs and bytes moved per step, and this device's peaks.
+
+Every registered optimizer has a **cost model** in :data:`COST_MODELS`: a
+function of the parameter tree (:class:`TreeInfo`, the default router's matrix
+views) and the optimizer's registry defaults returning a :class:`Cost` — the
+work of an ideal implementation of the *method* per step:
+
+* **bytes**: one read of the gradient and the parameter, one write of the
+  parameter, one read and one write of every optimizer-state word
+  (``4·(3 + 2·s)`` bytes per parameter for ``s`` float32 state words; 1 byte
+  per 8-bit code), plus the passes a method cannot fuse away (a second read
+  for a per-matrix reduction, a curvature oracle's extra gradient passes);
+* **flops**: the dense linear algebra (``2·m·k·n`` per matmul): Newton–Schulz
+  iterations, Kronecker-factor and rotation products, low-rank projections,
+  eigh/QR/SVD refreshes amortized over their period (``≈ 10·d³`` per eigh or
+  SVD of a ``d × d`` factor, ``≈ 4·d³`` per power-iteration + QR). Element-wise
+  arithmetic is not counted: it is memory-bound.
+
+The bound for a step is ``flops / peak_flops + bytes / peak_bandwidth``
+(matmul phases and element-wise phases do not overlap in a jitted step), with
+both peaks measured by :func:`calibrate` on this device at start: a square
+float32 matmul and a streaming ``y = a·x + y``. ``benchmarks/step_cost.py``
+prints the bound next to the measured step and the fraction reached
+(``bound / measured``; 1.0 would be an ideal kernel at this device's peaks).
+
+Example::
+
+  python benchmarks/roofline.py --preset small          # the models' table only
+  python benchmarks/step_cost.py --preset small         # measured vs bound
+
+A new optimizer adds one entry to :data:`COST_MODELS` (``tests`` check that
+every registered name has one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import optx
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _trees
+
+WORD = 4  # bytes of a float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """FLOPs (dense linear algebra) and bytes moved (DRAM traffic) per step."""
+
+    flops: float = 0.0
+    bytes: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.flops + other.flops, self.bytes + other.bytes)
+
+    def scaled(self, k: float) -> Cost:
+        return Cost(self.flops * k, self.bytes * k)
+
+    def seconds(self, peak_flops: float, peak_bytes: float) -> float:
+        """The roofline bound: compute phases and memory phases back to back."""
+        return self.flops / peak_flops + self.bytes / peak_bytes
+
+
+ZERO = Cost()
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """A parameter leaf: its path, size, shape and default-router matrix view."""
+
+    path: str
+    size: int
+    shape: tuple[int, ...]
+    view: tuple[int, int, int] | None  # (batch, fan_in, fan_out), None if not routed
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeInfo:
+    """What the cost models need to know about a parameter tree."""
+
+    leaves: tuple[Leaf, ...]
+
+    @classmethod
+    def from_params(cls, params: Any, router: optx.Router | None = None) -> TreeInfo:
+        router = router or optx.default_router()
+        out = []
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            name = optx.path_to_str(path)
+            layout = router.layout(name, leaf)
+            view = None
+            if layout is not None:
+                view = optx.resolve_layout(layout, tuple(leaf.shape)).matrix_shape
+            out.append(Leaf(name, math.prod(leaf.shape), tuple(leaf.shape), view))
+        return cls(tuple(out))
+
+    @property
+    def size(self) -> int:
+        return sum(x.size for x in self.leaves)
+
+    @property
+    def matrices(self) -> list[Leaf]:
+        return [x for x in self.leaves if x.view is not None]
+
+    @property
+    def matrix_size(self) -> int:
+        return sum(x.size for x in self.matrices)
+
+    @property
+    def fallback_size(self) -> int:
+        return self.size - self.matrix_size
+
+    def dense_views(self) -> list[tuple[int, int, int]]:
+        """Every ≥2-D leaf as matrices (routed view, else ``(1, prod(shape[:-1]), last)``)."""
+        views = []
+        for x in self.leaves:
+            if x.view is not None:
+                views.append(x.view)
+            elif len(x.shape) >= 2:
+                views.append((1, x.size // x.shape[-1], x.shape[-1]))
+        return views
+
+
+# ----------------------------------------------------------------------------
+# Vocabulary
+# ----------------------------------------------------------------------------
+
+
+def elementwise(n: float, state_words: float, extra_passes: float = 0.0) -> Cost:
+    """One fused pass: read g and p, write p, read+write ``state_words`` words
+    per parameter, plus ``extra_passes`` further reads of one word."""
+    return Cost(0.0, WORD * n * (3 + 2 * state_words + extra_passes))
+
+
+def matmul(m: float, k: float, n: float, batch: float = 1) -> Cost:
+    """``(m×k)·(k×n)``: 2mkn flops; operands read and result written once."""
+    return Cost(2.0 * batch * m * k * n, WORD * batch * (m * k + k * n + m * n))
+
+
+def newton_schulz(view: tuple[int, int, int], steps: int) -> Cost:
+    """Quintic Newton–Schulz on ``batch`` matrices: per step ``A = XXᵀ``,
+    ``B = bA + cA²``, ``X ← aX + BX`` with X in its wide orientation."""
+    b, m, n = view
+    short, wide = min(m, n), max(m, n)
+    per_step = matmul(short, wide, short, b) + matmul(short, short, short, b)
+    per_step = per_step + matmul(short, short, wide, b)
+    return per_step.scaled(steps)
+
+
+def eigh(d: float, every: float = 1.0, batch: float = 1) -> Cost:
+    """A symmetric eigendecomposition (or SVD) of ``d × d``, amortized."""
+    return Cost(10.0 * batch * d**3 / every, 0.0)
+
+
+def power_qr(d: float, every: float = 1.0, batch: float = 1) -> Cost:
+    """One power iteration ``P Q`` plus a QR of ``d × d``, amortized."""
+    return Cost(4.0 * batch * d**3 / every, 0.0)
+
+
+def two_sided_rotation(view: tuple[int, int, int], count: int) -> Cost:
+    """``count`` products ``Qₗᵀ X Qᵣ`` (or back) of an ``m × n`` matrix."""
+    b, m, n = view
+    return (matmul(m, m, n, b) + matmul(m, n, n, b)).scaled(count)
+
+
+def low_rank_projection(view: tuple[int, int, int], rank: int, count: int) -> Cost:
+    """``count`` products of an ``m × n`` matrix with an ``r``-column basis
+    on its smaller side."""
+    b, m, n = view
+    r = min(rank, m, n)
+    return matmul(r, min(m, n), max(m, n), b).scaled(count)
+
+
+def hyper(spec: optx.OptimizerSpec, name: str) -> Any:
+    """A hyper-parameter of ``spec``: its registry default, else the factory's."""
+    if name in spec.defaults:
+        return spec.defaults[name]
+    param = inspect.signature(spec.factory).parameters.get(name)
+    if param is None or param.default is inspect.Parameter.empty:
+        raise KeyError(f"{spec.name} has no hyper-parameter {name!r}")
+    return param.default
+
+
+def _steps(spec: optx.OptimizerSpec, default: int = 5) -> int:
+    try:
+        value = hyper(spec, "ns_steps")
+    except KeyError:
+        return default
+    return default if value is None else int(value)
+
+
+# ----------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------
+
+CostModel = Callable[[TreeInfo, optx.OptimizerSpec], Cost]
+
+
+def _adamw(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    return elementwise(t.size, 2)
+
+
+def _adamw_8bit(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    # Two 1-byte codes per parameter (+ a block scale per 256); the new moments
+    # are reduced to their block maxima before they are coded: one more read.
+    return elementwise(t.size, 0.5, extra_passes=2 * 1.0)
+
+
+def _one_moment(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    return elementwise(t.size, 1)
+
+
+def _one_moment_8bit(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    return elementwise(t.size, 0.25, extra_passes=1.0)
+
+
+def _adam_like(extra_words: float = 0.0, extra_passes: float = 0.0) -> CostModel:
+    def model(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+        return elementwise(t.size, 2 + extra_words, extra_passes)
+
+    return model
+
+
+def _radial(state_words: float) -> CostModel:
+    """AdamP/SGDP: the per-channel cosine needs p and the update read again."""
+
+    def model(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+        return elementwise(t.size, state_words, extra_passes=2)
+
+    return model
+
+
+def _fallback(t: TreeInfo) -> Cost:
+    """AdamW on the leaves the router does not send to the matrix method."""
+    return elementwise(t.fallback_size, 2)
+
+
+def _muon_like(ns_steps: Callable[[optx.OptimizerSpec], int], extra_passes: float = 0.0):
+    def model(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+        cost = _fallback(t) + elementwise(t.matrix_size, 1, extra_passes)
+        steps = ns_steps(spec)
+        for x in t.matrices:
+            cost = cost + newton_schulz(x.view, steps)
+        return cost
+
+    return model
+
+
+def _lipschitz_muon(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    cost = _muon_like(_steps)(t, spec)
+    iters = int(hyper(spec, "power_iterations"))
+    for x in t.matrices:  # power iteration on W for the spectral cap: two mat-vecs
+        b, m, n = x.view
+        cost = cost + Cost(4.0 * b * m * n * iters, WORD * x.size * 2)
+    return cost
+
+
+def _auon(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    # The cosh-RMS normalization is element-wise with per-matrix reductions.
+    return _fallback(t) + elementwise(t.matrix_size, 1, extra_passes=1)
+
+
+def _soap(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    freq = int(hyper(spec, "precondition_frequency"))
+    max_dim = int(hyper(spec, "max_precond_dim"))
+    cost = elementwise(t.size, 2, extra_passes=2)  # Adam moments + both factor inputs
+    for view in t.dense_views():
+        b, m, n = view
+        # Factor updates GGᵀ, GᵀG; gradient and first moment rotated in, update out.
+        cost = cost + matmul(m, n, m, b) + matmul(n, m, n, b) + two_sided_rotation(view, 3)
+        for d in (m, n):
+            if d <= max_dim:
+                cost = cost + power_qr(d, freq, b) + Cost(0.0, WORD * b * d * d * 4)
+    for x in t.leaves:  # 1-D leaves: one d×d factor
+        if len(x.shape) == 1 and x.size <= max_dim:
+            cost = cost + matmul(x.size, 1, x.size) + matmul(x.size, x.size, 1).scaled(3)
+    return cost
+
+
+def _conda(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    gap = int(hyper(spec, "update_proj_gap"))
+    cost = _fallback(t) + elementwise(t.matrix_size, 2, extra_passes=1)
+    for x in t.matrices:
+        b, m, n = x.view
+        d = min(m, n)
+        # Q on the smaller side: rotate g and m in, the update back out.
+        cost = cost + low_rank_projection(x.view, d, 3) + eigh(d, gap, b)
+        cost = cost + Cost(2.0 * b * m * n * d / gap, 0.0)  # the SVD's Gram product
+    return cost
+
+
+def _cosmos(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    rank = int(hyper(spec, "rank"))
+    cost = _fallback(t) + elementwise(t.matrix_size, 1, extra_passes=2)
+    steps = _steps(spec)
+    for x in t.matrices:
+        b, m, n = x.view
+        r = min(rank, m, n)
+        # SOAP in the rank-r subspace (projections, r×r factor, eigh every step
+        # of the official code) + Newton–Schulz on the residual.
+        cost = cost + low_rank_projection(x.view, r, 4) + eigh(r, 1, b)
+        cost = cost + newton_schulz(x.view, steps)
+    return cost
+
+
+def _low_rank_adam(
+    t: TreeInfo, rank: int, state_words: float, projections: int, gap: int | None
+) -> Cost:
+    """Adam moments in an ``r × l`` projected space per matrix, ``projections``
+    products with the basis per step, an SVD of the smaller side every ``gap``
+    steps (``None``: a random basis, no decomposition)."""
+    cost = _fallback(t) + elementwise(t.matrix_size, 0, extra_passes=1 if gap is None else 0)
+    for x in t.matrices:
+        b, m, n = x.view
+        r = min(rank, m, n)
+        cost = cost + elementwise(b * r * max(m, n), state_words)
+        cost = cost + low_rank_projection(x.view, r, projections)
+        if gap is not None:
+            cost = cost + eigh(min(m, n), gap, b) + Cost(2.0 * b * m * n * min(m, n) / gap, 0)
+    return cost
+
+
+def _galore(state_words: float) -> CostModel:
+    """Project in and back out; SVD refresh every ``update_proj_gap`` steps."""
+
+    def model(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+        rank, gap = int(hyper(spec, "rank")), int(hyper(spec, "update_proj_gap"))
+        return _low_rank_adam(t, rank, state_words, projections=2, gap=gap)
+
+    return model
+
+
+def _apollo(rank_of: Callable[[optx.OptimizerSpec], int]) -> CostModel:
+    """Random projection in, Adam in the ``r × l`` space; the channel-wise norm
+    ratio scales the raw gradient (one more read, no projection back)."""
+
+    def model(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+        return _low_rank_adam(t, rank_of(spec), 2, projections=1, gap=None)
+
+    return model
+
+
+def _frugal(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    density = float(hyper(spec, "density"))
+    return (
+        _fallback(t)
+        + elementwise(t.matrix_size * density, 2)
+        + elementwise(t.matrix_size * (1 - density), 0)
+    )
+
+
+def _dct_adamw(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    rank = int(hyper(spec, "rank"))
+    gap = int(hyper(spec, "update_proj_gap"))
+    cost = _fallback(t) + elementwise(t.matrix_size, 0)
+    for x in t.matrices:
+        b, m, n = x.view
+        d, r = min(m, n), min(rank, m, n)
+        # Alignment scores of every DCT column (G·D on the smaller side) each
+        # refresh; project in and out with the r chosen columns every step.
+        cost = cost + matmul(d, d, max(m, n), b).scaled(1.0 / gap)
+        cost = cost + low_rank_projection(x.view, r, 2) + elementwise(b * r * max(m, n), 2)
+    return cost
+
+
+def _mfac(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    k = int(hyper(spec, "num_grads"))
+    # Dynamic algorithm: k dot products with the gradient ring buffer, the
+    # IHVP as a k-term combination (two reads of the k×d buffer, one row written).
+    d = t.size
+    return Cost(4.0 * k * d, WORD * d * (2 * k + 1)) + elementwise(d, 0) + Cost(2.0 * k**3, 0)
+
+
+def _mkor(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    inv_freq = int(hyper(spec, "inv_freq"))
+    router = optx.mkor_router()  # heads are layers too; embeddings are not
+    views = {}
+    for x in t.leaves:
+        layout = router.layout(x.path, jax.ShapeDtypeStruct(x.shape, jnp.float32))
+        if layout is not None:
+            views[x.path] = optx.resolve_layout(layout, x.shape).matrix_shape
+    sizes = sum(x.size for x in t.leaves if x.path in views)
+    cost = elementwise(t.size - sizes, 1) + elementwise(sizes, 1)
+    for b, m, n in views.values():
+        # A⁻¹ G G⁻¹ every step; rank-1 Sherman–Morrison on both factors every inv_freq.
+        cost = cost + matmul(m, m, n, b) + matmul(m, n, n, b)
+        cost = cost + Cost(4.0 * b * (m * m + n * n) / inv_freq, WORD * b * (m * m + n * n))
+    return cost
+
+
+def _curvature(
+    state_words: float, oracle_passes: float, every: Callable[[optx.OptimizerSpec], int]
+) -> CostModel:
+    """Diagonal curvature methods: an oracle (HVP / sampled gradient of the
+    surrogate loss: ``oracle_passes`` passes over the parameters) every
+    ``every`` steps, then an element-wise update."""
+
+    def model(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+        oracle = Cost(0.0, WORD * t.size * oracle_passes).scaled(1.0 / every(spec))
+        return elementwise(t.size, state_words) + oracle
+
+    return model
+
+
+def _interval(spec: optx.OptimizerSpec) -> int:
+    return int(hyper(spec, "update_interval"))
+
+
+COST_MODELS: Mapping[str, CostModel] = {
+    "adabelief": _adam_like(),
+    "adahessian": _curvature(2, oracle_passes=6, every=_interval),
+    "adamp": _radial(2),
+    "adamw": _adamw,
+    "adamw_8bit": _adamw_8bit,
+    "agvm_sgd": _curvature(1, oracle_passes=4, every=lambda s: 1),  # two half-batch grads
+    "apollo": _apollo(lambda s: int(hyper(s, "rank"))),
+    "apollo_mini": _apollo(lambda s: 1),
+    "auon": _auon,
+    "conda": _conda,
+    "cosmos": _cosmos,
+    "dct_adamw": _dct_adamw,
+    "exadam": _adam_like(),
+    "frugal": _frugal,
+    "galore": _galore(2),
+    "galore_8bit": _galore(0.5),
+    "hybrid_auon": _muon_like(lambda s: 1, extra_passes=1),
+    "lion": _one_moment,
+    "lion_8bit": _one_moment_8bit,
+    "lion_kappa": _muon_like(_steps),
+    "lipschitz_muon": _lipschitz_muon,
+    "mfac": _mfac,
+    "mkor": _mkor,
+    "mkor_h": _mkor,
+    "muon": _muon_like(_steps),
+    "normuon": _muon_like(_steps, extra_passes=1),
+    "root": _muon_like(_steps, extra_passes=1),  # + one selection pass for the quantile
+    "sgd_momentum_8bit": _one_moment_8bit,
+    "sgd_sai": _one_moment,
+    "sgdp": _radial(1),
+    "soap": _soap,
+    "sophia_g": _curvature(2, oracle_passes=4, every=_interval),
+    "sophia_h": _curvature(2, oracle_passes=6, every=_interval),
+}
+"""Registered optimizer name -> cost model (see the module docstring)."""
+
+REFERENCE_MODELS: Mapping[str, CostModel] = {
+    "optax.adamw": _adamw,
+    "optax.contrib.muon": _muon_like(lambda s: 5),
+}
+
+
+def cost_of(name: str, tree: TreeInfo) -> Cost:
+    """The model's cost of optimizer ``name`` (registry defaults) on ``tree``."""
+    if name in REFERENCE_MODELS:
+        spec = optx.get_optimizer("adamw")
+        return REFERENCE_MODELS[name](tree, spec)
+    if name not in COST_MODELS:
+        raise KeyError(f"No cost model for {name!r}; add one to benchmarks/roofline.py.")
+    return COST_MODELS[name](tree, optx.get_optimizer(name))
+
+
+# ----------------------------------------------------------------------------
+# Calibration
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Peaks:
+    """Measured peaks of this device (best of a few runs)."""
+
+    flops: float  # float32 matmul FLOP/s
+    bytes: float  # streaming bytes/s
+
+
+def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    jax.block_until_ready(fn())
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def calibrate(matmul_size: int = 1024, stream_words: int = 1 << 24, repeats: int = 5) -> Peaks:
+    """Peak float32 matmul FLOP/s and streaming bandwidth of the default device.
+
+    A ``matmul_size``³ jitted matmul and ``y ← a·x + y`` over ``stream_words``
+    floats (12 bytes per word: two reads, one write); best of ``repeats``.
+    """
+    k1, k2 = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(k1, (matmul_size, matmul_size), jnp.float32)
+    b = jax.random.normal(k2, (matmul_size, matmul_size), jnp.float32)
+    mm = jax.jit(lambda a, b: a @ b)
+    t_mm = _best_seconds(lambda: mm(a, b), repeats)
+    x = jnp.ones((stream_words,), jnp.float32)
+    box = [jnp.ones((stream_words,), jnp.float32)]
+    # Donated: the output reuses y's buffer (no fresh pages to fault in per call).
+    axpy = jax.jit(lambda x, y: 1.0001 * x + y, donate_argnums=1)
+
+    def stream() -> jax.Array:
+        box[0] = axpy(x, box[0])
+        return box[0]
+
+    t_st = _best_seconds(stream, repeats)
+    return Peaks(flops=2.0 * matmul_size**3 / t_mm, bytes=12.0 * stream_words / t_st)
+
+
+# ----------------------------------------------------------------------------
+# CLI: the models' table
+# ----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python benchmarks/roofline.py", description=__doc__)
+    p.add_argument("--preset", default="small", choices=sorted(_trees.PRESETS))
+    p.add_argument("--scanned", action="store_true")
+    p.add_argument("--no-calibrate", action="store_true")
+    args = p.parse_args(argv)
+    shape = dataclasses.replace(_trees.PRESETS[args.preset], scanned=args.scanned)
+    tree = TreeInfo.from_params(_trees.gpt_param_shapes(shape))
+    peaks = None if args.no_calibrate else calibrate()
+    if peaks:
+        print(
+            f"device {jax.devices()[0].device_kind}: {peaks.flops / 1e9:.1f} GFLOP/s f32 matmul, "
+            f"{peaks.bytes / 1e9:.1f} GB/s streaming\n"
+        )
+    print("| optimizer | GFLOP/step | MB/step | bound ms |")
+    print("| --- | --- | --- | --- |")
+    for name in [*REFERENCE_MODELS, *optx.list_optimizers()]:
+        c = cost_of(name, tree)
+        bound = f"{1e3 * c.seconds(peaks.flops, peaks.bytes):.2f}" if peaks else "-"
+        print(f"| {name} | {c.flops / 1e9:.3f} | {c.bytes / 1e6:.1f} | {bound} |")
+
+
+if __name__ == "__main__":
+    main()
