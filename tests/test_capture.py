@@ -185,7 +185,9 @@ def test_scanned_layers_are_skipped() -> None:
 def test_mkor_trains_an_nnx_model_with_captures() -> None:
     model = _Net(nnx.Rngs(2))
     x, y = _batch()
-    opt = nnx.Optimizer(model, optx.mkor(0.05, inv_freq=2, statistics="captures"), wrt=nnx.Param)
+    opt = nnx.Optimizer(
+        model, optx.mkor(0.05, update_interval=2, statistics="captures"), wrt=nnx.Param
+    )
 
     @nnx.jit
     def step(model, opt):

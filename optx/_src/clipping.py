@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, layouts, sharding
+from optx._src import base, hyperparams, layouts, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 
@@ -43,6 +43,7 @@ def matrix_quantile(x: jax.Array, q: Any, layout: ResolvedLayout) -> jax.Array:
     return jnp.reshape(qs, layout.matrix_norm_shape())
 
 
+@hyperparams.validated()
 def clip_by_quantile(
     quantile: Any = 0.9,
     eps: Any = 1e-9,

@@ -76,7 +76,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from optx._src import base, layouts, routing, sharding
+from optx._src import base, hyperparams, layouts, routing, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 GEOMETRIES = ("rms", "l2")
@@ -273,6 +273,7 @@ def _run_gathered(fn: Callable[..., Any], x: jax.Array, *args: Any) -> Any:
     return (sharding.reshard_like(out[0], x), *out[1:])
 
 
+@hyperparams.validated()
 def spectral_projection(
     project: ProjectFn,
     *,
@@ -436,6 +437,7 @@ def _rank_one(pi: Any) -> tuple[jax.Array, jax.Array]:
     return sigma, u[:, :, None] * v[:, None, :]
 
 
+@hyperparams.validated()
 def spectral_normalize(
     w_max: Any = 1.0,
     *,
@@ -496,6 +498,7 @@ def spectral_normalize(
     )
 
 
+@hyperparams.validated()
 def spectral_hammer(
     w_max: Any = 1.0,
     *,
@@ -548,6 +551,7 @@ def spectral_hammer(
     )
 
 
+@hyperparams.validated()
 def spectral_weight_decay(
     decay: base.ScalarOrSchedule = 0.1,
     *,
@@ -603,6 +607,7 @@ def spectral_weight_decay(
     )
 
 
+@hyperparams.validated()
 def spectral_soft_cap(
     w_max: Any = 1.0,
     max_update_norm: base.ScalarOrSchedule = 0.02,
@@ -678,6 +683,7 @@ def spectral_soft_cap(
     )
 
 
+@hyperparams.validated()
 def spectral_hard_cap(
     w_max: Any = 1.0,
     *,
@@ -720,6 +726,7 @@ def spectral_hard_cap(
     )
 
 
+@hyperparams.validated()
 def spectral_svd_cap(
     w_max: Any = 1.0,
     *,
@@ -796,6 +803,7 @@ def embedding_mask(router: routing.Router | None = None) -> Callable[[Any], Any]
     return mask
 
 
+@hyperparams.validated()
 def embedding_rms_projection(
     max_inflation_factor: Any = 1.0,
     *,

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, layouts
+from optx._src import base, hyperparams, layouts
 from optx._src.layouts import MatrixLayout
 
 MATRIX = "matrix"
@@ -291,6 +291,7 @@ def as_router(router: Router | Sequence[Rule] | None) -> Router:
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def routed(
     transforms: Mapping[str, optax.GradientTransformation],
     router: Router | Sequence[Rule] | None = None,
