@@ -71,17 +71,17 @@ def methods() -> dict[str, Callable[[], optax.GradientTransformation]]:
         "optx.adamw": lambda: optx.adamw(1e-3),
         "floor: adamw + AdamP's channel sums": adamw_with_radial_sums,
         "adamp": lambda: optx.adamp(1e-3, weight_decay=1e-2),
-        "sgdp": lambda: optx.sgdp(0.1, 0.9, 1e-5, nesterov=True),
+        "sgdp": lambda: optx.sgdp(0.1, 0.9, True, weight_decay=1e-5),
         "adabelief": lambda: optx.adabelief(1e-3),
         "optax.adabelief": lambda: optax.adabelief(1e-3),
         "lion": lambda: optx.lion(1e-4, weight_decay=0.1),
         "optax.lion": lambda: optax.lion(1e-4, weight_decay=0.1),
-        "lion_kappa[l2]": lambda: optx.lion_kappa(1e-4, "l2", weight_decay=0.1),
-        "lion_kappa[huber]": lambda: optx.lion_kappa(1e-4, "huber", weight_decay=0.1),
-        "lion_kappa[nuclear]": lambda: optx.lion_kappa(1e-4, "nuclear", weight_decay=0.1),
+        "lion_kappa[l2]": lambda: optx.lion_kappa(1e-4, kappa="l2", weight_decay=0.1),
+        "lion_kappa[huber]": lambda: optx.lion_kappa(1e-4, kappa="huber", weight_decay=0.1),
+        "lion_kappa[nuclear]": lambda: optx.lion_kappa(1e-4, kappa="nuclear", weight_decay=0.1),
         "exadam": lambda: optx.exadam(1e-3),
         "sgd_sai": lambda: optx.sgd_sai(1e-2),
-        "agvm_sgd": lambda: optx.agvm_sgd(0.1, start_step=0, interval=1),
+        "agvm_sgd": lambda: optx.agvm_sgd(0.1, start_step=0, update_interval=1),
     }
 
 

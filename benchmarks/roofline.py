@@ -39,6 +39,7 @@ import dataclasses
 import inspect
 import math
 import pathlib
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -182,6 +183,10 @@ def low_rank_projection(view: tuple[int, int, int], rank: int, count: int) -> Co
     return matmul(r, min(m, n), max(m, n), b).scaled(count)
 
 
+# None structural defaults documented in a grouped Args entry (MKOR's official inv_freq).
+_UNDOCUMENTED_NONE = {"update_interval": 10}
+
+
 def hyper(spec: optx.OptimizerSpec, name: str) -> Any:
     """A hyper-parameter of ``spec``: its registry default, else the factory's."""
     if name in spec.defaults:
@@ -189,6 +194,17 @@ def hyper(spec: optx.OptimizerSpec, name: str) -> Any:
     param = inspect.signature(spec.factory).parameters.get(name)
     if param is None or param.default is inspect.Parameter.empty:
         raise KeyError(f"{spec.name} has no hyper-parameter {name!r}")
+    if param.default is None:
+        # Structural defaults are None (inject_hyperparams-safe), resolved inside the
+        # factory; its docstring states the value as "None = N".
+        doc = spec.factory.__doc__ or ""
+        entry = re.search(rf"\n\s+{name}\b.*?(?=\n\s+[a-z_0-9, ]+:|\n\n)", doc, re.S)
+        found = re.search(r"None = ([0-9.e+-]+)", entry.group(0)) if entry else None
+        if found is None and name in _UNDOCUMENTED_NONE:
+            return _UNDOCUMENTED_NONE[name]
+        if found is None:
+            raise KeyError(f"{spec.name}: no documented value for {name}=None")
+        return float(found.group(1))
     return param.default
 
 
@@ -272,7 +288,7 @@ def _auon(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
 
 
 def _soap(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
-    freq = int(hyper(spec, "precondition_frequency"))
+    freq = int(hyper(spec, "update_proj_gap"))
     max_dim = int(hyper(spec, "max_precond_dim"))
     cost = elementwise(t.size, 2, extra_passes=2)  # Adam moments + both factor inputs
     for view in t.dense_views():
@@ -383,7 +399,7 @@ def _mfac(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
 
 
 def _mkor(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
-    inv_freq = int(hyper(spec, "inv_freq"))
+    inv_freq = int(hyper(spec, "update_interval"))
     router = optx.mkor_router()  # heads are layers too; embeddings are not
     views = {}
     for x in t.leaves:

@@ -159,7 +159,9 @@ def make_optimizer(name: str, lr: Any, task: Task) -> optax.GradientTransformati
     if name == "mkor_adamw":
         return optx.mkor(lr, inner="adamw")
     if name == "sophia_g":
-        return optx.sophia_g(lr, tokens_per_batch=task.tokens_per_batch, rho=0.05, weight_decay=0.0)
+        return optx.sophia_g(
+            lr, tokens_per_batch=task.tokens_per_batch, gamma=0.05, weight_decay=0.0
+        )
     if name == "adahessian":
         return optx.adahessian(lr)
     raise ValueError(name)

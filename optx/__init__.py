@@ -13,7 +13,7 @@ from optx._src.accumulation import AccumulateGradientsState, accumulate_gradient
 
 # Optimizers (each module registers its optimizers on import).
 from optx._src.aliases.elementwise import adamw
-from optx._src.aliases.orthogonalized import muon, normuon
+from optx._src.aliases.orthogonalized import FALLBACK_PRESETS, muon, normuon
 
 # --- Orthogonalized-update family: AuON, ROOT, Lipschitz constraints (issue 4) ---
 from optx._src.aliases.orthogonalized import auon, hybrid_auon, lipschitz_muon, root

@@ -298,6 +298,6 @@ def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError):
         optx.scale_by_sai(scale_rule="adaptive")
     with pytest.raises(ValueError):
-        optx.scale_by_sai(momentum=-0.1)
+        optx.scale_by_sai(beta=-0.1)
     with pytest.raises(ValueError):
         optx.scale_by_adam_lookahead(eps=-1e-8)

@@ -425,7 +425,7 @@ def test_scale_by_soap_matches_reference(normalize: bool) -> None:
     b1, b2, eps, bs, freq = 0.9, 0.95, 1e-8, 0.8, 3
     grads = gradient_sequence(8)
     tx = optx.scale_by_soap(
-        b1, b2, eps, shampoo_beta=bs, precondition_frequency=freq, normalize_grads=normalize
+        b1, b2, eps, shampoo_beta=bs, update_proj_gap=freq, normalize_grads=normalize
     )
     updates = run_transform(tx, grads)
     for name in SHAPES:
@@ -446,7 +446,7 @@ def test_scale_by_soap_axes_factorization_and_vectors() -> None:
     b1, b2, eps, freq = 0.95, 0.95, 1e-8, 2
     grads = gradient_sequence(6, seed=7, shapes=shapes)
     tx = optx.scale_by_soap(
-        b1, b2, eps, precondition_frequency=freq, factorization="axes", precondition_1d=True
+        b1, b2, eps, update_proj_gap=freq, factorization="axes", precondition_1d=True
     )
     updates = run_transform(tx, grads)
     refs = NpSoap(b1, b2, eps, b2, freq, [True] * 4)
@@ -459,7 +459,7 @@ def test_scale_by_soap_axes_factorization_and_vectors() -> None:
 def test_scale_by_soap_max_precond_dim_leaves_side_unrotated() -> None:
     b1, b2, eps = 0.95, 0.95, 1e-8
     grads = gradient_sequence(4, seed=3)
-    tx = optx.scale_by_soap(b1, b2, eps, max_precond_dim=5, precondition_frequency=2)
+    tx = optx.scale_by_soap(b1, b2, eps, max_precond_dim=5, update_proj_gap=2)
     state = tx.init(tree_of({k: jnp.zeros(v.shape) for k, v in grads[0].items()}))
     # (6, 5): the fan-in side (6) is too big. Each leaf holds a tuple over its modes.
     assert isinstance(state.factors["dense"]["kernel"][0], optax.MaskedNode)
@@ -556,9 +556,9 @@ def test_scale_by_cosmos_rank_is_clipped_to_fan_in() -> None:
 
 def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError):
-        optx.scale_by_soap(precondition_frequency=0)
+        optx.scale_by_soap(update_proj_gap=0)
     with pytest.raises(TypeError):
-        optx.scale_by_soap(precondition_frequency=2.5)
+        optx.scale_by_soap(update_proj_gap=2.5)
     with pytest.raises(TypeError):
         optx.scale_by_soap(max_precond_dim=None)
     with pytest.raises(ValueError, match="factorization"):
@@ -582,7 +582,7 @@ def test_bad_arguments_raise() -> None:
     with pytest.raises(TypeError):
         optx.scale_by_cosmos(rank=4.0)
     with pytest.raises(ValueError, match="Newton"):
-        optx.scale_by_cosmos(ns_coefficients="nope")
+        optx.scale_by_cosmos(ns_coeffs="nope")
     with pytest.raises(ValueError, match="layout"):
         # A layout tree with no entry for a leaf names that leaf at init.
         optx.scale_by_soap(layout={"other": optx.DENSE}).init({"w": jnp.zeros((2, 2))})
@@ -614,7 +614,7 @@ def _mesh_case(square: bool) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 TRANSFORMS = {
-    "soap": lambda: optx.scale_by_soap(precondition_frequency=2),
+    "soap": lambda: optx.scale_by_soap(update_proj_gap=2),
     "conda": lambda: optx.scale_by_conda(update_proj_gap=2),
     "cosmos": lambda: optx.scale_by_cosmos(rank=3),
 }

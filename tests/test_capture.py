@@ -188,7 +188,7 @@ def test_mkor_trains_an_nnx_model_with_captures() -> None:
     # A top-level LinearGeneral named `out` is only known from the model (by name it
     # would be the output layer); MKOR preconditions the head too (output_group=None).
     router = optx.router_for(model, output_group=None)
-    tx = optx.mkor(0.05, inv_freq=2, statistics="captures", router=router)
+    tx = optx.mkor(0.05, update_interval=2, statistics="captures", router=router)
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     @nnx.jit

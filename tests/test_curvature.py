@@ -156,8 +156,9 @@ def test_select_by_path_ignores_nnx_value_boxes() -> None:
 
 
 def test_missing_arguments_message() -> None:
-    with pytest.raises(TypeError, match="sampled_loss_fn"):
+    with pytest.raises(TypeError, match="sampled_loss_fn") as info:
         curvature.check_extra_args(optx.GaussNewtonBartlett(), {}, "Sophia-G")
+    assert "`logits_fn`" in str(info.value) and "logits_fn=" in str(info.value)
     assert curvature.missing_arguments(optx.Hutchinson(), {"obj_fn": lambda p: 0.0}) == []
     args = optx.curvature_args(lambda p: 0.0, {"w": 1.0}, key=jax.random.key(0), loss=1.0)
     assert set(args) == {"loss_fn", "full_params", "key", "loss"}

@@ -87,9 +87,9 @@ def test_sophia_matches_float64_reference(refresh_at_start: bool) -> None:
             lr,
             b1,
             b2,
-            rho,
+            eps,
             wd,
-            eps=eps,
+            gamma=rho,
             update_interval=k,
             refresh_at_start=refresh_at_start,
             distribution="rademacher",
@@ -116,7 +116,9 @@ def test_adahessian_matches_float64_reference(block_size) -> None:
     tree, loss_fn, grad_np, hdiag_np, init = _separable_problem(1)
     lr, b1, b2, eps, wd, power, steps = 0.05, 0.9, 0.99, 1e-4, 0.01, 0.5, 4
     with jax.enable_x64(True):
-        tx = optx.adahessian(lr, b1, b2, eps, wd, power, block_size=block_size)
+        tx = optx.adahessian(
+            lr, b1, b2, eps, weight_decay=wd, hessian_power=power, block_size=block_size
+        )
         got = _trajectory(tx, loss_fn, tree, init, steps)
 
     def average(name: str, d: np.ndarray) -> np.ndarray:
@@ -179,9 +181,9 @@ def test_mlp_with_exact_hessian(kind: str) -> None:
         params0, loss_fn = _mlp_problem()
         params = jax.tree.map(jnp.asarray, params0)
         if kind == "sophia_h":
-            tx = optx.sophia_h(lr, b1, b2, 0.5, 0.0, update_interval=2, eps=1e-12)
+            tx = optx.sophia_h(lr, b1, b2, 1e-12, weight_decay=0.0, gamma=0.5, update_interval=2)
         else:
-            tx = optx.adahessian(lr, b1, b2, 1e-4, 0.0)
+            tx = optx.adahessian(lr, b1, b2, 1e-4, weight_decay=0.0)
         state = tx.init(params)
         keys = [jax.random.key(10 + t) for t in range(steps)]
         dist = "gaussian" if kind == "sophia_h" else "rademacher"
@@ -237,7 +239,7 @@ def _quadratic():
 
 def test_sophia_refresh_phase_and_win_rate() -> None:
     params, loss_fn, diag = _quadratic()
-    tx = optx.scale_by_sophia(rho=1.0, b2=0.5, estimator=optx.Hutchinson(), update_interval=3)
+    tx = optx.scale_by_sophia(gamma=1.0, b2=0.5, estimator=optx.Hutchinson(), update_interval=3)
     state = tx.init(params)
     step = jax.jit(lambda s: tx.update(jax.grad(loss_fn)(params), s, params, loss_fn=loss_fn))
     hs, wins = [], []
@@ -264,7 +266,7 @@ def test_sophia_negative_curvature_takes_full_clipped_step() -> None:
         return jnp.sum(jnp.array([-1.0, 1.0]) * p["w"] ** 2)
 
     tx = optx.scale_by_sophia(
-        b2=0.0, rho=1.0, estimator=optx.Hutchinson(), refresh_at_start=True, eps=1e-12
+        b2=0.0, gamma=1.0, estimator=optx.Hutchinson(), refresh_at_start=True, eps=1e-12
     )
     u, _ = tx.update(jax.grad(loss_fn)(params), tx.init(params), params, loss_fn=loss_fn)
     # w[0]: h < 0 → max(ρh, ε) = ε → the ratio is clipped to sign(m) (= sign(g) = -1).
@@ -353,7 +355,7 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError):
         optx.scale_by_sophia(b1=1.5)
     with pytest.raises(ValueError):
-        optx.scale_by_sophia(rho=-1.0)
+        optx.scale_by_sophia(gamma=-1.0)
     with pytest.raises(TypeError):
         optx.scale_by_sophia(update_interval=2.0)
     with pytest.raises(ValueError):

@@ -51,7 +51,7 @@ def test_mkor_default_computes_the_factor_update_in_fp16() -> None:
         }
         for _ in range(2)
     ]
-    tx = optx.mkor(0.1, inv_freq=1)
+    tx = optx.mkor(0.1, update_interval=1)
     state = tx.init(params)
     update = jax.jit(tx.update)
     for c in caps:  # refresh 0 only resets to I; refresh 1 is the first SM update

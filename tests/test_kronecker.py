@@ -121,7 +121,7 @@ def test_mkor_matches_explicit_inverse_reference(warmup: int) -> None:
         tx = optx.mkor(
             lr,
             momentum=mom,
-            inv_freq=inv_freq,
+            update_interval=inv_freq,
             warmup_steps=warmup,
             factor_dtype=jnp.float64,
             statistics="captures",
@@ -159,7 +159,7 @@ def test_sherman_morrison_is_the_explicit_inverse() -> None:
 def test_norm_based_stabilizer_resets_in_the_released_order() -> None:
     """A blow-up of A⁻¹ flags both factors; G⁻¹ is reset in the same refresh, A⁻¹ at the next."""
     params = {"dense": {"kernel": jnp.ones((3, 2))}}
-    tx = optx.scale_by_mkor(inv_freq=1, factor_dtype=jnp.float32, statistics="captures")
+    tx = optx.scale_by_mkor(update_interval=1, factor_dtype=jnp.float32, statistics="captures")
     state = tx.init(params)
     layer = state.layers["dense"]["kernel"]  # the state mirrors the parameter tree
     big = optx.MKORLayerState(
@@ -181,7 +181,7 @@ def test_norm_based_stabilizer_resets_in_the_released_order() -> None:
     assert not bool(l2.reset_a[0])
     # 'blend' resets to (1 − ζ)F⁻¹ + ζI instead.
     tx_b = optx.scale_by_mkor(
-        inv_freq=1,
+        update_interval=1,
         factor_dtype=jnp.float32,
         reset_mode="blend",
         stabilization_factor=0.1,
@@ -196,7 +196,7 @@ def test_norm_based_stabilizer_resets_in_the_released_order() -> None:
 
 def test_first_refresh_only_resets_and_zero_gradients_stay_raw() -> None:
     params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
-    tx = optx.scale_by_mkor(inv_freq=1)
+    tx = optx.scale_by_mkor(update_interval=1)
     state = tx.init(params)
     u, state = tx.update(params, state)
     np.testing.assert_allclose(u["dense"]["kernel"], params["dense"]["kernel"])  # factors = I
@@ -232,7 +232,7 @@ def test_gradient_statistics_cover_the_router_layers() -> None:
     assert caps["stack/kernel"].output_grads.shape == (3, 2)
     assert caps["conv/kernel"].inputs.shape == (8,)
     # statistics='auto' without captures is the same as passing these captures.
-    tx = optx.scale_by_mkor(inv_freq=1, factor_dtype=jnp.float32)
+    tx = optx.scale_by_mkor(update_interval=1, factor_dtype=jnp.float32)
     s = tx.init(grads)
     _, s = tx.update(grads, s)  # first refresh: reset only
     u_auto, _ = tx.update(grads, s)
@@ -257,7 +257,7 @@ def test_heads_are_layers_and_embeddings_are_not() -> None:
 def test_mkor_h_switches_when_the_loss_rate_drops() -> None:
     params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
     grads = jax.tree.map(lambda x: 0.1 * x, params)
-    tx = optx.scale_by_mkor(inv_freq=1, hybrid=True, switch_window=2, switch_threshold=0.5)
+    tx = optx.scale_by_mkor(update_interval=1, hybrid=True, switch_window=2, switch_threshold=0.5)
     state = tx.init(params)
     # Window means: 10, 5 (rate 0.5), 2.5 (0.5), 2.4 (0.04 < 0.5·0.5) -> switch at step 7.
     losses = [10, 10, 5, 5, 2.5, 2.5, 2.4, 2.4, 1.0, 1.0]
@@ -290,9 +290,9 @@ def test_mkor_h_needs_the_loss() -> None:
 
 def test_bad_input() -> None:
     with pytest.raises(ValueError):
-        optx.scale_by_mkor(inv_freq=0)
+        optx.scale_by_mkor(update_interval=0)
     with pytest.raises(TypeError):
-        optx.scale_by_mkor(inv_freq=2.5)
+        optx.scale_by_mkor(update_interval=2.5)
     with pytest.raises(ValueError):
         optx.scale_by_mkor(reset_mode="zero")
     with pytest.raises(ValueError):
@@ -319,11 +319,11 @@ def test_bad_input() -> None:
 def test_inner_optimizers() -> None:
     params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
     for inner in ("sgd", "adamw", optax.scale_by_lion()):
-        tx = optx.mkor(1e-2, inner=inner, inv_freq=1)
+        tx = optx.mkor(1e-2, inner=inner, update_interval=1)
         u, _ = tx.update(params, tx.init(params), params)
         assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
     # AdamW inner: the first step of Adam is -lr·sign(Δ) (no decay on these leaves).
-    tx = optx.mkor(1e-2, inner="adamw", weight_decay=0.0, inv_freq=1)
+    tx = optx.mkor(1e-2, inner="adamw", weight_decay=0.0, update_interval=1)
     u, _ = tx.update(params, tx.init(params), params)
     np.testing.assert_allclose(u["dense"]["bias"], -1e-2 * np.ones(2), rtol=1e-4)
 
@@ -343,7 +343,7 @@ def test_mkor_with_injected_hyperparameters_under_an_explicit_mesh() -> None:
     grads = jax.tree.map(lambda x: 0.1 * x, params)
     static = optx.get_optimizer("mkor").all_static_args()
     tx = optax.inject_hyperparams(optx.mkor, static_args=static)(
-        learning_rate=0.1, factor_decay=0.9, clip_value=50.0, inv_freq=1
+        learning_rate=0.1, factor_decay=0.9, clip_value=50.0, update_interval=1
     )
     step = jax.jit(lambda g, s, p: tx.update(g, s, p))
     state = tx.init(params)

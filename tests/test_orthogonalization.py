@@ -92,18 +92,18 @@ def test_optimal_quintic_equioscillates() -> None:
 
 def test_coefficient_table_validation() -> None:
     with pytest.raises(ValueError, match="has 5 entries but steps=6"):
-        optx.scale_by_newton_schulz("dion", steps=6)
-    optx.scale_by_newton_schulz("dion", steps=3)  # a prefix of the table is fine
+        optx.scale_by_newton_schulz("dion", ns_steps=6)
+    optx.scale_by_newton_schulz("dion", ns_steps=3)  # a prefix of the table is fine
     with pytest.raises(ValueError, match="Unknown Newton–Schulz preset"):
         optx.scale_by_newton_schulz("nope")
     with pytest.raises(ValueError, match="three finite numbers"):
-        optx.scale_by_newton_schulz([(1.0, 2.0, float("nan"))], steps=1)
+        optx.scale_by_newton_schulz([(1.0, 2.0, float("nan"))], ns_steps=1)
     with pytest.raises(ValueError, match="three"):
-        optx.scale_by_newton_schulz([(1.0, 2.0)], steps=1)
-    with pytest.raises(TypeError, match="static Python int"):
-        optx.scale_by_newton_schulz(steps=5.0)
-    with pytest.raises(ValueError, match="> 0"):
-        optx.scale_by_newton_schulz(steps=0)
+        optx.scale_by_newton_schulz([(1.0, 2.0)], ns_steps=1)
+    with pytest.raises(TypeError, match="`ns_steps` must be a static Python int"):
+        optx.scale_by_newton_schulz(ns_steps=5.0)
+    with pytest.raises(ValueError, match="`ns_steps` must be a static Python int >= 1"):
+        optx.scale_by_newton_schulz(ns_steps=0)
     with pytest.raises(ValueError, match="strategy"):
         optx.scale_by_newton_schulz(strategy="magic")
     with pytest.raises(ValueError, match="rank >= 2"):
@@ -135,7 +135,7 @@ def test_transform_orthogonalizes_each_matrix_of_each_layout() -> None:
         "conv": {"kernel": jax.random.normal(next(k), (3, 3, 2, 5))},
         "bias": jnp.ones(4),
     }
-    tx = optx.scale_by_newton_schulz(steps=5)
+    tx = optx.scale_by_newton_schulz(ns_steps=5)
     out, _ = tx.update(grads, tx.init(grads))
     np.testing.assert_allclose(out["mlp"]["kernel"], optx.newton_schulz(grads["mlp"]["kernel"]))
     for i in range(3):
@@ -163,7 +163,7 @@ def test_sharding_strategies_match_unsharded(strategy) -> None:
         "b": {"kernel": P("model", None)},
         "c": {"kernel": P(None, "data", "model")},
     }
-    tx = optx.scale_by_newton_schulz(steps=5, strategy=strategy)
+    tx = optx.scale_by_newton_schulz(ns_steps=5, strategy=strategy)
     want, _ = jax.jit(tx.update)(grads, tx.init(grads))
     with jax.set_mesh(mesh):
         sharded = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), grads, specs)

@@ -26,3 +26,26 @@ def test_readme_main_command_targets_an_existing_script() -> None:
     else:  # python -m package.module
         module = main_cmd.split("-m")[-1].split()[0]
         assert (ROOT / (module.replace(".", "/") + ".py")).exists(), module
+
+
+def _quick_start_code() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Quick start", 1)[1]
+    return section.split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_readme_quick_start_runs_as_written() -> None:
+    """The Quick start is a complete NNX training step: it runs verbatim."""
+    import math
+
+    from flax import nnx
+
+    import optx
+
+    namespace: dict = {}
+    exec(compile(_quick_start_code(), "README.md:quick-start", "exec"), namespace)
+    assert math.isfinite(float(namespace["loss"]))
+    assert int(namespace["optimizer"].step[...]) == 1
+    model = namespace["model"]
+    table = str(optx.describe(namespace["tx"], nnx.state(model, nnx.Param)))
+    assert "hidden/kernel" in table and "matrix" in table

@@ -82,7 +82,7 @@ CASES = {
 def test_lion_kappa_steps_match_reference(kappa: str, kind: str) -> None:
     key, shape = CASES[kind]
     b1, b2 = 0.9, 0.99
-    kw = {"ns_coefficients": "cubic", "ns_steps": 40} if kappa == "nuclear" else {}
+    kw = {"ns_coeffs": "cubic", "ns_steps": 40} if kappa == "nuclear" else {}
     tx = optx.scale_by_lion_kappa(b1, b2, kappa, delta=DELTA, p=P, **kw)
     r = np.random.default_rng(0)
     grads = [r.normal(size=shape) for _ in range(4)]
@@ -138,7 +138,7 @@ def _solve(
 
 def _lion_k(kappa: str, lam: float, lr: float, steps: int, **kw) -> optax.GradientTransformation:
     schedule = optax.cosine_decay_schedule(lr, steps, alpha=1e-3)
-    return optx.lion_kappa(schedule, kappa, weight_decay=lam, delta=DELTA, p=P, **kw)
+    return optx.lion_kappa(schedule, kappa=kappa, weight_decay=lam, delta=DELTA, p=P, **kw)
 
 
 def test_lion_with_decay_converges_into_the_box() -> None:
@@ -192,9 +192,9 @@ def test_nuclear_kappa_converges_to_the_spectral_ball() -> None:
     expected = u @ np.diag(np.minimum(s, 1 / lam)) @ vt
     tx = optx.lion_kappa(
         optax.cosine_decay_schedule(0.05, 3000, alpha=1e-3),
-        "nuclear",
+        kappa="nuclear",
         weight_decay=lam,
-        ns_coefficients="cubic",
+        ns_coeffs="cubic",
         ns_steps=30,
         router=optx.Router([optx.Rule(".*", "matrix", optx.DENSE)]),
     )

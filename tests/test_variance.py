@@ -56,10 +56,10 @@ def test_agvm_sgd_matches_official_hook() -> None:
     tx = optx.agvm_sgd(
         lr,
         mom,
-        wd,
+        weight_decay=wd,
         groups=GROUPS,
-        agvm_momentum=alpha,
-        interval=interval,
+        agvm_decay=alpha,
+        update_interval=interval,
         start_step=start,
         stop_step=stop,
     )
@@ -98,7 +98,9 @@ def test_adam_preconditioning_uses_the_inner_second_moment() -> None:
     b2, eps = 0.999, 1e-8
     grads, halves = _data(3, seed=1)
     inner = optx.adamw(1e-3, b2=b2, eps=eps, weight_decay=0.0)
-    tx = optx.agvm(inner, GROUPS, start_step=0, interval=1, adam_preconditioning=True, adam_b2=b2)
+    tx = optx.agvm(
+        inner, GROUPS, start_step=0, update_interval=1, adam_preconditioning=True, adam_b2=b2
+    )
     params = _tree({k: np.zeros(s) for k, s in SHAPES.items()})
     state = tx.init(params)
     v = {k: np.zeros(s) for k, s in SHAPES.items()}
@@ -121,7 +123,7 @@ def test_adam_preconditioning_uses_the_inner_second_moment() -> None:
 )
 def test_agvm_wraps_any_optimizer(inner: optax.GradientTransformation) -> None:
     grads, halves = _data(2, seed=2)
-    tx = optx.agvm(inner, start_step=0, interval=1)
+    tx = optx.agvm(inner, start_step=0, update_interval=1)
     params = _tree({k: np.ones(s) for k, s in SHAPES.items()})
     state = tx.init(params)
     plain_state = inner.init(params)
@@ -147,7 +149,7 @@ def test_half_batch_gradients_in_a_jitted_train_step() -> None:
         xb, yb = batch
         return jnp.mean((jnp.tanh(xb @ p["backbone"]["kernel"]) @ p["head"]["kernel"] - yb) ** 2)
 
-    tx = optx.agvm_sgd(0.1, groups=("backbone", ".*"), start_step=0, interval=1)
+    tx = optx.agvm_sgd(0.1, groups=("backbone", ".*"), start_step=0, update_interval=1)
 
     @jax.jit
     def train_step(p, s, batch):
@@ -189,6 +191,6 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError):
         optx.agvm(optax.sgd(0.1), start_step=10, stop_step=5)
     with pytest.raises(TypeError):
-        optx.agvm(optax.sgd(0.1), interval=2.5)
+        optx.agvm(optax.sgd(0.1), update_interval=2.5)
     with pytest.raises(ValueError, match="even"):
         optx.half_batch_gradients(lambda p, b: jnp.sum(b), {}, jnp.ones(3))

@@ -44,7 +44,7 @@ def test_mask_and_dtype() -> None:
 def test_bad_input() -> None:
     with pytest.raises(ValueError):
         optx.add_decayed_weights_after_step(-1.0, 0.1)
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match="`learning_rate`"):
         optx.add_decayed_weights_after_step(0.1, None)
     with pytest.raises(ValueError):
         optx.add_decayed_weights_after_step(0.1, 0.1, skip_steps=-1)

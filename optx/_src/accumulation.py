@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base
+from optx._src import base, hyperparams
 
 
 class AccumulateGradientsState(NamedTuple):
@@ -26,6 +26,7 @@ class AccumulateGradientsState(NamedTuple):
     inner_state: base.OptState
 
 
+@hyperparams.validated()
 def accumulate_gradients(
     inner: optax.GradientTransformation,
     every_k: int,

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optx._src import base, lora, sharding
+from optx._src import base, hyperparams, lora, sharding
 
 LORA_PRO_VARIANTS = ("paper", "official")
 LORA_PRO_SCALINGS = ("lora", "rslora", "official")
@@ -230,6 +230,7 @@ def _sharded_pair_step(
     return sharding.call_with_out_specs(fn, args, specs)
 
 
+@hyperparams.validated(scaling=hyperparams.choice(*LORA_PRO_SCALINGS))
 def scale_by_lora_pro(
     b1: Any = 0.9,
     b2: Any = 0.999,
@@ -410,6 +411,7 @@ def gate_threshold(x: jax.Array, threshold: Any, mode: str = "official") -> jax.
     return jnp.where(jnp.abs(x) < xi, jnp.zeros_like(x), x)
 
 
+@hyperparams.validated()
 def scale_by_gate_threshold(
     threshold: base.ScalarOrSchedule = 1e-3,
     *,

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, layouts, sharding
+from optx._src import base, hyperparams, layouts, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 compute_dtype = base.compute_dtype  # the library-wide rule; kept here for existing callers
@@ -182,6 +182,7 @@ def radam_rectification(
     return rho_t.astype(dt), r_t.astype(dt)
 
 
+@hyperparams.validated()
 def scale_by_belief(
     b1: Any = 0.9,
     b2: Any = 0.999,
@@ -336,6 +337,7 @@ class ScaleByExAdamState(NamedTuple):
     nu: base.Updates
 
 
+@hyperparams.validated()
 def scale_by_exadam(
     b1: Any = 0.9,
     b2: Any = 0.999,
@@ -410,6 +412,7 @@ def scale_by_exadam(
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def scale_by_adam_lookahead(
     b1: Any = 0.9,
     b2: Any = 0.999,
@@ -505,8 +508,9 @@ def block_gsnr(g: jax.Array, lay: ResolvedLayout | None, eps: Any) -> jax.Array:
     return norm / (std + eps)
 
 
+@hyperparams.validated()
 def scale_by_sai(
-    momentum: Any = 0.9,
+    beta: float = 0.9,
     eps: Any = 1e-8,
     *,
     scale_rule: str = "gsnr",
@@ -544,7 +548,7 @@ def scale_by_sai(
     repo's "faster approximation" — no statistics at all).
 
     Args:
-      momentum: μ (official 0.9).
+      beta: μ, the EMA coefficient of the momentum (the official ``momentum``, 0.9).
       eps: ε of the g-SNR (1e-8).
       scale_rule: see above (static).
       layout: a :data:`~optx.LayoutSpec` defining the blocks (default: the
@@ -564,7 +568,6 @@ def scale_by_sai(
       >>> round(float(s.gsnr[0]), 4)  # ||g|| / unbiased std = sqrt(10) / sqrt(2)
       2.2361
     """
-    base.check_in_range("momentum", momentum, 0.0, 1.0)
     base.check_nonnegative("eps", eps)
     base.check_choice("scale_rule", scale_rule, SAI_SCALE_RULES)
     mu_dtype = base.canonicalize_dtype(mu_dtype)
@@ -610,7 +613,7 @@ def scale_by_sai(
         def leaf(g: Any, mu: Any, scale: Any) -> tuple[Any, Any]:
             cdt = compute_dtype(g.dtype, mu.dtype)
             gc = g.astype(cdt)
-            new_mu = jnp.where(first, gc, momentum * mu.astype(cdt) + (1.0 - momentum) * gc)
+            new_mu = jnp.where(first, gc, beta * mu.astype(cdt) + (1.0 - beta) * gc)
             return (scale.astype(cdt) * new_mu).astype(g.dtype), new_mu.astype(mu.dtype)
 
         out = jax.tree.map(leaf, updates, state.mu, gsnr)

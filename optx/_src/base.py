@@ -31,6 +31,9 @@ OptState: TypeAlias = optax.OptState
 ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 KeyPath: TypeAlias = tuple[Any, ...]
 DType: TypeAlias = Any
+DTypeLike: TypeAlias = jax.typing.DTypeLike
+# A weight-decay mask: a tree of bools like the params, or params -> such a tree.
+Mask: TypeAlias = Any | Callable[[optax.Params], Any]
 
 # Key-path entries that NNX (and other Variable-boxing libraries) append to
 # the path of the boxed array. They carry no meaning for routing.

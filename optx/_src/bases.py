@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from optx._src import base, layouts, linalg, orthogonalization, sharding
+from optx._src import base, hyperparams, layouts, linalg, orthogonalization, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 FACTORIZATIONS = ("matrix", "axes")
@@ -533,20 +533,21 @@ class ScaleBySoapState(NamedTuple):
     bases: Any
 
 
+@hyperparams.validated()
 def scale_by_soap(
     b1: Any = 0.95,
     b2: Any = 0.95,
     eps: Any = 1e-8,
     *,
     shampoo_beta: Any = None,
-    precondition_frequency: int = 10,
+    update_proj_gap: int = 10,
     max_precond_dim: int = 10000,
     factorization: str = "matrix",
     merge_dims: bool = False,
     precondition_1d: bool = False,
     extra_layout: LayoutSpec | None = None,
     normalize_grads: bool = False,
-    correct_bias: bool = True,
+    bias_correction: bool = True,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
     precond_dtype: Any = None,
@@ -575,14 +576,14 @@ def scale_by_soap(
       ``Q_i = eigh(F_i)`` (descending eigenvalues); the update is **zero** and
       the moments stay zero. The bias-correction step ``t`` counts the real
       updates (the first call is not counted).
-    * Every ``precondition_frequency`` real updates (``t % f == 0``), after the
+    * Every ``update_proj_gap`` real updates (``t % f == 0``), after the
       factor update, each ``Q_i`` is refreshed by :func:`power_qr_basis`; ``V``
       is **permuted** by the eigenvalue sort (not rotated) and ``M'`` is
       re-rotated (back with the old basis, forward with the new). The official
       code round-trips ``M'`` through the original basis on every step; that
       is the identity up to round-off and is done only on refresh here.
     * ε is added to ``√V`` before the bias correction, which is folded into the
-      step size (``√(1−β₂ᵗ)/(1−β₁ᵗ)``; ``correct_bias=False`` drops it).
+      step size (``√(1−β₂ᵗ)/(1−β₁ᵗ)``; ``bias_correction=False`` drops it).
     * Modes larger than ``max_precond_dim`` get no rotation; 1-D leaves are
       unrotated unless ``precondition_1d``; ``normalize_grads`` divides each
       matrix of ``U`` by its RMS (+1e-30) before the bias correction.
@@ -612,7 +613,7 @@ def scale_by_soap(
     Args:
       b1, b2, eps: Adam's hyper-parameters (injectable).
       shampoo_beta: EMA decay of the factors (default ``b2``).
-      precondition_frequency: refresh period of the bases (static).
+      update_proj_gap: refresh period of the bases (static).
       max_precond_dim: modes above this size stay unrotated (static).
       factorization: ``'matrix'`` or ``'axes'`` (static).
       merge_dims: greedy merge of axes (``'axes'`` only).
@@ -620,7 +621,7 @@ def scale_by_soap(
       extra_layout: an optional second :data:`~optx.LayoutSpec` for leaves
         ``layout`` gives none (``None``: no other leaf is rotated).
       normalize_grads: per-matrix RMS normalization of the update.
-      correct_bias: fold Adam's bias correction into the step.
+      bias_correction: fold Adam's bias correction into the step.
       mu_dtype, nu_dtype: dtypes of ``M'`` and ``V`` (default: the param dtype).
       precond_dtype: storage dtype of factors and bases (default ``None``: the
         parameter's compute dtype, ``promote(param dtype, float32)``).
@@ -648,7 +649,7 @@ def scale_by_soap(
     base.check_nonnegative("eps", eps)
     if shampoo_beta is not None:
         base.check_in_range("shampoo_beta", shampoo_beta, -math.inf, 1.0)
-    frequency = base.check_positive_int("precondition_frequency", precondition_frequency)
+    frequency = base.check_positive_int("update_proj_gap", update_proj_gap)
     max_dim = base.check_positive_int("max_precond_dim", max_precond_dim)
     if merge_dims and factorization != "axes":
         raise ValueError("merge_dims=True needs factorization='axes' (the matrix view is merged).")
@@ -768,7 +769,7 @@ def scale_by_soap(
         # The first call only initializes, so call number c (from 0) is real step t = c.
         t = state.count
         bc1, bc2 = _bias_corrections(jnp.maximum(t, 1), b1, b2)
-        step_scale = jnp.sqrt(bc2) / bc1 if correct_bias else jnp.ones([], bc1.dtype)
+        step_scale = jnp.sqrt(bc2) / bc1 if bias_correction else jnp.ones([], bc1.dtype)
         if shampoo_beta is None:
             beta_s, omb_s = b2, _one_minus(b2)
         else:
@@ -839,6 +840,7 @@ def conda_side(view: ModeView) -> int:
     return 0 if fan_in <= fan_out else 1
 
 
+@hyperparams.validated()
 def scale_by_conda(
     b1: Any = 0.9,
     b2: Any = 0.999,
@@ -846,7 +848,7 @@ def scale_by_conda(
     *,
     update_proj_gap: int = 50,
     scale: Any = 1.0,
-    correct_bias: bool = True,
+    bias_correction: bool = True,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
     precond_dtype: Any = None,
@@ -894,7 +896,7 @@ def scale_by_conda(
       b1, b2, eps: Adam's hyper-parameters (injectable).
       update_proj_gap: the refresh period T of the basis (static).
       scale: multiplier of the rotated leaves' update (injectable).
-      correct_bias: fold Adam's bias correction into the step.
+      bias_correction: fold Adam's bias correction into the step.
       mu_dtype, nu_dtype: moment dtypes (default: the param dtype).
       precond_dtype: storage dtype of the bases (default: the parameter's
         compute dtype, float32 for bf16/f32 parameters, float64 for f64).
@@ -980,7 +982,7 @@ def scale_by_conda(
         del params, extra
         count = optax.safe_increment(state.count)
         bc1, bc2 = _bias_corrections(count, b1, b2)
-        step_scale = jnp.sqrt(bc2) / bc1 if correct_bias else jnp.ones([], bc1.dtype)
+        step_scale = jnp.sqrt(bc2) / bc1 if bias_correction else jnp.ones([], bc1.dtype)
         scalars = _scalars(
             b1=b1,
             b2=b2,
@@ -1031,6 +1033,7 @@ def cosmos_rank(view: ModeView, rank: int) -> int:
     return min(rank, view.mode_dims[0])
 
 
+@hyperparams.validated()
 def scale_by_cosmos(
     b1: Any = 0.9,
     b2: Any = 0.999,
@@ -1039,7 +1042,7 @@ def scale_by_cosmos(
     rank: int = 64,
     gamma: Any = 0.2,
     nesterov: bool = True,
-    ns_coefficients: Any = "keller",
+    ns_coeffs: Any = "keller",
     ns_steps: int = 5,
     ns_dtype: Any = None,
     mu_dtype: Any = None,
@@ -1098,7 +1101,7 @@ def scale_by_cosmos(
         official other branch, which scales the *raw gradient* by ``1/c₁``
         (``COSMOS_optim.py`` lines 86–87 @61de180e): ``M`` is then kept but
         unused.
-      ns_coefficients, ns_steps, ns_dtype: Newton–Schulz settings
+      ns_coeffs, ns_steps, ns_dtype: Newton–Schulz settings
         (:func:`optx.newton_schulz`).
       mu_dtype, nu_dtype: dtypes of ``M`` and ``V``.
       precond_dtype: storage dtype of ``P`` and ``S``.
@@ -1123,8 +1126,8 @@ def scale_by_cosmos(
     base.check_finite("gamma", gamma)
     rank = base.check_positive_int("rank", rank)
     ns_steps = base.check_positive_int("ns_steps", ns_steps)
-    if not callable(ns_coefficients):
-        orthogonalization.resolve_coefficients(ns_coefficients).for_steps(ns_steps)
+    if not callable(ns_coeffs):
+        orthogonalization.resolve_coefficients(ns_coeffs).for_steps(ns_steps)
     ns_dtype = _check_dtype_arg("ns_dtype", ns_dtype)
     mu_dtype = _check_dtype_arg("mu_dtype", mu_dtype)
     nu_dtype = _check_dtype_arg("nu_dtype", nu_dtype)
@@ -1188,7 +1191,7 @@ def scale_by_cosmos(
             coeff, residual = subspace_split(g_hat, new_p)
             adam = new_p @ (coeff / (jnp.sqrt(new_v) / jnp.sqrt(s["bc2"]) + s["eps"]))
             ortho = orthogonalization.newton_schulz(
-                residual, ns_coefficients, ns_steps, compute_dtype=ns_dtype
+                residual, ns_coeffs, ns_steps, compute_dtype=ns_dtype
             )
             ortho_norm = jnp.sqrt(jnp.sum(jnp.square(ortho), axis=(-2, -1), keepdims=True))
             ortho = math.sqrt(n * m) * ortho / (ortho_norm + s["eps"])

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, layouts, sharding
+from optx._src import base, hyperparams, layouts, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 QUANTILE_METHODS = ("linear", "lower", "higher")
@@ -200,6 +200,7 @@ def _soft_threshold(v: jax.Array, quantile: Any, eps: Any, layout: ResolvedLayou
     return (vc - outliers).astype(v.dtype)
 
 
+@hyperparams.validated()
 def clip_by_quantile(
     quantile: Any = 0.9,
     eps: Any = 1e-9,

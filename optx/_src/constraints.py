@@ -75,7 +75,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, layouts, routing, sharding
+from optx._src import base, hyperparams, layouts, routing, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 GEOMETRIES = ("rms", "l2")
@@ -272,6 +272,7 @@ def _run_gathered(fn: Callable[..., Any], x: jax.Array, *args: Any) -> Any:
     return (sharding.reshard_like(out[0], x), *out[1:])
 
 
+@hyperparams.validated()
 def spectral_projection(
     project: ProjectFn,
     *,
@@ -435,6 +436,7 @@ def _rank_one(pi: Any) -> tuple[jax.Array, jax.Array]:
     return sigma, u[:, :, None] * v[:, None, :]
 
 
+@hyperparams.validated()
 def spectral_normalize(
     w_max: Any = 1.0,
     *,
@@ -495,6 +497,7 @@ def spectral_normalize(
     )
 
 
+@hyperparams.validated()
 def spectral_hammer(
     w_max: Any = 1.0,
     *,
@@ -547,6 +550,7 @@ def spectral_hammer(
     )
 
 
+@hyperparams.validated()
 def spectral_weight_decay(
     decay: base.ScalarOrSchedule = 0.1,
     *,
@@ -602,6 +606,7 @@ def spectral_weight_decay(
     )
 
 
+@hyperparams.validated()
 def spectral_soft_cap(
     w_max: Any = 1.0,
     max_update_norm: base.ScalarOrSchedule = 0.02,
@@ -677,6 +682,7 @@ def spectral_soft_cap(
     )
 
 
+@hyperparams.validated()
 def spectral_hard_cap(
     w_max: Any = 1.0,
     *,
@@ -719,6 +725,7 @@ def spectral_hard_cap(
     )
 
 
+@hyperparams.validated()
 def spectral_svd_cap(
     w_max: Any = 1.0,
     *,
@@ -795,6 +802,7 @@ def embedding_mask(router: routing.Router | None = None) -> Callable[[Any], Any]
     return mask
 
 
+@hyperparams.validated()
 def embedding_rms_projection(
     max_inflation_factor: Any = 1.0,
     *,

@@ -404,7 +404,9 @@ def check_extra_args(estimator: Any, extra: Mapping[str, Any], who: str) -> None
 _DESCRIPTIONS = {
     "loss_fn": "`loss_fn` (params -> scalar loss of the current batch, over the full tree)",
     "sampled_loss_fn": "`sampled_loss_fn` ((params, key) -> loss with labels sampled from "
-    "the model's logits; see optx.sampled_label_loss)",
+    "the model's logits): build it from your model's `logits_fn` with "
+    "optx.curvature_args(loss_fn, params, sampled_loss_fn=optx.sampled_label_loss(logits_fn)) "
+    "or pass `logits_fn=` to optx.nnx_curvature_args(model, batch, loss_fn, logits_fn=...)",
 }
 
 

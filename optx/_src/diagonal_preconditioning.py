@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import adaptive, base, curvature, layouts, routing
+from optx._src import adaptive, base, curvature, hyperparams, layouts, routing
 
 
 def _new_key(seed: int) -> jax.Array:
@@ -69,19 +69,20 @@ class ScaleBySophiaState(NamedTuple):
     win_rate: jax.Array
 
 
+@hyperparams.validated()
 def scale_by_sophia(
-    b1: Any = 0.965,
-    b2: Any = 0.99,
-    rho: Any = 0.04,
-    tokens_per_batch: Any = 1.0,
-    eps: Any = 1e-15,
+    b1: float = 0.965,
+    b2: float = 0.99,
+    gamma: float = 0.04,
+    tokens_per_batch: float = 1.0,
+    eps: float = 1e-15,
     *,
     estimator: Any = None,
-    update_interval: int = 10,
+    update_interval: int | None = None,
     refresh_at_start: bool = False,
-    seed: int = 0,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    seed: int | None = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Sophia's clipped, curvature-scaled momentum (arXiv 2305.14342, Alg. 3).
 
@@ -91,13 +92,14 @@ def scale_by_sophia(
       h_t = \\begin{cases} β_2 h_{t-k} + (1-β_2) \\hat h_t & \\text{refresh step} \\\\
                            h_{t-1} & \\text{otherwise} \\end{cases}
 
-      u_t = \\mathrm{clip}\\big(m_t / \\max(ρ · B · h_t, ε), -1, 1\\big)
+      u_t = \\mathrm{clip}\\big(m_t / \\max(γ · B · h_t, ε), -1, 1\\big)
 
     with no bias correction on either EMA and ``ĥ`` from ``estimator``
     (:class:`optx.GaussNewtonBartlett` for Sophia-G, :class:`optx.Hutchinson`
     for Sophia-H). ``B`` is ``tokens_per_batch``: the official SophiaG keeps the
     raw ``ĝ ⊙ ĝ`` in ``h`` and multiplies by ``ρ · bs`` (``bs`` = tokens per
-    step) in the ratio, which is the paper's ``B · ĝ ⊙ ĝ`` estimator.
+    step) in the ratio, which is the paper's ``B · ĝ ⊙ ĝ`` estimator. optx calls
+    the official ``rho`` (the paper's γ) ``gamma``, as ``optax.contrib.sophia``.
 
     Refresh phase (static ``k = update_interval``): with ``refresh_at_start=False``
     (official SophiaG) ``h`` is refreshed at steps ``k, 2k, …`` (0-based) with
@@ -115,31 +117,26 @@ def scale_by_sophia(
     Args:
       b1: momentum β₁.
       b2: Hessian-EMA β₂.
-      rho: ρ (official SophiaG) / γ (paper, Sophia-H).
+      gamma: γ (paper, optax) = ρ (official SophiaG ``rho``).
       tokens_per_batch: ``B`` of the GNB estimator (tokens or examples per
         step); use 1 with Hutchinson.
       eps: ε of the denominator.
       estimator: a curvature estimator (default :class:`optx.GaussNewtonBartlett`).
-      update_interval: ``k`` (static).
+      update_interval: ``k`` (static; None = 10).
       refresh_at_start: refresh at steps 0, k, 2k instead of k, 2k, 3k.
-      seed: seed of the state's PRNG key (static).
+      seed: seed of the state's PRNG key (static; None = 0).
       mu_dtype, nu_dtype: dtypes of ``m`` and ``h``.
 
     Example:
       >>> import jax.numpy as jnp, optx
-      >>> tx = optx.scale_by_sophia(estimator=optx.Hutchinson(), rho=1.0,
+      >>> tx = optx.scale_by_sophia(estimator=optx.Hutchinson(), gamma=1.0,
       ...                           refresh_at_start=True)
       >>> loss_fn = lambda p: jnp.sum(p ** 2)
       >>> p = jnp.ones(2)
       >>> u, s = tx.update(2 * p, tx.init(p), p, loss_fn=loss_fn)
     """
-    base.check_in_range("b1", b1, 0.0, 1.0)
-    base.check_in_range("b2", b2, 0.0, 1.0)
-    base.check_nonnegative("rho", rho)
-    base.check_nonnegative("tokens_per_batch", tokens_per_batch)
-    base.check_nonnegative("eps", eps)
-    k = base.check_positive_int("update_interval", update_interval)
-    base.check_positive_int("seed", seed, allow_zero=True)
+    k = 10 if update_interval is None else update_interval
+    seed = 0 if seed is None else seed
     estimator = curvature.GaussNewtonBartlett() if estimator is None else estimator
     _check_estimator(estimator)
     mu_dtype = base.canonicalize_dtype(mu_dtype)
@@ -176,7 +173,7 @@ def scale_by_sophia(
 
         hessian, key = jax.lax.cond(due, refresh, keep, None)
         mu = jax.tree.map(lambda m, g: _ema(m, g, b1), state.mu, updates)
-        scale = rho * tokens_per_batch
+        scale = gamma * tokens_per_batch
 
         def direction(g: jax.Array, m: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
             cdt = adaptive.compute_dtype(g.dtype, m.dtype, h.dtype)
@@ -269,22 +266,27 @@ def _block_average(d: jax.Array, lay: layouts.ResolvedLayout, block_size: int) -
     return layouts.from_matrices(avg.reshape(b, fan_in, fan_out), lay)
 
 
+ADAHESSIAN_BLOCK_SIZE = hyperparams.integer(-1, optional=True)
+"""``block_size`` of AdaHessian: None (off), -1 (the whole fan-in) or ``>= 1``."""
+
+
+@hyperparams.validated(block_size=ADAHESSIAN_BLOCK_SIZE)
 def scale_by_adahessian(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-4,
-    hessian_power: Any = 1.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-4,
+    hessian_power: float = 1.0,
     *,
-    num_samples: int = 1,
+    num_samples: int | None = None,
     distribution: str = "rademacher",
     spatial_axes: str | SpatialAxesFn = "conv",
     block_size: int | None = None,
-    update_interval: int = 1,
+    update_interval: int | None = None,
     router: routing.Router | None = None,
     axis_name: str | None = None,
-    seed: int = 0,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    seed: int | None = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AdaHessian's scaling by an RMS EMA of the Hessian diagonal (arXiv 2006.00719).
 
@@ -320,16 +322,16 @@ def scale_by_adahessian(
       b1, b2: EMA coefficients.
       eps: ε (added after the power).
       hessian_power: ``k`` in [0, 1].
-      num_samples: Hutchinson probes per refresh (static; official 1).
+      num_samples: Hutchinson probes per refresh (static; None = 1, official).
       distribution: probe distribution (official ``'rademacher'``).
       spatial_axes: ``'conv'`` (:func:`conv_window_axes` of ``router``),
         ``'none'``, or a callable ``(path, leaf) -> axes | None``.
       block_size: block averaging over the fan-in of the router's matrix
         leaves (static; None disables, -1 = the whole fan-in).
-      update_interval: refresh ``v`` every k steps (static).
+      update_interval: refresh ``v`` every k steps (static; None = 1).
       router: routing for conv detection and block averaging.
       axis_name: mapped axis for cross-device averaging.
-      seed: seed of the probes' PRNG key (static).
+      seed: seed of the probes' PRNG key (static; None = 0).
       mu_dtype, nu_dtype: moment dtypes.
 
     Example:
@@ -339,12 +341,9 @@ def scale_by_adahessian(
       >>> p = jnp.ones(2)
       >>> u, s = tx.update(2 * p, tx.init(p), p, loss_fn=loss_fn)
     """
-    base.check_in_range("b1", b1, 0.0, 1.0)
-    base.check_in_range("b2", b2, 0.0, 1.0)
-    base.check_nonnegative("eps", eps)
-    base.check_in_range("hessian_power", hessian_power, 0.0, 1.0, high_inclusive=True)
-    k = base.check_positive_int("update_interval", update_interval)
-    base.check_positive_int("seed", seed, allow_zero=True)
+    k = 1 if update_interval is None else update_interval
+    seed = 0 if seed is None else seed
+    num_samples = 1 if num_samples is None else num_samples
     if block_size is not None and block_size != -1:
         base.check_positive_int("block_size", block_size)
     router = routing.as_router(router)

@@ -86,7 +86,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, layouts, routing, sharding
+from optx._src import base, hyperparams, layouts, routing, sharding
 from optx._src.layouts import ResolvedLayout
 
 FITNESS_SHAPINGS = ("standardize", "centered_ranks", "none")
@@ -694,6 +694,7 @@ def es_gradient(
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def scale_by_eggroll(
     sigma: base.ScalarOrSchedule,
     rank: int | None = 1,

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from optx._src import base, layouts, routing, sharding
+from optx._src import base, hyperparams, layouts, routing, sharding
 
 
 class ScaleByMFACState(NamedTuple):
@@ -84,14 +84,15 @@ def _insert(
     return G, gram
 
 
+@hyperparams.validated()
 def scale_by_mfac(
-    num_grads: int = 1024,
-    damp: Any = 1e-5,
+    num_grads: int | None = None,
+    damp: float = 1e-5,
     *,
     blockwise: bool = False,
     router: routing.Router | None = None,
-    buffer_dtype: Any = None,
-    compute_dtype: Any = None,
+    buffer_dtype: base.DTypeLike | None = None,
+    compute_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """M-FAC: multiply by the inverse damped empirical Fisher of the last ``m`` gradients.
 
@@ -121,13 +122,13 @@ def scale_by_mfac(
     disables TF32). The Gram matrix is stored in ``compute_dtype``.
 
     Args:
-      num_grads: ``m``, gradients kept (static; official default 1024).
+      num_grads: ``m``, gradients kept (static; None = 1024, the official default).
       damp: λ (official 1e-5).
       blockwise: per-matrix blocks instead of one global block (static).
       router: layouts of the blocks when ``blockwise``.
       buffer_dtype: dtype of the ring buffer (default: f32, or the params'
         dtype when wider).
-      compute_dtype: dtype of the Gram matrix and the solve (default: f32, or
+      compute_dtype: dtype of the Gram matrix and the solve (None: f32, or
         the params' dtype when wider — f64 for f64 parameters).
 
     Example:
@@ -138,8 +139,7 @@ def scale_by_mfac(
       >>> s.grads.shape
       (4, 9)
     """
-    m = base.check_positive_int("num_grads", num_grads)
-    base.check_nonnegative("damp", damp)
+    m = 1024 if num_grads is None else num_grads
     router = routing.as_router(router)
     buffer_dtype = base.canonicalize_dtype(buffer_dtype)
     compute_dtype_arg = base.canonicalize_dtype(compute_dtype)

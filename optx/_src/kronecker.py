@@ -2,7 +2,7 @@
 
 MKOR (arXiv 2306.01685) preconditions each Dense/Conv layer's gradient with
 inverse Kronecker factors ``A⁻¹`` (inputs) and ``G⁻¹`` (output gradients)
-that it never inverts: every ``inv_freq`` steps they are updated by one
+that it never inverts: every ``update_interval`` steps they are updated by one
 Sherman–Morrison step with the *batch-mean* input ``ā`` and output gradient
 ``ḡ`` (a rank-1 approximation of the covariances). A norm-based stabilizer
 resets factors whose entries blow up, and the preconditioned gradient is
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, layouts, routing, sharding
+from optx._src import base, hyperparams, layouts, routing, sharding
 from optx._src.capture import LayerStatistics
 
 RESET_MODES = ("identity", "blend")
@@ -318,23 +318,24 @@ def _sharded_call(fn: Any, args: tuple[Any, ...], outs_like: Any) -> Any:
     return sharding.call_with_out_specs(fn, args, out_specs)
 
 
+@hyperparams.validated()
 def scale_by_mkor(
-    inv_freq: int = 10,
+    update_interval: int | None = None,
     *,
-    factor_decay: Any = 0.95,
-    stabilization_factor: Any = 0.1,
+    factor_decay: float = 0.95,
+    stabilization_factor: float = 0.1,
     reset_mode: str = "identity",
-    reset_threshold: Any = 2.0,
-    clip_value: Any = 100.0,
-    warmup_steps: int = 0,
+    reset_threshold: float = 2.0,
+    clip_value: float = 100.0,
+    warmup_steps: int | None = None,
     statistics: str = "auto",
-    factor_dtype: Any = jnp.float16,
-    factor_compute_dtype: Any = None,
+    factor_dtype: base.DTypeLike | None = "float16",
+    factor_compute_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
     hybrid: bool = False,
-    switch_window: int = 100,
-    switch_threshold: Any = 0.1,
-    switch_min_steps: int = 0,
+    switch_window: int | None = None,
+    switch_threshold: float = 0.1,
+    switch_min_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """MKOR's preconditioner: rank-1 Sherman–Morrison inverse Kronecker factors.
 
@@ -414,42 +415,37 @@ def scale_by_mkor(
       used).
 
     Args:
-      inv_freq: refresh period of the factors (static; official 10).
+      update_interval: refresh period of the factors (the official ``inv_freq``;
+        static; None = 10).
       factor_decay: γ of ``P = γF⁻¹ + (1−γ)I`` (official 0.95).
       stabilization_factor: ζ of ``reset_mode='blend'`` (official 0.1).
       reset_mode: ``'identity'`` (released behaviour) or ``'blend'``.
       reset_threshold: blow-up threshold on ``max|F⁻¹|`` (official 2).
       clip_value: clamp of the statistics (official 100).
-      warmup_steps: refresh every step before this step (static; official 0).
+      warmup_steps: refresh every step before this step (static; None = 0,
+        official).
       statistics: ``'auto'``, ``'captures'`` or ``'gradients'``.
       factor_dtype: storage dtype of the factors (official fp16).
       factor_compute_dtype: dtype of the Sherman–Morrison update and the
         resets (static; ``None``: ``factor_dtype``, as the official code).
       router: which leaves are layers (default :func:`optx.mkor_router`).
       hybrid: MKOR-H switching (needs the ``loss`` extra argument).
-      switch_window: steps per loss window (static).
+      switch_window: steps per loss window (static; None = 100).
       switch_threshold: switch when the window's rate falls below this
         fraction of the best rate.
-      switch_min_steps: never switch before this step.
+      switch_min_steps: never switch before this step (static; None = 0).
 
     Example:
       >>> import jax.numpy as jnp, optax, optx
       >>> params = {'dense': {'kernel': jnp.ones((3, 2)), 'bias': jnp.zeros(2)}}
-      >>> tx = optax.chain(optx.scale_by_mkor(inv_freq=1), optax.sgd(0.1))
+      >>> tx = optax.chain(optx.scale_by_mkor(update_interval=1), optax.sgd(0.1))
       >>> u, s = tx.update(params, tx.init(params), params)
     """
-    k = base.check_positive_int("inv_freq", inv_freq)
-    warmup_steps = base.check_positive_int("warmup_steps", warmup_steps, allow_zero=True)
-    window = base.check_positive_int("switch_window", switch_window)
-    base.check_positive_int("switch_min_steps", switch_min_steps, allow_zero=True)
-    base.check_choice("reset_mode", reset_mode, RESET_MODES)
-    base.check_choice("statistics", statistics, STATISTICS)
-    base.check_in_range("factor_decay", factor_decay, 0.0, 1.0, high_inclusive=True)
-    base.check_in_range("stabilization_factor", stabilization_factor, 0.0, 1.0, high_inclusive=True)
-    base.check_nonnegative("clip_value", clip_value)
-    base.check_nonnegative("reset_threshold", reset_threshold)
-    base.check_nonnegative("switch_threshold", switch_threshold)
-    factor_dtype = base.canonicalize_dtype(factor_dtype)
+    k = 10 if update_interval is None else update_interval
+    warmup_steps = 0 if warmup_steps is None else warmup_steps
+    window = 100 if switch_window is None else switch_window
+    switch_min_steps = 0 if switch_min_steps is None else switch_min_steps
+    factor_dtype = base.canonicalize_dtype("float16" if factor_dtype is None else factor_dtype)
     if not jnp.issubdtype(factor_dtype, jnp.floating):
         raise TypeError(f"`factor_dtype` must be a floating dtype, got {factor_dtype}.")
     update_dtype = base.canonicalize_dtype(factor_compute_dtype) or factor_dtype

@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optx._src import base
+from optx._src import base, hyperparams
 
 A_NAME = "lora_a"
 B_NAME = "lora_b"
@@ -397,6 +397,7 @@ def lora_labels(
     )
 
 
+@hyperparams.validated()
 def freeze_base(
     tx: optax.GradientTransformation, pairs: Sequence[LoRAPair] | None = None
 ) -> optax.GradientTransformationExtraArgs:

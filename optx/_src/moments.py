@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base
+from optx._src import base, hyperparams
 
 MOMENTUM_KINDS = ("ema", "sum")
 EPS_PLACEMENTS = ("corrected", "uncorrected")
@@ -31,6 +31,7 @@ class ScaleByMomentumState(NamedTuple):
     mu: base.Updates
 
 
+@hyperparams.validated()
 def scale_by_momentum(
     beta: Any = 0.95,
     *,
@@ -124,6 +125,7 @@ def scale_by_momentum(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@hyperparams.validated()
 def scale_by_adam(
     b1: Any = 0.9,
     b2: Any = 0.999,
@@ -267,6 +269,7 @@ class BiasCorrectionState(NamedTuple):
     count: jax.Array
 
 
+@hyperparams.validated()
 def scale_by_bias_correction(
     b1: Any = 0.9, b2: Any = 0.999
 ) -> optax.GradientTransformationExtraArgs:

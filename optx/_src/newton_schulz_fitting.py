@@ -107,7 +107,16 @@ class ShapeCoefficientTable:
         self.warn = warn
         self._warned: set[ShapeKey] = set()
 
-    def __call__(self, min_dim: int, max_dim: int) -> NewtonSchulzCoefficients:
+    def __call__(self, min_dim: int, max_dim: int | None = None) -> NewtonSchulzCoefficients:
+        if max_dim is None:
+            # optax.inject_hyperparams takes every callable argument for a schedule
+            # and calls it with the step count.
+            raise TypeError(
+                f"Newton–Schulz coefficient table '{self.name}' was called with one argument "
+                f"({min_dim!r}), as optax.inject_hyperparams calls a schedule: pass the table "
+                "as a static argument, optax.inject_hyperparams(optx.root, "
+                "static_args=('ns_coeffs',))(...)."
+            )
         key = (min(min_dim, max_dim), max(min_dim, max_dim))
         if key in self.entries:
             return self.entries[key]

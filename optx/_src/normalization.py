@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, layouts, sharding
+from optx._src import base, hyperparams, layouts, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 
@@ -95,6 +95,7 @@ def _scale_by_axis_rms(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@hyperparams.validated()
 def scale_by_row_rms(
     beta: Any = 0.95,
     eps: Any = 1e-10,
@@ -147,6 +148,7 @@ def scale_by_row_rms(
     )
 
 
+@hyperparams.validated()
 def scale_by_column_rms(
     beta: Any = 0.95,
     eps: Any = 1e-10,
@@ -183,6 +185,7 @@ def scale_by_column_rms(
     )
 
 
+@hyperparams.validated()
 def preserve_frobenius_norm(
     inner: optax.GradientTransformation,
     *,
@@ -240,6 +243,7 @@ def shape_scale(rule: str, fan_in: int, fan_out: int, rms: float = 0.2) -> float
     raise ValueError(f"Unknown shape rule {rule!r}; choose one of {SHAPE_RULES}.")
 
 
+@hyperparams.validated()
 def scale_by_shape(
     rule: str = "keller", *, rms: float = 0.2, layout: LayoutSpec = None
 ) -> optax.GradientTransformationExtraArgs:
@@ -284,6 +288,7 @@ def scale_by_shape(
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
 
 
+@hyperparams.validated()
 def scale_to_rms(
     rms: Any = 0.2, *, eps: Any = 1e-10, layout: LayoutSpec = None
 ) -> optax.GradientTransformationExtraArgs:
@@ -321,6 +326,7 @@ def scale_to_rms(
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def normalize_by_frobenius(
     eps: Any = 1e-7, *, layout: LayoutSpec = None
 ) -> optax.GradientTransformationExtraArgs:
@@ -361,6 +367,7 @@ def normalize_by_frobenius(
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
 
 
+@hyperparams.validated()
 def scale_by_cosh_rms(
     gamma: Any = 1.0,
     eps: Any = 1e-8,
@@ -443,6 +450,7 @@ class NormGrowthLimiterState(NamedTuple):
     norm: base.Updates
 
 
+@hyperparams.validated()
 def scale_by_norm_growth_limiter(
     gamma: Any = 1.01, *, eps: Any = 1e-8, layout: LayoutSpec = None
 ) -> optax.GradientTransformationExtraArgs:

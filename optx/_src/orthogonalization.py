@@ -58,7 +58,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from optx._src import base, layouts, sharding
+from optx._src import base, hyperparams, layouts, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 Triple = tuple[float, float, float]
@@ -434,11 +434,12 @@ def _orthogonalize_batched(
     return outs  # type: ignore[return-value]
 
 
+@hyperparams.validated()
 def scale_by_newton_schulz(
-    coefficients: Any = "keller",
-    steps: int = 5,
+    ns_coeffs: CoefficientSpec = "keller",
+    ns_steps: int | None = None,
     *,
-    compute_dtype: Any = None,
+    ns_dtype: base.DTypeLike | None = None,
     layout: LayoutSpec = None,
     strategy: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
@@ -450,11 +451,11 @@ def scale_by_newton_schulz(
     leaves without a layout are returned unchanged. Stateless.
 
     Args:
-      coefficients: a preset (``'keller'``, ``'polar_express'``, ``'dion'``,
+      ns_coeffs: a preset (``'keller'``, ``'polar_express'``, ``'dion'``,
         ``'cubic'``), a :class:`NewtonSchulzCoefficients`, one triple, a table,
         or a callable ``(min_dim, max_dim) -> coefficients``.
-      steps: iterations (static int).
-      compute_dtype: iteration dtype; ``jnp.bfloat16`` reproduces the official
+      ns_steps: iterations (static int; None = 5).
+      ns_dtype: iteration dtype; ``jnp.bfloat16`` reproduces the official
         Muon code; default f32 (or wider).
       layout: a :data:`~optx.LayoutSpec` (default: the default router's).
       strategy: sharding strategy for sharded matrices — ``'auto'``
@@ -470,17 +471,19 @@ def scale_by_newton_schulz(
 
     Example:
       >>> import jax.numpy as jnp, optx
-      >>> tx = optx.scale_by_newton_schulz(steps=5)
+      >>> tx = optx.scale_by_newton_schulz(ns_steps=5)
       >>> g = {'w': jnp.ones((4, 3)) + jnp.eye(4, 3)}
       >>> u, _ = tx.update(g, tx.init(g))
       >>> u['w'].shape
       (4, 3)
     """
-    steps = base.check_positive_int("steps", steps)
-    base.check_choice("strategy", strategy, sharding.STRATEGIES)
+    coefficients, steps = ns_coeffs, 5 if ns_steps is None else ns_steps
     if not callable(coefficients):
-        resolve_coefficients(coefficients).for_steps(steps)  # fail at construction
-    compute_dtype = base.canonicalize_dtype(compute_dtype)
+        try:  # fail at construction, naming the user's arguments
+            resolve_coefficients(coefficients).for_steps(steps)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"`ns_coeffs`={coefficients!r} (ns_steps={steps}): {e}") from None
+    compute_dtype = base.canonicalize_dtype(ns_dtype)
 
     def init_fn(params: base.Params) -> optax.EmptyState:
         del params

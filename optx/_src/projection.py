@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from optx._src import base, layouts, linalg, moments, sharding
+from optx._src import base, hyperparams, layouts, linalg, moments, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 PROJECTIONS = ("svd", "random", "orthogonal", "coordinate", "dct")
@@ -538,6 +538,7 @@ def _projected_transform(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@hyperparams.validated()
 def scale_by_subspace(
     inner: optax.GradientTransformation | None = None,
     *,
@@ -666,6 +667,7 @@ def scale_by_subspace(
 APOLLO_SCALE_TYPES = ("channel", "tensor")
 
 
+@hyperparams.validated()
 def scale_by_apollo(
     b1: Any = 0.9,
     b2: Any = 0.999,
@@ -817,6 +819,7 @@ def _group_key(fi: int, fo: int, dtype: Any) -> str:
     return f"{fi}x{fo}_{jnp.dtype(dtype).name}"
 
 
+@hyperparams.validated()
 def scale_by_block_subspace(
     inner: optax.GradientTransformation | None = None,
     *,

@@ -63,7 +63,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
-from optx._src import base, sharding
+from optx._src import base, hyperparams, sharding
 
 PAPER_BLOCK_SIZE = 2048
 REFERENCE_BLOCK_SIZE = 256
@@ -334,6 +334,7 @@ def _field_names(path: base.KeyPath) -> list[str]:
     return [e.name for e in path if isinstance(e, jax.tree_util.GetAttrKey)]
 
 
+@hyperparams.validated()
 def quantize_moments(
     inner: optax.GradientTransformation,
     *,

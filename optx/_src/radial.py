@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, layouts, sharding
+from optx._src import base, hyperparams, layouts, sharding
 from optx._src.adaptive import compute_dtype
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
@@ -158,15 +158,25 @@ def radial_projection(
     return projected, branch.astype(jnp.int32)
 
 
+def _decay_factors(mask: base.Mask | None, params: base.Params) -> Any:
+    """A tree like ``params`` of 1.0 (decayed) / 0.0 (masked out) Python floats."""
+    if mask is None:
+        return jax.tree.map(lambda _: 1.0, params)
+    tree = mask(params) if callable(mask) else mask
+    return jax.tree.map(lambda _, keep: 1.0 if keep else 0.0, params, tree)
+
+
+@hyperparams.validated()
 def project_out_radial(
     inner: optax.GradientTransformation,
-    delta: Any = 0.1,
-    wd_ratio: Any = 0.1,
+    delta: float = 0.1,
+    wd_ratio: float = 0.1,
     weight_decay: base.ScalarOrSchedule = 0.0,
-    eps: Any = 1e-8,
+    eps: float = 1e-8,
     *,
     layout: LayoutSpec = None,
     project_inner_state: Callable[[Any, Any], Any] | None = None,
+    mask: base.Mask | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps ``inner`` with AdamP's radial projection and the matching decay.
 
@@ -197,6 +207,9 @@ def project_out_radial(
         inner_state``, to write the projected direction back into ``inner``'s
         state — the official SGDP with ``nesterov=False``, whose direction
         *is* the momentum buffer, projects the buffer in place.
+      mask: optional weight-decay mask (a tree of bools like the params, or a
+        callable returning one), as in ``optax.add_decayed_weights``: leaves
+        where it is False get no decay (the projection still applies).
 
     Raises:
       ValueError: from ``update`` if ``params`` is not given.
@@ -244,23 +257,31 @@ def project_out_radial(
             )
         directions, inner_state = inner.update(updates, state.inner_state, params, **extra)
         wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
+        decayed = _decay_factors(mask, params)
 
         def matrix_leaf(
-            g: jax.Array, lay: ResolvedLayout, w: jax.Array, d: jax.Array, _: Any
+            g: jax.Array, lay: ResolvedLayout, w: jax.Array, d: jax.Array, _: Any, on: float
         ) -> tuple[jax.Array, jax.Array, jax.Array]:
             projected, branch = radial_projection(g, w, d, lay, delta, eps)
             ratio = jnp.where(branch > 0, wd_ratio, 1.0)
             cdt = compute_dtype(d.dtype, w.dtype)
-            u = projected.astype(cdt) + (wd * ratio).astype(cdt) * w.astype(cdt)
+            u = projected.astype(cdt) + (on * wd * ratio).astype(cdt) * w.astype(cdt)
             return u.astype(g.dtype), projected, branch
 
-        def other_leaf(g: jax.Array, w: jax.Array, d: jax.Array, branch: Any) -> Any:
+        def other_leaf(g: jax.Array, w: jax.Array, d: jax.Array, branch: Any, on: float) -> Any:
             cdt = compute_dtype(d.dtype, w.dtype)
-            u = d.astype(cdt) + jnp.asarray(wd, cdt) * w.astype(cdt)
+            u = d.astype(cdt) + jnp.asarray(on * wd, cdt) * w.astype(cdt)
             return u.astype(g.dtype), d, branch
 
         out = layouts.map_matrix_leaves(
-            matrix_leaf, layout, updates, params, directions, state.branch, otherwise=other_leaf
+            matrix_leaf,
+            layout,
+            updates,
+            params,
+            directions,
+            state.branch,
+            decayed,
+            otherwise=other_leaf,
         )
         new_updates, projected, branch = base.unzip_tree(updates, out, 3)
         if project_inner_state is not None:

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base
+from optx._src import base, hyperparams
 
 
 class ResetEveryState(NamedTuple):
@@ -46,6 +46,7 @@ def _fresh_like(inner: Any, template: Any, state: Any) -> Any:
     return optax.tree.cast_like(inner.init(template), state)
 
 
+@hyperparams.validated()
 def reset_state_every(
     inner: optax.GradientTransformation, every_k: int
 ) -> optax.GradientTransformationExtraArgs:
@@ -151,6 +152,7 @@ def refactorize(left: jax.Array, right: jax.Array) -> tuple[jax.Array, jax.Array
     return new_left.astype(left.dtype), new_right.astype(right.dtype)
 
 
+@hyperparams.validated()
 def refactorize_every(
     inner: optax.GradientTransformation,
     every_k: int,

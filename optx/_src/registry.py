@@ -24,7 +24,7 @@ import optax
 # routing, dtypes and strings. Specs add their own on top.
 COMMON_STATIC_ARGS = (
     "ns_steps",
-    "ns_coefficients",
+    "ns_coeffs",
     "ns_dtype",
     "mu_dtype",
     "nu_dtype",

@@ -66,7 +66,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, layouts
+from optx._src import base, hyperparams, layouts
 from optx._src.layouts import MatrixLayout
 
 MATRIX = "matrix"
@@ -621,6 +621,7 @@ def _warn_guessed(assignments: list[Assignment]) -> None:
     )
 
 
+@hyperparams.validated()
 def routed(
     transforms: Mapping[str, optax.GradientTransformation],
     router: Router | Sequence[Rule] | None = None,
@@ -678,6 +679,7 @@ def routed(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@hyperparams.validated()
 def attach_router(
     tx: optax.GradientTransformation, router: Router
 ) -> optax.GradientTransformationExtraArgs:

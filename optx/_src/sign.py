@@ -46,7 +46,7 @@ without a layout (biases, norm scales and, with the default router,
 embeddings and the head) are treated as flat vectors, whose nuclear norm (as a
 1 × n matrix) is their ℓ2 norm: they get ``c/‖c‖₂``. The Newton–Schulz polar
 factor is approximate (Keller's quintic leaves singular values in ≈[0.7, 1.2]);
-``ns_coefficients='cubic'`` with more steps is closer to exact. ``optax``
+``ns_coeffs='cubic'`` with more steps is closer to exact. ``optax``
 exposes two members: ``scale_by_lion(mode='smooth')`` is ``'log_cosh'`` with
 ``δ = 1/smooth_beta`` and ``mode='refined'`` is ``'huber'`` with δ = 1.
 """
@@ -61,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, layouts, orthogonalization, sharding
+from optx._src import base, hyperparams, layouts, orthogonalization, sharding
 from optx._src.adaptive import compute_dtype
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
@@ -137,7 +137,7 @@ def kappa_gradient(
     *,
     delta: Any = 1.0,
     p: Any = 3.0,
-    ns_coefficients: Any = "keller",
+    ns_coeffs: Any = "keller",
     ns_steps: int = 5,
     ns_dtype: Any = None,
     strategy: str = "auto",
@@ -147,7 +147,7 @@ def kappa_gradient(
         return _elementwise_gradient(c, kappa, delta)
     if kappa == "nuclear" and layout is not None:
         return orthogonalization.orthogonalize_leaf(
-            c, layout, ns_coefficients, ns_steps, compute_dtype=ns_dtype, strategy=strategy
+            c, layout, ns_coeffs, ns_steps, compute_dtype=ns_dtype, strategy=strategy
         )
     if layout is None:
         axes = tuple(range(c.ndim))
@@ -158,6 +158,7 @@ def kappa_gradient(
     raise ValueError(f"Unknown kappa {kappa!r}; choose one of {list(KAPPAS)} or pass a callable.")
 
 
+@hyperparams.validated()
 def scale_by_lion_kappa(
     b1: Any = 0.9,
     b2: Any = 0.99,
@@ -165,7 +166,7 @@ def scale_by_lion_kappa(
     *,
     delta: Any = 1.0,
     p: Any = 3.0,
-    ns_coefficients: Any = "keller",
+    ns_coeffs: Any = "keller",
     ns_steps: int = 5,
     ns_dtype: Any = None,
     layout: LayoutSpec = None,
@@ -185,7 +186,7 @@ def scale_by_lion_kappa(
       delta: smoothing width δ of ``'huber'``, ``'relativistic'`` and
         ``'log_cosh'`` (injectable).
       p: exponent of ``'lp'`` (> 1; injectable).
-      ns_coefficients, ns_steps, ns_dtype, strategy: Newton–Schulz settings of
+      ns_coeffs, ns_steps, ns_dtype, strategy: Newton–Schulz settings of
         ``'nuclear'`` (see :func:`optx.scale_by_newton_schulz`).
       layout: a :data:`~optx.LayoutSpec` defining the matrix blocks (default:
         the default router's layouts).
@@ -228,7 +229,7 @@ def scale_by_lion_kappa(
             lay,
             delta=delta,
             p=p,
-            ns_coefficients=ns_coefficients,
+            ns_coeffs=ns_coeffs,
             ns_steps=ns_steps,
             ns_dtype=ns_dtype,
             strategy=strategy,

@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optx._src import base, layouts, sharding
+from optx._src import base, hyperparams, layouts, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 GROUPINGS = ("output", "input", "heads")
@@ -345,6 +345,7 @@ class GroupSparseEnvelopeState(NamedTuple):
     count: jax.Array
 
 
+@hyperparams.validated()
 def group_sparse_envelope_prox(
     strength: base.ScalarOrSchedule,
     k: KSpec,

@@ -14,7 +14,7 @@ each group's learning rate relative to the reference group 0 (the backbone):
   μ_i = \\sqrt{\\mathrm{clip}\\Big(\\frac{D_0 + 10^{-6}}{D_i + 10^{-6}},\\ 0.5,\\ 10\\Big)},\\qquad
   s_i ← α s_i + (1-α) μ_i
 
-every ``interval`` steps inside the window, and every step in the window the
+every ``update_interval`` steps inside the window, and every step in the window the
 group's update is multiplied by ``s_i`` (``s_i = 1`` at start). The cosine is
 over the group's flattened gradients (``torch.cosine_similarity``, each norm
 clamped at 1e-8).
@@ -23,7 +23,7 @@ Semantics of the official hook (``Sense-X/AGVM``
 ``agvm/optim/agvm_optimizer_hook.py``, ``AgvmOptimizerHook``), reproduced:
 
 * steps are counted from 0 (mmcv's ``runner.iter``); a step ``t`` with
-  ``start_step ≤ t ≤ stop_step`` and ``t % interval == 0`` measures, and the
+  ``start_step ≤ t ≤ stop_step`` and ``t % update_interval == 0`` measures, and the
   new ``s`` applies to that same step;
 * inside the window every step is scaled by ``s``; outside it (before
   ``start_step``, after ``stop_step``) the step is *unscaled* — the EMA is
@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base
+from optx._src import base, hyperparams
 
 _COS_EPS = 1e-8
 _D_EPS = 1e-6
@@ -133,20 +133,21 @@ def _group_sums(labels: Any, values: Any, n_groups: int, dtype: Any) -> jax.Arra
     return out
 
 
+@hyperparams.validated(decay=hyperparams.UNIT_CLOSED)
 def agvm(
     inner: optax.GradientTransformation,
     groups: Sequence[str] | None = None,
     *,
-    momentum: Any = 0.97,
-    interval: int = 5,
-    start_step: int = 500,
+    decay: float = 0.97,
+    update_interval: int | None = None,
+    start_step: int | None = None,
     stop_step: int | None = None,
     min_ratio: float = 0.5,
     max_ratio: float = 10.0,
     adam_preconditioning: bool = False,
-    adam_b2: Any = 0.999,
-    adam_eps: Any = 1e-8,
-    world_size: int = 1,
+    adam_b2: float = 0.999,
+    adam_eps: float = 1e-8,
+    world_size: int | None = None,
     grad_clip: float | None = None,
     grad_clip_iter_range: tuple[int, int] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -169,16 +170,19 @@ def agvm(
         against each leaf's '/'-joined key path, first match wins; group 0 is
         the reference (the backbone in the paper). ``None``: one group per
         top-level key in tree order (the first is the reference).
-      momentum: α of the EMA of the modulation factors (official 0.97).
-      interval: measure every ``interval`` steps (official 5; static).
-      start_step: first step of the modulation window (official 500; static).
+      decay: α of the EMA of the modulation factors (the official
+        ``momentum``, 0.97).
+      update_interval: measure every ``update_interval`` steps (official 5;
+        static; None = 5).
+      start_step: first step of the modulation window (official 500; static;
+        None = 500).
       stop_step: last step of the window, > ``start_step`` (static; None =
         never stops, the official ``-1``).
       min_ratio, max_ratio: the clip of ``(D₀ + 10⁻⁶)/(D_i + 10⁻⁶)`` (0.5, 10).
       adam_preconditioning: the hook's ``use_adam`` (see the module docstring).
       adam_b2, adam_eps: β₂ and ε of that preconditioning (the wrapped Adam's).
       world_size: the number of data-parallel processes ``W`` of the official
-        run (static, default 1). Only the Adam preconditioning depends on it:
+        run (static; None = 1). Only the Adam preconditioning depends on it:
         the official hook divides the loss by ``W·W/2``, so the half-batch
         gradient it squares is ``g/W`` (its current-gradient term
         ``(1−β₂)g²/W²``); optx's ``grads_a``/``grads_b`` are the plain
@@ -199,7 +203,7 @@ def agvm(
     Example:
       >>> import jax.numpy as jnp, optax, optx
       >>> params = {'backbone': {'w': jnp.ones(3)}, 'head': {'w': jnp.ones(2)}}
-      >>> tx = optx.agvm(optax.sgd(0.1, momentum=0.9), start_step=0, interval=1)
+      >>> tx = optx.agvm(optax.sgd(0.1, momentum=0.9), start_step=0, update_interval=1)
       >>> ga = {'backbone': {'w': jnp.array([1.0, 2.0, 3.0])}, 'head': {'w': jnp.ones(2)}}
       >>> gb = {'backbone': {'w': jnp.array([1.0, 2.0, 2.0])}, 'head': {'w': -jnp.ones(2)}}
       >>> g = {'backbone': {'w': jnp.array([1.0, 2.0, 2.5])}, 'head': {'w': jnp.zeros(2)}}
@@ -220,17 +224,14 @@ def agvm(
             except re.error as e:
                 raise ValueError(f"Invalid AGVM group pattern {g!r}: {e}") from None
         groups = tuple(groups)
-    base.check_in_range("momentum", momentum, 0.0, 1.0, high_inclusive=True)
-    interval = base.check_positive_int("interval", interval)
-    start_step = base.check_positive_int("start_step", start_step, allow_zero=True)
-    if stop_step is not None:
-        stop_step = base.check_positive_int("stop_step", stop_step, allow_zero=True)
-        if stop_step <= start_step:
-            # The official hook silently ignores such a stop (it never stops).
-            raise ValueError(f"`stop_step` ({stop_step}) must be > `start_step` ({start_step}).")
+    interval = 5 if update_interval is None else update_interval
+    start_step = 500 if start_step is None else start_step
+    if stop_step is not None and stop_step <= start_step:
+        # The official hook silently ignores such a stop (it never stops).
+        raise ValueError(f"`stop_step` ({stop_step}) must be > `start_step` ({start_step}).")
     if not 0 < min_ratio <= max_ratio:
         raise ValueError(f"Need 0 < min_ratio <= max_ratio, got {min_ratio}, {max_ratio}.")
-    world_size = base.check_positive_int("world_size", world_size)
+    world_size = base.check_positive_int("world_size", 1 if world_size is None else world_size)
     if grad_clip is not None:
         base.check_finite("grad_clip", grad_clip)
         if base._concrete_float(grad_clip) is not None and float(grad_clip) <= 0:
@@ -321,7 +322,7 @@ def agvm(
             cos = ab / (jnp.maximum(jnp.sqrt(aa), _COS_EPS) * jnp.maximum(jnp.sqrt(bb), _COS_EPS))
             proxy = 1.0 - cos
             ratio = jnp.clip((proxy[0] + _D_EPS) / (proxy + _D_EPS), min_ratio, max_ratio)
-            scales = momentum * state.scales + (1.0 - momentum) * jnp.sqrt(ratio)
+            scales = decay * state.scales + (1.0 - decay) * jnp.sqrt(ratio)
             return scales.astype(sdt), proxy.astype(sdt)
 
         if n == 0:  # an empty tree has no groups: nothing to modulate

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base
+from optx._src import base, hyperparams
 
 
 class AddDecayedWeightsAfterStepState(NamedTuple):
@@ -34,6 +34,7 @@ def _value_at(x: base.ScalarOrSchedule, count: jax.Array) -> Any:
     return x(count) if callable(x) else x
 
 
+@hyperparams.validated()
 def add_decayed_weights_after_step(
     weight_decay: base.ScalarOrSchedule,
     learning_rate: base.ScalarOrSchedule,

@@ -50,7 +50,7 @@ def test_sophia_h_golden_pytorch_optimizer() -> None:
     tx = optax.chain(
         optx.scale_by_sophia(
             *hp["betas"],
-            rho=p,
+            gamma=p,
             tokens_per_batch=1.0,
             eps=p * hp["eps"],
             estimator=_InjectedHutchinson(),
@@ -91,7 +91,13 @@ def test_adahessian_golden_official() -> None:
     names, hp = meta["param_order"], meta["hyperparameters"]
     loss_fn = _quadratic_loss(z, names)
     # PyTorch layout; the 2-D weights are not conv kernels, so no averaging either way.
-    tx = optx.adahessian(hp["lr"], *hp["betas"], hp["eps"], hp["weight_decay"], hp["hessian_power"])
+    tx = optx.adahessian(
+        hp["lr"],
+        *hp["betas"],
+        hp["eps"],
+        weight_decay=hp["weight_decay"],
+        hessian_power=hp["hessian_power"],
+    )
     params = {n: jnp.asarray(z[f"init/{n}"]) for n in names}
     state = tx.init(params)
     step = jax.jit(lambda g, s, p: tx.update(g, s, p, loss_fn=loss_fn))
@@ -117,7 +123,7 @@ def test_mfac_golden_official(case: str) -> None:
         tx = optx.mfac(
             hp["lr"],
             hp["momentum"],
-            hp["weight_decay"],
+            weight_decay=hp["weight_decay"],
             num_grads=hp["ngrads"],
             damp=hp["damp"],
             compute_dtype=dtype,

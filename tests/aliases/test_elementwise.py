@@ -72,7 +72,9 @@ def _hp(case: str) -> dict:
 
 def test_adamp_golden_and_projection_branches() -> None:
     h = _hp("adamp__public")
-    tx = optx.adamp(h["lr"], *h["betas"], h["eps"], h["weight_decay"], delta=h["delta"])
+    tx = optx.adamp(
+        h["lr"], *h["betas"], h["eps"], weight_decay=h["weight_decay"], delta=h["delta"]
+    )
     _, states, _ = run_golden("adamp__public", tx)
     _, z = _load("adamp__public")
     for n in ("w1", "w2"):
@@ -84,7 +86,7 @@ def test_adamp_golden_and_projection_branches() -> None:
 
 def test_sgdp_golden_and_projection_branches() -> None:
     h = _hp("sgdp__public")
-    tx = optx.sgdp(h["lr"], h["momentum"], h["weight_decay"], nesterov=h["nesterov"])
+    tx = optx.sgdp(h["lr"], h["momentum"], h["nesterov"], weight_decay=h["weight_decay"])
     _, states, final = run_golden("sgdp__public", tx)
     _, z = _load("sgdp__public")
     for n in ("w1", "w2"):
@@ -99,7 +101,9 @@ def test_sgdp_golden_and_projection_branches() -> None:
 def test_adabelief_golden(rectify: bool) -> None:
     case = f"adabelief__public_rectify_{str(rectify).lower()}"
     h = _hp(case)
-    tx = optx.adabelief(h["lr"], *h["betas"], h["eps"], h["weight_decay"], rectify=rectify)
+    tx = optx.adabelief(
+        h["lr"], *h["betas"], h["eps"], weight_decay=h["weight_decay"], rectify=rectify
+    )
     _, _, final = run_golden(case, tx)
     _, z = _load(case)
     np.testing.assert_allclose(final[0].nu["w1"], z["state/w1/exp_avg_var"].T, rtol=1e-5)
@@ -107,7 +111,9 @@ def test_adabelief_golden(rectify: bool) -> None:
 
 def test_lion_golden() -> None:
     h = _hp("lion__public")
-    _, _, final = run_golden("lion__public", optx.lion(h["lr"], *h["betas"], h["weight_decay"]))
+    _, _, final = run_golden(
+        "lion__public", optx.lion(h["lr"], *h["betas"], weight_decay=h["weight_decay"])
+    )
     _, z = _load("lion__public")
     np.testing.assert_allclose(final[0].mu["w2"], z["state/w2/exp_avg"].T, rtol=1e-5, atol=1e-8)
 
@@ -115,7 +121,9 @@ def test_lion_golden() -> None:
 def test_exadam_repo_rule_golden() -> None:
     """The golden reference is the repo HEAD (arXiv v2): ``dynamic_step_size=False``."""
     h = _hp("exadam__public")
-    tx = optx.exadam(h["lr"], *h["betas"], h["eps"], h["weight_decay"], dynamic_step_size=False)
+    tx = optx.exadam(
+        h["lr"], *h["betas"], h["eps"], weight_decay=h["weight_decay"], dynamic_step_size=False
+    )
     run_golden("exadam__public", tx)
 
 
@@ -142,7 +150,7 @@ def test_exadam_default_is_paper_v1_rule() -> None:
 
 def test_sgd_sai_golden() -> None:
     h = _hp("sgd_sai__public")
-    tx = optx.sgd_sai(h["lr"], h["momentum"], h["eps"], h["weight_decay"])
+    tx = optx.sgd_sai(h["lr"], h["momentum"], h["eps"], weight_decay=h["weight_decay"])
     _, _, final = run_golden("sgd_sai__public", tx)
     _, z = _load("sgd_sai__public")
     for n in ("w1", "w2", "b"):
@@ -155,7 +163,7 @@ def test_golden_acceptance_rtol() -> None:
     """The issue's acceptance bar: every golden case within rtol 1e-5 of the weights."""
     cases = {
         "adamp__public": optx.adamp(1e-3, weight_decay=1e-2),
-        "sgdp__public": optx.sgdp(0.1, 0.9, 1e-5, nesterov=True),
+        "sgdp__public": optx.sgdp(0.1, 0.9, True, weight_decay=1e-5),
         "adabelief__public_rectify_false": optx.adabelief(1e-3, rectify=False),
         "adabelief__public_rectify_true": optx.adabelief(1e-3),
         "lion__public": optx.lion(1e-4),
@@ -216,7 +224,9 @@ def test_lion_kappa_members_optax_has(kappa: str, mode: str, delta: float) -> No
     optax_tx = optax.chain(
         optax.scale_by_lion(mode=mode, smooth_beta=1.0 / delta), optax.scale_by_learning_rate(1e-2)
     )
-    _assert_same(_trajectory(optx.lion_kappa(1e-2, kappa, delta=delta)), _trajectory(optax_tx))
+    _assert_same(
+        _trajectory(optx.lion_kappa(1e-2, kappa=kappa, delta=delta)), _trajectory(optax_tx)
+    )
 
 
 def test_lion_returns_gradient_dtype_where_optax_does_not() -> None:
@@ -275,8 +285,8 @@ def test_sgdp_without_nesterov_projects_the_stored_buffer() -> None:
     w0 = r.normal(size=(6, 4))
     lr, mom, wd = 0.1, 0.9, 1e-2
     txs = {
-        True: optx.sgdp(lr, mom, wd),
-        False: optx.sgdp(lr, mom, wd, project_momentum_buffer=False),
+        True: optx.sgdp(lr, mom, weight_decay=wd),
+        False: optx.sgdp(lr, mom, weight_decay=wd, project_momentum_buffer=False),
     }
     params = {k: {"hidden": {"kernel": jnp.asarray(w0, jnp.float32)}} for k in txs}
     states = {k: txs[k].init(params[k]) for k in txs}
@@ -356,12 +366,12 @@ def test_exadam_and_sgd_sai_decay_use_the_learning_rate() -> None:
 
 
 def test_bad_input() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match="`learning_rate`"):
         optx.adamp(None)
     with pytest.raises(TypeError):
         optx.lion("fast")
     with pytest.raises(ValueError):
-        optx.lion_kappa(1e-4, "l0")
+        optx.lion_kappa(1e-4, kappa="l0")
     with pytest.raises(ValueError):
         optx.sgdp(0.1, momentum=1.0)
     with pytest.raises(ValueError):
@@ -371,6 +381,6 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError):
         optx.exadam(1e-3, eps=-1.0)
     with pytest.raises(TypeError):
-        optx.agvm_sgd(0.1, interval=0.5)
+        optx.agvm_sgd(0.1, update_interval=0.5)
     with pytest.raises(TypeError):
         optx.adamp(1e-3, router="default")

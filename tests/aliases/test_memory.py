@@ -508,7 +508,7 @@ def test_memory_claims_on_a_gpt_tree() -> None:
 
 
 def test_bad_alias_arguments() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match="`learning_rate`"):
         optx.galore(None)
     with pytest.raises(ValueError):
         optx.galore(1e-2, projection="qr")

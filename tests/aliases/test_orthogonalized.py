@@ -121,10 +121,10 @@ def test_golden_trajectories(case, factory, kwargs, dtype) -> None:
     """The official implementations' trajectories (PyTorch (out, in) -> Flax (in, out))."""
     meta, z = _golden(case)
     names, hp = meta["param_order"], meta["hyperparameters"]
-    extra = {"beta2": hp["beta2"]} if "beta2" in hp else {}
+    extra = {"b2": hp["beta2"]} if "beta2" in hp else {}
     tx = factory(
         learning_rate=hp["lr"],
-        momentum=hp["momentum"],
+        b1=hp["momentum"],
         weight_decay=hp["weight_decay"],
         **extra,
         **kwargs,
@@ -155,7 +155,7 @@ def test_golden_trajectories(case, factory, kwargs, dtype) -> None:
 def test_moonlight_scaling_and_match_rms_variants() -> None:
     g = {"mlp": {"kernel": jax.random.normal(jax.random.key(0), (16, 64))}}
     params = jax.tree.map(jnp.zeros_like, g)
-    tx = optx.muon(1.0, scaling="moonlight", nesterov=False, momentum=0.0)
+    tx = optx.muon(1.0, scaling="moonlight", nesterov=False, b1=0.0)
     u, _ = tx.update(g, tx.init(params), params)
     rms = float(jnp.sqrt(jnp.mean(u["mlp"]["kernel"] ** 2)))
     assert abs(rms - 0.2) < 0.03  # ~0.2 RMS: NS5 singular values are ~1 (not exactly)
@@ -164,15 +164,33 @@ def test_moonlight_scaling_and_match_rms_variants() -> None:
     np.testing.assert_allclose(jnp.sqrt(jnp.mean(u["mlp"]["kernel"] ** 2)), 0.2, rtol=1e-5)
 
 
-def test_fallback_is_adamw_with_keller_defaults() -> None:
+@pytest.mark.parametrize(
+    "kwargs,ref",
+    [
+        # drop-in defaults: 0.2 × lr, Keller's betas and eps, weight_decay reaches it
+        ({"weight_decay": 0.1}, dict(learning_rate=0.004, b2=0.95, eps=1e-10, weight_decay=0.1)),
+        # Keller's aux-Adam: 3e-4 at lr 0.02, betas (0.9, 0.95), eps 1e-10, no decay
+        (
+            {"weight_decay": 0.1, "preset": "official"},
+            dict(learning_rate=3e-4, b2=0.95, eps=1e-10, weight_decay=0.0),
+        ),
+        # an explicit argument wins over the preset
+        (
+            {"preset": "official", "adam_b2": 0.99, "adam_weight_decay": 0.5},
+            dict(learning_rate=3e-4, b2=0.99, eps=1e-10, weight_decay=0.5),
+        ),
+    ],
+)
+def test_fallback_defaults_and_official_preset(kwargs, ref) -> None:
     params = {"embed": {"embedding": jnp.ones((5, 4))}, "b": jnp.ones(4)}
     grads = jax.tree.map(lambda x: 0.1 * x, params)
-    ours = optx.muon(0.02)
-    ref = optax.adamw(0.02 * 3e-4 / 0.02, b1=0.9, b2=0.95, eps=1e-10, weight_decay=0.0)
-    u1, _ = ours.update(grads, ours.init(params), params)
-    u2, _ = ref.update(grads, ref.init(params), params)
-    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+    for factory in (optx.muon, optx.normuon):
+        ours = factory(0.02, **kwargs)
+        want = optax.adamw(b1=0.9, **ref)
+        u1, _ = ours.update(grads, ours.init(params), params)
+        u2, _ = want.update(grads, want.init(params), params)
+        for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_schedules_drive_both_groups() -> None:
@@ -192,14 +210,16 @@ def test_bad_input(factory) -> None:
         factory(float("nan"))
     with pytest.raises(TypeError, match="static Python int"):
         factory(0.02, ns_steps=2.5)
-    with pytest.raises(ValueError, match="> 0"):
+    with pytest.raises(ValueError, match="`ns_steps` must be a static Python int >= 1"):
         factory(0.02, ns_steps=0)
-    with pytest.raises(ValueError, match="preset"):
-        factory(0.02, ns_coefficients="fast")
+    with pytest.raises(ValueError, match=r"`ns_coeffs`.*preset"):
+        factory(0.02, ns_coeffs="fast")
     with pytest.raises(ValueError, match="scaling"):
         factory(0.02, scaling="huge")
-    with pytest.raises(ValueError, match=r"beta|momentum"):
-        factory(0.02, momentum=1.5)
+    with pytest.raises(ValueError, match=r"`b1` must be .* in \[0, 1\)"):
+        factory(0.02, b1=1.5)
+    with pytest.raises(ValueError, match="`preset`"):
+        factory(0.02, preset="keller")
     bad_router = optx.Router(
         [optx.Rule(r".*", "matrix", optx.MatrixLayout((0,), (3,)), min_ndim=2)]
     )

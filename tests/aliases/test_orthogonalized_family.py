@@ -190,14 +190,14 @@ def auon_repo_direction(lr: float, beta: float, wd: float, gamma: float, ns_step
 def test_auon_paper_form_matches_float64_reference() -> None:
     params, grads = make_problem(0)
     with jax.enable_x64(True):
-        got = run_optx(optx.auon(0.05, 0.9, 0.01), params, grads)
+        got = run_optx(optx.auon(0.05, b1=0.9, weight_decay=0.01), params, grads)
     assert_close(got, run_reference(auon_paper_direction(0.05, 0.9, 0.01), params, grads), 1e-12)
 
 
 def test_auon_repo_form_matches_float64_reference() -> None:
     params, grads = make_problem(1)
     with jax.enable_x64(True):
-        got = run_optx(optx.auon(0.2, 0.95, 0.01, form="repo"), params, grads)
+        got = run_optx(optx.auon(0.2, b1=0.95, weight_decay=0.01, form="repo"), params, grads)
     want = run_reference(auon_repo_direction(0.2, 0.95, 0.01, 1.5), params, grads)
     assert_close(got, want, 1e-12)
 
@@ -205,7 +205,7 @@ def test_auon_repo_form_matches_float64_reference() -> None:
 def test_hybrid_auon_paper_form_matches_float64_reference() -> None:
     params, grads = make_problem(2)
     with jax.enable_x64(True):
-        got = run_optx(optx.hybrid_auon(0.05, 0.95, 0.0), params, grads)
+        got = run_optx(optx.hybrid_auon(0.05, b1=0.95, weight_decay=0.0), params, grads)
     want = run_reference(auon_paper_direction(0.05, 0.95, 0.0, ns_steps=1), params, grads)
     assert_close(got, want, 1e-10)
 
@@ -213,7 +213,7 @@ def test_hybrid_auon_paper_form_matches_float64_reference() -> None:
 def test_hybrid_auon_repo_form_matches_float64_reference() -> None:
     params, grads = make_problem(3)
     with jax.enable_x64(True):
-        got = run_optx(optx.hybrid_auon(0.1, 0.95, 0.0, form="repo", gamma=1.2), params, grads)
+        got = run_optx(optx.hybrid_auon(0.1, b1=0.95, form="repo", gamma=1.2), params, grads)
     want = run_reference(auon_repo_direction(0.1, 0.95, 0.0, 1.2, ns_steps=5), params, grads)
     assert_close(got, want, 1e-10)
 
@@ -234,8 +234,8 @@ def load_golden(case: str) -> tuple[dict[str, Any], Any]:
 @pytest.mark.parametrize(
     ("case", "factory"),
     [
-        ("auon__public", lambda: optx.auon(0.24, 0.95, 0.0, form="repo")),
-        ("hybrid_auon__public", lambda: optx.hybrid_auon(0.24, 0.95, 0.0, form="repo")),
+        ("auon__public", lambda: optx.auon(0.24, b1=0.95, form="repo")),
+        ("hybrid_auon__public", lambda: optx.hybrid_auon(0.24, b1=0.95, form="repo")),
     ],
 )
 def test_repo_form_matches_golden_trajectory(case: str, factory: Callable[[], Any]) -> None:
@@ -303,7 +303,7 @@ def test_root_matches_float64_reference() -> None:
     params, grads = make_problem(4)
     table = optx.ShapeCoefficientTable(ROOT_TABLE, name="test")
     with jax.enable_x64(True):
-        got = run_optx(optx.root(0.01, 0.9, 0.1, ns_coefficients=table), params, grads)
+        got = run_optx(optx.root(0.01, table, b1=0.9, weight_decay=0.1), params, grads)
     assert_close(got, run_reference(root_direction(0.01, 0.9, 0.1), params, grads), 1e-10)
 
 
@@ -351,7 +351,7 @@ def test_lipschitz_muon_soft_cap_matches_float64_reference() -> None:
     overshoot = optx.composed_polynomial_max("keller", 5)
     assert abs(overshoot - 1.2024) < 1e-3
     with jax.enable_x64(True):
-        tx = optx.lipschitz_muon(lr, 0.9, wd, w_max=w_max)
+        tx = optx.lipschitz_muon(lr, b1=0.9, weight_decay=wd, w_max=w_max)
         got = run_optx(tx, params, grads)
     want = run_reference(
         lipschitz_direction(lr, 0.9, wd),
@@ -377,7 +377,9 @@ def test_lipschitz_muon_other_projections_match_reference(projection: str, atol:
         return w / max(1.0, sig[0] / w_max)
 
     with jax.enable_x64(True):
-        tx = optx.lipschitz_muon(lr, 0.9, projection=projection, w_max=w_max, power_iterations=60)
+        tx = optx.lipschitz_muon(
+            lr, b1=0.9, projection=projection, w_max=w_max, power_iterations=60
+        )
         got = run_optx(tx, params, grads)
     want = run_reference(lipschitz_direction(lr, 0.9, 0.0), params, grads, post=project)
     assert_close(got, want, atol)
@@ -389,7 +391,7 @@ def test_lipschitz_muon_bad_arguments() -> None:
     with pytest.raises(ValueError, match="geometry"):
         optx.lipschitz_muon(0.02, geometry="linf")
     with pytest.raises(ValueError, match="max_update_norm"):
-        optx.lipschitz_muon(0.02, ns_coefficients=optx.ROOT_COEFFICIENTS)
+        optx.lipschitz_muon(0.02, ns_coeffs=optx.ROOT_COEFFICIENTS)
     with pytest.raises(ValueError, match="w_max"):
         optx.lipschitz_muon(0.02, w_max=0.0)
     tx = optx.lipschitz_muon(0.02)

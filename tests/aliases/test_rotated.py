@@ -90,7 +90,7 @@ def test_soap_matches_official_trajectory() -> None:
         *hp["betas"],
         eps=hp["eps"],
         weight_decay=hp["weight_decay"],
-        precondition_frequency=hp["precondition_frequency"],
+        update_proj_gap=hp["precondition_frequency"],
         max_precond_dim=hp["max_precond_dim"],
         router=GOLDEN_ROUTER,
     )
@@ -315,7 +315,7 @@ def test_cosmos_uses_less_state_than_soap() -> None:
 
 
 def test_alias_bad_input() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match="`learning_rate`"):
         optx.soap(learning_rate=None)
     with pytest.raises(TypeError):
         optx.conda(learning_rate="fast")

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import optax
 
-from optx._src import adapters, base, lora, moments, registry
+from optx._src import adapters, base, hyperparams, lora, moments, registry
 from optx._src.aliases.elementwise import adamw
 from optx._src.weight_decay import add_decayed_weights_after_step
 
@@ -25,6 +25,7 @@ OTHER = "other"
 GATE = "gate"
 
 
+@hyperparams.validated(scaling=hyperparams.choice("lora", "rslora", "official"))
 def lora_pro(
     learning_rate: base.ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -138,6 +139,7 @@ def lora_pro(
     )
 
 
+@hyperparams.validated()
 def sora(
     learning_rate: base.ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -151,7 +153,7 @@ def sora(
     gate_learning_rate: base.ScalarOrSchedule | None = None,
     gate_eps: float = 1e-6,
     gate_weight_decay: base.ScalarOrSchedule = 0.0,
-    correct_bias: bool = True,
+    bias_correction: bool = True,
     mu_dtype: jax.typing.DTypeLike | None = None,
     nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -194,7 +196,7 @@ def sora(
       gate_learning_rate: η_g (``sparse_lr``; default ``learning_rate``).
       gate_eps: ε_g (1e-6).
       gate_weight_decay: λ_g (0).
-      correct_bias: Adam's bias correction (HF ``correct_bias``, True).
+      bias_correction: Adam's bias correction (HF ``correct_bias``, True).
       mu_dtype, nu_dtype: moment dtypes.
 
     References:
@@ -233,7 +235,7 @@ def sora(
             b2,
             e,
             eps_placement="uncorrected",
-            bias_correction=correct_bias,
+            bias_correction=bias_correction,
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
         )
@@ -283,7 +285,7 @@ registry.register(
         family="adapters",
         defaults={"learning_rate": 1e-3, "threshold": 1e-3},
         lr_grid=(1e-3, 3e-3, 1e-2, 3e-2),
-        static_args=("threshold_mode", "correct_bias"),
+        static_args=("threshold_mode", "bias_correction"),
         description="SoRA: HF AdamW + proximal threshold on the adapter gates (official 2xi zone)",
     )
 )

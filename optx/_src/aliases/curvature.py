@@ -7,9 +7,9 @@ vocabulary of :mod:`optx._src.curvature` (``loss_fn``, ``sampled_loss_fn``,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-import jax.numpy as jnp
 import optax
 
 from optx._src import (
@@ -17,6 +17,7 @@ from optx._src import (
     curvature,
     diagonal_preconditioning,
     fisher,
+    hyperparams,
     kronecker,
     moments,
     registry,
@@ -27,23 +28,24 @@ from optx._src.aliases.elementwise import adamw
 INNER_OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
+@hyperparams.validated()
 def sophia_g(
     learning_rate: base.ScalarOrSchedule = 1e-4,
-    b1: Any = 0.965,
-    b2: Any = 0.99,
-    rho: Any = 0.04,
+    b1: float = 0.965,
+    b2: float = 0.99,
+    eps: float = 1e-15,
     weight_decay: base.ScalarOrSchedule = 0.1,
+    mask: base.Mask | None = None,
+    gamma: float = 0.04,
+    update_interval: int | None = None,
+    mu_dtype: base.DTypeLike | None = None,
     *,
-    tokens_per_batch: Any,
-    eps: Any = 1e-15,
-    update_interval: int = 10,
+    tokens_per_batch: float,
     refresh_at_start: bool = False,
     gnb_clip_norm: float | None = 1.0,
     axis_name: str | None = None,
-    weight_decay_mask: Any = None,
-    seed: int = 0,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    seed: int | None = None,
+    nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Sophia-G: Sophia with the Gauss–Newton–Bartlett Hessian estimator.
@@ -59,9 +61,9 @@ def sophia_g(
       \\qquad h \\leftarrow β_2 h + (1-β_2)\\, \\hat g ⊙ \\hat g \\ \\text{(every } k \\text{ steps)}
 
       m_t = β_1 m_{t-1} + (1-β_1) g_t, \\qquad
-      θ_t = θ_{t-1} - η\\Big(\\mathrm{clip}\\big(m_t / \\max(ρ B h, ε), 1\\big) + λ θ_{t-1}\\Big)
+      θ_t = θ_{t-1} - η\\Big(\\mathrm{clip}\\big(m_t / \\max(γ B h, ε), 1\\big) + λ θ_{t-1}\\Big)
 
-    with ``B = tokens_per_batch`` (the official ``bs = total_bs · block_size``)
+    with ``γ = gamma`` (the official ``rho``), ``B = tokens_per_batch`` (the official ``bs = total_bs · block_size``)
     and the ``sampled_loss_fn`` extra argument (:func:`optx.sampled_label_loss`,
     :func:`optx.nnx_curvature_args` with ``logits_fn``). ``h`` is refreshed
     at steps ``k, 2k, …`` with the curvature at the parameters of that step
@@ -80,34 +82,40 @@ def sophia_g(
     weight decay default is 1e-4 (official 0.1–0.2); it prints the win rate
     instead of keeping it in the state.
 
+    Positional order of ``optax.contrib.sophia`` (``lr, b1, b2, eps,
+    weight_decay, mask, gamma, update_interval, mu_dtype``); ``gamma`` is the
+    official code's ``rho`` (optax's name for the role).
+
     Official-code quirks: ``ρBh + 1e−15`` in the official denominator versus
-    ``max(ρBh, ε)`` here (identical for GNB, whose ``h ≥ 0``); decoupled decay
+    ``max(γBh, ε)`` here (identical for GNB, whose ``h ≥ 0``); decoupled decay
     ``θ(1 − ηλ)`` applied before the step (the update form above is exact);
     the gradient fed to the step is clipped to norm 1 by the training script
     (``torch.nn.utils.clip_grad_norm_``; ``optax.clip_by_global_norm(1.0)``
     before this optimizer reproduces it up to torch's ``+1e-6`` in the norm).
     The official nanoGPT setup (``model.py`` ``configure_optimizers``) decays
     only the weights of ``nn.Linear`` layers — not biases, norms or embeddings
-    (the tied head is the embedding): the default ``weight_decay_mask=None``
+    (the tied head is the embedding): the default ``mask=None``
     does the same through the ``router`` (leaves routed to the matrix group —
     dense, attention and conv kernels — and untied heads are decayed).
 
     Args:
       learning_rate: η (official class default 1e-4; GPT-2 small used 6e-4).
       b1, b2: β₁ (0.965) and β₂ (0.99).
-      rho: ρ (0.04; GPT-2 small 0.05).
-      weight_decay: decoupled λ (0.1; the paper recommends ~2× AdamW's).
-      tokens_per_batch: ``B``: tokens (LMs) or examples per step (required).
       eps: ε of the denominator (official 1e-15).
-      update_interval: ``k`` (static; official 10).
+      weight_decay: decoupled λ (0.1; the paper recommends ~2× AdamW's).
+      mask: decay mask (tree or callable), as in optax; ``None``: the official
+        Linear-weights-only mask (see above). Pass
+        ``lambda p: jax.tree.map(lambda _: True, p)`` to decay every leaf.
+      gamma: γ, the official ``rho`` (0.04; GPT-2 small 0.05).
+      update_interval: ``k`` (static; None = 10, official).
+      mu_dtype: dtype of ``m``.
+      tokens_per_batch: ``B``: tokens (LMs) or examples per step (required:
+        with the wrong ``B`` the curvature term is off by that factor).
       refresh_at_start: refresh at steps 0, k, … (the paper's algorithm) instead.
       gnb_clip_norm: clip of the sampled gradient (official 1.0; None: off).
       axis_name: mapped axis for cross-device averaging (``shard_map``).
-      weight_decay_mask: decay mask (tree or callable); ``None``: the official
-        Linear-weights-only mask (see above). Pass
-        ``lambda p: jax.tree.map(lambda _: True, p)`` to decay every leaf.
-      seed: seed of the label-sampling key (static).
-      mu_dtype, nu_dtype: dtypes of ``m`` and ``h``.
+      seed: seed of the label-sampling key (static; None = 0).
+      nu_dtype: dtype of ``h``.
       router: the :class:`optx.Router` of the default mask (default
         :func:`optx.default_router`).
 
@@ -129,12 +137,11 @@ def sophia_g(
       ...                             sampled_loss_fn=optx.sampled_label_loss(logits_fn))
       >>> u, state = tx.update(jax.grad(loss_fn)(params), state, params, **extra)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     return optax.chain(
         diagonal_preconditioning.scale_by_sophia(
             b1,
             b2,
-            rho,
+            gamma,
             tokens_per_batch,
             eps,
             estimator=curvature.GaussNewtonBartlett(gnb_clip_norm, axis_name),
@@ -146,7 +153,7 @@ def sophia_g(
         ),
         optax.add_decayed_weights(
             weight_decay,
-            linear_weight_mask(router) if weight_decay_mask is None else weight_decay_mask,
+            linear_weight_mask(router) if mask is None else mask,
         ),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -171,23 +178,24 @@ def linear_weight_mask(router: routing.Router | None = None) -> Any:
     return mask
 
 
+@hyperparams.validated()
 def sophia_h(
     learning_rate: base.ScalarOrSchedule = 6e-4,
-    b1: Any = 0.965,
-    b2: Any = 0.99,
-    rho: Any = 0.01,
+    b1: float = 0.965,
+    b2: float = 0.99,
+    eps: float = 1e-12,
     weight_decay: base.ScalarOrSchedule = 0.1,
+    mask: base.Mask | None = None,
+    gamma: float = 0.01,
+    update_interval: int | None = None,
+    mu_dtype: base.DTypeLike | None = None,
     *,
-    eps: Any = 1e-12,
-    update_interval: int = 10,
     refresh_at_start: bool = True,
-    num_samples: int = 1,
+    num_samples: int | None = None,
     distribution: str = "gaussian",
     axis_name: str | None = None,
-    weight_decay_mask: Any = None,
-    seed: int = 0,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    seed: int | None = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Sophia-H: Sophia with Hutchinson's Hessian-diagonal estimator.
 
@@ -200,13 +208,14 @@ def sophia_h(
       h \\leftarrow β_2 h + (1-β_2) \\hat h \\ \\text{(at steps } 0, k, 2k, …)
 
       m_t = β_1 m_{t-1} + (1-β_1) g_t, \\qquad
-      θ_t = θ_{t-1} - η\\Big(\\mathrm{clip}\\big(m_t / \\max(ρ h, ε), 1\\big) + λθ_{t-1}\\Big)
+      θ_t = θ_{t-1} - η\\Big(\\mathrm{clip}\\big(m_t / \\max(γ h, ε), 1\\big) + λθ_{t-1}\\Big)
 
-    (ρ is the paper's γ). ``H u`` is a forward-over-reverse product of the
+    (γ is ``gamma``, the official code's ρ; positional order of
+    ``optax.contrib.sophia``). ``H u`` is a forward-over-reverse product of the
     ``loss_fn`` extra argument over the full tree. A negative estimate makes
-    ``max(ρh, ε) = ε``: that coordinate takes a full clipped step (the paper's
+    ``max(γh, ε) = ε``: that coordinate takes a full clipped step (the paper's
     rule; the official SophiaG formula would flip the sign). No bias
-    correction. With ``learning_rate = lr_p · p`` and ``rho = p`` this is
+    correction. With ``learning_rate = lr_p · p`` and ``gamma = p`` this is
     pytorch-optimizer's ``SophiaH(lr_p, p=p)`` exactly (its clamp is
     ``clip(m / max(h, ε'), ±p)``); tested on its golden trajectory.
 
@@ -220,17 +229,18 @@ def sophia_h(
       learning_rate: η (6e-4, levanter's Sophia-H config; pytorch-optimizer's
         ``lr=6e-2, p=1e-2``).
       b1, b2: β₁ (0.965), β₂ (0.99).
-      rho: ρ/γ (0.01).
-      weight_decay: decoupled λ (0.1).
       eps: ε (1e-12).
-      update_interval: ``k`` (static; 10).
+      weight_decay: decoupled λ (0.1).
+      mask: optional decay mask (tree or callable), as in optax.
+      gamma: γ (0.01; the official ``rho``).
+      update_interval: ``k`` (static; None = 10).
+      mu_dtype: dtype of ``m``.
       refresh_at_start: refresh at 0, k, … (paper) or at k, 2k, … (official G).
-      num_samples: Hutchinson probes per refresh (static).
+      num_samples: Hutchinson probes per refresh (static; None = 1).
       distribution: ``'gaussian'`` (paper) or ``'rademacher'`` (optax).
       axis_name: mapped axis for cross-device averaging (``shard_map``).
-      weight_decay_mask: optional decay mask.
-      seed: seed of the probe key (static).
-      mu_dtype, nu_dtype: dtypes of ``m`` and ``h``.
+      seed: seed of the probe key (static; None = 0).
+      nu_dtype: dtype of ``h``.
 
     References:
       Liu, Li, Hall, Liang, Ma, "Sophia: A Scalable Stochastic Second-order
@@ -244,45 +254,47 @@ def sophia_h(
       >>> state = tx.init(params)
       >>> u, state = tx.update(jax.grad(loss_fn)(params), state, params, loss_fn=loss_fn)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     return optax.chain(
         diagonal_preconditioning.scale_by_sophia(
             b1,
             b2,
-            rho,
+            gamma,
             1.0,
             eps,
-            estimator=curvature.Hutchinson(num_samples, distribution, axis_name=axis_name),
+            estimator=curvature.Hutchinson(
+                1 if num_samples is None else num_samples, distribution, axis_name=axis_name
+            ),
             update_interval=update_interval,
             refresh_at_start=refresh_at_start,
             seed=seed,
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
         ),
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
 
 
+@hyperparams.validated(block_size=diagonal_preconditioning.ADAHESSIAN_BLOCK_SIZE)
 def adahessian(
     learning_rate: base.ScalarOrSchedule = 0.15,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-4,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-4,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
-    hessian_power: Any = 1.0,
+    mask: base.Mask | None = None,
     *,
-    num_samples: int = 1,
+    hessian_power: float = 1.0,
+    num_samples: int | None = None,
     distribution: str = "rademacher",
-    spatial_axes: Any = "conv",
+    spatial_axes: str | diagonal_preconditioning.SpatialAxesFn = "conv",
     block_size: int | None = None,
-    update_interval: int = 1,
+    update_interval: int | None = None,
     router: routing.Router | None = None,
     axis_name: str | None = None,
-    weight_decay_mask: Any = None,
-    seed: int = 0,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    seed: int | None = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AdaHessian: Adam with the RMS of a Hutchinson Hessian diagonal.
 
@@ -313,12 +325,12 @@ def adahessian(
       learning_rate: η (official 0.15).
       b1, b2: (0.9, 0.999).
       eps: ε (1e-4).
+      mu_dtype: first-moment dtype.
       weight_decay: decoupled λ (0; the CIFAR script uses 5e-4).
+      mask: optional decay mask (tree or callable), as in optax.
       hessian_power: ``k`` (1; 0.5 sometimes better).
       num_samples, distribution, spatial_axes, block_size, update_interval,
-        router, axis_name, seed, mu_dtype, nu_dtype: see
-        :func:`optx.scale_by_adahessian`.
-      weight_decay_mask: optional decay mask.
+        router, axis_name, seed, nu_dtype: see :func:`optx.scale_by_adahessian`.
 
     References:
       Yao, Gholami, Shen, Mustafa, Keutzer, Mahoney, "ADAHESSIAN: An Adaptive
@@ -333,7 +345,6 @@ def adahessian(
       >>> state = tx.init(params)
       >>> u, state = tx.update(jax.grad(loss_fn)(params), state, params, loss_fn=loss_fn)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     return optax.chain(
         diagonal_preconditioning.scale_by_adahessian(
             b1,
@@ -351,23 +362,25 @@ def adahessian(
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
         ),
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
 
 
+@hyperparams.validated()
 def mfac(
     learning_rate: base.ScalarOrSchedule = 1e-3,
-    momentum: Any = 0.0,
-    weight_decay: Any = 0.0,
+    b1: float = 0.0,
+    mu_dtype: base.DTypeLike | None = None,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
     *,
-    num_grads: int = 1024,
-    damp: Any = 1e-5,
+    num_grads: int | None = None,
+    damp: float = 1e-5,
     blockwise: bool = False,
     router: routing.Router | None = None,
-    buffer_dtype: Any = None,
-    compute_dtype: Any = None,
-    mu_dtype: Any = None,
+    buffer_dtype: base.DTypeLike | None = None,
+    compute_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """M-FAC: SGD preconditioned by the inverse empirical Fisher of the last m gradients.
 
@@ -395,14 +408,15 @@ def mfac(
 
     Args:
       learning_rate: η (official 1e-3).
-      momentum: μ (0).
+      b1: μ, the EMA coefficient of ``v`` (the official ``momentum``, 0).
+      mu_dtype: dtype of ``v``.
       weight_decay: coupled L2 λ_wd (0).
-      num_grads: ``m`` (static; official 1024, README 512).
+      mask: optional decay mask (tree or callable), as in optax.
+      num_grads: ``m`` (static; None = 1024, official; README 512).
       damp: λ (1e-5).
       blockwise: per-matrix M-FAC (static).
       router: layouts of the blocks when blockwise.
       buffer_dtype, compute_dtype: see :func:`optx.scale_by_mfac`.
-      mu_dtype: dtype of ``v``.
 
     References:
       Frantar, Kurtic, Alistarh, "M-FAC: Efficient Matrix-Free Approximations
@@ -415,9 +429,8 @@ def mfac(
       >>> tx = optx.mfac(learning_rate=1e-3, num_grads=8)
       >>> u, state = tx.update(params, tx.init(params), params)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     return optax.chain(
-        optax.add_decayed_weights(weight_decay),
+        optax.add_decayed_weights(weight_decay, mask),
         fisher.scale_by_mfac(
             num_grads,
             damp,
@@ -426,31 +439,26 @@ def mfac(
             buffer_dtype=buffer_dtype,
             compute_dtype=compute_dtype,
         ),
-        moments.scale_by_momentum(momentum, kind="ema", nesterov=False, mu_dtype=mu_dtype),
+        moments.scale_by_momentum(b1, kind="ema", nesterov=False, mu_dtype=mu_dtype),
         optax.scale_by_learning_rate(learning_rate),
     )
 
 
-def _inner_optimizer(
-    inner: Any,
-    learning_rate: base.ScalarOrSchedule,
-    momentum: Any,
-    nesterov: bool,
-    b1: Any,
-    b2: Any,
-    eps: Any,
-    weight_decay: Any,
-    mu_dtype: Any,
-    nu_dtype: Any,
-) -> optax.GradientTransformation:
+def _inner_optimizer(args: Mapping[str, Any]) -> optax.GradientTransformation:
+    """MKOR's inner optimizer from the alias arguments ``args`` (its ``locals()``)."""
+    inner, learning_rate = args["inner"], args["learning_rate"]
+    weight_decay, mask = args["weight_decay"], args["mask"]
     if isinstance(inner, str):
         base.check_choice("inner", inner, INNER_OPTIMIZERS)
         if inner == "sgd":
             # torch.optim.SGD: d = g + λw; buf = μ buf + d; step d (+ μ buf, Nesterov).
             return optax.chain(
-                optax.add_decayed_weights(weight_decay),
+                optax.add_decayed_weights(weight_decay, mask),
                 moments.scale_by_momentum(
-                    momentum, kind="sum", nesterov=nesterov, mu_dtype=mu_dtype
+                    args["momentum"],
+                    kind="sum",
+                    nesterov=args["nesterov"],
+                    mu_dtype=args["mu_dtype"],
                 ),
                 optax.scale_by_learning_rate(learning_rate),
             )
@@ -458,18 +466,25 @@ def _inner_optimizer(
             # torch.optim.Adam (the official optimizer='adam'): coupled L2, g + λw
             # (pre-step weights) enters the moments; ε outside √v̂.
             return optax.chain(
-                optax.add_decayed_weights(weight_decay),
-                moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+                optax.add_decayed_weights(weight_decay, mask),
+                moments.scale_by_adam(
+                    args["b1"],
+                    args["b2"],
+                    args["eps"],
+                    mu_dtype=args["mu_dtype"],
+                    nu_dtype=args["nu_dtype"],
+                ),
                 optax.scale_by_learning_rate(learning_rate),
             )
         return adamw(
             learning_rate,
-            b1,
-            b2,
-            eps,
+            args["b1"],
+            args["b2"],
+            args["eps"],
+            mu_dtype=args["mu_dtype"],
             weight_decay=weight_decay,
-            mu_dtype=mu_dtype,
-            nu_dtype=nu_dtype,
+            mask=mask,
+            nu_dtype=args["nu_dtype"],
         )
     if isinstance(inner, optax.GradientTransformation):
         return optax.chain(inner, optax.scale_by_learning_rate(learning_rate))
@@ -479,37 +494,40 @@ def _inner_optimizer(
     )
 
 
+@hyperparams.validated()
 def mkor(
     learning_rate: base.ScalarOrSchedule = 0.1,
-    inner: Any = "sgd",
-    *,
-    momentum: Any = 0.9,
+    momentum: float = 0.9,
     nesterov: bool = False,
-    weight_decay: Any = 0.0,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    inv_freq: int = 10,
-    factor_decay: Any = 0.95,
-    stabilization_factor: Any = 0.1,
+    mu_dtype: base.DTypeLike | None = None,
+    *,
+    inner: str | optax.GradientTransformation = "sgd",
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    update_interval: int | None = None,
+    factor_decay: float = 0.95,
+    stabilization_factor: float = 0.1,
     reset_mode: str = "identity",
-    reset_threshold: Any = 2.0,
-    clip_value: Any = 100.0,
-    warmup_steps: int = 0,
+    reset_threshold: float = 2.0,
+    clip_value: float = 100.0,
+    warmup_steps: int | None = None,
     statistics: str = "auto",
-    factor_dtype: Any = jnp.float16,
+    factor_dtype: base.DTypeLike | None = "float16",
     router: routing.Router | None = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
     hybrid: bool = False,
-    switch_window: int = 100,
-    switch_threshold: Any = 0.1,
-    switch_min_steps: int = 0,
+    switch_window: int | None = None,
+    switch_threshold: float = 0.1,
+    switch_min_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """MKOR: rank-1 Kronecker-factored preconditioning wrapped around a first-order optimizer.
 
     The released ``mkor`` package (``mkor/mkor.py``, commit 3a0e3bb2; arXiv
-    2306.01685, Algorithm 1): every ``inv_freq`` steps the inverse factors
+    2306.01685, Algorithm 1): every ``update_interval`` steps (the official
+    ``inv_freq``) the inverse factors
     ``A⁻¹``, ``G⁻¹`` of every Dense/Conv layer take one Sherman–Morrison step
     with the batch-mean input ``ā`` and output gradient ``ḡ``; every step the
     layer gradient ``[∇W, ∇b]`` is preconditioned, ``Δ = G⁻¹[∇W, ∇b]A⁻¹``,
@@ -539,16 +557,22 @@ def mkor(
     ``scale_by_learning_rate(learning_rate)`` is applied. With ``'adam'``/``'adamw'``
     use an Adam learning rate (≈1e-3).
 
+    Positional order of ``optax.sgd`` (``lr, momentum, nesterov, mu_dtype``),
+    the default inner optimizer.
+
     Args:
       learning_rate: the inner optimizer's learning rate (scalar or schedule).
-      inner: ``'sgd'``, ``'adam'``, ``'adamw'`` or a transformation (static).
       momentum, nesterov: SGD momentum (0.9) and Nesterov flag.
-      weight_decay: SGD's and Adam's coupled / AdamW's decoupled decay.
-      b1, b2, eps: Adam's hyper-parameters.
-      inv_freq, factor_decay, stabilization_factor, reset_mode,
+      mu_dtype: the inner optimizer's first-moment dtype.
+      inner: ``'sgd'``, ``'adam'``, ``'adamw'`` or a transformation (static).
+      weight_decay: SGD's and Adam's coupled / AdamW's decoupled decay (not
+        applied with a custom ``inner``).
+      mask: optional decay mask (tree or callable), as in optax.
+      b1, b2, eps: Adam's / AdamW's hyper-parameters.
+      update_interval, factor_decay, stabilization_factor, reset_mode,
         reset_threshold, clip_value, warmup_steps, statistics, factor_dtype,
         router: see :func:`optx.scale_by_mkor`.
-      mu_dtype, nu_dtype: the inner optimizer's moment dtypes.
+      nu_dtype: the inner Adam's / AdamW's second-moment dtype.
       hybrid, switch_window, switch_threshold, switch_min_steps: MKOR-H
         (:func:`optx.mkor_h` is ``mkor(..., hybrid=True)``).
 
@@ -561,7 +585,7 @@ def mkor(
       >>> import jax, jax.numpy as jnp, optx
       >>> from flax import nnx
       >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
-      >>> opt = nnx.Optimizer(model, optx.mkor(0.1, inv_freq=1), wrt=nnx.Param)
+      >>> opt = nnx.Optimizer(model, optx.mkor(0.1, update_interval=1), wrt=nnx.Param)
       >>> mse = lambda m, x: jnp.mean((m(x) - 1.0) ** 2)
       >>> @nnx.jit
       ... def step(model, opt, x):
@@ -570,10 +594,9 @@ def mkor(
       ...     return loss
       >>> _ = step(model, opt, jnp.ones((4, 3)))
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     return optax.chain(
         kronecker.scale_by_mkor(
-            inv_freq,
+            update_interval,
             factor_decay=factor_decay,
             stabilization_factor=stabilization_factor,
             reset_mode=reset_mode,
@@ -588,37 +611,37 @@ def mkor(
             switch_threshold=switch_threshold,
             switch_min_steps=switch_min_steps,
         ),
-        _inner_optimizer(
-            inner, learning_rate, momentum, nesterov, b1, b2, eps, weight_decay, mu_dtype, nu_dtype
-        ),
+        _inner_optimizer(locals()),
     )
 
 
+@hyperparams.validated()
 def mkor_h(
     learning_rate: base.ScalarOrSchedule = 0.1,
-    inner: Any = "sgd",
-    *,
-    switch_window: int = 100,
-    switch_threshold: Any = 0.1,
-    switch_min_steps: int = 0,
-    momentum: Any = 0.9,
+    momentum: float = 0.9,
     nesterov: bool = False,
-    weight_decay: Any = 0.0,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    inv_freq: int = 10,
-    factor_decay: Any = 0.95,
-    stabilization_factor: Any = 0.1,
+    mu_dtype: base.DTypeLike | None = None,
+    *,
+    inner: str | optax.GradientTransformation = "sgd",
+    switch_window: int | None = None,
+    switch_threshold: float = 0.1,
+    switch_min_steps: int | None = None,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    update_interval: int | None = None,
+    factor_decay: float = 0.95,
+    stabilization_factor: float = 0.1,
     reset_mode: str = "identity",
-    reset_threshold: Any = 2.0,
-    clip_value: Any = 100.0,
-    warmup_steps: int = 0,
+    reset_threshold: float = 2.0,
+    clip_value: float = 100.0,
+    warmup_steps: int | None = None,
     statistics: str = "auto",
-    factor_dtype: Any = jnp.float16,
+    factor_dtype: base.DTypeLike | None = "float16",
     router: routing.Router | None = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """MKOR-H: MKOR that switches to its first-order optimizer when it stops paying off.
 
@@ -634,13 +657,13 @@ def mkor_h(
     decrease. ``state[0].switch`` records the windows and ``switched_at``.
 
     Args:
-      learning_rate, inner, momentum, nesterov, weight_decay, b1, b2, eps,
-        inv_freq, factor_decay, stabilization_factor, reset_mode,
-        reset_threshold, clip_value, warmup_steps, statistics, factor_dtype,
-        router, mu_dtype, nu_dtype: as in :func:`optx.mkor`.
-      switch_window: steps per loss window (static).
+      learning_rate, momentum, nesterov, mu_dtype, inner, weight_decay, mask,
+        b1, b2, eps, update_interval, factor_decay, stabilization_factor,
+        reset_mode, reset_threshold, clip_value, warmup_steps, statistics,
+        factor_dtype, router, nu_dtype: as in :func:`optx.mkor`.
+      switch_window: steps per loss window (static; None = 100).
       switch_threshold: fraction of the best window rate below which to switch.
-      switch_min_steps: never switch before this step.
+      switch_min_steps: never switch before this step (static; None = 0).
 
     References:
       Mozaffari, Li, Zhang, Mehri Dehnavi, "MKOR: Momentum-Enabled
@@ -655,14 +678,16 @@ def mkor_h(
     """
     return mkor(
         learning_rate,
-        inner,
-        momentum=momentum,
-        nesterov=nesterov,
+        momentum,
+        nesterov,
+        mu_dtype,
+        inner=inner,
         weight_decay=weight_decay,
+        mask=mask,
         b1=b1,
         b2=b2,
         eps=eps,
-        inv_freq=inv_freq,
+        update_interval=update_interval,
         factor_decay=factor_decay,
         stabilization_factor=stabilization_factor,
         reset_mode=reset_mode,
@@ -672,7 +697,6 @@ def mkor_h(
         statistics=statistics,
         factor_dtype=factor_dtype,
         router=router,
-        mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
         hybrid=True,
         switch_window=switch_window,
@@ -731,7 +755,7 @@ _F64_HYPERPARAMETER_TOLERANCE = 10.0
 _CURVATURE_STATIC = ("seed", "update_interval", "num_samples", "distribution", "axis_name")
 _MKOR_STATIC = (
     "inner",
-    "inv_freq",
+    "update_interval",
     "warmup_steps",
     "reset_mode",
     "statistics",
@@ -746,7 +770,7 @@ registry.register(
         factory=sophia_g,
         paper="2305.14342",
         family="curvature",
-        defaults={"learning_rate": 3e-4, "tokens_per_batch": 1024, "rho": 0.05},
+        defaults={"learning_rate": 3e-4, "tokens_per_batch": 1024, "gamma": 0.05},
         lr_grid=(1e-4, 3e-4, 1e-3, 3e-3),
         static_args=("seed", "update_interval", "refresh_at_start", "axis_name", "gnb_clip_norm"),
         extra_args=registry_extra_args,

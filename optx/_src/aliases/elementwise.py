@@ -15,21 +15,32 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import adaptive, base, moments, radial, registry, routing, sign, variance
+from optx._src import (
+    adaptive,
+    base,
+    hyperparams,
+    moments,
+    radial,
+    registry,
+    routing,
+    sign,
+    variance,
+)
 
 
+@hyperparams.validated()
 def adamw(
     learning_rate: base.ScalarOrSchedule = 1e-3,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 1e-4,
+    mask: base.Mask | None = None,
     *,
-    mask: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
     nesterov: bool = False,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AdamW (Loshchilov & Hutter, arXiv 1711.05101) with ``mu_dtype`` and ``nu_dtype``.
 
@@ -37,18 +48,19 @@ def adamw(
 
       u_t = -η_t\\,\\big(\\hat m_t / (\\sqrt{\\hat v_t + ε_{root}} + ε) + λ θ_{t-1}\\big)
 
-    The same numbers as ``optax.adamw`` (same defaults, reused
-    ``optax.scale_by_adam``), plus ``nu_dtype`` so bf16 models can keep the
-    second moment in f32. This is the fallback optimizer of every routed optx
+    The same numbers, defaults and positional order as ``optax.adamw``
+    (``optx.adamw(lr, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask)``),
+    plus ``nu_dtype`` so bf16 models can keep the second moment in f32. This is the fallback optimizer of every routed optx
     alias (embeddings, heads, norms, biases).
 
     Args:
       learning_rate: scalar or schedule.
       b1, b2, eps, eps_root: Adam's hyper-parameters.
-      weight_decay: decoupled decay coefficient λ (scalar or schedule).
+      mu_dtype: first-moment dtype (default: the parameter dtype).
+      weight_decay: decoupled decay coefficient λ (scalar or schedule; optax's 1e-4).
       mask: optional weight-decay mask (tree or callable), as in optax.
-      mu_dtype, nu_dtype: moment dtypes (default: the parameter dtype).
       nesterov: NAdam-style first moment.
+      nu_dtype: second-moment dtype (default: the parameter dtype).
 
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization",
@@ -59,7 +71,6 @@ def adamw(
       >>> tx = optx.adamw(1e-3, nu_dtype=jnp.float32)
       >>> state = tx.init({'w': jnp.zeros((2, 2), jnp.bfloat16)})
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     return optax.chain(
         moments.scale_by_adam(
             b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov
@@ -87,19 +98,21 @@ registry.register(
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def adamp(
     learning_rate: base.ScalarOrSchedule = 1e-3,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
     *,
-    delta: Any = 0.1,
-    wd_ratio: Any = 0.1,
+    delta: float = 0.1,
+    wd_ratio: float = 0.1,
     nesterov: bool = False,
     router: routing.Router | None = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AdamP: Adam whose update loses its radial part on scale-invariant weights.
 
@@ -132,13 +145,15 @@ def adamp(
     Args:
       learning_rate: η (official default 1e-3).
       b1, b2, eps: Adam's hyper-parameters.
+      mu_dtype: first-moment dtype.
       weight_decay: λ (official default 0; the README uses 1e-2).
+      mask: optional weight-decay mask (tree or callable), as in optax.
       delta: δ of the cosine test (0.1).
       wd_ratio: decay multiplier on projected tensors (0.1).
       nesterov: the official Nesterov look-ahead (not optax's NAdam).
       router: the :class:`optx.Router` whose layouts define channels (default
         :func:`optx.default_router`).
-      mu_dtype, nu_dtype: moment dtypes.
+      nu_dtype: second-moment dtype.
 
     References:
       Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
@@ -152,31 +167,34 @@ def adamp(
       >>> updates, state = tx.update(params, tx.init(params), params)
       >>> params = optax.apply_updates(params, updates)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     router = routing.as_router(router)
     if nesterov:
         inner = adaptive.scale_by_adam_lookahead(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     else:
         inner = moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return optax.chain(
-        radial.project_out_radial(inner, delta, wd_ratio, weight_decay, eps, layout=router),
+        radial.project_out_radial(
+            inner, delta, wd_ratio, weight_decay, eps, layout=router, mask=mask
+        ),
         optax.scale_by_learning_rate(learning_rate),
     )
 
 
+@hyperparams.validated()
 def sgdp(
     learning_rate: base.ScalarOrSchedule = 0.1,
-    momentum: Any = 0.0,
-    weight_decay: base.ScalarOrSchedule = 0.0,
-    *,
+    momentum: float = 0.0,
     nesterov: bool = False,
-    eps: Any = 1e-8,
-    delta: Any = 0.1,
-    wd_ratio: Any = 0.1,
+    mu_dtype: base.DTypeLike | None = None,
+    *,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
+    eps: float = 1e-8,
+    delta: float = 0.1,
+    wd_ratio: float = 0.1,
     project_momentum_buffer: bool = True,
     router: routing.Router | None = None,
-    mu_dtype: Any = None,
-    dampening: Any = 0.0,
+    dampening: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     """SGDP: SGD-momentum whose update loses its radial part on scale-invariant weights.
 
@@ -202,13 +220,14 @@ def sgdp(
     Args:
       learning_rate: η.
       momentum: μ (official default 0).
-      weight_decay: λ (official default 0).
       nesterov: Nesterov momentum (official default False).
+      mu_dtype: momentum dtype.
+      weight_decay: λ (official default 0).
+      mask: optional weight-decay mask (tree or callable), as in optax.
       eps, delta, wd_ratio: as :func:`optx.adamp`.
       project_momentum_buffer: reproduce the official in-place projection of
         the buffer when ``nesterov=False``.
       router: see :func:`optx.adamp`.
-      mu_dtype: momentum dtype.
       dampening: the official dampening of the buffer (default 0).
 
     References:
@@ -222,8 +241,6 @@ def sgdp(
       >>> tx = optx.sgdp(0.1, momentum=0.9, nesterov=True, weight_decay=1e-5)
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
-    base.check_in_range("momentum", momentum, 0.0, 1.0)
     router = routing.as_router(router)
     inner = moments.scale_by_momentum(
         momentum, kind="sum", nesterov=nesterov, mu_dtype=mu_dtype, dampening=dampening
@@ -243,6 +260,7 @@ def sgdp(
             eps,
             layout=router,
             project_inner_state=feedback,
+            mask=mask,
         ),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -259,22 +277,23 @@ def _scaled(value: base.ScalarOrSchedule, factor: Any) -> base.ScalarOrSchedule:
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def adabelief(
     learning_rate: base.ScalarOrSchedule = 1e-3,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-16,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-16,
+    eps_root: float | None = None,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
     *,
-    eps_root: Any = None,
     rectify: bool = True,
     degenerated_to_sgd: bool = True,
     amsgrad: bool = False,
     weight_decouple: bool = True,
     fixed_decay: bool = False,
-    mask: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AdaBelief with the official defaults (rectified, decoupled decay).
 
@@ -301,13 +320,14 @@ def adabelief(
       learning_rate: η (1e-3).
       b1, b2: EMA rates (0.9, 0.999).
       eps: ε (official 1e-16; README: 1e-8 for CNNs on images).
-      weight_decay: λ (official default 0).
       eps_root: ε added to the stored ``s`` (None = ``eps``, official).
+      mu_dtype: first-moment dtype.
+      weight_decay: λ (official default 0).
+      mask: optional decay mask (tree or callable), as in optax.
       rectify, degenerated_to_sgd, amsgrad: see :func:`optx.scale_by_belief`.
       weight_decouple: decoupled (AdamW-style, default) or L2 decay.
       fixed_decay: decoupled decay not multiplied by η.
-      mask: optional decay mask (tree or callable), as in optax.
-      mu_dtype, nu_dtype: moment dtypes.
+      nu_dtype: second-moment dtype.
 
     References:
       Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
@@ -320,7 +340,6 @@ def adabelief(
       >>> tx = optx.adabelief(1e-3)
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     direction = adaptive.scale_by_belief(
         b1,
         b2,
@@ -356,22 +375,23 @@ def adabelief(
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated(b1=hyperparams.UNIT_CLOSED)
 def lion_kappa(
     learning_rate: base.ScalarOrSchedule = 1e-4,
-    kappa: str | Callable[[Any], Any] = "l1",
-    b1: Any = 0.9,
-    b2: Any = 0.99,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
     *,
-    delta: Any = 1.0,
-    p: Any = 3.0,
-    mask: Any = None,
-    ns_coefficients: Any = "keller",
-    ns_steps: int = 5,
-    ns_dtype: Any = None,
+    kappa: str | Callable[[jax.Array], jax.Array] = "l1",
+    delta: float = 1.0,
+    p: float = 3.0,
+    ns_coeffs: Any = "keller",
+    ns_steps: int | None = None,
+    ns_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
     strategy: str = "auto",
-    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Lion-𝒦: Lion with ``sign`` replaced by the (sub)gradient of a convex 𝒦.
 
@@ -400,16 +420,16 @@ def lion_kappa(
 
     Args:
       learning_rate: η (official Lion default 1e-4: 3–10× smaller than AdamW's).
-      kappa: a name (see above) or a callable ``c -> ∇𝒦(c)`` per leaf (static).
       b1, b2: Lion's betas (0.9, 0.99).
+      mu_dtype: momentum dtype.
       weight_decay: λ (official Lion default 0; use 3–10× AdamW's).
+      mask: optional decay mask.
+      kappa: a name (see above) or a callable ``c -> ∇𝒦(c)`` per leaf (static).
       delta: δ of ``'huber'``, ``'relativistic'``, ``'log_cosh'``.
       p: exponent of ``'lp'``.
-      mask: optional decay mask.
-      ns_coefficients, ns_steps, ns_dtype, strategy: Newton–Schulz settings of
-        ``'nuclear'``.
+      ns_coeffs, ns_steps, ns_dtype, strategy: Newton–Schulz settings of
+        ``'nuclear'`` (``ns_steps`` default 5).
       router: the :class:`optx.Router` whose layouts define matrix blocks.
-      mu_dtype: momentum dtype.
 
     References:
       Chen et al., "Symbolic Discovery of Optimization Algorithms",
@@ -423,7 +443,6 @@ def lion_kappa(
       >>> tx = optx.lion_kappa(3e-4, kappa='nuclear', weight_decay=0.1)
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     router = routing.as_router(router)
     return optax.chain(
         sign.scale_by_lion_kappa(
@@ -432,8 +451,8 @@ def lion_kappa(
             kappa,
             delta=delta,
             p=p,
-            ns_coefficients=ns_coefficients,
-            ns_steps=ns_steps,
+            ns_coeffs=ns_coeffs,
+            ns_steps=5 if ns_steps is None else ns_steps,
             ns_dtype=ns_dtype,
             layout=router,
             strategy=strategy,
@@ -444,14 +463,14 @@ def lion_kappa(
     )
 
 
+@hyperparams.validated(b1=hyperparams.UNIT_CLOSED)
 def lion(
     learning_rate: base.ScalarOrSchedule = 1e-4,
-    b1: Any = 0.9,
-    b2: Any = 0.99,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
-    *,
-    mask: Any = None,
-    mu_dtype: Any = None,
+    mask: base.Mask | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Lion (EvoLved Sign Momentum), the ℓ1 member of :func:`optx.lion_kappa`.
 
@@ -465,17 +484,18 @@ def lion(
     multiplied by η, applied before the step. With λ > 0 Lion minimizes ``f``
     over the box ``‖x‖_∞ ≤ 1/λ`` (arXiv 2310.05898).
 
-    How it differs from ``optax.lion``: optax's default ``weight_decay`` is
-    1e-3 (official: 0) and with f32 ``mu_dtype`` on bf16 params optax returns
+    Same positional order as ``optax.lion`` (``lr, b1, b2, mu_dtype,
+    weight_decay, mask``). How it differs from ``optax.lion``: optax's default
+    ``weight_decay`` is 1e-3 (official: 0) and with f32 ``mu_dtype`` on bf16 params optax returns
     f32 updates (optx returns the gradient's dtype); with the same arguments
     in f32 the numbers are identical (tested).
 
     Args:
       learning_rate: η (official 1e-4).
       b1, b2: (0.9, 0.99) official; (0.95, 0.98) is common for LMs.
+      mu_dtype: momentum dtype.
       weight_decay: λ (official 0).
       mask: optional decay mask.
-      mu_dtype: momentum dtype.
 
     References:
       Chen et al., "Symbolic Discovery of Optimization Algorithms",
@@ -489,7 +509,7 @@ def lion(
       >>> u
       Array([-0.0001,  0.0001], dtype=float32)
     """
-    return lion_kappa(learning_rate, "l1", b1, b2, weight_decay, mask=mask, mu_dtype=mu_dtype)
+    return lion_kappa(learning_rate, b1, b2, mu_dtype, weight_decay, mask, kappa="l1")
 
 
 # ----------------------------------------------------------------------------
@@ -497,17 +517,18 @@ def lion(
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def exadam(
     learning_rate: base.ScalarOrSchedule = 1e-3,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
     *,
     dynamic_step_size: bool = True,
-    mask: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """EXAdam: Adam with cross-moment debiasing, gradient acceleration and a growing step.
 
@@ -526,10 +547,11 @@ def exadam(
     Args:
       learning_rate: η (1e-3; README: vision 1e-3, NLP 3e-4, RL 5e-4).
       b1, b2, eps: (0.9, 0.999, 1e-8).
+      mu_dtype: first-moment dtype.
       weight_decay: λ (official default 0; README: vision 1e-4, NLP 1e-5).
-      dynamic_step_size: paper v1 (True) or repo HEAD (False).
       mask: optional decay mask.
-      mu_dtype, nu_dtype: moment dtypes.
+      dynamic_step_size: paper v1 (True) or repo HEAD (False).
+      nu_dtype: second-moment dtype.
 
     References:
       Adly, "EXAdam: The Power of Adaptive Cross-Moments", arXiv 2412.20302
@@ -541,7 +563,6 @@ def exadam(
       >>> w = jnp.zeros(2)
       >>> u, s = tx.update(jnp.ones(2), tx.init(w), w)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     return optax.chain(
         adaptive.scale_by_exadam(
             b1, b2, eps, dynamic_step_size=dynamic_step_size, mu_dtype=mu_dtype, nu_dtype=nu_dtype
@@ -556,16 +577,17 @@ def exadam(
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def sgd_sai(
     learning_rate: base.ScalarOrSchedule = 1e-2,
-    momentum: Any = 0.9,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    eps: float = 1e-8,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 1e-2,
+    mask: base.Mask | None = None,
     *,
     scale_rule: str = "gsnr",
-    mask: Any = None,
     router: routing.Router | None = None,
-    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SGD-SaI: SGD-momentum with per-block learning-rate scales set at initialization.
 
@@ -583,14 +605,15 @@ def sgd_sai(
 
     Args:
       learning_rate: η (official 1e-2).
-      momentum: μ (0.9).
+      b1: the EMA coefficient of the momentum ``M ← b1·M + (1 − b1)·g``
+        (the official ``momentum``, 0.9).
       eps: ε of the g-SNR (1e-8).
+      mu_dtype: momentum dtype.
       weight_decay: λ (official 1e-2).
+      mask: optional decay mask.
       scale_rule: ``'gsnr'`` (1.0.3), ``'gsnr_max'`` (1.0.4), ``'sqrt_numel'``
         (1.1.0); see :func:`optx.scale_by_sai`.
-      mask: optional decay mask.
       router: the :class:`optx.Router` whose layouts define the blocks.
-      mu_dtype: momentum dtype.
 
     References:
       Xu et al., "No More Adam: Learning Rate Scaling at Initialization is All
@@ -603,12 +626,9 @@ def sgd_sai(
       >>> tx = optx.sgd_sai(1e-2)
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     router = routing.as_router(router)
     return optax.chain(
-        adaptive.scale_by_sai(
-            momentum, eps, scale_rule=scale_rule, layout=router, mu_dtype=mu_dtype
-        ),
+        adaptive.scale_by_sai(b1, eps, scale_rule=scale_rule, layout=router, mu_dtype=mu_dtype),
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -619,18 +639,20 @@ def sgd_sai(
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def agvm_sgd(
     learning_rate: base.ScalarOrSchedule = 0.1,
-    momentum: Any = 0.9,
-    weight_decay: base.ScalarOrSchedule = 1e-4,
-    *,
+    momentum: float = 0.9,
     nesterov: bool = False,
+    mu_dtype: base.DTypeLike | None = None,
+    *,
+    weight_decay: base.ScalarOrSchedule = 1e-4,
+    mask: base.Mask | None = None,
     groups: Sequence[str] | None = None,
-    agvm_momentum: Any = 0.97,
-    interval: int = 5,
-    start_step: int = 500,
+    agvm_decay: float = 0.97,
+    update_interval: int | None = None,
+    start_step: int | None = None,
     stop_step: int | None = None,
-    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SGD-momentum with AGVM's gradient-variance modulated group learning rates.
 
@@ -651,14 +673,15 @@ def agvm_sgd(
     Args:
       learning_rate: η.
       momentum: μ of SGD (0.9).
-      weight_decay: λ (coupled, as torch SGD; 1e-4).
       nesterov: Nesterov SGD.
+      mu_dtype: momentum dtype.
+      weight_decay: λ (coupled, as torch SGD; 1e-4).
+      mask: optional weight-decay mask (tree or callable), as in optax.
       groups: module-group patterns, group 0 the reference (see
         :func:`optx.agvm`; default: top-level keys).
-      agvm_momentum: α of the scale EMA (0.97).
-      interval, start_step, stop_step: the measurement schedule (official
-        5, 500, never).
-      mu_dtype: momentum dtype.
+      agvm_decay: α of the scale EMA (official ``momentum`` 0.97).
+      update_interval, start_step, stop_step: the measurement schedule
+        (official 5, 500, never; static).
 
     References:
       Xue et al., "Large-batch Optimization for Dense Visual Predictions",
@@ -671,17 +694,16 @@ def agvm_sgd(
       >>> g = jax.tree.map(jnp.ones_like, params)
       >>> u, s = tx.update(g, tx.init(params), params, grads_a=g, grads_b=g)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     inner = optax.chain(
-        optax.add_decayed_weights(weight_decay),
+        optax.add_decayed_weights(weight_decay, mask),
         optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=mu_dtype),
         optax.scale_by_learning_rate(learning_rate),
     )
     return variance.agvm(
         inner,
         groups,
-        momentum=agvm_momentum,
-        interval=interval,
+        decay=agvm_decay,
+        update_interval=update_interval,
         start_step=start_step,
         stop_step=stop_step,
     )
@@ -808,9 +830,9 @@ registry.register(
         family="elementwise",
         defaults={"learning_rate": 0.1},
         lr_grid=(0.03, 0.1, 0.3, 1.0),
-        static_args=("nesterov", "groups", "interval", "start_step", "stop_step"),
+        static_args=("nesterov", "groups", "update_interval", "start_step", "stop_step"),
         extra_args=_noisy_half_batch_grads,
-        test_overrides={"learning_rate": 0.01, "start_step": 0, "interval": 2},
+        test_overrides={"learning_rate": 0.01, "start_step": 0, "update_interval": 2},
         description="AGVM around SGD-momentum (official hook semantics)",
     )
 )

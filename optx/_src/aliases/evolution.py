@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import optax
 
-from optx._src import base, evolution, registry, routing
+from optx._src import base, evolution, hyperparams, registry, routing
 
 
 def with_router(
@@ -31,14 +31,15 @@ def with_router(
     return optax.GradientTransformationExtraArgs(init_fn, tx.update)
 
 
+@hyperparams.validated()
 def eggroll(
     learning_rate: base.ScalarOrSchedule,
     sigma: base.ScalarOrSchedule,
-    rank: int | None = 1,
+    rank: int | None = None,
     *,
     population_size: int | None = None,
-    noise_reuse: int = 1,
-    group_size: int = 0,
+    noise_reuse: int | None = None,
+    group_size: int | None = None,
     fitness_shaping: str = "standardize",
     estimator: str = "official",
     freeze_nonmatrix: bool = False,
@@ -69,12 +70,13 @@ def eggroll(
     Args:
       learning_rate: η of the outer optimizer.
       sigma: σ (scalar or schedule of the generation).
-      rank: perturbation rank (1 in the paper's headline runs; None:
-        full-rank OpenES, see :func:`optx.openes`).
+      rank: perturbation rank (static; None = 1, the paper's headline runs;
+        full-rank noise is :func:`optx.openes`).
       population_size: N, validated when given (even, >= 2).
       noise_reuse: generations per noise draw (0: the official default, the
-        generation is never folded into the key; optx defaults to 1).
-      group_size: fitness-shaping groups (official ``group_size``; 0: none).
+        generation is never folded into the key; static; None = 1).
+      group_size: fitness-shaping groups (official ``group_size``; 0: none;
+        static; None = 0).
       fitness_shaping: ``'standardize'`` (official), ``'centered_ranks'``,
         ``'none'``.
       estimator: ``'official'`` or ``'mean'`` (divides by ``σ√N``).
@@ -123,7 +125,36 @@ def eggroll(
       >>> bool(jnp.abs(y - 2.0).max() < 0.1)
       True
     """
-    base.check_learning_rate("learning_rate", learning_rate)
+    return _es_alias(
+        learning_rate,
+        sigma,
+        1 if rank is None else rank,
+        population_size=population_size,
+        noise_reuse=noise_reuse,
+        group_size=group_size,
+        fitness_shaping=fitness_shaping,
+        estimator=estimator,
+        freeze_nonmatrix=freeze_nonmatrix,
+        optimizer=optimizer,
+        router=router,
+    )
+
+
+def _es_alias(
+    learning_rate: base.ScalarOrSchedule,
+    sigma: base.ScalarOrSchedule,
+    rank: int | None,
+    *,
+    population_size: int | None,
+    noise_reuse: int | None,
+    group_size: int | None,
+    fitness_shaping: str,
+    estimator: str,
+    freeze_nonmatrix: bool,
+    optimizer: Callable[..., optax.GradientTransformation] | None,
+    router: routing.Router | None,
+) -> optax.GradientTransformationExtraArgs:
+    """:func:`eggroll`'s chain for a resolved ``rank`` (None: full-rank noise)."""
     factory = optax.sgd if optimizer is None else optimizer
     if not callable(factory):
         raise TypeError(
@@ -134,8 +165,8 @@ def eggroll(
         sigma,
         rank,
         population_size=population_size,
-        noise_reuse=noise_reuse,
-        group_size=group_size,
+        noise_reuse=1 if noise_reuse is None else noise_reuse,
+        group_size=0 if group_size is None else group_size,
         fitness_shaping=fitness_shaping,
         estimator=estimator,
         freeze_nonmatrix=freeze_nonmatrix,
@@ -145,13 +176,14 @@ def eggroll(
     return with_router(tx, evolution.es_router() if router is None else router)
 
 
+@hyperparams.validated()
 def openes(
     learning_rate: base.ScalarOrSchedule,
     sigma: base.ScalarOrSchedule,
     *,
     population_size: int | None = None,
-    noise_reuse: int = 1,
-    group_size: int = 0,
+    noise_reuse: int | None = None,
+    group_size: int | None = None,
     fitness_shaping: str = "standardize",
     estimator: str = "official",
     freeze_nonmatrix: bool = False,
@@ -187,7 +219,7 @@ def openes(
       ...                      params, jax.random.key(0), 8, sigma=0.1, rank=None)
       >>> u, state = tx.update(params, tx.init(params), params, fitness=f, key=jax.random.key(0))
     """
-    return eggroll(
+    return _es_alias(
         learning_rate,
         sigma,
         None,

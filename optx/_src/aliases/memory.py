@@ -16,11 +16,12 @@ what each one allocates (``benchmarks/memory_table.py`` prints the table).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import optax
 
-from optx._src import base, moments, normalization, quantization, registry, routing
+from optx._src import base, hyperparams, moments, normalization, quantization, registry, routing
 from optx._src import projection as proj_lib
 from optx._src.aliases.elementwise import adamw
 from optx._src.weight_decay import add_decayed_weights_after_step
@@ -29,24 +30,46 @@ _COMMON_8BIT_STATIC = ("block_size", "min_size", "full_precision")
 _PROJECTION_STATIC = ("rank", "update_proj_gap", "projection", "side", "seed")
 
 
+def _or(value: Any, default: Any) -> Any:
+    """``default`` when ``value`` is None (structural defaults resolved inside)."""
+    return default if value is None else value
+
+
+def _quantized(
+    inner: optax.GradientTransformation,
+    block_size: int | None,
+    min_size: int | None,
+    full_precision: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """``quantize_moments(inner)`` with the bitsandbytes defaults for None."""
+    return quantization.quantize_moments(
+        inner,
+        block_size=_or(block_size, quantization.REFERENCE_BLOCK_SIZE),
+        min_size=_or(min_size, quantization.REFERENCE_MIN_SIZE),
+        full_precision=full_precision,
+    )
+
+
 # ----------------------------------------------------------------------------
 # 8-bit block-wise states (Dettmers et al., arXiv 2110.02861)
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def adamw_8bit(
     learning_rate: base.ScalarOrSchedule = 1e-3,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    weight_decay: base.ScalarOrSchedule = 1e-2,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: base.DTypeLike | None = None,
+    weight_decay: base.ScalarOrSchedule = 1e-4,
+    mask: base.Mask | None = None,
     *,
-    block_size: int = quantization.REFERENCE_BLOCK_SIZE,
-    min_size: int = quantization.REFERENCE_MIN_SIZE,
+    block_size: int | None = None,
+    min_size: int | None = None,
     full_precision: Any = None,
-    mask: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AdamW with block-wise 8-bit moments (bitsandbytes ``AdamW8bit``).
 
@@ -71,17 +94,22 @@ def adamw_8bit(
     bitsandbytes 0.50.2 (the paper used 2048); bitsandbytes' CPU quantizer is
     not exact nearest rounding, optx's is (see :mod:`optx._src.quantization`);
     ``StableEmbedding``'s 32-bit optimizer state is ``full_precision=r'embed'``.
+    Signature, positional order and defaults are :func:`optx.adamw`'s (so it
+    is a drop-in for ``optax.adamw``): weight decay 1e-4, where bitsandbytes'
+    ``AdamW8bit`` defaults to 1e-2 (pass ``weight_decay=1e-2`` for its numbers).
 
     Args:
       learning_rate: scalar or schedule.
-      b1, b2, eps: Adam hyper-parameters.
-      weight_decay: decoupled λ (bitsandbytes ``AdamW8bit`` default 1e-2).
-      block_size: entries per absmax block (static).
-      min_size: smaller leaves keep full-precision moments (static).
+      b1, b2, eps, eps_root: Adam hyper-parameters.
+      mu_dtype: dtype of the full-precision (small) first moments.
+      weight_decay: decoupled λ (optax's 1e-4; bitsandbytes ``AdamW8bit`` 1e-2).
+      mask: weight-decay mask.
+      block_size: entries per absmax block (static; None = 256, bitsandbytes).
+      min_size: smaller leaves keep full-precision moments (static; None =
+        4096, bitsandbytes).
       full_precision: regex (or predicate) on the state path of leaves to keep
         in full precision, see :func:`optx.quantize_moments`.
-      mask: weight-decay mask.
-      mu_dtype, nu_dtype: dtypes of the full-precision (small) moments.
+      nu_dtype: dtype of the full-precision (small) second moments.
 
     References:
       Dettmers, Lewis, Shleifer, Zettlemoyer, "8-bit Optimizers via Block-wise
@@ -95,30 +123,30 @@ def adamw_8bit(
       >>> optx.state_bytes(tx, params) / 8192   # codes + scales + count
       2.0317...
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     return optax.chain(
-        quantization.quantize_moments(
-            moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-            block_size=block_size,
-            min_size=min_size,
-            full_precision=full_precision,
+        _quantized(
+            moments.scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+            block_size,
+            min_size,
+            full_precision,
         ),
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
 
 
+@hyperparams.validated(b1=hyperparams.UNIT_CLOSED)
 def lion_8bit(
     learning_rate: base.ScalarOrSchedule = 1e-4,
-    b1: Any = 0.9,
-    b2: Any = 0.99,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
     *,
-    block_size: int = quantization.REFERENCE_BLOCK_SIZE,
-    min_size: int = quantization.REFERENCE_MIN_SIZE,
+    block_size: int | None = None,
+    min_size: int | None = None,
     full_precision: Any = None,
-    mask: Any = None,
-    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Lion with a block-wise 8-bit momentum (bitsandbytes ``Lion8bit``).
 
@@ -132,13 +160,15 @@ def lion_8bit(
     bytes per parameter instead of 4). bitsandbytes defaults: lr 1e-4,
     β = (0.9, 0.99), no decay; decay on the pre-step weights.
 
+    Signature and positional order are :func:`optx.lion`'s (``optax.lion``'s).
+
     Args:
       learning_rate: scalar or schedule.
       b1, b2: Lion's interpolation and momentum coefficients.
-      weight_decay: decoupled λ.
-      block_size, min_size, full_precision: see :func:`adamw_8bit`.
-      mask: weight-decay mask.
       mu_dtype: dtype of full-precision (small) momenta.
+      weight_decay: decoupled λ.
+      mask: weight-decay mask.
+      block_size, min_size, full_precision: see :func:`adamw_8bit`.
 
     References:
       Chen et al., "Symbolic Discovery of Optimization Algorithms",
@@ -149,30 +179,27 @@ def lion_8bit(
       >>> tx = optx.lion_8bit(1e-4)
       >>> state = tx.init({'w': jnp.zeros((128, 64))})
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     return optax.chain(
-        quantization.quantize_moments(
-            optax.scale_by_lion(b1, b2, mu_dtype=mu_dtype),
-            block_size=block_size,
-            min_size=min_size,
-            full_precision=full_precision,
+        _quantized(
+            optax.scale_by_lion(b1, b2, mu_dtype=mu_dtype), block_size, min_size, full_precision
         ),
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
 
 
+@hyperparams.validated()
 def sgd_momentum_8bit(
     learning_rate: base.ScalarOrSchedule = 1e-2,
-    momentum: Any = 0.9,
-    weight_decay: base.ScalarOrSchedule = 0.0,
-    *,
+    momentum: float = 0.9,
     nesterov: bool = False,
-    block_size: int = quantization.REFERENCE_BLOCK_SIZE,
-    min_size: int = quantization.REFERENCE_MIN_SIZE,
+    mu_dtype: base.DTypeLike | None = None,
+    *,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
+    block_size: int | None = None,
+    min_size: int | None = None,
     full_precision: Any = None,
-    mask: Any = None,
-    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SGD with a block-wise 8-bit momentum buffer (bitsandbytes ``SGD8bit``).
 
@@ -186,14 +213,17 @@ def sgd_momentum_8bit(
     quantized with the signed dynamic map: ``optax.trace`` wrapped in
     :func:`optx.quantize_moments`.
 
+    Positional order of ``optax.sgd`` (``lr, momentum, nesterov, mu_dtype`` —
+    optax's ``accumulator_dtype``).
+
     Args:
       learning_rate: scalar or schedule.
       momentum: μ.
-      weight_decay: coupled L2 coefficient λ (added to the gradient).
       nesterov: Nesterov momentum.
-      block_size, min_size, full_precision: see :func:`adamw_8bit`.
-      mask: weight-decay mask.
       mu_dtype: dtype of full-precision (small) buffers.
+      weight_decay: coupled L2 coefficient λ (added to the gradient).
+      mask: weight-decay mask.
+      block_size, min_size, full_precision: see :func:`adamw_8bit`.
 
     References:
       Dettmers et al., "8-bit Optimizers via Block-wise Quantization",
@@ -204,14 +234,13 @@ def sgd_momentum_8bit(
       >>> tx = optx.sgd_momentum_8bit(0.1, momentum=0.9)
       >>> state = tx.init({'w': jnp.zeros((128, 64))})
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     return optax.chain(
         optax.add_decayed_weights(weight_decay, mask),
-        quantization.quantize_moments(
+        _quantized(
             optax.trace(momentum, nesterov=nesterov, accumulator_dtype=mu_dtype),
-            block_size=block_size,
-            min_size=min_size,
-            full_precision=full_precision,
+            block_size,
+            min_size,
+            full_precision,
         ),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -223,7 +252,7 @@ def sgd_momentum_8bit(
 
 
 def _official_adam(
-    b1: Any, b2: Any, eps: Any, correct_bias: bool, mu_dtype: Any, nu_dtype: Any
+    b1: Any, b2: Any, eps: Any, bias_correction: bool, mu_dtype: Any, nu_dtype: Any
 ) -> optax.GradientTransformationExtraArgs:
     """Adam with ε on the uncorrected ``√v`` and the correction in the step size."""
     return moments.scale_by_adam(
@@ -233,7 +262,7 @@ def _official_adam(
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
         eps_placement="uncorrected",
-        bias_correction=correct_bias,
+        bias_correction=bias_correction,
     )
 
 
@@ -244,7 +273,8 @@ def official_adamw(
     eps: Any,
     weight_decay: base.ScalarOrSchedule,
     *,
-    correct_bias: bool = True,
+    mask: base.Mask | None = None,
+    bias_correction: bool = True,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -257,8 +287,8 @@ def official_adamw(
     methods do not project.
     """
     return optax.chain(
-        _official_adam(b1, b2, eps, correct_bias, mu_dtype, nu_dtype),
-        add_decayed_weights_after_step(weight_decay, learning_rate),
+        _official_adam(b1, b2, eps, bias_correction, mu_dtype, nu_dtype),
+        add_decayed_weights_after_step(weight_decay, learning_rate, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
 
@@ -268,24 +298,26 @@ def official_adamw(
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def galore(
     learning_rate: base.ScalarOrSchedule = 1e-2,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-6,
-    weight_decay: base.ScalarOrSchedule = 0.0,
-    *,
-    rank: int = 128,
-    update_proj_gap: int = 200,
-    scale: Any = 0.25,
-    projection: Any = "svd",
-    side: str = "std",
+    rank: int | None = None,
+    update_proj_gap: int | None = None,
+    scale: float = 0.25,
     base_optimizer: optax.GradientTransformation | None = None,
-    correct_bias: bool = True,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    projection: str | Callable[..., Any] = "svd",
+    side: str = "std",
+    bias_correction: bool = True,
     reset_on_refresh: bool = False,
-    seed: int = 0,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    seed: int | None = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """GaLore: Adam on a low-rank SVD projection of each gradient matrix.
@@ -320,20 +352,27 @@ def galore(
     transform (Adafactor, Lion, SGD, an 8-bit Adam, ...); it then also defines
     the bias correction and ε placement.
 
+    Positional order of ``optax.contrib.galore`` (``lr, rank,
+    update_proj_gap, scale, base_optimizer, weight_decay, mask``); the Adam
+    hyper-parameters are keyword-only.
+
     Args:
       learning_rate: scalar or schedule (paper/README 0.01; class 1e-3).
-      b1, b2, eps: Adam hyper-parameters (official ε 1e-6).
-      weight_decay: decoupled λ (post-step).
-      rank: subspace rank (static; 128 for 60M, 256 for 130M–350M, 512–1024 for 1B+).
-      update_proj_gap: SVD period ``T`` (static; 200, 500 for 7B).
+      rank: subspace rank (static; None = 128; 128 for 60M, 256 for 130M–350M,
+        512–1024 for 1B+).
+      update_proj_gap: SVD period ``T`` (static; None = 200; 500 for 7B).
       scale: α (paper 0.25).
+      base_optimizer: the transform run in the subspace (default: the official Adam).
+      weight_decay: decoupled λ (post-step).
+      mask: optional weight-decay mask (tree or callable), as in optax.
+      b1, b2, eps: Adam hyper-parameters (official ε 1e-6).
       projection: ``'svd'`` (official) or another kind of
         :func:`optx.scale_by_subspace`.
       side: ``'std'`` (official), ``'reverse_std'``, ``'in'``, ``'out'``.
-      base_optimizer: the transform run in the subspace (default: the official Adam).
-      correct_bias: fold Adam's bias correction into the step (official True).
+      bias_correction: fold Adam's bias correction into the step (the official
+        ``correct_bias``, True).
       reset_on_refresh: reset the subspace optimizer's state at each refresh.
-      seed: PRNG seed for random projection kinds (static).
+      seed: PRNG seed for random projection kinds (static; None = 0).
       mu_dtype, nu_dtype: moment dtypes (subspace and fallback).
       router: an :class:`optx.Router` (default :func:`optx.default_router`).
 
@@ -349,24 +388,23 @@ def galore(
       >>> updates, state = tx.update(params, tx.init(params), params)
       >>> params = optax.apply_updates(params, updates)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
-    router = routing.as_router(router).with_rank_limit(rank)
+    router = routing.as_router(router).with_rank_limit(_or(rank, 128))
     inner = base_optimizer
     if inner is None:
-        inner = _official_adam(b1, b2, eps, correct_bias, mu_dtype, nu_dtype)
+        inner = _official_adam(b1, b2, eps, bias_correction, mu_dtype, nu_dtype)
     matrix = optax.chain(
         proj_lib.scale_by_subspace(
             inner,
-            rank=rank,
+            rank=_or(rank, 128),
             projection=projection_kind(projection),
             side=side,
-            update_proj_gap=update_proj_gap,
+            update_proj_gap=_or(update_proj_gap, 200),
             scale=scale,
             reset_on_refresh=reset_on_refresh,
-            seed=seed,
+            seed=_or(seed, 0),
             layout=router,
         ),
-        add_decayed_weights_after_step(weight_decay, learning_rate),
+        add_decayed_weights_after_step(weight_decay, learning_rate, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
     fallback = official_adamw(
@@ -375,7 +413,8 @@ def galore(
         b2,
         eps,
         weight_decay,
-        correct_bias=correct_bias,
+        mask=mask,
+        bias_correction=bias_correction,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
     )
@@ -389,25 +428,27 @@ def projection_kind(kind: Any) -> Any:
     return kind
 
 
+@hyperparams.validated()
 def galore_8bit(
     learning_rate: base.ScalarOrSchedule = 1e-2,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    weight_decay: base.ScalarOrSchedule = 1e-2,
+    rank: int | None = None,
+    update_proj_gap: int | None = None,
+    scale: float = 0.25,
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
     *,
-    rank: int = 128,
-    update_proj_gap: int = 200,
-    scale: Any = 0.25,
-    projection: Any = "svd",
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    projection: str | Callable[..., Any] = "svd",
     side: str = "std",
-    block_size: int = quantization.REFERENCE_BLOCK_SIZE,
-    min_size: int = quantization.REFERENCE_MIN_SIZE,
+    block_size: int | None = None,
+    min_size: int | None = None,
     full_precision: Any = None,
-    seed: int = 0,
+    seed: int | None = None,
     router: routing.Router | None = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """8-bit GaLore: GaLore with bitsandbytes' block-wise 8-bit Adam in the subspace.
 
@@ -427,11 +468,17 @@ def galore_8bit(
     those slots are ``max_unorm``/``skip_zeros`` (so current installs silently
     run with ``max_unorm=100``). optx implements the intended method.
 
+    Signature, positional order and defaults are :func:`galore`'s (weight
+    decay 0, where ``GaLoreAdamW8bit``'s signature has 1e-2), except ε = 1e-8,
+    the value of bitsandbytes' Adam, whose ε sits outside the corrected ``√v̂``.
+
     Args:
       learning_rate: scalar or schedule (7B single-GPU recipe: 0.005).
+      rank, update_proj_gap, scale: see :func:`galore`.
+      weight_decay: λ (0; ``GaLoreAdamW8bit``'s signature default 1e-2).
+      mask: optional weight-decay mask (tree or callable), as in optax.
       b1, b2, eps: Adam hyper-parameters (bitsandbytes ε 1e-8).
-      weight_decay: λ (signature default 1e-2).
-      rank, update_proj_gap, scale, projection, side, seed: see :func:`galore`.
+      projection, side, seed: see :func:`galore`.
       block_size, min_size, full_precision: see :func:`adamw_8bit`.
       router: an :class:`optx.Router`.
       mu_dtype, nu_dtype: dtypes of the full-precision (small) moments.
@@ -446,34 +493,33 @@ def galore_8bit(
       >>> tx = optx.galore_8bit(learning_rate=0.01, rank=32)
       >>> state = tx.init(params)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
-    router = routing.as_router(router).with_rank_limit(rank)
+    router = routing.as_router(router).with_rank_limit(_or(rank, 128))
 
     def adam8() -> optax.GradientTransformationExtraArgs:
-        return quantization.quantize_moments(
+        return _quantized(
             moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-            block_size=block_size,
-            min_size=min_size,
-            full_precision=full_precision,
+            block_size,
+            min_size,
+            full_precision,
         )
 
     matrix = optax.chain(
         proj_lib.scale_by_subspace(
             adam8(),
-            rank=rank,
+            rank=_or(rank, 128),
             projection=projection_kind(projection),
             side=side,
-            update_proj_gap=update_proj_gap,
+            update_proj_gap=_or(update_proj_gap, 200),
             scale=scale,
-            seed=seed,
+            seed=_or(seed, 0),
             layout=router,
         ),
-        add_decayed_weights_after_step(weight_decay, learning_rate),
+        add_decayed_weights_after_step(weight_decay, learning_rate, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
     fallback = optax.chain(
         adam8(),
-        optax.add_decayed_weights(weight_decay),
+        optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
     return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
@@ -484,26 +530,28 @@ def galore_8bit(
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def apollo(
     learning_rate: base.ScalarOrSchedule = 1e-2,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-6,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
     *,
-    rank: int = 256,
-    scale: Any = 1.0,
+    rank: int | None = None,
+    scale: float = 1.0,
     scale_type: str = "channel",
-    projection: Any = "random",
+    projection: str | Callable[..., Any] = "random",
     side: str = "std",
-    update_proj_gap: int = 200,
+    update_proj_gap: int | None = None,
     scale_front: bool = False,
-    norm_growth_limit: Any = 1.01,
-    correct_bias: bool = True,
-    seed: int = 0,
+    norm_growth_limit: float | None = 1.01,
+    bias_correction: bool = True,
+    seed: int | None = None,
     store_projector: bool = True,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """APOLLO: SGD-like memory, AdamW-level performance (arXiv 2412.05270).
@@ -540,23 +588,26 @@ def apollo(
     Args:
       learning_rate: scalar or schedule (scripts: 0.01 with cosine; class 1e-3).
       b1, b2, eps: Adam hyper-parameters of the projected moments (ε 1e-6).
+      mu_dtype: first-moment dtype.
       weight_decay: λ (post-step, base lr).
-      rank: projection rank (static; README: ¼ d_model, 256 for 1B/7B).
+      mask: optional weight-decay mask (tree or callable), as in optax.
+      rank: projection rank (static; None = 256; README: ¼ d_model, 256 for 1B/7B).
       scale: α (enters as √α).
       scale_type: ``'channel'`` or ``'tensor'``.
       projection: ``'random'`` (official), ``'svd'`` (official option), or any
         kind/callable of :func:`optx.scale_by_subspace`.
       side: ``'std'`` (official).
-      update_proj_gap: ``T`` (static; 200).
+      update_proj_gap: ``T`` (static; None = 200).
       scale_front: apply √α before the limiter (official flag).
       norm_growth_limit: γ of the limiter, or None to disable it (``disable_nl``).
-      correct_bias: fold Adam's bias correction into the step (official True).
-      seed: PRNG seed of the random projections (static).
+      bias_correction: fold Adam's bias correction into the step (the
+        official ``correct_bias``, True).
+      seed: PRNG seed of the random projections (static; None = 0).
       store_projector: keep the projection in the state (official). ``False``
         keeps only its PRNG key and regenerates the draw every step (same
         numbers; saves ``rank · min(m, n)`` floats per matrix, a third of
         APOLLO's matrix state at rank ¼·d).
-      mu_dtype, nu_dtype: moment dtypes.
+      nu_dtype: second-moment dtype.
       router: an :class:`optx.Router`.
 
     References:
@@ -571,21 +622,19 @@ def apollo(
       >>> tx = optx.apollo(learning_rate=0.01, rank=8)
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
-    base.check_nonnegative("scale", scale)
-    router = routing.as_router(router).with_rank_limit(rank)
+    router = routing.as_router(router).with_rank_limit(_or(rank, 256))
     sqrt_scale = optax.scale(scale**0.5)
     parts: list[optax.GradientTransformation] = [
         proj_lib.scale_by_apollo(
             b1,
             b2,
             eps,
-            rank=rank,
+            rank=_or(rank, 256),
             scale_type=scale_type,
             projection=projection_kind(projection),
             side=side,
-            update_proj_gap=update_proj_gap,
-            seed=seed,
+            update_proj_gap=_or(update_proj_gap, 200),
+            seed=_or(seed, 0),
             store_projector=store_projector,
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
@@ -598,10 +647,10 @@ def apollo(
         parts.append(normalization.scale_by_norm_growth_limiter(norm_growth_limit, layout=router))
     if not scale_front:
         parts.append(sqrt_scale)
-    if correct_bias:
+    if bias_correction:
         parts.append(moments.scale_by_bias_correction(b1, b2))
     parts += [
-        add_decayed_weights_after_step(weight_decay, learning_rate),
+        add_decayed_weights_after_step(weight_decay, learning_rate, mask),
         optax.scale_by_learning_rate(learning_rate),
     ]
     fallback = official_adamw(
@@ -610,32 +659,35 @@ def apollo(
         b2,
         eps,
         weight_decay,
-        correct_bias=correct_bias,
+        mask=mask,
+        bias_correction=bias_correction,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
     )
     return routing.routed({routing.MATRIX: optax.chain(*parts), routing.FALLBACK: fallback}, router)
 
 
+@hyperparams.validated()
 def apollo_mini(
     learning_rate: base.ScalarOrSchedule = 1e-2,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-6,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
     *,
-    rank: int = 1,
-    scale: Any = 128.0,
-    projection: Any = "random",
+    rank: int | None = None,
+    scale: float = 128.0,
+    projection: str | Callable[..., Any] = "random",
     side: str = "std",
-    update_proj_gap: int = 200,
+    update_proj_gap: int | None = None,
     scale_front: bool = False,
-    norm_growth_limit: Any = 1.01,
-    correct_bias: bool = True,
-    seed: int = 0,
+    norm_growth_limit: float | None = 1.01,
+    bias_correction: bool = True,
+    seed: int | None = None,
     store_projector: bool = True,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """APOLLO-Mini: rank-1 projection, one tensor-wise scaling factor per matrix.
@@ -655,9 +707,11 @@ def apollo_mini(
     All official quirks of :func:`apollo` apply.
 
     Args:
-      learning_rate, b1, b2, eps, weight_decay, rank, scale, projection, side,
-        update_proj_gap, scale_front, norm_growth_limit, correct_bias, seed,
-        store_projector, mu_dtype, nu_dtype, router: see :func:`apollo`.
+      learning_rate, b1, b2, eps, mu_dtype, weight_decay, mask, scale,
+        projection, side, update_proj_gap, scale_front, norm_growth_limit,
+        bias_correction, seed, store_projector, nu_dtype, router: see
+        :func:`apollo`.
+      rank: projection rank (static; None = 1).
 
     References:
       Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance",
@@ -674,8 +728,10 @@ def apollo_mini(
         b1,
         b2,
         eps,
+        mu_dtype,
         weight_decay,
-        rank=rank,
+        mask,
+        rank=_or(rank, 1),
         scale=scale,
         scale_type="tensor",
         projection=projection,
@@ -683,10 +739,9 @@ def apollo_mini(
         update_proj_gap=update_proj_gap,
         scale_front=scale_front,
         norm_growth_limit=norm_growth_limit,
-        correct_bias=correct_bias,
+        bias_correction=bias_correction,
         seed=seed,
         store_projector=store_projector,
-        mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
         router=router,
     )
@@ -699,26 +754,28 @@ def apollo_mini(
 FRUGAL_PROJECTIONS = ("block", "svd", "orthogonal", "random", "coordinate")
 
 
+@hyperparams.validated(projection=hyperparams.choice(*FRUGAL_PROJECTIONS))
 def frugal(
     learning_rate: base.ScalarOrSchedule = 1e-3,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
     *,
-    density: float = 0.25,
-    update_proj_gap: int = 200,
+    density: float | None = None,
+    update_proj_gap: int | None = None,
     projection: str = "block",
     order: str = "descending",
     side: str = "std",
     reset_statistics: bool = True,
     inactive_update_rule: str | None = "sign",
-    inactive_lr_scale: Any = 1.0,
-    proj_lr_scale: Any = 1.0,
+    inactive_lr_scale: float = 1.0,
+    proj_lr_scale: float = 1.0,
     base_optimizer: optax.GradientTransformation | None = None,
-    seed: int = 0,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    seed: int | None = None,
+    nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """FRUGAL: a stateful optimizer on a subspace, state-free signSGD on the rest.
@@ -760,10 +817,12 @@ def frugal(
     Args:
       learning_rate: scalar or schedule (scripts 1e-3, cosine, warmup).
       b1, b2, eps: Adam hyper-parameters of the stateful part.
+      mu_dtype: first-moment dtype.
       weight_decay: λ, decoupled, pre-step (scripts 0; class 0.01).
-      density: ρ, the stateful fraction (static; 0.25; 0 = signSGD only): round(ρ·N)
-        blocks per shape group, at least 1 (with a warning) when ρ > 0.
-      update_proj_gap: ``T`` (static; 200).
+      mask: optional weight-decay mask (tree or callable), as in optax.
+      density: ρ, the stateful fraction (static; None = 0.25; 0 = signSGD only):
+        round(ρ·N) blocks per shape group, at least 1 (with a warning) when ρ > 0.
+      update_proj_gap: ``T`` (static; None = 200).
       projection: ``'block'``, ``'svd'``, ``'orthogonal'``, ``'random'``,
         ``'coordinate'``.
       order: block order (``projection='block'`` only; default
@@ -775,8 +834,8 @@ def frugal(
         1.0, fine-tuning 0.1).
       proj_lr_scale: lr multiplier of the whole projected-parameter update.
       base_optimizer: the stateful transform (default Adam, optax placement).
-      seed: PRNG seed (static).
-      mu_dtype, nu_dtype: moment dtypes.
+      seed: PRNG seed (static; None = 0).
+      nu_dtype: second-moment dtype.
       router: an :class:`optx.Router`.
 
     References:
@@ -790,9 +849,10 @@ def frugal(
       >>> tx = optx.frugal(learning_rate=1e-3, density=0.25)
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
-    base.check_choice("projection", projection, FRUGAL_PROJECTIONS)
     router = routing.as_router(router)
+    density = _or(density, 0.25)
+    update_proj_gap = _or(update_proj_gap, 200)
+    seed = _or(seed, 0)
     inner = base_optimizer
     if inner is None:
         inner = moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
@@ -825,11 +885,11 @@ def frugal(
     matrix = optax.chain(
         subspace,
         optax.scale(proj_lr_scale),
-        optax.add_decayed_weights(weight_decay),
+        optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
     fallback = adamw(
-        learning_rate, b1, b2, eps, weight_decay=weight_decay, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+        learning_rate, b1, b2, eps, 0.0, mu_dtype, weight_decay, mask, nu_dtype=nu_dtype
     )
     return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
 
@@ -839,19 +899,21 @@ def frugal(
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def dct_adamw(
     learning_rate: base.ScalarOrSchedule = 1e-3,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
     *,
-    rank: int = 128,
-    update_proj_gap: int = 1,
+    rank: int | None = None,
+    update_proj_gap: int | None = None,
     side: str = "std",
-    score_norm: float = 1.0,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    score_norm: float | None = None,
+    nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """DCT-AdamW: SVD-free low-rank Adam on DCT columns chosen by alignment.
@@ -891,12 +953,14 @@ def dct_adamw(
     Args:
       learning_rate: scalar or schedule (required in the official class).
       b1, b2, eps: Adam hyper-parameters.
+      mu_dtype: first-moment dtype.
       weight_decay: decoupled λ (pre-step).
-      rank: number of DCT columns (static).
-      update_proj_gap: ``T`` (static; official default 1).
+      mask: optional weight-decay mask (tree or callable), as in optax.
+      rank: number of DCT columns (static; None = 128).
+      update_proj_gap: ``T`` (static; None = 1, the official default).
       side: ``'std'`` (official: basis over the smaller dimension).
-      score_norm: ℓp of the alignment score (official 1).
-      mu_dtype, nu_dtype: moment dtypes.
+      score_norm: ℓp of the alignment score (static; None = 1, official).
+      nu_dtype: second-moment dtype.
       router: an :class:`optx.Router`.
 
     References:
@@ -911,24 +975,23 @@ def dct_adamw(
       >>> tx = optx.dct_adamw(learning_rate=1e-3, rank=8)
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
-    router = routing.as_router(router).with_rank_limit(rank)
+    router = routing.as_router(router).with_rank_limit(_or(rank, 128))
     matrix = optax.chain(
         proj_lib.scale_by_subspace(
             moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-            rank=rank,
+            rank=_or(rank, 128),
             projection="dct",
             side=side,
-            update_proj_gap=update_proj_gap,
+            update_proj_gap=_or(update_proj_gap, 1),
             refresh_phase=1,
-            score_norm=score_norm,
+            score_norm=_or(score_norm, 1.0),
             layout=router,
         ),
-        optax.add_decayed_weights(weight_decay),
+        optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
     fallback = adamw(
-        learning_rate, b1, b2, eps, weight_decay=weight_decay, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+        learning_rate, b1, b2, eps, 0.0, mu_dtype, weight_decay, mask, nu_dtype=nu_dtype
     )
     return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
 

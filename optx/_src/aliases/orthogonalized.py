@@ -7,7 +7,8 @@ heads, norms, biases) gets :func:`optx.adamw`.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import optax
 
@@ -15,6 +16,7 @@ from optx._src import (
     base,
     clipping,
     constraints,
+    hyperparams,
     moments,
     newton_schulz_fitting,
     normalization,
@@ -28,6 +30,133 @@ from optx._src.aliases.elementwise import adamw
 # lr 3e-4 next to Muon's 0.02, betas (0.9, 0.95), eps 1e-10, no decay.
 KELLER_ADAM_LR_RATIO = 3e-4 / 0.02
 
+# ----------------------------------------------------------------------------
+# The fallback AdamW of matrix methods: defaults and the "official" preset
+# ----------------------------------------------------------------------------
+
+FALLBACK_ARGS = ("adam_lr_ratio", "adam_b1", "adam_b2", "adam_eps", "adam_weight_decay")
+"""The fallback-AdamW arguments a ``preset`` fills in when they are None."""
+
+# Drop-in settings: what `optx.muon(lr)` uses in place of `optax.adamw(...)`. The
+# fallback trains embeddings, heads, norms and biases at 0.2 × the matrix learning
+# rate (the Adam-side ratio of the tuned Muon configurations in "Fantastic
+# Pretraining Optimizers", arXiv 2509.02046) with Keller Jordan's aux-Adam betas and
+# eps, and `weight_decay` reaches it. Measured on the README benchmark (README
+# "Defaults"): best final validation loss 1.909 (Muon) against AdamW's 2.139, where
+# the official settings give 2.176 and optax.adamw's betas/eps 1.924.
+DROPIN_FALLBACK: Mapping[str, Any] = {
+    "adam_lr_ratio": 0.2,
+    "adam_b1": 0.9,
+    "adam_b2": 0.95,
+    "adam_eps": 1e-10,
+    "adam_weight_decay": "weight_decay",
+}
+# A string value means "the method's own argument of that name".
+FALLBACK_PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = {
+    # Each method's settings when `preset` is None (the factory defaults).
+    "default": {
+        "muon": DROPIN_FALLBACK,
+        "normuon": DROPIN_FALLBACK,
+        "lipschitz_muon": DROPIN_FALLBACK,
+        "auon": DROPIN_FALLBACK,
+        "hybrid_auon": DROPIN_FALLBACK,
+        # ROOT's and COSMOS's official codes train the fallback leaves with the
+        # same learning rate and decay (their matrix steps are AdamW-sized): their
+        # defaults are the official settings.
+        "root": {
+            "adam_lr_ratio": 1.0,
+            "adam_b1": 0.9,
+            "adam_b2": 0.95,
+            "adam_eps": 1e-8,
+            "adam_weight_decay": "weight_decay",
+        },
+        "cosmos": {
+            "adam_lr_ratio": 1.0,
+            "adam_b1": "b1",
+            "adam_b2": "b2",
+            "adam_eps": "eps",
+            "adam_weight_decay": "weight_decay",
+        },
+    },
+    # preset="official": the official code's settings for the fallback leaves.
+    "official": {
+        # Keller Jordan's MuonWithAuxAdam (also NorMuon's and the Lipschitz code's
+        # Muon): lr 3e-4 next to 0.02, betas (0.9, 0.95), eps 1e-10, no decay.
+        **{
+            name: {
+                "adam_lr_ratio": KELLER_ADAM_LR_RATIO,
+                "adam_b1": 0.9,
+                "adam_b2": 0.95,
+                "adam_eps": 1e-10,
+                "adam_weight_decay": 0.0,
+            }
+            for name in ("muon", "normuon", "lipschitz_muon")
+        },
+        # AuON's README: Adam lr 0.008 next to AuON's 0.08, betas (0.8, 0.95), eps 1e-10.
+        **{
+            name: {
+                "adam_lr_ratio": 0.1,
+                "adam_b1": 0.8,
+                "adam_b2": 0.95,
+                "adam_eps": 1e-10,
+                "adam_weight_decay": 0.0,
+            }
+            for name in ("auon", "hybrid_auon")
+        },
+    },
+}
+
+
+class FallbackSettings(NamedTuple):
+    """The resolved fallback-AdamW settings of one matrix alias."""
+
+    adam_lr_ratio: Any
+    adam_b1: Any
+    adam_b2: Any
+    adam_eps: Any
+    adam_weight_decay: Any
+
+
+def fallback_settings(
+    method: str, preset: str | None, own: Mapping[str, Any], **given: Any
+) -> FallbackSettings:
+    """Fills the None fallback arguments of ``method`` from ``preset``.
+
+    ``given`` holds the user's ``adam_*`` arguments (None = not given); ``own``
+    the method's arguments a preset may refer to by name (``'weight_decay'``,
+    ``'b1'``, ...). A given value always wins over the preset.
+    """
+    table = FALLBACK_PRESETS["default"][method]
+    if preset is not None:
+        table = FALLBACK_PRESETS[preset].get(method, table)
+    out = {}
+    for name in FALLBACK_ARGS:
+        value = given.get(name)
+        if value is None:
+            value = table[name]
+            if isinstance(value, str):
+                value = own[value]
+        out[name] = value
+    return FallbackSettings(**out)
+
+
+def fallback_for(method: str, args: Mapping[str, Any]) -> optax.GradientTransformationExtraArgs:
+    """The fallback AdamW of a matrix alias from its arguments (``locals()``):
+    ``learning_rate``, ``adam_*``, ``preset``, ``mask``, ``mu_dtype``,
+    ``nu_dtype`` and whatever the preset refers to (``weight_decay``, ...)."""
+    settings = fallback_settings(
+        method, args["preset"], args, **{name: args[name] for name in FALLBACK_ARGS}
+    )
+    return fallback_adamw(
+        args["learning_rate"],
+        args["adam_learning_rate"],
+        settings,
+        args["mask"],
+        args["mu_dtype"],
+        args["nu_dtype"],
+        eps_placement=args.get("adam_eps_placement", "corrected"),
+    )
+
 
 def scaled_learning_rate(learning_rate: base.ScalarOrSchedule, ratio: Any) -> base.ScalarOrSchedule:
     """``ratio × learning_rate`` for a scalar or a schedule."""
@@ -39,11 +168,8 @@ def scaled_learning_rate(learning_rate: base.ScalarOrSchedule, ratio: Any) -> ba
 def fallback_adamw(
     learning_rate: base.ScalarOrSchedule,
     adam_learning_rate: base.ScalarOrSchedule | None,
-    adam_lr_ratio: Any,
-    adam_b1: Any,
-    adam_b2: Any,
-    adam_eps: Any,
-    adam_weight_decay: Any,
+    settings: FallbackSettings,
+    mask: base.Mask | None,
     mu_dtype: Any,
     nu_dtype: Any,
     *,
@@ -52,65 +178,68 @@ def fallback_adamw(
     """The AdamW used for leaves routed to ``'fallback'`` by a matrix alias.
 
     Its learning rate is ``adam_learning_rate`` if given, else
-    ``adam_lr_ratio × learning_rate`` (so one schedule drives both groups).
+    ``settings.adam_lr_ratio × learning_rate`` (so one schedule drives both
+    groups); ``mask`` is the user's weight-decay mask (over the full tree).
     ``eps_placement='corrected'`` is :func:`optx.adamw` (``m̂/(√v̂ + ε)``);
     ``'uncorrected'`` puts ε on the uncorrected ``√v`` and folds the bias
     correction into the step, ``m/(√v + ε)·√(1−β₂ᵗ)/(1−β₁ᵗ)`` (HF/torch-style
     AdamW of the ROOT, GaLore and APOLLO codes).
     """
     if adam_learning_rate is None:
-        lr = scaled_learning_rate(learning_rate, adam_lr_ratio)
+        lr = scaled_learning_rate(learning_rate, settings.adam_lr_ratio)
     else:
-        base.check_learning_rate("adam_learning_rate", adam_learning_rate)
         lr = adam_learning_rate
     base.check_choice("eps_placement", eps_placement, moments.EPS_PLACEMENTS)
     if eps_placement == "uncorrected":
         return optax.chain(
             moments.scale_by_adam(
-                adam_b1,
-                adam_b2,
-                adam_eps,
+                settings.adam_b1,
+                settings.adam_b2,
+                settings.adam_eps,
                 mu_dtype=mu_dtype,
                 nu_dtype=nu_dtype,
                 eps_placement="uncorrected",
             ),
-            optax.add_decayed_weights(adam_weight_decay),
+            optax.add_decayed_weights(settings.adam_weight_decay, mask),
             optax.scale_by_learning_rate(lr),
         )
     return adamw(
         lr,
-        adam_b1,
-        adam_b2,
-        adam_eps,
-        weight_decay=adam_weight_decay,
+        settings.adam_b1,
+        settings.adam_b2,
+        settings.adam_eps,
         mu_dtype=mu_dtype,
+        weight_decay=settings.adam_weight_decay,
+        mask=mask,
         nu_dtype=nu_dtype,
     )
 
 
+@hyperparams.validated(scaling=hyperparams.choice("keller", "moonlight"))
 def muon(
     learning_rate: base.ScalarOrSchedule = 0.02,
-    momentum: Any = 0.95,
+    ns_coeffs: orthogonalization.CoefficientSpec = "keller",
+    ns_steps: int | None = None,
+    b1: float = 0.95,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
+    mu_dtype: base.DTypeLike | None = None,
     *,
     nesterov: bool = True,
     momentum_kind: str = "ema",
     bias_correction: bool = False,
-    ns_coefficients: Any = "keller",
-    ns_steps: int = 5,
-    ns_dtype: Any = None,
+    ns_dtype: base.DTypeLike | None = None,
     scaling: str = "keller",
-    weight_decay_mask: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
     strategy: str = "auto",
     adam_learning_rate: base.ScalarOrSchedule | None = None,
-    adam_lr_ratio: Any = KELLER_ADAM_LR_RATIO,
-    adam_b1: Any = 0.9,
-    adam_b2: Any = 0.95,
-    adam_eps: Any = 1e-10,
-    adam_weight_decay: Any = 0.0,
+    adam_lr_ratio: float | None = None,
+    adam_b1: float | None = None,
+    adam_b2: float | None = None,
+    adam_eps: float | None = None,
+    adam_weight_decay: base.ScalarOrSchedule | None = None,
+    preset: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Muon: momentum orthogonalized by Newton–Schulz, for hidden matrices.
 
@@ -130,7 +259,13 @@ def muon(
     ``'matrix'`` (hidden Dense, attention and conv kernels, scanned stacks; conv
     kernels are orthogonalized as ``(kh·kw·in, out)`` matrices), and
     :func:`optx.adamw` on the ``'fallback'`` leaves (embeddings, heads, norms,
-    biases; Keller's aux-Adam defaults β = (0.9, 0.95), ε = 1e-10).
+    biases). The fallback's defaults are the drop-in settings (README
+    "Defaults"): ``0.2 × learning_rate`` with Keller's aux-Adam β = (0.9, 0.95)
+    and ε = 1e-10, decayed by ``weight_decay``; ``preset='official'`` is Keller's
+    aux-Adam as the official code runs it (``0.015 × learning_rate``, no decay).
+    Positional order of ``optax.contrib.muon`` (``lr, ns_coeffs, ns_steps, b1
+    (optax: beta), weight_decay, mask, mu_dtype``; optx has no Muon ε: the
+    Newton–Schulz ε belongs to the coefficient preset).
 
     Official-code quirks, and what optx does:
 
@@ -146,32 +281,39 @@ def muon(
 
     Args:
       learning_rate: the Muon learning rate (scalar or schedule; 0.02 official).
-      momentum: β (0.95 official).
-      weight_decay: decoupled decay λ for the matrix leaves.
+      ns_coeffs: Newton–Schulz coefficients (``'keller'``,
+        ``'polar_express'``, ``'dion'``, a table, ...).
+      ns_steps: Newton–Schulz iterations (static; None = 5).
+      b1: β, the EMA coefficient of the momentum (0.95 official; optax's ``beta``).
+      weight_decay: decoupled decay λ (matrix leaves, and the fallback unless
+        ``adam_weight_decay`` is given).
+      mask: optional weight-decay mask (tree or callable) over the whole tree.
+      mu_dtype: momentum dtype (Muon momentum and the AdamW first moment).
       nesterov: Nesterov look-ahead (official: on).
       momentum_kind: ``'ema'`` (official) or ``'sum'`` (Moonlight, levanter).
       bias_correction: bias-correct the EMA momentum (optax's form is different
         again; this option only divides by ``1 − βᵗ``).
-      ns_coefficients: Newton–Schulz coefficients (``'keller'``,
-        ``'polar_express'``, ``'dion'``, a table, ...).
-      ns_steps: Newton–Schulz iterations (static).
       ns_dtype: Newton–Schulz compute dtype (e.g. ``'bfloat16'``).
       scaling: ``'keller'`` (√max(1, fan_out/fan_in)) or ``'moonlight'``
         (0.2·√max(fan_in, fan_out), arXiv 2502.16982: matches AdamW's update RMS,
-        so AdamW's learning rate and weight decay carry over).
-      weight_decay_mask: optional mask for the matrix-group decay.
-      mu_dtype, nu_dtype: moment dtypes (Muon momentum and AdamW moments).
+        so AdamW's learning rate and weight decay carry over; use
+        ``adam_lr_ratio=1.0`` with it).
+      nu_dtype: the AdamW second-moment dtype.
       router: an :class:`optx.Router` (default: :func:`optx.default_router`).
       strategy: Newton–Schulz sharding strategy (``'auto'``, ``'replicate'``,
         ``'batched'``), see :func:`optx.scale_by_newton_schulz`.
-      adam_learning_rate: learning rate of the fallback AdamW; default
-        ``adam_lr_ratio × learning_rate`` (Keller's 3e-4 at lr 0.02).
-      adam_lr_ratio: see above (use 1.0 with ``scaling='moonlight'``).
-      adam_b1, adam_b2, adam_eps, adam_weight_decay: fallback AdamW settings.
+      adam_learning_rate: learning rate of the fallback AdamW (embeddings,
+        heads, norms, biases); default ``adam_lr_ratio × learning_rate``.
+      adam_lr_ratio, adam_b1, adam_b2, adam_eps, adam_weight_decay: the
+        fallback AdamW; None takes the ``preset``'s value (default 0.2, 0.9,
+        0.95, 1e-10 and ``weight_decay``).
+      preset: None (the drop-in defaults) or ``'official'`` (Keller's aux-Adam
+        settings for the fallback leaves, :data:`optx.FALLBACK_PRESETS`);
+        arguments given explicitly win.
 
-    Static (uninjectable) arguments: ``ns_steps``, ``ns_coefficients``,
+    Static (uninjectable) arguments: ``ns_steps``, ``ns_coeffs``,
     ``ns_dtype``, ``mu_dtype``, ``nu_dtype``, ``router``, ``strategy``,
-    ``momentum_kind``, ``scaling`` and the boolean flags.
+    ``momentum_kind``, ``scaling``, ``preset`` and the boolean flags.
 
     References:
       Jordan et al., "Muon: An optimizer for hidden layers in neural networks",
@@ -188,63 +330,52 @@ def muon(
       >>> updates, state = tx.update(params, state, params)
       >>> params = optax.apply_updates(params, updates)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
-    base.check_positive_int("ns_steps", ns_steps)
-    base.check_choice("scaling", scaling, ("keller", "moonlight"))
     router = routing.as_router(router)
     matrix = optax.chain(
         moments.scale_by_momentum(
-            momentum,
+            b1,
             kind=momentum_kind,
             nesterov=nesterov,
             bias_correction=bias_correction,
             mu_dtype=mu_dtype,
         ),
         orthogonalization.scale_by_newton_schulz(
-            ns_coefficients, ns_steps, compute_dtype=ns_dtype, layout=router, strategy=strategy
+            ns_coeffs, ns_steps, ns_dtype=ns_dtype, layout=router, strategy=strategy
         ),
         normalization.scale_by_shape(scaling, layout=router),
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    fallback = fallback_adamw(
-        learning_rate,
-        adam_learning_rate,
-        adam_lr_ratio,
-        adam_b1,
-        adam_b2,
-        adam_eps,
-        adam_weight_decay,
-        mu_dtype,
-        nu_dtype,
-    )
+    fallback = fallback_for("muon", locals())
     return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
 
 
+@hyperparams.validated(scaling=hyperparams.choice("preserve_norm", "match_rms"))
 def normuon(
     learning_rate: base.ScalarOrSchedule = 0.02,
-    momentum: Any = 0.95,
-    beta2: Any = 0.95,
+    ns_coeffs: orthogonalization.CoefficientSpec = "keller",
+    ns_steps: int | None = None,
+    b1: float = 0.95,
+    eps: float = 1e-10,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
+    mu_dtype: base.DTypeLike | None = None,
     *,
-    eps: Any = 1e-10,
+    b2: float = 0.95,
     nesterov: bool = True,
     scaling: str = "preserve_norm",
-    rms: Any = 0.2,
-    ns_coefficients: Any = "keller",
-    ns_steps: int = 5,
-    ns_dtype: Any = None,
-    weight_decay_mask: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    rms: float = 0.2,
+    ns_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
     strategy: str = "auto",
     adam_learning_rate: base.ScalarOrSchedule | None = None,
-    adam_lr_ratio: Any = KELLER_ADAM_LR_RATIO,
-    adam_b1: Any = 0.9,
-    adam_b2: Any = 0.95,
-    adam_eps: Any = 1e-10,
-    adam_weight_decay: Any = 0.0,
+    adam_lr_ratio: float | None = None,
+    adam_b1: float | None = None,
+    adam_b2: float | None = None,
+    adam_eps: float | None = None,
+    adam_weight_decay: base.ScalarOrSchedule | None = None,
+    preset: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """NorMuon: Muon followed by a neuron-wise second-moment normalization.
 
@@ -279,20 +410,24 @@ def normuon(
     notion: every leaf has a gradient). The official bf16 variant needs bf16
     parameters; ``ns_dtype='bfloat16'`` with bf16 params reproduces it.
 
+    Positional order of ``optax.contrib.muon`` (see :func:`optx.muon`), with
+    NorMuon's ε in optax's ``eps`` slot; ``b2`` is keyword-only.
+
     Args:
       learning_rate: matrix learning rate (0.02 official).
-      momentum: β₁ (0.95).
-      beta2: β₂ of the neuron-wise second moment (0.95).
-      weight_decay: decoupled decay for matrix leaves.
+      ns_coeffs, ns_steps: see :func:`optx.muon`.
+      b1: β₁ of the momentum (0.95).
       eps: ε of the normalization (1e-10).
+      weight_decay: decoupled decay (matrix leaves and, by default, the fallback).
+      mask, mu_dtype: see :func:`optx.muon`.
+      b2: β₂ of the neuron-wise second moment (0.95; the official ``beta2``).
       nesterov: Nesterov look-ahead (official: on).
       scaling: ``'preserve_norm'`` (official code) or ``'match_rms'`` (paper).
       rms: target RMS for ``'match_rms'`` (0.2).
-      ns_coefficients, ns_steps, ns_dtype, strategy: see :func:`optx.muon`.
-      weight_decay_mask, mu_dtype, nu_dtype, router: see :func:`optx.muon`
-        (``nu_dtype`` also sets the dtype of the neuron-wise ``v``).
+      ns_dtype, strategy, router: see :func:`optx.muon`.
+      nu_dtype: dtype of the neuron-wise ``v`` and the AdamW second moment.
       adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
-        adam_weight_decay: the fallback AdamW, as in :func:`optx.muon`.
+        adam_weight_decay, preset: the fallback AdamW, as in :func:`optx.muon`.
 
     References:
       Li, Liu, Liang, Chen, Zhao, "NorMuon: Making Muon more efficient and
@@ -304,11 +439,8 @@ def normuon(
       >>> tx = optx.normuon(learning_rate=0.02)
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
-    base.check_positive_int("ns_steps", ns_steps)
-    base.check_choice("scaling", scaling, ("preserve_norm", "match_rms"))
     router = routing.as_router(router)
-    row_rms = normalization.scale_by_row_rms(beta2, eps, layout=router, nu_dtype=nu_dtype)
+    row_rms = normalization.scale_by_row_rms(b2, eps, layout=router, nu_dtype=nu_dtype)
     if scaling == "preserve_norm":
         normalize = optax.chain(
             normalization.preserve_frobenius_norm(row_rms, eps=eps, layout=router),
@@ -317,25 +449,15 @@ def normuon(
     else:
         normalize = optax.chain(row_rms, normalization.scale_to_rms(rms, eps=eps, layout=router))
     matrix = optax.chain(
-        moments.scale_by_momentum(momentum, kind="ema", nesterov=nesterov, mu_dtype=mu_dtype),
+        moments.scale_by_momentum(b1, kind="ema", nesterov=nesterov, mu_dtype=mu_dtype),
         orthogonalization.scale_by_newton_schulz(
-            ns_coefficients, ns_steps, compute_dtype=ns_dtype, layout=router, strategy=strategy
+            ns_coeffs, ns_steps, ns_dtype=ns_dtype, layout=router, strategy=strategy
         ),
         normalize,
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    fallback = fallback_adamw(
-        learning_rate,
-        adam_learning_rate,
-        adam_lr_ratio,
-        adam_b1,
-        adam_b2,
-        adam_eps,
-        adam_weight_decay,
-        mu_dtype,
-        nu_dtype,
-    )
+    fallback = fallback_for("normuon", locals())
     return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
 
 
@@ -345,10 +467,7 @@ registry.register(
         factory=muon,
         paper="Jordan et al. 2024; 2502.16982",
         family="orthogonalized",
-        # Benchmark setting: the fallback AdamW at 0.2 × the matrix learning rate, the
-        # Adam-side ratio of the tuned Muon configs in "Fantastic Pretraining
-        # Optimizers" (arXiv 2509.02046); the factory default stays Keller's 0.015.
-        defaults={"learning_rate": 0.02, "adam_lr_ratio": 0.2},
+        defaults={"learning_rate": 0.02},
         lr_grid=(0.01, 0.02, 0.04, 0.08),
         uses_matrix_path=True,
         test_overrides={"adam_lr_ratio": 1.0},
@@ -361,10 +480,7 @@ registry.register(
         factory=normuon,
         paper="2510.05491",
         family="orthogonalized",
-        # Benchmark setting: the fallback AdamW at 0.2 × the matrix learning rate, the
-        # Adam-side ratio of the tuned Muon configs in "Fantastic Pretraining
-        # Optimizers" (arXiv 2509.02046); the factory default stays Keller's 0.015.
-        defaults={"learning_rate": 0.02, "adam_lr_ratio": 0.2},
+        defaults={"learning_rate": 0.02},
         lr_grid=(0.01, 0.02, 0.04, 0.08),
         uses_matrix_path=True,
         test_overrides={"adam_lr_ratio": 1.0},
@@ -401,58 +517,49 @@ def _auon_brake(
 
 def _auon_alias(
     orthogonalize: optax.GradientTransformation | None,
-    learning_rate: base.ScalarOrSchedule,
-    momentum: Any,
-    weight_decay: Any,
-    form: str,
-    gamma: Any,
-    eps: Any,
-    nesterov: bool,
-    scaling: str | None,
-    weight_decay_mask: Any,
-    mu_dtype: Any,
-    router: routing.Router,
+    args: Mapping[str, Any],
     fallback: optax.GradientTransformation,
 ) -> optax.GradientTransformationExtraArgs:
+    """AuON's matrix chain from the alias arguments ``args`` (its ``locals()``)."""
+    form, router = args["form"], args["router"]
+    scaling = args["scaling"]
     if scaling is None:
         scaling = "keller" if form == "paper" else "none"
-    base.check_choice("scaling", scaling, ("keller", "moonlight", "none"))
     matrix = optax.chain(
-        moments.scale_by_momentum(momentum, kind="ema", nesterov=nesterov, mu_dtype=mu_dtype),
+        moments.scale_by_momentum(
+            args["b1"], kind="ema", nesterov=args["nesterov"], mu_dtype=args["mu_dtype"]
+        ),
         *(() if orthogonalize is None else (orthogonalize,)),
-        _auon_brake(form, gamma, eps, router, after_ns=orthogonalize is not None),
+        _auon_brake(form, args["gamma"], args["eps"], router, after_ns=orthogonalize is not None),
         normalization.scale_by_shape(scaling, layout=router),
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
-        optax.scale_by_learning_rate(learning_rate),
+        optax.add_decayed_weights(args["weight_decay"], args["mask"]),
+        optax.scale_by_learning_rate(args["learning_rate"]),
     )
     return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
 
 
-# The repository's README pairs AuON (lr 0.08) with Adam lr 0.008, betas
-# (0.8, 0.95), eps 1e-10 for the non-matrix parameters.
-AUON_ADAM_LR_RATIO = 0.1
-
-
+@hyperparams.validated()
 def auon(
     learning_rate: base.ScalarOrSchedule = 0.055,
-    momentum: Any = 0.95,
+    b1: float = 0.95,
+    eps: float = 1e-8,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
+    mu_dtype: base.DTypeLike | None = None,
     *,
     form: str = "paper",
-    gamma: Any = None,
-    eps: Any = 1e-8,
+    gamma: float | None = None,
     nesterov: bool = True,
     scaling: str | None = None,
-    weight_decay_mask: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
     adam_learning_rate: base.ScalarOrSchedule | None = None,
-    adam_lr_ratio: Any = AUON_ADAM_LR_RATIO,
-    adam_b1: Any = 0.8,
-    adam_b2: Any = 0.95,
-    adam_eps: Any = 1e-10,
-    adam_weight_decay: Any = 0.0,
+    adam_lr_ratio: float | None = None,
+    adam_b1: float | None = None,
+    adam_b2: float | None = None,
+    adam_eps: float | None = None,
+    adam_weight_decay: base.ScalarOrSchedule | None = None,
+    preset: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AuON: linear-time normalized momentum with a hyperbolic-cosine brake.
 
@@ -494,26 +601,32 @@ def auon(
       decay) when ``‖U‖ = 0``; optx's update is 0 there anyway.
     * The repository applies AuON to every parameter it is given, including
       1-D ones; as in its README, optx routes biases, norms, embeddings and
-      heads to AdamW (lr ``0.1 × learning_rate``, β = (0.8, 0.95), ε = 1e-10).
+      heads to AdamW — with the drop-in defaults of :func:`optx.muon`, or the
+      README's (lr ``0.1 × learning_rate``, β = (0.8, 0.95), ε = 1e-10, no
+      decay) with ``preset='official'``.
+
+    Positional order of ``optax.contrib.muon`` restricted to AuON's arguments
+    (``lr, b1, eps, weight_decay, mask, mu_dtype``).
 
     Args:
       learning_rate: the AuON learning rate (0.055: the paper's LM runs).
-      momentum: β (0.95).
-      weight_decay: decoupled decay for the matrix leaves.
+      b1: β of the EMA momentum (0.95).
+      eps: ε added to ``r`` (1e-8).
+      weight_decay: decoupled decay (matrix leaves and, by default, the fallback).
+      mask: optional weight-decay mask (tree or callable) over the whole tree.
+      mu_dtype: momentum dtype (and the AdamW first moment's).
       form: ``'paper'`` (unit-norm; default) or ``'repo'``.
       gamma: γ inside ``cosh`` (default 1 for the paper, 1.5 for the repo).
-      eps: ε added to ``r`` (1e-8).
       nesterov: Nesterov look-ahead (both forms use it).
       scaling: shape factor: ``'keller'`` (paper default), ``'none'`` (repo
         default) or ``'moonlight'``.
-      weight_decay_mask: optional mask of the matrix-group decay.
-      mu_dtype, nu_dtype: moment dtypes (momentum; AdamW moments).
+      nu_dtype: the AdamW second-moment dtype.
       router: an :class:`optx.Router` (default: :func:`optx.default_router`).
       adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
-        adam_weight_decay: the fallback AdamW (see :func:`optx.muon`).
+        adam_weight_decay, preset: the fallback AdamW (see :func:`optx.muon`).
 
     Static (uninjectable) arguments: ``form``, ``scaling``, ``router``,
-    dtypes and the boolean flags.
+    ``preset``, dtypes and the boolean flags.
 
     References:
       Maity, "AuON: A Linear-time Alternative to (Semi-)Orthogonal Momentum
@@ -526,61 +639,36 @@ def auon(
       >>> updates, state = tx.update(params, tx.init(params), params)
       >>> params = optax.apply_updates(params, updates)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
-    base.check_choice("form", form, AUON_FORMS)
     router = routing.as_router(router)
-    fallback = fallback_adamw(
-        learning_rate,
-        adam_learning_rate,
-        adam_lr_ratio,
-        adam_b1,
-        adam_b2,
-        adam_eps,
-        adam_weight_decay,
-        mu_dtype,
-        nu_dtype,
-    )
-    return _auon_alias(
-        None,
-        learning_rate,
-        momentum,
-        weight_decay,
-        form,
-        gamma,
-        eps,
-        nesterov,
-        scaling,
-        weight_decay_mask,
-        mu_dtype,
-        router,
-        fallback,
-    )
+    return _auon_alias(None, locals(), fallback_for("auon", locals()))
 
 
+@hyperparams.validated()
 def hybrid_auon(
     learning_rate: base.ScalarOrSchedule = 0.055,
-    momentum: Any = 0.95,
+    ns_coeffs: orthogonalization.CoefficientSpec = "keller",
+    ns_steps: int | None = None,
+    b1: float = 0.95,
+    eps: float = 1e-8,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
+    mu_dtype: base.DTypeLike | None = None,
     *,
     form: str = "paper",
-    ns_steps: int | None = None,
-    ns_coefficients: Any = "keller",
-    ns_dtype: Any = None,
-    gamma: Any = None,
-    eps: Any = 1e-8,
+    ns_dtype: base.DTypeLike | None = None,
+    gamma: float | None = None,
     nesterov: bool = True,
     scaling: str | None = None,
-    weight_decay_mask: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
     strategy: str = "auto",
     adam_learning_rate: base.ScalarOrSchedule | None = None,
-    adam_lr_ratio: Any = AUON_ADAM_LR_RATIO,
-    adam_b1: Any = 0.8,
-    adam_b2: Any = 0.95,
-    adam_eps: Any = 1e-10,
-    adam_weight_decay: Any = 0.0,
+    adam_lr_ratio: float | None = None,
+    adam_b1: float | None = None,
+    adam_b2: float | None = None,
+    adam_eps: float | None = None,
+    adam_weight_decay: base.ScalarOrSchedule | None = None,
+    preset: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Hybrid-AuON: a few Newton–Schulz steps, then AuON's cosh brake.
 
@@ -608,10 +696,12 @@ def hybrid_auon(
     over the leading ``(out, in)`` axes); optx uses the layout's matrix view
     ``(kh·kw·in, out)``, like Muon.
 
+    Positional order of ``optax.contrib.muon`` (see :func:`optx.muon`).
+
     Args:
-      ns_steps: Newton–Schulz iterations (default 1 for the paper, 5 for the
-        repo; static).
-      ns_coefficients, ns_dtype, strategy: see :func:`optx.muon`.
+      ns_coeffs, ns_dtype, strategy: see :func:`optx.muon`.
+      ns_steps: Newton–Schulz iterations (static; None = 1 for the paper, 5
+        for the repo).
       others: as :func:`optx.auon`.
 
     References:
@@ -624,41 +714,13 @@ def hybrid_auon(
       >>> tx = optx.hybrid_auon(learning_rate=0.05)
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
-    base.check_choice("form", form, AUON_FORMS)
     if ns_steps is None:
         ns_steps = 1 if form == "paper" else 5
-    ns_steps = base.check_positive_int("ns_steps", ns_steps)
     router = routing.as_router(router)
     orthogonalize = orthogonalization.scale_by_newton_schulz(
-        ns_coefficients, ns_steps, compute_dtype=ns_dtype, layout=router, strategy=strategy
+        ns_coeffs, ns_steps, ns_dtype=ns_dtype, layout=router, strategy=strategy
     )
-    fallback = fallback_adamw(
-        learning_rate,
-        adam_learning_rate,
-        adam_lr_ratio,
-        adam_b1,
-        adam_b2,
-        adam_eps,
-        adam_weight_decay,
-        mu_dtype,
-        nu_dtype,
-    )
-    return _auon_alias(
-        orthogonalize,
-        learning_rate,
-        momentum,
-        weight_decay,
-        form,
-        gamma,
-        eps,
-        nesterov,
-        scaling,
-        weight_decay_mask,
-        mu_dtype,
-        router,
-        fallback,
-    )
+    return _auon_alias(orthogonalize, locals(), fallback_for("hybrid_auon", locals()))
 
 
 # ----------------------------------------------------------------------------
@@ -666,29 +728,31 @@ def hybrid_auon(
 # ----------------------------------------------------------------------------
 
 
+@hyperparams.validated()
 def root(
     learning_rate: base.ScalarOrSchedule = 1e-3,
-    momentum: Any = 0.95,
+    ns_coeffs: orthogonalization.CoefficientSpec | None = None,
+    ns_steps: int | None = None,
+    b1: float = 0.95,
     weight_decay: base.ScalarOrSchedule = 0.1,
+    mask: base.Mask | None = None,
+    mu_dtype: base.DTypeLike | None = None,
     *,
     nesterov: bool = True,
-    quantile: Any = 0.9,
-    clip_eps: Any = 1e-9,
-    ns_coefficients: Any = newton_schulz_fitting.ROOT_COEFFICIENTS,
-    ns_steps: int = 5,
-    ns_dtype: Any = None,
+    quantile: float = 0.9,
+    clip_eps: float = 1e-9,
+    ns_dtype: base.DTypeLike | None = None,
     scaling: str = "moonlight",
-    weight_decay_mask: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
     strategy: str = "auto",
     adam_learning_rate: base.ScalarOrSchedule | None = None,
-    adam_lr_ratio: Any = 1.0,
-    adam_b1: Any = 0.9,
-    adam_b2: Any = 0.95,
-    adam_eps: Any = 1e-8,
-    adam_weight_decay: Any = None,
+    adam_lr_ratio: float | None = None,
+    adam_b1: float | None = None,
+    adam_b2: float | None = None,
+    adam_eps: float | None = None,
+    adam_weight_decay: base.ScalarOrSchedule | None = None,
+    preset: str | None = None,
     adam_eps_placement: str = "uncorrected",
 ) -> optax.GradientTransformationExtraArgs:
     """ROOT: robust orthogonalized optimizer (soft-threshold + AdaNewton).
@@ -733,28 +797,34 @@ def root(
       same lr and weight decay, β = (0.9, 0.95), ε = 1e-8, and folds bias
       correction into the lr (``m/(√v + ε)·√(1−β₂ᵗ)/(1−β₁ᵗ)``, i.e. ε scaled by
       ``√(1−β₂ᵗ)``); optx's fallback reproduces it (``adam_eps_placement=
-      'uncorrected'``, the default) with the same lr (``adam_lr_ratio=1``) and
-      decay (``adam_weight_decay=None`` = λ); ``'corrected'`` is
+      'uncorrected'``, the default) with the same lr (``adam_lr_ratio`` 1) and
+      decay (``adam_weight_decay`` = λ) — ROOT's defaults are its official
+      settings, ``preset='official'`` changes nothing —; ``'corrected'`` is
       :func:`optx.adamw`'s ``m̂/(√v̂ + ε)``.
     * The official class asserts 2-D parameters (conv kernels would break
       ``p.add_``); optx handles conv and stacked leaves through their layouts.
 
+    Positional order of ``optax.contrib.muon`` (see :func:`optx.muon`).
+
     Args:
       learning_rate: η (1e-3 in the official script; AdamW-like because of the
         Moonlight scaling).
-      momentum: μ of the sum momentum (0.95).
+      ns_coeffs: a shape table (None: :data:`optx.ROOT_COEFFICIENTS`) or any
+        Newton–Schulz coefficient spec. A table is callable: under
+        ``optax.inject_hyperparams`` list it in ``static_args``.
+      ns_steps: Newton–Schulz iterations (static; None = 5).
+      b1: μ of the **sum** momentum ``M ← μM + G`` (0.95; the official
+        ``momentum``).
       weight_decay: λ (0.1 official), also the fallback's unless
         ``adam_weight_decay`` is given.
+      mask, mu_dtype, nu_dtype, router, ns_dtype, strategy: see :func:`optx.muon`.
       nesterov: Nesterov look-ahead (official: on).
       quantile: the clipping quantile q (0.9).
       clip_eps: added to the quantile (1e-9).
-      ns_coefficients: a shape table (default :data:`optx.ROOT_COEFFICIENTS`)
-        or any Newton–Schulz coefficient spec.
-      ns_steps, ns_dtype, strategy: see :func:`optx.muon`.
       scaling: ``'moonlight'`` (official) or ``'keller'``.
-      weight_decay_mask, mu_dtype, nu_dtype, router: see :func:`optx.muon`.
       adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
-        adam_weight_decay: the fallback AdamW.
+        adam_weight_decay, preset: the fallback AdamW (defaults: ratio 1,
+        β = (0.9, 0.95), ε = 1e-8, ``weight_decay``; the official settings).
       adam_eps_placement: ``'uncorrected'`` (official, see above) or
         ``'corrected'`` (:func:`optx.adamw`).
 
@@ -766,35 +836,23 @@ def root(
     Example:
       >>> import jax.numpy as jnp, optax, optx
       >>> params = {'hidden': {'kernel': jnp.ones((8, 16)) + jnp.eye(8, 16)}}
-      >>> tx = optx.root(learning_rate=1e-3, ns_coefficients='keller')
+      >>> tx = optx.root(learning_rate=1e-3, ns_coeffs='keller')
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
-    base.check_positive_int("ns_steps", ns_steps)
-    base.check_choice("scaling", scaling, ("moonlight", "keller", "none"))
+    if ns_coeffs is None:
+        ns_coeffs = newton_schulz_fitting.ROOT_COEFFICIENTS
     router = routing.as_router(router)
     matrix = optax.chain(
-        moments.scale_by_momentum(momentum, kind="sum", nesterov=nesterov, mu_dtype=mu_dtype),
+        moments.scale_by_momentum(b1, kind="sum", nesterov=nesterov, mu_dtype=mu_dtype),
         clipping.clip_by_quantile(quantile, clip_eps, layout=router, strategy=strategy),
         orthogonalization.scale_by_newton_schulz(
-            ns_coefficients, ns_steps, compute_dtype=ns_dtype, layout=router, strategy=strategy
+            ns_coeffs, ns_steps, ns_dtype=ns_dtype, layout=router, strategy=strategy
         ),
         normalization.scale_by_shape(scaling, layout=router),
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    fallback = fallback_adamw(
-        learning_rate,
-        adam_learning_rate,
-        adam_lr_ratio,
-        adam_b1,
-        adam_b2,
-        adam_eps,
-        weight_decay if adam_weight_decay is None else adam_weight_decay,
-        mu_dtype,
-        nu_dtype,
-        eps_placement=adam_eps_placement,
-    )
+    fallback = fallback_for("root", locals())
     return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
 
 
@@ -824,36 +882,38 @@ def _with_router(
     return optax.GradientTransformationExtraArgs(init_fn, tx.update)
 
 
+@hyperparams.validated(projection=hyperparams.choice(*LIPSCHITZ_PROJECTIONS))
 def lipschitz_muon(
     learning_rate: base.ScalarOrSchedule = 0.02,
-    momentum: Any = 0.95,
+    ns_coeffs: orthogonalization.CoefficientSpec = "keller",
+    ns_steps: int | None = None,
+    b1: float = 0.95,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
+    mu_dtype: base.DTypeLike | None = None,
     *,
     projection: str = "soft_cap",
-    w_max: Any = 1.0,
+    w_max: float = 1.0,
     spectral_decay: base.ScalarOrSchedule = 0.1,
     max_update_norm: base.ScalarOrSchedule | None = None,
     geometry: str = "rms",
     coupling: str = "rms",
-    power_iterations: int = 16,
+    power_iterations: int | None = None,
     warm_start: bool = True,
-    seed: int = 0,
-    embedding_max_inflation: Any = None,
+    seed: int | None = None,
+    embedding_max_inflation: float | None = None,
     nesterov: bool = True,
-    ns_coefficients: Any = "keller",
-    ns_steps: int = 5,
-    ns_dtype: Any = None,
-    weight_decay_mask: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    ns_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
     strategy: str = "auto",
     adam_learning_rate: base.ScalarOrSchedule | None = None,
-    adam_lr_ratio: Any = KELLER_ADAM_LR_RATIO,
-    adam_b1: Any = 0.9,
-    adam_b2: Any = 0.95,
-    adam_eps: Any = 1e-10,
-    adam_weight_decay: Any = 0.0,
+    adam_lr_ratio: float | None = None,
+    adam_b1: float | None = None,
+    adam_b2: float | None = None,
+    adam_eps: float | None = None,
+    adam_weight_decay: base.ScalarOrSchedule | None = None,
+    preset: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Muon with a post-step spectral-norm projection (Lipschitz training).
 
@@ -896,10 +956,17 @@ def lipschitz_muon(
     ball (e.g. one :func:`optx.spectral_svd_cap` projection of the initial
     weights): a soft cap only guarantees the bound from a feasible start.
 
+    Positional order of ``optax.contrib.muon`` (see :func:`optx.muon`).
+
     Args:
       learning_rate: Muon's learning rate η (scalar or schedule).
-      momentum: β (0.95).
-      weight_decay: decoupled decay λ of the matrix leaves.
+      ns_coeffs, ns_steps: see :func:`optx.muon`.
+      b1: β of the momentum (0.95).
+      weight_decay: decoupled decay λ (matrix leaves and, by default, the
+        fallback).
+      mask, mu_dtype: see :func:`optx.muon` (the soft cap's coupling assumes
+        every matrix decays by ``ηλ``; with a ``mask`` the excluded matrices
+        get a slightly weaker cap).
       projection: the projection (see above; static).
       w_max: the bound on each matrix's norm.
       spectral_decay: strength of ``'spectral_wd'``.
@@ -908,15 +975,12 @@ def lipschitz_muon(
         √(fan_out/fan_in)) or ``'l2'`` (plain spectral norm; no shape factor).
       coupling: soft-cap coupling convention (``'rms'`` or ``'modula'``).
       power_iterations, warm_start, seed: power iteration of ``'normalize'``,
-        ``'hammer'`` and ``'spectral_wd'``.
+        ``'hammer'`` and ``'spectral_wd'`` (static; None = 16 and 0).
       embedding_max_inflation: enable the embedding RMS projection with this
         inflation factor (None: off).
-      nesterov, ns_coefficients, ns_steps, ns_dtype, weight_decay_mask,
-        mu_dtype, nu_dtype, router, strategy: see :func:`optx.muon` (the soft
-        cap's coupling assumes every matrix decays by ``ηλ``; with a
-        ``weight_decay_mask`` the excluded matrices get a slightly weaker cap).
+      nesterov, ns_dtype, nu_dtype, router, strategy: see :func:`optx.muon`.
       adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
-        adam_weight_decay: the fallback AdamW (see :func:`optx.muon`).
+        adam_weight_decay, preset: the fallback AdamW (see :func:`optx.muon`).
 
     References:
       Newhouse, Hess, Cesista, Zahorodnii, Bernstein, Isola, "Training
@@ -930,39 +994,28 @@ def lipschitz_muon(
       >>> updates, state = tx.update(params, tx.init(params), params)
       >>> params = optax.apply_updates(params, updates)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
-    base.check_choice("projection", projection, LIPSCHITZ_PROJECTIONS)
-    base.check_choice("geometry", geometry, constraints.GEOMETRIES)
-    ns_steps = base.check_positive_int("ns_steps", ns_steps)
+    ns_steps = 5 if ns_steps is None else ns_steps
+    power_iterations = 16 if power_iterations is None else power_iterations
+    seed = 0 if seed is None else seed
     router = routing.as_router(router)
     if max_update_norm is None:
-        if callable(ns_coefficients):
+        if callable(ns_coeffs):
             raise ValueError(
-                "With shape-dependent ns_coefficients, pass max_update_norm explicitly "
+                "With shape-dependent ns_coeffs, pass max_update_norm explicitly "
                 "(the largest singular value Newton–Schulz can output, times the lr)."
             )
-        overshoot = newton_schulz_fitting.composed_polynomial_max(ns_coefficients, ns_steps)
+        overshoot = newton_schulz_fitting.composed_polynomial_max(ns_coeffs, ns_steps)
         max_update_norm = _times(learning_rate, overshoot)
     matrix = optax.chain(
-        moments.scale_by_momentum(momentum, kind="ema", nesterov=nesterov, mu_dtype=mu_dtype),
+        moments.scale_by_momentum(b1, kind="ema", nesterov=nesterov, mu_dtype=mu_dtype),
         orthogonalization.scale_by_newton_schulz(
-            ns_coefficients, ns_steps, compute_dtype=ns_dtype, layout=router, strategy=strategy
+            ns_coeffs, ns_steps, ns_dtype=ns_dtype, layout=router, strategy=strategy
         ),
         normalization.scale_by_shape("rms_to_rms" if geometry == "rms" else "none", layout=router),
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    fallback = fallback_adamw(
-        learning_rate,
-        adam_learning_rate,
-        adam_lr_ratio,
-        adam_b1,
-        adam_b2,
-        adam_eps,
-        adam_weight_decay,
-        mu_dtype,
-        nu_dtype,
-    )
+    fallback = fallback_for("lipschitz_muon", locals())
     steps = [routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)]
     pi = {"power_iterations": power_iterations, "warm_start": warm_start, "seed": seed}
     common = {"geometry": geometry, "layout": router}

@@ -26,14 +26,29 @@ How the router is used:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, bases, layouts, normalization, registry, routing
-from optx._src.aliases.orthogonalized import fallback_adamw, scaled_learning_rate
+from optx._src import (
+    base,
+    bases,
+    hyperparams,
+    layouts,
+    normalization,
+    orthogonalization,
+    registry,
+    routing,
+)
+from optx._src.aliases.orthogonalized import (
+    FALLBACK_ARGS,
+    fallback_for,
+    fallback_settings,
+    scaled_learning_rate,
+)
 
 # Re-exported through ``optx`` (one import line per family in optx/__init__.py).
 from optx._src.bases import (  # noqa: F401
@@ -92,26 +107,27 @@ def fallback_matrix_layout(router: routing.Router) -> layouts.LayoutFn:
     return layout
 
 
+@hyperparams.validated()
 def soap(
     learning_rate: base.ScalarOrSchedule = 3e-3,
-    b1: Any = 0.95,
-    b2: Any = 0.95,
-    eps: Any = 1e-8,
+    b1: float = 0.95,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.01,
+    mask: base.Mask | None = None,
     *,
-    shampoo_beta: Any = None,
-    precondition_frequency: int = 10,
-    max_precond_dim: int = 10000,
+    shampoo_beta: float | None = None,
+    update_proj_gap: int | None = None,
+    max_precond_dim: int | None = None,
     factorization: str = "matrix",
     merge_dims: bool = False,
     precondition_1d: bool = False,
     rotate_fallback_matrices: bool = True,
     normalize_grads: bool = False,
-    correct_bias: bool = True,
-    weight_decay_mask: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
-    precond_dtype: Any = None,
+    bias_correction: bool = True,
+    nu_dtype: base.DTypeLike | None = None,
+    precond_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SOAP: Adam in the eigenbasis of Shampoo's preconditioner.
@@ -131,7 +147,7 @@ def soap(
 
       L ← β_s L + (1-β_s) G G^\\top, \\quad R ← β_s R + (1-β_s) G^\\top G,
 
-    and every ``precondition_frequency`` steps ``Q ← QR(L Q_sorted)`` (one
+    and every ``update_proj_gap`` steps ``Q ← QR(L Q_sorted)`` (one
     power step from the current basis, columns sorted by the estimated
     eigenvalues ``diag(Qᵀ L Q)``), with ``V`` permuted by that sort and ``M'``
     re-rotated into the new basis. Chain: :func:`optx.scale_by_soap` |
@@ -168,10 +184,13 @@ def soap(
       learning_rate: η (scalar or schedule; 3e-3 official).
       b1, b2: Adam betas (0.95, 0.95 official).
       eps: ε (1e-8).
+      mu_dtype: first-moment dtype.
       weight_decay: λ, decoupled and applied after the step (0.01 official).
+      mask: optional mask for the decay (tree or callable), as in optax.
       shampoo_beta: EMA decay of ``L, R`` (default ``b2``; official −1).
-      precondition_frequency: basis refresh period (10; static).
-      max_precond_dim: larger dimensions stay unrotated (10000; static).
+      update_proj_gap: basis refresh period (the official
+        ``precondition_frequency``; static; None = 10).
+      max_precond_dim: larger dimensions stay unrotated (static; None = 10000).
       factorization: ``'matrix'`` (router layout) or ``'axes'`` (per axis).
       merge_dims: official greedy dimension merging (``'axes'`` only).
       precondition_1d: rotate 1-D parameters too.
@@ -179,13 +198,12 @@ def soap(
         (fallback leaves of the rules in :data:`SOAP_FALLBACK_MATRIX_RULES`)
         over their last two axes, as the official code does.
       normalize_grads: divide each update matrix by its RMS (official option).
-      correct_bias: Adam bias correction (official: on).
-      weight_decay_mask: optional mask for the decay.
-      mu_dtype, nu_dtype: moment dtypes; precond_dtype: factors and bases
+      bias_correction: Adam bias correction (official ``correct_bias``: on).
+      nu_dtype: second-moment dtype; precond_dtype: factors and bases
         (default: the parameter's compute dtype).
       router: an :class:`optx.Router` (default :func:`optx.default_router`).
 
-    Static (uninjectable) arguments: ``precondition_frequency``,
+    Static (uninjectable) arguments: ``update_proj_gap``,
     ``max_precond_dim``, ``factorization``, dtypes, ``router`` and the flags.
 
     References:
@@ -203,21 +221,20 @@ def soap(
       >>> updates, state = tx.update(grads, state, params)
       >>> params = optax.apply_updates(params, updates)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     router = routing.as_router(router)
     direction = bases.scale_by_soap(
         b1,
         b2,
         eps,
         shampoo_beta=shampoo_beta,
-        precondition_frequency=precondition_frequency,
-        max_precond_dim=max_precond_dim,
+        update_proj_gap=10 if update_proj_gap is None else update_proj_gap,
+        max_precond_dim=10000 if max_precond_dim is None else max_precond_dim,
         factorization=factorization,
         merge_dims=merge_dims,
         precondition_1d=precondition_1d,
         extra_layout=fallback_matrix_layout(router) if rotate_fallback_matrices else None,
         normalize_grads=normalize_grads,
-        correct_bias=correct_bias,
+        bias_correction=bias_correction,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
         precond_dtype=precond_dtype,
@@ -225,28 +242,27 @@ def soap(
     )
     tx = optax.chain(
         direction,
-        add_decayed_weights_after_step(
-            weight_decay, learning_rate, weight_decay_mask, skip_steps=1
-        ),
+        add_decayed_weights_after_step(weight_decay, learning_rate, mask, skip_steps=1),
         optax.scale_by_learning_rate(learning_rate),
     )
     return _with_router(tx, router)
 
 
+@hyperparams.validated()
 def conda(
     learning_rate: base.ScalarOrSchedule = 1e-3,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
     *,
-    update_proj_gap: int = 50,
-    scale: Any = 1.0,
-    correct_bias: bool = True,
-    weight_decay_mask: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
-    precond_dtype: Any = None,
+    update_proj_gap: int | None = None,
+    scale: float = 1.0,
+    bias_correction: bool = True,
+    nu_dtype: base.DTypeLike | None = None,
+    precond_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Conda (Column-Normalized Adam): Adam with its second moment in the SVD
@@ -287,12 +303,13 @@ def conda(
     Args:
       learning_rate: η (scalar or schedule; 1e-3 class default).
       b1, b2, eps: Adam's hyper-parameters (0.9, 0.999, 1e-8).
+      mu_dtype: first-moment dtype.
       weight_decay: λ, decoupled and applied after the step (0.0).
-      update_proj_gap: basis refresh period T (CLI default 50; static).
+      mask: optional mask for the decay (tree or callable), as in optax.
+      update_proj_gap: basis refresh period T (static; None = 50, the CLI default).
       scale: multiplier ``s`` of the rotated leaves' update (1.0).
-      correct_bias: Adam bias correction (on).
-      weight_decay_mask: optional mask for the decay.
-      mu_dtype, nu_dtype: moment dtypes; precond_dtype: the bases (default:
+      bias_correction: Adam bias correction (official ``correct_bias``: on).
+      nu_dtype: second-moment dtype; precond_dtype: the bases (default:
         the parameter's compute dtype).
       router: an :class:`optx.Router` (default :func:`optx.default_router`).
 
@@ -309,52 +326,53 @@ def conda(
       >>> updates, state = tx.update(grads, tx.init(params), params)
       >>> params = optax.apply_updates(params, updates)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     router = routing.as_router(router)
     tx = optax.chain(
         bases.scale_by_conda(
             b1,
             b2,
             eps,
-            update_proj_gap=update_proj_gap,
+            update_proj_gap=50 if update_proj_gap is None else update_proj_gap,
             scale=scale,
-            correct_bias=correct_bias,
+            bias_correction=bias_correction,
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
             precond_dtype=precond_dtype,
             layout=router,
         ),
-        add_decayed_weights_after_step(weight_decay, learning_rate, weight_decay_mask),
+        add_decayed_weights_after_step(weight_decay, learning_rate, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
     return _with_router(tx, router)
 
 
+@hyperparams.validated(gamma=hyperparams.NONNEGATIVE)
 def cosmos(
     learning_rate: base.ScalarOrSchedule = 1e-3,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    mu_dtype: base.DTypeLike | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: base.Mask | None = None,
     *,
-    lr_ratio: Any = 0.1,
-    rank: int = 64,
-    gamma: Any = 0.2,
+    lr_ratio: float = 0.1,
+    rank: int | None = None,
+    gamma: float = 0.2,
     nesterov: bool = True,
-    ns_coefficients: Any = "keller",
-    ns_steps: int = 5,
-    ns_dtype: Any = None,
-    weight_decay_mask: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
-    precond_dtype: Any = None,
+    ns_coeffs: orthogonalization.CoefficientSpec = "keller",
+    ns_steps: int | None = None,
+    ns_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
+    precond_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
     adam_learning_rate: base.ScalarOrSchedule | None = None,
-    adam_lr_ratio: Any = 1.0,
-    adam_b1: Any = None,
-    adam_b2: Any = None,
-    adam_eps: Any = None,
-    adam_weight_decay: Any = None,
+    adam_lr_ratio: float | None = None,
+    adam_b1: float | None = None,
+    adam_b2: float | None = None,
+    adam_eps: float | None = None,
+    adam_weight_decay: base.ScalarOrSchedule | None = None,
+    preset: str | None = None,
     official_fallback: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """COSMOS: SOAP on a tracked leading eigensubspace, Muon on the residual.
@@ -399,23 +417,28 @@ def cosmos(
       learning_rate: η (scalar or schedule; 1e-3 class default, README 2e-3).
       b1, b2: momentum / second-moment decay (0.9, 0.999; README 0.95, 0.95).
       eps: ε (1e-8).
+      mu_dtype: first-moment dtype (also the fallback AdamW's).
       weight_decay: decoupled λ for matrices and, by default, the fallback.
+      mask: optional weight-decay mask (tree or callable) over the whole tree.
       lr_ratio: ρ, the matrix step RMS relative to ``η`` (0.1; README 0.2).
-      rank: subspace rank r (64; static).
+      rank: subspace rank r (static; None = 64).
       gamma: weight of the Newton–Schulz residual (0.2).
       nesterov: official Nesterov form (on); ``False`` is the official other
         branch (the raw gradient over ``c₁``, see :func:`optx.scale_by_cosmos`).
-      ns_coefficients, ns_steps, ns_dtype: Newton–Schulz settings.
-      weight_decay_mask: optional mask for the matrix decay.
-      mu_dtype, nu_dtype: moment dtypes (also the fallback AdamW's).
+      ns_coeffs, ns_steps, ns_dtype: Newton–Schulz settings (``ns_steps``
+        None = 5).
+      nu_dtype: second-moment dtype (also the fallback AdamW's).
       precond_dtype: storage dtype of ``P`` and ``S`` (default: the
         parameter's compute dtype).
       router: an :class:`optx.Router` (default :func:`optx.default_router`).
       adam_learning_rate: fallback AdamW learning rate (default
         ``adam_lr_ratio × learning_rate``, i.e. the full η).
-      adam_lr_ratio: see above (1.0).
-      adam_b1, adam_b2, adam_eps, adam_weight_decay: fallback AdamW settings
-        (default: ``b1``, ``b2``, ``eps``, ``weight_decay``, as in the official code).
+      adam_lr_ratio, adam_b1, adam_b2, adam_eps, adam_weight_decay: fallback
+        AdamW settings; None = the official code's: ratio 1 and the method's
+        ``b1``, ``b2``, ``eps``, ``weight_decay``.
+      preset: accepted for uniformity with the other matrix methods
+        (:data:`optx.FALLBACK_PRESETS`); COSMOS's defaults are its official
+        settings.
       official_fallback: use the official code's quirky Adam for the fallback
         leaves (:func:`scale_by_official_cosmos_adam`) instead of AdamW.
 
@@ -432,18 +455,17 @@ def cosmos(
       >>> updates, state = tx.update(grads, tx.init(params), params)
       >>> params = optax.apply_updates(params, updates)
     """
-    base.check_learning_rate("learning_rate", learning_rate)
     router = routing.as_router(router).with_rank_limit(rank)
     matrix = optax.chain(
         bases.scale_by_cosmos(
             b1,
             b2,
             eps,
-            rank=rank,
+            rank=64 if rank is None else rank,
             gamma=gamma,
             nesterov=nesterov,
-            ns_coefficients=ns_coefficients,
-            ns_steps=ns_steps,
+            ns_coeffs=ns_coeffs,
+            ns_steps=5 if ns_steps is None else ns_steps,
             ns_dtype=ns_dtype,
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
@@ -451,21 +473,13 @@ def cosmos(
             layout=router,
         ),
         normalization.scale_to_rms(lr_ratio, eps=eps, layout=router),
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    adam = (
-        learning_rate,
-        adam_learning_rate,
-        adam_lr_ratio,
-        b1 if adam_b1 is None else adam_b1,
-        b2 if adam_b2 is None else adam_b2,
-        eps if adam_eps is None else adam_eps,
-        weight_decay if adam_weight_decay is None else adam_weight_decay,
-        mu_dtype,
-        nu_dtype,
-    )
-    fallback = official_cosmos_fallback(*adam) if official_fallback else fallback_adamw(*adam)
+    if official_fallback:
+        fallback = official_cosmos_fallback(locals())
+    else:
+        fallback = fallback_for("cosmos", locals())
     return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
 
 
@@ -477,6 +491,7 @@ class ScaleByOfficialCosmosAdamState(NamedTuple):
     nu: base.Updates
 
 
+@hyperparams.validated()
 def scale_by_official_cosmos_adam(
     b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, *, mu_dtype: Any = None, nu_dtype: Any = None
 ) -> optax.GradientTransformationExtraArgs:
@@ -504,9 +519,6 @@ def scale_by_official_cosmos_adam(
       >>> round(float(u[0]), 4)   # Adam's first step: sign(g)
       1.0
     """
-    base.check_in_range("b1", b1, 0.0, 1.0)
-    base.check_in_range("b2", b2, 0.0, 1.0)
-    base.check_nonnegative("eps", eps)
     mu_dtype = base.canonicalize_dtype(mu_dtype)
     nu_dtype = base.canonicalize_dtype(nu_dtype)
 
@@ -543,33 +555,26 @@ def scale_by_official_cosmos_adam(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def official_cosmos_fallback(
-    learning_rate: base.ScalarOrSchedule,
-    adam_learning_rate: base.ScalarOrSchedule | None,
-    adam_lr_ratio: Any,
-    b1: Any,
-    b2: Any,
-    eps: Any,
-    weight_decay: Any,
-    mu_dtype: Any,
-    nu_dtype: Any,
-) -> optax.GradientTransformationExtraArgs:
+def official_cosmos_fallback(args: Mapping[str, Any]) -> optax.GradientTransformationExtraArgs:
     """The official COSMOS non-matrix update: its quirky Adam, decay before the
-    step (``W ← W(1 − ηλ)``), the full learning rate (same arguments as
-    :func:`fallback_adamw`)."""
-    if adam_learning_rate is None:
-        lr = scaled_learning_rate(learning_rate, adam_lr_ratio)
-    else:
-        base.check_learning_rate("adam_learning_rate", adam_learning_rate)
-        lr = adam_learning_rate
+    step (``W ← W(1 − ηλ)``), the full learning rate (from the alias arguments
+    ``args``, as :func:`fallback_for`)."""
+    s = fallback_settings(
+        "cosmos", args["preset"], args, **{name: args[name] for name in FALLBACK_ARGS}
+    )
+    lr = args["adam_learning_rate"]
+    if lr is None:
+        lr = scaled_learning_rate(args["learning_rate"], s.adam_lr_ratio)
     return optax.chain(
-        scale_by_official_cosmos_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-        optax.add_decayed_weights(weight_decay),
+        scale_by_official_cosmos_adam(
+            s.adam_b1, s.adam_b2, s.adam_eps, mu_dtype=args["mu_dtype"], nu_dtype=args["nu_dtype"]
+        ),
+        optax.add_decayed_weights(s.adam_weight_decay, args["mask"]),
         optax.scale_by_learning_rate(lr),
     )
 
 
-_ROTATED_STATIC = ("precondition_frequency", "max_precond_dim", "precond_dtype")
+_ROTATED_STATIC = ("update_proj_gap", "max_precond_dim", "precond_dtype")
 
 registry.register(
     registry.OptimizerSpec(

@@ -10,13 +10,14 @@ from typing import Any
 
 import optax
 
-from optx._src import base, registry, routing, sparsity
+from optx._src import base, hyperparams, registry, routing, sparsity
 from optx._src.aliases.evolution import with_router
 
 
+@hyperparams.validated()
 def wgsef(
     learning_rate: base.ScalarOrSchedule,
-    k: sparsity.KSpec = 0.5,
+    k: sparsity.KSpec | None = None,
     penalty: base.ScalarOrSchedule = 0.1,
     *,
     momentum: Any = 0.9,
@@ -47,7 +48,8 @@ def wgsef(
     Args:
       learning_rate: η (scalar or schedule).
       k: groups kept per matrix: an int, a fraction in (0, 1) (rounded up) or
-        ``(path, num_groups) -> int``. Must not exceed a layer's group count.
+        ``(path, num_groups) -> int`` (static; None = 0.5). Must not exceed a
+        layer's group count.
       penalty: μ, the regularization weight (scalar or schedule).
       momentum, nesterov: the SGD step (``optax.sgd``'s arguments).
       optimizer: a factory ``learning_rate -> GradientTransformation`` for the
@@ -102,7 +104,7 @@ def wgsef(
         return lr * mu
 
     prox = sparsity.group_sparse_envelope_prox(
-        strength, k, groups=groups, group_weights=group_weights, layout=router
+        strength, 0.5 if k is None else k, groups=groups, group_weights=group_weights, layout=router
     )
     tx = optax.with_extra_args_support(optax.chain(step, prox))
     return with_router(tx, routing.as_router(router))
