@@ -226,7 +226,9 @@ def clip_by_quantile(
     Complex updates are thresholded on ``|M|`` and keep their phase
     (``sign(M) = M/|M|``). Cost: 34 fused counting passes per matrix (exact
     selection, :func:`matrix_quantile`), ``O(N)`` each, instead of an
-    ``O(N log N)`` sort. Leaves without a layout pass through. Stateless.
+    ``O(N log N)`` sort; leaves of equal shape and layout are stacked and
+    share one selection (:func:`optx._src.layouts.map_matrix_groups`). Leaves
+    without a layout pass through. Stateless.
 
     Args:
       quantile: q in [0, 1] (0.9 official; injectable).
@@ -264,6 +266,8 @@ def clip_by_quantile(
 
             return sharding.apply_matrix_fn(fn, x, strategy)
 
-        return layouts.map_matrix_leaves(leaf, layout, updates), state
+        # Same-shape matrices (the layers of an unscanned model) share one
+        # selection loop: compile time grows with the distinct shapes only.
+        return layouts.map_matrix_groups(leaf, layout, updates), state
 
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)

@@ -308,3 +308,63 @@ def init_per_matrix_state(
     Works on ``jax.ShapeDtypeStruct`` params (abstract init).
     """
     return map_matrix_leaves(init_leaf, layout, params, otherwise=lambda x: optax.MaskedNode())
+
+
+def _stacked_layout(layout: ResolvedLayout, count: int) -> ResolvedLayout:
+    """``layout`` for ``count`` such tensors stacked on a new leading axis."""
+    return ResolvedLayout(
+        (count, *layout.shape),
+        tuple(a + 1 for a in layout.reduction_axes),
+        tuple(a + 1 for a in layout.output_axes),
+        (0, *(a + 1 for a in layout.batch_axes)),
+    )
+
+
+def _has_sharded_type(x: Any) -> bool:
+    """Whether ``x``'s type names a mesh axis (Explicit sharding, any context)."""
+    try:
+        spec = getattr(jax.typeof(x).sharding, "spec", None)
+    except Exception:
+        return False
+    return spec is not None and any(s is not None for s in spec)
+
+
+def map_matrix_groups(
+    fn: Callable[[Any, ResolvedLayout], Any], layout: LayoutSpec, tree: Any
+) -> Any:
+    """:func:`map_matrix_leaves` for per-matrix ``fn``, one call per group of
+    same-shape leaves.
+
+    ``fn(x, resolved_layout)`` must be shape-preserving and treat every matrix
+    of ``x`` (every batch index) independently — a per-matrix statistic,
+    threshold or normalization. Leaves with equal shape, dtype and resolved
+    layout (the ``blocks/0/…``, ``blocks/1/…`` kernels of an unscanned model)
+    are stacked on a new leading batch axis and go through ``fn`` once, so the
+    traced program (and XLA's compile time) grows with the number of distinct
+    shapes, not of leaves; the stack and unstack are one copy each. Leaves
+    whose type carries an Explicit sharding are not stacked (``fn`` sees them
+    one by one, as with :func:`map_matrix_leaves`); leaves without a layout are
+    returned unchanged.
+    """
+    resolve = resolved_layout_fn(layout)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=base.is_leaf_or_none)
+    out = [x for _, x in flat]
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, (path, x) in enumerate(flat):
+        if x is None:
+            continue
+        lay = resolve(base.path_to_str(path), x)
+        if lay is None:
+            continue
+        if _has_sharded_type(x):
+            out[i] = fn(x, lay)
+            continue
+        groups.setdefault((lay, jnp.dtype(x.dtype)), []).append(i)
+    for (lay, _), members in groups.items():
+        if len(members) == 1:
+            out[members[0]] = fn(out[members[0]], lay)
+            continue
+        stacked = fn(jnp.stack([out[i] for i in members]), _stacked_layout(lay, len(members)))
+        for j, i in enumerate(members):
+            out[i] = stacked[j]
+    return jax.tree_util.tree_unflatten(treedef, out)

@@ -18,6 +18,7 @@ import optax
 from optx._src import (
     adaptive,
     base,
+    curvature,
     hyperparams,
     moments,
     radial,
@@ -716,17 +717,11 @@ def _noisy_half_batch_grads(ctx: registry.ExtraArgsContext) -> dict[str, Any]:
     key-dependent standard normal per leaf stands in for the two halves (their
     mean is the true gradient).
     """
-    leaves, treedef = jax.tree.flatten(ctx.grads)
-    keys = jax.random.split(ctx.key, max(1, len(leaves)))
-    noise = [
-        0.5 * jnp.abs(g) * jax.random.normal(k, jnp.shape(g), jnp.float32).astype(g.dtype)
-        for g, k in zip(leaves, keys)
-    ]
-    plus = [g + n for g, n in zip(leaves, noise)]
-    minus = [g - n for g, n in zip(leaves, noise)]
+    xi = curvature.random_probes(ctx.key, ctx.grads, "gaussian")  # one draw, all leaves
+    noise = jax.tree.map(lambda g, z: 0.5 * jnp.abs(g) * z, ctx.grads, xi)
     return {
-        "grads_a": jax.tree.unflatten(treedef, plus),
-        "grads_b": jax.tree.unflatten(treedef, minus),
+        "grads_a": jax.tree.map(jnp.add, ctx.grads, noise),
+        "grads_b": jax.tree.map(jnp.subtract, ctx.grads, noise),
     }
 
 
