@@ -161,10 +161,11 @@ def _muon_family(kind: str):
         b1=0.95,
         b2=0.95,
         weight_decay=0.0,
-        adam_lr_ratio=3e-4 / 0.02,
+        adam_lr_ratio=0.2,
         adam_b1=0.9,
         adam_b2=0.95,
         adam_eps=1e-10,
+        adam_weight_decay=None,
     ):
         """Muon (KellerJordan/Muon@857d1adc) / NorMuon (zichongli5/NorMuon@d45c9a42) on the
         kernel: EMA + Keller-Nesterov, NS5; Muon × √max(1, out/in); NorMuon's per-output
@@ -185,8 +186,18 @@ def _muon_family(kind: str):
                 d = oh * np.linalg.norm(o) / (np.linalg.norm(oh) + 1e-10)
                 d = d * math.sqrt(max(1.0, fo / fi))
             out = {KERNEL: w - lr * (d + weight_decay * w)}
+            adam_wd = weight_decay if adam_weight_decay is None else adam_weight_decay
             out[BIAS] = _adamw_leaf(
-                st, BIAS, p[BIAS], g[BIAS], t, lr * adam_lr_ratio, adam_b1, adam_b2, adam_eps, 0.0
+                st,
+                BIAS,
+                p[BIAS],
+                g[BIAS],
+                t,
+                lr * adam_lr_ratio,
+                adam_b1,
+                adam_b2,
+                adam_eps,
+                adam_wd,
             )
             return out
 
@@ -300,7 +311,7 @@ def conda(p0, grad, steps, lr=3e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0
 
 
 def _auon(ns_steps: int):
-    def ref(p0, grad, steps, lr=0.055, b1=0.95, weight_decay=0.0, eps=1e-8, adam_lr_ratio=0.1):
+    def ref(p0, grad, steps, lr=0.055, b1=0.95, weight_decay=0.0, eps=1e-8, adam_lr_ratio=0.2):
         """AuON / Hybrid-AuON, paper form (arXiv 2509.24320; ryyzn9/AuON @bba2e822): Keller
         EMA-Nesterov momentum U; AuON: X = U/(‖U‖_F + 1e-7); Hybrid: X = NS_k(U) (k = 1);
         then X / (√mean(cosh(X)²) + ε) × √max(1, out/in). Bias: AdamW(0.1·lr, 0.8, 0.95,
@@ -317,7 +328,7 @@ def _auon(ns_steps: int):
             d = d * math.sqrt(max(1.0, fo / fi))
             out = {KERNEL: w - lr * (d + weight_decay * w)}
             out[BIAS] = _adamw_leaf(
-                st, BIAS, p[BIAS], g[BIAS], t, lr * adam_lr_ratio, 0.8, 0.95, 1e-10, 0.0
+                st, BIAS, p[BIAS], g[BIAS], t, lr * adam_lr_ratio, 0.9, 0.95, 1e-10, weight_decay
             )
             return out
 
