@@ -325,6 +325,8 @@ def _pair_keys(leaf_keys: list[jax.Array], epoch: Any, pairs: jax.Array) -> list
     All leaves' keys are folded in two batched calls (one hash each, not one
     per leaf: compile time). Returns per leaf ``(len(pairs), *key_shape)``.
     """
+    if not leaf_keys:  # an empty parameter tree has no noise to draw
+        return []
     shapes = [jnp.shape(k) for k in leaf_keys]
     sizes = [math.prod(sh) for sh in shapes]
     flat = jnp.concatenate([jnp.reshape(k, (-1,)) for k in leaf_keys])
