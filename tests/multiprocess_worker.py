@@ -1,0 +1,126 @@
+"""One process of the multi-process check (tests/test_multiprocess.py; issue 16).
+
+Run as ``python -m tests.multiprocess_worker --num-processes N --process-id I ...``. With
+``N = 2`` each process owns 4 CPU devices and joins a ``jax.distributed`` job on localhost
+(gloo CPU collectives); with ``N = 1`` one process owns all 8 devices. Either way the same
+``(data 2, model 4)`` Auto mesh spans 8 devices, the parameters are global arrays sharded
+FSDP-style (hidden matrices over both axes), and every named optimizer runs a few jitted
+steps. Process 0 writes the gathered parameters to ``--out`` (an ``.npz``), plus, per
+optimizer, whether an orbax save/restore of the state across processes continued the run
+exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--num-processes", type=int, required=True)
+    p.add_argument("--process-id", type=int, default=0)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--names", required=True, help="comma-separated registry names")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint-dir", default="")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = _parse()
+    local = 8 // args.num_processes
+    flags = os.environ.get("XLA_FLAGS", "")
+    flags = " ".join(f for f in flags.split() if "device_count" not in f)
+    os.environ["XLA_FLAGS"] = (
+        f"{flags} --xla_force_host_platform_device_count={local} --xla_backend_optimization_level=0"
+    )
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", local)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if args.num_processes > 1:
+        jax.distributed.initialize(
+            coordinator_address=f"localhost:{args.port}",
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+            initialization_timeout=120,
+        )
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from jax.experimental import multihost_utils
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import optx
+    from tests.conformance import problems
+
+    assert jax.device_count() == 8, jax.devices()
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    host = jax.tree.map(np.asarray, problems.mixed_params())
+    specs = jax.tree.map(lambda x: P(), host)
+    specs["hidden"]["kernel"] = P("data", "model")  # (8, 16): FSDP x tensor parallel
+    specs["stack"]["kernel"] = P(None, "data", "model")  # (3, 16, 8)
+    specs["head"]["kernel"] = P("data", "model")  # (8, 12)
+    specs["embed"]["embedding"] = P(None, "model")  # (12, 8)
+
+    def global_array(x: np.ndarray, spec: P) -> jax.Array:
+        sharding = NamedSharding(mesh, spec)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    params0 = jax.tree.map(global_array, host, specs)
+    key = jax.random.key(0)
+    results: dict[str, np.ndarray] = {}
+
+    for name in args.names.split(","):
+        spec = optx.get_optimizer(name)
+        tx = optax.with_extra_args_support(spec.factory(**{**spec.defaults, **spec.test_overrides}))
+
+        def step(p, s, i, spec=spec, tx=tx):
+            _, grads, extra = problems.extra_args_for(spec, problems.mixed_loss, p, i, key)
+            u, s = tx.update(grads, s, p, **extra)
+            return optax.apply_updates(p, u), s
+
+        step = jax.jit(step)
+        state_shardings = optx.state_shardings(tx, params0)
+        state = jax.jit(tx.init, out_shardings=state_shardings)(params0)
+        params = params0
+        for i in range(args.steps - 1):
+            params, state = step(params, state, jnp.asarray(i))
+        last = jnp.asarray(args.steps - 1)
+        final_params, _ = step(params, state, last)
+        gathered = multihost_utils.process_allgather(final_params, tiled=True)
+        for path, leaf in optx._src.base.flatten_with_paths(gathered)[0]:
+            results[f"{name}/{path}"] = np.asarray(leaf)
+
+        if args.checkpoint_dir:
+            import orbax.checkpoint as ocp
+
+            directory = os.path.join(args.checkpoint_dir, name)
+            with ocp.StandardCheckpointer() as ckpt:
+                ckpt.save(directory, state)
+                ckpt.wait_until_finished()
+                abstract = jax.tree.map(
+                    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+                )
+                restored = ckpt.restore(directory, abstract)
+            resumed, _ = step(params, restored, last)
+            same = jax.tree.map(
+                lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+                multihost_utils.process_allgather(resumed, tiled=True),
+                gathered,
+            )
+            results[f"{name}/__restored_exactly__"] = np.asarray(all(jax.tree.leaves(same)))
+
+    if jax.process_index() == 0:
+        np.savez(args.out, **results)
+    if args.num_processes > 1:
+        multihost_utils.sync_global_devices("done")
+        jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
