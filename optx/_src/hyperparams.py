@@ -335,7 +335,7 @@ TABLE: dict[str, Constraint] = {
     "adam_weight_decay": RATE.but(optional=True),
     "spectral_decay": RATE,
     "max_update_norm": RATE.but(optional=True),
-    "decay": NONNEGATIVE,
+    "decay": RATE,
     "adam_lr_ratio": NONNEGATIVE.but(optional=True),
     "lr_ratio": POSITIVE,
     "wd_ratio": NONNEGATIVE,
