@@ -461,11 +461,11 @@ def test_scale_by_soap_max_precond_dim_leaves_side_unrotated() -> None:
     grads = gradient_sequence(4, seed=3)
     tx = optx.scale_by_soap(b1, b2, eps, max_precond_dim=5, update_proj_gap=2)
     state = tx.init(tree_of({k: jnp.zeros(v.shape) for k, v in grads[0].items()}))
-    # (6, 5): the fan-in side (6) is too big. Each leaf holds a tuple over its modes.
-    assert isinstance(state.factors["dense"]["kernel"][0], optax.MaskedNode)
-    assert state.factors["dense"]["kernel"][1].shape == (5, 5)
-    assert isinstance(state.factors["bias"], optax.MaskedNode)  # 1-D: no modes
-    assert len(state.factors["dense"]["kernel"]) == 2
+    # (6, 5): the fan-in side (6) is too big. factors[i] holds every leaf's mode i.
+    assert isinstance(state.factors[0]["dense"]["kernel"], optax.MaskedNode)
+    assert state.factors[1]["dense"]["kernel"].shape == (5, 5)
+    assert isinstance(state.factors[0]["bias"], optax.MaskedNode)  # 1-D: no modes
+    assert len(state.factors) == 2
     updates = run_transform(tx, grads)
     ref = NpSoap(b1, b2, eps, b2, 2, [False, True])
     for t, g in enumerate(grads):
@@ -654,9 +654,9 @@ def test_state_sharding_rules_under_explicit_mesh(name: str) -> None:
     # Deliberate rules: a per-mode state axis inherits its leaf axis' sharding,
     # batch (stack) axes keep theirs.
     if name == "soap":
-        f_in, f_out = state0.factors["hidden"]["kernel"]
+        f_in, f_out = (f["hidden"]["kernel"] for f in state0.factors)
         assert f_in.sharding.spec == P("data", None) and f_out.sharding.spec == P("model", None)
-        s_in = state0.bases["stack"]["kernel"][0]
+        s_in = state0.bases[0]["stack"]["kernel"]
         assert s_in.sharding.spec == P("model", "data", None)
     elif name == "conda":
         assert state0.bases["hidden"]["kernel"].sharding.spec == P("model", None)

@@ -161,22 +161,22 @@ def test_norm_based_stabilizer_resets_in_the_released_order() -> None:
     params = {"dense": {"kernel": jnp.ones((3, 2))}}
     tx = optx.scale_by_mkor(update_interval=1, factor_dtype=jnp.float32, statistics="captures")
     state = tx.init(params)
-    layer = state.layers["dense"]["kernel"]  # the state mirrors the parameter tree
+    layer = state.layers[0]
     big = optx.MKORLayerState(
         a_inv=3.0 * jnp.eye(3)[None],  # P = 0.95·3I + 0.05I = 2.9I: SM keeps entries > 2
         g_inv=0.5 * jnp.eye(2)[None],
         reset_a=jnp.zeros((1,), bool),
         reset_g=jnp.zeros((1,), bool),
     )
-    state = state._replace(layers={"dense": {"kernel": big}}, count=jnp.asarray(1, jnp.int32))
+    state = state._replace(layers=(big,), count=jnp.asarray(1, jnp.int32))
     caps = {"dense/kernel": optx.LayerStatistics(jnp.array([0.1, 0.0, 0.0]), jnp.ones(2))}
     _, s1 = tx.update(params, state, captures=caps)
-    l1 = s1.layers["dense"]["kernel"]
+    l1 = s1.layers[0]
     assert float(jnp.max(jnp.abs(l1.a_inv))) > 2
     np.testing.assert_array_equal(l1.g_inv[0], np.eye(2))  # reset, not updated
     assert bool(l1.reset_a[0]) and not bool(l1.reset_g[0])
     _, s2 = tx.update(params, s1, captures=caps)
-    l2 = s2.layers["dense"]["kernel"]
+    l2 = s2.layers[0]
     np.testing.assert_array_equal(l2.a_inv[0], np.eye(3))
     assert not bool(l2.reset_a[0])
     # 'blend' resets to (1 − ζ)F⁻¹ + ζI instead.
@@ -189,7 +189,7 @@ def test_norm_based_stabilizer_resets_in_the_released_order() -> None:
     )
     _, s2b = tx_b.update(params, s1, captures=caps)
     np.testing.assert_allclose(
-        s2b.layers["dense"]["kernel"].a_inv[0], 0.9 * l1.a_inv[0] + 0.1 * np.eye(3), rtol=1e-6
+        s2b.layers[0].a_inv[0], 0.9 * l1.a_inv[0] + 0.1 * np.eye(3), rtol=1e-6
     )
     del layer
 

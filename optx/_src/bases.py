@@ -518,11 +518,11 @@ class ScaleBySoapState(NamedTuple):
       count: number of ``update`` calls so far (the first only initializes).
       mu: first moment, in the rotated basis (parameter-shaped).
       nu: second moment, in the rotated basis (parameter-shaped).
-      factors: per leaf (the tree mirrors the parameters, as optax states do,
-        so ``optax.tree.map_params`` and ``optax.masked`` apply), a tuple over
-        the leaf's modes ``i`` of the EMA Kronecker factor ``batch + (d_i, d_i)``
-        (``optax.MaskedNode()`` for an unrotated mode), or
-        ``optax.MaskedNode()`` for a leaf without rotated modes.
+      factors: a tuple over mode index ``i``: a parameter-structured tree whose
+        leaf holds the EMA Kronecker factor ``batch + (d_i, d_i)`` of that
+        leaf's mode ``i``, or ``optax.MaskedNode()`` (no such mode, or an
+        unrotated one). Keeping the per-mode split outside the parameter tree
+        keeps the state a plain tree of arrays inside ``nnx.State`` too.
       bases: the matching eigenbases (same structure as ``factors``).
     """
 
@@ -666,19 +666,20 @@ def scale_by_soap(
     )
 
     def init_fn(params: base.Params) -> ScaleBySoapState:
-        def per_mode(path: Any, p: Any) -> Any:
-            view = view_of(base.path_to_str(path), p)
-            if not any(view.rotated):
-                return optax.MaskedNode()
-            return tuple(
-                factor_zeros(view, i, precond_dtype or base.compute_dtype(p.dtype), p)
-                if rotated
-                else optax.MaskedNode()
-                for i, rotated in enumerate(view.rotated)
-            )
+        flat, _ = jax.tree_util.tree_flatten_with_path(params)
+        num_modes = max((len(view_of(base.path_to_str(p), x).modes) for p, x in flat), default=0)
 
-        factors = jax.tree_util.tree_map_with_path(per_mode, params)
-        bases = jax.tree_util.tree_map_with_path(per_mode, params)
+        def mode_tree(i: int) -> Any:
+            def leaf(path: Any, p: Any) -> Any:
+                view = view_of(base.path_to_str(path), p)
+                if i < len(view.modes) and view.rotated[i]:
+                    return factor_zeros(view, i, precond_dtype or base.compute_dtype(p.dtype), p)
+                return optax.MaskedNode()
+
+            return jax.tree_util.tree_map_with_path(leaf, params)
+
+        factors = tuple(mode_tree(i) for i in range(num_modes))
+        bases = tuple(mode_tree(i) for i in range(num_modes))
         return ScaleBySoapState(
             count=jnp.zeros([], jnp.int32),
             mu=optax.tree.zeros_like(params, dtype=mu_dtype),
@@ -788,23 +789,24 @@ def scale_by_soap(
             step_scale=step_scale,
             refresh=(t > 0) & (t % frequency == 0),
         )
+        k = len(state.factors)
 
-        def leaf(path: str, g: jax.Array, mu: Any, nu: Any, f: Any, q: Any) -> tuple[Any, ...]:
+        def leaf(path: str, g: jax.Array, mu: Any, nu: Any, *fq: Any) -> tuple[Any, ...]:
+            f, q = fq[:k], fq[k:]
             view = view_of(path, g)
-            unrotated = isinstance(f, optax.MaskedNode)
-            modes = (optax.MaskedNode(),) * len(view.modes)
+            n = len(view.modes)
             u, mu, nu, new_f, new_q = call_keeping_shardings(
-                leaf_update(view),
-                (g, mu, nu, modes if unrotated else f, modes if unrotated else q),
-                scalars,
+                leaf_update(view), (g, mu, nu, f[:n], q[:n]), scalars
             )
-            return (u, mu, nu, f if unrotated else new_f, q if unrotated else new_q)
+            return (u, mu, nu, *new_f, *f[n:], *new_q, *q[n:])
 
-        u, mu, nu, factors, bases_ = map_leaves_with_state(
-            leaf, updates, state.mu, state.nu, state.factors, state.bases
-        )
-        return u, ScaleBySoapState(
-            count=optax.safe_increment(state.count), mu=mu, nu=nu, factors=factors, bases=bases_
+        new = map_leaves_with_state(leaf, updates, state.mu, state.nu, *state.factors, *state.bases)
+        return new[0], ScaleBySoapState(
+            count=optax.safe_increment(state.count),
+            mu=new[1],
+            nu=new[2],
+            factors=tuple(new[3 : 3 + k]),
+            bases=tuple(new[3 + k :]),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

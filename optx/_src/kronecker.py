@@ -72,15 +72,14 @@ class ScaleByMKORState(NamedTuple):
 
     Attributes:
       count: steps taken (int32).
-      layers: mirrors the parameter tree (as optax states do, so
-        ``optax.tree.map_params``, ``optax.masked`` and checkpoint tools apply):
-        a :class:`MKORLayerState` at each layer's kernel, ``optax.MaskedNode()``
-        at every other leaf (a folded-in bias included).
+      layers: one :class:`MKORLayerState` per layer, in the sorted order of the
+        layers' kernel paths (a tuple, so the state does not mirror the
+        parameter tree: NNX ``Variable`` boxes and masks do not affect it).
       switch: MKOR-H's switch state.
     """
 
     count: jax.Array
-    layers: Any
+    layers: tuple[MKORLayerState, ...]
     switch: SecondOrderSwitchState
 
 
@@ -107,7 +106,7 @@ def _plan(tree: Any, router: routing.Router) -> dict[str, _Layer]:
     plan = {}
     for path, leaf in flat:
         layout = router.layout(path, leaf)
-        if layout is None or not layouts.has_matrix_view(leaf):
+        if layout is None:
             continue
         lay = layouts.resolve_layout(layout, jnp.shape(leaf), path)
         bias = None
@@ -473,12 +472,9 @@ def scale_by_mkor(
             # Replicated on the params' mesh (typed as under jax.set_mesh).
             return sharding.put_like(state, leaves[layer.path])
 
-        def leaf_state(path: str, _: Any) -> Any:
-            return layer_state(plan[path]) if path in plan else optax.MaskedNode()
-
         return ScaleByMKORState(
             count=jnp.zeros([], jnp.int32),
-            layers=base.tree_map_with_path_str(leaf_state, params),
+            layers=tuple(layer_state(plan[p]) for p in sorted(plan)),
             switch=SecondOrderSwitchState(
                 second_order=jnp.ones([], jnp.bool_),
                 window_loss=jnp.zeros([], jnp.float32),
@@ -619,23 +615,14 @@ def scale_by_mkor(
                 "(optx.value_grad_and_captures / optx.linen_value_grad_and_captures)."
             )
         plan = _plan(updates, router)
-        flat, treedef = base.flatten_with_paths(updates)
+        flat, _ = base.flatten_with_paths(updates)
         leaves = dict(flat)
-        try:
-            layer_column = treedef.flatten_up_to(state.layers)
-        except (ValueError, TypeError):
+        if len(state.layers) != len(plan):
             raise ValueError(
-                "The MKOR state's `layers` do not mirror the updates' tree: init and update "
-                f"trees differ (updates: {treedef})."
-            ) from None
-        state_flat = {p: st for (p, _), st in zip(flat, layer_column) if p in plan}
-        if set(state_flat) != set(plan) or not all(
-            isinstance(st, MKORLayerState) for st in state_flat.values()
-        ):
-            raise ValueError(
-                f"The MKOR state holds no layer state for some of the updates' layers "
-                f"{sorted(plan)}: init and update trees differ."
+                f"The MKOR state has {len(state.layers)} layers but the updates have "
+                f"{len(plan)} ({sorted(plan)}): init and update trees differ."
             )
+        state_flat = dict(zip(sorted(plan), state.layers))
         count = state.count
         switch = switch_update(state.switch, loss, count) if hybrid else state.switch
         due = (count % k == 0) | (count < warmup_steps)
@@ -662,9 +649,7 @@ def scale_by_mkor(
             new_leaves, new_states = second_order(None)
 
         new_updates = base.tree_map_with_path_str(lambda p, x: new_leaves.get(p, x), updates)
-        new_layers = treedef.unflatten(
-            [new_states[p] if p in plan else st for (p, _), st in zip(flat, layer_column)]
-        )
+        new_layers = tuple(new_states[p] for p in sorted(plan))
         return new_updates, ScaleByMKORState(
             count=optax.safe_increment(count), layers=new_layers, switch=switch
         )

@@ -121,7 +121,9 @@ def group_labels(params: Any, groups: Sequence[str] | None) -> Any:
 
 def _tree_dtype(tree: Any) -> Any:
     """The real compute dtype of a tree: ``promote(*leaf dtypes, float32)``."""
-    dtypes = [jnp.asarray(x).dtype for x in jax.tree.leaves(tree)]
+    dtypes = [
+        x.dtype if hasattr(x, "dtype") else jnp.asarray(x).dtype for x in jax.tree.leaves(tree)
+    ]
     return base.real_dtype(base.compute_dtype(*dtypes))
 
 
