@@ -467,6 +467,13 @@ COST_MODELS: Mapping[str, CostModel] = {
     "soap": _soap,
     "sophia_g": _curvature(2, oracle_passes=4, every=_interval),
     "sophia_h": _curvature(2, oracle_passes=6, every=_interval),
+    # Lower bounds: the element-wise base step only (LoRA-Pro's r x r eigendecompositions,
+    # SoRA's gate threshold, EGGROLL's noise regeneration and WGSEF's per-group sort are
+    # not modelled yet).
+    "eggroll": _one_moment,
+    "lora_pro": _adam_like(),
+    "sora": _adam_like(),
+    "wgsef": _one_moment,
 }
 """Registered optimizer name -> cost model (see the module docstring)."""
 

@@ -54,7 +54,11 @@ def _run_golden(name: str, *, evaluate: bool) -> None:
     case = META["cases"][name]
     es_key = jax.random.fold_in(jax.random.key(case["seed"]), 1)
     es_kw = {"sigma": case["sigma"], "rank": case["rank"], "noise_reuse": case["noise_reuse"]}
-    tx = optx.eggroll(case["lr"], group_size=case["group_size"], **es_kw)
+    if case["rank"] is None:  # OpenES: full-rank noise
+        kw = {k: v for k, v in es_kw.items() if k != "rank"}
+        tx = optx.openes(case["lr"], group_size=case["group_size"], **kw)
+    else:
+        tx = optx.eggroll(case["lr"], group_size=case["group_size"], **es_kw)
     n = case["population"]
 
     @jax.jit

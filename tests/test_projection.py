@@ -399,7 +399,7 @@ def test_block_subspace_block_count_rounds_and_takes_at_least_one(n, density, ex
             state = tx.init(g)
     else:
         state = tx.init(g)
-    assert state.active["4x3_float32"].shape == (expected,)
+    assert state.active["s"].shape == (expected,)
 
 
 def test_block_subspace_random_order_draws_distinct_blocks() -> None:

@@ -207,12 +207,13 @@ def test_group_views_and_options() -> None:
         np.testing.assert_array_equal(optx.from_groups(g, lay, groups), w)
     heads = optx.to_groups(w, lay, "heads")[0]
     np.testing.assert_array_equal(heads[1], np.asarray(w)[:, 1, :].reshape(-1))
-    params = {"query": {"kernel": w}}
+    # Under an attention path, so the name rules give the (d, heads, head_dim) layout.
+    params = {"attn": {"query": {"kernel": w}}}
     zeros = jax.tree.map(jnp.zeros_like, params)
     # heads, k=1 of 2 with a strong prox: one head survives, whole.
     tx = optx.group_sparse_envelope_prox(5.0, 1, groups="heads")
     u, _ = tx.update(zeros, tx.init(params), params)
-    new = np.asarray(optax.apply_updates(params, u)["query"]["kernel"])
+    new = np.asarray(optax.apply_updates(params, u)["attn"]["query"]["kernel"])
     alive = [bool(np.any(new[:, h] != 0)) for h in range(2)]
     assert sum(alive) == 1
     # 'size' weights = the unweighted prox with λ·R; fraction and callable k.

@@ -105,6 +105,8 @@ def _plan(tree: Any, router: routing.Router) -> dict[str, _Layer]:
     leaves = dict(flat)
     plan = {}
     for path, leaf in flat:
+        if not layouts.has_matrix_view(leaf):  # zero-size leaves pass through
+            continue
         layout = router.layout(path, leaf)
         if layout is None:
             continue

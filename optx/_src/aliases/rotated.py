@@ -601,8 +601,9 @@ registry.register(
         static_args=("update_proj_gap", "precond_dtype"),
         uses_matrix_path=True,
         # The SVD basis turns ulp-level input changes (accumulated or sharded
-        # gradients) into ~1e-4-of-scale update changes (measured).
-        equivalence_tolerance=20.0,
+        # gradients) into ~1e-4-of-scale update changes (measured; 2.3e-6 absolute at
+        # one element under inject_hyperparams' float32 hyper-parameters since the f64 rule).
+        equivalence_tolerance=40.0,
         description="Conda (official: Adam with v in the momentum's SVD basis)",
     )
 )
