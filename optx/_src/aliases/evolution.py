@@ -15,22 +15,6 @@ import optax
 from optx._src import base, evolution, hyperparams, registry, routing
 
 
-def with_router(
-    tx: optax.GradientTransformationExtraArgs, router: routing.Router
-) -> optax.GradientTransformationExtraArgs:
-    """``tx`` with ``router`` attached to its ``init`` (for ``optx.router_of``/``describe``).
-
-    The same convention as :func:`optx.routed`, for aliases that route
-    through a layout argument rather than ``optax.partition``.
-    """
-
-    def init_fn(params: base.Params) -> optax.OptState:
-        return tx.init(params)
-
-    init_fn.router = router  # type: ignore[attr-defined]
-    return optax.GradientTransformationExtraArgs(init_fn, tx.update)
-
-
 @hyperparams.validated()
 def eggroll(
     learning_rate: base.ScalarOrSchedule,
@@ -173,7 +157,7 @@ def _es_alias(
         router=router,
     )
     tx = optax.with_extra_args_support(optax.chain(es, factory(learning_rate)))
-    return with_router(tx, evolution.es_router() if router is None else router)
+    return routing.attach_router(tx, evolution.es_router() if router is None else router)
 
 
 @hyperparams.validated()

@@ -870,18 +870,6 @@ def _times(a: Any, b: Any) -> Any:
     return a * b
 
 
-def _with_router(
-    tx: optax.GradientTransformationExtraArgs, router: routing.Router
-) -> optax.GradientTransformationExtraArgs:
-    """``tx`` with ``router`` attached for :func:`optx.describe`/``router_of``."""
-
-    def init_fn(params: base.Params) -> Any:
-        return tx.init(params)
-
-    init_fn.router = router  # type: ignore[attr-defined]
-    return optax.GradientTransformationExtraArgs(init_fn, tx.update)
-
-
 @hyperparams.validated(projection=hyperparams.choice(*LIPSCHITZ_PROJECTIONS))
 def lipschitz_muon(
     learning_rate: base.ScalarOrSchedule = 0.02,
@@ -1042,7 +1030,7 @@ def lipschitz_muon(
                 embedding_max_inflation, mask=constraints.embedding_mask(router)
             )
         )
-    return _with_router(optax.chain(*steps), router)
+    return routing.attach_router(optax.chain(*steps), router)
 
 
 for _name, _factory, _description in (

@@ -71,21 +71,6 @@ from optx._src.bases import (  # noqa: F401
 )
 from optx._src.weight_decay import add_decayed_weights_after_step
 
-
-def _with_router(
-    tx: optax.GradientTransformation, router: routing.Router
-) -> optax.GradientTransformationExtraArgs:
-    """Attaches ``router`` to ``tx.init`` so :func:`optx.describe` and
-    :func:`optx.router_of` see it (as :func:`optx.routed` does)."""
-    tx = optax.with_extra_args_support(tx)
-
-    def init_fn(params: base.Params) -> optax.OptState:
-        return tx.init(params)
-
-    init_fn.router = router  # type: ignore[attr-defined]
-    return optax.GradientTransformationExtraArgs(init_fn, tx.update)
-
-
 SOAP_FALLBACK_MATRIX_RULES = ("embedding", "head")
 """Names of the router rules whose ``ndim >= 2`` leaves :func:`optx.soap` rotates
 although they are routed to the fallback (the default router's embedding and
@@ -245,7 +230,7 @@ def soap(
         add_decayed_weights_after_step(weight_decay, learning_rate, mask, skip_steps=1),
         optax.scale_by_learning_rate(learning_rate),
     )
-    return _with_router(tx, router)
+    return routing.attach_router(tx, router)
 
 
 @hyperparams.validated()
@@ -343,7 +328,7 @@ def conda(
         add_decayed_weights_after_step(weight_decay, learning_rate, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    return _with_router(tx, router)
+    return routing.attach_router(tx, router)
 
 
 @hyperparams.validated(gamma=hyperparams.NONNEGATIVE)

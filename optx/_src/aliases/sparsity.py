@@ -11,7 +11,6 @@ from typing import Any
 import optax
 
 from optx._src import base, hyperparams, registry, routing, sparsity
-from optx._src.aliases.evolution import with_router
 
 
 @hyperparams.validated()
@@ -107,7 +106,7 @@ def wgsef(
         strength, 0.5 if k is None else k, groups=groups, group_weights=group_weights, layout=router
     )
     tx = optax.with_extra_args_support(optax.chain(step, prox))
-    return with_router(tx, routing.as_router(router))
+    return routing.attach_router(tx, routing.as_router(router))
 
 
 registry.register(
