@@ -1,0 +1,190 @@
+"""Step cost of 8-bit AdamW against AdamW, with the floors of its structure.
+
+``python benchmarks/quantization_cost.py`` times, on the GPT-style tree of
+:mod:`benchmarks._trees` (``--preset``), the jitted step
+``update + apply_updates`` of
+
+* ``optax.adamw`` (the baseline) and ``optx.adamw`` (f32 moments);
+* ``optx.adamw_8bit``: codes dequantized, Adam in f32, new moments reduced to
+  their 256-entry block maxima and coded with optx's exact rounding rule
+  (``argmin_k fl(|y − map[k]|)``, one bucket-table lookup per entry);
+* reference rows that isolate the cost of each stage (not optimizers):
+  ``8bit, rounding coder`` — the same step with the code replaced by
+  ``round(127·y)`` (no map lookup: what the exact rule costs on top);
+  ``8bit, no re-coding`` — dequantize + Adam + block maxima, the new moments
+  returned in f32 (the floor of the dequantize/reduce structure).
+
+Steps run round-robin (``--repeats`` rounds); the table gives the median and
+the minimum, each as a ratio to ``optax.adamw`` in the same run.
+
+Example::
+
+  python benchmarks/quantization_cost.py --preset small --repeats 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import pathlib
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import optx
+from optx._src import moments, quantization
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _trees
+
+
+@contextlib.contextmanager
+def rounding_coder() -> Iterator[None]:
+    """Swaps the exact code lookup for ``round(127·y) + 127`` while tracing."""
+    exact = quantization._nearest_code
+
+    def coder(y: jax.Array, signed: bool) -> jax.Array:
+        if signed:
+            return (jnp.round(y * 127.0) + 127.0).astype(jnp.int32)
+        return jnp.round(y * 255.0).astype(jnp.int32)
+
+    quantization._nearest_code = coder
+    try:
+        yield
+    finally:
+        quantization._nearest_code = exact
+
+
+class _NoRecodingOut(NamedTuple):
+    """The floor row's outputs: the unchanged state plus the values it computed."""
+
+    state: Any
+    moments: Any
+    maxima: Any
+
+
+def no_recoding(learning_rate: float = 1e-3) -> optax.GradientTransformation:
+    """Dequantize two 8-bit moments, run Adam, reduce the new moments to their
+    block maxima; the moments stay f32 (a cost floor, not an optimizer)."""
+    inner = moments.scale_by_adam(0.9, 0.999, 1e-8)
+    quantized = quantization.quantize_moments(inner)
+
+    def init_fn(params: Any) -> Any:
+        return quantized.init(params)
+
+    def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        flat, treedef = jax.tree_util.tree_flatten_with_path(state.inner_state)
+        scales = treedef.flatten_up_to(state.absmax)
+        leaves = []
+        for (path, codes), s in zip(flat, scales):
+            if isinstance(s, optax.MaskedNode):
+                leaves.append(codes)
+                continue
+            signed = not any(getattr(e, "name", "") == "nu" for e in path)
+            leaves.append(
+                quantization.dequantize_blockwise(
+                    quantization.QuantizedArray(codes, s), signed=signed
+                )
+            )
+        u, new = inner.update(updates, jax.tree_util.tree_unflatten(treedef, leaves), params)
+        maxima = [
+            jnp.max(jnp.abs(jnp.reshape(x, (-1, 256))), axis=1)
+            for x in treedef.flatten_up_to(new)
+            if jnp.ndim(x) and x.size % 256 == 0 and x.size >= 4096
+        ]
+        u = jax.tree.map(lambda x: -learning_rate * x, u)
+        # The step feeds the unchanged 8-bit state back; new moments and maxima
+        # are extra outputs so that XLA keeps them.
+        return u, _NoRecodingOut(state, new, maxima)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _next_state(out_state: Any) -> Any:
+    """The state to feed back (the floor row returns its input state + extras)."""
+    return out_state.state if isinstance(out_state, _NoRecodingOut) else out_state
+
+
+def timed_steps(
+    rows: dict[str, Callable[[], tuple[Callable[..., Any], Any]]],
+    params: Any,
+    grads: Any,
+    repeats: int,
+) -> dict[str, list[float]]:
+    """Compiles every row, then times ``repeats`` round-robin rounds."""
+    built = {}
+    for name, build in rows.items():
+        step, state = build()
+        out = step(grads, state, params)
+        jax.block_until_ready(out)
+        built[name] = [step, _next_state(out[1])]
+    times: dict[str, list[float]] = {name: [] for name in built}
+    for _ in range(repeats):
+        for name, entry in built.items():
+            t0 = time.perf_counter()
+            out = entry[0](grads, entry[1], params)
+            jax.block_until_ready(out)
+            times[name].append(time.perf_counter() - t0)
+            entry[1] = _next_state(out[1])
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python benchmarks/quantization_cost.py")
+    p.add_argument("--preset", default="small", choices=sorted(_trees.PRESETS))
+    p.add_argument("--repeats", type=int, default=25)
+    args = p.parse_args(argv)
+    shape = _trees.PRESETS[args.preset]
+    params = _trees.gpt_params(shape, jax.random.key(0))
+    grads = _trees.gpt_params(shape, jax.random.key(1), std=1e-3)
+
+    def builder(make: Callable[[], optax.GradientTransformation], coder: bool = False):
+        def build() -> tuple[Callable[..., Any], Any]:
+            tx = make()
+
+            def step(g: Any, s: Any, p: Any) -> tuple[Any, Any]:
+                u, s = tx.update(g, s, p)
+                return optax.apply_updates(p, u), s
+
+            jitted = jax.jit(step)
+            state = tx.init(params)
+            if coder:
+                with rounding_coder():  # traced and compiled with the swapped coder
+                    compiled = jitted.lower(grads, state, params).compile()
+                return compiled, state
+            return jitted, state
+
+        return build
+
+    rows = {
+        "optax.adamw": builder(lambda: optax.adamw(1e-3, weight_decay=1e-4)),
+        "optx.adamw": builder(lambda: optx.adamw(1e-3)),
+        "optx.adamw_8bit": builder(lambda: optx.adamw_8bit(1e-3)),
+        "8bit, rounding coder (reference)": builder(lambda: optx.adamw_8bit(1e-3), coder=True),
+        "8bit, no re-coding (reference)": builder(no_recoding),
+    }
+    times = timed_steps(rows, params, grads, args.repeats)
+    base_med = statistics.median(times["optax.adamw"])
+    base_min = min(times["optax.adamw"])
+    print(
+        f"GPT-style tree preset {args.preset} ({optx.param_count(params):,} params, f32); "
+        f"device {jax.devices()[0].device_kind}; {args.repeats} rounds\n"
+    )
+    print("| step | median ms | × optax.adamw | min ms | × optax.adamw (min) |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, ts in times.items():
+        med, low = statistics.median(ts), min(ts)
+        print(
+            f"| {name} | {1e3 * med:.2f} | {med / base_med:.2f} | {1e3 * low:.2f} | "
+            f"{low / base_min:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
