@@ -157,11 +157,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         shape = dataclasses.replace(_trees.PRESETS[args.preset], scanned=kind == "scanned")
         params = _trees.gpt_params(shape, jax.random.key(0))
         n_leaves = len(jax.tree.leaves(params))
-        log(f"{kind} tree: {optx.param_count(params):,} params in {n_leaves} leaves")
+        log(f"{kind} tree: {optx.tree_utils.param_count(params):,} params in {n_leaves} leaves")
         rows = measure(names, params, args.repeats, log)
         title = (
             f"{kind} GPT-style tree (preset {args.preset}: {n_leaves} leaves, "
-            f"{optx.param_count(params):,} params); device {jax.devices()[0].device_kind}; "
+            f"{optx.tree_utils.param_count(params):,} params); device {jax.devices()[0].device_kind}; "
             f"min of {args.repeats} fresh compilations"
         )
         text, records = table(rows, title)

@@ -76,7 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     shape = PRESETS[args.size]
     params = gpt_params(shape, jax.random.key(0))
-    n_params = optx.param_count(params)
+    n_params = optx.tree_utils.param_count(params)
     m = args.mfac_grads
     candidates = {
         "optax.adamw": optax.adamw(1e-3),
@@ -102,7 +102,7 @@ def main() -> None:
     for name, tx in candidates.items():
         t = time_updates(tx, params, args.reps)
         base = t if base is None else base
-        rows.append((name, t * 1e3, t / base, optx.state_bytes(tx, params) / n_params))
+        rows.append((name, t * 1e3, t / base, optx.tree_utils.state_bytes(tx, params) / n_params))
     print("| optimizer | update ms | × optax.adamw | state bytes/param |")
     print("| --- | ---: | ---: | ---: |")
     for name, ms, ratio, bpp in rows:

@@ -99,7 +99,7 @@ def main() -> None:
 
     shape = PRESETS[args.size]
     params = gpt_params(shape, jax.random.key(0))
-    n_params = optx.param_count(params)
+    n_params = optx.tree_utils.param_count(params)
     grads = jax.tree.map(
         lambda p: 1e-3 * jnp.sin(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape) + 1e-4, params
     )
@@ -116,7 +116,7 @@ def main() -> None:
         step = jax.jit(lambda g, s, p, tx=tx, extra=extra: tx.update(g, s, p, **extra))
         jax.block_until_ready(step(grads, state, params))  # compile
         jax.block_until_ready(step(grads, state, params))
-        runners[name] = (step, state, optx.state_bytes(tx, params) / n_params)
+        runners[name] = (step, state, optx.tree_utils.state_bytes(tx, params) / n_params)
 
     # Wall time, and process CPU time (all XLA threads): on a shared machine
     # other processes inflate the first much more than the second.

@@ -1,8 +1,8 @@
 """Optimizer-state memory and update time of the memory-efficient family.
 
 Prints, for a GPT-style parameter tree (:mod:`benchmarks._trees`, scanned
-layers), the exact optimizer-state bytes per parameter (``optx.state_bytes`` /
-``optx.state_bytes_by_group``, from ``jax.eval_shape``: nothing is allocated) of
+layers), the exact optimizer-state bytes per parameter (``optx.tree_utils.state_bytes`` /
+``optx.tree_utils.state_bytes_by_group``, from ``jax.eval_shape``: nothing is allocated) of
 AdamW, AdamW-8bit, APOLLO (rank 256), APOLLO-Mini, GaLore (rank 128),
 GaLore-8bit, FRUGAL and DCT-AdamW — in total and split into the routed hidden
 matrices and the other leaves — and the jitted update time as a ratio to
@@ -60,21 +60,21 @@ def optimizers() -> dict[str, Callable[[], optax.GradientTransformation]]:
 
 
 def memory_table(params: Any) -> str:
-    n_total = optx.param_count(params)
+    n_total = optx.tree_utils.param_count(params)
     router = optx.default_router()
-    n_matrix = optx.param_count(_split(params, router)[0])
-    base = optx.state_bytes(optax.adamw(1e-3), params)
+    n_matrix = optx.tree_utils.param_count(_split(params, router)[0])
+    base = optx.tree_utils.state_bytes(optax.adamw(1e-3), params)
     rows = [("optimizer", "state MiB", "B/param", "x AdamW", "matrix B/param", "other B/param")]
     for name, make in optimizers().items():
         tx = make()
-        total = optx.state_bytes(tx, params)
+        total = optx.tree_utils.state_bytes(tx, params)
         if optx.router_of(tx) is not None:
-            per = optx.state_bytes_by_group(tx, params, per_param=True)
+            per = optx.tree_utils.state_bytes_by_group(tx, params, per_param=True)
             mat, oth = f"{per['matrix']:.4f}", f"{per['fallback']:.3f}"
         else:  # element-wise (unrouted): its state on the same leaves, measured apart
             m_tree, o_tree = _split(params, router)
-            mat = f"{optx.state_bytes(tx, m_tree) / optx.param_count(m_tree):.4f}"
-            oth = f"{optx.state_bytes(tx, o_tree) / optx.param_count(o_tree):.3f}"
+            mat = f"{optx.tree_utils.state_bytes(tx, m_tree) / optx.tree_utils.param_count(m_tree):.4f}"
+            oth = f"{optx.tree_utils.state_bytes(tx, o_tree) / optx.tree_utils.param_count(o_tree):.3f}"
         rows.append(
             (
                 name,
@@ -95,7 +95,9 @@ def _split(params: Any, router: optx.Router) -> tuple[dict[str, Any], dict[str, 
     matrix, other = {}, {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         name = jax.tree_util.keystr(path)
-        (matrix if router.group(optx.path_to_str(path), leaf) == "matrix" else other)[name] = leaf
+        (matrix if router.group(optx.tree_utils.path_to_str(path), leaf) == "matrix" else other)[
+            name
+        ] = leaf
     return matrix, other
 
 

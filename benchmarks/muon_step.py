@@ -33,7 +33,7 @@ def contrib_muon_dims(params: Any) -> Any:
     router = optx.default_router()
 
     def dim_nums(path: Any, x: jax.Array) -> Any:
-        layout = router.layout(optx.path_to_str(path), x)
+        layout = router.layout(optx.tree_utils.path_to_str(path), x)
         if layout is None:
             return None
         r = optx.resolve_layout(layout, x.shape)
@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     shape = PRESETS[args.size]
     params = gpt_params(shape, jax.random.key(0))
-    n_params = optx.param_count(params)
+    n_params = optx.tree_utils.param_count(params)
     contrib_dims = contrib_muon_dims(params)
     candidates = {
         "optax.adamw": optax.adamw(1e-3),
@@ -86,7 +86,7 @@ def main() -> None:
     for name, tx in candidates.items():
         t = time_update(tx, params, args.reps)
         base = t if base is None else base
-        rows.append((name, t * 1e3, t / base, optx.state_bytes(tx, params) / n_params))
+        rows.append((name, t * 1e3, t / base, optx.tree_utils.state_bytes(tx, params) / n_params))
     print("| optimizer | update ms | × optax.adamw | state bytes/param |")
     print("| --- | ---: | ---: | ---: |")
     for name, ms, ratio, bpp in rows:

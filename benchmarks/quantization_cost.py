@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     base_med = statistics.median(times["optax.adamw"])
     base_min = min(times["optax.adamw"])
     print(
-        f"GPT-style tree preset {args.preset} ({optx.param_count(params):,} params, f32); "
+        f"GPT-style tree preset {args.preset} ({optx.tree_utils.param_count(params):,} params, f32); "
         f"device {jax.devices()[0].device_kind}; {args.repeats} rounds\n"
     )
     print("| step | median ms | × optax.adamw | min ms | × optax.adamw (min) |")

@@ -109,7 +109,7 @@ class TreeInfo:
         router = router or optx.default_router()
         out = []
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-            name = optx.path_to_str(path)
+            name = optx.tree_utils.path_to_str(path)
             layout = router.layout(name, leaf)
             view = None
             if layout is not None:
@@ -419,7 +419,7 @@ def _mfac(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
 
 def _mkor(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
     inv_freq = int(hyper(spec, "update_interval"))
-    router = optx.mkor_router()  # heads are layers too; embeddings are not
+    router = optx.curvature.mkor_router()  # heads are layers too; embeddings are not
     views = {}
     for x in t.leaves:
         layout = router.layout(x.path, jax.ShapeDtypeStruct(x.shape, jnp.float32))

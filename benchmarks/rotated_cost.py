@@ -10,7 +10,7 @@ On a GPT-style parameter tree (``benchmarks/_trees.py``, routed by
   from a fresh state (so SOAP's first-step eigh and its power-QR refreshes every
   10 steps, Conda's SVD every 50 and COSMOS's per-step QR are all included), and
   the median of single steps after that (the steady state between refreshes);
-* the optimizer-state bytes per parameter (:func:`optx.state_bytes`),
+* the optimizer-state bytes per parameter (:func:`optx.tree_utils.state_bytes`),
 
 each as a ratio to ``optax.adamw`` measured in the same run. The same script
 runs unchanged on GPU/TPU (pick a larger ``--size``).
@@ -96,7 +96,7 @@ def main() -> None:
     args = ap.parse_args()
     shape = SIZES[args.size]
     params = gpt_params(shape, jax.random.key(0))
-    n_params = optx.param_count(params)
+    n_params = optx.tree_utils.param_count(params)
     grads = gradient_trees(params, 4)
     print(
         f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
@@ -110,7 +110,7 @@ def main() -> None:
     rows = []
     for name, tx in candidates(args.rank).items():
         amortized, single = time_steps(tx, params, grads, args.steps, args.reps)
-        rows.append((name, amortized, single, optx.state_bytes(tx, params) / n_params))
+        rows.append((name, amortized, single, optx.tree_utils.state_bytes(tx, params) / n_params))
     base_t, base_s, base_b = rows[0][1], rows[0][2], rows[0][3]
     print(
         "| optimizer | ms/step (amortized) | × adamw | ms/step (median) | × adamw "

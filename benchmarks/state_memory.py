@@ -4,7 +4,7 @@ For every registered optimizer, the state of ``tx.init`` on a GPT-2-small-shaped
 (124 M params, abstract: nothing is allocated) over an 8-device ``(data, model)`` mesh, with
 every parameter sharded FSDP-style: its largest axis divisible by ``data`` over ``data``
 and, for matrices, another axis divisible by ``model`` over ``model``. The state's shardings
-come from :func:`optx.state_shardings`, exactly what ``jax.jit(tx.init, out_shardings=...)``
+come from :func:`optx.sharding.state_shardings`, exactly what ``jax.jit(tx.init, out_shardings=...)``
 uses. Reported per optimizer: total state bytes, the largest per-device share, and that
 share against the ideal ``total / devices`` (target ≤ 1.15×); a miss names the leaf that
 contributes the most replicated bytes.
@@ -71,7 +71,7 @@ def _nbytes(shape: tuple[int, ...], dtype: Any) -> int:
 def per_device_state(tx: Any, params: Any) -> tuple[int, int, list[tuple[str, int]]]:
     """(total bytes, max per-device bytes, [(leaf path, replicated excess bytes)])."""
     state = jax.eval_shape(tx.init, params)
-    shardings = optx.state_shardings(tx, params)
+    shardings = optx.sharding.state_shardings(tx, params)
     mesh = jax.tree.leaves(shardings)[0].mesh
     devices = mesh.devices.size
     per_device = dict.fromkeys(range(devices), 0)

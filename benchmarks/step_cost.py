@@ -10,7 +10,7 @@ baseline) and ``optax.contrib.muon`` (a reference row) measures
   methods pay for their Hessian-vector products), median over ``--repeats``
   timed calls after compilation; optimizers are timed round-robin so machine
   noise spreads evenly;
-* optimizer-state bytes per parameter (``optx.state_bytes``, exact, abstract);
+* optimizer-state bytes per parameter (``optx.tree_utils.state_bytes``, exact, abstract);
 
 and prints a Markdown table with both as ratios to ``optax.adamw`` measured in
 the same run, next to each optimizer's **roofline bound** (:mod:`roofline`: its
@@ -114,7 +114,7 @@ def measure(
     key = jax.random.key(0)
     for e in rows:
         try:
-            e.state_bytes = optx.state_bytes(e.tx, params)
+            e.state_bytes = optx.tree_utils.state_bytes(e.tx, params)
             e.step = make_step(e, _trees.quadratic_loss)
             t0 = time.perf_counter()
             e.state = e.tx.init(params)
@@ -224,7 +224,7 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     dtype = jnp.dtype(args.dtype)
     params = _trees.gpt_params(shape, jax.random.key(0), dtype)
     grads = _trees.gpt_params(shape, jax.random.key(1), dtype, std=1e-3)
-    n_params = optx.param_count(params)
+    n_params = optx.tree_utils.param_count(params)
     rows = entries(names, params)
 
     def log(msg: str) -> None:

@@ -18,7 +18,7 @@ optimum does not decide the comparison; a best point still at the edge is marked
   ``--eval-every`` steps, so step counts are multiples of it);
 * training wall time per step (compilation and evaluation excluded) — on a CPU
   this says little about a GPU/TPU, measure there;
-* optimizer-state bytes per parameter (``optx.state_bytes``).
+* optimizer-state bytes per parameter (``optx.tree_utils.state_bytes``).
 
 Outputs, all under ``results/<run-name>/``: ``summary.md`` (the table),
 ``summary.csv`` (best point per optimizer), ``sweep.csv`` (every grid point),

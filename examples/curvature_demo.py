@@ -17,11 +17,11 @@ Two tasks from :mod:`examples.models` / :mod:`examples.data`:
 Six optimizers, each with a warmup + cosine schedule and the same
 initialization and batches: SGD-momentum, **MKOR(SGD-momentum)**, AdamW,
 **MKOR(AdamW)**, **Sophia-G** and **AdaHessian**. MKOR gets its per-layer
-statistics from :func:`optx.value_grad_and_captures` (inputs and output
+statistics from :func:`optx.curvature.value_grad_and_captures` (inputs and output
 gradients of every Dense/LinearGeneral/Conv layer), Sophia-G its
 Gauss–Newton–Bartlett estimate from labels sampled from the model's logits and
 AdaHessian its Hutchinson diagonal from the loss closure, both through
-:func:`optx.nnx_curvature_args`.
+:func:`optx.curvature.nnx_curvature_args`.
 
 The table reports, per task, each method's final validation loss and the
 number of steps and training seconds (compilation and evaluation excluded) it
@@ -184,11 +184,11 @@ def train(task: Task, name: str, lr: float, steps: int, eval_every: int) -> Run:
     @nnx.jit
     def step(model: nnx.Module, opt: nnx.Optimizer, batch: Batch, i: jax.Array) -> jax.Array:
         if name.startswith("mkor"):
-            loss, grads, captures = optx.value_grad_and_captures(task.loss, model, batch)
+            loss, grads, captures = optx.curvature.value_grad_and_captures(task.loss, model, batch)
             opt.update(model, grads, captures=captures)
         elif name in ("sophia_g", "adahessian"):
             loss, grads = nnx.value_and_grad(task.loss)(model, batch)
-            extra = optx.nnx_curvature_args(
+            extra = optx.curvature.nnx_curvature_args(
                 model,
                 batch,
                 task.loss,

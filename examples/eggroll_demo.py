@@ -9,7 +9,7 @@ A ReLU MLP (64 → hidden → 10) classifies scikit-learn's bundled 8×8 digits.
 Three trainers see the same initialization and the same batches:
 
 * **EGGROLL** (``optx.eggroll``, rank 1): every member evaluates the batch with
-  ``optx.perturbed_matmul`` — ``x W + (x B)(σ A)ᵀ``, the base product shared by
+  ``optx.evolution.perturbed_matmul`` — ``x W + (x B)(σ A)ᵀ``, the base product shared by
   all members, no perturbed weight ever formed — and its fitness is minus the
   batch cross-entropy; the pseudo-gradient feeds Adam.
 * **OpenES** (``optx.openes``): the same with full-rank noise; every member
@@ -62,12 +62,12 @@ def init_mlp(key: jax.Array, sizes: tuple[int, ...]) -> Params:
 
 
 def mlp(params: Params, noise: Params | None, x: jax.Array) -> jax.Array:
-    """Logits; ``noise`` is a member's :func:`optx.es_noise` tree (or None)."""
+    """Logits; ``noise`` is a member's :func:`optx.evolution.es_noise` tree (or None)."""
     layers = params["layers"]
     for i in range(len(layers)):
         p = layers[str(i)]
         n = None if noise is None else noise["layers"][str(i)]
-        x = optx.perturbed_matmul(x, p["kernel"], None if n is None else n["kernel"])
+        x = optx.evolution.perturbed_matmul(x, p["kernel"], None if n is None else n["kernel"])
         x = x + p["bias"] + (0.0 if n is None else n["bias"])
         if i < len(layers) - 1:
             x = jax.nn.relu(x)
@@ -97,7 +97,7 @@ def es_step(
 
     def generation(params: Params, state: Any, x: jax.Array, y: jax.Array) -> Any:
         gen = optax.tree_utils.tree_get(state, "generation")
-        fitness = optx.es_evaluate(
+        fitness = optx.evolution.es_evaluate(
             lambda p, noise: -xent(mlp(p, noise, x), y),
             params,
             key,

@@ -6,9 +6,9 @@ Shakespeare plays, then fine-tunes it on the held-out plays (every fourth play,
 by name) with
 
 * ``full`` — full fine-tuning with AdamW;
-* ``lora`` — LoRA (``optx.add_lora``) + AdamW on the adapters;
+* ``lora`` — LoRA (``optx.lora.add_lora``) + AdamW on the adapters;
 * ``lora_pro`` — the same adapters with ``optx.lora_pro``;
-* ``lora_sb`` — LoRA-XS adapters initialised by ``optx.lora_sb_init``, AdamW on
+* ``lora_sb`` — LoRA-XS adapters initialised by ``optx.lora.lora_sb_init``, AdamW on
   the ``r × r`` cores;
 * ``sora`` — gated adapters with ``optx.sora`` and the ``λ₁`` gate penalty;
 
@@ -147,11 +147,13 @@ def make_task(
         wrt: Any = nnx.Param
     else:
         kind = {"lora": "lora", "lora_pro": "lora", "lora_sb": "xs", "sora": "gated"}[method]
-        optx.add_lora(model, rank, rngs=nnx.Rngs(1), kind=kind, alpha=float(rank), targets=TARGETS)
-        wrt = optx.lora_filter
+        optx.lora.add_lora(
+            model, rank, rngs=nnx.Rngs(1), kind=kind, alpha=float(rank), targets=TARGETS
+        )
+        wrt = optx.lora.lora_filter
         if method == "lora_sb":
             first_lr = GRIDS["lora_sb"][1] / max(1, args.steps // 10)  # first warmup step
-            optx.lora_sb_init(
+            optx.lora.lora_sb_init(
                 model,
                 _lm_loss,
                 (next(train(123)) for _ in range(args.sb_batches)),
@@ -161,7 +163,7 @@ def make_task(
         if method == "sora":
 
             def penalty(params: Any) -> jax.Array:
-                return optx.sora_l1_penalty(params, SORA_L1)
+                return optx.lora.sora_l1_penalty(params, SORA_L1)
 
     graphdef, params, frozen = nnx.split(model, wrt, ...)
     task = FrozenTask(method, graphdef, params, _lm_loss, train, evals, method, frozen, penalty)
@@ -198,8 +200,8 @@ def run(argv: Sequence[str] | None = None, *, texts: Sequence[tuple[str, str]] |
         results[method] = runs
         tx = trainer.make_tx(grid[0], None)
         info[method] = {
-            "trainable": optx.param_count(task.params),
-            "state_bytes": optx.state_bytes(tx, task.params),
+            "trainable": optx.tree_utils.param_count(task.params),
+            "state_bytes": optx.tree_utils.state_bytes(tx, task.params),
         }
     out = pathlib.Path(args.results_dir) / args.run_name
     out.mkdir(parents=True, exist_ok=True)

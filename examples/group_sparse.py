@@ -59,7 +59,7 @@ def make_model(args: argparse.Namespace) -> models.MLP:
 def hidden_masks(params: Any, keep: int | None) -> dict[str, jax.Array]:
     """Per hidden kernel, a (1, out) mask of its ``keep`` largest neurons (all if None)."""
     masks = {}
-    for path, norms in optx.group_norms(params).items():
+    for path, norms in optx.sparsity.group_norms(params).items():
         norms = norms[0]
         if keep is None or keep >= norms.shape[0]:
             masks[path] = jnp.ones((1, norms.shape[0]))
@@ -71,7 +71,7 @@ def hidden_masks(params: Any, keep: int | None) -> dict[str, jax.Array]:
 
 def apply_masks(params: Any, masks: dict[str, jax.Array]) -> Any:
     def leaf(path: Any, x: Any) -> Any:
-        m = masks.get(optx.path_to_str(path))
+        m = masks.get(optx.tree_utils.path_to_str(path))
         return x if m is None else x * m.astype(x.dtype)
 
     return jax.tree_util.tree_map_with_path(leaf, params)
@@ -113,7 +113,7 @@ def evaluate(model: models.MLP, ds: data.ImageDataset, masks: dict | None = None
 
 
 def active(model: models.MLP) -> list[int]:
-    counts = optx.group_sparsity(nnx.state(model, nnx.Param))
+    counts = optx.sparsity.group_sparsity(nnx.state(model, nnx.Param))
     return [counts[p][0][0] for p in HIDDEN]
 
 

@@ -6,7 +6,7 @@ Trains an MLP (64 → 128 → 128 → 10, ReLU) on scikit-learn's bundled 8×8
 digits twice — with ``optx.lipschitz_muon`` (every layer, head included,
 projected into the RMS→RMS ball of radius ``w_max`` after each step) and with
 plain ``optx.muon`` — and prints the validation accuracy, every layer's
-operator norm and the network's Lipschitz upper bound (``optx.lipschitz_bound``:
+operator norm and the network's Lipschitz upper bound (``optx.constraints.lipschitz_bound``:
 the product of the per-layer spectral norms; ReLU is 1-Lipschitz). With the
 constraint, each layer's RMS→RMS norm stays ≤ ``w_max``, so the ℓ2 bound is at
 most ``w_max^L · √(d_out/d_in)``.
@@ -70,7 +70,7 @@ def train(
     model = MLP((64, 128, 128, 10), nnx.Rngs(seed))
     if init_cap is not None:  # start inside the ball: one exact projection
         params = nnx.state(model, nnx.Param)
-        cap = optx.spectral_svd_cap(init_cap, layout=router)
+        cap = optx.constraints.spectral_svd_cap(init_cap, layout=router)
         u, _ = cap.update(jax.tree.map(jnp.zeros_like, params), cap.init(params), params)
         nnx.update(model, optax.apply_updates(params, u))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -134,8 +134,8 @@ def main(argv: Any = None) -> dict[str, Any]:
             init_cap=init_cap,
             router=router,
         )
-        bound = optx.lipschitz_bound(model)
-        rms = optx.spectral_norms(model, geometry="rms")
+        bound = optx.constraints.lipschitz_bound(model)
+        rms = optx.constraints.spectral_norms(model, geometry="rms")
         acc = accuracy(model, data)
         report[name] = {"accuracy": acc, "bound": float(bound.bound), "rms_norms": rms}
         print(f"\n{name}: validation accuracy {acc:.3f} after {args.steps} steps")

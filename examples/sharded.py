@@ -5,7 +5,7 @@ character transformer with any registered optx optimizer on a ``('data',
 'model')`` mesh: the batch is sharded over ``data``; hidden kernels are
 sharded Megatron-style over ``model`` (attention heads, the MLP hidden axis)
 and, with ``--fsdp``, their other axis over ``data``; optimizer states get the
-shardings :func:`optx.state_shardings` derives from the parameters (so
+shardings :func:`optx.sharding.state_shardings` derives from the parameters (so
 momentum is sharded like its parameter, and row statistics keep the shardings
 of the axes they keep). On a CPU it runs with 8 virtual devices
 (``--devices 8``, i.e. ``XLA_FLAGS=--xla_force_host_platform_device_count=8``);
@@ -104,7 +104,7 @@ def param_shardings(params: Any, mesh: jax.sharding.Mesh, *, fsdp: bool = False)
     """A tree of ``NamedSharding`` for ``params`` (see :func:`partition_spec`)."""
     return jax.tree_util.tree_map_with_path(
         lambda p, x: NamedSharding(
-            mesh, partition_spec(optx.path_to_str(p), tuple(jnp.shape(x)), mesh, fsdp)
+            mesh, partition_spec(optx.tree_utils.path_to_str(p), tuple(jnp.shape(x)), mesh, fsdp)
         ),
         params,
     )
@@ -136,7 +136,7 @@ def optimizer_step_collectives(
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype, sharding=s), params, shardings
     )
-    state_sh = optx.state_shardings(tx, abstract)
+    state_sh = optx.sharding.state_shardings(tx, abstract)
     abstract_state = jax.eval_shape(tx.init, abstract)
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_sh
@@ -188,7 +188,7 @@ def train_sharded(
     """Trains the transformer LM on ``mesh`` with the registered ``optimizer``.
 
     The step is ``jax.jit`` with explicit ``in_shardings``/``out_shardings`` for
-    params, optimizer state (:func:`optx.state_shardings`) and batch
+    params, optimizer state (:func:`optx.sharding.state_shardings`) and batch
     (``P('data', None)``). Returns the per-step losses, the final sharded
     params/state and the collective count of the whole training step.
     """
@@ -211,7 +211,7 @@ def train_sharded(
     graphdef, params = nnx.split(models.TransformerLM(cfg, rngs=nnx.Rngs(seed)), nnx.Param)
     p_sh = param_shardings(params, mesh, fsdp=fsdp)
     params = jax.device_put(params, p_sh)
-    s_sh = optx.state_shardings(tx, params)
+    s_sh = optx.sharding.state_shardings(tx, params)
     opt_state = jax.jit(tx.init, out_shardings=s_sh)(params)
     batch_sh = NamedSharding(mesh, P("data", None))
 
@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> ShardedRun:
     )
     print(f"[sharded] collectives in the whole training step: {run.step_collectives}")
     flat = jax.tree_util.tree_flatten_with_path(run.state_shardings)[0]
-    sharded_state = [(optx.path_to_str(p), s.spec) for p, s in flat if any(s.spec)]
+    sharded_state = [(optx.tree_utils.path_to_str(p), s.spec) for p, s in flat if any(s.spec)]
     for path, spec in sharded_state[:6]:
         print(f"[sharded] state {path}: {spec}")
     if not args.no_strategy_table:

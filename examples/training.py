@@ -71,7 +71,7 @@ class Task:
 
     @property
     def num_params(self) -> int:
-        return optx.param_count(self.params)
+        return optx.tree_utils.param_count(self.params)
 
 
 def lm_task(
@@ -110,7 +110,7 @@ def lm_task(
 
     desc = (
         f"char transformer d={d_model} L={n_layers} H={n_heads} ctx={seq_len} batch={batch_size} "
-        f"({optx.param_count(params):,} params) on Shakespeare ({len(corpus.train):,} train chars)"
+        f"({optx.tree_utils.param_count(params):,} params) on Shakespeare ({len(corpus.train):,} train chars)"
     )
     return Task("shakespeare-lm", graphdef, params, models.lm_loss, batches, evals, desc)
 
@@ -154,9 +154,7 @@ def image_task(
     def batches(s: int) -> Iterator[Batch]:
         return data.image_batches(ds.x_train, ds.y_train, batch_size=batch_size, seed=s)
 
-    desc = (
-        f"{model.upper()} ({optx.param_count(params):,} params) on {ds.credit}, batch {batch_size}"
-    )
+    desc = f"{model.upper()} ({optx.tree_utils.param_count(params):,} params) on {ds.credit}, batch {batch_size}"
     return Task(
         f"digits-{model}", graphdef, params, models.classification_loss, batches, evals, desc
     )
@@ -394,9 +392,9 @@ def train(
     chunk_fn, init_fn, eval_fn = fns
     params = jax.tree.map(jnp.array, task.params)  # a fresh copy (the chunk donates it)
     opt_state = init_fn(params, hp)
-    sbpp = optx.state_bytes(trainer.make_tx(learning_rate, weight_decay), task.params) / max(
-        1, task.num_params
-    )
+    sbpp = optx.tree_utils.state_bytes(
+        trainer.make_tx(learning_rate, weight_decay), task.params
+    ) / max(1, task.num_params)
     key = jax.random.key(seed)
     result = RunResult(
         trainer.spec.name,

@@ -85,7 +85,7 @@ def main() -> None:
             return optax.apply_updates(p, u), s
 
         step = jax.jit(step)
-        state_shardings = optx.state_shardings(tx, params0)
+        state_shardings = optx.sharding.state_shardings(tx, params0)
         state = jax.jit(tx.init, out_shardings=state_shardings)(params0)
         params = params0
         for i in range(args.steps - 1):

@@ -479,7 +479,7 @@ def test_scale_by_soap_state_dtypes_and_memory() -> None:
     assert state.mu["hidden"]["kernel"].dtype == jnp.float32
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.factors))
     # 2mn + 2(m^2 + n^2) floats, plus the counter.
-    assert optx.state_bytes(tx, params) == 4 * (2 * 32 + 2 * (64 + 16)) + 4
+    assert optx.tree_utils.state_bytes(tx, params) == 4 * (2 * 32 + 2 * (64 + 16)) + 4
 
 
 # ----------------------------------------------------------------------------
@@ -646,7 +646,7 @@ def test_state_sharding_rules_under_explicit_mesh(name: str) -> None:
             lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs
         )
         state0 = tx.init(sharded)
-        abstract = optx.state_shardings(tx, sharded)
+        abstract = optx.sharding.state_shardings(tx, sharded)
         for s, a in zip(jax.tree.leaves(state0), jax.tree.leaves(abstract)):
             assert s.sharding.is_equivalent_to(a, s.ndim), (s.sharding, a)
         state, outs = run(sharded, 3)

@@ -61,7 +61,7 @@ def test_nnx_capture_keeps_outputs_and_gradients() -> None:
 
     @nnx.jit
     def run(model):
-        loss, grads, caps = optx.value_grad_and_captures(_loss, model, x, y)
+        loss, grads, caps = optx.curvature.value_grad_and_captures(_loss, model, x, y)
         ref_loss, ref_grads = nnx.value_and_grad(_loss)(model, x, y)
         return loss, grads, caps, ref_loss, ref_grads
 
@@ -97,7 +97,7 @@ def test_nnx_capture_keeps_outputs_and_gradients() -> None:
 def test_nnx_capture_input_statistics() -> None:
     model = _Net(nnx.Rngs(1))
     x, y = _batch()
-    _, _, caps = nnx.jit(lambda m: optx.value_grad_and_captures(_loss, m, x, y))(model)
+    _, _, caps = nnx.jit(lambda m: optx.curvature.value_grad_and_captures(_loss, m, x, y))(model)
     # conv1: SAME 3x3 -> pad (1, 1); mean patch over positions then over samples.
     ref1 = _patches_mean(np.asarray(x), 3, 3, 1, (1, 1)).mean(0)
     np.testing.assert_allclose(caps["conv1/kernel"].inputs, ref1, rtol=1e-5, atol=1e-6)
@@ -126,9 +126,9 @@ def test_statistics_are_clipped_per_sample() -> None:
     model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
     x = jnp.array([[500.0, 1.0], [-20.0, 1.0]])
     loss = lambda m, x: jnp.sum(m(x))  # noqa: E731  (∂L/∂y = 1 per row; N·1 = 2)
-    _, _, caps = optx.value_grad_and_captures(loss, model, x, clip_value=100.0)
+    _, _, caps = optx.curvature.value_grad_and_captures(loss, model, x, clip_value=100.0)
     np.testing.assert_allclose(caps["kernel"].inputs, [(100.0 - 20.0) / 2, 1.0])
-    _, _, caps = optx.value_grad_and_captures(loss, model, x, clip_value=1.5)
+    _, _, caps = optx.curvature.value_grad_and_captures(loss, model, x, clip_value=1.5)
     np.testing.assert_allclose(caps["kernel"].output_grads, [1.5])
 
 
@@ -142,7 +142,9 @@ def test_layers_called_twice_are_averaged() -> None:
 
     model = Twice(nnx.Rngs(0))
     x = jnp.ones((3, 2))
-    _, grads, caps = optx.value_grad_and_captures(lambda m, x: jnp.sum(m(x) ** 2), model, x)
+    _, grads, caps = optx.curvature.value_grad_and_captures(
+        lambda m, x: jnp.sum(m(x) ** 2), model, x
+    )
     h = model.dense(x)
     np.testing.assert_allclose(caps["dense/kernel"].inputs, (x.mean(0) + h.mean(0)) / 2, rtol=1e-6)
     np.testing.assert_allclose(
@@ -174,7 +176,7 @@ def test_scanned_layers_are_skipped() -> None:
 
     @nnx.jit
     def run(model):
-        return optx.value_grad_and_captures(loss, model, x)[1:], nnx.grad(loss)(model, x)
+        return optx.curvature.value_grad_and_captures(loss, model, x)[1:], nnx.grad(loss)(model, x)
 
     (grads, caps), ref = run(model)
     assert sorted(caps) == ["head/kernel"]  # the scanned layers fall back to gradients
@@ -193,7 +195,7 @@ def test_mkor_trains_an_nnx_model_with_captures() -> None:
 
     @nnx.jit
     def step(model, opt):
-        loss, grads, caps = optx.value_grad_and_captures(_loss, model, x, y)
+        loss, grads, caps = optx.curvature.value_grad_and_captures(_loss, model, x, y)
         opt.update(model, grads, captures=caps)
         return loss
 
@@ -223,7 +225,9 @@ def test_linen_capture() -> None:
     def loss_fn(p, x):
         return jnp.mean(model.apply({"params": p}, x) ** 2)
 
-    loss, grads, caps = jax.jit(lambda p: optx.linen_value_grad_and_captures(loss_fn, p, x))(params)
+    loss, grads, caps = jax.jit(
+        lambda p: optx.curvature.linen_value_grad_and_captures(loss_fn, p, x)
+    )(params)
     ref_loss, ref_grads = jax.jit(jax.value_and_grad(loss_fn))(params, x)
     assert float(loss) == pytest.approx(float(ref_loss))
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
@@ -244,4 +248,4 @@ def test_linen_capture() -> None:
     ref = _patches_mean(np.asarray(x), 3, 3, 1, (1, 1)).mean(0)
     np.testing.assert_allclose(caps["Conv_0/kernel"].inputs, ref, rtol=1e-5, atol=1e-6)
     # The MKOR layers of the linen tree match the capture keys.
-    assert sorted(optx.mkor_statistics_from_gradients(grads)) == sorted(caps)
+    assert sorted(optx.curvature.mkor_statistics_from_gradients(grads)) == sorted(caps)

@@ -45,7 +45,7 @@ def test_quantile_interpolates_like_torch() -> None:
     x = jnp.array([[4.0, 1.0], [3.0, 2.0]])
     lay = optx.MatrixLayout().resolve(x.shape)
     # h = 0.9 * 3 = 2.7 -> 3 + 0.7 * (4 - 3)
-    np.testing.assert_allclose(optx.matrix_quantile(x, 0.9, lay), [[3.7]], rtol=1e-6)
+    np.testing.assert_allclose(optx.linalg.matrix_quantile(x, 0.9, lay), [[3.7]], rtol=1e-6)
     u, _ = optx.clip_by_quantile(0.9, 0.0).update({"w": x}, optax.EmptyState())
     np.testing.assert_allclose(u["w"], [[3.7, 1.0], [3.0, 2.0]], rtol=1e-6)
 
@@ -116,7 +116,9 @@ def test_matrix_quantile_selects_exact_order_statistics(x64: bool) -> None:
             lay = optx.MatrixLayout().resolve(x.shape)
             qs = jnp.asarray(QS, x.dtype)
             per_q = {
-                m: jax.vmap(lambda q, m=m, x=x, lay=lay: optx.matrix_quantile(x, q, lay, m))(qs)
+                m: jax.vmap(lambda q, m=m, x=x, lay=lay: optx.linalg.matrix_quantile(x, q, lay, m))(
+                    qs
+                )
                 for m in ("lower", "higher", "linear")
             }
             flat = jnp.reshape(x, (x.shape[0], -1))
@@ -149,14 +151,14 @@ def test_matrix_quantile_reduces_the_layout_axes_without_reshaping() -> None:
     entries of each matrix, batch axes kept."""
     x = jax.random.normal(jax.random.key(1), (3, 4, 2, 5))  # attention-out (h, hd, d) x3
     lay = optx.MatrixLayout((-3, -2), (-1,)).resolve(x.shape)
-    got = optx.matrix_quantile(x, 0.9, lay, method="higher")
+    got = optx.linalg.matrix_quantile(x, 0.9, lay, method="higher")
     assert got.shape == (3, 1, 1, 1)
     want = [_order_stat_reference(np.asarray(m), 0.9, np.float32)[1] for m in x]
     np.testing.assert_array_equal(got.ravel(), want)
     with pytest.raises(ValueError, match="method"):
-        optx.matrix_quantile(x, 0.9, lay, method="nearest")
+        optx.linalg.matrix_quantile(x, 0.9, lay, method="nearest")
     with pytest.raises(TypeError, match="real"):
-        optx.matrix_quantile(x.astype(jnp.complex64), 0.9, lay)
+        optx.linalg.matrix_quantile(x.astype(jnp.complex64), 0.9, lay)
 
 
 def test_complex_updates_keep_their_phase() -> None:

@@ -106,18 +106,18 @@ def run_projection(
 
 
 CASES = {
-    "normalize": (lambda: optx.spectral_normalize(0.9, power_iterations=40), {}),
-    "hammer": (lambda: optx.spectral_hammer(0.9, power_iterations=40), {}),
+    "normalize": (lambda: optx.constraints.spectral_normalize(0.9, power_iterations=40), {}),
+    "hammer": (lambda: optx.constraints.spectral_hammer(0.9, power_iterations=40), {}),
     "spectral_wd": (
-        lambda: optx.spectral_weight_decay(0.1, power_iterations=40),
+        lambda: optx.constraints.spectral_weight_decay(0.1, power_iterations=40),
         {"decay": 0.1},
     ),
-    "svd_cap": (lambda: optx.spectral_svd_cap(0.9), {}),
+    "svd_cap": (lambda: optx.constraints.spectral_svd_cap(0.9), {}),
     "soft_cap": (
-        lambda: optx.spectral_soft_cap(0.9, max_update_norm=0.05, decay=0.01),
+        lambda: optx.constraints.spectral_soft_cap(0.9, max_update_norm=0.05, decay=0.01),
         {"delta": 0.05, "lam": 0.01},
     ),
-    "hard_cap": (lambda: optx.spectral_hard_cap(0.9), {}),
+    "hard_cap": (lambda: optx.constraints.spectral_hard_cap(0.9), {}),
 }
 
 
@@ -139,14 +139,16 @@ def test_l2_geometry_caps_the_plain_spectral_norm() -> None:
     w = {"hidden": np.diag([3.0, 1.0, 0.5]) @ np.ones((3, 12)) / np.sqrt(12)}
     for geometry, factor in (("l2", 1.0), ("rms", math.sqrt(12 / 3))):
         out = run_projection(
-            optx.spectral_svd_cap(1.0, geometry=geometry), w, {"hidden": np.zeros((3, 12))}
+            optx.constraints.spectral_svd_cap(1.0, geometry=geometry),
+            w,
+            {"hidden": np.zeros((3, 12))},
         )
         assert abs(np.linalg.norm(out["hidden"], 2) - factor) < 1e-5
 
 
 def test_soft_cap_coupling_matches_numpy_roots() -> None:
     with jax.enable_x64(True):
-        coupling = jax.jit(optx.soft_cap_coupling)
+        coupling = jax.jit(optx.constraints.soft_cap_coupling)
         for w_max in (0.5, 1.0, 8.0):
             for delta in (1e-4, 0.01, 0.3, 2.0):
                 for decay in (0.0, 1e-3):
@@ -158,14 +160,16 @@ def test_soft_cap_coupling_matches_numpy_roots() -> None:
                     if k > w_max:  # the cap maps the worst singular value k to w_max
                         assert y + got * y**3 == pytest.approx(w_max, rel=1e-9)
     # float32, traced (as under inject_hyperparams with a schedule).
-    alpha = jax.jit(optx.soft_cap_coupling)(jnp.float32(1.0), jnp.float32(0.02), jnp.float32(0.0))
+    alpha = jax.jit(optx.constraints.soft_cap_coupling)(
+        jnp.float32(1.0), jnp.float32(0.02), jnp.float32(0.0)
+    )
     assert float(alpha) == pytest.approx(alpha_np(1.0, 0.02), rel=1e-5)
 
 
 def test_coupling_is_zero_when_decay_keeps_weights_inside() -> None:
     # w_max·λ ≥ δ: k ≤ w_max, no cap needed (the official code returns α = 1 here).
-    assert float(optx.soft_cap_coupling(8.0, 0.1, 0.2)) == 0.0
-    assert float(optx.soft_cap_coupling(1.0, 0.0)) == 0.0
+    assert float(optx.constraints.soft_cap_coupling(8.0, 0.1, 0.2)) == 0.0
+    assert float(optx.constraints.soft_cap_coupling(1.0, 0.0)) == 0.0
 
 
 def test_modula_coupling_divides_the_update_norm_by_the_scale() -> None:
@@ -173,7 +177,7 @@ def test_modula_coupling_divides_the_update_norm_by_the_scale() -> None:
     u = {"hidden": np.zeros((4, 16))}
     s = math.sqrt(16 / 4)
     with jax.enable_x64(True):
-        got = run_projection(optx.spectral_soft_cap(1.0, 0.3, coupling="modula"), w, u)
+        got = run_projection(optx.constraints.spectral_soft_cap(1.0, 0.3, coupling="modula"), w, u)
     a = alpha_np(1.0, 0.3 / s)
 
     def cap(x: np.ndarray) -> np.ndarray:
@@ -193,7 +197,7 @@ def test_power_iteration_and_polynomial_steps(shape: tuple[int, int]) -> None:
     m = (q1[:, :5] * sig) @ q2[:, :5].T
     with jax.enable_x64(True):
         start = jnp.asarray(r.normal(size=(1, min(shape))))
-        sigma, u, v, _ = optx.power_iteration(jnp.asarray(m)[None], start, 60)
+        sigma, u, v, _ = optx.linalg.power_iteration(jnp.asarray(m)[None], start, 60)
         np.testing.assert_allclose(float(sigma[0]), 2.0, rtol=1e-12)
         np.testing.assert_allclose(np.abs(np.asarray(u[0]) @ q1[:, 0]), 1.0, rtol=1e-10)
         np.testing.assert_allclose(np.abs(np.asarray(v[0]) @ q2[:, 0]), 1.0, rtol=1e-10)
@@ -206,7 +210,7 @@ def test_power_iteration_and_polynomial_steps(shape: tuple[int, int]) -> None:
         return x
 
     np.testing.assert_allclose(np.asarray(got), on_singular_values(m, f), atol=1e-12)
-    zero = optx.power_iteration(jnp.zeros((1, 3, 4)), jnp.ones((1, 3)), 4)
+    zero = optx.linalg.power_iteration(jnp.zeros((1, 3, 4)), jnp.ones((1, 3)), 4)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in zero) and float(zero[0][0]) == 0.0
 
 
@@ -219,7 +223,9 @@ def test_warm_start_converges_across_steps() -> None:
     zero = jax.tree.map(jnp.zeros_like, w)
     errors = {}
     for warm in (True, False):
-        tx = optx.spectral_normalize(1.0, power_iterations=1, warm_start=warm, geometry="l2")
+        tx = optx.constraints.spectral_normalize(
+            1.0, power_iterations=1, warm_start=warm, geometry="l2"
+        )
         state = tx.init(w)
         step = jax.jit(tx.update)
         for _ in range(30):
@@ -235,7 +241,7 @@ def test_state_layout_key_and_abstract_init() -> None:
         "conv": {"kernel": jnp.ones((3, 3, 2, 5))},
         "bias": jnp.ones(6),
     }
-    tx = optx.spectral_hammer(1.0)
+    tx = optx.constraints.spectral_hammer(1.0)
     state = tx.init(params)
     assert state.vectors["stack"]["kernel"].shape == (3, 4)
     assert state.vectors["conv"]["kernel"].shape == (1, 5)
@@ -246,14 +252,14 @@ def test_state_layout_key_and_abstract_init() -> None:
     assert jax.tree.structure(direct) == jax.tree.structure(state)
     _, new = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
     assert not bool(jnp.all(new.key == state.key)) and int(new.count) == 1
-    assert isinstance(optx.spectral_svd_cap().init(params).key, optax.EmptyState)
+    assert isinstance(optx.constraints.spectral_svd_cap().init(params).key, optax.EmptyState)
 
 
 def test_sharded_projection_keeps_the_sharding() -> None:
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
     w = {"hidden": {"kernel": jax.random.normal(jax.random.key(0), (8, 16))}}
     u = jax.tree.map(lambda x: 0.1 * x, w)
-    for tx in (optx.spectral_hammer(1.0), optx.spectral_soft_cap(1.0, 0.1)):
+    for tx in (optx.constraints.spectral_hammer(1.0), optx.constraints.spectral_soft_cap(1.0, 0.1)):
         ref, _ = tx.update(u, tx.init(w), w)
         with jax.set_mesh(mesh):
             shard = jax.tree.map(
@@ -278,7 +284,7 @@ def test_embedding_rms_projection() -> None:
     r = np.random.default_rng(3)
     table = r.normal(size=(7, 4)) * np.array([[3.0], [0.1], [1.0], [0.5], [2.0], [0.01], [1.2]])
     for f in (1.0, 4.0):
-        tx = optx.embedding_rms_projection(f)
+        tx = optx.constraints.embedding_rms_projection(f)
         with jax.enable_x64(True):
             params = {
                 "embed": {"embedding": jnp.asarray(table)},
@@ -306,8 +312,8 @@ def test_spectral_norms_and_lipschitz_bound() -> None:
         "conv": {"kernel": conv},
     }
     with jax.enable_x64(True):
-        report = optx.lipschitz_bound(jax.tree.map(jnp.asarray, params))
-        rms = optx.spectral_norms(jax.tree.map(jnp.asarray, params), geometry="rms")
+        report = optx.constraints.lipschitz_bound(jax.tree.map(jnp.asarray, params))
+        rms = optx.constraints.spectral_norms(jax.tree.map(jnp.asarray, params), geometry="rms")
     n = lambda m: np.linalg.norm(m, 2)  # noqa: E731
     conv_norm = n(conv.reshape(-1, 4))
     want = n(w1) * n(stack[0]) * n(stack[1]) * n(w2) * 3.0 * conv_norm
@@ -325,7 +331,7 @@ def test_lipschitz_bound_of_an_nnx_model() -> None:
             self.b = nnx.Linear(6, 2, rngs=rngs)
 
     model = Net(nnx.Rngs(0))
-    report = optx.lipschitz_bound(model)
+    report = optx.constraints.lipschitz_bound(model)
     want = np.linalg.norm(np.asarray(model.a.kernel[...]), 2) * np.linalg.norm(
         np.asarray(model.b.kernel[...]), 2
     )
@@ -335,26 +341,26 @@ def test_lipschitz_bound_of_an_nnx_model() -> None:
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="w_max"):
-        optx.spectral_normalize(0.0)
+        optx.constraints.spectral_normalize(0.0)
     with pytest.raises(ValueError, match="w_max"):
-        optx.spectral_svd_cap(-1.0)
+        optx.constraints.spectral_svd_cap(-1.0)
     with pytest.raises(ValueError, match="geometry"):
-        optx.spectral_hammer(1.0, geometry="linf")
+        optx.constraints.spectral_hammer(1.0, geometry="linf")
     with pytest.raises(ValueError, match="power_iterations"):
-        optx.spectral_hammer(1.0, power_iterations=0)
+        optx.constraints.spectral_hammer(1.0, power_iterations=0)
     with pytest.raises(TypeError, match="power_iterations"):
-        optx.spectral_normalize(1.0, power_iterations=2.0)
+        optx.constraints.spectral_normalize(1.0, power_iterations=2.0)
     with pytest.raises(ValueError, match="decay"):
-        optx.spectral_weight_decay(1.5)
+        optx.constraints.spectral_weight_decay(1.5)
     with pytest.raises(ValueError, match="coupling"):
-        optx.spectral_soft_cap(1.0, coupling="torch")
+        optx.constraints.spectral_soft_cap(1.0, coupling="torch")
     with pytest.raises(ValueError, match="max_update_norm"):
-        optx.spectral_soft_cap(1.0, max_update_norm=-0.1)
+        optx.constraints.spectral_soft_cap(1.0, max_update_norm=-0.1)
     with pytest.raises(ValueError, match="max_inflation_factor"):
-        optx.embedding_rms_projection(0.0)
+        optx.constraints.embedding_rms_projection(0.0)
     with pytest.raises(ValueError, match="geometry"):
-        optx.lipschitz_bound({"a": {"kernel": jnp.ones((2, 2))}}, geometry="linf")
-    tx = optx.spectral_svd_cap()
+        optx.constraints.lipschitz_bound({"a": {"kernel": jnp.ones((2, 2))}}, geometry="linf")
+    tx = optx.constraints.spectral_svd_cap()
     p = {"hidden": {"kernel": jnp.ones((3, 3))}}
     with pytest.raises(ValueError, match="params"):
         tx.update(p, tx.init(p))

@@ -50,7 +50,7 @@ def test_hvp_matches_exact_hessian() -> None:
         v = jax.tree.map(
             lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape), params
         )
-        got = _ravel(optx.hvp(loss_fn, params, v))
+        got = _ravel(optx.curvature.hvp(loss_fn, params, v))
         np.testing.assert_allclose(got, hess @ _ravel(v), rtol=1e-10, atol=1e-12)
 
 
@@ -60,12 +60,12 @@ def test_hutchinson_is_probe_times_hvp(distribution: str) -> None:
         params, loss_fn, _ = _mlp(dtype=jnp.float64)
         hess, _ = _exact_hessian(loss_fn, params)
         key = jax.random.key(7)
-        z = _ravel(optx.random_probes(key, params, distribution))
+        z = _ravel(optx.curvature.random_probes(key, params, distribution))
         if distribution == "rademacher":
             assert set(np.unique(z)) <= {-1.0, 1.0}
-        est = optx.hutchinson_diagonal(loss_fn, params, key, distribution=distribution)
+        est = optx.curvature.hutchinson_diagonal(loss_fn, params, key, distribution=distribution)
         np.testing.assert_allclose(_ravel(est), z * (hess @ z), rtol=1e-10, atol=1e-12)
-        est_abs = optx.hutchinson_diagonal(
+        est_abs = optx.curvature.hutchinson_diagonal(
             loss_fn, params, key, distribution=distribution, absolute=True
         )
         np.testing.assert_allclose(_ravel(est_abs), np.abs(z * (hess @ z)), rtol=1e-10, atol=1e-12)
@@ -76,7 +76,9 @@ def test_hutchinson_is_unbiased_on_mlp() -> None:
     with jax.enable_x64(True):
         params, loss_fn, _ = _mlp(dtype=jnp.float64)
         hess, _ = _exact_hessian(loss_fn, params)
-        est = optx.hutchinson_diagonal(loss_fn, params, jax.random.key(0), num_samples=4096)
+        est = optx.curvature.hutchinson_diagonal(
+            loss_fn, params, jax.random.key(0), num_samples=4096
+        )
         diag = np.diag(hess)
         # Rademacher: the error of coordinate i has std ||H_i,-i|| / sqrt(S).
         off = np.sqrt(np.sum(hess**2, axis=1) - diag**2) / np.sqrt(4096)
@@ -90,10 +92,12 @@ def test_gauss_newton_bartlett_is_unbiased_for_softmax_regression() -> None:
     x = r.normal(size=(n, d))
     w = r.normal(size=(d, c)) * 0.5
     logits_fn = lambda p: jnp.asarray(x, jnp.float32) @ p  # noqa: E731
-    sampled = optx.sampled_label_loss(logits_fn)
+    sampled = optx.curvature.sampled_label_loss(logits_fn)
     keys = jax.random.split(jax.random.key(0), 20000)
     est = jax.vmap(
-        lambda k: optx.gauss_newton_bartlett_diagonal(sampled, jnp.asarray(w, jnp.float32), k)
+        lambda k: optx.curvature.gauss_newton_bartlett_diagonal(
+            sampled, jnp.asarray(w, jnp.float32), k
+        )
     )(keys)
     got = n * np.asarray(est).mean(0)
     # Gauss–Newton diagonal of the mean CE of a linear softmax model.
@@ -105,11 +109,11 @@ def test_gauss_newton_bartlett_is_unbiased_for_softmax_regression() -> None:
 
 
 def test_gauss_newton_bartlett_clip_norm() -> None:
-    f = optx.sampled_label_loss(lambda p: p)
+    f = optx.curvature.sampled_label_loss(lambda p: p)
     params = jnp.array([[5.0, -5.0, 0.0], [0.0, 3.0, -3.0]])
     key = jax.random.key(3)
-    raw = optx.gauss_newton_bartlett_diagonal(f, params, key)
-    clipped = optx.gauss_newton_bartlett_diagonal(f, params, key, clip_norm=0.1)
+    raw = optx.curvature.gauss_newton_bartlett_diagonal(f, params, key)
+    clipped = optx.curvature.gauss_newton_bartlett_diagonal(f, params, key, clip_norm=0.1)
     norm2 = float(jnp.sum(raw))
     assert norm2 > 0.01
     np.testing.assert_allclose(float(jnp.sum(clipped)), 0.01, rtol=1e-5)
@@ -118,7 +122,7 @@ def test_gauss_newton_bartlett_clip_norm() -> None:
 
 def test_sampled_label_loss_mask() -> None:
     logits = jnp.array([[0.0, 0.0], [10.0, -10.0]])
-    f = optx.sampled_label_loss(lambda p: p, where=jnp.array([True, False]))
+    f = optx.curvature.sampled_label_loss(lambda p: p, where=jnp.array([True, False]))
     np.testing.assert_allclose(float(f(logits, jax.random.key(0))), np.log(2.0), rtol=1e-6)
 
 
@@ -130,20 +134,22 @@ def test_sampled_label_loss_mask() -> None:
 def test_estimate_over_full_tree_selects_own_leaves() -> None:
     params, loss_fn, _ = _mlp()
     key = jax.random.key(0)
-    full = optx.hutchinson_diagonal(loss_fn, params, key)
+    full = optx.curvature.hutchinson_diagonal(loss_fn, params, key)
     masked = {
         "l1": {"kernel": params["l1"]["kernel"], "bias": optax.MaskedNode()},
         "l2": optax.MaskedNode(),
     }
-    est = optx.Hutchinson()
-    got = optx.estimate_diagonal(est, masked, {"loss_fn": loss_fn, "full_params": params}, key)
+    est = optx.curvature.Hutchinson()
+    got = optx.curvature.estimate_diagonal(
+        est, masked, {"loss_fn": loss_fn, "full_params": params}, key
+    )
     assert isinstance(got["l2"], optax.MaskedNode)
     assert isinstance(got["l1"]["bias"], optax.MaskedNode)
     np.testing.assert_array_equal(got["l1"]["kernel"], full["l1"]["kernel"])
     with pytest.raises(ValueError, match="full_params"):
-        optx.estimate_diagonal(est, masked, {"loss_fn": loss_fn}, key)
+        optx.curvature.estimate_diagonal(est, masked, {"loss_fn": loss_fn}, key)
     with pytest.raises(ValueError, match="no leaf"):
-        optx.select_by_path(full, {"other": jnp.zeros(2)})
+        optx.curvature.select_by_path(full, {"other": jnp.zeros(2)})
 
 
 def test_select_by_path_ignores_nnx_value_boxes() -> None:
@@ -151,16 +157,16 @@ def test_select_by_path_ignores_nnx_value_boxes() -> None:
     boxed = nnx.state(model, nnx.Param)  # leaves under '.value' attributes
     pure = nnx.as_pure(boxed)
     doubled = jax.tree.map(lambda x: 2 * x, pure)
-    got = optx.select_by_path(doubled, boxed)
+    got = optx.curvature.select_by_path(doubled, boxed)
     np.testing.assert_array_equal(jax.tree.leaves(got)[0], jax.tree.leaves(doubled)[0])
 
 
 def test_missing_arguments_message() -> None:
     with pytest.raises(TypeError, match="sampled_loss_fn") as info:
-        curvature.check_extra_args(optx.GaussNewtonBartlett(), {}, "Sophia-G")
+        curvature.check_extra_args(optx.curvature.GaussNewtonBartlett(), {}, "Sophia-G")
     assert "`logits_fn`" in str(info.value) and "logits_fn=" in str(info.value)
-    assert curvature.missing_arguments(optx.Hutchinson(), {"obj_fn": lambda p: 0.0}) == []
-    args = optx.curvature_args(lambda p: 0.0, {"w": 1.0}, key=jax.random.key(0), loss=1.0)
+    assert curvature.missing_arguments(optx.curvature.Hutchinson(), {"obj_fn": lambda p: 0.0}) == []
+    args = optx.curvature.curvature_args(lambda p: 0.0, {"w": 1.0}, key=jax.random.key(0), loss=1.0)
     assert set(args) == {"loss_fn", "full_params", "key", "loss"}
 
 
@@ -188,7 +194,7 @@ def test_global_view_estimates_are_cross_device_averages() -> None:
     """Under jit with a batch sharded over 8 devices the estimate equals the unsharded one."""
     params, x, labels, _, loss = _batch_problem()
     key = jax.random.key(1)
-    ref = optx.hutchinson_diagonal(partial(loss, x=x, labels=labels), params, key)
+    ref = optx.curvature.hutchinson_diagonal(partial(loss, x=x, labels=labels), params, key)
     # Auto axes: the user's own gradient of x @ W (batch-sharded contraction) needs them.
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))
@@ -196,7 +202,7 @@ def test_global_view_estimates_are_cross_device_averages() -> None:
 
     @jax.jit
     def estimate(params, xs, ls):
-        return optx.hutchinson_diagonal(lambda p: loss(p, xs, ls), params, key)
+        return optx.curvature.hutchinson_diagonal(lambda p: loss(p, xs, ls), params, key)
 
     got = estimate(params, xs, ls)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
@@ -207,14 +213,14 @@ def test_shard_map_axis_name_averages_hvp_and_gnb() -> None:
     params, x, labels, logits, loss = _batch_problem()
     key = jax.random.key(2)
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
-    ref = optx.hutchinson_diagonal(partial(loss, x=x, labels=labels), params, key)
+    ref = optx.curvature.hutchinson_diagonal(partial(loss, x=x, labels=labels), params, key)
 
     def per_device(params, x, labels):
-        hutch = optx.hutchinson_diagonal(
+        hutch = optx.curvature.hutchinson_diagonal(
             lambda p: loss(p, x, labels), params, key, axis_name="data"
         )
-        sampled = optx.sampled_label_loss(lambda p: logits(p, x))
-        gnb = optx.gauss_newton_bartlett_diagonal(sampled, params, key, axis_name="data")
+        sampled = optx.curvature.sampled_label_loss(lambda p: logits(p, x))
+        gnb = optx.curvature.gauss_newton_bartlett_diagonal(sampled, params, key, axis_name="data")
         return hutch, gnb
 
     sharded = jax.shard_map(
@@ -227,7 +233,7 @@ def test_shard_map_axis_name_averages_hvp_and_gnb() -> None:
     # GNB: per-shard sampled gradients (device index folded into the key),
     # averaged across devices before squaring (DDP semantics).
     shard_grads = [
-        jax.grad(optx.sampled_label_loss(lambda p, d=d: logits(p, x[4 * d : 4 * d + 4])))(
+        jax.grad(optx.curvature.sampled_label_loss(lambda p, d=d: logits(p, x[4 * d : 4 * d + 4])))(
             params, jax.random.fold_in(key, d)
         )
         for d in range(8)
@@ -262,7 +268,7 @@ def test_nnx_curvature_args_closures() -> None:
 
     @nnx.jit
     def run(model):
-        args = optx.nnx_curvature_args(
+        args = optx.curvature.nnx_curvature_args(
             model, batch, loss_fn, logits_fn=lambda m, b: m(b[0]), key=jax.random.key(0)
         )
         direct = loss_fn(model, batch)

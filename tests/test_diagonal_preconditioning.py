@@ -190,7 +190,7 @@ def test_mlp_with_exact_hessian(kind: str) -> None:
         traj, probes = [], []
         for t in range(steps):
             g = jax.grad(loss_fn)(params)
-            probes.append(optx.random_probes(keys[t], params, dist))
+            probes.append(optx.curvature.random_probes(keys[t], params, dist))
             u, state = tx.update(g, state, params, loss_fn=loss_fn, key=keys[t])
             traj.append(params)
             params = optax.apply_updates(params, u)
@@ -239,7 +239,9 @@ def _quadratic():
 
 def test_sophia_refresh_phase_and_win_rate() -> None:
     params, loss_fn, diag = _quadratic()
-    tx = optx.scale_by_sophia(gamma=1.0, b2=0.5, estimator=optx.Hutchinson(), update_interval=3)
+    tx = optx.scale_by_sophia(
+        gamma=1.0, b2=0.5, estimator=optx.curvature.Hutchinson(), update_interval=3
+    )
     state = tx.init(params)
     step = jax.jit(lambda s: tx.update(jax.grad(loss_fn)(params), s, params, loss_fn=loss_fn))
     hs, wins = [], []
@@ -266,7 +268,7 @@ def test_sophia_negative_curvature_takes_full_clipped_step() -> None:
         return jnp.sum(jnp.array([-1.0, 1.0]) * p["w"] ** 2)
 
     tx = optx.scale_by_sophia(
-        b2=0.0, gamma=1.0, estimator=optx.Hutchinson(), refresh_at_start=True, eps=1e-12
+        b2=0.0, gamma=1.0, estimator=optx.curvature.Hutchinson(), refresh_at_start=True, eps=1e-12
     )
     u, _ = tx.update(jax.grad(loss_fn)(params), tx.init(params), params, loss_fn=loss_fn)
     # w[0]: h < 0 → max(ρh, ε) = ε → the ratio is clipped to sign(m) (= sign(g) = -1).
@@ -282,7 +284,7 @@ def test_hessian_is_untouched_between_refreshes() -> None:
         return jnp.sum(jnp.sqrt(p["w"] - 10.0))
 
     g = {"w": jnp.array([0.5, -0.5])}
-    tx = optx.scale_by_sophia(estimator=optx.Hutchinson(), update_interval=4)
+    tx = optx.scale_by_sophia(estimator=optx.curvature.Hutchinson(), update_interval=4)
     state = tx.init(params)
     for _ in range(4):
         u, state = tx.update(g, state, params, loss_fn=loss_fn)
@@ -339,7 +341,7 @@ def test_custom_spatial_axes_and_none() -> None:
 
 
 def test_linen_style_conv_names_are_detected() -> None:
-    fn = optx.conv_window_axes()
+    fn = optx.curvature.conv_window_axes()
     assert fn("Conv_0/kernel", jnp.zeros((3, 3, 2, 4))) == (0, 1)
     assert fn("conv1/kernel", jnp.zeros((3, 3, 2, 4))) == (0, 1)
     assert fn("dense/kernel", jnp.zeros((3, 3, 2, 4))) is None
@@ -381,7 +383,7 @@ def test_missing_extra_args_raise_type_error() -> None:
     params = {"w": jnp.ones(2)}
     for tx, match in [
         (optx.scale_by_sophia(), "sampled_loss_fn"),
-        (optx.scale_by_sophia(estimator=optx.Hutchinson()), "loss_fn"),
+        (optx.scale_by_sophia(estimator=optx.curvature.Hutchinson()), "loss_fn"),
         (optx.scale_by_adahessian(), "loss_fn"),
     ]:
         with pytest.raises(TypeError, match=match):

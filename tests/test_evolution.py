@@ -44,7 +44,11 @@ def _mlp(params: dict, noise: dict | None, x: jax.Array) -> jax.Array:
     for layer in LAYERS:
         nk = None if noise is None else noise[layer]["kernel"]
         nb = 0.0 if noise is None else noise[layer]["bias"]
-        h = optx.perturbed_matmul(h, params[layer]["kernel"], nk) + params[layer]["bias"] + nb
+        h = (
+            optx.evolution.perturbed_matmul(h, params[layer]["kernel"], nk)
+            + params[layer]["bias"]
+            + nb
+        )
         if layer != LAYERS[-1]:
             h = jax.nn.relu(h)
     return h
@@ -69,7 +73,9 @@ def _run_golden(name: str, *, evaluate: bool) -> None:
             return -((_mlp(p, noise, xi[None])[0, 0] - 2.0) ** 2)
 
         ours = (
-            optx.es_evaluate(fitness, params, es_key, n, generation=gen, member_args=x, **es_kw)
+            optx.evolution.es_evaluate(
+                fitness, params, es_key, n, generation=gen, member_args=x, **es_kw
+            )
             if evaluate
             else raw
         )
@@ -85,7 +91,7 @@ def _run_golden(name: str, *, evaluate: bool) -> None:
         raw = jnp.asarray(GOLDEN[f"{name}/epoch{e}/raw_fitness"])
         fit, params, u, state = generation(params, state, x, raw)
         np.testing.assert_allclose(fit, raw, rtol=rtol, atol=10 * atol)
-        shaped = optx.shape_fitness(raw, group_size=case["group_size"])
+        shaped = optx.evolution.shape_fitness(raw, group_size=case["group_size"])
         np.testing.assert_allclose(
             shaped, GOLDEN[f"{name}/epoch{e}/shaped_fitness"], rtol=rtol, atol=atol
         )
@@ -140,12 +146,12 @@ def test_golden_stacked_leaf_and_perturbed_matmul() -> None:
 
     @jax.jit
     def run(params, raw, x):
-        g = optx.es_gradient(params, raw, es_key, **kw)
+        g = optx.evolution.es_gradient(params, raw, es_key, **kw)
 
         def out(i, xi):
-            noise = optx.es_noise(params, es_key, i, **kw)["stack"]["weight"]
+            noise = optx.evolution.es_noise(params, es_key, i, **kw)["stack"]["weight"]
             layer = jax.tree.map(lambda t: t[1], noise)
-            return optx.perturbed_matmul(xi, params["stack"]["weight"][1], layer)
+            return optx.evolution.perturbed_matmul(xi, params["stack"]["weight"][1], layer)
 
         return g, jax.vmap(out)(jnp.arange(case["population"]), x)
 
@@ -228,8 +234,8 @@ def test_pseudo_gradient_matches_float64_reference() -> None:
 
     @jax.jit
     def run(params, raw):
-        official = optx.es_gradient(params, raw, key, **kw)
-        variant = optx.es_gradient(
+        official = optx.evolution.es_gradient(params, raw, key, **kw)
+        variant = optx.evolution.es_gradient(
             params,
             raw,
             key,
@@ -238,7 +244,10 @@ def test_pseudo_gradient_matches_float64_reference() -> None:
             freeze_nonmatrix=True,
             **kw,
         )
-        members = [optx.perturb(params, optx.es_noise(params, key, i, **kw)) for i in (2, 3)]
+        members = [
+            optx.evolution.perturb(params, optx.evolution.es_noise(params, key, i, **kw))
+            for i in (2, 3)
+        ]
         return official, variant, members
 
     official, variant, members = run(params, jnp.asarray(raw, jnp.float32))
@@ -267,17 +276,23 @@ def test_noise_reuse_and_evaluate() -> None:
 
     def fit(p, noise, x):
         x3 = jnp.concatenate([x, x[:1]])[None]
-        y = optx.perturbed_matmul(x3, p["dense"]["kernel"], noise["dense"]["kernel"])
+        y = optx.evolution.perturbed_matmul(x3, p["dense"]["kernel"], noise["dense"]["kernel"])
         return jnp.sum(y + noise["bias"])
 
     @jax.jit
     def run(params):
         def noise(gen, reuse, member=0):
-            return optx.es_noise(params, key, member, sigma=0.1, generation=gen, noise_reuse=reuse)
+            return optx.evolution.es_noise(
+                params, key, member, sigma=0.1, generation=gen, noise_reuse=reuse
+            )
 
         pairs = [(noise(2, 2), noise(3, 2)), (noise(3, 2), noise(4, 2)), (noise(0, 0), noise(9, 0))]
         loop = jnp.stack([fit(params, noise(0, 1, i), xs[i]) for i in range(4)])
-        return pairs, optx.es_evaluate(fit, params, key, 4, sigma=0.1, member_args=xs), loop
+        return (
+            pairs,
+            optx.evolution.es_evaluate(fit, params, key, 4, sigma=0.1, member_args=xs),
+            loop,
+        )
 
     (same, fresh, ignored), got, loop = run(params)
     np.testing.assert_array_equal(same[0]["dense"]["kernel"].a, same[1]["dense"]["kernel"].a)
@@ -290,9 +305,9 @@ def test_errors() -> None:
     params = {"dense": {"kernel": jnp.ones((3, 2))}}
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="even"):
-        optx.es_gradient(params, jnp.zeros(5), key, sigma=0.1)
+        optx.evolution.es_gradient(params, jnp.zeros(5), key, sigma=0.1)
     with pytest.raises(ValueError, match="even"):
-        optx.es_evaluate(lambda p, n: 0.0, params, key, 3, sigma=0.1)
+        optx.evolution.es_evaluate(lambda p, n: 0.0, params, key, 3, sigma=0.1)
     with pytest.raises(ValueError, match="even"):
         optx.eggroll(0.1, 0.1, population_size=7)
     with pytest.raises(ValueError, match="rank"):
@@ -302,7 +317,7 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="sigma"):
         optx.eggroll(0.1, 0.0)
     with pytest.raises(ValueError, match="sigma"):
-        optx.es_noise(params, key, 0, sigma=-1.0)
+        optx.evolution.es_noise(params, key, 0, sigma=-1.0)
     with pytest.raises(ValueError, match="group_size"):
         optx.eggroll(0.1, 0.1, population_size=8, group_size=3)
     with pytest.raises(ValueError, match="fitness_shaping"):
@@ -316,7 +331,7 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="population_size"):
         tx.update(params, state, params, fitness=jnp.zeros(6), key=key)
     with pytest.raises(ValueError, match="vector"):
-        optx.es_gradient(params, jnp.zeros((2, 2)), key, sigma=0.1)
+        optx.evolution.es_gradient(params, jnp.zeros((2, 2)), key, sigma=0.1)
     with pytest.raises(TypeError, match="fitness"):
         tx.update(params, state, params)
     with pytest.raises(ValueError, match="parameters"):

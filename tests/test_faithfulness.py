@@ -44,7 +44,7 @@ def test_mkor_default_computes_the_factor_update_in_fp16() -> None:
     params = {"dense": {"kernel": jnp.asarray(r.normal(size=(4, 3)), jnp.float32)}}
     caps = [
         {
-            "dense/kernel": optx.LayerStatistics(
+            "dense/kernel": optx.curvature.LayerStatistics(
                 jnp.asarray(r.normal(size=4) * 0.5, jnp.float32),
                 jnp.asarray(r.normal(size=3) * 0.5, jnp.float32),
             )
@@ -83,7 +83,9 @@ def test_sophia_gnb_clip_is_torch_clip_grad_norm() -> None:
 
     with jax.enable_x64(True):
         p = jax.tree.map(jnp.asarray, w)
-        got = optx.gauss_newton_bartlett_diagonal(sampled_loss, p, jax.random.key(0), clip_norm=1.0)
+        got = optx.curvature.gauss_newton_bartlett_diagonal(
+            sampled_loss, p, jax.random.key(0), clip_norm=1.0
+        )
         g = jax.tree.map(np.asarray, jax.grad(sampled_loss)(p, None))
     norm = np.sqrt(sum(np.sum(v * v) for v in g.values()))
     assert norm > 1.0
@@ -331,7 +333,7 @@ def test_quick_recovery_schedule_matches_official() -> None:
         return lr * jnp.where(step < warmup, step / warmup, cos)
 
     with jax.enable_x64(True):
-        sched = optx.quick_recovery_schedule(base, cycle, recovery)
+        sched = optx.schedules.quick_recovery_schedule(base, cycle, recovery)
         got = np.asarray(jax.vmap(sched)(jnp.arange(total)))
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-18)
 
@@ -351,7 +353,7 @@ DION_POLAR_EXPRESS = (
 
 
 def test_polar_express_5_is_the_dion_table() -> None:
-    gen = optx.polar_express_coefficients(1e-3, 5, safety=2e-2, cushion=0.02)
+    gen = optx.linalg.polar_express_coefficients(1e-3, 5, safety=2e-2, cushion=0.02)
     np.testing.assert_allclose(gen, DION_POLAR_EXPRESS, rtol=1e-13)
     r = np.random.default_rng(2)
     g = r.normal(size=(6, 9))
@@ -360,5 +362,5 @@ def test_polar_express_5_is_the_dion_table() -> None:
         m = x @ x.T
         x = a * x + (b * m + c * m @ m) @ x
     with jax.enable_x64(True):
-        got = optx.newton_schulz(jnp.asarray(g), "polar_express_5", 5)
+        got = optx.linalg.newton_schulz(jnp.asarray(g), "polar_express_5", 5)
     np.testing.assert_allclose(np.asarray(got), x, rtol=1e-11, atol=1e-13)

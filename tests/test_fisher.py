@@ -114,17 +114,21 @@ def test_blockwise_mfac_matches_per_matrix_woodbury() -> None:
 
 def test_state_memory_is_m_times_d() -> None:
     params = _tree({k: jnp.zeros(s) for k, s in SHAPES.items()})
-    d = optx.param_count(params)
+    d = optx.tree_utils.param_count(params)
     m = 16
     tx = optx.scale_by_mfac(m)
     expected = m * d * 4 + m * m * 4 + 4  # buffer + Gram (f32) + int32 count
-    assert optx.state_bytes(tx, params) == expected == optx.mfac_state_bytes(d, m)
+    assert (
+        optx.tree_utils.state_bytes(tx, params)
+        == expected
+        == optx.tree_utils.mfac_state_bytes(d, m)
+    )
     # Blockwise: the same m·d buffer, one m×m Gram per block (1 + 3 + 1 + 1 = 6 blocks).
     tx_b = optx.scale_by_mfac(m, blockwise=True)
-    assert optx.state_bytes(tx_b, params) == m * d * 4 + 6 * m * m * 4 + 4
+    assert optx.tree_utils.state_bytes(tx_b, params) == m * d * 4 + 6 * m * m * 4 + 4
     # The alias adds the momentum (d floats) and the counters of its chain.
     alias = optx.mfac(1e-3, num_grads=m)
-    assert optx.state_bytes(alias, params) == expected + d * 4 + 4
+    assert optx.tree_utils.state_bytes(alias, params) == expected + d * 4 + 4
 
 
 def test_bf16_params_keep_an_f32_buffer() -> None:

@@ -132,7 +132,7 @@ def test_mkor_matches_explicit_inverse_reference(warmup: int) -> None:
         got = []
         for t in range(steps):
             caps = {
-                f"{n}/kernel": optx.LayerStatistics(jnp.asarray(a), jnp.asarray(g))
+                f"{n}/kernel": optx.curvature.LayerStatistics(jnp.asarray(a), jnp.asarray(g))
                 for n, (a, g) in captures[t].items()
             }
             u, state = step(jax.tree.map(jnp.asarray, grads[t]), state, params, caps)
@@ -152,7 +152,7 @@ def test_sherman_morrison_is_the_explicit_inverse() -> None:
     f = q @ q.T / 5 + np.eye(5) * 0.5
     v = r.normal(size=5)
     with jax.enable_x64(True):
-        got = optx.sherman_morrison_update(jnp.asarray(f), jnp.asarray(v), 0.9)
+        got = optx.linalg.sherman_morrison_update(jnp.asarray(f), jnp.asarray(v), 0.9)
     np.testing.assert_allclose(np.asarray(got), explicit_refresh(f, v, 0.9), rtol=1e-10)
 
 
@@ -162,14 +162,14 @@ def test_norm_based_stabilizer_resets_in_the_released_order() -> None:
     tx = optx.scale_by_mkor(update_interval=1, factor_dtype=jnp.float32, statistics="captures")
     state = tx.init(params)
     layer = state.layers[0]
-    big = optx.MKORLayerState(
+    big = optx.curvature.MKORLayerState(
         a_inv=3.0 * jnp.eye(3)[None],  # P = 0.95·3I + 0.05I = 2.9I: SM keeps entries > 2
         g_inv=0.5 * jnp.eye(2)[None],
         reset_a=jnp.zeros((1,), bool),
         reset_g=jnp.zeros((1,), bool),
     )
     state = state._replace(layers=(big,), count=jnp.asarray(1, jnp.int32))
-    caps = {"dense/kernel": optx.LayerStatistics(jnp.array([0.1, 0.0, 0.0]), jnp.ones(2))}
+    caps = {"dense/kernel": optx.curvature.LayerStatistics(jnp.array([0.1, 0.0, 0.0]), jnp.ones(2))}
     _, s1 = tx.update(params, state, captures=caps)
     l1 = s1.layers[0]
     assert float(jnp.max(jnp.abs(l1.a_inv))) > 2
@@ -214,11 +214,11 @@ def test_statistics_from_rank_one_gradients_are_exact() -> None:
     a = jnp.array([1.0, -2.0, 0.5])
     g = jnp.array([0.3, 0.7])
     # With a bias, ḡ = ∇b and ā = ∇W∇b/‖∇b‖² recover the rank-1 model exactly.
-    a_hat, g_hat = optx.statistics_from_gradient(jnp.outer(a, g), g)
+    a_hat, g_hat = optx.curvature.statistics_from_gradient(jnp.outer(a, g), g)
     np.testing.assert_allclose(a_hat, a, rtol=1e-5)
     np.testing.assert_allclose(g_hat, g, rtol=1e-6)
     # Without one the balanced pair reproduces the outer product.
-    a_hat, g_hat = optx.statistics_from_gradient(jnp.outer(a, g), None)
+    a_hat, g_hat = optx.curvature.statistics_from_gradient(jnp.outer(a, g), None)
     np.testing.assert_allclose(jnp.outer(a_hat, g_hat), jnp.outer(a, g), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(jnp.linalg.norm(a_hat), jnp.linalg.norm(g_hat), rtol=1e-4)
 
@@ -226,7 +226,7 @@ def test_statistics_from_rank_one_gradients_are_exact() -> None:
 def test_gradient_statistics_cover_the_router_layers() -> None:
     r = np.random.default_rng(0)
     grads = jax.tree.map(jnp.asarray, _params(r))
-    caps = optx.mkor_statistics_from_gradients(grads)
+    caps = optx.curvature.mkor_statistics_from_gradients(grads)
     assert sorted(caps) == ["conv/kernel", "dense/kernel", "stack/kernel"]
     assert caps["stack/kernel"].inputs.shape == (3, 4)
     assert caps["stack/kernel"].output_grads.shape == (3, 2)
@@ -242,7 +242,7 @@ def test_gradient_statistics_cover_the_router_layers() -> None:
 
 
 def test_heads_are_layers_and_embeddings_are_not() -> None:
-    router = optx.mkor_router()
+    router = optx.curvature.mkor_router()
     assert router.group("head/kernel", jnp.zeros((4, 3))) == "matrix"
     assert router.group("lm_head/kernel", jnp.zeros((4, 3))) == "matrix"
     assert router.group("embed/embedding", jnp.zeros((4, 3))) == "fallback"
@@ -311,7 +311,7 @@ def test_bad_input() -> None:
         tx.update(params, tx.init(params))
     with pytest.raises(ValueError, match="no capture"):
         tx.update(params, tx.init(params), captures={})
-    bad = {"dense/kernel": optx.LayerStatistics(jnp.ones(4), jnp.ones(2))}
+    bad = {"dense/kernel": optx.curvature.LayerStatistics(jnp.ones(4), jnp.ones(2))}
     with pytest.raises(ValueError, match="shapes"):
         tx.update(params, tx.init(params), captures=bad)
 

@@ -53,12 +53,12 @@ class _Net(nnx.Module):
 @functools.cache
 def _built_net() -> _Net:
     net = _Net(nnx.Rngs(0))
-    optx.add_lora(net, 2, rngs=nnx.Rngs(1), alpha=4.0, targets=r"^attn/")
-    optx.add_lora(net, 3, rngs=nnx.Rngs(2), kind="gated", targets=r"^layers/0$")
-    optx.add_lora(net, 2, rngs=nnx.Rngs(3), kind="xs", targets=r"^layers/1$")
+    optx.lora.add_lora(net, 2, rngs=nnx.Rngs(1), alpha=4.0, targets=r"^attn/")
+    optx.lora.add_lora(net, 3, rngs=nnx.Rngs(2), kind="gated", targets=r"^layers/0$")
+    optx.lora.add_lora(net, 2, rngs=nnx.Rngs(3), kind="xs", targets=r"^layers/1$")
     # Non-zero up factors so every adapter contributes to the output.
     for path, node in nnx.iter_graph(net):
-        if isinstance(node, nnx.LoRA) and not isinstance(node, optx.LoRAXS):
+        if isinstance(node, nnx.LoRA) and not isinstance(node, optx.lora.LoRAXS):
             node.lora_b.set_value(
                 0.3 * jax.random.normal(jax.random.key(len(path)), node.lora_b.shape)
             )
@@ -72,7 +72,7 @@ def _net() -> _Net:
 
 def test_pairs_by_module_and_by_path() -> None:
     net = _net()
-    found = {p.a.rpartition("/")[0]: p for p in optx.lora_pairs(net)}
+    found = {p.a.rpartition("/")[0]: p for p in optx.lora.lora_pairs(net)}
     assert sorted(found) == ["attn/out", "attn/query", "layers/0", "layers/1", "mid", "up/lora"]
     assert found["up/lora"].base == "up/kernel" and found["up/lora"].scale == 1.0
     assert found["mid"].base == "mid/base_module/kernel" and found["mid"].rank == 3
@@ -82,7 +82,7 @@ def test_pairs_by_module_and_by_path() -> None:
     assert found["layers/1"].core == "layers/1/lora_core"
     assert found["layers/1"].trainable_paths == ("layers/1/lora_core",)
     assert all(p.source == "module" for p in found.values())
-    by_path = {p.a: p for p in optx.lora_pairs(nnx.state(net))}
+    by_path = {p.a: p for p in optx.lora.lora_pairs(nnx.state(net))}
     for p in found.values():
         q = by_path[p.a]
         assert (q.b, q.base, q.gate, q.core, q.rank) == (p.b, p.base, p.gate, p.core, p.rank)
@@ -92,28 +92,32 @@ def test_pairs_by_module_and_by_path() -> None:
 def test_bad_pairs_and_scales() -> None:
     ok_a, ok_b = jnp.zeros((5, 2)), jnp.zeros((2, 4))
     with pytest.raises(ValueError, match=r"Unpaired.*lora_b"):
-        optx.lora_pairs({"l": {"lora_a": ok_a}})
+        optx.lora.lora_pairs({"l": {"lora_a": ok_a}})
     with pytest.raises(ValueError, match=r"Unpaired.*lora_a"):
-        optx.lora_pairs({"l": {"lora_b": ok_b}})
+        optx.lora.lora_pairs({"l": {"lora_b": ok_b}})
     with pytest.raises(ValueError, match="rank mismatch"):
-        optx.lora_pairs({"l": {"lora_a": ok_a, "lora_b": jnp.zeros((3, 4))}})
+        optx.lora.lora_pairs({"l": {"lora_a": ok_a, "lora_b": jnp.zeros((3, 4))}})
     with pytest.raises(ValueError, match="rank mismatch"):
-        optx.lora_pairs({"l": {"lora_a": jnp.zeros((2, 5, 2)), "lora_b": jnp.zeros((3, 2, 4))}})
+        optx.lora.lora_pairs(
+            {"l": {"lora_a": jnp.zeros((2, 5, 2)), "lora_b": jnp.zeros((3, 2, 4))}}
+        )
     with pytest.raises(ValueError, match="at least 2-D"):
-        optx.lora_pairs({"l": {"lora_a": jnp.zeros(5), "lora_b": ok_b}})
+        optx.lora.lora_pairs({"l": {"lora_a": jnp.zeros(5), "lora_b": ok_b}})
     with pytest.raises(ValueError, match="gate"):
-        optx.lora_pairs({"l": {"lora_a": ok_a, "lora_b": ok_b, "lora_gate": jnp.zeros(3)}})
+        optx.lora.lora_pairs({"l": {"lora_a": ok_a, "lora_b": ok_b, "lora_gate": jnp.zeros(3)}})
     with pytest.raises(ValueError, match="core"):
-        optx.lora_pairs({"l": {"lora_a": ok_a, "lora_b": ok_b, "lora_core": jnp.zeros((2, 3))}})
+        optx.lora.lora_pairs(
+            {"l": {"lora_a": ok_a, "lora_b": ok_b, "lora_core": jnp.zeros((2, 3))}}
+        )
     # A core without its (frozen) factors is not a pair.
-    assert optx.lora_pairs({"l": {"lora_core": jnp.zeros((2, 2))}}) == ()
-    assert optx.lora_scale(16, 8) == 2.0 and optx.lora_scale(16, 4, "rslora") == 8.0
+    assert optx.lora.lora_pairs({"l": {"lora_core": jnp.zeros((2, 2))}}) == ()
+    assert optx.lora.lora_scale(16, 8) == 2.0 and optx.lora.lora_scale(16, 4, "rslora") == 8.0
     with pytest.raises(ValueError, match="scaling"):
-        optx.lora_scale(16, 8, "pissa")
+        optx.lora.lora_scale(16, 8, "pissa")
     with pytest.raises(ValueError, match="alpha"):
-        optx.lora_scale(0.0, 8)
+        optx.lora.lora_scale(0.0, 8)
     with pytest.raises(ValueError, match="rank"):
-        optx.lora_scale(16, 0)
+        optx.lora.lora_scale(16, 0)
 
 
 def test_forward_matches_numpy_and_merge_keeps_the_function() -> None:
@@ -133,38 +137,38 @@ def test_forward_matches_numpy_and_merge_keeps_the_function() -> None:
     np.testing.assert_allclose(np.asarray(g(x)), want, rtol=1e-5, atol=1e-5)
 
     before = net(x)
-    optx.merge_lora(net)
+    optx.lora.merge_lora(net)
     np.testing.assert_allclose(np.asarray(net(x)), np.asarray(before), rtol=1e-5, atol=1e-5)
-    for p in optx.lora_pairs(net):
+    for p in optx.lora.lora_pairs(net):
         reset = p.core if p.core is not None else p.b
         leaves = dict(optx._src.base.flatten_with_paths(nnx.state(net))[0])
         assert float(jnp.max(jnp.abs(leaves[reset]))) == 0.0
     with pytest.raises(ValueError, match="base kernel"):
-        optx.merge_lora({"l": {"lora_a": jnp.ones((2, 1)), "lora_b": jnp.ones((1, 2))}})
+        optx.lora.merge_lora({"l": {"lora_a": jnp.ones((2, 1)), "lora_b": jnp.ones((1, 2))}})
 
 
 def test_masks_filters_freezing_and_nnx_optimizer() -> None:
     net = _net()
-    mask = optx.lora_mask(nnx.to_pure_dict(nnx.state(net, nnx.Param)))
+    mask = optx.lora.lora_mask(nnx.to_pure_dict(nnx.state(net, nnx.Param)))
     assert mask["up"]["lora"]["lora_a"] and mask["layers"][0]["lora_gate"]
     assert mask["layers"][1]["lora_core"]
     assert not mask["up"]["kernel"] and not mask["head"]["kernel"]
     params = nnx.to_pure_dict(nnx.state(net, nnx.Param))
-    tx = optx.freeze_base(optax.adam(1e-2))
+    tx = optx.lora.freeze_base(optax.adam(1e-2))
     grads = jax.tree.map(jnp.ones_like, params)
     u, _ = tx.update(grads, tx.init(params), params)
     assert float(jnp.max(jnp.abs(u["head"]["kernel"]))) == 0.0
     assert float(jnp.max(jnp.abs(u["mid"]["lora_a"]))) > 0.0
 
     frozen = {"up/kernel": net.up.kernel[...], "xs_a": net.layers[1].lora_a[...]}
-    optimizer = nnx.Optimizer(net, optax.adam(1e-2), wrt=optx.lora_filter)
-    trained = nnx.state(net, optx.lora_filter)
+    optimizer = nnx.Optimizer(net, optax.adam(1e-2), wrt=optx.lora.lora_filter)
+    trained = nnx.state(net, optx.lora.lora_filter)
     paths = {p for p, _ in optx._src.base.flatten_with_paths(trained)[0]}
     assert "layers/1/lora_core" in paths and "layers/1/lora_a" not in paths
     assert "up/kernel" not in paths and "head/kernel" not in paths
     x = jax.random.normal(jax.random.key(0), (4, 6))
     loss = lambda m: jnp.mean(m(x) ** 2)  # noqa: E731
-    grads = nnx.grad(loss, argnums=nnx.DiffState(0, optx.lora_filter))(net)
+    grads = nnx.grad(loss, argnums=nnx.DiffState(0, optx.lora.lora_filter))(net)
     optimizer.update(net, grads)
     np.testing.assert_array_equal(net.up.kernel[...], frozen["up/kernel"])
     np.testing.assert_array_equal(net.layers[1].lora_a[...], frozen["xs_a"])
@@ -174,16 +178,16 @@ def test_masks_filters_freezing_and_nnx_optimizer() -> None:
 def test_add_lora_errors() -> None:
     net = _Net(nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"no nnx\.Linear"):
-        optx.add_lora(net, 2, rngs=nnx.Rngs(0), targets="nothing")
+        optx.lora.add_lora(net, 2, rngs=nnx.Rngs(0), targets="nothing")
     with pytest.raises(ValueError, match="kind"):
-        optx.add_lora(net, 2, rngs=nnx.Rngs(0), kind="dora")
+        optx.lora.add_lora(net, 2, rngs=nnx.Rngs(0), kind="dora")
 
     class Odd(nnx.Module):
         def __init__(self, rngs: nnx.Rngs) -> None:
             self.p = nnx.LinearGeneral((2, 3), 4, axis=(0, 1), rngs=rngs)
 
     with pytest.raises(ValueError, match="non-trailing"):
-        optx.add_lora(Odd(nnx.Rngs(0)), 2, rngs=nnx.Rngs(0))
+        optx.lora.add_lora(Odd(nnx.Rngs(0)), 2, rngs=nnx.Rngs(0))
 
     @nnx.vmap(in_axes=0, out_axes=0)
     def stacked(key: jax.Array) -> nnx.Linear:
@@ -194,18 +198,18 @@ def test_add_lora_errors() -> None:
             self.blocks = stacked(jax.random.split(jax.random.key(0), 2))
 
     with pytest.raises(ValueError, match="stacked kernel"):
-        optx.add_lora(Scanned(), 2, rngs=nnx.Rngs(0))
+        optx.lora.add_lora(Scanned(), 2, rngs=nnx.Rngs(0))
 
 
 def test_prune_sora_keeps_the_function_and_penalty() -> None:
     net = _net()
     g = net.layers[0]
     g.lora_gate.set_value(jnp.array([0.0, 0.7, -1.2]))
-    assert float(optx.sora_l1_penalty(net, 1e-3)) == pytest.approx(1e-3 * 1.9 / 3)
+    assert float(optx.lora.sora_l1_penalty(net, 1e-3)) == pytest.approx(1e-3 * 1.9 / 3)
     x = jax.random.normal(jax.random.key(1), (2, 6))
     before = net(x)
-    assert optx.prune_sora(net) == {"layers/0": 2}
-    assert type(net.layers[0]) is optx.ScaledLoRA and net.layers[0].lora_a.shape == (6, 2)
+    assert optx.lora.prune_sora(net) == {"layers/0": 2}
+    assert type(net.layers[0]) is optx.lora.ScaledLoRA and net.layers[0].lora_a.shape == (6, 2)
     np.testing.assert_allclose(np.asarray(net(x)), np.asarray(before), rtol=1e-5, atol=1e-6)
 
 
@@ -241,7 +245,7 @@ def test_lora_sb_init_matches_official_estimate_and_exact_svd() -> None:
     z = np.load(DATA / "lora_sb__official.npz")
     hp = meta["hyperparameters"]
     model = _Tiny(z)
-    optx.add_lora(model, hp["rank"], rngs=nnx.Rngs(1), kind="xs", targets=r"^lin")
+    optx.lora.add_lora(model, hp["rank"], rngs=nnx.Rngs(1), kind="xs", targets=r"^lin")
     ids, labels = z["inputs/input_ids"], z["inputs/labels"]
     bs = hp["batch_size"]
     batches = [(ids[i : i + bs], labels[i : i + bs]) for i in range(0, len(ids), bs)]
@@ -250,7 +254,7 @@ def test_lora_sb_init_matches_official_estimate_and_exact_svd() -> None:
         logits = m(batch[0])
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
-    deltas = optx.lora_sb_init(
+    deltas = optx.lora.lora_sb_init(
         model, loss_fn, batches, learning_rate=hp["lr"], num_samples=hp["num_samples"]
     )
     for name in ("lin1", "lin2"):
@@ -271,8 +275,8 @@ def test_lora_sb_init_matches_official_estimate_and_exact_svd() -> None:
         assert rel < 0.05, rel
         np.testing.assert_allclose(np.diag(z[f"svd_official/{name}/S"]), np.diag(r), rtol=5e-3)
     with pytest.raises(ValueError, match="LoRA-XS"):
-        optx.lora_sb_init(_Tiny(z), loss_fn, batches, learning_rate=1e-3, num_samples=4)
+        optx.lora.lora_sb_init(_Tiny(z), loss_fn, batches, learning_rate=1e-3, num_samples=4)
     with pytest.raises(ValueError, match="rank"):
-        optx.lora_sb_factors(jnp.ones((3, 2)), 3)
+        optx.lora.lora_sb_factors(jnp.ones((3, 2)), 3)
     with pytest.raises(ValueError, match="no examples"):
-        optx.estimate_first_update(lambda b: b, [], num_samples=2, learning_rate=1.0)
+        optx.lora.estimate_first_update(lambda b: b, [], num_samples=2, learning_rate=1.0)

@@ -449,7 +449,7 @@ LORA_PAIRS = (  # (a, b, base, rank)
 )
 
 
-def _pairs(found: tuple[optx.LoRAPair, ...]) -> tuple[tuple[Any, ...], ...]:
+def _pairs(found: tuple[optx.lora.LoRAPair, ...]) -> tuple[tuple[Any, ...], ...]:
     return tuple((p.a, p.b, p.base, p.rank) for p in found)
 
 
@@ -468,13 +468,13 @@ def test_lora_wrapped_model() -> None:
         "fc2/lora_b": ("lora_b", "fc2"),
     }
     # The pairs agree with the router's roles: by module type (the model) and by names alone.
-    by_module = optx.lora_pairs(model)
+    by_module = optx.lora.lora_pairs(model)
     assert _pairs(by_module) == LORA_PAIRS
     assert all(p.source == "module" for p in by_module)
     for p in by_module:
         assert roles[p.a][1] == roles[p.b][1] == roles[p.base][1]
-    assert _pairs(optx.lora_pairs(params)) == LORA_PAIRS
-    assert _pairs(optx.lora_pairs(nnx.to_pure_dict(params))) == LORA_PAIRS
+    assert _pairs(optx.lora.lora_pairs(params)) == LORA_PAIRS
+    assert _pairs(optx.lora.lora_pairs(nnx.to_pure_dict(params))) == LORA_PAIRS
     # lora_group routes the factors as dense matrices instead.
     views = _views(optx.router_for(model, lora_group="matrix"), params)
     assert views["fc2/lora_a"] == (M, (1, 16, 3)) and views["fc2/lora_b"] == (M, (1, 3, 16))
@@ -483,15 +483,15 @@ def test_lora_wrapped_model() -> None:
 def test_lora_pairs_errors() -> None:
     a, b = jnp.zeros((8, 2)), jnp.zeros((2, 4))
     with pytest.raises(ValueError, match="no sibling 'lora_b'"):
-        optx.lora_pairs({"x": {"lora_a": a}})
+        optx.lora.lora_pairs({"x": {"lora_a": a}})
     with pytest.raises(ValueError, match="no sibling 'lora_a'"):
-        optx.lora_pairs({"x": {"lora_b": b}})
+        optx.lora.lora_pairs({"x": {"lora_b": b}})
     with pytest.raises(ValueError, match="rank mismatch"):
-        optx.lora_pairs({"x": {"lora_a": a, "lora_b": jnp.zeros((3, 4))}})
+        optx.lora.lora_pairs({"x": {"lora_a": a, "lora_b": jnp.zeros((3, 4))}})
     with pytest.raises(ValueError, match="two 'lora_a'"):
-        optx.lora_pairs({"x": {"lora_a": a, "lora_A": {"kernel": a}, "lora_b": b}})
+        optx.lora.lora_pairs({"x": {"lora_a": a, "lora_A": {"kernel": a}, "lora_b": b}})
     # linen / PEFT names, with the base kernel next to the adapter.
-    pairs = optx.lora_pairs(
+    pairs = optx.lora.lora_pairs(
         {"x": {"kernel": jnp.zeros((8, 4)), "lora_A": {"kernel": a}, "lora_B": {"kernel": b}}}
     )
     assert _pairs(pairs) == (("x/lora_A/kernel", "x/lora_B/kernel", "x/kernel", 2),)

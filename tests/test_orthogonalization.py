@@ -31,16 +31,16 @@ def ns_reference(g: np.ndarray, table, eps=1e-7, norm_scale=1.0) -> np.ndarray:
 @pytest.mark.parametrize("preset", ["keller", "polar_express", "dion"])
 def test_newton_schulz_matches_float64_reference(shape, preset) -> None:
     g = np.random.default_rng(0).normal(size=shape)
-    coeffs = optx.NS_PRESETS[preset]
+    coeffs = optx.linalg.NS_PRESETS[preset]
     with jax.enable_x64(True):
-        got = optx.newton_schulz(jnp.asarray(g), preset, steps=5)
+        got = optx.linalg.newton_schulz(jnp.asarray(g), preset, steps=5)
     want = ns_reference(g, coeffs.for_steps(5), coeffs.eps, coeffs.norm_scale)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10, atol=1e-12)
 
 
 def test_newton_schulz_f32_close_to_f64() -> None:
     g = np.random.default_rng(1).normal(size=(12, 20))
-    got = optx.newton_schulz(jnp.asarray(g, jnp.float32), "keller", 5)
+    got = optx.linalg.newton_schulz(jnp.asarray(g, jnp.float32), "keller", 5)
     np.testing.assert_allclose(got, ns_reference(g, [KELLER] * 5), atol=2e-5)
 
 
@@ -48,32 +48,34 @@ def test_cubic_converges_to_polar_factor() -> None:
     g = np.random.default_rng(2).normal(size=(7, 12))
     u, _, vt = np.linalg.svd(g, full_matrices=False)
     with jax.enable_x64(True):
-        got = optx.newton_schulz(jnp.asarray(g), "cubic", steps=60)
+        got = optx.linalg.newton_schulz(jnp.asarray(g), "cubic", steps=60)
     np.testing.assert_allclose(np.asarray(got), u @ vt, atol=1e-8)
 
 
 def test_keller_singular_values_land_in_the_known_band() -> None:
     g = jax.random.normal(jax.random.key(0), (64, 128))
-    s = jnp.linalg.svd(optx.newton_schulz(g, "keller", 5), compute_uv=False)
+    s = jnp.linalg.svd(optx.linalg.newton_schulz(g, "keller", 5), compute_uv=False)
     assert float(s.min()) > 0.6 and float(s.max()) < 1.25
 
 
 def test_batched_leading_axes_are_independent_matrices() -> None:
     g = jax.random.normal(jax.random.key(1), (3, 5, 9))
-    batched = optx.newton_schulz(g, "keller", 5)
+    batched = optx.linalg.newton_schulz(g, "keller", 5)
     for i in range(3):
-        np.testing.assert_allclose(batched[i], optx.newton_schulz(g[i], "keller", 5), atol=1e-6)
+        np.testing.assert_allclose(
+            batched[i], optx.linalg.newton_schulz(g[i], "keller", 5), atol=1e-6
+        )
 
 
 def test_bf16_compute_dtype_keeps_input_dtype_and_is_close() -> None:
     g = jax.random.normal(jax.random.key(2), (16, 32))
-    lo = optx.newton_schulz(g, "keller", 5, compute_dtype=jnp.bfloat16)
+    lo = optx.linalg.newton_schulz(g, "keller", 5, compute_dtype=jnp.bfloat16)
     assert lo.dtype == jnp.float32
-    np.testing.assert_allclose(lo, optx.newton_schulz(g, "keller", 5), atol=5e-2)
+    np.testing.assert_allclose(lo, optx.linalg.newton_schulz(g, "keller", 5), atol=5e-2)
 
 
 def test_polar_express_table_is_reproduced_by_the_generator() -> None:
-    regenerated = optx.polar_express_coefficients(1e-3, 10, safety=1e-2, cushion=0.02)
+    regenerated = optx.linalg.polar_express_coefficients(1e-3, 10, safety=1e-2, cushion=0.02)
     np.testing.assert_allclose(
         np.array(regenerated), np.array(orth._POLAR_EXPRESS_TABLE), rtol=1e-6
     )
@@ -107,21 +109,21 @@ def test_coefficient_table_validation() -> None:
     with pytest.raises(ValueError, match="strategy"):
         optx.scale_by_newton_schulz(strategy="magic")
     with pytest.raises(ValueError, match="rank >= 2"):
-        optx.newton_schulz(jnp.ones(3))
+        optx.linalg.newton_schulz(jnp.ones(3))
 
 
 def test_custom_table_and_shape_callable() -> None:
     g = np.random.default_rng(3).normal(size=(6, 9))
     table = [(3.0, -3.2, 1.2), (2.0, -1.5, 0.5)]
     with jax.enable_x64(True):
-        got = optx.newton_schulz(jnp.asarray(g), table, steps=2)
+        got = optx.linalg.newton_schulz(jnp.asarray(g), table, steps=2)
         seen = []
 
         def by_shape(lo, hi):
             seen.append((lo, hi))
             return table
 
-        got2 = optx.newton_schulz(jnp.asarray(g), by_shape, steps=2)
+        got2 = optx.linalg.newton_schulz(jnp.asarray(g), by_shape, steps=2)
     np.testing.assert_allclose(np.asarray(got), ns_reference(g, table), rtol=1e-10)
     np.testing.assert_allclose(got2, got)
     assert seen == [(6, 9)]
@@ -137,14 +139,18 @@ def test_transform_orthogonalizes_each_matrix_of_each_layout() -> None:
     }
     tx = optx.scale_by_newton_schulz(ns_steps=5)
     out, _ = tx.update(grads, tx.init(grads))
-    np.testing.assert_allclose(out["mlp"]["kernel"], optx.newton_schulz(grads["mlp"]["kernel"]))
+    np.testing.assert_allclose(
+        out["mlp"]["kernel"], optx.linalg.newton_schulz(grads["mlp"]["kernel"])
+    )
     for i in range(3):
         np.testing.assert_allclose(
-            out["stack"]["kernel"][i], optx.newton_schulz(grads["stack"]["kernel"][i]), atol=1e-6
+            out["stack"]["kernel"][i],
+            optx.linalg.newton_schulz(grads["stack"]["kernel"][i]),
+            atol=1e-6,
         )
     conv_m = grads["conv"]["kernel"].reshape(18, 5)
     np.testing.assert_allclose(
-        out["conv"]["kernel"].reshape(18, 5), optx.newton_schulz(conv_m), atol=1e-6
+        out["conv"]["kernel"].reshape(18, 5), optx.linalg.newton_schulz(conv_m), atol=1e-6
     )
     np.testing.assert_array_equal(out["bias"], grads["bias"])
 

@@ -65,25 +65,27 @@ def _run(tx: optax.GradientTransformation, grads: list[dict], params: Any = None
 
 def test_projected_axis_rules() -> None:
     # 'std' projects the smaller dimension, ties -> fan-in (PyTorch "right").
-    assert optx.projected_axis(4, 8, "std") == "in"
-    assert optx.projected_axis(8, 4, "std") == "out"
-    assert optx.projected_axis(6, 6, "std") == "in"
-    assert optx.projected_axis(4, 8, "reverse_std") == "out"
-    assert optx.projected_axis(6, 6, "reverse_std") == "out"
-    assert optx.projected_axis(8, 4, "in") == "in"
+    assert optx.projections.projected_axis(4, 8, "std") == "in"
+    assert optx.projections.projected_axis(8, 4, "std") == "out"
+    assert optx.projections.projected_axis(6, 6, "std") == "in"
+    assert optx.projections.projected_axis(4, 8, "reverse_std") == "out"
+    assert optx.projections.projected_axis(6, 6, "reverse_std") == "out"
+    assert optx.projections.projected_axis(8, 4, "in") == "in"
     with pytest.raises(ValueError):
-        optx.projected_axis(4, 8, "left")
+        optx.projections.projected_axis(4, 8, "left")
 
 
 def test_dct_basis_matches_closed_form_and_is_orthonormal() -> None:
     d = 12
     ref = dct_columns(d)  # the DCT-II matrix; its columns are the basis
-    np.testing.assert_allclose(np.asarray(optx.dct_basis(d)), ref, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(optx.projections.dct_basis(d)), ref, atol=1e-6)
     idx = jnp.array([[3, 0], [11, 5]])
     np.testing.assert_allclose(
-        np.asarray(optx.dct_basis(d, idx)), ref[:, np.asarray(idx)].transpose(1, 0, 2), atol=1e-6
+        np.asarray(optx.projections.dct_basis(d, idx)),
+        ref[:, np.asarray(idx)].transpose(1, 0, 2),
+        atol=1e-6,
     )
-    big = optx.dct_basis(4096, jnp.array([4095, 1]))
+    big = optx.projections.dct_basis(4096, jnp.array([4095, 1]))
     np.testing.assert_allclose(np.asarray(big.T @ big), np.eye(2), atol=1e-4)
 
 
@@ -91,25 +93,29 @@ def test_projector_kinds_properties() -> None:
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((2, 12, 30)), jnp.float32)
     key = jax.random.key(1)
-    svd = optx.compute_projector(x, None, projection="svd", axis="in", rank=3)
+    svd = optx.projections.compute_projector(x, None, projection="svd", axis="in", rank=3)
     u = np.linalg.svd(np.asarray(x, np.float64))[0][:, :, :3]
     for b in range(2):  # same subspace as NumPy's top-3 left singular vectors
         np.testing.assert_allclose(np.abs(u[b].T @ np.asarray(svd[b])), np.eye(3), atol=1e-4)
-    orth = optx.compute_projector(x, key, projection="orthogonal", axis="out", rank=5)
+    orth = optx.projections.compute_projector(x, key, projection="orthogonal", axis="out", rank=5)
     assert orth.shape == (2, 30, 5)
     np.testing.assert_allclose(
         np.einsum("bdr,bds->brs", orth, orth), np.broadcast_to(np.eye(5), (2, 5, 5)), atol=1e-5
     )
-    gauss = optx.compute_projector(
+    gauss = optx.projections.compute_projector(
         jnp.zeros((4, 400, 2)), key, projection="random", axis="in", rank=50
     )
     assert abs(float(jnp.mean(gauss))) < 0.01
     assert abs(float(jnp.var(gauss)) * 50 - 1.0) < 0.05  # N(0, 1/r)
-    coord = np.asarray(optx.compute_projector(x, key, projection="coordinate", axis="in", rank=4))
+    coord = np.asarray(
+        optx.projections.compute_projector(x, key, projection="coordinate", axis="in", rank=4)
+    )
     assert coord.dtype == np.int32 and coord.shape == (2, 4)
     assert all(len(set(row)) == 4 and row.min() >= 0 and row.max() < 12 for row in coord)
-    dct = np.asarray(optx.compute_projector(x, None, projection="dct", axis="out", rank=4))
-    Q = np.asarray(optx.dct_basis(30), np.float64)
+    dct = np.asarray(
+        optx.projections.compute_projector(x, None, projection="dct", axis="out", rank=4)
+    )
+    Q = np.asarray(optx.projections.dct_basis(30), np.float64)
     scores = np.abs(np.asarray(x, np.float64) @ Q).sum(axis=1)  # l1 per basis column
     np.testing.assert_array_equal(dct, np.argsort(-scores, axis=1)[:, :4])
 
@@ -120,16 +126,16 @@ def test_back_projection_and_residual(kind: str, axis: str) -> None:
     """For orthonormal bases, up∘down is the orthogonal projection onto the
     subspace: idempotent, and the residual is orthogonal to the subspace."""
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 9, 7)), jnp.float32)
-    p = optx.compute_projector(x, jax.random.key(0), projection=kind, axis=axis, rank=3)
-    r = optx.project(x, p, projection=kind, axis=axis)
+    p = optx.projections.compute_projector(x, jax.random.key(0), projection=kind, axis=axis, rank=3)
+    r = optx.projections.project(x, p, projection=kind, axis=axis)
     assert r.shape == ((2, 3, 7) if axis == "in" else (2, 9, 3))
-    back = optx.project_back(r, p, projection=kind, axis=axis, matrix_shape=x.shape)
-    res = optx.residual(x, p, projection=kind, axis=axis)
+    back = optx.projections.project_back(r, p, projection=kind, axis=axis, matrix_shape=x.shape)
+    res = optx.projections.residual(x, p, projection=kind, axis=axis)
     np.testing.assert_allclose(np.asarray(back + res), np.asarray(x), atol=1e-5)
-    again = optx.project(back, p, projection=kind, axis=axis)
+    again = optx.projections.project(back, p, projection=kind, axis=axis)
     np.testing.assert_allclose(np.asarray(again), np.asarray(r), atol=1e-5)
     np.testing.assert_allclose(
-        np.asarray(optx.project(res, p, projection=kind, axis=axis)), 0.0, atol=1e-5
+        np.asarray(optx.projections.project(res, p, projection=kind, axis=axis)), 0.0, atol=1e-5
     )
 
 
@@ -439,7 +445,7 @@ def test_projector_state_sharding_rules() -> None:
         # stack (4, 16, 8): fan_out 8 < 16 -> project fan-out; batch keeps 'data'
         assert spec(state.projector["stack"]) == P("data", None, None)
         assert spec(mu["stack"]) == P("data", "model", None)
-        abstract = optx.state_shardings(tx, sharded)
+        abstract = optx.sharding.state_shardings(tx, sharded)
         for s, a in zip(jax.tree.leaves(state), jax.tree.leaves(abstract)):
             assert s.sharding.is_equivalent_to(a, s.ndim)
         step = jax.jit(tx.update)
@@ -495,7 +501,9 @@ def test_seed_only_projector_gives_the_same_updates_with_less_state() -> None:
         for k in SHAPES:
             np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7)
     params = jax.tree.map(jnp.asarray, grads[0])
-    saved = optx.state_bytes(stored, params) - optx.state_bytes(seed_only, params)
+    saved = optx.tree_utils.state_bytes(stored, params) - optx.tree_utils.state_bytes(
+        seed_only, params
+    )
     # dense (10, 6): P (1, 6, 2); stack (3, 6, 10): P (3, 6, 2); conv (18, 5): P (1, 5, 2)
     assert saved == 4 * (6 * 2 + 3 * 6 * 2 + 5 * 2)
     with pytest.raises(ValueError, match="store_projector"):

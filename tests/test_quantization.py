@@ -39,7 +39,7 @@ def _reference_map(signed: bool) -> np.ndarray:
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_dynamic_map_structure(signed: bool) -> None:
-    m = optx.dynamic_map(signed).astype(np.float64)
+    m = optx.quantization.dynamic_map(signed).astype(np.float64)
     assert m.shape == (256,) and m.dtype == np.float64
     assert np.all(np.diff(m) > 0), "256 distinct sorted codes"
     assert m[-1] == 1.0 and 0.0 in m
@@ -56,7 +56,7 @@ def test_dynamic_map_matches_bitsandbytes_to_two_ulps() -> None:
     z = np.load(DATA / "adam8bit__public.npz")
     for signed, key in ((True, "qmap1"), (False, "qmap2")):
         ref = z[f"state/w8/{key}"]
-        ours = optx.dynamic_map(signed)
+        ours = optx.quantization.dynamic_map(signed)
         ulp = np.spacing(np.abs(ref).astype(np.float32))
         assert np.all(np.abs(ours - ref) <= 2 * ulp), key  # bnb rounds in float32
 
@@ -74,8 +74,10 @@ def _blocks(x: np.ndarray, block: int) -> np.ndarray:
     return np.concatenate([flat, np.zeros(pad)]).reshape(-1, block)
 
 
-_quantize = jax.jit(optx.quantize_blockwise, static_argnames=("signed", "block_size"))
-_dequantize = jax.jit(optx.dequantize_blockwise, static_argnames=("signed", "block_size"))
+_quantize = jax.jit(optx.quantization.quantize_blockwise, static_argnames=("signed", "block_size"))
+_dequantize = jax.jit(
+    optx.quantization.dequantize_blockwise, static_argnames=("signed", "block_size")
+)
 
 
 @hypothesis.settings(max_examples=30, deadline=None)
@@ -101,7 +103,7 @@ def test_quantize_is_nearest_code_with_bounded_error(
     absmax = np.abs(blocks).max(axis=1)
     np.testing.assert_array_equal(np.asarray(q.absmax), absmax.astype(np.float32))
 
-    m = optx.dynamic_map(signed).astype(np.float64)
+    m = optx.quantization.dynamic_map(signed).astype(np.float64)
     y = (blocks / np.where(absmax > 0, absmax, 1.0)[:, None]).reshape(-1)[: x.size]
     codes = np.asarray(q.codes).reshape(-1).astype(int)
     best = np.abs(y[:, None] - m[None, :]).min(axis=1)
@@ -136,7 +138,7 @@ def test_rounding_rule_at_code_boundaries(signed: bool) -> None:
     """The stated rule, exactly: ``argmin_k fl(|y − map[k]|)`` in float32,
     ties to the lower code index, checked at every code boundary (codes,
     float32 midpoints, ±3 ulps) and on random values of both signs."""
-    m = optx.dynamic_map(signed)
+    m = optx.quantization.dynamic_map(signed)
     rng = np.random.default_rng(7)
     y = np.concatenate([_boundary_values(m), -_boundary_values(m)])
     rand = rng.standard_normal(20_000) * np.exp(rng.uniform(-17, 0, 20_000))
@@ -157,27 +159,27 @@ def test_rounding_rule_at_code_boundaries(signed: bool) -> None:
 
 def test_zero_blocks_negative_unsigned_and_bf16() -> None:
     x = jnp.concatenate([jnp.zeros(8), jnp.array([-1.0, 2.0, 0.5, 0.0, 0, 0, 0, 0])])
-    q = optx.quantize_blockwise(x, signed=False, block_size=8)
+    q = optx.quantization.quantize_blockwise(x, signed=False, block_size=8)
     np.testing.assert_array_equal(np.asarray(q.absmax), [0.0, 2.0])
-    xhat = optx.dequantize_blockwise(q, signed=False, block_size=8)
+    xhat = optx.quantization.dequantize_blockwise(q, signed=False, block_size=8)
     assert float(xhat[8]) == 0.0, "negative values clip to the unsigned map's 0"
     np.testing.assert_array_equal(np.asarray(xhat[:8]), 0.0)
-    qb = optx.quantize_blockwise(x.astype(jnp.bfloat16), block_size=8)
-    out = optx.dequantize_blockwise(qb, block_size=8, dtype=jnp.bfloat16)
+    qb = optx.quantization.quantize_blockwise(x.astype(jnp.bfloat16), block_size=8)
+    out = optx.quantization.dequantize_blockwise(qb, block_size=8, dtype=jnp.bfloat16)
     assert out.dtype == jnp.bfloat16 and out.shape == x.shape
 
 
 def test_bad_quantization_arguments() -> None:
     with pytest.raises(ValueError):
-        optx.quantize_blockwise(jnp.ones(4), block_size=0)
+        optx.quantization.quantize_blockwise(jnp.ones(4), block_size=0)
     with pytest.raises(TypeError):
-        optx.quantize_blockwise(jnp.ones(4), block_size=2.5)
+        optx.quantization.quantize_blockwise(jnp.ones(4), block_size=2.5)
     with pytest.raises(ValueError):
-        optx.quantize_moments(optax.scale_by_adam(), min_size=-1)
+        optx.quantization.quantize_moments(optax.scale_by_adam(), min_size=-1)
     with pytest.raises(TypeError):
-        optx.quantize_moments(optax.scale_by_adam(), full_precision=3)
+        optx.quantization.quantize_moments(optax.scale_by_adam(), full_precision=3)
     with pytest.raises(TypeError):
-        optx.quantize_moments(optax.scale_by_adam(), block_size=None)
+        optx.quantization.quantize_moments(optax.scale_by_adam(), block_size=None)
 
 
 # ----------------------------------------------------------------------------
@@ -187,7 +189,7 @@ def test_bad_quantization_arguments() -> None:
 
 def test_selection_min_size_fields_and_full_precision() -> None:
     params = {"big": jnp.zeros((64, 64)), "embed": jnp.zeros((64, 64)), "small": jnp.zeros(8)}
-    tx = optx.quantize_moments(optax.scale_by_adam(), full_precision=r"(^|/)embed$")
+    tx = optx.quantization.quantize_moments(optax.scale_by_adam(), full_precision=r"(^|/)embed$")
     state = tx.init(params)
     adam = state.inner_state
     assert adam.mu["big"].dtype == jnp.uint8 and adam.nu["big"].dtype == jnp.uint8
@@ -199,11 +201,11 @@ def test_selection_min_size_fields_and_full_precision() -> None:
     for leaf in (state.absmax.count, state.absmax.mu["embed"], state.absmax.mu["small"]):
         assert isinstance(leaf, optax.MaskedNode)
 
-    only_mu = optx.quantize_moments(optax.scale_by_adam(), fields=("mu",), min_size=0)
+    only_mu = optx.quantization.quantize_moments(optax.scale_by_adam(), fields=("mu",), min_size=0)
     s = only_mu.init(params).inner_state
     assert s.mu["small"].dtype == jnp.uint8 and s.nu["small"].dtype == jnp.float32
 
-    by_pred = optx.quantize_moments(
+    by_pred = optx.quantization.quantize_moments(
         optax.scale_by_adam(), full_precision=lambda path: path.endswith("big")
     )
     s = by_pred.init(params).inner_state
@@ -213,10 +215,10 @@ def test_selection_min_size_fields_and_full_precision() -> None:
 def test_second_moment_uses_unsigned_map() -> None:
     """nu gets the unsigned map: its codes index [0, 1], mu's the signed map."""
     g = {"w": jnp.linspace(-1.0, 1.0, 64 * 64).reshape(64, 64)}
-    tx = optx.quantize_moments(optax.scale_by_adam(b1=0.0, b2=0.0), min_size=0)
+    tx = optx.quantization.quantize_moments(optax.scale_by_adam(b1=0.0, b2=0.0), min_size=0)
     _, state = tx.update(g, tx.init(g))
     mu_codes, nu_codes = state.inner_state.mu["w"], state.inner_state.nu["w"]
-    signed, unsigned = optx.dynamic_map(True), optx.dynamic_map(False)
+    signed, unsigned = optx.quantization.dynamic_map(True), optx.quantization.dynamic_map(False)
     mu_scale = np.repeat(np.asarray(state.absmax.mu["w"]), 256).reshape(64, 64)
     nu_scale = np.repeat(np.asarray(state.absmax.nu["w"]), 256).reshape(64, 64)
     mu = signed[np.asarray(mu_codes)] * mu_scale
@@ -259,7 +261,7 @@ def test_8bit_adam_trajectory_close_to_32bit(block_size: int) -> None:
     lr = 1e-2
     q = _trajectory(
         optax.chain(
-            optx.quantize_moments(optax.scale_by_adam(), block_size=block_size),
+            optx.quantization.quantize_moments(optax.scale_by_adam(), block_size=block_size),
             optax.scale(-lr),
         ),
         20,
@@ -277,22 +279,24 @@ def test_state_is_two_bytes_per_parameter_for_adam() -> None:
     params = {"w": jax.ShapeDtypeStruct((512, 384), jnp.float32)}
     n = 512 * 384
     for block in (256, 2048):
-        tx = optx.quantize_moments(optax.scale_by_adam(), block_size=block)
+        tx = optx.quantization.quantize_moments(optax.scale_by_adam(), block_size=block)
         expected = 2 * n + 2 * 4 * (n // block) + 4  # codes + absmax + count
-        assert optx.state_bytes(tx, params) == expected
-        assert optx.state_bytes(tx, params) / n < 2.04
-    assert optx.state_bytes(optax.scale_by_adam(), params) == 8 * n + 4
+        assert optx.tree_utils.state_bytes(tx, params) == expected
+        assert optx.tree_utils.state_bytes(tx, params) / n < 2.04
+    assert optx.tree_utils.state_bytes(optax.scale_by_adam(), params) == 8 * n + 4
 
 
 def test_jit_cond_type_stability_and_momentum_inner() -> None:
     g = {"w": jnp.ones((32, 32)), "b": jnp.ones(3)}
-    tx = optx.quantize_moments(optax.trace(0.9), min_size=64)
+    tx = optx.quantization.quantize_moments(optax.trace(0.9), min_size=64)
     state = tx.init(g)
     assert state.inner_state.trace["w"].dtype == jnp.uint8
     assert state.inner_state.trace["b"].dtype == jnp.float32
 
     @jax.jit
-    def maybe(s: optx.QuantizedState, pred: jax.Array) -> optx.QuantizedState:
+    def maybe(
+        s: optx.quantization.QuantizedState, pred: jax.Array
+    ) -> optx.quantization.QuantizedState:
         return jax.lax.cond(pred, lambda s: tx.update(g, s)[1], lambda s: s, s)
 
     for pred in (True, False):
@@ -306,7 +310,7 @@ def test_jit_cond_type_stability_and_momentum_inner() -> None:
 def test_sharded_codes_follow_the_parameter() -> None:
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
     params = {"w": jnp.linspace(-1, 1, 64 * 32).reshape(64, 32)}
-    tx = optx.quantize_moments(optax.scale_by_adam(), min_size=0, block_size=64)
+    tx = optx.quantization.quantize_moments(optax.scale_by_adam(), min_size=0, block_size=64)
     ref_u, ref_s = jax.jit(tx.update)(params, tx.init(params))
     with jax.set_mesh(mesh):
         sharded = {"w": jax.device_put(params["w"], NamedSharding(mesh, P("data", "model")))}
@@ -326,7 +330,7 @@ def test_golden_sidecar_block_layout() -> None:
     """bitsandbytes blocks the row-major flattening in 256s: (64·72)/256 = 18."""
     meta = json.loads((DATA / "adam8bit__public.json").read_text())
     assert meta["arrays"]["state/w8/absmax1"]["shape"] == [18]
-    q = optx.quantize_blockwise(jnp.ones((64, 72)))
+    q = optx.quantization.quantize_blockwise(jnp.ones((64, 72)))
     assert q.absmax.shape == (18,)
 
 

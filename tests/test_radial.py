@@ -114,7 +114,7 @@ def _case(kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 def test_radial_projection_matches_official_rule(kind: str) -> None:
     w, g, d = _case(kind)
     lay = optx.default_router().layout(f"{KEYS[_family(kind)]}/kernel", w).resolve(w.shape)
-    got, branch = optx.radial_projection(
+    got, branch = optx.constraints.radial_projection(
         jnp.asarray(g, jnp.float32), jnp.asarray(w, jnp.float32), jnp.asarray(d, jnp.float32), lay
     )
     w_t, g_t, d_t = (_to_torch(x, kind) for x in (w, g, d))
@@ -134,7 +134,9 @@ def test_radial_projection_matches_official_rule(kind: str) -> None:
 def test_projection_removes_radial_component_per_channel() -> None:
     w, g, d = _case("dense")
     lay = optx.MatrixLayout().resolve(w.shape)
-    got, branch = optx.radial_projection(jnp.asarray(g), jnp.asarray(w), jnp.asarray(d), lay)
+    got, branch = optx.constraints.radial_projection(
+        jnp.asarray(g), jnp.asarray(w), jnp.asarray(d), lay
+    )
     assert int(branch[0, 0]) == 1
     # Each output column of the Flax kernel is orthogonal to its weight column.
     np.testing.assert_allclose(np.sum(np.asarray(got) * w, axis=0), 0.0, atol=1e-5)
@@ -159,7 +161,7 @@ def test_project_out_radial_wrapping_adam_is_adamp(kind: str) -> None:
     grads = [g0 * (1 + 0.1 * t) + 0.01 * r.normal(size=w.shape) for t in range(4)]
     lr, wd = 1e-2, 0.1
     tx = optax.chain(
-        optx.project_out_radial(optax.scale_by_adam(), weight_decay=wd),
+        optx.constraints.project_out_radial(optax.scale_by_adam(), weight_decay=wd),
         optax.scale_by_learning_rate(lr),
     )
     key = KEYS[_family(kind)]
@@ -183,7 +185,7 @@ def test_project_out_radial_wrapping_adam_is_adamp(kind: str) -> None:
 
 def test_leaves_without_layout_are_not_projected() -> None:
     """Biases (no layout) get the plain direction and the full decay."""
-    tx = optx.project_out_radial(optax.identity(), weight_decay=0.5)
+    tx = optx.constraints.project_out_radial(optax.identity(), weight_decay=0.5)
     params = {"bias": jnp.array([1.0, -2.0]), "embed": {"embedding": jnp.ones((3, 2))}}
     g = {"bias": jnp.array([2.0, 1.0]), "embed": {"embedding": jnp.eye(3, 2)}}
     u, s = tx.update(g, tx.init(params), params)
@@ -193,7 +195,7 @@ def test_leaves_without_layout_are_not_projected() -> None:
 
 
 def test_weight_decay_schedule_uses_own_count() -> None:
-    tx = optx.project_out_radial(optax.identity(), weight_decay=lambda c: 0.1 * (c + 1))
+    tx = optx.constraints.project_out_radial(optax.identity(), weight_decay=lambda c: 0.1 * (c + 1))
     params = {"bias": jnp.ones(2)}
     s = tx.init(params)
     u1, s = tx.update({"bias": jnp.zeros(2)}, s, params)
@@ -203,14 +205,14 @@ def test_weight_decay_schedule_uses_own_count() -> None:
 
 
 def test_project_out_radial_needs_params_and_valid_args() -> None:
-    tx = optx.project_out_radial(optax.identity())
+    tx = optx.constraints.project_out_radial(optax.identity())
     params = {"hidden": {"kernel": jnp.ones((3, 2))}}
     with pytest.raises(ValueError, match="needs the parameters"):
         tx.update(params, tx.init(params))
     with pytest.raises(ValueError):
-        optx.project_out_radial(optax.identity(), delta=-0.1)
+        optx.constraints.project_out_radial(optax.identity(), delta=-0.1)
     with pytest.raises(ValueError):
-        optx.project_out_radial(optax.identity(), weight_decay=-1.0)
+        optx.constraints.project_out_radial(optax.identity(), weight_decay=-1.0)
 
 
 def test_projection_keeps_sharding_under_explicit_mesh() -> None:
@@ -218,7 +220,7 @@ def test_projection_keeps_sharding_under_explicit_mesh() -> None:
     w, g, _ = _case("dense")
     w8 = np.tile(w, (2, 2))[:8, :8]
     g8 = np.tile(g, (2, 2))[:8, :8]
-    tx = optx.project_out_radial(optax.scale_by_adam(), weight_decay=0.1)
+    tx = optx.constraints.project_out_radial(optax.scale_by_adam(), weight_decay=0.1)
     params = {"hidden": {"kernel": jnp.asarray(w8, jnp.float32)}}
     grads = {"hidden": {"kernel": jnp.asarray(g8, jnp.float32)}}
     ref, _ = tx.update(grads, tx.init(params), params)
@@ -276,7 +278,7 @@ def test_split_reduction_axis_sharded_under_explicit_mesh_falls_back() -> None:
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
     r = np.random.default_rng(0)
     w, g = (r.normal(size=(16, 8)).astype(np.float32) for _ in range(2))
-    tx = optx.project_out_radial(optax.scale_by_adam(), weight_decay=0.1)
+    tx = optx.constraints.project_out_radial(optax.scale_by_adam(), weight_decay=0.1)
     params = {"hidden": {"kernel": jnp.asarray(w)}}
     grads = {"hidden": {"kernel": jnp.asarray(g)}}
     ref, _ = tx.update(grads, tx.init(params), params)

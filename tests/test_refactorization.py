@@ -16,7 +16,7 @@ def test_refactorize_is_balanced_and_exact() -> None:
     rng = np.random.default_rng(0)
     L = rng.standard_normal((2, 7, 3)) * [1.0, 10.0, 0.1]  # unbalanced factors
     R = rng.standard_normal((2, 3, 5))
-    nl, nr = optx.refactorize(jnp.asarray(L, jnp.float32), jnp.asarray(R, jnp.float32))
+    nl, nr = optx.linalg.refactorize(jnp.asarray(L, jnp.float32), jnp.asarray(R, jnp.float32))
     nl, nr = np.asarray(nl, np.float64), np.asarray(nr, np.float64)
     np.testing.assert_allclose(nl @ nr, L @ R, rtol=1e-4, atol=1e-4)
     # Reference: W = U S V^T; L' = U_r S^1/2, R' = S^1/2 V_r^T, so L'^T L' = R' R'^T = S.
@@ -25,7 +25,7 @@ def test_refactorize_is_balanced_and_exact() -> None:
         np.testing.assert_allclose(nl[b].T @ nl[b], np.diag(s[b]), atol=1e-3 * s[b].max())
         np.testing.assert_allclose(nr[b] @ nr[b].T, np.diag(s[b]), atol=1e-3 * s[b].max())
     with pytest.raises(ValueError):
-        optx.refactorize(jnp.ones((4, 2)), jnp.ones((3, 5)))
+        optx.linalg.refactorize(jnp.ones((4, 2)), jnp.ones((3, 5)))
 
 
 def test_reset_state_every_restarts_moments_and_counter() -> None:
@@ -88,7 +88,9 @@ def test_refactorize_every_bad_input() -> None:
 
 def test_quick_recovery_schedule() -> None:
     base = optax.constant_schedule(2.0)
-    s = optx.quick_recovery_schedule(base, cycle_length=10, recovery_steps=4, start_factor=0.0)
+    s = optx.schedules.quick_recovery_schedule(
+        base, cycle_length=10, recovery_steps=4, start_factor=0.0
+    )
     values = [float(s(t)) for t in range(21)]
     # Official: the first cycle ramps too (to the target at step R - 1 = 3); from the
     # restart on, step t uses lambda(t + 1) (LambdaLR rebuilt with last_epoch = 10).
@@ -96,4 +98,4 @@ def test_quick_recovery_schedule() -> None:
     np.testing.assert_allclose(values[10:14], [2 / 3, 4 / 3, 2.0, 2.0], rtol=1e-6)
     assert values[19] == 0.0  # lambda(20): the next restart's first ramp value
     with pytest.raises(ValueError):
-        optx.quick_recovery_schedule(1.0, cycle_length=0)
+        optx.schedules.quick_recovery_schedule(1.0, cycle_length=0)

@@ -26,7 +26,7 @@ def test_rex_matches_paper_profile_and_golden() -> None:
     z = np.load(DATA / "rex__public.npz")
     hp = meta["hyperparameters"]
     total, lr_max, lr_min = hp["total_steps"], hp["max_lr"], hp["min_lr"]
-    sched = jax.jit(optx.rex_schedule(lr_max, total, lr_min))
+    sched = jax.jit(optx.schedules.rex_schedule(lr_max, total, lr_min))
     counts = np.arange(total + 1)
     got = np.asarray(jax.vmap(sched)(jnp.asarray(counts)), np.float64)
     np.testing.assert_allclose(got, _rex_ref(counts, total, lr_max, lr_min), rtol=1e-6, atol=1e-12)
@@ -39,7 +39,7 @@ def test_rex_matches_paper_profile_and_golden() -> None:
 
 
 def test_rex_after_the_budget_and_midpoint() -> None:
-    sched = optx.rex_schedule(2.0, 10, 0.5)
+    sched = optx.schedules.rex_schedule(2.0, 10, 0.5)
     assert float(sched(0)) == pytest.approx(2.0)
     assert float(sched(5)) == pytest.approx(0.5 + 1.5 * 2 / 3, rel=1e-6)
     assert float(sched(10)) == pytest.approx(0.5)
@@ -47,17 +47,19 @@ def test_rex_after_the_budget_and_midpoint() -> None:
 
 
 def test_warmup_rex() -> None:
-    sched = optx.warmup_rex_schedule(0.0, 1.0, warmup_steps=4, decay_steps=14, end_value=0.1)
+    sched = optx.schedules.warmup_rex_schedule(
+        0.0, 1.0, warmup_steps=4, decay_steps=14, end_value=0.1
+    )
     counts = np.arange(20)
     got = np.array([float(sched(c)) for c in counts])
     warm = counts / 4.0
     rex = _rex_ref(counts - 4.0, 10, 1.0, 0.1)
     np.testing.assert_allclose(got, np.where(counts < 4, warm, rex), rtol=1e-6, atol=1e-7)
-    assert optx.warmup_rex_schedule(0.0, 1.0, 0, 10)(0) == pytest.approx(1.0)
+    assert optx.schedules.warmup_rex_schedule(0.0, 1.0, 0, 10)(0) == pytest.approx(1.0)
 
 
 def test_rex_drives_an_optimizer_under_inject_hyperparams() -> None:
-    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=optx.rex_schedule(1.0, 4))
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=optx.schedules.rex_schedule(1.0, 4))
     params = jnp.zeros(())
     state = tx.init(params)
     lrs = []
@@ -69,10 +71,10 @@ def test_rex_drives_an_optimizer_under_inject_hyperparams() -> None:
 
 def test_bad_input() -> None:
     with pytest.raises(ValueError):
-        optx.rex_schedule(1.0, 0)
+        optx.schedules.rex_schedule(1.0, 0)
     with pytest.raises(TypeError):
-        optx.rex_schedule(1.0, 10.0)
+        optx.schedules.rex_schedule(1.0, 10.0)
     with pytest.raises(ValueError):
-        optx.rex_schedule(float("nan"), 10)
+        optx.schedules.rex_schedule(float("nan"), 10)
     with pytest.raises(ValueError):
-        optx.warmup_rex_schedule(0.0, 1.0, warmup_steps=10, decay_steps=10)
+        optx.schedules.warmup_rex_schedule(0.0, 1.0, warmup_steps=10, decay_steps=10)

@@ -59,7 +59,7 @@ def test_state_shardings_under_auto_mesh_gives_sharded_state() -> None:
     mu = naive.inner_states["matrix"].inner_state[0].mu["mlp"]["kernel"]
     assert not isinstance(mu.sharding, NamedSharding) or mu.sharding.spec != P("data", "model")
     # ... state_shardings fixes it, including the neuron-wise row statistic.
-    shardings = optx.state_shardings(tx, sharded)
+    shardings = optx.sharding.state_shardings(tx, sharded)
     state = jax.jit(tx.init, out_shardings=shardings)(sharded)
     inner = state.inner_states["matrix"].inner_state
     assert inner[0].mu["mlp"]["kernel"].sharding.spec == P("data", "model")
@@ -69,4 +69,4 @@ def test_state_shardings_under_auto_mesh_gives_sharded_state() -> None:
 
 def test_state_shardings_requires_sharded_params() -> None:
     with pytest.raises(ValueError, match="NamedSharding"):
-        optx.state_shardings(optax.adam(1e-3), {"w": jnp.ones(3)})
+        optx.sharding.state_shardings(optax.adam(1e-3), {"w": jnp.ones(3)})

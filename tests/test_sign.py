@@ -78,7 +78,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("kind", list(CASES))
-@pytest.mark.parametrize("kappa", list(optx.KAPPAS))
+@pytest.mark.parametrize("kappa", list(optx.elementwise.KAPPAS))
 def test_lion_kappa_steps_match_reference(kappa: str, kind: str) -> None:
     key, shape = CASES[kind]
     b1, b2 = 0.9, 0.99

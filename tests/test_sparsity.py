@@ -112,14 +112,18 @@ def test_envelope_is_half_squared_k_support_norm() -> None:
     xs = RNG.normal(size=(6, 7))
     sparse = xs * (np.arange(7) < 2)  # at most 2 non-zeros
     for k in (1, 2, 3, 6):
-        got = np.asarray(optx.sparse_envelope(jnp.asarray(xs, jnp.float32), k))
+        got = np.asarray(optx.sparsity.sparse_envelope(jnp.asarray(xs, jnp.float32), k))
         ref = [envelope(x, k) for x in xs]
         np.testing.assert_allclose(got, ref, rtol=2e-6)
     np.testing.assert_allclose(
-        optx.sparse_envelope(jnp.asarray(sparse), 2), 0.5 * np.sum(sparse**2, -1), rtol=2e-6
+        optx.sparsity.sparse_envelope(jnp.asarray(sparse), 2),
+        0.5 * np.sum(sparse**2, -1),
+        rtol=2e-6,
     )
     np.testing.assert_allclose(
-        optx.sparse_envelope(jnp.asarray(xs), 1), 0.5 * np.sum(np.abs(xs), -1) ** 2, rtol=2e-6
+        optx.sparsity.sparse_envelope(jnp.asarray(xs), 1),
+        0.5 * np.sum(np.abs(xs), -1) ** 2,
+        rtol=2e-6,
     )
 
 
@@ -128,7 +132,7 @@ def test_prox_matches_argyriou_and_brute_force() -> None:
     ks = (1, 4)
     lams = (0.05, 0.7, 3.0)
     with jax.enable_x64(True):
-        fn = jax.jit(optx.sparse_envelope_prox, static_argnums=1)
+        fn = jax.jit(optx.sparsity.sparse_envelope_prox, static_argnums=1)
         for k, lam in itertools.product(ks, lams):
             got = np.asarray(fn(jnp.asarray(v), k, jnp.float64(lam)))
             ref = np.stack([prox_reference(row, k, lam) for row in v])
@@ -139,7 +143,7 @@ def test_prox_matches_argyriou_and_brute_force() -> None:
     # Brute force on a few tiny vectors (float32 implementation).
     for row, k, lam in ((v[0, :5], 2, 0.7), (v[1, :4], 1, 0.2)):
         bf = brute_force_prox(row, lambda x, k=k: envelope(x, k), lam)
-        got = optx.sparse_envelope_prox(jnp.asarray(row, jnp.float32), k, lam)
+        got = optx.sparsity.sparse_envelope_prox(jnp.asarray(row, jnp.float32), k, lam)
         np.testing.assert_allclose(got, bf, atol=3e-5)
 
 
@@ -149,10 +153,10 @@ def test_weighted_prox_against_brute_force() -> None:
     for k, lam in ((2, 0.5), (1, 1.5)):
         bf = brute_force_prox(v, lambda x, k=k: envelope(np.sqrt(d) * x, k), lam)
         with jax.enable_x64(True):
-            got = optx.sparse_envelope_prox(jnp.asarray(v), k, lam, weights=jnp.asarray(d))
+            got = optx.sparsity.sparse_envelope_prox(jnp.asarray(v), k, lam, weights=jnp.asarray(d))
         np.testing.assert_allclose(got, bf, atol=2e-5)
     with jax.enable_x64(True):
-        got = optx.sparse_envelope_prox(jnp.asarray(v), 2, 0.3, weights=4.0)
+        got = optx.sparsity.sparse_envelope_prox(jnp.asarray(v), 2, 0.3, weights=4.0)
     np.testing.assert_allclose(got, prox_reference(v, 2, 1.2), atol=1e-12)
 
 
@@ -172,7 +176,7 @@ def test_group_prox_transform_reference_several_steps() -> None:
     updates = [jax.tree.map(lambda p: 0.1 * RNG.normal(size=p.shape), params) for _ in range(3)]
     lams = (0.5, 0.3, 0.2)
     k = 2
-    tx = optx.group_sparse_envelope_prox(lambda c: jnp.asarray(lams)[c], k)
+    tx = optx.sparsity.group_sparse_envelope_prox(lambda c: jnp.asarray(lams)[c], k)
     step = jax.jit(tx.update)
     w = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
     state = tx.init(w)
@@ -191,7 +195,7 @@ def test_group_prox_transform_reference_several_steps() -> None:
         }
         for a, b in zip(jax.tree.leaves(w), jax.tree.leaves(ref), strict=True):
             np.testing.assert_allclose(np.asarray(a), b, rtol=2e-5, atol=2e-6)
-    active = optx.group_sparsity(w)
+    active = optx.sparsity.group_sparsity(w)
     assert active["conv/kernel"][1] == 4 and active["stack/kernel"][1] == 6
     assert all(a <= n for counts, n in active.values() for a in counts)
 
@@ -202,16 +206,16 @@ def test_group_views_and_options() -> None:
     w = jnp.asarray(w)
     lay = optx.ATTENTION_IN.resolve(w.shape)
     for groups, m, r in (("output", 8, 8), ("heads", 2, 32), ("input", 8, 8)):
-        g = optx.to_groups(w, lay, groups)
+        g = optx.sparsity.to_groups(w, lay, groups)
         assert g.shape == (1, m, r)
-        np.testing.assert_array_equal(optx.from_groups(g, lay, groups), w)
-    heads = optx.to_groups(w, lay, "heads")[0]
+        np.testing.assert_array_equal(optx.sparsity.from_groups(g, lay, groups), w)
+    heads = optx.sparsity.to_groups(w, lay, "heads")[0]
     np.testing.assert_array_equal(heads[1], np.asarray(w)[:, 1, :].reshape(-1))
     # Under an attention path, so the name rules give the (d, heads, head_dim) layout.
     params = {"attn": {"query": {"kernel": w}}}
     zeros = jax.tree.map(jnp.zeros_like, params)
     # heads, k=1 of 2 with a strong prox: one head survives, whole.
-    tx = optx.group_sparse_envelope_prox(5.0, 1, groups="heads")
+    tx = optx.sparsity.group_sparse_envelope_prox(5.0, 1, groups="heads")
     u, _ = tx.update(zeros, tx.init(params), params)
     new = np.asarray(optax.apply_updates(params, u)["attn"]["query"]["kernel"])
     alive = [bool(np.any(new[:, h] != 0)) for h in range(2)]
@@ -224,7 +228,7 @@ def test_group_views_and_options() -> None:
         {"strength": 0.1, "k": 0.5, "group_weights": "size"},
         {"strength": 0.5, "k": lambda path, m: m // 2},
     ):
-        t = optx.group_sparse_envelope_prox(**kw)
+        t = optx.sparsity.group_sparse_envelope_prox(**kw)
         outs.append(optax.apply_updates(dense, t.update(dz, t.init(dense), dense)[0]))
     np.testing.assert_allclose(
         outs[0]["hidden"]["kernel"], outs[1]["hidden"]["kernel"], rtol=1e-5, atol=1e-6
@@ -254,30 +258,30 @@ def test_wgsef_alias_is_sgd_momentum_then_prox() -> None:
 def test_errors() -> None:
     params = {"hidden": {"kernel": jnp.zeros((4, 3))}}
     with pytest.raises(ValueError, match="exceeds the number of groups"):
-        optx.group_sparse_envelope_prox(0.1, 5).init(params)
+        optx.sparsity.group_sparse_envelope_prox(0.1, 5).init(params)
     with pytest.raises(ValueError, match="exceeds the number of groups"):
         optx.wgsef(0.1, k=4).init(params)
     with pytest.raises(ValueError, match="k"):
-        optx.group_sparse_envelope_prox(0.1, 0)
+        optx.sparsity.group_sparse_envelope_prox(0.1, 0)
     with pytest.raises(ValueError, match="fraction"):
-        optx.group_sparse_envelope_prox(0.1, 1.5)
+        optx.sparsity.group_sparse_envelope_prox(0.1, 1.5)
     with pytest.raises(TypeError, match="k"):
-        optx.group_sparse_envelope_prox(0.1, "two")
+        optx.sparsity.group_sparse_envelope_prox(0.1, "two")
     with pytest.raises(ValueError, match="groups"):
-        optx.group_sparse_envelope_prox(0.1, 1, groups="rows")
+        optx.sparsity.group_sparse_envelope_prox(0.1, 1, groups="rows")
     with pytest.raises(ValueError, match="group_weights"):
-        optx.group_sparse_envelope_prox(0.1, 1, group_weights="flops")
+        optx.sparsity.group_sparse_envelope_prox(0.1, 1, group_weights="flops")
     with pytest.raises(ValueError, match="strength"):
-        optx.group_sparse_envelope_prox(-0.1, 1)
+        optx.sparsity.group_sparse_envelope_prox(-0.1, 1)
     with pytest.raises(ValueError, match="penalty"):
         optx.wgsef(0.1, 1, penalty=-1.0)
     with pytest.raises(TypeError, match="optimizer"):
         optx.wgsef(0.1, 1, optimizer=optax.sgd(0.1))
-    tx = optx.group_sparse_envelope_prox(0.1, 1)
+    tx = optx.sparsity.group_sparse_envelope_prox(0.1, 1)
     with pytest.raises(ValueError, match="parameters"):
         tx.update(params, tx.init(params))
     with pytest.raises(TypeError, match="complex"):
         tx.init({"hidden": {"kernel": jnp.zeros((4, 3), jnp.complex64)}})
-    bad = optx.group_sparse_envelope_prox(0.1, 1, group_weights=lambda p, lay, m: -1.0)
+    bad = optx.sparsity.group_sparse_envelope_prox(0.1, 1, group_weights=lambda p, lay, m: -1.0)
     with pytest.raises(ValueError, match="weights"):
         bad.update(params, bad.init(params), params)

@@ -153,7 +153,7 @@ def test_half_batch_gradients_in_a_jitted_train_step() -> None:
 
     @jax.jit
     def train_step(p, s, batch):
-        loss, g, ga, gb = optx.half_batch_gradients(loss_fn, p, batch)
+        loss, g, ga, gb = optx.elementwise.half_batch_gradients(loss_fn, p, batch)
         u, s = tx.update(g, s, p, grads_a=ga, grads_b=gb)
         return optax.apply_updates(p, u), s, loss, g, ga, gb
 
@@ -193,4 +193,4 @@ def test_bad_input() -> None:
     with pytest.raises(TypeError):
         optx.agvm(optax.sgd(0.1), update_interval=2.5)
     with pytest.raises(ValueError, match="even"):
-        optx.half_batch_gradients(lambda p, b: jnp.sum(b), {}, jnp.ones(3))
+        optx.elementwise.half_batch_gradients(lambda p, b: jnp.sum(b), {}, jnp.ones(3))

@@ -1,11 +1,11 @@
 """Flax NNX adapter modules and adapter surgery (LoRA, SoRA, LoRA-XS / LoRA-SB).
 
-All modules subclass ``nnx.LoRA`` (so :func:`optx.lora_pairs` and any
+All modules subclass ``nnx.LoRA`` (so :func:`optx.lora.lora_pairs` and any
 module-type router recognise them) and keep its parameter names
 (``lora_a`` ``(fan_in, r)``, ``lora_b`` ``(r, fan_out)``):
 
 * :class:`ScaledLoRA` — ``y = base(x) + s·(x A) B`` with a forward scale
-  ``s`` (``nnx.LoRA`` has none; use ``optx.lora_scale(α, r)`` for α/r or
+  ``s`` (``nnx.LoRA`` has none; use ``optx.lora.lora_scale(α, r)`` for α/r or
   rsLoRA's α/√r) and multi-axis features, so it also wraps
   ``nnx.LinearGeneral`` (attention projections ``(d, heads, head_dim)``).
 * :class:`GatedLoRA` — SoRA's ``y = base(x) + s·((x A) ⊙ g) B`` with a gate
@@ -60,7 +60,7 @@ class ScaledLoRA(nnx.LoRA):
       in_features: an int or the trailing input shape (``(heads, head_dim)``).
       lora_rank: ``r``.
       out_features: an int or the output feature shape.
-      scale: ``s`` (static; e.g. ``optx.lora_scale(16, 8)``).
+      scale: ``s`` (static; e.g. ``optx.lora.lora_scale(16, 8)``).
       base_module: the wrapped layer (called on the same input).
       rngs, dtype, param_dtype, a_initializer, b_initializer,
         lora_param_type, promote_dtype: as ``nnx.LoRA``.
@@ -69,7 +69,7 @@ class ScaledLoRA(nnx.LoRA):
       >>> import jax.numpy as jnp, optx
       >>> from flax import nnx
       >>> base = nnx.LinearGeneral(4, (2, 3), rngs=nnx.Rngs(0))
-      >>> layer = optx.ScaledLoRA(4, 2, (2, 3), scale=2.0, base_module=base, rngs=nnx.Rngs(1))
+      >>> layer = optx.lora.ScaledLoRA(4, 2, (2, 3), scale=2.0, base_module=base, rngs=nnx.Rngs(1))
       >>> layer(jnp.ones((5, 4))).shape, layer.lora_b.shape
       ((5, 2, 3), (2, 6))
     """
@@ -137,7 +137,7 @@ class GatedLoRA(ScaledLoRA):
     Example:
       >>> import jax.numpy as jnp, optx
       >>> from flax import nnx
-      >>> layer = optx.GatedLoRA(4, 3, 5, rngs=nnx.Rngs(0))
+      >>> layer = optx.lora.GatedLoRA(4, 3, 5, rngs=nnx.Rngs(0))
       >>> layer.lora_gate.shape, layer(jnp.ones((2, 4))).shape
       ((3,), (2, 5))
     """
@@ -171,14 +171,14 @@ class LoRAXS(ScaledLoRA):
     variables; the core ``lora_core`` ``(r, r)`` is an ``nnx.LoRAParam``
     (zero-initialised). :func:`lora_sb_init` sets ``A``, ``R``, ``B`` from the
     truncated SVD of the estimated first full fine-tuning update. Train with
-    ``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` (or ``optx.lora_filter``)
+    ``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` (or ``optx.lora.lora_filter``)
     and any optax/optx optimizer. The official code's latent ``nn.Linear``
     weight is ``Rᵀ`` (PyTorch applies ``z Wᵀ``).
 
     Example:
       >>> import jax.numpy as jnp, optx
       >>> from flax import nnx
-      >>> layer = optx.LoRAXS(4, 2, 5, rngs=nnx.Rngs(0))
+      >>> layer = optx.lora.LoRAXS(4, 2, 5, rngs=nnx.Rngs(0))
       >>> type(layer.lora_a).__name__, layer.lora_core.shape
       ('LoRAFrozen', (2, 2))
     """
@@ -283,7 +283,7 @@ def add_lora(
       rank: adapter rank ``r``.
       rngs: for the adapter initialisation.
       kind: ``'lora'``, ``'gated'`` or ``'xs'``.
-      alpha, scaling: the scale (see :func:`optx.lora_scale`).
+      alpha, scaling: the scale (see :func:`optx.lora.lora_scale`).
       targets: a regular expression searched in the '/'-joined module path,
         or ``(path, module) -> bool``; default every Linear/LinearGeneral.
       **module_kwargs: passed to the adapter class (initialisers, dtypes).
@@ -303,9 +303,9 @@ def add_lora(
       ...         self.up = nnx.Linear(4, 8, rngs=rngs)
       ...         self.head = nnx.Linear(8, 3, rngs=rngs)
       >>> net = Net(nnx.Rngs(0))
-      >>> optx.add_lora(net, 2, rngs=nnx.Rngs(1), targets=r"^up$")
+      >>> optx.lora.add_lora(net, 2, rngs=nnx.Rngs(1), targets=r"^up$")
       ['up']
-      >>> [p.base for p in optx.lora_pairs(net)]
+      >>> [p.base for p in optx.lora.lora_pairs(net)]
       ['up/base_module/kernel']
     """
     base.check_choice("kind", kind, KINDS)
@@ -369,7 +369,7 @@ def estimate_first_update(
       >>> import jax, jax.numpy as jnp, optx
       >>> x = jnp.arange(6.0).reshape(3, 2)
       >>> g = lambda b: jax.grad(lambda w: jnp.mean((b @ w - 1.0) ** 2))(jnp.zeros(2))
-      >>> optx.estimate_first_update(g, [x], num_samples=3, learning_rate=0.5).tolist()
+      >>> optx.lora.estimate_first_update(g, [x], num_samples=3, learning_rate=0.5).tolist()
       [0.5, 0.5]
     """
     num_samples = base.check_positive_int("num_samples", num_samples)
@@ -397,7 +397,7 @@ def lora_sb_factors(delta: jax.Array, rank: int) -> tuple[jax.Array, jax.Array, 
 
     Example:
       >>> import jax.numpy as jnp, optx
-      >>> a, r, b = optx.lora_sb_factors(jnp.diag(jnp.array([3.0, 2.0, 1.0])), 2)
+      >>> a, r, b = optx.lora.lora_sb_factors(jnp.diag(jnp.array([3.0, 2.0, 1.0])), 2)
       >>> r.tolist()
       [[3.0, 0.0], [0.0, 2.0]]
     """
@@ -444,20 +444,20 @@ def lora_sb_init(
     Example:
       >>> import jax.numpy as jnp, optax, optx
       >>> from flax import nnx
-      >>> layer = optx.LoRAXS(3, 1, 2, base_module=nnx.Linear(3, 2, rngs=nnx.Rngs(0)),
+      >>> layer = optx.lora.LoRAXS(3, 1, 2, base_module=nnx.Linear(3, 2, rngs=nnx.Rngs(0)),
       ...                     rngs=nnx.Rngs(1))
       >>> class Net(nnx.Module):
       ...     def __init__(self): self.layer = layer
       >>> net = Net()
       >>> x, y = jnp.ones((4, 3)), jnp.zeros((4, 2))
       >>> loss = lambda m, b: jnp.mean((m.layer(b[0]) - b[1]) ** 2)
-      >>> _ = optx.lora_sb_init(net, loss, [(x, y)], learning_rate=1e-3, num_samples=4)
+      >>> _ = optx.lora.lora_sb_init(net, loss, [(x, y)], learning_rate=1e-3, num_samples=4)
       >>> net.layer.lora_core.shape
       (1, 1)
     """
     pairs = [p for p in lora.lora_pairs(model) if p.core is not None]
     if not pairs:
-        raise ValueError("lora_sb_init: the model has no LoRA-XS adapters (optx.LoRAXS).")
+        raise ValueError("lora_sb_init: the model has no LoRA-XS adapters (optx.lora.LoRAXS).")
     missing = [p.a for p in pairs if p.base is None]
     if missing:
         raise ValueError(f"lora_sb_init: adapters without a base kernel: {missing}.")
@@ -509,11 +509,11 @@ def prune_sora(model: nnx.Module) -> dict[str, int]:
       >>> from flax import nnx
       >>> class Net(nnx.Module):
       ...     def __init__(self):
-      ...         self.g = optx.GatedLoRA(4, 3, 2, rngs=nnx.Rngs(0))
+      ...         self.g = optx.lora.GatedLoRA(4, 3, 2, rngs=nnx.Rngs(0))
       >>> net = Net()
       >>> net.g.lora_gate.set_value(jnp.array([0.0, 1.5, 0.0]))
       >>> x = jnp.ones((1, 4)); before = net.g(x)
-      >>> optx.prune_sora(net)
+      >>> optx.lora.prune_sora(net)
       {'g': 1}
       >>> bool(jnp.allclose(net.g(x), before)), type(net.g).__name__
       (True, 'ScaledLoRA')

@@ -1,6 +1,6 @@
 """Pair-aware transforms for low-rank adapters: LoRA-Pro and SoRA's gate step.
 
-Both act on the adapter leaves found by :func:`optx.lora_pairs` (Flax
+Both act on the adapter leaves found by :func:`optx.lora.lora_pairs` (Flax
 orientation, ``ΔW = s·A B`` with ``A`` ``(…, fan_in, r)``, ``B``
 ``(…, r, fan_out)``; see :mod:`optx._src.lora`):
 
@@ -289,11 +289,11 @@ def scale_by_lora_pro(
       delta: the ridge δ in ``pinv(S + δI)`` (official 1e-8).
       alpha: LoRA α; the scale is ``α/r`` (``scaling='lora'``) or ``α/√r``
         (``'rslora'``) with each pair's rank. None: the module's own scale
-        (``optx.ScaledLoRA.scale``, 1.0 for ``nnx.LoRA``, which applies none).
+        (``optx.lora.ScaledLoRA.scale``, 1.0 for ``nnx.LoRA``, which applies none).
       scaling: ``'lora'``, ``'rslora'`` or ``'official'`` (``s = 2``).
       variant: ``'paper'`` (standard bias correction, first-step special
         case) or ``'official'`` (the quirks above).
-      pairs: the adapters (:func:`optx.lora_pairs` of the model, which knows
+      pairs: the adapters (:func:`optx.lora.lora_pairs` of the model, which knows
         the module scales); default: found by leaf name in the tree.
       mu_dtype, nu_dtype: dtypes of the full-size moments (default: the
         parameter dtype, as optax).
@@ -398,7 +398,7 @@ def gate_threshold(x: jax.Array, threshold: Any, mode: str = "official") -> jax.
     Example:
       >>> import jax.numpy as jnp, optx
       >>> x = jnp.array([0.5, 1.5, 2.5, -2.5])
-      >>> optx.gate_threshold(x, 1.0).tolist(), optx.gate_threshold(x, 1.0, 'soft').tolist()
+      >>> optx.lora.gate_threshold(x, 1.0).tolist(), optx.lora.gate_threshold(x, 1.0, 'soft').tolist()
       ([0.0, 0.0, 1.5, -1.5], [0.0, 0.5, 1.5, -1.5])
     """
     base.check_choice("mode", mode, THRESHOLD_MODES)
@@ -505,7 +505,7 @@ def sparsifying_thresholds(
 
     Example:
       >>> import optx
-      >>> optx.sparsifying_thresholds(0.0, 6e-4, 4).round(6).tolist()
+      >>> optx.lora.sparsifying_thresholds(0.0, 6e-4, 4).round(6).tolist()
       [0.0, 0.0002, 0.0004, 0.0006]
     """
     base.check_choice("kind", kind, SCHEDULE_KINDS)
@@ -540,7 +540,7 @@ def sparsifying_schedule(
 
     Example:
       >>> import optx
-      >>> f = optx.sparsifying_schedule(0.0, 2e-3, 3, stage_steps=10, first_stage_steps=100)
+      >>> f = optx.schedules.sparsifying_schedule(0.0, 2e-3, 3, stage_steps=10, first_stage_steps=100)
       >>> [round(float(f(t)), 6) for t in (0, 99, 100, 110, 500)]
       [0.0, 0.0, 0.001, 0.002, 0.002]
     """
@@ -569,7 +569,7 @@ def sora_l1_penalty(tree: Any, sparse_lambda: Any = 1e-3) -> jax.Array:
     Example:
       >>> import jax.numpy as jnp, optx
       >>> p = {'l': {'lora_gate': jnp.array([1.0, -3.0])}, 'w': jnp.ones(4)}
-      >>> float(optx.sora_l1_penalty(p, 0.5))
+      >>> float(optx.lora.sora_l1_penalty(p, 0.5))
       1.0
     """
     if lora.is_nnx_module(tree):

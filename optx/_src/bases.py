@@ -42,7 +42,7 @@ the parameter dtype.
 created sharded like the parameter axis it belongs to (a fan-in factor of a
 kernel sharded over ``'data'`` on its fan-in axis is sharded over ``'data'`` on
 its first axis; batch axes keep their sharding), so
-:func:`optx.state_shardings` gives it a deliberate layout. Per-leaf updates run
+:func:`optx.sharding.state_shardings` gives it a deliberate layout. Per-leaf updates run
 under ``jax.sharding.auto_axes`` when any input is sharded under an Explicit
 mesh, and every output keeps the sharding of the state it replaces.
 """
@@ -366,7 +366,7 @@ def zeros_from_axes(
     """Zeros whose axis ``i`` is sharded like axis ``source_axes[i]`` of ``like``.
 
     ``None`` entries are unsharded. Outside an Explicit mesh this is plain
-    ``jnp.zeros`` (:func:`optx.state_shardings` evaluates ``init`` under an
+    ``jnp.zeros`` (:func:`optx.sharding.state_shardings` evaluates ``init`` under an
     Explicit copy of the mesh, so the rule is picked up there too). The
     permuting cousin of :func:`optx._src.sharding.zeros_like_spec`.
     """
@@ -1104,7 +1104,7 @@ def scale_by_cosmos(
         (``COSMOS_optim.py`` lines 86–87 @61de180e): ``M`` is then kept but
         unused.
       ns_coeffs, ns_steps, ns_dtype: Newton–Schulz settings
-        (:func:`optx.newton_schulz`).
+        (:func:`optx.linalg.newton_schulz`).
       mu_dtype, nu_dtype: dtypes of ``M`` and ``V``.
       precond_dtype: storage dtype of ``P`` and ``S``.
       layout: a :data:`~optx.LayoutSpec` (default: the default router's).

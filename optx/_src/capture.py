@@ -339,7 +339,7 @@ def value_grad_and_captures(
       >>> from flax import nnx
       >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
       >>> mse = lambda m, x: jnp.mean(m(x) ** 2)
-      >>> loss, grads, caps = optx.value_grad_and_captures(mse, model, jnp.ones((4, 3)))
+      >>> loss, grads, caps = optx.curvature.value_grad_and_captures(mse, model, jnp.ones((4, 3)))
       >>> caps['kernel'].inputs.shape, caps['kernel'].output_grads.shape
       ((3,), (2,))
     """
@@ -427,7 +427,7 @@ def linen_value_grad_and_captures(
       >>> x = jnp.ones((4, 3))
       >>> params = model.init(jax.random.key(0), x)['params']
       >>> loss_fn = lambda p, x: jnp.mean(model.apply({'params': p}, x) ** 2)
-      >>> loss, grads, caps = optx.linen_value_grad_and_captures(loss_fn, params, x)
+      >>> loss, grads, caps = optx.curvature.linen_value_grad_and_captures(loss_fn, params, x)
       >>> sorted(caps)
       ['kernel']
     """

@@ -151,9 +151,9 @@ def matrix_quantile(
       >>> import jax.numpy as jnp, optx
       >>> x = jnp.array([[4.0, 1.0], [3.0, 2.0]])
       >>> lay = optx.MatrixLayout().resolve(x.shape)
-      >>> optx.matrix_quantile(x, 0.5, lay)   # h = 1.5: 2 (1 - 0.5) + 3 (0.5)
+      >>> optx.linalg.matrix_quantile(x, 0.5, lay)   # h = 1.5: 2 (1 - 0.5) + 3 (0.5)
       Array([[2.5]], dtype=float32)
-      >>> optx.matrix_quantile(x, 0.9, lay, method="lower")   # h = 2.7: x₍₂₎
+      >>> optx.linalg.matrix_quantile(x, 0.9, lay, method="lower")   # h = 2.7: x₍₂₎
       Array([[3.]], dtype=float32)
     """
     base.check_choice("method", method, QUANTILE_METHODS)
@@ -235,7 +235,7 @@ def clip_by_quantile(
       eps: added to the quantile (1e-9 official).
       layout: a :data:`~optx.LayoutSpec` (default: the default router's).
       strategy: sharding strategy for sharded leaves (see
-        :func:`optx.apply_matrix_fn`).
+        :func:`optx.sharding.apply_matrix_fn`).
 
     References:
       He, Han, Zhou, Chen, Liu, Chen, Wang, "ROOT: Robust Orthogonalized

@@ -9,7 +9,7 @@ needs ``params`` and emits (DESIGN §3)
 .. math::  u' = P(W + u) - W,
 
 so that ``optax.apply_updates(W, u') = P(W + u)`` and the transforms chain
-after any optimizer (``optax.chain(optx.muon(...), optx.spectral_soft_cap())``,
+after any optimizer (``optax.chain(optx.muon(...), optx.constraints.spectral_soft_cap())``,
 or :func:`optx.lipschitz_muon`).
 
 **Geometry.** The paper measures weights in the RMS→RMS operator norm,
@@ -212,7 +212,7 @@ def soft_cap_coupling(w_max: Any, max_update_norm: Any, decay: Any = 0.0) -> jax
 
     Example:
       >>> import optx
-      >>> alpha = optx.soft_cap_coupling(1.0, 0.1)
+      >>> alpha = optx.constraints.soft_cap_coupling(1.0, 0.1)
       >>> k = 1.1; y = k - alpha * k**3
       >>> round(float(y + alpha * y**3), 6)
       1.0
@@ -306,7 +306,7 @@ def spectral_projection(
       geometry: ``'rms'`` (RMS→RMS, the paper) or ``'l2'``.
       layout: a :data:`~optx.LayoutSpec`.
       strategy: ``'auto'`` runs projections without power iteration through
-        :func:`optx.apply_matrix_fn`; sharded leaves that power-iterate are
+        :func:`optx.sharding.apply_matrix_fn`; sharded leaves that power-iterate are
         gathered (replicated) for the per-matrix work either way.
 
     Raises:
@@ -318,7 +318,7 @@ def spectral_projection(
 
     Example:
       >>> import jax.numpy as jnp, optx
-      >>> halve = optx.spectral_projection(lambda m, hp, pi: 0.5 * m)
+      >>> halve = optx.constraints.spectral_projection(lambda m, hp, pi: 0.5 * m)
       >>> w = {'w': jnp.ones((2, 2))}
       >>> u, _ = halve.update({'w': jnp.zeros((2, 2))}, halve.init(w), w)
       >>> u['w']
@@ -474,7 +474,7 @@ def spectral_normalize(
 
     Example:
       >>> import jax.numpy as jnp, optax, optx
-      >>> tx = optx.spectral_normalize(1.0, geometry='l2')
+      >>> tx = optx.constraints.spectral_normalize(1.0, geometry='l2')
       >>> w = {'w': 4.0 * jnp.eye(3)}
       >>> u, _ = tx.update({'w': jnp.zeros((3, 3))}, tx.init(w), w)
       >>> optax.apply_updates(w, u)['w'][0, 0]
@@ -527,7 +527,7 @@ def spectral_hammer(
 
     Example:
       >>> import jax.numpy as jnp, optax, optx
-      >>> tx = optx.spectral_hammer(1.0, geometry='l2')
+      >>> tx = optx.constraints.spectral_hammer(1.0, geometry='l2')
       >>> w = {'w': jnp.diag(jnp.array([3.0, 0.5]))}
       >>> u, _ = tx.update({'w': jnp.zeros((2, 2))}, tx.init(w), w)
       >>> jnp.round(jnp.diag(optax.apply_updates(w, u)['w']), 4)
@@ -581,7 +581,7 @@ def spectral_weight_decay(
 
     Example:
       >>> import jax.numpy as jnp, optax, optx
-      >>> tx = optx.spectral_weight_decay(0.5, geometry='l2')
+      >>> tx = optx.constraints.spectral_weight_decay(0.5, geometry='l2')
       >>> w = {'w': jnp.diag(jnp.array([2.0, 1.0]))}
       >>> u, _ = tx.update({'w': jnp.zeros((2, 2))}, tx.init(w), w)
       >>> jnp.round(jnp.diag(optax.apply_updates(w, u)['w']), 4)
@@ -653,7 +653,7 @@ def spectral_soft_cap(
 
     Example:
       >>> import jax.numpy as jnp, optax, optx
-      >>> tx = optx.spectral_soft_cap(1.0, max_update_norm=0.1, geometry='l2')
+      >>> tx = optx.constraints.spectral_soft_cap(1.0, max_update_norm=0.1, geometry='l2')
       >>> w = {'w': jnp.zeros((2, 2))}
       >>> u, _ = tx.update({'w': 1.1 * jnp.eye(2)}, tx.init(w), w)
       >>> jnp.round(optax.apply_updates(w, u)['w'][0, 0], 5)
@@ -708,7 +708,7 @@ def spectral_hard_cap(
 
     Example:
       >>> import jax.numpy as jnp, optax, optx
-      >>> tx = optx.spectral_hard_cap(1.0, geometry='l2')
+      >>> tx = optx.constraints.spectral_hard_cap(1.0, geometry='l2')
       >>> w = {'w': 0.5 * jnp.eye(2)}
       >>> u, _ = tx.update({'w': jnp.zeros((2, 2))}, tx.init(w), w)
       >>> bool(jnp.abs(optax.apply_updates(w, u)['w'][0, 0] - 0.5) < 0.02)
@@ -751,7 +751,7 @@ def spectral_svd_cap(
 
     Example:
       >>> import jax.numpy as jnp, optax, optx
-      >>> tx = optx.spectral_svd_cap(1.0, geometry='l2')
+      >>> tx = optx.constraints.spectral_svd_cap(1.0, geometry='l2')
       >>> w = {'w': jnp.diag(jnp.array([3.0, 0.5]))}
       >>> u, _ = tx.update({'w': jnp.zeros((2, 2))}, tx.init(w), w)
       >>> jnp.round(jnp.diag(optax.apply_updates(w, u)['w']), 4)
@@ -831,7 +831,7 @@ def embedding_rms_projection(
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optx
-      >>> tx = optx.embedding_rms_projection()
+      >>> tx = optx.constraints.embedding_rms_projection()
       >>> w = {'embed': {'embedding': jnp.array([[2.0, 2.0], [0.5, 0.5]])}}
       >>> u, _ = tx.update(jax.tree.map(jnp.zeros_like, w), tx.init(w), w)
       >>> optax.apply_updates(w, u)['embed']['embedding']
@@ -907,7 +907,7 @@ def spectral_norms(
 
     Example:
       >>> import jax.numpy as jnp, optx
-      >>> optx.spectral_norms({'dense': {'kernel': 2.0 * jnp.eye(3)}})['dense/kernel']
+      >>> optx.constraints.spectral_norms({'dense': {'kernel': 2.0 * jnp.eye(3)}})['dense/kernel']
       Array(2., dtype=float32)
     """
     base.check_choice("geometry", geometry, GEOMETRIES)
@@ -972,7 +972,7 @@ def lipschitz_bound(
     Example:
       >>> import jax.numpy as jnp, optx
       >>> params = {'l1': {'kernel': 2.0 * jnp.eye(3)}, 'l2': {'kernel': 0.5 * jnp.ones((3, 1))}}
-      >>> round(float(optx.lipschitz_bound(params).bound), 4)
+      >>> round(float(optx.constraints.lipschitz_bound(params).bound), 4)
       1.7321
     """
     norms = spectral_norms(model_or_params, layout=layout, geometry=geometry)

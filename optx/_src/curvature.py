@@ -31,7 +31,7 @@ extra argument                meaning
                               (default: a key kept in the transform's state).
 ``loss``                      the scalar loss value of this step (MKOR-H).
 ``captures``                  per-layer input/output-gradient statistics
-                              (MKOR), see :func:`optx.value_grad_and_captures`.
+                              (MKOR), see :func:`optx.curvature.value_grad_and_captures`.
 ============================  ==================================================
 
 A transform computes what it needs from these — a Hessian-vector product
@@ -39,7 +39,7 @@ A transform computes what it needs from these — a Hessian-vector product
 Rademacher or Gaussian probes, several samples) or a Gauss–Newton–Bartlett
 diagonal (:class:`GaussNewtonBartlett`, labels sampled from the logits) — **over
 the full tree**, then keeps its own leaves by key path
-(:func:`estimate_diagonal`). ``optx.path_to_str`` strips NNX's ``.value``, so the
+(:func:`estimate_diagonal`). ``optx.tree_utils.path_to_str`` strips NNX's ``.value``, so the
 paths of a masked tree, an NNX ``State`` and a plain dict agree. Inside a
 partition the full-tree estimate is computed once per transform that needs it.
 
@@ -100,7 +100,7 @@ def hvp(loss_fn: LossFn, params: Any, tangents: Any) -> Any:
     Example:
       >>> import jax.numpy as jnp, optx
       >>> loss = lambda p: 0.5 * jnp.sum(jnp.array([1.0, 2.0]) * p['w'] ** 2)
-      >>> optx.hvp(loss, {'w': jnp.ones(2)}, {'w': jnp.ones(2)})['w']
+      >>> optx.curvature.hvp(loss, {'w': jnp.ones(2)}, {'w': jnp.ones(2)})['w']
       Array([1., 2.], dtype=float32)
     """
     return jax.jvp(jax.grad(loss_fn), (params,), (tangents,))[1]
@@ -178,7 +178,7 @@ def hutchinson_diagonal(
     Example:
       >>> import jax, jax.numpy as jnp, optx
       >>> loss = lambda p: 0.5 * jnp.sum(jnp.array([1.0, 3.0]) * p ** 2)
-      >>> optx.hutchinson_diagonal(loss, jnp.ones(2), jax.random.key(0))
+      >>> optx.curvature.hutchinson_diagonal(loss, jnp.ones(2), jax.random.key(0))
       Array([1., 3.], dtype=float32)
     """
     num_samples = base.check_positive_int("num_samples", num_samples)
@@ -234,8 +234,8 @@ def gauss_newton_bartlett_diagonal(
     Example:
       >>> import jax, jax.numpy as jnp, optx
       >>> logits_fn = lambda p: jnp.ones((4, 3)) @ p
-      >>> f = optx.sampled_label_loss(logits_fn)
-      >>> h = optx.gauss_newton_bartlett_diagonal(f, jnp.zeros((3, 3)), jax.random.key(0))
+      >>> f = optx.curvature.sampled_label_loss(logits_fn)
+      >>> h = optx.curvature.gauss_newton_bartlett_diagonal(f, jnp.zeros((3, 3)), jax.random.key(0))
       >>> h.shape
       (3, 3)
     """
@@ -260,7 +260,7 @@ def sampled_label_loss(
 
     Example:
       >>> import jax, jax.numpy as jnp, optx
-      >>> f = optx.sampled_label_loss(lambda p: p)
+      >>> f = optx.curvature.sampled_label_loss(lambda p: p)
       >>> float(f(jnp.zeros((2, 4)), jax.random.key(0))) == float(jnp.log(4.0))
       True
     """
@@ -367,7 +367,7 @@ def select_by_path(full_tree: Any, like: Any, *, what: str = "estimate") -> Any:
     """Leaves of ``full_tree`` at the key paths of ``like``'s leaves.
 
     ``like`` may be a masked tree (``optax.MaskedNode`` subtrees are kept as
-    they are); paths are compared with :func:`optx.path_to_str`, so NNX's
+    they are); paths are compared with :func:`optx.tree_utils.path_to_str`, so NNX's
     ``.value`` entries do not matter.
     """
     flat, _ = base.flatten_with_paths(full_tree)
@@ -401,7 +401,7 @@ def check_extra_args(estimator: Any, extra: Mapping[str, Any], who: str) -> None
         raise TypeError(
             f"{who} needs the extra argument(s) {missing} in update(...): "
             f"{', '.join(_DESCRIPTIONS[m] for m in missing)}. Build them with "
-            "optx.curvature_args(...) or optx.nnx_curvature_args(...)."
+            "optx.curvature.curvature_args(...) or optx.curvature.nnx_curvature_args(...)."
         )
 
 
@@ -409,8 +409,8 @@ _DESCRIPTIONS = {
     "loss_fn": "`loss_fn` (params -> scalar loss of the current batch, over the full tree)",
     "sampled_loss_fn": "`sampled_loss_fn` ((params, key) -> loss with labels sampled from "
     "the model's logits): build it from your model's `logits_fn` with "
-    "optx.curvature_args(loss_fn, params, sampled_loss_fn=optx.sampled_label_loss(logits_fn)) "
-    "or pass `logits_fn=` to optx.nnx_curvature_args(model, batch, loss_fn, logits_fn=...)",
+    "optx.curvature.curvature_args(loss_fn, params, sampled_loss_fn=optx.curvature.sampled_label_loss(logits_fn)) "
+    "or pass `logits_fn=` to optx.curvature.nnx_curvature_args(model, batch, loss_fn, logits_fn=...)",
 }
 
 
@@ -426,7 +426,7 @@ def estimate_diagonal(estimator: Any, params: Any, extra: Mapping[str, Any], key
             raise ValueError(
                 "This transform sits inside optax.partition/optax.masked (it received a "
                 "masked params tree) or got no params: pass the full parameter tree as the "
-                "extra argument `full_params` (optx.curvature_args does it)."
+                "extra argument `full_params` (optx.curvature.curvature_args does it)."
             )
         full = params
     resolved = {n: _lookup(extra, n) for n in estimator.requires}
@@ -456,7 +456,7 @@ def curvature_args(
       >>> tx = optx.sophia_h(learning_rate=1e-2)
       >>> state = tx.init(params)
       >>> u, state = tx.update(jax.grad(loss_fn)(params), state, params,
-      ...                      **optx.curvature_args(loss_fn, params))
+      ...                      **optx.curvature.curvature_args(loss_fn, params))
     """
     out: dict[str, Any] = {"loss_fn": loss_fn, "full_params": params}
     if sampled_loss_fn is not None:
@@ -506,7 +506,7 @@ def nnx_curvature_args(
       >>> @nnx.jit
       ... def step(model, opt, batch):
       ...     loss, grads = nnx.value_and_grad(mse)(model, batch)
-      ...     opt.update(model, grads, **optx.nnx_curvature_args(model, batch, mse))
+      ...     opt.update(model, grads, **optx.curvature.nnx_curvature_args(model, batch, mse))
       ...     return loss
       >>> _ = step(model, opt, batch)
     """

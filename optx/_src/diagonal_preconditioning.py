@@ -95,7 +95,7 @@ def scale_by_sophia(
       u_t = \\mathrm{clip}\\big(m_t / \\max(γ · B · h_t, ε), -1, 1\\big)
 
     with no bias correction on either EMA and ``ĥ`` from ``estimator``
-    (:class:`optx.GaussNewtonBartlett` for Sophia-G, :class:`optx.Hutchinson`
+    (:class:`optx.curvature.GaussNewtonBartlett` for Sophia-G, :class:`optx.curvature.Hutchinson`
     for Sophia-H). ``B`` is ``tokens_per_batch``: the official SophiaG keeps the
     raw ``ĝ ⊙ ĝ`` in ``h`` and multiplies by ``ρ · bs`` (``bs`` = tokens per
     step) in the ratio, which is the paper's ``B · ĝ ⊙ ĝ`` estimator. optx calls
@@ -121,7 +121,7 @@ def scale_by_sophia(
       tokens_per_batch: ``B`` of the GNB estimator (tokens or examples per
         step); use 1 with Hutchinson.
       eps: ε of the denominator.
-      estimator: a curvature estimator (default :class:`optx.GaussNewtonBartlett`).
+      estimator: a curvature estimator (default :class:`optx.curvature.GaussNewtonBartlett`).
       update_interval: ``k`` (static; None = 10).
       refresh_at_start: refresh at steps 0, k, 2k instead of k, 2k, 3k.
       seed: seed of the state's PRNG key (static; None = 0).
@@ -129,7 +129,7 @@ def scale_by_sophia(
 
     Example:
       >>> import jax.numpy as jnp, optx
-      >>> tx = optx.scale_by_sophia(estimator=optx.Hutchinson(), gamma=1.0,
+      >>> tx = optx.scale_by_sophia(estimator=optx.curvature.Hutchinson(), gamma=1.0,
       ...                           refresh_at_start=True)
       >>> loss_fn = lambda p: jnp.sum(p ** 2)
       >>> p = jnp.ones(2)
@@ -201,8 +201,8 @@ def scale_by_sophia(
 def _check_estimator(estimator: Any) -> None:
     if not callable(estimator) or not hasattr(estimator, "requires"):
         raise TypeError(
-            "`estimator` must be a curvature estimator such as optx.Hutchinson(...) or "
-            f"optx.GaussNewtonBartlett(...), got {estimator!r}."
+            "`estimator` must be a curvature estimator such as optx.curvature.Hutchinson(...) or "
+            f"optx.curvature.GaussNewtonBartlett(...), got {estimator!r}."
         )
 
 

@@ -387,7 +387,7 @@ def es_noise(
     Example:
       >>> import jax, jax.numpy as jnp, optx
       >>> params = {'dense': {'kernel': jnp.ones((3, 2)), 'bias': jnp.zeros(2)}}
-      >>> noise = optx.es_noise(params, jax.random.key(0), 1, sigma=0.1, rank=1)
+      >>> noise = optx.evolution.es_noise(params, jax.random.key(0), 1, sigma=0.1, rank=1)
       >>> noise['dense']['kernel'].b.shape, noise['dense']['kernel'].a.shape
       ((3, 1), (2, 1))
     """
@@ -436,8 +436,8 @@ def perturbed_matmul(x: jax.Array, kernel: jax.Array, noise: Any = None) -> jax.
     Example:
       >>> import jax, jax.numpy as jnp, optx
       >>> params = {'dense': {'kernel': jnp.ones((3, 2))}}
-      >>> noise = optx.es_noise(params, jax.random.key(0), 0, sigma=0.1)
-      >>> y = optx.perturbed_matmul(jnp.ones((5, 3)), params['dense']['kernel'],
+      >>> noise = optx.evolution.es_noise(params, jax.random.key(0), 0, sigma=0.1)
+      >>> y = optx.evolution.perturbed_matmul(jnp.ones((5, 3)), params['dense']['kernel'],
       ...                           noise['dense']['kernel'])
       >>> y.shape
       (5, 2)
@@ -502,10 +502,10 @@ def es_evaluate(
       >>> import jax, jax.numpy as jnp, optx
       >>> params = {'dense': {'kernel': jnp.zeros((3, 1))}}
       >>> def fitness_fn(p, noise):
-      ...     y = optx.perturbed_matmul(jnp.ones((1, 3)), p['dense']['kernel'],
+      ...     y = optx.evolution.perturbed_matmul(jnp.ones((1, 3)), p['dense']['kernel'],
       ...                               noise['dense']['kernel'])
       ...     return -jnp.sum((y - 2.0) ** 2)
-      >>> f = optx.es_evaluate(fitness_fn, params, jax.random.key(0), 8, sigma=0.1)
+      >>> f = optx.evolution.es_evaluate(fitness_fn, params, jax.random.key(0), 8, sigma=0.1)
       >>> f.shape
       (8,)
     """

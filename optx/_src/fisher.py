@@ -244,7 +244,7 @@ def mfac_state_bytes(num_params: int, num_grads: int, *, dtype: Any = jnp.float3
 
     Example:
       >>> import optx
-      >>> optx.mfac_state_bytes(1000, 8)
+      >>> optx.tree_utils.mfac_state_bytes(1000, 8)
       32260
     """
     item = jnp.dtype(dtype).itemsize

@@ -172,12 +172,12 @@ def mkor_statistics_from_gradients(
     """MKOR captures derived from gradients only (see :func:`statistics_from_gradient`).
 
     The fallback used when a layer has no capture (plain loss functions,
-    layers inside ``nnx.scan``); keyed like :func:`optx.value_grad_and_captures`.
+    layers inside ``nnx.scan``); keyed like :func:`optx.curvature.value_grad_and_captures`.
 
     Example:
       >>> import jax.numpy as jnp, optx
       >>> g = {'dense': {'kernel': jnp.ones((3, 2)), 'bias': jnp.ones(2)}}
-      >>> optx.mkor_statistics_from_gradients(g)['dense/kernel'].inputs
+      >>> optx.curvature.mkor_statistics_from_gradients(g)['dense/kernel'].inputs
       Array([1., 1., 1.], dtype=float32)
     """
     router = mkor_router() if router is None else routing.as_router(router)
@@ -358,7 +358,7 @@ def scale_by_mkor(
     (arXiv 2306.01685, Algorithm 1 and §3.2–3.4; released package
     ``mkor/mkor.py``, commit 3a0e3bb2). ``ā`` is the batch-mean layer input
     with a trailing 1 for the bias, ``ḡ`` the batch-mean output gradient times
-    the number of rows (:func:`optx.value_grad_and_captures`). Factors start at
+    the number of rows (:func:`optx.curvature.value_grad_and_captures`). Factors start at
     ``I``. **Norm-based stabilizer:** after an SM update, if ``max|F⁻¹| > 2``
     both factors of the layer are flagged and reset at the next refresh
     (``reset_mode='identity'``: to ``I``, what the released code does — its
@@ -370,9 +370,9 @@ def scale_by_mkor(
     kept. Chain a first-order optimizer after this transform (:func:`optx.mkor`).
 
     **Statistics.** The ``captures`` extra argument maps kernel paths to
-    :class:`optx.LayerStatistics`. ``statistics='auto'`` uses captures where
+    :class:`optx.curvature.LayerStatistics`. ``statistics='auto'`` uses captures where
     given and, for other layers (or without ``captures``), rank-1 statistics
-    derived from the layer's gradient (:func:`optx.statistics_from_gradient`:
+    derived from the layer's gradient (:func:`optx.curvature.statistics_from_gradient`:
     ``ḡ = ∇b``, ``ā = ∇W∇b/‖∇b‖²`` with a bias, the balanced leading singular
     pair without) — an approximation for plain loss functions and layers the
     capture cannot see (``nnx.scan``). ``'captures'`` requires a capture for
@@ -429,7 +429,7 @@ def scale_by_mkor(
       factor_dtype: storage dtype of the factors (official fp16).
       factor_compute_dtype: dtype of the Sherman–Morrison update and the
         resets (static; ``None``: ``factor_dtype``, as the official code).
-      router: which leaves are layers (default :func:`optx.mkor_router`).
+      router: which leaves are layers (default :func:`optx.curvature.mkor_router`).
       hybrid: MKOR-H switching (needs the ``loss`` extra argument).
       switch_window: steps per loss window (static; None = 100).
       switch_threshold: switch when the window's rate falls below this
@@ -614,7 +614,7 @@ def scale_by_mkor(
         if statistics == "captures" and captures is None:
             raise TypeError(
                 "statistics='captures' needs the `captures` extra argument "
-                "(optx.value_grad_and_captures / optx.linen_value_grad_and_captures)."
+                "(optx.curvature.value_grad_and_captures / optx.curvature.linen_value_grad_and_captures)."
             )
         plan = _plan(updates, router)
         flat, _ = base.flatten_with_paths(updates)

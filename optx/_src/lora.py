@@ -19,7 +19,7 @@ together. :func:`lora_pairs` finds the pairs once, behind one function:
 
 * from an ``nnx.Module``, by walking the module graph for ``nnx.LoRA``
   instances (this also covers ``nnx.LoRALinear`` and optx's
-  :class:`optx.ScaledLoRA`, :class:`optx.GatedLoRA`, :class:`optx.LoRAXS`),
+  :class:`optx.lora.ScaledLoRA`, :class:`optx.lora.GatedLoRA`, :class:`optx.lora.LoRAXS`),
   which also finds each adapter's base kernel and forward scale;
 * from a parameter tree (arrays, ``ShapeDtypeStruct`` or an ``nnx.State``),
   by the names the routing rules give roles ``'lora_a'``/``'lora_b'``
@@ -43,9 +43,9 @@ Example:
   >>> import jax.numpy as jnp, optx
   >>> params = {'mlp': {'kernel': jnp.zeros((8, 16)),
   ...                   'lora': {'lora_a': jnp.zeros((8, 2)), 'lora_b': jnp.zeros((2, 16))}}}
-  >>> [(p.a, p.b, p.base, p.rank) for p in optx.lora_pairs(params)]
+  >>> [(p.a, p.b, p.base, p.rank) for p in optx.lora.lora_pairs(params)]
   [('mlp/lora/lora_a', 'mlp/lora/lora_b', 'mlp/kernel', 2)]
-  >>> optx.lora_mask(params)['mlp']['kernel']
+  >>> optx.lora.lora_mask(params)['mlp']['kernel']
   False
 """
 
@@ -88,7 +88,7 @@ class LoRAPair:
       core: path of a LoRA-XS/LoRA-SB core ``(…, r, r)``, if any
         (``ΔW = s·A R B``; ``A`` and ``B`` are then frozen).
       scale: the module's forward scale ``s`` when the pair was found on a
-        module (``nnx.LoRA``: 1.0; :class:`optx.ScaledLoRA`: its ``scale``),
+        module (``nnx.LoRA``: 1.0; :class:`optx.lora.ScaledLoRA`: its ``scale``),
         else None.
       source: ``'module'`` or ``'path'`` (how the pair was found).
     """
@@ -129,7 +129,7 @@ def lora_scale(alpha: Any, rank: int, scaling: str = "lora") -> Any:
 
     Example:
       >>> import optx
-      >>> optx.lora_scale(16, 8), optx.lora_scale(16, 4, 'rslora')
+      >>> optx.lora.lora_scale(16, 8), optx.lora.lora_scale(16, 4, 'rslora')
       (2.0, 8.0)
     """
     base.check_choice("scaling", scaling, SCALINGS)
@@ -304,7 +304,7 @@ def lora_pairs(model_or_params: Any) -> tuple[LoRAPair, ...]:
       >>> import optx
       >>> from flax import nnx
       >>> layer = nnx.LoRALinear(4, 3, lora_rank=2, rngs=nnx.Rngs(0))
-      >>> pair, = optx.lora_pairs(layer)
+      >>> pair, = optx.lora.lora_pairs(layer)
       >>> pair.a, pair.b, pair.base, pair.rank, pair.scale
       ('lora/lora_a', 'lora/lora_b', 'kernel', 2, 1.0)
     """
@@ -334,7 +334,7 @@ def resolve_pairs(
     out = []
     for p in pairs:
         if not isinstance(p, LoRAPair):
-            raise TypeError(f"{method}: `pairs` must hold optx.LoRAPair objects, got {p!r}.")
+            raise TypeError(f"{method}: `pairs` must hold optx.lora.LoRAPair objects, got {p!r}.")
         present = [x in leaves for x in (p.a, p.b)]
         if not any(present):
             continue
@@ -376,7 +376,7 @@ def lora_mask(tree: Any, pairs: Sequence[LoRAPair] | None = None) -> Any:
     Example:
       >>> import jax.numpy as jnp, optx
       >>> p = {'w': {'lora_a': jnp.ones((3, 1)), 'lora_b': jnp.ones((1, 2))}, 'b': jnp.ones(2)}
-      >>> optx.lora_mask(p)
+      >>> optx.lora.lora_mask(p)
       {'b': False, 'w': {'lora_a': True, 'lora_b': True}}
     """
     train = _path_set(tree, pairs, "trainable")
@@ -404,14 +404,14 @@ def freeze_base(
     """``tx`` on the trainable LoRA leaves (:func:`lora_mask`), zero updates elsewhere.
 
     For a parameter tree that holds the base weights too (with an
-    ``nnx.Optimizer`` prefer ``wrt=optx.lora_filter``, which keeps no state
+    ``nnx.Optimizer`` prefer ``wrt=optx.lora.lora_filter``, which keeps no state
     for the frozen weights at all).
 
     Example:
       >>> import jax.numpy as jnp, optax, optx
       >>> p = {'kernel': jnp.ones((3, 2)),
       ...      'lora': {'lora_a': jnp.ones((3, 1)), 'lora_b': jnp.zeros((1, 2))}}
-      >>> tx = optx.freeze_base(optax.adam(1e-2))
+      >>> tx = optx.lora.freeze_base(optax.adam(1e-2))
       >>> u, _ = tx.update(p, tx.init(p), p)
       >>> float(abs(u['kernel']).max())
       0.0
@@ -431,17 +431,17 @@ def freeze_base(
 def lora_filter(path: tuple[Any, ...], value: Any) -> bool:
     """An NNX filter selecting the trainable adapter parameters.
 
-    ``nnx.Optimizer(model, tx, wrt=optx.lora_filter)`` trains ``nnx.LoRAParam``
+    ``nnx.Optimizer(model, tx, wrt=optx.lora.lora_filter)`` trains ``nnx.LoRAParam``
     variables and ``nnx.Param``\\ s named ``lora_a``/``lora_b``/``lora_gate``/
-    ``lora_core``; frozen factors (:class:`optx.LoRAFrozen`, LoRA-XS's ``A``
+    ``lora_core``; frozen factors (:class:`optx.lora.LoRAFrozen`, LoRA-XS's ``A``
     and ``B``) and base weights are left out (no optimizer state, no update).
 
     Example:
       >>> import optx
       >>> from flax import nnx
       >>> layer = nnx.LoRALinear(4, 3, lora_rank=2, rngs=nnx.Rngs(0))
-      >>> state = nnx.state(layer, optx.lora_filter)
-      >>> [(p.a, p.b) for p in optx.lora_pairs(state)], optx.param_count(state)
+      >>> state = nnx.state(layer, optx.lora.lora_filter)
+      >>> [(p.a, p.b) for p in optx.lora.lora_pairs(state)], optx.tree_utils.param_count(state)
       ([('lora/lora_a', 'lora/lora_b')], 14)
     """
     nnx = _nnx()
@@ -499,7 +499,7 @@ def merge_lora(
       >>> import jax.numpy as jnp, optx
       >>> p = {'kernel': jnp.zeros((3, 2)),
       ...      'lora': {'lora_a': jnp.ones((3, 1)), 'lora_b': jnp.ones((1, 2))}}
-      >>> m = optx.merge_lora(p, scale=0.5)
+      >>> m = optx.lora.merge_lora(p, scale=0.5)
       >>> float(m['kernel'][0, 0]), float(m['lora']['lora_b'].sum())
       (0.5, 0.0)
     """

@@ -53,7 +53,7 @@ any other module type                  the name rules (:func:`optx.default_rules
 LoRA recipe, and an ``r × out`` factor is not a hidden weight matrix whose
 orthogonalized update means anything (``lora_group='matrix'`` routes them as
 dense matrices instead). Methods that need both factors of an adapter together
-(LoRA-Pro, LoRA-SB, SoRA) get them from :func:`optx.lora_pairs`.
+(LoRA-Pro, LoRA-SB, SoRA) get them from :func:`optx.lora.lora_pairs`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ matrix shape, found offline.
 * :class:`ShapeCoefficientTable` is the lookup: a callable
   ``(min_dim, max_dim) -> NewtonSchulzCoefficients`` that plugs into
   ``optx.scale_by_newton_schulz(coefficients=...)`` /
-  ``optx.newton_schulz``. Unknown shapes fall back (Muon's coefficients by
+  ``optx.linalg.newton_schulz``. Unknown shapes fall back (Muon's coefficients by
   default) with a one-time Python warning per shape.
 * :data:`ROOT_COEFFICIENTS` is the table shipped with the official code (the
   four shapes of its 1B LLaMA-style model).
@@ -61,7 +61,7 @@ class ShapeCoefficientTable:
     """Newton–Schulz coefficients chosen by matrix shape, with a fallback.
 
     A callable ``(min_dim, max_dim) -> NewtonSchulzCoefficients`` accepted by
-    ``coefficients=`` of :func:`optx.newton_schulz` and
+    ``coefficients=`` of :func:`optx.linalg.newton_schulz` and
     :func:`optx.scale_by_newton_schulz` (they call it with the matrix view's
     ``(min, max)`` dimensions, so ``(in, out)`` and ``(out, in)`` share an
     entry). Shapes missing from the table use ``fallback`` and trigger one
@@ -71,7 +71,7 @@ class ShapeCoefficientTable:
     Args:
       table: mapping from a matrix shape ``(m, n)`` (any order) to a
         coefficient spec (a triple, a table of triples, a preset name or a
-        :class:`optx.NewtonSchulzCoefficients`).
+        :class:`optx.linalg.NewtonSchulzCoefficients`).
       fallback: the coefficient spec for other shapes (``'keller'``).
       name: a label for messages.
       warn: warn once per unknown shape.
@@ -83,7 +83,7 @@ class ShapeCoefficientTable:
 
     Example:
       >>> import optx
-      >>> table = optx.ShapeCoefficientTable({(64, 256): (3.2, -4.2, 1.9)})
+      >>> table = optx.linalg.ShapeCoefficientTable({(64, 256): (3.2, -4.2, 1.9)})
       >>> table(64, 256).table
       ((3.2, -4.2, 1.9),)
     """
@@ -125,7 +125,7 @@ class ShapeCoefficientTable:
             warnings.warn(
                 f"Newton–Schulz coefficient table '{self.name}' has no entry for matrix shape "
                 f"{key}; using '{self.fallback.name}' coefficients. Fit coefficients for it with "
-                "optx.fit_newton_schulz_coefficients(shape) and add them with "
+                "optx.linalg.fit_newton_schulz_coefficients(shape) and add them with "
                 "table.with_shapes({shape: coefficients}).",
                 UserWarning,
                 stacklevel=2,
@@ -281,7 +281,7 @@ def fit_newton_schulz_coefficients(
       seed: PRNG seed of the samples.
 
     Returns:
-      :class:`optx.NewtonSchulzCoefficients` (one triple repeated, or a
+      :class:`optx.linalg.NewtonSchulzCoefficients` (one triple repeated, or a
       ``steps``-long table), ready for :class:`ShapeCoefficientTable`.
 
     References:
@@ -290,7 +290,7 @@ def fit_newton_schulz_coefficients(
 
     Example:
       >>> import optx
-      >>> coeffs = optx.fit_newton_schulz_coefficients((16, 64), steps=5, iterations=50)
+      >>> coeffs = optx.linalg.fit_newton_schulz_coefficients((16, 64), steps=5, iterations=50)
       >>> len(coeffs.table)
       1
     """
@@ -348,14 +348,14 @@ def newton_schulz_error(
 ) -> jax.Array:
     """Mean ``‖NS_K(X) − U Vᵀ‖_F² / min(m, n)`` over a batch of matrices.
 
-    Runs :func:`optx.newton_schulz` (f32 or the input's wider dtype) and
+    Runs :func:`optx.linalg.newton_schulz` (f32 or the input's wider dtype) and
     compares with the exact polar factor from an SVD — the quantity
     :func:`fit_newton_schulz_coefficients` minimizes, measured end to end.
 
     Example:
       >>> import jax, optx
       >>> x = jax.random.normal(jax.random.key(0), (2, 8, 32))
-      >>> float(optx.newton_schulz_error('cubic', x, steps=40)) < 1e-6
+      >>> float(optx.linalg.newton_schulz_error('cubic', x, steps=40)) < 1e-6
       True
     """
     x = jnp.asarray(matrices)
@@ -383,7 +383,7 @@ def composed_polynomial_max(
 
     Example:
       >>> import optx
-      >>> round(optx.composed_polynomial_max('keller', 5), 3)
+      >>> round(optx.linalg.composed_polynomial_max('keller', 5), 3)
       1.202
     """
     table = resolve_coefficients(coefficients, min_dim, max_dim).for_steps(steps)

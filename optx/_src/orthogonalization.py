@@ -320,7 +320,7 @@ def newton_schulz(
     Example:
       >>> import jax, jax.numpy as jnp, optx
       >>> g = jax.random.normal(jax.random.key(0), (8, 16))
-      >>> o = optx.newton_schulz(g, 'cubic', steps=30)
+      >>> o = optx.linalg.newton_schulz(g, 'cubic', steps=30)
       >>> bool(jnp.allclose(o @ o.T, jnp.eye(8), atol=1e-3))
       True
     """

@@ -175,7 +175,7 @@ def dct_basis(dim: int, indices: jax.Array | None = None, dtype: Any = jnp.float
 
     Example:
       >>> import jax.numpy as jnp, optx
-      >>> Q = optx.dct_basis(8)
+      >>> Q = optx.projections.dct_basis(8)
       >>> bool(jnp.allclose(Q.T @ Q, jnp.eye(8), atol=1e-6))
       True
     """
@@ -578,7 +578,7 @@ def scale_by_subspace(
     handles batch axes (stacked layers, attention heads, conv kernels get one
     projector per matrix), any projector kind, any state-carrying ``inner`` (its
     state is allocated at the projected shapes; wrap it in
-    :func:`optx.quantize_moments` for 8-bit moments) and the official side rule.
+    :func:`optx.quantization.quantize_moments` for 8-bit moments) and the official side rule.
 
     Leaves without a layout go through ``inner`` at full size (as in
     optax.contrib.galore). ``inner`` receives ``params=None`` (projected

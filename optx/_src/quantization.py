@@ -132,7 +132,7 @@ def dynamic_map(signed: bool = True) -> np.ndarray:
 
     Example:
       >>> import optx
-      >>> m = optx.dynamic_map(signed=False)
+      >>> m = optx.quantization.dynamic_map(signed=False)
       >>> float(m[0]), float(m[-1]), m.shape
       (0.0, 1.0, (256,))
     """
@@ -273,7 +273,7 @@ def quantize_blockwise(
 
     Example:
       >>> import jax.numpy as jnp, optx
-      >>> q = optx.quantize_blockwise(jnp.array([0.5, -1.0, 0.25]), block_size=2)
+      >>> q = optx.quantization.quantize_blockwise(jnp.array([0.5, -1.0, 0.25]), block_size=2)
       >>> q.codes.dtype, q.absmax
       (dtype('uint8'), Array([1.  , 0.25], dtype=float32))
     """
@@ -308,8 +308,8 @@ def dequantize_blockwise(
     Example:
       >>> import jax.numpy as jnp, optx
       >>> x = jnp.array([0.5, -1.0, 0.25, 0.0])
-      >>> q = optx.quantize_blockwise(x, block_size=2)
-      >>> optx.dequantize_blockwise(q, block_size=2)
+      >>> q = optx.quantization.quantize_blockwise(x, block_size=2)
+      >>> optx.quantization.dequantize_blockwise(q, block_size=2)
       Array([ 0.50078124, -0.99296874,  0.25      ,  0.        ], dtype=float32)
     """
     block_size = base.check_positive_int("block_size", block_size)
@@ -393,7 +393,7 @@ def quantize_moments(
 
     Example:
       >>> import jax.numpy as jnp, optax, optx
-      >>> tx = optx.quantize_moments(optax.scale_by_adam(), min_size=0)
+      >>> tx = optx.quantization.quantize_moments(optax.scale_by_adam(), min_size=0)
       >>> state = tx.init({'w': jnp.zeros((64, 64))})
       >>> state.inner_state.mu['w'].dtype, state.absmax.mu['w'].shape   # codes; 16 scales
       (dtype('uint8'), (16,))

@@ -221,7 +221,7 @@ def project_out_radial(
 
     Example:
       >>> import jax.numpy as jnp, optax, optx
-      >>> tx = optx.project_out_radial(optax.scale_by_adam(), weight_decay=1e-2)
+      >>> tx = optx.constraints.project_out_radial(optax.scale_by_adam(), weight_decay=1e-2)
       >>> params = {'hidden': {'kernel': jnp.ones((3, 4))}}
       >>> u, s = tx.update(params, tx.init(params), params)
       >>> int(s.branch['hidden']['kernel'][0, 0])  # g ∥ w: no projection

@@ -134,7 +134,7 @@ def refactorize(left: jax.Array, right: jax.Array) -> tuple[jax.Array, jax.Array
       >>> import jax, jax.numpy as jnp, optx
       >>> k1, k2 = jax.random.split(jax.random.key(0))
       >>> L, R = jax.random.normal(k1, (6, 2)), jax.random.normal(k2, (2, 5))
-      >>> L2, R2 = optx.refactorize(L, R)
+      >>> L2, R2 = optx.linalg.refactorize(L, R)
       >>> bool(jnp.allclose(L2 @ R2, L @ R, atol=1e-5))
       True
     """
@@ -164,7 +164,7 @@ def refactorize_every(
 
     Each step runs ``inner``; on steps ``k, 2k, …`` (1-based: after the ``k``-th
     update) the post-step factors ``L + u_L``, ``R + u_R`` of every pair are
-    replaced by their balanced refactorization (:func:`optx.refactorize`) and
+    replaced by their balanced refactorization (:func:`optx.linalg.refactorize`) and
     the update is emitted as ``new − old`` (so ``optax.apply_updates`` lands on
     the refactorized weights); with ``reset_state`` the inner state is
     re-initialized at the same step, as the official code rebuilds its
@@ -278,7 +278,7 @@ def quick_recovery_schedule(
 
     Example:
       >>> import optx
-      >>> s = optx.quick_recovery_schedule(1.0, cycle_length=100, recovery_steps=10)
+      >>> s = optx.schedules.quick_recovery_schedule(1.0, cycle_length=100, recovery_steps=10)
       >>> round(float(s(0)), 4), float(s(9)), float(s(50)), round(float(s(100)), 4)
       (0.001, 1.0, 1.0, 0.112)
     """

@@ -104,7 +104,7 @@ class Rule:
       guessed: assignments made by this rule are guesses (reported by
         :func:`describe` and warned about at ``init``).
       role: what the matched leaf is to its module, for other code:
-        ``'lora_a'``/``'lora_b'`` for LoRA factors (see :func:`optx.lora_pairs`),
+        ``'lora_a'``/``'lora_b'`` for LoRA factors (see :func:`optx.lora.lora_pairs`),
         else ``''``.
     """
 
@@ -228,7 +228,7 @@ def default_rules() -> tuple[Rule, ...]:
 
     1. ``ndim < 2`` → fallback (scalars, biases, norm scales);
     2. ``lora_a``/``lora_b`` (optionally ``/kernel``) → fallback, with roles
-       ``'lora_a'``/``'lora_b'`` (see :func:`optx.lora_pairs`);
+       ``'lora_a'``/``'lora_b'`` (see :func:`optx.lora.lora_pairs`);
     3. an embedding component (``embed*``, ``*embedding*``, linen's ``Embed_0``,
        ``wte``, ``wpe``, ``tok_emb*``, ``pos_emb*``) → fallback;
     4. ``head``: an output layer → fallback (as in every Muon-family paper):

@@ -52,7 +52,7 @@ def rex_schedule(
 
     Example:
       >>> import optx
-      >>> sched = optx.rex_schedule(1.0, decay_steps=100)
+      >>> sched = optx.schedules.rex_schedule(1.0, decay_steps=100)
       >>> [round(float(sched(c)), 4) for c in (0, 50, 100, 200)]
       [1.0, 0.6667, 0.0, 0.0]
     """
@@ -98,7 +98,7 @@ def warmup_rex_schedule(
 
     Example:
       >>> import optx
-      >>> sched = optx.warmup_rex_schedule(0.0, 1.0, warmup_steps=10, decay_steps=110)
+      >>> sched = optx.schedules.warmup_rex_schedule(0.0, 1.0, warmup_steps=10, decay_steps=110)
       >>> [round(float(sched(c)), 4) for c in (0, 5, 10, 60, 110)]
       [0.0, 0.5, 1.0, 0.6667, 0.0]
     """

@@ -303,7 +303,7 @@ def state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
       >>> mesh = jax.make_mesh((1,), ('x',))
       >>> p = {'w': jax.ShapeDtypeStruct((4, 2), jnp.float32,
       ...                                 sharding=NamedSharding(mesh, P('x')))}
-      >>> s = optx.state_shardings(optx.muon(0.02), p)
+      >>> s = optx.sharding.state_shardings(optx.muon(0.02), p)
     """
     leaves = jax.tree.leaves(params)
     meshes = []

@@ -136,9 +136,9 @@ def sparse_envelope(x: jax.Array, k: int, *, axis: int = -1) -> jax.Array:
 
     Example:
       >>> import jax.numpy as jnp, optx
-      >>> float(optx.sparse_envelope(jnp.array([3.0, 0.0, 4.0]), 2))
+      >>> float(optx.sparsity.sparse_envelope(jnp.array([3.0, 0.0, 4.0]), 2))
       12.5
-      >>> float(optx.sparse_envelope(jnp.array([1.0, 1.0]), 1))  # ½ (1 + 1)²
+      >>> float(optx.sparsity.sparse_envelope(jnp.array([1.0, 1.0]), 1))  # ½ (1 + 1)²
       2.0
     """
     k = base.check_positive_int("k", k)
@@ -174,7 +174,7 @@ def sparse_envelope_prox(
 
     Example:
       >>> import jax.numpy as jnp, optx
-      >>> optx.sparse_envelope_prox(jnp.array([3.0, 1.0, 0.5]), 1, 1.0)
+      >>> optx.sparsity.sparse_envelope_prox(jnp.array([3.0, 1.0, 0.5]), 1, 1.0)
       Array([1.5, 0. , 0. ], dtype=float32)
     """
     k = base.check_positive_int("k", k)
@@ -301,7 +301,7 @@ def group_sparsity(
     Example:
       >>> import jax.numpy as jnp, optx
       >>> w = {'dense': {'kernel': jnp.array([[1.0, 0.0, 2.0], [1.0, 0.0, 0.0]])}}
-      >>> optx.group_sparsity(w)
+      >>> optx.sparsity.group_sparsity(w)
       {'dense/kernel': ((2,), 3)}
     """
     return {
@@ -389,9 +389,9 @@ def group_sparse_envelope_prox(
     Example:
       >>> import jax, jax.numpy as jnp, optax, optx
       >>> w = {'dense': {'kernel': jnp.array([[3.0, 1.0, 0.2], [4.0, 1.0, 0.1]])}}
-      >>> tx = optx.group_sparse_envelope_prox(0.5, k=1)
+      >>> tx = optx.sparsity.group_sparse_envelope_prox(0.5, k=1)
       >>> u, _ = tx.update(jax.tree.map(jnp.zeros_like, w), tx.init(w), w)
-      >>> optx.group_sparsity(optax.apply_updates(w, u))
+      >>> optx.sparsity.group_sparsity(optax.apply_updates(w, u))
       {'dense/kernel': ((1,), 3)}
     """
     _check_k(k)
@@ -405,7 +405,7 @@ def group_sparse_envelope_prox(
     resolve = layouts.resolved_layout_fn(layout)
 
     def init_fn(params: base.Params) -> GroupSparseEnvelopeState:
-        base.check_real_params(params, "optx.group_sparse_envelope_prox")
+        base.check_real_params(params, "optx.sparsity.group_sparse_envelope_prox")
         _check_groups(params, k, groups, layout)
         return GroupSparseEnvelopeState(count=jnp.zeros([], jnp.int32))
 

@@ -23,7 +23,7 @@ def state_bytes(tx: optax.GradientTransformation, params: Any) -> int:
     Example:
       >>> import jax.numpy as jnp, optax, optx
       >>> p = {'w': jnp.zeros((100, 10))}
-      >>> optx.state_bytes(optax.adam(1e-3), p)  # mu + nu in f32, plus a count
+      >>> optx.tree_utils.state_bytes(optax.adam(1e-3), p)  # mu + nu in f32, plus a count
       8004
     """
     abstract = jax.tree.map(_abstract, params)
@@ -73,7 +73,7 @@ def state_bytes_by_group(
     Example:
       >>> import jax.numpy as jnp, optx
       >>> p = {'mlp': {'kernel': jnp.zeros((64, 32))}, 'bias': jnp.zeros((32,))}
-      >>> by = optx.state_bytes_by_group(optx.muon(0.02), p)
+      >>> by = optx.tree_utils.state_bytes_by_group(optx.muon(0.02), p)
       >>> by['matrix'], by['fallback']   # f32 momentum + a count; AdamW mu, nu + count
       (8196, 260)
     """

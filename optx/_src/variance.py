@@ -378,7 +378,7 @@ def half_batch_gradients(
       ...     return jnp.mean((x @ p['backbone']['w'] - y) ** 2)
       >>> params = {'backbone': {'w': jnp.zeros(3)}}
       >>> batch = (jnp.ones((4, 3)), jnp.ones(4))
-      >>> loss, g, ga, gb = jax.jit(optx.half_batch_gradients, static_argnums=0)(
+      >>> loss, g, ga, gb = jax.jit(optx.elementwise.half_batch_gradients, static_argnums=0)(
       ...     loss_fn, params, batch)
     """
     sizes = {jnp.shape(x)[0] for x in jax.tree.leaves(batch)}

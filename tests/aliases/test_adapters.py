@@ -156,7 +156,7 @@ def test_lora_pro_matches_float64_reference_2d_and_stacked() -> None:
                 params = optax.apply_updates(params, u)
                 got.append(jax.tree.map(np.asarray, params))
         for name, (lead, _, r, _, _) in shapes.items():
-            s = optx.lora_scale(alpha, r, scaling)
+            s = optx.lora.lora_scale(alpha, r, scaling)
             for idx in np.ndindex(*lead):
                 a0, b0 = init[name]["lora_a"][idx], init[name]["lora_b"][idx]
                 seq = [(g[name]["lora_a"][idx].T, g[name]["lora_b"][idx].T) for g in grads]
@@ -183,7 +183,7 @@ def test_lora_pro_state_mirrors_params_and_fallback_gets_adamw() -> None:
     np.testing.assert_allclose(u["head"]["kernel"], ref["kernel"], rtol=1e-6)
     # A = const, B = 0: the first step only moves B.
     assert float(jnp.max(jnp.abs(u["layer"]["lora_a"]))) == 0.0
-    pair = optx.LoRAPair("x/lora_a", "x/lora_b", 2, scale=3.0)
+    pair = optx.lora.LoRAPair("x/lora_a", "x/lora_b", 2, scale=3.0)
     assert adapters._pair_scale(pair, 8.0, "lora") == 4.0
     assert adapters._pair_scale(pair, 8.0, "rslora") == pytest.approx(8.0 / np.sqrt(2.0))
     assert adapters._pair_scale(pair, None, "lora") == 3.0  # the module's scale
@@ -217,7 +217,7 @@ def test_lora_pro_bad_inputs() -> None:
         tx.init({"l": {"lora_a": jnp.ones((3, 2), jnp.complex64), "lora_b": jnp.zeros((2, 4))}})
     with pytest.raises(TypeError, match="LoRAPair"):
         optx.scale_by_lora_pro(pairs=["l/lora_a"]).init(p)
-    pair = optx.LoRAPair("l/lora_a", "x/lora_b", 2)
+    pair = optx.lora.LoRAPair("l/lora_a", "x/lora_b", 2)
     with pytest.raises(ValueError, match="incomplete"):
         optx.scale_by_lora_pro(pairs=[pair]).init(p)
 
@@ -253,7 +253,7 @@ def test_sora_matches_official_sparse_adamw_golden() -> None:
             np.testing.assert_array_equal(got == 0, want == 0)
     for kind, cfg in meta["schedules"].items():
         values = z[f"aux/schedule/{kind}"][:-1]  # the last entry repeats the held value
-        got = optx.sparsifying_thresholds(
+        got = optx.lora.sparsifying_thresholds(
             cfg["sparse_lambda"], cfg["max_lambda"], cfg["lambda_num"], kind
         )
         np.testing.assert_allclose(got, values, rtol=1e-12)
@@ -323,10 +323,12 @@ def test_sora_matches_float64_reference(mode: str) -> None:
 def test_gate_threshold_dead_zone_and_sora_bad_inputs() -> None:
     x = jnp.array([0.5, 1.0, 1.5, 1.99, 2.0, 3.0, -1.5, -2.5])
     np.testing.assert_allclose(
-        optx.gate_threshold(x, 1.0), [0.0, 1.0, 0.0, 0.0, 1.0, 2.0, 0.0, -1.5]
+        optx.lora.gate_threshold(x, 1.0), [0.0, 1.0, 0.0, 0.0, 1.0, 2.0, 0.0, -1.5]
     )
     np.testing.assert_allclose(
-        optx.gate_threshold(x, 1.0, "soft"), [0.0, 0.0, 0.5, 0.99, 1.0, 2.0, -0.5, -1.5], atol=1e-6
+        optx.lora.gate_threshold(x, 1.0, "soft"),
+        [0.0, 0.0, 0.5, 0.99, 1.0, 2.0, -0.5, -1.5],
+        atol=1e-6,
     )
     with pytest.raises(ValueError, match="threshold"):
         optx.sora(threshold=-1.0)
@@ -337,25 +339,25 @@ def test_gate_threshold_dead_zone_and_sora_bad_inputs() -> None:
     with pytest.raises(ValueError, match="b2"):
         optx.sora(b2=1.0)
     with pytest.raises(ValueError, match="mode"):
-        optx.gate_threshold(x, 1.0, "hard")
+        optx.lora.gate_threshold(x, 1.0, "hard")
     with pytest.raises(ValueError, match="params"):
         tx = optx.scale_by_gate_threshold(0.1)
         tx.update({"lora_gate": x}, tx.init({"lora_gate": x}))
     with pytest.raises(ValueError, match="kind"):
-        optx.sparsifying_thresholds(0.0, 1.0, 3, "cosine")
+        optx.lora.sparsifying_thresholds(0.0, 1.0, 3, "cosine")
     with pytest.raises(ValueError, match="exp_linear"):
-        optx.sparsifying_thresholds(0.0, 1.0, 3, "exp_linear")
+        optx.lora.sparsifying_thresholds(0.0, 1.0, 3, "exp_linear")
     with pytest.raises(ValueError, match="num_stages"):
-        optx.sparsifying_thresholds(0.0, 1.0, 0)
+        optx.lora.sparsifying_thresholds(0.0, 1.0, 0)
     with pytest.raises(ValueError, match="stage_steps"):
-        optx.sparsifying_schedule(0.0, 1.0, 3, stage_steps=0)
+        optx.schedules.sparsifying_schedule(0.0, 1.0, 3, stage_steps=0)
 
 
 def test_sora_penalty_and_schedule_drive_the_threshold() -> None:
     p = {"a": {"lora_gate": jnp.array([1.0, -3.0, 0.0])}, "b": {"lora_gate": jnp.array([2.0])}}
-    assert float(optx.sora_l1_penalty(p, 1e-3)) == pytest.approx(1e-3 * 6.0 / 4)
-    assert float(optx.sora_l1_penalty({"w": jnp.ones(2)})) == 0.0
-    sched = optx.sparsifying_schedule(0.1, 0.3, 3, stage_steps=2, first_stage_steps=3)
+    assert float(optx.lora.sora_l1_penalty(p, 1e-3)) == pytest.approx(1e-3 * 6.0 / 4)
+    assert float(optx.lora.sora_l1_penalty({"w": jnp.ones(2)})) == 0.0
+    sched = optx.schedules.sparsifying_schedule(0.1, 0.3, 3, stage_steps=2, first_stage_steps=3)
     values = [float(sched(t)) for t in range(8)]
     np.testing.assert_allclose(values, [0.1, 0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.3], rtol=1e-6)
     # ξ follows the schedule inside the transform: a gate of 0.25 survives ξ = 0.1

@@ -38,7 +38,7 @@ class _InjectedHutchinson:
 
     def __call__(self, extra, params, key):
         z = extra["probe"]
-        return jax.tree.map(jnp.multiply, z, optx.hvp(extra["loss_fn"], params, z))
+        return jax.tree.map(jnp.multiply, z, optx.curvature.hvp(extra["loss_fn"], params, z))
 
 
 def test_sophia_h_golden_pytorch_optimizer() -> None:
@@ -175,7 +175,7 @@ def _problem():
 
 def _kernel_labels(tree):
     return jax.tree_util.tree_map_with_path(
-        lambda p, _: "curv" if optx.path_to_str(p).endswith("kernel") else "adam", tree
+        lambda p, _: "curv" if optx.tree_utils.path_to_str(p).endswith("kernel") else "adam", tree
     )
 
 
@@ -200,7 +200,7 @@ def test_inside_partition_and_masked(name: str, wrapper: str) -> None:
         )
     alone = CURVATURE[name]()
     state, state_alone = tx.init(params), alone.init(params)
-    extra = optx.curvature_args(loss_fn, params, sampled_loss_fn=sampled)
+    extra = optx.curvature.curvature_args(loss_fn, params, sampled_loss_fn=sampled)
     step = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra))
     step_alone = jax.jit(lambda g, s, p: alone.update(g, s, p, **extra))
     for _ in range(3):
@@ -261,7 +261,7 @@ def test_inside_nnx_optimizer(name: str) -> None:
     @nnx.jit
     def step(model, opt, i):
         loss, grads = nnx.value_and_grad(_ce)(model, batch)
-        extra = optx.nnx_curvature_args(
+        extra = optx.curvature.nnx_curvature_args(
             model, batch, _ce, logits_fn=lambda m, b: m(b[0]), key=jax.random.key(i)
         )
         opt.update(model, grads, **extra)
@@ -275,7 +275,9 @@ def test_inside_nnx_optimizer(name: str) -> None:
     def functional_loss(p):
         return _ce(nnx.merge(graphdef, p, rest, copy=True), batch)
 
-    sampled = optx.sampled_label_loss(lambda p: nnx.merge(graphdef, p, rest, copy=True)(batch[0]))
+    sampled = optx.curvature.sampled_label_loss(
+        lambda p: nnx.merge(graphdef, p, rest, copy=True)(batch[0])
+    )
 
     @jax.jit
     def functional_step(params, state, i):
@@ -284,7 +286,7 @@ def test_inside_nnx_optimizer(name: str) -> None:
             g,
             state,
             params,
-            **optx.curvature_args(
+            **optx.curvature.curvature_args(
                 functional_loss, params, sampled_loss_fn=sampled, key=jax.random.key(i)
             ),
         )

@@ -146,7 +146,7 @@ def test_adamw_8bit_matches_bitsandbytes_teacher_forced() -> None:
     step = jax.jit(tx.update)
     atol = meta["tolerance"]["params_after_atol"]
     mismatched = total = 0
-    dynamic_signed = optx.dynamic_map(signed=True).astype(np.float64)
+    dynamic_signed = optx.quantization.dynamic_map(signed=True).astype(np.float64)
     for t in range(meta["T"]):
         if t > 0:
             qs = state[0]
@@ -464,7 +464,7 @@ def test_galore_8bit_quantizes_subspace_moments() -> None:
     assert len(scales) == 2 and all(x.dtype == jnp.float32 for x in scales)
     # 32-bit subspace moments would take 2·8192·4 bytes; 8-bit: codes + scales.
     tx32 = optx.galore(1e-2, rank=16, eps=1e-8)
-    saved = optx.state_bytes(tx32, params) - optx.state_bytes(tx, params)
+    saved = optx.tree_utils.state_bytes(tx32, params) - optx.tree_utils.state_bytes(tx, params)
     assert saved == 2 * 8192 * 4 - (2 * 8192 + 2 * 32 * 4) + 4  # + the decay counter
 
 
@@ -488,9 +488,9 @@ def _gpt(vocab: int = 1000, d: int = 128, layers: int = 4) -> dict[str, Any]:
 
 def test_memory_claims_on_a_gpt_tree() -> None:
     params = _gpt()
-    adamw = optx.state_bytes(optax.adamw(1e-3), params)
-    assert optx.state_bytes(optx.adamw_8bit(1e-3), params) <= 0.27 * adamw
-    mini = optx.state_bytes_by_group(optx.apollo_mini(1e-2), params, per_param=True)
+    adamw = optx.tree_utils.state_bytes(optax.adamw(1e-3), params)
+    assert optx.tree_utils.state_bytes(optx.adamw_8bit(1e-3), params) <= 0.27 * adamw
+    mini = optx.tree_utils.state_bytes_by_group(optx.apollo_mini(1e-2), params, per_param=True)
     assert mini["matrix"] < 0.1  # the paper's SGD-level memory claim
     # Exact APOLLO-Mini matrix state: per (m, n) matrix 2·max + min floats (moments,
     # projection) + a limiter norm; per leaf a PRNG key; 5 int32 counters (subspace,
@@ -498,11 +498,11 @@ def test_memory_claims_on_a_gpt_tree() -> None:
     d, layers = 128, 4
     shapes = [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)]
     expected = sum(layers * (2 * max(s) + min(s) + 1) * 4 + 8 for s in shapes) + 5 * 4
-    by = optx.state_bytes_by_group(optx.apollo_mini(1e-2), params)
+    by = optx.tree_utils.state_bytes_by_group(optx.apollo_mini(1e-2), params)
     assert by["matrix"] == expected
     # GaLore rank r: moments r·max(m, n), projector min(m, n)·r per matrix.
     r = 16
-    galore = optx.state_bytes_by_group(optx.galore(1e-2, rank=r), params)
+    galore = optx.tree_utils.state_bytes_by_group(optx.galore(1e-2, rank=r), params)
     expected = sum(layers * (2 * r * max(s) + r * min(s)) * 4 for s in shapes) + 3 * 4
     assert galore["matrix"] == expected
 

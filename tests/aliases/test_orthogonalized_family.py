@@ -301,7 +301,7 @@ def root_direction(lr: float, mu: float, wd: float, q: float = 0.9):
 
 def test_root_matches_float64_reference() -> None:
     params, grads = make_problem(4)
-    table = optx.ShapeCoefficientTable(ROOT_TABLE, name="test")
+    table = optx.linalg.ShapeCoefficientTable(ROOT_TABLE, name="test")
     with jax.enable_x64(True):
         got = run_optx(optx.root(0.01, table, b1=0.9, weight_decay=0.1), params, grads)
     assert_close(got, run_reference(root_direction(0.01, 0.9, 0.1), params, grads), 1e-10)
@@ -316,7 +316,7 @@ def test_root_default_table_and_fallback_adamw_decay() -> None:
         u, _ = tx.update(g, tx.init(p), p)
     # The fallback AdamW decays with the same λ = 0.1 and lr as the matrices.
     np.testing.assert_allclose(u["bias"], -1e-3 * 0.1 * np.ones(4), rtol=1e-6)
-    table = optx.ROOT_COEFFICIENTS
+    table = optx.linalg.ROOT_COEFFICIENTS
     assert table(8192, 2048).table == ((2.9794, -3.6674, 1.6207),)
     assert table(2048, 2048).table == ((3.4916, -4.8224, 2.1095),)
 
@@ -348,7 +348,7 @@ def soft_cap_np(w: np.ndarray, w_max: float, delta: float, decay: float) -> np.n
 def test_lipschitz_muon_soft_cap_matches_float64_reference() -> None:
     params, grads = make_problem(5, scale=0.05)  # start inside the ball
     lr, wd, w_max = 0.05, 0.1, 0.6
-    overshoot = optx.composed_polynomial_max("keller", 5)
+    overshoot = optx.linalg.composed_polynomial_max("keller", 5)
     assert abs(overshoot - 1.2024) < 1e-3
     with jax.enable_x64(True):
         tx = optx.lipschitz_muon(lr, b1=0.9, weight_decay=wd, w_max=w_max)
@@ -391,7 +391,7 @@ def test_lipschitz_muon_bad_arguments() -> None:
     with pytest.raises(ValueError, match="geometry"):
         optx.lipschitz_muon(0.02, geometry="linf")
     with pytest.raises(ValueError, match="max_update_norm"):
-        optx.lipschitz_muon(0.02, ns_coeffs=optx.ROOT_COEFFICIENTS)
+        optx.lipschitz_muon(0.02, ns_coeffs=optx.linalg.ROOT_COEFFICIENTS)
     with pytest.raises(ValueError, match="w_max"):
         optx.lipschitz_muon(0.02, w_max=0.0)
     tx = optx.lipschitz_muon(0.02)
@@ -420,7 +420,7 @@ def train_mlp(projection: str, w_max: float, steps: int = 25) -> float:
     hidden = ("inp/kernel", "hidden1/kernel", "hidden2/kernel")
     # Start inside the ball (a soft cap keeps a feasible start feasible).
     params = nnx.state(model, nnx.Param)
-    cap = optx.spectral_svd_cap(w_max)
+    cap = optx.constraints.spectral_svd_cap(w_max)
     u, _ = cap.update(jax.tree.map(jnp.zeros_like, params), cap.init(params), params)
     nnx.update(model, optax.apply_updates(params, u))
     tx = optx.lipschitz_muon(0.1, projection=projection, w_max=w_max, adam_lr_ratio=0.1)
@@ -438,7 +438,7 @@ def train_mlp(projection: str, w_max: float, steps: int = 25) -> float:
     worst = 0.0
     for _ in range(steps):
         step(model, optimizer)
-        norms = optx.spectral_norms(model, geometry="rms")
+        norms = optx.constraints.spectral_norms(model, geometry="rms")
         worst = max(worst, *(float(norms[h]) for h in hidden))
     return worst
 

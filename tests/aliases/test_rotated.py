@@ -221,9 +221,9 @@ def test_soap_rotates_fallback_matrices_like_the_official_code() -> None:
 
 
 def float_state_bytes(tx: optax.GradientTransformation, params: Any) -> int:
-    """optx.state_bytes without the int32 step counters."""
+    """optx.tree_utils.state_bytes without the int32 step counters."""
     counters = [x for x in jax.tree.leaves(tx.init(params)) if x.dtype == jnp.int32]
-    return optx.state_bytes(tx, params) - sum(x.size * 4 for x in counters)
+    return optx.tree_utils.state_bytes(tx, params) - sum(x.size * 4 for x in counters)
 
 
 def test_soap_state_memory_formula() -> None:

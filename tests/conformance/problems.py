@@ -281,7 +281,7 @@ def _adapter_problem(name: str, gated: bool, seed: int) -> AdapterProblem:
         out = {"bias": p["bias"]}
         for k in xs:
             ad = p[k]["lora"]
-            out[k] = optx.lora_delta(ad["lora_a"], ad["lora_b"], gate=ad.get("lora_gate"))
+            out[k] = optx.lora.lora_delta(ad["lora_a"], ad["lora_b"], gate=ad.get("lora_gate"))
         return out
 
     def loss(p: Any) -> jax.Array:

@@ -7,8 +7,8 @@ contract is checked where the pair-aware path runs: convergence of the
 effective weights on the adapter problems of ``problems.ADAPTER_PROBLEMS``,
 abstract init, no recompilation, dtypes (f32, bf16), ``inject_hyperparams``,
 ``optax.MultiSteps``, ``lax.cond`` and zero gradients, an 8-device Explicit
-mesh with the factors sharded, and ``nnx.Optimizer(..., wrt=optx.lora_filter)``
-on a model wrapped by ``optx.add_lora``.
+mesh with the factors sharded, and ``nnx.Optimizer(..., wrt=optx.lora.lora_filter)``
+on a model wrapped by ``optx.lora.add_lora``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _params(name: str, dtype: Any = jnp.float32) -> Any:
 
     def perturb(path: Any, x: jax.Array) -> jax.Array:
         k = next(keys)
-        if optx.path_to_str(path).endswith("lora_b"):
+        if optx.tree_utils.path_to_str(path).endswith("lora_b"):
             x = x + 0.2 * jax.random.normal(k, x.shape)
         return x.astype(dtype)
 
@@ -177,14 +177,14 @@ def test_adapter_inject_multisteps_and_cond(name: str) -> None:
 @pytest.mark.parametrize("name", [_group(n) for n in NAMES])
 def test_adapter_sharded_factors(name: str) -> None:
     """Factors sharded on an 8-device Explicit mesh: same numbers, stable state,
-    ``optx.state_shardings`` agrees with the state ``init`` builds."""
+    ``optx.sharding.state_shardings`` agrees with the state ``init`` builds."""
     tx, step = _tx(name), _step(name)
     params = _params(name)
     _, _, ref = step(params, tx.init(params))
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
 
     def spec(path: Any, x: jax.Array) -> P:
-        p = optx.path_to_str(path)
+        p = optx.tree_utils.path_to_str(path)
         if p.endswith("lora_a") and x.ndim == 2:
             return P("data", None)  # fan_in 8 over 4 devices
         if p.endswith("lora_b") and x.ndim == 2:
@@ -200,7 +200,9 @@ def test_adapter_sharded_factors(name: str) -> None:
         p1, s1, updates = step(sharded, s0)
         assert jax.tree.map(jax.typeof, s1) == jax.tree.map(jax.typeof, s0)
         assert jax.typeof(p1["dense"]["lora"]["lora_a"]).sharding.spec == P("data", None)
-        for s, a in zip(jax.tree.leaves(s0), jax.tree.leaves(optx.state_shardings(tx, sharded))):
+        for s, a in zip(
+            jax.tree.leaves(s0), jax.tree.leaves(optx.sharding.state_shardings(tx, sharded))
+        ):
             assert s.sharding.is_equivalent_to(a, s.ndim)
     for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
@@ -219,10 +221,12 @@ class _Model(nnx.Module):
 def test_adapter_nnx_optimizer(name: str) -> None:
     model = _Model(nnx.Rngs(0))
     kind = "gated" if name in GATED else "lora"
-    optx.add_lora(model, 2, rngs=nnx.Rngs(1), kind=kind, targets="hidden", alpha=4.0)
-    pairs = optx.lora_pairs(model)
+    optx.lora.add_lora(model, 2, rngs=nnx.Rngs(1), kind=kind, targets="hidden", alpha=4.0)
+    pairs = optx.lora.lora_pairs(model)
     kw = {"pairs": pairs} if name == "lora_pro" else {}
-    optimizer = nnx.Optimizer(model, _build(name, learning_rate=1e-2, **kw), wrt=optx.lora_filter)
+    optimizer = nnx.Optimizer(
+        model, _build(name, learning_rate=1e-2, **kw), wrt=optx.lora.lora_filter
+    )
     x = jax.random.normal(jax.random.key(0), (5, 6))
     y = jax.random.normal(jax.random.key(1), (5, 4))
     base = model.hidden.base_module.kernel[...]
@@ -232,7 +236,9 @@ def test_adapter_nnx_optimizer(name: str) -> None:
         def loss_fn(m: _Model) -> jax.Array:
             return jnp.mean((m(x) - y) ** 2)
 
-        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, optx.lora_filter))(model)
+        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, optx.lora.lora_filter))(
+            model
+        )
         optimizer.update(model, grads)
         return loss
 

@@ -105,13 +105,13 @@ def test_sharded_update_with_and_without_set_mesh(name: str) -> None:
     for kind in (AxisType.Explicit, AxisType.Auto):
         mesh = jax.make_mesh((8,), ("x",), axis_types=(kind,))
         sharded = jax.device_put(params, jax.tree.map(lambda s, m=mesh: NamedSharding(m, s), specs))
-        shardings = optx.state_shardings(tx, sharded)
+        shardings = optx.sharding.state_shardings(tx, sharded)
         for context in (False, True):
             where = f"{name}: {kind.name} axes, set_mesh={context}"
             with jax.set_mesh(mesh) if context else contextlib.nullcontext():
                 state0 = tx.init(sharded)
                 if kind == AxisType.Explicit:
-                    # Sharded state is sharded as optx.state_shardings says.
+                    # Sharded state is sharded as optx.sharding.state_shardings says.
                     for s, sh in zip(jax.tree.leaves(state0), jax.tree.leaves(shardings)):
                         if any(e is not None for e in sh.spec):
                             assert s.sharding.is_equivalent_to(sh, s.ndim), (where, s.sharding)

@@ -41,12 +41,15 @@ REQUIRED: dict[str, Any] = {
 
 def _public_factories() -> dict[str, Callable[..., Any]]:
     out = {}
-    for name in dir(optx):
-        fn = getattr(optx, name)
-        if name.startswith("_") or not inspect.isfunction(fn):
-            continue
-        if "GradientTransformation" in str(inspect.signature(fn).return_annotation):
-            out[name] = fn
+    modules = [getattr(optx, n) for n in optx.__all__ if inspect.ismodule(getattr(optx, n))]
+    namespaces = [optx, *modules]
+    for namespace in namespaces:
+        for name in namespace.__all__:
+            fn = getattr(namespace, name)
+            if not inspect.isfunction(fn):
+                continue
+            if "GradientTransformation" in str(inspect.signature(fn).return_annotation):
+                out[name] = fn
     for spec in optx.registered_specs():
         out[spec.name] = spec.factory
     return dict(sorted(out.items()))
@@ -149,7 +152,9 @@ def test_injected_structural_arguments_get_one_error_with_static_args() -> None:
     with pytest.raises(TypeError, match=r"static_args=\('mu_dtype',\)"):
         tx.init({"w": jnp.ones((8, 8))})
     # So is a Newton–Schulz shape table (inject calls it with the step count).
-    tx = optax.inject_hyperparams(optx.root)(learning_rate=1e-3, ns_coeffs=optx.ROOT_COEFFICIENTS)
+    tx = optax.inject_hyperparams(optx.root)(
+        learning_rate=1e-3, ns_coeffs=optx.linalg.ROOT_COEFFICIENTS
+    )
     with pytest.raises(TypeError, match=r"static_args=\('ns_coeffs',\)"):
         tx.init({"w": jnp.ones((8, 8))})
 

@@ -1,10 +1,10 @@
 """Optimizers for low-rank adapters: LoRA-Pro and SoRA (issue 15).
 
 Both take a whole model's trainable tree: the adapter leaves (found by
-:func:`optx.lora_pairs` — NNX names ``lora_a``/``lora_b``/``lora_gate``, or
+:func:`optx.lora.lora_pairs` — NNX names ``lora_a``/``lora_b``/``lora_gate``, or
 ``pairs`` from the model) get the method, every other leaf an AdamW
 (classifier heads, biases, norms trained alongside the adapters). LoRA-SB is
-an initialisation (:func:`optx.lora_sb_init`) followed by any optimizer on the
+an initialisation (:func:`optx.lora.lora_sb_init`) followed by any optimizer on the
 ``r × r`` cores, so it is not a registered optimizer.
 """
 
@@ -81,7 +81,7 @@ def lora_pro(
         ``s = 2``); with ``alpha=None`` the module scale of ``pairs`` (1.0 for
         ``nnx.LoRA``).
       variant: ``'paper'`` or ``'official'``.
-      pairs: adapters from :func:`optx.lora_pairs` (default: by leaf name).
+      pairs: adapters from :func:`optx.lora.lora_pairs` (default: by leaf name).
       mu_dtype, nu_dtype: moment dtypes (adapters and fallback).
       adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: the
         AdamW of the non-adapter leaves.
@@ -159,7 +159,7 @@ def sora(
 ) -> optax.GradientTransformationExtraArgs:
     """SoRA: AdamW with a proximal (sparsifying) step on the adapter gates.
 
-    SoRA's adapter is ``ΔW x = s·B(g ⊙ A x)`` (:class:`optx.GatedLoRA`); the
+    SoRA's adapter is ``ΔW x = s·B(g ⊙ A x)`` (:class:`optx.lora.GatedLoRA`); the
     gate ``g`` is trained by the official ``SparseAdamW`` (Ding et al.,
     arXiv 2311.11696, Eq. 6–7):
 
@@ -174,9 +174,9 @@ def sora(
     default, the paper's soft threshold with ``threshold_mode='soft'``). All
     other leaves get the Hugging Face AdamW the official trainer uses (ε on
     the uncorrected ``√v``, decay of the post-step weights, ``mask`` for the
-    decayed leaves). Add :func:`optx.sora_l1_penalty` to the loss (the
-    trainer's ``λ₁·Σ|g|/n``), schedule ξ with :func:`optx.sparsifying_schedule`
-    and prune with :func:`optx.prune_sora`.
+    decayed leaves). Add :func:`optx.lora.sora_l1_penalty` to the loss (the
+    trainer's ``λ₁·Σ|g|/n``), schedule ξ with :func:`optx.schedules.sparsifying_schedule`
+    and prune with :func:`optx.lora.prune_sora`.
 
     Official-code details: ``SparseAdamW`` is built with only ``params`` and
     ``lr`` (``sparse_lr``, default the main lr), so its ε is transformers'

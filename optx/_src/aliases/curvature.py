@@ -64,8 +64,8 @@ def sophia_g(
       θ_t = θ_{t-1} - η\\Big(\\mathrm{clip}\\big(m_t / \\max(γ B h, ε), 1\\big) + λ θ_{t-1}\\Big)
 
     with ``γ = gamma`` (the official ``rho``), ``B = tokens_per_batch`` (the official ``bs = total_bs · block_size``)
-    and the ``sampled_loss_fn`` extra argument (:func:`optx.sampled_label_loss`,
-    :func:`optx.nnx_curvature_args` with ``logits_fn``). ``h`` is refreshed
+    and the ``sampled_loss_fn`` extra argument (:func:`optx.curvature.sampled_label_loss`,
+    :func:`optx.curvature.nnx_curvature_args` with ``logits_fn``). ``h`` is refreshed
     at steps ``k, 2k, …`` with the curvature at the parameters of that step
     (the official script estimates right after step ``k−1`` on the batch of
     step ``k``), so the first ``k`` steps are sign-momentum steps; the win rate
@@ -133,8 +133,8 @@ def sophia_g(
       >>> params = {'w': jnp.zeros((4, 3))}
       >>> tx = optx.sophia_g(1e-3, tokens_per_batch=8)
       >>> state = tx.init(params)
-      >>> extra = optx.curvature_args(loss_fn, params,
-      ...                             sampled_loss_fn=optx.sampled_label_loss(logits_fn))
+      >>> extra = optx.curvature.curvature_args(loss_fn, params,
+      ...                             sampled_loss_fn=optx.curvature.sampled_label_loss(logits_fn))
       >>> u, state = tx.update(jax.grad(loss_fn)(params), state, params, **extra)
     """
     return optax.chain(
@@ -319,7 +319,7 @@ def adahessian(
     step, ε after the power, 3-D tensors, device averaging). ``Hz`` is a
     forward-over-reverse product of the ``loss_fn`` extra argument over the
     full tree, so this works inside ``optax.partition``/``masked`` (with
-    ``full_params``) and ``nnx.Optimizer`` (:func:`optx.nnx_curvature_args`).
+    ``full_params``) and ``nnx.Optimizer`` (:func:`optx.curvature.nnx_curvature_args`).
 
     Args:
       learning_rate: η (official 0.15).
@@ -404,7 +404,7 @@ def mfac(
     product; weight decay is L2-style, added to the gradient before
     preconditioning; momentum is an EMA of the preconditioned direction
     (``v`` starts at 0, no bias correction). State: ``m·d`` buffer + ``m²`` Gram
-    (+ ``d`` momentum) — see :func:`optx.mfac_state_bytes`.
+    (+ ``d`` momentum) — see :func:`optx.tree_utils.mfac_state_bytes`.
 
     Args:
       learning_rate: η (official 1e-3).
@@ -542,8 +542,8 @@ def mkor(
       θ \\leftarrow \\mathrm{inner}(Δ)
 
     (norms summed over the kernel and bias parts). The per-layer statistics come
-    from the ``captures`` extra argument (:func:`optx.value_grad_and_captures`
-    for NNX, :func:`optx.linen_value_grad_and_captures` for linen); layers
+    from the ``captures`` extra argument (:func:`optx.curvature.value_grad_and_captures`
+    for NNX, :func:`optx.curvature.linen_value_grad_and_captures` for linen); layers
     without a capture use statistics derived from their gradient (see
     :func:`optx.scale_by_mkor`, which documents the stabilizer, the reset
     semantics and every quirk of the released code).
@@ -589,7 +589,7 @@ def mkor(
       >>> mse = lambda m, x: jnp.mean((m(x) - 1.0) ** 2)
       >>> @nnx.jit
       ... def step(model, opt, x):
-      ...     loss, grads, captures = optx.value_grad_and_captures(mse, model, x)
+      ...     loss, grads, captures = optx.curvature.value_grad_and_captures(mse, model, x)
       ...     opt.update(model, grads, captures=captures)
       ...     return loss
       >>> _ = step(model, opt, jnp.ones((4, 3)))
@@ -715,13 +715,13 @@ def registry_extra_args(ctx: registry.ExtraArgsContext) -> dict[str, Any]:
 
     ``loss_fn``/``full_params``/``key``/``loss`` come from the context;
     ``captures``, ``sampled_loss_fn`` (or ``logits_fn``: ``params -> logits``,
-    turned into one by :func:`optx.sampled_label_loss`) from ``ctx.aux`` when
+    turned into one by :func:`optx.curvature.sampled_label_loss`) from ``ctx.aux`` when
     the problem provides them. Without either (a plain loss of the parameters
     has no predictive distribution to sample labels from) Sophia-G gets
     ``(params, key) -> loss_fn(params)``: its Gauss–Newton–Bartlett estimate
     then degrades to the squared (clipped) gradient, the empirical Fisher
     diagonal. Without ``captures`` MKOR derives its rank-1 statistics from the
-    gradients (:func:`optx.mkor_statistics_from_gradients`).
+    gradients (:func:`optx.curvature.mkor_statistics_from_gradients`).
     """
     aux = dict(ctx.aux or {})
     sampled = aux.get("sampled_loss_fn")

@@ -131,7 +131,7 @@ def adamp(
 
     tried per channel (``i`` = output neuron, ``n`` = fan-in), then per layer
     (``i`` = the whole matrix, ``n`` = its size) — see :mod:`optx._src.radial`
-    and :func:`optx.project_out_radial`.
+    and :func:`optx.constraints.project_out_radial`.
 
     Official-code details: the test uses the raw **gradient**, the projection
     the Adam direction; ``ŵ = w/(‖w‖ + ε)`` with the pre-step weights; the
@@ -667,7 +667,7 @@ def agvm_sgd(
     where ``s_i`` is the EMA of ``√clip((D₀ + 10⁻⁶)/(D_i + 10⁻⁶), 0.5, 10)``,
     ``D_i = 1 − cos(g^A_i, g^B_i)`` measured every ``interval`` steps from the
     two half-batch gradients (extra args ``grads_a``, ``grads_b``; compute them
-    with :func:`optx.half_batch_gradients`). See :mod:`optx._src.variance`
+    with :func:`optx.elementwise.half_batch_gradients`). See :mod:`optx._src.variance`
     for the official hook's window semantics. For AdamW/LAMB/LARS wrap them
     directly: ``optx.agvm(optx.adamw(...), groups, adam_preconditioning=True)``.
 

@@ -45,8 +45,8 @@ def eggroll(
     default, as the official ``init_noiser`` — so ``θ ← θ + η ĝ`` for SGD.
 
     ``update(updates, state, params, *, fitness, key)``: ``fitness`` holds the
-    ``N`` raw fitnesses (to maximize) measured with :func:`optx.es_evaluate`
-    (or :func:`optx.es_noise` + :func:`optx.perturbed_matmul`) at the current
+    ``N`` raw fitnesses (to maximize) measured with :func:`optx.evolution.es_evaluate`
+    (or :func:`optx.evolution.es_noise` + :func:`optx.evolution.perturbed_matmul`) at the current
     parameters with the same ``key``, ``sigma``, ``rank`` and generation
     (``optax.tree_utils.tree_get(state, 'generation')``); ``updates`` are
     ignored (pass ``params``).
@@ -70,7 +70,7 @@ def eggroll(
         outer step (``optax.adam``, ``functools.partial(optax.adamw, b1=0.9)``,
         ``optx.muon``, ...); default ``optax.sgd``. List it in ``static_args``
         when wrapping ``eggroll`` in ``optax.inject_hyperparams``.
-      router: which leaves get low-rank noise (default :func:`optx.es_router`:
+      router: which leaves get low-rank noise (default :func:`optx.evolution.es_router`:
         every kernel, classifier head included).
 
     Official-code quirks (all reproduced unless noted): noise in the
@@ -91,7 +91,7 @@ def eggroll(
       >>> import jax, jax.numpy as jnp, optax, optx
       >>> params = {'dense': {'kernel': jnp.zeros((3, 1))}}
       >>> def fitness_fn(p, noise):
-      ...     y = optx.perturbed_matmul(jnp.ones((1, 3)), p['dense']['kernel'],
+      ...     y = optx.evolution.perturbed_matmul(jnp.ones((1, 3)), p['dense']['kernel'],
       ...                               noise['dense']['kernel'])
       ...     return -jnp.sum((y - 2.0) ** 2)
       >>> tx = optx.eggroll(0.1, sigma=0.1, rank=1)
@@ -99,7 +99,7 @@ def eggroll(
       >>> @jax.jit
       ... def generation(params, state):
       ...     gen = optax.tree_utils.tree_get(state, 'generation')
-      ...     f = optx.es_evaluate(fitness_fn, params, key, 16, sigma=0.1, generation=gen)
+      ...     f = optx.evolution.es_evaluate(fitness_fn, params, key, 16, sigma=0.1, generation=gen)
       ...     u, state = tx.update(params, state, params, fitness=f, key=key)
       ...     return optax.apply_updates(params, u), state
       >>> state = tx.init(params)
@@ -181,7 +181,7 @@ def openes(
     ``ĝ = (1/√N) Σ_i f_i E_i`` (official ``noiser/open_es.py``: the same key
     schedule, fitness shaping and scaling as ``EggRoll``; a matrix's noise is
     drawn as the official ``(out, in)`` array). Evaluate members with
-    ``optx.es_evaluate(..., rank=None)``. Costs ``O(N·d)`` noise per
+    ``optx.evolution.es_evaluate(..., rank=None)``. Costs ``O(N·d)`` noise per
     generation, against ``O(N·r(m + n))`` per ``m × n`` matrix for EGGROLL.
 
     Args:
@@ -199,7 +199,7 @@ def openes(
       >>> import jax, jax.numpy as jnp, optx
       >>> params = {'w': jnp.zeros(3)}
       >>> tx = optx.openes(0.1, sigma=0.1)
-      >>> f = optx.es_evaluate(lambda p, n: -jnp.sum((p['w'] + n['w'] - 1.0) ** 2),
+      >>> f = optx.evolution.es_evaluate(lambda p, n: -jnp.sum((p['w'] + n['w'] - 1.0) ** 2),
       ...                      params, jax.random.key(0), 8, sigma=0.1, rank=None)
       >>> u, state = tx.update(params, tx.init(params), params, fitness=f, key=jax.random.key(0))
     """

@@ -1,12 +1,12 @@
 """Memory-efficient optimizers: 8-bit states, GaLore, APOLLO, FRUGAL, DCT-AdamW.
 
 Every alias here keeps less optimizer state than AdamW's 8 bytes per
-parameter; ``optx.state_bytes`` / ``optx.state_bytes_by_group`` report exactly
+parameter; ``optx.tree_utils.state_bytes`` / ``optx.tree_utils.state_bytes_by_group`` report exactly
 what each one allocates (``benchmarks/memory_table.py`` prints the table).
 
 * 8-bit block-wise states (:func:`adamw_8bit`, :func:`lion_8bit`,
   :func:`sgd_momentum_8bit`) wrap the 32-bit transform in
-  :func:`optx.quantize_moments`; they are element-wise (no routing).
+  :func:`optx.quantization.quantize_moments`; they are element-wise (no routing).
 * Low-rank methods (:func:`galore`, :func:`galore_8bit`, :func:`apollo`,
   :func:`apollo_mini`, :func:`frugal`, :func:`dct_adamw`) are
   :func:`optx.routed` pairs: hidden matrices get the projected chain, the
@@ -108,7 +108,7 @@ def adamw_8bit(
       min_size: smaller leaves keep full-precision moments (static; None =
         4096, bitsandbytes).
       full_precision: regex (or predicate) on the state path of leaves to keep
-        in full precision, see :func:`optx.quantize_moments`.
+        in full precision, see :func:`optx.quantization.quantize_moments`.
       nu_dtype: dtype of the full-precision (small) second moments.
 
     References:
@@ -120,7 +120,7 @@ def adamw_8bit(
       >>> import jax.numpy as jnp, optx
       >>> params = {'w': jnp.zeros((128, 64))}
       >>> tx = optx.adamw_8bit(1e-3)
-      >>> optx.state_bytes(tx, params) / 8192   # codes + scales + count
+      >>> optx.tree_utils.state_bytes(tx, params) / 8192   # codes + scales + count
       2.0317...
     """
     return optax.chain(
@@ -156,7 +156,7 @@ def lion_8bit(
       u = -η\\big(\\mathrm{sign}(β_1 m + (1-β_1) g) + λ W\\big), \\quad
       q_t = \\mathrm{quant}_{\\text{signed}}(β_2 m + (1-β_2) g)
 
-    ``optax.scale_by_lion`` wrapped in :func:`optx.quantize_moments` (1.03
+    ``optax.scale_by_lion`` wrapped in :func:`optx.quantization.quantize_moments` (1.03
     bytes per parameter instead of 4). bitsandbytes defaults: lr 1e-4,
     β = (0.9, 0.99), no decay; decay on the pre-step weights.
 
@@ -211,7 +211,7 @@ def sgd_momentum_8bit(
     PyTorch ``SGD`` semantics (coupled L2 decay added to the gradient, the
     first buffer equals the gradient since it starts at zero), the buffer
     quantized with the signed dynamic map: ``optax.trace`` wrapped in
-    :func:`optx.quantize_moments`.
+    :func:`optx.quantization.quantize_moments`.
 
     Positional order of ``optax.sgd`` (``lr, momentum, nesterov, mu_dtype`` —
     optax's ``accumulator_dtype``).
@@ -920,7 +920,7 @@ def dct_adamw(
 
     Official ``DCTAdamW`` (ista-daslab-optimizers 1.1.15, ``proj='dct'``,
     ``sim_type='matmul'``). Per hidden matrix ``G`` with the orthonormal DCT
-    basis ``Q`` of the smaller dimension (:func:`optx.dct_basis`), at a refresh
+    basis ``Q`` of the smaller dimension (:func:`optx.projections.dct_basis`), at a refresh
     (arXiv 2505.17967, Alg. 1):
 
     .. math::

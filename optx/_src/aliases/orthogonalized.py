@@ -777,9 +777,9 @@ def root(
     threshold ε; the official code's per-matrix 0.9-quantile (linear
     interpolation, ``torch.quantile``'s rule) is the concrete choice pinned
     here (:func:`optx.clip_by_quantile`). ``(a, b, c)_{m,n}`` comes from the
-    shape table :data:`optx.ROOT_COEFFICIENTS` (one triple for all steps);
+    shape table :data:`optx.linalg.ROOT_COEFFICIENTS` (one triple for all steps);
     shapes outside it use Muon's coefficients with a one-time warning — fit
-    coefficients for your shapes with :func:`optx.fit_newton_schulz_coefficients`
+    coefficients for your shapes with :func:`optx.linalg.fit_newton_schulz_coefficients`
     and pass ``ROOT_COEFFICIENTS.with_shapes({...})``.
 
     Official-code quirks, and what optx does:
@@ -787,7 +787,7 @@ def root(
     * The quantile is computed on ``|U|`` in f32 (``g.abs().float()``) with a
       hand-written ``kthvalue`` interpolation equal to ``torch.quantile``; optx
       finds the two order statistics by exact selection (no sort,
-      :func:`optx.matrix_quantile`) and interpolates in f32.
+      :func:`optx.linalg.matrix_quantile`) and interpolates in f32.
     * Newton–Schulz runs in the gradient dtype (f32), no bf16 cast (optx:
       ``ns_dtype=None``, f32).
     * Weight decay multiplies by ``1 − ηλ`` with the *unadjusted* lr while the
@@ -809,7 +809,7 @@ def root(
     Args:
       learning_rate: η (1e-3 in the official script; AdamW-like because of the
         Moonlight scaling).
-      ns_coeffs: a shape table (None: :data:`optx.ROOT_COEFFICIENTS`) or any
+      ns_coeffs: a shape table (None: :data:`optx.linalg.ROOT_COEFFICIENTS`) or any
         Newton–Schulz coefficient spec. A table is callable: under
         ``optax.inject_hyperparams`` list it in ``static_args``.
       ns_steps: Newton–Schulz iterations (static; None = 5).
@@ -923,7 +923,7 @@ def lipschitz_muon(
     ``‖W‖_{RMS→RMS} ≤ w_max`` reaches at most
     ``k = w_max(1 − ηλ) + δ`` with ``δ = η × max_σ NS`` (1.2024 for Muon's
     5 steps; computed from the coefficients, see
-    :func:`optx.composed_polynomial_max`); the soft cap maps ``k`` to ``w_max``.
+    :func:`optx.linalg.composed_polynomial_max`); the soft cap maps ``k`` to ``w_max``.
 
     ``projection`` (see :mod:`optx._src.constraints`): ``'soft_cap'`` (default, the
     paper's), ``'hard_cap'``, ``'svd_cap'`` (exact), ``'normalize'``,
@@ -931,7 +931,7 @@ def lipschitz_muon(
     ``'none'``. Only leaves the router sends to ``'matrix'`` are projected; to
     constrain the head too, route it to ``'matrix'`` (it is then trained by
     Muon, as in the paper). ``embedding_max_inflation=f`` adds the embedding
-    RMS projection (:func:`optx.embedding_rms_projection`) on the router's
+    RMS projection (:func:`optx.constraints.embedding_rms_projection`) on the router's
     embedding leaves (trained by the fallback AdamW).
 
     Deviations from the official code (each documented in
@@ -941,7 +941,7 @@ def lipschitz_muon(
     warm-started (``warm_start=False`` re-seeds); the NS overshoot is folded
     into δ (the official NanoGPT script multiplies by 1.14502·1.05 for its
     coefficients, modula's JAX code not at all). Initialize the model inside the
-    ball (e.g. one :func:`optx.spectral_svd_cap` projection of the initial
+    ball (e.g. one :func:`optx.constraints.spectral_svd_cap` projection of the initial
     weights): a soft cap only guarantees the bound from a feasible start.
 
     Positional order of ``optax.contrib.muon`` (see :func:`optx.muon`).

@@ -37,7 +37,7 @@ def wgsef(
     axes of its :class:`optx.MatrixLayout`), so a pruned group is a whole unit
     that can be removed from the layer. The step is SGD with momentum (or
     ``optimizer(learning_rate)``), followed by
-    :func:`optx.group_sparse_envelope_prox` with strength ``η·μ``; groups the
+    :func:`optx.sparsity.group_sparse_envelope_prox` with strength ``η·μ``; groups the
     prox switches off are exactly zero. ``k`` is the target number of groups
     per layer the envelope favours (the paper's pre-defined sparsity level);
     stronger ``penalty`` reaches it sooner at some cost in accuracy. Layers
@@ -55,9 +55,9 @@ def wgsef(
         base step instead of SGD (e.g. ``optax.adam``; list it in
         ``static_args`` under ``optax.inject_hyperparams``).
       groups: ``'output'``, ``'input'`` or ``'heads'``
-        (:func:`optx.group_axes`).
+        (:func:`optx.sparsity.group_axes`).
       group_weights: ``d``: None (unweighted), ``'size'`` or a callable (see
-        :func:`optx.group_sparse_envelope_prox`).
+        :func:`optx.sparsity.group_sparse_envelope_prox`).
       router: which leaves are grouped (default router: hidden kernels and
         conv filters; heads, embeddings, biases and norms are only stepped).
 
@@ -81,7 +81,7 @@ def wgsef(
       >>> for _ in range(30):
       ...     u, state = tx.update(jax.tree.map(jnp.zeros_like, w), state, w)
       ...     w = optax.apply_updates(w, u)
-      >>> optx.group_sparsity(w)['hidden/kernel']
+      >>> optx.sparsity.group_sparsity(w)['hidden/kernel']
       ((2,), 6)
     """
     base.check_learning_rate("learning_rate", learning_rate)
