@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import types
 from pathlib import Path
 
@@ -94,3 +95,19 @@ def test_each_public_object_has_one_home() -> None:
             where = f"{namespace}.{name}"
             assert id(value) not in homes, f"{where} is also {homes[id(value)]}"
             homes[id(value)] = where
+
+
+def test_api_reference_lists_every_public_name_once() -> None:
+    """docs/api/*.md documents each pinned name exactly once (autodoc directives)."""
+    directive = re.compile(r"^```\{auto(?:function|class|data|module)\} (\S+)", re.MULTILINE)
+    documented: list[str] = []
+    for page in sorted((ROOT / "docs" / "api").glob("*.md")):
+        documented += directive.findall(page.read_text())
+    expected = {f"{ns}.{name}" for ns, names in PUBLIC.items() for name in names}
+    twice = sorted({n for n in documented if documented.count(n) > 1})
+    assert not twice, f"documented more than once in docs/api: {twice}"
+    missing = sorted(expected - set(documented))
+    extra = sorted(set(documented) - expected)
+    assert not missing and not extra, (
+        f"API reference out of date: missing {missing}, not public {extra}; " + _HOW
+    )

@@ -49,3 +49,13 @@ def test_readme_quick_start_runs_as_written() -> None:
     model = namespace["model"]
     table = str(optx.describe(namespace["tx"], nnx.state(model, nnx.Param)))
     assert "hidden/kernel" in table and "matrix" in table
+
+
+def test_ci_builds_the_docs_after_the_tests() -> None:
+    """README's docs command (Sphinx, warnings as errors, doctests) runs in CI after pytest."""
+    commands = _readme_commands()
+    docs_cmd = next(c for c in commands if "sphinx" in c)
+    assert "-W" in docs_cmd.split() and "--doctest-glob=" in docs_cmd
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    test_cmd = next(c for c in commands if "pytest" in c)
+    assert ci.index(docs_cmd) > ci.index(test_cmd)
