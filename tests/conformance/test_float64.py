@@ -11,6 +11,8 @@ the two lists.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,100 +27,183 @@ from tests.references import REFERENCES
 STEPS = 10
 RTOL = 1e-12
 SHAPES = {"hidden/kernel": (5, 3), "bias": (3,)}
+# The tree of the newer cases: a dense matrix, a conv kernel (fan-in = window × input
+# channels), a stack of two dense layers, a bias and an embedding (routed to the fallback).
+FULL = {
+    "hidden/kernel": (5, 3),
+    "conv/kernel": (2, 1, 2, 3),
+    "blocks/mlp/kernel": (2, 4, 3),
+    "bias": (3,),
+    "embed/embedding": (6, 3),
+}
+KEY = 20
 
-# registry name -> (overrides of the registry defaults, reference kwargs beyond lr/decay)
-CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "adamw": ({"weight_decay": 0.1}, {}),
-    "adamw_8bit": ({"weight_decay": 0.1}, {}),
-    "lion_8bit": ({"weight_decay": 0.1}, {}),
-    "sgd_momentum_8bit": ({"weight_decay": 0.1}, {}),
-    "auon": ({"weight_decay": 0.1}, {}),
-    "hybrid_auon": ({"weight_decay": 0.1}, {}),
-    "adamp": ({"weight_decay": 0.1}, {}),
-    "sgdp": ({"weight_decay": 0.1}, {}),
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One float64 check: registry overrides, extra reference kwargs, the tree, the
+    tolerance (with its reason where it is not ``RTOL``) and how ``update``'s extra
+    arguments are built (``extra(spec, loss_fn, params, grads, key, t)`` returns the
+    kwargs and a dict of arrays recorded per step for the reference's ``aux``)."""
+
+    overrides: dict[str, Any]
+    ref: dict[str, Any] = dataclasses.field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=lambda: SHAPES)
+    rtol: float = RTOL
+    extra: Callable[..., tuple[dict[str, Any], dict[str, Any]]] | None = None
+
+
+def _registry_extra(spec, loss_fn, params, grads, key, t):
+    ctx = optx.ExtraArgsContext(loss_fn, params, grads, loss_fn(params), key, t)
+    return spec.make_extra_args(ctx), {}
+
+
+def _agvm_extra(spec, loss_fn, params, grads, key, t):
+    """Two "half-batch" gradients g ± ½|g|ξ; ξ (standard normal, drawn here) goes to the
+    reference, which rebuilds the halves from its own gradient."""
+    del spec, loss_fn, params, t
+    leaves, treedef = jax.tree.flatten(grads)
+    keys = jax.random.split(key, len(leaves))
+    xi = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+    xi = jax.tree.unflatten(treedef, xi)
+    noise = jax.tree.map(lambda g, z: 0.5 * jnp.abs(g) * z, grads, xi)
+    kwargs = {
+        "grads_a": jax.tree.map(jnp.add, grads, noise),
+        "grads_b": jax.tree.map(jnp.subtract, grads, noise),
+    }
+    return kwargs, {"xi": xi}
+
+
+_WD = {"weight_decay": 0.1}
+# registry name -> Case
+CASES: dict[str, Case] = {
+    "adamw": Case(_WD),
+    "adamw_8bit": Case(_WD),
+    "lion_8bit": Case(_WD),
+    "sgd_momentum_8bit": Case(_WD),
+    "auon": Case(_WD),
+    "hybrid_auon": Case(_WD),
+    "adamp": Case(_WD),
+    "sgdp": Case(_WD),
     # rank < min side (3): a rank that reaches the smaller side routes the leaf to AdamW.
-    "galore": ({"weight_decay": 0.1, "rank": 2}, {"rank": 2, "scale": 0.25}),
-    "conda": ({"weight_decay": 0.1}, {}),
-    "adabelief": ({"weight_decay": 0.1}, {}),
-    "exadam": ({"weight_decay": 0.1}, {}),
-    "lion": ({"weight_decay": 0.1}, {}),
-    "sgd_sai": ({"weight_decay": 0.1}, {}),
-    "muon": ({"weight_decay": 0.1}, {"adam_lr_ratio": 0.2}),
-    "normuon": ({"weight_decay": 0.1}, {"adam_lr_ratio": 0.2}),
+    "galore": Case({**_WD, "rank": 2}, {"rank": 2, "scale": 0.25}),
+    "conda": Case(_WD),
+    "adabelief": Case(_WD),
+    "exadam": Case(_WD),
+    "lion": Case(_WD),
+    "sgd_sai": Case(_WD),
+    "muon": Case(_WD, {"adam_lr_ratio": 0.2}),
+    "normuon": Case(_WD, {"adam_lr_ratio": 0.2}),
+    "lion_kappa": Case(_WD, shapes=FULL),
 }
 # Registered optimizers whose float64 reference is not written yet (issue 20 §7 open).
 NOT_YET = frozenset(
     {
         "adahessian", "agvm_sgd", "apollo", "apollo_mini", "cosmos", "dct_adamw", "frugal",
-        "galore_8bit", "lion_kappa", "lipschitz_muon", "mfac", "mkor", "mkor_h", "root",
+        "galore_8bit", "lipschitz_muon", "mfac", "mkor", "mkor_h", "root",
         "soap", "sophia_g", "sophia_h",
     }
 )  # fmt: skip
 
 
-def _problem() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+def _problem(shapes: dict[str, tuple[int, ...]]) -> tuple[dict, dict, dict]:
     r = np.random.default_rng(14)
-    p0 = {k: r.normal(size=s) * 0.5 for k, s in SHAPES.items()}
-    h = {k: r.uniform(0.5, 2.0, size=s) for k, s in SHAPES.items()}
-    c = {k: r.normal(size=(STEPS, *s)) for k, s in SHAPES.items()}
+    p0 = {k: r.normal(size=s) * 0.5 for k, s in shapes.items()}
+    h = {k: r.uniform(0.5, 2.0, size=s) for k, s in shapes.items()}
+    c = {k: r.normal(size=(STEPS, *s)) for k, s in shapes.items()}
     return p0, h, c
 
 
 def _nested(flat: dict[str, Any]) -> dict[str, Any]:
-    return {"hidden": {"kernel": flat["hidden/kernel"]}, "bias": flat["bias"]}
+    out: dict[str, Any] = {}
+    for path, v in flat.items():
+        *parents, leaf = path.split("/")
+        node = out
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = v
+    return out
 
 
-def _flat(tree: dict[str, Any]) -> dict[str, Any]:
-    return {"hidden/kernel": tree["hidden"]["kernel"], "bias": tree["bias"]}
+def _flat(tree: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    def get(path: str) -> Any:
+        node = tree
+        for name in path.split("/"):
+            node = node[name]
+        return node
+
+    return {k: get(k) for k in shapes}
 
 
-def _optx_trajectory(name: str, overrides: dict[str, Any]) -> dict[str, np.ndarray]:
-    p0, h, c = _problem()
+def _optx_trajectory(name: str, case: Case) -> tuple[dict[str, np.ndarray], list[dict]]:
+    p0, h, c = _problem(case.shapes)
     spec = optx.get_optimizer(name)
+    extra = case.extra or _registry_extra
     with jax.enable_x64(True):
-        tx = spec.build(**overrides)
+        tx = spec.build(**case.overrides)
         params = jax.tree.map(jnp.asarray, _nested(p0))
         hj, cj = jax.tree.map(jnp.asarray, _nested(h)), jax.tree.map(jnp.asarray, _nested(c))
 
-        def body(carry: Any, ct: Any) -> tuple[Any, Any]:
+        def body(carry: Any, xs: Any) -> tuple[Any, Any]:
             p, s = carry
+            ct, t = xs
+
+            def loss_fn(q: Any) -> jax.Array:
+                terms = jax.tree.map(
+                    lambda hh, qq, cc: jnp.sum(0.5 * hh * qq * qq + cc * qq), hj, q, ct
+                )
+                return sum(jax.tree.leaves(terms))
+
             g = jax.tree.map(lambda hh, pp, cc: hh * pp + cc, hj, p, ct)
-            u, s = tx.update(g, s, p)
+            key = jax.random.fold_in(jax.random.key(KEY), t)
+            kwargs, rec = extra(spec, loss_fn, p, g, key, t)
+            u, s = tx.update(g, s, p, **kwargs)
             p = optax.apply_updates(p, u)
-            return (p, s), p
+            return (p, s), (p, rec)
 
         @jax.jit
         def run(params: Any) -> Any:
-            ct = jax.tree.map(lambda x: x, cj)
-            return jax.lax.scan(body, (params, tx.init(params)), ct)[1]
+            xs = (cj, jnp.arange(STEPS))
+            return jax.lax.scan(body, (params, tx.init(params)), xs)[1]
 
-        traj = run(params)
+        traj, rec = run(params)
         assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(traj))
-        return {k: np.asarray(v) for k, v in _flat(traj).items()}
+        got = {k: np.asarray(v) for k, v in _flat(traj, case.shapes).items()}
+        rec = jax.tree.map(np.asarray, rec)
+        aux = [jax.tree.map(lambda x, i=i: x[i], rec) for i in range(STEPS)] if rec else []
+        return got, aux
 
 
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=pytest.mark.xdist_group(f"f64-{n}")) for n in sorted(CASES)]
 )
 def test_float64_matches_reference(name: str) -> None:
-    overrides, extra = CASES[name]
+    case = CASES[name]
     spec = optx.get_optimizer(name)
-    kwargs = {**spec.defaults, **overrides}
-    got = _optx_trajectory(name, overrides)
-    p0, h, c = _problem()
+    kwargs = {**spec.defaults, **case.overrides}
+    got, aux = _optx_trajectory(name, case)
+    p0, h, c = _problem(case.shapes)
 
     def grad(p: dict[str, np.ndarray], t: int) -> dict[str, np.ndarray]:
         return {k: h[k] * p[k] + c[k][t] for k in p}
 
+    ref_kwargs = dict(case.ref)
+    if aux:
+        ref_kwargs["aux"] = [{n: _flat(v, case.shapes) for n, v in a_t.items()} for a_t in aux]
     want = REFERENCES[name](
-        p0, grad, STEPS, lr=kwargs["learning_rate"], weight_decay=kwargs["weight_decay"], **extra
+        p0,
+        grad,
+        STEPS,
+        lr=kwargs["learning_rate"],
+        weight_decay=kwargs["weight_decay"],
+        **ref_kwargs,
     )
-    for k in SHAPES:
+    for k in case.shapes:
         ref = np.stack([w[k] for w in want])
         # Relative to each step's parameter scale (entries can cross zero).
         scale = np.max(np.abs(ref), axis=tuple(range(1, ref.ndim)), keepdims=True)
         err = np.max(np.abs(got[k] - ref) / scale)
-        assert err <= RTOL, f"{name} {k}: max relative error {err:.3g} > {RTOL}"
+        assert err <= case.rtol, f"{name} {k}: max relative error {err:.3g} > {case.rtol}"
 
 
 # Registered optimizers whose float64 check lives next to their golden data (their update

@@ -1,0 +1,63 @@
+"""Float64 NumPy references of the matrix, projection and curvature optimizers.
+
+They take the tree of ``tests/conformance/test_float64.py``'s ``FULL`` problem —
+any '/'-joined paths — and route leaves as optx's default router does: a leaf under
+``embed*`` and any leaf of rank < 2 go to the fallback; ``conv/kernel``
+``(*window, in, out)`` is one ``(window·in, out)`` matrix; a rank-3 ``blocks/…``
+kernel is a stack of ``(in, out)`` matrices; any other 2-D leaf is one matrix.
+Randomness (APOLLO's projections, probes, AGVM's half batches) is drawn with
+``jax.random`` by the test or by the helpers here (never by optx) and documented
+in each reference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from tests.references.optimizers import _adamw_leaf, _ns5, _run
+
+Params = dict[str, np.ndarray]
+
+
+def is_matrix(key: str, w: np.ndarray) -> bool:
+    """The default router's matrix group (see the module docstring)."""
+    return w.ndim >= 2 and not any(c.startswith("embed") for c in key.split("/"))
+
+
+def to_mats(key: str, w: np.ndarray) -> np.ndarray:
+    """The ``(batch, fan_in, fan_out)`` view of a matrix leaf."""
+    if key.startswith("conv"):
+        return w.reshape(1, -1, w.shape[-1])
+    return w.reshape(-1, *w.shape[-2:])
+
+
+def lion_kappa(p0, grad, steps, lr=1e-4, b1=0.9, b2=0.99, weight_decay=0.0, aux=None):
+    """Lion-𝒦 with 𝒦 = nuclear norm (arXiv 2310.05898 §3; Lion's Alg. 2 otherwise):
+    c = β₁m + (1−β₁)g; matrices get Keller's NS5 polar factor of c per matrix of the
+    stack; leaves without a layout (bias, embedding) get c/‖c‖₂ over the whole leaf
+    (the nuclear norm of a 1 × n matrix); then w −= η(∇𝒦(c) + λw), m ← β₂m + (1−β₂)g."""
+
+    def step(p, g, st, t):
+        out = {}
+        for k, w in p.items():
+            m = st.get(("m", k), np.zeros_like(w))
+            c = b1 * m + (1 - b1) * g[k]
+            if is_matrix(k, w):
+                d = np.stack([_ns5(x) for x in to_mats(k, c)]).reshape(w.shape)
+            else:
+                d = c / np.linalg.norm(c)
+            out[k] = w - lr * (d + weight_decay * w)
+            st[("m", k)] = b2 * m + (1 - b2) * g[k]
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
+MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
+    "lion_kappa": lion_kappa,
+}
+_ = (math, Any, _adamw_leaf)
