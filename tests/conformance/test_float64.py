@@ -95,12 +95,13 @@ CASES: dict[str, Case] = {
     "muon": Case(_WD, {"adam_lr_ratio": 0.2}),
     "normuon": Case(_WD, {"adam_lr_ratio": 0.2}),
     "lion_kappa": Case(_WD, shapes=FULL),
+    "root": Case(_WD, shapes=FULL),
 }
 # Registered optimizers whose float64 reference is not written yet (issue 20 §7 open).
 NOT_YET = frozenset(
     {
         "adahessian", "agvm_sgd", "apollo", "apollo_mini", "cosmos", "dct_adamw", "frugal",
-        "galore_8bit", "lipschitz_muon", "mfac", "mkor", "mkor_h", "root",
+        "galore_8bit", "lipschitz_muon", "mfac", "mkor", "mkor_h",
         "soap", "sophia_g", "sophia_h",
     }
 )  # fmt: skip

@@ -57,7 +57,53 @@ def lion_kappa(p0, grad, steps, lr=1e-4, b1=0.9, b2=0.99, weight_decay=0.0, aux=
     return _run(step, p0, grad, steps)
 
 
+def hf_adamw_leaf(st, key, w, g, t, lr, b1, b2, eps, wd):
+    """HF/torch-style AdamW with ε on the uncorrected √v and bias correction folded into
+    the step, optax's decay order: w − η(m/(√v + ε)·√(1−β₂ᵗ)/(1−β₁ᵗ) + λw)."""
+    m = b1 * st.get(("m", key), 0.0) + (1 - b1) * g
+    v = b2 * st.get(("v", key), 0.0) + (1 - b2) * g * g
+    st[("m", key)], st[("v", key)] = m, v
+    d = m / (np.sqrt(v) + eps) * math.sqrt(1 - b2**t) / (1 - b1**t)
+    return w - lr * (d + wd * w)
+
+
+def _torch_quantile(x: np.ndarray, q: float) -> float:
+    """``torch.quantile`` (linear interpolation between the order statistics)."""
+    s = np.sort(x.ravel())
+    pos = q * (s.size - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, s.size - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def root(p0, grad, steps, lr=1e-3, b1=0.95, weight_decay=0.1, quantile=0.9, clip_eps=1e-9):
+    """ROOT (noah-research ROOT/examples/example_train.py @aea3c60d, class ``ROOT``): per
+    matrix M ← μM + G, U = G + μM (Nesterov); ε = torch.quantile(|U|, 0.9) + 1e-9 over
+    each matrix of the stack; B = clip(U, ±ε); O = NS5(B) with Muon's coefficients (the
+    official ``root5`` table has only 2048-sized shapes); w −= η(0.2√max(m, n)·O + λw).
+    Fallback (bias, embedding): the official built-in AdamW, same lr and decay, β = (0.9,
+    0.95), ε = 1e-8 on the uncorrected √v."""
+
+    def step(p, g, st, t):
+        out = {}
+        for k, w in p.items():
+            if not is_matrix(k, w):
+                out[k] = hf_adamw_leaf(st, k, w, g[k], t, lr, 0.9, 0.95, 1e-8, weight_decay)
+                continue
+            m = b1 * st.get(("m", k), 0.0) + g[k]
+            st[("m", k)] = m
+            mats = []
+            for u in to_mats(k, g[k] + b1 * m):
+                e = _torch_quantile(np.abs(u), quantile) + clip_eps
+                mats.append(_ns5(np.clip(u, -e, e)) * 0.2 * math.sqrt(max(u.shape)))
+            out[k] = w - lr * (np.stack(mats).reshape(w.shape) + weight_decay * w)
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
 MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "lion_kappa": lion_kappa,
+    "root": root,
 }
 _ = (math, Any, _adamw_leaf)
