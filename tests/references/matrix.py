@@ -102,8 +102,53 @@ def root(p0, grad, steps, lr=1e-3, b1=0.95, weight_decay=0.1, quantile=0.9, clip
     return _run(step, p0, grad, steps)
 
 
+def top_right_singular(x: np.ndarray, rank: int) -> np.ndarray:
+    """GaLore's 'std' projector of an ``(m, n)`` matrix with m ≥ n: the top-``rank``
+    right singular vectors (columns), ``V[:, :r]``."""
+    return np.linalg.svd(x, full_matrices=False)[2].T[:, :rank]
+
+
+def adam_corrected(st, key, x, t, b1, b2, eps):
+    """bitsandbytes/optax Adam direction m̂/(√v̂ + ε)."""
+    m = b1 * st.get(("m", key), 0.0) + (1 - b1) * x
+    v = b2 * st.get(("v", key), 0.0) + (1 - b2) * x * x
+    st[("m", key)], st[("v", key)] = m, v
+    return (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+
+
+def galore_8bit(
+    p0, grad, steps, lr=1e-2, weight_decay=0.0, rank=2, gap=3, scale=0.25, b1=0.9, b2=0.999,
+    eps=1e-8, aux=None,
+):  # fmt: skip
+    """GaLoreAdamW8bit (galore-torch @2cc66f8): per matrix of the stack (all here have
+    fan-in > fan-out, so the fan-out is projected), P = top-r right singular vectors of
+    the gradient at steps 1, 1+T, ...; Adam moments carried across refreshes; the
+    bitsandbytes Adam direction m̂/(√v̂ + ε) of R = GP (tensors < 4096 entries keep 32-bit
+    state: no quantization at these sizes), back-projected ×α, decay after the step
+    (w − ηU)(1 − ηλ). Fallback (bias, embedding): bitsandbytes AdamW, decay first."""
+
+    def step(p, g, st, t):
+        out = {}
+        for k, w in p.items():
+            if not is_matrix(k, w):
+                d = adam_corrected(st, k, g[k], t, b1, b2, eps)
+                out[k] = w - lr * (d + weight_decay * w)
+                continue
+            mats = []
+            for i, x in enumerate(to_mats(k, g[k])):
+                if (t - 1) % gap == 0:
+                    st[("P", k, i)] = top_right_singular(x, rank)
+                P = st[("P", k, i)]
+                mats.append(scale * adam_corrected(st, (k, i), x @ P, t, b1, b2, eps) @ P.T)
+            out[k] = (w - lr * np.stack(mats).reshape(w.shape)) * (1 - lr * weight_decay)
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
 MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "lion_kappa": lion_kappa,
     "root": root,
+    "galore_8bit": galore_8bit,
 }
 _ = (math, Any, _adamw_leaf)
