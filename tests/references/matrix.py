@@ -146,9 +146,70 @@ def galore_8bit(
     return _run(step, p0, grad, steps)
 
 
+def _apollo(tensor: bool):
+    def ref(
+        p0, grad, steps, lr=1e-2, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-6, scale=1.0,
+        gap=3, gamma=1.01, draws=None, aux=None,
+    ):  # fmt: skip
+        """APOLLO / APOLLO-Mini (apollo-torch 1.0.3 ``APOLLOAdamW`` = repo @76b3472): per
+        matrix (fan-in > fan-out here, so the fan-out is projected) R = GP with the draw
+        of the current period (``draws[path][n]``, ``(batch, fan_out, r)``, redrawn at
+        steps 1, 1+T, ...; moments kept); M, V EMAs of R; Ñ = M/(√V + ε) (no bias
+        correction); s = ‖Ñ‖/(‖R‖ + 1e-8) over the rank axis per fan-in channel (APOLLO)
+        or over the whole matrix (Mini); G̃ = G ⊙ s; the norm-growth limiter (γ, first
+        step only records ‖G̃‖, the limited norm is stored); ×√α; step size
+        η√(1−β₂ᵗ)/(1−β₁ᵗ); decay after the step (w − ηU)(1 − ηλ). Fallback: the official
+        AdamW (ε on the uncorrected √v, same decay after the step).
+
+        The official draws come from a seeded torch ``Generator``; the test draws the
+        N(0, 1/r) matrices with ``jax.random`` from the per-leaf key chain optx documents
+        (k₀ = fold_in(key(seed), crc32(path)), kₙ₊₁ = split(kₙ)[0], normal(kₙ₊₁)/√r) and
+        hands them over here."""
+
+        def step(p, g, st, t):
+            out = {}
+            for k, w in p.items():
+                if not is_matrix(k, w):
+                    m = b1 * st.get(("m", k), 0.0) + (1 - b1) * g[k]
+                    v = b2 * st.get(("v", k), 0.0) + (1 - b2) * g[k] ** 2
+                    st[("m", k)], st[("v", k)] = m, v
+                    d = m / (np.sqrt(v) + eps) * math.sqrt(1 - b2**t) / (1 - b1**t)
+                    out[k] = (w - lr * d) * (1 - lr * weight_decay)
+                    continue
+                mats = []
+                for i, x in enumerate(to_mats(k, g[k])):
+                    P = draws[k][(t - 1) // gap][i]
+                    r = x @ P
+                    mk = ("m", k, i)
+                    m = b1 * st.get(mk, 0.0) + (1 - b1) * r
+                    v = b2 * st.get(("v", k, i), 0.0) + (1 - b2) * r * r
+                    st[mk], st[("v", k, i)] = m, v
+                    n = m / (np.sqrt(v) + eps)
+                    if tensor:
+                        s = np.linalg.norm(n) / (np.linalg.norm(r) + 1e-8)
+                    else:
+                        s = np.linalg.norm(n, axis=1, keepdims=True)
+                        s = s / (np.linalg.norm(r, axis=1, keepdims=True) + 1e-8)
+                    u = x * s
+                    norm = np.linalg.norm(u)
+                    if t > 1:
+                        limiter = max(norm / (st[("N", k, i)] + 1e-8), gamma) / gamma
+                        u, norm = u / limiter, norm / limiter
+                    st[("N", k, i)] = norm
+                    mats.append(u * math.sqrt(scale) * math.sqrt(1 - b2**t) / (1 - b1**t))
+                out[k] = (w - lr * np.stack(mats).reshape(w.shape)) * (1 - lr * weight_decay)
+            return out
+
+        return _run(step, p0, grad, steps)
+
+    return ref
+
+
 MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "lion_kappa": lion_kappa,
     "root": root,
     "galore_8bit": galore_8bit,
+    "apollo": _apollo(tensor=False),
+    "apollo_mini": _apollo(tensor=True),
 }
 _ = (math, Any, _adamw_leaf)
