@@ -205,11 +205,50 @@ def _apollo(tensor: bool):
     return ref
 
 
+def dct_basis(d: int) -> np.ndarray:
+    """The official ``dct3_matrix``: Q[i, j] = √(2/d)·c_i·cos(πi(2j+1)/(2d)), c₀ = 1/√2;
+    its columns are the basis vectors."""
+    i, j = np.arange(d)[:, None], np.arange(d)[None, :]
+    c = np.where(i == 0, math.sqrt(0.5), 1.0)
+    return math.sqrt(2.0 / d) * c * np.cos(np.pi * i * (2 * j + 1) / (2 * d))
+
+
+def dct_adamw(
+    p0, grad, steps, lr=1e-3, weight_decay=0.0, rank=2, gap=3, b1=0.9, b2=0.999, eps=1e-8,
+    aux=None,
+):  # fmt: skip
+    """DCTAdamW (ista-daslab-optimizers 1.1.15, proj='dct', sim_type='matmul'): per matrix
+    (fan-in > fan-out: the fan-out side gets the basis), at the 1-based steps 1, T, 2T, …
+    S = GQ, the r columns of largest ‖S_{:,j}‖₁ (in score order), R = G Q_I; Adam
+    m̂/(√v̂ + ε) on R with moments neither reset nor rotated at a refresh; U = (Adam) Q_Iᵀ;
+    w − η(U + λw). Fallback: optax-style AdamW."""
+
+    def step(p, g, st, t):
+        out = {}
+        for k, w in p.items():
+            if not is_matrix(k, w):
+                out[k] = w - lr * (adam_corrected(st, k, g[k], t, b1, b2, eps) + weight_decay * w)
+                continue
+            mats = []
+            for i, x in enumerate(to_mats(k, g[k])):
+                Q = dct_basis(x.shape[1])
+                if t == 1 or t % gap == 0:
+                    score = np.sum(np.abs(x @ Q), axis=0)
+                    st[("I", k, i)] = np.argsort(-score, kind="stable")[:rank]
+                Qi = Q[:, st[("I", k, i)]]
+                mats.append(adam_corrected(st, (k, i), x @ Qi, t, b1, b2, eps) @ Qi.T)
+            out[k] = w - lr * (np.stack(mats).reshape(w.shape) + weight_decay * w)
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
 MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "lion_kappa": lion_kappa,
     "root": root,
     "galore_8bit": galore_8bit,
     "apollo": _apollo(tensor=False),
     "apollo_mini": _apollo(tensor=True),
+    "dct_adamw": dct_adamw,
 }
 _ = (math, Any, _adamw_leaf)
