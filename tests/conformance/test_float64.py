@@ -133,6 +133,8 @@ CASES: dict[str, Case] = {
     ),
     # Refreshes at the 1-based steps 1, 3, 6, 9 (the official phase).
     "dct_adamw": Case({**_WD, "rank": 2, "update_proj_gap": 3}, shapes=FULL),
+    # Registry default w_max = 1: the soft cap acts on every matrix here (σ > 1).
+    "lipschitz_muon": Case(_WD, shapes=FULL),
     "apollo_mini": Case(
         {**_WD, "update_proj_gap": 3}, {"scale": 128.0}, FULL, draws=_subspace_draws(1, 3)
     ),
@@ -141,7 +143,7 @@ CASES: dict[str, Case] = {
 NOT_YET = frozenset(
     {
         "adahessian", "agvm_sgd", "cosmos", "frugal",
-        "lipschitz_muon", "mfac", "mkor", "mkor_h",
+        "mfac", "mkor", "mkor_h",
         "soap", "sophia_g", "sophia_h",
     }
 )  # fmt: skip

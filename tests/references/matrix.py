@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from tests.references.optimizers import _adamw_leaf, _ns5, _run
+from tests.references.optimizers import KELLER, _adamw_leaf, _ns5, _run
 
 Params = dict[str, np.ndarray]
+KELLER_5 = (KELLER,) * 5
 
 
 def is_matrix(key: str, w: np.ndarray) -> bool:
@@ -243,6 +244,84 @@ def dct_adamw(
     return _run(step, p0, grad, steps)
 
 
+def composed_ns_max(coefficients=KELLER_5, lo: float = 0.0, hi: float = 1.0) -> float:
+    """max over σ ∈ [0, 1] of the composed Newton–Schulz polynomial, by a grid and then
+    golden-section refinement around the grid maximum (float64)."""
+
+    def f(x):
+        for a, b, c in coefficients:
+            x = a * x + b * x**3 + c * x**5
+        return x
+
+    grid = np.linspace(lo, hi, 100_001)
+    i = int(np.argmax(f(grid)))
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+    r = (math.sqrt(5) - 1) / 2
+    for _ in range(80):
+        c, d = b - r * (b - a), a + r * (b - a)
+        if f(c) > f(d):
+            b = d
+        else:
+            a = c
+    return float(f(0.5 * (a + b)))
+
+
+def soft_cap_alpha(w_max: float, delta: float, decay: float) -> float:
+    """The soft cap's α (modula ``soft_cap_coupling``): σ ↦ p₂(p₁(σ)), p₁ = σ − ασ³,
+    p₂ = y + αy³, maps k = w_max(1 − decay) + δ to w_max; with β = αk² that is
+    β⁴ − 3β³ + 3β² = 1 − w_max/k, the root in [0, 1] (0 when k ≤ w_max)."""
+    k = w_max * (1 - decay) + delta
+    if k <= w_max:
+        return 0.0
+    c = (delta - w_max * decay) / k
+    roots = np.roots([1.0, -3.0, 3.0, 0.0, -c])
+    beta = min(z.real for z in roots if abs(z.imag) < 1e-9 and 0 <= z.real <= 1)
+    # One Newton polish of the quartic in float64.
+    beta -= (beta**4 - 3 * beta**3 + 3 * beta**2 - c) / (4 * beta**3 - 9 * beta**2 + 6 * beta)
+    return beta / k**2
+
+
+def lipschitz_muon(
+    p0, grad, steps, lr=0.02, weight_decay=0.0, b1=0.95, w_max=1.0, adam_lr_ratio=0.2,
+    aux=None,
+):  # fmt: skip
+    """Lipschitz Muon (arXiv 2507.13338; Arongil/lipschitz-transformers, modula
+    ``Atom.decay_step_project`` with the spectral soft cap), optx's current default
+    (``projection='soft_cap'``, ``geometry='rms'``, ``coupling='rms'``): per matrix,
+    Keller EMA-Nesterov momentum, D = NS5(U)·s with s = √(fan_out/fan_in), W' = W − η(D +
+    λW); then M = W'/s, M ← p₂(p₁(M)) with α = soft_cap_alpha(w_max, δ = η·max NS5, ηλ)
+    (δ in RMS→RMS units), W = sM. Fallback (bias, embedding): Muon's drop-in AdamW (0.2η,
+    β = (0.9, 0.95), ε = 1e-10 on the corrected √v̂, decay λ), no projection."""
+    s_max = composed_ns_max()
+    alpha = soft_cap_alpha(w_max, lr * s_max, lr * weight_decay)
+
+    def cap(m):
+        for a in (-alpha, alpha):  # σ ← σ + aσ³ on the Gram matrix of the smaller side
+            m = m + a * (m @ (m.T @ m) if m.shape[0] >= m.shape[1] else (m @ m.T) @ m)
+        return m
+
+    def step(p, g, st, t):
+        out = {}
+        for k, w in p.items():
+            if not is_matrix(k, w):
+                out[k] = _adamw_leaf(
+                    st, k, w, g[k], t, lr * adam_lr_ratio, 0.9, 0.95, 1e-10, weight_decay
+                )
+                continue
+            m = b1 * st.get(("m", k), 0.0) + (1 - b1) * g[k]
+            st[("m", k)] = m
+            u = (1 - b1) * g[k] + b1 * m
+            new = []
+            for x, wm in zip(to_mats(k, u), to_mats(k, w), strict=True):
+                s = math.sqrt(wm.shape[1] / wm.shape[0])
+                w1 = wm - lr * (_ns5(x) * s + weight_decay * wm)
+                new.append(s * cap(w1 / s))
+            out[k] = np.stack(new).reshape(w.shape)
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
 MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "lion_kappa": lion_kappa,
     "root": root,
@@ -250,5 +329,6 @@ MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "apollo": _apollo(tensor=False),
     "apollo_mini": _apollo(tensor=True),
     "dct_adamw": dct_adamw,
+    "lipschitz_muon": lipschitz_muon,
 }
 _ = (math, Any, _adamw_leaf)
