@@ -135,6 +135,9 @@ CASES: dict[str, Case] = {
     "dct_adamw": Case({**_WD, "rank": 2, "update_proj_gap": 3}, shapes=FULL),
     # Registry default w_max = 1: the soft cap acts on every matrix here (σ > 1).
     "lipschitz_muon": Case(_WD, shapes=FULL),
+    # Shape groups: (5, 3) with one block (round(0.25) = 0 → 1, with a warning) and (4, 3)
+    # with three (the conv kernel and the two stacked layers; one active, cycling).
+    "frugal": Case({**_WD, "update_proj_gap": 3}, shapes=FULL),
     "apollo_mini": Case(
         {**_WD, "update_proj_gap": 3}, {"scale": 128.0}, FULL, draws=_subspace_draws(1, 3)
     ),
@@ -142,7 +145,7 @@ CASES: dict[str, Case] = {
 # Registered optimizers whose float64 reference is not written yet (issue 20 §7 open).
 NOT_YET = frozenset(
     {
-        "adahessian", "agvm_sgd", "cosmos", "frugal",
+        "adahessian", "agvm_sgd", "cosmos",
         "mfac", "mkor", "mkor_h",
         "soap", "sophia_g", "sophia_h",
     }

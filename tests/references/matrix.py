@@ -322,6 +322,58 @@ def lipschitz_muon(
     return _run(step, p0, grad, steps)
 
 
+def frugal(
+    p0, grad, steps, lr=1e-3, weight_decay=0.0, density=0.25, gap=3, b1=0.9, b2=0.999,
+    eps=1e-8, aux=None,
+):  # fmt: skip
+    """FRUGAL, block projection (arXiv 2411.07837 Alg. 1; ``BlockOptimizer`` of the fork
+    hungquangbui02022003/FRUGAL, order 'descending' as the official pre-training
+    scripts), optx's per-shape-group selection: the matrices (each matrix of a stack is
+    a block) are grouped by (fan_in, fan_out) in tree order; max(1, round(ρN)) blocks of
+    a group of N are active; every T steps (from step 1) the next ones in descending
+    cyclic order are chosen (cursor starts at N − 1) and Adam's state — its count too —
+    restarts; active blocks get Adam m̂/(√v̂ + ε), the others sign(G); then w − η(U + λw).
+    Fallback (bias, embedding): optax-style AdamW, never reset."""
+    groups: dict[tuple[int, int], list[tuple[str, int]]] = {}
+    for k in sorted(p0):
+        if is_matrix(k, p0[k]):
+            for i, x in enumerate(to_mats(k, p0[k])):
+                groups.setdefault(x.shape, []).append((k, i))
+
+    def step(p, g, st, t):
+        out = {}
+        mats = {k: to_mats(k, g[k]).copy() for k in p if is_matrix(k, p[k])}
+        dirs = {k: np.sign(x) for k, x in mats.items()}
+        for shape, blocks in groups.items():
+            n = len(blocks)
+            n_active = max(1, round(density * n))
+            if (t - 1) % gap == 0:
+                cur = st.get(("cursor", shape), n - 1)
+                st[("active", shape)] = [(cur - j) % n for j in range(n_active)]
+                st[("cursor", shape)] = (cur - n_active) % n
+                st[("m", shape)] = st[("v", shape)] = 0.0
+                st[("count", shape)] = 0
+            chosen = st[("active", shape)]
+            x = np.stack([mats[blocks[j][0]][blocks[j][1]] for j in chosen])
+            st[("count", shape)] += 1
+            c = st[("count", shape)]
+            m = b1 * st[("m", shape)] + (1 - b1) * x
+            v = b2 * st[("v", shape)] + (1 - b2) * x * x
+            st[("m", shape)], st[("v", shape)] = m, v
+            d = (m / (1 - b1**c)) / (np.sqrt(v / (1 - b2**c)) + eps)
+            for row, j in enumerate(chosen):
+                k, i = blocks[j]
+                dirs[k][i] = d[row]
+        for k, w in p.items():
+            if k in dirs:
+                out[k] = w - lr * (dirs[k].reshape(w.shape) + weight_decay * w)
+            else:
+                out[k] = w - lr * (adam_corrected(st, k, g[k], t, b1, b2, eps) + weight_decay * w)
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
 MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "lion_kappa": lion_kappa,
     "root": root,
@@ -330,5 +382,6 @@ MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "apollo_mini": _apollo(tensor=True),
     "dct_adamw": dct_adamw,
     "lipschitz_muon": lipschitz_muon,
+    "frugal": frugal,
 }
 _ = (math, Any, _adamw_leaf)
