@@ -374,6 +374,44 @@ def frugal(
     return _run(step, p0, grad, steps)
 
 
+def agvm_sgd(
+    p0, grad, steps, lr=0.1, weight_decay=1e-4, momentum=0.9, decay=0.97, interval=3,
+    aux=None,
+):  # fmt: skip
+    """AGVM around torch SGD (Sense-X/AGVM ``AgvmOptimizerHook``; arXiv 2210.11078 §3):
+    b = μb + g + λw, w −= η·s_i·b with one group per top-level key (sorted: the tree
+    order; group 0 the reference). With start 0, at the 0-based steps t ≡ 0 (mod
+    interval): D_i = 1 − cos(g^A_i, g^B_i) over the group (norms clamped at 1e-8),
+    s_i ← α s_i + (1 − α)√clip((D₀ + 1e-6)/(D_i + 1e-6), 0.5, 10), applied from that
+    step. The half-batch gradients are g ± ½|g|ξ with ξ drawn by the test
+    (``aux[t]['xi']``, standard normal per leaf from ``jax.random``)."""
+    names = list(dict.fromkeys(k.split("/")[0] for k in sorted(p0)))
+    label = {k: names.index(k.split("/")[0]) for k in p0}
+
+    def step(p, g, st, t):
+        xi = aux[t - 1]["xi"]
+        if (t - 1) % interval == 0:
+            ab, aa, bb = (np.zeros(len(names)) for _ in range(3))
+            for k in p:
+                a = g[k] + 0.5 * np.abs(g[k]) * xi[k]
+                b = g[k] - 0.5 * np.abs(g[k]) * xi[k]
+                ab[label[k]] += np.sum(a * b)
+                aa[label[k]] += np.sum(a * a)
+                bb[label[k]] += np.sum(b * b)
+            cos = ab / (np.maximum(np.sqrt(aa), 1e-8) * np.maximum(np.sqrt(bb), 1e-8))
+            d = 1.0 - cos
+            ratio = np.clip((d[0] + 1e-6) / (d + 1e-6), 0.5, 10.0)
+            st["s"] = decay * st.get("s", np.ones(len(names))) + (1 - decay) * np.sqrt(ratio)
+        out = {}
+        for k, w in p.items():
+            b = momentum * st.get(("b", k), 0.0) + g[k] + weight_decay * w
+            st[("b", k)] = b
+            out[k] = w - lr * st["s"][label[k]] * b
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
 MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "lion_kappa": lion_kappa,
     "root": root,
@@ -383,5 +421,6 @@ MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "dct_adamw": dct_adamw,
     "lipschitz_muon": lipschitz_muon,
     "frugal": frugal,
+    "agvm_sgd": agvm_sgd,
 }
 _ = (math, Any, _adamw_leaf)
