@@ -412,6 +412,86 @@ def agvm_sgd(
     return _run(step, p0, grad, steps)
 
 
+def _sophia(kind: str):
+    def ref(
+        p0, grad, steps, lr=3e-4, weight_decay=0.1, b1=0.965, b2=0.99, gamma=0.05,
+        tokens=1024.0, eps=1e-15, interval=3, hess=None, aux=None,
+    ):  # fmt: skip
+        """Sophia (arXiv 2305.14342 Alg. 3): h ← β₂h + (1 − β₂)ĥ at the 0-based steps
+        ≡ 0 (mod k) — from step k for Sophia-G (Liuhong99/Sophia ``train_sophiag.py``
+        @a7e15722 estimates after step k − 1), from step 0 for Sophia-H (the paper) —
+        with the parameters of that step, before m; m ← β₁m + (1 − β₁)g (no bias
+        correction); w − η(clip(m / max(γBh, ε), ±1) + λw).
+
+        Sophia-G: ĥ = ĝ⊙ĝ with ĝ the gradient of the sampled loss (here
+        the loss itself: the problem has no predictive distribution) clipped like
+        ``torch.nn.utils.clip_grad_norm_(1.0)`` (ĝ·min(1, 1/(‖ĝ‖ + 1e-6)), global),
+        B = ``tokens``; decay only on Linear weights (the matrices), the nanoGPT mask.
+        Sophia-H: ĥ = z⊙(Hz) = z²·diag(H) on the quadratic problem, z the Gaussian
+        probe the test draws (``aux[t]['z']``: one float32 standard-normal draw over
+        all leaves in tree order from the step's key, cast to float64), B = 1.
+        ``hess`` is the problem's exact Hessian diagonal."""
+        hess = hess or {}
+
+        def step(p, g, st, t):
+            due = (t - 1) % interval == 0 and (kind == "h" or t > 1)
+            if due:
+                if kind == "g":
+                    norm = math.sqrt(sum(np.sum(x * x) for x in g.values()))
+                    c = min(1.0, 1.0 / (norm + 1e-6))
+                    est = {k: (c * x) ** 2 for k, x in g.items()}
+                else:
+                    est = {k: aux[t - 1]["z"][k] ** 2 * hess[k] for k in p}
+                for k in p:
+                    st[("h", k)] = b2 * st.get(("h", k), 0.0) + (1 - b2) * est[k]
+            out = {}
+            for k, w in p.items():
+                m = b1 * st.get(("m", k), 0.0) + (1 - b1) * g[k]
+                st[("m", k)] = m
+                curv = gamma * tokens * st.get(("h", k), np.zeros_like(w))
+                u = np.clip(m / np.maximum(curv, eps), -1.0, 1.0)
+                decay = weight_decay if (kind == "h" or is_matrix(k, w)) else 0.0
+                out[k] = w - lr * (u + decay * w)
+            return out
+
+        return _run(step, p0, grad, steps)
+
+    return ref
+
+
+def adahessian(
+    p0, grad, steps, lr=0.15, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-4, interval=3,
+    hess=None, aux=None,
+):  # fmt: skip
+    """AdaHessian (amirgholami/adahessian ``optim_adahessian.py`` @85ebc00c; arXiv
+    2006.00719 Eq. 8–11): D = |z ⊙ Hz| with Rademacher z is exactly diag(H) = ``hess`` on
+    the quadratic problem (z² = 1); conv kernels average D over their window axes;
+    v ← β₂v + (1 − β₂)D² at the 0-based steps ≡ 0 (mod k) (optx's ``update_interval``;
+    1 officially), bias-corrected by the number of refreshes; m ← β₁m + (1 − β₁)g;
+    u = (m/(1 − β₁ᵗ)) / (√v/√(1 − β₂ⁿ) + ε) (power 1); w − η(u + λw)."""
+
+    def step(p, g, st, t):
+        if (t - 1) % interval == 0:
+            st["n"] = st.get("n", 0) + 1
+            for k, w in p.items():
+                d = hess[k]
+                if k.startswith("conv"):
+                    d = np.broadcast_to(
+                        np.mean(d, axis=tuple(range(w.ndim - 2)), keepdims=True), w.shape
+                    )
+                st[("v", k)] = b2 * st.get(("v", k), 0.0) + (1 - b2) * d * d
+        n = st["n"]
+        out = {}
+        for k, w in p.items():
+            m = b1 * st.get(("m", k), 0.0) + (1 - b1) * g[k]
+            st[("m", k)] = m
+            denom = np.sqrt(st[("v", k)]) / math.sqrt(1 - b2**n) + eps
+            out[k] = w - lr * ((m / (1 - b1**t)) / denom + weight_decay * w)
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
 MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "lion_kappa": lion_kappa,
     "root": root,
@@ -422,5 +502,8 @@ MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "lipschitz_muon": lipschitz_muon,
     "frugal": frugal,
     "agvm_sgd": agvm_sgd,
+    "sophia_g": _sophia("g"),
+    "sophia_h": _sophia("h"),
+    "adahessian": adahessian,
 }
 _ = (math, Any, _adamw_leaf)
