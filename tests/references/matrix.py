@@ -492,6 +492,30 @@ def adahessian(
     return _run(step, p0, grad, steps)
 
 
+def mfac(p0, grad, steps, lr=1e-3, weight_decay=0.0, num_grads=4, damp=1e-5, aux=None):
+    """M-FAC, dynamic algorithm (IST-DASLab/M-FAC ``optim.py`` @8116367f; arXiv 2107.03356
+    Eq. 3): g̃ = g + λw (coupled L2) over all leaves raveled into one vector; g̃ enters a
+    ring buffer of m zero-initialised slots (oldest overwritten); u = F⁻¹g̃ with
+    F = λ_damp I + (1/m) Σ_slots g_i g_iᵀ, solved here directly as the dense d × d
+    system (d = 72); momentum 0 (official): w −= ηu."""
+    keys = sorted(p0)
+
+    def step(p, g, st, t):
+        flat = np.concatenate([(g[k] + weight_decay * p[k]).ravel() for k in keys])
+        buf = st.setdefault("G", np.zeros((num_grads, flat.size)))
+        buf[(t - 1) % num_grads] = flat
+        F = damp * np.eye(flat.size) + buf.T @ buf / num_grads
+        u = np.linalg.solve(F, flat)
+        out, off = {}, 0
+        for k in keys:
+            n = p[k].size
+            out[k] = p[k] - lr * u[off : off + n].reshape(p[k].shape)
+            off += n
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
 MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "lion_kappa": lion_kappa,
     "root": root,
@@ -505,5 +529,6 @@ MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "sophia_g": _sophia("g"),
     "sophia_h": _sophia("h"),
     "adahessian": adahessian,
+    "mfac": mfac,
 }
 _ = (math, Any, _adamw_leaf)
