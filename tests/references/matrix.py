@@ -516,6 +516,119 @@ def mfac(p0, grad, steps, lr=1e-3, weight_decay=0.0, num_grads=4, damp=1e-5, aux
     return _run(step, p0, grad, steps)
 
 
+def _sherman_morrison(f: np.ndarray, v: np.ndarray, decay: float) -> np.ndarray:
+    """(P⁻¹ + vvᵀ)⁻¹ with P = decay·F⁻¹ + (1 − decay)I (mkor ``sm_inverse``)."""
+    p = decay * f + (1 - decay) * np.eye(f.shape[0])
+    pv = p @ v
+    return p - np.outer(pv, v @ p) / (1.0 + v @ pv)
+
+
+def _mkor(hybrid: bool):
+    def ref(
+        p0, grad, steps, lr=0.05, weight_decay=0.0, momentum=0.9, interval=3, decay=0.95,
+        threshold=2.0, clip=100.0, window=2, switch_threshold=0.1, hess=None, aux=None,
+    ):  # fmt: skip
+        """MKOR (mkor/mkor.py @3a0e3bb2, arXiv 2306.01685 Alg. 1) with float64 factors
+        (the official ``half_precision=False``): layers are the matrix leaves with the
+        PyTorch view M = [∇W, ∇b]ᵀ (a sibling ``bias`` folded in as the last input row,
+        ā gets a trailing 1). Statistics: the test's captures (``aux[t]['_captures']``,
+        drawn with ``jax.random``) where given, else from the gradient — with a bias
+        ḡ = ∇b, ā = ∇W∇b/‖∇b‖² — clamped to ±100. Every k steps (from step 0): a factor
+        flagged for reset becomes I (all start flagged), else one Sherman–Morrison step;
+        max|F⁻¹| > 2 after it flags the factor (a blow-up of A⁻¹ also resets G⁻¹ in the
+        same refresh and flags A⁻¹ again). Every step Δ = A⁻ᵀMG⁻ᵀ (Flax view) ×
+        (‖∇W‖ + ‖∇b‖)/(‖Δ_W‖ + ‖Δ_b‖); then torch SGD: buf = μ buf + Δ + λw, w −= η buf
+        (non-layer leaves: raw gradients).
+
+        MKOR-H (optx's specification of the paper's §3.5 rule): the loss of each step
+        (float32) is averaged over windows of ``window`` steps; once a window's relative
+        decrease falls below ``switch_threshold`` × the best one, preconditioning stops
+        (that step included) and SGD continues on raw gradients."""
+        layers = {}
+        for k in p0:
+            if is_matrix(k, p0[k]):
+                parent = k.rpartition("/")[0]
+                bias = f"{parent}/bias" if f"{parent}/bias" in p0 and p0[k].ndim == 2 else None
+                layers[k] = bias
+
+        def precondition(p, g, st, t):
+            out = dict(g)
+            caps = aux[t - 1].get("_captures", {}) if aux else {}
+            for k, bk in layers.items():
+                mats = to_mats(k, g[k])
+                nb = len(mats)
+                bias = g[bk].reshape(nb, 1, -1) if bk else None
+                if (t - 1) % interval == 0:
+                    for i, x in enumerate(mats):
+                        if k in caps:
+                            a = caps[k][0].reshape(nb, -1)[i]
+                            gg = caps[k][1].reshape(nb, -1)[i]
+                        else:
+                            gg = bias[i, 0]
+                            a = x @ gg / max(np.sum(gg * gg), 1e-30)
+                        a, gg = np.clip(a, -clip, clip), np.clip(gg, -clip, clip)
+                        if bk:
+                            a = np.concatenate([a, [1.0]])
+                        ra = st.get(("ra", k, i), True)
+                        rg = st.get(("rg", k, i), True)
+                        A = np.eye(a.size) if ra else _sherman_morrison(st[("A", k, i)], a, decay)
+                        blew_a = (not ra) and np.max(np.abs(A)) > threshold
+                        rg = rg or blew_a
+                        G = np.eye(gg.size) if rg else _sherman_morrison(st[("G", k, i)], gg, decay)
+                        blew_g = (not rg) and np.max(np.abs(G)) > threshold
+                        st[("A", k, i)], st[("G", k, i)] = A, G
+                        st[("ra", k, i)], st[("rg", k, i)] = blew_a or blew_g, blew_g
+                new_k, new_b = [], []
+                for i, x in enumerate(mats):
+                    m = np.concatenate([x, bias[i]]) if bk else x
+                    pre = st[("A", k, i)].T @ m @ st[("G", k, i)].T
+                    fi = x.shape[0]
+
+                    def norms(y, fi=fi, has_bias=bk is not None):
+                        return np.linalg.norm(y[:fi]) + (np.linalg.norm(y[fi]) if has_bias else 0.0)
+
+                    q = pre * (norms(m) / norms(pre)) if norms(pre) > 0 else m
+                    new_k.append(q[:fi])
+                    if bk:
+                        new_b.append(q[fi])
+                out[k] = np.stack(new_k).reshape(g[k].shape)
+                if bk:
+                    out[bk] = np.stack(new_b).reshape(g[bk].shape)
+            return out
+
+        def switch(p, g, st, t):
+            loss = np.float32(sum(np.sum(g[k] * p[k] - 0.5 * hess[k] * p[k] ** 2) for k in p))
+            total = st.get("wl", np.float32(0)) + loss
+            n = st.get("wn", 0) + 1
+            mean = total / np.float32(n)
+            windows, best = st.get("windows", 0), st.get("best", np.float32(0))
+            if n >= window:
+                if windows > 0:
+                    prev = st["prev"]
+                    rate = (prev - mean) / max(abs(prev), np.float32(1e-12))
+                    if best > 0 and rate < np.float32(switch_threshold) * best:
+                        st["first_order"] = True
+                    st["best"] = max(best, rate)
+                st["prev"], st["windows"], st["wl"], st["wn"] = mean, windows + 1, np.float32(0), 0
+            else:
+                st["wl"], st["wn"] = total, n
+
+        def step(p, g, st, t):
+            if hybrid:
+                switch(p, g, st, t)
+            d = g if st.get("first_order") else precondition(p, g, st, t)
+            out = {}
+            for k, w in p.items():
+                buf = momentum * st.get(("buf", k), 0.0) + d[k] + weight_decay * w
+                st[("buf", k)] = buf
+                out[k] = w - lr * buf
+            return out
+
+        return _run(step, p0, grad, steps)
+
+    return ref
+
+
 MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "lion_kappa": lion_kappa,
     "root": root,
@@ -530,5 +643,7 @@ MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "sophia_h": _sophia("h"),
     "adahessian": adahessian,
     "mfac": mfac,
+    "mkor": _mkor(hybrid=False),
+    "mkor_h": _mkor(hybrid=True),
 }
 _ = (math, Any, _adamw_leaf)
