@@ -629,6 +629,78 @@ def _mkor(hybrid: bool):
     return ref
 
 
+def _eigh_desc(m: np.ndarray) -> np.ndarray:
+    """Eigenvectors by decreasing eigenvalue (official ``get_orthogonal_matrix``)."""
+    return np.linalg.eigh(m + 1e-30 * np.eye(m.shape[0]))[1][:, ::-1]
+
+
+def soap(
+    p0, grad, steps, lr=3e-3, weight_decay=0.01, b1=0.95, b2=0.95, eps=1e-8, gap=3,
+    aux=None,
+):  # fmt: skip
+    """SOAP (nikhilvyas/SOAP ``soap.py`` @a1e55353; arXiv 2409.11321 Alg. 3–4) in the
+    Flax view: for every matrix (dense, conv as (window·in, out), each layer of a stack
+    and — ``rotate_fallback_matrices`` — the embedding) factors L = EMA(GGᵀ),
+    R = EMA(GᵀG) (β_s = β₂); the first call only initializes (L, R from the first
+    gradient, bases by eigh, decreasing eigenvalues), the parameters do not move. Then
+    per step: G' = Q_LᵀGQ_R, Adam moments of G' (M' kept in the original coordinates
+    across basis changes: projected back and re-projected), ε on √V, step size
+    η√(1−β₂ˢ)/(1−β₁ˢ) with s the number of real updates; decay after the step
+    (w − ηU)(1 − ηλ); then L, R updated with G and, when s % T = 0, each basis refreshed
+    by one power step: columns sorted by diag(QᵀLQ) (V's axis permuted alike),
+    Q ← QR(L Q). 1-D leaves: Adam with the same first-call skip.
+
+    Eigenvector signs are arbitrary (NumPy and XLA may differ); the update is invariant
+    to them (V is element-wise, M' lives in the original coordinates), so the
+    parameters are compared directly."""
+
+    def mats_of(k, w):
+        return to_mats(k, w) if w.ndim >= 2 else None
+
+    def step(p, g, st, t):
+        out = {}
+        for k, w in p.items():
+            ms = mats_of(k, g[k])
+            if t == 1:
+                if ms is not None:
+                    for i, x in enumerate(ms):
+                        L, R = (1 - b2) * x @ x.T, (1 - b2) * x.T @ x
+                        st[("L", k, i)], st[("R", k, i)] = L, R
+                        st[("QL", k, i)], st[("QR", k, i)] = _eigh_desc(L), _eigh_desc(R)
+                out[k] = w
+                continue
+            s = t - 1
+            bc = math.sqrt(1 - b2**s) / (1 - b1**s)
+            if ms is None:
+                m = b1 * st.get(("m", k), 0.0) + (1 - b1) * g[k]
+                v = b2 * st.get(("v", k), 0.0) + (1 - b2) * g[k] ** 2
+                st[("m", k)], st[("v", k)] = m, v
+                out[k] = (w - lr * bc * m / (np.sqrt(v) + eps)) * (1 - lr * weight_decay)
+                continue
+            upd = []
+            for i, x in enumerate(ms):
+                ql, qr = st[("QL", k, i)], st[("QR", k, i)]
+                m = b1 * st.get(("m", k, i), 0.0) + (1 - b1) * x  # original coordinates
+                v = b2 * st.get(("v", k, i), 0.0) + (1 - b2) * (ql.T @ x @ qr) ** 2
+                st[("m", k, i)] = m
+                upd.append(ql @ ((ql.T @ m @ qr) / (np.sqrt(v) + eps)) @ qr.T)
+                L = b2 * st[("L", k, i)] + (1 - b2) * x @ x.T
+                R = b2 * st[("R", k, i)] + (1 - b2) * x.T @ x
+                st[("L", k, i)], st[("R", k, i)] = L, R
+                if s % gap == 0:
+                    o1 = np.argsort(-np.diag(ql.T @ L @ ql), kind="stable")
+                    o2 = np.argsort(-np.diag(qr.T @ R @ qr), kind="stable")
+                    v = v[o1][:, o2]
+                    ql = np.linalg.qr(L @ ql[:, o1])[0]
+                    qr = np.linalg.qr(R @ qr[:, o2])[0]
+                st[("v", k, i)], st[("QL", k, i)], st[("QR", k, i)] = v, ql, qr
+            u = np.stack(upd).reshape(w.shape)
+            out[k] = (w - lr * bc * u) * (1 - lr * weight_decay)
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
 MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "lion_kappa": lion_kappa,
     "root": root,
@@ -645,5 +717,6 @@ MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "mfac": mfac,
     "mkor": _mkor(hybrid=False),
     "mkor_h": _mkor(hybrid=True),
+    "soap": soap,
 }
 _ = (math, Any, _adamw_leaf)
