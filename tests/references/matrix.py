@@ -701,6 +701,59 @@ def soap(
     return _run(step, p0, grad, steps)
 
 
+def cosmos(
+    p0, grad, steps, lr=2e-3, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, rank=2,
+    ratio=0.1, gamma=0.2, aux=None,
+):  # fmt: skip
+    """COSMOS (lliu606/COSMOS ``COSMOS_optim.py`` @61de180e; arXiv 2502.17410 Alg. 1) in
+    the Flax view X (fan_in × fan_out; the official ``grad.T``): M ← β₁M + X (sum
+    momentum); the rank-r basis P of EMA(XXᵀ) — step 1: top-r eigenvectors of XXᵀ,
+    S = (1 − β₂)CCᵀ with C = PᵀX; later steps one QR power step P' = QR(β₂PS +
+    (1 − β₂)XXᵀP), T = PᵀP', S = β₂TᵀST + (1 − β₂)CCᵀ with C = P'ᵀX —; V ← β₂V +
+    (1 − β₂)C²; Ĝ = (X + β₁M)/(1 + β₁c₁), c₁ = (1 − β₁ᵗ)/(1 − β₁); A = P(PᵀĜ/(√V/
+    √(1 − β₂ᵗ) + ε)); R = NS5(Ĝ − PPᵀĜ) (Keller, in float64 here; the official casts to
+    bf16), R ← √(nm)R/(‖R‖ + ε); U = A + γR; w ← w(1 − ηλ) − ηρ√(nm)U/(‖U‖ + ε).
+    Fallback (bias, embedding): AdamW with the method's β, ε and decay (the official
+    quirky Adam equals it at β₁ = 0.9). Eigenvector signs cancel (V is element-wise and
+    QR(AD) = QR(A)·D-free for a sign matrix D), so parameters are compared directly."""
+
+    def step(p, g, st, t):
+        out = {}
+        c1 = (1 - b1**t) / (1 - b1)
+        for k, w in p.items():
+            if not is_matrix(k, w):
+                out[k] = w - lr * (adam_corrected(st, k, g[k], t, b1, b2, eps) + weight_decay * w)
+                continue
+            upd = []
+            for i, x in enumerate(to_mats(k, g[k])):
+                m = b1 * st.get(("m", k, i), 0.0) + x
+                st[("m", k, i)] = m
+                if t == 1:
+                    P = _eigh_desc(x @ x.T)[:, :rank]
+                    c = P.T @ x
+                    S = (1 - b2) * c @ c.T
+                else:
+                    P0, S0 = st[("P", k, i)], st[("S", k, i)]
+                    P = np.linalg.qr(b2 * P0 @ S0 + (1 - b2) * x @ (x.T @ P0))[0]
+                    T = P0.T @ P
+                    c = P.T @ x
+                    S = b2 * T.T @ S0 @ T + (1 - b2) * c @ c.T
+                v = b2 * st.get(("v", k, i), 0.0) + (1 - b2) * c * c
+                st[("P", k, i)], st[("S", k, i)], st[("v", k, i)] = P, S, v
+                gh = (x + b1 * m) / (1 + b1 * c1)
+                coeff = P.T @ gh
+                a = P @ (coeff / (np.sqrt(v) / math.sqrt(1 - b2**t) + eps))
+                r = _ns5(gh - P @ coeff)
+                scale = math.sqrt(x.size)
+                r = scale * r / (np.linalg.norm(r) + eps)
+                u = a + gamma * r
+                upd.append(ratio * scale * u / (np.linalg.norm(u) + eps))
+            out[k] = w * (1 - lr * weight_decay) - lr * np.stack(upd).reshape(w.shape)
+        return out
+
+    return _run(step, p0, grad, steps)
+
+
 MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "lion_kappa": lion_kappa,
     "root": root,
@@ -718,5 +771,6 @@ MATRIX_REFERENCES: dict[str, Callable[..., list[Params]]] = {
     "mkor": _mkor(hybrid=False),
     "mkor_h": _mkor(hybrid=True),
     "soap": soap,
+    "cosmos": cosmos,
 }
 _ = (math, Any, _adamw_leaf)
