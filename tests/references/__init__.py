@@ -8,6 +8,9 @@ gradient oracle ``grad(params, t) -> dict`` and the number of steps, and
 returns the parameters after every step.
 """
 
+from tests.references.matrix import MATRIX_REFERENCES
 from tests.references.optimizers import REFERENCES
+
+REFERENCES.update(MATRIX_REFERENCES)
 
 __all__ = ["REFERENCES"]
