@@ -153,7 +153,7 @@ def _mkor_extra(spec, loss_fn, params, grads, key, t):
         ka, kg = jax.random.split(jax.random.fold_in(key, i))
         a = jax.random.normal(ka, shape[0], jnp.float64)
         g = jax.random.normal(kg, shape[1], jnp.float64)
-        captures[path] = optx.LayerStatistics(a, g)
+        captures[path] = optx.curvature.LayerStatistics(a, g)
     kwargs["captures"] = captures
     return kwargs, {"_captures": {p: tuple(c) for p, c in captures.items()}}
 
