@@ -41,11 +41,11 @@ from examples import compare, data, models, training
 
 METHODS = ("full", "lora", "lora_pro", "lora_sb", "sora")
 GRIDS = {
-    "full": (1e-3, 3e-3, 1e-2),
-    "lora": (3e-3, 1e-2, 3e-2),
-    "lora_pro": (1e-3, 3e-3, 1e-2),
+    "full": (3e-3, 1e-2, 3e-2),
+    "lora": (1e-2, 3e-2, 1e-1),
+    "lora_pro": (1e-2, 3e-2, 1e-1),
     "lora_sb": (3e-3, 1e-2, 3e-2),
-    "sora": (3e-3, 1e-2, 3e-2),
+    "sora": (1e-2, 3e-2, 1e-1),
 }
 TARGETS = r"attn/(query|key|value|out)$|mlp/(up|down)$"
 SORA_L1 = 1e-3
