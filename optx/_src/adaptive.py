@@ -184,16 +184,16 @@ def radam_rectification(
 
 @hyperparams.validated()
 def scale_by_belief(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-16,
-    eps_root: Any = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-16,
+    eps_root: float | None = None,
     *,
     rectify: bool = True,
     degenerated_to_sgd: bool = True,
     amsgrad: bool = False,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AdaBelief's direction, as the official ``adabelief-pytorch`` 0.2.1 computes it.
 
@@ -339,13 +339,13 @@ class ScaleByExAdamState(NamedTuple):
 
 @hyperparams.validated()
 def scale_by_exadam(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
     *,
     dynamic_step_size: bool = True,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """EXAdam's direction (Adly, arXiv 2412.20302).
 
@@ -414,12 +414,12 @@ def scale_by_exadam(
 
 @hyperparams.validated()
 def scale_by_adam_lookahead(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
     *,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Adam with the Nesterov look-ahead of the official AdamP code.
 
@@ -511,11 +511,11 @@ def block_gsnr(g: jax.Array, lay: ResolvedLayout | None, eps: Any) -> jax.Array:
 @hyperparams.validated()
 def scale_by_sai(
     beta: float = 0.9,
-    eps: Any = 1e-8,
+    eps: float = 1e-8,
     *,
     scale_rule: str = "gsnr",
     layout: LayoutSpec = None,
-    mu_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SGD-SaI's direction: momentum times a per-block g-SNR frozen at step 1.
 
