@@ -14,6 +14,7 @@ import types
 from pathlib import Path
 
 import optx
+from tools.rewrite_public_api_names import pinned_api
 
 ROOT = Path(__file__).parent.parent
 PINNED = ROOT / "tests" / "data" / "public_api.txt"
@@ -24,23 +25,7 @@ _HOW = (
 )
 
 
-def _pinned() -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    current = None
-    for raw in PINNED.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("["):
-            current = line.strip("[]")
-            out[current] = []
-        else:
-            assert current is not None, f"{PINNED.name}: name {line!r} before any [namespace]"
-            out[current].append(line)
-    return out
-
-
-PUBLIC = _pinned()
+PUBLIC = pinned_api(PINNED)
 
 
 def _submodules() -> list[str]:

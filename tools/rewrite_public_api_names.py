@@ -18,9 +18,9 @@ from pathlib import Path
 SKIP_DIRS = {".git", ".venv", "_build", "_notebooks"}
 
 
-def moved_names(pinned: Path) -> dict[str, str]:
-    """``{name: submodule}`` for every name pinned under a submodule."""
-    out: dict[str, str] = {}
+def pinned_api(pinned: Path) -> dict[str, list[str]]:
+    """``{namespace: [names]}`` as listed in the pinned file."""
+    out: dict[str, list[str]] = {}
     namespace = None
     for raw in pinned.read_text().splitlines():
         line = raw.strip()
@@ -28,9 +28,21 @@ def moved_names(pinned: Path) -> dict[str, str]:
             continue
         if line.startswith("["):
             namespace = line.strip("[]")
-        elif namespace and namespace != "optx":
-            out[line] = namespace.split(".", 1)[1]
+            out[namespace] = []
+        else:
+            assert namespace is not None, f"{pinned.name}: name {line!r} before any [namespace]"
+            out[namespace].append(line)
     return out
+
+
+def moved_names(pinned: Path) -> dict[str, str]:
+    """``{name: submodule}`` for every name pinned under a submodule."""
+    return {
+        name: namespace.split(".", 1)[1]
+        for namespace, names in pinned_api(pinned).items()
+        if namespace != "optx"
+        for name in names
+    }
 
 
 def main() -> None:
