@@ -84,7 +84,7 @@ def test_each_public_object_has_one_home() -> None:
 
 def test_api_reference_lists_every_public_name_once() -> None:
     """docs/api/*.md documents each pinned name exactly once (autodoc directives)."""
-    directive = re.compile(r"^```\{auto(?:function|class|data|module)\} (\S+)", re.MULTILINE)
+    directive = re.compile(r"^\.\. auto(?:function|class|data|module):: (\S+)", re.MULTILINE)
     documented: list[str] = []
     for page in sorted((ROOT / "docs" / "api").glob("*.md")):
         documented += directive.findall(page.read_text())
