@@ -87,5 +87,29 @@ def _link_repository_files(app, relative_path, parent_docname, content) -> None:
     content[0] = _RELATIVE_LINK.sub(lambda m: f"[{m[1]}]({blob}{m[2]})", content[0])
 
 
+# Google-style "Args:" entries may name several arguments, wrapped over lines
+# ("adam_b1, adam_b2,\n    adam_eps: the fallback AdamW"); napoleon reads one line, so the
+# wrapped name list is joined before napoleon runs.
+_NAME_LIST_CONTINUES = re.compile(r"^\s+[\w*]+(,\s*[\w*]+)*,\s*$")
+
+
+def _join_wrapped_argument_names(app, what, name, obj, options, lines) -> None:
+    i = 0
+    while i < len(lines) - 1:
+        if _NAME_LIST_CONTINUES.match(lines[i]):
+            lines[i : i + 2] = [lines[i].rstrip() + " " + lines[i + 1].strip()]
+        else:
+            i += 1
+
+
+def _drop_inherited_container_docs(app, what, name, obj, options, lines) -> None:
+    """A module constant (a dict, a tuple) has no docstring of its own: not the dict's."""
+    inherited = (type(obj).__doc__ or "").strip()
+    if what in {"data", "attribute"} and inherited and "\n".join(lines).strip() == inherited:
+        lines.clear()
+
+
 def setup(app) -> None:
     app.connect("include-read", _link_repository_files)
+    app.connect("autodoc-process-docstring", _join_wrapped_argument_names, priority=100)
+    app.connect("autodoc-process-docstring", _drop_inherited_container_docs, priority=100)

@@ -14,6 +14,7 @@ import types
 from pathlib import Path
 
 import optx
+from tools.rewrite_public_api_names import pinned_api
 
 ROOT = Path(__file__).parent.parent
 PINNED = ROOT / "tests" / "data" / "public_api.txt"
@@ -24,23 +25,7 @@ _HOW = (
 )
 
 
-def _pinned() -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    current = None
-    for raw in PINNED.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("["):
-            current = line.strip("[]")
-            out[current] = []
-        else:
-            assert current is not None, f"{PINNED.name}: name {line!r} before any [namespace]"
-            out[current].append(line)
-    return out
-
-
-PUBLIC = _pinned()
+PUBLIC = pinned_api(PINNED)
 
 
 def _submodules() -> list[str]:
@@ -99,7 +84,7 @@ def test_each_public_object_has_one_home() -> None:
 
 def test_api_reference_lists_every_public_name_once() -> None:
     """docs/api/*.md documents each pinned name exactly once (autodoc directives)."""
-    directive = re.compile(r"^```\{auto(?:function|class|data|module)\} (\S+)", re.MULTILINE)
+    directive = re.compile(r"^\.\. auto(?:function|class|data|module):: (\S+)", re.MULTILINE)
     documented: list[str] = []
     for page in sorted((ROOT / "docs" / "api").glob("*.md")):
         documented += directive.findall(page.read_text())

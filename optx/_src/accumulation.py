@@ -31,7 +31,7 @@ def accumulate_gradients(
     inner: optax.GradientTransformation,
     every_k: int,
     *,
-    accumulator_dtype: Any = None,
+    accumulator_dtype: base.DTypeLike | None = None,
     use_grad_mean: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Accumulates ``every_k`` micro-batch gradients, then applies ``inner`` once.

@@ -232,12 +232,12 @@ def _sharded_pair_step(
 
 @hyperparams.validated(scaling=hyperparams.choice(*LORA_PRO_SCALINGS))
 def scale_by_lora_pro(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
     *,
-    delta: Any = 1e-8,
-    alpha: Any = None,
+    delta: float = 1e-8,
+    alpha: float | None = None,
     scaling: str = "lora",
     variant: str = "paper",
     pairs: Sequence[lora.LoRAPair] | None = None,

@@ -184,16 +184,16 @@ def radam_rectification(
 
 @hyperparams.validated()
 def scale_by_belief(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-16,
-    eps_root: Any = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-16,
+    eps_root: float | None = None,
     *,
     rectify: bool = True,
     degenerated_to_sgd: bool = True,
     amsgrad: bool = False,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AdaBelief's direction, as the official ``adabelief-pytorch`` 0.2.1 computes it.
 
@@ -339,13 +339,13 @@ class ScaleByExAdamState(NamedTuple):
 
 @hyperparams.validated()
 def scale_by_exadam(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
     *,
     dynamic_step_size: bool = True,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """EXAdam's direction (Adly, arXiv 2412.20302).
 
@@ -414,12 +414,12 @@ def scale_by_exadam(
 
 @hyperparams.validated()
 def scale_by_adam_lookahead(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
     *,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Adam with the Nesterov look-ahead of the official AdamP code.
 
@@ -511,11 +511,11 @@ def block_gsnr(g: jax.Array, lay: ResolvedLayout | None, eps: Any) -> jax.Array:
 @hyperparams.validated()
 def scale_by_sai(
     beta: float = 0.9,
-    eps: Any = 1e-8,
+    eps: float = 1e-8,
     *,
     scale_rule: str = "gsnr",
     layout: LayoutSpec = None,
-    mu_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SGD-SaI's direction: momentum times a per-block g-SNR frozen at step 1.
 
@@ -531,13 +531,13 @@ def scale_by_sai(
 
     Official-code (``sgd-sai`` 1.0.3) details reproduced: the std is torch's
     **unbiased** (n − 1) std over the block, NaN → 0, so a single-element
-    block gets ``gsnr = |g|/ε`` (≈ 1e8·|g|); the first momentum buffer is a
+    block gets ``gsnr = |g|/ε`` (≈ ``1e8·|g|``); the first momentum buffer is a
     *copy* of ``g`` (not ``(1 − μ) g``); a block whose first gradient is zero
     is frozen forever (``gsnr = 0``).
 
     Deviation from the official code: a **single-element** block (a scalar, a
     1×1 matrix) has no std; the official ``nan_to_num`` makes its scale
-    ``|g|/ε`` (≈ 1e8·|g|: the parameter diverges), optx uses 1 (``√numel``). The official code computes one scale per
+    ``|g|/ε`` (≈ ``1e8·|g|``: the parameter diverges), optx uses 1 (``√numel``). The official code computes one scale per
     *tensor*; optx uses one per matrix for leaves with a layout, so a scanned
     ``(L, in, out)`` stack gets the L scales its L PyTorch tensors would get
     (leaves without a layout, e.g. stacked biases, get one scale per leaf).

@@ -535,11 +535,11 @@ class ScaleBySoapState(NamedTuple):
 
 @hyperparams.validated()
 def scale_by_soap(
-    b1: Any = 0.95,
-    b2: Any = 0.95,
-    eps: Any = 1e-8,
+    b1: float = 0.95,
+    b2: float = 0.95,
+    eps: float = 1e-8,
     *,
-    shampoo_beta: Any = None,
+    shampoo_beta: float | None = None,
     update_proj_gap: int = 10,
     max_precond_dim: int = 10000,
     factorization: str = "matrix",
@@ -548,9 +548,9 @@ def scale_by_soap(
     extra_layout: LayoutSpec | None = None,
     normalize_grads: bool = False,
     bias_correction: bool = True,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
-    precond_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
+    precond_dtype: base.DTypeLike | None = None,
     layout: LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Adam in the eigenbasis of Shampoo's Kronecker factors (SOAP's direction).
@@ -844,16 +844,16 @@ def conda_side(view: ModeView) -> int:
 
 @hyperparams.validated()
 def scale_by_conda(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
     *,
     update_proj_gap: int = 50,
-    scale: Any = 1.0,
+    scale: float = 1.0,
     bias_correction: bool = True,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
-    precond_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
+    precond_dtype: base.DTypeLike | None = None,
     layout: LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Column-normalized Adam: Adam's second moment in the SVD basis of the momentum.
@@ -1037,19 +1037,19 @@ def cosmos_rank(view: ModeView, rank: int) -> int:
 
 @hyperparams.validated()
 def scale_by_cosmos(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
     *,
     rank: int = 64,
-    gamma: Any = 0.2,
+    gamma: float = 0.2,
     nesterov: bool = True,
-    ns_coeffs: Any = "keller",
+    ns_coeffs: orthogonalization.CoefficientSpec = "keller",
     ns_steps: int = 5,
-    ns_dtype: Any = None,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
-    precond_dtype: Any = None,
+    ns_dtype: base.DTypeLike | None = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
+    precond_dtype: base.DTypeLike | None = None,
     layout: LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     """COSMOS's direction: SOAP-like Adam on a tracked rank-r subspace, Muon on the rest.

@@ -202,8 +202,8 @@ def _soft_threshold(v: jax.Array, quantile: Any, eps: Any, layout: ResolvedLayou
 
 @hyperparams.validated()
 def clip_by_quantile(
-    quantile: Any = 0.9,
-    eps: Any = 1e-9,
+    quantile: float = 0.9,
+    eps: float = 1e-9,
     *,
     layout: LayoutSpec = None,
     strategy: str = "auto",

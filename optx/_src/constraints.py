@@ -189,7 +189,7 @@ def _solve_coupling_beta(c: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, 3, newton, beta)
 
 
-def soft_cap_coupling(w_max: Any, max_update_norm: Any, decay: Any = 0.0) -> jax.Array:
+def soft_cap_coupling(w_max: Any, max_update_norm: Any, decay: float = 0.0) -> jax.Array:
     """The soft cap's coupling α: the exact root of the paper's quartic.
 
     With ``k = w_max (1 − decay) + max_update_norm`` — the largest singular
@@ -438,7 +438,7 @@ def _rank_one(pi: Any) -> tuple[jax.Array, jax.Array]:
 
 @hyperparams.validated()
 def spectral_normalize(
-    w_max: Any = 1.0,
+    w_max: float = 1.0,
     *,
     power_iterations: int = 16,
     warm_start: bool = True,
@@ -499,7 +499,7 @@ def spectral_normalize(
 
 @hyperparams.validated()
 def spectral_hammer(
-    w_max: Any = 1.0,
+    w_max: float = 1.0,
     *,
     power_iterations: int = 16,
     warm_start: bool = True,
@@ -608,7 +608,7 @@ def spectral_weight_decay(
 
 @hyperparams.validated()
 def spectral_soft_cap(
-    w_max: Any = 1.0,
+    w_max: float = 1.0,
     max_update_norm: base.ScalarOrSchedule = 0.02,
     decay: base.ScalarOrSchedule = 0.0,
     *,
@@ -684,7 +684,7 @@ def spectral_soft_cap(
 
 @hyperparams.validated()
 def spectral_hard_cap(
-    w_max: Any = 1.0,
+    w_max: float = 1.0,
     *,
     geometry: str = "rms",
     layout: LayoutSpec = None,
@@ -727,7 +727,7 @@ def spectral_hard_cap(
 
 @hyperparams.validated()
 def spectral_svd_cap(
-    w_max: Any = 1.0,
+    w_max: float = 1.0,
     *,
     geometry: str = "rms",
     layout: LayoutSpec = None,
@@ -804,9 +804,9 @@ def embedding_mask(router: routing.Router | None = None) -> Callable[[Any], Any]
 
 @hyperparams.validated()
 def embedding_rms_projection(
-    max_inflation_factor: Any = 1.0,
+    max_inflation_factor: float = 1.0,
     *,
-    mask: Any = None,
+    mask: base.Mask | None = None,
     feature_axis: int = -1,
 ) -> optax.GradientTransformationExtraArgs:
     """Caps the RMS of every embedding vector: ``e ← e / max(1/f, RMS(e))``.

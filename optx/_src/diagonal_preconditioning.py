@@ -77,7 +77,10 @@ def scale_by_sophia(
     tokens_per_batch: float = 1.0,
     eps: float = 1e-15,
     *,
-    estimator: Any = None,
+    estimator: curvature.Hutchinson
+    | curvature.GaussNewtonBartlett
+    | Callable[..., Any]
+    | None = None,
     update_interval: int | None = None,
     refresh_at_start: bool = False,
     seed: int | None = None,

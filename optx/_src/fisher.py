@@ -239,7 +239,9 @@ def scale_by_mfac(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def mfac_state_bytes(num_params: int, num_grads: int, *, dtype: Any = jnp.float32) -> int:
+def mfac_state_bytes(
+    num_params: int, num_grads: int, *, dtype: base.DTypeLike = jnp.float32
+) -> int:
     """Bytes of :func:`scale_by_mfac`'s global state: ``m·d`` buffer + ``m²`` Gram + count.
 
     Example:

@@ -206,7 +206,7 @@ def _layer_gradient_statistics(layer: _Layer, kernel: jax.Array, bias: jax.Array
 
 
 def sherman_morrison_update(
-    inverse: jax.Array, v: jax.Array, decay: Any, dtype: Any = None
+    inverse: jax.Array, v: jax.Array, decay: Any, dtype: base.DTypeLike | None = None
 ) -> jax.Array:
     """``(P⁻¹ + v vᵀ)⁻¹`` with ``P = decay · F⁻¹ + (1 − decay) I``.
 

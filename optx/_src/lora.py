@@ -461,7 +461,7 @@ def lora_delta(
     a: jax.Array,
     b: jax.Array,
     *,
-    scale: Any = 1.0,
+    scale: float = 1.0,
     gate: jax.Array | None = None,
     core: jax.Array | None = None,
 ) -> jax.Array:
@@ -476,7 +476,7 @@ def lora_delta(
 
 
 def merge_lora(
-    model_or_params: Any, pairs: Sequence[LoRAPair] | None = None, *, scale: Any = None
+    model_or_params: Any, pairs: Sequence[LoRAPair] | None = None, *, scale: float | None = None
 ) -> Any:
     """Folds every adapter into its base kernel: ``W₀ ← W₀ + s·A (diag g) (R) B``.
 

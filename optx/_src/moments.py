@@ -33,13 +33,13 @@ class ScaleByMomentumState(NamedTuple):
 
 @hyperparams.validated()
 def scale_by_momentum(
-    beta: Any = 0.95,
+    beta: float = 0.95,
     *,
     kind: str = "ema",
     nesterov: bool = True,
     bias_correction: bool = False,
-    mu_dtype: Any = None,
-    dampening: Any = 0.0,
+    mu_dtype: base.DTypeLike | None = None,
+    dampening: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     """Momentum in the EMA or sum form, with Keller/Moonlight-style Nesterov.
 
@@ -127,13 +127,13 @@ def scale_by_momentum(
 
 @hyperparams.validated()
 def scale_by_adam(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
     *,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
     nesterov: bool = False,
     eps_placement: str = "corrected",
     bias_correction: bool = True,
@@ -271,7 +271,7 @@ class BiasCorrectionState(NamedTuple):
 
 @hyperparams.validated()
 def scale_by_bias_correction(
-    b1: Any = 0.9, b2: Any = 0.999
+    b1: float = 0.9, b2: float = 0.999
 ) -> optax.GradientTransformationExtraArgs:
     """Multiplies the updates by Adam's step-size correction ``√(1−β₂ᵗ)/(1−β₁ᵗ)``.
 

@@ -97,13 +97,13 @@ def _scale_by_axis_rms(
 
 @hyperparams.validated()
 def scale_by_row_rms(
-    beta: Any = 0.95,
-    eps: Any = 1e-10,
+    beta: float = 0.95,
+    eps: float = 1e-10,
     *,
     bias_correction: bool = False,
     eps_inside_sqrt: bool = False,
     layout: LayoutSpec = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Divides each output neuron (row) by the RMS EMA of its entries.
 
@@ -150,13 +150,13 @@ def scale_by_row_rms(
 
 @hyperparams.validated()
 def scale_by_column_rms(
-    beta: Any = 0.95,
-    eps: Any = 1e-10,
+    beta: float = 0.95,
+    eps: float = 1e-10,
     *,
     bias_correction: bool = False,
     eps_inside_sqrt: bool = False,
     layout: LayoutSpec = None,
-    nu_dtype: Any = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """The column twin of :func:`scale_by_row_rms`: one statistic per input feature.
 
@@ -189,7 +189,7 @@ def scale_by_column_rms(
 def preserve_frobenius_norm(
     inner: optax.GradientTransformation,
     *,
-    eps: Any = 1e-10,
+    eps: float = 1e-10,
     layout: LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Runs ``inner`` and rescales each matrix back to its input Frobenius norm.
@@ -290,7 +290,7 @@ def scale_by_shape(
 
 @hyperparams.validated()
 def scale_to_rms(
-    rms: Any = 0.2, *, eps: Any = 1e-10, layout: LayoutSpec = None
+    rms: float = 0.2, *, eps: float = 1e-10, layout: LayoutSpec = None
 ) -> optax.GradientTransformationExtraArgs:
     """Rescales each matrix to a target RMS: ``X · rms · √(mn) / (‖X‖_F + ε)``.
 
@@ -328,7 +328,7 @@ def scale_to_rms(
 
 @hyperparams.validated()
 def normalize_by_frobenius(
-    eps: Any = 1e-7, *, layout: LayoutSpec = None
+    eps: float = 1e-7, *, layout: LayoutSpec = None
 ) -> optax.GradientTransformationExtraArgs:
     """Divides each matrix by its Frobenius norm: ``X / (‖X‖_F + ε)``.
 
@@ -369,11 +369,11 @@ def normalize_by_frobenius(
 
 @hyperparams.validated()
 def scale_by_cosh_rms(
-    gamma: Any = 1.0,
-    eps: Any = 1e-8,
+    gamma: float = 1.0,
+    eps: float = 1e-8,
     *,
     normalize_argument: bool = False,
-    norm_eps: Any = 1e-7,
+    norm_eps: float = 1e-7,
     layout: LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AuON's hyperbolic-cosine RMS brake: ``X / (√mean(cosh(γ Z)²) + ε)``.
@@ -452,7 +452,7 @@ class NormGrowthLimiterState(NamedTuple):
 
 @hyperparams.validated()
 def scale_by_norm_growth_limiter(
-    gamma: Any = 1.01, *, eps: Any = 1e-8, layout: LayoutSpec = None
+    gamma: float = 1.01, *, eps: float = 1e-8, layout: LayoutSpec = None
 ) -> optax.GradientTransformationExtraArgs:
     """Caps the growth of each matrix update's norm at a factor ``γ`` per step.
 

@@ -301,7 +301,7 @@ def newton_schulz(
     coefficients: Any = "keller",
     steps: int = 5,
     *,
-    compute_dtype: Any = None,
+    compute_dtype: base.DTypeLike | None = None,
 ) -> jax.Array:
     """Approximately orthogonalizes the matrices ``x[..., m, n]``.
 

@@ -153,7 +153,9 @@ def leaf_key(seed: int, path: str) -> jax.Array:
 # ----------------------------------------------------------------------------
 
 
-def dct_basis(dim: int, indices: jax.Array | None = None, dtype: Any = jnp.float32) -> jax.Array:
+def dct_basis(
+    dim: int, indices: jax.Array | None = None, dtype: base.DTypeLike = jnp.float32
+) -> jax.Array:
     """Columns of the orthonormal DCT matrix used by DCT-AdamW (arXiv 2505.17967).
 
     ``Q[i, j] = √(2/d) · c_i · cos(π i (2j + 1) / (2d))`` with ``c_0 = 1/√2`` and
@@ -547,9 +549,9 @@ def scale_by_subspace(
     projection: str | ProjectionFn = "svd",
     side: str = "std",
     update_proj_gap: int = 200,
-    scale: Any = 1.0,
+    scale: float = 1.0,
     residual: str | None = None,
-    residual_scale: Any = 1.0,
+    residual_scale: float = 1.0,
     reset_on_refresh: bool = False,
     refresh_phase: int = 0,
     score_norm: float = 1.0,
@@ -669,9 +671,9 @@ APOLLO_SCALE_TYPES = ("channel", "tensor")
 
 @hyperparams.validated()
 def scale_by_apollo(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-6,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
     *,
     rank: int = 256,
     scale_type: str = "channel",
@@ -680,8 +682,8 @@ def scale_by_apollo(
     update_proj_gap: int = 200,
     seed: int = 0,
     store_projector: bool = True,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
     layout: LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     """APOLLO's structured scaling of the raw gradient (arXiv 2412.05270, Alg. 1).
@@ -827,7 +829,7 @@ def scale_by_block_subspace(
     update_proj_gap: int = 200,
     order: str = "random",
     residual: str | None = "sign",
-    residual_scale: Any = 1.0,
+    residual_scale: float = 1.0,
     reset_on_refresh: bool = True,
     seed: int = 0,
     layout: LayoutSpec = None,

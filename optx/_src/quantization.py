@@ -301,7 +301,7 @@ def dequantize_blockwise(
     *,
     signed: bool = True,
     block_size: int = REFERENCE_BLOCK_SIZE,
-    dtype: Any = jnp.float32,
+    dtype: base.DTypeLike = jnp.float32,
 ) -> jax.Array:
     """Inverse of :func:`quantize_blockwise`: ``map[codes] · absmax[block]``.
 

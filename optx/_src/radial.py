@@ -110,8 +110,8 @@ def radial_projection(
     param: jax.Array,
     direction: jax.Array,
     layout: ResolvedLayout,
-    delta: Any = 0.1,
-    eps: Any = 1e-8,
+    delta: float = 0.1,
+    eps: float = 1e-8,
 ) -> tuple[jax.Array, jax.Array]:
     """AdamP's test and projection for one tensor; returns ``(direction, branch)``.
 

@@ -36,7 +36,7 @@ from optx._src import base
 def rex_schedule(
     init_value: Any,
     decay_steps: int,
-    end_value: Any = 0.0,
+    end_value: float = 0.0,
 ) -> optax.Schedule:
     """The REX profile from ``init_value`` (η_max) to ``end_value`` (η_min).
 
@@ -76,7 +76,7 @@ def warmup_rex_schedule(
     peak_value: Any,
     warmup_steps: int,
     decay_steps: int,
-    end_value: Any = 0.0,
+    end_value: float = 0.0,
 ) -> optax.Schedule:
     """Linear warmup from ``init_value`` to ``peak_value``, then REX to ``end_value``.
 

@@ -135,11 +135,11 @@ def kappa_gradient(
     kappa: str,
     layout: ResolvedLayout | None = None,
     *,
-    delta: Any = 1.0,
-    p: Any = 3.0,
-    ns_coeffs: Any = "keller",
+    delta: float = 1.0,
+    p: float = 3.0,
+    ns_coeffs: orthogonalization.CoefficientSpec = "keller",
     ns_steps: int = 5,
-    ns_dtype: Any = None,
+    ns_dtype: base.DTypeLike | None = None,
     strategy: str = "auto",
 ) -> jax.Array:
     """``∇𝒦(c)`` for one tensor (``layout`` defines the blocks; see the module docstring)."""
@@ -160,18 +160,18 @@ def kappa_gradient(
 
 @hyperparams.validated()
 def scale_by_lion_kappa(
-    b1: Any = 0.9,
-    b2: Any = 0.99,
+    b1: float = 0.9,
+    b2: float = 0.99,
     kappa: str | Callable[[jax.Array], jax.Array] = "l1",
     *,
-    delta: Any = 1.0,
-    p: Any = 3.0,
-    ns_coeffs: Any = "keller",
+    delta: float = 1.0,
+    p: float = 3.0,
+    ns_coeffs: orthogonalization.CoefficientSpec = "keller",
     ns_steps: int = 5,
-    ns_dtype: Any = None,
+    ns_dtype: base.DTypeLike | None = None,
     layout: LayoutSpec = None,
     strategy: str = "auto",
-    mu_dtype: Any = None,
+    mu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Lion-𝒦's direction ``∇𝒦(β₁ m + (1 − β₁) g)``, then ``m ← β₂ m + (1 − β₂) g``.
 

@@ -38,7 +38,7 @@ def _value_at(x: base.ScalarOrSchedule, count: jax.Array) -> Any:
 def add_decayed_weights_after_step(
     weight_decay: base.ScalarOrSchedule,
     learning_rate: base.ScalarOrSchedule,
-    mask: Any = None,
+    mask: base.Mask | None = None,
     *,
     skip_steps: int = 0,
 ) -> optax.GradientTransformationExtraArgs:

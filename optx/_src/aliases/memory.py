@@ -39,7 +39,7 @@ def _quantized(
     inner: optax.GradientTransformation,
     block_size: int | None,
     min_size: int | None,
-    full_precision: Any,
+    full_precision: str | Callable[[str], bool] | None,
 ) -> optax.GradientTransformationExtraArgs:
     """``quantize_moments(inner)`` with the bitsandbytes defaults for None."""
     return quantization.quantize_moments(
@@ -68,7 +68,7 @@ def adamw_8bit(
     *,
     block_size: int | None = None,
     min_size: int | None = None,
-    full_precision: Any = None,
+    full_precision: str | Callable[[str], bool] | None = None,
     nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AdamW with block-wise 8-bit moments (bitsandbytes ``AdamW8bit``).
@@ -146,7 +146,7 @@ def lion_8bit(
     *,
     block_size: int | None = None,
     min_size: int | None = None,
-    full_precision: Any = None,
+    full_precision: str | Callable[[str], bool] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Lion with a block-wise 8-bit momentum (bitsandbytes ``Lion8bit``).
 
@@ -199,7 +199,7 @@ def sgd_momentum_8bit(
     mask: base.Mask | None = None,
     block_size: int | None = None,
     min_size: int | None = None,
-    full_precision: Any = None,
+    full_precision: str | Callable[[str], bool] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SGD with a block-wise 8-bit momentum buffer (bitsandbytes ``SGD8bit``).
 
@@ -444,7 +444,7 @@ def galore_8bit(
     side: str = "std",
     block_size: int | None = None,
     min_size: int | None = None,
-    full_precision: Any = None,
+    full_precision: str | Callable[[str], bool] | None = None,
     seed: int | None = None,
     router: routing.Router | None = None,
     mu_dtype: base.DTypeLike | None = None,

@@ -478,7 +478,12 @@ class ScaleByOfficialCosmosAdamState(NamedTuple):
 
 @hyperparams.validated()
 def scale_by_official_cosmos_adam(
-    b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, *, mu_dtype: Any = None, nu_dtype: Any = None
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    mu_dtype: base.DTypeLike | None = None,
+    nu_dtype: base.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """The official COSMOS code's Adam for non-matrix parameters, quirks included.
 

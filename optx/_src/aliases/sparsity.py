@@ -19,7 +19,7 @@ def wgsef(
     k: sparsity.KSpec | None = None,
     penalty: base.ScalarOrSchedule = 0.1,
     *,
-    momentum: Any = 0.9,
+    momentum: float = 0.9,
     nesterov: bool = False,
     optimizer: Callable[..., optax.GradientTransformation] | None = None,
     groups: str = "output",
