@@ -158,6 +158,7 @@ def scale_by_mfac(
         return lay, lay.batch_size, lay.fan_in * lay.fan_out
 
     def init_fn(params: base.Params) -> ScaleByMFACState:
+        base.check_real_params(params, "optx.scale_by_mfac")  # real-only math (docstring)
         dtype = buf_dtype(params)
         compute_dtype = compute_dtype_arg or jnp.result_type(
             jnp.float32, *[x.dtype for x in jax.tree.leaves(params)]
