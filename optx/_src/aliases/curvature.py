@@ -428,8 +428,9 @@ def mfac(
       router: layouts of the blocks when blockwise.
       buffer_dtype, compute_dtype: see :func:`optx.scale_by_mfac`.
 
-    Complex parameters: refused at init (a TypeError naming the leaf) because the official
-      dynamic empirical-Fisher inverse is real-only.
+    Complex parameters: supported (phase-equivariant): the empirical Fisher is
+      ``λI + (1/m) Σ g gᴴ``, its Gram matrix ``K_ij = Σ ḡ_i g_j`` is Hermitian (a complex
+      Cholesky solve), so ``F⁻¹ g = m Gᵀ (mλI + K)⁻¹ e_s`` as for real gradients.
 
     References:
       Frantar, Kurtic, Alistarh, "M-FAC: Efficient Matrix-Free Approximations
