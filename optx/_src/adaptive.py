@@ -85,7 +85,7 @@ def _scale_by_two_moments(
             cdt = compute_dtype(g.dtype, mu.dtype, nu.dtype)
             gc = g.astype(cdt)
             m = b1 * mu.astype(cdt) + (1.0 - b1) * gc
-            v = b2 * nu.astype(cdt) + (1.0 - b2) * jnp.square(gc)
+            v = b2 * nu.astype(cdt) + (1.0 - b2) * base.abs_sq(gc)
             u = direction(gc, m, v, count)
             return u.astype(g.dtype), m.astype(mu.dtype), v.astype(nu.dtype)
 
@@ -295,7 +295,7 @@ def scale_by_belief(
             cdt = compute_dtype(g.dtype, mu.dtype, nu.dtype)
             gc = g.astype(cdt)
             new_mu = b1 * mu.astype(cdt) + (1.0 - b1) * gc
-            new_nu = b2 * nu.astype(cdt) + (1.0 - b2) * jnp.square(gc - new_mu) + eps_root
+            new_nu = b2 * nu.astype(cdt) + (1.0 - b2) * base.abs_sq(gc - new_mu) + eps_root
             if amsgrad:
                 new_max = jnp.maximum(nu_max.astype(cdt), new_nu)
                 denom_nu, out_max = new_max, new_max.astype(nu_max.dtype)
@@ -396,7 +396,7 @@ def scale_by_exadam(
         bc1 = one_minus_power(b1, count).astype(cdt)
         bc2 = one_minus_power(b2, count).astype(cdt)
         d1 = 1.0 + power(b2, count).astype(cdt) * (v / (v + eps))
-        m2 = jnp.square(m)
+        m2 = base.abs_sq(m)
         d2 = 1.0 + power(b1, count).astype(cdt) * (m2 / (m2 + eps))
         if dynamic_step_size:
             alpha = (0.5 * jnp.log(2.0 * (count.astype(base.scalar_dtype(cdt)) + 1.0))).astype(cdt)
@@ -498,10 +498,10 @@ def block_gsnr(g: jax.Array, lay: ResolvedLayout | None, eps: Any) -> jax.Array:
     axes = _block_axes(g, lay)
     n = math.prod(jnp.shape(g)[a] for a in axes)
     g32 = g.astype(compute_dtype(g.dtype))
-    norm = jnp.sqrt(jnp.sum(jnp.square(g32), axis=axes, keepdims=True))
+    norm = jnp.sqrt(jnp.sum(base.abs_sq(g32), axis=axes, keepdims=True))
     if n > 1:
         mean = jnp.mean(g32, axis=axes, keepdims=True)
-        var = jnp.sum(jnp.square(g32 - mean), axis=axes, keepdims=True) / (n - 1)
+        var = jnp.sum(base.abs_sq(g32 - mean), axis=axes, keepdims=True) / (n - 1)
         std = jnp.sqrt(var)
     else:
         return jnp.ones_like(norm)

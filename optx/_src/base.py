@@ -240,6 +240,17 @@ def real_dtype(dtype: Any) -> jnp.dtype:
     return dtype
 
 
+def abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|²`` element-wise, real: ``x²`` for real ``x``, ``Re(x·x̄)`` for complex ``x``.
+
+    The complex policy's squared magnitude (``jnp.square`` of a complex number
+    is not its squared modulus and is not invariant to a phase).
+    """
+    if jnp.iscomplexobj(x):
+        return jnp.real(x * jnp.conj(x))
+    return jnp.square(x)
+
+
 def at_least_f32(x: Any) -> jax.Array:
     """``x`` as an array of at least f32 precision (f64 stays f64).
 

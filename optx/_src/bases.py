@@ -666,6 +666,7 @@ def scale_by_soap(
     )
 
     def init_fn(params: base.Params) -> ScaleBySoapState:
+        base.check_real_params(params, "optx.scale_by_soap")  # real-only math (docstring)
         flat, _ = jax.tree_util.tree_flatten_with_path(params)
         num_modes = max((len(view_of(base.path_to_str(p), x).modes) for p, x in flat), default=0)
 
@@ -928,6 +929,8 @@ def scale_by_conda(
     view_of = rotation_view_fn(layout)
 
     def init_fn(params: base.Params) -> ScaleByCondaState:
+        base.check_real_params(params, "optx.scale_by_conda")  # real-only math (docstring)
+
         def leaf_basis(path: Any, p: Any) -> Any:
             view = view_of(base.path_to_str(path), p)
             if not view.modes:
@@ -1137,6 +1140,8 @@ def scale_by_cosmos(
     view_of = rotation_view_fn(layout)
 
     def init_fn(params: base.Params) -> ScaleByCosmosState:
+        base.check_real_params(params, "optx.scale_by_cosmos")  # real-only math (docstring)
+
         def leaf(which: str) -> Callable[[Any, Any], Any]:
             def make(path: Any, p: Any) -> Any:
                 view = view_of(base.path_to_str(path), p)

@@ -146,6 +146,7 @@ def scale_by_sophia(
     nu_dtype = base.canonicalize_dtype(nu_dtype)
 
     def init_fn(params: base.Params) -> ScaleBySophiaState:
+        base.check_real_params(params, "optx.scale_by_sophia")  # real-only math (docstring)
         return ScaleBySophiaState(
             count=jnp.zeros([], jnp.int32),
             mu=_zeros_like(params, mu_dtype),
@@ -381,6 +382,7 @@ def scale_by_adahessian(
         return lambda d: _block_average(d, lay, block_size)
 
     def init_fn(params: base.Params) -> ScaleByAdaHessianState:
+        base.check_real_params(params, "optx.scale_by_adahessian")  # real-only math (docstring)
         base.tree_map_with_path_str(averaging, params)  # validates block sizes early
         return ScaleByAdaHessianState(
             count=jnp.zeros([], jnp.int32),

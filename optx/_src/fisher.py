@@ -77,10 +77,15 @@ def _ifvp_newest(G: jax.Array, gram: jax.Array, slot: jax.Array, damp: Any, comp
 def _insert(
     G: jax.Array, gram: jax.Array, g: jax.Array, slot: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """Replaces row ``slot`` of ``G`` by ``g`` and updates ``G Gᵀ`` (one row/column)."""
+    """Replaces row ``slot`` of ``G`` by ``g`` and updates ``Ḡ Gᵀ`` (one row/column).
+
+    Complex gradients: the Gram matrix is Hermitian, ``K_ij = ⟨g_i, g_j⟩ = Σ ḡ_i g_j``
+    (``G Gᵀ`` for real ``G``).
+    """
     G = G.at[slot].set(g.astype(G.dtype))
-    row = (G.astype(jnp.promote_types(G.dtype, jnp.float32)) @ g.astype(G.dtype)).astype(gram.dtype)
-    gram = gram.at[slot, :].set(row).at[:, slot].set(row)
+    col = jnp.conj(G.astype(jnp.promote_types(G.dtype, jnp.float32))) @ g.astype(G.dtype)
+    col = col.astype(gram.dtype)
+    gram = gram.at[slot, :].set(jnp.conj(col)).at[:, slot].set(col)
     return G, gram
 
 

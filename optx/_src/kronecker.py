@@ -455,6 +455,7 @@ def scale_by_mkor(
     router = mkor_router() if router is None else routing.as_router(router)
 
     def init_fn(params: base.Params) -> ScaleByMKORState:
+        base.check_real_params(params, "optx.scale_by_mkor")  # real-only math (docstring)
         plan = _plan(params, router)
         leaves = dict(base.flatten_with_paths(params)[0])
 

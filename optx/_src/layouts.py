@@ -202,7 +202,7 @@ def matrix_sum_of_squares(x: jax.Array, layout: ResolvedLayout) -> jax.Array:
     """Per-matrix ``||X||_F^2`` in f32, in :meth:`ResolvedLayout.matrix_norm_shape`."""
     axes = layout.reduction_axes + layout.output_axes
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    return jnp.sum(jnp.square(x32), axis=axes, keepdims=True)
+    return jnp.sum(base.abs_sq(x32), axis=axes, keepdims=True)
 
 
 # Layout specs -------------------------------------------------------------------

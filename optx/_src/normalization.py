@@ -53,7 +53,7 @@ def _scale_by_axis_rms(
 
     def init_fn(params: base.Params) -> ScaleByAxisRmsState:
         def leaf(p: Any, lay: ResolvedLayout) -> jax.Array:
-            dtype = nu_dtype or p.dtype
+            dtype = nu_dtype or base.real_dtype(p.dtype)  # |x|² statistics are real
             return sharding.zeros_like_spec(stat_shape(lay), dtype, p)
 
         return ScaleByAxisRmsState(
@@ -77,9 +77,10 @@ def _scale_by_axis_rms(
         def leaf(x: jax.Array, lay: ResolvedLayout, nu: jax.Array) -> tuple[jax.Array, jax.Array]:
             cdt = base.compute_dtype(x.dtype, nu.dtype)
             xc = x.astype(cdt)
-            mean_sq = jnp.mean(jnp.square(xc), axis=axes_of(lay), keepdims=True)
-            new_nu = beta * nu.astype(cdt) + (1.0 - beta) * mean_sq
-            nu_hat = new_nu / correction.astype(cdt)
+            mean_sq = jnp.mean(base.abs_sq(xc), axis=axes_of(lay), keepdims=True)
+            rdt = base.real_dtype(cdt)  # the statistics of complex leaves are real
+            new_nu = beta * nu.astype(rdt) + (1.0 - beta) * mean_sq
+            nu_hat = new_nu / correction.astype(rdt)
             if eps_inside_sqrt:
                 denom = jnp.sqrt(nu_hat + eps)
             else:
@@ -219,7 +220,9 @@ def preserve_frobenius_norm(
         def leaf(x: jax.Array, lay: ResolvedLayout, y: jax.Array) -> jax.Array:
             nx = jnp.sqrt(layouts.matrix_sum_of_squares(x, lay))
             ny = jnp.sqrt(layouts.matrix_sum_of_squares(y, lay))
-            return (y.astype(nx.dtype) * (nx / (ny + eps))).astype(y.dtype)
+            return (y.astype(base.compute_dtype(y.dtype, nx.dtype)) * (nx / (ny + eps))).astype(
+                y.dtype
+            )
 
         out = layouts.map_matrix_leaves(leaf, layout, updates, new, otherwise=lambda x, y: y)
         return out, new_state
@@ -314,7 +317,7 @@ def scale_to_rms(
         def leaf(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
             norm = jnp.sqrt(layouts.matrix_sum_of_squares(x, lay))
             factor = rms * math.sqrt(lay.fan_in * lay.fan_out) / (norm + eps)
-            return (x.astype(norm.dtype) * factor).astype(x.dtype)
+            return (x.astype(base.compute_dtype(x.dtype, norm.dtype)) * factor).astype(x.dtype)
 
         return layouts.map_matrix_leaves(leaf, layout, updates), state
 
@@ -360,7 +363,9 @@ def normalize_by_frobenius(
 
         def leaf(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
             norm = jnp.sqrt(layouts.matrix_sum_of_squares(x, lay))
-            return (x.astype(norm.dtype) / (norm + eps)).astype(x.dtype)
+            return (x.astype(base.compute_dtype(x.dtype, norm.dtype)) / (norm + eps)).astype(
+                x.dtype
+            )
 
         return layouts.map_matrix_leaves(leaf, layout, updates), state
 
@@ -435,7 +440,15 @@ def scale_by_cosh_rms(
 
         return layouts.map_matrix_leaves(leaf, layout, updates), state
 
-    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+    def init_fn(params: base.Params) -> optax.EmptyState:
+        # cosh of a complex update is not a magnitude: AuON's brake is real-only.
+        base.check_real_params(
+            layouts.map_matrix_leaves(lambda x, lay: x, layout, params, otherwise=lambda x: None),
+            "optx.scale_by_cosh_rms",
+        )
+        return optax.EmptyState()
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 class NormGrowthLimiterState(NamedTuple):
@@ -508,7 +521,7 @@ def scale_by_norm_growth_limiter(
             norm = jnp.sqrt(layouts.matrix_sum_of_squares(x, lay))
             limiter = jnp.maximum(norm / (prev + eps), gamma) / gamma
             limiter = jnp.where(first, 1.0, limiter).astype(norm.dtype)
-            out = (x.astype(norm.dtype) / limiter).astype(x.dtype)
+            out = (x.astype(base.compute_dtype(x.dtype, norm.dtype)) / limiter).astype(x.dtype)
             return out, (norm / limiter).astype(prev.dtype)
 
         out = layouts.map_matrix_leaves(

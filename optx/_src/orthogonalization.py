@@ -332,20 +332,24 @@ def newton_schulz(
     table = coeffs.for_steps(steps)
     if compute_dtype is None:
         compute_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    elif jnp.iscomplexobj(x):  # a real ns_dtype keeps the imaginary part
+        compute_dtype = jnp.promote_types(compute_dtype, x.dtype)
     X = x.astype(compute_dtype)
     transpose = m > n
     if transpose:
         X = jnp.swapaxes(X, -1, -2)
     # Scalars (norm, coefficients) in at least f32, in f64 for an f64 iteration.
+    # Complex matrices: |X|² and X Xᴴ (phase-equivariant; a plain transpose is
+    # fine for the tall case, transposed back at the end).
     scalar_dtype = jnp.promote_types(compute_dtype, jnp.float32)
-    norm = jnp.sqrt(jnp.sum(jnp.square(X.astype(scalar_dtype)), axis=(-2, -1), keepdims=True))
+    norm = jnp.sqrt(jnp.sum(base.abs_sq(X.astype(scalar_dtype)), axis=(-2, -1), keepdims=True))
     X = (X / (norm * coeffs.norm_scale + coeffs.eps).astype(compute_dtype)).astype(compute_dtype)
 
     # Coefficients stay in f32 even for a bf16 iteration (as torch's Python-float
     # scalars do): bf16 would round 3.4445 to 3.4375.
     def step(X: jax.Array, abc: jax.Array) -> jax.Array:
         a, b, c = abc[0], abc[1], abc[2]
-        A = X @ jnp.swapaxes(X, -1, -2)
+        A = X @ jnp.swapaxes(X.conj(), -1, -2)
         B = (b * A + c * (A @ A)).astype(compute_dtype)
         return (a * X + B @ X).astype(compute_dtype)
 

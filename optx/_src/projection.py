@@ -257,13 +257,18 @@ def _dense(projector: jax.Array, projection: Any, d: int, dtype: Any) -> jax.Arr
 
 
 def project(x: jax.Array, projector: jax.Array, *, projection: Any, axis: str) -> jax.Array:
-    """``Pᵀ X`` (``axis='in'``) or ``X P`` (``'out'``) for ``x`` ``(b, fi, fo)``."""
+    """``Pᴴ X`` (``axis='in'``) or ``X P̄`` (``'out'``) for ``x`` ``(b, fi, fo)``.
+
+    ``Pᵀ X`` / ``X P`` for a real projector; a complex (SVD) projector is
+    conjugated, so that :func:`project_back` (``P R`` / ``R Pᵀ``) is the
+    orthogonal projection onto its span also for complex leaves.
+    """
     if projection == "coordinate":
         if axis == "in":
             return jnp.take_along_axis(x, projector[:, :, None], axis=1)
         return jnp.take_along_axis(x, projector[:, None, :], axis=2)
     d = x.shape[1] if axis == "in" else x.shape[2]
-    p = _dense(projector, projection, d, x.dtype).astype(x.dtype)
+    p = jnp.conj(_dense(projector, projection, d, x.dtype).astype(x.dtype))
     if axis == "in":
         return jnp.einsum("bdr,bdo->bro", p, x)
     return jnp.einsum("bid,bdr->bir", x, p)
@@ -759,12 +764,12 @@ def scale_by_apollo(
     def combine(x: jax.Array, r: jax.Array, n: jax.Array, proj: Any, geo: LeafGeometry) -> Any:
         del proj
         if scale_type == "tensor":
-            num = jnp.sqrt(jnp.sum(jnp.square(n), axis=(1, 2), keepdims=True))
-            den = jnp.sqrt(jnp.sum(jnp.square(r), axis=(1, 2), keepdims=True))
+            num = jnp.sqrt(jnp.sum(base.abs_sq(n), axis=(1, 2), keepdims=True))
+            den = jnp.sqrt(jnp.sum(base.abs_sq(r), axis=(1, 2), keepdims=True))
         else:
             rank_axis = 1 if geo.axis == "in" else 2
-            num = jnp.sqrt(jnp.sum(jnp.square(n), axis=rank_axis, keepdims=True))
-            den = jnp.sqrt(jnp.sum(jnp.square(r), axis=rank_axis, keepdims=True))
+            num = jnp.sqrt(jnp.sum(base.abs_sq(n), axis=rank_axis, keepdims=True))
+            den = jnp.sqrt(jnp.sum(base.abs_sq(r), axis=rank_axis, keepdims=True))
         return x * (num / (den + 1e-8))
 
     return _projected_transform(

@@ -98,7 +98,8 @@ def sums_over_axes(
     consecutive = axes == tuple(range(axes[0], axes[0] + len(axes)))
     spec = sharding.spec_of(xs[0])
     split_sharded = spec is not None and any(a < len(spec) and spec[a] is not None for a in axes)
-    if not consecutive or split_sharded or size % block or size < 2 * block:
+    mixed = len({x.dtype for x in xs}) > 1  # complex ⟨g, w⟩ with real norms
+    if not consecutive or split_sharded or mixed or size % block or size < 2 * block:
         return plain(*xs)
     return jax.lax.platform_dependent(
         *xs, cpu=lambda *xs: _blocked_sums(xs, axes, block), default=plain
@@ -131,7 +132,8 @@ def radial_projection(
     def osum(x: jax.Array) -> jax.Array:
         return jnp.sum(x, axis=out, keepdims=True)
 
-    gw_c, gg_c, ww_c = sums_over_axes((g * w, g * g, w * w), red)
+    # Complex leaves: Hermitian inner products ⟨g, w⟩ = Σ ḡ w and |·|² norms.
+    gw_c, gg_c, ww_c = sums_over_axes((jnp.conj(g) * w, base.abs_sq(g), base.abs_sq(w)), red)
     gw_l, gg_l, ww_l = osum(gw_c), osum(gg_c), osum(ww_c)
 
     def abs_cos(gw: jax.Array, gg: jax.Array, ww: jax.Array) -> jax.Array:
@@ -139,21 +141,24 @@ def radial_projection(
 
     cos_c = jnp.max(abs_cos(gw_c, gg_c, ww_c), axis=out, keepdims=True)
     cos_l = abs_cos(gw_l, gg_l, ww_l)
-    channel = cos_c < delta / jnp.sqrt(jnp.asarray(layout.fan_in, cdt))
-    layer = cos_l < delta / jnp.sqrt(jnp.asarray(layout.fan_in * layout.fan_out, cdt))
+    rdt = base.real_dtype(cdt)
+    channel = cos_c < delta / jnp.sqrt(jnp.asarray(layout.fan_in, rdt))
+    layer = cos_l < delta / jnp.sqrt(jnp.asarray(layout.fan_in * layout.fan_out, rdt))
     branch = jnp.where(channel, CHANNEL_PROJECTION, jnp.where(layer, LAYER_PROJECTION, 0))
 
     def coefficient(w: jax.Array, d: jax.Array) -> jax.Array:
         # ⟨w, d⟩/(‖w‖+ε)², so d - w·coef = d - ŵ⟨ŵ, d⟩ with ŵ = w/(‖w‖+ε), per row
         # (channel) or per matrix (layer).
-        wd_c = rsum(w * d)
+        wd_c = rsum(jnp.conj(w) * d)
         coef_c = wd_c / jnp.square(jnp.sqrt(ww_c) + eps)
         coef_l = osum(wd_c) / jnp.square(jnp.sqrt(ww_l) + eps)
         return jnp.where(channel, coef_c, jnp.where(layer, coef_l, jnp.zeros_like(coef_c)))
 
     # Most weights of a network without normalization layers never project:
     # skip the reduction over (w, d) then (coef = 0 leaves d unchanged).
-    coef = jax.lax.cond(jnp.any(branch > 0), coefficient, lambda w, d: jnp.zeros_like(ww_c), w, d)
+    coef = jax.lax.cond(
+        jnp.any(branch > 0), coefficient, lambda w, d: jnp.zeros_like(ww_c, cdt), w, d
+    )
     projected = (d - w * coef).astype(direction.dtype)
     return projected, branch.astype(jnp.int32)
 

@@ -83,11 +83,16 @@ def _elementwise_gradient(c: jax.Array, kappa: str, delta: Any) -> jax.Array:
         return jnp.sign(c)
     if kappa == "l2_squared":
         return c
+    # Complex c: the same functions of |c| times the phase c/|c| (jnp.sign).
     if kappa == "huber":
+        if jnp.iscomplexobj(c):
+            return (c / delta) / jnp.maximum(jnp.abs(c) / delta, 1.0)
         return jnp.clip(c / delta, -1.0, 1.0)
     if kappa == "relativistic":
-        return c / jnp.sqrt(jnp.square(c) + jnp.square(delta))
+        return c / jnp.sqrt(base.abs_sq(c) + jnp.square(delta))
     if kappa == "log_cosh":
+        if jnp.iscomplexobj(c):
+            return jnp.sign(c) * jnp.tanh(jnp.abs(c) / delta)
         return jnp.tanh(c / delta)
     raise ValueError(f"Unknown element-wise kappa {kappa!r}.")
 
@@ -116,7 +121,7 @@ def _argmax_indicator(a: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 def _block_gradient(c: jax.Array, kappa: str, axes: tuple[int, ...], p: Any) -> jax.Array:
     """∇ of a norm of ``c`` taken over ``axes`` (one value per block)."""
     if kappa in ("l2", "nuclear"):  # nuclear reaches here only for vectors
-        norm = jnp.sqrt(jnp.sum(jnp.square(c), axis=axes, keepdims=True))
+        norm = jnp.sqrt(jnp.sum(base.abs_sq(c), axis=axes, keepdims=True))
         return _safe_divide(c, norm)
     a = jnp.abs(c)
     if kappa == "linf":

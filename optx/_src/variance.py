@@ -284,7 +284,7 @@ def agvm(
             gc = g.astype(cdt)
             # The official hook squares the gradient of a loss divided by W·W/2
             # (all-reduced over W/2 ranks): g/W.
-            sq = jnp.square(gc / world_size) if world_size > 1 else jnp.square(gc)
+            sq = base.abs_sq(gc / world_size) if world_size > 1 else base.abs_sq(gc)
             v_new = adam_b2 * v.astype(cdt) + base.one_minus(adam_b2, cdt).astype(cdt) * sq
             return gc / (jnp.sqrt(v_new) + adam_eps)
 
@@ -316,6 +316,10 @@ def agvm(
                 a, b = precondition(a, state.inner_state), precondition(b, state.inner_state)
 
             def dot(x: jax.Array, y: jax.Array) -> jax.Array:
+                if jnp.iscomplexobj(x) or jnp.iscomplexobj(y):  # Re⟨x, y⟩ = Re Σ x̄ y
+                    cdt = base.compute_dtype(x.dtype, y.dtype, sdt)
+                    xy = jnp.conj(x.astype(cdt)) * y.astype(cdt)
+                    return jnp.sum(jnp.real(xy)).astype(sdt)
                 return jnp.sum(x.astype(sdt) * y.astype(sdt))
 
             ab = _group_sums(labels, jax.tree.map(dot, a, b), n, sdt)

@@ -147,10 +147,22 @@ def mixed_loss(params: Any) -> jax.Array:
 
 
 def extra_args_for(
-    spec: optx.OptimizerSpec, loss_fn: Callable[[Any], jax.Array], params: Any, step: Any, key: Any
+    spec: optx.OptimizerSpec,
+    loss_fn: Callable[[Any], jax.Array],
+    params: Any,
+    step: Any,
+    key: Any,
+    *,
+    conjugate: bool = False,
 ) -> tuple[jax.Array, Any, dict[str, Any]]:
-    """(loss, grads, extra_args) for one step of ``spec`` on ``loss_fn``."""
+    """(loss, grads, extra_args) for one step of ``spec`` on ``loss_fn``.
+
+    ``conjugate``: the gradients are ``conj(jax.grad)``, the descent direction
+    of a real loss of complex parameters (tests/conformance/test_complex.py).
+    """
     loss, grads = jax.value_and_grad(loss_fn)(params)
+    if conjugate:
+        grads = jax.tree.map(jnp.conj, grads)
     ctx = optx.ExtraArgsContext(
         loss_fn=loss_fn,
         params=params,

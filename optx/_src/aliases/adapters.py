@@ -86,6 +86,10 @@ def lora_pro(
       adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: the
         AdamW of the non-adapter leaves.
 
+    Complex parameters: supported (phase-equivariant) on leaves outside LoRA pairs (the AdamW
+      side); complex LoRA factors are refused at init (a TypeError naming the leaf) because the
+      official gradient adjustment (a real Sylvester solve) is real-only.
+
     References:
       Wang, Liang, He, Wang, Tan, "LoRA-Pro: Are Low-Rank Adapters Properly
       Optimized?", ICLR 2025, arXiv 2407.18242 (code: github.com/mrflogs/LoRA-Pro).
@@ -198,6 +202,9 @@ def sora(
       gate_weight_decay: λ_g (0).
       bias_correction: Adam's bias correction (HF ``correct_bias``, True).
       mu_dtype, nu_dtype: moment dtypes.
+
+    Complex parameters: refused at init (a TypeError naming the leaf) because the official gate
+      proximal step is real-only.
 
     References:
       Ding, Lv, Wang, Chen, Wang, Ji, Liu, Zhou, Zeng, Chen, Wang, Zhang, "Sparse

@@ -119,6 +119,9 @@ def sophia_g(
       router: the :class:`optx.Router` of the default mask (default
         :func:`optx.default_router`).
 
+    Complex parameters: refused at init (a TypeError naming the leaf) because the
+      Gauss–Newton–Bartlett diagonal and Sophia's clipping are real-only in the official method.
+
     References:
       Liu, Li, Hall, Liang, Ma, "Sophia: A Scalable Stochastic Second-order
       Optimizer for Language Model Pre-training", arXiv 2305.14342 (code:
@@ -242,6 +245,9 @@ def sophia_h(
       seed: seed of the probe key (static; None = 0).
       nu_dtype: dtype of ``h``.
 
+    Complex parameters: refused at init (a TypeError naming the leaf) because the Hutchinson
+      Hessian diagonal and Sophia's clipping are real-only in the official method.
+
     References:
       Liu, Li, Hall, Liang, Ma, "Sophia: A Scalable Stochastic Second-order
       Optimizer for Language Model Pre-training", arXiv 2305.14342.
@@ -332,6 +338,10 @@ def adahessian(
       num_samples, distribution, spatial_axes, block_size, update_interval,
         router, axis_name, seed, nu_dtype: see :func:`optx.scale_by_adahessian`.
 
+    Complex parameters: refused at init (a TypeError naming the leaf) because the Hutchinson
+      diagonal of a real loss's Hessian has no phase-equivariant complex counterpart in the
+      official method.
+
     References:
       Yao, Gholami, Shen, Mustafa, Keutzer, Mahoney, "ADAHESSIAN: An Adaptive
       Second Order Optimizer for Machine Learning", AAAI 2021, arXiv 2006.00719
@@ -417,6 +427,10 @@ def mfac(
       blockwise: per-matrix M-FAC (static).
       router: layouts of the blocks when blockwise.
       buffer_dtype, compute_dtype: see :func:`optx.scale_by_mfac`.
+
+    Complex parameters: supported (phase-equivariant): the empirical Fisher is
+      ``λI + (1/m) Σ g gᴴ``, its Gram matrix ``K_ij = Σ ḡ_i g_j`` is Hermitian (a complex
+      Cholesky solve), so ``F⁻¹ g = m Gᵀ (mλI + K)⁻¹ e_s`` as for real gradients.
 
     References:
       Frantar, Kurtic, Alistarh, "M-FAC: Efficient Matrix-Free Approximations
@@ -576,6 +590,9 @@ def mkor(
       hybrid, switch_window, switch_threshold, switch_min_steps: MKOR-H
         (:func:`optx.mkor_h` is ``mkor(..., hybrid=True)``).
 
+    Complex parameters: refused at init (a TypeError naming the leaf) because the official
+      rank-1 Kronecker factors (activations and output gradients) are real-only.
+
     References:
       Mozaffari, Li, Zhang, Mehri Dehnavi, "MKOR: Momentum-Enabled
       Kronecker-Factor-Based Optimizer Using Rank-1 Updates", NeurIPS 2023,
@@ -664,6 +681,9 @@ def mkor_h(
       switch_window: steps per loss window (static; None = 100).
       switch_threshold: fraction of the best window rate below which to switch.
       switch_min_steps: never switch before this step (static; None = 0).
+
+    Complex parameters: refused at init (a TypeError naming the leaf) because the official
+      rank-1 Kronecker factors (activations and output gradients) are real-only.
 
     References:
       Mozaffari, Li, Zhang, Mehri Dehnavi, "MKOR: Momentum-Enabled

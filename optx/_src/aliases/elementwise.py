@@ -64,6 +64,9 @@ def adamw(
       nesterov: NAdam-style first moment.
       nu_dtype: second-moment dtype (default: the parameter dtype).
 
+    Complex parameters: supported (phase-equivariant): the second moment is ``|g|²``, as in
+      ``optax.adamw``.
+
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization",
       arXiv 1711.05101; Kingma & Ba, "Adam", arXiv 1412.6980.
@@ -157,6 +160,9 @@ def adamp(
         :func:`optx.default_router`).
       nu_dtype: second-moment dtype.
 
+    Complex parameters: supported (phase-equivariant): the cosine test and the radial projection
+      use Hermitian inner products ``⟨g, w⟩ = Σ ḡ w`` and ``|·|²`` norms.
+
     References:
       Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
       Scale-invariant Weights", ICLR 2021, arXiv 2006.08217 (Alg. 2; code:
@@ -231,6 +237,9 @@ def sgdp(
         the buffer when ``nesterov=False``.
       router: see :func:`optx.adamp`.
       dampening: the official dampening of the buffer (default 0).
+
+    Complex parameters: supported (phase-equivariant): the cosine test and the radial projection
+      use Hermitian inner products ``⟨g, w⟩ = Σ ḡ w`` and ``|·|²`` norms.
 
     References:
       Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
@@ -330,6 +339,8 @@ def adabelief(
       weight_decouple: decoupled (AdamW-style, default) or L2 decay.
       fixed_decay: decoupled decay not multiplied by η.
       nu_dtype: second-moment dtype.
+
+    Complex parameters: supported (phase-equivariant): the belief is ``|g − m|²``.
 
     References:
       Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
@@ -433,6 +444,10 @@ def lion_kappa(
         ``'nuclear'`` (``ns_steps`` default 5).
       router: the :class:`optx.Router` whose layouts define matrix blocks.
 
+    Complex parameters: supported (phase-equivariant): element-wise κ act on ``|c|`` times the
+      phase ``c/|c|``, norms use ``|·|²``, the nuclear κ runs Newton–Schulz with conjugate
+      transposes.
+
     References:
       Chen et al., "Symbolic Discovery of Optimization Algorithms",
       arXiv 2302.06675 (Alg. 2); Chen, Liu, Liang, Liu, "Lion Secretly Solves
@@ -499,6 +514,9 @@ def lion(
       weight_decay: λ (official 0).
       mask: optional decay mask.
 
+    Complex parameters: supported (phase-equivariant): the sign of a complex number is its phase
+      ``c/|c|`` (``jnp.sign``), as in ``optax.lion``.
+
     References:
       Chen et al., "Symbolic Discovery of Optimization Algorithms",
       arXiv 2302.06675 (Alg. 2; code: github.com/google/automl/tree/master/lion).
@@ -554,6 +572,9 @@ def exadam(
       mask: optional decay mask.
       dynamic_step_size: paper v1 (True) or repo HEAD (False).
       nu_dtype: second-moment dtype.
+
+    Complex parameters: supported (phase-equivariant): ``v`` uses ``|g − m|²`` and ``d₂`` uses
+      ``|m|²``.
 
     References:
       Adly, "EXAdam: The Power of Adaptive Cross-Moments", arXiv 2412.20302
@@ -616,6 +637,9 @@ def sgd_sai(
       scale_rule: ``'gsnr'`` (1.0.3), ``'gsnr_max'`` (1.0.4), ``'sqrt_numel'``
         (1.1.0); see :func:`optx.scale_by_sai`.
       router: the :class:`optx.Router` whose layouts define the blocks.
+
+    Complex parameters: supported (phase-equivariant): the g-SNR uses ``|g|²`` and ``|g −
+      mean|²``.
 
     References:
       Xu et al., "No More Adam: Learning Rate Scaling at Initialization is All
@@ -685,6 +709,9 @@ def agvm_sgd(
       update_interval, start_step, stop_step: the measurement schedule
         (official 5, 500, never; static).
 
+    Complex parameters: supported (phase-equivariant): the half-batch cosines use ``Re⟨a, b⟩ =
+      Re Σ ā b`` and ``|·|²`` norms.
+
     References:
       Xue et al., "Large-batch Optimization for Dense Visual Predictions",
       NeurIPS 2022, arXiv 2210.11078 (code: github.com/Sense-X/AGVM).
@@ -719,7 +746,13 @@ def _noisy_half_batch_grads(ctx: registry.ExtraArgsContext) -> dict[str, Any]:
     mean is the true gradient).
     """
     xi = curvature.random_probes(ctx.key, ctx.grads, "gaussian")  # one draw, all leaves
-    noise = jax.tree.map(lambda g, z: 0.5 * jnp.abs(g) * z, ctx.grads, xi)
+
+    def noise_of(g: jax.Array, z: jax.Array) -> jax.Array:
+        if jnp.iscomplexobj(g):  # g·ξ with a real ξ: rotates with a global phase
+            return 0.5 * g * jnp.real(z).astype(g.dtype)
+        return 0.5 * jnp.abs(g) * z
+
+    noise = jax.tree.map(noise_of, ctx.grads, xi)
     return {
         "grads_a": jax.tree.map(jnp.add, ctx.grads, noise),
         "grads_b": jax.tree.map(jnp.subtract, ctx.grads, noise),

@@ -81,6 +81,9 @@ def eggroll(
     the key); sums over the population run in ``promote(dtype, float32)``;
     embeddings get full-rank noise (official: not supported).
 
+    Complex parameters: refused at init (a TypeError naming the leaf) because its perturbations
+      are real Gaussian noise, which does not rotate with the parameters.
+
     References:
       Sarkar et al., "Evolution Strategies at the Hyperscale", arXiv
       2511.16652 (code: github.com/ESHyperscale/HyperscaleES @b77f7d6,

@@ -111,6 +111,9 @@ def adamw_8bit(
         in full precision, see :func:`optx.quantization.quantize_moments`.
       nu_dtype: dtype of the full-precision (small) second moments.
 
+    Complex parameters: supported (phase-equivariant); complex moments are kept in full
+      precision (only real floating moments are quantized).
+
     References:
       Dettmers, Lewis, Shleifer, Zettlemoyer, "8-bit Optimizers via Block-wise
       Quantization", ICLR 2022, arXiv 2110.02861; Loshchilov & Hutter,
@@ -170,6 +173,9 @@ def lion_8bit(
       mask: weight-decay mask.
       block_size, min_size, full_precision: see :func:`adamw_8bit`.
 
+    Complex parameters: supported (phase-equivariant); complex moments are kept in full
+      precision (only real floating moments are quantized).
+
     References:
       Chen et al., "Symbolic Discovery of Optimization Algorithms",
       arXiv 2302.06675; Dettmers et al., arXiv 2110.02861.
@@ -224,6 +230,9 @@ def sgd_momentum_8bit(
       weight_decay: coupled L2 coefficient λ (added to the gradient).
       mask: weight-decay mask.
       block_size, min_size, full_precision: see :func:`adamw_8bit`.
+
+    Complex parameters: supported (phase-equivariant); complex moments are kept in full
+      precision (only real floating moments are quantized).
 
     References:
       Dettmers et al., "8-bit Optimizers via Block-wise Quantization",
@@ -376,6 +385,9 @@ def galore(
       mu_dtype, nu_dtype: moment dtypes (subspace and fallback).
       router: an :class:`optx.Router` (default :func:`optx.default_router`).
 
+    Complex parameters: supported (phase-equivariant): the SVD projector is applied with
+      conjugate transposes (``Pᴴ G`` / ``G P̄``), so ``P Pᴴ G`` is the orthogonal projection.
+
     References:
       Zhao, Zhang, Chen, Wang, Anandkumar, Tian, "GaLore: Memory-Efficient LLM
       Training by Gradient Low-Rank Projection", ICML 2024, arXiv 2403.03507
@@ -482,6 +494,10 @@ def galore_8bit(
       block_size, min_size, full_precision: see :func:`adamw_8bit`.
       router: an :class:`optx.Router`.
       mu_dtype, nu_dtype: dtypes of the full-precision (small) moments.
+
+    Complex parameters: supported (phase-equivariant): the SVD projector is applied with
+      conjugate transposes (``Pᴴ G`` / ``G P̄``); complex moments are kept in full precision
+      (only real floating moments are quantized).
 
     References:
       Zhao et al., arXiv 2403.03507 (§4.2, 8-bit GaLore); Dettmers et al.,
@@ -610,6 +626,9 @@ def apollo(
       nu_dtype: second-moment dtype.
       router: an :class:`optx.Router`.
 
+    Complex parameters: supported (phase-equivariant): the random projection is real, the
+      channel/tensor scaling factors use ``|·|²`` norms.
+
     References:
       Zhu, Zhang, Cong, Liu, Park, Chandra, Long, Pan, Wang, Lee, "APOLLO:
       SGD-like Memory, AdamW-level Performance", MLSys 2025, arXiv 2412.05270
@@ -712,6 +731,9 @@ def apollo_mini(
         bias_correction, seed, store_projector, nu_dtype, router: see
         :func:`apollo`.
       rank: projection rank (static; None = 1).
+
+    Complex parameters: supported (phase-equivariant): the random projection is real, the tensor
+      scaling factor uses ``|·|²`` norms.
 
     References:
       Zhu et al., "APOLLO: SGD-like Memory, AdamW-level Performance",
@@ -838,6 +860,9 @@ def frugal(
       nu_dtype: second-moment dtype.
       router: an :class:`optx.Router`.
 
+    Complex parameters: supported (phase-equivariant): block norms use ``|·|²`` and the state-
+      free part's sign is the phase ``c/|c|``.
+
     References:
       Zmushko, Beznosikov, Takáč, Horváth, "FRUGAL: Memory-Efficient
       Optimization by Reducing State Overhead for Scalable Training",
@@ -962,6 +987,9 @@ def dct_adamw(
       score_norm: ℓp of the alignment score (static; None = 1, official).
       nu_dtype: second-moment dtype.
       router: an :class:`optx.Router`.
+
+    Complex parameters: supported (phase-equivariant): the DCT basis is real, its alignment
+      scores use ``|·|``.
 
     References:
       Modoranu, Safaryan, Schultheis, Ryabinin, Chumachenko, Alistarh,

@@ -315,6 +315,10 @@ def muon(
     ``ns_dtype``, ``mu_dtype``, ``nu_dtype``, ``router``, ``strategy``,
     ``momentum_kind``, ``scaling``, ``preset`` and the boolean flags.
 
+    Complex parameters: supported (phase-equivariant): Newton–Schulz iterates ``X ← aX + (bA +
+      cA²)X`` with ``A = X Xᴴ`` (conjugate transpose) and a ``|·|²`` Frobenius norm, so it
+      converges to the complex polar factor ``U Vᴴ``.
+
     References:
       Jordan et al., "Muon: An optimizer for hidden layers in neural networks",
       2024, https://kellerjordan.github.io/posts/muon/ (code:
@@ -428,6 +432,9 @@ def normuon(
       nu_dtype: dtype of the neuron-wise ``v`` and the AdamW second moment.
       adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
         adam_weight_decay, preset: the fallback AdamW, as in :func:`optx.muon`.
+
+    Complex parameters: supported (phase-equivariant): Newton–Schulz with conjugate transposes
+      (see :func:`optx.muon`), neuron-wise second moments of ``|O|²``.
 
     References:
       Li, Liu, Liang, Chen, Zhao, "NorMuon: Making Muon more efficient and
@@ -628,6 +635,10 @@ def auon(
     Static (uninjectable) arguments: ``form``, ``scaling``, ``router``,
     ``preset``, dtypes and the boolean flags.
 
+    Complex parameters: refused at init (a TypeError naming the leaf) because AuON's cosh-RMS
+      normalization of the update is real-only (``cosh`` of a complex number is not a
+      magnitude); complex leaves routed to the AdamW fallback are fine.
+
     References:
       Maity, "AuON: A Linear-time Alternative to (Semi-)Orthogonal Momentum
       Updates", arXiv 2509.24320 (code: github.com/ryyzn9/AuON).
@@ -703,6 +714,10 @@ def hybrid_auon(
       ns_steps: Newton–Schulz iterations (static; None = 1 for the paper, 5
         for the repo).
       others: as :func:`optx.auon`.
+
+    Complex parameters: refused at init (a TypeError naming the leaf) because its cosh brake is
+      real-only (``cosh`` of a complex number is not a magnitude); complex leaves routed to the
+      AdamW fallback are fine.
 
     References:
       Maity, "AuON: A Linear-time Alternative to (Semi-)Orthogonal Momentum
@@ -827,6 +842,9 @@ def root(
         β = (0.9, 0.95), ε = 1e-8, ``weight_decay``; the official settings).
       adam_eps_placement: ``'uncorrected'`` (official, see above) or
         ``'corrected'`` (:func:`optx.adamw`).
+
+    Complex parameters: supported (phase-equivariant): Newton–Schulz with conjugate transposes
+      (see :func:`optx.muon`); the soft threshold shrinks ``|x|`` and keeps the phase.
 
     References:
       He et al., "ROOT: Robust Orthogonalized Optimizer for Neural Network
@@ -969,6 +987,9 @@ def lipschitz_muon(
       nesterov, ns_dtype, nu_dtype, router, strategy: see :func:`optx.muon`.
       adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
         adam_weight_decay, preset: the fallback AdamW (see :func:`optx.muon`).
+
+    Complex parameters: refused at init (a TypeError naming the leaf) because the official
+      spectral constraints (power iteration, odd-polynomial caps) are real-only.
 
     References:
       Newhouse, Hess, Cesista, Zahorodnii, Bernstein, Isola, "Training

@@ -191,6 +191,9 @@ def soap(
     Static (uninjectable) arguments: ``update_proj_gap``,
     ``max_precond_dim``, ``factorization``, dtypes, ``router`` and the flags.
 
+    Complex parameters: refused at init (a TypeError naming the leaf) because the rotated bases
+      (eigenvectors of the gradient Gram factors) and SOAP's official math are real-only.
+
     References:
       Vyas, Morwani, Zhao, Shapira, Brandfonbrener, Janson, Kakade, "SOAP:
       Improving and Stabilizing Shampoo using Adam", arXiv 2409.11321 (code:
@@ -297,6 +300,9 @@ def conda(
       nu_dtype: second-moment dtype; precond_dtype: the bases (default:
         the parameter's compute dtype).
       router: an :class:`optx.Router` (default :func:`optx.default_router`).
+
+    Complex parameters: refused at init (a TypeError naming the leaf) because the rotated basis
+      (singular vectors of the momentum) and Conda's official math are real-only.
 
     References:
       Wang, Zhou, Dong, Li, Li, Zhou, Lao, Fang, Lin, "Conda: Column-Normalized
@@ -426,6 +432,10 @@ def cosmos(
         settings.
       official_fallback: use the official code's quirky Adam for the fallback
         leaves (:func:`scale_by_official_cosmos_adam`) instead of AdamW.
+
+    Complex parameters: refused at init (a TypeError naming the leaf) because the rotated bases
+      (eigen/subspace iterations) and COSMOS's official math are real-only; complex leaves
+      routed to the AdamW fallback are fine.
 
     References:
       Liu, Xu, Zhang, Kang, Li, Liang, Chen, Zhao, "COSMOS: A Hybrid Adaptive

@@ -67,6 +67,9 @@ def wgsef(
     GSEF at ``d = 1``. No official code exists. Biases of pruned neurons are
     not part of their group (they stay on the base step).
 
+    Complex parameters: refused at init (a TypeError naming the leaf) because the group-sparse
+      envelope prox is defined for real weights.
+
     References:
       Refael, Arbel, Huleihel, "Learning k-Level Structured Sparse Neural
       Networks Using Group Envelope Regularization", arXiv 2212.12921;
