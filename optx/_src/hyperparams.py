@@ -427,6 +427,7 @@ TABLE: dict[str, Constraint] = {
     "coupling": choice("rms", "modula"),
     "form": choice("paper", "repo"),
     "order": choice("random", "ascending", "descending"),
+    "slot_order": choice("stable", "score"),
     "scale_type": choice("channel", "tensor"),
     "scale_rule": choice("gsnr", "gsnr_max", "sqrt_numel"),
     "factorization": choice("matrix", "axes"),
