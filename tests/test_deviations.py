@@ -56,3 +56,68 @@ def test_dct_adamw_stable_slots_match_official_with_the_stable_rule() -> None:
         # 1e-7: the official DCT basis is evaluated in float32 (dct3_matrix), 1e-8 at step 1
         assert np.max(np.abs(got - want)) / scale < 1e-7, i
         assert np.max(np.abs(official - want)) / scale > 1e-4  # the rule matters here
+
+
+# ----------------------------------------------------------------------------
+# NorMuon on conv kernels: the official 4-D statistics (issue 14 §2)
+# ----------------------------------------------------------------------------
+
+KELLER = (3.4445, -4.7750, 2.0315)
+
+
+def _ns5(g: np.ndarray, steps: int = 5) -> np.ndarray:
+    """Keller's quintic Newton–Schulz (official zeropower_via_newtonschulz5), float64."""
+    a, b, c = KELLER
+    x = g.T if g.shape[0] > g.shape[1] else g
+    x = x / (np.linalg.norm(x) + 1e-7)
+    for _ in range(steps):
+        m = x @ x.T
+        x = a * x + (b * m + c * m @ m) @ x
+    return x.T if g.shape[0] > g.shape[1] else x
+
+
+def _official_normuon_conv(grads: list, lr: float, b1: float, b2: float) -> list:
+    """zichongli5/NorMuon normuon_update @d45c9a4 on (out, in, kh, kw), float64."""
+    mom = np.zeros_like(grads[0])
+    v = np.zeros((*grads[0].shape[:3], 1))
+    w = np.zeros_like(grads[0])
+    out = []
+    for g in grads:
+        mom = mom + (1 - b1) * (g - mom)
+        u = g + b1 * (mom - g)  # nesterov: grad.lerp_(momentum, beta)
+        u = _ns5(u.reshape(u.shape[0], -1)).reshape(u.shape)
+        vnorm = np.sqrt(np.sum(u * u, axis=(-2, -1), keepdims=True))
+        v = v + (1 - b2) * (np.mean(u * u, axis=-1, keepdims=True) - v)
+        u = u / (np.sqrt(v) + 1e-10)
+        u = u * vnorm / (np.sqrt(np.sum(u * u, axis=(-2, -1), keepdims=True)) + 1e-10)
+        u = u * max(1, g.shape[-2] / g.shape[-1]) ** 0.5
+        w = w - lr * u
+        out.append(w)
+    return out
+
+
+def test_normuon_conv_view_torch_matches_official_4d_statistics() -> None:
+    r = np.random.default_rng(14)
+    out_c, in_c, kh, kw = 5, 4, 3, 2  # kh != kw: the official kh/kw shape factor
+    grads = [r.normal(size=(out_c, in_c, kh, kw)) for _ in range(3)]
+    want = _official_normuon_conv(grads, 0.02, 0.95, 0.95)
+    with jax.enable_x64(True):
+        for key, perm in (("Conv_0", (2, 3, 1, 0)), ("torch", None)):
+            # Flax (kh, kw, in, out), and the PyTorch order through an explicit layout
+            router = None
+            if perm is None:
+                torch_conv = optx.MatrixLayout((1, 2, 3), (0,))
+                router = optx.default_router().with_rules(
+                    optx.Rule(r"^torch/", "matrix", torch_conv, name="torch conv")
+                )
+            tx = optx.normuon(0.02, conv_view="torch", router=router)
+            to_leaf = (lambda a, p=perm: a.transpose(p)) if perm else (lambda a: a)
+            params = {key: {"kernel": jnp.zeros(to_leaf(grads[0]).shape)}}
+            state = tx.init(params)
+            step = jax.jit(tx.update)
+            for t, g in enumerate(grads):
+                u, state = step({key: {"kernel": jnp.asarray(to_leaf(g))}}, state, params)
+                params = jax.tree.map(lambda p, x: p + x, params, u)
+                np.testing.assert_allclose(
+                    np.asarray(params[key]["kernel"]), to_leaf(want[t]), rtol=1e-10, atol=1e-12
+                )

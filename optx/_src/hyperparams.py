@@ -428,6 +428,7 @@ TABLE: dict[str, Constraint] = {
     "form": choice("paper", "repo"),
     "order": choice("random", "ascending", "descending"),
     "slot_order": choice("stable", "score"),
+    "conv_view": choice("matrix", "torch"),
     "scale_type": choice("channel", "tensor"),
     "scale_rule": choice("gsnr", "gsnr_max", "sqrt_numel"),
     "factorization": choice("matrix", "axes"),

@@ -135,6 +135,30 @@ def conv_layout(spatial_dims: int = 2) -> MatrixLayout:
     return MatrixLayout(tuple(range(-spatial_dims - 2, -1)), (-1,))
 
 
+CONV_VIEWS = ("matrix", "torch")
+
+
+def conv_window_axes(layout: ResolvedLayout) -> tuple[int, int] | None:
+    """The ``(kh, kw)`` axes of a 2-D conv kernel, or None for other layouts.
+
+    A 2-D conv kernel has three reduction axes and one output axis; its
+    input-channel axis is the reduction axis next to the output axis (Flax
+    ``(kh, kw, in, out)`` and PyTorch ``(out, in, kh, kw)`` alike), and the
+    other two, in stored order, are the window ``(kh, kw)``. The official
+    PyTorch codes compute some statistics on the 4-D ``(out, in, kh, kw)``
+    tensor (``conv_view='torch'``), i.e. over these window axes.
+    """
+    if len(layout.reduction_axes) != 3 or len(layout.output_axes) != 1:
+        return None
+    out = layout.output_axes[0]
+    red = layout.reduction_axes
+    channel = out - 1 if out - 1 in red else (out + 1 if out + 1 in red else None)
+    if channel is None:
+        return None
+    kh, kw = (a for a in red if a != channel)
+    return kh, kw
+
+
 def resolve_layout(layout: MatrixLayout, shape: tuple[int, ...], path: str = "") -> ResolvedLayout:
     """Checks ``layout`` against ``shape``; raises ValueError naming ``path``."""
     where = f" for leaf '{path}'" if path else ""

@@ -365,6 +365,7 @@ def normuon(
     nesterov: bool = True,
     scaling: str = "preserve_norm",
     rms: float = 0.2,
+    conv_view: str = "matrix",
     ns_dtype: base.DTypeLike | None = None,
     nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
@@ -403,15 +404,28 @@ def normuon(
     combine with ``nesterov=False``).
 
     Official-code quirks: no bias correction on either moment; ε = 1e-10
-    outside the square root; the official code computes the statistics of a
-    4-D conv update on its 4-D view (per ``(out, in, kh)`` "row" over ``kw``) —
-    optx uses the matrix view (per output channel), the evident intent; weight
-    decay is skipped for parameters without a gradient (optax has no such
+    outside the square root; weight decay is skipped for parameters without a gradient (optax has no such
     notion: every leaf has a gradient). The official bf16 variant needs bf16
     parameters; ``ns_dtype='bfloat16'`` with bf16 params reproduces it.
 
     Positional order of ``optax.contrib.muon`` (see :func:`optx.muon`), with
     NorMuon's ε in optax's ``eps`` slot; ``b2`` is keyword-only.
+
+    Deviations from the official code:
+      Conv kernels, by default. The official code runs Newton–Schulz on the
+      ``(out, in·kh·kw)`` view (as optx) but then computes NorMuon's statistics
+      on the 4-D PyTorch tensor ``(out, in, kh, kw)``: ``v`` per
+      ``(out, in, kh)`` as a mean over ``kw``, the norm restored per
+      ``(out, in)`` slice over ``(kh, kw)``, and Keller's shape factor
+      ``√max(1, kh/kw)``. That is 2-D code applied to a 4-D tensor, and it ties
+      the statistic to PyTorch's memory order. optx's default
+      ``conv_view='matrix'`` uses the matrix view instead — one ``v`` per output
+      channel (the paper's neuron-wise normalization), one norm per matrix and
+      ``√max(1, fan_out/fan_in)`` — so a conv kernel is treated as the
+      ``(kh·kw·in, out)`` matrix Muon orthogonalized. ``conv_view='torch'``
+      reproduces the official code on 2-D conv kernels, whether stored as Flax
+      ``(kh, kw, in, out)`` or PyTorch ``(out, in, kh, kw)`` (float64 NumPy
+      transcription, 1e-10). Dense and other layouts are identical in both.
 
     Args:
       learning_rate: matrix learning rate (0.02 official).
@@ -424,6 +438,8 @@ def normuon(
       nesterov: Nesterov look-ahead (official: on).
       scaling: ``'preserve_norm'`` (official code) or ``'match_rms'`` (paper).
       rms: target RMS for ``'match_rms'`` (0.2).
+      conv_view: ``'matrix'`` (default) or ``'torch'`` (the official 4-D conv
+        statistics); see the deviations.
       ns_dtype, strategy, router: see :func:`optx.muon`.
       nu_dtype: dtype of the neuron-wise ``v`` and the AdamW second moment.
       adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
@@ -440,11 +456,15 @@ def normuon(
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
     router = routing.as_router(router)
-    row_rms = normalization.scale_by_row_rms(b2, eps, layout=router, nu_dtype=nu_dtype)
+    row_rms = normalization.scale_by_row_rms(
+        b2, eps, layout=router, nu_dtype=nu_dtype, conv_view=conv_view
+    )
     if scaling == "preserve_norm":
         normalize = optax.chain(
-            normalization.preserve_frobenius_norm(row_rms, eps=eps, layout=router),
-            normalization.scale_by_shape("keller", layout=router),
+            normalization.preserve_frobenius_norm(
+                row_rms, eps=eps, layout=router, conv_view=conv_view
+            ),
+            normalization.scale_by_shape("keller", layout=router, conv_view=conv_view),
         )
     else:
         normalize = optax.chain(row_rms, normalization.scale_to_rms(rms, eps=eps, layout=router))
