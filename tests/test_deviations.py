@@ -121,3 +121,41 @@ def test_normuon_conv_view_torch_matches_official_4d_statistics() -> None:
                 np.testing.assert_allclose(
                     np.asarray(params[key]["kernel"]), to_leaf(want[t]), rtol=1e-10, atol=1e-12
                 )
+
+
+# ----------------------------------------------------------------------------
+# Hybrid-AuON on conv kernels: Newton–Schulz per kh × kw slice (issue 14 §2)
+# ----------------------------------------------------------------------------
+
+
+def _official_hybrid_auon_conv(grads: list, lr: float, mu: float, gamma: float) -> list:
+    """ryyzn9/AuON HybridAuON.step @bba2e82 on (out, in, kh, kw), float64."""
+    m = np.zeros_like(grads[0])
+    w = np.zeros_like(grads[0])
+    out = []
+    for g in grads:
+        m = m + (1 - mu) * (g - m)
+        u = g + mu * (m - g)
+        x = np.stack([[_ns5(s) for s in row] for row in u])  # batched over (out, in)
+        r = np.sqrt(np.mean(np.cosh(x / (np.linalg.norm(x) + 1e-7) * gamma) ** 2))
+        w = w - lr * x / (r + 1e-8)
+        out.append(w)
+    return out
+
+
+def test_hybrid_auon_conv_view_torch_orthogonalizes_each_window_slice() -> None:
+    r = np.random.default_rng(15)
+    grads = [r.normal(size=(4, 3, 3, 2)) for _ in range(3)]  # (out, in, kh, kw)
+    want = _official_hybrid_auon_conv(grads, 0.05, 0.95, 1.5)
+    perm = (2, 3, 1, 0)  # Flax (kh, kw, in, out)
+    with jax.enable_x64(True):
+        tx = optx.hybrid_auon(0.05, form="repo", conv_view="torch")
+        params = {"Conv_0": {"kernel": jnp.zeros(grads[0].transpose(perm).shape)}}
+        state = tx.init(params)
+        step = jax.jit(tx.update)
+        for t, g in enumerate(grads):
+            u, state = step({"Conv_0": {"kernel": jnp.asarray(g.transpose(perm))}}, state, params)
+            params = jax.tree.map(lambda p, x: p + x, params, u)
+            np.testing.assert_allclose(
+                np.asarray(params["Conv_0"]["kernel"]), want[t].transpose(perm), rtol=1e-10
+            )

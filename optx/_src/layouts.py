@@ -159,6 +159,26 @@ def conv_window_axes(layout: ResolvedLayout) -> tuple[int, int] | None:
     return kh, kw
 
 
+def conv_window_slices(spec: LayoutSpec) -> LayoutFn:
+    """``spec``'s layouts, with each 2-D conv kernel seen as its ``kh × kw`` slices.
+
+    A conv kernel (see :func:`conv_window_axes`) becomes a batch of ``(kh, kw)``
+    matrices over its ``(in, out)`` axes — how the official PyTorch codes that
+    batch a 4-D ``(out, in, kh, kw)`` tensor over its leading axes see it.
+    Other layouts are unchanged.
+    """
+    fn = layout_fn_from_spec(spec)
+
+    def layout(path: str, leaf: Any) -> MatrixLayout | None:
+        lay = fn(path, leaf)
+        if lay is None or not has_matrix_view(leaf):
+            return lay
+        window = conv_window_axes(resolve_layout(lay, jnp.shape(leaf), path))
+        return lay if window is None else MatrixLayout((window[0],), (window[1],))
+
+    return layout
+
+
 def resolve_layout(layout: MatrixLayout, shape: tuple[int, ...], path: str = "") -> ResolvedLayout:
     """Checks ``layout`` against ``shape``; raises ValueError naming ``path``."""
     where = f" for leaf '{path}'" if path else ""

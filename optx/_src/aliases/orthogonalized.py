@@ -17,6 +17,7 @@ from optx._src import (
     clipping,
     constraints,
     hyperparams,
+    layouts,
     moments,
     newton_schulz_fitting,
     normalization,
@@ -679,6 +680,7 @@ def hybrid_auon(
     gamma: float | None = None,
     nesterov: bool = True,
     scaling: str | None = None,
+    conv_view: str = "matrix",
     nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
     strategy: str = "auto",
@@ -711,10 +713,18 @@ def hybrid_auon(
     default (``ns_steps``), in f32, then the repository brake
     (γ = 1.5, normalized argument, un-normalized divisor — see
     :func:`optx.auon`) and no shape factor; the golden trajectory
-    ``hybrid_auon__public`` records it. Quirk: for a 4-D conv tensor the
-    repository orthogonalizes each ``kh × kw`` slice separately (NS batched
-    over the leading ``(out, in)`` axes); optx uses the layout's matrix view
-    ``(kh·kw·in, out)``, like Muon.
+    ``hybrid_auon__public`` records it.
+
+    Deviations from the official code:
+      Conv kernels, by default. For a 4-D conv tensor the repository
+      orthogonalizes each ``kh × kw`` slice separately (its Newton–Schulz is
+      batched over the leading ``(out, in)`` axes; the brake then runs on the
+      whole tensor). optx's default ``conv_view='matrix'`` orthogonalizes the
+      layout's matrix view ``(kh·kw·in, out)``, like Muon and like the
+      repository's own ``Muon`` — a ``kh × kw`` slice (3 × 3) has no useful
+      orthogonal structure. ``conv_view='torch'`` reproduces the repository on
+      2-D conv kernels (Flax or PyTorch storage order; float64 NumPy
+      transcription of ``HybridAuON.step``, 1e-10).
 
     Positional order of ``optax.contrib.muon`` (see :func:`optx.muon`).
 
@@ -722,6 +732,8 @@ def hybrid_auon(
       ns_coeffs, ns_dtype, strategy: see :func:`optx.muon`.
       ns_steps: Newton–Schulz iterations (static; None = 1 for the paper, 5
         for the repo).
+      conv_view: ``'matrix'`` (default) or ``'torch'`` (Newton–Schulz per
+        ``kh × kw`` slice of 2-D conv kernels, as the repository).
       others: as :func:`optx.auon`.
 
     References:
@@ -737,8 +749,10 @@ def hybrid_auon(
     if ns_steps is None:
         ns_steps = 1 if form == "paper" else 5
     router = routing.as_router(router)
+    base.check_choice("conv_view", conv_view, layouts.CONV_VIEWS)
+    ns_layout = layouts.conv_window_slices(router) if conv_view == "torch" else router
     orthogonalize = orthogonalization.scale_by_newton_schulz(
-        ns_coeffs, ns_steps, ns_dtype=ns_dtype, layout=router, strategy=strategy
+        ns_coeffs, ns_steps, ns_dtype=ns_dtype, layout=ns_layout, strategy=strategy
     )
     return _auon_alias(orthogonalize, locals(), fallback_for("hybrid_auon", locals()))
 
