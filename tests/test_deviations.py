@@ -159,3 +159,38 @@ def test_hybrid_auon_conv_view_torch_orthogonalizes_each_window_slice() -> None:
             np.testing.assert_allclose(
                 np.asarray(params["Conv_0"]["kernel"]), want[t].transpose(perm), rtol=1e-10
             )
+
+
+# ----------------------------------------------------------------------------
+# FRUGAL coordinate projection: floor(ρ·d) input features (issue 14 §2)
+# ----------------------------------------------------------------------------
+
+
+def test_frugal_coordinate_selects_floor_density_input_features() -> None:
+    """Official CoordinateProjector (coord_choice='columns' of the PyTorch (out, in)
+    weight: input features, ``randperm(d)[:int(d·ρ)]``) with CoordAdamW's update:
+    Adam on the chosen input rows, sign(G) elsewhere; float64, given optx's draw."""
+    import optax
+
+    fan_in, fan_out, rho, lr = 10, 6, 0.35, 1e-2  # floor(3.5) = 3 of 10 inputs
+    r = np.random.default_rng(16)
+    grads = [r.normal(size=(fan_in, fan_out)) for _ in range(3)]
+    with jax.enable_x64(True):
+        tx = optx.frugal(lr, density=rho, projection="coordinate", update_proj_gap=100)
+        params = {"dense": {"kernel": jnp.zeros((fan_in, fan_out))}}
+        state = tx.init(params)
+        step = jax.jit(tx.update)
+        got = []
+        for g in grads:
+            u, state = step({"dense": {"kernel": jnp.asarray(g)}}, state, params)
+            got.append(np.asarray(u["dense"]["kernel"]))
+        idx = np.asarray(optax.tree.get(state, "projector")["dense"]["kernel"])[0]
+    assert idx.shape == (int(fan_in * rho),) and len(set(idx.tolist())) == idx.size
+    m = v = 0.0
+    for t, (g, u) in enumerate(zip(grads, got), start=1):
+        want = -lr * np.sign(g)
+        m = 0.9 * m + 0.1 * g[idx]
+        v = 0.999 * v + 0.001 * g[idx] ** 2
+        mh, vh = m / (1 - 0.9**t), v / (1 - 0.999**t)
+        want[idx] = -lr * mh / (np.sqrt(vh) + 1e-8)
+        np.testing.assert_allclose(u, want, rtol=1e-12, atol=1e-15)

@@ -429,6 +429,7 @@ TABLE: dict[str, Constraint] = {
     "order": choice("random", "ascending", "descending"),
     "slot_order": choice("stable", "score"),
     "conv_view": choice("matrix", "torch"),
+    "density_rounding": choice("round", "floor"),
     "scale_type": choice("channel", "tensor"),
     "scale_rule": choice("gsnr", "gsnr_max", "sqrt_numel"),
     "factorization": choice("matrix", "axes"),

@@ -112,14 +112,21 @@ def projected_axis(fan_in: int, fan_out: int, side: str) -> str:
 
 
 def leaf_geometry(
-    layout: ResolvedLayout, side: str, rank: int | None = None, density: float | None = None
+    layout: ResolvedLayout,
+    side: str,
+    rank: int | None = None,
+    density: float | None = None,
+    density_rounding: str = "round",
 ) -> LeafGeometry:
-    """Projected axis and effective rank ``min(rank, d)`` (or ``round(density·d)``)."""
+    """Projected axis and effective rank ``min(rank, d)`` (or ``round(density·d)``,
+    or ``floor(density·d)`` with ``density_rounding='floor'``)."""
     _, fi, fo = layout.matrix_shape
     axis = projected_axis(fi, fo, side)
     d = fi if axis == "in" else fo
     if density is None:
         r = min(int(rank), d)
+    elif density_rounding == "floor":  # FRUGAL's coordinates: int(d·ρ), may be 0
+        r = math.floor(float(density) * d)
     else:  # FRUGAL's round(ρ·d), at least 1 when ρ > 0 (tiny matrices)
         r = round(float(density) * d)
         r = max(r, 1) if density > 0 else 0
@@ -377,12 +384,14 @@ def _projected_transform(
     layout: LayoutSpec,
     store_projector: bool = True,
     slot_order: str = "score",
+    density_rounding: str = "round",
 ) -> optax.GradientTransformationExtraArgs:
     """Project → ``inner`` in the subspace → ``combine(X, R, N, P, geometry)``."""
     _check_rank_args(rank, density)
     _check_projection(projection)
     base.check_choice("side", side, SIDES)
     base.check_choice("slot_order", slot_order, SLOT_ORDERS)
+    base.check_choice("density_rounding", density_rounding, ("round", "floor"))
     gap = base.check_positive_int("update_proj_gap", update_proj_gap)
     phase = base.check_positive_int("refresh_phase", refresh_phase, allow_zero=True)
     seed = base.check_positive_int("seed", seed, allow_zero=True)
@@ -398,7 +407,7 @@ def _projected_transform(
     resolve = layouts.resolved_layout_fn(layout)
 
     def geometry(lay: ResolvedLayout) -> LeafGeometry:
-        return leaf_geometry(lay, side, rank, density)
+        return leaf_geometry(lay, side, rank, density, density_rounding)
 
     def specs(x: Any, geo: LeafGeometry) -> tuple[Any, Any]:
         """(projector spec, projected-matrix spec) for leaf ``x``."""
@@ -585,6 +594,7 @@ def scale_by_subspace(
     seed: int = 0,
     store_projector: bool = True,
     slot_order: str = "stable",
+    density_rounding: str = "round",
     layout: LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Runs ``inner`` on low-rank projections of each matrix and projects back.
@@ -646,6 +656,9 @@ def scale_by_subspace(
         ``'stable'`` (default): a column that stays selected keeps its slot (and
         its moments); new columns, best score first, fill the freed slots.
         ``'score'``: slots by descending score (``lax.top_k``).
+      density_rounding: ``'round'`` (``round(ρ·d)``, at least 1; FRUGAL's
+        GaLore-style projectors) or ``'floor'`` (``floor(ρ·d)``, possibly 0;
+        FRUGAL's coordinate projector).
       layout: a :data:`~optx.LayoutSpec` (default: the default router's).
 
     References:
@@ -697,6 +710,7 @@ def scale_by_subspace(
         layout=layout,
         store_projector=store_projector,
         slot_order=slot_order,
+        density_rounding=density_rounding,
     )
 
 

@@ -754,7 +754,10 @@ def apollo_mini(
 FRUGAL_PROJECTIONS = ("block", "svd", "orthogonal", "random", "coordinate")
 
 
-@hyperparams.validated(projection=hyperparams.choice(*FRUGAL_PROJECTIONS))
+@hyperparams.validated(
+    projection=hyperparams.choice(*FRUGAL_PROJECTIONS),
+    side=hyperparams.choice(*proj_lib.SIDES, optional=True),
+)
 def frugal(
     learning_rate: base.ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -768,7 +771,7 @@ def frugal(
     update_proj_gap: int | None = None,
     projection: str = "block",
     order: str = "descending",
-    side: str = "std",
+    side: str | None = None,
     reset_statistics: bool = True,
     inactive_update_rule: str | None = "sign",
     inactive_lr_scale: float = 1.0,
@@ -799,7 +802,11 @@ def frugal(
     * ``'svd'`` (``GaloreOptimizer``'s class default), ``'orthogonal'`` (its
       ``'random'``: ``orthogonal_`` init), ``'coordinate'`` (``'randperm'``
       / ``CoordOptimizer``'s columns), ``'random'`` (Gaussian): rank
-      ``round(density · d)`` of the projected side (``side='std'``).
+      ``round(density · d)`` of the projected side (``side='std'``); the
+      official ``CoordOptimizer`` (``coord_choice='columns'``) instead keeps
+      ``floor(density · d_in)`` *input features* (``randperm(d)[:int(d·ρ)]``
+      over the columns of the PyTorch ``(out, in)`` weight), reproduced for
+      ``'coordinate'`` (``side='in'``, floor; zero when ``ρ·d_in < 1``).
 
     Official-code quirks (reproduced): Adam with ε outside the corrected
     ``√v̂``; the decay ``W ← W(1 − ηλ)`` is applied *before* the step to every
@@ -827,7 +834,8 @@ def frugal(
         ``'coordinate'``.
       order: block order (``projection='block'`` only; default
         ``'descending'``, the official scripts').
-      side: projected side for the projection kinds.
+      side: projected side for the projection kinds (None: ``'in'`` for
+        ``'coordinate'``, the official columns; ``'std'`` otherwise).
       reset_statistics: reset the stateful optimizer at every re-choice.
       inactive_update_rule: ``'sign'`` (signSGD), ``'sgd'`` or None.
       inactive_lr_scale: lr multiplier of the state-free part (pre-training
@@ -851,6 +859,8 @@ def frugal(
     """
     router = routing.as_router(router)
     density = _or(density, 0.25)
+    coordinate = projection == "coordinate"
+    side = _or(side, "in" if coordinate else "std")
     update_proj_gap = _or(update_proj_gap, 200)
     seed = _or(seed, 0)
     inner = base_optimizer
@@ -880,6 +890,7 @@ def frugal(
             residual_scale=inactive_lr_scale,
             reset_on_refresh=reset_statistics,
             seed=seed,
+            density_rounding="floor" if coordinate else "round",
             layout=router,
         )
     matrix = optax.chain(
