@@ -13,6 +13,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import optx
 
@@ -194,3 +195,111 @@ def test_frugal_coordinate_selects_floor_density_input_features() -> None:
         mh, vh = m / (1 - 0.9**t), v / (1 - 0.999**t)
         want[idx] = -lr * mh / (np.sqrt(vh) + 1e-8)
         np.testing.assert_allclose(u, want, rtol=1e-12, atol=1e-15)
+
+
+# ----------------------------------------------------------------------------
+# lipschitz_muon presets (issue 14 §2): Arongil/lipschitz-transformers @158692e
+# ----------------------------------------------------------------------------
+
+DION = [
+    (4.0848, -6.8946, 2.9270),
+    (3.9505, -6.3029, 2.6377),
+    (3.7418, -5.5913, 2.3037),
+    (2.8769, -3.1427, 1.2046),
+    (2.8366, -3.0525, 1.2012),
+]
+YOUJIACHENG = [  # modula/atom.py::_orthogonalize, numerators over 1024
+    tuple(v / 1024 for v in row)
+    for row in (
+        (3955, -8306, 5008),
+        (3735, -6681, 3463),
+        (3799, -6499, 3211),
+        (4019, -6385, 2906),
+        (2677, -3029, 1162),
+        (2172, -1833, 682),
+    )
+]
+
+
+def _ns_table(g: np.ndarray, table: list, eps: float) -> np.ndarray:
+    x = g.T if g.shape[0] > g.shape[1] else g
+    x = x / (np.linalg.norm(x) + eps)
+    for a, b, c in table:
+        m = x @ x.T
+        x = a * x + (b * m + c * m @ m) @ x
+    return x.T if g.shape[0] > g.shape[1] else x
+
+
+def _soft_cap_alpha(w_max: float, wd: float, delta: float) -> float:
+    k = w_max * (1 - wd) + delta
+    roots = np.roots([-(k**9), 3 * k**7, -3 * k**5, 0.0, k - w_max])
+    return float(roots[(np.abs(roots.imag) < 1e-6) & (roots.real >= 0)].real.min())
+
+
+def _soft_cap(m: np.ndarray, alpha: float) -> np.ndarray:
+    for a, b in ((1.0, -alpha), (1.0, alpha)):
+        m = m @ (a * np.eye(m.shape[1]) + b * m.T @ m)
+    return m
+
+
+def _official_lipschitz(w: np.ndarray, grads: list, lr: float, preset: str, wd: float) -> list:
+    """NanoGPT ``train_spectral_cap.py`` Muon.step / modula ``Muon`` + ``Linear``
+    ``dualize``/``decay_step_project`` on a PyTorch-order (out, in) weight, float64."""
+    buf, out = np.zeros_like(w), []
+    s = np.sqrt(w.shape[0] / w.shape[1])
+    for g in grads:
+        if preset == "nanogpt":  # nesterov, Dion table, margin 1.14502 * 1.05, no decay
+            buf = buf + (1 - 0.95) * (g - buf)
+            u = g + 0.95 * (buf - g)
+            w = w - lr * s * _ns_table(u, DION, 1e-7)
+            alpha = _soft_cap_alpha(1.0, 0.0, lr * 1.14502 * 1.05)
+        else:  # modula: plain EMA 0.9, 6-step table with eps 1e-12, w_max 6
+            buf = 0.9 * buf + 0.1 * g
+            w = w * (1 - wd * lr) - lr * s * _ns_table(buf, YOUJIACHENG, 1e-12)
+            alpha = _soft_cap_alpha(6.0, wd * lr, lr / s)
+        w = s * _soft_cap(w / s, alpha)
+        out.append(w)
+    return out
+
+
+@pytest.mark.parametrize(("preset", "wd"), [("nanogpt", 0.0), ("modula", 0.1)])
+def test_lipschitz_muon_presets_match_official(preset: str, wd: float) -> None:
+    r = np.random.default_rng(17)
+    shapes = {"wide": (10, 6), "tall": (6, 10)}  # PyTorch (out, in)
+    w0 = {k: 0.05 * r.normal(size=s) for k, s in shapes.items()}
+    grads = [{k: r.normal(size=s) for k, s in shapes.items()} for _ in range(4)]
+    lr = 0.05
+    kw = {} if preset == "nanogpt" else {"preset": preset}  # 'nanogpt' is the default
+    with jax.enable_x64(True):
+        tx = optx.lipschitz_muon(lr, weight_decay=wd, **kw)
+        params = {k: {"kernel": jnp.asarray(v.T)} for k, v in w0.items()}
+        state = tx.init(params)
+        step = jax.jit(tx.update)
+        got = []
+        for g in grads:
+            u, state = step({k: {"kernel": jnp.asarray(v.T)} for k, v in g.items()}, state, params)
+            params = jax.tree.map(lambda p, x: p + x, params, u)
+            got.append({k: np.asarray(v["kernel"]).T for k, v in params.items()})
+    for k in shapes:
+        want = _official_lipschitz(w0[k], [g[k] for g in grads], lr, preset, wd)
+        for t in range(len(grads)):
+            np.testing.assert_allclose(got[t][k], want[t], rtol=0, atol=1e-12, err_msg=k)
+
+
+def test_lipschitz_muon_project_embeddings_is_the_official_weight_cap() -> None:
+    """modula ``Embed.project``: ``embed_project(w, max_inflation_factor=1)`` — each
+    embedding vector's RMS capped at 1, after the (fallback) step."""
+    r = np.random.default_rng(18)
+    params = {
+        "embed": {"embedding": jnp.asarray(r.normal(size=(5, 4)) * [[0.3], [2], [1], [3], [0.1]])}
+    }
+    g = {"embed": {"embedding": jnp.asarray(r.normal(size=(5, 4)))}}
+    plain, _ = optx.lipschitz_muon(0.1).update(g, optx.lipschitz_muon(0.1).init(params), params)
+    tx = optx.lipschitz_muon(0.1, project_embeddings=True)
+    u, _ = tx.update(g, tx.init(params), params)
+    stepped = np.asarray(params["embed"]["embedding"] + plain["embed"]["embedding"], np.float64)
+    rms = np.sqrt(np.mean(stepped**2, axis=-1, keepdims=True))
+    want = stepped / np.maximum(1.0, rms)
+    got = np.asarray(params["embed"]["embedding"] + u["embed"]["embedding"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.any(rms > 1) and np.any(rms < 1)

@@ -377,7 +377,6 @@ TABLE: dict[str, Constraint] = {
     "min_ratio": POSITIVE,
     "max_ratio": POSITIVE,
     "norm_growth_limit": real(1.0, optional=True),
-    "embedding_max_inflation": POSITIVE.but(optional=True),
     "max_inflation_factor": POSITIVE,
     # --- structural numbers
     "ns_steps": integer(1, optional=True),
@@ -494,6 +493,7 @@ TABLE: dict[str, Constraint] = {
             "normalize_argument",
             "use_grad_mean",
             "reset_state",
+            "project_embeddings",
         )
     },
     # --- structural objects (checked by the factory that uses them)
