@@ -54,14 +54,39 @@ def dct_columns(d: int) -> np.ndarray:
     return q
 
 
-def dct_projection(x: np.ndarray, r: int, axis: str) -> np.ndarray:
-    """The r DCT columns with the largest l1 alignment scores, as a dense P."""
+def stable_slot_order(previous: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Slots of DCT-AdamW's ``slot_order='stable'``: a column still selected keeps
+    its slot in ``previous`` (first occurrence only); new columns, in ``idx``'s
+    order, fill the free slots in ascending order. Both ``(b, r)``."""
+    out = np.zeros_like(idx)
+    for b, (prev, new) in enumerate(zip(previous, idx)):
+        slots: list = [None] * len(new)
+        for j, c in enumerate(prev):
+            if c in new and c not in prev[:j]:
+                slots[j] = c
+        rest = iter(c for c in new if c not in slots)
+        out[b] = [next(rest) if c is None else c for c in slots]
+    return out
+
+
+def dct_projection(
+    x: np.ndarray, r: int, axis: str, previous: np.ndarray | None = None
+) -> np.ndarray:
+    """The r DCT columns with the largest l1 alignment scores, as a dense P, in
+    score order or (given the ``previous`` indices) in the stable slot order."""
+    return dct_columns(x.shape[1] if axis == "in" else x.shape[2])[
+        :, dct_indices(x, r, axis, previous)
+    ].transpose(1, 0, 2)
+
+
+def dct_indices(x: np.ndarray, r: int, axis: str, previous: np.ndarray | None = None) -> np.ndarray:
+    """Indices ``(b, r)`` of :func:`dct_projection`."""
     d = x.shape[1] if axis == "in" else x.shape[2]
     q = dct_columns(d)
     s = np.einsum("dk,bdo->bko", q, x) if axis == "in" else np.einsum("bid,dk->bik", x, q)
     scores = np.abs(s).sum(axis=2 if axis == "in" else 1)
-    idx = np.argsort(-scores, axis=1)[:, :r]
-    return np.stack([q[:, row] for row in idx])
+    idx = np.argsort(-scores, axis=1, kind="stable")[:, :r]
+    return idx if previous is None else stable_slot_order(previous, idx)
 
 
 def adam_moments(st: dict, r: np.ndarray, b1: float = 0.9, b2: float = 0.999) -> None:

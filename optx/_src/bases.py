@@ -55,6 +55,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
@@ -301,6 +302,37 @@ def _mT(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, -1, -2)
 
 
+def _null_floor(n: int, dtype: Any) -> float:
+    """Relative size below which a direction of an ``n``-dimensional f32/f64
+    computation is roundoff: ``8 n ε``."""
+    return 8.0 * n * float(jnp.finfo(dtype).eps)
+
+
+def _canonical_completion(q: jax.Array, null: jax.Array) -> jax.Array:
+    """``q`` (``… × n × r``, orthonormal columns) with its ``null`` columns
+    (``… × r`` bools) replaced by a fixed, input-independent orthonormal
+    completion: a fixed generic matrix projected off the other columns and
+    orthonormalized. The other columns keep their values and signs."""
+    n, r = q.shape[-2], q.shape[-1]
+    generic = jnp.asarray(np.random.default_rng(0).standard_normal((n, r)), q.dtype)
+    kept = jnp.where(null[..., None, :], 0.0, q)
+    fill = generic - kept @ (_mT(kept) @ generic)
+    new, rr = linalg.qr(jnp.where(null[..., None, :], fill, kept))
+    sign = jnp.sign(jnp.diagonal(rr, axis1=-2, axis2=-1))
+    new = new * jnp.where(sign == 0, 1.0, sign)[..., None, :]
+    return jnp.where(null[..., None, :], new, q)
+
+
+def _drop_noise(c: jax.Array, x: jax.Array) -> jax.Array:
+    """Zeroes the coordinates ``c = Pᵀ X`` that are below the roundoff floor
+    of the projection (``8 n ε ‖X‖_F``): their value, and their Adam ratio
+    ``c / (|c| + ε)``, would be noise."""
+    floor = _null_floor(x.shape[-2], x.dtype) * jnp.sqrt(
+        jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True)
+    )
+    return jnp.where(jnp.abs(c) <= floor, 0.0, c)
+
+
 def subspace_init(
     x: jax.Array, rank: int, beta: Any, one_minus_beta: Any = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -309,13 +341,23 @@ def subspace_init(
     ``P`` = the top-``r`` eigenvectors of ``X Xᵀ`` (``n × r``, the fan-in side of
     ``x``: ``n × m``), ``C = Pᵀ X`` and ``S = (1 − β) C Cᵀ``.
 
+    Degenerate directions are made deterministic (COSMOS with a gradient of
+    rank below ``r``, e.g. a batch of one): eigenvectors whose eigenvalue is
+    below the roundoff floor ``8 n ε λ_max`` span an arbitrary part of the null
+    space (LAPACK- and reduction-order-dependent), so they are replaced by a
+    fixed orthonormal completion, and coordinates below ``8 n ε ‖X‖_F`` are set
+    to zero. Elsewhere the result is the plain top-``r`` eigenbasis.
+
     Returns:
       ``(P, S, C)``.
     """
     x = _f32(x)
     omb = 1.0 - beta if one_minus_beta is None else one_minus_beta
-    p = eigh_basis(x @ _mT(x))[..., :rank]
-    c = _mT(p) @ x
+    vals, vecs = jnp.linalg.eigh(x @ _mT(x))
+    vals, vecs = jnp.flip(vals, axis=-1)[..., :rank], jnp.flip(vecs, axis=-1)[..., :rank]
+    top = jnp.max(vals, axis=-1, keepdims=True)
+    p = _canonical_completion(vecs, vals <= _null_floor(x.shape[-2], x.dtype) * top)
+    c = _drop_noise(_mT(p) @ x, x)
     return p, omb * (c @ _mT(c)), c
 
 
@@ -334,6 +376,11 @@ def subspace_power_step(
     (COSMOS, arXiv 2502.17410, Algorithm 1; ``x`` is ``n × m`` with the subspace
     on its first side, so ``X Xᵀ`` is the PyTorch ``GᵀG``).
 
+    As in :func:`subspace_init`, QR columns whose ``|R_jj|`` is below the
+    roundoff floor ``8 n ε max|R_kk|`` (the normalized direction of a roundoff
+    vector) are replaced by a fixed completion and coordinates below the
+    floor are zeroed, so the step is deterministic to float tolerance.
+
     ``one_minus_beta`` (default ``1 − beta``) lets callers pass ``1 − β`` formed
     exactly from a Python float (see ``base.one_minus``).
 
@@ -342,17 +389,29 @@ def subspace_power_step(
     """
     x, p, s = _f32(x), _f32(p), _f32(s)
     omb = 1.0 - beta if one_minus_beta is None else one_minus_beta
-    new_p, _ = linalg.qr(beta * (p @ s) + omb * (x @ (_mT(x) @ p)))
+    new_p, rr = linalg.qr(beta * (p @ s) + omb * (x @ (_mT(x) @ p)))
+    d = jnp.abs(jnp.diagonal(rr, axis1=-2, axis2=-1))
+    floor = _null_floor(x.shape[-2], x.dtype) * jnp.max(d, axis=-1, keepdims=True)
+    new_p = _canonical_completion(new_p, d <= floor)
     t = _mT(p) @ new_p
-    c = _mT(new_p) @ x
+    c = _drop_noise(_mT(new_p) @ x, x)
     new_s = beta * (_mT(t) @ s @ t) + omb * (c @ _mT(c))
     return new_p, new_s, c
 
 
 def subspace_split(x: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(Pᵀ X, X − P Pᵀ X)``: coordinates in the subspace and the residual."""
+    """``(Pᵀ X, X − P Pᵀ X)``: coordinates in the subspace and the residual.
+
+    Values below the roundoff floor of the projection (``8 n ε ‖X‖_F``) are
+    noise and returned as zero (see :func:`subspace_init`): coordinates
+    elementwise, the residual as a whole (when ``X`` lies in the subspace, its
+    orthogonalization would otherwise amplify roundoff to full size)."""
     c = _mT(p) @ x
-    return c, x - p @ c
+    res = x - p @ c
+    res_norm = jnp.sqrt(jnp.sum(jnp.square(res), axis=(-2, -1), keepdims=True))
+    x_norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
+    res = jnp.where(res_norm <= _null_floor(x.shape[-2], x.dtype) * x_norm, 0.0, res)
+    return _drop_noise(c, x), res
 
 
 # ----------------------------------------------------------------------------
@@ -1094,6 +1153,20 @@ def scale_by_cosmos(
     Decompositions run in the parameter's compute dtype (float32 for bf16/f32
     parameters, float64 for f64 ones); ``P`` and ``S`` are stored in
     ``precond_dtype`` (default: that compute dtype), ``V`` in ``nu_dtype``.
+
+    Deviations from the official code:
+      Roundoff is not amplified. When a gradient has rank below ``r`` (or
+      lies in the subspace), the official code's eigh/QR return an arbitrary,
+      reduction-order-dependent part of the null space, Adam divides roundoff
+      coordinates by roundoff (``c/(|c| + ε)`` of order one) and Newton–Schulz
+      scales a roundoff residual up to ``√(nm)``: a 1e-7 relative change of
+      the gradient (another device count or process split) moved parameters by
+      1e-2 in 3 steps. optx treats values below the roundoff floor ``8 n ε``
+      (relative) as zero — null-space basis columns are a fixed completion,
+      such coordinates and residuals are 0 (:func:`subspace_init`,
+      :func:`subspace_power_step`, :func:`subspace_split`) — which leaves
+      non-degenerate runs unchanged (goldens ``cosmos__public_*``) and makes
+      COSMOS deterministic to float tolerance.
 
     State memory per ``m × n`` matrix: ``mn`` (``M``) + ``nr`` (``P``) + ``r²``
     (``S``) + ``mr`` (``V``).

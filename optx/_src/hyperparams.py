@@ -377,7 +377,6 @@ TABLE: dict[str, Constraint] = {
     "min_ratio": POSITIVE,
     "max_ratio": POSITIVE,
     "norm_growth_limit": real(1.0, optional=True),
-    "embedding_max_inflation": POSITIVE.but(optional=True),
     "max_inflation_factor": POSITIVE,
     # --- structural numbers
     "ns_steps": integer(1, optional=True),
@@ -427,6 +426,9 @@ TABLE: dict[str, Constraint] = {
     "coupling": choice("rms", "modula"),
     "form": choice("paper", "repo"),
     "order": choice("random", "ascending", "descending"),
+    "slot_order": choice("stable", "score"),
+    "conv_view": choice("matrix", "torch"),
+    "density_rounding": choice("round", "floor"),
     "scale_type": choice("channel", "tensor"),
     "scale_rule": choice("gsnr", "gsnr_max", "sqrt_numel"),
     "factorization": choice("matrix", "axes"),
@@ -491,6 +493,7 @@ TABLE: dict[str, Constraint] = {
             "normalize_argument",
             "use_grad_mean",
             "reset_state",
+            "project_embeddings",
         )
     },
     # --- structural objects (checked by the factory that uses them)

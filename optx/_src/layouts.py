@@ -135,6 +135,50 @@ def conv_layout(spatial_dims: int = 2) -> MatrixLayout:
     return MatrixLayout(tuple(range(-spatial_dims - 2, -1)), (-1,))
 
 
+CONV_VIEWS = ("matrix", "torch")
+
+
+def conv_window_axes(layout: ResolvedLayout) -> tuple[int, int] | None:
+    """The ``(kh, kw)`` axes of a 2-D conv kernel, or None for other layouts.
+
+    A 2-D conv kernel has three reduction axes and one output axis; its
+    input-channel axis is the reduction axis next to the output axis (Flax
+    ``(kh, kw, in, out)`` and PyTorch ``(out, in, kh, kw)`` alike), and the
+    other two, in stored order, are the window ``(kh, kw)``. The official
+    PyTorch codes compute some statistics on the 4-D ``(out, in, kh, kw)``
+    tensor (``conv_view='torch'``), i.e. over these window axes.
+    """
+    if len(layout.reduction_axes) != 3 or len(layout.output_axes) != 1:
+        return None
+    out = layout.output_axes[0]
+    red = layout.reduction_axes
+    channel = out - 1 if out - 1 in red else (out + 1 if out + 1 in red else None)
+    if channel is None:
+        return None
+    kh, kw = (a for a in red if a != channel)
+    return kh, kw
+
+
+def conv_window_slices(spec: LayoutSpec) -> LayoutFn:
+    """``spec``'s layouts, with each 2-D conv kernel seen as its ``kh × kw`` slices.
+
+    A conv kernel (see :func:`conv_window_axes`) becomes a batch of ``(kh, kw)``
+    matrices over its ``(in, out)`` axes — how the official PyTorch codes that
+    batch a 4-D ``(out, in, kh, kw)`` tensor over its leading axes see it.
+    Other layouts are unchanged.
+    """
+    fn = layout_fn_from_spec(spec)
+
+    def layout(path: str, leaf: Any) -> MatrixLayout | None:
+        lay = fn(path, leaf)
+        if lay is None or not has_matrix_view(leaf):
+            return lay
+        window = conv_window_axes(resolve_layout(lay, jnp.shape(leaf), path))
+        return lay if window is None else MatrixLayout((window[0],), (window[1],))
+
+    return layout
+
+
 def resolve_layout(layout: MatrixLayout, shape: tuple[int, ...], path: str = "") -> ResolvedLayout:
     """Checks ``layout`` against ``shape``; raises ValueError naming ``path``."""
     where = f" for leaf '{path}'" if path else ""

@@ -40,16 +40,21 @@ def _scale_by_axis_rms(
     eps_inside_sqrt: bool,
     layout: LayoutSpec,
     nu_dtype: Any,
+    conv_view: str = "matrix",
 ) -> optax.GradientTransformationExtraArgs:
     base.check_in_range(f"beta ({which} rms)", beta, 0.0, 1.0)
     base.check_nonnegative("eps", eps)
+    base.check_choice("conv_view", conv_view, layouts.CONV_VIEWS)
     nu_dtype = base.canonicalize_dtype(nu_dtype)
 
     def axes_of(lay: ResolvedLayout) -> tuple[int, ...]:
+        window = layouts.conv_window_axes(lay) if conv_view == "torch" else None
+        if window is not None:  # the official 4-D statistic: per (out, in, kh), over kw
+            return (window[1],)
         return lay.reduction_axes if which == "row" else lay.output_axes
 
     def stat_shape(lay: ResolvedLayout) -> tuple[int, ...]:
-        return lay.row_stat_shape() if which == "row" else lay.column_stat_shape()
+        return tuple(1 if a in axes_of(lay) else d for a, d in enumerate(lay.shape))
 
     def init_fn(params: base.Params) -> ScaleByAxisRmsState:
         def leaf(p: Any, lay: ResolvedLayout) -> jax.Array:
@@ -105,6 +110,7 @@ def scale_by_row_rms(
     eps_inside_sqrt: bool = False,
     layout: LayoutSpec = None,
     nu_dtype: base.DTypeLike | None = None,
+    conv_view: str = "matrix",
 ) -> optax.GradientTransformationExtraArgs:
     """Divides each output neuron (row) by the RMS EMA of its entries.
 
@@ -128,6 +134,10 @@ def scale_by_row_rms(
       eps_inside_sqrt: put ε inside the square root.
       layout: a :data:`~optx.LayoutSpec`.
       nu_dtype: dtype of ``v`` (default: the parameter dtype).
+      conv_view: ``'matrix'`` (default: one statistic per output channel) or
+        ``'torch'``: on 2-D conv kernels, the official NorMuon statistic of the
+        4-D PyTorch tensor ``(out, in, kh, kw)``, a mean over ``kw`` per
+        ``(out, in, kh)``.
 
     Example:
       >>> import jax.numpy as jnp, optx
@@ -146,6 +156,7 @@ def scale_by_row_rms(
         eps_inside_sqrt=eps_inside_sqrt,
         layout=layout,
         nu_dtype=nu_dtype,
+        conv_view=conv_view,
     )
 
 
@@ -192,6 +203,7 @@ def preserve_frobenius_norm(
     *,
     eps: float = 1e-10,
     layout: LayoutSpec = None,
+    conv_view: str = "matrix",
 ) -> optax.GradientTransformationExtraArgs:
     """Runs ``inner`` and rescales each matrix back to its input Frobenius norm.
 
@@ -200,6 +212,9 @@ def preserve_frobenius_norm(
     per matrix of the layout (NorMuon's official "norm restore" after the
     neuron-wise normalization, so the update keeps Muon's magnitude). Leaves
     without a layout get ``inner``'s output unchanged. The state is ``inner``'s.
+    ``conv_view='torch'`` restores the norm of each ``(out, in)`` slice over the
+    window ``(kh, kw)`` of a 2-D conv kernel instead (official NorMuon's
+    ``norm(dim=(-2, -1))`` on the 4-D PyTorch tensor).
 
     Example:
       >>> import jax.numpy as jnp, optx
@@ -210,7 +225,15 @@ def preserve_frobenius_norm(
       5.0
     """
     base.check_nonnegative("eps", eps)
+    base.check_choice("conv_view", conv_view, layouts.CONV_VIEWS)
     inner = optax.with_extra_args_support(inner)
+
+    def sum_sq(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
+        window = layouts.conv_window_axes(lay) if conv_view == "torch" else None
+        if window is None:
+            return layouts.matrix_sum_of_squares(x, lay)
+        xc = x.astype(base.compute_dtype(x.dtype))
+        return jnp.sum(base.abs_sq(xc), axis=window, keepdims=True)
 
     def update_fn(
         updates: base.Updates, state: Any, params: base.Params | None = None, **extra: Any
@@ -218,11 +241,9 @@ def preserve_frobenius_norm(
         new, new_state = inner.update(updates, state, params, **extra)
 
         def leaf(x: jax.Array, lay: ResolvedLayout, y: jax.Array) -> jax.Array:
-            nx = jnp.sqrt(layouts.matrix_sum_of_squares(x, lay))
-            ny = jnp.sqrt(layouts.matrix_sum_of_squares(y, lay))
-            return (y.astype(base.compute_dtype(y.dtype, nx.dtype)) * (nx / (ny + eps))).astype(
-                y.dtype
-            )
+            nx = jnp.sqrt(sum_sq(x, lay))
+            ny = jnp.sqrt(sum_sq(y, lay))
+            return (y.astype(base.compute_dtype(y.dtype, nx.dtype)) * (nx / (ny + eps))).astype(y.dtype)
 
         out = layouts.map_matrix_leaves(leaf, layout, updates, new, otherwise=lambda x, y: y)
         return out, new_state
@@ -248,7 +269,7 @@ def shape_scale(rule: str, fan_in: int, fan_out: int, rms: float = 0.2) -> float
 
 @hyperparams.validated()
 def scale_by_shape(
-    rule: str = "keller", *, rms: float = 0.2, layout: LayoutSpec = None
+    rule: str = "keller", *, rms: float = 0.2, layout: LayoutSpec = None, conv_view: str = "matrix"
 ) -> optax.GradientTransformationExtraArgs:
     """Multiplies each matrix update by a factor of its shape.
 
@@ -266,7 +287,8 @@ def scale_by_shape(
     ``fan_in``/``fan_out`` are the products of the layout's reduction/output
     axis sizes (a conv kernel's fan-in includes its window). Keller's code
     computes the ratio on the *4-D* conv gradient, i.e. ``kh/kw``; optx uses the
-    matrix view (documented deviation for conv kernels only). Stateless.
+    matrix view by default (``conv_view='matrix'``); ``conv_view='torch'``
+    uses ``kh/kw`` on 2-D conv kernels, as the official code. Stateless.
 
     Example:
       >>> import jax.numpy as jnp, optx
@@ -277,6 +299,7 @@ def scale_by_shape(
     """
     base.check_choice("rule", rule, SHAPE_RULES)
     base.check_nonnegative("rms", rms)
+    base.check_choice("conv_view", conv_view, layouts.CONV_VIEWS)
 
     def update_fn(
         updates: base.Updates, state: Any, params: base.Params | None = None, **extra: Any
@@ -284,7 +307,11 @@ def scale_by_shape(
         del params, extra
 
         def leaf(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
-            return (x * shape_scale(rule, lay.fan_in, lay.fan_out, rms)).astype(x.dtype)
+            window = layouts.conv_window_axes(lay) if conv_view == "torch" else None
+            fan_in, fan_out = lay.fan_in, lay.fan_out
+            if window is not None:  # PyTorch's rows/cols of the 4-D tensor: kh/kw
+                fan_in, fan_out = lay.shape[window[1]], lay.shape[window[0]]
+            return (x * shape_scale(rule, fan_in, fan_out, rms)).astype(x.dtype)
 
         return layouts.map_matrix_leaves(leaf, layout, updates), state
 

@@ -35,6 +35,9 @@ Coefficient presets (:data:`NS_PRESETS`):
   steps (more is an error).
 * ``'dion'`` — the 5-step table optax ships as ``'dion'`` (from the Dion
   paper, arXiv 2504.05295); using more steps than the table has is an error.
+* ``'youjiacheng'`` — the 6-step table (@YouJiacheng, @leloykun) of modula's
+  ``_orthogonalize`` (``Arongil/lipschitz-transformers`` ``modula/atom.py``),
+  normalization ``X / (‖X‖_F + 1e-12)``; exactly 6 steps (more is an error).
 * ``'cubic'`` — the classical Newton–Schulz (1.5, −0.5, 0): slow but converges
   to ``U Vᵀ`` exactly; useful for tests.
 
@@ -241,6 +244,20 @@ DION = NewtonSchulzCoefficients(
     eps=1e-7,
     name="dion",
 )
+YOUJIACHENG = NewtonSchulzCoefficients(
+    (
+        (3955 / 1024, -8306 / 1024, 5008 / 1024),
+        (3735 / 1024, -6681 / 1024, 3463 / 1024),
+        (3799 / 1024, -6499 / 1024, 3211 / 1024),
+        (4019 / 1024, -6385 / 1024, 2906 / 1024),
+        (2677 / 1024, -3029 / 1024, 1162 / 1024),
+        (2172 / 1024, -1833 / 1024, 682 / 1024),
+    ),
+    repeat_last=False,
+    norm_scale=1.0,
+    eps=1e-12,
+    name="youjiacheng",
+)
 CUBIC = NewtonSchulzCoefficients(
     ((1.5, -0.5, 0.0),), repeat_last=True, norm_scale=1.0, eps=1e-7, name="cubic"
 )
@@ -251,6 +268,7 @@ NS_PRESETS: dict[str, NewtonSchulzCoefficients] = {
     "polar_express": POLAR_EXPRESS,
     "polar_express_5": POLAR_EXPRESS_5,
     "dion": DION,
+    "youjiacheng": YOUJIACHENG,
     "cubic": CUBIC,
 }
 

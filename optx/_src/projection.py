@@ -72,6 +72,7 @@ INDEX_PROJECTIONS = ("coordinate", "dct")
 RANDOM_PROJECTIONS = ("random", "orthogonal", "coordinate")
 SIDES = ("std", "reverse_std", "in", "out")
 RESIDUALS = (None, "sign", "sgd")
+SLOT_ORDERS = ("stable", "score")
 BLOCK_ORDERS = ("random", "ascending", "descending")
 
 ProjectionFn = Callable[[jax.Array, jax.Array, int, str], jax.Array]
@@ -111,14 +112,21 @@ def projected_axis(fan_in: int, fan_out: int, side: str) -> str:
 
 
 def leaf_geometry(
-    layout: ResolvedLayout, side: str, rank: int | None = None, density: float | None = None
+    layout: ResolvedLayout,
+    side: str,
+    rank: int | None = None,
+    density: float | None = None,
+    density_rounding: str = "round",
 ) -> LeafGeometry:
-    """Projected axis and effective rank ``min(rank, d)`` (or ``round(density·d)``)."""
+    """Projected axis and effective rank ``min(rank, d)`` (or ``round(density·d)``,
+    or ``floor(density·d)`` with ``density_rounding='floor'``)."""
     _, fi, fo = layout.matrix_shape
     axis = projected_axis(fi, fo, side)
     d = fi if axis == "in" else fo
     if density is None:
         r = min(int(rank), d)
+    elif density_rounding == "floor":  # FRUGAL's coordinates: int(d·ρ), may be 0
+        r = math.floor(float(density) * d)
     else:  # FRUGAL's round(ρ·d), at least 1 when ρ > 0 (tiny matrices)
         r = round(float(density) * d)
         r = max(r, 1) if density > 0 else 0
@@ -250,6 +258,30 @@ def compute_projector(
     return idx.astype(jnp.int32)
 
 
+def stable_slots(previous: jax.Array, selected: jax.Array) -> jax.Array:
+    """Order the newly ``selected`` indices ``(b, r)`` so that slots persist.
+
+    A column that was selected before and stays selected keeps its slot in
+    ``previous`` ``(b, r)`` (only the first slot of a repeated index counts,
+    so the all-zero initial projector is valid); the newly selected columns,
+    in the order given (best score first), fill the freed slots in ascending
+    slot order. Moments kept per slot then stay with their column.
+    """
+
+    def one(prev: jax.Array, new: jax.Array) -> jax.Array:
+        r = prev.shape[0]
+        first = jnp.argmax(prev[None, :] == prev[:, None], axis=1) == jnp.arange(r)
+        match = (new[:, None] == prev[None, :]) & first[None, :]  # (new a, slot j)
+        kept = jnp.any(match, axis=1)
+        taken = jnp.any(match, axis=0)
+        free = jnp.argsort(taken.astype(jnp.int32), stable=True)  # free slots first
+        rank_new = jnp.cumsum(~kept) - 1
+        slot = jnp.where(kept, jnp.argmax(match, axis=1), free[jnp.clip(rank_new, 0, r - 1)])
+        return jnp.zeros_like(new).at[slot].set(new)
+
+    return jax.vmap(one)(previous.astype(jnp.int32), selected.astype(jnp.int32))
+
+
 def _dense(projector: jax.Array, projection: Any, d: int, dtype: Any) -> jax.Array:
     if projection == "dct":
         return dct_basis(d, projector, base.real_dtype(dtype))
@@ -358,11 +390,15 @@ def _projected_transform(
     seed: int,
     layout: LayoutSpec,
     store_projector: bool = True,
+    slot_order: str = "score",
+    density_rounding: str = "round",
 ) -> optax.GradientTransformationExtraArgs:
     """Project → ``inner`` in the subspace → ``combine(X, R, N, P, geometry)``."""
     _check_rank_args(rank, density)
     _check_projection(projection)
     base.check_choice("side", side, SIDES)
+    base.check_choice("slot_order", slot_order, SLOT_ORDERS)
+    base.check_choice("density_rounding", density_rounding, ("round", "floor"))
     gap = base.check_positive_int("update_proj_gap", update_proj_gap)
     phase = base.check_positive_int("refresh_phase", refresh_phase, allow_zero=True)
     seed = base.check_positive_int("seed", seed, allow_zero=True)
@@ -378,7 +414,7 @@ def _projected_transform(
     resolve = layouts.resolved_layout_fn(layout)
 
     def geometry(lay: ResolvedLayout) -> LeafGeometry:
-        return leaf_geometry(lay, side, rank, density)
+        return leaf_geometry(lay, side, rank, density, density_rounding)
 
     def specs(x: Any, geo: LeafGeometry) -> tuple[Any, Any]:
         """(projector spec, projected-matrix spec) for leaf ``x``."""
@@ -464,6 +500,8 @@ def _projected_transform(
                         rank=geo.rank,
                         score_norm=score_norm,
                     )
+                    if projection == "dct" and slot_order == "stable":
+                        new = stable_slots(proj, new)
                     return new.astype(proj.dtype), new_key
 
                 new_proj, new_key = jax.lax.cond(refresh, fresh, lambda _: (proj, key), None)
@@ -562,6 +600,8 @@ def scale_by_subspace(
     score_norm: float = 1.0,
     seed: int = 0,
     store_projector: bool = True,
+    slot_order: str = "stable",
+    density_rounding: str = "round",
     layout: LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Runs ``inner`` on low-rank projections of each matrix and projects back.
@@ -618,6 +658,14 @@ def scale_by_subspace(
         official codes do). ``False`` (``projection='random'`` only) keeps just
         the PRNG key and regenerates the Gaussian draw every step — the same
         numbers, ``r · min(m, n)`` fewer floats per matrix, one RNG call per step.
+      slot_order: ``projection='dct'`` only: the order of the selected columns,
+        which decides which projected moments each column inherits at a refresh.
+        ``'stable'`` (default): a column that stays selected keeps its slot (and
+        its moments); new columns, best score first, fill the freed slots.
+        ``'score'``: slots by descending score (``lax.top_k``).
+      density_rounding: ``'round'`` (``round(ρ·d)``, at least 1; FRUGAL's
+        GaLore-style projectors) or ``'floor'`` (``floor(ρ·d)``, possibly 0;
+        FRUGAL's coordinate projector).
       layout: a :data:`~optx.LayoutSpec` (default: the default router's).
 
     References:
@@ -668,6 +716,8 @@ def scale_by_subspace(
         seed=seed,
         layout=layout,
         store_projector=store_projector,
+        slot_order=slot_order,
+        density_rounding=density_rounding,
     )
 
 

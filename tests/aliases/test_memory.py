@@ -24,6 +24,7 @@ from tests.matrix_views import matrices
 from tests.projection_reference import (
     adam_moments,
     columns_projection,
+    dct_indices,
     dct_projection,
     down,
     jax_columns_projection,
@@ -344,7 +345,9 @@ def test_dct_adamw_alias_matches_reference() -> None:
             else:
                 X = matrices(g[k], k)
                 axis = projected_axis(*X.shape[1:])
-                Pm = dct_projection(X, rank, axis)
+                prev = st[k].get("idx", np.zeros((X.shape[0], rank), int))
+                st[k]["idx"] = dct_indices(X, rank, axis, prev)  # slot_order='stable'
+                Pm = dct_projection(X, rank, axis, prev)
                 d = down(X, Pm, axis)
             adam_moments(st[k], d, b1, b2)
             u = st[k]["m"] / (np.sqrt(st[k]["v"]) + eps * np.sqrt(1 - b2**t))

@@ -351,7 +351,7 @@ def test_lipschitz_muon_soft_cap_matches_float64_reference() -> None:
     overshoot = optx.linalg.composed_polynomial_max("keller", 5)
     assert abs(overshoot - 1.2024) < 1e-3
     with jax.enable_x64(True):
-        tx = optx.lipschitz_muon(lr, b1=0.9, weight_decay=wd, w_max=w_max)
+        tx = optx.lipschitz_muon(lr, b1=0.9, weight_decay=wd, w_max=w_max, preset=None)
         got = run_optx(tx, params, grads)
     want = run_reference(
         lipschitz_direction(lr, 0.9, wd),
@@ -378,7 +378,7 @@ def test_lipschitz_muon_other_projections_match_reference(projection: str, atol:
 
     with jax.enable_x64(True):
         tx = optx.lipschitz_muon(
-            lr, b1=0.9, projection=projection, w_max=w_max, power_iterations=60
+            lr, b1=0.9, projection=projection, w_max=w_max, power_iterations=60, preset=None
         )
         got = run_optx(tx, params, grads)
     want = run_reference(lipschitz_direction(lr, 0.9, 0.0), params, grads, post=project)

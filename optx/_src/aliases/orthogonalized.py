@@ -17,6 +17,7 @@ from optx._src import (
     clipping,
     constraints,
     hyperparams,
+    layouts,
     moments,
     newton_schulz_fitting,
     normalization,
@@ -369,6 +370,7 @@ def normuon(
     nesterov: bool = True,
     scaling: str = "preserve_norm",
     rms: float = 0.2,
+    conv_view: str = "matrix",
     ns_dtype: base.DTypeLike | None = None,
     nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
@@ -407,15 +409,28 @@ def normuon(
     combine with ``nesterov=False``).
 
     Official-code quirks: no bias correction on either moment; ε = 1e-10
-    outside the square root; the official code computes the statistics of a
-    4-D conv update on its 4-D view (per ``(out, in, kh)`` "row" over ``kw``) —
-    optx uses the matrix view (per output channel), the evident intent; weight
-    decay is skipped for parameters without a gradient (optax has no such
+    outside the square root; weight decay is skipped for parameters without a gradient (optax has no such
     notion: every leaf has a gradient). The official bf16 variant needs bf16
     parameters; ``ns_dtype='bfloat16'`` with bf16 params reproduces it.
 
     Positional order of ``optax.contrib.muon`` (see :func:`optx.muon`), with
     NorMuon's ε in optax's ``eps`` slot; ``b2`` is keyword-only.
+
+    Deviations from the official code:
+      Conv kernels, by default. The official code runs Newton–Schulz on the
+      ``(out, in·kh·kw)`` view (as optx) but then computes NorMuon's statistics
+      on the 4-D PyTorch tensor ``(out, in, kh, kw)``: ``v`` per
+      ``(out, in, kh)`` as a mean over ``kw``, the norm restored per
+      ``(out, in)`` slice over ``(kh, kw)``, and Keller's shape factor
+      ``√max(1, kh/kw)``. That is 2-D code applied to a 4-D tensor, and it ties
+      the statistic to PyTorch's memory order. optx's default
+      ``conv_view='matrix'`` uses the matrix view instead — one ``v`` per output
+      channel (the paper's neuron-wise normalization), one norm per matrix and
+      ``√max(1, fan_out/fan_in)`` — so a conv kernel is treated as the
+      ``(kh·kw·in, out)`` matrix Muon orthogonalized. ``conv_view='torch'``
+      reproduces the official code on 2-D conv kernels, whether stored as Flax
+      ``(kh, kw, in, out)`` or PyTorch ``(out, in, kh, kw)`` (float64 NumPy
+      transcription, 1e-10). Dense and other layouts are identical in both.
 
     Args:
       learning_rate: matrix learning rate (0.02 official).
@@ -428,6 +443,8 @@ def normuon(
       nesterov: Nesterov look-ahead (official: on).
       scaling: ``'preserve_norm'`` (official code) or ``'match_rms'`` (paper).
       rms: target RMS for ``'match_rms'`` (0.2).
+      conv_view: ``'matrix'`` (default) or ``'torch'`` (the official 4-D conv
+        statistics); see the deviations.
       ns_dtype, strategy, router: see :func:`optx.muon`.
       nu_dtype: dtype of the neuron-wise ``v`` and the AdamW second moment.
       adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
@@ -447,11 +464,15 @@ def normuon(
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
     router = routing.as_router(router)
-    row_rms = normalization.scale_by_row_rms(b2, eps, layout=router, nu_dtype=nu_dtype)
+    row_rms = normalization.scale_by_row_rms(
+        b2, eps, layout=router, nu_dtype=nu_dtype, conv_view=conv_view
+    )
     if scaling == "preserve_norm":
         normalize = optax.chain(
-            normalization.preserve_frobenius_norm(row_rms, eps=eps, layout=router),
-            normalization.scale_by_shape("keller", layout=router),
+            normalization.preserve_frobenius_norm(
+                row_rms, eps=eps, layout=router, conv_view=conv_view
+            ),
+            normalization.scale_by_shape("keller", layout=router, conv_view=conv_view),
         )
     else:
         normalize = optax.chain(row_rms, normalization.scale_to_rms(rms, eps=eps, layout=router))
@@ -670,6 +691,7 @@ def hybrid_auon(
     gamma: float | None = None,
     nesterov: bool = True,
     scaling: str | None = None,
+    conv_view: str = "matrix",
     nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
     strategy: str = "auto",
@@ -702,10 +724,18 @@ def hybrid_auon(
     default (``ns_steps``), in f32, then the repository brake
     (γ = 1.5, normalized argument, un-normalized divisor — see
     :func:`optx.auon`) and no shape factor; the golden trajectory
-    ``hybrid_auon__public`` records it. Quirk: for a 4-D conv tensor the
-    repository orthogonalizes each ``kh × kw`` slice separately (NS batched
-    over the leading ``(out, in)`` axes); optx uses the layout's matrix view
-    ``(kh·kw·in, out)``, like Muon.
+    ``hybrid_auon__public`` records it.
+
+    Deviations from the official code:
+      Conv kernels, by default. For a 4-D conv tensor the repository
+      orthogonalizes each ``kh × kw`` slice separately (its Newton–Schulz is
+      batched over the leading ``(out, in)`` axes; the brake then runs on the
+      whole tensor). optx's default ``conv_view='matrix'`` orthogonalizes the
+      layout's matrix view ``(kh·kw·in, out)``, like Muon and like the
+      repository's own ``Muon`` — a ``kh × kw`` slice (3 × 3) has no useful
+      orthogonal structure. ``conv_view='torch'`` reproduces the repository on
+      2-D conv kernels (Flax or PyTorch storage order; float64 NumPy
+      transcription of ``HybridAuON.step``, 1e-10).
 
     Positional order of ``optax.contrib.muon`` (see :func:`optx.muon`).
 
@@ -713,6 +743,8 @@ def hybrid_auon(
       ns_coeffs, ns_dtype, strategy: see :func:`optx.muon`.
       ns_steps: Newton–Schulz iterations (static; None = 1 for the paper, 5
         for the repo).
+      conv_view: ``'matrix'`` (default) or ``'torch'`` (Newton–Schulz per
+        ``kh × kw`` slice of 2-D conv kernels, as the repository).
       others: as :func:`optx.auon`.
 
     Complex parameters: refused at init (a TypeError naming the leaf) because its cosh brake is
@@ -732,8 +764,10 @@ def hybrid_auon(
     if ns_steps is None:
         ns_steps = 1 if form == "paper" else 5
     router = routing.as_router(router)
+    base.check_choice("conv_view", conv_view, layouts.CONV_VIEWS)
+    ns_layout = layouts.conv_window_slices(router) if conv_view == "torch" else router
     orthogonalize = orthogonalization.scale_by_newton_schulz(
-        ns_coeffs, ns_steps, ns_dtype=ns_dtype, layout=router, strategy=strategy
+        ns_coeffs, ns_steps, ns_dtype=ns_dtype, layout=ns_layout, strategy=strategy
     )
     return _auon_alias(orthogonalize, locals(), fallback_for("hybrid_auon", locals()))
 
@@ -888,27 +922,61 @@ def _times(a: Any, b: Any) -> Any:
     return a * b
 
 
-@hyperparams.validated(projection=hyperparams.choice(*LIPSCHITZ_PROJECTIONS))
+LIPSCHITZ_PRESETS: dict[str, dict[str, Any]] = {
+    # nanogpt/train_spectral_cap.py: Muon(momentum=0.95, nesterov=True), Dion's table, the
+    # soft cap's delta = lr * 1.14502 * 1.05 (the table's overshoot with a 5% margin), w_max 1.
+    "nanogpt": {
+        "ns_coeffs": "dion",
+        "ns_steps": 5,
+        "b1": 0.95,
+        "nesterov": True,
+        "w_max": 1.0,
+        "coupling": "rms",
+        "margin": 1.14502 * 1.05,
+    },
+    # modula (optimizers.py Muon + atom.py Linear): plain EMA, 6-step table with eps 1e-12,
+    # delta = lr in RMS->RMS units divided by sqrt(fan_out/fan_in); configs: beta1 0.9, w_max 6.
+    "modula": {
+        "ns_coeffs": "youjiacheng",
+        "ns_steps": 6,
+        "b1": 0.9,
+        "nesterov": False,
+        "w_max": 6.0,
+        "coupling": "modula",
+        "margin": 1.0,
+    },
+}
+
+
+@hyperparams.validated(
+    projection=hyperparams.choice(*LIPSCHITZ_PROJECTIONS),
+    preset=hyperparams.choice("nanogpt", "modula", "official", optional=True),
+    b1=hyperparams.UNIT.but(optional=True),
+    w_max=hyperparams.POSITIVE.but(optional=True),
+    nesterov=hyperparams.FLAG.but(optional=True),
+    coupling=hyperparams.choice("rms", "modula", optional=True),
+)
 def lipschitz_muon(
     learning_rate: base.ScalarOrSchedule = 0.02,
-    ns_coeffs: orthogonalization.CoefficientSpec = "keller",
+    ns_coeffs: orthogonalization.CoefficientSpec | None = None,
     ns_steps: int | None = None,
-    b1: float = 0.95,
+    b1: float | None = None,
     weight_decay: base.ScalarOrSchedule = 0.0,
     mask: base.Mask | None = None,
     mu_dtype: base.DTypeLike | None = None,
     *,
+    preset: str | None = "nanogpt",
     projection: str = "soft_cap",
-    w_max: float = 1.0,
+    w_max: float | None = None,
     spectral_decay: base.ScalarOrSchedule = 0.1,
     max_update_norm: base.ScalarOrSchedule | None = None,
     geometry: str = "rms",
-    coupling: str = "rms",
+    coupling: str | None = None,
     power_iterations: int | None = None,
     warm_start: bool = True,
     seed: int | None = None,
-    embedding_max_inflation: float | None = None,
-    nesterov: bool = True,
+    project_embeddings: bool = False,
+    nesterov: bool | None = None,
     ns_dtype: base.DTypeLike | None = None,
     nu_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
@@ -919,7 +987,6 @@ def lipschitz_muon(
     adam_b2: float | None = None,
     adam_eps: float | None = None,
     adam_weight_decay: base.ScalarOrSchedule | None = None,
-    preset: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Muon with a post-step spectral-norm projection (Lipschitz training).
 
@@ -948,45 +1015,71 @@ def lipschitz_muon(
     ``'hammer'``, ``'spectral_wd'`` (strength ``spectral_decay``) or
     ``'none'``. Only leaves the router sends to ``'matrix'`` are projected; to
     constrain the head too, route it to ``'matrix'`` (it is then trained by
-    Muon, as in the paper). ``embedding_max_inflation=f`` adds the embedding
-    RMS projection (:func:`optx.constraints.embedding_rms_projection`) on the router's
-    embedding leaves (trained by the fallback AdamW).
+    Muon, as in the paper). ``project_embeddings=True`` adds the official
+    embedding projection (modula ``Embed.project``: every embedding vector's
+    RMS capped at 1, :func:`optx.constraints.embedding_rms_projection` with factor 1) on
+    the router's embedding leaves (trained by the fallback AdamW).
+
+    Presets (``preset``; an argument given explicitly always wins):
+
+    * ``'nanogpt'`` (default) — ``nanogpt/train_spectral_cap.py``, the paper's
+      transformer runs: Nesterov momentum 0.95, Dion's 5-step table
+      (``ns_coeffs='dion'``), the soft cap's ``δ = η · 1.14502 · 1.05`` (the
+      table's largest output singular value with a 5% margin), ``w_max = 1``,
+      coupling in RMS→RMS units. Default because it is the official PyTorch
+      training path of the paper's GPT results and uses optx's Muon conventions.
+    * ``'modula'`` — the JAX ``modula`` package of the same repository
+      (``optimizers.py::Muon``, ``modula/atom.py::Linear``): plain EMA momentum
+      without Nesterov, β = 0.9 and ``w_max = 6`` (its example configs), the
+      6-step table (``ns_coeffs='youjiacheng'``, ε = 1e-12), ``δ = η`` (no
+      overshoot allowance) divided by ``√(fan_out/fan_in)``
+      (``coupling='modula'``), decay coupled as ``ηλ``.
+    * ``None`` / ``'official'`` — optx's generic Muon: Keller's table, Nesterov
+      0.95, ``δ = η × max_σ NS`` computed from the table
+      (:func:`optx.linalg.composed_polynomial_max`), ``w_max = 1``; ``'official'``
+      also gives the fallback Keller's AdamW settings (as :func:`optx.muon`).
 
     Deviations from the official code (each documented in
-    :mod:`optx._src.constraints`): the soft cap's coupling uses ``δ`` in
-    RMS→RMS units (``coupling='modula'`` divides by ``s`` as the official code
-    does); stacked matrices are not divided by their count; power iteration is
-    warm-started (``warm_start=False`` re-seeds); the NS overshoot is folded
-    into δ (the official NanoGPT script multiplies by 1.14502·1.05 for its
-    coefficients, modula's JAX code not at all). Initialize the model inside the
-    ball (e.g. one :func:`optx.constraints.spectral_svd_cap` projection of the initial
+    :mod:`optx._src.constraints`): stacked matrices are not divided by their
+    count (modula's ``batch_project``); power iteration is warm-started
+    (``warm_start=False`` re-seeds); modula's per-atom mass scaling
+    (``target_norm = mass share``, which multiplies both the update and ``δ``
+    of each atom) depends on the model's module graph and is not applied —
+    give each group its share through ``learning_rate`` (e.g. with
+    ``optax.multi_transform``); the official embedding gradient dualization
+    (``Embed.dualize``, with ``max_inflation_factor``) is not reproduced:
+    embeddings are trained by the fallback AdamW. Initialize the model inside
+    the ball (e.g. one :func:`optx.constraints.spectral_svd_cap` projection of the initial
     weights): a soft cap only guarantees the bound from a feasible start.
 
     Positional order of ``optax.contrib.muon`` (see :func:`optx.muon`).
 
     Args:
       learning_rate: Muon's learning rate η (scalar or schedule).
-      ns_coeffs, ns_steps: see :func:`optx.muon`.
-      b1: β of the momentum (0.95).
+      ns_coeffs, ns_steps: see :func:`optx.muon` (None: the preset's).
+      b1: β of the momentum (None: the preset's, 0.95 or 0.9).
       weight_decay: decoupled decay λ (matrix leaves and, by default, the
         fallback).
       mask, mu_dtype: see :func:`optx.muon` (the soft cap's coupling assumes
         every matrix decays by ``ηλ``; with a ``mask`` the excluded matrices
         get a slightly weaker cap).
+      preset: ``'nanogpt'`` (default), ``'modula'``, ``'official'`` or None
+        (see above).
       projection: the projection (see above; static).
-      w_max: the bound on each matrix's norm.
+      w_max: the bound on each matrix's norm (None: the preset's, 1 or 6).
       spectral_decay: strength of ``'spectral_wd'``.
-      max_update_norm: δ; default ``learning_rate × max NS singular value``.
+      max_update_norm: δ; default from the preset (see above).
       geometry: ``'rms'`` (RMS→RMS, the paper; updates scaled by
         √(fan_out/fan_in)) or ``'l2'`` (plain spectral norm; no shape factor).
-      coupling: soft-cap coupling convention (``'rms'`` or ``'modula'``).
+      coupling: soft-cap coupling convention (``'rms'`` or ``'modula'``; None:
+        the preset's).
       power_iterations, warm_start, seed: power iteration of ``'normalize'``,
         ``'hammer'`` and ``'spectral_wd'`` (static; None = 16 and 0).
-      embedding_max_inflation: enable the embedding RMS projection with this
-        inflation factor (None: off).
-      nesterov, ns_dtype, nu_dtype, router, strategy: see :func:`optx.muon`.
+      project_embeddings: cap the embedding vectors' RMS at 1 after each step.
+      nesterov: Nesterov look-ahead (None: the preset's).
+      ns_dtype, nu_dtype, router, strategy: see :func:`optx.muon`.
       adam_learning_rate, adam_lr_ratio, adam_b1, adam_b2, adam_eps,
-        adam_weight_decay, preset: the fallback AdamW (see :func:`optx.muon`).
+        adam_weight_decay: the fallback AdamW (see :func:`optx.muon`).
 
     Complex parameters: refused at init (a TypeError naming the leaf) because the official
       spectral constraints (power iteration, odd-polynomial caps) are real-only.
@@ -1003,18 +1096,30 @@ def lipschitz_muon(
       >>> updates, state = tx.update(params, tx.init(params), params)
       >>> params = optax.apply_updates(params, updates)
     """
-    ns_steps = 5 if ns_steps is None else ns_steps
+    defaults = LIPSCHITZ_PRESETS.get(preset or "", {})
+    explicit_coeffs = ns_coeffs is not None
+    ns_coeffs = defaults.get("ns_coeffs", "keller") if ns_coeffs is None else ns_coeffs
+    if ns_steps is None:
+        ns_steps = defaults.get("ns_steps", 5) if not explicit_coeffs else 5
+    b1 = defaults.get("b1", 0.95) if b1 is None else b1
+    nesterov = defaults.get("nesterov", True) if nesterov is None else nesterov
+    w_max = defaults.get("w_max", 1.0) if w_max is None else w_max
+    coupling = defaults.get("coupling", "rms") if coupling is None else coupling
     power_iterations = 16 if power_iterations is None else power_iterations
     seed = 0 if seed is None else seed
     router = routing.as_router(router)
     if max_update_norm is None:
-        if callable(ns_coeffs):
+        if "margin" in defaults and not explicit_coeffs:
+            overshoot = defaults["margin"]
+        elif callable(ns_coeffs):
             raise ValueError(
                 "With shape-dependent ns_coeffs, pass max_update_norm explicitly "
                 "(the largest singular value Newton–Schulz can output, times the lr)."
             )
-        overshoot = newton_schulz_fitting.composed_polynomial_max(ns_coeffs, ns_steps)
+        else:
+            overshoot = newton_schulz_fitting.composed_polynomial_max(ns_coeffs, ns_steps)
         max_update_norm = _times(learning_rate, overshoot)
+    fallback_preset = "official" if preset == "official" else None
     matrix = optax.chain(
         moments.scale_by_momentum(b1, kind="ema", nesterov=nesterov, mu_dtype=mu_dtype),
         orthogonalization.scale_by_newton_schulz(
@@ -1024,7 +1129,7 @@ def lipschitz_muon(
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    fallback = fallback_for("lipschitz_muon", locals())
+    fallback = fallback_for("lipschitz_muon", {**locals(), "preset": fallback_preset})
     steps = [routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)]
     pi = {"power_iterations": power_iterations, "warm_start": warm_start, "seed": seed}
     common = {"geometry": geometry, "layout": router}
@@ -1045,11 +1150,9 @@ def lipschitz_muon(
         steps.append(constraints.PROJECTIONS[projection](w_max, **pi, **common))
     elif projection == "spectral_wd":
         steps.append(constraints.spectral_weight_decay(spectral_decay, **pi, **common))
-    if embedding_max_inflation is not None:
+    if project_embeddings:
         steps.append(
-            constraints.embedding_rms_projection(
-                embedding_max_inflation, mask=constraints.embedding_mask(router)
-            )
+            constraints.embedding_rms_projection(1.0, mask=constraints.embedding_mask(router))
         )
     return routing.attach_router(optax.chain(*steps), router)
 
