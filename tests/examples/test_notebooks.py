@@ -21,6 +21,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # One per family (issue 18 §3); a new notebook is added here and to README's list.
 EXPECTED = {
     "quickstart",
+    "routing",
 }
 
 
