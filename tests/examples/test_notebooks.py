@@ -22,6 +22,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXPECTED = {
     "quickstart",
     "routing",
+    "comparing_optimizers",
 }
 
 
