@@ -23,6 +23,7 @@ EXPECTED = {
     "quickstart",
     "routing",
     "comparing_optimizers",
+    "memory_efficient",
 }
 
 
