@@ -24,6 +24,7 @@ EXPECTED = {
     "routing",
     "comparing_optimizers",
     "memory_efficient",
+    "second_order",
 }
 
 
