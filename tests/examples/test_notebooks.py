@@ -25,6 +25,7 @@ EXPECTED = {
     "comparing_optimizers",
     "memory_efficient",
     "second_order",
+    "sharding",
 }
 
 
