@@ -26,6 +26,7 @@ EXPECTED = {
     "memory_efficient",
     "second_order",
     "sharding",
+    "lora_finetuning",
 }
 
 
