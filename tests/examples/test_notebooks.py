@@ -27,6 +27,7 @@ EXPECTED = {
     "second_order",
     "sharding",
     "lora_finetuning",
+    "evolution_strategies",
 }
 
 
