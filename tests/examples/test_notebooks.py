@@ -39,8 +39,11 @@ def _code(path: pathlib.Path) -> str:
     return "\n".join("".join(c["source"]) for c in _cells(path) if c["cell_type"] == "code")
 
 
-def test_every_family_has_a_notebook() -> None:
+def test_every_family_has_a_notebook_listed_in_the_readme() -> None:
     assert {p.stem for p in NOTEBOOKS} == EXPECTED
+    readme = (ROOT / "README.md").read_text()
+    for name in EXPECTED:
+        assert f"(notebooks/{name}.ipynb)" in readme, name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
