@@ -68,6 +68,8 @@ def test_notebook_is_colab_ready(path: pathlib.Path) -> None:
     assert 'if "google.colab" in sys.modules:' in install
     assert f'RELEASE = "v{optx.__version__}"' in install
     assert '"--branch={RELEASE}"' in install
+    # Only optx itself: an extra would pull a newer ipykernel/Jupyter stack into Colab's runtime.
+    assert '"install", "-q", "./optx-src"]' in install and "optx-src[" not in install
     readme = (ROOT / "README.md").read_text()
     assert f"@v{optx.__version__}" in readme, "README's install line pins another release"
     code = _code(path)
