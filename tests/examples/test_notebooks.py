@@ -86,3 +86,18 @@ def test_ci_executes_every_notebook_in_quick_mode_after_the_suite() -> None:
     nb = next(i for i, line in enumerate(ci) if "--nbmake" in line)
     assert nb > suite
     assert "OPTX_NB_QUICK=1" in ci[nb] and "notebooks/" in ci[nb] and '".[notebooks]"' in ci[nb]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_optx_name_in_a_notebook_exists(path: pathlib.Path) -> None:
+    """Catches a renamed or moved public name here, not minutes later in the CI notebook run."""
+    text = "\n".join("".join(c["source"]) for c in _cells(path))
+    missing = []
+    for dotted in sorted(set(re.findall(r"\boptx((?:\.[A-Za-z_]\w*)+)", text))):
+        obj = optx
+        for attr in dotted.lstrip(".").split("."):
+            if not hasattr(obj, attr):
+                missing.append("optx" + dotted)
+                break
+            obj = getattr(obj, attr)
+    assert not missing, f"{path.name}: {missing}"
