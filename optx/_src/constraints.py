@@ -335,7 +335,9 @@ def spectral_projection(
     uses_pi = power_iterations > 0
 
     def init_fn(params: base.Params) -> SpectralProjectionState:
-        base.check_real_params(params, "optx.constraints.spectral_projection")  # real-only math (docstring)
+        base.check_real_params(
+            params, "optx.constraints.spectral_projection"
+        )  # real-only math (docstring)
         if not uses_pi:
             return SpectralProjectionState(
                 jnp.zeros([], jnp.int32), optax.EmptyState(), optax.EmptyState()

@@ -243,7 +243,9 @@ def preserve_frobenius_norm(
         def leaf(x: jax.Array, lay: ResolvedLayout, y: jax.Array) -> jax.Array:
             nx = jnp.sqrt(sum_sq(x, lay))
             ny = jnp.sqrt(sum_sq(y, lay))
-            return (y.astype(base.compute_dtype(y.dtype, nx.dtype)) * (nx / (ny + eps))).astype(y.dtype)
+            return (y.astype(base.compute_dtype(y.dtype, nx.dtype)) * (nx / (ny + eps))).astype(
+                y.dtype
+            )
 
         out = layouts.map_matrix_leaves(leaf, layout, updates, new, otherwise=lambda x, y: y)
         return out, new_state
