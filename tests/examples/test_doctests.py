@@ -12,6 +12,7 @@ MODULES = [
     "examples.models",
     "examples.data",
     "examples.checkpointing",
+    "examples.pretrain",
     "benchmarks._trees",
 ]
 
