@@ -13,6 +13,7 @@ MODULES = [
     "examples.data",
     "examples.checkpointing",
     "examples.pretrain",
+    "benchmarks.comm_budget",
     "benchmarks._trees",
 ]
 
