@@ -412,8 +412,7 @@ def _from_local_matrices(m: jax.Array, block: jax.Array, lay: ResolvedLayout) ->
 
 
 def _orthogonalize_all_to_all(
-    leaves: list[tuple[jax.Array, ResolvedLayout]],
-    dim: int,
+    leaves: list[tuple[jax.Array, ResolvedLayout, bool]],
     entry: Any,
     coefficients: Any,
     steps: int,
@@ -421,35 +420,45 @@ def _orthogonalize_all_to_all(
 ) -> list[jax.Array]:
     """Newton–Schulz on FSDP-sharded matrices with two all-to-alls (distributed Muon).
 
-    Every leaf holds, per device, a block of rows (``dim`` 1) or columns (``dim`` 2) of its
-    matrices, sharded over the mesh axes ``entry``. The local blocks are stacked; an
+    Every leaf holds, per device, a block of rows of its matrices (of columns where its flag
+    is set: those blocks are transposed, as ``NS(Gᵀ) = NS(G)ᵀ``), sharded over the mesh axes
+    ``entry``. The local blocks are stacked (so same-shape matrices sharded either way share
+    one stack, and padding is rare); an
     all-to-all hands each device ``1/N`` of the matrices whole; each device runs
     Newton–Schulz on its own matrices; a second all-to-all returns every device its blocks.
     Each device receives ``2 (N − 1)/N²`` of the matrices' bytes — the floor for a method
     that needs whole matrices when gradients and updates are sharded — instead of the
     ``(N − 1)/N`` of gathering every matrix.
     """
-    xs = [x for x, _ in leaves]
-    lays = [lay for _, lay in leaves]
+    xs = [x for x, _, _ in leaves]
+    lays = [lay for _, lay, _ in leaves]
+    flips = [flip for _, _, flip in leaves]
     mesh = sharding.mesh_of(xs)
     names = entry if isinstance(entry, tuple) else (entry,)
     n = math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes))[k] for k in names)
     specs = tuple(sharding.spec_of(x) for x in xs)
 
     def body(*blocks: jax.Array) -> tuple[jax.Array, ...]:
-        mats = [_local_matrices(b, lay) for b, lay in zip(blocks, lays)]
+        mats = [
+            jnp.swapaxes(m, -1, -2) if flip else m
+            for m, flip in zip((_local_matrices(b, lay) for b, lay in zip(blocks, lays)), flips)
+        ]
         stack = jnp.concatenate(mats, axis=0)
         total = stack.shape[0]
         pad = (-total) % n
         if pad:
             stack = jnp.concatenate([stack, jnp.zeros((pad, *stack.shape[1:]), stack.dtype)])
-        whole = jax.lax.all_to_all(stack, names, split_axis=0, concat_axis=dim, tiled=True)
+        # The barrier keeps XLA from feeding the all-to-all the transposed pieces directly
+        # (XLA:CPU rejects an all-to-all whose operands differ in layout).
+        stack = jax.lax.optimization_barrier(stack)
+        whole = jax.lax.all_to_all(stack, names, split_axis=0, concat_axis=1, tiled=True)
         out = newton_schulz(whole, coefficients, steps, compute_dtype=compute_dtype)
-        back = jax.lax.all_to_all(out, names, split_axis=dim, concat_axis=0, tiled=True)
+        back = jax.lax.all_to_all(out, names, split_axis=1, concat_axis=0, tiled=True)
         results, offset = [], 0
-        for b, lay, m in zip(blocks, lays, mats):
+        for b, lay, m, flip in zip(blocks, lays, mats, flips):
             piece = back[offset : offset + m.shape[0]]
             offset += m.shape[0]
+            piece = jnp.swapaxes(piece, -1, -2) if flip else piece
             results.append(_from_local_matrices(piece, b, lay))
         return tuple(results)
 
@@ -475,15 +484,18 @@ def _orthogonalize_batched(
     explicit = mesh is not None and AxisType.Explicit in mesh.axis_types
     outs: list[jax.Array | None] = [None] * len(leaves)
     # FSDP-sharded leaves: whole matrices per device through two all-to-alls.
-    blocked: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    blocked: dict[tuple[Any, ...], list[tuple[int, bool]]] = defaultdict(list)
     for i, (x, lay) in enumerate(leaves):
         split = _block_split(x, lay) if explicit else None
-        if split is not None:  # same split and matrix shape: the local blocks stack
-            blocked[(*split, lay.fan_in, lay.fan_out, x.dtype)].append(i)
-    for (dim, entry, *_), idx in blocked.items():
+        if split is not None:  # row-sharded view; same entry and shape: the blocks stack
+            dim, entry = split
+            rows, cols = (lay.fan_in, lay.fan_out) if dim == 1 else (lay.fan_out, lay.fan_in)
+            blocked[(entry, rows, cols, x.dtype)].append((i, dim == 2))
+    for (entry, *_), members in blocked.items():
         done = _orthogonalize_all_to_all(
-            [leaves[i] for i in idx], dim, entry, coefficients, steps, compute_dtype
+            [(*leaves[i], flip) for i, flip in members], entry, coefficients, steps, compute_dtype
         )
+        idx = [i for i, _ in members]
         for i, y in zip(idx, done):
             outs[i] = y
     for i, (x, lay) in enumerate(leaves):
