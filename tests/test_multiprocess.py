@@ -8,6 +8,10 @@ For every optimizer it checks that a few sharded steps give the same parameters 
 tolerance, and that one orbax checkpoint of every state, written and restored by both
 processes, continues the run exactly.
 
+With no selection it also runs the pretraining recipe (``examples.pretrain``, its multi-host
+path: ``jax.distributed.initialize``, per-process token rows, orbax) on 2 x 4 against 1 x 8
+devices (:func:`run_pretrain_check`: the same losses).
+
 * CI runs the whole registry as its own step after the test suite (``.ci/run``)::
 
     python -m tests.test_multiprocess            # every registered optimizer, prints wall time
@@ -22,6 +26,7 @@ they do not fail the check (each entry says why).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -136,6 +141,54 @@ def run_check(names: list[str], tmp: Path) -> tuple[list[str], list[str]]:
     return report, failures
 
 
+def run_pretrain_check(tmp: Path) -> tuple[list[str], list[str]]:
+    """The pretraining recipe (``examples.pretrain``) on 2 processes x 4 devices against one
+    process x 8 devices, on a (2, 2, 2) mesh with checkpoints: the same losses."""
+    from examples import data, pretrain
+
+    text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind\n" * 40
+    pretrain.write_token_files(tmp / "tokens", data.CharCorpus.from_texts([text]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    common = [sys.executable, "-m", "examples.pretrain", "--mesh", "2,2,2", "--steps", "3",
+              "--batch", "8", "--data", str(tmp / "tokens"), "--no-progress",
+              "--no-measure-optimizer"]  # fmt: skip
+    port = _free_port()
+    commands = [[*common, "--cpu-devices", "8", "--metrics", str(tmp / "one.jsonl")]]
+    commands += [
+        [*common, "--cpu-devices", "4", "--coordinator-address", f"localhost:{port}",
+         "--num-processes", "2", "--process-id", str(i), "--metrics", str(tmp / "two.jsonl"),
+         "--checkpoint-dir", str(tmp / "pretrain_ckpt"), "--save-every", "2"]
+        for i in range(2)
+    ]  # fmt: skip
+    procs = []
+    for i, cmd in enumerate(commands):
+        with open(tmp / f"pretrain{i}.log", "wb") as f:
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=f))
+    try:
+        for proc in procs:
+            proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for i, proc in enumerate(procs):
+        if proc.returncode != 0:
+            tail = (tmp / f"pretrain{i}.log").read_text(errors="replace")[-3000:]
+            return [], [f"pretrain process {i} exited with {proc.returncode}:\n{tail}"]
+
+    def losses(name: str) -> list[float]:
+        rows = [json.loads(x) for x in (tmp / name).read_text().splitlines()]
+        return [r["loss"] for r in rows if "step" in r]
+
+    one, two = losses("one.jsonl"), losses("two.jsonl")
+    ok = len(one) == len(two) == 3 and np.allclose(one, two, rtol=1e-5)
+    line = f"{'pretrain recipe':20s} losses 1x8 {np.round(one, 6)} vs 2x4 {np.round(two, 6)}"
+    return [f"{line}  {'ok' if ok else 'FAIL'}"], ([] if ok else [line])
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path: Path) -> None:
     """Two optimizers, opt-in (``OPTX_MULTIPROCESS=1``): ~25 CPU-s for three processes, and
@@ -162,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         report, failures = run_check(names, Path(tmp))
+        if not argv:  # the whole registry: the recipe's multi-host path too
+            more, worse = run_pretrain_check(Path(tmp))
+            report, failures = report + more, failures + worse
     wall = time.perf_counter() - t0
     print("\n".join(report))
     excluded = [n for n in names if n in KNOWN_EXCLUSIONS]
