@@ -197,3 +197,37 @@ def test_batched_strategy_without_mesh_matches_per_leaf() -> None:
     b, _ = optx.scale_by_newton_schulz().update(grads, optax.EmptyState())
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_batched_strategy_under_fsdp_uses_two_all_to_alls_and_no_gather() -> None:
+    """FSDP-sharded matrices (one axis, the major axis of fan-in or fan-out): each device
+    orthogonalizes whole matrices after one all-to-all and returns blocks with a second."""
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    k = iter(jax.random.split(jax.random.key(7), 8))
+    grads = {
+        "rows": {"kernel": jax.random.normal(next(k), (16, 8))},  # fan-in sharded
+        "rows2": {"kernel": jax.random.normal(next(k), (16, 8))},  # same group
+        "cols": {"kernel": jax.random.normal(next(k), (8, 16))},  # fan-out sharded
+        "stack": {"kernel": jax.random.normal(next(k), (3, 8, 12))},  # padded to 4
+        "attn": {"query": {"kernel": jax.random.normal(next(k), (8, 4, 2))}},  # heads sharded
+    }
+    specs = {
+        "rows": {"kernel": P("data", None)},
+        "rows2": {"kernel": P("data", None)},
+        "cols": {"kernel": P(None, "data")},
+        "stack": {"kernel": P(None, "data", None)},
+        "attn": {"query": {"kernel": P(None, "data", None)}},
+    }
+    router = optx.default_router()
+    tx = optx.scale_by_newton_schulz(ns_steps=5, strategy="batched", layout=router)
+    want, _ = jax.jit(tx.update)(grads, tx.init(grads))
+    with jax.set_mesh(mesh):
+        sharded = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), grads, specs)
+        fn = jax.jit(tx.update)
+        hlo = fn.lower(sharded, tx.init(sharded)).compile().as_text()
+        got, _ = fn(sharded, tx.init(sharded))
+    assert " all-to-all(" in hlo and " all-gather(" not in hlo
+    for leaf, spec in zip(jax.tree.leaves(got), jax.tree.leaves(specs)):
+        assert jax.typeof(leaf).sharding.spec == spec
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)

@@ -401,6 +401,93 @@ def orthogonalize_leaf(
     return sharding.apply_matrix_fn(fn, x, strategy)
 
 
+def _block_split(x: jax.Array, lay: ResolvedLayout) -> tuple[int, Any] | None:
+    """``(matrix dim, spec entry)`` when ``x`` is sharded on one axis only, the major axis of
+    its fan-in (dim 1) or fan-out (dim 2) group, so every device holds a contiguous block of
+    rows (or columns) of each of its matrices — FSDP's layout; None otherwise."""
+    spec = sharding.spec_of(x)
+    if spec is None:
+        return None
+    entries = tuple(spec) + (None,) * (x.ndim - len(spec))
+    sharded = [a for a, e in enumerate(entries) if e is not None]
+    if len(sharded) != 1:
+        return None
+    a = sharded[0]
+    if lay.reduction_axes and a == lay.reduction_axes[0]:
+        return 1, entries[a]
+    if lay.output_axes and a == lay.output_axes[0]:
+        return 2, entries[a]
+    return None
+
+
+def _local_matrices(block: jax.Array, lay: ResolvedLayout) -> jax.Array:
+    """A device's block of ``to_matrices``: the same view on the local shape."""
+    y = jnp.transpose(block, lay.permutation)
+    nb, nr = len(lay.batch_axes), len(lay.reduction_axes)
+    s = y.shape
+    return jnp.reshape(y, (math.prod(s[:nb]), math.prod(s[nb : nb + nr]), math.prod(s[nb + nr :])))
+
+
+def _from_local_matrices(m: jax.Array, block: jax.Array, lay: ResolvedLayout) -> jax.Array:
+    y = jnp.reshape(m, tuple(block.shape[a] for a in lay.permutation))
+    return jnp.transpose(y, np.argsort(lay.permutation))
+
+
+def _orthogonalize_all_to_all(
+    leaves: list[tuple[jax.Array, ResolvedLayout, bool]],
+    entry: Any,
+    coefficients: Any,
+    steps: int,
+    compute_dtype: Any,
+) -> list[jax.Array]:
+    """Newton–Schulz on FSDP-sharded matrices with two all-to-alls (distributed Muon).
+
+    Every leaf holds, per device, a block of rows of its matrices (of columns where its flag
+    is set: those blocks are transposed, as ``NS(Gᵀ) = NS(G)ᵀ``), sharded over the mesh axes
+    ``entry``. The local blocks are stacked (so same-shape matrices sharded either way share
+    one stack, and padding is rare); an
+    all-to-all hands each device ``1/N`` of the matrices whole; each device runs
+    Newton–Schulz on its own matrices; a second all-to-all returns every device its blocks.
+    Each device receives ``2 (N − 1)/N²`` of the matrices' bytes — the floor for a method
+    that needs whole matrices when gradients and updates are sharded — instead of the
+    ``(N − 1)/N`` of gathering every matrix.
+    """
+    xs = [x for x, _, _ in leaves]
+    lays = [lay for _, lay, _ in leaves]
+    flips = [flip for _, _, flip in leaves]
+    mesh = sharding.mesh_of(xs)
+    names = entry if isinstance(entry, tuple) else (entry,)
+    n = math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes))[k] for k in names)
+    specs = tuple(sharding.spec_of(x) for x in xs)
+
+    def body(*blocks: jax.Array) -> tuple[jax.Array, ...]:
+        mats = [
+            jnp.swapaxes(m, -1, -2) if flip else m
+            for m, flip in zip((_local_matrices(b, lay) for b, lay in zip(blocks, lays)), flips)
+        ]
+        stack = jnp.concatenate(mats, axis=0)
+        total = stack.shape[0]
+        pad = (-total) % n
+        if pad:
+            stack = jnp.concatenate([stack, jnp.zeros((pad, *stack.shape[1:]), stack.dtype)])
+        # The barrier keeps XLA from feeding the all-to-all the transposed pieces directly
+        # (XLA:CPU rejects an all-to-all whose operands differ in layout).
+        stack = jax.lax.optimization_barrier(stack)
+        whole = jax.lax.all_to_all(stack, names, split_axis=0, concat_axis=1, tiled=True)
+        out = newton_schulz(whole, coefficients, steps, compute_dtype=compute_dtype)
+        back = jax.lax.all_to_all(out, names, split_axis=1, concat_axis=0, tiled=True)
+        results, offset = [], 0
+        for b, lay, m, flip in zip(blocks, lays, mats, flips):
+            piece = back[offset : offset + m.shape[0]]
+            offset += m.shape[0]
+            piece = jnp.swapaxes(piece, -1, -2) if flip else piece
+            results.append(_from_local_matrices(piece, b, lay))
+        return tuple(results)
+
+    run = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=specs, check_vma=False)
+    return list(run(*xs))
+
+
 def _orthogonalize_batched(
     leaves: list[tuple[jax.Array, ResolvedLayout]],
     coefficients: Any,
@@ -417,7 +504,27 @@ def _orthogonalize_batched(
     if mesh is None and not jax.sharding.get_abstract_mesh().empty:
         mesh = jax.sharding.get_abstract_mesh()
     explicit = mesh is not None and AxisType.Explicit in mesh.axis_types
+    outs: list[jax.Array | None] = [None] * len(leaves)
+    # FSDP-sharded leaves: whole matrices per device through two all-to-alls.
+    blocked: dict[tuple[Any, ...], list[tuple[int, bool]]] = defaultdict(list)
     for i, (x, lay) in enumerate(leaves):
+        split = _block_split(x, lay) if explicit else None
+        if split is not None:  # row-sharded view; same entry and shape: the blocks stack
+            dim, entry = split
+            rows, cols = (lay.fan_in, lay.fan_out) if dim == 1 else (lay.fan_out, lay.fan_in)
+            blocked[(entry, rows, cols, x.dtype)].append((i, dim == 2))
+    for (entry, *_), members in blocked.items():
+        done = _orthogonalize_all_to_all(
+            [(*leaves[i], flip) for i, flip in members], entry, coefficients, steps, compute_dtype
+        )
+        idx = [i for i, _ in members]
+        for i, y in zip(idx, done):
+            outs[i] = y
+    for i, (x, lay) in enumerate(leaves):
+        if outs[i] is not None:
+            mats.append(None)  # type: ignore[arg-type]
+            transposed.append(False)
+            continue
         m = layouts.to_matrices(sharding.replicate(x), lay)
         t = m.shape[-2] > m.shape[-1]
         if t:
@@ -425,7 +532,6 @@ def _orthogonalize_batched(
         mats.append(m)
         transposed.append(t)
         groups[(m.shape[-2], m.shape[-1], m.dtype)].append(i)
-    outs: list[jax.Array | None] = [None] * len(leaves)
     n_dev = 1 if mesh is None else math.prod(mesh.axis_sizes)
     for idx in groups.values():
         stack = jnp.concatenate([mats[i] for i in idx], axis=0)
@@ -484,7 +590,11 @@ def scale_by_newton_schulz(
         (``auto_axes``: the compiler inserts collectives), ``'replicate'``
         (gather, compute everywhere, re-shard) or ``'batched'`` (stack
         same-shape matrices, shard the stack axis over the mesh in context, run
-        NS device-locally; also batches matmuls on one device).
+        NS device-locally; also batches matmuls on one device). Under FSDP —
+        a leaf sharded on one axis, the major axis of its fan-in or fan-out,
+        on an Explicit mesh — ``'batched'`` moves whole matrices with two
+        all-to-alls (each device receives ``2 (N − 1)/N²`` of the matrices'
+        bytes instead of gathering them all; ``benchmarks/comm_budget.py``).
 
     References:
       Jordan et al., "Muon: An optimizer for hidden layers in neural networks",

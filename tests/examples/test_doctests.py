@@ -12,6 +12,8 @@ MODULES = [
     "examples.models",
     "examples.data",
     "examples.checkpointing",
+    "examples.pretrain",
+    "benchmarks.comm_budget",
     "benchmarks._trees",
 ]
 

@@ -1,0 +1,208 @@
+"""Communication budget of one optimizer step under FSDP (issue 16 §3).
+
+Every parameter of a GPT-style tree is sharded FSDP-style over an 8-device ``data`` axis (its
+largest axis that 8 divides; the rest replicated) and the optimizer state takes the shardings
+:func:`optx.sharding.state_shardings` derives. The jitted ``tx.update`` alone is compiled (nothing
+runs) and its HLO is read: every collective instruction, its result bytes and its replica
+group, converted to the bytes one device *receives* (ring algorithms):
+
+* all-gather, all-to-all: ``result × (g − 1)/g``;
+* all-reduce: ``2 × result × (g − 1)/g`` (reduce-scatter + all-gather);
+* reduce-scatter: ``result × (g − 1)``; collective-permute: ``result``.
+
+The unit is ``P_mat``, the bytes of the parameters a matrix method orthogonalizes or
+preconditions (the router's matrix leaves). AdamW needs no collective (element-wise, every
+state leaf sharded like its parameter). The floor of distributed Muon (Jordan et al. 2024;
+"each device orthogonalizes its share of whole matrices, the results are gathered once"):
+with replicated gradients (DDP/ZeRO-1) one all-gather of the results,
+``(N − 1)/N × P_mat``; under FSDP, where gradients arrive sharded and updates are applied
+sharded, each device must receive its matrices whole and send their results back:
+two all-to-alls, ``2 (N − 1)/N² × P_mat`` (0.22 P_mat at N = 8).
+
+Static counts: a collective inside a loop body (``while``) counts once per instruction.
+
+Run (8 virtual CPU devices; compile only, about a minute)::
+
+  PYTHONPATH=. python benchmarks/comm_budget.py --preset small
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import os
+import re
+from typing import Any
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    )
+
+import jax
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optx
+from benchmarks import _trees
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+_INSTR = re.compile(
+    r"=\s*(?P<type>\([^=]*?\)|[a-z0-9]+\[[0-9,]*\](?:\{[^}]*\})?)\s+"
+    r"(?P<op>" + "|".join(COLLECTIVES) + r")(?P<start>-start)?\((?P<rest>.*)$"
+)
+_COMMENT = re.compile(r"/\*.*?\*/")
+_ARRAY = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
+_IOTA_GROUPS = re.compile(r"replica_groups=\[([0-9,]+)\]<=")
+_LIST_GROUPS = re.compile(r"replica_groups=\{\{([0-9,]*)\}")
+_BYTES = {"f64": 8, "s64": 8, "u64": 8, "c64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2,
+          "f16": 2, "s16": 2, "u16": 2, "s8": 1, "u8": 1, "pred": 1, "c128": 16}  # fmt: skip
+
+#: The methods issue 16 asks about, with the strategies they accept.
+METHODS = ("adamw", "muon", "normuon", "soap", "cosmos", "galore")
+
+
+def _array_bytes(text: str) -> list[int]:
+    return [
+        _BYTES.get(dt, 4) * math.prod(int(d) for d in dims.split(",") if d)
+        for dt, dims in _ARRAY.findall(text)
+    ]
+
+
+def _group_size(rest: str, default: int) -> int:
+    m = _IOTA_GROUPS.search(rest)
+    if m:
+        return int(m.group(1).split(",")[-1])
+    m = _LIST_GROUPS.search(rest)
+    if m:
+        return len([g for g in m.group(1).split(",") if g])
+    return default
+
+
+def collective_traffic(hlo: str, n_devices: int) -> dict[str, tuple[int, float]]:
+    """``{collective: (count, bytes received per device)}`` of an HLO module's text.
+
+    Example:
+      >>> line = "%ag = f32[8,4]{1,0} all-gather(f32[1,4]{1,0} %x), replica_groups=[1,8]<=[8]"
+      >>> collective_traffic(line, 8)["all-gather"]
+      (1, 112.0)
+    """
+    count: collections.Counter[str] = collections.Counter()
+    received: collections.Counter[str] = collections.Counter()
+    for line in hlo.splitlines():
+        m = _INSTR.search(_COMMENT.sub("", line))
+        if not m:
+            continue
+        op, rest = m.group("op"), m.group("rest")
+        sizes = _array_bytes(m.group("type"))
+        nbytes = sizes[-1] if m.group("start") else sum(sizes)  # async: (operand, result)
+        g = _group_size(rest, n_devices)
+        factor = {
+            "all-gather": (g - 1) / g,
+            "all-to-all": (g - 1) / g,
+            "all-reduce": 2 * (g - 1) / g,
+            "reduce-scatter": float(g - 1),
+            "collective-permute": 1.0,
+        }[op]
+        count[op] += 1
+        received[op] += nbytes * factor
+    return {c: (count[c], received[c]) for c in COLLECTIVES}
+
+
+def fsdp_params(preset: str, n: int) -> tuple[Any, jax.sharding.Mesh]:
+    """The scanned GPT tree, each leaf's largest axis divisible by ``n`` sharded over ``data``."""
+    mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Explicit,))
+    shape = _trees.PRESETS[preset]
+    shapes = _trees.gpt_param_shapes(
+        _trees.GPTShape(**{**shape.__dict__, "scanned": True, "max_len": 0})
+    )
+
+    def spec(x: jax.ShapeDtypeStruct) -> P:
+        axes: list[str | None] = [None] * x.ndim
+        for a in sorted(range(x.ndim), key=lambda a: -x.shape[a]):
+            if x.shape[a] % n == 0:
+                axes[a] = "data"
+                break
+        return P(*axes)
+
+    params = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec(x))),
+        shapes,
+    )
+    return params, mesh
+
+
+def matrix_bytes(params: Any) -> int:
+    """Bytes of the leaves the default router sends to the matrix path (``P_mat``)."""
+    router = optx.default_router()
+    total = 0
+    for path, x in jax.tree_util.tree_leaves_with_path(params):
+        if router.group(optx.tree_utils.path_to_str(path), x) != "fallback":
+            total += x.size * x.dtype.itemsize
+    return total
+
+
+def step_hlo(tx: Any, params: Any, mesh: jax.sharding.Mesh) -> str:
+    """HLO text of the compiled ``tx.update`` with FSDP in/out shardings."""
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    state_sh = optx.sharding.state_shardings(tx, params)
+    state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        jax.eval_shape(tx.init, params),
+        state_sh,
+    )
+    fn = jax.jit(
+        lambda g, s, p: tx.update(g, s, p),
+        in_shardings=(shardings, state_sh, shardings),
+        out_shardings=(shardings, state_sh),
+    )
+    with jax.set_mesh(mesh):
+        return fn.lower(params, state, params).compile().as_text()
+
+
+def budget_rows(preset: str, n: int) -> list[dict[str, Any]]:
+    params, mesh = fsdp_params(preset, n)
+    p_mat = matrix_bytes(params)
+    rows = []
+    for name in METHODS:
+        spec = optx.get_optimizer(name)
+        strategies: tuple[str | None, ...] = (None,)
+        if "strategy" in __import__("inspect").signature(spec.factory).parameters:
+            strategies = optx._src.sharding.STRATEGIES
+        for strategy in strategies:
+            kwargs = {} if strategy is None else {"strategy": strategy}
+            tx = spec.build(**kwargs)
+            traffic = collective_traffic(step_hlo(tx, params, mesh), n)
+            total = sum(b for _, b in traffic.values())
+            rows.append(
+                {
+                    "method": name if strategy is None else f"{name} ({strategy})",
+                    "counts": {c: k for c, (k, _) in traffic.items() if k},
+                    "mb": total / 2**20,
+                    "x_pmat": total / p_mat,
+                }
+            )
+    return rows, p_mat
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="small", choices=sorted(_trees.PRESETS))
+    parser.add_argument("--devices", type=int, default=8)
+    args = parser.parse_args()
+    rows, p_mat = budget_rows(args.preset, args.devices)
+    n = args.devices
+    print(
+        f"FSDP over {n} devices, preset {args.preset!r} (scanned): P_mat = {p_mat / 2**20:.2f} MB;"
+        f" Muon floor {2 * (n - 1) / n**2:.3f} P_mat (FSDP), {(n - 1) / n:.3f} P_mat (ZeRO-1)"
+    )
+    print("| method (strategy) | collectives | received MB/device | × P_mat |")
+    print("| --- | --- | ---: | ---: |")
+    for r in rows:
+        counts = ", ".join(f"{k} {c}" for c, k in r["counts"].items()) or "none"
+        print(f"| {r['method']} | {counts} | {r['mb']:.2f} | {r['x_pmat']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
