@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from tests.projection_reference import stable_slot_order
 from tests.references.optimizers import KELLER, _adamw_leaf, _ns5, _run
 
 Params = dict[str, np.ndarray]
@@ -220,7 +221,10 @@ def dct_adamw(
 ):  # fmt: skip
     """DCTAdamW (ista-daslab-optimizers 1.1.15, proj='dct', sim_type='matmul'): per matrix
     (fan-in > fan-out: the fan-out side gets the basis), at the 1-based steps 1, T, 2T, …
-    S = GQ, the r columns of largest ‖S_{:,j}‖₁ (in score order), R = G Q_I; Adam
+    S = GQ, the r columns of largest ‖S_{:,j}‖₁, R = G Q_I, in optx's default
+    ``slot_order='stable'`` (a column still selected keeps its slot; new columns, best
+    score first, fill the freed slots in ascending order; the initial indices are all 0,
+    of which only the first slot counts); Adam
     m̂/(√v̂ + ε) on R with moments neither reset nor rotated at a refresh; U = (Adam) Q_Iᵀ;
     w − η(U + λw). Fallback: optax-style AdamW."""
 
@@ -235,7 +239,9 @@ def dct_adamw(
                 Q = dct_basis(x.shape[1])
                 if t == 1 or t % gap == 0:
                     score = np.sum(np.abs(x @ Q), axis=0)
-                    st[("I", k, i)] = np.argsort(-score, kind="stable")[:rank]
+                    chosen = np.argsort(-score, kind="stable")[:rank]
+                    prev = st.get(("I", k, i), np.zeros(rank, dtype=chosen.dtype))
+                    st[("I", k, i)] = stable_slot_order(prev[None], chosen[None])[0]
                 Qi = Q[:, st[("I", k, i)]]
                 mats.append(adam_corrected(st, (k, i), x @ Qi, t, b1, b2, eps) @ Qi.T)
             out[k] = w - lr * (np.stack(mats).reshape(w.shape) + weight_decay * w)
@@ -281,19 +287,40 @@ def soft_cap_alpha(w_max: float, delta: float, decay: float) -> float:
     return beta / k**2
 
 
+# microsoft/dion's 5-step table (optax's 'dion'): X/(‖X‖_F + 1e-7), one row per step.
+DION_5 = (
+    (4.0848, -6.8946, 2.9270),
+    (3.9505, -6.3029, 2.6377),
+    (3.7418, -5.5913, 2.3037),
+    (2.8769, -3.1427, 1.2046),
+    (2.8366, -3.0525, 1.2012),
+)
+
+
+def _ns_table(x: np.ndarray, table, eps: float = 1e-7) -> np.ndarray:
+    """Newton–Schulz with one (a, b, c) per step (wide orientation, X/(‖X‖_F + eps))."""
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / (np.linalg.norm(x) + eps)
+    for a, b, c in table:
+        g = x @ x.T
+        x = a * x + (b * g + c * g @ g) @ x
+    return x.T if tall else x
+
+
 def lipschitz_muon(
     p0, grad, steps, lr=0.02, weight_decay=0.0, b1=0.95, w_max=1.0, adam_lr_ratio=0.2,
     aux=None,
 ):  # fmt: skip
     """Lipschitz Muon (arXiv 2507.13338; Arongil/lipschitz-transformers, modula
-    ``Atom.decay_step_project`` with the spectral soft cap), optx's current default
-    (``projection='soft_cap'``, ``geometry='rms'``, ``coupling='rms'``): per matrix,
-    Keller EMA-Nesterov momentum, D = NS5(U)·s with s = √(fan_out/fan_in), W' = W − η(D +
-    λW); then M = W'/s, M ← p₂(p₁(M)) with α = soft_cap_alpha(w_max, δ = η·max NS5, ηλ)
+    ``Atom.decay_step_project`` with the spectral soft cap), optx's default
+    ``preset='nanogpt'`` (``nanogpt/train_spectral_cap.py``; ``projection='soft_cap'``,
+    ``geometry='rms'``, ``coupling='rms'``): per matrix, EMA-Nesterov momentum, D =
+    NS(U)·s with Dion's 5-step table and s = √(fan_out/fan_in), W' = W − η(D + λW); then
+    M = W'/s, M ← p₂(p₁(M)) with α = soft_cap_alpha(w_max, δ = η·1.14502·1.05, ηλ)
     (δ in RMS→RMS units), W = sM. Fallback (bias, embedding): Muon's drop-in AdamW (0.2η,
     β = (0.9, 0.95), ε = 1e-10 on the corrected √v̂, decay λ), no projection."""
-    s_max = composed_ns_max()
-    alpha = soft_cap_alpha(w_max, lr * s_max, lr * weight_decay)
+    alpha = soft_cap_alpha(w_max, lr * 1.14502 * 1.05, lr * weight_decay)
 
     def cap(m):
         for a in (-alpha, alpha):  # σ ← σ + aσ³ on the Gram matrix of the smaller side
@@ -314,7 +341,7 @@ def lipschitz_muon(
             new = []
             for x, wm in zip(to_mats(k, u), to_mats(k, w), strict=True):
                 s = math.sqrt(wm.shape[1] / wm.shape[0])
-                w1 = wm - lr * (_ns5(x) * s + weight_decay * wm)
+                w1 = wm - lr * (_ns_table(x, DION_5) * s + weight_decay * wm)
                 new.append(s * cap(w1 / s))
             out[k] = np.stack(new).reshape(w.shape)
         return out
