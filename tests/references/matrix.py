@@ -22,7 +22,6 @@ from tests.projection_reference import stable_slot_order
 from tests.references.optimizers import KELLER, _adamw_leaf, _ns5, _run
 
 Params = dict[str, np.ndarray]
-KELLER_5 = (KELLER,) * 5
 
 
 def is_matrix(key: str, w: np.ndarray) -> bool:
@@ -248,28 +247,6 @@ def dct_adamw(
         return out
 
     return _run(step, p0, grad, steps)
-
-
-def composed_ns_max(coefficients=KELLER_5, lo: float = 0.0, hi: float = 1.0) -> float:
-    """max over σ ∈ [0, 1] of the composed Newton–Schulz polynomial, by a grid and then
-    golden-section refinement around the grid maximum (float64)."""
-
-    def f(x):
-        for a, b, c in coefficients:
-            x = a * x + b * x**3 + c * x**5
-        return x
-
-    grid = np.linspace(lo, hi, 100_001)
-    i = int(np.argmax(f(grid)))
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
-    r = (math.sqrt(5) - 1) / 2
-    for _ in range(80):
-        c, d = b - r * (b - a), a + r * (b - a)
-        if f(c) > f(d):
-            b = d
-        else:
-            a = c
-    return float(f(0.5 * (a + b)))
 
 
 def soft_cap_alpha(w_max: float, delta: float, decay: float) -> float:
