@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tests.projection_reference import stable_slot_order
-from tests.references.optimizers import KELLER, _adamw_leaf, _ns5, _run
+from tests.references.optimizers import _adamw_leaf, _ns5, _run
 
 Params = dict[str, np.ndarray]
 
