@@ -511,6 +511,11 @@ def rotation_view_fn(
 # ----------------------------------------------------------------------------
 
 
+# The number of mode trees of SOAP's state with factorization='axes' (a 3-D
+# convolution kernel's five axes).
+MAX_AXIS_MODES = 5
+
+
 class ScaleBySoapState(NamedTuple):
     """State of :func:`scale_by_soap`.
 
@@ -518,11 +523,14 @@ class ScaleBySoapState(NamedTuple):
       count: number of ``update`` calls so far (the first only initializes).
       mu: first moment, in the rotated basis (parameter-shaped).
       nu: second moment, in the rotated basis (parameter-shaped).
-      factors: a tuple over mode index ``i``: a parameter-structured tree whose
-        leaf holds the EMA Kronecker factor ``batch + (d_i, d_i)`` of that
-        leaf's mode ``i``, or ``optax.MaskedNode()`` (no such mode, or an
-        unrotated one). Keeping the per-mode split outside the parameter tree
-        keeps the state a plain tree of arrays inside ``nnx.State`` too.
+      factors: a tuple over mode index ``i`` (2 entries with
+        ``factorization='matrix'``, :data:`MAX_AXIS_MODES` with ``'axes'``,
+        whatever the leaves): a parameter-structured tree whose leaf holds the
+        EMA Kronecker factor ``batch + (d_i, d_i)`` of that leaf's mode ``i``,
+        or ``optax.MaskedNode()`` (no such mode, or an unrotated one). Keeping
+        the per-mode split outside the parameter tree keeps the state a plain
+        tree of arrays inside ``nnx.State`` too, and its fixed length lets
+        ``optax.tree.map_params`` rebuild its structure.
       bases: the matching eigenbases (same structure as ``factors``).
     """
 
@@ -666,8 +674,17 @@ def scale_by_soap(
     )
 
     def init_fn(params: base.Params) -> ScaleBySoapState:
-        flat, _ = jax.tree_util.tree_flatten_with_path(params)
-        num_modes = max((len(view_of(base.path_to_str(p), x).modes) for p, x in flat), default=0)
+        # A fixed number of mode trees (not the largest a leaf of this tree has):
+        # the state's structure must not depend on the leaves, as optax's
+        # `tree.map_params` builds it from a placeholder without leaves.
+        num_modes = 2 if factorization == "matrix" else MAX_AXIS_MODES
+        for p, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+            if len(view_of(base.path_to_str(p), x).modes) > num_modes:
+                raise ValueError(
+                    f"SOAP with factorization='axes' rotates at most {MAX_AXIS_MODES} axes; "
+                    f"leaf '{base.path_to_str(p)}' of shape {jnp.shape(x)} has more "
+                    "(pass merge_dims=True to merge them)."
+                )
 
         def mode_tree(i: int) -> Any:
             def leaf(path: Any, p: Any) -> Any:
