@@ -138,22 +138,34 @@ def test_extra_args_accepted_and_no_recompile(name: str) -> None:
     assert jax.tree.map(lambda x: x.dtype, state2) == jax.tree.map(lambda x: x.dtype, state)
 
 
+# Injected hyper-parameters are float32 arrays, so ``1 − β`` is formed from
+# float32(β), while a Python β gives ``1 − β`` exactly (base.one_minus): for
+# β = 0.95 the two differ by 2.4e-7 relative. SOAP and Conda rotate into the
+# eigenbasis of a rank-deficient Kronecker factor (the problem's matrices are
+# non-square); the rotated gradient's components in the null space are pure
+# round-off, and Adam's m/(√v + ε) scales them to O(1) — so a 1e-7 change in
+# 1 − β became a 2e-2 change of one update element. With coefficients exactly
+# representable in float32 (dyadic), both forms compute the same numbers and
+# the equivalence is checked at the default tolerance.
+EXACT_BETAS = {
+    "soap": {"b1": 0.875, "b2": 0.9375},
+    "conda": {"b1": 0.875, "b2": 0.9375},
+}
+
+
 @pytest.mark.parametrize("name", GROUPED)
 def test_inject_hyperparams_equivalence(name: str) -> None:
-    if name == "soap":
-        # Open (issue 14 note, stop 12): since the float64 bias corrections, SOAP's
-        # injected (float32-array) and plain (Python-float) hyper-parameters give
-        # updates that differ by 2e-2 at one element after 3 steps; the eigenbasis
-        # amplifies the round-off. The literal inject form is still checked in
-        # tests/conformance/test_inject_literal.py.
-        pytest.skip("SOAP inject-vs-plain round-off amplification under investigation")
     spec = _spec(name)
     kwargs = _kwargs(spec)
-    injected = optax.inject_hyperparams(spec.factory, static_args=spec.all_static_args())(**kwargs)
     plain = _shared_tx(name)
+    if name in EXACT_BETAS:
+        kwargs.update(EXACT_BETAS[name])
+        plain = _build(spec, **EXACT_BETAS[name])
+    injected = optax.inject_hyperparams(spec.factory, static_args=spec.all_static_args())(**kwargs)
     params = problems.mixed_params()
     s_inj, s_plain = injected.init(params), plain.init(params)
-    step_inj, step_plain = _step_fn(spec, injected), _shared_step(name)
+    step_inj = _step_fn(spec, injected)
+    step_plain = _step_fn(spec, plain) if name in EXACT_BETAS else _shared_step(name)
     p_inj = p_plain = params
     for i in range(3):
         p_inj, s_inj, u_inj = step_inj(p_inj, s_inj, jnp.asarray(i))
