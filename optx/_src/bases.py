@@ -135,16 +135,41 @@ def matrix_modes(layout: ResolvedLayout, max_dim: int | None = None) -> ModeView
     return ModeView(layout.shape, layout.batch_axes, modes, rotated)
 
 
+def torch_axis_order(layout: ResolvedLayout) -> tuple[int, ...]:
+    """The non-batch axes of a matrix layout in PyTorch's storage order.
+
+    PyTorch stores a weight as ``(out, in, *window)``: output axes first, then
+    the input-channel axis, then the window. The input-channel axis is the
+    reduction axis next to the output axes: the last reduction axis when the
+    output axes come after all of them (Flax ``(*window, in, out)``), the first
+    when they come before (PyTorch order). Any other arrangement keeps stored
+    order.
+    """
+    red, out = layout.reduction_axes, layout.output_axes
+    if min(out) > max(red):  # Flax: (*window, in, out)
+        return (*out, red[-1], *red[:-1])
+    if max(out) < min(red):  # PyTorch: (out, in, *window)
+        return (*out, *red)
+    return tuple(sorted(red + out))
+
+
 def axis_modes(layout: ResolvedLayout, max_dim: int, *, merge_dims: bool = False) -> ModeView:
     """One mode per non-batch axis of the leaf (SOAP's treatment of N-D tensors).
 
     With ``merge_dims`` consecutive axes are merged greedily while the product
-    stays ``<= max_dim``: the official SOAP ``merge_dims`` rule, applied to
-    the non-batch axes in stored order. Axes of size 1 left over at the end
-    join the last mode.
+    stays ``<= max_dim``: the official SOAP ``merge_dims`` rule. The official
+    code merges a PyTorch tensor in its stored order, ``(out, in, kh, kw)`` for
+    a convolution; here the axes are merged in that order whatever the storage
+    order (:func:`torch_axis_order`), so a Flax kernel ``(kh, kw, in, out)``
+    gets the same modes (e.g. ``(out·in, kh·kw)``) as the official code.
+    Axes of size 1 left over at the end join the last mode.
     """
-    axes = tuple(sorted(layout.reduction_axes + layout.output_axes))
     shape = layout.shape
+    axes = (
+        torch_axis_order(layout)
+        if merge_dims
+        else tuple(sorted(layout.reduction_axes + layout.output_axes))
+    )
     if not merge_dims:
         groups: list[tuple[int, ...]] = [(a,) for a in axes]
     else:
@@ -610,7 +635,8 @@ def scale_by_soap(
     modes ``(fan_in, fan_out)``, so a conv kernel is one ``kh·kw·in × out``
     matrix and stacked layers get per-layer factors) or one mode per non-batch
     axis (``'axes'``, the official N-D treatment, with the official greedy
-    ``merge_dims``). Leaves ``layout`` gives no layout are looked up in
+    ``merge_dims`` applied in PyTorch's axis order, so a Flax conv kernel gets
+    the official ``(out·in, kh·kw)`` modes: :func:`torch_axis_order`). Leaves ``layout`` gives no layout are looked up in
     ``extra_layout`` (the :func:`optx.soap` alias passes the embeddings and
     heads there, as the official code rotates every 2-D parameter); leaves
     neither gives a layout get element-wise Adam.
