@@ -57,6 +57,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+from flax import nnx
 
 import optx
 from examples import training
@@ -425,6 +426,15 @@ def make_task(args: argparse.Namespace) -> training.Task:
     return training.image_task(args.task, batch_size=args.batch, seed=args.seed)
 
 
+def model_router(task: training.Task) -> optx.Router:
+    """The task model's :func:`optx.router_for` routing (module types decide
+    the matrix views; the last layer applied and the embeddings go to the
+    fallback), from one validation batch's inputs."""
+    model = nnx.merge(task.graphdef, task.params)
+    inputs = task.eval_batches[0][0]
+    return optx.router_for(model, jax.ShapeDtypeStruct(inputs.shape, inputs.dtype))
+
+
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
     if not enabled:
         return None
@@ -455,6 +465,7 @@ def run(argv: Sequence[str] | None = None) -> pathlib.Path:
 
     t_start = time.perf_counter()
     results: dict[str, list[training.RunResult]] = {}
+    router = model_router(task)
     plan = {n: sweep_points(optx.get_optimizer(n), lr_grid, grids) for n in names}
     total_steps = args.steps * sum(len(p) for p in plan.values())
     bar = _progress_bar(total_steps, "compare", not args.no_progress)
@@ -462,6 +473,8 @@ def run(argv: Sequence[str] | None = None) -> pathlib.Path:
         spec = optx.get_optimizer(name)
         factory_params = inspect.signature(spec.factory).parameters
         overrides = {k: v for k, v in fixed.items() if k in factory_params}
+        if "router" in factory_params:  # matrix methods route from the model's structure
+            overrides.setdefault("router", router)
         sweeping_wd = "weight_decay" in grids and training.takes_weight_decay(spec)
         by_static: dict[tuple, training.Trainer] = {}
         queue = list(plan[name])

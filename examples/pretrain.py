@@ -349,7 +349,9 @@ def run(args: argparse.Namespace) -> PretrainResult:
     spec, tx = _build_optimizer(args, model_abstract, example)
 
     param_sh = jax.tree_util.tree_map_with_path(
-        lambda p, x: NamedSharding(mesh, partition_spec(optx.tree_utils.path_to_str(p), x.shape, mesh)),
+        lambda p, x: NamedSharding(
+            mesh, partition_spec(optx.tree_utils.path_to_str(p), x.shape, mesh)
+        ),
         abstract_params,
     )
     sharded_abstract = jax.tree.map(

@@ -268,17 +268,61 @@ def test_matrix_modes_for_dense_stack_conv() -> None:
 def test_axis_modes_and_official_merge_rule() -> None:
     lay = optx.conv_layout().resolve((2, 3, 4, 5))
     assert bases.axis_modes(lay, 10).modes == ((0,), (1,), (2,), (3,))
-    # Greedy merge: 2*3 = 6 <= 10, 6*4 > 10 -> (0, 1); 4*5 > 10 -> (2,); (3,).
-    assert bases.axis_modes(lay, 10, merge_dims=True).modes == ((0, 1), (2,), (3,))
-    # A dimension above the cap with nothing pending stands alone, unrotated.
+    # Merged in PyTorch's order (out, in, kh, kw) = axes (3, 2, 0, 1), dims (5, 4, 2, 3),
+    # with the official greedy rule: 5*4 > 10 -> (3,); 4*2 = 8, 8*3 > 10 -> (2, 0); (1,).
+    assert bases.axis_modes(lay, 10, merge_dims=True).modes == ((3,), (2, 0), (1,))
+    # A dimension above the cap with nothing pending stands alone, unrotated:
+    # (in, out) = (20, 3) is merged as PyTorch's (out, in) = (3, 20).
     big = bases.axis_modes(optx.DENSE.resolve((20, 3)), 10, merge_dims=True)
-    assert big.modes == ((0,), (1,)) and big.rotated == (False, True)
-    # Flax's (3, 3, 64, 64) conv merges like PyTorch's official example: 576 | 64.
+    assert big.modes == ((1,), (0,)) and big.rotated == (True, False)
+    # Flax's (3, 3, 64, 64) conv merges like PyTorch's (64, 64, 3, 3): 4096 | 9.
     flax_conv = bases.axis_modes(optx.conv_layout().resolve((3, 3, 64, 64)), 10000, merge_dims=True)
-    assert flax_conv.mode_dims == (576, 64)
+    assert flax_conv.mode_dims == (4096, 9)
     # Trailing size-1 axes join the last mode.
     ones = bases.axis_modes(optx.conv_layout().resolve((4, 1, 1, 1)), 10, merge_dims=True)
-    assert ones.modes == ((0, 1, 2, 3),)
+    assert ones.modes == ((3, 2, 0, 1),)  # (out, in, kh, kw)
+
+
+def _official_merge(shape: tuple[int, ...], max_dim: int) -> list[int]:
+    """The official SOAP ``merge_dims`` rule on a PyTorch-ordered shape."""
+    out, cur = [], 1
+    for d in shape:
+        if cur * d > max_dim:
+            if cur > 1:
+                out, cur = [*out, cur], d
+            else:
+                out, cur = [*out, d], 1
+        else:
+            cur *= d
+    return [*out, cur] if cur > 1 or not out else out
+
+
+def test_merge_dims_is_layout_aware() -> None:
+    """A conv kernel stored in PyTorch order (out, in, kh, kw) and the same kernel
+    in Flax order (kh, kw, in, out) get the official factorization (out·in,
+    kh·kw) and the same SOAP update up to the transpose (issue 14 §2)."""
+    torch_shape, max_dim = (4, 3, 2, 2), 16
+    assert _official_merge(torch_shape, max_dim) == [12, 4]
+    to_flax = (2, 3, 1, 0)
+    rng = np.random.default_rng(0)
+    tx = optx.scale_by_soap(
+        factorization="axes",
+        merge_dims=True,
+        max_precond_dim=max_dim,
+        update_proj_gap=2,
+        layout={"torch": optx.MatrixLayout((1, 2, 3), (0,)), "flax": optx.conv_layout()},
+    )
+    grads = [jnp.asarray(rng.normal(size=torch_shape), jnp.float32) for _ in range(4)]
+    tree = lambda g: {"torch": g, "flax": jnp.transpose(g, to_flax)}  # noqa: E731
+    state = tx.init(tree(grads[0]))
+    for f in state.factors[:2]:
+        assert f["torch"].shape == f["flax"].shape
+    assert [f["flax"].shape for f in state.factors[:2]] == [(12, 12), (4, 4)]
+    step = jax.jit(tx.update)
+    for g in grads:
+        u, state = step(tree(g), state)
+        np.testing.assert_array_equal(np.asarray(u["flax"]), np.transpose(u["torch"], to_flax))
+    assert float(jnp.abs(u["torch"]).max()) > 0
 
 
 @pytest.mark.parametrize(

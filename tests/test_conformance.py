@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
 import optx
 from tests.conformance import problems
@@ -139,22 +138,34 @@ def test_extra_args_accepted_and_no_recompile(name: str) -> None:
     assert jax.tree.map(lambda x: x.dtype, state2) == jax.tree.map(lambda x: x.dtype, state)
 
 
+# Injected hyper-parameters are float32 arrays, so ``1 − β`` is formed from
+# float32(β), while a Python β gives ``1 − β`` exactly (base.one_minus): for
+# β = 0.95 the two differ by 2.4e-7 relative. SOAP and Conda rotate into the
+# eigenbasis of a rank-deficient Kronecker factor (the problem's matrices are
+# non-square); the rotated gradient's components in the null space are pure
+# round-off, and Adam's m/(√v + ε) scales them to O(1) — so a 1e-7 change in
+# 1 − β became a 2e-2 change of one update element. With coefficients exactly
+# representable in float32 (dyadic), both forms compute the same numbers and
+# the equivalence is checked at the default tolerance.
+EXACT_BETAS = {
+    "soap": {"b1": 0.875, "b2": 0.9375},
+    "conda": {"b1": 0.875, "b2": 0.9375},
+}
+
+
 @pytest.mark.parametrize("name", GROUPED)
 def test_inject_hyperparams_equivalence(name: str) -> None:
-    if name == "soap":
-        # Open (issue 14 note, stop 12): since the float64 bias corrections, SOAP's
-        # injected (float32-array) and plain (Python-float) hyper-parameters give
-        # updates that differ by 2e-2 at one element after 3 steps; the eigenbasis
-        # amplifies the round-off. The literal inject form is still checked in
-        # tests/conformance/test_inject_literal.py.
-        pytest.skip("SOAP inject-vs-plain round-off amplification under investigation")
     spec = _spec(name)
     kwargs = _kwargs(spec)
-    injected = optax.inject_hyperparams(spec.factory, static_args=spec.all_static_args())(**kwargs)
     plain = _shared_tx(name)
+    if name in EXACT_BETAS:
+        kwargs.update(EXACT_BETAS[name])
+        plain = _build(spec, **EXACT_BETAS[name])
+    injected = optax.inject_hyperparams(spec.factory, static_args=spec.all_static_args())(**kwargs)
     params = problems.mixed_params()
     s_inj, s_plain = injected.init(params), plain.init(params)
-    step_inj, step_plain = _step_fn(spec, injected), _shared_step(name)
+    step_inj = _step_fn(spec, injected)
+    step_plain = _step_fn(spec, plain) if name in EXACT_BETAS else _shared_step(name)
     p_inj = p_plain = params
     for i in range(3):
         p_inj, s_inj, u_inj = step_inj(p_inj, s_inj, jnp.asarray(i))
@@ -303,53 +314,6 @@ def test_checkpoint_round_trip(name: str) -> None:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-class _TinyModel(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs) -> None:
-        self.embed = nnx.Embed(12, 8, rngs=rngs)
-        self.hidden = nnx.Linear(8, 16, rngs=rngs)
-        self.ln = nnx.LayerNorm(16, rngs=rngs)
-        self.head = nnx.Linear(16, 12, rngs=rngs)
-
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        h = jax.nn.gelu(self.hidden(self.embed(tokens)))
-        return self.head(self.ln(h))
-
-
-@pytest.mark.parametrize("name", GROUPED)
-def test_nnx_optimizer_step(name: str) -> None:
-    spec = _spec(name)
-    model = _TinyModel(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, _build(spec), wrt=nnx.Param)
-    tokens = jnp.arange(24).reshape(4, 6) % 12
-    targets = (tokens + 1) % 12
-
-    def loss_of(m: _TinyModel) -> jax.Array:
-        logits = m(tokens)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-
-    @nnx.jit
-    def train_step(model: _TinyModel, optimizer: nnx.Optimizer, i: jax.Array) -> jax.Array:
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-        def loss_fn(p: Any) -> jax.Array:
-            return loss_of(nnx.merge(graphdef, p, rest))
-
-        loss, grads = nnx.value_and_grad(loss_of)(model)
-        ctx = optx.ExtraArgsContext(
-            loss_fn=loss_fn,
-            params=nnx.as_pure(params) if hasattr(nnx, "as_pure") else params,
-            grads=grads,
-            loss=loss,
-            key=jax.random.fold_in(jax.random.key(0), i),
-            step=i,
-        )
-        optimizer.update(model, grads, **spec.make_extra_args(ctx))
-        return loss
-
-    before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
-    losses = [float(train_step(model, optimizer, jnp.asarray(i))) for i in range(3)]
-    after = nnx.state(model, nnx.Param)
-    assert all(np.isfinite(losses))
-    changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, after))
-    assert any(changed)
-    assert int(optimizer.step[...]) == 3
+# The nnx.Optimizer step (Embed + Conv + Linear + LayerNorm, under
+# optax.masked, state structure kept across updates) is in
+# tests/conformance/test_state_structure.py.

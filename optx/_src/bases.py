@@ -136,16 +136,41 @@ def matrix_modes(layout: ResolvedLayout, max_dim: int | None = None) -> ModeView
     return ModeView(layout.shape, layout.batch_axes, modes, rotated)
 
 
+def torch_axis_order(layout: ResolvedLayout) -> tuple[int, ...]:
+    """The non-batch axes of a matrix layout in PyTorch's storage order.
+
+    PyTorch stores a weight as ``(out, in, *window)``: output axes first, then
+    the input-channel axis, then the window. The input-channel axis is the
+    reduction axis next to the output axes: the last reduction axis when the
+    output axes come after all of them (Flax ``(*window, in, out)``), the first
+    when they come before (PyTorch order). Any other arrangement keeps stored
+    order.
+    """
+    red, out = layout.reduction_axes, layout.output_axes
+    if min(out) > max(red):  # Flax: (*window, in, out)
+        return (*out, red[-1], *red[:-1])
+    if max(out) < min(red):  # PyTorch: (out, in, *window)
+        return (*out, *red)
+    return tuple(sorted(red + out))
+
+
 def axis_modes(layout: ResolvedLayout, max_dim: int, *, merge_dims: bool = False) -> ModeView:
     """One mode per non-batch axis of the leaf (SOAP's treatment of N-D tensors).
 
     With ``merge_dims`` consecutive axes are merged greedily while the product
-    stays ``<= max_dim``: the official SOAP ``merge_dims`` rule, applied to
-    the non-batch axes in stored order. Axes of size 1 left over at the end
-    join the last mode.
+    stays ``<= max_dim``: the official SOAP ``merge_dims`` rule. The official
+    code merges a PyTorch tensor in its stored order, ``(out, in, kh, kw)`` for
+    a convolution; here the axes are merged in that order whatever the storage
+    order (:func:`torch_axis_order`), so a Flax kernel ``(kh, kw, in, out)``
+    gets the same modes (e.g. ``(out·in, kh·kw)``) as the official code.
+    Axes of size 1 left over at the end join the last mode.
     """
-    axes = tuple(sorted(layout.reduction_axes + layout.output_axes))
     shape = layout.shape
+    axes = (
+        torch_axis_order(layout)
+        if merge_dims
+        else tuple(sorted(layout.reduction_axes + layout.output_axes))
+    )
     if not merge_dims:
         groups: list[tuple[int, ...]] = [(a,) for a in axes]
     else:
@@ -570,6 +595,11 @@ def rotation_view_fn(
 # ----------------------------------------------------------------------------
 
 
+# The number of mode trees of SOAP's state with factorization='axes' (a 3-D
+# convolution kernel's five axes).
+MAX_AXIS_MODES = 5
+
+
 class ScaleBySoapState(NamedTuple):
     """State of :func:`scale_by_soap`.
 
@@ -577,11 +607,14 @@ class ScaleBySoapState(NamedTuple):
       count: number of ``update`` calls so far (the first only initializes).
       mu: first moment, in the rotated basis (parameter-shaped).
       nu: second moment, in the rotated basis (parameter-shaped).
-      factors: a tuple over mode index ``i``: a parameter-structured tree whose
-        leaf holds the EMA Kronecker factor ``batch + (d_i, d_i)`` of that
-        leaf's mode ``i``, or ``optax.MaskedNode()`` (no such mode, or an
-        unrotated one). Keeping the per-mode split outside the parameter tree
-        keeps the state a plain tree of arrays inside ``nnx.State`` too.
+      factors: a tuple over mode index ``i`` (2 entries with
+        ``factorization='matrix'``, :data:`MAX_AXIS_MODES` with ``'axes'``,
+        whatever the leaves): a parameter-structured tree whose leaf holds the
+        EMA Kronecker factor ``batch + (d_i, d_i)`` of that leaf's mode ``i``,
+        or ``optax.MaskedNode()`` (no such mode, or an unrotated one). Keeping
+        the per-mode split outside the parameter tree keeps the state a plain
+        tree of arrays inside ``nnx.State`` too, and its fixed length lets
+        ``optax.tree.map_params`` rebuild its structure.
       bases: the matching eigenbases (same structure as ``factors``).
     """
 
@@ -661,7 +694,8 @@ def scale_by_soap(
     modes ``(fan_in, fan_out)``, so a conv kernel is one ``kh·kw·in × out``
     matrix and stacked layers get per-layer factors) or one mode per non-batch
     axis (``'axes'``, the official N-D treatment, with the official greedy
-    ``merge_dims``). Leaves ``layout`` gives no layout are looked up in
+    ``merge_dims`` applied in PyTorch's axis order, so a Flax conv kernel gets
+    the official ``(out·in, kh·kw)`` modes: :func:`torch_axis_order`). Leaves ``layout`` gives no layout are looked up in
     ``extra_layout`` (the :func:`optx.soap` alias passes the embeddings and
     heads there, as the official code rotates every 2-D parameter); leaves
     neither gives a layout get element-wise Adam.
@@ -726,8 +760,17 @@ def scale_by_soap(
 
     def init_fn(params: base.Params) -> ScaleBySoapState:
         base.check_real_params(params, "optx.scale_by_soap")  # real-only math (docstring)
-        flat, _ = jax.tree_util.tree_flatten_with_path(params)
-        num_modes = max((len(view_of(base.path_to_str(p), x).modes) for p, x in flat), default=0)
+        # A fixed number of mode trees (not the largest a leaf of this tree has):
+        # the state's structure must not depend on the leaves, as optax's
+        # `tree.map_params` builds it from a placeholder without leaves.
+        num_modes = 2 if factorization == "matrix" else MAX_AXIS_MODES
+        for p, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+            if len(view_of(base.path_to_str(p), x).modes) > num_modes:
+                raise ValueError(
+                    f"SOAP with factorization='axes' rotates at most {MAX_AXIS_MODES} axes; "
+                    f"leaf '{base.path_to_str(p)}' of shape {jnp.shape(x)} has more "
+                    "(pass merge_dims=True to merge them)."
+                )
 
         def mode_tree(i: int) -> Any:
             def leaf(path: Any, p: Any) -> Any:

@@ -70,17 +70,46 @@ class SecondOrderSwitchState(NamedTuple):
 class ScaleByMKORState(NamedTuple):
     """State of :func:`scale_by_mkor`.
 
+    The per-layer fields mirror the parameter tree, as optax states do: each is
+    a parameter-structured tree holding the layer's array at its kernel leaf and
+    ``optax.MaskedNode()`` at every other leaf (so ``optax.tree.map_params``,
+    ``optax.masked``, checkpointing and ``nnx.Optimizer`` see plain per-leaf
+    state).
+
     Attributes:
       count: steps taken (int32).
-      layers: one :class:`MKORLayerState` per layer, in the sorted order of the
-        layers' kernel paths (a tuple, so the state does not mirror the
-        parameter tree: NNX ``Variable`` boxes and masks do not affect it).
+      a_inv: ``(B, n_a, n_a)`` inverse input factors (``n_a`` = fan-in, +1 with bias).
+      g_inv: ``(B, n_g, n_g)`` inverse output-gradient factors (``n_g`` = fan-out).
+      reset_a, reset_g: ``(B,)`` stabilizer flags: reset at the next refresh.
       switch: MKOR-H's switch state.
     """
 
     count: jax.Array
-    layers: tuple[MKORLayerState, ...]
+    a_inv: Any
+    g_inv: Any
+    reset_a: Any
+    reset_g: Any
     switch: SecondOrderSwitchState
+
+
+def _layer_states(state: ScaleByMKORState) -> dict[str, MKORLayerState]:
+    """``kernel path -> MKORLayerState`` from the parameter-structured fields."""
+    columns = [
+        dict(base.flatten_with_paths(t)[0])
+        for t in (state.a_inv, state.g_inv, state.reset_a, state.reset_g)
+    ]
+    return {p: MKORLayerState(*(c[p] for c in columns)) for p in columns[0]}
+
+
+def _with_layer_states(
+    state: ScaleByMKORState, layers: dict[str, MKORLayerState]
+) -> ScaleByMKORState:
+    """``state`` with its per-layer fields replaced from ``layers`` (same keys)."""
+
+    def field(i: int) -> Any:
+        return base.tree_map_with_path_str(lambda p, _: layers[p][i], state[1 + i])
+
+    return state._replace(a_inv=field(0), g_inv=field(1), reset_a=field(2), reset_g=field(3))
 
 
 def mkor_router() -> routing.Router:
@@ -475,9 +504,19 @@ def scale_by_mkor(
             # Replicated on the params' mesh (typed as under jax.set_mesh).
             return sharding.put_like(state, leaves[layer.path])
 
+        layers = {p: layer_state(plan[p]) for p in plan}
+
+        def field(i: int) -> Any:
+            return base.tree_map_with_path_str(
+                lambda p, _: layers[p][i] if p in layers else optax.MaskedNode(), params
+            )
+
         return ScaleByMKORState(
             count=jnp.zeros([], jnp.int32),
-            layers=tuple(layer_state(plan[p]) for p in sorted(plan)),
+            a_inv=field(0),
+            g_inv=field(1),
+            reset_a=field(2),
+            reset_g=field(3),
             switch=SecondOrderSwitchState(
                 second_order=jnp.ones([], jnp.bool_),
                 window_loss=jnp.zeros([], jnp.float32),
@@ -620,12 +659,12 @@ def scale_by_mkor(
         plan = _plan(updates, router)
         flat, _ = base.flatten_with_paths(updates)
         leaves = dict(flat)
-        if len(state.layers) != len(plan):
+        state_flat = _layer_states(state)
+        if sorted(state_flat) != sorted(plan):
             raise ValueError(
-                f"The MKOR state has {len(state.layers)} layers but the updates have "
-                f"{len(plan)} ({sorted(plan)}): init and update trees differ."
+                f"The MKOR state has layers {sorted(state_flat)} but the updates have "
+                f"{sorted(plan)}: init and update trees differ."
             )
-        state_flat = dict(zip(sorted(plan), state.layers))
         count = state.count
         switch = switch_update(state.switch, loss, count) if hybrid else state.switch
         due = (count % k == 0) | (count < warmup_steps)
@@ -652,9 +691,7 @@ def scale_by_mkor(
             new_leaves, new_states = second_order(None)
 
         new_updates = base.tree_map_with_path_str(lambda p, x: new_leaves.get(p, x), updates)
-        new_layers = tuple(new_states[p] for p in sorted(plan))
-        return new_updates, ScaleByMKORState(
-            count=optax.safe_increment(count), layers=new_layers, switch=switch
-        )
+        new_state = _with_layer_states(state, new_states)
+        return new_updates, new_state._replace(count=optax.safe_increment(count), switch=switch)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

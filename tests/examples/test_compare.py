@@ -8,6 +8,7 @@ import math
 import pathlib
 
 import pytest
+from flax import nnx
 
 import optx
 from examples import compare, training
@@ -219,3 +220,21 @@ def test_a_failing_optimizer_is_recorded_not_fatal(
     )
     with pytest.raises(RuntimeError, match="baseline"):
         compare.run(args)
+
+
+def test_matrix_methods_route_from_the_model() -> None:
+    """compare routes by the model's structure (optx.router_for): the LM's
+    embedding and its last applied layer (``lm_head``) go to the fallback, the
+    scanned attention and MLP kernels to the matrix method with their layer axis
+    as a batch axis; no leaf is a name-rule guess."""
+    task = training.lm_task(
+        d_model=16, n_layers=2, n_heads=2, seq_len=8, batch_size=2, eval_batches=1, seed=0
+    )
+    table = compare.model_router(task).describe(nnx.to_pure_dict(task.params))
+    rows = {row.path: row for row in table.rows}
+    assert not table.guessed
+    assert rows["embed/embedding"].group == "fallback"
+    assert rows["lm_head/kernel"].group == "fallback"
+    for path in ("blocks/mlp/up/kernel", "blocks/attn/query/kernel", "blocks/attn/out/kernel"):
+        assert rows[path].group == "matrix", path
+        assert rows[path].layout.batch_shape == (2,), path

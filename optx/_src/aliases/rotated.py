@@ -157,8 +157,11 @@ def soap(
       ``factorization='axes'`` (one factor per tensor axis, the official N-D
       treatment); the default ``'matrix'`` uses the router's matrix view
       (identical for 2-D weights; conv kernels as ``kh·kw·in × out``; scanned
-      stacks get one set of factors per layer). The official ``data_format``
-      only matters for merged PyTorch conv weights and has no equivalent here.
+      stacks get one set of factors per layer). Axes are merged in PyTorch's
+      order ``(out, in, kh, kw)`` whatever the storage order, so a Flax conv
+      kernel ``(kh, kw, in, out)`` gets the official modes (e.g. ``(out·in,
+      kh·kw)``); the official ``data_format`` has no other role and no
+      equivalent here.
     * Flax kernels are ``(in, out)``: the official ``L`` over the PyTorch rows
       is our fan-out factor ``GᵀG`` — the same preconditioner, transposed.
 
