@@ -97,6 +97,7 @@ from optx._src.aliases.elementwise import (
 from optx._src.radial import ProjectOutRadialState, project_out_radial, radial_projection
 from optx._src.schedules import rex_schedule, warmup_rex_schedule
 from optx._src.sign import KAPPAS, ScaleByLionKappaState, kappa_gradient, scale_by_lion_kappa
+from optx._src.nonfinite import SkipIfNotFiniteState, skip_if_not_finite
 from optx._src.variance import AgvmState, agvm, half_batch_gradients
 
 # isort: split
