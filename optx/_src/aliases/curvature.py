@@ -709,7 +709,7 @@ def mkor_h(
     MKOR stops preconditioning and refreshing its factors for the rest of
     training, and the inner optimizer continues (same state) on raw gradients —
     saving the second-order cost once it no longer speeds up the loss
-    decrease. ``state[0].switch`` records the windows and ``switched_at``.
+    decrease. ``state.inner_state[0].switch`` records the windows and ``switched_at``.
 
     Args:
       learning_rate, momentum, nesterov, mu_dtype, inner, weight_decay, mask,
