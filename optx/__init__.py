@@ -32,6 +32,7 @@ from optx._src.aliases.elementwise import (
     sgdp,
 )
 from optx._src.aliases.evolution import eggroll, openes
+from optx._src.nonfinite import SkipIfNotFiniteState, skip_if_not_finite
 from optx._src.aliases.memory import (
     adamw_8bit,
     apollo,
@@ -221,6 +222,7 @@ __all__ = [
     "ScaleBySaiState",
     "ScaleBySoapState",
     "ScaleBySophiaState",
+    "SkipIfNotFiniteState",
     "SubspaceState",
     "accumulate_gradients",
     "adabelief",
@@ -316,6 +318,7 @@ __all__ = [
     "sgd_sai",
     "sgdp",
     "sharding",
+    "skip_if_not_finite",
     "soap",
     "sophia_g",
     "sophia_h",

@@ -335,6 +335,8 @@ def test_errors() -> None:
     with pytest.raises(TypeError, match="fitness"):
         tx.update(params, state, params)
     with pytest.raises(ValueError, match="parameters"):
-        optx.scale_by_eggroll(0.1).update(params, state[0], fitness=jnp.zeros(4), key=key)
+        optx.scale_by_eggroll(0.1).update(
+            params, state.inner_state[0], fitness=jnp.zeros(4), key=key
+        )
     with pytest.raises(TypeError, match="complex"):
         tx.init({"dense": {"kernel": jnp.ones((3, 2), jnp.complex64)}})

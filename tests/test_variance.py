@@ -79,7 +79,7 @@ def test_agvm_sgd_matches_official_hook() -> None:
             d = _cos_proxy(ga, gb, names)
             mu = np.sqrt(np.clip((d[0] + 1e-6) / (d + 1e-6), 0.5, 10.0))
             scales = alpha * scales + (1 - alpha) * mu
-            np.testing.assert_allclose(np.asarray(state.variance_proxy), d, rtol=1e-5)
+            np.testing.assert_allclose(np.asarray(state.inner_state.variance_proxy), d, rtol=1e-5)
         applied = scales if start <= it <= stop else np.ones(3)
         for i, k in enumerate(SHAPES):
             d_p = g[k] + wd * w[k]
@@ -89,7 +89,7 @@ def test_agvm_sgd_matches_official_hook() -> None:
             np.testing.assert_allclose(
                 np.asarray(params[k]["kernel"]), w[k], rtol=2e-5, atol=2e-6, err_msg=f"it {it}"
             )
-        np.testing.assert_allclose(np.asarray(state.scales), scales, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(state.inner_state.scales), scales, rtol=1e-6)
     # The noisier groups got smaller learning rates than the backbone.
     assert scales[0] == 1.0 and scales[2] < scales[1] < 1.0
 
@@ -166,8 +166,8 @@ def test_half_batch_gradients_in_a_jitted_train_step() -> None:
         half_g = jax.grad(loss_fn)(params, (x[sl], y[sl]))
         for a, b in zip(jax.tree.leaves(half), jax.tree.leaves(half_g)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    assert bool(jnp.all(jnp.isfinite(state.scales)))
-    assert math.isclose(float(state.scales[0]), 1.0)
+    assert bool(jnp.all(jnp.isfinite(state.inner_state.scales)))
+    assert math.isclose(float(state.inner_state.scales[0]), 1.0)
 
 
 def test_bad_input() -> None:

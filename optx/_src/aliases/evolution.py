@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import optax
 
-from optx._src import base, evolution, hyperparams, registry, routing
+from optx._src import base, evolution, hyperparams, nonfinite, registry, routing
 
 
 @hyperparams.validated()
@@ -83,6 +83,11 @@ def eggroll(
 
     Complex parameters: refused at init (a TypeError naming the leaf) because its perturbations
       are real Gaussian noise, which does not rotate with the parameters.
+
+    Non-finite inputs: a NaN or Inf in ``fitness`` (or anything the step computes
+    from it) skips the whole step — zero updates, state unchanged, counted in the
+    outer :class:`optx.SkipIfNotFiniteState` (README "Reliability",
+    :func:`optx.skip_if_not_finite`).
 
     References:
       Sarkar et al., "Evolution Strategies at the Hyperscale", arXiv
@@ -159,7 +164,7 @@ def _es_alias(
         freeze_nonmatrix=freeze_nonmatrix,
         router=router,
     )
-    tx = optax.with_extra_args_support(optax.chain(es, factory(learning_rate)))
+    tx = nonfinite.skip_if_not_finite(optax.chain(es, factory(learning_rate)), ("fitness",))
     return routing.attach_router(tx, evolution.es_router() if router is None else router)
 
 
@@ -191,6 +196,11 @@ def openes(
       learning_rate, sigma, population_size, noise_reuse, group_size,
       fitness_shaping, estimator, freeze_nonmatrix, optimizer, router: as in
         :func:`optx.eggroll`.
+
+    Non-finite inputs: a NaN or Inf in ``fitness`` (or anything the step computes
+    from it) skips the whole step — zero updates, state unchanged, counted in the
+    outer :class:`optx.SkipIfNotFiniteState` (README "Reliability",
+    :func:`optx.skip_if_not_finite`).
 
     References:
       Salimans et al., "Evolution Strategies as a Scalable Alternative to

@@ -1,0 +1,150 @@
+"""The non-finite policy for extra inputs: skip the whole step, count it.
+
+``optax.apply_if_finite`` protects a run against a non-finite *gradient*: the
+step is skipped and counted. Optimizers that take more than the gradient — a
+Hessian estimate computed from ``loss_fn``, a sampled loss, per-layer
+``captures``, the ``loss`` value, AGVM's half-batch gradients, ES fitnesses —
+are poisoned by a NaN or Inf in those inputs in the same way, and
+``apply_if_finite`` cannot see them. :func:`skip_if_not_finite` applies the same
+policy to them:
+
+* every array leaf of the named extra inputs is checked, and so is everything
+  the inner transform computes from the step's inputs (its updates and its new
+  state — this is how inputs that are functions, ``loss_fn`` and
+  ``sampled_loss_fn``, are checked: through the estimates made from them, at
+  the steps that use them);
+* if anything is non-finite the whole step is skipped: zero updates (the
+  parameters do not move) and the inner state is returned unchanged (its step
+  counters included), so the next steps are exactly those of a run that never
+  saw the bad step;
+* the skip is counted as ``optax.apply_if_finite`` counts it:
+  ``notfinite_count`` (consecutive skips), ``last_finite`` and
+  ``total_notfinite``.
+
+Unlike ``apply_if_finite`` there is no ``max_consecutive_errors``: a
+non-finite curvature input never reaches the state. A run whose inputs stay
+non-finite stops moving; watch ``total_notfinite``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optx._src import base
+
+
+class SkipIfNotFiniteState(NamedTuple):
+    """State of :func:`skip_if_not_finite` (the fields of ``optax.ApplyIfFiniteState``).
+
+    Attributes:
+      notfinite_count: consecutive skipped steps (0 after a finite step).
+      last_finite: whether the last step was applied.
+      total_notfinite: skipped steps since ``init``.
+      inner_state: the wrapped transform's state.
+    """
+
+    notfinite_count: jax.Array
+    last_finite: jax.Array
+    total_notfinite: jax.Array
+    inner_state: Any
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """True iff every inexact array leaf of ``tree`` is finite (non-arrays are ignored)."""
+    ok = jnp.asarray(True)
+    for x in jax.tree.leaves(tree):
+        if _is_key(x) or not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.inexact):
+            continue
+        if x.size:
+            ok = ok & jnp.all(jnp.isfinite(x))
+    return ok
+
+
+def _select(ok: jax.Array, new: Any, old: Any) -> Any:
+    def leaf(n: Any, o: Any) -> Any:
+        if _is_key(n):
+            data = jnp.where(ok, jax.random.key_data(n), jax.random.key_data(o))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(n))
+        return jnp.where(ok, n, o)
+
+    return jax.tree.map(leaf, new, old)
+
+
+def skip_if_not_finite(
+    inner: optax.GradientTransformation,
+    inputs: Sequence[str] = (),
+    *,
+    check_outputs: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """Skips (and counts) every step whose extra inputs are not all finite.
+
+    The non-finite policy of optx (README "Reliability"): a NaN or Inf in any
+    extra input of an optimizer's ``update`` — or in anything the step computes
+    from it — skips the whole step with zero updates and the inner state
+    unchanged, counted as ``optax.apply_if_finite`` counts a non-finite
+    gradient. The curvature, capture, AGVM and ES aliases are built with it.
+
+    Args:
+      inner: the transform to protect.
+      inputs: names of the extra arguments of ``update`` to check (array
+        pytrees; a missing or ``None`` argument is not checked, functions are
+        checked through ``check_outputs``).
+      check_outputs: also skip when the inner step's updates or new state are
+        not finite (this catches estimates computed from ``loss_fn`` /
+        ``sampled_loss_fn``, and a non-finite gradient).
+
+    Returns:
+      A transform with state :class:`SkipIfNotFiniteState`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optx
+      >>> tx = optx.skip_if_not_finite(optax.sgd(0.1), inputs=('loss',))
+      >>> p = {'w': jnp.ones(2)}
+      >>> u, s = tx.update(p, tx.init(p), p, loss=jnp.asarray(jnp.nan))
+      >>> u['w'].tolist(), int(s.total_notfinite)
+      ([0.0, 0.0], 1)
+    """
+    if isinstance(inputs, str):
+        raise TypeError(
+            f"`inputs` must be a sequence of argument names, got the string {inputs!r}."
+        )
+    names = tuple(inputs)
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params: base.Params) -> SkipIfNotFiniteState:
+        return SkipIfNotFiniteState(
+            notfinite_count=jnp.zeros([], jnp.int32),
+            last_finite=jnp.ones([], jnp.bool_),
+            total_notfinite=jnp.zeros([], jnp.int32),
+            inner_state=inner.init(params),
+        )
+
+    def update_fn(
+        updates: base.Updates,
+        state: SkipIfNotFiniteState,
+        params: base.Params | None = None,
+        **extra: Any,
+    ) -> tuple[base.Updates, SkipIfNotFiniteState]:
+        ok = all_finite([extra.get(n) for n in names if not callable(extra.get(n))])
+        new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)
+        if check_outputs:
+            ok = ok & all_finite((new_updates, new_inner))
+        new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
+        skipped = jnp.logical_not(ok).astype(jnp.int32)
+        return new_updates, SkipIfNotFiniteState(
+            notfinite_count=jnp.where(ok, 0, state.notfinite_count + 1).astype(jnp.int32),
+            last_finite=ok,
+            total_notfinite=state.total_notfinite + skipped,
+            inner_state=_select(ok, new_inner, state.inner_state),
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
