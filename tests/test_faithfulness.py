@@ -56,7 +56,7 @@ def test_mkor_default_computes_the_factor_update_in_fp16() -> None:
     update = jax.jit(tx.update)
     for c in caps:  # refresh 0 only resets to I; refresh 1 is the first SM update
         _, state = update(params, state, params, captures=c)
-    a_inv = np.asarray(state.inner_state[0].layers[0].a_inv[0])
+    a_inv = np.asarray(state.inner_state[0].a_inv["dense"]["kernel"][0])
     want = kronecker.sherman_morrison_update(
         jnp.eye(4, dtype=jnp.float16), caps[1]["dense/kernel"].inputs, 0.95, jnp.float16
     )
