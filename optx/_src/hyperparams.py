@@ -467,6 +467,7 @@ TABLE: dict[str, Constraint] = {
         flag: FLAG
         for flag in (
             "nesterov",
+            "check_outputs",
             "bias_correction",
             "rectify",
             "degenerated_to_sgd",
@@ -505,6 +506,7 @@ TABLE: dict[str, Constraint] = {
             "extra_layout",
             "ns_coeffs",
             "inner",
+            "inputs",
             "base_optimizer",
             "transforms",
             "project",

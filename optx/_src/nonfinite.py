@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base
+from optx._src import base, hyperparams
 
 
 class SkipIfNotFiniteState(NamedTuple):
@@ -79,6 +79,7 @@ def _select(ok: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(leaf, new, old)
 
 
+@hyperparams.validated()
 def skip_if_not_finite(
     inner: optax.GradientTransformation,
     inputs: Sequence[str] = (),
