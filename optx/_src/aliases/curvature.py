@@ -345,7 +345,7 @@ def adahessian(
     bias corrections, ``m̂₁ = g₁`` and ``v̂₁ = D₁²``, so the first step is
     ``η g₁/(|D₁|^k + ε)``. A single Rademacher probe's ``D_i = H_ii + Σ_{j≠i}
     H_ij z_i z_j`` can be ~0 where ``g_i`` is not, so the step is only bounded
-    by ``η|g_i|/ε``, which is 1,500·|g_i| at the defaults. A probe of a small
+    by ``η|g_i|/ε``, which is ``1,500·|g_i|`` at the defaults. A probe of a small
     MLP regression measured a jump to 186× the initial loss at step 1,
     followed by recovery.
     The official image-classification script has no warm-up (a step-decay

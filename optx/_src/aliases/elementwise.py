@@ -639,8 +639,8 @@ def sgd_sai(
         (1.1.0); see :func:`optx.scale_by_sai`.
       router: the :class:`optx.Router` whose layouts define the blocks.
 
-    Complex parameters: supported (phase-equivariant): the g-SNR uses ``|g|²`` and ``|g −
-      mean|²``.
+    Complex parameters: supported (phase-equivariant): the g-SNR uses ``|g|²``
+      and ``|g − mean|²``.
 
     References:
       Xu et al., "No More Adam: Learning Rate Scaling at Initialization is All
@@ -710,8 +710,8 @@ def agvm_sgd(
       update_interval, start_step, stop_step: the measurement schedule
         (official 5, 500, never; static).
 
-    Complex parameters: supported (phase-equivariant): the half-batch cosines use ``Re⟨a, b⟩ =
-      Re Σ ā b`` and ``|·|²`` norms.
+    Complex parameters: supported (phase-equivariant): the half-batch cosines
+      use ``Re⟨a, b⟩ = Re Σ ā b`` and ``|·|²`` norms.
 
     Non-finite inputs: a NaN or Inf in ``grads_a`` or ``grads_b`` (or anything the
     step computes from it) skips the whole step — zero updates, state unchanged,

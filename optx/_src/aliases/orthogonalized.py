@@ -316,9 +316,9 @@ def muon(
     ``ns_dtype``, ``mu_dtype``, ``nu_dtype``, ``router``, ``strategy``,
     ``momentum_kind``, ``scaling``, ``preset`` and the boolean flags.
 
-    Complex parameters: supported (phase-equivariant): Newton–Schulz iterates ``X ← aX + (bA +
-      cA²)X`` with ``A = X Xᴴ`` (conjugate transpose) and a ``|·|²`` Frobenius norm, so it
-      converges to the complex polar factor ``U Vᴴ``.
+    Complex parameters: supported (phase-equivariant): Newton–Schulz iterates
+      ``X ← aX + (bA + cA²)X`` with ``A = X Xᴴ`` (conjugate transpose) and a
+      ``|·|²`` Frobenius norm, so it converges to the complex polar factor ``U Vᴴ``.
 
     References:
       Jordan et al., "Muon: An optimizer for hidden layers in neural networks",
