@@ -88,9 +88,9 @@ def test_fill_spec_spreads_unused_mesh_axes() -> None:
 
 
 # State proportional to its parameter but not shaped like it: M-FAC's gradient buffer,
-# FRUGAL's stacked active blocks, GaLore's projections and projected moments (the same code
-# as APOLLO's and DCT-AdamW's).
-SPREAD = ("mfac", "frugal", "galore")
+# FRUGAL's stacked active blocks, ConDA's bases. (GaLore's, APOLLO's and DCT-AdamW's
+# projections: tests/test_projection.py::test_projector_state_sharding_rules.)
+SPREAD = ("mfac", "frugal", "conda")
 
 
 def _fsdp_tree() -> tuple[dict, dict]:

@@ -429,10 +429,12 @@ def _projected_transform(
         r_spec = PartitionSpec(sb, None, so) if geo.axis == "in" else PartitionSpec(sb, si, None)
         # Mesh axes the view leaves unused (merged axis groups, a sharded batch of one) go
         # on another axis, so projections and projected moments are spread over every device.
-        # This costs an all-gather of the projected direction (r/fan of the matrix) and, where
-        # the filled projector is sharded on the other matrix axis than the gradient, of the
-        # projector, per step (benchmarks/comm_budget.py).
-        r_spec = sharding.fill_spec(r_spec, geo.projected_shape(), x)
+        # The projected matrix prefers its rank axis: the projection then reduce-scatters
+        # (half an all-reduce) and the projection back gathers it, the all-reduce's bytes.
+        # A projector sharded on another matrix axis than the gradient's is gathered per
+        # step (r/fan of the matrix; benchmarks/comm_budget.py).
+        rank_axis = 1 if geo.axis == "in" else 2
+        r_spec = sharding.fill_spec(r_spec, geo.projected_shape(), x, prefer=(rank_axis,))
         if projection not in INDEX_PROJECTIONS:
             p_shape = _projector_shape_dtype(projection, geo, x.dtype)[0]
             p_spec = sharding.fill_spec(p_spec, p_shape, x)

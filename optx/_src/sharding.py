@@ -238,7 +238,9 @@ def divisible_spec(spec: PartitionSpec, shape: Sequence[int], like: Any) -> Part
     return PartitionSpec(*(e if ok(e, d) else None for e, d in zip(entries, shape)))
 
 
-def fill_spec(spec: PartitionSpec | None, shape: Sequence[int], like: Any) -> PartitionSpec | None:
+def fill_spec(
+    spec: PartitionSpec | None, shape: Sequence[int], like: Any, prefer: Sequence[int] = ()
+) -> PartitionSpec | None:
     """``spec`` with the mesh axes it leaves unused put on one more axis of ``shape``.
 
     The rule for state whose size is proportional to its parameter's but whose shape is not
@@ -249,8 +251,10 @@ def fill_spec(spec: PartitionSpec | None, shape: Sequence[int], like: Any) -> Pa
     then puts the unused Explicit mesh axes (of size > 1) together on the largest axis of
     ``shape`` that is unsharded and divisible by their product, or, failing that, the
     largest unused axis alone on the largest such axis; otherwise ``spec`` is returned
-    (small or indivisible state stays replicated). ``like`` is an array (or tree) on the
-    mesh; without an Explicit mesh, or with ``spec=None``, this returns ``spec``.
+    (small or indivisible state stays replicated). Axes in ``prefer`` are tried first, in
+    that order (e.g. a projection's rank axis, so that the contraction producing it
+    reduce-scatters instead of gathering). ``like`` is an array (or tree) on the mesh;
+    without an Explicit mesh, or with ``spec=None``, this returns ``spec``.
 
     Example:
       >>> import jax
@@ -282,7 +286,8 @@ def fill_spec(spec: PartitionSpec | None, shape: Sequence[int], like: Any) -> Pa
         for n, t in zip(mesh.axis_names, mesh.axis_types)
         if t == AxisType.Explicit and n not in used and sizes[n] > 1
     ]
-    order = sorted((a for a in range(len(shape)) if entries[a] is None), key=lambda a: -shape[a])
+    rest = sorted((a for a in range(len(shape)) if a not in prefer), key=lambda a: -shape[a])
+    order = [a for a in (*prefer, *rest) if entries[a] is None]
     for group in (free, *sorted(([n] for n in free), key=lambda g: -sizes[g[0]])):
         if not group:
             continue
