@@ -118,7 +118,7 @@ def outside_cond(hlo: str) -> str:
     """The lines of ``hlo`` whose ``op_name`` is not inside a ``lax.cond`` branch.
 
     Example:
-      >>> outside_cond('a op_name="jit(f)/cond/branch_1_fun/svd"\nb op_name="jit(f)/dot"')
+      >>> outside_cond('a op_name="jit(f)/cond/branch_1_fun/svd"\\nb op_name="jit(f)/dot"')
       'b op_name="jit(f)/dot"'
     """
     return "\n".join(line for line in hlo.splitlines() if "/cond/" not in line)

@@ -262,7 +262,7 @@ def fill_spec(
       >>> from optx._src import sharding
       >>> mesh = jax.make_mesh((1, 1), ('data', 'model'), axis_types=(AxisType.Explicit,) * 2)
       >>> sharding.fill_spec(P(None, 'data', None), (1, 768, 64), mesh)
-      PartitionSpec(None, 'data', None)
+      P(None, 'data', None)
     """
     if spec is None:
         return None
