@@ -433,14 +433,15 @@ def _from_local_matrices(m: jax.Array, block: jax.Array, lay: ResolvedLayout) ->
     return jnp.transpose(y, np.argsort(lay.permutation))
 
 
-def _orthogonalize_all_to_all(
+def _all_to_all_matrix_fn(
     leaves: list[tuple[jax.Array, ResolvedLayout, bool]],
     entry: Any,
-    coefficients: Any,
-    steps: int,
-    compute_dtype: Any,
+    fn: Callable[[jax.Array], jax.Array],
 ) -> list[jax.Array]:
-    """Newton–Schulz on FSDP-sharded matrices with two all-to-alls (distributed Muon).
+    """``fn`` (Newton–Schulz) on FSDP-sharded matrices with two all-to-alls (distributed Muon).
+
+    ``fn`` maps a stack of whole matrices to one of the same shape, matrix by matrix, and
+    commutes with transposition (``fn(Gᵀ) = fn(G)ᵀ``, as every spectral function does).
 
     Every leaf holds, per device, a block of rows of its matrices (of columns where its flag
     is set: those blocks are transposed, as ``NS(Gᵀ) = NS(G)ᵀ``), sharded over the mesh axes
@@ -474,7 +475,7 @@ def _orthogonalize_all_to_all(
         # (XLA:CPU rejects an all-to-all whose operands differ in layout).
         stack = jax.lax.optimization_barrier(stack)
         whole = jax.lax.all_to_all(stack, names, split_axis=0, concat_axis=1, tiled=True)
-        out = newton_schulz(whole, coefficients, steps, compute_dtype=compute_dtype)
+        out = fn(whole)
         back = jax.lax.all_to_all(out, names, split_axis=1, concat_axis=0, tiled=True)
         results, offset = [], 0
         for b, lay, m, flip in zip(blocks, lays, mats, flips):
@@ -490,12 +491,14 @@ def _orthogonalize_all_to_all(
 
 def _fsdp_groups(
     leaves: list[tuple[jax.Array, ResolvedLayout]],
+    key: Callable[[ResolvedLayout, bool], Any] | None = None,
 ) -> dict[tuple[Any, ...], list[tuple[int, bool]]]:
     """FSDP-sharded leaves (see :func:`_block_split`) grouped by ``(entry, rows, cols, dtype)``.
 
     Blocks of one group stack: same mesh axes, same matrix shape once column-sharded blocks
     are transposed (the flag). Only leaves on a mesh with Explicit axes qualify (under Auto
     axes the types carry no sharding and the compiler partitions the single-device code).
+    ``key(layout, transposed)`` adds to the group key (what the matrix function depends on).
     """
     mesh = sharding.mesh_of([x for x, _ in leaves])
     explicit = mesh is not None and AxisType.Explicit in mesh.axis_types
@@ -507,7 +510,8 @@ def _fsdp_groups(
         if split is not None:  # row-sharded view; same entry and shape: the blocks stack
             dim, entry = split
             rows, cols = (lay.fan_in, lay.fan_out) if dim == 1 else (lay.fan_out, lay.fan_in)
-            blocked[(entry, rows, cols, x.dtype)].append((i, dim == 2))
+            extra = None if key is None else key(lay, dim == 2)
+            blocked[(entry, rows, cols, x.dtype, extra)].append((i, dim == 2))
     return blocked
 
 
@@ -528,6 +532,38 @@ def all_to_all_pays(n_matrices: int, n_devices: int) -> bool:
     return 2 * -(-n_matrices // n_devices) <= n_matrices
 
 
+def map_fsdp_matrices(
+    leaves: list[tuple[jax.Array, ResolvedLayout]],
+    fn_for: Callable[[ResolvedLayout, bool], Callable[[jax.Array], jax.Array]],
+    outs: list[jax.Array | None],
+    *,
+    key: Callable[[ResolvedLayout, bool], Any] | None = None,
+    always: bool = False,
+) -> set[int]:
+    """A matrix function on the FSDP-sharded leaves, one matrix per device (two all-to-alls).
+
+    Fills ``outs[i]`` for the leaves of every FSDP group (see :func:`_fsdp_groups`; ``key``
+    splits groups further) where :func:`all_to_all_pays` (``always``: every group).
+    ``fn_for(layout, transposed)`` of a group's first leaf gives the function applied to the
+    stack of whole ``(rows, cols)`` matrices (transposed ones for column-sharded leaves); it
+    must map each matrix alone and commute with transposition. Returns the indices of every
+    FSDP-sharded leaf (handled or not), so a caller can gather the others once.
+    """
+    mesh = sharding.mesh_of([x for x, _ in leaves])
+    groups = _fsdp_groups(leaves, key)
+    for (entry, *_), members in groups.items():
+        n_mats = sum(leaves[i][1].batch_size for i, _ in members)
+        if not always and not all_to_all_pays(n_mats, _axis_size(mesh, entry)):
+            continue
+        i0, flip0 = members[0]
+        done = _all_to_all_matrix_fn(
+            [(*leaves[i], flip) for i, flip in members], entry, fn_for(leaves[i0][1], flip0)
+        )
+        for (i, _), y in zip(members, done):
+            outs[i] = y
+    return {i for members in groups.values() for i, _ in members}
+
+
 def _orthogonalize_fsdp(
     leaves: list[tuple[jax.Array, ResolvedLayout]],
     coefficients: Any,
@@ -536,22 +572,13 @@ def _orthogonalize_fsdp(
     outs: list[jax.Array | None],
     *,
     always: bool,
-) -> None:
-    """Fills ``outs`` for the FSDP-sharded leaves that go through the all-to-alls.
+) -> set[int]:
+    """:func:`map_fsdp_matrices` with Newton–Schulz."""
 
-    ``always``: every FSDP group (the ``'batched'`` strategy); otherwise only the groups where
-    :func:`all_to_all_pays` (the ``'auto'`` strategy).
-    """
-    mesh = sharding.mesh_of([x for x, _ in leaves])
-    for (entry, *_), members in _fsdp_groups(leaves).items():
-        n_mats = sum(leaves[i][1].batch_size for i, _ in members)
-        if not always and not all_to_all_pays(n_mats, _axis_size(mesh, entry)):
-            continue
-        done = _orthogonalize_all_to_all(
-            [(*leaves[i], flip) for i, flip in members], entry, coefficients, steps, compute_dtype
-        )
-        for (i, _), y in zip(members, done):
-            outs[i] = y
+    def fn_for(lay: ResolvedLayout, flip: bool) -> Callable[[jax.Array], jax.Array]:
+        return lambda w: newton_schulz(w, coefficients, steps, compute_dtype=compute_dtype)
+
+    return map_fsdp_matrices(leaves, fn_for, outs, always=always)
 
 
 def orthogonalize_leaves(
@@ -579,11 +606,9 @@ def orthogonalize_leaves(
     if strategy == "batched":
         return _orthogonalize_batched(leaves, coefficients, steps, compute_dtype)
     outs: list[jax.Array | None] = [None] * len(leaves)
+    fsdp: set[int] = set()
     if strategy == "auto":
-        _orthogonalize_fsdp(leaves, coefficients, steps, compute_dtype, outs, always=False)
-        fsdp = {i for members in _fsdp_groups(leaves).values() for i, _ in members}
-    else:
-        fsdp = set()
+        fsdp = _orthogonalize_fsdp(leaves, coefficients, steps, compute_dtype, outs, always=False)
     for i, (x, lay) in enumerate(leaves):
         if outs[i] is None:
             how = "replicate" if i in fsdp else strategy

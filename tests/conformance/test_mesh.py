@@ -67,9 +67,9 @@ def _specs(params: Any) -> Any:
 # column-sharded matrices go through two all-to-alls with device-local Newton–Schulz, and
 # hidden/kernel, a group of one matrix, is gathered once (cheaper than padding it to 8).
 # The value is the number of all-gathers of whole matrices (not the loss's) allowed:
-# lipschitz_muon's weight projection (spectral soft cap, under ``auto_axes``) gathers
-# stack/kernel twice more.
-FSDP_GATHERS = {"muon": 1, "normuon": 1, "root": 1, "hybrid_auon": 1, "lipschitz_muon": 3}
+# lipschitz_muon's weight projection (spectral soft cap) is a second matrix function,
+# with its own all-to-alls and its own gather of hidden/kernel.
+FSDP_GATHERS = {"muon": 1, "normuon": 1, "root": 1, "hybrid_auon": 1, "lipschitz_muon": 2}
 _COLLECTIVE = re.compile(r"= (.*?) (all-gather|all-to-all)(?:-start)?\(")
 
 
