@@ -64,7 +64,7 @@ _BYTES = {"f64": 8, "s64": 8, "u64": 8, "c64": 8, "f32": 4, "s32": 4, "u32": 4, 
           "f16": 2, "s16": 2, "u16": 2, "s8": 1, "u8": 1, "pred": 1, "c128": 16}  # fmt: skip
 
 #: The methods issue 16 asks about, with the strategies they accept.
-METHODS = ("adamw", "muon", "normuon", "soap", "cosmos", "galore")
+METHODS = ("adamw", "muon", "normuon", "root", "lipschitz_muon", "soap", "cosmos", "galore")
 
 
 def _array_bytes(text: str) -> list[int]:
