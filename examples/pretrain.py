@@ -300,21 +300,27 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, desc="pretrain", unit="step", file=sys.stderr)
 
 
-def run(args: argparse.Namespace) -> PretrainResult:
-    """Trains (or resumes) as configured by :func:`build_parser`'s arguments."""
-    import jax
-    import jax.numpy as jnp
-    import orbax.checkpoint as ocp
-    from flax import nnx
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
+@dataclasses.dataclass
+class _Program:
+    """The run's model, shardings and jitted functions (built by :func:`_build_program`)."""
 
-    import optx
+    cfg: Any
+    mesh: Any
+    abstract_params: Any
+    param_sh: Any
+    state_sh: dict[str, Any]
+    batch_sh: Any
+    init: Any  # () -> {params, opt_state, step}
+    apply: Any  # (state, grads, loss, batch) -> state: the optimizer update alone
+    train_step: Any  # jitted (state, batch) -> (state, loss), state donated
+
+
+def _model_config(args: argparse.Namespace, data_dir: pathlib.Path) -> Any:
+    """The preset's :class:`examples.models.TransformerConfig` (the token file made if missing)."""
+    import jax.numpy as jnp
+
     from examples import models
 
-    mesh = make_mesh([int(s) for s in args.mesh.split(",")])
-    n_devices = mesh.devices.size
-    data_dir = pathlib.Path(args.data)
     if not (data_dir / "meta.json").is_file():
         prepare_shakespeare(data_dir)
     meta = json.loads((data_dir / "meta.json").read_text())
@@ -323,30 +329,21 @@ def run(args: argparse.Namespace) -> PretrainResult:
     vocab = -(-max(vocab, meta["vocab_size"]) // 64) * 64  # padded: shards evenly
     if args.seq_len:
         preset["max_len"] = args.seq_len
-    cfg = models.TransformerConfig(
+    return models.TransformerConfig(
         vocab_size=vocab,
         scan_layers=True,
         dtype=jnp.bfloat16 if args.bf16 else None,
         **preset,
     )
-    seq_len = cfg.max_len
-    loader = TokenLoader(
-        data_dir / "train.bin",
-        batch=args.batch,
-        seq_len=seq_len,
-        accum=args.accum,
-        seed=args.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
 
-    def make_params() -> Any:
-        return nnx.split(models.TransformerLM(cfg, rngs=nnx.Rngs(args.seed)), nnx.Param)[1]
 
-    model_abstract = nnx.eval_shape(lambda: models.TransformerLM(cfg, rngs=nnx.Rngs(0)))
-    graphdef, abstract_params = nnx.split(model_abstract, nnx.Param)
-    example = jax.ShapeDtypeStruct((1, seq_len), jnp.int32)
-    spec, tx = _build_optimizer(args, model_abstract, example)
+def _shardings(tx: Any, abstract_params: Any, mesh: Any) -> tuple[Any, dict[str, Any], Any]:
+    """(parameter shardings, train-state shardings, batch sharding) on ``mesh``."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import optx
 
     param_sh = jax.tree_util.tree_map_with_path(
         lambda p, x: NamedSharding(
@@ -362,11 +359,28 @@ def run(args: argparse.Namespace) -> PretrainResult:
         "opt_state": optx.sharding.state_shardings(tx, sharded_abstract),
         "step": NamedSharding(mesh, P()),
     }
-    batch_sh = NamedSharding(mesh, P(None, BATCH_AXES, None))
+    return param_sh, state_sh, NamedSharding(mesh, P(None, BATCH_AXES, None))
+
+
+def _build_program(args: argparse.Namespace, cfg: Any, mesh: Any) -> _Program:
+    """Model, optimizer, shardings and the jitted train step (gradient accumulation inside)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import optx
+    from examples import models
+
+    model_abstract = nnx.eval_shape(lambda: models.TransformerLM(cfg, rngs=nnx.Rngs(0)))
+    graphdef, abstract_params = nnx.split(model_abstract, nnx.Param)
+    example = jax.ShapeDtypeStruct((1, cfg.max_len), jnp.int32)
+    spec, tx = _build_optimizer(args, model_abstract, example)
+    param_sh, state_sh, batch_sh = _shardings(tx, abstract_params, mesh)
     key = jax.random.key(args.seed)
 
     def init() -> dict[str, Any]:
-        params = make_params()
+        model = models.TransformerLM(cfg, rngs=nnx.Rngs(args.seed))
+        params = nnx.split(model, nnx.Param)[1]
         return {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
 
     def loss_on(p: Any, mb: Any) -> jax.Array:
@@ -402,33 +416,50 @@ def run(args: argparse.Namespace) -> PretrainResult:
         loss, grads = gradients(state["params"], batch)
         return apply(state, grads, loss, batch), loss
 
-    train_step = jax.jit(
+    jitted = jax.jit(
         train_step,
         in_shardings=(state_sh, batch_sh),
         out_shardings=(state_sh, None),
         donate_argnums=0,
     )
+    return _Program(cfg, mesh, abstract_params, param_sh, state_sh, batch_sh, init, apply, jitted)
 
+
+def _checkpoints(args: argparse.Namespace) -> Any:
+    """An orbax ``CheckpointManager`` with async saves, or None without ``--checkpoint-dir``."""
+    import orbax.checkpoint as ocp
+
+    if not args.checkpoint_dir:
+        return None
     options = ocp.CheckpointManagerOptions(max_to_keep=args.keep, enable_async_checkpointing=True)
-    manager = (
-        ocp.CheckpointManager(pathlib.Path(args.checkpoint_dir).absolute(), options=options)
-        if args.checkpoint_dir
-        else None
-    )
+    return ocp.CheckpointManager(pathlib.Path(args.checkpoint_dir).absolute(), options=options)
+
+
+def _initial_state(args: argparse.Namespace, program: _Program, manager: Any) -> Any:
+    """A fresh sharded state, or the checkpoint restored onto this run's mesh."""
+    import jax
+    import orbax.checkpoint as ocp
+
     resume = None
     if manager is not None:
         resume = args.resume_from if args.resume_from is not None else manager.latest_step()
-    if resume is not None:
-        target = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            jax.eval_shape(init),
-            state_sh,
-        )
-        state = manager.restore(resume, args=ocp.args.StandardRestore(target))
-    else:
-        state = jax.jit(init, out_shardings=state_sh)()
-    start = int(state["step"])
+    if resume is None:
+        return jax.jit(program.init, out_shardings=program.state_sh)()
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        jax.eval_shape(program.init),
+        program.state_sh,
+    )
+    return manager.restore(resume, args=ocp.args.StandardRestore(target))
 
+
+def _flop_model(program: _Program) -> tuple[int, float]:
+    """(parameter count, training FLOPs per token) of the model."""
+    import jax
+
+    import optx
+
+    cfg, abstract_params = program.cfg, program.abstract_params
     n_params = optx.tree_utils.param_count(abstract_params)
     n_embed = sum(  # lookup tables: no matmul unless tied to the head
         math.prod(x.shape)
@@ -436,50 +467,65 @@ def run(args: argparse.Namespace) -> PretrainResult:
         if re.search(r"(^|/)(pos_)?embed/embedding$", optx.tree_utils.path_to_str(path))
     )
     matmul_params = n_params - (0 if cfg.tie_embeddings else n_embed)
-    fpt = flops_per_token(matmul_params, cfg.n_layers, seq_len, cfg.d_model)
-    peak = peak_flops(jax.devices()[0].device_kind)
-    tokens_per_step = args.batch * args.accum * seq_len
-    lead = jax.process_index() == 0
-    metrics = open(args.metrics, "a") if (args.metrics and lead) else None  # noqa: SIM115
+    return n_params, flops_per_token(matmul_params, cfg.n_layers, cfg.max_len, cfg.d_model)
 
-    def global_batch(step: int) -> Any:
-        x, y = loader.local_batch(step)
-        shape = (args.accum, args.batch, seq_len)
-        return tuple(jax.make_array_from_process_local_data(batch_sh, a, shape) for a in (x, y))
+
+@dataclasses.dataclass
+class _Meter:
+    """Per-step metrics: JSONL records, the progress bar, step times (the first compiles)."""
+
+    tokens_per_step: int
+    fpt: float
+    n_devices: int
+    peak: float | None
+    metrics: Any
+    bar: Any
+    times: list[float] = dataclasses.field(default_factory=list)
+
+    def record(self, i: int, loss: float, dt: float, first: bool) -> None:
+        if not first:
+            self.times.append(dt)
+        tps = self.tokens_per_step / dt
+        record = {"step": i, "loss": loss, "step_time_s": dt, "tokens_per_s": tps}
+        record["mfu"] = mfu(tps, self.fpt, self.n_devices, self.peak)
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(record) + "\n")
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
+            self.bar.update(1)
+
+
+def _train(
+    args: argparse.Namespace,
+    program: _Program,
+    state: Any,
+    start: int,
+    global_batch: Any,
+    manager: Any,
+    meter: _Meter,
+) -> tuple[Any, dict[int, float]]:
+    """Steps ``start .. args.steps − 1``: periodic async saves, a profile of steps 1–3."""
+    import jax
+    import orbax.checkpoint as ocp
 
     losses: dict[int, float] = {}
-    times: list[float] = []
     tracing = False
-    with _progress(args.steps, start, lead and not args.no_progress) as bar:
-        for i in range(start, args.steps):
-            if args.profile and i == start + 1:  # after the compiling step
-                jax.profiler.start_trace(args.profile)
-                tracing = True
-            batch = global_batch(i)
-            t0 = time.perf_counter()
-            state, loss = train_step(state, batch)
-            loss = float(loss)
-            dt = time.perf_counter() - t0
-            if tracing and i == start + 3:
-                jax.profiler.stop_trace()
-                tracing = False
-            if i > start:  # the first step compiles
-                times.append(dt)
-            losses[i] = loss
-            if (
-                manager is not None
-                and (i + 1) % args.save_every == 0
-                and (i + 1) not in manager.all_steps()
-            ):
-                manager.save(i + 1, args=ocp.args.StandardSave(state))
-            tps = tokens_per_step / dt
-            record = {"step": i, "loss": loss, "step_time_s": dt, "tokens_per_s": tps}
-            record["mfu"] = mfu(tps, fpt, n_devices, peak)
-            if metrics is not None:
-                metrics.write(json.dumps(record) + "\n")
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
-                bar.update(1)
+    for i in range(start, args.steps):
+        if args.profile and i == start + 1:  # after the compiling step
+            jax.profiler.start_trace(args.profile)
+            tracing = True
+        batch = global_batch(i)
+        t0 = time.perf_counter()
+        state, loss = program.train_step(state, batch)
+        losses[i] = float(loss)
+        dt = time.perf_counter() - t0
+        if tracing and i == start + 3:
+            jax.profiler.stop_trace()
+            tracing = False
+        due = manager is not None and (i + 1) % args.save_every == 0
+        if due and (i + 1) not in manager.all_steps():
+            manager.save(i + 1, args=ocp.args.StandardSave(state))
+        meter.record(i, losses[i], dt, first=i == start)
     if tracing:
         jax.profiler.stop_trace()
     if manager is not None:
@@ -487,45 +533,96 @@ def run(args: argparse.Namespace) -> PretrainResult:
             manager.save(args.steps, args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
         manager.close()
+    return state, losses
 
-    step_time = statistics.median(times) if times else float("nan")
-    tokens_per_s = tokens_per_step / step_time if times else float("nan")
+
+def run(args: argparse.Namespace) -> PretrainResult:
+    """Trains (or resumes) as configured by :func:`build_parser`'s arguments."""
+    import jax
+
+    mesh = make_mesh([int(s) for s in args.mesh.split(",")])
+    data_dir = pathlib.Path(args.data)
+    cfg = _model_config(args, data_dir)
+    loader = TokenLoader(
+        data_dir / "train.bin",
+        batch=args.batch,
+        seq_len=cfg.max_len,
+        accum=args.accum,
+        seed=args.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    program = _build_program(args, cfg, mesh)
+    manager = _checkpoints(args)
+    state = _initial_state(args, program, manager)
+    start = int(state["step"])
+
+    def global_batch(step: int) -> Any:
+        x, y = loader.local_batch(step)
+        shape = (args.accum, args.batch, cfg.max_len)
+        return tuple(
+            jax.make_array_from_process_local_data(program.batch_sh, a, shape) for a in (x, y)
+        )
+
+    n_params, fpt = _flop_model(program)
+    peak = peak_flops(jax.devices()[0].device_kind)
+    tokens_per_step = args.batch * args.accum * cfg.max_len
+    lead = jax.process_index() == 0
+    metrics = open(args.metrics, "a") if (args.metrics and lead) else None  # noqa: SIM115
+    with _progress(args.steps, start, lead and not args.no_progress) as bar:
+        meter = _Meter(tokens_per_step, fpt, mesh.devices.size, peak, metrics, bar)
+        state, losses = _train(args, program, state, start, global_batch, manager, meter)
+
+    step_time = statistics.median(meter.times) if meter.times else float("nan")
+    tokens_per_s = tokens_per_step / step_time if meter.times else float("nan")
     share = None
     if args.measure_optimizer and args.steps > start:
-        share = _optimizer_share(
-            jax.jit(
-                apply, in_shardings=(state_sh, param_sh, None, batch_sh), out_shardings=state_sh
-            ),
-            train_step,
-            state,
-            global_batch(args.steps),
-            repeats=args.timing_repeats,
+        apply = jax.jit(
+            program.apply,
+            in_shardings=(program.state_sh, program.param_sh, None, program.batch_sh),
+            out_shardings=program.state_sh,
         )
-    util = mfu(tokens_per_s, fpt, n_devices, peak)
+        share = _optimizer_share(
+            apply, program.train_step, state, global_batch(args.steps), repeats=args.timing_repeats
+        )
+    util = mfu(tokens_per_s, fpt, mesh.devices.size, peak)
+    result = PretrainResult(
+        losses, start, tokens_per_s, util, share, n_params, fpt, dict(mesh.shape)
+    )
+    _report(args, result, step_time, metrics, lead)
+    return result
+
+
+def _report(
+    args: argparse.Namespace, result: PretrainResult, step_time: float, metrics: Any, lead: bool
+) -> None:
+    """The summary record (JSONL) and line (stdout) of process 0."""
+    import jax
+
     summary = {
         "summary": True,
         "optimizer": args.optimizer,
         "preset": args.preset,
-        "mesh": dict(mesh.shape),
-        "params": n_params,
-        "flops_per_token": fpt,
-        "tokens_per_s": tokens_per_s,
+        "mesh": result.mesh_shape,
+        "params": result.n_params,
+        "flops_per_token": result.flops_per_token,
+        "tokens_per_s": result.tokens_per_s,
         "step_time_s": step_time,
-        "mfu": util,
-        "optimizer_share": share,
+        "mfu": result.mfu,
+        "optimizer_share": result.optimizer_share,
         "device_kind": jax.devices()[0].device_kind,
     }
     if metrics is not None:
         metrics.write(json.dumps(summary) + "\n")
         metrics.close()
     if lead:
+        last = result.losses.get(args.steps - 1, float("nan"))
         print(
-            f"[pretrain] {args.optimizer} {args.preset} ({n_params:,} params) mesh "
-            f"{dict(mesh.shape)}: steps {start}..{args.steps}, "
-            f"last loss {losses.get(args.steps - 1, float('nan')):.4f}, "
-            f"{tokens_per_s:,.0f} tokens/s, MFU {_pct(util)}, optimizer share {_pct(share)}"
+            f"[pretrain] {args.optimizer} {args.preset} ({result.n_params:,} params) mesh "
+            f"{result.mesh_shape}: steps {result.start_step}..{args.steps}, "
+            f"last loss {last:.4f}, {result.tokens_per_s:,.0f} tokens/s, "
+            f"MFU {_pct(result.mfu)}, optimizer share {_pct(result.optimizer_share)}"
         )
-    return PretrainResult(losses, start, tokens_per_s, util, share, n_params, fpt, dict(mesh.shape))
 
 
 def _pct(x: float | None) -> str:

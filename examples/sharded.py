@@ -15,8 +15,9 @@ on a GPU/TPU slice it runs unchanged on the real devices.
 reduce-scatter, all-to-all, collective-permute) in a compiled program, and
 :func:`optimizer_step_collectives` applies it to the optimizer update alone,
 so a user can see whether Newton–Schulz on sharded matrices gathers them —
-e.g. for ``optx.muon(strategy=...)`` with ``'auto'`` (``auto_axes``: XLA
-inserts the collectives of the sharded matmuls), ``'replicate'`` (gather each
+e.g. for ``optx.muon(strategy=...)`` with ``'auto'`` (FSDP-sharded matrices
+through two all-to-alls, one matrix per device; other shardings under
+``auto_axes``: XLA inserts the collectives of the sharded matmuls), ``'replicate'`` (gather each
 matrix, orthogonalize everywhere, slice back) and ``'batched'`` (stack
 same-shape matrices and shard the stack so each device orthogonalizes whole
 matrices). The strategies differ under an *Explicit* mesh (``jax.make_mesh``'s

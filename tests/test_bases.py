@@ -703,7 +703,8 @@ def test_state_sharding_rules_under_explicit_mesh(name: str) -> None:
         s_in = state0.bases[0]["stack"]["kernel"]
         assert s_in.sharding.spec == P("model", "data", None)
     elif name == "conda":
-        assert state0.bases["hidden"]["kernel"].sharding.spec == P("model", None)
+        # the basis's first axis follows the leaf's; the unused 'data' goes on the second
+        assert state0.bases["hidden"]["kernel"].sharding.spec == P("model", "data")
         assert state0.bases["stack"]["kernel"].sharding.spec == P("model", "data", None)
     else:
         assert state0.basis["hidden"]["kernel"].sharding.spec == P("data", None)

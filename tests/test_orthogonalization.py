@@ -199,7 +199,7 @@ def test_batched_strategy_without_mesh_matches_per_leaf() -> None:
         np.testing.assert_allclose(x, y, atol=1e-6)
 
 
-def test_batched_strategy_under_fsdp_uses_two_all_to_alls_and_no_gather() -> None:
+def test_batched_and_default_strategies_under_fsdp_use_all_to_alls() -> None:
     """FSDP-sharded matrices (one axis, the major axis of fan-in or fan-out): each device
     orthogonalizes whole matrices after one all-to-all and returns blocks with a second."""
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
@@ -231,3 +231,18 @@ def test_batched_strategy_under_fsdp_uses_two_all_to_alls_and_no_gather() -> Non
         assert jax.typeof(leaf).sharding.spec == spec
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+    # The default picks the all-to-alls by itself for groups of two matrices or more (rows,
+    # rows2 and the transposed cols: 3; stack: 3) and gathers the group of one (attn) once,
+    # without a mesh in context.
+    auto = optx.scale_by_newton_schulz(ns_steps=5, layout=router)
+    fn = jax.jit(auto.update)
+    hlo = fn.lower(sharded, auto.init(sharded)).compile().as_text()
+    got, _ = fn(sharded, auto.init(sharded))
+    assert hlo.count(" all-to-all(") == 4 and hlo.count(" all-gather(") == 1
+    for leaf, spec in zip(jax.tree.leaves(got), jax.tree.leaves(specs)):
+        assert jax.typeof(leaf).sharding.spec == spec
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+    # 2 ⌈T/N⌉ ≤ T: the padded all-to-alls move no more than gathering the T matrices.
+    assert [orth.all_to_all_pays(t, 2) for t in (1, 2, 3, 4, 5)] == [0, 1, 0, 1, 0]
+    assert [orth.all_to_all_pays(t, 8) for t in (1, 2, 9)] == [0, 1, 1]

@@ -439,12 +439,14 @@ def test_projector_state_sharding_rules() -> None:
         sharded = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in params.items()}
         state = tx.init(sharded)
         spec = lambda x: jax.typeof(x).sharding.spec  # noqa: E731
-        # hidden (8, 16): fan_in 8 <= 16 -> project fan-in; P (1, 8, 2) keeps 'data'
-        assert spec(state.projector["hidden"]) == P(None, "data", None)
+        # hidden (8, 16): fan_in 8 <= 16 -> project fan-in; P (1, 8, 2) keeps 'data', and the
+        # unused 'model' goes on the rank axis (sharding.fill_spec)
+        assert spec(state.projector["hidden"]) == P(None, "data", "model")
         mu = state.inner_state.mu
         assert mu["hidden"].shape == (1, 2, 16) and spec(mu["hidden"]) == P(None, None, "model")
-        # stack (4, 16, 8): fan_out 8 < 16 -> project fan-out; batch keeps 'data'
-        assert spec(state.projector["stack"]) == P("data", None, None)
+        # stack (4, 16, 8): fan_out 8 < 16 -> project fan-out; batch keeps 'data', 'model'
+        # goes on the fan-out axis of P (4, 8, 2)
+        assert spec(state.projector["stack"]) == P("data", "model", None)
         assert spec(mu["stack"]) == P("data", "model", None)
         abstract = optx.sharding.state_shardings(tx, sharded)
         for s, a in zip(jax.tree.leaves(state), jax.tree.leaves(abstract)):

@@ -70,3 +70,74 @@ def test_state_shardings_under_auto_mesh_gives_sharded_state() -> None:
 def test_state_shardings_requires_sharded_params() -> None:
     with pytest.raises(ValueError, match="NamedSharding"):
         optx.sharding.state_shardings(optax.adam(1e-3), {"w": jnp.ones(3)})
+
+
+def test_fill_spec_spreads_unused_mesh_axes() -> None:
+    mesh = _mesh()
+    fill = sharding.fill_spec
+    # Unused axes together on the largest divisible unsharded axis ...
+    assert fill(P(), (1, 768, 64), mesh) == P(None, ("data", "model"), None)
+    assert fill(P(None, "data", None), (1, 768, 64), mesh) == P(None, "data", "model")
+    # ... or the largest alone where their product does not divide; indivisible entries
+    # are dropped first; small or indivisible state stays replicated.
+    assert fill(P(), (12, 6), mesh) == P("data", None)
+    assert fill(P("model", None), (3, 8), mesh) == P(None, ("data", "model"))
+    assert fill(P(), (3, 5), mesh) == P(None, None)
+    assert fill(None, (8,), mesh) is None
+    assert fill(P(), (8,), jnp.ones(8)) == P()  # on no mesh: unchanged
+
+
+# State proportional to its parameter but not shaped like it: M-FAC's gradient buffer,
+# FRUGAL's stacked active blocks, ConDA's bases. (GaLore's, APOLLO's and DCT-AdamW's
+# projections: tests/test_projection.py::test_projector_state_sharding_rules.)
+SPREAD = ("mfac", "frugal", "conda")
+
+
+def _fsdp_tree() -> tuple[dict, dict]:
+    k = iter(jax.random.split(jax.random.key(3), 3))
+    params = {
+        "attn": {"out": {"kernel": jax.random.normal(next(k), (4, 8, 16))}},  # fan-in merged
+        "mlp": {"kernel": jax.random.normal(next(k), (16, 32))},
+        "head": {"kernel": jax.random.normal(next(k), (16, 8))},
+    }
+    specs = {
+        "attn": {"out": {"kernel": P(None, "model", "data")}},
+        "mlp": {"kernel": P("model", "data")},
+        "head": {"kernel": P("data", "model")},
+    }
+    return params, specs
+
+
+@pytest.mark.filterwarnings("ignore:FRUGAL")  # one active block per group of one matrix
+@pytest.mark.parametrize("name", SPREAD)
+def test_parameter_sized_state_is_spread_over_every_device(name) -> None:
+    """The rule: state leaves of 128 entries or more hold 1/8 of their entries per device
+    (state_shardings, abstract); a step under those shardings (Explicit axes) gives the
+    unsharded numbers, and keeps the state's shardings."""
+    spec = optx.get_optimizer(name)
+    tx = spec.build(**{**spec.test_overrides, **({"num_grads": 4} if name == "mfac" else {})})
+    params, specs = _fsdp_tree()
+    mesh = _mesh()
+    sharded = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
+    shardings = optx.sharding.state_shardings(tx, sharded)
+    state = jax.eval_shape(tx.init, params)
+    big = [
+        (s.shape, sh.spec)
+        for s, sh in zip(jax.tree.leaves(state), jax.tree.leaves(shardings))
+        if s.size >= 128
+    ]
+    assert big
+    for shape, sh in big:
+        assert np.prod(NamedSharding(mesh, sh).shard_shape(shape)) * 8 == np.prod(shape), sh
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    want, got = (params, tx.init(params)), (sharded, jax.device_put(tx.init(sharded), shardings))
+    for i in range(2):
+        g = jax.tree.map(lambda x, i=i: (x + 0.1 * i) ** 3, want[0])
+        u_want, s_want = step(g, want[1], want[0])
+        u_got, s_got = step(jax.device_put(g, jax.tree.map(lambda x: x.sharding, sharded)),
+                            got[1], got[0])  # fmt: skip
+        for a, b in zip(jax.tree.leaves(u_got), jax.tree.leaves(u_want)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+        for s, sh in zip(jax.tree.leaves(s_got), jax.tree.leaves(shardings)):
+            assert s.sharding.is_equivalent_to(sh, s.ndim), (name, s.shape, s.sharding)
+        want, got = (want[0], s_want), (got[0], s_got)

@@ -1038,7 +1038,10 @@ def scale_by_conda(
             if not view.modes:
                 return optax.MaskedNode()
             dtype = precond_dtype or base.compute_dtype(p.dtype)
-            return factor_zeros(view, conda_side(view), dtype, p)
+            basis = factor_zeros(view, conda_side(view), dtype, p)
+            # A (d, d) basis per matrix: the mesh axes its first axis does not use go on
+            # the second (sharding.fill_spec), so it is spread over every device.
+            return sharding.zeros_filled(basis.shape, dtype, sharding.spec_of(basis), p)
 
         return ScaleByCondaState(
             count=jnp.zeros([], jnp.int32),

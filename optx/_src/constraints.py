@@ -75,7 +75,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, hyperparams, layouts, routing, sharding
+from optx._src import base, hyperparams, layouts, orthogonalization, routing, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 GEOMETRIES = ("rms", "l2")
@@ -305,7 +305,9 @@ def spectral_projection(
       seed: seed of the state's PRNG key.
       geometry: ``'rms'`` (RMS→RMS, the paper) or ``'l2'``.
       layout: a :data:`~optx.LayoutSpec`.
-      strategy: ``'auto'`` runs projections without power iteration through
+      strategy: ``'auto'`` runs projections without power iteration on
+        FSDP-sharded matrices one per device through two all-to-alls (as
+        :func:`optx.scale_by_newton_schulz`), on other sharded leaves through
         :func:`optx.sharding.apply_matrix_fn`; sharded leaves that power-iterate are
         gathered (replicated) for the per-matrix work either way.
 
@@ -372,7 +374,9 @@ def spectral_projection(
         else:
             key, step_key = state.key, None
 
-        def project_leaf(u: jax.Array, lay: ResolvedLayout, w: jax.Array, *vec: Any) -> Any:
+        def project_leaf(
+            u: jax.Array, lay: ResolvedLayout, w: jax.Array, *vec: Any, how: str = strategy
+        ) -> Any:
             scale = geometry_scale(geometry, lay.fan_in, lay.fan_out)
             hp = {**hp_now, "scale": scale}
             cdt = jnp.promote_types(jnp.promote_types(u.dtype, w.dtype), jnp.float32)
@@ -401,8 +405,50 @@ def spectral_projection(
                 projected, new_vec = _run_gathered(fn, target, *vec)
                 new_vec = sharding.reshard_like(new_vec.astype(vec[0].dtype), vec[0])
                 return (projected - w_c).astype(u.dtype), new_vec
-            projected = sharding.apply_matrix_fn(lambda x: fn(x)[0], target, strategy)
+            projected = sharding.apply_matrix_fn(lambda x: fn(x)[0], target, how)
             return (projected - w_c).astype(u.dtype)
+
+        def project_tree(updates: Any, params: Any) -> Any:
+            """Without power iteration: FSDP-sharded matrices one per device (two
+            all-to-alls, as Newton–Schulz's ``'auto'``), the others per leaf."""
+            flat, treedef = jax.tree_util.tree_flatten_with_path(
+                updates, is_leaf=base.is_leaf_or_none
+            )
+            ws = treedef.flatten_up_to(params)
+            resolve = layouts.resolved_layout_fn(layout)
+            todo = []
+            for k, ((p, u), w) in enumerate(zip(flat, ws)):
+                lay = None if u is None else resolve(base.path_to_str(p), u)
+                if lay is not None:
+                    cdt = jnp.promote_types(jnp.promote_types(u.dtype, w.dtype), jnp.float32)
+                    todo.append((k, u, w.astype(cdt), lay))
+
+            def key(lay: ResolvedLayout, flip: bool) -> tuple[float, bool]:
+                return geometry_scale(geometry, lay.fan_in, lay.fan_out), flip
+
+            def fn_for(lay: ResolvedLayout, flip: bool) -> Callable[[jax.Array], jax.Array]:
+                scale = geometry_scale(geometry, lay.fan_in, lay.fan_out)
+                hp = {**hp_now, "scale": scale}
+
+                def fn(m: jax.Array) -> jax.Array:
+                    # Column-sharded leaves arrive transposed: project the (fan_in, fan_out)
+                    # matrices themselves, so ``project`` need not commute with transposition.
+                    t = (lambda a: jnp.swapaxes(a, -1, -2)) if flip else (lambda a: a)
+                    return t(project(t(m) / scale, hp, None) * scale).astype(m.dtype)
+
+                return fn
+
+            outs: list[Any] = [None] * len(todo)
+            targets = [(w_c + u.astype(w_c.dtype), lay) for _, u, w_c, lay in todo]
+            fsdp = orthogonalization.map_fsdp_matrices(targets, fn_for, outs, key=key)
+            leaves = [u for _, u in flat]
+            for j, (k, u, w_c, lay) in enumerate(todo):
+                if outs[j] is not None:
+                    leaves[k] = (outs[j] - w_c).astype(u.dtype)
+                else:
+                    how = "replicate" if j in fsdp else strategy
+                    leaves[k] = project_leaf(u, lay, ws[k], how=how)
+            return jax.tree_util.tree_unflatten(treedef, leaves)
 
         if uses_pi:
             out = layouts.map_matrix_leaves(
@@ -415,9 +461,12 @@ def spectral_projection(
             )
             new_updates, new_vectors = base.unzip_tree(updates, out)
         else:
-            new_updates = layouts.map_matrix_leaves(
-                project_leaf, layout, updates, params, otherwise=lambda u, w: u
-            )
+            if strategy == "auto":
+                new_updates = project_tree(updates, params)
+            else:
+                new_updates = layouts.map_matrix_leaves(
+                    project_leaf, layout, updates, params, otherwise=lambda u, w: u
+                )
             new_vectors = state.vectors
         new_state = SpectralProjectionState(
             count=optax.safe_increment(state.count), key=key, vectors=new_vectors

@@ -123,8 +123,10 @@ def scale_by_mfac(
     whatever ``d`` (the official ``HInvFastUpMulti.setup`` likewise refactors,
     by a no-pivot LU, at every step). At ``m = 1024`` the factorization costs
     ~0.2 s of CPU per step (measured on a shared 2-core CPU), so for small
-    models or toy problems lower ``m`` (the registry default is 32). Under an Explicit mesh the buffer
-    is replicated and sharded leaves are gathered for the (global) solve.
+    models or toy problems lower ``m`` (the registry default is 32). On a mesh
+    the global buffer is sharded over its parameter axis (every mesh axis, when
+    they divide ``d``; :func:`optx.sharding.state_shardings`), the Gram matrix
+    replicated, and sharded gradients are gathered for the (global) solve.
 
     Numerics: λ = 1e-5 makes ``F⁻¹`` ≈ 1e5 on the complement of the buffer's
     span and the result involves cancellation: keep ``compute_dtype`` f32 (or
@@ -174,10 +176,13 @@ def scale_by_mfac(
         )
         if not blockwise:
             d = sum(int(math.prod(jnp.shape(x))) for x in jax.tree.leaves(params))
+            # The buffer (m copies of the model) is sharded over its parameter axis on the
+            # params' mesh (every mesh axis, when the mesh divides d); the Gram matrix is
+            # small and replicated.
             return ScaleByMFACState(
                 count=jnp.zeros([], jnp.int32),
-                grads=jnp.zeros((m, d), dtype),
-                gram=jnp.zeros((m, m), compute_dtype),
+                grads=sharding.zeros_filled((m, d), dtype, None, params),
+                gram=sharding.put_like(jnp.zeros((m, m), compute_dtype), params),
             )
 
         def g_init(path: str, x: Any) -> jax.Array:
@@ -199,8 +204,18 @@ def scale_by_mfac(
         specs = jax.tree.map(sharding.spec_of, updates)
         updates_r = jax.tree.map(sharding.replicate, updates)
         flat, unravel = ravel_pytree(updates_r)
-        G, gram = _insert(state.grads, state.gram, flat, slot)
-        u = _ifvp_newest(G, gram, slot, damp, gram.dtype)
+
+        def fn(G: jax.Array, gram: jax.Array, flat: jax.Array, slot: jax.Array, damp: Any):
+            G, gram = _insert(G, gram, flat, slot)
+            return G, gram, _ifvp_newest(G, gram, slot, damp, gram.dtype)
+
+        # A sharded buffer keeps its sharding; the contractions over its parameter axis
+        # (G g and Gᵀ c) run under auto_axes (all-reduces of m entries).
+        G, gram, u = sharding.call_with_out_specs(
+            fn,
+            (state.grads, state.gram, flat, slot, jnp.asarray(damp)),
+            (sharding.spec_of(state.grads), None, None),
+        )
         out = unravel(u.astype(flat.dtype))
         out = jax.tree.map(
             lambda y, x, s: (

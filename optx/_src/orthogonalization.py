@@ -433,14 +433,15 @@ def _from_local_matrices(m: jax.Array, block: jax.Array, lay: ResolvedLayout) ->
     return jnp.transpose(y, np.argsort(lay.permutation))
 
 
-def _orthogonalize_all_to_all(
+def _all_to_all_matrix_fn(
     leaves: list[tuple[jax.Array, ResolvedLayout, bool]],
     entry: Any,
-    coefficients: Any,
-    steps: int,
-    compute_dtype: Any,
+    fn: Callable[[jax.Array], jax.Array],
 ) -> list[jax.Array]:
-    """Newton–Schulz on FSDP-sharded matrices with two all-to-alls (distributed Muon).
+    """``fn`` (Newton–Schulz) on FSDP-sharded matrices with two all-to-alls (distributed Muon).
+
+    ``fn`` maps a stack of whole matrices to one of the same shape, matrix by matrix, and
+    commutes with transposition (``fn(Gᵀ) = fn(G)ᵀ``, as every spectral function does).
 
     Every leaf holds, per device, a block of rows of its matrices (of columns where its flag
     is set: those blocks are transposed, as ``NS(Gᵀ) = NS(G)ᵀ``), sharded over the mesh axes
@@ -474,7 +475,7 @@ def _orthogonalize_all_to_all(
         # (XLA:CPU rejects an all-to-all whose operands differ in layout).
         stack = jax.lax.optimization_barrier(stack)
         whole = jax.lax.all_to_all(stack, names, split_axis=0, concat_axis=1, tiled=True)
-        out = newton_schulz(whole, coefficients, steps, compute_dtype=compute_dtype)
+        out = fn(whole)
         back = jax.lax.all_to_all(out, names, split_axis=1, concat_axis=0, tiled=True)
         results, offset = [], 0
         for b, lay, m, flip in zip(blocks, lays, mats, flips):
@@ -486,6 +487,172 @@ def _orthogonalize_all_to_all(
 
     run = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=specs, check_vma=False)
     return list(run(*xs))
+
+
+def _fsdp_groups(
+    leaves: list[tuple[jax.Array, ResolvedLayout]],
+    key: Callable[[ResolvedLayout, bool], Any] | None = None,
+) -> dict[tuple[Any, ...], list[tuple[int, bool]]]:
+    """FSDP-sharded leaves (see :func:`_block_split`) grouped by ``(entry, rows, cols, dtype)``.
+
+    Blocks of one group stack: same mesh axes, same matrix shape once column-sharded blocks
+    are transposed (the flag). Only leaves on a mesh with Explicit axes qualify (under Auto
+    axes the types carry no sharding and the compiler partitions the single-device code).
+    ``key(layout, transposed)`` adds to the group key (what the matrix function depends on).
+    """
+    mesh = sharding.mesh_of([x for x, _ in leaves])
+    explicit = mesh is not None and AxisType.Explicit in mesh.axis_types
+    blocked: dict[tuple[Any, ...], list[tuple[int, bool]]] = defaultdict(list)
+    if not explicit:
+        return blocked
+    for i, (x, lay) in enumerate(leaves):
+        split = _block_split(x, lay)
+        if split is not None:  # row-sharded view; same entry and shape: the blocks stack
+            dim, entry = split
+            rows, cols = (lay.fan_in, lay.fan_out) if dim == 1 else (lay.fan_out, lay.fan_in)
+            extra = None if key is None else key(lay, dim == 2)
+            blocked[(entry, rows, cols, x.dtype, extra)].append((i, dim == 2))
+    return blocked
+
+
+def _axis_size(mesh: Any, entry: Any) -> int:
+    names = entry if isinstance(entry, tuple) else (entry,)
+    return math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes))[k] for k in names)
+
+
+def all_to_all_pays(n_matrices: int, n_devices: int) -> bool:
+    """Whether two all-to-alls move no more bytes than gathering ``n_matrices`` matrices.
+
+    A group of ``T`` same-shape FSDP-sharded matrices over ``N`` devices is padded to a
+    multiple of ``N``; each device then receives ``2 (N − 1)/N · ⌈T/N⌉`` matrices through the
+    two all-to-alls, against ``(N − 1)/N · T`` for gathering them all: the all-to-alls pay
+    when ``2 ⌈T/N⌉ ≤ T`` (two matrices or more per group, and never more than twice the
+    padding). A group of one matrix is gathered (one all-gather of that matrix).
+    """
+    return 2 * -(-n_matrices // n_devices) <= n_matrices
+
+
+def map_fsdp_matrices(
+    leaves: list[tuple[jax.Array, ResolvedLayout]],
+    fn_for: Callable[[ResolvedLayout, bool], Callable[[jax.Array], jax.Array]],
+    outs: list[jax.Array | None],
+    *,
+    key: Callable[[ResolvedLayout, bool], Any] | None = None,
+    always: bool = False,
+) -> set[int]:
+    """A matrix function on the FSDP-sharded leaves, one matrix per device (two all-to-alls).
+
+    Fills ``outs[i]`` for the leaves of every FSDP group (see :func:`_fsdp_groups`; ``key``
+    splits groups further) where :func:`all_to_all_pays` (``always``: every group).
+    ``fn_for(layout, transposed)`` of a group's first leaf gives the function applied to the
+    stack of whole ``(rows, cols)`` matrices (transposed ones for column-sharded leaves); it
+    must map each matrix alone and commute with transposition. Returns the indices of every
+    FSDP-sharded leaf (handled or not), so a caller can gather the others once.
+    """
+    mesh = sharding.mesh_of([x for x, _ in leaves])
+    groups = _fsdp_groups(leaves, key)
+    for (entry, *_), members in groups.items():
+        n_mats = sum(leaves[i][1].batch_size for i, _ in members)
+        if not always and not all_to_all_pays(n_mats, _axis_size(mesh, entry)):
+            continue
+        i0, flip0 = members[0]
+        done = _all_to_all_matrix_fn(
+            [(*leaves[i], flip) for i, flip in members], entry, fn_for(leaves[i0][1], flip0)
+        )
+        for (i, _), y in zip(members, done):
+            outs[i] = y
+    return {i for members in groups.values() for i, _ in members}
+
+
+def _orthogonalize_fsdp(
+    leaves: list[tuple[jax.Array, ResolvedLayout]],
+    coefficients: Any,
+    steps: int,
+    compute_dtype: Any,
+    outs: list[jax.Array | None],
+    *,
+    always: bool,
+) -> set[int]:
+    """:func:`map_fsdp_matrices` with Newton–Schulz."""
+
+    def fn_for(lay: ResolvedLayout, flip: bool) -> Callable[[jax.Array], jax.Array]:
+        return lambda w: newton_schulz(w, coefficients, steps, compute_dtype=compute_dtype)
+
+    return map_fsdp_matrices(leaves, fn_for, outs, always=always)
+
+
+def orthogonalize_leaves(
+    leaves: list[tuple[jax.Array, ResolvedLayout]],
+    coefficients: Any = "keller",
+    steps: int = 5,
+    *,
+    compute_dtype: Any = None,
+    strategy: str = "auto",
+) -> list[jax.Array]:
+    """Newton–Schulz on every matrix of several tensors (one tree's matrix leaves).
+
+    * ``'auto'``: FSDP-sharded leaves (one sharded axis, the major axis of the fan-in or
+      fan-out, on an Explicit mesh) are grouped by matrix shape; a group where
+      :func:`all_to_all_pays` runs through two all-to-alls with device-local Newton–Schulz
+      (the FSDP floor ``2 (N − 1)/N²`` of its bytes), any other FSDP leaf is gathered once;
+      every other leaf runs :func:`orthogonalize_leaf` (``auto_axes``).
+    * ``'replicate'``: every leaf gathered, computed everywhere, resharded.
+    * ``'batched'``: every FSDP group through the all-to-alls; the rest stacked by shape and
+      the stack sharded over the whole mesh.
+
+    The numbers are the single-device ones to float round-off whatever the strategy.
+    """
+    base.check_choice("strategy", strategy, sharding.STRATEGIES)
+    if strategy == "batched":
+        return _orthogonalize_batched(leaves, coefficients, steps, compute_dtype)
+    outs: list[jax.Array | None] = [None] * len(leaves)
+    fsdp: set[int] = set()
+    if strategy == "auto":
+        fsdp = _orthogonalize_fsdp(leaves, coefficients, steps, compute_dtype, outs, always=False)
+    for i, (x, lay) in enumerate(leaves):
+        if outs[i] is None:
+            how = "replicate" if i in fsdp else strategy
+            outs[i] = orthogonalize_leaf(
+                x, lay, coefficients, steps, compute_dtype=compute_dtype, strategy=how
+            )
+    return outs  # type: ignore[return-value]
+
+
+def orthogonalize_tree(
+    tree: Any,
+    layout: LayoutSpec,
+    coefficients: Any = "keller",
+    steps: int = 5,
+    *,
+    compute_dtype: Any = None,
+    strategy: str = "auto",
+    otherwise: Callable[[jax.Array], jax.Array] | None = None,
+) -> Any:
+    """:func:`orthogonalize_leaves` over the leaves of ``tree`` that have a layout.
+
+    The matrix leaves are handled together (so FSDP-sharded ones share all-to-alls); the
+    others go to ``otherwise`` (default: returned unchanged).
+    """
+    resolve = layouts.resolved_layout_fn(layout)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    leaves = [x for _, x in flat]
+    todo = []
+    for k, (p, x) in enumerate(flat):
+        lay = resolve(base.path_to_str(p), x)
+        if lay is not None:
+            todo.append((k, x, lay))
+        elif otherwise is not None:
+            leaves[k] = otherwise(x)
+    results = orthogonalize_leaves(
+        [(x, lay) for _, x, lay in todo],
+        coefficients,
+        steps,
+        compute_dtype=compute_dtype,
+        strategy=strategy,
+    )
+    for (k, _, _), y in zip(todo, results):
+        leaves[k] = y
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def _orthogonalize_batched(
@@ -506,20 +673,7 @@ def _orthogonalize_batched(
     explicit = mesh is not None and AxisType.Explicit in mesh.axis_types
     outs: list[jax.Array | None] = [None] * len(leaves)
     # FSDP-sharded leaves: whole matrices per device through two all-to-alls.
-    blocked: dict[tuple[Any, ...], list[tuple[int, bool]]] = defaultdict(list)
-    for i, (x, lay) in enumerate(leaves):
-        split = _block_split(x, lay) if explicit else None
-        if split is not None:  # row-sharded view; same entry and shape: the blocks stack
-            dim, entry = split
-            rows, cols = (lay.fan_in, lay.fan_out) if dim == 1 else (lay.fan_out, lay.fan_in)
-            blocked[(entry, rows, cols, x.dtype)].append((i, dim == 2))
-    for (entry, *_), members in blocked.items():
-        done = _orthogonalize_all_to_all(
-            [(*leaves[i], flip) for i, flip in members], entry, coefficients, steps, compute_dtype
-        )
-        idx = [i for i, _ in members]
-        for i, y in zip(idx, done):
-            outs[i] = y
+    _orthogonalize_fsdp(leaves, coefficients, steps, compute_dtype, outs, always=True)
     for i, (x, lay) in enumerate(leaves):
         if outs[i] is not None:
             mats.append(None)  # type: ignore[arg-type]
@@ -586,15 +740,23 @@ def scale_by_newton_schulz(
       ns_dtype: iteration dtype; ``jnp.bfloat16`` reproduces the official
         Muon code; default f32 (or wider).
       layout: a :data:`~optx.LayoutSpec` (default: the default router's).
-      strategy: sharding strategy for sharded matrices — ``'auto'``
-        (``auto_axes``: the compiler inserts collectives), ``'replicate'``
-        (gather, compute everywhere, re-shard) or ``'batched'`` (stack
-        same-shape matrices, shard the stack axis over the mesh in context, run
-        NS device-locally; also batches matmuls on one device). Under FSDP —
-        a leaf sharded on one axis, the major axis of its fan-in or fan-out,
-        on an Explicit mesh — ``'batched'`` moves whole matrices with two
-        all-to-alls (each device receives ``2 (N − 1)/N²`` of the matrices'
-        bytes instead of gathering them all; ``benchmarks/comm_budget.py``).
+      strategy: sharding strategy for sharded matrices (the numbers are the
+        single-device ones whichever is chosen). ``'auto'`` (default): under
+        FSDP — a leaf sharded on one axis, the major axis of its fan-in or
+        fan-out, on an Explicit mesh — same-shape matrices are grouped and,
+        where it moves no more bytes than gathering them (``2 ⌈T/N⌉ ≤ T`` for
+        ``T`` matrices over ``N`` devices: two matrices or more per group),
+        sent whole to one device each by an all-to-all, orthogonalized there
+        and returned by a second all-to-all (each device receives
+        ``2 (N − 1)/N²`` of their bytes, the floor; ``benchmarks/comm_budget.py``);
+        a group of one FSDP matrix is gathered once; any other sharding runs
+        under ``auto_axes`` (the compiler inserts collectives). ``'replicate'``
+        gathers every matrix, computes everywhere and re-shards. ``'batched'``
+        sends every FSDP group through the all-to-alls and stacks the other
+        same-shape matrices, sharding the stack axis over the whole mesh (also
+        batches matmuls on one device). Under Auto axes the arrays' types carry
+        no sharding, so every strategy runs the single-device code and the
+        compiler partitions it.
 
     References:
       Jordan et al., "Muon: An optimizer for hidden layers in neural networks",
@@ -628,28 +790,14 @@ def scale_by_newton_schulz(
         **extra: Any,
     ) -> tuple[base.Updates, optax.EmptyState]:
         del params, extra
-        if strategy != "batched":
-            out = layouts.map_matrix_leaves(
-                lambda x, lay: orthogonalize_leaf(
-                    x, lay, coefficients, steps, compute_dtype=compute_dtype, strategy=strategy
-                ),
-                layout,
-                updates,
-            )
-            return out, state
-        resolve = layouts.resolved_layout_fn(layout)
-        flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
-        todo = []
-        for k, (p, x) in enumerate(flat):
-            lay = resolve(base.path_to_str(p), x)
-            if lay is not None:
-                todo.append((k, x, lay))
-        results = _orthogonalize_batched(
-            [(x, lay) for _, x, lay in todo], coefficients, steps, compute_dtype
+        out = orthogonalize_tree(
+            updates,
+            layout,
+            coefficients,
+            steps,
+            compute_dtype=compute_dtype,
+            strategy=strategy,
         )
-        leaves = [x for _, x in flat]
-        for (k, _, _), y in zip(todo, results):
-            leaves[k] = y
-        return jax.tree_util.tree_unflatten(treedef, leaves), state
+        return out, state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -427,6 +427,17 @@ def _projected_transform(
         else:
             p_spec = PartitionSpec(sb, si if geo.axis == "in" else so, None)
         r_spec = PartitionSpec(sb, None, so) if geo.axis == "in" else PartitionSpec(sb, si, None)
+        # Mesh axes the view leaves unused (merged axis groups, a sharded batch of one) go
+        # on another axis, so projections and projected moments are spread over every device.
+        # The projected matrix prefers its rank axis: the projection then reduce-scatters
+        # (half an all-reduce) and the projection back gathers it, the all-reduce's bytes.
+        # A projector sharded on another matrix axis than the gradient's is gathered per
+        # step (r/fan of the matrix; benchmarks/comm_budget.py).
+        rank_axis = 1 if geo.axis == "in" else 2
+        r_spec = sharding.fill_spec(r_spec, geo.projected_shape(), x, prefer=(rank_axis,))
+        if projection not in INDEX_PROJECTIONS:
+            p_shape = _projector_shape_dtype(projection, geo, x.dtype)[0]
+            p_spec = sharding.fill_spec(p_spec, p_shape, x)
         return p_spec, r_spec
 
     def templates(params: base.Params) -> Any:
@@ -1000,7 +1011,12 @@ def scale_by_block_subspace(
     def init_fn(params: base.Params) -> BlockSubspaceState:
         leaves, treedef, groups, lays = groups_of(params)
         info = sizes(leaves, groups, lays)
-        templates = {g: jnp.zeros((k, fi, fo), dt) for g, (_, k, fi, fo, dt) in info.items()}
+        # The active blocks' state: stacked (k, fan_in, fan_out), sharded over the mesh by
+        # sharding.fill_spec (replicated on no mesh).
+        templates = {
+            g: sharding.zeros_filled((k, fi, fo), dt, None, leaves[groups[g][0]])
+            for g, (_, k, fi, fo, dt) in info.items()
+        }
         active = {g: jnp.zeros((k,), jnp.int32) for g, (_, k, _, _, _) in info.items()}
         cursor = {
             g: jnp.asarray(n - 1 if order == "descending" else 0, jnp.int32)
@@ -1049,9 +1065,13 @@ def scale_by_block_subspace(
                 moved = ((cur - k) % n).astype(jnp.int32)
             new_active[g] = jnp.where(refresh, chosen, old_active[g])
             new_cursor[g] = jnp.where(refresh, moved, cur)
-        gathered = at_owners(
-            treedef, groups, {g: jnp.take(stacks[g], new_active[g], axis=0) for g in info}
-        )
+
+        def take(g: str) -> jax.Array:
+            _, k, fi, fo, _ = info[g]
+            spec = sharding.fill_spec(PartitionSpec(), (k, fi, fo), leaves[groups[g][0]])
+            return sharding.reshard(jnp.take(stacks[g], new_active[g], axis=0), spec)
+
+        gathered = at_owners(treedef, groups, {g: take(g) for g in info})
         inner_state = state.inner_state
         if reset_on_refresh:
             fresh = optax.tree.cast_like(inner.init(gathered), inner_state)
@@ -1069,7 +1089,8 @@ def scale_by_block_subspace(
             else:
                 full = jnp.zeros_like(stack)
             if g in info:
-                full = full.at[new_active[g]].set(directions[g].astype(full.dtype))
+                d = sharding.replicate(directions[g].astype(full.dtype))
+                full = full.at[new_active[g]].set(d)
             offset = 0
             for k in idx:
                 b = lays[k].batch_size

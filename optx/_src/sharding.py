@@ -238,6 +238,83 @@ def divisible_spec(spec: PartitionSpec, shape: Sequence[int], like: Any) -> Part
     return PartitionSpec(*(e if ok(e, d) else None for e, d in zip(entries, shape)))
 
 
+def fill_spec(
+    spec: PartitionSpec | None, shape: Sequence[int], like: Any, prefer: Sequence[int] = ()
+) -> PartitionSpec | None:
+    """``spec`` with the mesh axes it leaves unused put on one more axis of ``shape``.
+
+    The rule for state whose size is proportional to its parameter's but whose shape is not
+    the parameter's (projection matrices, projected moments, stacked blocks, gradient
+    buffers): the sharding derived from the parameter (e.g. by :func:`matrix_view_specs`)
+    may leave mesh axes unused — a merged axis group, a stack axis — and then every device
+    on those axes holds a copy. ``fill_spec`` first unshards what the mesh does not divide,
+    then puts the unused Explicit mesh axes (of size > 1) together on the largest axis of
+    ``shape`` that is unsharded and divisible by their product, or, failing that, the
+    largest unused axis alone on the largest such axis; otherwise ``spec`` is returned
+    (small or indivisible state stays replicated). Axes in ``prefer`` are tried first, in
+    that order (e.g. a projection's rank axis, so that the contraction producing it
+    reduce-scatters instead of gathering). ``like`` is an array (or tree) on the mesh;
+    without an Explicit mesh, or with ``spec=None``, this returns ``spec``.
+
+    Example:
+      >>> import jax
+      >>> from jax.sharding import AxisType, PartitionSpec as P
+      >>> from optx._src import sharding
+      >>> mesh = jax.make_mesh((1, 1), ('data', 'model'), axis_types=(AxisType.Explicit,) * 2)
+      >>> sharding.fill_spec(P(None, 'data', None), (1, 768, 64), mesh)
+      P(None, 'data', None)
+    """
+    if spec is None:
+        return None
+    mesh = like if isinstance(like, jax.sharding.Mesh | jax.sharding.AbstractMesh) else None
+    mesh = mesh if mesh is not None else mesh_of(like)
+    if mesh is None or not _has_explicit_axis(mesh):
+        return spec
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    shape = tuple(int(d) for d in shape)
+    entries = list(tuple(spec) + (None,) * (len(shape) - len(spec)))
+
+    def names(entry: Any) -> tuple[str, ...]:
+        return () if entry is None else entry if isinstance(entry, tuple) else (entry,)
+
+    for a, e in enumerate(entries):  # unshard what the mesh does not divide
+        if e is not None and shape[a] % math.prod(sizes[n] for n in names(e)):
+            entries[a] = None
+    used = {n for e in entries for n in names(e)}
+    free = [
+        n
+        for n, t in zip(mesh.axis_names, mesh.axis_types)
+        if t == AxisType.Explicit and n not in used and sizes[n] > 1
+    ]
+    rest = sorted((a for a in range(len(shape)) if a not in prefer), key=lambda a: -shape[a])
+    order = [a for a in (*prefer, *rest) if entries[a] is None]
+    for group in (free, *sorted(([n] for n in free), key=lambda g: -sizes[g[0]])):
+        if not group:
+            continue
+        k = math.prod(sizes[n] for n in group)
+        for a in order:
+            if shape[a] % k == 0:
+                entries[a] = tuple(group) if len(group) > 1 else group[0]
+                return PartitionSpec(*entries)
+    return PartitionSpec(*entries)
+
+
+def zeros_filled(
+    shape: Sequence[int], dtype: Any, spec: PartitionSpec | None, like: Any
+) -> jax.Array:
+    """:func:`zeros_with_spec` with ``spec`` completed by :func:`fill_spec`.
+
+    ``spec=None`` with ``like`` on an Explicit mesh starts from replicated. Without such a
+    mesh this is plain ``jnp.zeros``.
+    """
+    if spec is None:
+        mesh = mesh_of(like)
+        if mesh is None or not _has_explicit_axis(mesh):
+            return jnp.zeros(tuple(int(d) for d in shape), dtype)
+        spec = PartitionSpec()
+    return zeros_with_spec(shape, dtype, fill_spec(spec, shape, like), like=like)
+
+
 def reshard_like(y: jax.Array, x: jax.Array) -> jax.Array:
     """Reshards ``y`` to ``x``'s sharding type (no-op when ``x`` is on no Explicit mesh)."""
     spec = spec_of(x)

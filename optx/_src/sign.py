@@ -255,6 +255,16 @@ def scale_by_lion_kappa(
         cs = jax.tree.map(interpolate, updates, state.mu)
         if callable(kappa) or kappa in ELEMENTWISE_KAPPAS:
             dirs = jax.tree.map(lambda c: direction(c, None), cs)
+        elif kappa == "nuclear":  # the matrices together: FSDP ones share all-to-alls
+            dirs = orthogonalization.orthogonalize_tree(
+                cs,
+                layout,
+                ns_coeffs,
+                ns_steps,
+                compute_dtype=ns_dtype,
+                strategy=strategy,
+                otherwise=lambda c: direction(c, None),
+            )
         else:
             dirs = layouts.map_matrix_leaves(
                 direction, layout, cs, otherwise=lambda c: direction(c, None)

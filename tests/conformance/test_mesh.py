@@ -13,6 +13,7 @@ unsharded reference.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any
 
 import jax
@@ -60,6 +61,33 @@ def _specs(params: Any) -> Any:
     for (a, b), s in SPECS.items():
         specs[a][b] = s
     return specs
+
+
+# The Muon family under FSDP (Explicit axes, the default strategy): stack/kernel's three
+# column-sharded matrices go through two all-to-alls with device-local Newton–Schulz, and
+# hidden/kernel, a group of one matrix, is gathered once (cheaper than padding it to 8).
+# The value is the number of all-gathers of whole matrices (not the loss's) allowed:
+# lipschitz_muon's weight projection (spectral soft cap) is a second matrix function,
+# with its own all-to-alls and its own gather of hidden/kernel.
+FSDP_GATHERS = {"muon": 1, "normuon": 1, "root": 1, "hybrid_auon": 1, "lipschitz_muon": 2}
+_COLLECTIVE = re.compile(r"= (.*?) (all-gather|all-to-all)(?:-start)?\(")
+
+
+def _fsdp_collectives(hlo: str) -> tuple[int, int]:
+    """(all-to-alls, all-gathers of >= 128 elements outside the loss's gradient) in ``hlo``."""
+    a2a = gathers = 0
+    for line in hlo.splitlines():
+        m = _COLLECTIVE.search(line)
+        if not m or "jvp(" in line:
+            continue
+        if m.group(2) == "all-to-all":
+            a2a += 1
+        elif any(
+            np.prod([int(d) for d in dims.split(",") if d]) >= 128
+            for dims in re.findall(r"\[([0-9,]*)\]", m.group(1))
+        ):
+            gathers += 1
+    return a2a, gathers
 
 
 def _step_fn(spec: optx.OptimizerSpec, tx: optax.GradientTransformationExtraArgs):
@@ -127,6 +155,10 @@ def test_sharded_update_with_and_without_set_mesh(name: str) -> None:
                 assert step._cache_size() == compiled + 1, where
             if kind == AxisType.Explicit:
                 assert _types(out[1][1]) == _types(out[0][1]), where
+                if name in FSDP_GATHERS and not context:
+                    hlo = step.lower(sharded, state0, jnp.asarray(0)).compile().as_text()
+                    a2a, gathers = _fsdp_collectives(hlo)
+                    assert a2a >= 2 and gathers <= FSDP_GATHERS[name], (where, a2a, gathers)
                 for (a, b), ps in SPECS.items():
                     for p, _, u in out:
                         assert jax.typeof(u[a][b]).sharding.spec == ps, where

@@ -302,7 +302,9 @@ def muon(
       nu_dtype: the AdamW second-moment dtype.
       router: an :class:`optx.Router` (default: :func:`optx.default_router`).
       strategy: Newton–Schulz sharding strategy (``'auto'``, ``'replicate'``,
-        ``'batched'``), see :func:`optx.scale_by_newton_schulz`.
+        ``'batched'``), see :func:`optx.scale_by_newton_schulz`. The default
+        ``'auto'`` moves FSDP-sharded matrices with two all-to-alls (distributed
+        Muon, the communication floor) on an Explicit mesh.
       adam_learning_rate: learning rate of the fallback AdamW (embeddings,
         heads, norms, biases); default ``adam_lr_ratio × learning_rate``.
       adam_lr_ratio, adam_b1, adam_b2, adam_eps, adam_weight_decay: the
