@@ -18,6 +18,8 @@ if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
 # conformance step of adamw, muon, soap, mkor, cosmos and galore_8bit: 14.8 s ->
 # 4.3-6.4 s of compile, 850 -> 430 MB peak). The emitted arithmetic is the same
 # (the float64 references and the official goldens hold at their tolerances).
+# Checked on jaxlib 0.10.2: a jaxlib that drops the flag stops at startup with
+# "Unknown flag in XLA_FLAGS" (a loud failure: then delete these two lines).
 if "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
 
