@@ -192,6 +192,11 @@ def test_bf16_params_keep_their_dtype(name: str) -> None:
 
 @pytest.mark.parametrize("name", GROUPED)
 def test_bf16_params_with_f32_state(name: str) -> None:
+    """Moments requested in f32 for bf16 params stay f32 through ``update``.
+
+    A property of types: the step is traced and lowered (which runs every lowering
+    rule's dtype checks) but not compiled; the bf16 step itself is compiled and run
+    in the test above."""
     spec = _spec(name)
     sig = inspect.signature(spec.factory).parameters
     dtype_args = {a: jnp.float32 for a in ("mu_dtype", "nu_dtype") if a in sig}
@@ -202,21 +207,23 @@ def test_bf16_params_with_f32_state(name: str) -> None:
     state = tx.init(params)
     for leaf in problems.floating_state_leaves(state):
         assert leaf.dtype != jnp.bfloat16, "moment requested in f32 is stored in bf16"
-    _new_params, new_state, updates = _step_fn(spec, tx)(params, state, jnp.asarray(0))
+    lowered = _step_fn(spec, tx).lower(params, state, jnp.asarray(0))
+    _new_params, new_state, updates = lowered.out_info
     assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)
     assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
 
 
-@pytest.mark.parametrize("name", GROUPED)
-def test_lax_cond_type_stability_and_zero_gradients(name: str) -> None:
-    """The state keeps its types through ``lax.cond(update, identity)``; all-zero
-    gradients give finite updates and states for several steps."""
+_COND_KEY = jax.random.key(0)
+
+
+@functools.cache
+def _shared_cond_update(name: str):
+    """A jitted ``(state, grads, pred) -> lax.cond(pred, update, skip)`` at the mixed
+    params (step 0's extra arguments), shared by the cond test and the accumulation
+    test's reference step (one compile for both)."""
     spec, tx = _spec(name), _shared_tx(name)
     params = problems.mixed_params()
-    state = tx.init(params)
-    key = jax.random.key(0)
-    _, grads, extra = problems.extra_args_for(spec, problems.mixed_loss, params, 0, key)
-    zeros = jax.tree.map(jnp.zeros_like, grads)
+    _, grads, extra = problems.extra_args_for(spec, problems.mixed_loss, params, 0, _COND_KEY)
 
     @jax.jit
     def maybe_update(state: Any, grads: Any, pred: jax.Array) -> Any:
@@ -228,6 +235,17 @@ def test_lax_cond_type_stability_and_zero_gradients(name: str) -> None:
 
         return jax.lax.cond(pred, update, skip, state)
 
+    return maybe_update, grads, extra
+
+
+@pytest.mark.parametrize("name", GROUPED)
+def test_lax_cond_type_stability_and_zero_gradients(name: str) -> None:
+    """The state keeps its types through ``lax.cond(update, identity)``; all-zero
+    gradients give finite updates and states for several steps."""
+    tx = _shared_tx(name)
+    maybe_update, grads, _ = _shared_cond_update(name)
+    state = tx.init(problems.mixed_params())
+    zeros = jax.tree.map(jnp.zeros_like, grads)
     for pred in (True, False):
         _, new = maybe_update(state, grads, jnp.asarray(pred))
         assert jax.tree.map(jax.typeof, new) == jax.tree.map(jax.typeof, state)
@@ -242,16 +260,15 @@ def test_gradient_accumulation(name: str) -> None:
     """optax.MultiSteps over 3 micro-batches equals one step on their mean.
 
     (``optx.accumulate_gradients`` is tested against the same property in
-    tests/test_accumulation.py.)"""
+    tests/test_accumulation.py.) The one-step reference is the cond test's
+    compiled update (``pred = True``)."""
     spec = _spec(name)
     params = problems.mixed_params()
-    key = jax.random.key(3)
-    micro = [jax.tree.map(lambda g, i=i: g * (1.0 + 0.1 * i), _grads(params)[1]) for i in range(3)]
+    maybe_update, grads, extra = _shared_cond_update(name)
+    micro = [jax.tree.map(lambda g, i=i: g * (1.0 + 0.1 * i), grads) for i in range(3)]
     mean_g = jax.tree.map(lambda *g: sum(g) / 3.0, *micro)
-    _, _, extra = problems.extra_args_for(spec, problems.mixed_loss, params, 0, key)
 
-    ref_tx = _shared_tx(name)
-    ref_u, _ = jax.jit(lambda s: ref_tx.update(mean_g, s, params, **extra))(ref_tx.init(params))
+    ref_u, _ = maybe_update(_shared_tx(name).init(params), mean_g, jnp.asarray(True))
 
     wrapped = optax.MultiSteps(_build(spec), every_k_schedule=3).gradient_transformation()
     state = wrapped.init(params)
@@ -288,6 +305,14 @@ def test_abstract_init(name: str) -> None:
 # ----------------------------------------------------------------------------
 
 
+def _uncommitted(x: jax.Array) -> jax.Array:
+    """``x``'s values as an uncommitted array (a host round trip; PRNG keys too)."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = jnp.asarray(np.asarray(jax.random.key_data(x)))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jnp.asarray(np.asarray(x))
+
+
 @pytest.mark.parametrize("name", GROUPED)
 def test_checkpoint_round_trip(name: str) -> None:
     import orbax.checkpoint as ocp
@@ -306,7 +331,10 @@ def test_checkpoint_round_trip(name: str) -> None:
         restored = ckptr.restore(path, target)
     assert jax.tree.structure(restored["state"]) == jax.tree.structure(state)
     a_params, a_state = params, state
-    b_params, b_state = restored["params"], restored["state"]
+    # Orbax restores committed arrays; the step's inputs so far were uncommitted, and
+    # jit compiles again for committed ones. The restored values, re-placed through the
+    # host as the originals were, reuse the shared step's program.
+    b_params, b_state = jax.tree.map(_uncommitted, (restored["params"], restored["state"]))
     for i in range(2, 4):
         a_params, a_state, _ = step(a_params, a_state, jnp.asarray(i))
         b_params, b_state, _ = step(b_params, b_state, jnp.asarray(i))
