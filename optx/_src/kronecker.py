@@ -152,6 +152,76 @@ def _plan(tree: Any, router: routing.Router) -> dict[str, _Layer]:
     return plan
 
 
+class _Group(NamedTuple):
+    """Same-shape layers processed as one: ``layer`` is their stacked view."""
+
+    members: tuple[str, ...]
+    layer: _Layer
+
+
+def _on_mesh(*trees: Any) -> bool:
+    return any(sharding.spec_of(x) is not None for x in jax.tree.leaves(trees))
+
+
+def _group_layers(plan: dict[str, _Layer], leaves: dict[str, Any], extra: Any) -> list[_Group]:
+    """Groups of layers with equal layout, bias presence and dtypes.
+
+    The ``blocks/0/…``, ``blocks/1/…`` kernels of an unscanned model share one
+    refresh and one preconditioning program (stacked on a new leading batch
+    axis, every matrix still treated independently), so the traced program and
+    XLA's compile time grow with the number of distinct layer shapes, not of
+    layers. ``extra(path)`` adds per-layer tree(s) whose structure, shapes and
+    dtypes must also agree (state, captures). Layers on an Explicit mesh are
+    not stacked.
+    """
+
+    def signature(x: Any) -> Any:
+        return jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), x)
+
+    groups: dict[Any, list[str]] = {}
+    singles = []
+    for path, layer in plan.items():
+        kernel, bias = leaves[path], leaves.get(layer.bias)
+        if _on_mesh(kernel, bias, extra(path)):
+            singles.append(_Group((path,), layer))
+            continue
+        more = extra(path)
+        key = (
+            layer.layout,
+            signature(kernel),
+            signature(bias),
+            jax.tree.structure(more),
+            signature(more),
+        )
+        groups.setdefault(key, []).append(path)
+    out = []
+    for members in groups.values():
+        first = plan[members[0]]
+        if len(members) == 1:
+            out.append(_Group((members[0],), first))
+            continue
+        lay = layouts._stacked_layout(first.layout, len(members))
+        out.append(_Group(tuple(members), _Layer(members[0], lay, first.bias)))
+    return out + singles
+
+
+def _stack(trees: list[Any], concat: bool = False) -> Any:
+    """Stacks (or concatenates along axis 0) a list of same-structure trees."""
+    if len(trees) == 1:
+        return trees[0]
+    op = jnp.concatenate if concat else jnp.stack
+    return jax.tree.map(lambda *xs: op(xs), *trees)
+
+
+def _unstack(tree: Any, n: int, concat: bool = False) -> list[Any]:
+    """Inverse of :func:`_stack` for ``n`` members."""
+    if n == 1:
+        return [tree]
+    leaves, treedef = jax.tree.flatten(tree)
+    parts = [jnp.split(x, n) if concat else [x[j] for j in range(n)] for x in leaves]
+    return [treedef.unflatten([p[j] for p in parts]) for j in range(n)]
+
+
 # ----------------------------------------------------------------------------
 # Rank-1 statistics from the gradient (when no capture is available)
 # ----------------------------------------------------------------------------
@@ -528,6 +598,18 @@ def scale_by_mkor(
             ),
         )
 
+    def check_capture(layer: _Layer, cap: LayerStatistics) -> None:
+        lay = layer.layout
+        want_a, want_g = (*lay.batch_shape, lay.fan_in), (*lay.batch_shape, lay.fan_out)
+        if jnp.shape(cap.inputs) != want_a or jnp.shape(cap.output_grads) != want_g:
+            raise ValueError(
+                f"Capture of layer '{layer.path}' has shapes {jnp.shape(cap.inputs)}, "
+                f"{jnp.shape(cap.output_grads)}; expected {want_a} and {want_g}."
+            )
+
+    def capture_of(captures: Any, path: str) -> Any:
+        return None if captures is None or statistics == "gradients" else captures.get(path)
+
     def layer_vectors(layer: _Layer, kernel: Any, bias: Any, captures: Any, clip: Any):
         """Clipped (ā, ḡ) of every matrix of a layer: ``(B, n_a)``, ``(B, n_g)``."""
         lay = layer.layout
@@ -540,13 +622,7 @@ def scale_by_mkor(
                 )
             a, g = _layer_gradient_statistics(layer, kernel, bias)
         else:
-            want_a, want_g = (*lay.batch_shape, lay.fan_in), (*lay.batch_shape, lay.fan_out)
-            if jnp.shape(cap.inputs) != want_a or jnp.shape(cap.output_grads) != want_g:
-                raise ValueError(
-                    f"Capture of layer '{layer.path}' has shapes {jnp.shape(cap.inputs)}, "
-                    f"{jnp.shape(cap.output_grads)}; expected {(*lay.batch_shape, lay.fan_in)} "
-                    f"and {(*lay.batch_shape, lay.fan_out)}."
-                )
+            check_capture(layer, cap)
             cdt = jnp.result_type(jnp.float32, cap.inputs, cap.output_grads)
             a = jnp.asarray(cap.inputs, cdt).reshape(lay.batch_size, lay.fan_in)
             g = jnp.asarray(cap.output_grads, cdt).reshape(lay.batch_size, lay.fan_out)
@@ -564,8 +640,10 @@ def scale_by_mkor(
             for x in (factor_decay, stabilization_factor, reset_threshold, clip_value)
         )
         new = {}
-        for path, layer in plan.items():
-            st = layer_states[path]
+        for grp in _group_layers(
+            plan, leaves, lambda p: (layer_states[p], capture_of(captures, p))
+        ):
+            layer = grp.layer
 
             def fn(kernel, bias, st, caps, hp, layer=layer):
                 decay, stabilization, threshold, clip = hp
@@ -587,25 +665,37 @@ def scale_by_mkor(
                 )(st.a_inv, st.g_inv, st.reset_a, st.reset_g, a, g)
                 return MKORLayerState(*out)
 
-            caps = {path: captures[path]} if captures is not None and path in captures else None
-            args = (leaves[path], leaves.get(layer.bias), st, caps, hp)
-            new[path] = _sharded_call(fn, args, None)
+            m = grp.members
+            cap = _stack([capture_of(captures, p) for p in m])
+            args = (
+                _stack([leaves[p] for p in m]),
+                _stack([leaves.get(plan[p].bias) for p in m]),
+                _stack([layer_states[p] for p in m], concat=True),
+                None if cap is None else {layer.path: cap},
+                hp,
+            )
+            out = _sharded_call(fn, args, None)
+            new.update(zip(m, _unstack(out, len(m), concat=True)))
         return new
 
     def precondition(plan, leaves, layer_states):
         out = {}
-        for path, layer in plan.items():
-            kernel, bias = leaves[path], leaves.get(layer.bias)
+        for grp in _group_layers(plan, leaves, lambda p: layer_states[p]):
+            layer, m = grp.layer, grp.members
+            kernel = _stack([leaves[p] for p in m])
+            bias = _stack([leaves.get(plan[p].bias) for p in m])
 
             def fn(kernel, bias, st, layer=layer):
                 new_k, new_b = _precondition(kernel, bias, st, layer.layout)
                 return (new_k,) if new_b is None else (new_k, new_b)
 
             like = (kernel,) if bias is None else (kernel, bias)
-            outs = _sharded_call(fn, (kernel, bias, layer_states[path]), like)
-            out[path] = outs[0]
-            if layer.bias is not None:
-                out[layer.bias] = outs[1]
+            st = _stack([layer_states[p] for p in m], concat=True)
+            outs = _sharded_call(fn, (kernel, bias, st), like)
+            for p, o in zip(m, _unstack(outs, len(m))):
+                out[p] = o[0]
+                if plan[p].bias is not None:
+                    out[plan[p].bias] = o[1]
         return out
 
     def switch_update(sw: SecondOrderSwitchState, loss: Any, count: jax.Array):
@@ -665,6 +755,10 @@ def scale_by_mkor(
                 f"The MKOR state has layers {sorted(state_flat)} but the updates have "
                 f"{sorted(plan)}: init and update trees differ."
             )
+        for path, layer in plan.items():
+            cap = capture_of(captures, path)
+            if cap is not None:
+                check_capture(layer, cap)
         count = state.count
         switch = switch_update(state.switch, loss, count) if hybrid else state.switch
         due = (count % k == 0) | (count < warmup_steps)
