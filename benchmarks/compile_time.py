@@ -134,7 +134,7 @@ def table(rows: list[CompileRow], title: str) -> tuple[str, list[dict[str, Any]]
             "floor_ratio": None if r.floor is None else r.total / r.floor,
         }
         records.append(rec)
-        floor = "| |" if r.floor is None else f"| {r.floor:.2f} | {rec['floor_ratio']:.2f} |"
+        floor = "| | |" if r.floor is None else f"| {r.floor:.2f} | {rec['floor_ratio']:.2f} |"
         lines.append(
             f"| {r.name} | {r.trace:.2f} | {r.compile:.2f} | {rec['total_ratio']:.2f} | "
             f"{r.hlo_ops} | {rec['hlo_ratio']:.1f} {floor}"
