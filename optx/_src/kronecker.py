@@ -17,6 +17,7 @@ extra input row, as in the official code's ``[∇W, ∇b]`` matrix.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -153,74 +154,74 @@ def _plan(tree: Any, router: routing.Router) -> dict[str, _Layer]:
     return plan
 
 
-class _Group(NamedTuple):
-    """Same-shape layers processed as one: ``layer`` is their stacked view."""
-
-    members: tuple[str, ...]
-    layer: _Layer
-
-
 def _on_mesh(*trees: Any) -> bool:
     return any(sharding.spec_of(x) is not None for x in jax.tree.leaves(trees))
 
 
-def _group_layers(plan: dict[str, _Layer], leaves: dict[str, Any], extra: Any) -> list[_Group]:
-    """Groups of layers with equal layout, bias presence and dtypes.
+def _signature(tree: Any) -> Any:
+    return jax.tree.structure(tree), tuple(
+        (jnp.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(tree)
+    )
 
-    The ``blocks/0/…``, ``blocks/1/…`` kernels of an unscanned model share one
-    refresh and one preconditioning program (stacked on a new leading batch
-    axis, every matrix still treated independently), so the traced program and
-    XLA's compile time grow with the number of distinct layer shapes, not of
-    layers. ``extra(path)`` adds per-layer tree(s) whose structure, shapes and
-    dtypes must also agree (state, captures). Layers on an Explicit mesh are
-    not stacked.
+
+class _MatrixGroup(NamedTuple):
+    """Layers whose ``(fan_in, fan_out)`` matrices are processed as one stack.
+
+    ``layer`` is the stack's view: a ``(ΣB, fan_in, fan_out)`` layout whose
+    matrices are the members' :func:`layouts.to_matrices` concatenated in
+    ``members`` order (``sizes`` = each member's ``B``).
     """
 
-    def signature(x: Any) -> Any:
-        return jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), x)
+    members: tuple[str, ...]
+    sizes: tuple[int, ...]
+    layer: _Layer
 
+
+def _matrix_groups(
+    plan: dict[str, _Layer], paths: list[str], leaves: dict[str, Any], extra: Any
+) -> list[_MatrixGroup]:
+    """Layers of ``paths`` grouped by matrix shape, bias presence and dtypes.
+
+    The ``blocks/0/…``, ``blocks/1/…`` kernels of an unscanned model, and the
+    attention projections whatever their layout, share one program per
+    distinct ``(fan_in, fan_out)`` (every matrix still treated on its own), so
+    the traced program and XLA's compile time grow with the number of distinct
+    matrix shapes, not of layers. ``extra(path)`` adds per-layer trees whose
+    per-matrix shapes and dtypes must also agree (factors, captures).
+    """
     groups: dict[Any, list[str]] = {}
-    singles = []
-    for path, layer in plan.items():
-        kernel, bias = leaves[path], leaves.get(layer.bias)
-        if _on_mesh(kernel, bias, extra(path)):
-            singles.append(_Group((path,), layer))
-            continue
-        more = extra(path)
-        key = (
-            layer.layout,
-            signature(kernel),
-            signature(bias),
-            jax.tree.structure(more),
-            signature(more),
-        )
+    for path in paths:
+        layer = plan[path]
+        _, fan_in, fan_out = layer.layout.matrix_shape
+        bias = leaves.get(layer.bias)
+        more = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x)[-1:], x.dtype), extra(path))
+        key = (fan_in, fan_out, jnp.result_type(leaves[path]), _signature(bias), _signature(more))
         groups.setdefault(key, []).append(path)
     out = []
     for members in groups.values():
         first = plan[members[0]]
-        if len(members) == 1:
-            out.append(_Group((members[0],), first))
-            continue
-        lay = layouts._stacked_layout(first.layout, len(members))
-        out.append(_Group(tuple(members), _Layer(members[0], lay, first.bias)))
-    return out + singles
+        sizes = tuple(plan[p].layout.batch_size for p in members)
+        _, fan_in, fan_out = first.layout.matrix_shape
+        view = layouts.ResolvedLayout((sum(sizes), fan_in, fan_out), (1,), (2,), (0,))
+        out.append(_MatrixGroup(tuple(members), sizes, _Layer(members[0], view, first.bias)))
+    return out
 
 
-def _stack(trees: list[Any], concat: bool = False) -> Any:
-    """Stacks (or concatenates along axis 0) a list of same-structure trees."""
+def _concat(trees: list[Any]) -> Any:
+    """Concatenates same-structure trees along axis 0 (one tree: itself)."""
     if len(trees) == 1:
         return trees[0]
-    op = jnp.concatenate if concat else jnp.stack
-    return jax.tree.map(lambda *xs: op(xs), *trees)
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
 
 
-def _unstack(tree: Any, n: int, concat: bool = False) -> list[Any]:
-    """Inverse of :func:`_stack` for ``n`` members."""
-    if n == 1:
+def _split(tree: Any, sizes: tuple[int, ...]) -> list[Any]:
+    """Inverse of :func:`_concat` for members of ``sizes`` rows."""
+    if len(sizes) == 1:
         return [tree]
     leaves, treedef = jax.tree.flatten(tree)
-    parts = [jnp.split(x, n) if concat else [x[j] for j in range(n)] for x in leaves]
-    return [treedef.unflatten([p[j] for p in parts]) for j in range(n)]
+    cuts = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
+    parts = [jnp.split(x, cuts) for x in leaves]
+    return [treedef.unflatten([p[j] for p in parts]) for j in range(len(sizes))]
 
 
 # ----------------------------------------------------------------------------
@@ -338,21 +339,18 @@ def sherman_morrison_update(
     return r(p - r(jnp.outer(r(coef * pv), vp))).astype(cdt)
 
 
-def _refresh_matrix(
-    a_inv: jax.Array,
-    g_inv: jax.Array,
-    reset_a: jax.Array,
-    reset_g: jax.Array,
-    a: jax.Array,
-    g: jax.Array,
+def _refresh_factor(
+    f: jax.Array,
+    flag: jax.Array,
+    v: jax.Array,
     *,
     decay: Any,
     reset_mode: str,
     stabilization: Any,
     threshold: Any,
     dtype: Any = None,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """One refresh of one layer matrix, in the released code's order (A, then G)."""
+) -> tuple[jax.Array, jax.Array]:
+    """One factor's refresh: reset (``flag``) or Sherman–Morrison, and its blow-up flag."""
 
     def reset(f: jax.Array) -> jax.Array:
         cdt = jnp.result_type(jnp.float32, f) if dtype is None else jnp.dtype(dtype)
@@ -362,15 +360,25 @@ def _refresh_matrix(
         zeta = jnp.asarray(stabilization, jnp.promote_types(cdt, jnp.float32))
         return ((1.0 - zeta) * f.astype(zeta.dtype) + zeta * eye).astype(cdt)
 
-    def step(f: jax.Array, flag: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-        new = jnp.where(flag, reset(f), sherman_morrison_update(f, v, decay, dtype)).astype(f.dtype)
-        blew_up = jnp.logical_not(flag) & (jnp.max(jnp.abs(new)) > threshold)
-        return new, blew_up
+    new = jnp.where(flag, reset(f), sherman_morrison_update(f, v, decay, dtype)).astype(f.dtype)
+    blew_up = jnp.logical_not(flag) & (jnp.max(jnp.abs(new)) > threshold)
+    return new, blew_up
 
-    a_new, blew_a = step(a_inv, reset_a, a)
+
+def _refresh_matrix(
+    a_inv: jax.Array,
+    g_inv: jax.Array,
+    reset_a: jax.Array,
+    reset_g: jax.Array,
+    a: jax.Array,
+    g: jax.Array,
+    **kw: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """One refresh of one layer matrix, in the released code's order (A, then G)."""
+    a_new, blew_a = _refresh_factor(a_inv, reset_a, a, **kw)
     # A blow-up flags both factors: G is reset (not updated) at this same refresh.
     reset_g = reset_g | blew_a
-    g_new, blew_g = step(g_inv, reset_g, g)
+    g_new, blew_g = _refresh_factor(g_inv, reset_g, g, **kw)
     return a_new, g_new, blew_a | blew_g, blew_g
 
 
@@ -669,63 +677,120 @@ def scale_by_mkor(
             jnp.asarray(x)
             for x in (factor_decay, stabilization_factor, reset_threshold, clip_value)
         )
-        new = {}
-        for grp in _group_layers(
-            plan, leaves, lambda p: (layer_states[p], capture_of(captures, p))
-        ):
-            layer = grp.layer
+        new, local = {}, []
+        for path, layer in plan.items():
+            cap = capture_of(captures, path)
+            if not _on_mesh(leaves[path], leaves.get(layer.bias), layer_states[path], cap):
+                local.append(path)
+                continue
 
-            def fn(kernel, bias, st, caps, hp, layer=layer):
+            def fn(kernel, bias, st, caps, hp, layer=layer):  # one sharded layer
                 decay, stabilization, threshold, clip = hp
                 a, g = layer_vectors(layer, kernel, bias, caps, clip)
-                out = jax.vmap(
-                    lambda A, G, ra, rg, av, gv: _refresh_matrix(
-                        A,
-                        G,
-                        ra,
-                        rg,
-                        av,
-                        gv,
-                        decay=decay,
-                        reset_mode=reset_mode,
-                        stabilization=stabilization,
-                        threshold=threshold,
-                        dtype=update_dtype,
-                    )
-                )(st.a_inv, st.g_inv, st.reset_a, st.reset_g, a, g)
+                kw = refresh_kwargs(decay, stabilization, threshold)
+                out = jax.vmap(functools.partial(_refresh_matrix, **kw))(*st, a, g)
                 return MKORLayerState(*out)
 
-            m = grp.members
-            cap = _stack([capture_of(captures, p) for p in m])
-            args = (
-                _stack([leaves[p] for p in m]),
-                _stack([leaves.get(plan[p].bias) for p in m]),
-                _stack([layer_states[p] for p in m], concat=True),
-                None if cap is None else {layer.path: cap},
-                hp,
-            )
-            out = _sharded_call(fn, args, args[2])  # the state keeps its sharding
-            new.update(zip(m, _unstack(out, len(m), concat=True)))
+            caps = None if cap is None else {path: cap}
+            args = (leaves[path], leaves.get(layer.bias), layer_states[path], caps, hp)
+            new[path] = _sharded_call(fn, args, args[2])  # the state keeps its sharding
+        new.update(refresh_local(plan, local, leaves, layer_states, captures, hp))
         return new
 
-    def precondition(plan, leaves, layer_states):
-        out = {}
-        for grp in _group_layers(plan, leaves, lambda p: layer_states[p]):
-            layer, m = grp.layer, grp.members
-            kernel = _stack([leaves[p] for p in m])
-            bias = _stack([leaves.get(plan[p].bias) for p in m])
+    def refresh_kwargs(decay: Any, stabilization: Any, threshold: Any) -> dict[str, Any]:
+        return dict(
+            decay=decay,
+            reset_mode=reset_mode,
+            stabilization=stabilization,
+            threshold=threshold,
+            dtype=update_dtype,
+        )
 
-            def fn(kernel, bias, st, layer=layer):
+    def stacked_matrices(plan, grp, leaves):
+        """The group's kernels as one ``(ΣB, fan_in, fan_out)`` stack, and bias rows."""
+        m = grp.members
+        kernel = _concat([layouts.to_matrices(leaves[p], plan[p].layout) for p in m])
+        if grp.layer.bias is None:
+            return kernel, None
+        return kernel, _concat(
+            [jnp.reshape(leaves[plan[p].bias], (b, -1)) for p, b in zip(m, grp.sizes)]
+        )
+
+    def refresh_local(plan, paths, leaves, layer_states, captures, hp):
+        """Unsharded layers: statistics per distinct matrix shape, then every
+        factor size's Sherman–Morrison updates in one program (A first, then G)."""
+        decay, stabilization, threshold, clip = hp
+        vecs = {}
+        for grp in _matrix_groups(plan, paths, leaves, lambda p: capture_of(captures, p)):
+            kernel, bias = stacked_matrices(plan, grp, leaves)
+            caps = [capture_of(captures, p) for p in grp.members]
+            cap = None
+            if caps[0] is not None:
+                rows = [
+                    (jnp.reshape(c.inputs, (b, -1)), jnp.reshape(c.output_grads, (b, -1)))
+                    for c, b in zip(caps, grp.sizes)
+                ]
+                cap = {grp.layer.path: LayerStatistics(*_concat(rows))}
+            a, g = layer_vectors(grp.layer, kernel, bias, cap, clip)
+            vecs.update(zip(grp.members, _split((a, g), grp.sizes)))
+        kw = refresh_kwargs(decay, stabilization, threshold)
+        st = layer_states
+        a_new, blew_a = refresh_factors(
+            paths, lambda p: (st[p].a_inv, st[p].reset_a, vecs[p][0]), kw
+        )
+        # A blow-up flags both factors: G is reset (not updated) at this same refresh.
+        g_new, blew_g = refresh_factors(
+            paths, lambda p: (st[p].g_inv, st[p].reset_g | blew_a[p], vecs[p][1]), kw
+        )
+        return {
+            p: MKORLayerState(a_new[p], g_new[p], blew_a[p] | blew_g[p], blew_g[p]) for p in paths
+        }
+
+    def refresh_factors(paths, inputs, kw):
+        """``_refresh_factor`` of every layer's (factor, flag, vector), one vmap per size."""
+        groups: dict[Any, list[str]] = {}
+        for p in paths:
+            groups.setdefault(_signature(jax.tree.map(lambda x: x[0], inputs(p))), []).append(p)
+        new, blew = {}, {}
+        for members in groups.values():
+            sizes = tuple(jnp.shape(inputs(p)[0])[0] for p in members)
+            out = jax.vmap(functools.partial(_refresh_factor, **kw))(
+                *_concat([inputs(p) for p in members])
+            )
+            for p, (f, b) in zip(members, _split(out, sizes)):
+                new[p], blew[p] = f, b
+        return new, blew
+
+    def precondition(plan, leaves, layer_states):
+        out, local = {}, []
+        for path, layer in plan.items():
+            kernel, bias = leaves[path], leaves.get(layer.bias)
+            if not _on_mesh(kernel, bias, layer_states[path]):
+                local.append(path)
+                continue
+
+            def fn(kernel, bias, st, layer=layer):  # one sharded layer
                 new_k, new_b = _precondition(kernel, bias, st, layer.layout)
                 return (new_k,) if new_b is None else (new_k, new_b)
 
             like = (kernel,) if bias is None else (kernel, bias)
-            st = _stack([layer_states[p] for p in m], concat=True)
-            outs = _sharded_call(fn, (kernel, bias, st), like)
-            for p, o in zip(m, _unstack(outs, len(m))):
-                out[p] = o[0]
-                if plan[p].bias is not None:
-                    out[plan[p].bias] = o[1]
+            outs = _sharded_call(fn, (kernel, bias, layer_states[path]), like)
+            out[path] = outs[0]
+            if layer.bias is not None:
+                out[layer.bias] = outs[1]
+        groups = _matrix_groups(
+            plan, local, leaves, lambda p: (layer_states[p].a_inv, layer_states[p].g_inv)
+        )
+        for grp in groups:  # unsharded layers: one program per distinct matrix shape
+            kernel, bias = stacked_matrices(plan, grp, leaves)
+            st = _concat([layer_states[p] for p in grp.members])
+            new = _precondition(kernel, bias, st, grp.layer.layout)
+            for p, (k, b) in zip(grp.members, _split(new, grp.sizes)):
+                lay = plan[p].layout
+                out[p] = layouts.from_matrices(k, lay).astype(leaves[p].dtype)
+                if b is not None:
+                    bp = plan[p].bias
+                    out[bp] = jnp.reshape(b, jnp.shape(leaves[bp])).astype(leaves[bp].dtype)
         return out
 
     def switch_update(sw: SecondOrderSwitchState, loss: Any, count: jax.Array):
