@@ -670,32 +670,77 @@ def scale_by_mkor(
             a = jnp.concatenate([a, jnp.ones((a.shape[0], 1), a.dtype)], axis=1)
         return a, g
 
-    def refresh(plan, leaves, layer_states, captures):
+    def refresh(plan, leaves, layer_states, captures, due):
+        """``layer_states`` refreshed where ``due``, else unchanged (one ``lax.cond``).
+
+        Unsharded layers' factors leave the cond stacked, one array per factor
+        group (see ``refresh_local``), and are split per layer after it: split
+        inside, XLA would fuse the whole Sherman–Morrison chain into every
+        layer's slice (one copy of the program per layer).
+        """
         # Numeric hyper-parameters travel as arguments (they may be tracers under
         # inject_hyperparams, which auto_axes must not close over).
         hp = tuple(
             jnp.asarray(x)
             for x in (factor_decay, stabilization_factor, reset_threshold, clip_value)
         )
-        new, local = {}, []
+        sharded, local = [], []
         for path, layer in plan.items():
             cap = capture_of(captures, path)
-            if not _on_mesh(leaves[path], leaves.get(layer.bias), layer_states[path], cap):
-                local.append(path)
-                continue
+            on = _on_mesh(leaves[path], leaves.get(layer.bias), layer_states[path], cap)
+            (sharded if on else local).append(path)
 
-            def fn(kernel, bias, st, caps, hp, layer=layer):  # one sharded layer
-                decay, stabilization, threshold, clip = hp
-                a, g = layer_vectors(layer, kernel, bias, caps, clip)
-                kw = refresh_kwargs(decay, stabilization, threshold)
-                out = jax.vmap(functools.partial(_refresh_matrix, **kw))(*st, a, g)
-                return MKORLayerState(*out)
+        def vec_dtype(path: str) -> Any:
+            cap = capture_of(captures, path)
+            if cap is None:
+                return jnp.result_type(jnp.float32, leaves[path])
+            return jnp.result_type(jnp.float32, cap.inputs, cap.output_grads)
 
-            caps = None if cap is None else {path: cap}
-            args = (leaves[path], leaves.get(layer.bias), layer_states[path], caps, hp)
-            new[path] = _sharded_call(fn, args, args[2])  # the state keeps its sharding
-        new.update(refresh_local(plan, local, leaves, layer_states, captures, hp))
+        def groups_of(field: int) -> list[tuple[str, ...]]:
+            out: dict[Any, list[str]] = {}
+            for p in local:
+                f = layer_states[p][field]
+                out.setdefault((f.shape[1:], f.dtype, vec_dtype(p)), []).append(p)
+            return [tuple(m) for m in out.values()]
+
+        a_groups, g_groups = groups_of(0), groups_of(1)
+
+        def fresh(states):
+            new = {p: refresh_sharded(plan[p], leaves, states[p], captures, hp) for p in sharded}
+            return new, *refresh_local(
+                plan, local, a_groups, g_groups, leaves, states, captures, hp
+            )
+
+        def keep(states):
+            a = [_concat([states[p].a_inv for p in m]) for m in a_groups]
+            g = [_concat([states[p].g_inv for p in m]) for m in g_groups]
+            flags = {p: (states[p].reset_a, states[p].reset_g) for p in local}
+            return {p: states[p] for p in sharded}, a, g, flags
+
+        new, a_st, g_st, flags = jax.lax.cond(due, fresh, keep, layer_states)
+        a_inv, g_inv = {}, {}
+        for groups, stacks, out in ((a_groups, a_st, a_inv), (g_groups, g_st, g_inv)):
+            for members, stack in zip(groups, stacks):
+                sizes = tuple(layer_states[p][0].shape[0] for p in members)
+                out.update(zip(members, _split(stack, sizes)))
+        new.update({p: MKORLayerState(a_inv[p], g_inv[p], *flags[p]) for p in local})
         return new
+
+    def refresh_sharded(layer, leaves, st, captures, hp):
+        """One layer on an Explicit mesh: its own program, under ``auto_axes``."""
+        path = layer.path
+
+        def fn(kernel, bias, st, caps, hp):
+            decay, stabilization, threshold, clip = hp
+            a, g = layer_vectors(layer, kernel, bias, caps, clip)
+            kw = refresh_kwargs(decay, stabilization, threshold)
+            out = jax.vmap(functools.partial(_refresh_matrix, **kw))(*st, a, g)
+            return MKORLayerState(*out)
+
+        cap = capture_of(captures, path)
+        caps = None if cap is None else {path: cap}
+        args = (leaves[path], leaves.get(layer.bias), st, caps, hp)
+        return _sharded_call(fn, args, st)  # the state keeps its sharding
 
     def refresh_kwargs(decay: Any, stabilization: Any, threshold: Any) -> dict[str, Any]:
         return dict(
@@ -716,9 +761,12 @@ def scale_by_mkor(
             [jnp.reshape(leaves[plan[p].bias], (b, -1)) for p, b in zip(m, grp.sizes)]
         )
 
-    def refresh_local(plan, paths, leaves, layer_states, captures, hp):
-        """Unsharded layers: statistics per distinct matrix shape, then every
-        factor size's Sherman–Morrison updates in one program (A first, then G)."""
+    def refresh_local(plan, paths, a_groups, g_groups, leaves, layer_states, captures, hp):
+        """Unsharded layers: statistics per distinct matrix shape, then each factor
+        group's Sherman–Morrison updates in one program (A first, then G).
+
+        Returns the new factors stacked per group and ``{path: (reset_a, reset_g)}``.
+        """
         decay, stabilization, threshold, clip = hp
         vecs = {}
         for grp in _matrix_groups(plan, paths, leaves, lambda p: capture_of(captures, p)):
@@ -736,30 +784,26 @@ def scale_by_mkor(
         kw = refresh_kwargs(decay, stabilization, threshold)
         st = layer_states
         a_new, blew_a = refresh_factors(
-            paths, lambda p: (st[p].a_inv, st[p].reset_a, vecs[p][0]), kw
+            a_groups, lambda p: (st[p].a_inv, st[p].reset_a, vecs[p][0]), kw
         )
         # A blow-up flags both factors: G is reset (not updated) at this same refresh.
         g_new, blew_g = refresh_factors(
-            paths, lambda p: (st[p].g_inv, st[p].reset_g | blew_a[p], vecs[p][1]), kw
+            g_groups, lambda p: (st[p].g_inv, st[p].reset_g | blew_a[p], vecs[p][1]), kw
         )
-        return {
-            p: MKORLayerState(a_new[p], g_new[p], blew_a[p] | blew_g[p], blew_g[p]) for p in paths
-        }
+        return a_new, g_new, {p: (blew_a[p] | blew_g[p], blew_g[p]) for p in paths}
 
-    def refresh_factors(paths, inputs, kw):
-        """``_refresh_factor`` of every layer's (factor, flag, vector), one vmap per size."""
-        groups: dict[Any, list[str]] = {}
-        for p in paths:
-            groups.setdefault(_signature(jax.tree.map(lambda x: x[0], inputs(p))), []).append(p)
-        new, blew = {}, {}
-        for members in groups.values():
+    def refresh_factors(groups, inputs, kw):
+        """``_refresh_factor`` of every layer's (factor, flag, vector), one vmap per
+        group; the new factors stay stacked per group."""
+        stacks, blew = [], {}
+        for members in groups:
             sizes = tuple(jnp.shape(inputs(p)[0])[0] for p in members)
-            out = jax.vmap(functools.partial(_refresh_factor, **kw))(
+            f, b = jax.vmap(functools.partial(_refresh_factor, **kw))(
                 *_concat([inputs(p) for p in members])
             )
-            for p, (f, b) in zip(members, _split(out, sizes)):
-                new[p], blew[p] = f, b
-        return new, blew
+            stacks.append(f)
+            blew.update(zip(members, _split(b, sizes)))
+        return stacks, blew
 
     def precondition(plan, leaves, layer_states):
         out, local = {}, []
@@ -859,12 +903,7 @@ def scale_by_mkor(
         due = (count % k == 0) | (count < warmup_steps)
 
         def second_order(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-            layer_states = jax.lax.cond(
-                due,
-                lambda s: refresh(plan, leaves, s, captures),
-                lambda s: s,
-                state_flat,
-            )
+            layer_states = refresh(plan, leaves, state_flat, captures, due)
             return precondition(plan, leaves, layer_states), layer_states
 
         def first_order(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
