@@ -18,7 +18,11 @@ for the same jitted step as :mod:`benchmarks.step_cost` (``tx.update`` plus
 minimum over ``--repeats`` fresh ``jax.jit`` objects (no compilation cache),
 optimizers measured round-robin, and printed as a ratio to ``optax.adamw`` in
 the same run. The HLO size (instructions after optimization) is printed too:
-it explains most of the compile time.
+it explains most of the compile time. Where :mod:`benchmarks._compile_floors`
+declares a measured floor for an optimizer (the programs its math cannot
+avoid), the floor's trace+lower+compile seconds (minimum over ``--repeats``,
+measured in the same run after the optimizers) and ``total / floor`` are
+printed; the cells are blank where no floor is declared.
 
 Example::
 
