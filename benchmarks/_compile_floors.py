@@ -244,3 +244,43 @@ def _mkor(params: Any) -> list[FloorProgram]:
 @register("mkor_h")
 def _mkor_h(params: Any) -> list[FloorProgram]:
     return _mkor_floor(params, hybrid=True)
+
+
+@register("root")
+def _root(params: Any) -> list[FloorProgram]:
+    """AdamW + ROOT's per-matrix math at its minimum: for each distinct matrix
+    shape (all such matrices stacked) one exact 0.9-quantile selection of
+    ``|M|`` (``optx.linalg.matrix_quantile``: the order statistics
+    ``torch.quantile`` interpolates) and one 5-step Newton–Schulz."""
+    import jax.numpy as jnp
+
+    import optx
+    from optx._src import base, layouts
+
+    router = optx.default_router()
+    shapes: dict[tuple[int, int], int] = {}
+    for path, leaf in base.flatten_with_paths(params)[0]:
+        spec = router.layout(path, leaf) if layouts.has_matrix_view(leaf) else None
+        if spec is not None:
+            b, m, n = layouts.resolve_layout(spec, jnp.shape(leaf), path).matrix_shape
+            shapes[m, n] = shapes.get((m, n), 0) + b
+    step, state = _adamw_step(params)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+    mats = {k: jnp.full((c, *k), 1e-3) for k, c in shapes.items()}
+
+    def prog(g: Any, s: Any, p: Any, mats: Any) -> Any:
+        out = {}
+        for (m, n), x in mats.items():
+            lay = layouts.ResolvedLayout(x.shape, (1,), (2,), (0,))
+            eps = optx.linalg.matrix_quantile(jnp.abs(x), 0.9, lay)
+            clipped = jnp.clip(x, -eps, eps)
+            out[m, n] = optx.linalg.newton_schulz(x - clipped) + clipped
+        return step(g, s, p), out
+
+    return [
+        FloorProgram(
+            "adamw step + quantile select + Newton–Schulz per shape",
+            prog,
+            (grads, state, params, mats),
+        )
+    ]
