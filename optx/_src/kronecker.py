@@ -602,14 +602,17 @@ def scale_by_mkor(
                 return jnp.broadcast_to(jnp.eye(n, dtype=factor_dtype), (lay.batch_size, n, n))
 
             like = leaves[layer.path]
-            flags = jnp.ones((lay.batch_size,), jnp.bool_)
+
+            def flags() -> jax.Array:  # one buffer per field: a donated state must not alias
+                return jnp.ones((lay.batch_size,), jnp.bool_)
+
             # On the params' mesh (typed as under jax.set_mesh): factor rows
             # sharded (see _factor_spec), flags replicated.
             return MKORLayerState(
                 a_inv=sharding.put_like(eye(na), like, _factor_spec(na, like)),
                 g_inv=sharding.put_like(eye(lay.fan_out), like, _factor_spec(lay.fan_out, like)),
-                reset_a=sharding.put_like(flags, like),
-                reset_g=sharding.put_like(flags, like),
+                reset_a=sharding.put_like(flags(), like),
+                reset_g=sharding.put_like(flags(), like),
             )
 
         layers = {p: layer_state(plan[p]) for p in plan}
