@@ -60,3 +60,227 @@ def floor_seconds(name: str, params: Any) -> float | None:
         total += time.perf_counter() - t0
     jax.clear_caches()
     return total
+
+
+# ----------------------------------------------------------------------------
+# Curvature and variance methods (helper "kron"). Each floor is ONE jitted
+# program: AdamW's element-wise step (the baseline) plus the estimate the
+# method's math needs, under the refresh ``lax.cond`` where the method has a
+# refresh period, on the same tree and loss as benchmarks/compile_time.py.
+# ----------------------------------------------------------------------------
+
+
+def _adamw_step(params: Any) -> tuple[Callable[..., Any], Any]:
+    import optax
+
+    tx = optax.adamw(1e-3)
+
+    def step(grads: Any, state: Any, params: Any) -> Any:
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step, tx.init(params)
+
+
+def _refreshed(count: Any, estimate: Callable[[], Any], like: Any) -> Any:
+    """``estimate()`` every 10th step, zeros otherwise (one cond for the tree)."""
+    import jax.numpy as jnp
+
+    return jax.lax.cond(count % 10 == 0, estimate, lambda: jax.tree.map(jnp.zeros_like, like))
+
+
+def _curvature_floor(params: Any, label: str, estimate: Callable[..., Any]) -> list[FloorProgram]:
+    import jax.numpy as jnp
+
+    step, state = _adamw_step(params)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+
+    def prog(g: Any, s: Any, p: Any, key: jax.Array, count: jax.Array) -> Any:
+        return step(g, s, p), _refreshed(count, lambda: estimate(p, key), p)
+
+    args = (grads, state, params, jax.random.key(0), jnp.zeros([], jnp.int32))
+    return [FloorProgram(f"adamw step + {label}", prog, args)]
+
+
+def _loss(params: Any) -> jax.Array:
+    import _trees
+
+    return _trees.quadratic_loss(params)
+
+
+@register("sophia_h")
+def _sophia_h(params: Any) -> list[FloorProgram]:
+    from optx import curvature
+
+    def est(p: Any, key: jax.Array) -> Any:
+        return curvature.hutchinson_diagonal(_loss, p, key, distribution="gaussian")
+
+    return _curvature_floor(params, "Hutchinson diagonal (Gaussian probes, one HVP)", est)
+
+
+@register("adahessian")
+def _adahessian(params: Any) -> list[FloorProgram]:
+    from optx import curvature
+
+    def est(p: Any, key: jax.Array) -> Any:
+        return curvature.hutchinson_diagonal(_loss, p, key, absolute=True)
+
+    return _curvature_floor(params, "Hutchinson |z*Hz| (Rademacher, one HVP)", est)
+
+
+@register("sophia_g")
+def _sophia_g(params: Any) -> list[FloorProgram]:
+    from optx import curvature
+
+    def est(p: Any, key: jax.Array) -> Any:
+        sampled = lambda q, k: _loss(q)  # noqa: E731  (the registry's label-free problem)
+        return curvature.gauss_newton_bartlett_diagonal(sampled, p, key, clip_norm=1.0)
+
+    return _curvature_floor(params, "GNB diagonal (sampled-loss gradient, clipped, squared)", est)
+
+
+@register("agvm_sgd")
+def _agvm_sgd(params: Any) -> list[FloorProgram]:
+    import jax.numpy as jnp
+
+    import optx
+    from optx._src import base
+
+    spec = optx.get_optimizer("agvm_sgd")
+    step, state = _adamw_step(params)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+    groups = {}
+    for path, _ in base.flatten_with_paths(params)[0]:
+        groups.setdefault(path.split("/", 1)[0], len(groups))
+
+    def prog(g: Any, s: Any, p: Any, key: jax.Array, count: jax.Array) -> Any:
+        ctx = optx.ExtraArgsContext(loss_fn=_loss, params=p, grads=g, loss=_loss(p), key=key)
+        extra = spec.make_extra_args(ctx)
+        a, b = extra["grads_a"], extra["grads_b"]
+
+        def cosines() -> jax.Array:
+            flat = base.flatten_with_paths
+            sums = jnp.zeros((3, len(groups)), jnp.float32)
+            for (path, x), (_, y) in zip(flat(a)[0], flat(b)[0]):
+                i = groups[path.split("/", 1)[0]]
+                sums = sums.at[:, i].add(
+                    jnp.stack([jnp.vdot(x, y), jnp.vdot(x, x), jnp.vdot(y, y)])
+                )
+            return sums[0] / jnp.sqrt(sums[1] * sums[2])
+
+        cos = jax.lax.cond(count % 5 == 0, cosines, lambda: jnp.zeros(len(groups)))
+        return step(g, s, p), cos
+
+    args = (grads, state, params, jax.random.key(0), jnp.zeros([], jnp.int32))
+    return [FloorProgram("adamw step + registry half-batch noise + group cosines", prog, args)]
+
+
+def _mkor_floor(params: Any, hybrid: bool) -> list[FloorProgram]:
+    """AdamW + MKOR's math at its minimum: one fp16 Sherman–Morrison program per
+    distinct factor size, one rank-1 statistic (power iteration) and one
+    preconditioning ``A⁻¹ M G⁻¹`` per distinct matrix shape, all layers of a
+    size stacked; the refresh under one cond (and, for MKOR-H, the
+    preconditioning under the switch's cond)."""
+    import jax.numpy as jnp
+
+    from optx._src import kronecker
+
+    plan = kronecker._plan(params, kronecker.mkor_router())
+    shapes: dict[tuple[int, int], int] = {}
+    sizes: dict[int, int] = {}
+    for layer in plan.values():
+        b, fi, fo = layer.layout.matrix_shape
+        fi += layer.bias is not None
+        shapes[fi, fo] = shapes.get((fi, fo), 0) + b
+        sizes[fi] = sizes.get(fi, 0) + b
+        sizes[fo] = sizes.get(fo, 0) + b
+    step, state = _adamw_step(params)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+    mats = {k: jnp.full((c, *k), 1e-3) for k, c in shapes.items()}
+    factors = {n: jnp.zeros((c, n, n), jnp.float16) for n, c in sizes.items()}
+
+    def refresh(factors: Any, mats: Any) -> Any:
+        vecs = {}
+        for (fi, fo), m in mats.items():
+            a, g = jax.vmap(lambda x: kronecker.statistics_from_gradient(x, None))(m)
+            vecs.setdefault(fi, []).append(a)
+            vecs.setdefault(fo, []).append(g)
+        out = {}
+        for n, f in factors.items():
+            v = jnp.concatenate(vecs[n])[: f.shape[0]]
+            sm = jax.vmap(lambda x, y: kronecker.sherman_morrison_update(x, y, 0.95, jnp.float16))
+            out[n] = sm(f, v).astype(f.dtype)
+        return out
+
+    def precondition(factors: Any, mats: Any) -> Any:
+        out = {}
+        for (fi, fo), m in mats.items():
+            a = factors[fi][: m.shape[0]].astype(m.dtype)
+            g = factors[fo][: m.shape[0]].astype(m.dtype)
+            pre = a @ m @ g
+            fix = jnp.linalg.norm(m, axis=(1, 2)) / jnp.linalg.norm(pre, axis=(1, 2))
+            out[fi, fo] = pre * fix[:, None, None]
+        return out
+
+    def prog(g: Any, s: Any, p: Any, factors: Any, mats: Any, count: jax.Array) -> Any:
+        factors = jax.lax.cond(count % 10 == 0, refresh, lambda f, m: f, factors, mats)
+        if hybrid:
+            pre = jax.lax.cond(count < 100, precondition, lambda f, m: m, factors, mats)
+        else:
+            pre = precondition(factors, mats)
+        return step(g, s, p), factors, pre
+
+    args = (grads, state, params, factors, mats, jnp.zeros([], jnp.int32))
+    return [
+        FloorProgram("adamw step + MKOR refresh/preconditioning per distinct shape", prog, args)
+    ]
+
+
+@register("mkor")
+def _mkor(params: Any) -> list[FloorProgram]:
+    return _mkor_floor(params, hybrid=False)
+
+
+@register("mkor_h")
+def _mkor_h(params: Any) -> list[FloorProgram]:
+    return _mkor_floor(params, hybrid=True)
+
+
+@register("root")
+def _root(params: Any) -> list[FloorProgram]:
+    """AdamW + ROOT's per-matrix math at its minimum: for each distinct matrix
+    shape (all such matrices stacked) one exact 0.9-quantile selection of
+    ``|M|`` (``optx.linalg.matrix_quantile``: the order statistics
+    ``torch.quantile`` interpolates) and one 5-step Newton–Schulz."""
+    import jax.numpy as jnp
+
+    import optx
+    from optx._src import base, layouts
+
+    router = optx.default_router()
+    shapes: dict[tuple[int, int], int] = {}
+    for path, leaf in base.flatten_with_paths(params)[0]:
+        spec = router.layout(path, leaf) if layouts.has_matrix_view(leaf) else None
+        if spec is not None:
+            b, m, n = layouts.resolve_layout(spec, jnp.shape(leaf), path).matrix_shape
+            shapes[m, n] = shapes.get((m, n), 0) + b
+    step, state = _adamw_step(params)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+    mats = {k: jnp.full((c, *k), 1e-3) for k, c in shapes.items()}
+
+    def prog(g: Any, s: Any, p: Any, mats: Any) -> Any:
+        out = {}
+        for (m, n), x in mats.items():
+            lay = layouts.ResolvedLayout(x.shape, (1,), (2,), (0,))
+            eps = optx.linalg.matrix_quantile(jnp.abs(x), 0.9, lay)
+            clipped = jnp.clip(x, -eps, eps)
+            out[m, n] = optx.linalg.newton_schulz(x - clipped) + clipped
+        return step(g, s, p), out
+
+    return [
+        FloorProgram(
+            "adamw step + quantile select + Newton–Schulz per shape",
+            prog,
+            (grads, state, params, mats),
+        )
+    ]

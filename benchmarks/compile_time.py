@@ -18,7 +18,11 @@ for the same jitted step as :mod:`benchmarks.step_cost` (``tx.update`` plus
 minimum over ``--repeats`` fresh ``jax.jit`` objects (no compilation cache),
 optimizers measured round-robin, and printed as a ratio to ``optax.adamw`` in
 the same run. The HLO size (instructions after optimization) is printed too:
-it explains most of the compile time.
+it explains most of the compile time. Where :mod:`benchmarks._compile_floors`
+declares a measured floor for an optimizer (the programs its math cannot
+avoid), the floor's trace+lower+compile seconds (minimum over ``--repeats``,
+measured in the same run after the optimizers) and ``total / floor`` are
+printed; the cells are blank where no floor is declared.
 
 Example::
 
@@ -42,6 +46,7 @@ import jax.numpy as jnp
 import optx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _compile_floors
 import _trees
 from step_cost import BASELINE, Entry, entries, make_step
 
@@ -55,6 +60,7 @@ class CompileRow:
     compile: float = float("inf")
     hlo_ops: int = 0
     error: str = ""
+    floor: float | None = None
 
     @property
     def total(self) -> float:
@@ -97,6 +103,13 @@ def measure(names: Sequence[str], params: Any, repeats: int, log: Any = print) -
             r.trace, r.compile, r.hlo_ops = min(r.trace, tr), min(r.compile, co), n
             log(f"{e.name}: trace {tr:.2f}s compile {co:.2f}s ({n} HLO instructions)")
             jax.clear_caches()
+    for r in out:
+        if r.error or r.name not in _compile_floors.FLOORS:
+            continue
+        for _ in range(repeats):
+            f = _compile_floors.floor_seconds(r.name, params)
+            r.floor = f if r.floor is None else min(r.floor, f)
+        log(f"{r.name}: measured floor {r.floor:.2f}s")
     return out
 
 
@@ -105,13 +118,14 @@ def table(rows: list[CompileRow], title: str) -> tuple[str, list[dict[str, Any]]
     lines = [
         f"{title}",
         "",
-        "| optimizer | trace+lower s | XLA compile s | total / adamw | HLO instr. | HLO / adamw |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| optimizer | trace+lower s | XLA compile s | total / adamw | HLO instr. | HLO / adamw "
+        "| floor s | total / floor |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     records = []
     for r in rows:
         if r.error:
-            lines.append(f"| {r.name} | failed: {r.error} | | | | |")
+            lines.append(f"| {r.name} | failed: {r.error} | | | | | | |")
             continue
         rec = {
             "optimizer": r.name,
@@ -120,11 +134,14 @@ def table(rows: list[CompileRow], title: str) -> tuple[str, list[dict[str, Any]]
             "total_ratio": r.total / base.total,
             "hlo_ops": r.hlo_ops,
             "hlo_ratio": r.hlo_ops / max(1, base.hlo_ops),
+            "floor_s": r.floor,
+            "floor_ratio": None if r.floor is None else r.total / r.floor,
         }
         records.append(rec)
+        floor = "| | |" if r.floor is None else f"| {r.floor:.2f} | {rec['floor_ratio']:.2f} |"
         lines.append(
             f"| {r.name} | {r.trace:.2f} | {r.compile:.2f} | {rec['total_ratio']:.2f} | "
-            f"{r.hlo_ops} | {rec['hlo_ratio']:.1f} |"
+            f"{r.hlo_ops} | {rec['hlo_ratio']:.1f} {floor}"
         )
     return "\n".join(lines), records
 

@@ -373,5 +373,29 @@ def test_mkor_with_injected_hyperparameters_under_an_explicit_mesh() -> None:
         u, s2 = step(sg, s1, sp)
         assert jax.tree.map(jax.typeof, s2) == jax.tree.map(jax.typeof, s0)
         assert jax.typeof(u["hidden"]["kernel"]).sharding.spec == P("data", "model")
+        # Factor rows sharded over the whole mesh where it divides them (G⁻¹: 16
+        # rows over 8 devices), replicated where not (A⁻¹: 8 inputs + bias).
+        mk = next(
+            x
+            for x in jax.tree.leaves(s2, is_leaf=lambda x: hasattr(x, "g_inv"))
+            if hasattr(x, "g_inv")
+        )
+        g_spec = jax.typeof(mk.g_inv["hidden"]["kernel"]).sharding.spec
+        a_spec = jax.typeof(mk.a_inv["hidden"]["kernel"]).sharding.spec
+        assert tuple(g_spec) == (None, ("data", "model"), None), g_spec
+        assert all(e is None for e in a_spec), a_spec
     for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(ref)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_init_state_leaves_are_distinct_buffers() -> None:
+    """A train step donates the state: no two state leaves may share a buffer."""
+    params = {"a": {"kernel": jnp.ones((3, 2))}, "b": {"kernel": jnp.ones((3, 2))}}
+    leaves = jax.tree.leaves(optx.mkor(0.1).init(params))
+    assert len({id(x) for x in leaves}) == len(leaves)
+    step = jax.jit(
+        lambda g, s: optx.scale_by_mkor(update_interval=1).update(g, s), donate_argnums=1
+    )
+    state = optx.scale_by_mkor(update_interval=1).init(params)
+    for _ in range(2):  # would raise "donate the same buffer twice"
+        _, state = step(params, state)

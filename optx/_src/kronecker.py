@@ -17,6 +17,8 @@ extra input row, as in the official code's ``[∇W, ∇b]`` matrix.
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -152,6 +154,76 @@ def _plan(tree: Any, router: routing.Router) -> dict[str, _Layer]:
     return plan
 
 
+def _on_mesh(*trees: Any) -> bool:
+    return any(sharding.spec_of(x) is not None for x in jax.tree.leaves(trees))
+
+
+def _signature(tree: Any) -> Any:
+    return jax.tree.structure(tree), tuple(
+        (jnp.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(tree)
+    )
+
+
+class _MatrixGroup(NamedTuple):
+    """Layers whose ``(fan_in, fan_out)`` matrices are processed as one stack.
+
+    ``layer`` is the stack's view: a ``(ΣB, fan_in, fan_out)`` layout whose
+    matrices are the members' :func:`layouts.to_matrices` concatenated in
+    ``members`` order (``sizes`` = each member's ``B``).
+    """
+
+    members: tuple[str, ...]
+    sizes: tuple[int, ...]
+    layer: _Layer
+
+
+def _matrix_groups(
+    plan: dict[str, _Layer], paths: list[str], leaves: dict[str, Any], extra: Any
+) -> list[_MatrixGroup]:
+    """Layers of ``paths`` grouped by matrix shape, bias presence and dtypes.
+
+    The ``blocks/0/…``, ``blocks/1/…`` kernels of an unscanned model, and the
+    attention projections whatever their layout, share one program per
+    distinct ``(fan_in, fan_out)`` (every matrix still treated on its own), so
+    the traced program and XLA's compile time grow with the number of distinct
+    matrix shapes, not of layers. ``extra(path)`` adds per-layer trees whose
+    per-matrix shapes and dtypes must also agree (factors, captures).
+    """
+    groups: dict[Any, list[str]] = {}
+    for path in paths:
+        layer = plan[path]
+        _, fan_in, fan_out = layer.layout.matrix_shape
+        bias = leaves.get(layer.bias)
+        more = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x)[-1:], x.dtype), extra(path))
+        key = (fan_in, fan_out, jnp.result_type(leaves[path]), _signature(bias), _signature(more))
+        groups.setdefault(key, []).append(path)
+    out = []
+    for members in groups.values():
+        first = plan[members[0]]
+        sizes = tuple(plan[p].layout.batch_size for p in members)
+        _, fan_in, fan_out = first.layout.matrix_shape
+        view = layouts.ResolvedLayout((sum(sizes), fan_in, fan_out), (1,), (2,), (0,))
+        out.append(_MatrixGroup(tuple(members), sizes, _Layer(members[0], view, first.bias)))
+    return out
+
+
+def _concat(trees: list[Any]) -> Any:
+    """Concatenates same-structure trees along axis 0 (one tree: itself)."""
+    if len(trees) == 1:
+        return trees[0]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
+
+
+def _split(tree: Any, sizes: tuple[int, ...]) -> list[Any]:
+    """Inverse of :func:`_concat` for members of ``sizes`` rows."""
+    if len(sizes) == 1:
+        return [tree]
+    leaves, treedef = jax.tree.flatten(tree)
+    cuts = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
+    parts = [jnp.split(x, cuts) for x in leaves]
+    return [treedef.unflatten([p[j] for p in parts]) for j in range(len(sizes))]
+
+
 # ----------------------------------------------------------------------------
 # Rank-1 statistics from the gradient (when no capture is available)
 # ----------------------------------------------------------------------------
@@ -267,21 +339,18 @@ def sherman_morrison_update(
     return r(p - r(jnp.outer(r(coef * pv), vp))).astype(cdt)
 
 
-def _refresh_matrix(
-    a_inv: jax.Array,
-    g_inv: jax.Array,
-    reset_a: jax.Array,
-    reset_g: jax.Array,
-    a: jax.Array,
-    g: jax.Array,
+def _refresh_factor(
+    f: jax.Array,
+    flag: jax.Array,
+    v: jax.Array,
     *,
     decay: Any,
     reset_mode: str,
     stabilization: Any,
     threshold: Any,
     dtype: Any = None,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """One refresh of one layer matrix, in the released code's order (A, then G)."""
+) -> tuple[jax.Array, jax.Array]:
+    """One factor's refresh: reset (``flag``) or Sherman–Morrison, and its blow-up flag."""
 
     def reset(f: jax.Array) -> jax.Array:
         cdt = jnp.result_type(jnp.float32, f) if dtype is None else jnp.dtype(dtype)
@@ -291,15 +360,25 @@ def _refresh_matrix(
         zeta = jnp.asarray(stabilization, jnp.promote_types(cdt, jnp.float32))
         return ((1.0 - zeta) * f.astype(zeta.dtype) + zeta * eye).astype(cdt)
 
-    def step(f: jax.Array, flag: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-        new = jnp.where(flag, reset(f), sherman_morrison_update(f, v, decay, dtype)).astype(f.dtype)
-        blew_up = jnp.logical_not(flag) & (jnp.max(jnp.abs(new)) > threshold)
-        return new, blew_up
+    new = jnp.where(flag, reset(f), sherman_morrison_update(f, v, decay, dtype)).astype(f.dtype)
+    blew_up = jnp.logical_not(flag) & (jnp.max(jnp.abs(new)) > threshold)
+    return new, blew_up
 
-    a_new, blew_a = step(a_inv, reset_a, a)
+
+def _refresh_matrix(
+    a_inv: jax.Array,
+    g_inv: jax.Array,
+    reset_a: jax.Array,
+    reset_g: jax.Array,
+    a: jax.Array,
+    g: jax.Array,
+    **kw: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """One refresh of one layer matrix, in the released code's order (A, then G)."""
+    a_new, blew_a = _refresh_factor(a_inv, reset_a, a, **kw)
     # A blow-up flags both factors: G is reset (not updated) at this same refresh.
     reset_g = reset_g | blew_a
-    g_new, blew_g = step(g_inv, reset_g, g)
+    g_new, blew_g = _refresh_factor(g_inv, reset_g, g, **kw)
     return a_new, g_new, blew_a | blew_g, blew_g
 
 
@@ -335,6 +414,27 @@ def _precondition(
     if bias is not None:
         new_bias = out[:, lay.fan_in, :].reshape(bias.shape).astype(bias.dtype)
     return new_kernel, new_bias
+
+
+def _factor_spec(n: int, like: Any) -> Any:
+    """Spec of a ``(B, n, n)`` factor for a layer whose kernel is ``like``.
+
+    On an Explicit mesh the factor's rows are sharded over all the mesh's
+    Explicit axes together, else over the largest single axis that divides
+    ``n`` (replicated when none does): a vocabulary head's ``G⁻¹`` is
+    ``vocab²`` entries, far larger than the head itself, so no device holds
+    it whole. ``None`` (no placement) off such a mesh.
+    """
+    axes = sharding.explicit_axes(like)
+    if not axes:
+        return None
+    mesh = sharding.mesh_of(like)
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    candidates = [axes, *sorted(((a,) for a in axes), key=lambda c: -sizes[c[0]])]
+    for c in candidates:
+        if n % math.prod(sizes[a] for a in c) == 0:
+            return jax.sharding.PartitionSpec(None, c if len(c) > 1 else c[0], None)
+    return jax.sharding.PartitionSpec()
 
 
 def _sharded_call(fn: Any, args: tuple[Any, ...], outs_like: Any) -> Any:
@@ -406,6 +506,12 @@ def scale_by_mkor(
     pair without) — an approximation for plain loss functions and layers the
     capture cannot see (``nnx.scan``). ``'captures'`` requires a capture for
     every layer; ``'gradients'`` ignores captures.
+
+    **Sharding.** On an Explicit mesh the factors' rows are sharded over
+    the mesh (all its axes together where they divide the factor size, else
+    the largest axis that does; replicated otherwise): a language-model
+    head's ``G⁻¹`` is ``vocab²`` entries, so with replicated factors it alone
+    would outweigh the sharded parameters (GPT-2 small: 5 GB in fp16).
 
     **MKOR-H** (``hybrid=True``; the paper's hybrid, not in the released code,
     so this rule is optx's specification of "switch to the first-order optimizer
@@ -495,14 +601,19 @@ def scale_by_mkor(
             def eye(n: int) -> jax.Array:
                 return jnp.broadcast_to(jnp.eye(n, dtype=factor_dtype), (lay.batch_size, n, n))
 
-            state = MKORLayerState(
-                a_inv=eye(na),
-                g_inv=eye(lay.fan_out),
-                reset_a=jnp.ones((lay.batch_size,), jnp.bool_),
-                reset_g=jnp.ones((lay.batch_size,), jnp.bool_),
+            like = leaves[layer.path]
+
+            def flags() -> jax.Array:  # one buffer per field: a donated state must not alias
+                return jnp.ones((lay.batch_size,), jnp.bool_)
+
+            # On the params' mesh (typed as under jax.set_mesh): factor rows
+            # sharded (see _factor_spec), flags replicated.
+            return MKORLayerState(
+                a_inv=sharding.put_like(eye(na), like, _factor_spec(na, like)),
+                g_inv=sharding.put_like(eye(lay.fan_out), like, _factor_spec(lay.fan_out, like)),
+                reset_a=sharding.put_like(flags(), like),
+                reset_g=sharding.put_like(flags(), like),
             )
-            # Replicated on the params' mesh (typed as under jax.set_mesh).
-            return sharding.put_like(state, leaves[layer.path])
 
         layers = {p: layer_state(plan[p]) for p in plan}
 
@@ -528,6 +639,18 @@ def scale_by_mkor(
             ),
         )
 
+    def check_capture(layer: _Layer, cap: LayerStatistics) -> None:
+        lay = layer.layout
+        want_a, want_g = (*lay.batch_shape, lay.fan_in), (*lay.batch_shape, lay.fan_out)
+        if jnp.shape(cap.inputs) != want_a or jnp.shape(cap.output_grads) != want_g:
+            raise ValueError(
+                f"Capture of layer '{layer.path}' has shapes {jnp.shape(cap.inputs)}, "
+                f"{jnp.shape(cap.output_grads)}; expected {want_a} and {want_g}."
+            )
+
+    def capture_of(captures: Any, path: str) -> Any:
+        return None if captures is None or statistics == "gradients" else captures.get(path)
+
     def layer_vectors(layer: _Layer, kernel: Any, bias: Any, captures: Any, clip: Any):
         """Clipped (ā, ḡ) of every matrix of a layer: ``(B, n_a)``, ``(B, n_g)``."""
         lay = layer.layout
@@ -540,13 +663,7 @@ def scale_by_mkor(
                 )
             a, g = _layer_gradient_statistics(layer, kernel, bias)
         else:
-            want_a, want_g = (*lay.batch_shape, lay.fan_in), (*lay.batch_shape, lay.fan_out)
-            if jnp.shape(cap.inputs) != want_a or jnp.shape(cap.output_grads) != want_g:
-                raise ValueError(
-                    f"Capture of layer '{layer.path}' has shapes {jnp.shape(cap.inputs)}, "
-                    f"{jnp.shape(cap.output_grads)}; expected {(*lay.batch_shape, lay.fan_in)} "
-                    f"and {(*lay.batch_shape, lay.fan_out)}."
-                )
+            check_capture(layer, cap)
             cdt = jnp.result_type(jnp.float32, cap.inputs, cap.output_grads)
             a = jnp.asarray(cap.inputs, cdt).reshape(lay.batch_size, lay.fan_in)
             g = jnp.asarray(cap.output_grads, cdt).reshape(lay.batch_size, lay.fan_out)
@@ -556,48 +673,150 @@ def scale_by_mkor(
             a = jnp.concatenate([a, jnp.ones((a.shape[0], 1), a.dtype)], axis=1)
         return a, g
 
-    def refresh(plan, leaves, layer_states, captures):
+    def refresh(plan, leaves, layer_states, captures, due):
+        """``layer_states`` refreshed where ``due``, else unchanged (one ``lax.cond``).
+
+        Unsharded layers' factors leave the cond stacked, one array per factor
+        group (see ``refresh_local``), and are split per layer after it: split
+        inside, XLA would fuse the whole Sherman–Morrison chain into every
+        layer's slice (one copy of the program per layer).
+        """
         # Numeric hyper-parameters travel as arguments (they may be tracers under
         # inject_hyperparams, which auto_axes must not close over).
         hp = tuple(
             jnp.asarray(x)
             for x in (factor_decay, stabilization_factor, reset_threshold, clip_value)
         )
-        new = {}
+        sharded, local = [], []
         for path, layer in plan.items():
-            st = layer_states[path]
+            cap = capture_of(captures, path)
+            on = _on_mesh(leaves[path], leaves.get(layer.bias), layer_states[path], cap)
+            (sharded if on else local).append(path)
 
-            def fn(kernel, bias, st, caps, hp, layer=layer):
-                decay, stabilization, threshold, clip = hp
-                a, g = layer_vectors(layer, kernel, bias, caps, clip)
-                out = jax.vmap(
-                    lambda A, G, ra, rg, av, gv: _refresh_matrix(
-                        A,
-                        G,
-                        ra,
-                        rg,
-                        av,
-                        gv,
-                        decay=decay,
-                        reset_mode=reset_mode,
-                        stabilization=stabilization,
-                        threshold=threshold,
-                        dtype=update_dtype,
-                    )
-                )(st.a_inv, st.g_inv, st.reset_a, st.reset_g, a, g)
-                return MKORLayerState(*out)
+        def vec_dtype(path: str) -> Any:
+            cap = capture_of(captures, path)
+            if cap is None:
+                return jnp.result_type(jnp.float32, leaves[path])
+            return jnp.result_type(jnp.float32, cap.inputs, cap.output_grads)
 
-            caps = {path: captures[path]} if captures is not None and path in captures else None
-            args = (leaves[path], leaves.get(layer.bias), st, caps, hp)
-            new[path] = _sharded_call(fn, args, None)
+        def groups_of(field: int) -> list[tuple[str, ...]]:
+            out: dict[Any, list[str]] = {}
+            for p in local:
+                f = layer_states[p][field]
+                out.setdefault((f.shape[1:], f.dtype, vec_dtype(p)), []).append(p)
+            return [tuple(m) for m in out.values()]
+
+        a_groups, g_groups = groups_of(0), groups_of(1)
+
+        def fresh(states):
+            new = {p: refresh_sharded(plan[p], leaves, states[p], captures, hp) for p in sharded}
+            return new, *refresh_local(
+                plan, local, a_groups, g_groups, leaves, states, captures, hp
+            )
+
+        def keep(states):
+            a = [_concat([states[p].a_inv for p in m]) for m in a_groups]
+            g = [_concat([states[p].g_inv for p in m]) for m in g_groups]
+            flags = {p: (states[p].reset_a, states[p].reset_g) for p in local}
+            return {p: states[p] for p in sharded}, a, g, flags
+
+        new, a_st, g_st, flags = jax.lax.cond(due, fresh, keep, layer_states)
+        a_inv, g_inv = {}, {}
+        for groups, stacks, out in ((a_groups, a_st, a_inv), (g_groups, g_st, g_inv)):
+            for members, stack in zip(groups, stacks):
+                sizes = tuple(layer_states[p][0].shape[0] for p in members)
+                out.update(zip(members, _split(stack, sizes)))
+        new.update({p: MKORLayerState(a_inv[p], g_inv[p], *flags[p]) for p in local})
         return new
 
+    def refresh_sharded(layer, leaves, st, captures, hp):
+        """One layer on an Explicit mesh: its own program, under ``auto_axes``."""
+        path = layer.path
+
+        def fn(kernel, bias, st, caps, hp):
+            decay, stabilization, threshold, clip = hp
+            a, g = layer_vectors(layer, kernel, bias, caps, clip)
+            kw = refresh_kwargs(decay, stabilization, threshold)
+            out = jax.vmap(functools.partial(_refresh_matrix, **kw))(*st, a, g)
+            return MKORLayerState(*out)
+
+        cap = capture_of(captures, path)
+        caps = None if cap is None else {path: cap}
+        args = (leaves[path], leaves.get(layer.bias), st, caps, hp)
+        return _sharded_call(fn, args, st)  # the state keeps its sharding
+
+    def refresh_kwargs(decay: Any, stabilization: Any, threshold: Any) -> dict[str, Any]:
+        return dict(
+            decay=decay,
+            reset_mode=reset_mode,
+            stabilization=stabilization,
+            threshold=threshold,
+            dtype=update_dtype,
+        )
+
+    def stacked_matrices(plan, grp, leaves):
+        """The group's kernels as one ``(ΣB, fan_in, fan_out)`` stack, and bias rows."""
+        m = grp.members
+        kernel = _concat([layouts.to_matrices(leaves[p], plan[p].layout) for p in m])
+        if grp.layer.bias is None:
+            return kernel, None
+        return kernel, _concat(
+            [jnp.reshape(leaves[plan[p].bias], (b, -1)) for p, b in zip(m, grp.sizes)]
+        )
+
+    def refresh_local(plan, paths, a_groups, g_groups, leaves, layer_states, captures, hp):
+        """Unsharded layers: statistics per distinct matrix shape, then each factor
+        group's Sherman–Morrison updates in one program (A first, then G).
+
+        Returns the new factors stacked per group and ``{path: (reset_a, reset_g)}``.
+        """
+        decay, stabilization, threshold, clip = hp
+        vecs = {}
+        for grp in _matrix_groups(plan, paths, leaves, lambda p: capture_of(captures, p)):
+            kernel, bias = stacked_matrices(plan, grp, leaves)
+            caps = [capture_of(captures, p) for p in grp.members]
+            cap = None
+            if caps[0] is not None:
+                rows = [
+                    (jnp.reshape(c.inputs, (b, -1)), jnp.reshape(c.output_grads, (b, -1)))
+                    for c, b in zip(caps, grp.sizes)
+                ]
+                cap = {grp.layer.path: LayerStatistics(*_concat(rows))}
+            a, g = layer_vectors(grp.layer, kernel, bias, cap, clip)
+            vecs.update(zip(grp.members, _split((a, g), grp.sizes)))
+        kw = refresh_kwargs(decay, stabilization, threshold)
+        st = layer_states
+        a_new, blew_a = refresh_factors(
+            a_groups, lambda p: (st[p].a_inv, st[p].reset_a, vecs[p][0]), kw
+        )
+        # A blow-up flags both factors: G is reset (not updated) at this same refresh.
+        g_new, blew_g = refresh_factors(
+            g_groups, lambda p: (st[p].g_inv, st[p].reset_g | blew_a[p], vecs[p][1]), kw
+        )
+        return a_new, g_new, {p: (blew_a[p] | blew_g[p], blew_g[p]) for p in paths}
+
+    def refresh_factors(groups, inputs, kw):
+        """``_refresh_factor`` of every layer's (factor, flag, vector), one vmap per
+        group; the new factors stay stacked per group."""
+        stacks, blew = [], {}
+        for members in groups:
+            sizes = tuple(jnp.shape(inputs(p)[0])[0] for p in members)
+            f, b = jax.vmap(functools.partial(_refresh_factor, **kw))(
+                *_concat([inputs(p) for p in members])
+            )
+            stacks.append(f)
+            blew.update(zip(members, _split(b, sizes)))
+        return stacks, blew
+
     def precondition(plan, leaves, layer_states):
-        out = {}
+        out, local = {}, []
         for path, layer in plan.items():
             kernel, bias = leaves[path], leaves.get(layer.bias)
+            if not _on_mesh(kernel, bias, layer_states[path]):
+                local.append(path)
+                continue
 
-            def fn(kernel, bias, st, layer=layer):
+            def fn(kernel, bias, st, layer=layer):  # one sharded layer
                 new_k, new_b = _precondition(kernel, bias, st, layer.layout)
                 return (new_k,) if new_b is None else (new_k, new_b)
 
@@ -606,6 +825,19 @@ def scale_by_mkor(
             out[path] = outs[0]
             if layer.bias is not None:
                 out[layer.bias] = outs[1]
+        groups = _matrix_groups(
+            plan, local, leaves, lambda p: (layer_states[p].a_inv, layer_states[p].g_inv)
+        )
+        for grp in groups:  # unsharded layers: one program per distinct matrix shape
+            kernel, bias = stacked_matrices(plan, grp, leaves)
+            st = _concat([layer_states[p] for p in grp.members])
+            new = _precondition(kernel, bias, st, grp.layer.layout)
+            for p, (k, b) in zip(grp.members, _split(new, grp.sizes)):
+                lay = plan[p].layout
+                out[p] = layouts.from_matrices(k, lay).astype(leaves[p].dtype)
+                if b is not None:
+                    bp = plan[p].bias
+                    out[bp] = jnp.reshape(b, jnp.shape(leaves[bp])).astype(leaves[bp].dtype)
         return out
 
     def switch_update(sw: SecondOrderSwitchState, loss: Any, count: jax.Array):
@@ -665,17 +897,16 @@ def scale_by_mkor(
                 f"The MKOR state has layers {sorted(state_flat)} but the updates have "
                 f"{sorted(plan)}: init and update trees differ."
             )
+        for path, layer in plan.items():
+            cap = capture_of(captures, path)
+            if cap is not None:
+                check_capture(layer, cap)
         count = state.count
         switch = switch_update(state.switch, loss, count) if hybrid else state.switch
         due = (count % k == 0) | (count < warmup_steps)
 
         def second_order(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-            layer_states = jax.lax.cond(
-                due,
-                lambda s: refresh(plan, leaves, s, captures),
-                lambda s: s,
-                state_flat,
-            )
+            layer_states = refresh(plan, leaves, state_flat, captures, due)
             return precondition(plan, leaves, layer_states), layer_states
 
         def first_order(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
