@@ -159,6 +159,32 @@ def radial_projection(
     return projected, branch.astype(jnp.int32)
 
 
+def _matrix_view_projection(
+    grad: jax.Array,
+    param: jax.Array,
+    direction: jax.Array,
+    layout: ResolvedLayout,
+    delta: Any,
+    eps: float,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`radial_projection` on the ``(batch, fan_in, fan_out)`` view when it is free.
+
+    When the layout's axes are already in (batch, fan-in, fan-out) order the
+    view is a reshape (a bitcast), and leaves with equal matrix shapes — an
+    attention input ``(d, h, k)`` and output ``(h, k, d)`` kernel with ``h·k =
+    d``, say — then run identical XLA kernels, which XLA compiles once
+    (compile time, issue 17). Leaves whose type carries an Explicit sharding,
+    or other axis orders, use their own axes (no reshape).
+    """
+    in_order = layout.permutation == tuple(range(len(layout.shape)))
+    if not in_order or layouts._has_sharded_type(grad) or layouts._has_sharded_type(param):
+        return radial_projection(grad, param, direction, layout, delta, eps)
+    view = layouts.DENSE.resolve(layout.matrix_shape)
+    mats = (x.reshape(layout.matrix_shape) for x in (grad, param, direction))
+    projected, branch = radial_projection(*mats, view, delta, eps)
+    return projected.reshape(layout.shape), branch.reshape(layout.matrix_norm_shape())
+
+
 def _decay_factors(mask: base.Mask | None, params: base.Params) -> Any:
     """A tree like ``params`` of 1.0 (decayed) / 0.0 (masked out) Python floats."""
     if mask is None:
@@ -263,7 +289,7 @@ def project_out_radial(
         def matrix_leaf(
             g: jax.Array, lay: ResolvedLayout, w: jax.Array, d: jax.Array, _: Any, on: float
         ) -> tuple[jax.Array, jax.Array, jax.Array]:
-            projected, branch = radial_projection(g, w, d, lay, delta, eps)
+            projected, branch = _matrix_view_projection(g, w, d, lay, delta, eps)
             ratio = jnp.where(branch > 0, wd_ratio, 1.0)
             cdt = compute_dtype(d.dtype, w.dtype)
             u = projected.astype(cdt) + (on * wd * ratio).astype(cdt) * w.astype(cdt)
