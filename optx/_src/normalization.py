@@ -45,6 +45,17 @@ def _free_matrix_view(x: Any, layout: ResolvedLayout) -> tuple[int, int, int] | 
     return layout.matrix_shape
 
 
+def _flat_matrix_layout(x: Any, layout: ResolvedLayout) -> ResolvedLayout | None:
+    """A ``(batch, fan_in·fan_out)`` layout for per-matrix statistics on the free view.
+
+    None unless :func:`_free_matrix_view` applies; every matrix is one row, so
+    leaves with equal matrix sizes share the statistic's XLA kernels.
+    """
+    if _free_matrix_view(x, layout) is None:
+        return None
+    return ResolvedLayout((layout.batch_size, layout.fan_in * layout.fan_out), (1,), (), (0,))
+
+
 def _scale_by_axis_rms(
     which: str,
     beta: Any,
@@ -269,6 +280,12 @@ def preserve_frobenius_norm(
         new, new_state = inner.update(updates, state, params, **extra)
 
         def leaf(x: jax.Array, lay: ResolvedLayout, y: jax.Array) -> jax.Array:
+            flat = _flat_matrix_layout(x, lay)
+            if flat is not None and (conv_view != "torch" or layouts.conv_window_axes(lay) is None):
+                return rescale(x.reshape(flat.shape), flat, y.reshape(flat.shape)).reshape(y.shape)
+            return rescale(x, lay, y)
+
+        def rescale(x: jax.Array, lay: ResolvedLayout, y: jax.Array) -> jax.Array:
             nx = jnp.sqrt(sum_sq(x, lay))
             ny = jnp.sqrt(sum_sq(y, lay))
             return (y.astype(base.compute_dtype(y.dtype, nx.dtype)) * (nx / (ny + eps))).astype(
@@ -486,14 +503,8 @@ def scale_by_cosh_rms(
         del params, extra
 
         def leaf(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
-            view = _free_matrix_view(x, lay)
-            if view is not None:  # per-matrix statistics: every matrix as one row
-                flat = lay._replace(
-                    shape=(lay.batch_size, lay.fan_in * lay.fan_out),
-                    reduction_axes=(1,),
-                    output_axes=(),
-                    batch_axes=(0,),
-                )
+            flat = _flat_matrix_layout(x, lay)
+            if flat is not None:  # per-matrix statistics: every matrix as one row
                 return brake(x.reshape(flat.shape), flat).reshape(x.shape)
             return brake(x, lay)
 
