@@ -115,8 +115,9 @@ def odd_polynomial_steps(mats: jax.Array, coefficients: Sequence[Sequence[Any]])
     tall = m >= n
     x = mats
     for a, b, c in coefficients:
-        xt = jnp.swapaxes(x, -1, -2)
-        gram = xt @ x if tall else x @ xt
+        # The Gram matrix as one contraction (no materialized transpose: fewer
+        # XLA kernels per matrix shape, issue 17 compile time).
+        gram = jnp.einsum("...ki,...kj->...ij" if tall else "...ik,...jk->...ij", x, x)
         poly = b * gram
         if not (isinstance(c, (int, float)) and c == 0):
             poly = poly + c * (gram @ gram)

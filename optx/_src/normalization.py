@@ -31,6 +31,31 @@ class ScaleByAxisRmsState(NamedTuple):
     nu: base.Updates
 
 
+def _free_matrix_view(x: Any, layout: ResolvedLayout) -> tuple[int, int, int] | None:
+    """``layout.matrix_shape`` when viewing ``x`` as matrices is a free reshape, else None.
+
+    True when the layout's axes are already in (batch, fan-in, fan-out) order
+    and ``x``'s type carries no Explicit sharding. Per-matrix programs run on
+    that view so that leaves of equal matrix shape (an attention ``(d, h, k)``
+    input and ``(h, k, d)`` output kernel with ``h·k = d``) run identical XLA
+    kernels, compiled once (issue 17 compile time).
+    """
+    if layout.permutation != tuple(range(len(layout.shape))) or layouts._has_sharded_type(x):
+        return None
+    return layout.matrix_shape
+
+
+def _flat_matrix_layout(x: Any, layout: ResolvedLayout) -> ResolvedLayout | None:
+    """A ``(batch, fan_in·fan_out)`` layout for per-matrix statistics on the free view.
+
+    None unless :func:`_free_matrix_view` applies; every matrix is one row, so
+    leaves with equal matrix sizes share the statistic's XLA kernels.
+    """
+    if _free_matrix_view(x, layout) is None:
+        return None
+    return ResolvedLayout((layout.batch_size, layout.fan_in * layout.fan_out), (1,), (), (0,))
+
+
 def _scale_by_axis_rms(
     which: str,
     beta: Any,
@@ -80,9 +105,23 @@ def _scale_by_axis_rms(
             correction = base.at_least_f32(1.0)
 
         def leaf(x: jax.Array, lay: ResolvedLayout, nu: jax.Array) -> tuple[jax.Array, jax.Array]:
+            axes = axes_of(lay)
+            if axes == (lay.reduction_axes if which == "row" else lay.output_axes):
+                view = _free_matrix_view(x, lay)
+                if view is not None:  # equal matrix shapes share XLA kernels
+                    m = lay.matrix_shape
+                    out, new_nu = step(
+                        x.reshape(m),
+                        nu.reshape(m[0], *((1, m[2]) if which == "row" else (m[1], 1))),
+                        (1,) if which == "row" else (2,),
+                    )
+                    return out.reshape(x.shape), new_nu.reshape(nu.shape)
+            return step(x, nu, axes)
+
+        def step(x: jax.Array, nu: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
             cdt = base.compute_dtype(x.dtype, nu.dtype)
             xc = x.astype(cdt)
-            mean_sq = jnp.mean(base.abs_sq(xc), axis=axes_of(lay), keepdims=True)
+            mean_sq = jnp.mean(base.abs_sq(xc), axis=axes, keepdims=True)
             rdt = base.real_dtype(cdt)  # the statistics of complex leaves are real
             new_nu = beta * nu.astype(rdt) + (1.0 - beta) * mean_sq
             nu_hat = new_nu / correction.astype(rdt)
@@ -241,6 +280,12 @@ def preserve_frobenius_norm(
         new, new_state = inner.update(updates, state, params, **extra)
 
         def leaf(x: jax.Array, lay: ResolvedLayout, y: jax.Array) -> jax.Array:
+            flat = _flat_matrix_layout(x, lay)
+            if flat is not None and (conv_view != "torch" or layouts.conv_window_axes(lay) is None):
+                return rescale(x.reshape(flat.shape), flat, y.reshape(flat.shape)).reshape(y.shape)
+            return rescale(x, lay, y)
+
+        def rescale(x: jax.Array, lay: ResolvedLayout, y: jax.Array) -> jax.Array:
             nx = jnp.sqrt(sum_sq(x, lay))
             ny = jnp.sqrt(sum_sq(y, lay))
             return (y.astype(base.compute_dtype(y.dtype, nx.dtype)) * (nx / (ny + eps))).astype(
@@ -458,12 +503,19 @@ def scale_by_cosh_rms(
         del params, extra
 
         def leaf(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
+            flat = _flat_matrix_layout(x, lay)
+            if flat is not None:  # per-matrix statistics: every matrix as one row
+                return brake(x.reshape(flat.shape), flat).reshape(x.shape)
+            return brake(x, lay)
+
+        def brake(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
             cdt = base.compute_dtype(x.dtype)
             xc = x.astype(cdt)
             z = xc
-            if normalize_argument:
-                z = xc / (jnp.sqrt(layouts.matrix_sum_of_squares(xc, lay)) + norm_eps)
             axes = lay.reduction_axes + lay.output_axes
+            if normalize_argument:
+                sum_sq = jnp.sum(jnp.square(xc), axis=axes, keepdims=True)
+                z = xc / (jnp.sqrt(sum_sq) + norm_eps)
             r = jnp.sqrt(jnp.mean(jnp.square(jnp.cosh(gamma * z)), axis=axes, keepdims=True))
             return (xc / (r + eps)).astype(x.dtype)
 

@@ -120,47 +120,69 @@ def radial_projection(
     ``eps``) of the **gradient** and the weight; the projection uses
     ``ŵ = w/(‖w‖ + eps)`` of the pre-step weight and acts on ``direction``.
     All reductions are over the layout's axes (no reshape), so sharded leaves
-    stay sharded. ``branch`` has shape ``layout.matrix_norm_shape()``.
+    stay sharded. ``branch`` has shape ``layout.matrix_norm_shape()``. The
+    program is two reductions (the four channel sums ``⟨g, w⟩, ‖g‖², ‖w‖²,
+    ⟨w, d⟩`` in one pass, then the per-matrix sums with the count of failing
+    channels) and one element-wise pass, with no ``lax.cond``: XLA compiles a
+    handful of kernels per distinct leaf shape (issue 17 compile time).
     """
     cdt = compute_dtype(grad.dtype, param.dtype, direction.dtype)
     g, w, d = grad.astype(cdt), param.astype(cdt), direction.astype(cdt)
     red, out = layout.reduction_axes, layout.output_axes
-
-    def rsum(x: jax.Array) -> jax.Array:
-        return jnp.sum(x, axis=red, keepdims=True)
-
-    def osum(x: jax.Array) -> jax.Array:
-        return jnp.sum(x, axis=out, keepdims=True)
-
     # Complex leaves: Hermitian inner products ⟨g, w⟩ = Σ ḡ w and |·|² norms.
-    gw_c, gg_c, ww_c = sums_over_axes((jnp.conj(g) * w, base.abs_sq(g), base.abs_sq(w)), red)
-    gw_l, gg_l, ww_l = osum(gw_c), osum(gg_c), osum(ww_c)
+    products = (jnp.conj(g) * w, base.abs_sq(g), base.abs_sq(w), jnp.conj(w) * d)
+    gw_c, gg_c, ww_c, wd_c = sums_over_axes(products, red)
 
     def abs_cos(gw: jax.Array, gg: jax.Array, ww: jax.Array) -> jax.Array:
         return jnp.abs(gw) / (jnp.maximum(jnp.sqrt(gg), eps) * jnp.maximum(jnp.sqrt(ww), eps))
 
-    cos_c = jnp.max(abs_cos(gw_c, gg_c, ww_c), axis=out, keepdims=True)
-    cos_l = abs_cos(gw_l, gg_l, ww_l)
     rdt = base.real_dtype(cdt)
-    channel = cos_c < delta / jnp.sqrt(jnp.asarray(layout.fan_in, rdt))
-    layer = cos_l < delta / jnp.sqrt(jnp.asarray(layout.fan_in * layout.fan_out, rdt))
-    branch = jnp.where(channel, CHANNEL_PROJECTION, jnp.where(layer, LAYER_PROJECTION, 0))
-
-    def coefficient(w: jax.Array, d: jax.Array) -> jax.Array:
-        # ⟨w, d⟩/(‖w‖+ε)², so d - w·coef = d - ŵ⟨ŵ, d⟩ with ŵ = w/(‖w‖+ε), per row
-        # (channel) or per matrix (layer).
-        wd_c = rsum(jnp.conj(w) * d)
-        coef_c = wd_c / jnp.square(jnp.sqrt(ww_c) + eps)
-        coef_l = osum(wd_c) / jnp.square(jnp.sqrt(ww_l) + eps)
-        return jnp.where(channel, coef_c, jnp.where(layer, coef_l, jnp.zeros_like(coef_c)))
-
-    # Most weights of a network without normalization layers never project:
-    # skip the reduction over (w, d) then (coef = 0 leaves d unchanged).
-    coef = jax.lax.cond(
-        jnp.any(branch > 0), coefficient, lambda w, d: jnp.zeros_like(ww_c, cdt), w, d
+    channel_bound = delta / jnp.sqrt(jnp.asarray(layout.fan_in, rdt))
+    layer_bound = delta / jnp.sqrt(jnp.asarray(layout.fan_in * layout.fan_out, rdt))
+    # max_i cos_i < bound  ⇔  no channel fails (a NaN cosine fails, as in max);
+    # the failures are counted in the same reduction as the layer sums, so the
+    # whole test is two reductions (fewer XLA kernels: compile time).
+    failed = jnp.logical_not(abs_cos(gw_c, gg_c, ww_c) < channel_bound).astype(cdt)
+    per_matrix = jnp.sum(
+        jnp.stack((gw_c, gg_c, ww_c, wd_c, failed)), axis=tuple(a + 1 for a in out), keepdims=True
     )
+    gw_l, gg_l, ww_l, wd_l, n_failed = per_matrix[0], *jnp.real(per_matrix[1:3]), *per_matrix[3:]
+    channel = jnp.real(n_failed) == 0
+    layer = abs_cos(gw_l, gg_l, ww_l) < layer_bound
+    branch = jnp.where(channel, CHANNEL_PROJECTION, jnp.where(layer, LAYER_PROJECTION, 0))
+    # coef = ⟨w, d⟩/(‖w‖+ε)² per row (channel) or per matrix (layer), so
+    # d - w·coef = d - ŵ⟨ŵ, d⟩ with ŵ = w/(‖w‖+ε).
+    coef_c = wd_c / jnp.square(jnp.sqrt(ww_c) + eps)
+    coef_l = wd_l / jnp.square(jnp.sqrt(ww_l) + eps)
+    coef = jnp.where(channel, coef_c, jnp.where(layer, coef_l, jnp.zeros_like(coef_c)))
     projected = (d - w * coef).astype(direction.dtype)
     return projected, branch.astype(jnp.int32)
+
+
+def _matrix_view_projection(
+    grad: jax.Array,
+    param: jax.Array,
+    direction: jax.Array,
+    layout: ResolvedLayout,
+    delta: Any,
+    eps: float,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`radial_projection` on the ``(batch, fan_in, fan_out)`` view when it is free.
+
+    When the layout's axes are already in (batch, fan-in, fan-out) order the
+    view is a reshape (a bitcast), and leaves with equal matrix shapes — an
+    attention input ``(d, h, k)`` and output ``(h, k, d)`` kernel with ``h·k =
+    d``, say — then run identical XLA kernels, which XLA compiles once
+    (compile time, issue 17). Leaves whose type carries an Explicit sharding,
+    or other axis orders, use their own axes (no reshape).
+    """
+    in_order = layout.permutation == tuple(range(len(layout.shape)))
+    if not in_order or layouts._has_sharded_type(grad) or layouts._has_sharded_type(param):
+        return radial_projection(grad, param, direction, layout, delta, eps)
+    view = layouts.DENSE.resolve(layout.matrix_shape)
+    mats = (x.reshape(layout.matrix_shape) for x in (grad, param, direction))
+    projected, branch = radial_projection(*mats, view, delta, eps)
+    return projected.reshape(layout.shape), branch.reshape(layout.matrix_norm_shape())
 
 
 def _decay_factors(mask: base.Mask | None, params: base.Params) -> Any:
@@ -267,7 +289,7 @@ def project_out_radial(
         def matrix_leaf(
             g: jax.Array, lay: ResolvedLayout, w: jax.Array, d: jax.Array, _: Any, on: float
         ) -> tuple[jax.Array, jax.Array, jax.Array]:
-            projected, branch = radial_projection(g, w, d, lay, delta, eps)
+            projected, branch = _matrix_view_projection(g, w, d, lay, delta, eps)
             ratio = jnp.where(branch > 0, wd_ratio, 1.0)
             cdt = compute_dtype(d.dtype, w.dtype)
             u = projected.astype(cdt) + (on * wd * ratio).astype(cdt) * w.astype(cdt)
