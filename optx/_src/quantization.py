@@ -208,44 +208,27 @@ def _code_table(signed: bool) -> np.ndarray:
     return table
 
 
-@functools.cache
-def _split_tables(signed: bool) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_code_table` as two tables: the candidate ``first`` (int32) and the
-    full ``uint32`` bit pattern of the bucket's decision threshold."""
-    table = _code_table(signed)
-    buckets = np.arange(_FIRST_BUCKET, _LAST_BUCKET + 1, dtype=np.uint32)
-    if signed:
-        buckets = np.concatenate([buckets, buckets])
-    low_mask = np.uint32((1 << _BUCKET_SHIFT) - 1)
-    threshold = (buckets << np.uint32(_BUCKET_SHIFT)) | (table & low_mask)
-    first = (table >> np.uint32(_BUCKET_SHIFT)).astype(np.int32)
-    for t in (first, threshold):
-        t.setflags(write=False)
-    return first, threshold.astype(np.uint32)
-
-
 def _nearest_code(y: jax.Array, signed: bool) -> jax.Array:
     """The code of ``y ∈ [−1, 1]`` (``[0, 1]`` unsigned) under optx's rule (int32).
 
     The rule: ``argmin_k fl(|y − map[k]|)``, float32 distances, ties to the
-    lower code index (bitsandbytes' CPU comparison). Computed exactly with two
-    lookups in small tables instead of a search: the bucket of ``|y|``'s
+    lower code index (bitsandbytes' CPU comparison). Computed exactly with one
+    lookup in a small table instead of a search: the bucket of ``|y|``'s
     float32 bit pattern gives the candidate code and the single decision
     threshold inside the bucket, precomputed from the map in NumPy
-    (:func:`_code_table`); ``code = candidate + (|y| > threshold)``. Each
-    lookup result is used once, so XLA fuses both gathers into the coding
-    loop (one packed table read twice is materialized as a ``uint32`` array
-    first: one more pass over the state).
+    (:func:`_code_table`); ``code = candidate + (|y| > threshold)``.
     """
-    first, threshold = (jnp.asarray(t) for t in _split_tables(signed))
+    table = jnp.asarray(_code_table(signed))
     n_buckets = _LAST_BUCKET - _FIRST_BUCKET + 1
     bits = jax.lax.bitcast_convert_type(jnp.abs(y), jnp.uint32)
     bucket = jnp.clip(bits >> _BUCKET_SHIFT, _FIRST_BUCKET, _LAST_BUCKET)
     idx = (bucket - _FIRST_BUCKET).astype(jnp.int32)
     if signed:
         idx = idx + jnp.where(y < 0, n_buckets, 0)
-    above = bits > threshold.at[idx].get(mode="promise_in_bounds")
-    k = first.at[idx].get(mode="promise_in_bounds") + above.astype(jnp.int32)
+    entry = table[idx]
+    low_mask = (1 << _BUCKET_SHIFT) - 1
+    threshold = (bucket << _BUCKET_SHIFT) | (entry & low_mask)
+    k = (entry >> _BUCKET_SHIFT).astype(jnp.int32) + (bits > threshold).astype(jnp.int32)
     if not signed:
         return jnp.minimum(k, 255)  # NaN entries (a NaN block) land past the last code
     zero_code = 127  # [negatives (127) | 0 | positives (127) | 1.0]
