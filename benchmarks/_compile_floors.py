@@ -60,3 +60,74 @@ def floor_seconds(name: str, params: Any) -> float | None:
         total += time.perf_counter() - t0
     jax.clear_caches()
     return total
+
+
+# ----------------------------------------------------------------------------
+# 8-bit states (quant): the element-wise step plus ONE coding program for the
+# whole quantized state (its leaves concatenated), i.e. what a per-leaf coder
+# could at best shrink to. The excess of total over this floor is the per-leaf
+# coding (one dequantize + block-max + code fusion chain per quantized leaf).
+# ----------------------------------------------------------------------------
+
+
+def _quantized_sizes(params: Any, min_size: int = 4096) -> int:
+    """Entries of the leaves whose moments the 8-bit variants quantize."""
+    import math
+
+    return sum(
+        math.prod(x.shape) for x in jax.tree.leaves(params) if math.prod(x.shape) >= min_size
+    )
+
+
+def _eight_bit_floor(params: Any, tx: Any, label: str, unsigned: bool) -> list[FloorProgram]:
+    import jax.numpy as jnp
+    import optax
+
+    from optx._src import quantization as q
+
+    state = jax.eval_shape(tx.init, params)
+
+    def step(g: Any, s: Any, p: Any) -> Any:
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    n = _quantized_sizes(params)
+    blocks = q.num_blocks(n, q.REFERENCE_BLOCK_SIZE)
+    codes = jax.ShapeDtypeStruct((n,), jnp.uint8)
+    scales = jax.ShapeDtypeStruct((blocks,), jnp.float32)
+    kinds = (True, False) if unsigned else (True,)
+
+    def coding(*args: Any) -> Any:
+        out = []
+        for signed, (c, a) in zip(kinds, zip(args[::2], args[1::2])):
+            x = q.dequantize_blockwise(q.QuantizedArray(c, a), signed=signed)
+            out.append(q.quantize_blockwise(x * 0.5, signed=signed))
+        return out
+
+    return [
+        FloorProgram(f"{label} step (f32 states)", step, (params, state, params)),
+        FloorProgram(
+            "8-bit coding of the concatenated state", coding, (codes, scales) * len(kinds)
+        ),
+    ]
+
+
+@register("adamw_8bit")
+def _adamw_8bit(params: Any) -> list[FloorProgram]:
+    import optax
+
+    return _eight_bit_floor(params, optax.adamw(1e-3, weight_decay=1e-4), "optax.adamw", True)
+
+
+@register("lion_8bit")
+def _lion_8bit(params: Any) -> list[FloorProgram]:
+    import optax
+
+    return _eight_bit_floor(params, optax.lion(1e-4), "optax.lion", False)
+
+
+@register("sgd_momentum_8bit")
+def _sgd_momentum_8bit(params: Any) -> list[FloorProgram]:
+    import optax
+
+    return _eight_bit_floor(params, optax.sgd(1e-2, momentum=0.9), "optax.sgd", False)
