@@ -414,46 +414,6 @@ def _grouped_random_step(
     return out
 
 
-def _grouped_dct_step(
-    xs: list[jax.Array],
-    geos: list[LeafGeometry],
-    projs: list[jax.Array],
-    refresh: jax.Array,
-    score_norm: float,
-    stable: bool,
-) -> list[tuple[jax.Array, jax.Array]]:
-    """``(R, P)`` of every matrix ``xs[i]`` ``(b, fi, fo)`` under ``'dct'``, the
-    matrices of equal-shape leaves concatenated on the batch axis: one scoring /
-    selection program per distinct shape (under one refresh ``lax.cond`` for the
-    tree) instead of one per leaf. Every batch matrix is scored and projected on
-    its own, so the result is the per-leaf one."""
-    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-    for i, (x, geo) in enumerate(zip(xs, geos)):
-        groups[(x.shape, geo.axis, geo.rank, jnp.dtype(x.dtype))].append(i)
-    members = list(groups.values())
-    stacked = [jnp.concatenate([xs[i] for i in m]) for m in members]
-    old = [jnp.concatenate([projs[i] for i in m]) for m in members]
-
-    def fresh(_: Any) -> list[jax.Array]:
-        out = []
-        for m, x, prev in zip(members, stacked, old):
-            geo = geos[m[0]]
-            new = compute_projector(
-                x, None, projection="dct", axis=geo.axis, rank=geo.rank, score_norm=score_norm
-            )
-            out.append((stable_slots(prev, new) if stable else new).astype(prev.dtype))
-        return out
-
-    new_projs = jax.lax.cond(refresh, fresh, lambda _: old, None)
-    out: list[Any] = [None] * len(xs)
-    for m, x, p in zip(members, stacked, new_projs):
-        r = project(x, p, projection="dct", axis=geos[m[0]].axis)
-        b = xs[m[0]].shape[0]
-        for j, i in enumerate(m):
-            out[i] = (r[j * b : (j + 1) * b], p[j * b : (j + 1) * b])
-    return out
-
-
 def _projector_shape_dtype(
     projection: Any, geo: LeafGeometry, param_dtype: Any
 ) -> tuple[tuple[int, ...], Any]:
@@ -662,15 +622,14 @@ def _projected_transform(
             return r, p, optax.MaskedNode(), new_key
 
         def predraw(updates: base.Updates, state: SubspaceState, refresh: jax.Array) -> Any:
-            """Random kinds and ``'dct'``: ``(R, P, key)`` of every unsharded matrix
-            leaf, per group of equal shapes (:func:`_grouped_random_step`,
-            :func:`_grouped_dct_step`); ``MaskedNode`` where ``down`` works per
-            leaf (other kinds, sharded leaves)."""
+            """Random kinds: ``(R, P, key)`` of every unsharded matrix leaf, drawn
+            per group of equal shapes (:func:`_grouped_random_step`);
+            ``MaskedNode`` where ``down`` works per leaf (other kinds, sharded leaves)."""
             flat, treedef = jax.tree_util.tree_flatten_with_path(
                 updates, is_leaf=base.is_leaf_or_none
             )
             out: list[Any] = [optax.MaskedNode()] * len(flat)
-            if callable(projection) or projection not in (*RANDOM_PROJECTIONS, "dct"):
+            if callable(projection) or projection not in RANDOM_PROJECTIONS:
                 return jax.tree_util.tree_unflatten(treedef, out)
             keys = treedef.flatten_up_to(state.key)
             projs = treedef.flatten_up_to(state.projector)
@@ -679,17 +638,10 @@ def _projected_transform(
                 lay = None if g is None else resolve(base.path_to_str(path), g)
                 if lay is None or layouts._has_sharded_type(g):
                     continue
-                if projection == "dct" or not isinstance(keys[i], optax.MaskedNode):
+                if not isinstance(keys[i], optax.MaskedNode):
                     sel.append(i)
                     geos.append(geometry(lay))
                     xs.append(layouts.to_matrices(g, lay).astype(base.compute_dtype(g.dtype)))
-            if projection == "dct" and sel:
-                found = _grouped_dct_step(
-                    xs, geos, [projs[i] for i in sel], refresh, score_norm, slot_order == "stable"
-                )
-                for i, (r, p) in zip(sel, found):
-                    out[i] = (r, p, keys[i])
-                return jax.tree_util.tree_unflatten(treedef, out)
             stored = [projs[i] if store_projector else None for i in sel]
             results = _grouped_random_step(
                 projection, store_projector, xs, geos, [keys[i] for i in sel], stored, refresh
