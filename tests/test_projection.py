@@ -509,36 +509,3 @@ def test_seed_only_projector_gives_the_same_updates_with_less_state() -> None:
     assert saved == 4 * (6 * 2 + 3 * 6 * 2 + 5 * 2)
     with pytest.raises(ValueError, match="store_projector"):
         optx.scale_by_subspace(projection="svd", store_projector=False)
-
-
-KINDS = ("random", "coordinate")
-
-
-def test_random_projectors_drawn_per_shape_group_match_single_leaf_runs() -> None:
-    """Same-shape leaves share one vmapped draw per refresh (compile time): each
-    leaf's trajectory is the one it has alone (its own key chain), stored or
-    regenerated projector, across a refresh."""
-    rng = np.random.default_rng(0)
-    shapes = {"a": (8, 6), "b": (8, 6), "c": (6, 8)}
-    gs = {k: jnp.asarray(rng.normal(size=(4, *s)), jnp.float32) for k, s in shapes.items()}
-    params = {k: jnp.zeros(s) for k, s in shapes.items()}
-
-    def run(tx: Any, names: tuple[str, ...]) -> Any:
-        p = {k: params[k] for k in names}
-
-        def body(s: Any, g: Any) -> tuple[Any, Any]:
-            u, s = tx.update(g, s, p)
-            return s, u
-
-        return jax.lax.scan(body, tx.init(p), {k: gs[k] for k in names})[1]
-
-    txs = [optx.scale_by_subspace(rank=2, projection=k, update_proj_gap=2) for k in KINDS]
-    txs.append(optx.scale_by_apollo(rank=2, update_proj_gap=2, store_projector=False))
-
-    @jax.jit
-    def all_runs() -> Any:
-        return [(run(tx, tuple(shapes)), [run(tx, (n,))[n] for n in "ab"]) for tx in txs]
-
-    for together, alone in all_runs():  # 'a', 'b': one group of two; 'c' alone
-        for name, single in zip("ab", alone):
-            np.testing.assert_allclose(together[name], single, rtol=1e-6, atol=1e-7)
