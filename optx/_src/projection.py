@@ -242,8 +242,15 @@ def compute_projector(
         if axis == "in":
             return u[:, :, :rank]
         return jnp.swapaxes(vh[:, :rank, :], 1, 2)
-    if projection in RANDOM_PROJECTIONS:
-        return random_projector(key, projection=projection, batch=b, dim=d, rank=rank, dtype=rdt)
+    if projection == "random":
+        return jax.random.normal(key, (b, d, rank), rdt) / math.sqrt(max(rank, 1))
+    if projection == "orthogonal":
+        q, r = linalg.qr(jax.random.normal(key, (b, d, rank), rdt))
+        signs = jnp.sign(jnp.diagonal(r, axis1=1, axis2=2))
+        return q * jnp.where(signs == 0, 1.0, signs)[:, None, :]
+    if projection == "coordinate":
+        order = jnp.argsort(jax.random.uniform(key, (b, d)), axis=1)
+        return order[:, :rank].astype(jnp.int32)
     # 'dct': score every basis vector, keep the r best aligned.
     Q = dct_basis(d, dtype=rdt)
     S = jnp.einsum("dk,bdo->bko", Q, x) if axis == "in" else jnp.einsum("bid,dk->bik", x, Q)
@@ -325,93 +332,6 @@ def residual(x: jax.Array, projector: jax.Array, *, projection: Any, axis: str) 
     """``X − back(project(X))``: the part of ``X`` outside the subspace."""
     r = project(x, projector, projection=projection, axis=axis)
     return x - project_back(r, projector, projection=projection, axis=axis, matrix_shape=x.shape)
-
-
-def random_projector(
-    key: jax.Array, *, projection: str, batch: int, dim: int, rank: int, dtype: Any
-) -> jax.Array:
-    """The draw of a random kind (``'random'``, ``'orthogonal'``, ``'coordinate'``)
-    from the typed PRNG ``key``: it depends on the key and the shape only, not on
-    the gradient (see :func:`compute_projector`)."""
-    if projection == "random":
-        return jax.random.normal(key, (batch, dim, rank), dtype) / math.sqrt(max(rank, 1))
-    if projection == "orthogonal":
-        q, r = linalg.qr(jax.random.normal(key, (batch, dim, rank), dtype))
-        signs = jnp.sign(jnp.diagonal(r, axis1=1, axis2=2))
-        return q * jnp.where(signs == 0, 1.0, signs)[:, None, :]
-    order = jnp.argsort(jax.random.uniform(key, (batch, dim)), axis=1)
-    return order[:, :rank].astype(jnp.int32)
-
-
-def _grouped_random_step(
-    projection: str,
-    store_projector: bool,
-    xs: list[jax.Array],
-    geos: list[LeafGeometry],
-    keys: list[jax.Array],
-    projs: list[Any],
-    refresh: jax.Array,
-) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
-    """``(R, P, key)`` of every matrix ``xs[i]`` ``(b, fi, fo)`` under a random
-    kind, with one program per group of equal shapes instead of one per leaf.
-
-    The per-leaf key chain is the documented one: a refresh advances the key to
-    ``split(k)[0]`` and draws from it. Threefry draws are a function of each key
-    alone, so the stacked (vmapped) draw is bit-identical to per-leaf draws. A
-    stored projector (``store_projector``) is drawn under one refresh
-    ``lax.cond`` for the tree, whose output is the materialized stack; a
-    regenerated one is projected in one batched contraction per group (else
-    XLA would fuse the draw into each leaf's slice: one draw program per leaf).
-    """
-
-    def draw(key: jax.Array, geo: LeafGeometry, dtype: Any, gate: Any) -> Any:
-        nxt = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(key))[0])
-        use = nxt if gate is None else jnp.where(gate, nxt, key)
-        p = random_projector(
-            jax.random.wrap_key_data(use),
-            projection=projection,
-            batch=geo.batch,
-            dim=geo.dim,
-            rank=geo.rank,
-            dtype=base.real_dtype(dtype),
-        )
-        return p, use
-
-    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-    for i, (x, geo) in enumerate(zip(xs, geos)):
-        groups[(x.shape, geo.axis, geo.rank, jnp.dtype(x.dtype))].append(i)
-    members = list(groups.values())
-
-    def draw_all(gate: Any) -> list[tuple[jax.Array, jax.Array]]:
-        out = []
-        for m in members:
-            geo, dtype = geos[m[0]], xs[m[0]].dtype
-            p, k = jax.vmap(lambda k, geo=geo, dtype=dtype: draw(k, geo, dtype, gate))(
-                jnp.stack([keys[i] for i in m])
-            )
-            out.append((p if projs[m[0]] is None else p.astype(projs[m[0]].dtype), k))
-        return out
-
-    if store_projector:
-        old = [(jnp.stack([projs[i] for i in m]), jnp.stack([keys[i] for i in m])) for m in members]
-        stacks = jax.lax.cond(refresh, lambda _: draw_all(None), lambda _: old, None)
-    else:
-        stacks = draw_all(refresh)
-    out: list[Any] = [None] * len(xs)
-    for m, (p, k) in zip(members, stacks):
-        geo = geos[m[0]]
-        if store_projector:
-            rs = [
-                project(xs[i], p[j], projection=projection, axis=geo.axis) for j, i in enumerate(m)
-            ]
-        else:
-            batched = jax.vmap(
-                lambda x, q, a=geo.axis: project(x, q, projection=projection, axis=a)
-            )
-            rs = list(batched(jnp.stack([xs[i] for i in m]), p))
-        for j, i in enumerate(m):
-            out[i] = (rs[j], p[j], k[j])
-    return out
 
 
 def _projector_shape_dtype(
@@ -556,13 +476,10 @@ def _projected_transform(
         count = state.count
         refresh = jnp.logical_or(count == 0, (count + phase) % gap == 0)
 
-        def down(g: jax.Array, lay: ResolvedLayout, proj: Any, key: Any, pre: Any) -> Any:
+        def down(g: jax.Array, lay: ResolvedLayout, proj: Any, key: Any) -> Any:
             geo = geometry(lay)
             p_spec, r_spec = specs(g, geo)
             has_key = not isinstance(key, optax.MaskedNode)
-            if not isinstance(pre, optax.MaskedNode):  # drawn per shape group
-                r, p, k = pre
-                return r.astype(g.dtype), p, (p if store_projector else optax.MaskedNode()), k
             if not store_projector:
                 return regenerate(g, lay, geo, key, p_spec, r_spec)
 
@@ -621,43 +538,13 @@ def _projected_transform(
             r, p, new_key = sharding.call_with_out_specs(fn, (g, key, refresh), out_specs)
             return r, p, optax.MaskedNode(), new_key
 
-        def predraw(updates: base.Updates, state: SubspaceState, refresh: jax.Array) -> Any:
-            """Random kinds: ``(R, P, key)`` of every unsharded matrix leaf, drawn
-            per group of equal shapes (:func:`_grouped_random_step`);
-            ``MaskedNode`` where ``down`` works per leaf (other kinds, sharded leaves)."""
-            flat, treedef = jax.tree_util.tree_flatten_with_path(
-                updates, is_leaf=base.is_leaf_or_none
-            )
-            out: list[Any] = [optax.MaskedNode()] * len(flat)
-            if callable(projection) or projection not in RANDOM_PROJECTIONS:
-                return jax.tree_util.tree_unflatten(treedef, out)
-            keys = treedef.flatten_up_to(state.key)
-            projs = treedef.flatten_up_to(state.projector)
-            sel, xs, geos = [], [], []
-            for i, (path, g) in enumerate(flat):
-                lay = None if g is None else resolve(base.path_to_str(path), g)
-                if lay is None or layouts._has_sharded_type(g):
-                    continue
-                if not isinstance(keys[i], optax.MaskedNode):
-                    sel.append(i)
-                    geos.append(geometry(lay))
-                    xs.append(layouts.to_matrices(g, lay).astype(base.compute_dtype(g.dtype)))
-            stored = [projs[i] if store_projector else None for i in sel]
-            results = _grouped_random_step(
-                projection, store_projector, xs, geos, [keys[i] for i in sel], stored, refresh
-            )
-            for i, res in zip(sel, results):
-                out[i] = res
-            return jax.tree_util.tree_unflatten(treedef, out)
-
         out = layouts.map_matrix_leaves(
             down,
             layout,
             updates,
             state.projector,
             state.key,
-            predraw(updates, state, refresh),
-            otherwise=lambda g, proj, key, pre: (g, proj, proj, key),
+            otherwise=lambda g, proj, key: (g, proj, proj, key),
         )
         low, used_proj, new_proj, new_key = base.unzip_tree(updates, out, 4)
 
