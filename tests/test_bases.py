@@ -698,8 +698,11 @@ def test_state_sharding_rules_under_explicit_mesh(name: str) -> None:
     # Deliberate rules: a per-mode state axis inherits its leaf axis' sharding,
     # batch (stack) axes keep theirs.
     if name == "soap":
+        # ... and the mesh axis a factor's first axis leaves unused goes on its second
+        # (state proportional to the parameter's share, issue 16 §2).
         f_in, f_out = (f["hidden"]["kernel"] for f in state0.factors)
-        assert f_in.sharding.spec == P("data", None) and f_out.sharding.spec == P("model", None)
+        assert f_in.sharding.spec == P("data", "model")
+        assert f_out.sharding.spec == P("model", "data")
         s_in = state0.bases[0]["stack"]["kernel"]
         assert s_in.sharding.spec == P("model", "data", None)
     elif name == "conda":

@@ -339,3 +339,60 @@ def test_cosmos_is_insensitive_to_roundoff_with_rank_deficient_gradients() -> No
     base_run, perturbed = run(0.0), run(1e-7)
     assert np.all(np.isfinite(base_run))
     assert np.max(np.abs(perturbed - base_run)) < 1e-5
+
+
+# ----------------------------------------------------------------------------
+# SOAP: deterministic to float tolerance (issue 16 §1, across processes)
+# ----------------------------------------------------------------------------
+
+
+def test_soap_is_insensitive_to_roundoff() -> None:
+    """SOAP's 9.5e-3 between 2 x 4 and 1 x 8 devices: the first eigh of a non-square
+    matrix's larger factor returns an arbitrary basis of its null space, and the first
+    real step rotates the gradient that built the bases (its off-diagonal coordinates
+    are roundoff); Adam turns both into unit steps. A relative perturbation of 1e-7
+    (another reduction order) moved the parameters by 1e-2 in 3 steps; now the null
+    columns are a fixed completion and roundoff coordinates are zero."""
+    import optax
+
+    from optx._src import bases
+
+    r = np.random.default_rng(23)
+    # A rank-2 factor: its 4-dimensional null space gets the same basis whatever the
+    # roundoff (eigh, and the power-QR refresh from another basis).
+    a = r.normal(size=(6, 2))
+    f = jnp.asarray(a @ a.T, jnp.float32)
+    f2 = jnp.asarray(a @ a.T * (1 + 1e-7 * r.normal(size=(6, 6))), jnp.float32)
+    eigh_basis, power_qr_basis = jax.jit(bases.eigh_basis), jax.jit(bases.power_qr_basis)
+    q1, q2 = eigh_basis(f), eigh_basis((f2 + f2.T) / 2)
+    np.testing.assert_allclose(np.abs(np.asarray(q1)), np.abs(np.asarray(q2)), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(q1.T @ q1), np.eye(6), atol=1e-5)
+    p1, _ = power_qr_basis(f, jnp.eye(6))
+    p2, _ = power_qr_basis(f2, jnp.asarray(np.linalg.qr(r.normal(size=(6, 6)))[0]))
+    np.testing.assert_allclose(
+        np.abs(np.asarray(p1)[:, 2:]), np.abs(np.asarray(p2)[:, 2:]), 1e-3, 1e-4
+    )
+
+    tx = optx.soap(1e-2, weight_decay=0.0, update_proj_gap=2)
+    p0 = {
+        "embed": {"embedding": jnp.asarray(r.normal(size=(12, 8)), jnp.float32)},
+        "hidden": {"kernel": jnp.asarray(r.normal(size=(8, 16)), jnp.float32)},
+        "stack": {"kernel": jnp.asarray(r.normal(size=(2, 16, 8)), jnp.float32)},
+    }
+    grads = [jax.tree.map(lambda x: np.asarray(jnp.sin(3 * x) + x), p0)] * 2  # G₁ = G₀
+    grads += [jax.tree.map(lambda x, i=i: np.asarray(jnp.sin((3 + i) * x)), p0) for i in range(2)]
+    step = jax.jit(tx.update)
+
+    def run(noise: float) -> list[np.ndarray]:
+        p, s = p0, tx.init(p0)
+        k = np.random.default_rng(int(noise > 0))
+        for g in grads:
+            g = jax.tree.map(lambda x: jnp.asarray(x * (1 + noise * k.normal(size=x.shape))), g)
+            u, s = step(jax.tree.map(lambda x: x.astype(jnp.float32), g), s, p)
+            p = optax.apply_updates(p, u)
+        return [np.asarray(x) for x in jax.tree.leaves(p)]
+
+    base_run, perturbed = run(0.0), run(1e-7)
+    moved = max(np.max(np.abs(a - b)) for a, b in zip(base_run, jax.tree.leaves(p0)))
+    assert moved > 1e-2
+    assert max(np.max(np.abs(a - b)) for a, b in zip(base_run, perturbed)) < 1e-5

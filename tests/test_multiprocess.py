@@ -46,12 +46,8 @@ SMOKE = ("adamw", "muon")
 
 #: name -> why its 2-process run is not required to match (reported, not failed).
 KNOWN_EXCLUSIONS: dict[str, str] = {
-    "soap": (
-        "2 x 4 and 1 x 8 devices differ by ~1e-2 after 3 steps (measured 9.5e-3): its "
-        "eigenbases (eigh/QR of the Kronecker factors) amplify the reduction-order round-off "
-        "of the sharded factor sums; the same sensitivity skips SOAP's inject-vs-plain test. "
-        "Cause open (COSMOS showed 6.5e-3 on a larger tree; on this tree it matches to 2e-7)"
-    ),
+    # (empty) SOAP's 9.5e-3 was roundoff amplification (arbitrary null-space eigenvectors,
+    # roundoff rotated coordinates); fixed in optx._src.bases (3.6e-7, issue 16 §1).
 }
 
 

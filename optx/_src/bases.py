@@ -279,28 +279,112 @@ def _f32(x: jax.Array) -> jax.Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def _eigh_candidate(factor: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(V, fill, null)`` for :func:`eigh_basis`: ``V`` the eigenvectors by
+    descending eigenvalue, ``null`` (``… × 1 × n``) the columns whose eigenvalue is
+    at most the roundoff floor ``8 n ε λ_max``, and ``fill`` the fixed generic
+    matrix projected off the other columns (what :func:`_finish_basis` puts there)."""
+    vals, vecs = jnp.linalg.eigh(_f32(factor))
+    vals, vecs = jnp.flip(vals, axis=-1), jnp.flip(vecs, axis=-1)
+    null = (vals <= _null_floor(vecs.shape[-1], vecs.dtype) * vals[..., :1])[..., None, :]
+    generic = _generic(vecs.shape[-2:], vecs.dtype)
+    kept = jnp.where(null, 0.0, vecs)
+    return vecs, generic - kept @ (_mT(kept) @ generic), null
+
+
+def _power_candidate(
+    factor: jax.Array, basis: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(F Q_sorted, fill, null, order)`` for :func:`power_qr_basis`: the columns of
+    ``Q`` sorted by the estimated eigenvalues ``diag(Qᵀ F Q)`` (descending; estimates
+    at most the roundoff floor ``8 n ε`` of the largest count as exact zeros, so
+    their order is the stable one), ``null`` (``… × 1 × n``, sorted: trailing) those
+    columns, and ``fill`` the fixed generic matrix at the scale of ``F Q``."""
+    f, q = _f32(factor), _f32(basis)
+    estimate = jnp.einsum("...ij,...ik,...kj->...j", q, f, q)
+    null = estimate <= _null_floor(q.shape[-2], q.dtype) * jnp.max(estimate, -1, keepdims=True)
+    order = jnp.argsort(-jnp.where(null, 0.0, estimate), axis=-1, stable=True)
+    q = jnp.take_along_axis(q, order[..., None, :], axis=-1)
+    null = jnp.take_along_axis(null, order, axis=-1)[..., None, :]
+    a = f @ q
+    scale = jnp.sqrt(jnp.max(jnp.sum(jnp.square(a), axis=-2), axis=-1))[..., None, None]
+    fill = _generic(q.shape[-2:], q.dtype) * jnp.where(scale > 0, scale, 1.0)
+    return a, fill, null, order
+
+
+def _finish_basis(a: jax.Array, fill: jax.Array, null: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(Q, null)``: the ``Q`` of ``QR(A)`` with the ``null`` columns of ``A`` replaced
+    by those of ``fill``, and with every column whose ``|R_jj|`` is at most the
+    roundoff floor ``8 n ε max|R_kk|`` (the normalized direction of a roundoff
+    vector: ``A`` rank-deficient) added to ``null`` and replaced too, until no
+    column is (one QR when none is; a ``while_loop``, so one QR program). Null
+    columns get ``R_jj > 0``. QR's column ``j`` depends on the input columns
+    ``≤ j`` only, so the others are those of ``QR(A)``."""
+    floor = _null_floor(a.shape[-2], a.dtype)
+
+    def body(carry: Any) -> Any:
+        null = carry[0]
+        new, rr = linalg.qr(jnp.where(null, fill, a))
+        d = jnp.diagonal(rr, axis1=-2, axis2=-1)[..., None, :]
+        grown = null | (jnp.abs(d) <= floor * jnp.max(jnp.abs(d), -1, keepdims=True))
+        return grown, new, d, jnp.any(grown != null)
+
+    init = (null, jnp.zeros_like(a), jnp.zeros_like(null, a.dtype), jnp.asarray(True))
+    null, new, d, _ = jax.lax.while_loop(lambda c: c[3], body, init)
+    return jnp.where(null & (d < 0), -new, new), null
+
+
 def eigh_basis(factor: jax.Array) -> jax.Array:
-    """Eigenvectors of a symmetric factor, columns by descending eigenvalue (≥ f32)."""
-    _, vecs = jnp.linalg.eigh(_f32(factor))
-    return jnp.flip(vecs, axis=-1)
+    """Eigenvectors of a symmetric PSD factor, columns by descending eigenvalue (≥ f32).
+
+    Eigenvectors whose eigenvalue is below the roundoff floor ``8 n ε λ_max``
+    span an arbitrary (LAPACK-, device- and reduction-order-dependent) part of
+    the null space; they are replaced by a fixed orthonormal completion of the
+    other columns (a fixed generic matrix projected off them and orthonormalized
+    by QR), so the basis is deterministic to float tolerance. Where the factor
+    has no such eigenvalue (a unique basis) the result is the plain eigh's.
+    """
+    vecs, fill, null = _eigh_candidate(factor)
+    new, null = _finish_basis(vecs, fill, null)
+    return jnp.where(null, new, vecs)
 
 
 def power_qr_basis(factor: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One power step and a QR from the current basis (SOAP's refresh, ≥ f32).
 
     The columns of ``Q`` are first sorted by the estimated eigenvalues
-    ``diag(Qᵀ F Q)`` (descending), then ``Q ← QR(F Q_sorted)``.
+    ``diag(Qᵀ F Q)`` (descending), then ``Q ← QR(F Q_sorted)``. Columns whose
+    estimate is below the roundoff floor ``8 n ε`` of the largest keep their
+    order (a stable sort), and columns that are null directions (that estimate,
+    or ``|R_jj|`` at most ``8 n ε max|R_kk|``: ``F Q`` rank-deficient) become a
+    fixed completion of the others (a fixed generic matrix orthogonalized
+    against them), so the result is deterministic to float tolerance; elsewhere
+    this is the plain sort and QR.
 
     Returns:
       ``(new_basis, order)`` where ``order`` (``batch + (d,)``) is the sorting
       permutation, to be applied to statistics kept in the old basis.
     """
-    f, q = _f32(factor), _f32(basis)
-    estimate = jnp.einsum("...ij,...ik,...kj->...j", q, f, q)
-    order = jnp.argsort(-estimate, axis=-1)
-    q = jnp.take_along_axis(q, order[..., None, :], axis=-1)
-    new, _ = linalg.qr(f @ q)
-    return new, order
+    a, fill, null, order = _power_candidate(factor, basis)
+    return _finish_basis(a, fill, null)[0], order
+
+
+def soap_basis_update(
+    factor: jax.Array, basis: jax.Array, first: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`eigh_basis` (``first``) or :func:`power_qr_basis` with one QR program
+    for both: ``(new_basis, order)`` (``order`` is the identity when ``first``)."""
+    d = basis.shape[-1]
+
+    def from_eigh(ops: Any) -> Any:
+        vecs, fill, null = _eigh_candidate(ops[0])
+        return vecs, fill, null, jnp.broadcast_to(jnp.arange(d), (*null.shape[:-2], d))
+
+    a, fill, null, order = jax.lax.cond(
+        first, from_eigh, lambda ops: _power_candidate(*ops), (factor, basis)
+    )
+    new, null = _finish_basis(a, fill, null)
+    return jnp.where(first & ~null, a, new), order
 
 
 def permute_mode(x: jax.Array, order: jax.Array, mode: int, num_batch: int) -> jax.Array:
@@ -333,6 +417,19 @@ def _null_floor(n: int, dtype: Any) -> float:
     return 8.0 * n * float(jnp.finfo(dtype).eps)
 
 
+def _generic(shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    """A fixed generic matrix of ``shape`` (entries uniform in ``[-½, ½)``: the
+    murmur3 finalizer of the flat index), computed in the program: the index goes
+    through an optimization barrier, so that XLA does not fold an ``n × n``
+    constant at compile time."""
+    x = jax.lax.optimization_barrier(jnp.arange(math.prod(shape), dtype=jnp.uint32))
+    x = x * jnp.uint32(0x9E3779B9) + jnp.uint32(0x7F4A7C15)
+    x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
+    x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
+    x = x ^ (x >> 16)
+    return jnp.reshape((x >> 8).astype(dtype) / 2.0**24 - 0.5, shape)
+
+
 def _canonical_completion(q: jax.Array, null: jax.Array) -> jax.Array:
     """``q`` (``… × n × r``, orthonormal columns) with its ``null`` columns
     (``… × r`` bools) replaced by a fixed, input-independent orthonormal
@@ -356,6 +453,31 @@ def _drop_noise(c: jax.Array, x: jax.Array) -> jax.Array:
         jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True)
     )
     return jnp.where(jnp.abs(c) <= floor, 0.0, c)
+
+
+def drop_roundoff(x: jax.Array, modes: Sequence[int], num_batch: int) -> jax.Array:
+    """Zeroes the entries of a rotated tensor that are roundoff (SOAP's coordinates).
+
+    A product along mode ``i`` (size ``d_i``) makes an error of about
+    ``ε √d_i`` times the norm of the fiber it mixes (the entries along mode ``i``
+    through that entry; the rotation keeps that norm). Entries at most
+    ``8 ε Σ_i √d_i ‖fiber_i‖`` (``i`` over ``modes``) are set to zero: where the
+    exact value is zero — a gradient with no component along a basis direction
+    (a null space), or the off-diagonal coordinates of the gradient that built
+    the basis — Adam's ratio ``c / (√(c²) + ε)`` would turn the roundoff into a
+    unit step in a reduction-order-dependent direction. Above the floor ``x``
+    is unchanged.
+    """
+    if not modes:
+        return x
+    sq = jnp.square(x)
+    eps = float(jnp.finfo(x.dtype).eps)
+    floor = sum(
+        8.0 * eps * math.sqrt(x.shape[num_batch + i])
+        * jnp.sqrt(jnp.sum(sq, axis=num_batch + i, keepdims=True))
+        for i in modes
+    )  # fmt: skip
+    return jnp.where(jnp.abs(x) <= floor, 0.0, x)
 
 
 def subspace_init(
@@ -445,14 +567,20 @@ def subspace_split(x: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def zeros_from_axes(
-    shape: Sequence[int], dtype: Any, like: Any, source_axes: Sequence[int | None]
+    shape: Sequence[int],
+    dtype: Any,
+    like: Any,
+    source_axes: Sequence[int | None],
+    fill: bool = False,
 ) -> jax.Array:
     """Zeros whose axis ``i`` is sharded like axis ``source_axes[i]`` of ``like``.
 
     ``None`` entries are unsharded. Outside an Explicit mesh this is plain
     ``jnp.zeros`` (:func:`optx.sharding.state_shardings` evaluates ``init`` under an
     Explicit copy of the mesh, so the rule is picked up there too). The
-    permuting cousin of :func:`optx._src.sharding.zeros_like_spec`.
+    permuting cousin of :func:`optx._src.sharding.zeros_like_spec`. With
+    ``fill``, mesh axes the result leaves unused go on another axis
+    (:func:`_fill_unused_axes`).
     """
     shape = tuple(int(d) for d in shape)
     spec = sharding.spec_of(like)
@@ -460,7 +588,38 @@ def zeros_from_axes(
         return jnp.zeros(shape, dtype)
     out = PartitionSpec(*(None if a is None else spec[a] for a in source_axes))
     out = sharding.divisible_spec(out, shape, like)
+    if fill:
+        out = _fill_unused_axes(out, shape, like)
     return sharding.zeros(shape, dtype, sharding.named(out, like))
+
+
+def _fill_unused_axes(spec: PartitionSpec, shape: Sequence[int], like: Any) -> PartitionSpec:
+    """``spec`` with the Explicit mesh axes it leaves unused (size > 1) put on its
+    largest unsharded axis they divide (all together, else the largest alone): a
+    ``d × d`` factor inherits one axis' sharding from its parameter, and the other
+    mesh axes would otherwise hold copies (SOAP's factors and bases, issue 16 §2).
+    """
+    mesh = sharding.mesh_of(like)
+    if mesh is None:
+        return spec
+    entries = list(tuple(spec) + (None,) * (len(shape) - len(spec)))
+    used = {n for e in entries if e is not None for n in (e if isinstance(e, tuple) else (e,))}
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))
+    free = [
+        n
+        for n, t in zip(mesh.axis_names, mesh.axis_types, strict=True)
+        if t == jax.sharding.AxisType.Explicit and n not in used and sizes[n] > 1
+    ]
+    order = sorted((a for a, e in enumerate(entries) if e is None), key=lambda a: -shape[a])
+    for group in ([free] if len(free) > 1 else []) + sorted(
+        ([n] for n in free), key=lambda g: -sizes[g[0]]
+    ):
+        k = math.prod(sizes[n] for n in group)
+        for a in order:
+            if shape[a] % k == 0:
+                entries[a] = tuple(group) if len(group) > 1 else group[0]
+                return PartitionSpec(*entries)
+    return spec
 
 
 def mode_source_axis(view: ModeView, mode: int) -> int | None:
@@ -470,15 +629,17 @@ def mode_source_axis(view: ModeView, mode: int) -> int | None:
     return axes[0] if len(axes) == 1 else None
 
 
-def factor_zeros(view: ModeView, mode: int, dtype: Any, like: Any) -> jax.Array:
+def factor_zeros(view: ModeView, mode: int, dtype: Any, like: Any, fill: bool = False) -> jax.Array:
     """Zeros for a ``batch + (d, d)`` factor or basis of ``mode``, sharded on its
-    first axis like the mode's leaf axis."""
+    first axis like the mode's leaf axis (and with ``fill``, the mesh axes left
+    unused on another axis: :func:`_fill_unused_axes`)."""
     d = view.mode_dims[mode]
     return zeros_from_axes(
         (*view.batch_shape, d, d),
         dtype,
         like,
         (*view.batch_axes, mode_source_axis(view, mode), None),
+        fill,
     )
 
 
@@ -590,6 +751,195 @@ def rotation_view_fn(
     return view_of
 
 
+def _by_shape(
+    fn: Callable[..., tuple[jax.Array, ...]],
+    entries: Sequence[tuple[tuple[int, ...], tuple[jax.Array, ...]]],
+) -> list[tuple[jax.Array, ...]]:
+    """``fn`` once per group of same-shape, same-dtype entries.
+
+    Each entry is ``(batch_shape, arrays)``: arrays of shapes ``batch_shape + s_a``.
+    Entries whose ``(s_a, dtype)`` all agree are flattened to one leading batch axis,
+    concatenated, and go through ``fn`` (a batched, per-matrix function returning a
+    tuple of arrays with that leading axis) in one call, so the traced program
+    grows with the number of distinct shapes, not of leaves. Returns, per entry,
+    ``fn``'s outputs with ``batch_shape`` restored.
+    """
+    groups: dict[Any, list[int]] = {}
+    for e, (batch, arrays) in enumerate(entries):
+        key = tuple((a.shape[len(batch) :], jnp.dtype(a.dtype)) for a in arrays)
+        groups.setdefault(key, []).append(e)
+    out: list[Any] = [None] * len(entries)
+    for members in groups.values():
+        flat = [
+            tuple(jnp.reshape(a, (-1, *a.shape[len(b) :])) for a in arrays)
+            for b, arrays in (entries[e] for e in members)
+        ]
+        sizes = [f[0].shape[0] for f in flat]
+        args = flat[0] if len(flat) == 1 else tuple(jnp.concatenate(c) for c in zip(*flat))
+        res = fn(*args)
+        start = 0
+        for e, size in zip(members, sizes, strict=True):
+            batch = entries[e][0]
+            out[e] = tuple(
+                jnp.reshape(r[start : start + size], (*batch, *r.shape[1:])) for r in res
+            )
+            start += size
+    return out
+
+
+def _soap_groups(
+    views: Sequence[ModeView], leaves: Sequence[Any]
+) -> list[tuple[ModeView, list[int]]]:
+    """Leaves whose modes, rotation flags and dtypes agree, as ``(view, members)``:
+    ``view`` is the stack's (one batch axis, one axis per mode). A leaf without
+    modes (element-wise Adam, normalized as a whole) keeps its own view, alone."""
+    groups: dict[Any, list[int]] = {}
+    for e, (view, (g, mu, nu, fs, qs)) in enumerate(zip(views, leaves, strict=True)):
+        if not view.modes:
+            groups[("leaf", e)] = [e]
+            continue
+        dts = tuple(jnp.dtype(x.dtype) if _is_basis(x) else None for x in (g, mu, nu, *fs, *qs))
+        groups.setdefault((view.mode_dims, view.rotated, dts), []).append(e)
+    out = []
+    for key, members in groups.items():
+        view = views[members[0]]
+        if key[0] != "leaf":
+            n = sum(math.prod(views[e].batch_shape) for e in members)
+            modes = tuple((a,) for a in range(1, len(view.modes) + 1))
+            view = ModeView((n, *view.mode_dims), (0,), modes, view.rotated)
+        out.append((view, members))
+    return out
+
+
+def _stacked(parts: Sequence[jax.Array], tail: int) -> jax.Array:
+    """Concatenation on one leading batch axis of arrays whose last ``tail`` axes agree."""
+    flat = [jnp.reshape(x, (-1, *x.shape[x.ndim - tail :])) for x in parts]
+    return flat[0] if len(flat) == 1 else jnp.concatenate(flat)
+
+
+def _unstacked(x: jax.Array, batches: Sequence[tuple[int, ...]], tail: int) -> list[jax.Array]:
+    """Inverse of :func:`_stacked`: one array of ``batch + x.shape[-tail:]`` per batch."""
+    out, start = [], 0
+    for batch in batches:
+        size = math.prod(batch)
+        out.append(jnp.reshape(x[start : start + size], (*batch, *x.shape[x.ndim - tail :])))
+        start += size
+    return out
+
+
+def _soap_tree_update(
+    views: Sequence[ModeView], leaves: Sequence[Any], s: dict[str, jax.Array], normalize: bool
+) -> list[Any]:
+    """SOAP's update of every leaf (``(g, mu, nu, factors, bases)`` per leaf, in
+    ``views`` order) as one program: leaves with the same modes are stacked on one
+    batch axis (:func:`_soap_groups`), the first call's eigh and the refresh's power
+    QR share one ``lax.cond`` for the whole tree with one eigh / QR per distinct
+    factor shape (:func:`soap_basis_update`). The math per matrix is unchanged."""
+    first = s["count"] == 0
+    groups = _soap_groups(views, leaves)
+    stepped = []  # per group: (direction, m, v, new factors, factor inputs of the basis update)
+    for view, members in groups:
+        nb, k = view.num_batch, len(view.modes)
+        rot = [i for i, r in enumerate(view.rotated) if r]
+        if members == [members[0]] and not view.modes:
+            g, mu, nu, fs, qs = leaves[members[0]]
+            G, mu, nu = _f32(g), _f32(mu), _f32(nu)
+        else:
+            G = _stacked([to_modes(_f32(leaves[e][0]), views[e]) for e in members], k)
+            mu = _stacked([to_modes(_f32(leaves[e][1]), views[e]) for e in members], k)
+            nu = _stacked([to_modes(_f32(leaves[e][2]), views[e]) for e in members], k)
+            fs = tuple(
+                _stacked([leaves[e][3][i] for e in members], 2)
+                if i in rot
+                else leaves[members[0]][3][i]
+                for i in range(k)
+            )
+            qs = tuple(
+                _stacked([leaves[e][4][i] for e in members], 2)
+                if i in rot
+                else leaves[members[0]][4][i]
+                for i in range(k)
+            )
+        sl = _in_dtype(s, G.dtype)
+        rot_g = drop_roundoff(rotate(G, qs, nb), rot, nb)
+        m = sl["b1"] * mu + sl["one_minus_b1"] * rot_g
+        v = sl["b2"] * nu + sl["one_minus_b2"] * jnp.square(rot_g)
+        direction = rotate_back(m / (jnp.sqrt(v) + sl["eps"]), qs, nb)
+        if normalize:
+            # Per matrix of a stack (each is its own tensor in PyTorch);
+            # an unrotated leaf is normalized as a whole.
+            axes = tuple(range(nb if view.modes else 0, direction.ndim))
+            rms = jnp.sqrt(jnp.mean(jnp.square(direction), axis=axes, keepdims=True))
+            direction = direction / (rms + 1e-30)
+        new_fs, basis_in = list(fs), {}
+        for i in rot:
+            gram = sl["one_minus_shampoo_beta"] * mode_gram(G, i, nb)
+            new_fs[i] = (sl["shampoo_beta"] * _f32(fs[i]) + gram).astype(fs[i].dtype)
+            # The first eigh sees the factor before its cast to the storage dtype.
+            basis_in[i] = jnp.where(first, gram, _f32(new_fs[i]))
+        stepped.append((direction * sl["step_scale"], m, v, tuple(new_fs), basis_in, qs, mu, nu))
+
+    def bases_branch(ops: Any) -> Any:
+        ms, vs, qss = ops
+        entries, where = [], []
+        for j, (view, _) in enumerate(groups):
+            for i, f in stepped[j][4].items():
+                entries.append((view.batch_shape, (f, _f32(qss[j][i]))))
+                where.append((j, i))
+        results = _by_shape(lambda f, q: soap_basis_update(f, q, first), entries)
+        ms, vs, new_qss = list(ms), list(vs), [list(qs) for qs in qss]
+        for j, (view, _) in enumerate(groups):
+            if stepped[j][4]:
+                ms[j] = rotate_back(ms[j], qss[j], view.num_batch)
+        for (j, i), (q, order) in zip(where, results, strict=True):
+            vs[j] = permute_mode(vs[j], order, i, groups[j][0].num_batch)
+            new_qss[j][i] = q.astype(qss[j][i].dtype)
+        for j, (view, _) in enumerate(groups):
+            if stepped[j][4]:
+                nb = view.num_batch
+                ms[j] = drop_roundoff(rotate(ms[j], new_qss[j], nb), list(stepped[j][4]), nb)
+        return ms, vs, [tuple(q) for q in new_qss]
+
+    ops = ([x[1] for x in stepped], [x[2] for x in stepped], [x[5] for x in stepped])
+    if any(x[4] for x in stepped):
+        ops = jax.lax.cond(first | s["refresh"], bases_branch, lambda ops: ops, ops)
+    out: list[Any] = [None] * len(leaves)
+    for j, (view, members) in enumerate(groups):
+        direction, _, _, new_fs, basis_in, _, mu, nu = stepped[j]
+        direction = jnp.where(first, 0.0, direction)
+        m, v = jnp.where(first, mu, ops[0][j]), jnp.where(first, nu, ops[1][j])
+        new_qs = ops[2][j]
+        if members == [members[0]] and not view.modes:
+            g, mu0, nu0, fs, qs = leaves[members[0]]
+            out[members[0]] = (
+                direction.astype(g.dtype),
+                m.astype(mu0.dtype),
+                v.astype(nu0.dtype),
+                fs,
+                qs,
+            )
+            continue
+        k = len(view.modes)
+        batches = [views[e].batch_shape for e in members]
+        parts = [_unstacked(x, batches, k) for x in (direction, m, v)]
+        f_parts = [
+            _unstacked(f, batches, 2) if i in basis_in else None for i, f in enumerate(new_fs)
+        ]
+        q_parts = [
+            _unstacked(q, batches, 2) if i in basis_in else None for i, q in enumerate(new_qs)
+        ]
+        for n, e in enumerate(members):
+            g, mu0, nu0, fs, qs = leaves[e]
+            out[e] = (
+                from_modes(parts[0][n], views[e]).astype(g.dtype),
+                from_modes(parts[1][n], views[e]).astype(mu0.dtype),
+                from_modes(parts[2][n], views[e]).astype(nu0.dtype),
+                tuple(fs[i] if f_parts[i] is None else f_parts[i][n] for i in range(k)),
+                tuple(qs[i] if q_parts[i] is None else q_parts[i][n] for i in range(k)),
+            )
+    return out
+
+
 # ----------------------------------------------------------------------------
 # SOAP
 # ----------------------------------------------------------------------------
@@ -684,10 +1034,6 @@ def scale_by_soap(
     * eigh/QR in the parameter's compute dtype (float32 for bf16/f32
       parameters, float64 for f64 ones); factors and bases are stored in
       ``precond_dtype`` (default: that compute dtype).
-    * For a non-square matrix the larger factor is rank-deficient at the first
-      eigh; the basis of its null space is arbitrary (it depends on LAPACK, the
-      device and the sharding) and the element-wise Adam is not invariant to
-      it, so otherwise identical runs may differ — as in the official code.
 
     Which leaves are rotated: leaves the ``layout`` spec gives a layout (the
     router's hidden matrices) use their matrix view (``factorization='matrix'``:
@@ -699,6 +1045,28 @@ def scale_by_soap(
     ``extra_layout`` (the :func:`optx.soap` alias passes the embeddings and
     heads there, as the official code rotates every 2-D parameter); leaves
     neither gives a layout get element-wise Adam.
+
+    Deviations from the official code:
+      Roundoff is not amplified. For a non-square matrix the larger factor is
+      rank-deficient at the first eigh, and the official eigh returns an
+      arbitrary (LAPACK-, device- and reduction-order-dependent) basis of its
+      null space; and the first real step rotates a gradient by the bases that
+      diagonalize it, so all but ``min(m, n)`` rotated coordinates are
+      roundoff. Adam's ``c / (√(c²) + ε)`` turns both into unit steps in
+      arbitrary directions: a 1e-7 relative change of the gradients (another
+      device count or process split) moved parameters by 1e-2 in 3 steps. optx
+      makes them deterministic: null-space columns (eigenvalues, or estimated
+      eigenvalues at a refresh, at most ``8 n ε`` of the largest) are a fixed
+      completion of the others (:func:`eigh_basis`, :func:`power_qr_basis`),
+      and rotated coordinates below the roundoff of the rotation are zero
+      (:func:`drop_roundoff`); the same perturbation then moves parameters by
+      6e-7. Where the bases are unique and no coordinate is roundoff the
+      update is the official one (golden ``soap__public``, float64 reference).
+
+    Implementation: leaves with the same modes are stacked on one batch axis
+    and the first eigh and the refresh share one ``lax.cond`` for the whole tree
+    with one eigh / QR per distinct factor shape, so the compiled program grows
+    with the number of distinct shapes, not of leaves.
 
     State memory per ``m × n`` matrix: ``2mn`` (``M'``, ``V``) + ``2(m² + n²)``
     (factors and bases).
@@ -776,7 +1144,8 @@ def scale_by_soap(
             def leaf(path: Any, p: Any) -> Any:
                 view = view_of(base.path_to_str(path), p)
                 if i < len(view.modes) and view.rotated[i]:
-                    return factor_zeros(view, i, precond_dtype or base.compute_dtype(p.dtype), p)
+                    dtype = precond_dtype or base.compute_dtype(p.dtype)
+                    return factor_zeros(view, i, dtype, p, fill=True)
                 return optax.MaskedNode()
 
             return jax.tree_util.tree_map_with_path(leaf, params)
@@ -790,78 +1159,6 @@ def scale_by_soap(
             factors=factors,
             bases=bases,
         )
-
-    def leaf_update(view: ModeView) -> Callable[[Any, Any], Any]:
-        nb = view.num_batch
-        rotated = [i for i, r in enumerate(view.rotated) if r]
-
-        def fn(arrays: Any, s: dict[str, jax.Array]) -> Any:
-            g, mu, nu, factors, bases = arrays
-            G = to_modes(_f32(g), view)
-            s = _in_dtype(s, G.dtype)
-            first = s["count"] == 0
-            beta_s, omb_s = s["shampoo_beta"], s["one_minus_shampoo_beta"]
-
-            def initialize(_: Any) -> Any:
-                new_f = list(factors)
-                new_q = list(bases)
-                for i in rotated:
-                    f = omb_s * mode_gram(G, i, nb)
-                    new_f[i] = f.astype(factors[i].dtype)
-                    new_q[i] = eigh_basis(f).astype(bases[i].dtype)
-                return jnp.zeros_like(g), mu, nu, tuple(new_f), tuple(new_q)
-
-            def step(_: Any) -> Any:
-                rot_g = rotate(G, bases, nb)
-                m = s["b1"] * to_modes(_f32(mu), view) + s["one_minus_b1"] * rot_g
-                v = s["b2"] * to_modes(_f32(nu), view) + s["one_minus_b2"] * jnp.square(rot_g)
-                direction = rotate_back(m / (jnp.sqrt(v) + s["eps"]), bases, nb)
-                if normalize_grads:
-                    # Per matrix of a stack (each is its own tensor in PyTorch);
-                    # an unrotated leaf is normalized as a whole.
-                    axes = tuple(range(nb if view.modes else 0, direction.ndim))
-                    rms = jnp.sqrt(jnp.mean(jnp.square(direction), axis=axes, keepdims=True))
-                    direction = direction / (rms + 1e-30)
-                direction = direction * s["step_scale"]
-                new_f = list(factors)
-                for i in rotated:
-                    f = beta_s * _f32(factors[i]) + omb_s * mode_gram(G, i, nb)
-                    new_f[i] = f.astype(factors[i].dtype)
-
-                def refresh(operands: Any) -> Any:
-                    m, v, qs = operands
-                    m = rotate_back(m, qs, nb)
-                    qs = list(qs)
-                    for i in rotated:
-                        new, order = power_qr_basis(new_f[i], qs[i])
-                        v = permute_mode(v, order, i, nb)
-                        qs[i] = new.astype(qs[i].dtype)
-                    return rotate(m, qs, nb), v, tuple(qs)
-
-                m, v, new_q = jax.lax.cond(
-                    s["refresh"], refresh, lambda ops: ops, (m, v, tuple(bases))
-                )
-                return (
-                    from_modes(direction, view).astype(g.dtype),
-                    from_modes(m, view).astype(mu.dtype),
-                    from_modes(v, view).astype(nu.dtype),
-                    tuple(new_f),
-                    new_q,
-                )
-
-            if not rotated:
-                # Element-wise Adam; the first call still only "initializes".
-                u, new_mu, new_nu, _, _ = step(None)
-                return (
-                    jnp.where(first, jnp.zeros_like(u), u),
-                    jnp.where(first, mu, new_mu),
-                    jnp.where(first, nu, new_nu),
-                    factors,
-                    bases,
-                )
-            return jax.lax.cond(first, initialize, step, None)
-
-        return fn
 
     def update_fn(
         updates: base.Updates,
@@ -893,23 +1190,36 @@ def scale_by_soap(
             refresh=(t > 0) & (t % frequency == 0),
         )
         k = len(state.factors)
-
-        def leaf(path: str, g: jax.Array, mu: Any, nu: Any, *fq: Any) -> tuple[Any, ...]:
-            f, q = fq[:k], fq[k:]
-            view = view_of(path, g)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=base.is_leaf_or_none)
+        columns = [treedef.flatten_up_to(x) for x in (state.mu, state.nu, *state.factors)]
+        columns += [treedef.flatten_up_to(x) for x in state.bases]
+        live = [j for j, (_, g) in enumerate(flat) if g is not None]
+        views = [view_of(base.path_to_str(flat[j][0]), flat[j][1]) for j in live]
+        per_leaf = []  # (g, mu, nu, factors, bases) of every live leaf
+        for j, view in zip(live, views, strict=True):
             n = len(view.modes)
-            u, mu, nu, new_f, new_q = call_keeping_shardings(
-                leaf_update(view), (g, mu, nu, f[:n], q[:n]), scalars
-            )
-            return (u, mu, nu, *new_f, *f[n:], *new_q, *q[n:])
-
-        new = map_leaves_with_state(leaf, updates, state.mu, state.nu, *state.factors, *state.bases)
-        return new[0], ScaleBySoapState(
+            fs = tuple(columns[2 + i][j] for i in range(n))
+            qs = tuple(columns[2 + k + i][j] for i in range(n))
+            per_leaf.append((flat[j][1], columns[0][j], columns[1][j], fs, qs))
+        # One program for the whole tree: same-shape factors share one eigh / QR
+        # (``_by_shape``), and the first-call and refresh branches are one lax.cond each.
+        new = call_keeping_shardings(
+            lambda arrays, s: _soap_tree_update(views, arrays, s, normalize_grads),
+            per_leaf,
+            scalars,
+        )
+        out = [[col[j] for j in range(len(flat))] for col in [[g for _, g in flat], *columns]]
+        for j, (u, mu, nu, fs, qs) in zip(live, new, strict=True):
+            out[0][j], out[1][j], out[2][j] = u, mu, nu
+            for i, (f, q) in enumerate(zip(fs, qs, strict=True)):
+                out[3 + i][j], out[3 + k + i][j] = f, q
+        trees = [jax.tree_util.tree_unflatten(treedef, o) for o in out]
+        return trees[0], ScaleBySoapState(
             count=optax.safe_increment(state.count),
-            mu=new[1],
-            nu=new[2],
-            factors=tuple(new[3 : 3 + k]),
-            bases=tuple(new[3 + k :]),
+            mu=trees[1],
+            nu=trees[2],
+            factors=tuple(trees[3 : 3 + k]),
+            bases=tuple(trees[3 + k :]),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -1111,6 +1421,48 @@ def scale_by_conda(
         return u, ScaleByCondaState(count=count, mu=mu, nu=nu, bases=q)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def map_stacked(
+    fn: Callable[[ModeView, Any], Sequence[jax.Array]],
+    views: Sequence[ModeView],
+    leaves: Sequence[Sequence[jax.Array]],
+    leaf_shaped: int = 1,
+) -> list[tuple[jax.Array, ...]]:
+    """``fn(view, arrays)`` per leaf, one call per group of same-shape leaves.
+
+    ``leaves[e]`` is a tuple of arrays of a two-mode leaf with view ``views[e]``:
+    the first ``leaf_shaped`` have the leaf's shape, the others are
+    ``batch + (a, b)`` state. ``fn`` must treat every matrix of its batch
+    independently and return arrays of the same kinds in the same order. Leaves
+    with equal mode sizes, state shapes and dtypes are stacked on one batch axis
+    (``fn`` sees the stack's view), so the program grows with the number of
+    distinct shapes, not of leaves.
+    """
+    groups: dict[Any, list[int]] = {}
+    for e, (view, arrays) in enumerate(zip(views, leaves, strict=True)):
+        tails = tuple(a.shape[view.num_batch :] for a in arrays[leaf_shaped:])
+        groups.setdefault((view.mode_dims, tails, tuple(a.dtype for a in arrays)), []).append(e)
+    out: list[Any] = [None] * len(leaves)
+    for members in groups.values():
+        if len(members) == 1:
+            out[members[0]] = tuple(fn(views[members[0]], leaves[members[0]]))
+            continue
+        n = sum(math.prod(views[e].batch_shape) for e in members)
+        view = ModeView((n, *views[members[0]].mode_dims), (0,), ((1,), (2,)), (True, True))
+        stacked = []
+        for a in range(len(leaves[members[0]])):
+            xs = [leaves[e][a] for e in members]
+            if a < leaf_shaped:
+                xs = [to_modes(x, views[e]) for x, e in zip(xs, members, strict=True)]
+            stacked.append(_stacked(xs, 2))
+        res = fn(view, tuple(stacked))
+        parts = [_unstacked(x, [views[e].batch_shape for e in members], 2) for x in res]
+        for i, e in enumerate(members):
+            out[e] = tuple(
+                from_modes(p[i], views[e]) if a < leaf_shaped else p[i] for a, p in enumerate(parts)
+            )
+    return out
 
 
 # ----------------------------------------------------------------------------
@@ -1351,15 +1703,28 @@ def scale_by_cosmos(
             bc2=base.bias_correction(b2, count),
         )
 
-        def leaf(path: str, g: jax.Array, *states: Any) -> tuple[Any, ...]:
-            view = view_of(path, g)
-            if not view.modes:  # not a routed matrix: passed through unchanged
-                return (g, *states)
-            return call_keeping_shardings(leaf_update(view), (g, *states), scalars)
-
-        u, mu, p, sm, v = map_leaves_with_state(
-            leaf, updates, state.mu, state.basis, state.basis_moment, state.nu
+        flat, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=base.is_leaf_or_none)
+        columns = [
+            treedef.flatten_up_to(x) for x in (state.mu, state.basis, state.basis_moment, state.nu)
+        ]
+        out = [[g for _, g in flat], *columns]
+        live, views = [], []
+        for j, (path, g) in enumerate(flat):
+            view = None if g is None else view_of(base.path_to_str(path), g)
+            if view is not None and view.modes:  # others: not routed, passed through
+                live.append(j)
+                views.append(view)
+        per_leaf = [tuple(col[j] for col in out) for j in live]
+        # Same-shape matrices are stacked and go through one program (map_stacked).
+        new = call_keeping_shardings(
+            lambda arrays, s: map_stacked(lambda v, a: leaf_update(v)(a, s), views, arrays, 2),
+            per_leaf,
+            scalars,
         )
+        for j, arrays in zip(live, new, strict=True):
+            for col, x in zip(out, arrays, strict=True):
+                col[j] = x
+        u, mu, p, sm, v = (jax.tree_util.tree_unflatten(treedef, col) for col in out)
         return u, ScaleByCosmosState(count=count, mu=mu, basis=p, basis_moment=sm, nu=v)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

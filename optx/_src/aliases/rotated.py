@@ -194,6 +194,12 @@ def soap(
     Static (uninjectable) arguments: ``update_proj_gap``,
     ``max_precond_dim``, ``factorization``, dtypes, ``router`` and the flags.
 
+    Deviations from the official code:
+      Roundoff is not amplified: null-space basis columns are a fixed completion
+      and rotated coordinates below the roundoff of the rotation are zero, so
+      runs that differ by reduction order (device counts, process splits) agree
+      to float tolerance (details in :func:`optx.scale_by_soap`).
+
     Complex parameters: refused at init (a TypeError naming the leaf) because the rotated bases
       (eigenvectors of the gradient Gram factors) and SOAP's official math are real-only.
 
