@@ -717,3 +717,24 @@ def test_state_sharding_rules_under_explicit_mesh(name: str) -> None:
     for a, b in zip(jax.tree.leaves(outs), jax.tree.leaves(ref)):
         # f32 reductions run in another order when sharded (NS amplifies it a little).
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4)
+
+
+def test_subspace_split_keeps_real_coordinates_of_a_large_gradient() -> None:
+    """The roundoff floor of ``Pᵀ X`` is per column (``8 ε √n ‖X_{:,j}‖``): on a
+    512 × 256 full-rank gradient it zeroes no real coordinate (a floor of
+    ``8 n ε ‖X‖_F`` zeroed ~6 % of them), and it still zeroes roundoff."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((512, 256)).astype(np.float32)
+    p, _ = np.linalg.qr(rng.standard_normal((512, 64)))
+    p = p.astype(np.float32)
+    c, res = bases.subspace_split(jnp.asarray(x), jnp.asarray(p))
+    exact = p.astype(np.float64).T @ x.astype(np.float64)
+    col = np.linalg.norm(x.astype(np.float64), axis=0)
+    real = np.abs(exact) > 1e-3 * col  # far above roundoff (~1e-5 · ‖col‖)
+    assert np.all(np.asarray(c)[real] != 0.0)
+    np.testing.assert_allclose(np.asarray(c), exact, atol=1e-4 * col.max())
+    np.testing.assert_allclose(np.asarray(res), x - p @ (p.T @ x), atol=1e-4)
+    # A gradient inside the subspace: the residual is roundoff and returned as zero.
+    inside = p @ rng.standard_normal((64, 256)).astype(np.float32)
+    _, res_in = bases.subspace_split(jnp.asarray(inside), jnp.asarray(p))
+    assert not np.any(np.asarray(res_in))

@@ -446,12 +446,17 @@ def _canonical_completion(q: jax.Array, null: jax.Array) -> jax.Array:
 
 
 def _drop_noise(c: jax.Array, x: jax.Array) -> jax.Array:
-    """Zeroes the coordinates ``c = Pᵀ X`` that are below the roundoff floor
-    of the projection (``8 n ε ‖X‖_F``): their value, and their Adam ratio
-    ``c / (|c| + ε)``, would be noise."""
-    floor = _null_floor(x.shape[-2], x.dtype) * jnp.sqrt(
-        jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True)
-    )
+    """Zeroes the coordinates ``c = Pᵀ X`` that are roundoff of the projection.
+
+    A coordinate ``c_kj = Σ_i P_ik X_ij`` carries an error of about
+    ``ε √n ‖X_{:,j}‖`` (the column it mixes); entries at most ``8 ε √n ‖X_{:,j}‖``
+    are set to zero: their value, and their Adam ratio ``c / (|c| + ε)``, would
+    be noise. The floor is per column, not ``‖X‖_F``-wide, so it stays at the
+    scale of roundoff on large matrices (a floor of ``8 n ε ‖X‖_F`` would zero
+    real coordinates of a 768 × 768 gradient)."""
+    eps = float(jnp.finfo(x.dtype).eps)
+    col = jnp.sqrt(jnp.sum(jnp.square(x), axis=-2, keepdims=True))
+    floor = 8.0 * eps * math.sqrt(x.shape[-2]) * col
     return jnp.where(jnp.abs(c) <= floor, 0.0, c)
 
 
@@ -492,8 +497,8 @@ def subspace_init(
     rank below ``r``, e.g. a batch of one): eigenvectors whose eigenvalue is
     below the roundoff floor ``8 n ε λ_max`` span an arbitrary part of the null
     space (LAPACK- and reduction-order-dependent), so they are replaced by a
-    fixed orthonormal completion, and coordinates below ``8 n ε ‖X‖_F`` are set
-    to zero. Elsewhere the result is the plain top-``r`` eigenbasis.
+    fixed orthonormal completion, and coordinates below the roundoff of the
+    projection, ``8 ε √n ‖X_{:,j}‖`` per column, are set to zero. Elsewhere the result is the plain top-``r`` eigenbasis.
 
     Returns:
       ``(P, S, C)``.
@@ -549,10 +554,11 @@ def subspace_power_step(
 def subspace_split(x: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(Pᵀ X, X − P Pᵀ X)``: coordinates in the subspace and the residual.
 
-    Values below the roundoff floor of the projection (``8 n ε ‖X‖_F``) are
-    noise and returned as zero (see :func:`subspace_init`): coordinates
-    elementwise, the residual as a whole (when ``X`` lies in the subspace, its
-    orthogonalization would otherwise amplify roundoff to full size)."""
+    Values below the roundoff floor of the projection are noise and returned
+    as zero (see :func:`subspace_init`): coordinates elementwise, below
+    ``8 ε √n ‖X_{:,j}‖``; the residual as a whole, below ``8 n ε ‖X‖_F`` (when
+    ``X`` lies in the subspace, its orthogonalization would otherwise amplify
+    roundoff to full size)."""
     c = _mT(p) @ x
     res = x - p @ c
     res_norm = jnp.sqrt(jnp.sum(jnp.square(res), axis=(-2, -1), keepdims=True))
