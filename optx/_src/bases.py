@@ -586,46 +586,18 @@ def zeros_from_axes(
     Explicit copy of the mesh, so the rule is picked up there too). The
     permuting cousin of :func:`optx._src.sharding.zeros_like_spec`. With
     ``fill``, mesh axes the result leaves unused go on another axis
-    (:func:`_fill_unused_axes`).
+    (:func:`optx._src.sharding.fill_spec`).
     """
     shape = tuple(int(d) for d in shape)
     spec = sharding.spec_of(like)
     if spec is None:
         return jnp.zeros(shape, dtype)
     out = PartitionSpec(*(None if a is None else spec[a] for a in source_axes))
-    out = sharding.divisible_spec(out, shape, like)
     if fill:
-        out = _fill_unused_axes(out, shape, like)
+        out = sharding.fill_spec(out, shape, like)
+    else:
+        out = sharding.divisible_spec(out, shape, like)
     return sharding.zeros(shape, dtype, sharding.named(out, like))
-
-
-def _fill_unused_axes(spec: PartitionSpec, shape: Sequence[int], like: Any) -> PartitionSpec:
-    """``spec`` with the Explicit mesh axes it leaves unused (size > 1) put on its
-    largest unsharded axis they divide (all together, else the largest alone): a
-    ``d × d`` factor inherits one axis' sharding from its parameter, and the other
-    mesh axes would otherwise hold copies (SOAP's factors and bases, issue 16 §2).
-    """
-    mesh = sharding.mesh_of(like)
-    if mesh is None:
-        return spec
-    entries = list(tuple(spec) + (None,) * (len(shape) - len(spec)))
-    used = {n for e in entries if e is not None for n in (e if isinstance(e, tuple) else (e,))}
-    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))
-    free = [
-        n
-        for n, t in zip(mesh.axis_names, mesh.axis_types, strict=True)
-        if t == jax.sharding.AxisType.Explicit and n not in used and sizes[n] > 1
-    ]
-    order = sorted((a for a, e in enumerate(entries) if e is None), key=lambda a: -shape[a])
-    for group in ([free] if len(free) > 1 else []) + sorted(
-        ([n] for n in free), key=lambda g: -sizes[g[0]]
-    ):
-        k = math.prod(sizes[n] for n in group)
-        for a in order:
-            if shape[a] % k == 0:
-                entries[a] = tuple(group) if len(group) > 1 else group[0]
-                return PartitionSpec(*entries)
-    return spec
 
 
 def mode_source_axis(view: ModeView, mode: int) -> int | None:
@@ -638,7 +610,7 @@ def mode_source_axis(view: ModeView, mode: int) -> int | None:
 def factor_zeros(view: ModeView, mode: int, dtype: Any, like: Any, fill: bool = False) -> jax.Array:
     """Zeros for a ``batch + (d, d)`` factor or basis of ``mode``, sharded on its
     first axis like the mode's leaf axis (and with ``fill``, the mesh axes left
-    unused on another axis: :func:`_fill_unused_axes`)."""
+    unused on another axis: :func:`optx._src.sharding.fill_spec`)."""
     d = view.mode_dims[mode]
     return zeros_from_axes(
         (*view.batch_shape, d, d),
