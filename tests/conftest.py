@@ -102,10 +102,17 @@ _PEAK = {"test": "", "rss_mb": 0.0}
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    cpu, wall = _cpu_s(), time.monotonic()
     yield
     rss = _max_rss_mb()
     if rss > _PEAK["rss_mb"]:
         _PEAK.update(test=item.nodeid, rss_mb=rss)
+    if os.environ.get("OPTX_TEST_TIMES"):  # per-test CPU/wall/RSS, one file per worker
+        worker = getattr(item.config, "workerinput", {}).get("workerid", "main")
+        with open(f"{os.environ['OPTX_TEST_TIMES']}.{worker}", "a") as f:
+            f.write(
+                f"{_cpu_s() - cpu:.2f}\t{time.monotonic() - wall:.2f}\t{rss:.0f}\t{item.nodeid}\n"
+            )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
