@@ -175,11 +175,13 @@ def step_hlo(tx: Any, params: Any, mesh: jax.sharding.Mesh) -> str:
         return fn.lower(params, state, params).compile().as_text()
 
 
-def budget_rows(preset: str, n: int) -> list[dict[str, Any]]:
+def budget_rows(
+    preset: str, n: int, methods: tuple[str, ...] = METHODS
+) -> tuple[list[dict[str, Any]], int]:
     params, mesh = fsdp_params(preset, n)
     p_mat = matrix_bytes(params)
     rows = []
-    for name in METHODS:
+    for name in methods:
         spec = optx.get_optimizer(name)
         strategies: tuple[str | None, ...] = (None,)
         if "strategy" in __import__("inspect").signature(spec.factory).parameters:
@@ -207,8 +209,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="small", choices=sorted(_trees.PRESETS))
     parser.add_argument("--devices", type=int, default=8)
+    parser.add_argument(
+        "--optimizers", default=",".join(METHODS), help="comma-separated registry names"
+    )
     args = parser.parse_args()
-    rows, p_mat = budget_rows(args.preset, args.devices)
+    rows, p_mat = budget_rows(args.preset, args.devices, tuple(args.optimizers.split(",")))
     n = args.devices
     print(
         f"FSDP over {n} devices, preset {args.preset!r} (scanned): P_mat = {p_mat / 2**20:.2f} MB;"

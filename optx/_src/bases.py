@@ -765,6 +765,56 @@ def _by_shape(
     return out
 
 
+def on_every_device(
+    fn: Callable[..., Any], *args: Any, local: bool = True, specs: Sequence[Any] | None = None
+) -> Any:
+    """``fn(*args)`` computed whole on every device of the mesh in context
+    (inside :func:`call_keeping_shardings`'s ``auto_axes``; ``local``: the
+    caller's arrays are on an Explicit mesh): the inputs are gathered once and
+    nothing inside ``fn`` is partitioned. Plain ``fn(*args)`` otherwise (no
+    mesh, or Auto axes, where the compiler partitions the single-device code).
+
+    ``specs`` (one ``PartitionSpec`` or None per argument) says how each input
+    arrives: it is then gathered inside this call (inside a ``lax.cond`` branch,
+    not hoisted before it). Without, inputs arrive replicated.
+
+    Eigh and QR of a row-sharded factor otherwise compile to a partitioned
+    program whose intermediate products are all-reduced whole (several
+    factor-sized collectives per factor); one all-gather of each input and
+    local math moves the least (the results are resharded by slicing)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not local:
+        return fn(*args)
+    in_specs = tuple(
+        PartitionSpec() if specs is None or specs[i] is None else specs[i] for i in range(len(args))
+    )
+
+    def body(*xs: Any) -> Any:
+        whole = []
+        for x, spec in zip(xs, in_specs, strict=True):
+            for axis, entry in enumerate(spec):
+                if entry is not None:
+                    x = jax.lax.all_gather(x, entry, axis=axis, tiled=True)
+            whole.append(x)
+        return fn(*whole)
+
+    return jax.shard_map(
+        body, mesh=mesh, in_specs=in_specs, out_specs=PartitionSpec(), check_vma=False
+    )(*args)
+
+
+def mode_specs(x: Any, view: ModeView) -> tuple[Any, ...] | None:
+    """The mesh axes of ``x``'s mode axes in ``view`` (``batch + modes``, the
+    batch axes unsharded; a merged mode unsharded), or None off an Explicit mesh."""
+    spec = sharding.spec_of(x)
+    if spec is None or not view.modes:
+        return None
+    entries = tuple(spec) + (None,) * (len(view.shape) - len(spec))
+    if any(entries[a] is not None for a in view.batch_axes):
+        return None  # a sharded batch axis: the stack's view has another layout
+    return tuple(entries[m[0]] if len(m) == 1 else None for m in view.modes)
+
+
 def _soap_groups(
     views: Sequence[ModeView], leaves: Sequence[Any]
 ) -> list[tuple[ModeView, list[int]]]:
@@ -806,13 +856,20 @@ def _unstacked(x: jax.Array, batches: Sequence[tuple[int, ...]], tail: int) -> l
 
 
 def _soap_tree_update(
-    views: Sequence[ModeView], leaves: Sequence[Any], s: dict[str, jax.Array], normalize: bool
+    views: Sequence[ModeView],
+    leaves: Sequence[Any],
+    s: dict[str, jax.Array],
+    normalize: bool,
+    explicit: bool = False,
 ) -> list[Any]:
     """SOAP's update of every leaf (``(g, mu, nu, factors, bases)`` per leaf, in
     ``views`` order) as one program: leaves with the same modes are stacked on one
     batch axis (:func:`_soap_groups`), the first call's eigh and the refresh's power
     QR share one ``lax.cond`` for the whole tree with one eigh / QR per distinct
-    factor shape (:func:`soap_basis_update`). The math per matrix is unchanged."""
+    factor shape (:func:`soap_basis_update`). The math per matrix is unchanged.
+    ``explicit`` (arrays on an Explicit mesh): the basis updates run whole on
+    every device (:func:`on_every_device`), one gather of each factor and basis
+    per refresh."""
     first = s["count"] == 0
     groups = _soap_groups(views, leaves)
     stepped = []  # per group: (direction, m, v, new factors, factor inputs of the basis update)
@@ -864,7 +921,9 @@ def _soap_tree_update(
             for i, f in stepped[j][4].items():
                 entries.append((view.batch_shape, (f, _f32(qss[j][i]))))
                 where.append((j, i))
-        results = _by_shape(lambda f, q: soap_basis_update(f, q, first), entries)
+        results = _by_shape(
+            lambda f, q: on_every_device(soap_basis_update, f, q, first, local=explicit), entries
+        )
         ms, vs, new_qss = list(ms), list(vs), [list(qs) for qs in qss]
         for j, (view, _) in enumerate(groups):
             if stepped[j][4]:
@@ -1181,8 +1240,9 @@ def scale_by_soap(
             per_leaf.append((flat[j][1], columns[0][j], columns[1][j], fs, qs))
         # One program for the whole tree: same-shape factors share one eigh / QR
         # (``_by_shape``), and the first-call and refresh branches are one lax.cond each.
+        explicit = any(sharding.spec_of(x) is not None for x in jax.tree.leaves(per_leaf))
         new = call_keeping_shardings(
-            lambda arrays, s: _soap_tree_update(views, arrays, s, normalize_grads),
+            lambda arrays, s: _soap_tree_update(views, arrays, s, normalize_grads, explicit),
             per_leaf,
             scalars,
         )
@@ -1623,7 +1683,7 @@ def scale_by_cosmos(
             nu=jax.tree_util.tree_map_with_path(leaf("nu"), params),
         )
 
-    def leaf_update(view: ModeView) -> Callable[[Any, Any], Any]:
+    def leaf_update(view: ModeView, specs: dict[Any, Any]) -> Callable[[Any, Any], Any]:
         r = cosmos_rank(view, rank)
         n, m = view.mode_dims
 
@@ -1633,9 +1693,24 @@ def scale_by_cosmos(
             s = _in_dtype(s, X.dtype)
             b1_, b2_, omb2 = s["b1"], s["b2"], s["one_minus_b2"]
             M = b1_ * to_modes(_f32(mu), view) + X
+            # The first step's eigh runs whole on every device from one gather of
+            # X (n × m) inside the branch, not of the n × n Gram (on_every_device).
+            x_spec = None
+            if specs.get(view.mode_dims) is not None:
+                x_spec = PartitionSpec(*(None,) * view.num_batch, *specs[view.mode_dims])
+                X = jax.lax.with_sharding_constraint(
+                    X, jax.sharding.NamedSharding(jax.sharding.get_abstract_mesh(), x_spec)
+                )
             new_p, new_s, c = jax.lax.cond(
                 s["first"],
-                lambda ops: subspace_init(ops[0], r, b2_, omb2),
+                lambda ops: on_every_device(
+                    lambda x, b, o: subspace_init(x, r, b, o),
+                    ops[0],
+                    b2_,
+                    omb2,
+                    local=x_spec is not None,
+                    specs=(x_spec, None, None),
+                ),
                 lambda ops: subspace_power_step(ops[1], ops[2], ops[0], b2_, omb2),
                 (X, _f32(p), _f32(sm)),
             )
@@ -1694,8 +1769,17 @@ def scale_by_cosmos(
                 views.append(view)
         per_leaf = [tuple(col[j] for col in out) for j in live]
         # Same-shape matrices are stacked and go through one program (map_stacked).
+        # The mesh axes of each stack's (batch, n, m) view where its leaves agree.
+        specs: dict[Any, Any] = {}
+        for view, arrays in zip(views, per_leaf, strict=True):
+            ms = mode_specs(arrays[0], view)
+            if view.mode_dims in specs and specs[view.mode_dims] != ms:
+                ms = None
+            specs[view.mode_dims] = ms
         new = call_keeping_shardings(
-            lambda arrays, s: map_stacked(lambda v, a: leaf_update(v)(a, s), views, arrays, 2),
+            lambda arrays, s: map_stacked(
+                lambda v, a: leaf_update(v, specs)(a, s), views, arrays, 2
+            ),
             per_leaf,
             scalars,
         )
