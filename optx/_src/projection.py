@@ -350,13 +350,7 @@ def project_scattered(
     :func:`project`. Same numbers up to the summation order.
     """
     mesh = jax.sharding.get_abstract_mesh()
-    if (
-        x_spec is None
-        or r_spec is None
-        or mesh.empty
-        or projection == "coordinate"
-        or x.ndim != 3
-    ):
+    if x_spec is None or r_spec is None or mesh.empty or projection == "coordinate" or x.ndim != 3:
         return project(x, projector, projection=projection, axis=axis)
     sb, si, so = x_spec
     contracted, rank_axis = (si, 1) if axis == "in" else (so, 2)
