@@ -209,3 +209,23 @@ def test_projection_reduce_scatters_the_projected_gradient(name: str) -> None:
     got = _collectives(spec.build(**{**spec.test_overrides, "rank": 8}), (32, 64))
     assert ("reduce-scatter", 8 // 8 * 64) in got, got
     assert ("all-reduce", 8 * 64) not in got, got
+
+
+@pytest.mark.xdist_group("lipschitz_muon")
+def test_lipschitz_muon_batched_projects_fsdp_matrices_through_all_to_alls() -> None:
+    """strategy='batched': the weight projection (spectral soft cap) of a row-sharded
+    matrix goes through two all-to-alls like Newton–Schulz (four in all, no gather of the
+    whole matrix), with the numbers of the default strategy."""
+    tx_b = optx.lipschitz_muon(0.01, strategy="batched")
+    got = _collectives(tx_b, (16, 16))
+    assert [k for k, _ in got].count("all-to-all") >= 4, got
+    assert not [n for k, n in got if k == "all-gather" and n >= 16 * 16], got
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    w = {"dense": {"kernel": jax.random.normal(jax.random.key(0), (16, 16))}}
+    w = jax.device_put(w, NamedSharding(mesh, P("x", None)))
+    g = jax.tree.map(lambda x: x**3, w)
+    outs = [jax.jit(tx.update)(g, tx.init(w), w)[0] for tx in (tx_b, optx.lipschitz_muon(0.01))]
+    np.testing.assert_allclose(
+        np.asarray(outs[0]["dense"]["kernel"]), np.asarray(outs[1]["dense"]["kernel"]),
+        rtol=1e-5, atol=1e-7,
+    )  # fmt: skip
