@@ -1466,13 +1466,15 @@ def map_stacked(
     views: Sequence[ModeView],
     leaves: Sequence[Sequence[jax.Array]],
     leaf_shaped: int = 1,
+    out_leaf_shaped: int | None = None,
 ) -> list[tuple[jax.Array, ...]]:
     """``fn(view, arrays)`` per leaf, one call per group of same-shape leaves.
 
     ``leaves[e]`` is a tuple of arrays of a two-mode leaf with view ``views[e]``:
     the first ``leaf_shaped`` have the leaf's shape, the others are
     ``batch + (a, b)`` state. ``fn`` must treat every matrix of its batch
-    independently and return arrays of the same kinds in the same order. Leaves
+    independently and return arrays of the same kinds in the same order (or, with
+    ``out_leaf_shaped``, that many leaf-shaped arrays first, then state). Leaves
     with equal mode sizes, state shapes and dtypes are stacked on one batch axis
     (``fn`` sees the stack's view), so the program grows with the number of
     distinct shapes, not of leaves.
@@ -1496,9 +1498,10 @@ def map_stacked(
             stacked.append(_stacked(xs, 2))
         res = fn(view, tuple(stacked))
         parts = [_unstacked(x, [views[e].batch_shape for e in members], 2) for x in res]
+        shaped = leaf_shaped if out_leaf_shaped is None else out_leaf_shaped
         for i, e in enumerate(members):
             out[e] = tuple(
-                from_modes(p[i], views[e]) if a < leaf_shaped else p[i] for a, p in enumerate(parts)
+                from_modes(p[i], views[e]) if a < shaped else p[i] for a, p in enumerate(parts)
             )
     return out
 
@@ -1647,6 +1650,7 @@ def scale_by_cosmos(
     nu_dtype = _check_dtype_arg("nu_dtype", nu_dtype)
     precond_dtype = _check_dtype_arg("precond_dtype", precond_dtype)
     view_of = rotation_view_fn(layout)
+    resolve = layouts.resolved_layout_fn(layout)
 
     def init_fn(params: base.Params) -> ScaleByCosmosState:
         base.check_real_params(params, "optx.scale_by_cosmos")  # real-only math (docstring)
@@ -1683,9 +1687,10 @@ def scale_by_cosmos(
             nu=jax.tree_util.tree_map_with_path(leaf("nu"), params),
         )
 
-    def leaf_update(view: ModeView, specs: dict[Any, Any]) -> Callable[[Any, Any], Any]:
+    def leaf_update(
+        view: ModeView, specs: dict[Any, Any], split: bool = False
+    ) -> Callable[[Any, Any], Any]:
         r = cosmos_rank(view, rank)
-        n, m = view.mode_dims
 
         def fn(arrays: Any, s: dict[str, jax.Array]) -> Any:
             g, mu, p, sm, v = arrays
@@ -1721,21 +1726,75 @@ def scale_by_cosmos(
                 g_hat = X / s["c1"]
             coeff, residual = subspace_split(g_hat, new_p)
             adam = new_p @ (coeff / (jnp.sqrt(new_v) / jnp.sqrt(s["bc2"]) + s["eps"]))
-            ortho = orthogonalization.newton_schulz(
-                residual, ns_coeffs, ns_steps, compute_dtype=ns_dtype
-            )
-            ortho_norm = jnp.sqrt(jnp.sum(jnp.square(ortho), axis=(-2, -1), keepdims=True))
-            ortho = math.sqrt(n * m) * ortho / (ortho_norm + s["eps"])
-            direction = adam + s["gamma"] * ortho
-            return (
-                from_modes(direction, view).astype(g.dtype),
+            states = (
                 from_modes(M, view).astype(mu.dtype),
                 new_p.astype(p.dtype),
                 new_s.astype(sm.dtype),
                 new_v.astype(v.dtype),
             )
+            if split:  # Newton–Schulz runs on the leaves, through the FSDP all-to-alls
+                return (from_modes(adam, view), from_modes(residual, view), *states)
+            ortho = orthogonalization.newton_schulz(
+                residual, ns_coeffs, ns_steps, compute_dtype=ns_dtype
+            )
+            return (from_modes(combined(adam, ortho, s), view).astype(g.dtype), *states)
 
         return fn
+
+    def combined(adam: jax.Array, ortho: jax.Array, s: dict[str, jax.Array]) -> jax.Array:
+        """``adam + γ √(nm) O / (‖O‖_F + ε)`` per matrix of a ``batch + (n, m)`` stack."""
+        n, m = ortho.shape[-2:]
+        ortho_norm = jnp.sqrt(jnp.sum(jnp.square(ortho), axis=(-2, -1), keepdims=True))
+        ortho = math.sqrt(n * m) * ortho / (ortho_norm + s["eps"])
+        return adam + s["gamma"] * ortho
+
+    def orthogonalized_leaves(
+        views: Sequence[ModeView], lays: Sequence[Any], per_leaf: Any, scalars: Any, specs: Any
+    ) -> list[Any]:
+        """Explicit FSDP meshes: the subspace step per stack (``auto_axes``), Newton–Schulz
+        of the residuals on the leaves (:func:`optx._src.orthogonalization.orthogonalize_leaves`:
+        FSDP groups one matrix per device through two all-to-alls, not gathered), then
+        the combination per leaf. The numbers of the one-program path up to round-off."""
+        out_specs = [
+            (spec_g, spec_g, *(sharding.spec_or_replicated(a) for a in arrays[1:]))
+            for arrays in per_leaf
+            for spec_g in [sharding.spec_or_replicated(arrays[0])]
+        ]
+        first = sharding.call_with_out_specs(
+            lambda arrays, s: map_stacked(
+                lambda v, a: leaf_update(v, specs, split=True)(a, s),
+                views,
+                arrays,
+                2,
+                out_leaf_shaped=3,
+            ),
+            (per_leaf, scalars),
+            out_specs,
+        )
+        orthos = orthogonalization.orthogonalize_leaves(
+            [(res, lay) for (_, res, *_), lay in zip(first, lays, strict=True)],
+            ns_coeffs,
+            ns_steps,
+            compute_dtype=ns_dtype,
+        )
+        out = []
+        for arrays, (adam, _, *states), ortho, view in zip(
+            per_leaf, first, orthos, views, strict=True
+        ):
+            g = arrays[0]
+
+            def finish(
+                adam: jax.Array, ortho: jax.Array, s: Any, g: Any = g, view: Any = view
+            ) -> Any:
+                s = _in_dtype(s, adam.dtype)
+                d = combined(to_modes(adam, view), to_modes(ortho.astype(adam.dtype), view), s)
+                return from_modes(d, view).astype(g.dtype)
+
+            u = sharding.call_with_out_specs(
+                finish, (adam, ortho, scalars), sharding.spec_or_replicated(g)
+            )
+            out.append((u, *states))
+        return out
 
     def update_fn(
         updates: base.Updates,
@@ -1776,13 +1835,17 @@ def scale_by_cosmos(
             if view.mode_dims in specs and specs[view.mode_dims] != ms:
                 ms = None
             specs[view.mode_dims] = ms
-        new = call_keeping_shardings(
-            lambda arrays, s: map_stacked(
-                lambda v, a: leaf_update(v, specs)(a, s), views, arrays, 2
-            ),
-            per_leaf,
-            scalars,
-        )
+        if any(sharding.is_sharded(arrays[0]) for arrays in per_leaf):
+            lays = [resolve(base.path_to_str(flat[j][0]), flat[j][1]) for j in live]
+            new = orthogonalized_leaves(views, lays, per_leaf, scalars, specs)
+        else:
+            new = call_keeping_shardings(
+                lambda arrays, s: map_stacked(
+                    lambda v, a: leaf_update(v, specs)(a, s), views, arrays, 2
+                ),
+                per_leaf,
+                scalars,
+            )
         for j, arrays in zip(live, new, strict=True):
             for col, x in zip(out, arrays, strict=True):
                 col[j] = x
