@@ -20,12 +20,14 @@ sharded, each device must receive its matrices whole and send their results back
 two all-to-alls, ``2 (N − 1)/N² × P_mat`` (0.22 P_mat at N = 8).
 
 Static counts: a collective inside a loop body (``while``) counts once per instruction, and one
-inside a ``lax.cond`` branch counts as if it ran every step. The last column leaves out the
-collectives of ``cond`` branches (their ``op_name`` holds ``/cond/``): the projector, basis or
-factor refreshes SOAP, COSMOS and GaLore run once every ``update_proj_gap`` steps — what every
-other step moves.
+inside a ``lax.cond`` branch counts as if it ran every step. The "outside cond" column leaves
+out the collectives of ``cond`` branches (their ``op_name`` holds ``/cond/``): the projector,
+basis or factor refreshes SOAP, COSMOS and GaLore run once every ``update_proj_gap`` steps —
+what every other step moves. The floor columns are each method's minimum (:func:`floor_pmat`),
+total and outside ``cond``, and measured / floor.
 
-Run (8 virtual CPU devices; compile only, about a minute)::
+Run (8 virtual CPU devices; compile only, a few minutes; ``--optimizers soap,cosmos``
+restricts the rows)::
 
   PYTHONPATH=. python benchmarks/comm_budget.py --preset small
 """
