@@ -184,10 +184,12 @@ def test_soap_refresh_gathers_each_factor_once() -> None:
     """SOAP on a 32 × 4 row-sharded kernel: the eigh / QR refresh runs on whole factors
     gathered once (the 32² factor and its basis: two gathers; a third gathers the basis
     for the step's rotation), never on a partitioned program that all-reduces 32²
-    intermediates."""
+    intermediates. The step's rotation of the gradient along its sharded rows is
+    reduce-scattered (not all-reduced)."""
     got = _collectives(optx.soap(0.01), (32, 4))
     big = [k for k, n in got if n >= 32 * 32]
     assert big.count("all-gather") <= 3 and "all-reduce" not in big, got
+    assert ("reduce-scatter", 32 * 4 // 8) in got and ("all-reduce", 32 * 4) not in got, got
 
 
 @pytest.mark.xdist_group("cosmos")

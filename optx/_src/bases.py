@@ -254,6 +254,38 @@ def rotate(x: jax.Array, bases: Sequence[Any], num_batch: int) -> jax.Array:
     return x
 
 
+def rotate_scattered(
+    x: jax.Array, bases: Sequence[Any], num_batch: int, specs: Sequence[Any] | None
+) -> jax.Array:
+    """:func:`rotate`, with the product along a sharded mode reduce-scattered.
+
+    ``specs`` (inside ``auto_axes`` on an Explicit mesh): the mesh axes of ``x``'s
+    modes. When exactly one rotated mode is sharded, its basis is sharded on its
+    first axis the same way (:func:`factor_zeros`), so each device multiplies its
+    slice of the mode by its rows of ``Q`` and the partial products are summed and
+    scattered back onto that mode (``psum_scatter``: the compiler alone
+    all-reduces the whole product and slices it). Plain :func:`rotate`
+    otherwise; the same numbers up to the summation order."""
+    mesh = jax.sharding.get_abstract_mesh()
+    sharded = [] if specs is None else [i for i, e in enumerate(specs) if e is not None]
+    if mesh.empty or len(sharded) != 1 or not _is_basis(bases[sharded[0]]):
+        return rotate(x, bases, num_batch)
+    i = sharded[0]
+    axis = specs[i]
+    x_spec = PartitionSpec(*(None,) * num_batch, *specs)
+    q_spec = PartitionSpec(*(None,) * num_batch, axis, None)
+    q = bases[i].astype(x.dtype)
+
+    def local(xl: jax.Array, ql: jax.Array) -> jax.Array:
+        partial = mode_product(xl, ql, i, num_batch, into_basis=True)
+        return jax.lax.psum_scatter(partial, axis, scatter_dimension=num_batch + i, tiled=True)
+
+    x = jax.shard_map(
+        local, mesh=mesh, in_specs=(x_spec, q_spec), out_specs=x_spec, check_vma=False
+    )(x, q)
+    return rotate(x, [q if j != i else None for j, q in enumerate(bases)], num_batch)
+
+
 def rotate_back(x: jax.Array, bases: Sequence[Any], num_batch: int) -> jax.Array:
     """``x ×_i Q_i`` for every mode with a basis: the inverse of :func:`rotate`."""
     for i, q in enumerate(bases):
@@ -861,6 +893,7 @@ def _soap_tree_update(
     s: dict[str, jax.Array],
     normalize: bool,
     explicit: bool = False,
+    leaf_specs: Sequence[Any] | None = None,
 ) -> list[Any]:
     """SOAP's update of every leaf (``(g, mu, nu, factors, bases)`` per leaf, in
     ``views`` order) as one program: leaves with the same modes are stacked on one
@@ -869,8 +902,10 @@ def _soap_tree_update(
     factor shape (:func:`soap_basis_update`). The math per matrix is unchanged.
     ``explicit`` (arrays on an Explicit mesh): the basis updates run whole on
     every device (:func:`on_every_device`), one gather of each factor and basis
-    per refresh."""
+    per refresh; ``leaf_specs`` (per leaf, :func:`mode_specs`): the gradient's rotation
+    along a sharded mode is reduce-scattered (:func:`rotate_scattered`)."""
     first = s["count"] == 0
+    leaf_specs = [None] * len(leaves) if leaf_specs is None else leaf_specs
     groups = _soap_groups(views, leaves)
     stepped = []  # per group: (direction, m, v, new factors, factor inputs of the basis update)
     for view, members in groups:
@@ -896,7 +931,10 @@ def _soap_tree_update(
                 for i in range(k)
             )
         sl = _in_dtype(s, G.dtype)
-        rot_g = drop_roundoff(rotate(G, qs, nb), rot, nb)
+        specs = None
+        if explicit and all(leaf_specs[e] == leaf_specs[members[0]] for e in members):
+            specs = leaf_specs[members[0]]
+        rot_g = drop_roundoff(rotate_scattered(G, qs, nb, specs), rot, nb)
         m = sl["b1"] * mu + sl["one_minus_b1"] * rot_g
         v = sl["b2"] * nu + sl["one_minus_b2"] * jnp.square(rot_g)
         direction = rotate_back(m / (jnp.sqrt(v) + sl["eps"]), qs, nb)
@@ -1241,8 +1279,11 @@ def scale_by_soap(
         # One program for the whole tree: same-shape factors share one eigh / QR
         # (``_by_shape``), and the first-call and refresh branches are one lax.cond each.
         explicit = any(sharding.spec_of(x) is not None for x in jax.tree.leaves(per_leaf))
+        leaf_specs = [mode_specs(arrays[0], v) for arrays, v in zip(per_leaf, views, strict=True)]
         new = call_keeping_shardings(
-            lambda arrays, s: _soap_tree_update(views, arrays, s, normalize_grads, explicit),
+            lambda arrays, s: _soap_tree_update(
+                views, arrays, s, normalize_grads, explicit, leaf_specs
+            ),
             per_leaf,
             scalars,
         )
