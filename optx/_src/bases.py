@@ -848,18 +848,20 @@ def mode_specs(x: Any, view: ModeView) -> tuple[Any, ...] | None:
 
 
 def _soap_groups(
-    views: Sequence[ModeView], leaves: Sequence[Any]
+    views: Sequence[ModeView], leaves: Sequence[Any], specs: Sequence[Any] | None = None
 ) -> list[tuple[ModeView, list[int]]]:
-    """Leaves whose modes, rotation flags and dtypes agree, as ``(view, members)``:
-    ``view`` is the stack's (one batch axis, one axis per mode). A leaf without
-    modes (element-wise Adam, normalized as a whole) keeps its own view, alone."""
+    """Leaves whose modes, rotation flags, dtypes (and mode shardings ``specs``)
+    agree, as ``(view, members)``: ``view`` is the stack's (one batch axis, one
+    axis per mode). A leaf without modes (element-wise Adam, normalized as a
+    whole) keeps its own view, alone."""
     groups: dict[Any, list[int]] = {}
     for e, (view, (g, mu, nu, fs, qs)) in enumerate(zip(views, leaves, strict=True)):
         if not view.modes:
             groups[("leaf", e)] = [e]
             continue
         dts = tuple(jnp.dtype(x.dtype) if _is_basis(x) else None for x in (g, mu, nu, *fs, *qs))
-        groups.setdefault((view.mode_dims, view.rotated, dts), []).append(e)
+        spec = None if specs is None else specs[e]
+        groups.setdefault((view.mode_dims, view.rotated, dts, spec), []).append(e)
     out = []
     for key, members in groups.items():
         view = views[members[0]]
@@ -906,7 +908,7 @@ def _soap_tree_update(
     along a sharded mode is reduce-scattered (:func:`rotate_scattered`)."""
     first = s["count"] == 0
     leaf_specs = [None] * len(leaves) if leaf_specs is None else leaf_specs
-    groups = _soap_groups(views, leaves)
+    groups = _soap_groups(views, leaves, leaf_specs if explicit else None)
     stepped = []  # per group: (direction, m, v, new factors, factor inputs of the basis update)
     for view, members in groups:
         nb, k = view.num_batch, len(view.modes)
