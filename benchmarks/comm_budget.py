@@ -249,8 +249,9 @@ def floor_pmat(name: str, tx: Any, params: Any, n: int, p_mat: int) -> tuple[flo
       refresh gathers every factor and basis once (eigh / QR) and re-rotates the first
       moment (old basis back, new basis in: two more).
     * COSMOS: Newton–Schulz of the residual on the Muon floor; the subspace coordinates
-      ``Pᵀ X`` reduce-scattered and gathered back (the ``r × m`` second moment's bytes,
-      twice); the first step's eigh gathers the gradient once.
+      ``Pᵀ X`` of a leaf whose fan-in (the subspace side) is sharded reduce-scattered and
+      gathered back (its ``r × m`` second moment's bytes, twice; elsewhere they are
+      local); the first step's eigh gathers the gradient once.
     * GaLore (SVD), DCT-AdamW (DCT scores), APOLLO (random, no refresh gather):
       :func:`_projected_floor`.
     """
@@ -276,9 +277,25 @@ def floor_pmat(name: str, tx: Any, params: Any, n: int, p_mat: int) -> tuple[flo
         refresh = (n - 1) / n * (_nbytes(part.factors) + _nbytes(part.bases) + 2 * rotated)
         return (steady + refresh) / p_mat, steady / p_mat
     if name == "cosmos":
+        from optx._src import layouts, sharding
+
         (part,) = _state_parts(jax.eval_shape(tx.init, params), optx.ScaleByCosmosState)
         moved = _nbytes(part.mu)
-        steady = muon * moved + 2 * (n - 1) / n * _nbytes(part.nu)
+        nu = {
+            optx.tree_utils.path_to_str(k): v
+            for k, v in jax.tree_util.tree_leaves_with_path(part.nu)
+        }
+        resolve = layouts.resolved_layout_fn(optx.router_of(tx))
+        coords = 0  # the r × m coordinates of leaves whose fan-in (the subspace side) is sharded
+        for path, x in jax.tree_util.tree_leaves_with_path(params):
+            name_ = optx.tree_utils.path_to_str(path)
+            lay = resolve(name_, x)
+            if name_ not in nu or lay is None:
+                continue
+            view = sharding.matrix_view_specs(x, lay)
+            if view is not None and view[1] is not None:
+                coords += nu[name_].size * nu[name_].dtype.itemsize
+        steady = muon * moved + 2 * (n - 1) / n * coords
         return (steady + (n - 1) / n * moved) / p_mat, steady / p_mat
     if name in ("galore", "dct_adamw", "apollo"):
         how = {"galore": "any", "dct_adamw": "projected", "apollo": None}[name]

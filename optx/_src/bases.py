@@ -1505,11 +1505,12 @@ def scale_by_conda(
 
 
 def map_stacked(
-    fn: Callable[[ModeView, Any], Sequence[jax.Array]],
+    fn: Callable[..., Sequence[jax.Array]],
     views: Sequence[ModeView],
     leaves: Sequence[Sequence[jax.Array]],
     leaf_shaped: int = 1,
     out_leaf_shaped: int | None = None,
+    keys: Sequence[Any] | None = None,
 ) -> list[tuple[jax.Array, ...]]:
     """``fn(view, arrays)`` per leaf, one call per group of same-shape leaves.
 
@@ -1517,7 +1518,9 @@ def map_stacked(
     the first ``leaf_shaped`` have the leaf's shape, the others are
     ``batch + (a, b)`` state. ``fn`` must treat every matrix of its batch
     independently and return arrays of the same kinds in the same order (or, with
-    ``out_leaf_shaped``, that many leaf-shaped arrays first, then state). Leaves
+    ``out_leaf_shaped``, that many leaf-shaped arrays first, then state). With
+    ``keys`` (one hashable per leaf), only leaves with equal keys are stacked and
+    ``fn`` is called as ``fn(view, arrays, key)``. Leaves
     with equal mode sizes, state shapes and dtypes are stacked on one batch axis
     (``fn`` sees the stack's view), so the program grows with the number of
     distinct shapes, not of leaves.
@@ -1525,11 +1528,18 @@ def map_stacked(
     groups: dict[Any, list[int]] = {}
     for e, (view, arrays) in enumerate(zip(views, leaves, strict=True)):
         tails = tuple(a.shape[view.num_batch :] for a in arrays[leaf_shaped:])
-        groups.setdefault((view.mode_dims, tails, tuple(a.dtype for a in arrays)), []).append(e)
+        key = None if keys is None else keys[e]
+        groups.setdefault((view.mode_dims, tails, tuple(a.dtype for a in arrays), key), []).append(
+            e
+        )
+
+    def call(view: ModeView, arrays: Any, e: int) -> Any:
+        return fn(view, arrays) if keys is None else fn(view, arrays, keys[e])  # type: ignore[call-arg]
+
     out: list[Any] = [None] * len(leaves)
     for members in groups.values():
         if len(members) == 1:
-            out[members[0]] = tuple(fn(views[members[0]], leaves[members[0]]))
+            out[members[0]] = tuple(call(views[members[0]], leaves[members[0]], members[0]))
             continue
         n = sum(math.prod(views[e].batch_shape) for e in members)
         view = ModeView((n, *views[members[0]].mode_dims), (0,), ((1,), (2,)), (True, True))
@@ -1539,7 +1549,7 @@ def map_stacked(
             if a < leaf_shaped:
                 xs = [to_modes(x, views[e]) for x, e in zip(xs, members, strict=True)]
             stacked.append(_stacked(xs, 2))
-        res = fn(view, tuple(stacked))
+        res = call(view, tuple(stacked), members[0])
         parts = [_unstacked(x, [views[e].batch_shape for e in members], 2) for x in res]
         shaped = leaf_shaped if out_leaf_shaped is None else out_leaf_shaped
         for i, e in enumerate(members):
@@ -1731,7 +1741,7 @@ def scale_by_cosmos(
         )
 
     def leaf_update(
-        view: ModeView, specs: dict[Any, Any], split: bool = False
+        view: ModeView, spec: tuple[Any, ...] | None, split: bool = False
     ) -> Callable[[Any, Any], Any]:
         r = cosmos_rank(view, rank)
 
@@ -1744,8 +1754,8 @@ def scale_by_cosmos(
             # The first step's eigh runs whole on every device from one gather of
             # X (n × m) inside the branch, not of the n × n Gram (on_every_device).
             x_spec = None
-            if specs.get(view.mode_dims) is not None:
-                x_spec = PartitionSpec(*(None,) * view.num_batch, *specs[view.mode_dims])
+            if spec is not None:
+                x_spec = PartitionSpec(*(None,) * view.num_batch, *spec)
                 X = jax.lax.with_sharding_constraint(
                     X, jax.sharding.NamedSharding(jax.sharding.get_abstract_mesh(), x_spec)
                 )
@@ -1805,11 +1815,12 @@ def scale_by_cosmos(
         ]
         first = sharding.call_with_out_specs(
             lambda arrays, s: map_stacked(
-                lambda v, a: leaf_update(v, specs, split=True)(a, s),
+                lambda v, a, k: leaf_update(v, k, split=True)(a, s),
                 views,
                 arrays,
                 2,
                 out_leaf_shaped=3,
+                keys=specs,
             ),
             (per_leaf, scalars),
             out_specs,
@@ -1871,20 +1882,16 @@ def scale_by_cosmos(
                 views.append(view)
         per_leaf = [tuple(col[j] for col in out) for j in live]
         # Same-shape matrices are stacked and go through one program (map_stacked).
-        # The mesh axes of each stack's (batch, n, m) view where its leaves agree.
-        specs: dict[Any, Any] = {}
-        for view, arrays in zip(views, per_leaf, strict=True):
-            ms = mode_specs(arrays[0], view)
-            if view.mode_dims in specs and specs[view.mode_dims] != ms:
-                ms = None
-            specs[view.mode_dims] = ms
+        # On an Explicit mesh, leaves are stacked where their modes' mesh axes agree too.
+        specs = [mode_specs(arrays[0], view) for view, arrays in zip(views, per_leaf, strict=True)]
+        specs = [None if ms is None or ms == (None,) * len(ms) else ms for ms in specs]
         if any(sharding.is_sharded(arrays[0]) for arrays in per_leaf):
             lays = [resolve(base.path_to_str(flat[j][0]), flat[j][1]) for j in live]
             new = orthogonalized_leaves(views, lays, per_leaf, scalars, specs)
         else:
             new = call_keeping_shardings(
                 lambda arrays, s: map_stacked(
-                    lambda v, a: leaf_update(v, specs)(a, s), views, arrays, 2
+                    lambda v, a: leaf_update(v, None)(a, s), views, arrays, 2
                 ),
                 per_leaf,
                 scalars,
