@@ -20,12 +20,14 @@ sharded, each device must receive its matrices whole and send their results back
 two all-to-alls, ``2 (N − 1)/N² × P_mat`` (0.22 P_mat at N = 8).
 
 Static counts: a collective inside a loop body (``while``) counts once per instruction, and one
-inside a ``lax.cond`` branch counts as if it ran every step. The last column leaves out the
-collectives of ``cond`` branches (their ``op_name`` holds ``/cond/``): the projector, basis or
-factor refreshes SOAP, COSMOS and GaLore run once every ``update_proj_gap`` steps — what every
-other step moves.
+inside a ``lax.cond`` branch counts as if it ran every step. The "outside cond" column leaves
+out the collectives of ``cond`` branches (their ``op_name`` holds ``/cond/``): the projector,
+basis or factor refreshes SOAP, COSMOS and GaLore run once every ``update_proj_gap`` steps —
+what every other step moves. The floor columns are each method's minimum (:func:`floor_pmat`),
+total and outside ``cond``, and measured / floor.
 
-Run (8 virtual CPU devices; compile only, about a minute)::
+Run (8 virtual CPU devices; compile only, a few minutes; ``--optimizers soap,cosmos``
+restricts the rows)::
 
   PYTHONPATH=. python benchmarks/comm_budget.py --preset small
 """
@@ -64,7 +66,10 @@ _BYTES = {"f64": 8, "s64": 8, "u64": 8, "c64": 8, "f32": 4, "s32": 4, "u32": 4, 
           "f16": 2, "s16": 2, "u16": 2, "s8": 1, "u8": 1, "pred": 1, "c128": 16}  # fmt: skip
 
 #: The methods issue 16 asks about, with the strategies they accept.
-METHODS = ("adamw", "muon", "normuon", "root", "lipschitz_muon", "soap", "cosmos", "galore")
+METHODS = (
+    "adamw", "muon", "normuon", "root", "lipschitz_muon", "soap", "cosmos", "galore", "apollo",
+    "dct_adamw",
+)  # fmt: skip
 
 
 def _array_bytes(text: str) -> list[int]:
@@ -175,11 +180,137 @@ def step_hlo(tx: Any, params: Any, mesh: jax.sharding.Mesh) -> str:
         return fn.lower(params, state, params).compile().as_text()
 
 
-def budget_rows(preset: str, n: int) -> list[dict[str, Any]]:
+def _nbytes(tree: Any) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def _state_parts(state: Any, cls: type) -> list[Any]:
+    """Every ``cls`` NamedTuple inside the optimizer state ``state``."""
+    found: list[Any] = []
+
+    def visit(x: Any) -> None:
+        if isinstance(x, cls):
+            found.append(x)
+        elif isinstance(x, tuple | list):
+            for y in x:
+                visit(y)
+        elif isinstance(x, dict):
+            for y in x.values():
+                visit(y)
+
+    visit(state)
+    return found
+
+
+def _projected_floor(tx: Any, params: Any, n: int, refresh_gathers: Any) -> tuple[float, float]:
+    """(per refresh, steady) bytes of the GaLore family's floor: the projected gradient of
+    a leaf whose projected axis is sharded is reduce-scattered and its direction
+    gathered back (one all-reduce's bytes, ``2 (N − 1)/N × b r m``). A refresh
+    (``refresh_gathers``) moves the gradient once: ``'any'`` (SVD) every sharded leaf
+    whole, ``'projected'`` (DCT scores ``Dᵀ X``) a reduce-scatter where the projected axis
+    is sharded (elsewhere the scores are local column sums), ``None`` (a random draw)
+    nothing."""
+    from optx._src import layouts, projection, sharding
+
+    state = jax.eval_shape(tx.init, params)
+    parts = _state_parts(state, projection.SubspaceState)
+    resolve = layouts.resolved_layout_fn(optx.router_of(tx))
+    flat = jax.tree_util.tree_leaves_with_path(params)
+    steady = refresh = 0.0
+    for part in parts:
+        proj = jax.tree_util.tree_leaves_with_path(part.projector)
+        rank = {optx.tree_utils.path_to_str(k): x.shape[-1] for k, x in proj}
+        for path, x in flat:
+            name = optx.tree_utils.path_to_str(path)
+            lay = resolve(name, x)
+            if name not in rank or lay is None:
+                continue
+            geo = projection.leaf_geometry(lay, "std", rank[name])
+            view = sharding.matrix_view_specs(
+                jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), lay
+            )
+            if view is None or all(v is None for v in view):
+                continue
+            if refresh_gathers == "any" or view[1 if geo.axis == "in" else 2] is not None:
+                refresh += (n - 1) / n * x.size * x.dtype.itemsize if refresh_gathers else 0
+            if view[1 if geo.axis == "in" else 2] is not None:
+                steady += 2 * (n - 1) / n * math.prod(geo.projected_shape()) * x.dtype.itemsize
+    return refresh, steady
+
+
+def floor_pmat(name: str, tx: Any, params: Any, n: int, p_mat: int) -> tuple[float, float] | None:
+    """(static total, outside cond) floor of ``name`` in ``P_mat``, or None (not derived).
+
+    * Muon family (muon, normuon, root): two all-to-alls, ``2 (N − 1)/N²``;
+      lipschitz_muon two matrix functions, twice that.
+    * SOAP: per step, the rotation ``Q_Lᵀ G Q_R`` of a row-sharded ``G`` reduce-scatters
+      over the sharded rows, the rotation back gathers the direction, and the factor
+      ``G Gᵀ`` gathers ``G``: three ``(N − 1)/N`` of the rotated matrices' bytes; a
+      refresh gathers every factor and basis once (eigh / QR) and re-rotates the first
+      moment (old basis back, new basis in: two more).
+    * COSMOS: Newton–Schulz of the residual on the Muon floor; the subspace coordinates
+      ``Pᵀ X`` of a leaf whose fan-in (the subspace side) is sharded reduce-scattered and
+      gathered back (its ``r × m`` second moment's bytes, twice; elsewhere they are
+      local); the first step's eigh gathers the gradient once.
+    * GaLore (SVD), DCT-AdamW (DCT scores), APOLLO (random, no refresh gather):
+      :func:`_projected_floor`.
+    """
+    muon = 2 * (n - 1) / n**2
+    if name == "adamw":
+        return 0.0, 0.0
+    if name in ("muon", "normuon", "root"):
+        return muon, muon
+    if name == "lipschitz_muon":
+        return 2 * muon, 2 * muon
+    if name == "soap":
+        (part,) = _state_parts(jax.eval_shape(tx.init, params), optx.ScaleBySoapState)
+        rotated = 0
+        for path, x in jax.tree_util.tree_leaves_with_path(params):
+            f = [
+                t
+                for t in part.factors
+                for k, t in jax.tree_util.tree_leaves_with_path(t)
+                if k == path
+            ]
+            rotated += x.size * x.dtype.itemsize if f else 0
+        steady = 3 * (n - 1) / n * rotated
+        refresh = (n - 1) / n * (_nbytes(part.factors) + _nbytes(part.bases) + 2 * rotated)
+        return (steady + refresh) / p_mat, steady / p_mat
+    if name == "cosmos":
+        from optx._src import layouts, sharding
+
+        (part,) = _state_parts(jax.eval_shape(tx.init, params), optx.ScaleByCosmosState)
+        moved = _nbytes(part.mu)
+        nu = {
+            optx.tree_utils.path_to_str(k): v
+            for k, v in jax.tree_util.tree_leaves_with_path(part.nu)
+        }
+        resolve = layouts.resolved_layout_fn(optx.router_of(tx))
+        coords = 0  # the r × m coordinates of leaves whose fan-in (the subspace side) is sharded
+        for path, x in jax.tree_util.tree_leaves_with_path(params):
+            name_ = optx.tree_utils.path_to_str(path)
+            lay = resolve(name_, x)
+            if name_ not in nu or lay is None:
+                continue
+            view = sharding.matrix_view_specs(x, lay)
+            if view is not None and view[1] is not None:
+                coords += nu[name_].size * nu[name_].dtype.itemsize
+        steady = muon * moved + 2 * (n - 1) / n * coords
+        return (steady + (n - 1) / n * moved) / p_mat, steady / p_mat
+    if name in ("galore", "dct_adamw", "apollo"):
+        how = {"galore": "any", "dct_adamw": "projected", "apollo": None}[name]
+        refresh, steady = _projected_floor(tx, params, n, how)
+        return (steady + refresh) / p_mat, steady / p_mat
+    return None
+
+
+def budget_rows(
+    preset: str, n: int, methods: tuple[str, ...] = METHODS
+) -> tuple[list[dict[str, Any]], int]:
     params, mesh = fsdp_params(preset, n)
     p_mat = matrix_bytes(params)
     rows = []
-    for name in METHODS:
+    for name in methods:
         spec = optx.get_optimizer(name)
         strategies: tuple[str | None, ...] = (None,)
         if "strategy" in __import__("inspect").signature(spec.factory).parameters:
@@ -191,6 +322,7 @@ def budget_rows(preset: str, n: int) -> list[dict[str, Any]]:
             traffic = collective_traffic(hlo, n)
             total = sum(b for _, b in traffic.values())
             steady = sum(b for _, b in collective_traffic(outside_cond(hlo), n).values())
+            floor = floor_pmat(name, tx, params, n, p_mat)
             rows.append(
                 {
                     "method": name if strategy is None else f"{name} ({strategy})",
@@ -198,6 +330,7 @@ def budget_rows(preset: str, n: int) -> list[dict[str, Any]]:
                     "mb": total / 2**20,
                     "x_pmat": total / p_mat,
                     "x_pmat_steady": steady / p_mat,
+                    "floor": floor,
                 }
             )
     return rows, p_mat
@@ -207,20 +340,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="small", choices=sorted(_trees.PRESETS))
     parser.add_argument("--devices", type=int, default=8)
+    parser.add_argument(
+        "--optimizers", default=",".join(METHODS), help="comma-separated registry names"
+    )
     args = parser.parse_args()
-    rows, p_mat = budget_rows(args.preset, args.devices)
+    rows, p_mat = budget_rows(args.preset, args.devices, tuple(args.optimizers.split(",")))
     n = args.devices
     print(
         f"FSDP over {n} devices, preset {args.preset!r} (scanned): P_mat = {p_mat / 2**20:.2f} MB;"
         f" Muon floor {2 * (n - 1) / n**2:.3f} P_mat (FSDP), {(n - 1) / n:.3f} P_mat (ZeRO-1)"
     )
-    print("| method (strategy) | collectives | received MB/device | × P_mat | outside cond |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print(
+        "| method (strategy) | collectives | received MB/device | × P_mat | outside cond "
+        "| floor (outside cond) | measured / floor |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         counts = ", ".join(f"{k} {c}" for c, k in r["counts"].items()) or "none"
+        floor, ratio = "—", "—"
+        if r["floor"] is not None:
+            total, steady = r["floor"]
+            floor = f"{total:.3f} ({steady:.3f})"
+            if total > 0:
+                ratio = f"{r['x_pmat'] / total:.2f}"
+                if steady > 0:
+                    ratio += f" ({r['x_pmat_steady'] / steady:.2f})"
         print(
             f"| {r['method']} | {counts} | {r['mb']:.2f} | {r['x_pmat']:.3f} "
-            f"| {r['x_pmat_steady']:.3f} |"
+            f"| {r['x_pmat_steady']:.3f} | {floor} | {ratio} |"
         )
 
 

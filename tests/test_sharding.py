@@ -1,5 +1,7 @@
 """Tests for optx._src.sharding (8 virtual CPU devices from conftest)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,3 +143,91 @@ def test_parameter_sized_state_is_spread_over_every_device(name) -> None:
         for s, sh in zip(jax.tree.leaves(s_got), jax.tree.leaves(shardings)):
             assert s.sharding.is_equivalent_to(sh, s.ndim), (name, s.shape, s.sharding)
         want, got = (want[0], s_want), (got[0], s_got)
+
+
+# Communication under FSDP (issue 16 §3): the collectives of one compiled update on a
+# row-sharded matrix, by kind and result size. benchmarks/comm_budget.py has the figures.
+_COLLECTIVE_LINE = re.compile(
+    r"= (.*?) (all-gather|all-reduce|reduce-scatter|all-to-all)(?:-start)?\("
+)
+
+
+def _collectives(tx: optax.GradientTransformation, shape: tuple[int, int]) -> list[tuple[str, int]]:
+    """``[(kind, largest result entry count)]`` of ``tx.update`` on a ``shape`` kernel
+    whose rows are sharded over 8 devices (Explicit axes), compiled once."""
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    sh = {"dense": {"kernel": NamedSharding(mesh, P("x", None))}}
+    params = {
+        "dense": {
+            "kernel": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sh["dense"]["kernel"])
+        }
+    }
+    state_sh = optx.sharding.state_shardings(tx, params)
+    state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        jax.eval_shape(tx.init, params),
+        state_sh,
+    )
+    step = jax.jit(lambda g, s: tx.update(g, s, g), out_shardings=(sh, state_sh))
+    out = []
+    for line in step.lower(params, state).compile().as_text().splitlines():
+        m = _COLLECTIVE_LINE.search(line)
+        if m:
+            sizes = [np.prod([int(d) for d in dims.split(",") if d])
+                     for dims in re.findall(r"\[([0-9,]*)\]", m.group(1))]  # fmt: skip
+            out.append((m.group(2), int(max(sizes, default=0))))
+    return out
+
+
+@pytest.mark.xdist_group("soap")
+def test_soap_refresh_gathers_each_factor_once() -> None:
+    """SOAP on a 32 × 4 row-sharded kernel: the eigh / QR refresh runs on whole factors
+    gathered once (the 32² factor and its basis: two gathers; a third gathers the basis
+    for the step's rotation), never on a partitioned program that all-reduces 32²
+    intermediates. The step's rotation of the gradient along its sharded rows is
+    reduce-scattered (not all-reduced)."""
+    got = _collectives(optx.soap(0.01), (32, 4))
+    big = [k for k, n in got if n >= 32 * 32]
+    assert big.count("all-gather") <= 3 and "all-reduce" not in big, got
+    assert ("reduce-scatter", 32 * 4 // 8) in got and ("all-reduce", 32 * 4) not in got, got
+
+
+@pytest.mark.xdist_group("cosmos")
+def test_cosmos_first_eigh_gathers_the_gradient_not_the_gram() -> None:
+    """COSMOS's first step takes the eigh of the 64² Gram of a 64 × 8 row-sharded
+    gradient: the gradient (64 × 8) is gathered, no Gram-sized array is moved."""
+    got = _collectives(optx.cosmos(0.01, rank=2), (64, 8))
+    assert not [k for k, n in got if n >= 64 * 64], got
+    assert any(k == "all-gather" and n == 64 * 8 for k, n in got), got
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(n))
+                                  for n in ("galore", "apollo", "dct_adamw")])  # fmt: skip
+def test_projection_reduce_scatters_the_projected_gradient(name: str) -> None:
+    """A 32 × 64 row-sharded gradient projected on its (sharded) fan-in, rank 8: each
+    device projects its rows and the sum is reduce-scattered onto the rank axis (the
+    projected state's sharding), not all-reduced whole and sliced."""
+    spec = optx.get_optimizer(name)
+    got = _collectives(spec.build(**{**spec.test_overrides, "rank": 8}), (32, 64))
+    assert ("reduce-scatter", 8 // 8 * 64) in got, got
+    assert ("all-reduce", 8 * 64) not in got, got
+
+
+@pytest.mark.xdist_group("lipschitz_muon")
+def test_lipschitz_muon_batched_projects_fsdp_matrices_through_all_to_alls() -> None:
+    """strategy='batched': the weight projection (spectral soft cap) of a row-sharded
+    matrix goes through two all-to-alls like Newton–Schulz (four in all, no gather of the
+    whole matrix), with the numbers of the default strategy."""
+    tx_b = optx.lipschitz_muon(0.01, strategy="batched")
+    got = _collectives(tx_b, (16, 16))
+    assert [k for k, _ in got].count("all-to-all") >= 4, got
+    assert not [n for k, n in got if k == "all-gather" and n >= 16 * 16], got
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    w = {"dense": {"kernel": jax.random.normal(jax.random.key(0), (16, 16))}}
+    w = jax.device_put(w, NamedSharding(mesh, P("x", None)))
+    g = jax.tree.map(lambda x: x**3, w)
+    outs = [jax.jit(tx.update)(g, tx.init(w), w)[0] for tx in (tx_b, optx.lipschitz_muon(0.01))]
+    np.testing.assert_allclose(
+        np.asarray(outs[0]["dense"]["kernel"]), np.asarray(outs[1]["dense"]["kernel"]),
+        rtol=1e-5, atol=1e-7,
+    )  # fmt: skip

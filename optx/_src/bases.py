@@ -254,6 +254,38 @@ def rotate(x: jax.Array, bases: Sequence[Any], num_batch: int) -> jax.Array:
     return x
 
 
+def rotate_scattered(
+    x: jax.Array, bases: Sequence[Any], num_batch: int, specs: Sequence[Any] | None
+) -> jax.Array:
+    """:func:`rotate`, with the product along a sharded mode reduce-scattered.
+
+    ``specs`` (inside ``auto_axes`` on an Explicit mesh): the mesh axes of ``x``'s
+    modes. When exactly one rotated mode is sharded, its basis is sharded on its
+    first axis the same way (:func:`factor_zeros`), so each device multiplies its
+    slice of the mode by its rows of ``Q`` and the partial products are summed and
+    scattered back onto that mode (``psum_scatter``: the compiler alone
+    all-reduces the whole product and slices it). Plain :func:`rotate`
+    otherwise; the same numbers up to the summation order."""
+    mesh = jax.sharding.get_abstract_mesh()
+    sharded = [] if specs is None else [i for i, e in enumerate(specs) if e is not None]
+    if mesh.empty or len(sharded) != 1 or not _is_basis(bases[sharded[0]]):
+        return rotate(x, bases, num_batch)
+    i = sharded[0]
+    axis = specs[i]
+    x_spec = PartitionSpec(*(None,) * num_batch, *specs)
+    q_spec = PartitionSpec(*(None,) * num_batch, axis, None)
+    q = bases[i].astype(x.dtype)
+
+    def local(xl: jax.Array, ql: jax.Array) -> jax.Array:
+        partial = mode_product(xl, ql, i, num_batch, into_basis=True)
+        return jax.lax.psum_scatter(partial, axis, scatter_dimension=num_batch + i, tiled=True)
+
+    x = jax.shard_map(
+        local, mesh=mesh, in_specs=(x_spec, q_spec), out_specs=x_spec, check_vma=False
+    )(x, q)
+    return rotate(x, [q if j != i else None for j, q in enumerate(bases)], num_batch)
+
+
 def rotate_back(x: jax.Array, bases: Sequence[Any], num_batch: int) -> jax.Array:
     """``x ×_i Q_i`` for every mode with a basis: the inverse of :func:`rotate`."""
     for i, q in enumerate(bases):
@@ -765,19 +797,71 @@ def _by_shape(
     return out
 
 
+def on_every_device(
+    fn: Callable[..., Any], *args: Any, local: bool = True, specs: Sequence[Any] | None = None
+) -> Any:
+    """``fn(*args)`` computed whole on every device of the mesh in context
+    (inside :func:`call_keeping_shardings`'s ``auto_axes``; ``local``: the
+    caller's arrays are on an Explicit mesh): the inputs are gathered once and
+    nothing inside ``fn`` is partitioned. Plain ``fn(*args)`` otherwise (no
+    mesh, or Auto axes, where the compiler partitions the single-device code).
+
+    ``specs`` (one ``PartitionSpec`` or None per argument) says how each input
+    arrives: it is then gathered inside this call (inside a ``lax.cond`` branch,
+    not hoisted before it). Without, inputs arrive replicated.
+
+    Eigh and QR of a row-sharded factor otherwise compile to a partitioned
+    program whose intermediate products are all-reduced whole (several
+    factor-sized collectives per factor); one all-gather of each input and
+    local math moves the least (the results are resharded by slicing)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not local:
+        return fn(*args)
+    in_specs = tuple(
+        PartitionSpec() if specs is None or specs[i] is None else specs[i] for i in range(len(args))
+    )
+
+    def body(*xs: Any) -> Any:
+        whole = []
+        for x, spec in zip(xs, in_specs, strict=True):
+            for axis, entry in enumerate(spec):
+                if entry is not None:
+                    x = jax.lax.all_gather(x, entry, axis=axis, tiled=True)
+            whole.append(x)
+        return fn(*whole)
+
+    return jax.shard_map(
+        body, mesh=mesh, in_specs=in_specs, out_specs=PartitionSpec(), check_vma=False
+    )(*args)
+
+
+def mode_specs(x: Any, view: ModeView) -> tuple[Any, ...] | None:
+    """The mesh axes of ``x``'s mode axes in ``view`` (``batch + modes``, the
+    batch axes unsharded; a merged mode unsharded), or None off an Explicit mesh."""
+    spec = sharding.spec_of(x)
+    if spec is None or not view.modes:
+        return None
+    entries = tuple(spec) + (None,) * (len(view.shape) - len(spec))
+    if any(entries[a] is not None for a in view.batch_axes):
+        return None  # a sharded batch axis: the stack's view has another layout
+    return tuple(entries[m[0]] if len(m) == 1 else None for m in view.modes)
+
+
 def _soap_groups(
-    views: Sequence[ModeView], leaves: Sequence[Any]
+    views: Sequence[ModeView], leaves: Sequence[Any], specs: Sequence[Any] | None = None
 ) -> list[tuple[ModeView, list[int]]]:
-    """Leaves whose modes, rotation flags and dtypes agree, as ``(view, members)``:
-    ``view`` is the stack's (one batch axis, one axis per mode). A leaf without
-    modes (element-wise Adam, normalized as a whole) keeps its own view, alone."""
+    """Leaves whose modes, rotation flags, dtypes (and mode shardings ``specs``)
+    agree, as ``(view, members)``: ``view`` is the stack's (one batch axis, one
+    axis per mode). A leaf without modes (element-wise Adam, normalized as a
+    whole) keeps its own view, alone."""
     groups: dict[Any, list[int]] = {}
     for e, (view, (g, mu, nu, fs, qs)) in enumerate(zip(views, leaves, strict=True)):
         if not view.modes:
             groups[("leaf", e)] = [e]
             continue
         dts = tuple(jnp.dtype(x.dtype) if _is_basis(x) else None for x in (g, mu, nu, *fs, *qs))
-        groups.setdefault((view.mode_dims, view.rotated, dts), []).append(e)
+        spec = None if specs is None else specs[e]
+        groups.setdefault((view.mode_dims, view.rotated, dts, spec), []).append(e)
     out = []
     for key, members in groups.items():
         view = views[members[0]]
@@ -806,15 +890,25 @@ def _unstacked(x: jax.Array, batches: Sequence[tuple[int, ...]], tail: int) -> l
 
 
 def _soap_tree_update(
-    views: Sequence[ModeView], leaves: Sequence[Any], s: dict[str, jax.Array], normalize: bool
+    views: Sequence[ModeView],
+    leaves: Sequence[Any],
+    s: dict[str, jax.Array],
+    normalize: bool,
+    explicit: bool = False,
+    leaf_specs: Sequence[Any] | None = None,
 ) -> list[Any]:
     """SOAP's update of every leaf (``(g, mu, nu, factors, bases)`` per leaf, in
     ``views`` order) as one program: leaves with the same modes are stacked on one
     batch axis (:func:`_soap_groups`), the first call's eigh and the refresh's power
     QR share one ``lax.cond`` for the whole tree with one eigh / QR per distinct
-    factor shape (:func:`soap_basis_update`). The math per matrix is unchanged."""
+    factor shape (:func:`soap_basis_update`). The math per matrix is unchanged.
+    ``explicit`` (arrays on an Explicit mesh): the basis updates run whole on
+    every device (:func:`on_every_device`), one gather of each factor and basis
+    per refresh; ``leaf_specs`` (per leaf, :func:`mode_specs`): the gradient's rotation
+    along a sharded mode is reduce-scattered (:func:`rotate_scattered`)."""
     first = s["count"] == 0
-    groups = _soap_groups(views, leaves)
+    leaf_specs = [None] * len(leaves) if leaf_specs is None else leaf_specs
+    groups = _soap_groups(views, leaves, leaf_specs if explicit else None)
     stepped = []  # per group: (direction, m, v, new factors, factor inputs of the basis update)
     for view, members in groups:
         nb, k = view.num_batch, len(view.modes)
@@ -839,7 +933,10 @@ def _soap_tree_update(
                 for i in range(k)
             )
         sl = _in_dtype(s, G.dtype)
-        rot_g = drop_roundoff(rotate(G, qs, nb), rot, nb)
+        specs = None
+        if explicit and all(leaf_specs[e] == leaf_specs[members[0]] for e in members):
+            specs = leaf_specs[members[0]]
+        rot_g = drop_roundoff(rotate_scattered(G, qs, nb, specs), rot, nb)
         m = sl["b1"] * mu + sl["one_minus_b1"] * rot_g
         v = sl["b2"] * nu + sl["one_minus_b2"] * jnp.square(rot_g)
         direction = rotate_back(m / (jnp.sqrt(v) + sl["eps"]), qs, nb)
@@ -864,7 +961,9 @@ def _soap_tree_update(
             for i, f in stepped[j][4].items():
                 entries.append((view.batch_shape, (f, _f32(qss[j][i]))))
                 where.append((j, i))
-        results = _by_shape(lambda f, q: soap_basis_update(f, q, first), entries)
+        results = _by_shape(
+            lambda f, q: on_every_device(soap_basis_update, f, q, first, local=explicit), entries
+        )
         ms, vs, new_qss = list(ms), list(vs), [list(qs) for qs in qss]
         for j, (view, _) in enumerate(groups):
             if stepped[j][4]:
@@ -1181,8 +1280,12 @@ def scale_by_soap(
             per_leaf.append((flat[j][1], columns[0][j], columns[1][j], fs, qs))
         # One program for the whole tree: same-shape factors share one eigh / QR
         # (``_by_shape``), and the first-call and refresh branches are one lax.cond each.
+        explicit = any(sharding.spec_of(x) is not None for x in jax.tree.leaves(per_leaf))
+        leaf_specs = [mode_specs(arrays[0], v) for arrays, v in zip(per_leaf, views, strict=True)]
         new = call_keeping_shardings(
-            lambda arrays, s: _soap_tree_update(views, arrays, s, normalize_grads),
+            lambda arrays, s: _soap_tree_update(
+                views, arrays, s, normalize_grads, explicit, leaf_specs
+            ),
             per_leaf,
             scalars,
         )
@@ -1402,17 +1505,22 @@ def scale_by_conda(
 
 
 def map_stacked(
-    fn: Callable[[ModeView, Any], Sequence[jax.Array]],
+    fn: Callable[..., Sequence[jax.Array]],
     views: Sequence[ModeView],
     leaves: Sequence[Sequence[jax.Array]],
     leaf_shaped: int = 1,
+    out_leaf_shaped: int | None = None,
+    keys: Sequence[Any] | None = None,
 ) -> list[tuple[jax.Array, ...]]:
     """``fn(view, arrays)`` per leaf, one call per group of same-shape leaves.
 
     ``leaves[e]`` is a tuple of arrays of a two-mode leaf with view ``views[e]``:
     the first ``leaf_shaped`` have the leaf's shape, the others are
     ``batch + (a, b)`` state. ``fn`` must treat every matrix of its batch
-    independently and return arrays of the same kinds in the same order. Leaves
+    independently and return arrays of the same kinds in the same order (or, with
+    ``out_leaf_shaped``, that many leaf-shaped arrays first, then state). With
+    ``keys`` (one hashable per leaf), only leaves with equal keys are stacked and
+    ``fn`` is called as ``fn(view, arrays, key)``. Leaves
     with equal mode sizes, state shapes and dtypes are stacked on one batch axis
     (``fn`` sees the stack's view), so the program grows with the number of
     distinct shapes, not of leaves.
@@ -1420,11 +1528,18 @@ def map_stacked(
     groups: dict[Any, list[int]] = {}
     for e, (view, arrays) in enumerate(zip(views, leaves, strict=True)):
         tails = tuple(a.shape[view.num_batch :] for a in arrays[leaf_shaped:])
-        groups.setdefault((view.mode_dims, tails, tuple(a.dtype for a in arrays)), []).append(e)
+        key = None if keys is None else keys[e]
+        groups.setdefault((view.mode_dims, tails, tuple(a.dtype for a in arrays), key), []).append(
+            e
+        )
+
+    def call(view: ModeView, arrays: Any, e: int) -> Any:
+        return fn(view, arrays) if keys is None else fn(view, arrays, keys[e])  # type: ignore[call-arg]
+
     out: list[Any] = [None] * len(leaves)
     for members in groups.values():
         if len(members) == 1:
-            out[members[0]] = tuple(fn(views[members[0]], leaves[members[0]]))
+            out[members[0]] = tuple(call(views[members[0]], leaves[members[0]], members[0]))
             continue
         n = sum(math.prod(views[e].batch_shape) for e in members)
         view = ModeView((n, *views[members[0]].mode_dims), (0,), ((1,), (2,)), (True, True))
@@ -1434,11 +1549,12 @@ def map_stacked(
             if a < leaf_shaped:
                 xs = [to_modes(x, views[e]) for x, e in zip(xs, members, strict=True)]
             stacked.append(_stacked(xs, 2))
-        res = fn(view, tuple(stacked))
+        res = call(view, tuple(stacked), members[0])
         parts = [_unstacked(x, [views[e].batch_shape for e in members], 2) for x in res]
+        shaped = leaf_shaped if out_leaf_shaped is None else out_leaf_shaped
         for i, e in enumerate(members):
             out[e] = tuple(
-                from_modes(p[i], views[e]) if a < leaf_shaped else p[i] for a, p in enumerate(parts)
+                from_modes(p[i], views[e]) if a < shaped else p[i] for a, p in enumerate(parts)
             )
     return out
 
@@ -1587,6 +1703,7 @@ def scale_by_cosmos(
     nu_dtype = _check_dtype_arg("nu_dtype", nu_dtype)
     precond_dtype = _check_dtype_arg("precond_dtype", precond_dtype)
     view_of = rotation_view_fn(layout)
+    resolve = layouts.resolved_layout_fn(layout)
 
     def init_fn(params: base.Params) -> ScaleByCosmosState:
         base.check_real_params(params, "optx.scale_by_cosmos")  # real-only math (docstring)
@@ -1623,9 +1740,10 @@ def scale_by_cosmos(
             nu=jax.tree_util.tree_map_with_path(leaf("nu"), params),
         )
 
-    def leaf_update(view: ModeView) -> Callable[[Any, Any], Any]:
+    def leaf_update(
+        view: ModeView, spec: tuple[Any, ...] | None, split: bool = False
+    ) -> Callable[[Any, Any], Any]:
         r = cosmos_rank(view, rank)
-        n, m = view.mode_dims
 
         def fn(arrays: Any, s: dict[str, jax.Array]) -> Any:
             g, mu, p, sm, v = arrays
@@ -1633,9 +1751,24 @@ def scale_by_cosmos(
             s = _in_dtype(s, X.dtype)
             b1_, b2_, omb2 = s["b1"], s["b2"], s["one_minus_b2"]
             M = b1_ * to_modes(_f32(mu), view) + X
+            # The first step's eigh runs whole on every device from one gather of
+            # X (n × m) inside the branch, not of the n × n Gram (on_every_device).
+            x_spec = None
+            if spec is not None:
+                x_spec = PartitionSpec(*(None,) * view.num_batch, *spec)
+                X = jax.lax.with_sharding_constraint(
+                    X, jax.sharding.NamedSharding(jax.sharding.get_abstract_mesh(), x_spec)
+                )
             new_p, new_s, c = jax.lax.cond(
                 s["first"],
-                lambda ops: subspace_init(ops[0], r, b2_, omb2),
+                lambda ops: on_every_device(
+                    lambda x, b, o: subspace_init(x, r, b, o),
+                    ops[0],
+                    b2_,
+                    omb2,
+                    local=x_spec is not None,
+                    specs=(x_spec, None, None),
+                ),
                 lambda ops: subspace_power_step(ops[1], ops[2], ops[0], b2_, omb2),
                 (X, _f32(p), _f32(sm)),
             )
@@ -1646,21 +1779,76 @@ def scale_by_cosmos(
                 g_hat = X / s["c1"]
             coeff, residual = subspace_split(g_hat, new_p)
             adam = new_p @ (coeff / (jnp.sqrt(new_v) / jnp.sqrt(s["bc2"]) + s["eps"]))
-            ortho = orthogonalization.newton_schulz(
-                residual, ns_coeffs, ns_steps, compute_dtype=ns_dtype
-            )
-            ortho_norm = jnp.sqrt(jnp.sum(jnp.square(ortho), axis=(-2, -1), keepdims=True))
-            ortho = math.sqrt(n * m) * ortho / (ortho_norm + s["eps"])
-            direction = adam + s["gamma"] * ortho
-            return (
-                from_modes(direction, view).astype(g.dtype),
+            states = (
                 from_modes(M, view).astype(mu.dtype),
                 new_p.astype(p.dtype),
                 new_s.astype(sm.dtype),
                 new_v.astype(v.dtype),
             )
+            if split:  # Newton–Schulz runs on the leaves, through the FSDP all-to-alls
+                return (from_modes(adam, view), from_modes(residual, view), *states)
+            ortho = orthogonalization.newton_schulz(
+                residual, ns_coeffs, ns_steps, compute_dtype=ns_dtype
+            )
+            return (from_modes(combined(adam, ortho, s), view).astype(g.dtype), *states)
 
         return fn
+
+    def combined(adam: jax.Array, ortho: jax.Array, s: dict[str, jax.Array]) -> jax.Array:
+        """``adam + γ √(nm) O / (‖O‖_F + ε)`` per matrix of a ``batch + (n, m)`` stack."""
+        n, m = ortho.shape[-2:]
+        ortho_norm = jnp.sqrt(jnp.sum(jnp.square(ortho), axis=(-2, -1), keepdims=True))
+        ortho = math.sqrt(n * m) * ortho / (ortho_norm + s["eps"])
+        return adam + s["gamma"] * ortho
+
+    def orthogonalized_leaves(
+        views: Sequence[ModeView], lays: Sequence[Any], per_leaf: Any, scalars: Any, specs: Any
+    ) -> list[Any]:
+        """Explicit FSDP meshes: the subspace step per stack (``auto_axes``), Newton–Schulz
+        of the residuals on the leaves (:func:`optx._src.orthogonalization.orthogonalize_leaves`:
+        FSDP groups one matrix per device through two all-to-alls, not gathered), then
+        the combination per leaf. The numbers of the one-program path up to round-off."""
+        out_specs = [
+            (spec_g, spec_g, *(sharding.spec_or_replicated(a) for a in arrays[1:]))
+            for arrays in per_leaf
+            for spec_g in [sharding.spec_or_replicated(arrays[0])]
+        ]
+        first = sharding.call_with_out_specs(
+            lambda arrays, s: map_stacked(
+                lambda v, a, k: leaf_update(v, k, split=True)(a, s),
+                views,
+                arrays,
+                2,
+                out_leaf_shaped=3,
+                keys=specs,
+            ),
+            (per_leaf, scalars),
+            out_specs,
+        )
+        orthos = orthogonalization.orthogonalize_leaves(
+            [(res, lay) for (_, res, *_), lay in zip(first, lays, strict=True)],
+            ns_coeffs,
+            ns_steps,
+            compute_dtype=ns_dtype,
+        )
+        out = []
+        for arrays, (adam, _, *states), ortho, view in zip(
+            per_leaf, first, orthos, views, strict=True
+        ):
+            g = arrays[0]
+
+            def finish(
+                adam: jax.Array, ortho: jax.Array, s: Any, g: Any = g, view: Any = view
+            ) -> Any:
+                s = _in_dtype(s, adam.dtype)
+                d = combined(to_modes(adam, view), to_modes(ortho.astype(adam.dtype), view), s)
+                return from_modes(d, view).astype(g.dtype)
+
+            u = sharding.call_with_out_specs(
+                finish, (adam, ortho, scalars), sharding.spec_or_replicated(g)
+            )
+            out.append((u, *states))
+        return out
 
     def update_fn(
         updates: base.Updates,
@@ -1694,11 +1882,20 @@ def scale_by_cosmos(
                 views.append(view)
         per_leaf = [tuple(col[j] for col in out) for j in live]
         # Same-shape matrices are stacked and go through one program (map_stacked).
-        new = call_keeping_shardings(
-            lambda arrays, s: map_stacked(lambda v, a: leaf_update(v)(a, s), views, arrays, 2),
-            per_leaf,
-            scalars,
-        )
+        # On an Explicit mesh, leaves are stacked where their modes' mesh axes agree too.
+        specs = [mode_specs(arrays[0], view) for view, arrays in zip(views, per_leaf, strict=True)]
+        specs = [None if ms is None or ms == (None,) * len(ms) else ms for ms in specs]
+        if any(sharding.is_sharded(arrays[0]) for arrays in per_leaf):
+            lays = [resolve(base.path_to_str(flat[j][0]), flat[j][1]) for j in live]
+            new = orthogonalized_leaves(views, lays, per_leaf, scalars, specs)
+        else:
+            new = call_keeping_shardings(
+                lambda arrays, s: map_stacked(
+                    lambda v, a: leaf_update(v, None)(a, s), views, arrays, 2
+                ),
+                per_leaf,
+                scalars,
+            )
         for j, arrays in zip(live, new, strict=True):
             for col, x in zip(out, arrays, strict=True):
                 col[j] = x

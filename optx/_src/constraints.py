@@ -309,8 +309,10 @@ def spectral_projection(
       strategy: ``'auto'`` runs projections without power iteration on
         FSDP-sharded matrices one per device through two all-to-alls (as
         :func:`optx.scale_by_newton_schulz`), on other sharded leaves through
-        :func:`optx.sharding.apply_matrix_fn`; sharded leaves that power-iterate are
-        gathered (replicated) for the per-matrix work either way.
+        :func:`optx.sharding.apply_matrix_fn`; ``'batched'`` sends every FSDP group
+        through the all-to-alls (even a group of one matrix, as Newton–Schulz's
+        ``'batched'``); sharded leaves that power-iterate are gathered (replicated)
+        for the per-matrix work either way.
 
     Raises:
       ValueError: at ``update`` when ``params`` is not given.
@@ -411,7 +413,8 @@ def spectral_projection(
 
         def project_tree(updates: Any, params: Any) -> Any:
             """Without power iteration: FSDP-sharded matrices one per device (two
-            all-to-alls, as Newton–Schulz's ``'auto'``), the others per leaf."""
+            all-to-alls, as Newton–Schulz's ``'auto'`` / ``'batched'``), the others
+            per leaf."""
             flat, treedef = jax.tree_util.tree_flatten_with_path(
                 updates, is_leaf=base.is_leaf_or_none
             )
@@ -441,7 +444,9 @@ def spectral_projection(
 
             outs: list[Any] = [None] * len(todo)
             targets = [(w_c + u.astype(w_c.dtype), lay) for _, u, w_c, lay in todo]
-            fsdp = orthogonalization.map_fsdp_matrices(targets, fn_for, outs, key=key)
+            fsdp = orthogonalization.map_fsdp_matrices(
+                targets, fn_for, outs, key=key, always=strategy == "batched"
+            )
             leaves = [u for _, u in flat]
             for j, (k, u, w_c, lay) in enumerate(todo):
                 if outs[j] is not None:
@@ -462,7 +467,7 @@ def spectral_projection(
             )
             new_updates, new_vectors = base.unzip_tree(updates, out)
         else:
-            if strategy == "auto":
+            if strategy in ("auto", "batched"):
                 new_updates = project_tree(updates, params)
             else:
                 new_updates = layouts.map_matrix_leaves(

@@ -328,6 +328,51 @@ def project_back(
     return jnp.einsum("bir,bdr->bid", r, p)
 
 
+def project_scattered(
+    x: jax.Array,
+    projector: jax.Array,
+    *,
+    projection: Any,
+    axis: str,
+    x_spec: PartitionSpec | None,
+    r_spec: PartitionSpec | None,
+) -> jax.Array:
+    """:func:`project` with the contraction over a sharded matrix axis reduce-scattered.
+
+    Inside ``auto_axes`` on an FSDP mesh: when the contracted axis of ``x``
+    (its fan-in for ``axis='in'``, fan-out for ``'out'``) is sharded (``x_spec``)
+    and the projected matrix's spec ``r_spec`` puts the same mesh axes on its
+    rank axis, each device projects its rows of ``x`` with its rows of the
+    projector and the partial products are summed and scattered onto the rank
+    axis at once (``psum_scatter``), the reduce-scatter the compiler does not
+    emit by itself (it all-reduces the whole projected matrix, then slices).
+    Elsewhere (index projections gather rows; other layouts) plain
+    :func:`project`. Same numbers up to the summation order.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if x_spec is None or r_spec is None or mesh.empty or projection == "coordinate" or x.ndim != 3:
+        return project(x, projector, projection=projection, axis=axis)
+    sb, si, so = x_spec
+    contracted, rank_axis = (si, 1) if axis == "in" else (so, 2)
+    expected = (sb, contracted, so) if axis == "in" else (sb, si, contracted)
+    if contracted is None or (*r_spec, None, None, None)[:3] != expected:
+        return project(x, projector, projection=projection, axis=axis)
+    d = x.shape[1] if axis == "in" else x.shape[2]
+    dense = _dense(projector, projection, d, x.dtype)
+
+    def local(xl: jax.Array, pl: jax.Array) -> jax.Array:
+        partial = project(xl, pl, projection="dense", axis=axis)
+        return jax.lax.psum_scatter(partial, contracted, scatter_dimension=rank_axis, tiled=True)
+
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(PartitionSpec(sb, si, so), PartitionSpec(sb, contracted, None)),
+        out_specs=PartitionSpec(*expected),
+        check_vma=False,
+    )(x, dense)
+
+
 def residual(x: jax.Array, projector: jax.Array, *, projection: Any, axis: str) -> jax.Array:
     """``X − back(project(X))``: the part of ``X`` outside the subspace."""
     r = project(x, projector, projection=projection, axis=axis)
@@ -494,6 +539,8 @@ def _projected_transform(
             if not store_projector:
                 return regenerate(g, lay, geo, key, p_spec, r_spec)
 
+            x_spec = sharding.matrix_view_specs(g, lay)
+
             def fn(g: jax.Array, proj: jax.Array, key: Any, refresh: jax.Array) -> Any:
                 x = layouts.to_matrices(g, lay).astype(base.compute_dtype(g.dtype))
 
@@ -516,7 +563,14 @@ def _projected_transform(
                     return new.astype(proj.dtype), new_key
 
                 new_proj, new_key = jax.lax.cond(refresh, fresh, lambda _: (proj, key), None)
-                r = project(x, new_proj, projection=projection, axis=geo.axis)
+                r = project_scattered(
+                    x,
+                    new_proj,
+                    projection=projection,
+                    axis=geo.axis,
+                    x_spec=None if x_spec is None else PartitionSpec(*x_spec),
+                    r_spec=r_spec,
+                )
                 return r.astype(g.dtype), new_proj, new_key
 
             key_arg = key if has_key else jnp.zeros((0,), jnp.uint32)
