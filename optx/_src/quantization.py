@@ -209,44 +209,47 @@ def _code_table(signed: bool) -> np.ndarray:
 
 
 @functools.cache
-def _split_tables(signed: bool) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_code_table` split in two: the full ``uint32`` threshold of each
-    bucket, and its first code (``int32``)."""
+def _carry_table(signed: bool) -> np.ndarray:
+    """:func:`_code_table` with each entry rewritten as ``first << 15 |
+    (0x7fff − low)``: adding the low 15 bits of ``|y|`` carries into bit 15
+    exactly when they exceed the threshold's, so ``(entry + low) >> 15`` is
+    the code (one lookup, its result used once)."""
     table = _code_table(signed)
-    buckets = np.arange(_FIRST_BUCKET, _LAST_BUCKET + 1, dtype=np.uint32)
-    if signed:
-        buckets = np.concatenate([buckets, buckets])
     low_mask = (1 << _BUCKET_SHIFT) - 1
-    thresholds = ((buckets << np.uint32(_BUCKET_SHIFT)) | (table & low_mask)).astype(np.uint32)
-    firsts = (table >> _BUCKET_SHIFT).astype(np.int32)
-    for t in (thresholds, firsts):
-        t.setflags(write=False)
-    return thresholds, firsts
+    first = (table >> _BUCKET_SHIFT) << _BUCKET_SHIFT
+    out = (first + (low_mask - (table & low_mask))).astype(np.uint32)
+    out.setflags(write=False)
+    return out
 
 
 def _nearest_code(y: jax.Array, signed: bool) -> jax.Array:
     """The code of ``y ∈ [−1, 1]`` (``[0, 1]`` unsigned) under optx's rule (int32).
 
     The rule: ``argmin_k fl(|y − map[k]|)``, float32 distances, ties to the
-    lower code index (bitsandbytes' CPU comparison). Computed exactly with
-    lookups in small tables instead of a search: the bucket of ``|y|``'s
+    lower code index (bitsandbytes' CPU comparison). Computed exactly with one
+    lookup in a small table instead of a search: the bucket of ``|y|``'s
     float32 bit pattern gives the candidate code and the single decision
     threshold inside the bucket, precomputed from the map in NumPy
-    (:func:`_code_table`); ``code = candidate + (|y| > threshold)``. The two
-    are read from two tables, each once, so that XLA fuses both lookups into
-    the coding loop (one packed table is read twice and written out first).
+    (:func:`_code_table`); ``code = candidate + (|y| > threshold)``, evaluated
+    as one add and shift (:func:`_carry_table`), so that XLA fuses the lookup
+    into the coding loop (an entry unpacked twice is written out first).
     """
-    thresholds, firsts = (jnp.asarray(t) for t in _split_tables(signed))
+    table = jnp.asarray(_carry_table(signed))
+    low_mask = (1 << _BUCKET_SHIFT) - 1
     n_buckets = _LAST_BUCKET - _FIRST_BUCKET + 1
     bits = jax.lax.bitcast_convert_type(jnp.abs(y), jnp.uint32)
-    bucket = jnp.clip(bits >> _BUCKET_SHIFT, _FIRST_BUCKET, _LAST_BUCKET)
-    idx = (bucket - _FIRST_BUCKET).astype(jnp.int32)
+    # Below the first bucket: its start (no threshold below); above the last
+    # (only NaN after clipping): its end (past the last code, clamped below).
+    bits = jnp.clip(
+        bits, _FIRST_BUCKET << _BUCKET_SHIFT, (_LAST_BUCKET << _BUCKET_SHIFT) | low_mask
+    )
+    idx = ((bits >> _BUCKET_SHIFT) - _FIRST_BUCKET).astype(jnp.int32)
     if signed:
         idx = idx + jnp.where(y < 0, n_buckets, 0)
-    above = bits > thresholds.at[idx].get(mode="promise_in_bounds")
-    k = firsts.at[idx].get(mode="promise_in_bounds") + above.astype(jnp.int32)
+    entry = table.at[idx].get(mode="promise_in_bounds")
+    k = ((entry + (bits & low_mask)) >> _BUCKET_SHIFT).astype(jnp.int32)
     if not signed:
-        return jnp.minimum(k, 255)  # NaN entries (a NaN block) land past the last code
+        return jnp.minimum(k, 255)  # NaN entries (a NaN block) land on the last code
     zero_code = 127  # [negatives (127) | 0 | positives (127) | 1.0]
     return jnp.where(y < 0, zero_code - jnp.minimum(k, 127), zero_code + jnp.minimum(k, 128))
 
