@@ -281,16 +281,24 @@ def _block_absmax(xs: Sequence[jax.Array], block_size: int) -> list[jax.Array]:
     library kernel that needs its input written out first), so the moments
     feeding it are recomputed in registers instead of stored.
     """
+    if len(xs) == 1:
+        # One array: max and min in one reduction (a one-operand reduce, or two
+        # identical operands, would be a plain max again); |max(max, −min)|.
+        blocks = _blocks(xs[0].astype(jnp.float32), block_size)
+        init = (jnp.array(-jnp.inf, jnp.float32), jnp.array(jnp.inf, jnp.float32))
+
+        def max_min(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+            return jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1])
+
+        hi, lo = jax.lax.reduce((blocks, blocks), init, max_min, (1,))
+        return [jnp.abs(jnp.maximum(hi, -lo))]
     blocks = [jnp.abs(_blocks(x.astype(jnp.float32), block_size)) for x in xs]
-    if len(blocks) == 1:
-        blocks = blocks * 2  # a one-operand reduce would be a plain max again
     init = tuple(jnp.array(-jnp.inf, jnp.float32) for _ in blocks)
 
     def maximum(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         return tuple(jnp.maximum(u, v) for u, v in zip(a, b))
 
-    out = jax.lax.reduce(tuple(blocks), init, maximum, (1,))
-    return list(out[: len(xs)])
+    return list(jax.lax.reduce(tuple(blocks), init, maximum, (1,)))
 
 
 def _encode(x: jax.Array, absmax: jax.Array, signed: bool, block_size: int) -> jax.Array:
