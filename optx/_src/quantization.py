@@ -438,9 +438,9 @@ def quantize_moments(
     behind an ``optimization_barrier``, so XLA does not merge them): once for
     the block maxima, once for the updates and once for the codes. XLA then
     recomputes the element-wise chain dequantize → update inside each of those
-    loops instead of writing the dequantized and new moments out (on CPU,
-    about 1.9× ``optax.adamw``'s step for 8-bit AdamW instead of 3.2–3.8×;
-    ``benchmarks/quantization_cost.py``). The numbers are those of one
+    loops instead of writing the dequantized and new moments out (on CPU, a
+    step of 8-bit AdamW costs 1.3–2.3 steps of ``optax.adamw`` instead of
+    2.8–4.8; see ``benchmarks/quantization_cost.py``). The numbers are those of one
     dequantize → update → quantize pass, up to the multiply-add contractions
     XLA:CPU chooses per fused loop (bit-identical with FMA disabled).
 
