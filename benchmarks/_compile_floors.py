@@ -588,3 +588,34 @@ def _cosmos(params: Any) -> list[FloorProgram]:
             )
         )
     return programs
+
+
+# ----------------------------------------------------------------------------
+# NorMuon (helper "compile", issue 17 §2). Replaces the Muon-family entry
+# registered above for "normuon": NorMuon's neuron-wise normalization is its
+# math, not overhead, so its floor is the Muon floor plus, per distinct matrix
+# shape, the row second-moment EMA (one reduction over fan-in), the division and
+# the Frobenius-norm restore (two reductions), in the same program as that
+# shape's Newton–Schulz.
+# ----------------------------------------------------------------------------
+
+
+@register("normuon")
+def _normuon(params: Any) -> list[FloorProgram]:
+    import jax.numpy as jnp
+
+    from optx._src import orthogonalization
+
+    def per_shape(x: jax.Array, v: jax.Array) -> Any:
+        o = orthogonalization.newton_schulz(x, "keller", 5)
+        v = 0.95 * v + 0.05 * jnp.mean(o * o, axis=1, keepdims=True)
+        y = o / (jnp.sqrt(v) + 1e-10)
+        norm = lambda a: jnp.sqrt(jnp.sum(a * a, axis=(1, 2), keepdims=True))  # noqa: E731
+        return y * (norm(o) / (norm(y) + 1e-10)), v
+
+    programs = [_adamw_step_program(params)]
+    shapes = {(lay.matrix_shape, dtype) for lay, dtype in _distinct_layouts(params)}
+    for (b, fi, fo), dtype in sorted(shapes, key=str):
+        args = (_spec((b, fi, fo), dtype), _spec((b, 1, fo), dtype))
+        programs.append(FloorProgram(f"NS + row RMS + norm restore {(b, fi, fo)}", per_shape, args))
+    return programs
