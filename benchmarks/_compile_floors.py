@@ -480,7 +480,7 @@ def _sgd_momentum_8bit(params: Any) -> list[FloorProgram]:
 
 
 @register("apollo")
-def _apollo(params: Any) -> list[FloorProgram]:
+def _apollo(params: Any, name: str = "apollo") -> list[FloorProgram]:
     import math
 
     import jax.numpy as jnp
@@ -488,7 +488,7 @@ def _apollo(params: Any) -> list[FloorProgram]:
 
     import optx
 
-    state = jax.eval_shape(optx.get_optimizer("apollo").build().init, params)
+    state = jax.eval_shape(optx.get_optimizer(name).build().init, params)
     shapes = [
         x.shape
         for path, x in jax.tree_util.tree_leaves_with_path(state)
@@ -619,3 +619,15 @@ def _normuon(params: Any) -> list[FloorProgram]:
         args = (_spec((b, fi, fo), dtype), _spec((b, 1, fo), dtype))
         programs.append(FloorProgram(f"NS + row RMS + norm restore {(b, fi, fo)}", per_shape, args))
     return programs
+
+
+@register("apollo_mini")
+def _apollo_mini(params: Any) -> list[FloorProgram]:
+    """APOLLO's floor with APOLLO-Mini's rank-1 projectors (same per-leaf key chain).
+
+    Measured (helper "compile"): replacing APOLLO's draws by a constant
+    projector (a callable ``projection``) cuts its compile by ~1.2 s CPU
+    unscanned (4.65x -> 3.48x optax.adamw) and ~0.9 s scanned (3.64x -> 2.48x),
+    so even a free draw leaves APOLLO above the 1.5x scanned target.
+    """
+    return _apollo(params, "apollo_mini")
