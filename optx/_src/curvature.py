@@ -133,8 +133,8 @@ def random_probes(key: jax.Array, tree: Any, distribution: str = "rademacher") -
     leaves (row-major, concatenated in ``jax.tree.leaves`` order) split back
     into the leaves: a single random-bits computation whatever the number of
     leaves, so compile time does not grow with the tree (a draw per leaf cost
-    ~300 HLO instructions each), kept out of the consumers' fusions by
-    :func:`materialized`.
+    ~300 HLO instructions each), kept out of the consumers' fusions by a
+    conditional (``materialized`` in ``optx/_src/curvature.py``): same bits.
     """
     base.check_choice("distribution", distribution, DISTRIBUTIONS)
     leaves, treedef = jax.tree.flatten(tree)
