@@ -71,6 +71,30 @@ def test_hutchinson_is_probe_times_hvp(distribution: str) -> None:
         np.testing.assert_allclose(_ravel(est_abs), np.abs(z * (hess @ z)), rtol=1e-10, atol=1e-12)
 
 
+def test_random_probes_are_the_plain_draw_bit_for_bit() -> None:
+    """The draw kept out of its consumers' fusions (``curvature.materialized``) has
+    the bits of one plain float32 draw over the flattened tree, for typed and raw
+    keys, and under ``vmap`` (where the cond becomes a select)."""
+    params, _, _ = _mlp()
+    total = sum(x.size for x in jax.tree.leaves(params))
+    key, keys = jax.random.key(3), jax.random.split(jax.random.key(4), 2)
+
+    @jax.jit
+    def probes(key, keys):
+        rp = optx.curvature.random_probes
+        return (
+            rp(key, params, "rademacher"),
+            rp(jax.random.key_data(key), params, "gaussian"),
+            jax.vmap(lambda k: rp(k, params, "gaussian"))(keys),
+        )
+
+    rad, gauss, batched = probes(key, keys)
+    np.testing.assert_array_equal(_ravel(rad), jax.random.rademacher(key, (total,), jnp.float32))
+    np.testing.assert_array_equal(_ravel(gauss), jax.random.normal(key, (total,), jnp.float32))
+    second = _ravel(jax.tree.map(lambda x: x[1], batched))
+    np.testing.assert_array_equal(second, jax.random.normal(keys[1], (total,), jnp.float32))
+
+
 def test_hutchinson_is_unbiased_on_mlp() -> None:
     """The mean of many probes approaches the exact Hessian diagonal."""
     with jax.enable_x64(True):
