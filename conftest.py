@@ -1,10 +1,10 @@
 """Suite resources for every test item, doctests in ``optx/`` included (issue 20,
-deliverable 9): compiled programs dropped per module and past a memory bound,
+deliverable 9): compiled programs dropped once a worker passes a memory bound,
 the run's wall time, CPU time and peak worker RSS printed at its end.
 
-It sits at the repository root because pytest scopes a conftest's fixtures and
-item hooks (setup, call, teardown) to its directory: in ``tests/`` they missed the
-doctests of ``optx/``, whose workers then grew to 2 GB. The 8-device XLA setup
+It sits at the repository root because pytest scopes a conftest's item hooks
+(setup, call, teardown) and fixtures to its directory: in ``tests/`` they missed
+the doctests of ``optx/``, whose workers then grew to 2 GB. The 8-device XLA setup
 stays in ``tests/conftest.py``: this file also runs for the docs and notebooks,
 whose kernels inherit the environment.
 """
@@ -43,14 +43,6 @@ def _release_memory() -> None:
         _malloc_trim(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _clear_jax_caches_between_modules():
-    """Each module's compiled programs are dropped when it ends, so a test worker's
-    memory stays bounded by one module's compilations (issue 20, deliverable 9)."""
-    yield
-    _release_memory()
-
-
 def _current_rss_mb() -> float:
     """This process's resident memory now (not its peak); 0 where /proc is absent."""
     try:
@@ -60,20 +52,22 @@ def _current_rss_mb() -> float:
         return 0.0
 
 
-# Compiled programs are dropped mid-module only when a worker's resident memory
-# passes this bound (MB), so tests of one module keep sharing them otherwise.
+# Compiled programs are dropped only when a worker's resident memory passes this
+# bound (MB): tests keep sharing them otherwise, within a module and across modules
+# (the small programs of eager ops above all).
 _RSS_RELEASE_MB = float(os.environ.get("OPTX_TEST_RSS_RELEASE_MB", "1000"))
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    """Bounds a worker's memory without recompiling what tests share: programs are
-    dropped at the end of each module (the fixture above) and, within a module,
-    only once resident memory passes ``OPTX_TEST_RSS_RELEASE_MB``. (xdist runs the
-    tests of a module in collection order, optimizers interleaved: dropping them
-    at every optimizer change recompiled the steps and references the next test
-    of the same optimizer reuses: ``tests/test_conformance.py`` on four optimizers
-    took 342 CPU-s that way and takes 163 now, ``test_complex.py`` 49 -> 35.)"""
+    """Bounds a worker's memory without recompiling what tests share: compiled
+    programs are dropped only once resident memory passes
+    ``OPTX_TEST_RSS_RELEASE_MB``. Measured, CPU-s: xdist runs a module's tests in
+    collection order, optimizers interleaved, and dropping programs at every
+    optimizer change recompiled what the next test of the same optimizer reuses
+    (``tests/test_conformance.py`` on four optimizers, 342 that way, 163 with
+    this rule); dropping them at every module end recompiled the small programs
+    of eager ops (ten unit-test modules, 54 that way, 45 with this rule)."""
     if _current_rss_mb() > _RSS_RELEASE_MB:
         _release_memory()
 
