@@ -276,13 +276,14 @@ def rotate_scattered(
     q_spec = PartitionSpec(*(None,) * num_batch, axis, None)
     q = bases[i].astype(x.dtype)
 
-    def local(xl: jax.Array, ql: jax.Array) -> jax.Array:
-        partial = mode_product(xl, ql, i, num_batch, into_basis=True)
-        return jax.lax.psum_scatter(partial, axis, scatter_dimension=num_batch + i, tiled=True)
-
-    x = jax.shard_map(
-        local, mesh=mesh, in_specs=(x_spec, q_spec), out_specs=x_spec, check_vma=False
-    )(x, q)
+    x = sharding.reduce_scattered(
+        lambda xl, ql: mode_product(xl, ql, i, num_batch, into_basis=True),
+        (x, q),
+        (x_spec, q_spec),
+        x_spec,
+        axis,
+        num_batch + i,
+    )
     return rotate(x, [q if j != i else None for j, q in enumerate(bases)], num_batch)
 
 
@@ -530,7 +531,8 @@ def subspace_init(
     below the roundoff floor ``8 n ε λ_max`` span an arbitrary part of the null
     space (LAPACK- and reduction-order-dependent), so they are replaced by a
     fixed orthonormal completion, and coordinates below the roundoff of the
-    projection, ``8 ε √n ‖X_{:,j}‖`` per column, are set to zero. Elsewhere the result is the plain top-``r`` eigenbasis.
+    projection, ``8 ε √n ‖X_{:,j}‖`` per column, are set to zero. Elsewhere the
+    result is the plain top-``r`` eigenbasis.
 
     Returns:
       ``(P, S, C)``.

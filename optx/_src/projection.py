@@ -360,17 +360,14 @@ def project_scattered(
     d = x.shape[1] if axis == "in" else x.shape[2]
     dense = _dense(projector, projection, d, x.dtype)
 
-    def local(xl: jax.Array, pl: jax.Array) -> jax.Array:
-        partial = project(xl, pl, projection="dense", axis=axis)
-        return jax.lax.psum_scatter(partial, contracted, scatter_dimension=rank_axis, tiled=True)
-
-    return jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(PartitionSpec(sb, si, so), PartitionSpec(sb, contracted, None)),
-        out_specs=PartitionSpec(*expected),
-        check_vma=False,
-    )(x, dense)
+    return sharding.reduce_scattered(
+        lambda xl, pl: project(xl, pl, projection="dense", axis=axis),
+        (x, dense),
+        (PartitionSpec(sb, si, so), PartitionSpec(sb, contracted, None)),
+        PartitionSpec(*expected),
+        contracted,
+        rank_axis,
+    )
 
 
 def residual(x: jax.Array, projector: jax.Array, *, projection: Any, axis: str) -> jax.Array:

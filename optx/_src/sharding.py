@@ -415,6 +415,37 @@ def state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
     return jax.tree.map(to_sharding, state)
 
 
+def reduce_scattered(
+    partial_fn: Callable[..., jax.Array],
+    args: Sequence[jax.Array],
+    in_specs: Sequence[PartitionSpec],
+    out_spec: PartitionSpec,
+    axis_name: Any,
+    dimension: int,
+) -> jax.Array:
+    """``partial_fn`` on each device's blocks of ``args``, its partial results summed
+    over ``axis_name`` and scattered onto ``dimension`` (one ``psum_scatter``), on
+    the mesh in context (inside ``auto_axes``).
+
+    For a contraction over a sharded axis whose result is sharded on another: the
+    compiler alone all-reduces the whole product and slices it; this moves
+    ``1/N`` of it (SOAP's rotation of a sharded mode, GaLore's projection of
+    sharded rows)."""
+
+    def local(*xs: jax.Array) -> jax.Array:
+        return jax.lax.psum_scatter(
+            partial_fn(*xs), axis_name, scatter_dimension=dimension, tiled=True
+        )
+
+    return jax.shard_map(
+        local,
+        mesh=jax.sharding.get_abstract_mesh(),
+        in_specs=tuple(in_specs),
+        out_specs=out_spec,
+        check_vma=False,
+    )(*args)
+
+
 def call_with_out_specs(fn: Callable[..., Any], args: Sequence[Any], out_specs: Any) -> Any:
     """Runs ``fn(*args)``, fixing the output shardings when inputs are sharded.
 
