@@ -555,9 +555,9 @@ def quantize_moments(
             return new_updates, treedef.flatten_up_to(new_inner)
 
         codes = [flat[i][1] for i in qidx]
-        # Two traces of the inner step: the first feeds the block maxima, the
-        # second (behind a barrier, so XLA cannot merge them) the codes and the
-        # updates. XLA:CPU then recomputes the cheap element-wise chain in each
+        # Three traces of the inner step: one feeds the block maxima, and two
+        # copies behind a barrier (so XLA cannot merge them) feed the updates and
+        # the codes. XLA:CPU then recomputes the cheap element-wise chain in each
         # loop instead of writing the new moments out around the reduction.
         for_updates, for_codes = jax.lax.optimization_barrier((codes, codes))
         _, first = inner_step(codes)
