@@ -3,8 +3,10 @@
 Run as ``python -m tests.multiprocess_worker --num-processes N --process-id I ...``. With
 ``N = 2`` each process owns 4 CPU devices and joins a ``jax.distributed`` job on localhost
 (gloo CPU collectives); with ``N = 1`` one process owns all 8 devices. Either way the same
-``(data 2, model 4)`` Auto mesh spans 8 devices, the parameters are global arrays sharded
-FSDP-style (hidden matrices over both axes), and every named optimizer runs a few jitted
+``(data 2, model 4)`` mesh spans 8 devices (Auto axes, or Explicit ones with
+``--axis-types explicit``: sharded types, the optimizers' FSDP paths), the parameters are
+global arrays sharded FSDP-style (hidden matrices over both axes), and every named
+optimizer runs a few jitted
 steps. Process 0 writes the gathered parameters to ``--out`` (an ``.npz``), plus, per
 optimizer, whether an orbax save/restore of the state across processes continued the run
 exactly.
@@ -27,6 +29,12 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint-dir", default="")
+    p.add_argument(
+        "--axis-types",
+        choices=("auto", "explicit"),
+        default="auto",
+        help="the mesh's axis types: Auto (the compiler partitions) or Explicit (sharded types)",
+    )
     return p.parse_args()
 
 
@@ -60,7 +68,8 @@ def main() -> None:
     from tests.conformance import problems
 
     assert jax.device_count() == 8, jax.devices()
-    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    kind = AxisType.Explicit if args.axis_types == "explicit" else AxisType.Auto
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(kind,) * 2)
     # A tiny tree (compile time dominates): an FSDP x tensor-parallel matrix, a stacked one,
     # a model-sharded fallback matrix (embedding) and a replicated vector.
     mixed = jax.tree.map(np.asarray, problems.mixed_params())

@@ -4,7 +4,8 @@ JAX's multi-controller runtime (``jax.distributed``) is what real multi-host TPU
 :func:`run_check` launches ``tests/multiprocess_worker.py`` twice on localhost (gloo CPU
 collectives) and once as a single 8-device process, all three at once; each process loops over
 the given optimizers on a tiny FSDP x tensor-parallel tree, so the launch cost is paid once.
-For every optimizer it checks that a few sharded steps give the same parameters to float
+The command-line check runs twice: on a mesh with Auto axes (the compiler partitions) and one
+with Explicit axes (sharded types: the optimizers' own FSDP paths). For every optimizer it checks that a few sharded steps give the same parameters to float
 tolerance, and that one orbax checkpoint of every state, written and restored by both
 processes, continues the run exactly.
 
@@ -69,9 +70,10 @@ def cannot_run_reason() -> str | None:
     return None
 
 
-def _launch(names: list[str], tmp: Path) -> list[tuple[subprocess.Popen, str]]:
+def _launch(names: list[str], tmp: Path, axis_types: str) -> list[tuple[subprocess.Popen, str]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    common = [sys.executable, "-m", "tests.multiprocess_worker", "--names", ",".join(names)]
+    common = [sys.executable, "-m", "tests.multiprocess_worker", "--names", ",".join(names),
+              "--axis-types", axis_types]  # fmt: skip
     port = _free_port()
     commands = [[*common, "--num-processes", "1", "--out", str(tmp / "single.npz")]]
     commands += [
@@ -89,9 +91,12 @@ def _launch(names: list[str], tmp: Path) -> list[tuple[subprocess.Popen, str]]:
     return procs
 
 
-def run_check(names: list[str], tmp: Path) -> tuple[list[str], list[str]]:
-    """Runs the three processes; returns (report lines, failures)."""
-    procs = _launch(names, tmp)
+def run_check(names: list[str], tmp: Path, axis_types: str = "auto") -> tuple[list[str], list[str]]:
+    """Runs the three processes on a mesh with ``axis_types`` ("auto" or "explicit") axes;
+    returns (report lines, failures), each prefixed with the axis types."""
+    tmp = tmp / axis_types
+    tmp.mkdir(parents=True, exist_ok=True)
+    procs = _launch(names, tmp, axis_types)
     deadline = time.monotonic() + TIMEOUT_S
     try:
         for proc, _ in procs:
@@ -106,7 +111,10 @@ def run_check(names: list[str], tmp: Path) -> tuple[list[str], list[str]]:
     for proc, log in procs:
         if proc.returncode != 0:
             tail = log.read_text(errors="replace")[-4000:]
-            return [], [f"worker exited with {proc.returncode} (timeout {TIMEOUT_S}s):\n{tail}"]
+            return [], [
+                f"{axis_types} axes: worker exited with {proc.returncode} "
+                f"(timeout {TIMEOUT_S}s):\n{tail}"
+            ]
     one = np.load(tmp / "single.npz")
     two = np.load(tmp / "multi.npz")
     report, failures = [], []
@@ -130,10 +138,15 @@ def run_check(names: list[str], tmp: Path) -> tuple[list[str], list[str]]:
                         problems.append(f"{name}: {key}: max |diff| {np.max(np.abs(a - b)):.3g}")
         if name in KNOWN_EXCLUSIONS:
             status = "known exclusion" + (" (now passes)" if not problems else "")
-            report.append(f"{name:20s} max|diff| {worst:.2e}  {status}: {KNOWN_EXCLUSIONS[name]}")
+            report.append(
+                f"{axis_types:8s} {name:20s} max|diff| {worst:.2e}  {status}: "
+                f"{KNOWN_EXCLUSIONS[name]}"
+            )
             continue
-        report.append(f"{name:20s} max|diff| {worst:.2e}  {'FAIL' if problems else 'ok'}")
-        failures += problems
+        report.append(
+            f"{axis_types:8s} {name:20s} max|diff| {worst:.2e}  {'FAIL' if problems else 'ok'}"
+        )
+        failures += [f"{axis_types} axes: {p}" for p in problems]
     return report, failures
 
 
@@ -209,8 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"multi-process check skipped: {reason}")
         return 0
     t0 = time.perf_counter()
+    report, failures = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        report, failures = run_check(names, Path(tmp))
+        for axis_types in ("auto", "explicit"):
+            more, worse = run_check(names, Path(tmp), axis_types)
+            report, failures = report + more, failures + worse
         if not argv:  # the whole registry: the recipe's multi-host path too
             more, worse = run_pretrain_check(Path(tmp))
             report, failures = report + more, failures + worse
@@ -218,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(report))
     excluded = [n for n in names if n in KNOWN_EXCLUSIONS]
     print(
-        f"multi-process check (2 x 4 vs 1 x 8 CPU devices, {len(names)} optimizers, "
+        f"multi-process check (2 x 4 vs 1 x 8 CPU devices, Auto and Explicit axes, "
+        f"{len(names)} optimizers, "
         f"{len(excluded)} known exclusions: {', '.join(excluded) or 'none'}): "
         f"{'FAILED' if failures else 'passed'} in {wall:.0f} s"
     )
