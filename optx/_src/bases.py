@@ -766,6 +766,7 @@ def rotation_view_fn(
 def _by_shape(
     fn: Callable[..., tuple[jax.Array, ...]],
     entries: Sequence[tuple[tuple[int, ...], tuple[jax.Array, ...]]],
+    anchor: jax.Array | None = None,
 ) -> list[tuple[jax.Array, ...]]:
     """``fn`` once per group of same-shape, same-dtype entries.
 
@@ -774,7 +775,8 @@ def _by_shape(
     concatenated, and go through ``fn`` (a batched, per-matrix function returning a
     tuple of arrays with that leading axis) in one call, so the traced program
     grows with the number of distinct shapes, not of leaves. Returns, per entry,
-    ``fn``'s outputs with ``batch_shape`` restored.
+    ``fn``'s outputs with ``batch_shape`` restored (sliced at runtime offsets
+    with ``anchor``: :func:`_unstacked`).
     """
     groups: dict[Any, list[int]] = {}
     for e, (batch, arrays) in enumerate(entries):
@@ -786,16 +788,12 @@ def _by_shape(
             tuple(jnp.reshape(a, (-1, *a.shape[len(b) :])) for a in arrays)
             for b, arrays in (entries[e] for e in members)
         ]
-        sizes = [f[0].shape[0] for f in flat]
         args = flat[0] if len(flat) == 1 else tuple(jnp.concatenate(c) for c in zip(*flat))
         res = fn(*args)
-        start = 0
-        for e, size in zip(members, sizes, strict=True):
-            batch = entries[e][0]
-            out[e] = tuple(
-                jnp.reshape(r[start : start + size], (*batch, *r.shape[1:])) for r in res
-            )
-            start += size
+        batches = [entries[e][0] for e in members]
+        parts = [_unstacked(r, batches, r.ndim - 1, anchor) for r in res]
+        for n, e in enumerate(members):
+            out[e] = tuple(p[n] for p in parts)
     return out
 
 
@@ -1001,7 +999,9 @@ def _soap_tree_update(
                 entries.append((view.batch_shape, (f, _f32(qss[j][i]))))
                 where.append((j, i))
         results = _by_shape(
-            lambda f, q: on_every_device(soap_basis_update, f, q, first, local=explicit), entries
+            lambda f, q: on_every_device(soap_basis_update, f, q, first, local=explicit),
+            entries,
+            s["count"],
         )
         ms, vs, new_qss = list(ms), list(vs), [list(qs) for qs in qss]
         for j, (view, _) in enumerate(groups):
