@@ -19,6 +19,7 @@ next to the optimizer's own time. Add a floor with::
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -529,62 +530,167 @@ def _square_shapes(tree: Any) -> list[tuple[int, Any]]:
     return sorted(found, key=lambda t: t[0])
 
 
+def _soap_matrix_shapes(state: Any) -> dict[tuple[int, int, Any], int]:
+    """``(n, m, dtype) -> matrices`` of SOAP's state: the leaves with both modes rotated."""
+    import optax
+
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    left = jax.tree.leaves(state.factors[0], is_leaf=masked)
+    right = jax.tree.leaves(state.factors[1], is_leaf=masked)
+    shapes: dict[tuple[int, int, Any], int] = {}
+    for f0, f1 in zip(left, right, strict=True):
+        if masked(f0) or masked(f1):
+            continue
+        key = (f0.shape[-1], f1.shape[-1], f0.dtype)
+        shapes[key] = shapes.get(key, 0) + max(1, math.prod(f0.shape[:-2]))
+    return shapes
+
+
+def _soap_step(g: Any, mv: Any, fs: Any, qs: Any, new_qs: Any, refresh: Any) -> Any:
+    """SOAP's per-matrix step (Algorithm 3) on a stack ``(b, n, m)``: ``G`` rotated
+    into the bases, Adam there, rotated back, the Kronecker factors' EMA; under the
+    refresh ``cond``, the first moment rotated from the old bases to the new ones
+    and ``V`` permuted by the eigenvalue-estimate order of each side (the official
+    code's moment handling)."""
+    import jax.numpy as jnp
+
+    (m, v), (f0, f1), (q0, q1) = mv, fs, qs
+    rot = jnp.einsum("bin,bij,bjm->bnm", q0, g, q1)
+    m = 0.95 * m + 0.05 * rot
+    v = 0.95 * v + 0.05 * rot * rot
+    u = jnp.einsum("bin,bnm,bjm->bij", q0, m / (jnp.sqrt(v) + 1e-8), q1)
+    f0 = 0.95 * f0 + 0.05 * jnp.einsum("bik,bjk->bij", g, g)
+    f1 = 0.95 * f1 + 0.05 * jnp.einsum("bki,bkj->bij", g, g)
+
+    def moments(m: Any, v: Any) -> Any:
+        back = jnp.einsum("bin,bnm,bjm->bij", q0, m, q1)
+        m = jnp.einsum("bin,bij,bjm->bnm", new_qs[0], back, new_qs[1])
+        for axis, (f, q) in enumerate(((f0, q0), (f1, q1)), start=1):
+            order = jnp.argsort(-jnp.einsum("bij,bik,bkj->bj", q, f, q), axis=-1)
+            v = jnp.take_along_axis(v, jnp.expand_dims(order, 3 - axis), axis=axis)
+        return m, v
+
+    m, v = jax.lax.cond(refresh, moments, lambda m, v: (m, v), m, v)
+    return u, m, v, f0, f1
+
+
+def _power_qr(f: Any, q: Any) -> Any:
+    """SOAP's refresh (Algorithm 4) for one factor size: the estimated eigenvalues
+    ``diag(QᵀFQ)``, the columns of ``Q`` sorted by them, then ``QR(F Q_sorted)``."""
+    import jax.numpy as jnp
+
+    from optx._src import linalg
+
+    order = jnp.argsort(-jnp.einsum("bij,bik,bkj->bj", q, f, q), axis=-1)
+    return linalg.qr(f @ jnp.take_along_axis(q, order[:, None, :], axis=-1))[0]
+
+
 @register("soap")
 def _soap(params: Any) -> list[FloorProgram]:
-    """AdamW, plus one eigh and one QR per distinct Kronecker-factor size (the
-    first call's eigenbasis and the refresh's power-QR)."""
+    """AdamW; per distinct Kronecker-factor size one eigh (the first call's
+    eigenbasis) and one power-QR refresh (estimate, sort, ``QR(F Q)``); per
+    distinct matrix shape (all such matrices stacked) the SOAP step: rotation in
+    and out of the bases, Adam in the rotated basis, the factors' EMA, and the
+    refresh's moment re-rotation and ``V`` permutation (one program per shape).
+
+    Not in the floor (optx's documented deviation, ``tests/test_deviations.py``):
+    the null-space completion of rank-deficient bases (the QR under a
+    ``while_loop``, the fixed generic fill) and the roundoff drop of rotated
+    coordinates."""
     import jax.numpy as jnp
 
     import optx
-    from optx._src import linalg
 
     state = jax.eval_shape(optx.soap().init, params)[0]
     programs = [_adamw_program(params)]
     for d, dtype in _square_shapes(state.factors):
         f = jax.ShapeDtypeStruct((1, d, d), dtype)
         programs.append(FloorProgram(f"eigh {d}", lambda x: jnp.linalg.eigh(x)[1], (f,)))
-        programs.append(FloorProgram(f"qr {d}", lambda x: linalg.qr(x)[0], (f,)))
+        programs.append(FloorProgram(f"power-QR refresh {d}", _power_qr, (f, f)))
+    for (n, m, dtype), b in sorted(_soap_matrix_shapes(state).items(), key=str):
+        mat = jax.ShapeDtypeStruct((b, n, m), dtype)
+        fs = (jax.ShapeDtypeStruct((b, n, n), dtype), jax.ShapeDtypeStruct((b, m, m), dtype))
+        args = (mat, (mat, mat), fs, fs, fs, jax.ShapeDtypeStruct((), jnp.bool_))
+        programs.append(FloorProgram(f"SOAP step {b}x{n}x{m}", _soap_step, args))
     return programs
+
+
+def _cosmos_step(x: Any, mu: Any, p: Any, s: Any, v: Any) -> Any:
+    """COSMOS's per-matrix step (arXiv 2502.17410, Algorithm 1) on a stack
+    ``(b, n, m)`` with rank ``r``, but its Newton–Schulz: the momentum, the QR power
+    step of the subspace ``P`` and its ``S`` update, Adam on the coordinates
+    ``C = PᵀX`` and the residual ``X − P Pᵀ X`` of the Nesterov gradient."""
+    import jax.numpy as jnp
+
+    from optx._src import linalg
+
+    mu = 0.9 * mu + x
+    new_p = linalg.qr(0.999 * (p @ s) + 0.001 * (x @ (jnp.swapaxes(x, 1, 2) @ p)))[0]
+    t = jnp.swapaxes(p, 1, 2) @ new_p
+    c = jnp.swapaxes(new_p, 1, 2) @ x
+    s = 0.999 * (jnp.swapaxes(t, 1, 2) @ s @ t) + 0.001 * (c @ jnp.swapaxes(c, 1, 2))
+    v = 0.999 * v + 0.001 * c * c
+    g = (x + 0.9 * mu) / 1.9
+    coeff = jnp.swapaxes(new_p, 1, 2) @ g
+    adam = new_p @ (coeff / (jnp.sqrt(v) + 1e-8))
+    return adam, g - new_p @ coeff, mu, new_p, s, v
+
+
+def _cosmos_combine(adam: Any, residual: Any) -> Any:
+    """Newton–Schulz of the residual and the combination ``adam + γ √(nm) O/‖O‖``."""
+    import jax.numpy as jnp
+
+    import optx
+
+    o = optx.linalg.newton_schulz(residual, "keller", 5)
+    norm = jnp.sqrt(jnp.sum(o * o, axis=(1, 2), keepdims=True))
+    return adam + 0.2 * math.sqrt(o.shape[1] * o.shape[2]) * o / (norm + 1e-8)
 
 
 @register("cosmos")
 def _cosmos(params: Any) -> list[FloorProgram]:
-    """AdamW, plus per distinct matrix shape ``n × m`` (rank ``r``): one eigh
-    ``n × n`` (first step), one QR ``n × r`` (the subspace power step) and one
-    Newton–Schulz of ``n × m`` (the residual)."""
+    """AdamW, plus per distinct matrix shape ``n × m`` (rank ``r``; all such
+    matrices stacked): one eigh ``n × n`` (first step), the subspace step with its
+    QR ``n × r`` (:func:`_cosmos_step`) and one Newton–Schulz of ``n × m`` with the
+    combination (:func:`_cosmos_combine`).
+
+    Not in the floor (optx's documented deviation, ``tests/test_deviations.py``):
+    the fixed completion of rank-deficient subspaces (a second QR ``n × r``) and
+    the roundoff drop of projected coordinates."""
     import jax.numpy as jnp
 
     import optx
-    from optx._src import linalg
 
     found = jax.tree.leaves(
         jax.eval_shape(optx.cosmos().init, params),
         is_leaf=lambda x: isinstance(x, optx.ScaleByCosmosState),
     )
     state = next(x for x in found if isinstance(x, optx.ScaleByCosmosState))
-    shapes = {
-        (p.shape[-2], v.shape[-1], p.shape[-1], p.dtype)
-        for p, v in zip(jax.tree.leaves(state.basis), jax.tree.leaves(state.nu), strict=True)
-    }
+    shapes: dict[tuple[int, int, int, Any], int] = {}
+    for p, v in zip(jax.tree.leaves(state.basis), jax.tree.leaves(state.nu), strict=True):
+        key = (p.shape[-2], v.shape[-1], p.shape[-1], p.dtype)
+        shapes[key] = shapes.get(key, 0) + max(1, math.prod(p.shape[:-2]))
     programs = [_adamw_program(params)]
-    for n, m, r, dtype in sorted(shapes):
+    for (n, m, r, dtype), b in sorted(shapes.items(), key=str):
+
+        def spec(*shape: int, dtype: Any = dtype) -> jax.ShapeDtypeStruct:
+            return jax.ShapeDtypeStruct(shape, dtype)
+
+        programs.append(
+            FloorProgram(f"eigh {n}", lambda x: jnp.linalg.eigh(x)[1], (spec(1, n, n),))
+        )
         programs.append(
             FloorProgram(
-                f"eigh {n}",
-                lambda x: jnp.linalg.eigh(x)[1],
-                (jax.ShapeDtypeStruct((1, n, n), dtype),),
+                f"subspace step {b}x{n}x{m} (rank {r})",
+                _cosmos_step,
+                (spec(b, n, m), spec(b, n, m), spec(b, n, r), spec(b, r, r), spec(b, r, m)),
             )
         )
         programs.append(
             FloorProgram(
-                f"qr {n}x{r}", lambda x: linalg.qr(x)[0], (jax.ShapeDtypeStruct((1, n, r), dtype),)
-            )
-        )
-        programs.append(
-            FloorProgram(
-                f"newton-schulz {n}x{m}",
-                lambda x: optx.linalg.newton_schulz(x, "keller", 5),
-                (jax.ShapeDtypeStruct((1, n, m), dtype),),
+                f"newton-schulz + combination {b}x{n}x{m}",
+                _cosmos_combine,
+                (spec(b, n, m), spec(b, n, m)),
             )
         )
     return programs

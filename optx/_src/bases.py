@@ -766,6 +766,7 @@ def rotation_view_fn(
 def _by_shape(
     fn: Callable[..., tuple[jax.Array, ...]],
     entries: Sequence[tuple[tuple[int, ...], tuple[jax.Array, ...]]],
+    anchor: jax.Array | None = None,
 ) -> list[tuple[jax.Array, ...]]:
     """``fn`` once per group of same-shape, same-dtype entries.
 
@@ -774,7 +775,8 @@ def _by_shape(
     concatenated, and go through ``fn`` (a batched, per-matrix function returning a
     tuple of arrays with that leading axis) in one call, so the traced program
     grows with the number of distinct shapes, not of leaves. Returns, per entry,
-    ``fn``'s outputs with ``batch_shape`` restored.
+    ``fn``'s outputs with ``batch_shape`` restored (sliced at runtime offsets
+    with ``anchor``: :func:`_unstacked`).
     """
     groups: dict[Any, list[int]] = {}
     for e, (batch, arrays) in enumerate(entries):
@@ -786,16 +788,12 @@ def _by_shape(
             tuple(jnp.reshape(a, (-1, *a.shape[len(b) :])) for a in arrays)
             for b, arrays in (entries[e] for e in members)
         ]
-        sizes = [f[0].shape[0] for f in flat]
         args = flat[0] if len(flat) == 1 else tuple(jnp.concatenate(c) for c in zip(*flat))
         res = fn(*args)
-        start = 0
-        for e, size in zip(members, sizes, strict=True):
-            batch = entries[e][0]
-            out[e] = tuple(
-                jnp.reshape(r[start : start + size], (*batch, *r.shape[1:])) for r in res
-            )
-            start += size
+        batches = [entries[e][0] for e in members]
+        parts = [_unstacked(r, batches, r.ndim - 1, anchor) for r in res]
+        for n, e in enumerate(members):
+            out[e] = tuple(p[n] for p in parts)
     return out
 
 
@@ -881,14 +879,51 @@ def _stacked(parts: Sequence[jax.Array], tail: int) -> jax.Array:
     return flat[0] if len(flat) == 1 else jnp.concatenate(flat)
 
 
-def _unstacked(x: jax.Array, batches: Sequence[tuple[int, ...]], tail: int) -> list[jax.Array]:
-    """Inverse of :func:`_stacked`: one array of ``batch + x.shape[-tail:]`` per batch."""
-    out, start = [], 0
-    for batch in batches:
-        size = math.prod(batch)
-        out.append(jnp.reshape(x[start : start + size], (*batch, *x.shape[x.ndim - tail :])))
-        start += size
-    return out
+def runtime_offsets(offsets: Sequence[int], anchor: jax.Array) -> tuple[jax.Array, ...]:
+    """The static ``offsets`` as int32 scalars XLA cannot constant-fold.
+
+    They are the outputs of a ``lax.cond`` whose predicate (``anchor | 1 != 0``,
+    ``anchor`` an integer scalar of the program such as a step counter) is
+    always true but not foldable. A slice at a static offset is a constant of
+    every consumer fusion, so slicing ``k`` same-shape leaves out of a stack
+    compiles ``k`` distinct kernels; at runtime offsets the consumers of
+    same-shape slices are one kernel (on the benchmark tree of
+    ``benchmarks/compile_time.py`` this removed most of SOAP's and COSMOS's
+    per-leaf kernels). Same values; the cond costs one predicate per step.
+    """
+    zero = jnp.zeros([], jnp.int32)
+    word = jnp.asarray(anchor)
+    if not jnp.issubdtype(word.dtype, jnp.integer):
+        raise TypeError(f"runtime_offsets: anchor must be an integer scalar, got {word.dtype}.")
+    return jax.lax.cond(
+        (word | 1) != 0,
+        lambda: tuple(jnp.asarray(o, jnp.int32) for o in offsets),
+        lambda: tuple(zero for _ in offsets),
+    )
+
+
+def _unstacked(
+    x: jax.Array, batches: Sequence[tuple[int, ...]], tail: int, anchor: jax.Array | None = None
+) -> list[jax.Array]:
+    """Inverse of :func:`_stacked`: one array of ``batch + x.shape[-tail:]`` per batch.
+
+    With ``anchor`` (an integer scalar, see :func:`runtime_offsets`), the slices
+    are taken at runtime offsets, so same-size slices share their consumers' kernels.
+    """
+    sizes = [math.prod(batch) for batch in batches]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    if anchor is not None and len(sizes) > 1:
+        offs = runtime_offsets(starts, anchor)
+        parts = [
+            jax.lax.dynamic_slice_in_dim(x, o, size, axis=0)
+            for o, size in zip(offs, sizes, strict=True)
+        ]
+    else:
+        parts = [x[start : start + size] for start, size in zip(starts, sizes, strict=True)]
+    return [
+        jnp.reshape(part, (*batch, *x.shape[x.ndim - tail :]))
+        for part, batch in zip(parts, batches, strict=True)
+    ]
 
 
 def _soap_tree_update(
@@ -964,7 +999,9 @@ def _soap_tree_update(
                 entries.append((view.batch_shape, (f, _f32(qss[j][i]))))
                 where.append((j, i))
         results = _by_shape(
-            lambda f, q: on_every_device(soap_basis_update, f, q, first, local=explicit), entries
+            lambda f, q: on_every_device(soap_basis_update, f, q, first, local=explicit),
+            entries,
+            s["count"],
         )
         ms, vs, new_qss = list(ms), list(vs), [list(qs) for qs in qss]
         for j, (view, _) in enumerate(groups):
@@ -1000,12 +1037,15 @@ def _soap_tree_update(
             continue
         k = len(view.modes)
         batches = [views[e].batch_shape for e in members]
-        parts = [_unstacked(x, batches, k) for x in (direction, m, v)]
+        count = s["count"]
+        parts = [_unstacked(x, batches, k, count) for x in (direction, m, v)]
         f_parts = [
-            _unstacked(f, batches, 2) if i in basis_in else None for i, f in enumerate(new_fs)
+            _unstacked(f, batches, 2, count) if i in basis_in else None
+            for i, f in enumerate(new_fs)
         ]
         q_parts = [
-            _unstacked(q, batches, 2) if i in basis_in else None for i, q in enumerate(new_qs)
+            _unstacked(q, batches, 2, count) if i in basis_in else None
+            for i, q in enumerate(new_qs)
         ]
         for n, e in enumerate(members):
             g, mu0, nu0, fs, qs = leaves[e]
@@ -1513,6 +1553,7 @@ def map_stacked(
     leaf_shaped: int = 1,
     out_leaf_shaped: int | None = None,
     keys: Sequence[Any] | None = None,
+    anchor: jax.Array | None = None,
 ) -> list[tuple[jax.Array, ...]]:
     """``fn(view, arrays)`` per leaf, one call per group of same-shape leaves.
 
@@ -1525,7 +1566,9 @@ def map_stacked(
     ``fn`` is called as ``fn(view, arrays, key)``. Leaves
     with equal mode sizes, state shapes and dtypes are stacked on one batch axis
     (``fn`` sees the stack's view), so the program grows with the number of
-    distinct shapes, not of leaves.
+    distinct shapes, not of leaves. With ``anchor`` (an integer scalar such as
+    a step counter), the results are sliced out of the stack at runtime offsets
+    (:func:`runtime_offsets`), so same-shape leaves share their kernels.
     """
     groups: dict[Any, list[int]] = {}
     for e, (view, arrays) in enumerate(zip(views, leaves, strict=True)):
@@ -1552,7 +1595,8 @@ def map_stacked(
                 xs = [to_modes(x, views[e]) for x, e in zip(xs, members, strict=True)]
             stacked.append(_stacked(xs, 2))
         res = call(view, tuple(stacked), members[0])
-        parts = [_unstacked(x, [views[e].batch_shape for e in members], 2) for x in res]
+        batches = [views[e].batch_shape for e in members]
+        parts = [_unstacked(x, batches, 2, anchor) for x in res]
         shaped = leaf_shaped if out_leaf_shaped is None else out_leaf_shaped
         for i, e in enumerate(members):
             out[e] = tuple(
@@ -1823,6 +1867,7 @@ def scale_by_cosmos(
                 2,
                 out_leaf_shaped=3,
                 keys=specs,
+                anchor=s["count"],
             ),
             (per_leaf, scalars),
             out_specs,
@@ -1861,6 +1906,7 @@ def scale_by_cosmos(
         del params, extra
         count = optax.safe_increment(state.count)
         scalars = _scalars(
+            count=state.count,
             b1=b1,
             b2=b2,
             one_minus_b2=_one_minus(b2),
@@ -1893,7 +1939,7 @@ def scale_by_cosmos(
         else:
             new = call_keeping_shardings(
                 lambda arrays, s: map_stacked(
-                    lambda v, a: leaf_update(v, None)(a, s), views, arrays, 2
+                    lambda v, a: leaf_update(v, None)(a, s), views, arrays, 2, anchor=s["count"]
                 ),
                 per_leaf,
                 scalars,
