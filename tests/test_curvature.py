@@ -72,7 +72,7 @@ def test_hutchinson_is_probe_times_hvp(distribution: str) -> None:
 
 
 def test_random_probes_are_the_plain_draw_bit_for_bit() -> None:
-    """The draw kept out of its consumers' fusions (``curvature.materialized``) has
+    """The draw kept out of its consumers' fusions (``base.materialized``) has
     the bits of one plain float32 draw over the flattened tree, for typed and raw
     keys, and under ``vmap`` (where the cond becomes a select)."""
     params, _, _ = _mlp()

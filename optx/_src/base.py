@@ -221,6 +221,31 @@ def unzip_tree(prefix: Any, tree_of_tuples: Any, n: int = 2) -> tuple[Any, ...]:
     )
 
 
+def materialized(fn: Callable[[jax.Array], Any], anchor: jax.Array) -> Any:
+    """``fn(anchor)`` computed in its own region, which XLA neither fuses nor folds.
+
+    A conditional is a fusion boundary, so ``fn`` sits under a ``lax.cond``
+    whose predicate is always true but that XLA does not fold (``word | 1 != 0``,
+    ``word`` the first element of ``anchor``: a PRNG key's data or an integer
+    array such as a step counter; an ``optimization_barrier`` is removed before
+    fusion on XLA:CPU); the other branch is zeros of ``fn``'s output tree. Same
+    values as ``fn(anchor)``; under ``vmap`` the cond is a select. Used where
+    XLA would otherwise copy a cheap producer into every consumer (a random
+    draw: ``curvature.random_probes``) or make every consumer distinct by a
+    constant (slice offsets: ``bases.runtime_offsets``).
+    """
+    is_key = jnp.issubdtype(anchor.dtype, jax.dtypes.prng_key)
+    data = jax.random.key_data(anchor) if is_key else anchor
+    if not jnp.issubdtype(data.dtype, jnp.integer):
+        raise TypeError(f"materialized: anchor must be a PRNG key or integers, got {data.dtype}.")
+    out = jax.eval_shape(fn, anchor)
+
+    def zeros(_: jax.Array) -> Any:
+        return jax.tree.map(lambda o: jnp.zeros(o.shape, o.dtype), out)
+
+    return jax.lax.cond((jnp.ravel(data)[0] | 1) != 0, fn, zeros, anchor)
+
+
 def compute_dtype(*dtypes: Any) -> jnp.dtype:
     """The dtype internal arithmetic runs in: ``promote(*dtypes, float32)``.
 

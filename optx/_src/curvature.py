@@ -106,26 +106,6 @@ def hvp(loss_fn: LossFn, params: Any, tangents: Any) -> Any:
     return jax.jvp(jax.grad(loss_fn), (params,), (tangents,))[1]
 
 
-def materialized(fn: Callable[[jax.Array], jax.Array], key: jax.Array) -> jax.Array:
-    """``fn(key)`` computed once, in its own region: XLA cannot fuse it into consumers.
-
-    XLA recomputes a cheap element-wise producer (a threefry draw and the
-    normal's ``erf_inv``: ~115 instructions) inside every consumer fusion of
-    every slice of it, one copy per leaf and use. A conditional is a fusion
-    boundary, so ``fn`` sits under a ``lax.cond`` whose predicate is always
-    true but that XLA does not fold (``key_data | 1 != 0``; an
-    ``optimization_barrier`` is removed before fusion on XLA:CPU); the other
-    branch is zeros. Same bits as ``fn(key)``; under ``vmap`` the cond is a
-    select. On the benchmark tree (preset ``small`` of
-    ``benchmarks/compile_time.py``) this cut the HLO of agvm_sgd from 15.2k
-    to 7.9k instructions, sophia_h 10.6k to 7.0k, adahessian 5.9k to 5.2k.
-    """
-    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    word = jnp.ravel(data)[0]
-    out = jax.eval_shape(fn, key)
-    return jax.lax.cond((word | 1) != 0, fn, lambda k: jnp.zeros(out.shape, out.dtype), key)
-
-
 def random_probes(key: jax.Array, tree: Any, distribution: str = "rademacher") -> Any:
     """Random probe tree like ``tree``: Rademacher (±1) or standard normal.
 
@@ -134,14 +114,17 @@ def random_probes(key: jax.Array, tree: Any, distribution: str = "rademacher") -
     into the leaves: a single random-bits computation whatever the number of
     leaves, so compile time does not grow with the tree (a draw per leaf cost
     ~300 HLO instructions each), kept out of the consumers' fusions by a
-    conditional (``materialized`` in ``optx/_src/curvature.py``): same bits.
+    conditional (``base.materialized``): same bits. On the benchmark tree
+    (preset ``small`` of ``benchmarks/compile_time.py``) this cut the HLO of
+    agvm_sgd from 15.2k to 7.9k instructions, sophia_h 10.6k to 7.0k,
+    adahessian 5.9k to 5.2k.
     """
     base.check_choice("distribution", distribution, DISTRIBUTIONS)
     leaves, treedef = jax.tree.flatten(tree)
     sizes = [math.prod(jnp.shape(x)) for x in leaves]
     total = sum(sizes)
     draw = jax.random.rademacher if distribution == "rademacher" else jax.random.normal
-    flat = materialized(lambda k: draw(k, (total,), jnp.float32), key)
+    flat = base.materialized(lambda k: draw(k, (total,), jnp.float32), key)
     out, offset = [], 0
     for x, n in zip(leaves, sizes):
         out.append(jnp.reshape(flat[offset : offset + n], jnp.shape(x)).astype(x.dtype))
