@@ -670,14 +670,14 @@ def _eggroll(params: Any) -> list[FloorProgram]:
                 out.append(jnp.reshape(block, (pairs, *x.shape)))
                 continue
             zz = jnp.reshape(block, (pairs, lay.batch_size, lay.fan_in + lay.fan_out, rank))
-            out.append((zz[..., : lay.fan_in, :], zz[..., lay.fan_in :, :], lay))
+            out.append((zz[..., : lay.fan_in, :], zz[..., lay.fan_in :, :]))
         return out
 
     def perturbed(p: list[Any], e: list[Any], s: float) -> Any:
         leaves = []
-        for x, n in zip(p, e, strict=True):
-            if isinstance(n, tuple):
-                b, a, lay = n
+        for x, n, lay in zip(p, e, lays, strict=True):
+            if lay is not None:
+                b, a = n
                 m = layouts.from_matrices(b @ jnp.swapaxes(a, -1, -2), lay)
                 leaves.append(x + s * sigma * m)
             else:
@@ -696,9 +696,9 @@ def _eggroll(params: Any) -> list[FloorProgram]:
         f = (f - jnp.mean(f)) / jnp.sqrt(jnp.var(f) + 1e-5)
         d = f[0::2] - f[1::2]
         new = []
-        for x, n in zip(leaves, e, strict=True):
-            if isinstance(n, tuple):
-                b, a, lay = n
+        for x, n, lay in zip(leaves, e, lays, strict=True):
+            if lay is not None:
+                b, a = n
                 g = layouts.from_matrices(jnp.einsum("p,pbir,pbjr->bij", d, b, a), lay)
             else:
                 g = jnp.tensordot(d, n, axes=1)
