@@ -737,3 +737,125 @@ def _apollo_mini(params: Any) -> list[FloorProgram]:
     so even a free draw leaves APOLLO above the 1.5x scanned target.
     """
     return _apollo(params, "apollo_mini")
+
+
+# ----------------------------------------------------------------------------
+# EGGROLL and WGSEF (helper "zo", issue 17 §2). Each floor is ONE program with
+# the method's math and no key chain or bookkeeping: for EGGROLL, one normal
+# draw for every pair's noise (all leaves, one threefry + erf_inv region), the
+# population's loss at its perturbed parameters (the benchmark's fitness, low-
+# rank ``B Aᵀ`` products per matrix), the antithetic contraction and SGD; for
+# WGSEF, SGD with momentum, the group norms of every matrix and one water-
+# filling sort per distinct group count.
+# ----------------------------------------------------------------------------
+
+
+@register("eggroll")
+def _eggroll(params: Any) -> list[FloorProgram]:
+    import math
+
+    import jax.numpy as jnp
+
+    from optx._src import base, evolution, layouts
+
+    pairs, rank, sigma = 8, 1, 0.02
+    resolve = layouts.resolved_layout_fn(evolution.es_router())
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    lays = [resolve(base.path_to_str(p), x) for p, x in flat]
+    sizes = [
+        math.prod(x.shape) if lay is None else lay.batch_size * (lay.fan_in + lay.fan_out) * rank
+        for (_, x), lay in zip(flat, lays, strict=True)
+    ]
+
+    def noise(z: jax.Array) -> list[Any]:
+        out, start = [], 0
+        for (_, x), lay, n in zip(flat, lays, sizes, strict=True):
+            block = z[:, start : start + n]
+            start += n
+            if lay is None:
+                out.append(jnp.reshape(block, (pairs, *x.shape)))
+                continue
+            zz = jnp.reshape(block, (pairs, lay.batch_size, lay.fan_in + lay.fan_out, rank))
+            out.append((zz[..., : lay.fan_in, :], zz[..., lay.fan_in :, :]))
+        return out
+
+    def perturbed(p: list[Any], e: list[Any], s: float) -> Any:
+        leaves = []
+        for x, n, lay in zip(p, e, lays, strict=True):
+            if lay is not None:
+                b, a = n
+                m = layouts.from_matrices(b @ jnp.swapaxes(a, -1, -2), lay)
+                leaves.append(x + s * sigma * m)
+            else:
+                leaves.append(x + s * sigma * n)
+        return jax.tree_util.tree_unflatten(treedef, leaves)
+
+    def prog(p: Any, key: jax.Array) -> Any:
+        z = jax.random.normal(key, (pairs, sum(sizes)), jnp.float32)
+        e = noise(z)
+        leaves = jax.tree_util.tree_leaves(p)
+
+        def fit(ej: list[Any]) -> jax.Array:
+            return jnp.stack([-_loss(perturbed(leaves, ej, s)) for s in (1.0, -1.0)])
+
+        f = jnp.reshape(jax.vmap(fit)(e), (-1,))
+        f = (f - jnp.mean(f)) / jnp.sqrt(jnp.var(f) + 1e-5)
+        d = f[0::2] - f[1::2]
+        new = []
+        for x, n, lay in zip(leaves, e, lays, strict=True):
+            if lay is not None:
+                b, a = n
+                g = layouts.from_matrices(jnp.einsum("p,pbir,pbjr->bij", d, b, a), lay)
+            else:
+                g = jnp.tensordot(d, n, axes=1)
+            new.append(x + 0.01 * g)
+        return jax.tree_util.tree_unflatten(treedef, new)
+
+    args = (params, jax.random.key(0))
+    return [FloorProgram("one draw + population loss + antithetic sum + SGD", prog, args)]
+
+
+@register("wgsef")
+def _wgsef(params: Any) -> list[FloorProgram]:
+    import math
+
+    import jax.numpy as jnp
+    import optax
+
+    import optx
+    from optx._src import base, layouts, sparsity
+
+    tx = optax.sgd(0.05, momentum=0.9)
+    resolve = layouts.resolved_layout_fn(None)
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    names = [base.path_to_str(p) for p, _ in flat]
+    lays = [resolve(n, x) for n, (_, x) in zip(names, flat, strict=True)]
+
+    def prog(g: Any, s: Any, p: Any) -> Any:
+        u, s = tx.update(g, s, p)
+        x = jax.tree_util.tree_leaves(optax.apply_updates(p, u))
+        groups: dict[int, list[int]] = {}
+        views = {}
+        for i, lay in enumerate(lays):
+            if lay is not None:
+                views[i] = sparsity.to_groups(x[i], lay, "output")
+                groups.setdefault(views[i].shape[1], []).append(i)
+        for m, members in groups.items():
+            norms = jnp.concatenate([jnp.linalg.norm(views[i], axis=-1) for i in members])
+            scaled = optx.sparsity.sparse_envelope_prox(norms, math.ceil(0.5 * m), 0.005)
+            start = 0
+            for i in members:
+                n = views[i].shape[0]
+                factor = scaled[start : start + n] / jnp.linalg.norm(views[i], axis=-1)
+                start += n
+                x[i] = sparsity.from_groups(views[i] * factor[..., None], lays[i], "output")
+        return x, s
+
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+    return [
+        FloorProgram(
+            "SGD momentum + group norms + one sort per group count",
+            prog,
+            (grads, tx.init(params), params),
+        )
+    ]

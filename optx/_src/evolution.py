@@ -86,7 +86,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, hyperparams, layouts, routing, sharding
+from optx._src import base, curvature, hyperparams, layouts, routing, sharding
 from optx._src.layouts import ResolvedLayout
 
 FITNESS_SHAPINGS = ("standardize", "centered_ranks", "none")
@@ -308,7 +308,9 @@ def _draw_normals(requests: list[tuple[jax.Array, tuple[int, ...], Any]]) -> lis
         width = max(math.prod(requests[i][1]) for i in bucket)
         dtype = requests[bucket[0]][2]
         flat = jnp.concatenate([jnp.reshape(requests[i][0], (-1,)) for i in bucket])
-        z = jax.vmap(lambda k, w=width, dt=dtype: jax.random.normal(k, (w,), dt))(flat)
+        z = curvature.materialized(
+            jax.vmap(lambda k, w=width, dt=dtype: jax.random.normal(k, (w,), dt)), flat
+        )
         start = 0
         for i in bucket:
             keys, shape, _ = requests[i]
@@ -392,17 +394,53 @@ def es_noise(
       ((3, 1), (2, 1))
     """
     rank, noise_reuse, _ = _check_common(sigma, rank, noise_reuse)
+    member = jnp.asarray(member, jnp.int32)
+    noise = _pair_noise(
+        params,
+        key,
+        (member // 2)[None],
+        _signed_sigma(member, sigma),
+        rank=rank,
+        generation=generation,
+        noise_reuse=noise_reuse,
+        freeze_nonmatrix=freeze_nonmatrix,
+        router=router,
+    )
+    return jax.tree.map(lambda n: n[0], noise)
+
+
+def _signed_sigma(member: jax.Array, sigma: Any) -> jax.Array:
+    """``+σ`` for even members, ``−σ`` for odd ones."""
+    return jnp.where(member % 2 == 0, 1.0, -1.0) * sigma
+
+
+def _pair_noise(
+    params: Any,
+    key: jax.Array,
+    pairs: jax.Array,
+    scale: Any,
+    *,
+    rank: int | None,
+    generation: Any,
+    noise_reuse: int,
+    freeze_nonmatrix: bool,
+    router: routing.Router | None,
+) -> Any:
+    """:func:`es_noise` of the noise indices ``pairs`` with ``±σ`` = ``scale``.
+
+    Every leaf gets a leading axis of ``len(pairs)``. All pairs' draws are made
+    together, outside any ``vmap`` over members, so each batched draw is
+    computed once (:func:`_draw_normals`) and not inside every consumer.
+    """
     plan, treedef = _leaf_plan(params, rank, freeze_nonmatrix, router)
     leaves = jax.tree_util.tree_leaves(params)
-    member = jnp.asarray(member, jnp.int32)
-    sign = jnp.where(member % 2 == 0, 1.0, -1.0)
     leaf_keys = jax.tree_util.tree_leaves(es_tree_key(params, key, router=router))
-    keys = _pair_keys(leaf_keys, _epoch(generation, noise_reuse), (member // 2)[None])
+    keys = _pair_keys(leaf_keys, _epoch(generation, noise_reuse), pairs)
     drawn = [i for i, (kind, _) in enumerate(plan) if kind != _FROZEN]
     draws = _draw_normals(
         [
             (
-                keys[i][0],
+                keys[i],
                 _sample_shape(plan[i][0], plan[i][1], tuple(leaves[i].shape), rank),
                 _noise_dtype(leaves[i]),
             )
@@ -410,18 +448,18 @@ def es_noise(
         ]
     )
     draw_of = dict(zip(drawn, draws, strict=True))
+    n = pairs.shape[0]
     out = []
     for i, ((kind, lay), leaf) in enumerate(zip(plan, leaves, strict=True)):
         dtype = _noise_dtype(leaf)
         if kind == _FROZEN:
-            out.append(jnp.zeros(leaf.shape, dtype))
+            out.append(jnp.zeros((n, *leaf.shape), dtype))
         elif kind == _FULL:
-            eps = _full_from_draw(draw_of[i][None], lay, 1)[0]
-            out.append((eps * (sign * sigma)).astype(dtype))
+            eps = _full_from_draw(draw_of[i], lay, 1)
+            out.append((eps * scale).astype(dtype))
         else:
             fb, fa = _split_lowrank(draw_of[i], lay)
-            scale = sign * sigma / math.sqrt(rank)
-            out.append(LowRankNoise(fb, (fa * scale).astype(dtype)))
+            out.append(LowRankNoise(fb, (fa * (scale / math.sqrt(rank))).astype(dtype)))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -515,19 +553,24 @@ def es_evaluate(
     def call(noise: Any, args: Any) -> jax.Array:
         return fitness_fn(params, noise) if member_args is None else fitness_fn(params, noise, args)
 
-    def pair(j: jax.Array, args: Any) -> jax.Array:
-        # Members 2j and 2j+1 share the draw with opposite signs (exact negation).
-        plus = es_noise(
-            params,
-            key,
-            2 * j,
-            sigma=sigma,
-            rank=rank,
-            generation=generation,
-            noise_reuse=noise_reuse,
-            freeze_nonmatrix=freeze_nonmatrix,
-            router=router,
-        )
+    rank, noise_reuse, _ = _check_common(sigma, rank, noise_reuse)
+    pairs = population_size // 2
+    # Members 2j and 2j+1 share pair j's draw with opposite signs (exact
+    # negation). All pairs are drawn before the vmap over pairs: a draw inside
+    # it would be recomputed in every consumer of the noise (compile time).
+    noise = _pair_noise(
+        params,
+        key,
+        jnp.arange(pairs),
+        _signed_sigma(jnp.zeros((), jnp.int32), sigma),
+        rank=rank,
+        generation=generation,
+        noise_reuse=noise_reuse,
+        freeze_nonmatrix=freeze_nonmatrix,
+        router=router,
+    )
+
+    def pair(_: jax.Array, plus: Any, args: Any) -> jax.Array:
         minus = jax.tree.map(
             lambda n: LowRankNoise(n.b, -n.a) if isinstance(n, LowRankNoise) else -n,
             plus,
@@ -539,9 +582,10 @@ def es_evaluate(
         second = jax.tree.map(lambda a: a[1], args)
         return jnp.stack([call(plus, first), call(minus, second)])
 
-    pairs = population_size // 2
     paired = jax.tree.map(lambda a: jnp.reshape(a, (pairs, 2, *jnp.shape(a)[1:])), member_args)
-    return jnp.reshape(jax.vmap(pair)(jnp.arange(pairs), paired), (population_size,))
+    # The pair index keeps the vmap well-defined for an empty parameter tree.
+    mapped = jax.vmap(pair)(jnp.arange(pairs), noise, paired)
+    return jnp.reshape(mapped, (population_size,))
 
 
 # ----------------------------------------------------------------------------

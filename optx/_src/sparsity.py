@@ -422,33 +422,90 @@ def group_sparse_envelope_prox(
                 "update(updates, state, params)."
             )
         lam = strength(state.count) if callable(strength) else strength
-
-        def leaf(path: Any, u: Any, w: Any) -> Any:
-            if u is None:
-                return None
-            name = base.path_to_str(path)
-            lay = resolve(name, u)
-            if lay is None:
-                return u
-            _, m, _ = _group_permutation(lay, groups)
-            kk = _resolve_k(k, name, m)
-            cdt = base.compute_dtype(u.dtype, w.dtype)
-
-            def prox(x: jax.Array) -> jax.Array:
-                # Weights are built here: under an Explicit mesh this runs inside
-                # auto_axes, where arrays created outside would not match.
-                d = _resolve_weights(group_weights, name, lay, groups, cdt)
-                g = to_groups(x, lay, groups)
-                norms = jnp.sqrt(jnp.sum(g * g, axis=-1))
-                scaled = sparse_envelope_prox(norms, kk, jnp.asarray(lam, cdt), weights=d)
-                factor = jnp.where(norms > 0, scaled / jnp.where(norms > 0, norms, 1.0), 0.0)
-                return from_groups(g * factor[..., None], lay, groups)
-
-            w_c = w.astype(cdt)
-            projected = sharding.apply_matrix_fn(prox, w_c + u.astype(cdt))
-            return (projected - w_c).astype(u.dtype)
-
-        new = jax.tree_util.tree_map_with_path(leaf, updates, params, is_leaf=base.is_leaf_or_none)
+        new = _prox_tree(updates, params, lam, k, groups, group_weights, resolve)
         return new, GroupSparseEnvelopeState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _prox_tree(
+    updates: Any,
+    params: Any,
+    lam: Any,
+    k: KSpec,
+    groups: str,
+    group_weights: WeightSpec,
+    resolve: Callable[[str, Any], ResolvedLayout | None],
+) -> Any:
+    """``prox(W + u) − W`` for every leaf with a layout; other leaves pass through.
+
+    The group norms of every matrix are computed leaf by leaf; the water-filling
+    (a sort per matrix) runs once per distinct ``(M, k, dtype)`` on the rows of
+    all leaves that share it, so the compiled program grows with the number of
+    distinct group counts, not of leaves (compile time). Every row is solved
+    independently, so the numbers are those of a per-leaf prox. Leaves carrying
+    an Explicit sharding keep their own prox (under ``auto_axes``).
+    """
+    flat_u, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=base.is_leaf_or_none)
+    flat_w = treedef.flatten_up_to(params)
+    out: list[Any] = [u for _, u in flat_u]
+    buckets: dict[tuple[Any, ...], list[tuple[int, Any, jax.Array, jax.Array, jax.Array]]] = {}
+    for i, ((path, u), w) in enumerate(zip(flat_u, flat_w, strict=True)):
+        if u is None:
+            continue
+        name = base.path_to_str(path)
+        lay = resolve(name, u)
+        if lay is None:
+            continue
+        _, m, _ = _group_permutation(lay, groups)
+        kk = _resolve_k(k, name, m)
+        cdt = base.compute_dtype(u.dtype, w.dtype)
+        w_c = w.astype(cdt)
+        x = w_c + u.astype(cdt)
+        if sharding.spec_of(x) is not None:
+            out[i] = _sharded_leaf_prox(x, w_c, u.dtype, lam, kk, name, lay, groups, group_weights)
+            continue
+        g = to_groups(x, lay, groups)
+        norms = jnp.sqrt(jnp.sum(g * g, axis=-1))
+        d = jnp.broadcast_to(_resolve_weights(group_weights, name, lay, groups, cdt), norms.shape)
+        buckets.setdefault((m, kk, jnp.dtype(cdt)), []).append((i, lay, g, norms, d))
+    for (_, kk, cdt), members in buckets.items():
+        norms = jnp.concatenate([mb[3] for mb in members])
+        d = jnp.concatenate([mb[4] for mb in members])
+        scaled = sparse_envelope_prox(norms, kk, jnp.asarray(lam, cdt), weights=d)
+        start = 0
+        for i, lay, g, n, _ in members:
+            s = scaled[start : start + n.shape[0]]
+            start += n.shape[0]
+            factor = jnp.where(n > 0, s / jnp.where(n > 0, n, 1.0), 0.0)
+            w_c = flat_w[i].astype(cdt)
+            projected = from_groups(g * factor[..., None], lay, groups)
+            out[i] = (projected - w_c).astype(out[i].dtype)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _sharded_leaf_prox(
+    x: jax.Array,
+    w_c: jax.Array,
+    dtype: Any,
+    lam: Any,
+    kk: int,
+    name: str,
+    lay: ResolvedLayout,
+    groups: str,
+    group_weights: WeightSpec,
+) -> jax.Array:
+    """The prox of one leaf with an Explicit sharding, under ``auto_axes``."""
+    cdt = x.dtype
+
+    def prox(x: jax.Array) -> jax.Array:
+        # Weights are built here: under an Explicit mesh this runs inside
+        # auto_axes, where arrays created outside would not match.
+        d = _resolve_weights(group_weights, name, lay, groups, cdt)
+        g = to_groups(x, lay, groups)
+        norms = jnp.sqrt(jnp.sum(g * g, axis=-1))
+        scaled = sparse_envelope_prox(norms, kk, jnp.asarray(lam, cdt), weights=d)
+        factor = jnp.where(norms > 0, scaled / jnp.where(norms > 0, norms, 1.0), 0.0)
+        return from_groups(g * factor[..., None], lay, groups)
+
+    return (sharding.apply_matrix_fn(prox, x) - w_c).astype(dtype)
