@@ -86,7 +86,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, curvature, hyperparams, layouts, routing, sharding
+from optx._src import base, hyperparams, layouts, routing, sharding
 from optx._src.layouts import ResolvedLayout
 
 FITNESS_SHAPINGS = ("standardize", "centered_ranks", "none")
@@ -308,7 +308,7 @@ def _draw_normals(requests: list[tuple[jax.Array, tuple[int, ...], Any]]) -> lis
         width = max(math.prod(requests[i][1]) for i in bucket)
         dtype = requests[bucket[0]][2]
         flat = jnp.concatenate([jnp.reshape(requests[i][0], (-1,)) for i in bucket])
-        z = curvature.materialized(
+        z = base.materialized(
             jax.vmap(lambda k, w=width, dt=dtype: jax.random.normal(k, (w,), dt)), flat
         )
         start = 0
