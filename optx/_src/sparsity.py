@@ -466,7 +466,7 @@ def _prox_tree(
             out[i] = _sharded_leaf_prox(x, w_c, u.dtype, lam, kk, name, lay, groups, group_weights)
             continue
         g = to_groups(x, lay, groups)
-        norms = jnp.sqrt(jnp.sum(g * g, axis=-1))
+        norms = _group_norms(g)
         d = jnp.broadcast_to(_resolve_weights(group_weights, name, lay, groups, cdt), norms.shape)
         buckets.setdefault((m, kk, jnp.dtype(cdt)), []).append((i, lay, g, norms, d))
     for (_, kk, cdt), members in buckets.items():
@@ -477,11 +477,23 @@ def _prox_tree(
         for i, lay, g, n, _ in members:
             s = scaled[start : start + n.shape[0]]
             start += n.shape[0]
-            factor = jnp.where(n > 0, s / jnp.where(n > 0, n, 1.0), 0.0)
-            w_c = flat_w[i].astype(cdt)
-            projected = from_groups(g * factor[..., None], lay, groups)
-            out[i] = (projected - w_c).astype(out[i].dtype)
+            projected = _rescale_groups(g, n, s, lay, groups)
+            out[i] = (projected - flat_w[i].astype(cdt)).astype(out[i].dtype)
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _group_norms(g: jax.Array) -> jax.Array:
+    """Euclidean norm of each group (the last axis of :func:`to_groups`)."""
+    return jnp.sqrt(jnp.sum(g * g, axis=-1))
+
+
+def _rescale_groups(
+    g: jax.Array, norms: jax.Array, scaled: jax.Array, lay: ResolvedLayout, groups: str
+) -> jax.Array:
+    """Groups rescaled from norm ``norms`` to ``scaled`` (zero groups stay zero),
+    back in the leaf's layout."""
+    factor = jnp.where(norms > 0, scaled / jnp.where(norms > 0, norms, 1.0), 0.0)
+    return from_groups(g * factor[..., None], lay, groups)
 
 
 def _sharded_leaf_prox(
@@ -503,9 +515,8 @@ def _sharded_leaf_prox(
         # auto_axes, where arrays created outside would not match.
         d = _resolve_weights(group_weights, name, lay, groups, cdt)
         g = to_groups(x, lay, groups)
-        norms = jnp.sqrt(jnp.sum(g * g, axis=-1))
+        norms = _group_norms(g)
         scaled = sparse_envelope_prox(norms, kk, jnp.asarray(lam, cdt), weights=d)
-        factor = jnp.where(norms > 0, scaled / jnp.where(norms > 0, norms, 1.0), 0.0)
-        return from_groups(g * factor[..., None], lay, groups)
+        return _rescale_groups(g, norms, scaled, lay, groups)
 
     return (sharding.apply_matrix_fn(prox, x) - w_c).astype(dtype)
