@@ -57,9 +57,13 @@ class ScaleBySophiaState(NamedTuple):
       mu: momentum ``m`` (no bias correction).
       hessian: EMA ``h`` of the Hessian-diagonal estimates.
       key: PRNG key for probes / label sampling.
-      win_rate: fraction of this step's coordinates that were **not** clipped,
-        ``mean(|m| < ρ·B·h)`` — the official training script's ``win_rate``
-        (tune ρ so that it stays in 0.1–0.5).
+      win_rate: fraction of coordinates that were **not** clipped,
+        ``mean(|m| < ρ·B·h)``, at the last refresh step of ``h`` (0 before
+        the first) — the official training script's ``win_rate`` (tune ρ so
+        that it stays in 0.1–0.5). It is counted on refresh steps only: on
+        XLA:CPU a full-tree count writes and re-reads one mask word per
+        parameter, which doubled the cost of an ordinary step (optax computes
+        its win rate only with ``verbose=True``).
     """
 
     count: jax.Array
@@ -179,18 +183,23 @@ def scale_by_sophia(
         mu = jax.tree.map(lambda m, g: _ema(m, g, b1), state.mu, updates)
         scale = gamma * tokens_per_batch
 
-        def direction(g: jax.Array, m: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def direction(g: jax.Array, m: jax.Array, h: jax.Array) -> jax.Array:
             cdt = adaptive.compute_dtype(g.dtype, m.dtype, h.dtype)
-            mc = m.astype(cdt)
-            curv = scale * h.astype(cdt)
-            u = jnp.clip(mc / jnp.maximum(curv, eps), -1.0, 1.0)
-            wins = jnp.sum(jnp.abs(mc) < curv).astype(jnp.float32)
-            return u.astype(g.dtype), wins
+            u = jnp.clip(m.astype(cdt) / jnp.maximum(scale * h.astype(cdt), eps), -1.0, 1.0)
+            return u.astype(g.dtype)
 
-        out = jax.tree.map(direction, updates, mu, hessian)
-        new_updates, wins = base.unzip_tree(updates, out)
-        size = sum(jnp.size(x) for x in jax.tree.leaves(updates))
-        win_rate = sum(jax.tree.leaves(wins), jnp.zeros([], jnp.float32)) / max(size, 1)
+        def count_wins(mu: Any, hessian: Any) -> jax.Array:
+            def wins(m: jax.Array, h: jax.Array) -> jax.Array:
+                cdt = adaptive.compute_dtype(m.dtype, h.dtype)
+                won = jnp.abs(m.astype(cdt)) < scale * h.astype(cdt)
+                return jnp.sum(won).astype(jnp.float32)
+
+            leaves = jax.tree.leaves(jax.tree.map(wins, mu, hessian))
+            size = sum(jnp.size(x) for x in jax.tree.leaves(mu))
+            return sum(leaves, jnp.zeros([], jnp.float32)) / max(size, 1)
+
+        new_updates = jax.tree.map(direction, updates, mu, hessian)
+        win_rate = jax.lax.cond(due, count_wins, lambda *_: state.win_rate, mu, hessian)
         return new_updates, ScaleBySophiaState(
             count=optax.safe_increment(count),
             mu=mu,

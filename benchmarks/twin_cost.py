@@ -1,0 +1,202 @@
+"""Step cost of every optx optimizer that has an optax twin, against that twin.
+
+Run:  python benchmarks/twin_cost.py [--size small --rounds 9 --window 10]
+
+Issue 17's rule: an optx optimizer whose method optax already ships must cost
+no more than optax's (ratio ≤ 1.0). Each pair below runs the same math with
+the same hyper-parameters on the same GPT-style tree (``benchmarks/_trees.py``)
+and the same routing (optax's matrix methods get dimension numbers from optx's
+router, so both send the same leaves to Newton–Schulz / the projection):
+
+* ``adamw``: ``optax.adamw(1e-3, weight_decay=1e-4)``;
+* ``adabelief``: ``optx.adabelief(rectify=False)`` = ``optax.adabelief``;
+* ``lion``: weight decay 0.1 on both;
+* ``muon``: ``optax.contrib.muon`` with optx's routing, Adam fallback (its
+  weight decay 0 on both);
+* ``galore``: ``optax.contrib.galore`` (rank 128, gap 200, scale 1,
+  optax's side rule = optx's ``side='reverse_std'``), with optx's routing;
+* ``sophia``: ``optax.contrib.sophia`` (Hutchinson with Rademacher probes,
+  refresh every 10 steps) against ``optx.sophia_h`` with the same probes,
+  period, decay and γ (their rules differ in small ways — bias correction, the
+  refresh phase — that cost the same element-wise passes). ``optx.sophia_h``
+  also carries optx's non-finite policy (:func:`optx.skip_if_not_finite`: a
+  NaN/Inf anywhere in the step's outputs skips the step), which optax's has
+  not; the row "sophia (no non-finite skip)" is the same step without it.
+
+Every jitted step is compiled first; then ``--rounds`` interleaved rounds time a
+window of ``--window`` consecutive updates of every candidate (a whole Sophia
+refresh period, so its oracle is amortized as in training), round-robin, so
+machine load drifts hit twins alike. Printed: median wall and median process CPU
+time per update (all XLA threads; robust to other processes), and optx / twin
+for both. GaLore's refresh (an SVD every 200 steps) falls outside the windows
+for both. The same script runs unchanged on GPU/TPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from _trees import PRESETS, gpt_params
+from muon_step import contrib_muon_dims
+
+import optx
+
+
+def contrib_galore_dims(params: Any) -> Any:
+    """optax.contrib.galore dimension numbers from optx's router (matrix view)."""
+    router = optx.default_router()
+
+    def dim_nums(path: Any, x: jax.Array) -> Any:
+        layout = router.layout(optx.tree_utils.path_to_str(path), x)
+        if layout is None:
+            return None
+        r = optx.resolve_layout(layout, x.shape)
+        if r.batch_axes:  # optax's GaLore projects one matrix per leaf
+            raise ValueError(f"{path}: stacked leaves have no optax.contrib.galore twin.")
+        return optax.contrib.GaLoreDimensionNumbers(r.reduction_axes, r.output_axes)
+
+    return jax.tree_util.tree_map_with_path(dim_nums, params)
+
+
+def loss_fn(params: Any) -> jax.Array:
+    """A cheap closure for the curvature oracles (the optimizer's work is timed)."""
+    return sum(jnp.sum(0.5 * x**2 + 0.01 * x**4) for x in jax.tree.leaves(params))
+
+
+Pair = tuple[Callable[[], optax.GradientTransformation], Callable[[], optax.GradientTransformation]]
+
+
+def pairs(params: Any) -> dict[str, Pair]:
+    """``name -> (optax twin, optx)``, same math and hyper-parameters."""
+    muon_dims, galore_dims = contrib_muon_dims(params), contrib_galore_dims(params)
+    return {
+        "adamw": (lambda: optax.adamw(1e-3, weight_decay=1e-4), lambda: optx.adamw(1e-3)),
+        "adabelief": (
+            lambda: optax.adabelief(1e-3),
+            lambda: optx.adabelief(1e-3, eps_root=1e-16, rectify=False),
+        ),
+        "lion": (
+            lambda: optax.lion(1e-4, weight_decay=0.1),
+            lambda: optx.lion(1e-4, weight_decay=0.1),
+        ),
+        "muon": (
+            lambda: optax.contrib.muon(0.02, muon_weight_dimension_numbers=muon_dims),
+            lambda: optx.muon(0.02, adam_weight_decay=0.0),
+        ),
+        "galore": (
+            lambda: optax.contrib.galore(
+                1e-2, rank=128, update_proj_gap=200, weight_dimension_numbers=galore_dims
+            ),
+            lambda: optx.galore(
+                1e-2,
+                rank=128,
+                update_proj_gap=200,
+                scale=1.0,
+                side="reverse_std",
+            ),
+        ),
+        "sophia": (
+            lambda: optax.contrib.sophia(1e-3, weight_decay=1e-4, update_interval=10),
+            lambda: optx.sophia_h(
+                1e-3, weight_decay=1e-4, update_interval=10, distribution="rademacher"
+            ),
+        ),
+        "sophia (no non-finite skip)": (
+            lambda: optax.contrib.sophia(1e-3, weight_decay=1e-4, update_interval=10),
+            sophia_h_without_skip,
+        ),
+    }
+
+
+def sophia_h_without_skip() -> optax.GradientTransformation:
+    """``optx.sophia_h`` without its :func:`optx.skip_if_not_finite` wrapper.
+
+    A reference row, not a method: optax.contrib.sophia has no non-finite
+    policy, so this row shows what the policy (checking every output of the
+    step for NaN/Inf before it is kept) costs on this device.
+    """
+    return optax.chain(
+        optx.scale_by_sophia(
+            b1=0.965,
+            b2=0.99,
+            gamma=0.01,
+            tokens_per_batch=1.0,
+            eps=1e-12,
+            estimator=optx.curvature.Hutchinson(1, "rademacher"),
+            update_interval=10,
+            refresh_at_start=True,
+        ),
+        optax.add_decayed_weights(1e-4),
+        optax.scale_by_learning_rate(1e-3),
+    )
+
+
+def make_step(tx: optax.GradientTransformation, params: Any) -> tuple[Callable[..., Any], Any]:
+    grads = jax.tree.map(
+        lambda p: 1e-3 * jnp.sin(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape) + 1e-4, params
+    )
+    extra = {"obj_fn": loss_fn, "loss_fn": loss_fn}
+
+    @jax.jit
+    def step(state: Any) -> tuple[Any, Any]:
+        return tx.update(grads, state, params, **extra)
+
+    state = tx.init(params)
+    jax.block_until_ready(step(state))  # compile
+    return step, state
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="small", choices=sorted(PRESETS))
+    ap.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
+    ap.add_argument("--window", type=int, default=10, help="consecutive updates per round")
+    ap.add_argument("--pairs", default=None, help="comma-separated subset of the pairs")
+    args = ap.parse_args()
+
+    params = gpt_params(PRESETS[args.size], jax.random.key(0))
+    chosen = pairs(params)
+    if args.pairs:
+        chosen = {k: chosen[k] for k in args.pairs.split(",")}
+    runners: dict[tuple[str, str], list[Any]] = {}
+    for name, (twin, ours) in chosen.items():
+        for side, make in (("optax", twin), ("optx", ours)):
+            runners[name, side] = list(make_step(make(), params))
+
+    wall: dict[tuple[str, str], list[float]] = {k: [] for k in runners}
+    cpu: dict[tuple[str, str], list[float]] = {k: [] for k in runners}
+    for _ in range(args.rounds):
+        for key, runner in runners.items():
+            step, state = runner
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(args.window):
+                _, state = step(state)
+            jax.block_until_ready(state)
+            wall[key].append((time.perf_counter() - t0) / args.window)
+            cpu[key].append((time.process_time() - c0) / args.window)
+            runner[1] = state
+
+    dev = jax.devices()[0]
+    n = optx.tree_utils.param_count(params)
+    print(f"device: {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
+    print(
+        f"GPT-style tree '{args.size}' ({n:,} params); median of {args.rounds} interleaved "
+        f"rounds of {args.window} updates\n"
+    )
+    print("| method | optax ms | optx ms | optx / optax (wall) | optx / optax (CPU) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name in chosen:
+        tw, to = (statistics.median(wall[name, s]) for s in ("optax", "optx"))
+        cw, co = (statistics.median(cpu[name, s]) for s in ("optax", "optx"))
+        print(f"| {name} | {tw * 1e3:.2f} | {to * 1e3:.2f} | {to / tw:.2f} | {co / cw:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
