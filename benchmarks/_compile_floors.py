@@ -416,7 +416,11 @@ def _quantized_sizes(params: Any, min_size: int = 4096) -> int:
     )
 
 
-def _eight_bit_floor(params: Any, tx: Any, label: str, unsigned: bool) -> list[FloorProgram]:
+def _eight_bit_floor(
+    params: Any, tx: Any, label: str, unsigned: bool, coded: int | None = None
+) -> list[FloorProgram]:
+    """``tx``'s step (float32 states) + one coding program for ``coded`` entries
+    (default: the leaves of at least 4096 entries) per coded moment."""
     import jax.numpy as jnp
     import optax
 
@@ -428,7 +432,7 @@ def _eight_bit_floor(params: Any, tx: Any, label: str, unsigned: bool) -> list[F
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
-    n = _quantized_sizes(params)
+    n = _quantized_sizes(params) if coded is None else coded
     blocks = q.num_blocks(n, q.REFERENCE_BLOCK_SIZE)
     codes = jax.ShapeDtypeStruct((n,), jnp.uint8)
     scales = jax.ShapeDtypeStruct((blocks,), jnp.float32)
@@ -468,6 +472,21 @@ def _sgd_momentum_8bit(params: Any) -> list[FloorProgram]:
     import optax
 
     return _eight_bit_floor(params, optax.sgd(1e-2, momentum=0.9), "optax.sgd", False)
+
+
+@register("galore_8bit")
+def _galore_8bit(params: Any) -> list[FloorProgram]:
+    """GaLore's own step (float32 moments, same router, rank and refresh) plus
+    one coding program per moment over all of galore_8bit's quantized entries
+    (the projected moments and the fallback leaves' moments)."""
+    import jax.numpy as jnp
+
+    import optx
+
+    state = jax.eval_shape(optx.get_optimizer("galore_8bit").build().init, params)
+    codes = sum(x.size for x in jax.tree.leaves(state) if x.dtype == jnp.uint8)
+    tx = optx.get_optimizer("galore").build()
+    return _eight_bit_floor(params, tx, "optx.galore", True, coded=codes // 2)
 
 
 # ----------------------------------------------------------------------------

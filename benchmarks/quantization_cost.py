@@ -61,11 +61,17 @@ def rounding_coder() -> Iterator[None]:
             return (jnp.round(y * 127.0) + 127.0).astype(jnp.int32)
         return jnp.round(y * 255.0).astype(jnp.int32)
 
+    jitted = quantization._encode_jitted
     quantization._nearest_code = coder
+    # A fresh jit of the coder: the module's one caches the exact coder's trace.
+    quantization._encode_jitted = jax.jit(
+        quantization._encode, static_argnames=("signed", "block_size")
+    )
     try:
         yield
     finally:
         quantization._nearest_code = exact
+        quantization._encode_jitted = jitted
 
 
 def _packed_code(y: jax.Array, signed: bool) -> jax.Array:
@@ -141,11 +147,13 @@ def no_recoding() -> Iterator[None]:
         del absmax, signed, block_size
         return jnp.zeros(jnp.shape(x), jnp.uint8)
 
-    quantization._encode = encode
+    jitted = quantization._encode_jitted
+    quantization._encode = quantization._encode_jitted = encode
     try:
         yield
     finally:
         quantization._encode = exact
+        quantization._encode_jitted = jitted
 
 
 def timed_steps(

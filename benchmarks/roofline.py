@@ -7,8 +7,9 @@ work of an ideal implementation of the *method* per step:
 
 * **bytes**: one read of the gradient and the parameter, one write of the
   parameter, one read and one write of every optimizer-state word
-  (``4·(3 + 2·s)`` bytes per parameter for ``s`` float32 state words; 1 byte
-  per 8-bit code), plus the passes a method cannot fuse away (a second read
+  (``4·(3 + 2·s)`` bytes per parameter for ``s`` float32 state words; 8-bit
+  states: what the loops of ``quantize_moments`` read and write,
+  :func:`coded_moments`), plus the passes a method cannot fuse away (a second read
   for a per-matrix reduction, a curvature oracle's extra gradient passes);
 * **flops**: the dense linear algebra (``2·m·k·n`` per matmul): Newton–Schulz
   iterations, Kronecker-factor and rotation products, low-rank projections,
@@ -49,6 +50,7 @@ import jax
 import jax.numpy as jnp
 
 import optx
+from optx._src import quantization
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _trees
@@ -245,18 +247,58 @@ def _adamw(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
     return elementwise(t.size, 2)
 
 
-def _adamw_8bit(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
-    # Two 1-byte codes per parameter (+ a block scale per 256); the new moments
-    # are reduced to their block maxima before they are coded: one more read.
-    return elementwise(t.size, 0.5, extra_passes=2 * 1.0)
-
-
 def _one_moment(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
     return elementwise(t.size, 1)
 
 
-def _one_moment_8bit(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
-    return elementwise(t.size, 0.25, extra_passes=1.0)
+def coded_moments(n: float, moments: int, gradient_words: float = 1.0, output: bool = True) -> Cost:
+    """``optx.quantization.quantize_moments``' step on ``n`` quantized entries
+    with ``moments`` 1-byte codes each (float32 block scales, one per 256,
+    not counted): no dequantized or new moment is ever written; three loops
+    recompute dequantize → update from the codes and the gradient
+    (``gradient_words`` words per entry: 2 where a weight decay before the
+    moments reads the parameter too):
+
+    * the block maxima of the new moments (one variadic reduction): reads the
+      codes and the gradient;
+    * the update: reads the codes, the gradient and the parameter, writes the
+      parameter (``output=False``: GaLore's projected update, one word written);
+    * the codes, one loop per moment: reads its codes and the gradient, writes
+      its codes.
+
+    8-bit AdamW: 26 bytes read and 6 written per parameter (AdamW: 16 and 12).
+    """
+    g = WORD * gradient_words
+    update_reads = moments + (WORD + WORD if output else WORD)
+    reads = (moments + g) + update_reads + moments * (1 + g)
+    return Cost(0.0, n * (reads + WORD + moments))
+
+
+def _min_size(spec: optx.OptimizerSpec) -> int:
+    """Leaves (or projected moments) with fewer entries keep float32 moments."""
+    value = spec.defaults.get("min_size")
+    return max(int(quantization.REFERENCE_MIN_SIZE if value is None else value), 1)
+
+
+def _coded_sizes(t: TreeInfo, spec: optx.OptimizerSpec) -> tuple[int, int]:
+    """Entries of the leaves with 8-bit moments and of the others (min_size)."""
+    min_size = _min_size(spec)
+    coded = sum(x.size for x in t.leaves if x.size >= min_size)
+    return coded, t.size - coded
+
+
+def _eight_bit(moments: int) -> CostModel:
+    """8-bit Adam (2 moments), Lion and momentum (1): :func:`coded_moments` on
+    the leaves of at least ``min_size`` entries, float32 moments elsewhere."""
+
+    def model(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+        coded, small = _coded_sizes(t, spec)
+        # SGD's weight decay comes before the momentum: every loop reads p too.
+        decay_first = spec.name == "sgd_momentum_8bit" and float(hyper(spec, "weight_decay"))
+        g = 2.0 if decay_first else 1.0
+        return coded_moments(coded, moments, g) + elementwise(small, moments)
+
+    return model
 
 
 def _adam_like(extra_words: float = 0.0, extra_passes: float = 0.0) -> CostModel:
@@ -366,6 +408,31 @@ def _low_rank_adam(
     return cost
 
 
+def _galore_8bit(t: TreeInfo, spec: optx.OptimizerSpec) -> Cost:
+    """GaLore with 8-bit Adam moments (:func:`coded_moments`) in the ``r × l``
+    projected space of each matrix and on the fallback leaves."""
+    rank, gap = int(hyper(spec, "rank")), int(hyper(spec, "update_proj_gap"))
+    min_size = _min_size(spec)
+
+    def adam8(n: float, output: bool) -> Cost:
+        if n >= min_size:
+            return coded_moments(n, 2, output=output)
+        return elementwise(n, 2) if output else Cost(0.0, WORD * n * 6)
+
+    cost = elementwise(t.matrix_size, 0)  # read g (projected in) and p, write p
+    for x in t.leaves:
+        if x.view is None:
+            cost = cost + adam8(x.size, output=True)
+            continue
+        b, m, n = x.view
+        r = min(rank, m, n)
+        # The projections write the projected gradient and read the projected update.
+        cost = cost + adam8(b * r * max(m, n), output=False)
+        cost = cost + low_rank_projection(x.view, r, 2)
+        cost = cost + eigh(min(m, n), gap, b) + _every(2.0 * b * m * n * min(m, n), gap)
+    return cost
+
+
 def _galore(state_words: float) -> CostModel:
     """Project in and back out; SVD refresh every ``update_proj_gap`` steps."""
 
@@ -460,7 +527,7 @@ COST_MODELS: Mapping[str, CostModel] = {
     "adahessian": _curvature(2, oracle_passes=6, every=_interval),
     "adamp": _radial(2),
     "adamw": _adamw,
-    "adamw_8bit": _adamw_8bit,
+    "adamw_8bit": _eight_bit(2),
     "agvm_sgd": _curvature(1, oracle_passes=4, every=lambda s: 1),  # two half-batch grads
     "apollo": _apollo(lambda s: int(hyper(s, "rank"))),
     "apollo_mini": _apollo(lambda s: 1),
@@ -471,10 +538,10 @@ COST_MODELS: Mapping[str, CostModel] = {
     "exadam": _adam_like(),
     "frugal": _frugal,
     "galore": _galore(2),
-    "galore_8bit": _galore(0.5),
+    "galore_8bit": _galore_8bit,
     "hybrid_auon": _muon_like(lambda s: 1, extra_passes=1),
     "lion": _one_moment,
-    "lion_8bit": _one_moment_8bit,
+    "lion_8bit": _eight_bit(1),
     "lion_kappa": _muon_like(_steps),
     "lipschitz_muon": _lipschitz_muon,
     "mfac": _mfac,
@@ -483,7 +550,7 @@ COST_MODELS: Mapping[str, CostModel] = {
     "muon": _muon_like(_steps),
     "normuon": _muon_like(_steps, extra_passes=1),
     "root": _muon_like(_steps, extra_passes=1),  # + one selection pass for the quantile
-    "sgd_momentum_8bit": _one_moment_8bit,
+    "sgd_momentum_8bit": _eight_bit(1),
     "sgd_sai": _one_moment,
     "sgdp": _radial(1),
     "soap": _soap,

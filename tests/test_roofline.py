@@ -46,5 +46,16 @@ def test_elementwise_and_newton_schulz_counts() -> None:
     assert muon.bytes > 20 * tree.size  # AdamW fallback + momentum + matmul operands
     peaks = roofline.Peaks(flops=1e9, bytes=1e9)
     assert muon.seconds(peaks.flops, peaks.bytes) == muon.flops / 1e9 + muon.bytes / 1e9
-    eight = roofline.cost_of("adamw_8bit", tree)
-    assert eight.bytes < adamw.bytes, "two 1-byte codes instead of two float32 moments"
+    # 8-bit states (quantize_moments' three recomputing loops) on leaves of at
+    # least 4096 entries: Adam reads codes+g (block maxima), codes+g+p (update),
+    # code+g per moment (codes) = 26 B and writes p + 2 codes = 6 B; Lion and
+    # momentum 19 + 5 B. Smaller leaves keep float32 moments (28 and 20 B).
+    coded = roofline.TreeInfo.from_params(
+        {
+            "w": jax.ShapeDtypeStruct((64, 64), jnp.float32),
+            "b": jax.ShapeDtypeStruct((8,), jnp.float32),
+        }
+    )
+    assert roofline.cost_of("adamw_8bit", coded).bytes == 32 * 4096 + 28 * 8
+    assert roofline.cost_of("lion_8bit", coded).bytes == 24 * 4096 + 20 * 8
+    assert roofline.cost_of("sgd_momentum_8bit", coded).bytes == 24 * 4096 + 20 * 8

@@ -310,6 +310,11 @@ def _encode(x: jax.Array, absmax: jax.Array, signed: bool, block_size: int) -> j
     return _unblock(codes.astype(jnp.uint8), jnp.shape(x))
 
 
+# Traced and lowered once per (shape, dtype, map, block size); XLA inlines the
+# calls, so the program is the same as calling the function per leaf.
+_encode_jitted = jax.jit(_encode, static_argnames=("signed", "block_size"))
+
+
 def quantize_blockwise(
     x: jax.Array, *, signed: bool = True, block_size: int = REFERENCE_BLOCK_SIZE
 ) -> QuantizedArray:
@@ -355,7 +360,7 @@ def _quantize_group(
     out = []
     for x, s, a in zip(recomputed, signed, maxima):
         codes = sharding.call_with_out_specs(
-            functools.partial(_encode, signed=s, block_size=block_size),
+            functools.partial(_encode_jitted, signed=s, block_size=block_size),
             (x, a),
             sharding.spec_or_replicated(x),
         )
@@ -383,15 +388,23 @@ def dequantize_blockwise(
       Array([ 0.50078124, -0.99296874,  0.25      ,  0.        ], dtype=float32)
     """
     block_size = base.check_positive_int("block_size", block_size)
-    shape = jnp.shape(q.codes)
-
-    def fn(codes: jax.Array, absmax: jax.Array) -> jax.Array:
-        values = jnp.asarray(_dynamic_map_np(signed))[codes.astype(jnp.int32)]
-        blocks = _blocks(values, block_size) * absmax[:, None]
-        return _unblock(blocks, shape).astype(dtype)
-
+    fn = functools.partial(
+        _decode_jitted, signed=bool(signed), block_size=block_size, dtype=jnp.dtype(dtype)
+    )
     out_spec = sharding.spec_or_replicated(q.codes)
     return sharding.call_with_out_specs(fn, (q.codes, q.absmax), out_spec)
+
+
+def _decode(
+    codes: jax.Array, absmax: jax.Array, signed: bool, block_size: int, dtype: jnp.dtype
+) -> jax.Array:
+    """``map[codes] · absmax[block]`` in ``codes``' shape."""
+    values = jnp.asarray(_dynamic_map_np(signed))[codes.astype(jnp.int32)]
+    blocks = _blocks(values, block_size) * absmax[:, None]
+    return _unblock(blocks, jnp.shape(codes)).astype(dtype)
+
+
+_decode_jitted = jax.jit(_decode, static_argnames=("signed", "block_size", "dtype"))
 
 
 # ----------------------------------------------------------------------------
@@ -434,9 +447,10 @@ def quantize_moments(
     ``quantize_moments(optax.trace(0.9))`` 8-bit momentum; any moment of any
     transform works the same way (e.g. GaLore's subspace Adam).
 
-    Cost: ``inner.update`` is traced three times on the same codes (the copies
-    behind an ``optimization_barrier``, so XLA does not merge them): once for
-    the block maxima, once for the updates and once for the codes. XLA then
+    Cost: ``inner.update`` runs three times on the same codes (traced once and
+    called three times under ``jit``; the copies behind an
+    ``optimization_barrier``, so XLA does not merge them): once for the block
+    maxima, once for the updates and once for the codes. XLA then
     recomputes the element-wise chain dequantize → update inside each of those
     loops instead of writing the dequantized and new moments out (on CPU, a
     step of 8-bit AdamW costs 1.3–2.3 steps of ``optax.adamw`` instead of
@@ -544,25 +558,33 @@ def quantize_moments(
         paths = [path for path, _ in flat]
         qidx = [i for i, s in enumerate(scales) if not isinstance(s, optax.MaskedNode)]
 
-        def inner_step(codes: Sequence[jax.Array]) -> tuple[base.Updates, list[Any]]:
-            leaves = [x for _, x in flat]
+        def inner_step(
+            codes: Sequence[jax.Array], leaves: list[Any], updates: base.Updates, params: Any
+        ) -> tuple[base.Updates, list[Any]]:
+            leaves = list(leaves)
             for i, c in zip(qidx, codes):
                 leaves[i] = dequantize_blockwise(
-                    QuantizedArray(c, scales[i]), signed=is_signed(paths[i]), block_size=block_size
+                    QuantizedArray(c, leaves[i]), signed=is_signed(paths[i]), block_size=block_size
                 )
             full = jax.tree_util.tree_unflatten(treedef, leaves)
             new_updates, new_inner = inner.update(updates, full, params, **extra)
             return new_updates, treedef.flatten_up_to(new_inner)
 
         codes = [flat[i][1] for i in qidx]
+        # The other leaves as they are, the block scales in the quantized slots.
+        others = [scales[i] if i in qidx else x for i, (_, x) in enumerate(flat)]
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((codes, updates))):
+            # Under a trace: traced and lowered once, called three times (XLA
+            # inlines the calls, so the program is that of three traces).
+            inner_step = jax.jit(inner_step)
         # Three traces of the inner step: one feeds the block maxima, and two
         # copies behind a barrier (so XLA cannot merge them) feed the updates and
         # the codes. XLA:CPU then recomputes the cheap element-wise chain in each
         # loop instead of writing the new moments out around the reduction.
         for_updates, for_codes = jax.lax.optimization_barrier((codes, codes))
-        _, first = inner_step(codes)
-        new_updates, _ = inner_step(for_updates)
-        _, new_leaves = inner_step(for_codes)
+        _, first = inner_step(codes, others, updates, params)
+        new_updates, _ = inner_step(for_updates, others, updates, params)
+        _, new_leaves = inner_step(for_codes, others, updates, params)
         groups: dict[Any, list[int]] = {}
         for i in qidx:
             param_path = tuple(e for e in paths[i] if not isinstance(e, jax.tree_util.GetAttrKey))
