@@ -157,6 +157,41 @@ def test_rounding_rule_at_code_boundaries(signed: bool) -> None:
     np.testing.assert_array_equal(xhat[:-1], m[want])
 
 
+def _neighbours(x: np.float32, n: int) -> list[np.float32]:
+    """The ``n`` float32 values on either side of ``x``."""
+    out = []
+    for direction in (np.float32(-np.inf), np.float32(np.inf)):
+        y = x
+        for _ in range(n):
+            y = np.nextafter(y, direction, dtype=np.float32)
+            out.append(y)
+    return out
+
+
+def test_normalization_multiplies_by_the_reciprocal() -> None:
+    """``y = x · fl(1/a)`` as bitsandbytes computes it, not ``fl(x / a)``: values
+    where the two land on different sides of a code boundary take the
+    multiply's code, jitted and eager."""
+    m = optx.quantization.dynamic_map(True).astype(np.float32)
+    cases = []
+    for a in (np.float32(3.0), np.float32(0.3), np.float32(1.7)):
+        inv = np.float32(1) / a
+        for k in range(100, 250):
+            mid = np.float32((np.float64(m[k]) + np.float64(m[k + 1])) / 2 * a)
+            for x in _neighbours(mid, 40):
+                by_div = np.argmin(np.abs(np.float32(x / a) - m))
+                by_mul = np.argmin(np.abs(np.float32(x * inv) - m))
+                if by_div != by_mul:
+                    cases.append((a, x, by_mul))
+                    break
+    assert len(cases) >= 20, "the boundary set must separate the two rules"
+    for a, x, want in cases:
+        block = jnp.asarray([a, x], jnp.float32)
+        for quantize in (_quantize, optx.quantization.quantize_blockwise):
+            codes = np.asarray(quantize(block, signed=True, block_size=2).codes)
+            assert int(codes[1]) == int(want), (float(a), float(x))
+
+
 def test_zero_blocks_negative_unsigned_and_bf16() -> None:
     x = jnp.concatenate([jnp.zeros(8), jnp.array([-1.0, 2.0, 0.5, 0.0, 0, 0, 0, 0])])
     q = optx.quantization.quantize_blockwise(x, signed=False, block_size=8)

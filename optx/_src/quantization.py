@@ -28,8 +28,10 @@ Quirks of the reference (bitsandbytes 0.50.2), and what optx does:
   −0.99297): a block's most negative value decodes to ``−0.99297·a_b``. Same
   here, by construction.
 * Rounding rule at code boundaries (:func:`quantize_blockwise`): ``y =
-  x / a_b`` in float32 (correctly rounded division, as bitsandbytes' CPU
-  quantizer), then the code ``argmin_k fl(|y − map[k]|)`` with the distances
+  x · fl(1/a_b)`` in float32 (bitsandbytes' CPU quantizer and its CUDA
+  kernels multiply by the reciprocal of the block maximum, which differs from
+  a correctly rounded ``x / a_b`` by an ulp in about a quarter of the entries
+  and so changes a code next to a boundary), then the code ``argmin_k fl(|y − map[k]|)`` with the distances
   evaluated in float32 and **ties to the lower code index** — bitsandbytes'
   CPU rule ("take the right neighbour only if strictly closer"), whose
   left-neighbour search (``BinSearch`` ``Direct2``) is approximate where codes
@@ -304,8 +306,11 @@ def _block_absmax(xs: Sequence[jax.Array], block_size: int) -> list[jax.Array]:
 def _encode(x: jax.Array, absmax: jax.Array, signed: bool, block_size: int) -> jax.Array:
     """The ``uint8`` codes of ``x`` for the block scales ``absmax``."""
     blocks = _blocks(x.astype(jnp.float32), block_size)
-    scale = jnp.where(absmax > 0, absmax, 1.0)
-    normalized = blocks / scale[:, None]
+    # x · fl(1/a_b), as bitsandbytes' CPU quantizer and CUDA kernels compute it
+    # (not a correctly rounded x / a_b: the two differ by an ulp near code
+    # boundaries).
+    inverse = 1.0 / jnp.where(absmax > 0, absmax, 1.0)
+    normalized = blocks * inverse[:, None]
     codes = _nearest_code(jnp.clip(normalized, -1.0 if signed else 0.0, 1.0), signed)
     return _unblock(codes.astype(jnp.uint8), jnp.shape(x))
 
@@ -320,8 +325,8 @@ def quantize_blockwise(
 ) -> QuantizedArray:
     """Quantizes ``x`` block-wise to 8-bit codes of :func:`dynamic_map`.
 
-    Each block of ``block_size`` consecutive entries (row-major) is divided by
-    its absolute maximum (float32, correctly rounded) and every entry ``y``
+    Each block of ``block_size`` consecutive entries (row-major) is multiplied
+    by the float32 reciprocal of its absolute maximum and every entry ``y``
     gets the code ``argmin_k fl(|y − map[k]|)``: the nearest map value with
     float32 distances, ties to the lower code index (bitsandbytes' CPU rule,
     see the module notes). All-zero blocks keep scale 0. For the unsigned map
