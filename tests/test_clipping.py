@@ -221,8 +221,8 @@ def test_selection_counts_in_int32_past_float_exactness() -> None:
 
     x = jnp.asarray(np.random.default_rng(5).standard_normal((1, 7, 9)), jnp.float32)
     k = jnp.full((1, 1, 1), 40, jnp.int32)
-    exact = jax.jit(clipping._select, static_argnums=(2, 3))
-    small, huge = exact(x, k, (1, 2), 63), exact(x, k, (1, 2), 2**30)
-    want = np.sort(np.asarray(x).ravel())[40]
-    np.testing.assert_array_equal(small.ravel(), [want])
-    np.testing.assert_array_equal(huge.ravel(), [want])
+    exact = jax.jit(clipping._order_statistic_pair, static_argnums=(3, 4))
+    small, huge = exact(x, k, k + 1, (1, 2), 63), exact(x, k, k + 1, (1, 2), 2**30)
+    want = np.sort(np.asarray(x).ravel())[40:42]
+    np.testing.assert_array_equal(np.ravel(small), want)
+    np.testing.assert_array_equal(np.ravel(huge), want)
