@@ -249,10 +249,11 @@ def _mkor_h(params: Any) -> list[FloorProgram]:
 
 @register("root")
 def _root(params: Any) -> list[FloorProgram]:
-    """AdamW + ROOT's per-matrix math at its minimum: for each distinct matrix
-    shape (all such matrices stacked) one exact 0.9-quantile selection of
-    ``|M|`` (``optx.linalg.matrix_quantile``: the order statistics
-    ``torch.quantile`` interpolates) and one 5-step Newton–Schulz."""
+    """AdamW + ROOT's per-matrix math at its minimum: one exact 0.9-quantile
+    selection of ``|M|`` (``optx.linalg.matrix_quantile``: the order statistics
+    ``torch.quantile`` interpolates) per distinct number of entries per matrix
+    (all such matrices as rows of one stack: the quantile ignores the entries'
+    order), and one 5-step Newton–Schulz per distinct matrix shape."""
     import jax.numpy as jnp
 
     import optx
@@ -270,17 +271,26 @@ def _root(params: Any) -> list[FloorProgram]:
     mats = {k: jnp.full((c, *k), 1e-3) for k, c in shapes.items()}
 
     def prog(g: Any, s: Any, p: Any, mats: Any) -> Any:
+        rows: dict[int, list[jax.Array]] = {}
+        starts = {}
+        for (m, n), x in mats.items():
+            starts[m, n] = sum(r.shape[0] for r in rows.get(m * n, []))
+            rows.setdefault(m * n, []).append(jnp.abs(x).reshape(x.shape[0], 1, m * n))
+        eps = {}
+        for size, parts in rows.items():
+            stack = jnp.concatenate(parts)
+            lay = layouts.ResolvedLayout(stack.shape, (1,), (2,), (0,))
+            eps[size] = optx.linalg.matrix_quantile(stack, 0.9, lay)
         out = {}
         for (m, n), x in mats.items():
-            lay = layouts.ResolvedLayout(x.shape, (1,), (2,), (0,))
-            eps = optx.linalg.matrix_quantile(jnp.abs(x), 0.9, lay)
-            clipped = jnp.clip(x, -eps, eps)
+            e = eps[m * n][starts[m, n] : starts[m, n] + x.shape[0]]
+            clipped = jnp.clip(x, -e, e)
             out[m, n] = optx.linalg.newton_schulz(x - clipped) + clipped
         return step(g, s, p), out
 
     return [
         FloorProgram(
-            "adamw step + quantile select + Newton–Schulz per shape",
+            "adamw step + quantile select per matrix size + Newton–Schulz per shape",
             prog,
             (grads, state, params, mats),
         )

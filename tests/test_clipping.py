@@ -41,6 +41,25 @@ def test_clip_by_quantile_matches_reference_per_matrix(q: float) -> None:
         np.testing.assert_allclose(matrices(np.asarray(u[k]["kernel"]), k), want, rtol=1e-14)
 
 
+def test_matrices_of_one_size_share_one_selection() -> None:
+    """Leaves whose matrices have the same number of entries (36 here: a
+    (6, 6) and a (4, 9) kernel, a (2, 9, 4) stack, a (3, 3, 2, 2) conv) share
+    one selection loop whatever their layouts; each matrix keeps its own quantile."""
+    r = np.random.default_rng(3)
+    shapes = {"a": (6, 6), "b": (4, 9), "stack": (2, 9, 4), "conv": (3, 3, 2, 2)}
+    kinds = {"a": "hidden", "b": "hidden", "stack": "stack", "conv": "conv"}
+    g = {k: r.standard_t(3, size=s) for k, s in shapes.items()}
+    with jax.enable_x64(True):
+        tree = {k: {"kernel": jnp.asarray(v)} for k, v in g.items()}
+        lowered = jax.jit(optx.clip_by_quantile(0.9, 1e-9).update).lower(tree, optax.EmptyState())
+        assert lowered.as_text().count("stablehlo.while") == 1
+        u, _ = lowered.compile()(tree, optax.EmptyState())
+    for k, v in g.items():
+        want = np.stack([soft_threshold_clip(m, 0.9, 1e-9) for m in matrices(v, kinds[k])])
+        got = matrices(np.asarray(u[k]["kernel"]), kinds[k])
+        np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
 def test_quantile_interpolates_like_torch() -> None:
     x = jnp.array([[4.0, 1.0], [3.0, 2.0]])
     lay = optx.MatrixLayout().resolve(x.shape)
@@ -221,8 +240,8 @@ def test_selection_counts_in_int32_past_float_exactness() -> None:
 
     x = jnp.asarray(np.random.default_rng(5).standard_normal((1, 7, 9)), jnp.float32)
     k = jnp.full((1, 1, 1), 40, jnp.int32)
-    exact = jax.jit(clipping._select, static_argnums=(2, 3))
-    small, huge = exact(x, k, (1, 2), 63), exact(x, k, (1, 2), 2**30)
-    want = np.sort(np.asarray(x).ravel())[40]
-    np.testing.assert_array_equal(small.ravel(), [want])
-    np.testing.assert_array_equal(huge.ravel(), [want])
+    exact = jax.jit(clipping._order_statistic_pair, static_argnums=(3, 4))
+    small, huge = exact(x, k, k + 1, (1, 2), 63), exact(x, k, k + 1, (1, 2), 2**30)
+    want = np.sort(np.asarray(x).ravel())[40:42]
+    np.testing.assert_array_equal(np.ravel(small), want)
+    np.testing.assert_array_equal(np.ravel(huge), want)

@@ -22,9 +22,11 @@ whose order is the float order, and the ``k``-th smallest key is built bit by
 bit, most significant first, each bit decided by one count
 ``#{x : key(x) ≤ t}`` — 32 counting passes for f32 (64 for f64), each a
 fused compare-and-sum over the matrix, ``O(N)`` work per pass and no data
-movement. Every pass is a reduction over the matrix axes of the parameter
-itself (no transpose, no reshape), so sharded leaves need no gather and no
-mesh context.
+movement. For a leaf on a mesh every pass is a reduction over the matrix axes
+of the parameter itself (no transpose, no reshape), so sharded leaves need no
+gather and no mesh context. Leaves off any mesh are laid out as rows of one
+stack per distinct number of entries per matrix, so that all such matrices share
+one selection loop (one compiled program, whatever their shapes).
 """
 
 from __future__ import annotations
@@ -80,46 +82,54 @@ def _counter(x: jax.Array, axes: tuple[int, ...], n: int) -> Callable[[jax.Array
     return count
 
 
-def _select(x: jax.Array, k: jax.Array, axes: tuple[int, ...], n: int) -> jax.Array:
-    """The ``k``-th smallest entry (0-based) over ``axes``, per remaining index.
+def _order_statistic_pair(
+    x: jax.Array, lo: jax.Array, hi: jax.Array, axes: tuple[int, ...], n: int
+) -> tuple[jax.Array, jax.Array]:
+    """The ``lo``-th and ``hi``-th smallest entries (0-based, ``hi ∈ {lo, lo+1}``)
+    over ``axes``, per remaining index.
 
-    In key space (:func:`_sortable_key`), the smallest key ``v`` with
-    ``#{key(x) ≤ v} ≥ k + 1`` is built from the most significant bit down: bit
-    ``b`` of ``v`` stays 0 iff at least ``k + 1`` entries are ``≤`` the float
+    ``x_lo``: in key space (:func:`_sortable_key`), the smallest key ``v`` with
+    ``#{key(x) ≤ v} ≥ lo + 1`` is built from the most significant bit down: bit
+    ``b`` of ``v`` stays 0 iff at least ``lo + 1`` entries are ``≤`` the float
     whose key has the bits decided so far, ``b`` zero and all lower bits one.
     One counting pass per bit; the compare runs on the floats themselves (the
     key map is monotone; keys above ``+inf``'s are clamped to it, keys below
     ``−inf``'s are NaNs that count nothing, as they should). NaN entries are
-    never counted.
+    never counted. ``x_hi`` is ``x_lo`` again if it repeats, else the smallest
+    entry above it: two more passes, taken in the loop's last iteration so
+    that every pass reads the loop's own copy of ``x`` (outside the loop XLA
+    may recompute a cheap producer such as a complex ``|x|``, which can round
+    differently in another fusion).
     """
     utype = _key_type(x.dtype)
     nbits = 8 * utype.itemsize
     one = jnp.asarray(1, utype)
     key_of_inf = _sortable_key(jnp.inf, x.dtype)
-    count = _counter(x, axes, n)
-    need = (k + 1).astype(count(jnp.zeros((), x.dtype)).dtype)
-    # A reduction result, so the carry has the reduced value's sharding type.
-    start = jnp.zeros_like(jnp.min(x, axis=axes, keepdims=True)).astype(utype)
+    count_dtype = _counter(x, axes, n)(jnp.zeros((), x.dtype)).dtype
+    need_lo = (lo + 1).astype(count_dtype)
+    need_hi = (hi + 1).astype(count_dtype)
+    # Reduction results, so the carry has the reduced values' sharding type.
+    reduced = jnp.zeros_like(jnp.min(x, axis=axes, keepdims=True))
+    carry = (reduced.astype(utype), reduced, x)
 
-    def body(i: jax.Array, ans: jax.Array) -> jax.Array:
+    def bit_step(i: jax.Array, ans: jax.Array, x_hi: jax.Array, x: jax.Array) -> Any:
         bit = one << (nbits - 1 - i).astype(utype)
         trial = jnp.minimum(ans | (bit - one), key_of_inf)
-        zero_here = count(_float_from_key(trial, x.dtype)) >= need
-        return jnp.where(zero_here, ans, ans | bit)
+        zero_here = _counter(x, axes, n)(_float_from_key(trial, x.dtype)) >= need_lo
+        return jnp.where(zero_here, ans, ans | bit), x_hi, x
 
-    return _float_from_key(jax.lax.fori_loop(0, nbits, body, start), x.dtype)
+    def next_statistic(i: jax.Array, ans: jax.Array, x_hi: jax.Array, x: jax.Array) -> Any:
+        del i, x_hi
+        x_lo = _float_from_key(ans, x.dtype)
+        repeats = _counter(x, axes, n)(x_lo) >= need_hi
+        above = jnp.min(jnp.where(x > x_lo, x, jnp.inf), axis=axes, keepdims=True)
+        return ans, jnp.where(repeats, x_lo, above), x
 
+    def body(i: jax.Array, carry: Any) -> Any:
+        return jax.lax.cond(i < nbits, bit_step, next_statistic, i, *carry)
 
-def _order_statistic_pair(
-    x: jax.Array, lo: jax.Array, hi: jax.Array, axes: tuple[int, ...], n: int
-) -> tuple[jax.Array, jax.Array]:
-    """The ``lo``-th and ``hi``-th smallest entries (0-based, ``hi ∈ {lo, lo+1}``)."""
-    x_lo = _select(x, lo, axes, n)
-    # The next order statistic is x_lo again if it repeats, else the smallest entry above.
-    count = _counter(x, axes, n)
-    repeats = count(x_lo) >= (hi + 1).astype(count(x_lo).dtype)
-    above = jnp.min(jnp.where(x > x_lo, x, jnp.inf), axis=axes, keepdims=True)
-    x_hi = jnp.where(repeats, x_lo, above)
+    ans, x_hi, _ = jax.lax.fori_loop(0, nbits + 1, body, carry)
+    x_lo = _float_from_key(ans, x.dtype)
     zero = jnp.zeros((), x.dtype)
     return jnp.where(x_lo == 0, zero, x_lo), jnp.where(x_hi == 0, zero, x_hi)  # +0, not −0
 
@@ -193,11 +203,58 @@ def _soft_threshold(v: jax.Array, quantile: Any, eps: Any, layout: ResolvedLayou
     Jitted so that eager calls compile one program per leaf shape instead of
     dispatching the counting loop op by op.
     """
+    magnitude = jnp.abs(v.astype(base.compute_dtype(v.dtype)))  # real, also for complex v
+    return _apply_threshold(v, _matrix_quantile(magnitude, quantile, layout, "linear") + eps)
+
+
+def _apply_threshold(v: jax.Array, threshold: jax.Array) -> jax.Array:
+    """``v − sign(v)·max(|v| − threshold, 0)`` in the compute dtype, cast back."""
     vc = v.astype(base.compute_dtype(v.dtype))
-    magnitude = jnp.abs(vc)  # real, also for complex v
-    threshold = _matrix_quantile(magnitude, quantile, layout, "linear") + eps
-    outliers = jnp.sign(vc) * jax.nn.relu(magnitude - threshold)
+    outliers = jnp.sign(vc) * jax.nn.relu(jnp.abs(vc) - threshold)
     return (vc - outliers).astype(v.dtype)
+
+
+def _matrix_rows(x: jax.Array, layout: ResolvedLayout) -> jax.Array:
+    """``|x|`` in the real compute dtype as ``(B, n)``: one row per matrix."""
+    batch = tuple(sorted(layout.batch_axes))
+    magnitude = jnp.abs(x.astype(base.compute_dtype(x.dtype)))
+    magnitude = jnp.moveaxis(magnitude, batch, tuple(range(len(batch))))
+    return magnitude.reshape(layout.batch_size, -1)
+
+
+def _grouped_thresholds(
+    items: list[tuple[jax.Array, ResolvedLayout]], quantile: Any, eps: Any
+) -> list[jax.Array]:
+    """``quantile_q(|M|) + eps`` of every matrix ``M`` of every ``(x, layout)``.
+
+    Each result has its leaf's :meth:`ResolvedLayout.matrix_norm_shape`. The
+    selection runs once per distinct (entries per matrix, compute dtype): the
+    matrices' magnitudes are laid out as rows of one ``(ΣB, 1, n)`` stack
+    whatever their layouts (the quantile ignores the order of a matrix's
+    entries, and the selection is exact, so the values are those of one
+    selection per leaf), and the thresholds are cut out at runtime offsets
+    (:func:`layouts.split_rows`), so same-shape leaves share their kernels.
+    """
+    groups: dict[tuple[int, Any], list[int]] = {}
+    for j, (x, lay) in enumerate(items):
+        n = math.prod(d for a, d in enumerate(lay.shape) if a not in lay.batch_axes)
+        dtype = base.real_dtype(base.compute_dtype(x.dtype))
+        groups.setdefault((n, dtype), []).append(j)
+    out: list[Any] = [None] * len(items)
+    for (n, _), members in groups.items():
+        rows = [_matrix_rows(*items[j]) for j in members]
+        stack = rows[0] if len(rows) == 1 else jnp.concatenate(rows)
+        total = stack.shape[0]
+        lay = ResolvedLayout((total, 1, n), (1,), (2,), (0,))
+        threshold = _matrix_quantile(stack.reshape(total, 1, n), quantile, lay, "linear") + eps
+        sizes = [items[j][1].batch_size for j in members]
+        indices = (
+            None if len(sizes) == 1 else layouts.runtime_indices(total, layouts.data_anchor(stack))
+        )
+        parts = layouts.split_rows(threshold.reshape(total), sizes, indices)
+        for j, part in zip(members, parts, strict=True):
+            out[j] = part.reshape(items[j][1].matrix_norm_shape())
+    return out
 
 
 @hyperparams.validated()
@@ -226,9 +283,12 @@ def clip_by_quantile(
     Complex updates are thresholded on ``|M|`` and keep their phase
     (``sign(M) = M/|M|``). Cost: 34 fused counting passes per matrix (exact
     selection, :func:`matrix_quantile`), ``O(N)`` each, instead of an
-    ``O(N log N)`` sort; leaves of equal shape and layout are stacked and
-    share one selection (:func:`optx._src.layouts.map_matrix_groups`). Leaves
-    without a layout pass through. Stateless.
+    ``O(N log N)`` sort; the matrices of all leaves off a mesh with the same
+    number of entries (whatever their shapes and layouts) are rows of one
+    stack and share one selection, so compile time grows with the distinct
+    matrix sizes; leaves on a mesh of equal shape share one
+    (:func:`optx._src.layouts.map_matrix_groups`). Leaves without a layout
+    pass through. Stateless.
 
     Args:
       quantile: q in [0, 1] (0.9 official; injectable).
@@ -260,14 +320,34 @@ def clip_by_quantile(
     ) -> tuple[base.Updates, Any]:
         del params, extra
 
+        resolve = layouts.resolved_layout_fn(layout)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=base.is_leaf_or_none)
+        local: dict[int, ResolvedLayout] = {}
+        for i, (path, x) in enumerate(flat):
+            lay = None if x is None else resolve(base.path_to_str(path), x)
+            if lay is not None and sharding.spec_of(x) is None:
+                local[i] = lay
+        # Leaves off any mesh: one selection per distinct matrix size (see
+        # _grouped_thresholds), so compile time grows with the distinct sizes.
+        items = [(flat[i][1], lay) for i, lay in local.items()]
+        thresholds = dict(zip(local, _grouped_thresholds(items, quantile, eps), strict=True))
+
         def leaf(x: jax.Array, lay: ResolvedLayout) -> jax.Array:
             def fn(v: jax.Array) -> jax.Array:
                 return _soft_threshold(v, quantile, eps, lay)
 
             return sharding.apply_matrix_fn(fn, x, strategy)
 
-        # Same-shape matrices (the layers of an unscanned model) share one
-        # selection loop: compile time grows with the distinct shapes only.
-        return layouts.map_matrix_groups(leaf, layout, updates), state
+        # Leaves on a mesh: same-shape leaves stacked, each stack thresholded
+        # under the sharding strategy.
+        rest = [None if i in local else x for i, (_, x) in enumerate(flat)]
+        rest = treedef.flatten_up_to(
+            layouts.map_matrix_groups(leaf, layout, treedef.unflatten(rest))
+        )
+        out = [
+            _apply_threshold(x, thresholds[i]) if i in local else rest[i]
+            for i, (_, x) in enumerate(flat)
+        ]
+        return treedef.unflatten(out), state
 
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)

@@ -214,13 +214,17 @@ def _concat(trees: list[Any]) -> Any:
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
 
 
-def _split(tree: Any, sizes: tuple[int, ...]) -> list[Any]:
-    """Inverse of :func:`_concat` for members of ``sizes`` rows."""
+def _split(tree: Any, sizes: tuple[int, ...], indices: Any = None) -> list[Any]:
+    """Inverse of :func:`_concat` for members of ``sizes`` rows.
+
+    With ``indices`` (:func:`layouts.runtime_indices`) the members are sliced
+    at runtime offsets, so the consumers of same-size members (the per-layer
+    updates, factors and flags) compile as one kernel, not one per layer.
+    """
     if len(sizes) == 1:
         return [tree]
     leaves, treedef = jax.tree.flatten(tree)
-    cuts = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
-    parts = [jnp.split(x, cuts) for x in leaves]
+    parts = [layouts.split_rows(x, sizes, indices) for x in leaves]
     return [treedef.unflatten([p[j] for p in parts]) for j in range(len(sizes))]
 
 
@@ -673,7 +677,7 @@ def scale_by_mkor(
             a = jnp.concatenate([a, jnp.ones((a.shape[0], 1), a.dtype)], axis=1)
         return a, g
 
-    def refresh(plan, leaves, layer_states, captures, due):
+    def refresh(plan, leaves, layer_states, captures, due, ix):
         """``layer_states`` refreshed where ``due``, else unchanged (one ``lax.cond``).
 
         Unsharded layers' factors leave the cond stacked, one array per factor
@@ -711,7 +715,7 @@ def scale_by_mkor(
         def fresh(states):
             new = {p: refresh_sharded(plan[p], leaves, states[p], captures, hp) for p in sharded}
             return new, *refresh_local(
-                plan, local, a_groups, g_groups, leaves, states, captures, hp
+                plan, local, a_groups, g_groups, leaves, states, captures, hp, ix
             )
 
         def keep(states):
@@ -725,7 +729,7 @@ def scale_by_mkor(
         for groups, stacks, out in ((a_groups, a_st, a_inv), (g_groups, g_st, g_inv)):
             for members, stack in zip(groups, stacks):
                 sizes = tuple(layer_states[p][0].shape[0] for p in members)
-                out.update(zip(members, _split(stack, sizes)))
+                out.update(zip(members, _split(stack, sizes, ix)))
         new.update({p: MKORLayerState(a_inv[p], g_inv[p], *flags[p]) for p in local})
         return new
 
@@ -764,7 +768,7 @@ def scale_by_mkor(
             [jnp.reshape(leaves[plan[p].bias], (b, -1)) for p, b in zip(m, grp.sizes)]
         )
 
-    def refresh_local(plan, paths, a_groups, g_groups, leaves, layer_states, captures, hp):
+    def refresh_local(plan, paths, a_groups, g_groups, leaves, layer_states, captures, hp, ix):
         """Unsharded layers: statistics per distinct matrix shape, then each factor
         group's Sherman–Morrison updates in one program (A first, then G).
 
@@ -783,19 +787,19 @@ def scale_by_mkor(
                 ]
                 cap = {grp.layer.path: LayerStatistics(*_concat(rows))}
             a, g = layer_vectors(grp.layer, kernel, bias, cap, clip)
-            vecs.update(zip(grp.members, _split((a, g), grp.sizes)))
+            vecs.update(zip(grp.members, _split((a, g), grp.sizes, ix)))
         kw = refresh_kwargs(decay, stabilization, threshold)
         st = layer_states
         a_new, blew_a = refresh_factors(
-            a_groups, lambda p: (st[p].a_inv, st[p].reset_a, vecs[p][0]), kw
+            a_groups, lambda p: (st[p].a_inv, st[p].reset_a, vecs[p][0]), kw, ix
         )
         # A blow-up flags both factors: G is reset (not updated) at this same refresh.
         g_new, blew_g = refresh_factors(
-            g_groups, lambda p: (st[p].g_inv, st[p].reset_g | blew_a[p], vecs[p][1]), kw
+            g_groups, lambda p: (st[p].g_inv, st[p].reset_g | blew_a[p], vecs[p][1]), kw, ix
         )
         return a_new, g_new, {p: (blew_a[p] | blew_g[p], blew_g[p]) for p in paths}
 
-    def refresh_factors(groups, inputs, kw):
+    def refresh_factors(groups, inputs, kw, ix):
         """``_refresh_factor`` of every layer's (factor, flag, vector), one vmap per
         group; the new factors stay stacked per group."""
         stacks, blew = [], {}
@@ -805,10 +809,10 @@ def scale_by_mkor(
                 *_concat([inputs(p) for p in members])
             )
             stacks.append(f)
-            blew.update(zip(members, _split(b, sizes)))
+            blew.update(zip(members, _split(b, sizes, ix)))
         return stacks, blew
 
-    def precondition(plan, leaves, layer_states):
+    def precondition(plan, leaves, layer_states, ix):
         out, local = {}, []
         for path, layer in plan.items():
             kernel, bias = leaves[path], leaves.get(layer.bias)
@@ -832,7 +836,7 @@ def scale_by_mkor(
             kernel, bias = stacked_matrices(plan, grp, leaves)
             st = _concat([layer_states[p] for p in grp.members])
             new = _precondition(kernel, bias, st, grp.layer.layout)
-            for p, (k, b) in zip(grp.members, _split(new, grp.sizes)):
+            for p, (k, b) in zip(grp.members, _split(new, grp.sizes, ix)):
                 lay = plan[p].layout
                 out[p] = layouts.from_matrices(k, lay).astype(leaves[p].dtype)
                 if b is not None:
@@ -904,10 +908,12 @@ def scale_by_mkor(
         count = state.count
         switch = switch_update(state.switch, loss, count) if hybrid else state.switch
         due = (count % k == 0) | (count < warmup_steps)
+        # Runtime slice offsets for every stack of layers (see _split).
+        ix = layouts.runtime_indices(sum(ly.layout.batch_size for ly in plan.values()), count)
 
         def second_order(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-            layer_states = refresh(plan, leaves, state_flat, captures, due)
-            return precondition(plan, leaves, layer_states), layer_states
+            layer_states = refresh(plan, leaves, state_flat, captures, due, ix)
+            return precondition(plan, leaves, layer_states, ix), layer_states
 
         def first_order(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             keep = {p: leaves[p] for p in plan}

@@ -37,7 +37,7 @@ leaves without a layout, and they pass through (their update is empty).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeAlias
 
 import jax
@@ -412,3 +412,51 @@ def map_matrix_groups(
         for j, i in enumerate(members):
             out[i] = stacked[j]
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def data_anchor(x: jax.Array) -> jax.Array:
+    """An integer scalar XLA cannot fold: the bits of ``x``'s first element.
+
+    The ``anchor`` of :func:`runtime_indices` (and ``base.materialized``) in a
+    program without a step counter (a stateless transform): any value works.
+    """
+    first = jnp.ravel(x)[0]
+    if jnp.issubdtype(first.dtype, jnp.integer):
+        return first
+    return jax.lax.bitcast_convert_type(first, jnp.dtype(f"int{8 * first.dtype.itemsize}"))
+
+
+def runtime_indices(n: int, anchor: jax.Array) -> tuple[jax.Array, ...]:
+    """``0, 1, …, n − 1`` as int32 scalars XLA cannot constant-fold.
+
+    Computed in one ``base.materialized`` region (``anchor``: an integer array
+    of the program, such as a step counter, or :func:`data_anchor`); the
+    offsets of :func:`split_rows`.
+    """
+    return base.materialized(lambda _: tuple(jnp.asarray(i, jnp.int32) for i in range(n)), anchor)
+
+
+def split_rows(
+    x: jax.Array, sizes: Sequence[int], indices: Sequence[jax.Array] | None = None
+) -> list[jax.Array]:
+    """``x`` cut along axis 0 into consecutive pieces of ``sizes`` rows.
+
+    With ``indices`` (:func:`runtime_indices` of at least ``x.shape[0]``) the
+    pieces are sliced at runtime offsets. A slice at a static offset is a
+    constant of every fusion that consumes it, so ``k`` same-size pieces cost
+    XLA ``k`` distinct kernels to compile; at runtime offsets their consumers
+    are one kernel (as ``bases.runtime_offsets`` does for SOAP's stacks).
+    Same values.
+    """
+    sizes = tuple(int(s) for s in sizes)
+    if sum(sizes) != x.shape[0]:
+        raise ValueError(f"split_rows: sizes {sizes} do not add up to {x.shape[0]} rows.")
+    if len(sizes) == 1:
+        return [x]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    if indices is None:
+        return [x[s : s + n] for s, n in zip(starts, sizes, strict=True)]
+    return [
+        jax.lax.dynamic_slice_in_dim(x, indices[s], n, axis=0)
+        for s, n in zip(starts, sizes, strict=True)
+    ]
