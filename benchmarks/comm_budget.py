@@ -312,7 +312,17 @@ def floor_pmat(name: str, tx: Any, params: Any, n: int, p_mat: int) -> tuple[flo
     * COSMOS: Newton–Schulz of the residual on the Muon floor; the subspace coordinates
       ``Pᵀ X`` of a leaf whose fan-in (the subspace side) is sharded reduce-scattered and
       gathered back (its ``r × m`` second moment's bytes, twice; elsewhere they are
-      local); the first step's eigh gathers the gradient once.
+      local); the first step's eigh gathers the gradient once. COSMOS's ``lax.cond``
+      is "first step (eigh) or power step", so its second branch runs on *every* later
+      step and the "outside cond" column leaves it out: the step is that column plus
+      the power step ``P' = QR(β P S + (1−β) X (Xᵀ P))`` (``X``: ``n × m``, ``P``:
+      ``n × r``). Its floor: with the fan-in ``n`` sharded, ``Xᵀ P`` (``r × m``) is a
+      contraction over the sharded axis that every device needs whole (an all-reduce,
+      ``2 (N − 1)/N × |V|``) and the tall ``n × r`` QR runs whole after one gather of its
+      input (``(N − 1)/N × |P|``); with the fan-out ``m`` sharded, ``P`` is gathered for
+      ``Xᵀ P`` (``|P|``) and ``X (Xᵀ P)`` (``n × r``) all-reduced (``2 |P|``). The
+      ``r × r`` reductions (``Pᵀ P'``, ``C Cᵀ``) are left out. This is in the total,
+      not in the "outside cond" floor.
     * GaLore (SVD), DCT-AdamW (DCT scores), APOLLO (random, no refresh gather):
       :func:`_projected_floor`.
     """
@@ -335,18 +345,28 @@ def floor_pmat(name: str, tx: Any, params: Any, n: int, p_mat: int) -> tuple[flo
             optx.tree_utils.path_to_str(k): v
             for k, v in jax.tree_util.tree_leaves_with_path(part.nu)
         }
+        basis = {
+            optx.tree_utils.path_to_str(k): v
+            for k, v in jax.tree_util.tree_leaves_with_path(part.basis)
+        }
         resolve = layouts.resolved_layout_fn(optx.router_of(tx))
         coords = 0  # the r × m coordinates of leaves whose fan-in (the subspace side) is sharded
+        power = 0.0  # the power step's (every step after the first, inside the cond)
         for path, x in jax.tree_util.tree_leaves_with_path(params):
             name_ = optx.tree_utils.path_to_str(path)
             lay = resolve(name_, x)
             if name_ not in nu or lay is None:
                 continue
             view = sharding.matrix_view_specs(x, lay)
+            v_bytes = nu[name_].size * nu[name_].dtype.itemsize
+            p_bytes = basis[name_].size * basis[name_].dtype.itemsize
             if view is not None and view[1] is not None:
-                coords += nu[name_].size * nu[name_].dtype.itemsize
+                coords += v_bytes
+                power += (n - 1) / n * (2 * v_bytes + p_bytes)
+            elif view is not None and view[2] is not None:
+                power += (n - 1) / n * 3 * p_bytes
         steady = muon * moved + 2 * (n - 1) / n * coords
-        return (steady + (n - 1) / n * moved) / p_mat, steady / p_mat
+        return (steady + power + (n - 1) / n * moved) / p_mat, steady / p_mat
     if name in ("galore", "dct_adamw", "apollo"):
         how = {"galore": "any", "dct_adamw": "projected", "apollo": None}[name]
         refresh, steady = _projected_floor(tx, params, n, how)

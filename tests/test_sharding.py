@@ -250,6 +250,31 @@ def test_projection_reduce_scatters_the_projected_gradient(name: str) -> None:
     got = _collectives(spec.build(**{**spec.test_overrides, "rank": 8}), (32, 64))
     assert ("reduce-scatter", 8 // 8 * 64) in got, got
     assert ("all-reduce", 8 * 64) not in got, got
+    if name == "dct_adamw":  # the refresh's scores Dᵀ X: reduce-scattered onto the DCT index
+        assert ("reduce-scatter", 32 // 8 * 64) in got, got
+        assert not [n for k, n in got if k == "all-reduce" and n >= 32 * 64], got
+
+
+@pytest.mark.xdist_group("dct_adamw")
+def test_dct_scattered_scores_select_the_unsharded_indices() -> None:
+    """DCT-AdamW's refresh with the scores reduce-scattered (projection.dct_select_scattered)
+    on a 32 × 64 kernel sharded over both axes of a (4, 2) mesh (the scores summed over
+    the fan-out blocks too): the unsharded projector indices and updates over two steps."""
+    mesh = _mesh()
+    params = {"dense": {"kernel": jax.random.normal(jax.random.key(2), (32, 64))}}
+    sh = {"dense": {"kernel": NamedSharding(mesh, P("data", "model"))}}
+    tx = optx.dct_adamw(0.01, rank=8, update_proj_gap=1)
+    step = jax.jit(lambda g, s: tx.update(g, s, g))
+    want, got = tx.init(params), tx.init(jax.device_put(params, sh))
+    for i in range(2):
+        g = jax.tree.map(lambda x, i=i: jnp.sin((i + 1) * x) ** 3, params)
+        u_want, want = step(g, want)
+        u_got, got = step(jax.device_put(g, sh), got)
+        np.testing.assert_allclose(np.asarray(u_got["dense"]["kernel"]),
+                                   np.asarray(u_want["dense"]["kernel"]), rtol=1e-4, atol=1e-6)  # fmt: skip
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            if jnp.issubdtype(a.dtype, jnp.integer):  # the selected DCT indices
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.xdist_group("lipschitz_muon")
