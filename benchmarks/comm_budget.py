@@ -209,7 +209,15 @@ def _projected_floor(tx: Any, params: Any, n: int, refresh_gathers: Any) -> tupl
     (``refresh_gathers``) moves the gradient once: ``'any'`` (SVD) every sharded leaf
     whole, ``'projected'`` (DCT scores ``Dᵀ X``) a reduce-scatter where the projected axis
     is sharded (elsewhere the scores are local column sums), ``None`` (a random draw)
-    nothing."""
+    nothing.
+
+    A stored dense projector (``'any'``: GaLore's ``P``, ``d × r``) of a leaf whose
+    projected axis is unsharded but whose other axis is sharded is gathered once per
+    step, ``(N − 1)/N × |P|``: ``Pᵀ X[:, own]`` needs the whole ``P``, and the
+    alternative (moving ``X`` to rows, ``|X|/N``, and reduce-scattering ``r × D``
+    partial products) moves more whenever ``r < D``. ``P`` stays spread over the mesh
+    as state: replicating these projectors puts galore_8bit at 1.19 × total/8 on
+    ``benchmarks/state_memory.py`` (target 1.15), so this gather is part of the floor."""
     from optx._src import layouts, projection, sharding
 
     state = jax.eval_shape(tx.init, params)
@@ -220,6 +228,7 @@ def _projected_floor(tx: Any, params: Any, n: int, refresh_gathers: Any) -> tupl
     for part in parts:
         proj = jax.tree_util.tree_leaves_with_path(part.projector)
         rank = {optx.tree_utils.path_to_str(k): x.shape[-1] for k, x in proj}
+        p_bytes = {optx.tree_utils.path_to_str(k): x.size * x.dtype.itemsize for k, x in proj}
         for path, x in flat:
             name = optx.tree_utils.path_to_str(path)
             lay = resolve(name, x)
@@ -235,7 +244,63 @@ def _projected_floor(tx: Any, params: Any, n: int, refresh_gathers: Any) -> tupl
                 refresh += (n - 1) / n * x.size * x.dtype.itemsize if refresh_gathers else 0
             if view[1 if geo.axis == "in" else 2] is not None:
                 steady += 2 * (n - 1) / n * math.prod(geo.projected_shape()) * x.dtype.itemsize
+            elif refresh_gathers == "any":
+                steady += (n - 1) / n * p_bytes[name]
     return refresh, steady
+
+
+def _soap_floor(tx: Any, params: Any, n: int) -> tuple[float, float]:
+    """(steady, per refresh) bytes of SOAP's floor.
+
+    A step of a leaf ``G`` (``m × d``, its mode of size ``d`` sharded over ``N``
+    devices, the moments ``M``, ``V`` sharded like ``G``) needs on each device
+    (a) its block of ``Vᵀ``'s update, the rotated gradient ``Q_mᵀ G Q_d[:, own]``,
+    (b) its block of the direction ``Q_m D' Q_d[own, :]ᵀ``, and (c) its block of the
+    factor ``Gᵀ G`` (``d × d``, sharded like ``Q_d``: ``G[:, own]ᵀ G``). (c) needs the
+    whole ``G``: ``(N − 1)/N × |G|`` received, and the least any layout of the ``d × d``
+    factor allows on a 1-D mesh; with ``G`` whole, (a) is local when ``Q_d`` is stored by
+    columns. (b) is a contraction over the sharded rotated axis whose result is sharded on
+    the other: each device holds ``D'[:, own]``, so either ``D'`` is gathered or the
+    ``m × d`` partial products are reduce-scattered, ``(N − 1)/N × |G|`` either way. The
+    bases of the other modes (``Q_m``, sharded over the mesh as state) are gathered once
+    for (a) and (b): ``(N − 1)/N × |Q_m|``. The factor ``G Gᵀ`` is local from the whole
+    ``G``. Per step: ``(N − 1)/N × (2 |G| + Σ |Q_other|)``. (A leaf with no or several
+    sharded modes: three ``(N − 1)/N × |G|``, the generic estimate.)
+
+    A refresh gathers every factor and basis once (eigh / QR run whole on every
+    device), re-rotates the first moment into the new basis (a contraction over the
+    sharded axis, ``(N − 1)/N × |M|``) and permutes ``V``'s entries by the new order
+    (``(N − 1)/N × |V|``): ``(N − 1)/N × (|factors| + |bases| + 2 |G|)``."""
+    from optx._src import layouts, sharding
+
+    (part,) = _state_parts(jax.eval_shape(tx.init, params), optx.ScaleBySoapState)
+    modes = {}  # leaf path -> bases per mode (None where unrotated)
+    for i, tree in enumerate(part.bases):
+        for path, q in jax.tree_util.tree_leaves_with_path(tree):
+            modes.setdefault(optx.tree_utils.path_to_str(path), {})[i] = q
+    from optx._src.aliases.rotated import fallback_matrix_layout
+
+    router = optx.router_of(tx)
+    resolve = layouts.resolved_layout_fn(router)
+    extra = layouts.resolved_layout_fn(fallback_matrix_layout(router))  # embeddings, heads
+    frac = (n - 1) / n
+    steady = rotated = 0.0
+    for path, x in jax.tree_util.tree_leaves_with_path(params):
+        name = optx.tree_utils.path_to_str(path)
+        if name not in modes:
+            continue
+        size = x.size * x.dtype.itemsize
+        rotated += size
+        lay = resolve(name, x) or extra(name, x)
+        view = None if lay is None else sharding.matrix_view_specs(x, lay)
+        sharded = [] if view is None else [i for i in (0, 1) if view[1 + i] is not None]
+        if len(sharded) == 1 and sharded[0] in modes[name]:
+            others = [q for i, q in modes[name].items() if i != sharded[0]]
+            steady += frac * (2 * size + sum(q.size * q.dtype.itemsize for q in others))
+        else:
+            steady += 3 * frac * size
+    refresh = frac * (_nbytes(part.factors) + _nbytes(part.bases) + 2 * rotated)
+    return steady, refresh
 
 
 def floor_pmat(name: str, tx: Any, params: Any, n: int, p_mat: int) -> tuple[float, float] | None:
@@ -243,15 +308,21 @@ def floor_pmat(name: str, tx: Any, params: Any, n: int, p_mat: int) -> tuple[flo
 
     * Muon family (muon, normuon, root): two all-to-alls, ``2 (N − 1)/N²``;
       lipschitz_muon two matrix functions, twice that.
-    * SOAP: per step, the rotation ``Q_Lᵀ G Q_R`` of a row-sharded ``G`` reduce-scatters
-      over the sharded rows, the rotation back gathers the direction, and the factor
-      ``G Gᵀ`` gathers ``G``: three ``(N − 1)/N`` of the rotated matrices' bytes; a
-      refresh gathers every factor and basis once (eigh / QR) and re-rotates the first
-      moment (old basis back, new basis in: two more).
+    * SOAP: :func:`_soap_floor`.
     * COSMOS: Newton–Schulz of the residual on the Muon floor; the subspace coordinates
       ``Pᵀ X`` of a leaf whose fan-in (the subspace side) is sharded reduce-scattered and
       gathered back (its ``r × m`` second moment's bytes, twice; elsewhere they are
-      local); the first step's eigh gathers the gradient once.
+      local); the first step's eigh gathers the gradient once. COSMOS's ``lax.cond``
+      is "first step (eigh) or power step", so its second branch runs on *every* later
+      step and the "outside cond" column leaves it out: the step is that column plus
+      the power step ``P' = QR(β P S + (1−β) X (Xᵀ P))`` (``X``: ``n × m``, ``P``:
+      ``n × r``). Its floor: with the fan-in ``n`` sharded, ``Xᵀ P`` (``r × m``) is a
+      contraction over the sharded axis that every device needs whole (an all-reduce,
+      ``2 (N − 1)/N × |V|``) and the tall ``n × r`` QR runs whole after one gather of its
+      input (``(N − 1)/N × |P|``); with the fan-out ``m`` sharded, ``P`` is gathered for
+      ``Xᵀ P`` (``|P|``) and ``X (Xᵀ P)`` (``n × r``) all-reduced (``2 |P|``). The
+      ``r × r`` reductions (``Pᵀ P'``, ``C Cᵀ``) are left out. This is in the total,
+      not in the "outside cond" floor.
     * GaLore (SVD), DCT-AdamW (DCT scores), APOLLO (random, no refresh gather):
       :func:`_projected_floor`.
     """
@@ -263,18 +334,7 @@ def floor_pmat(name: str, tx: Any, params: Any, n: int, p_mat: int) -> tuple[flo
     if name == "lipschitz_muon":
         return 2 * muon, 2 * muon
     if name == "soap":
-        (part,) = _state_parts(jax.eval_shape(tx.init, params), optx.ScaleBySoapState)
-        rotated = 0
-        for path, x in jax.tree_util.tree_leaves_with_path(params):
-            f = [
-                t
-                for t in part.factors
-                for k, t in jax.tree_util.tree_leaves_with_path(t)
-                if k == path
-            ]
-            rotated += x.size * x.dtype.itemsize if f else 0
-        steady = 3 * (n - 1) / n * rotated
-        refresh = (n - 1) / n * (_nbytes(part.factors) + _nbytes(part.bases) + 2 * rotated)
+        steady, refresh = _soap_floor(tx, params, n)
         return (steady + refresh) / p_mat, steady / p_mat
     if name == "cosmos":
         from optx._src import layouts, sharding
@@ -285,18 +345,28 @@ def floor_pmat(name: str, tx: Any, params: Any, n: int, p_mat: int) -> tuple[flo
             optx.tree_utils.path_to_str(k): v
             for k, v in jax.tree_util.tree_leaves_with_path(part.nu)
         }
+        basis = {
+            optx.tree_utils.path_to_str(k): v
+            for k, v in jax.tree_util.tree_leaves_with_path(part.basis)
+        }
         resolve = layouts.resolved_layout_fn(optx.router_of(tx))
         coords = 0  # the r × m coordinates of leaves whose fan-in (the subspace side) is sharded
+        power = 0.0  # the power step's (every step after the first, inside the cond)
         for path, x in jax.tree_util.tree_leaves_with_path(params):
             name_ = optx.tree_utils.path_to_str(path)
             lay = resolve(name_, x)
             if name_ not in nu or lay is None:
                 continue
             view = sharding.matrix_view_specs(x, lay)
+            v_bytes = nu[name_].size * nu[name_].dtype.itemsize
+            p_bytes = basis[name_].size * basis[name_].dtype.itemsize
             if view is not None and view[1] is not None:
-                coords += nu[name_].size * nu[name_].dtype.itemsize
+                coords += v_bytes
+                power += (n - 1) / n * (2 * v_bytes + p_bytes)
+            elif view is not None and view[2] is not None:
+                power += (n - 1) / n * 3 * p_bytes
         steady = muon * moved + 2 * (n - 1) / n * coords
-        return (steady + (n - 1) / n * moved) / p_mat, steady / p_mat
+        return (steady + power + (n - 1) / n * moved) / p_mat, steady / p_mat
     if name in ("galore", "dct_adamw", "apollo"):
         how = {"galore": "any", "dct_adamw": "projected", "apollo": None}[name]
         refresh, steady = _projected_floor(tx, params, n, how)

@@ -703,8 +703,10 @@ def test_state_sharding_rules_under_explicit_mesh(name: str) -> None:
         f_in, f_out = (f["hidden"]["kernel"] for f in state0.factors)
         assert f_in.sharding.spec == P("data", "model")
         assert f_out.sharding.spec == P("model", "data")
+        # A basis takes its mode's sharding on its columns (bases.basis_zeros: the step
+        # rotates the gathered gradient into each device's columns).
         s_in = state0.bases[0]["stack"]["kernel"]
-        assert s_in.sharding.spec == P("model", "data", None)
+        assert s_in.sharding.spec == P("model", None, "data")
     elif name == "conda":
         # the basis's first axis follows the leaf's; the unused 'data' goes on the second
         assert state0.bases["hidden"]["kernel"].sharding.spec == P("model", "data")

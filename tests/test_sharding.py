@@ -180,16 +180,55 @@ def _collectives(tx: optax.GradientTransformation, shape: tuple[int, int]) -> li
 
 
 @pytest.mark.xdist_group("soap")
-def test_soap_refresh_gathers_each_factor_once() -> None:
-    """SOAP on a 32 × 4 row-sharded kernel: the eigh / QR refresh runs on whole factors
-    gathered once (the 32² factor and its basis: two gathers; a third gathers the basis
-    for the step's rotation), never on a partitioned program that all-reduces 32²
-    intermediates. The step's rotation of the gradient along its sharded rows is
-    reduce-scattered (not all-reduced)."""
-    got = _collectives(optx.soap(0.01), (32, 4))
-    big = [k for k, n in got if n >= 32 * 32]
-    assert big.count("all-gather") <= 3 and "all-reduce" not in big, got
-    assert ("reduce-scatter", 32 * 4 // 8) in got and ("all-reduce", 32 * 4) not in got, got
+def test_soap_scattered_step_collectives_and_numbers() -> None:
+    """SOAP under FSDP (Explicit axes) on a 32 × 8 row-sharded kernel and a 2 × 8 × 16
+    column-sharded stack, a refresh every second step, per-matrix normalization.
+
+    Collectives: the eigh / QR refresh runs on whole factors gathered once (the 32²
+    factor and its basis: two gathers), never on a partitioned program that
+    all-reduces 32² intermediates. Outside the refresh (bases._soap_step_scattered)
+    each gradient is gathered once, the rotation back of the direction is
+    reduce-scattered, and nothing gradient-sized is all-reduced; the sharded side's
+    basis is stored by its columns and not gathered.
+
+    Numbers: the unsharded step's over three steps, state included (the eigh's column
+    signs are fixed, so the bases agree too)."""
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    k = jax.random.split(jax.random.key(1), 2)
+    params = {
+        "rows": {"kernel": jax.random.normal(k[0], (32, 8))},
+        "cols": {"kernel": jax.random.normal(k[1], (2, 8, 16))},
+    }
+    specs = {"rows": {"kernel": P("x", None)}, "cols": {"kernel": P(None, None, "x")}}
+    sh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+    tx = optx.soap(0.01, update_proj_gap=2, normalize_grads=True)
+    sharded = jax.device_put(params, sh)
+    shardings = optx.sharding.state_shardings(tx, sharded)
+    assert shardings[0].bases[0]["rows"]["kernel"].spec == P(None, "x")
+    assert shardings[0].bases[1]["cols"]["kernel"].spec == P(None, None, "x")
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    want, got = tx.init(params), jax.device_put(tx.init(sharded), shardings)
+    compiled = step.lower(sharded, got, sharded).compile()
+    steady, refresh = [], []
+    for line in compiled.as_text().splitlines():
+        m = _COLLECTIVE_LINE.search(line)
+        if m:
+            n = max(np.prod([int(d) for d in dims.split(",") if d])
+                    for dims in re.findall(r"\[([0-9,]*)\]", m.group(1)))  # fmt: skip
+            (refresh if "/cond/" in line else steady).append((m.group(2), int(n)))
+    big = [kind for kind, n in refresh if n >= 32 * 32]
+    assert big.count("all-gather") <= 2 and "all-reduce" not in big, refresh
+    assert ("all-gather", 32 * 8) in steady and ("reduce-scatter", 32 * 8 // 8) in steady, steady
+    assert ("all-gather", 2 * 8 * 16) in steady and ("reduce-scatter", 2 * 8 * 2) in steady
+    assert not [n for kind, n in steady if kind == "all-reduce" and n >= 8 * 16], steady
+    for i in range(3):
+        g = jax.tree.map(lambda x, i=i: jnp.sin((i + 1) * x) ** 3, params)
+        u_want, want = step(g, want, params)
+        u_got, got = compiled(jax.device_put(g, sh), got, sharded)
+        for a, b in zip(jax.tree.leaves((u_got, got)), jax.tree.leaves((u_want, want))):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
+    for s, want_sh in zip(jax.tree.leaves(got), jax.tree.leaves(shardings)):
+        assert s.sharding.is_equivalent_to(want_sh, s.ndim)
 
 
 @pytest.mark.xdist_group("cosmos")
@@ -211,6 +250,31 @@ def test_projection_reduce_scatters_the_projected_gradient(name: str) -> None:
     got = _collectives(spec.build(**{**spec.test_overrides, "rank": 8}), (32, 64))
     assert ("reduce-scatter", 8 // 8 * 64) in got, got
     assert ("all-reduce", 8 * 64) not in got, got
+    if name == "dct_adamw":  # the refresh's scores Dᵀ X: reduce-scattered onto the DCT index
+        assert ("reduce-scatter", 32 // 8 * 64) in got, got
+        assert not [n for k, n in got if k == "all-reduce" and n >= 32 * 64], got
+
+
+@pytest.mark.xdist_group("dct_adamw")
+def test_dct_scattered_scores_select_the_unsharded_indices() -> None:
+    """DCT-AdamW's refresh with the scores reduce-scattered (projection.dct_select_scattered)
+    on a 32 × 64 kernel sharded over both axes of a (4, 2) mesh (the scores summed over
+    the fan-out blocks too): the unsharded projector indices and updates over two steps."""
+    mesh = _mesh()
+    params = {"dense": {"kernel": jax.random.normal(jax.random.key(2), (32, 64))}}
+    sh = {"dense": {"kernel": NamedSharding(mesh, P("data", "model"))}}
+    tx = optx.dct_adamw(0.01, rank=8, update_proj_gap=1)
+    step = jax.jit(lambda g, s: tx.update(g, s, g))
+    want, got = tx.init(params), tx.init(jax.device_put(params, sh))
+    for i in range(2):
+        g = jax.tree.map(lambda x, i=i: jnp.sin((i + 1) * x) ** 3, params)
+        u_want, want = step(g, want)
+        u_got, got = step(jax.device_put(g, sh), got)
+        np.testing.assert_allclose(np.asarray(u_got["dense"]["kernel"]),
+                                   np.asarray(u_want["dense"]["kernel"]), rtol=1e-4, atol=1e-6)  # fmt: skip
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            if jnp.issubdtype(a.dtype, jnp.integer):  # the selected DCT indices
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.xdist_group("lipschitz_muon")

@@ -41,10 +41,13 @@ the parameter dtype.
 **Sharding.** Non-param-shaped state (factors, bases, subspace moments) is
 created sharded like the parameter axis it belongs to (a fan-in factor of a
 kernel sharded over ``'data'`` on its fan-in axis is sharded over ``'data'`` on
-its first axis; batch axes keep their sharding), so
-:func:`optx.sharding.state_shardings` gives it a deliberate layout. Per-leaf updates run
-under ``jax.sharding.auto_axes`` when any input is sharded under an Explicit
-mesh, and every output keeps the sharding of the state it replaces.
+its first axis; batch axes keep their sharding; a SOAP basis takes it on its
+columns, :func:`basis_zeros`), so :func:`optx.sharding.state_shardings` gives it a
+deliberate layout. Per-leaf updates run under ``jax.sharding.auto_axes`` when any
+input is sharded under an Explicit mesh, and every output keeps the sharding of the
+state it replaces. SOAP's step of a leaf with one sharded mode is written with explicit
+collectives (:func:`_soap_step_scattered`: one gather of the gradient, one
+reduce-scatter of the direction).
 """
 
 from __future__ import annotations
@@ -254,39 +257,6 @@ def rotate(x: jax.Array, bases: Sequence[Any], num_batch: int) -> jax.Array:
     return x
 
 
-def rotate_scattered(
-    x: jax.Array, bases: Sequence[Any], num_batch: int, specs: Sequence[Any] | None
-) -> jax.Array:
-    """:func:`rotate`, with the product along a sharded mode reduce-scattered.
-
-    ``specs`` (inside ``auto_axes`` on an Explicit mesh): the mesh axes of ``x``'s
-    modes. When exactly one rotated mode is sharded, its basis is sharded on its
-    first axis the same way (:func:`factor_zeros`), so each device multiplies its
-    slice of the mode by its rows of ``Q`` and the partial products are summed and
-    scattered back onto that mode (``psum_scatter``: the compiler alone
-    all-reduces the whole product and slices it). Plain :func:`rotate`
-    otherwise; the same numbers up to the summation order."""
-    mesh = jax.sharding.get_abstract_mesh()
-    sharded = [] if specs is None else [i for i, e in enumerate(specs) if e is not None]
-    if mesh.empty or len(sharded) != 1 or not _is_basis(bases[sharded[0]]):
-        return rotate(x, bases, num_batch)
-    i = sharded[0]
-    axis = specs[i]
-    x_spec = PartitionSpec(*(None,) * num_batch, *specs)
-    q_spec = PartitionSpec(*(None,) * num_batch, axis, None)
-    q = bases[i].astype(x.dtype)
-
-    x = sharding.reduce_scattered(
-        lambda xl, ql: mode_product(xl, ql, i, num_batch, into_basis=True),
-        (x, q),
-        (x_spec, q_spec),
-        x_spec,
-        axis,
-        num_batch + i,
-    )
-    return rotate(x, [q if j != i else None for j, q in enumerate(bases)], num_batch)
-
-
 def rotate_back(x: jax.Array, bases: Sequence[Any], num_batch: int) -> jax.Array:
     """``x ×_i Q_i`` for every mode with a basis: the inverse of :func:`rotate`."""
     for i, q in enumerate(bases):
@@ -316,9 +286,16 @@ def _eigh_candidate(factor: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]
     """``(V, fill, null)`` for :func:`eigh_basis`: ``V`` the eigenvectors by
     descending eigenvalue, ``null`` (``… × 1 × n``) the columns whose eigenvalue is
     at most the roundoff floor ``8 n ε λ_max``, and ``fill`` the fixed generic
-    matrix projected off the other columns (what :func:`_finish_basis` puts there)."""
+    matrix projected off the other columns (what :func:`_finish_basis` puts there).
+
+    Each eigenvector's sign is fixed: its projection on a fixed generic vector is
+    positive. LAPACK's sign is arbitrary, and a one-ulp change of the factor (another
+    summation order: a sharded program) can flip it; the update is the same either
+    way, the stored basis and first moment are not."""
     vals, vecs = jnp.linalg.eigh(_f32(factor))
     vals, vecs = jnp.flip(vals, axis=-1), jnp.flip(vecs, axis=-1)
+    side = jnp.sum(vecs * _generic((vecs.shape[-2], 1), vecs.dtype), axis=-2, keepdims=True)
+    vecs = jnp.where(side < 0, -vecs, vecs)
     null = (vals <= _null_floor(vecs.shape[-1], vecs.dtype) * vals[..., :1])[..., None, :]
     generic = _generic(vecs.shape[-2:], vecs.dtype)
     kept = jnp.where(null, 0.0, vecs)
@@ -374,8 +351,9 @@ def eigh_basis(factor: jax.Array) -> jax.Array:
     span an arbitrary (LAPACK-, device- and reduction-order-dependent) part of
     the null space; they are replaced by a fixed orthonormal completion of the
     other columns (a fixed generic matrix projected off them and orthonormalized
-    by QR), so the basis is deterministic to float tolerance. Where the factor
-    has no such eigenvalue (a unique basis) the result is the plain eigh's.
+    by QR), and every other column's sign is fixed (:func:`_eigh_candidate`), so the
+    basis is deterministic to float tolerance. Where the factor has no such
+    eigenvalue (a unique basis) the result is the plain eigh's up to column signs.
     """
     vecs, fill, null = _eigh_candidate(factor)
     new, null = _finish_basis(vecs, fill, null)
@@ -493,7 +471,12 @@ def _drop_noise(c: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.where(jnp.abs(c) <= floor, 0.0, c)
 
 
-def drop_roundoff(x: jax.Array, modes: Sequence[int], num_batch: int) -> jax.Array:
+def drop_roundoff(
+    x: jax.Array,
+    modes: Sequence[int],
+    num_batch: int,
+    sharded: tuple[int, Any] | None = None,
+) -> jax.Array:
     """Zeroes the entries of a rotated tensor that are roundoff (SOAP's coordinates).
 
     A product along mode ``i`` (size ``d_i``) makes an error of about
@@ -505,16 +488,26 @@ def drop_roundoff(x: jax.Array, modes: Sequence[int], num_batch: int) -> jax.Arr
     the basis — Adam's ratio ``c / (√(c²) + ε)`` would turn the roundoff into a
     unit step in a reduction-order-dependent direction. Above the floor ``x``
     is unchanged.
+
+    ``sharded`` (``(mode, mesh axes)``, inside ``shard_map``): ``x`` is this device's
+    block of that mode; its fibers' sums are completed over the mesh axes (``psum``)
+    and its size is the whole mode's.
     """
     if not modes:
         return x
     sq = jnp.square(x)
     eps = float(jnp.finfo(x.dtype).eps)
+
+    def fiber(i: int) -> tuple[int, jax.Array]:
+        total = jnp.sum(sq, axis=num_batch + i, keepdims=True)
+        if sharded is None or sharded[0] != i:
+            return x.shape[num_batch + i], total
+        n = x.shape[num_batch + i] * jax.lax.axis_size(sharded[1])
+        return n, jax.lax.psum(total, sharded[1])
+
     floor = sum(
-        8.0 * eps * math.sqrt(x.shape[num_batch + i])
-        * jnp.sqrt(jnp.sum(sq, axis=num_batch + i, keepdims=True))
-        for i in modes
-    )  # fmt: skip
+        8.0 * eps * math.sqrt(n) * jnp.sqrt(total) for n, total in (fiber(i) for i in modes)
+    )
     return jnp.where(jnp.abs(x) <= floor, 0.0, x)
 
 
@@ -652,6 +645,22 @@ def factor_zeros(view: ModeView, mode: int, dtype: Any, like: Any, fill: bool = 
         like,
         (*view.batch_axes, mode_source_axis(view, mode), None),
         fill,
+    )
+
+
+def basis_zeros(view: ModeView, mode: int, dtype: Any, like: Any) -> jax.Array:
+    """Zeros for a ``batch + (d, d)`` SOAP basis of ``mode``, sharded on its *columns*
+    like the mode's leaf axis (the mesh axes left unused on another axis,
+    :func:`optx._src.sharding.fill_spec`): the rotated gradient's block of that mode on
+    a device is its columns of the basis times the whole gradient, so the step's
+    rotation needs no reduction (:func:`_soap_step_scattered`)."""
+    d = view.mode_dims[mode]
+    return zeros_from_axes(
+        (*view.batch_shape, d, d),
+        dtype,
+        like,
+        (*view.batch_axes, None, mode_source_axis(view, mode)),
+        fill=True,
     )
 
 
@@ -918,6 +927,144 @@ def _unstacked(
     ]
 
 
+def _mesh_block(x: jax.Array, axis: int, entry: Any) -> jax.Array:
+    """This device's block of ``x`` along ``axis`` split over the mesh axes ``entry``
+    (inside ``shard_map``; the layout a ``PartitionSpec`` entry gives)."""
+    size = x.shape[axis] // jax.lax.axis_size(entry)
+    return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(entry) * size, size, axis)
+
+
+def _entry_size(entry: Any) -> int:
+    mesh = jax.sharding.get_abstract_mesh()
+    names = entry if isinstance(entry, tuple) else (entry,)
+    return math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes))[n] for n in names)
+
+
+def _divisible(spec: Any, shape: Sequence[int]) -> PartitionSpec:
+    """``spec`` (or replicated for None) with the entries the mesh in context does not
+    divide dropped."""
+    entries = tuple(spec or ()) + (None,) * (len(shape) - len(spec or ()))
+    return PartitionSpec(
+        *(e if e is not None and d % _entry_size(e) == 0 else None for e, d in zip(entries, shape))
+    )
+
+
+def _gram_block(x: jax.Array, mode: int, num_batch: int, spec: PartitionSpec) -> jax.Array:
+    """This device's block (``spec``: batch, rows, columns) of :func:`mode_gram` of the
+    whole ``x``: each operand is sliced before the contraction."""
+    batch, modes = _subscripts(num_batch, x.ndim - num_batch)
+    a = modes[mode]
+    left = right = x
+    for ax, entry in enumerate(spec):
+        if entry is None:
+            continue
+        if ax < num_batch:
+            left, right = _mesh_block(left, ax, entry), _mesh_block(right, ax, entry)
+        else:
+            side = num_batch + mode
+            if ax == num_batch:
+                left = _mesh_block(left, side, entry)
+            else:
+                right = _mesh_block(right, side, entry)
+    other = modes.replace(a, "z")
+    return jnp.einsum(f"{batch + modes},{batch + other}->{batch}{a}z", left, right)
+
+
+def stacked_spec(f: Any) -> PartitionSpec | None:
+    """The ``PartitionSpec`` of a ``batch + (d, d)`` factor as a slice of a stack
+    ``(n, d, d)`` (:func:`_soap_groups`): its batch entry where it has one batch axis;
+    None for a placeholder or off an Explicit mesh."""
+    spec = sharding.spec_of(f) if _is_basis(f) else None
+    if spec is None:
+        return None
+    entries = tuple(spec) + (None,) * (f.ndim - len(spec))
+    return PartitionSpec(entries[0] if f.ndim == 3 else None, *entries[-2:])
+
+
+def _scattered_mode(view: ModeView, specs: Sequence[Any] | None) -> int | None:
+    """The one sharded mode of a stacked group (``specs``: :func:`mode_specs`), when it
+    is rotated and the mesh in context divides it; else None."""
+    if specs is None or jax.sharding.get_abstract_mesh().empty:
+        return None
+    sharded = [i for i, e in enumerate(specs) if e is not None]
+    if len(sharded) != 1 or not view.rotated[sharded[0]]:
+        return None
+    s = sharded[0]
+    return s if view.mode_dims[s] % _entry_size(specs[s]) == 0 else None
+
+
+def _soap_step_scattered(
+    arrays: tuple[Any, ...],
+    s_: dict[str, jax.Array],
+    view: ModeView,
+    mode: int,
+    entry: Any,
+    normalize: bool,
+    factor_specs: Sequence[Any],
+) -> tuple[Any, ...]:
+    """SOAP's per-step math of a stacked group whose mode ``mode`` alone is sharded
+    (over the mesh axes ``entry``), as explicit collectives (inside ``auto_axes``).
+
+    With ``G`` (``m × n``, ``n`` the sharded mode) on ``N`` devices, the moments sharded
+    like ``G``, the sharded mode's basis ``Q_n`` by columns (:func:`basis_zeros`) and
+    the other bases gathered whole, each device:
+
+    * receives ``G`` whole (one all-gather, ``(N − 1)/N`` of ``G``'s bytes) and
+      rotates it into its own columns of the basis, ``Q_mᵀ G Q_n[:, own]`` — no
+      reduction, the same dot products as the unsharded rotation;
+    * forms its blocks of the factor statistics ``G Gᵀ``, ``Gᵀ G`` from the whole
+      ``G`` (no collective);
+    * rotates its columns of the direction back, ``Q_m D' Q_n[:, own]ᵀ``, a partial
+      sum over the columns, reduce-scattered onto the sharded mode (``(N − 1)/N`` of
+      ``G``'s bytes).
+
+    Two of ``G``'s bytes per step plus a gather of each other basis (the compiler
+    left alone: three and the bases twice). Returns
+    ``(direction, m, v, new factors, basis inputs)`` like the unsharded step."""
+    G, mu, nu, fs, qs = arrays
+    nb, k = view.num_batch, len(view.modes)
+    rot = [i for i, r in enumerate(view.rotated) if r]
+    x_spec = PartitionSpec(*(None,) * nb, *(entry if i == mode else None for i in range(k)))
+    q_specs = {
+        i: PartitionSpec(*(None,) * nb, None, entry) if i == mode else PartitionSpec() for i in rot
+    }
+    f_specs = {i: _divisible(factor_specs[i], fs[i].shape) for i in rot}
+    # Modes in the order of the unsharded rotation, the sharded one first (it shrinks).
+    order = [mode] + [i for i in rot if i != mode]
+
+    def body(G: Any, mu: Any, nu: Any, fs: Any, qs: Any, sl: Any) -> Any:
+        x = G
+        for i in order:
+            x = mode_product(x, qs[i].astype(x.dtype), i, nb, into_basis=True)
+        rot_g = drop_roundoff(x, rot, nb, (mode, entry))
+        m = sl["b1"] * mu + sl["one_minus_b1"] * rot_g
+        v = sl["b2"] * nu + sl["one_minus_b2"] * jnp.square(rot_g)
+        d = m / (jnp.sqrt(v) + sl["eps"])
+        for i in order[::-1]:
+            d = mode_product(d, qs[i].astype(d.dtype), i, nb, into_basis=False)
+        d = jax.lax.psum_scatter(d, entry, scatter_dimension=nb + mode, tiled=True)
+        if normalize:
+            axes = tuple(range(nb, d.ndim))
+            size = math.prod(d.shape[nb:]) * jax.lax.axis_size(entry)
+            total = jax.lax.psum(jnp.sum(jnp.square(d), axis=axes, keepdims=True), entry)
+            d = d / (jnp.sqrt(total / size) + 1e-30)
+        new_fs, basis_in = {}, {}
+        for i in rot:
+            gram = sl["one_minus_shampoo_beta"] * _gram_block(G, i, nb, f_specs[i])
+            new_fs[i] = (sl["shampoo_beta"] * _f32(fs[i]) + gram).astype(fs[i].dtype)
+            basis_in[i] = jnp.where(sl["count"] == 0, gram, _f32(new_fs[i]))
+        return d * sl["step_scale"], m, v, new_fs, basis_in
+
+    direction, m, v, new_fs, basis_in = jax.shard_map(
+        body,
+        mesh=jax.sharding.get_abstract_mesh(),
+        in_specs=(PartitionSpec(), x_spec, x_spec, f_specs, q_specs, PartitionSpec()),
+        out_specs=(x_spec, x_spec, x_spec, f_specs, f_specs),
+        check_vma=False,
+    )(G, mu, nu, {i: fs[i] for i in rot}, {i: qs[i] for i in rot}, s_)
+    return direction, m, v, tuple(new_fs.get(i, f) for i, f in enumerate(fs)), basis_in
+
+
 def _soap_tree_update(
     views: Sequence[ModeView],
     leaves: Sequence[Any],
@@ -925,6 +1072,7 @@ def _soap_tree_update(
     normalize: bool,
     explicit: bool = False,
     leaf_specs: Sequence[Any] | None = None,
+    factor_specs: Sequence[Any] | None = None,
 ) -> list[Any]:
     """SOAP's update of every leaf (``(g, mu, nu, factors, bases)`` per leaf, in
     ``views`` order) as one program: leaves with the same modes are stacked on one
@@ -933,8 +1081,9 @@ def _soap_tree_update(
     factor shape (:func:`soap_basis_update`). The math per matrix is unchanged.
     ``explicit`` (arrays on an Explicit mesh): the basis updates run whole on
     every device (:func:`on_every_device`), one gather of each factor and basis
-    per refresh; ``leaf_specs`` (per leaf, :func:`mode_specs`): the gradient's rotation
-    along a sharded mode is reduce-scattered (:func:`rotate_scattered`)."""
+    per refresh; ``leaf_specs`` (per leaf, :func:`mode_specs`) and ``factor_specs``
+    (per leaf, the factors' ``PartitionSpec``): a group with one sharded, rotated mode
+    takes its step through explicit collectives (:func:`_soap_step_scattered`)."""
     first = s["count"] == 0
     leaf_specs = [None] * len(leaves) if leaf_specs is None else leaf_specs
     groups = _soap_groups(views, leaves, leaf_specs if explicit else None)
@@ -965,7 +1114,15 @@ def _soap_tree_update(
         specs = None
         if explicit and all(leaf_specs[e] == leaf_specs[members[0]] for e in members):
             specs = leaf_specs[members[0]]
-        rot_g = drop_roundoff(rotate_scattered(G, qs, nb, specs), rot, nb)
+        scattered = _scattered_mode(view, specs) if view.modes else None
+        if scattered is not None:
+            f_specs = (factor_specs or [[None] * k] * len(leaves))[members[0]]
+            direction, m, v, new_fs_t, basis_in = _soap_step_scattered(
+                (G, mu, nu, fs, qs), sl, view, scattered, specs[scattered], normalize, f_specs
+            )
+            stepped.append((direction, m, v, new_fs_t, basis_in, qs, mu, nu))
+            continue
+        rot_g = drop_roundoff(rotate(G, qs, nb), rot, nb)
         m = sl["b1"] * mu + sl["one_minus_b1"] * rot_g
         v = sl["b2"] * nu + sl["one_minus_b2"] * jnp.square(rot_g)
         direction = rotate_back(m / (jnp.sqrt(v) + sl["eps"]), qs, nb)
@@ -1251,18 +1408,20 @@ def scale_by_soap(
                     "(pass merge_dims=True to merge them)."
                 )
 
-        def mode_tree(i: int) -> Any:
+        def mode_tree(i: int, basis: bool = False) -> Any:
             def leaf(path: Any, p: Any) -> Any:
                 view = view_of(base.path_to_str(path), p)
                 if i < len(view.modes) and view.rotated[i]:
                     dtype = precond_dtype or base.compute_dtype(p.dtype)
+                    if basis:
+                        return basis_zeros(view, i, dtype, p)
                     return factor_zeros(view, i, dtype, p, fill=True)
                 return optax.MaskedNode()
 
             return jax.tree_util.tree_map_with_path(leaf, params)
 
         factors = tuple(mode_tree(i) for i in range(num_modes))
-        bases = tuple(mode_tree(i) for i in range(num_modes))
+        bases = tuple(mode_tree(i, basis=True) for i in range(num_modes))
         return ScaleBySoapState(
             count=jnp.zeros([], jnp.int32),
             mu=optax.tree.zeros_like(params, dtype=mu_dtype),
@@ -1316,9 +1475,10 @@ def scale_by_soap(
         # (``_by_shape``), and the first-call and refresh branches are one lax.cond each.
         explicit = any(sharding.spec_of(x) is not None for x in jax.tree.leaves(per_leaf))
         leaf_specs = [mode_specs(arrays[0], v) for arrays, v in zip(per_leaf, views, strict=True)]
+        factor_specs = [[stacked_spec(f) for f in arrays[3]] for arrays in per_leaf]
         new = call_keeping_shardings(
             lambda arrays, s: _soap_tree_update(
-                views, arrays, s, normalize_grads, explicit, leaf_specs
+                views, arrays, s, normalize_grads, explicit, leaf_specs, factor_specs
             ),
             per_leaf,
             scalars,

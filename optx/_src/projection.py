@@ -258,6 +258,54 @@ def compute_projector(
     return idx.astype(jnp.int32)
 
 
+def dct_select_scattered(
+    x: jax.Array, *, axis: str, rank: int, score_norm: float, x_spec: PartitionSpec | None
+) -> jax.Array | None:
+    """:func:`compute_projector`'s ``'dct'`` selection with the scores' contraction over
+    a sharded axis reduce-scattered; None where it does not apply (no Explicit mesh in
+    context, or the projected axis of ``x`` unsharded in ``x_spec``).
+
+    Inside ``auto_axes`` on an FSDP mesh, the scores ``S = Qᵀ X`` (``'in'``) contract
+    the sharded axis: each device multiplies its rows of ``X`` by its rows of ``Q`` and
+    the partial products are reduce-scattered onto the basis-vector axis (``k``, the
+    projected axis' size, which the mesh divides); each device then scores its own
+    basis vectors (summed over the other axis' blocks where that is sharded too) and
+    the ``(b, d)`` scores are gathered for ``top_k``. The compiler alone all-reduces the
+    whole ``S`` (twice the bytes). Same selection up to the scores' summation order."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if x_spec is None or mesh.empty or x.ndim != 3:
+        return None
+    sb, si, so = (*x_spec, None, None, None)[:3]
+    contracted, other = (si, so) if axis == "in" else (so, si)
+    if contracted is None:
+        return None
+    x = x.astype(base.compute_dtype(x.dtype))
+    rdt = base.real_dtype(x.dtype)
+    d = x.shape[1] if axis == "in" else x.shape[2]
+    k_axis = 1 if axis == "in" else 2
+
+    def local(xl: jax.Array) -> jax.Array:
+        n = xl.shape[k_axis]
+        q = jax.lax.dynamic_slice_in_dim(
+            dct_basis(d, dtype=rdt), jax.lax.axis_index(contracted) * n, n, axis=0
+        )
+        S = jnp.einsum("dk,bdo->bko", q, xl) if axis == "in" else jnp.einsum("bid,dk->bik", xl, q)
+        S = jax.lax.psum_scatter(S, contracted, scatter_dimension=k_axis, tiled=True)
+        score = _scores(S, axis, score_norm)
+        if other is not None:
+            score = jax.lax.psum(score, other)
+        score = jax.lax.all_gather(score, contracted, axis=1, tiled=True)
+        return jax.lax.top_k(score, rank)[1].astype(jnp.int32)
+
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(PartitionSpec(sb, si, so),),
+        out_specs=PartitionSpec(sb, None),
+        check_vma=False,
+    )(x)
+
+
 def stable_slots(previous: jax.Array, selected: jax.Array) -> jax.Array:
     """Order the newly ``selected`` indices ``(b, r)`` so that slots persist.
 
@@ -537,6 +585,7 @@ def _projected_transform(
                 return regenerate(g, lay, geo, key, p_spec, r_spec)
 
             x_spec = sharding.matrix_view_specs(g, lay)
+            view = None if x_spec is None else PartitionSpec(*x_spec)
 
             def fn(g: jax.Array, proj: jax.Array, key: Any, refresh: jax.Array) -> Any:
                 x = layouts.to_matrices(g, lay).astype(base.compute_dtype(g.dtype))
@@ -547,14 +596,20 @@ def _projected_transform(
                         new_key = jax.random.key_data(use)
                     else:
                         use, new_key = None, key
-                    new = compute_projector(
-                        x,
-                        use,
-                        projection=projection,
-                        axis=geo.axis,
-                        rank=geo.rank,
-                        score_norm=score_norm,
-                    )
+                    new = None
+                    if projection == "dct":
+                        new = dct_select_scattered(
+                            x, axis=geo.axis, rank=geo.rank, score_norm=score_norm, x_spec=view
+                        )
+                    if new is None:
+                        new = compute_projector(
+                            x,
+                            use,
+                            projection=projection,
+                            axis=geo.axis,
+                            rank=geo.rank,
+                            score_norm=score_norm,
+                        )
                     if projection == "dct" and slot_order == "stable":
                         new = stable_slots(proj, new)
                     return new.astype(proj.dtype), new_key
