@@ -97,3 +97,51 @@ def test_qr_in_cond_in_scan_does_not_deadlock_on_cpu() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("done")
+
+
+_BATCHED_LAPACK_ON_A_MESH = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, optx
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    params = {"stack": {"kernel": jax.random.normal(jax.random.key(1), (2, 8, 64))}}
+    params = jax.device_put(params, {"stack": {"kernel": NamedSharding(mesh, P(None, None, "x"))}})
+    tx = optx.soap(0.01)
+    state = jax.device_put(tx.init(params), optx.sharding.state_shardings(tx, params))
+    u, state = jax.jit(tx.update)(params, state, params)
+    print("done", float(jnp.sum(u["stack"]["kernel"])))
+    """
+)
+
+
+def test_batched_decompositions_on_a_cpu_mesh_do_not_hang() -> None:
+    """Regression: SOAP's first refresh of a ``(2, 8, 64)`` stack sharded over 8
+    CPU devices never returned (jaxlib 0.10.2): every device ran its batched
+    LAPACK eigh at once and all of them waited in ``lapack_ssyevd_ffi`` for
+    pool threads that were themselves blocked. ``linalg.eigh``/``linalg.svd``
+    decompose one matrix per call on CPU. Run in a subprocess so a hang fails
+    the test instead of stalling the suite."""
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", _BATCHED_LAPACK_ON_A_MESH],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("done")
+
+
+@pytest.mark.parametrize("decomposition", ["eigh", "svd"])
+def test_one_matrix_at_a_time_equals_the_batched_kernel(decomposition: str) -> None:
+    x = jax.random.normal(jax.random.key(0), (2, 3, 6, 6))
+    if decomposition == "eigh":
+        x = x @ jnp.swapaxes(x, -1, -2)
+        want = jnp.linalg.eigh(x)
+    else:
+        want = jnp.linalg.svd(x, full_matrices=False)
+    got = jax.jit(getattr(linalg, decomposition))(x)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))

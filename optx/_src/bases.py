@@ -292,7 +292,7 @@ def _eigh_candidate(factor: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]
     positive. LAPACK's sign is arbitrary, and a one-ulp change of the factor (another
     summation order: a sharded program) can flip it; the update is the same either
     way, the stored basis and first moment are not."""
-    vals, vecs = jnp.linalg.eigh(_f32(factor))
+    vals, vecs = linalg.eigh(_f32(factor))
     vals, vecs = jnp.flip(vals, axis=-1), jnp.flip(vecs, axis=-1)
     side = jnp.sum(vecs * _generic((vecs.shape[-2], 1), vecs.dtype), axis=-2, keepdims=True)
     vecs = jnp.where(side < 0, -vecs, vecs)
@@ -414,7 +414,7 @@ def singular_basis(x: jax.Array, mode: int) -> jax.Array:
     n, m = x.shape[-2], x.shape[-1]
     if (mode == 0 and n > m) or (mode == 1 and m > n) or mode not in (0, 1):
         raise ValueError(f"singular_basis: mode {mode} is not the smaller side of {(n, m)}.")
-    u, _, vh = jnp.linalg.svd(_f32(x), full_matrices=False)
+    u, _, vh = linalg.svd(_f32(x))
     return u if mode == 0 else jnp.swapaxes(vh, -1, -2)
 
 
@@ -532,7 +532,7 @@ def subspace_init(
     """
     x = _f32(x)
     omb = 1.0 - beta if one_minus_beta is None else one_minus_beta
-    vals, vecs = jnp.linalg.eigh(x @ _mT(x))
+    vals, vecs = linalg.eigh(x @ _mT(x))
     vals, vecs = jnp.flip(vals, axis=-1)[..., :rank], jnp.flip(vecs, axis=-1)[..., :rank]
     top = jnp.max(vals, axis=-1, keepdims=True)
     p = _canonical_completion(vecs, vals <= _null_floor(x.shape[-2], x.dtype) * top)

@@ -75,7 +75,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import base, hyperparams, layouts, orthogonalization, routing, sharding
+from optx._src import base, hyperparams, layouts, linalg, orthogonalization, routing, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 GEOMETRIES = ("rms", "l2")
@@ -818,7 +818,7 @@ def spectral_svd_cap(
     _check_common(w_max)
 
     def project(m: jax.Array, hp: dict[str, Any], pi: Any) -> jax.Array:
-        u, s, vt = jnp.linalg.svd(m, full_matrices=False)
+        u, s, vt = linalg.svd(m)
         capped = jnp.minimum(s, hp["w_max"])
         return ((u * capped[..., None, :]) @ vt).astype(m.dtype)
 

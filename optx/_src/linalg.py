@@ -11,9 +11,24 @@ jax/jaxlib 0.10.2 on a 2-core CPU: three leaves' refreshes, all XLA worker
 threads idle, the host waiting forever; ``tests/test_linalg.py`` keeps the
 reproducer). Cost on a 2-core CPU, jitted, square f32: 256² 7 ms (LAPACK
 7.5 ms), 512² 44 ms (32 ms), 1024² 328 ms (282 ms).
+
+``eigh`` and ``svd`` are ``jnp.linalg``'s, except that on CPU a batch of
+matrices is decomposed one matrix at a time (``lax.map``). jaxlib's CPU
+LAPACK kernels spread a batch over the intra-op thread pool and block until
+it is done; when several devices of one process run such a kernel at once
+(a mesh of virtual CPU devices, e.g. SOAP's refresh on every device under
+FSDP), every pool thread can end up blocked waiting for work queued behind
+it — observed with jax/jaxlib 0.10.2: a ``(2, 8, 64)`` kernel sharded over 8
+CPU devices hung in ``lapack_ssyevd_ffi`` forever (``tests/test_linalg.py``
+keeps the reproducer). One matrix per call runs inline. The results are the
+batched kernel's: it decomposes each matrix independently as well.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -100,3 +115,40 @@ def qr(x: jax.Array) -> tuple[jax.Array, jax.Array]:
         return q, r
 
     return jax.lax.platform_dependent(x, cpu=householder_qr, default=library)
+
+
+def _one_matrix_at_a_time(fn: Callable[[jax.Array], tuple[jax.Array, ...]]) -> Callable[..., Any]:
+    """``fn`` over the leading batch axes of ``x`` by ``lax.map`` (see the module docstring)."""
+
+    def serial(x: jax.Array) -> tuple[jax.Array, ...]:
+        batch = x.shape[:-2]
+        if math.prod(batch) <= 1:
+            return fn(x)
+        outs = jax.lax.map(fn, x.reshape((-1, *x.shape[-2:])))
+        return tuple(o.reshape(batch + o.shape[1:]) for o in outs)
+
+    return serial
+
+
+def eigh(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``jnp.linalg.eigh`` (eigenvalues ascending, eigenvectors as columns), safe
+    on a mesh of CPU devices (one matrix per LAPACK call on CPU; module docstring)."""
+
+    def library(y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        vals, vecs = jnp.linalg.eigh(y)
+        return vals, vecs
+
+    vals, vecs = jax.lax.platform_dependent(x, cpu=_one_matrix_at_a_time(library), default=library)
+    return vals, vecs
+
+
+def svd(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``jnp.linalg.svd(x, full_matrices=False)``, safe on a mesh of CPU devices
+    (one matrix per LAPACK call on CPU; module docstring)."""
+
+    def library(y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        u, s, vh = jnp.linalg.svd(y, full_matrices=False)
+        return u, s, vh
+
+    u, s, vh = jax.lax.platform_dependent(x, cpu=_one_matrix_at_a_time(library), default=library)
+    return u, s, vh

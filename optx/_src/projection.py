@@ -238,7 +238,7 @@ def compute_projector(
             )
         return p
     if projection == "svd":
-        u, _, vh = jnp.linalg.svd(x, full_matrices=False)
+        u, _, vh = linalg.svd(x)
         if axis == "in":
             return u[:, :, :rank]
         return jnp.swapaxes(vh[:, :rank, :], 1, 2)
