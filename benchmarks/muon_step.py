@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -24,11 +25,13 @@ from _trees import PRESETS, gpt_params
 import optx
 
 
-def contrib_muon_dims(params: Any) -> Any:
-    """optax.contrib.muon dimension numbers from optx's router, so both route alike.
+def router_dimension_numbers(params: Any, make: Callable[[Any, Any], Any]) -> Any:
+    """Dimension numbers for an optax.contrib matrix method from optx's router.
 
-    (optax's own default, ``ndim == 2``, would send the 3-D attention kernels to
-    Adam and the embedding/head to Muon.)
+    ``make(path, resolved_layout)`` builds one leaf's dimension numbers; leaves
+    the router sends to the fallback get None. (optax's own default,
+    ``ndim == 2``, would send the 3-D attention kernels to Adam and the
+    embedding/head to the matrix method.)
     """
     router = optx.default_router()
 
@@ -36,10 +39,17 @@ def contrib_muon_dims(params: Any) -> Any:
         layout = router.layout(optx.tree_utils.path_to_str(path), x)
         if layout is None:
             return None
-        r = optx.resolve_layout(layout, x.shape)
-        return optax.contrib.MuonDimensionNumbers(r.reduction_axes, r.output_axes)
+        return make(path, optx.resolve_layout(layout, x.shape))
 
     return jax.tree_util.tree_map_with_path(dim_nums, params)
+
+
+def contrib_muon_dims(params: Any) -> Any:
+    """optax.contrib.muon dimension numbers from optx's router, so both route alike."""
+    return router_dimension_numbers(
+        params,
+        lambda path, r: optax.contrib.MuonDimensionNumbers(r.reduction_axes, r.output_axes),
+    )
 
 
 def time_update(tx: optax.GradientTransformation, params: Any, reps: int) -> float:

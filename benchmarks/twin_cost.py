@@ -44,25 +44,20 @@ import jax
 import jax.numpy as jnp
 import optax
 from _trees import PRESETS, gpt_params
-from muon_step import contrib_muon_dims
+from muon_step import contrib_muon_dims, router_dimension_numbers
 
 import optx
 
 
 def contrib_galore_dims(params: Any) -> Any:
     """optax.contrib.galore dimension numbers from optx's router (matrix view)."""
-    router = optx.default_router()
 
-    def dim_nums(path: Any, x: jax.Array) -> Any:
-        layout = router.layout(optx.tree_utils.path_to_str(path), x)
-        if layout is None:
-            return None
-        r = optx.resolve_layout(layout, x.shape)
+    def make(path: Any, r: Any) -> Any:
         if r.batch_axes:  # optax's GaLore projects one matrix per leaf
             raise ValueError(f"{path}: stacked leaves have no optax.contrib.galore twin.")
         return optax.contrib.GaLoreDimensionNumbers(r.reduction_axes, r.output_axes)
 
-    return jax.tree_util.tree_map_with_path(dim_nums, params)
+    return router_dimension_numbers(params, make)
 
 
 def loss_fn(params: Any) -> jax.Array:

@@ -78,6 +78,18 @@ _DEADLOCK_SCRIPT = textwrap.dedent(
 )
 
 
+def _finishes_in_a_subprocess(script: str) -> None:
+    """Runs ``script`` in a fresh interpreter (so a hang fails instead of stalling
+    the suite) and checks that it printed ``done``."""
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("done")
+
+
 def test_qr_in_cond_in_scan_does_not_deadlock_on_cpu() -> None:
     """Regression: ``jnp.linalg.qr`` here (jaxlib 0.10.2, CPU) never returns.
 
@@ -86,17 +98,7 @@ def test_qr_in_cond_in_scan_does_not_deadlock_on_cpu() -> None:
     example transformer hung at its first refresh). Run in a subprocess so a
     hang fails the test instead of stalling the suite.
     """
-    root = str(pathlib.Path(__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", _DEADLOCK_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith("done")
+    _finishes_in_a_subprocess(_DEADLOCK_SCRIPT)
 
 
 _BATCHED_LAPACK_ON_A_MESH = textwrap.dedent(
@@ -121,17 +123,7 @@ def test_batched_decompositions_on_a_cpu_mesh_do_not_hang() -> None:
     pool threads that were themselves blocked. ``linalg.eigh``/``linalg.svd``
     decompose one matrix per call on CPU. Run in a subprocess so a hang fails
     the test instead of stalling the suite."""
-    root = str(pathlib.Path(__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", _BATCHED_LAPACK_ON_A_MESH],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith("done")
+    _finishes_in_a_subprocess(_BATCHED_LAPACK_ON_A_MESH)
 
 
 @pytest.mark.parametrize("decomposition", ["eigh", "svd"])
