@@ -232,7 +232,7 @@ def materialized(fn: Callable[[jax.Array], Any], anchor: jax.Array) -> Any:
     values as ``fn(anchor)``; under ``vmap`` the cond is a select. Used where
     XLA would otherwise copy a cheap producer into every consumer (a random
     draw: ``curvature.random_probes``) or make every consumer distinct by a
-    constant (slice offsets: ``bases.runtime_offsets``).
+    constant (slice offsets: ``layouts.runtime_indices``).
     """
     is_key = jnp.issubdtype(anchor.dtype, jax.dtypes.prng_key)
     data = jax.random.key_data(anchor) if is_key else anchor

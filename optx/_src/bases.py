@@ -888,39 +888,19 @@ def _stacked(parts: Sequence[jax.Array], tail: int) -> jax.Array:
     return flat[0] if len(flat) == 1 else jnp.concatenate(flat)
 
 
-def runtime_offsets(offsets: Sequence[int], anchor: jax.Array) -> tuple[jax.Array, ...]:
-    """The static ``offsets`` as int32 scalars XLA cannot constant-fold.
-
-    A slice at a static offset is a constant of every consumer fusion, so
-    slicing ``k`` same-shape leaves out of a stack compiles ``k`` distinct
-    kernels; at runtime offsets (computed under ``base.materialized``,
-    ``anchor`` an integer scalar of the program such as a step counter) the
-    consumers of same-shape slices are one kernel. On the benchmark tree of
-    ``benchmarks/compile_time.py`` this removed most of SOAP's and COSMOS's
-    per-leaf kernels (distinct fusions, small unscanned tree: SOAP 382 -> 274,
-    COSMOS 336 -> 216). Same values; the cond costs one predicate per step.
-    """
-    return base.materialized(lambda _: tuple(jnp.asarray(o, jnp.int32) for o in offsets), anchor)
-
-
 def _unstacked(
     x: jax.Array, batches: Sequence[tuple[int, ...]], tail: int, anchor: jax.Array | None = None
 ) -> list[jax.Array]:
     """Inverse of :func:`_stacked`: one array of ``batch + x.shape[-tail:]`` per batch.
 
-    With ``anchor`` (an integer scalar, see :func:`runtime_offsets`), the slices
+    With ``anchor`` (an integer scalar, see :func:`layouts.runtime_indices`), the slices
     are taken at runtime offsets, so same-size slices share their consumers' kernels.
     """
     sizes = [math.prod(batch) for batch in batches]
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    indices = None
     if anchor is not None and len(sizes) > 1:
-        offs = runtime_offsets(starts, anchor)
-        parts = [
-            jax.lax.dynamic_slice_in_dim(x, o, size, axis=0)
-            for o, size in zip(offs, sizes, strict=True)
-        ]
-    else:
-        parts = [x[start : start + size] for start, size in zip(starts, sizes, strict=True)]
+        indices = layouts.runtime_indices(sum(sizes), anchor)
+    parts = layouts.split_rows(x, sizes, indices)
     return [
         jnp.reshape(part, (*batch, *x.shape[x.ndim - tail :]))
         for part, batch in zip(parts, batches, strict=True)
@@ -1720,7 +1700,7 @@ def map_stacked(
     (``fn`` sees the stack's view), so the program grows with the number of
     distinct shapes, not of leaves. With ``anchor`` (an integer scalar such as
     a step counter), the results are sliced out of the stack at runtime offsets
-    (:func:`runtime_offsets`), so same-shape leaves share their kernels.
+    (:func:`layouts.runtime_indices`), so same-shape leaves share their kernels.
     """
     groups: dict[Any, list[int]] = {}
     for e, (view, arrays) in enumerate(zip(views, leaves, strict=True)):
