@@ -4,6 +4,7 @@ selection by key path, device averaging on the 8-device CPU mesh, NNX helpers.""
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -93,6 +94,44 @@ def test_random_probes_are_the_plain_draw_bit_for_bit() -> None:
     np.testing.assert_array_equal(_ravel(gauss), jax.random.normal(key, (total,), jnp.float32))
     second = _ravel(jax.tree.map(lambda x: x[1], batched))
     np.testing.assert_array_equal(second, jax.random.normal(keys[1], (total,), jnp.float32))
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_random_probes_drawn_in_rows_keep_the_plain_bits(partitionable: bool) -> None:
+    """A tree larger than one row of the draw (Rademacher signs are drawn as rows where
+    the bits allow it) still gets the values of the plain 1-D draw, for both
+    distributions, typed and raw keys, under ``vmap``, and with
+    ``jax_threefry_partitionable`` off (plain draw)."""
+    params = {"a": jnp.zeros((33, 70), jnp.float32), "b": jnp.zeros((900,), jnp.bfloat16)}
+    total = 33 * 70 + 900  # 3210: three full rows of 1024 and a partial one
+    key, keys = jax.random.key(7), jax.random.split(jax.random.key(8), 2)
+    rp = optx.curvature.random_probes
+
+    @jax.jit
+    def probes(key, keys):
+        return (
+            rp(key, params, "rademacher"),
+            rp(jax.random.key_data(key), params, "gaussian"),
+            jax.vmap(lambda k: rp(k, params, "rademacher"))(keys),
+        )
+
+    with jax.threefry_partitionable(partitionable):
+        rad, gauss, batched = probes(key, keys)
+        plain_rad = jax.random.rademacher(key, (total,), jnp.float32)
+        plain_gauss = jax.random.normal(key, (total,), jnp.float32)
+        plain_second = jax.random.rademacher(keys[1], (total,), jnp.float32)
+
+    def flat(tree: Any) -> np.ndarray:  # the leaves in tree order, as float32
+        return np.concatenate([np.asarray(x, np.float32).ravel() for x in jax.tree.leaves(tree)])
+
+    def cast(x: jax.Array) -> np.ndarray:  # the plain draw cast to each leaf's dtype
+        a, b = x[: 33 * 70], x[33 * 70 :].astype(jnp.bfloat16)
+        return np.concatenate([np.asarray(a), np.asarray(b, np.float32)])
+
+    np.testing.assert_array_equal(flat(rad), cast(plain_rad))
+    np.testing.assert_array_equal(flat(gauss), cast(plain_gauss))
+    second = jax.tree.map(lambda x: x[1], batched)
+    np.testing.assert_array_equal(flat(second), cast(plain_second))
 
 
 def test_hutchinson_is_unbiased_on_mlp() -> None:

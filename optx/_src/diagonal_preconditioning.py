@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import adaptive, base, curvature, hyperparams, layouts, routing
+from optx._src import adaptive, base, curvature, hyperparams, layouts, nonfinite, routing
 
 
 def _new_key(seed: int) -> jax.Array:
@@ -64,6 +64,10 @@ class ScaleBySophiaState(NamedTuple):
         XLA:CPU a full-tree count writes and re-reads one mask word per
         parameter, which doubled the cost of an ordinary step (optax computes
         its win rate only with ``verbose=True``).
+      estimate_finite: whether this step's Hessian estimate was finite (True
+        on steps without a refresh). The primitive folds a non-finite estimate
+        into ``h`` like any other; :func:`optx.skip_if_not_finite` reads this
+        flag and skips such a step (the ``sophia_*`` aliases).
     """
 
     count: jax.Array
@@ -71,6 +75,7 @@ class ScaleBySophiaState(NamedTuple):
     hessian: base.Updates
     key: jax.Array
     win_rate: jax.Array
+    estimate_finite: jax.Array
 
 
 @hyperparams.validated()
@@ -157,6 +162,7 @@ def scale_by_sophia(
             hessian=_zeros_like(params, nu_dtype),
             key=_new_key(seed),
             win_rate=jnp.zeros([], jnp.float32),
+            estimate_finite=jnp.ones([], jnp.bool_),
         )
 
     def update_fn(
@@ -171,15 +177,16 @@ def scale_by_sophia(
         if not refresh_at_start:
             due = due & (count > 0)
 
-        def refresh(_: Any) -> tuple[Any, jax.Array]:
+        def refresh(_: Any) -> tuple[Any, jax.Array, jax.Array]:
             next_key, probe_key = _refresh_key(state.key, extra)
             diag = curvature.estimate_diagonal(estimator, params, extra, probe_key)
-            return jax.tree.map(lambda h, d: _ema(h, d, b2), state.hessian, diag), next_key
+            hessian = jax.tree.map(lambda h, d: _ema(h, d, b2), state.hessian, diag)
+            return hessian, next_key, nonfinite.all_finite(diag)
 
-        def keep(_: Any) -> tuple[Any, jax.Array]:
-            return state.hessian, state.key
+        def keep(_: Any) -> tuple[Any, jax.Array, jax.Array]:
+            return state.hessian, state.key, jnp.ones([], jnp.bool_)
 
-        hessian, key = jax.lax.cond(due, refresh, keep, None)
+        hessian, key, finite = jax.lax.cond(due, refresh, keep, None)
         mu = jax.tree.map(lambda m, g: _ema(m, g, b1), state.mu, updates)
         scale = gamma * tokens_per_batch
 
@@ -199,13 +206,24 @@ def scale_by_sophia(
             return sum(leaves, jnp.zeros([], jnp.float32)) / max(size, 1)
 
         new_updates = jax.tree.map(direction, updates, mu, hessian)
-        win_rate = jax.lax.cond(due, count_wins, lambda *_: state.win_rate, mu, hessian)
+        # The count recomputes ``m`` from its inputs rather than taking the new ``m``
+        # into the cond: XLA then fuses ``m``'s EMA into its consumers instead of
+        # writing it out and reading it back for them (same values).
+        win_rate = jax.lax.cond(
+            due,
+            lambda m, g, h: count_wins(jax.tree.map(lambda a, b: _ema(a, b, b1), m, g), h),
+            lambda *_: state.win_rate,
+            state.mu,
+            updates,
+            hessian,
+        )
         return new_updates, ScaleBySophiaState(
             count=optax.safe_increment(count),
             mu=mu,
             hessian=hessian,
             key=key,
             win_rate=win_rate,
+            estimate_finite=finite,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -233,6 +251,9 @@ class ScaleByAdaHessianState(NamedTuple):
       mu: EMA of the gradient.
       nu: EMA of the squared (spatially averaged) Hessian diagonal.
       key: PRNG key of the Hutchinson probes.
+      estimate_finite: whether this step's Hessian estimate was finite (True
+        on steps without a refresh); :func:`optx.skip_if_not_finite` skips a
+        step where it is False (the ``adahessian`` alias).
     """
 
     count: jax.Array
@@ -240,6 +261,7 @@ class ScaleByAdaHessianState(NamedTuple):
     mu: base.Updates
     nu: base.Updates
     key: jax.Array
+    estimate_finite: jax.Array
 
 
 SpatialAxesFn = Callable[[str, Any], "tuple[int, ...] | None"]
@@ -399,6 +421,7 @@ def scale_by_adahessian(
             mu=_zeros_like(params, mu_dtype),
             nu=_zeros_like(params, nu_dtype),
             key=_new_key(seed),
+            estimate_finite=jnp.ones([], jnp.bool_),
         )
 
     def update_fn(
@@ -409,20 +432,21 @@ def scale_by_adahessian(
     ) -> tuple[base.Updates, ScaleByAdaHessianState]:
         curvature.check_extra_args(estimator, extra, "AdaHessian")
 
-        def refresh(_: Any) -> tuple[Any, jax.Array, jax.Array]:
+        def refresh(_: Any) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
             next_key, probe_key = _refresh_key(state.key, extra)
             diag = curvature.estimate_diagonal(estimator, params, extra, probe_key)
+            finite = nonfinite.all_finite(diag)
             diag = base.tree_map_with_path_str(lambda p, d: averaging(p, d)(d), diag)
             nu = jax.tree.map(lambda v, d: _ema(v, jnp.square(d), b2), state.nu, diag)
-            return nu, next_key, optax.safe_increment(state.hessian_count)
+            return nu, next_key, optax.safe_increment(state.hessian_count), finite
 
-        def keep(_: Any) -> tuple[Any, jax.Array, jax.Array]:
-            return state.nu, state.key, state.hessian_count
+        def keep(_: Any) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+            return state.nu, state.key, state.hessian_count, jnp.ones([], jnp.bool_)
 
         if k == 1:
-            nu, key, hessian_count = refresh(None)
+            nu, key, hessian_count, finite = refresh(None)
         else:
-            nu, key, hessian_count = jax.lax.cond(state.count % k == 0, refresh, keep, None)
+            nu, key, hessian_count, finite = jax.lax.cond(state.count % k == 0, refresh, keep, None)
         count = optax.safe_increment(state.count)
         mu = jax.tree.map(lambda m, g: _ema(m, g, b1), state.mu, updates)
 
@@ -436,7 +460,12 @@ def scale_by_adahessian(
 
         new_updates = jax.tree.map(direction, updates, mu, nu)
         return new_updates, ScaleByAdaHessianState(
-            count=count, hessian_count=hessian_count, mu=mu, nu=nu, key=key
+            count=count,
+            hessian_count=hessian_count,
+            mu=mu,
+            nu=nu,
+            key=key,
+            estimate_finite=finite,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

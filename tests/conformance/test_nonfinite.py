@@ -180,5 +180,62 @@ def test_skip_if_not_finite_wrapper() -> None:
         optx.skip_if_not_finite(optax.sgd(0.1), inputs="loss")
 
 
+@pytest.mark.parametrize("name", ["sophia_h", "adahessian"])
+def test_nonfinite_gradient_skips_the_step(name: str) -> None:
+    """The aliases check the gradient itself (they do not check every output leaf)."""
+    spec = optx.get_optimizer(name)
+    tx = spec.build(**{**spec.test_overrides, **OVERRIDES.get(name, {})})
+    p = _params()
+    s = tx.init(p)
+    grads = jax.grad(problems.mixed_loss)(p)
+    extra = {"loss_fn": problems.mixed_loss}
+    _, s = tx.update(grads, s, p, **extra)
+    bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads)
+    u, s_bad = tx.update(bad, s, p, **extra)
+    assert int(s_bad.total_notfinite) == 1 and not bool(s_bad.last_finite)
+    _equal(s_bad.inner_state, s.inner_state, name)
+    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(u))
+
+
+@pytest.mark.parametrize(
+    ("primitive", "refresh_steps"),
+    [
+        (lambda: optx.scale_by_adahessian(), (0, 1, 2)),
+        (lambda: optx.scale_by_adahessian(update_interval=2), (0, 2)),
+        (
+            lambda: optx.scale_by_sophia(
+                tokens_per_batch=1, estimator=optx.curvature.Hutchinson(1), update_interval=2
+            ),
+            (2,),
+        ),
+    ],
+)
+def test_estimate_finite_flag(primitive: Any, refresh_steps: tuple[int, ...]) -> None:
+    """The primitives report a non-finite estimate in ``estimate_finite``; the wrapper
+    skips on it without checking the outputs, and only at the steps that refresh."""
+    p = _params()
+    grads = jax.grad(problems.mixed_loss)(p)
+    nan_loss = lambda q: problems.mixed_loss(q) * jnp.nan  # noqa: E731
+    inner = primitive()
+    tx = optx.skip_if_not_finite(inner, check_outputs=False)
+    clean = jax.jit(lambda t: tx.update(grads, t, p, loss_fn=problems.mixed_loss))
+    raw = jax.jit(lambda s: inner.update(grads, s, p, loss_fn=nan_loss))
+    t = tx.init(p)
+    assert bool(t.inner_state.estimate_finite)
+    for i in range(3):
+        refresh = i in refresh_steps
+        _, s_raw = raw(t.inner_state)
+        assert bool(s_raw.estimate_finite) != refresh, i  # the primitive's own flag
+        u, t_bad = jax.jit(lambda t: tx.update(grads, t, p, loss_fn=nan_loss))(t)
+        assert int(t_bad.total_notfinite) == int(refresh), i
+        if refresh:
+            _equal(t_bad.inner_state, t.inner_state, f"skipped step {i}")
+            assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(u))
+        else:  # no refresh: the NaN loss is never evaluated, the step is kept
+            assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(t_bad))
+        _, t = clean(t)
+        assert int(t.total_notfinite) == 0
+
+
 def teardown_module() -> None:
     jax.clear_caches()

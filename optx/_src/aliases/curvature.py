@@ -167,7 +167,7 @@ def sophia_g(
         ),
         optax.scale_by_learning_rate(learning_rate),
     )
-    return nonfinite.skip_if_not_finite(tx)
+    return nonfinite.skip_if_not_finite(tx, check_outputs=False)
 
 
 def linear_weight_mask(router: routing.Router | None = None) -> Any:
@@ -292,7 +292,7 @@ def sophia_h(
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    return nonfinite.skip_if_not_finite(tx)
+    return nonfinite.skip_if_not_finite(tx, check_outputs=False)
 
 
 @hyperparams.validated(block_size=diagonal_preconditioning.ADAHESSIAN_BLOCK_SIZE)
@@ -410,7 +410,7 @@ def adahessian(
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    return nonfinite.skip_if_not_finite(tx)
+    return nonfinite.skip_if_not_finite(tx, check_outputs=False)
 
 
 @hyperparams.validated()
@@ -684,7 +684,8 @@ def mkor(
         _inner_optimizer(locals()),
     )
     # MKOR-H's ``loss`` feeds its switch; plain MKOR ignores it.
-    return nonfinite.skip_if_not_finite(tx, ("captures", "loss") if hybrid else ("captures",))
+    inputs = ("captures", "loss") if hybrid else ("captures",)
+    return nonfinite.skip_if_not_finite(tx, inputs, check_outputs=False)
 
 
 @hyperparams.validated()

@@ -164,7 +164,9 @@ def _es_alias(
         freeze_nonmatrix=freeze_nonmatrix,
         router=router,
     )
-    tx = nonfinite.skip_if_not_finite(optax.chain(es, factory(learning_rate)), ("fitness",))
+    tx = nonfinite.skip_if_not_finite(
+        optax.chain(es, factory(learning_rate)), ("fitness",), check_outputs=False
+    )
     return routing.attach_router(tx, evolution.es_router() if router is None else router)
 
 
