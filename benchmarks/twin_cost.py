@@ -20,8 +20,11 @@ router, so both send the same leaves to Newton–Schulz / the projection):
   period, decay and γ (their rules differ in small ways — bias correction, the
   refresh phase — that cost the same element-wise passes). ``optx.sophia_h``
   also carries optx's non-finite policy (:func:`optx.skip_if_not_finite`: a
-  NaN/Inf anywhere in the step's outputs skips the step), which optax's has
-  not; the row "sophia (no non-finite skip)" is the same step without it.
+  NaN/Inf in the gradient or the Hessian estimate skips the step and keeps the
+  state), which optax's has not: the row "sophia (no non-finite skip)" is
+  optx's step without it, and "sophia (both skip non-finite steps)" puts
+  optax's own policy, ``optax.apply_if_finite`` (a check of the gradient and a
+  selection of the state), around optax's Sophia.
 
 Every jitted step is compiled first; then ``--rounds`` interleaved rounds time a
 window of ``--window`` consecutive updates of every candidate (a whole Sophia
@@ -107,6 +110,14 @@ def pairs(params: Any) -> dict[str, Pair]:
             lambda: optax.contrib.sophia(1e-3, weight_decay=1e-4, update_interval=10),
             sophia_h_without_skip,
         ),
+        "sophia (both skip non-finite steps)": (
+            lambda: optax.apply_if_finite(
+                optax.contrib.sophia(1e-3, weight_decay=1e-4, update_interval=10), 10**6
+            ),
+            lambda: optx.sophia_h(
+                1e-3, weight_decay=1e-4, update_interval=10, distribution="rademacher"
+            ),
+        ),
     }
 
 
@@ -114,8 +125,8 @@ def sophia_h_without_skip() -> optax.GradientTransformation:
     """``optx.sophia_h`` without its :func:`optx.skip_if_not_finite` wrapper.
 
     A reference row, not a method: optax.contrib.sophia has no non-finite
-    policy, so this row shows what the policy (checking every output of the
-    step for NaN/Inf before it is kept) costs on this device.
+    policy, so this row shows what the policy (checking the gradient and the
+    estimate for NaN/Inf and selecting the kept state) costs on this device.
     """
     return optax.chain(
         optx.scale_by_sophia(
