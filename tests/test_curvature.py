@@ -96,11 +96,12 @@ def test_random_probes_are_the_plain_draw_bit_for_bit() -> None:
     np.testing.assert_array_equal(second, jax.random.normal(keys[1], (total,), jnp.float32))
 
 
-@pytest.mark.parametrize("partitionable", [True, False])
-def test_random_probes_drawn_in_rows_keep_the_plain_bits(partitionable: bool) -> None:
+@pytest.mark.parametrize(("partitionable", "x64"), [(True, False), (False, False), (True, True)])
+def test_random_probes_drawn_in_rows_keep_the_plain_bits(partitionable: bool, x64: bool) -> None:
     """A tree larger than one row of the draw (Rademacher signs are drawn as rows where
     the bits allow it) still gets the values of the plain 1-D draw, for both
-    distributions, typed and raw keys, under ``vmap``, and with
+    distributions, typed and raw keys, under ``vmap``, with ``jax_enable_x64`` (JAX's
+    Rademacher signs are then float64 Bernoulli draws: other bits) and with
     ``jax_threefry_partitionable`` off (plain draw)."""
     params = {"a": jnp.zeros((33, 70), jnp.float32), "b": jnp.zeros((900,), jnp.bfloat16)}
     total = 33 * 70 + 900  # 3210: three full rows of 1024 and a partial one
@@ -115,7 +116,7 @@ def test_random_probes_drawn_in_rows_keep_the_plain_bits(partitionable: bool) ->
             jax.vmap(lambda k: rp(k, params, "rademacher"))(keys),
         )
 
-    with jax.threefry_partitionable(partitionable):
+    with jax.threefry_partitionable(partitionable), jax.enable_x64(x64):
         rad, gauss, batched = probes(key, keys)
         plain_rad = jax.random.rademacher(key, (total,), jnp.float32)
         plain_gauss = jax.random.normal(key, (total,), jnp.float32)
@@ -132,6 +133,12 @@ def test_random_probes_drawn_in_rows_keep_the_plain_bits(partitionable: bool) ->
     np.testing.assert_array_equal(flat(gauss), cast(plain_gauss))
     second = jax.tree.map(lambda x: x[1], batched)
     np.testing.assert_array_equal(flat(second), cast(plain_second))
+    # Keys of another implementation take JAX's own draw.
+    rbg = jax.random.key(7, impl="rbg")
+    np.testing.assert_array_equal(
+        flat(rp(rbg, params, "rademacher")),
+        cast(jax.random.rademacher(rbg, (total,), jnp.float32)),
+    )
 
 
 def test_hutchinson_is_unbiased_on_mlp() -> None:

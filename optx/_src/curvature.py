@@ -134,8 +134,9 @@ def _rademacher_from_threefry(key: jax.Array, total: int) -> jax.Array | None:
 
     The same values wherever JAX's draw is a function of the flat index alone:
     threefry keys with ``jax_threefry_partitionable`` (JAX's default), where
-    element ``i`` has the bits ``a ^ b`` of ``(a, b) = threefry(key, (0, i))``,
-    and its sign is ``+1`` iff the top bit is clear (``uniform < 1/2``).
+    element ``i`` has the bits ``a ^ b`` of ``(a, b) = threefry(key, (0, i))``
+    (``(a << 32) | b`` with ``jax_enable_x64``), and its sign is ``+1`` iff the
+    top bit is clear (``uniform < 1/2``).
     """
     if not jax.config.jax_threefry_partitionable or total >= 2**32:
         return None
@@ -149,7 +150,11 @@ def _rademacher_from_threefry(key: jax.Array, total: int) -> jax.Array | None:
         return None
     counters = jax.lax.iota(jnp.uint32, total)
     a, b = _threefry2x32(data.astype(jnp.uint32), jnp.zeros_like(counters), counters)
-    return jnp.where(((a ^ b) >> jnp.uint32(31)) == 0, 1.0, -1.0).astype(jnp.float32)
+    # JAX's Rademacher is a Bernoulli(1/2) of the default float: float32 draws use the
+    # 32 bits a ^ b, float64 ones (jax_enable_x64) the 64 bits (a << 32) | b.
+    wide = jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64
+    top = (a if wide else a ^ b) >> jnp.uint32(31)
+    return jnp.where(top == 0, 1.0, -1.0).astype(jnp.float32)
 
 
 def _flat_draw(distribution: str, key: jax.Array, total: int) -> jax.Array:
