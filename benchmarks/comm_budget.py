@@ -206,10 +206,18 @@ def _projected_floor(tx: Any, params: Any, n: int, refresh_gathers: Any) -> tupl
     """(per refresh, steady) bytes of the GaLore family's floor: the projected gradient of
     a leaf whose projected axis is sharded is reduce-scattered and its direction
     gathered back (one all-reduce's bytes, ``2 (N − 1)/N × b r m``). A refresh
-    (``refresh_gathers``) moves the gradient once: ``'any'`` (SVD) every sharded leaf
-    whole, ``'projected'`` (DCT scores ``Dᵀ X``) a reduce-scatter where the projected axis
-    is sharded (elsewhere the scores are local column sums), ``None`` (a random draw)
-    nothing.
+    (``refresh_gathers``) moves the gradient once: ``'projected'`` (DCT scores ``Dᵀ X``)
+    a reduce-scatter where the projected axis is sharded (elsewhere the scores are local
+    column sums), ``None`` (a random draw) nothing, and ``'any'`` (SVD) every matrix whose
+    fan-in or fan-out is sharded whole on *one* device, as in distributed Muon: the SVD
+    of a matrix needs all of it, but not on every device. The devices share the
+    matrices, each receives its share whole, ``(N − 1)/N² × |X|`` summed over the
+    leaves, and the owners send the new projectors back to the devices that store
+    their rows (state sharded on ``d``), ``(N − 1)/N² × |P|``. A matrix whose mesh axes
+    are all on the batch (stack) axis is decomposed where it lies, for nothing. (The
+    earlier floor, every sharded leaf gathered whole on every device, ``(N − 1)/N ×
+    |X|``, is what a replicated SVD costs; optx's ``linalg.svd`` decomposes a stack one
+    matrix per call and the compiler spreads those calls, below that bound.)
 
     A stored dense projector (``'any'``: GaLore's ``P``, ``d × r``) of a leaf whose
     projected axis is unsharded but whose other axis is sharded is gathered once per
@@ -240,8 +248,10 @@ def _projected_floor(tx: Any, params: Any, n: int, refresh_gathers: Any) -> tupl
             )
             if view is None or all(v is None for v in view):
                 continue
-            if refresh_gathers == "any" or view[1 if geo.axis == "in" else 2] is not None:
-                refresh += (n - 1) / n * x.size * x.dtype.itemsize if refresh_gathers else 0
+            if refresh_gathers == "any" and (view[1] is not None or view[2] is not None):
+                refresh += (n - 1) / n**2 * (x.size * x.dtype.itemsize + p_bytes[name])
+            elif refresh_gathers == "projected" and view[1 if geo.axis == "in" else 2] is not None:
+                refresh += (n - 1) / n * x.size * x.dtype.itemsize
             if view[1 if geo.axis == "in" else 2] is not None:
                 steady += 2 * (n - 1) / n * math.prod(geo.projected_shape()) * x.dtype.itemsize
             elif refresh_gathers == "any":

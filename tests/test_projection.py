@@ -511,3 +511,42 @@ def test_seed_only_projector_gives_the_same_updates_with_less_state() -> None:
     assert saved == 4 * (6 * 2 + 3 * 6 * 2 + 5 * 2)
     with pytest.raises(ValueError, match="store_projector"):
         optx.scale_by_subspace(projection="svd", store_projector=False)
+
+
+def _stable_slots_reference(prev: list[int], new: list[int]) -> list[int]:
+    """The slot rule, one column at a time: kept columns stay in their (first) slot,
+    new ones fill the free slots in ascending order, best score first."""
+    first = {v: j for j, v in reversed(list(enumerate(prev)))}
+    out: list[int | None] = [None] * len(prev)
+    for v in new:
+        if v in first:
+            out[first[v]] = v
+    fresh = [v for v in new if v not in first]
+    free = [j for j in range(len(prev)) if out[j] is None]
+    for j, v in zip(free, fresh, strict=True):
+        out[j] = v
+    return [int(v) for v in out]
+
+
+def test_stable_slots_matches_the_slot_rule() -> None:
+    from optx._src.projection import stable_slots
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        r, b = int(rng.integers(1, 10)), 3
+        d = 2 * r + 3
+        prev = np.stack([rng.choice(d, r, replace=False) for _ in range(b)])
+        if trial % 3 == 0:
+            prev[:] = 0  # the initial projector: only slot 0 counts
+        elif trial % 3 == 1:
+            prev = rng.integers(0, r, (b, r))  # repeated indices
+        keep = int(rng.integers(0, r + 1))
+        new = []
+        for p in prev:
+            old = rng.permutation(np.unique(p))[:keep]
+            rest = rng.choice(np.setdiff1d(np.arange(d), old), r - len(old), replace=False)
+            new.append(rng.permutation(np.concatenate([old, rest])))
+        new = np.stack(new)
+        got = np.asarray(jax.jit(stable_slots)(prev, new))
+        want = [_stable_slots_reference(list(p), list(n)) for p, n in zip(prev, new)]
+        np.testing.assert_array_equal(got, np.asarray(want))

@@ -307,25 +307,35 @@ def dct_select_scattered(
 
 
 def stable_slots(previous: jax.Array, selected: jax.Array) -> jax.Array:
-    """Order the newly ``selected`` indices ``(b, r)`` so that slots persist.
+    """Order the newly ``selected`` (distinct) indices ``(b, r)`` so that slots persist.
 
     A column that was selected before and stays selected keeps its slot in
     ``previous`` ``(b, r)`` (only the first slot of a repeated index counts,
     so the all-zero initial projector is valid); the newly selected columns,
     in the order given (best score first), fill the freed slots in ascending
     slot order. Moments kept per slot then stay with their column.
+
+    Written with ``r × r`` comparisons and reductions only (the prefix counts as
+    triangular sums, the slot assignment as a one-hot sum): no sort, cumulative
+    sum or scatter, whose kernels cost XLA:CPU more to compile than the rest of a
+    DCT-AdamW step (``benchmarks/compile_time.py``). Exact integer arithmetic.
     """
 
     def one(prev: jax.Array, new: jax.Array) -> jax.Array:
         r = prev.shape[0]
-        first = jnp.argmax(prev[None, :] == prev[:, None], axis=1) == jnp.arange(r)
+        pos = jnp.arange(r)
+        before = pos[None, :] < pos[:, None]  # (k, j): j strictly before k
+        first = ~jnp.any((prev[:, None] == prev[None, :]) & before, axis=1)
         match = (new[:, None] == prev[None, :]) & first[None, :]  # (new a, slot j)
         kept = jnp.any(match, axis=1)
         taken = jnp.any(match, axis=0)
-        free = jnp.argsort(taken.astype(jnp.int32), stable=True)  # free slots first
-        rank_new = jnp.cumsum(~kept) - 1
-        slot = jnp.where(kept, jnp.argmax(match, axis=1), free[jnp.clip(rank_new, 0, r - 1)])
-        return jnp.zeros_like(new).at[slot].set(new)
+        # Rank of each new column among the non-kept ones, and of each free slot among
+        # the free ones (ascending): the n-th new column goes to the n-th free slot.
+        rank_new = jnp.sum(~kept[None, :] & (before | (pos[:, None] == pos[None, :])), axis=1)
+        rank_free = jnp.sum(~taken[None, :] & before, axis=1)
+        to_free = ~taken[None, :] & (rank_free[None, :] == rank_new[:, None] - 1)
+        target = jnp.where(kept[:, None], match, to_free)  # (a, j): one True per row
+        return jnp.sum(jnp.where(target, new[:, None], 0), axis=0, dtype=new.dtype)
 
     return jax.vmap(one)(previous.astype(jnp.int32), selected.astype(jnp.int32))
 
