@@ -14,7 +14,11 @@ router, so both send the same leaves to Newton–Schulz / the projection):
 * ``muon``: ``optax.contrib.muon`` with optx's routing, Adam fallback (its
   weight decay 0 on both);
 * ``galore``: ``optax.contrib.galore`` (rank 128, gap 200, scale 1,
-  optax's side rule = optx's ``side='reverse_std'``), with optx's routing;
+  optx's ``side='reverse_std'``: both project the larger dimension, but
+  on a square matrix optax projects the fan-in and optx the fan-out, whose
+  SVD projector XLA:CPU copies into a transposed layout across the refresh
+  ``cond`` — about 2 % of the step here, on the 16 square attention
+  kernels), with optx's routing;
 * ``sophia``: ``optax.contrib.sophia`` (Hutchinson with Rademacher probes,
   refresh every 10 steps) against ``optx.sophia_h`` with the same probes,
   period, decay and γ (their rules differ in small ways — bias correction, the

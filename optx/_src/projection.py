@@ -16,8 +16,9 @@ and the residual is ``X − back(R)``. Which axis is projected (``side``):
   **smaller** dimension (ties: the fan-in), so the projected state is
   ``r × max(m, n)`` and the projector ``min(m, n) × r``. In the PyTorch
   ``(out, in)`` layout this is "right projection when rows ≥ columns";
-* ``'reverse_std'`` — the larger dimension (ties: fan-out); optax.contrib.galore's
-  choice;
+* ``'reverse_std'`` — the larger dimension (ties: fan-out), the official
+  GaLore ``'reverse_std'``; optax.contrib.galore also projects the larger
+  dimension but breaks ties on the fan-in;
 * ``'in'`` / ``'out'`` — always that axis.
 
 Projector kinds (``projection``):
