@@ -15,6 +15,7 @@ The references below never call optx: they re-derive each method per matrix
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -591,6 +592,54 @@ def test_scale_by_cosmos_rank_is_clipped_to_fan_in() -> None:
     g = jax.tree.map(lambda p: jnp.ones_like(p) + 0.1 * jnp.arange(p.size).reshape(p.shape), params)
     u, _ = optx.scale_by_cosmos(rank=8).update(g, state)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
+
+
+@pytest.mark.xdist_group("cosmos")
+def test_cosmos_power_step_under_fsdp_is_explicit_and_matches_unsharded() -> None:
+    """COSMOS under FSDP (Explicit axes) on a 32 × 24 row-sharded kernel (the subspace
+    side sharded), a 2 × 24 × 16 column-sharded stack and a 16 × 8 column-sharded
+    kernel, rank 4, four steps (three power steps).
+
+    The power step (the ``lax.cond``'s second branch, every step after the first) runs
+    as one ``shard_map`` (bases.subspace_power_step_sharded): the QR's input is
+    gathered once (its ``32 × 4`` rows) and the QR runs whole on every device, so no
+    collective runs inside its loops and nothing is permuted (the compiler's partition
+    of the Householder QR all-reduced per column, inside the loops). Numbers: the
+    unsharded step's, updates and state."""
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    k = jax.random.split(jax.random.key(3), 3)
+    params = {
+        "rows": {"kernel": jax.random.normal(k[0], (32, 24))},
+        "cols": {"kernel": jax.random.normal(k[1], (2, 24, 16))},
+        "wide": {"kernel": jax.random.normal(k[2], (16, 8))},
+    }
+    specs = {
+        "rows": {"kernel": P("x", None)},
+        "cols": {"kernel": P(None, None, "x")},
+        "wide": {"kernel": P(None, "x")},
+    }
+    sh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+    tx = optx.cosmos(0.01, rank=4, router=optx.Router(warn_guessed=False))
+    sharded = jax.device_put(params, sh)
+    shardings = optx.sharding.state_shardings(tx, sharded)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    want, got = tx.init(params), jax.device_put(tx.init(sharded), shardings)
+    compiled = step.lower(sharded, got, sharded).compile()
+    power = []
+    for line in compiled.as_text().splitlines():
+        m = re.search(r"= (.*?) (all-gather|all-reduce|collective-permute)(?:-start)?\(", line)
+        if m and "branch_0_fun" in line:
+            power.append((m.group(2), m.group(1), "/while/" in line))
+    assert power and not [c for c in power if c[0] == "collective-permute" or c[2]], power
+    assert [c for c in power if c[0] == "all-gather" and "[32,4]" in c[1]], power
+    for i in range(4):
+        g = jax.tree.map(lambda x, i=i: jnp.sin((i + 1) * x) ** 3, params)
+        u_want, want = step(g, want, params)
+        u_got, got = compiled(jax.device_put(g, sh), got, sharded)
+        for a, b in zip(jax.tree.leaves((u_got, got)), jax.tree.leaves((u_want, want))):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
+    for s, want_sh in zip(jax.tree.leaves(got), jax.tree.leaves(shardings)):
+        assert s.sharding.is_equivalent_to(want_sh, s.ndim)
 
 
 # ----------------------------------------------------------------------------

@@ -465,9 +465,15 @@ def _drop_noise(c: jax.Array, x: jax.Array) -> jax.Array:
     be noise. The floor is per column, not ``‖X‖_F``-wide, so it stays at the
     scale of roundoff on large matrices (a floor of ``8 n ε ‖X‖_F`` would zero
     real coordinates of a 768 × 768 gradient)."""
-    eps = float(jnp.finfo(x.dtype).eps)
     col = jnp.sqrt(jnp.sum(jnp.square(x), axis=-2, keepdims=True))
-    floor = 8.0 * eps * math.sqrt(x.shape[-2]) * col
+    return _drop_below_column_floor(c, col, x.shape[-2])
+
+
+def _drop_below_column_floor(c: jax.Array, col: jax.Array, n: int) -> jax.Array:
+    """:func:`_drop_noise` given the column norms ``col`` (``… × 1 × m``) of the
+    ``n``-row matrix ``X`` that ``c`` projects (a sharded ``X``'s norms are summed over
+    the mesh first)."""
+    floor = 8.0 * float(jnp.finfo(col.dtype).eps) * math.sqrt(n) * col
     return jnp.where(jnp.abs(c) <= floor, 0.0, c)
 
 
@@ -568,13 +574,68 @@ def subspace_power_step(
     """
     x, p, s = _f32(x), _f32(p), _f32(s)
     omb = 1.0 - beta if one_minus_beta is None else one_minus_beta
-    new_p, rr = linalg.qr(beta * (p @ s) + omb * (x @ (_mT(x) @ p)))
-    d = jnp.abs(jnp.diagonal(rr, axis1=-2, axis2=-1))
-    floor = _null_floor(x.shape[-2], x.dtype) * jnp.max(d, axis=-1, keepdims=True)
-    new_p = _canonical_completion(new_p, d <= floor)
+    new_p = _completed_qr(beta * (p @ s) + omb * (x @ (_mT(x) @ p)))
     t = _mT(p) @ new_p
     c = _drop_noise(_mT(new_p) @ x, x)
     new_s = beta * (_mT(t) @ s @ t) + omb * (c @ _mT(c))
+    return new_p, new_s, c
+
+
+def _completed_qr(a: jax.Array) -> jax.Array:
+    """The ``Q`` of ``QR(A)`` (``A``: ``… × n × r``) with the columns whose ``|R_jj|`` is
+    at most the roundoff floor ``8 n ε max|R_kk|`` replaced by a fixed completion
+    (:func:`subspace_power_step`)."""
+    new_p, rr = linalg.qr(a)
+    d = jnp.abs(jnp.diagonal(rr, axis1=-2, axis2=-1))
+    floor = _null_floor(a.shape[-2], a.dtype) * jnp.max(d, axis=-1, keepdims=True)
+    return _canonical_completion(new_p, d <= floor)
+
+
+def subspace_power_step_sharded(
+    p: jax.Array,
+    s: jax.Array,
+    x: jax.Array,
+    beta: Any,
+    one_minus_beta: Any,
+    mode: int,
+    entry: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`subspace_power_step` inside ``shard_map``, with one side of ``x`` (``n × m``)
+    split over the mesh axes ``entry``: ``mode`` 0, the fan-in ``n`` (the subspace side;
+    ``x`` and ``P`` are this device's rows), or 1, the fan-out ``m`` (``x`` is this
+    device's columns, ``P`` whole).
+
+    Rows (``mode`` 0), per device: ``Xᵀ P`` (``m × r``) all-reduced, its rows of
+    ``A = β P S + (1−β) X (Xᵀ P)`` gathered whole (``n × r``), the QR and its completion
+    computed whole on every device (the same numbers everywhere; each keeps its rows of
+    ``P'``), then ``C = P'ᵀ X`` (``r × m``, with the column norms of ``X`` for its roundoff
+    floor) and ``Pᵀ P'`` (``r × r``) all-reduced. Columns (``mode`` 1): ``X (Xᵀ P)``
+    (``n × r``) all-reduced, the QR whole on every device, ``C`` local (its columns),
+    ``C Cᵀ`` (``r × r``) all-reduced. The explicit form of what the compiler's partition
+    of :func:`subspace_power_step` moves, without its extra gathers and permutes; the
+    same numbers up to the order of the sums.
+
+    Returns:
+      ``(P', S', C)``: ``P'`` split like ``P``, ``S'`` whole, ``C`` split like ``x``'s
+      columns (whole for ``mode`` 0).
+    """
+    x, p, s = _f32(x), _f32(p), _f32(s)
+    rows = x.ndim - 2
+    if mode == 0:
+        y = jax.lax.psum(_mT(x) @ p, entry)
+        a = jax.lax.all_gather(
+            beta * (p @ s) + one_minus_beta * (x @ y), entry, axis=rows, tiled=True
+        )
+        new_p = _mesh_block(_completed_qr(a), rows, entry)
+        t = jax.lax.psum(_mT(p) @ new_p, entry)
+        col = jnp.sqrt(jax.lax.psum(jnp.sum(jnp.square(x), axis=-2, keepdims=True), entry))
+        c = _drop_below_column_floor(jax.lax.psum(_mT(new_p) @ x, entry), col, a.shape[-2])
+        new_s = beta * (_mT(t) @ s @ t) + one_minus_beta * (c @ _mT(c))
+        return new_p, new_s, c
+    new_p = _completed_qr(beta * (p @ s) + one_minus_beta * jax.lax.psum(x @ (_mT(x) @ p), entry))
+    t = _mT(p) @ new_p
+    c = _drop_noise(_mT(new_p) @ x, x)
+    new_s = beta * (_mT(t) @ s @ t) + one_minus_beta * jax.lax.psum(c @ _mT(c), entry)
     return new_p, new_s, c
 
 
@@ -1767,6 +1828,37 @@ def cosmos_rank(view: ModeView, rank: int) -> int:
     return min(rank, view.mode_dims[0])
 
 
+def _cosmos_power_step(
+    view: ModeView, spec: tuple[Any, ...] | None
+) -> Callable[[Any, Any, Any], tuple[jax.Array, jax.Array, jax.Array]]:
+    """COSMOS's power step ``(X, P, S), β, 1−β -> (P', S', C)`` of a stack with view
+    ``view``: :func:`subspace_power_step`, or, on an Explicit mesh where one side alone
+    is sharded (``spec``: :func:`mode_specs`) and the mesh divides it, its explicit
+    collectives (:func:`subspace_power_step_sharded`, one ``shard_map``)."""
+    mode = None
+    if spec is not None and not jax.sharding.get_abstract_mesh().empty:
+        sharded = [i for i, e in enumerate(spec) if e is not None]
+        if len(sharded) == 1 and view.mode_dims[sharded[0]] % _entry_size(spec[sharded[0]]) == 0:
+            mode = sharded[0]
+    if mode is None:
+        return lambda ops, b, o: subspace_power_step(ops[1], ops[2], ops[0], b, o)
+    entry, nb = spec[mode], view.num_batch
+    x_spec = PartitionSpec(*(None,) * nb, *(entry if i == mode else None for i in range(2)))
+    p_spec = PartitionSpec(*(None,) * nb, entry if mode == 0 else None, None)
+    c_spec = PartitionSpec(*(None,) * nb, None, entry if mode == 1 else None)
+
+    def step(ops: Any, b: Any, o: Any) -> Any:
+        return jax.shard_map(
+            lambda x, p, s, b, o: subspace_power_step_sharded(p, s, x, b, o, mode, entry),
+            mesh=jax.sharding.get_abstract_mesh(),
+            in_specs=(x_spec, p_spec, PartitionSpec(), PartitionSpec(), PartitionSpec()),
+            out_specs=(p_spec, PartitionSpec(), c_spec),
+            check_vma=False,
+        )(*ops, b, o)
+
+    return step
+
+
 @hyperparams.validated()
 def scale_by_cosmos(
     b1: float = 0.9,
@@ -1922,6 +2014,7 @@ def scale_by_cosmos(
         view: ModeView, spec: tuple[Any, ...] | None, split: bool = False
     ) -> Callable[[Any, Any], Any]:
         r = cosmos_rank(view, rank)
+        power_step = _cosmos_power_step(view, spec)
 
         def fn(arrays: Any, s: dict[str, jax.Array]) -> Any:
             g, mu, p, sm, v = arrays
@@ -1947,7 +2040,7 @@ def scale_by_cosmos(
                     local=x_spec is not None,
                     specs=(x_spec, None, None),
                 ),
-                lambda ops: subspace_power_step(ops[1], ops[2], ops[0], b2_, omb2),
+                lambda ops: power_step(ops, b2_, omb2),
                 (X, _f32(p), _f32(sm)),
             )
             new_v = b2_ * _f32(v) + omb2 * jnp.square(c)
