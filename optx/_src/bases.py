@@ -538,12 +538,19 @@ def subspace_init(
     """
     x = _f32(x)
     omb = 1.0 - beta if one_minus_beta is None else one_minus_beta
+    p = _canonical_completion(*_top_eigenvectors(x, rank))
+    c = _drop_noise(_mT(p) @ x, x)
+    return p, omb * (c @ _mT(c)), c
+
+
+def _top_eigenvectors(x: jax.Array, rank: int) -> tuple[jax.Array, jax.Array]:
+    """``(V, null)``: the top-``rank`` eigenvectors of ``X Xᵀ`` (descending) and the
+    columns whose eigenvalue is at most the roundoff floor ``8 n ε λ_max``
+    (:func:`subspace_init`, before the completion)."""
     vals, vecs = linalg.eigh(x @ _mT(x))
     vals, vecs = jnp.flip(vals, axis=-1)[..., :rank], jnp.flip(vecs, axis=-1)[..., :rank]
     top = jnp.max(vals, axis=-1, keepdims=True)
-    p = _canonical_completion(vecs, vals <= _null_floor(x.shape[-2], x.dtype) * top)
-    c = _drop_noise(_mT(p) @ x, x)
-    return p, omb * (c @ _mT(c)), c
+    return vecs, vals <= _null_floor(x.shape[-2], x.dtype) * top
 
 
 def subspace_power_step(
@@ -585,10 +592,49 @@ def _completed_qr(a: jax.Array) -> jax.Array:
     """The ``Q`` of ``QR(A)`` (``A``: ``… × n × r``) with the columns whose ``|R_jj|`` is
     at most the roundoff floor ``8 n ε max|R_kk|`` replaced by a fixed completion
     (:func:`subspace_power_step`)."""
+    return _canonical_completion(*_qr_candidate(a))
+
+
+def _qr_candidate(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(Q, null)``: the ``Q`` of ``QR(A)`` and its columns whose ``|R_jj|`` is at most
+    the roundoff floor ``8 n ε max|R_kk|`` (:func:`_completed_qr`, before the completion)."""
     new_p, rr = linalg.qr(a)
     d = jnp.abs(jnp.diagonal(rr, axis1=-2, axis2=-1))
-    floor = _null_floor(a.shape[-2], a.dtype) * jnp.max(d, axis=-1, keepdims=True)
-    return _canonical_completion(new_p, d <= floor)
+    return new_p, d <= _null_floor(a.shape[-2], a.dtype) * jnp.max(d, axis=-1, keepdims=True)
+
+
+def subspace_update(
+    x: jax.Array,
+    p: jax.Array,
+    s: jax.Array,
+    first: jax.Array,
+    rank: int,
+    beta: Any,
+    one_minus_beta: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`subspace_init` (``first``) or :func:`subspace_power_step`, with one
+    completion for both: the ``lax.cond`` picks the candidate basis and its null columns
+    (top-``r`` eigh, or the power step's QR), the completion, ``C = P'ᵀ X`` and ``S'``
+    follow once. The same numbers as the two functions; one QR program fewer to
+    compile.
+
+    Returns:
+      ``(P', S', C)``.
+    """
+    x, p, s = _f32(x), _f32(p), _f32(s)
+    q, null = jax.lax.cond(
+        first,
+        lambda ops: _top_eigenvectors(ops[0], rank),
+        lambda ops: _qr_candidate(
+            beta * (ops[1] @ ops[2]) + one_minus_beta * (ops[0] @ (_mT(ops[0]) @ ops[1]))
+        ),
+        (x, p, s),
+    )
+    new_p = _canonical_completion(q, null)
+    t = _mT(p) @ new_p
+    c = _drop_noise(_mT(new_p) @ x, x)
+    cc = one_minus_beta * (c @ _mT(c))
+    return new_p, jnp.where(first, cc, beta * (_mT(t) @ s @ t) + cc), c
 
 
 def subspace_power_step_sharded(
@@ -2030,19 +2076,21 @@ def scale_by_cosmos(
                 X = jax.lax.with_sharding_constraint(
                     X, jax.sharding.NamedSharding(jax.sharding.get_abstract_mesh(), x_spec)
                 )
-            new_p, new_s, c = jax.lax.cond(
-                s["first"],
-                lambda ops: on_every_device(
-                    lambda x, b, o: subspace_init(x, r, b, o),
-                    ops[0],
-                    b2_,
-                    omb2,
-                    local=x_spec is not None,
-                    specs=(x_spec, None, None),
-                ),
-                lambda ops: power_step(ops, b2_, omb2),
-                (X, _f32(p), _f32(sm)),
-            )
+            if x_spec is None:  # one completion after the cond (subspace_update)
+                new_p, new_s, c = subspace_update(X, p, sm, s["first"], r, b2_, omb2)
+            else:
+                new_p, new_s, c = jax.lax.cond(
+                    s["first"],
+                    lambda ops: on_every_device(
+                        lambda x, b, o: subspace_init(x, r, b, o),
+                        ops[0],
+                        b2_,
+                        omb2,
+                        specs=(x_spec, None, None),
+                    ),
+                    lambda ops: power_step(ops, b2_, omb2),
+                    (X, _f32(p), _f32(sm)),
+                )
             new_v = b2_ * _f32(v) + omb2 * jnp.square(c)
             if nesterov:
                 g_hat = (X + b1_ * M) / (1.0 + b1_ * s["c1"])
