@@ -899,6 +899,8 @@ def _by_shape(
         key = tuple((a.shape[len(batch) :], jnp.dtype(a.dtype)) for a in arrays)
         groups.setdefault(key, []).append(e)
     out: list[Any] = [None] * len(entries)
+    rows = [sum(math.prod(entries[e][0]) for e in m) for m in groups.values() if len(m) > 1]
+    indices = _shared_indices(anchor, rows)
     for members in groups.values():
         flat = [
             tuple(jnp.reshape(a, (-1, *a.shape[len(b) :])) for a in arrays)
@@ -907,7 +909,7 @@ def _by_shape(
         args = flat[0] if len(flat) == 1 else tuple(jnp.concatenate(c) for c in zip(*flat))
         res = fn(*args)
         batches = [entries[e][0] for e in members]
-        parts = [_unstacked(r, batches, r.ndim - 1, anchor) for r in res]
+        parts = [_unstacked(r, batches, r.ndim - 1, indices) for r in res]
         for n, e in enumerate(members):
             out[e] = tuple(p[n] for p in parts)
     return out
@@ -996,22 +998,30 @@ def _stacked(parts: Sequence[jax.Array], tail: int) -> jax.Array:
 
 
 def _unstacked(
-    x: jax.Array, batches: Sequence[tuple[int, ...]], tail: int, anchor: jax.Array | None = None
+    x: jax.Array,
+    batches: Sequence[tuple[int, ...]],
+    tail: int,
+    indices: Sequence[jax.Array] | None = None,
 ) -> list[jax.Array]:
     """Inverse of :func:`_stacked`: one array of ``batch + x.shape[-tail:]`` per batch.
 
-    With ``anchor`` (an integer scalar, see :func:`layouts.runtime_indices`), the slices
-    are taken at runtime offsets, so same-size slices share their consumers' kernels.
+    With ``indices`` (:func:`_shared_indices`), the slices are taken at runtime offsets,
+    so same-size slices share their consumers' kernels.
     """
     sizes = [math.prod(batch) for batch in batches]
-    indices = None
-    if anchor is not None and len(sizes) > 1:
-        indices = layouts.runtime_indices(sum(sizes), anchor)
-    parts = layouts.split_rows(x, sizes, indices)
+    parts = layouts.split_rows(x, sizes, indices if len(sizes) > 1 else None)
     return [
         jnp.reshape(part, (*batch, *x.shape[x.ndim - tail :]))
         for part, batch in zip(parts, batches, strict=True)
     ]
+
+
+def _shared_indices(anchor: jax.Array | None, rows: Sequence[int]) -> tuple[jax.Array, ...] | None:
+    """One :func:`layouts.runtime_indices` (from the integer scalar ``anchor``) for every
+    :func:`_unstacked` of a program whose stacks have ``rows`` rows: one ``cond`` to
+    trace and compile, not one per sliced array. None without ``anchor`` or stacks."""
+    n = max(rows, default=0)
+    return None if anchor is None or n <= 1 else layouts.runtime_indices(n, anchor)
 
 
 def _mesh_block(x: jax.Array, axis: int, entry: Any) -> jax.Array:
@@ -1256,6 +1266,10 @@ def _soap_tree_update(
     if any(x[4] for x in stepped):
         ops = jax.lax.cond(first | s["refresh"], bases_branch, lambda ops: ops, ops)
     out: list[Any] = [None] * len(leaves)
+    indices = _shared_indices(
+        s["count"],
+        [sum(math.prod(views[e].batch_shape) for e in m) for _, m in groups if len(m) > 1],
+    )
     for j, (view, members) in enumerate(groups):
         direction, _, _, new_fs, basis_in, _, mu, nu = stepped[j]
         direction = jnp.where(first, 0.0, direction)
@@ -1273,14 +1287,13 @@ def _soap_tree_update(
             continue
         k = len(view.modes)
         batches = [views[e].batch_shape for e in members]
-        count = s["count"]
-        parts = [_unstacked(x, batches, k, count) for x in (direction, m, v)]
+        parts = [_unstacked(x, batches, k, indices) for x in (direction, m, v)]
         f_parts = [
-            _unstacked(f, batches, 2, count) if i in basis_in else None
+            _unstacked(f, batches, 2, indices) if i in basis_in else None
             for i, f in enumerate(new_fs)
         ]
         q_parts = [
-            _unstacked(q, batches, 2, count) if i in basis_in else None
+            _unstacked(q, batches, 2, indices) if i in basis_in else None
             for i, q in enumerate(new_qs)
         ]
         for n, e in enumerate(members):
@@ -1821,6 +1834,10 @@ def map_stacked(
         return fn(view, arrays) if keys is None else fn(view, arrays, keys[e])  # type: ignore[call-arg]
 
     out: list[Any] = [None] * len(leaves)
+    indices = _shared_indices(
+        anchor,
+        [sum(math.prod(views[e].batch_shape) for e in m) for m in groups.values() if len(m) > 1],
+    )
     for members in groups.values():
         if len(members) == 1:
             out[members[0]] = tuple(call(views[members[0]], leaves[members[0]], members[0]))
@@ -1835,7 +1852,7 @@ def map_stacked(
             stacked.append(_stacked(xs, 2))
         res = call(view, tuple(stacked), members[0])
         batches = [views[e].batch_shape for e in members]
-        parts = [_unstacked(x, batches, 2, anchor) for x in res]
+        parts = [_unstacked(x, batches, 2, indices) for x in res]
         shaped = leaf_shaped if out_leaf_shaped is None else out_leaf_shaped
         for i, e in enumerate(members):
             out[e] = tuple(
