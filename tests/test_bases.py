@@ -632,14 +632,15 @@ def test_cosmos_power_step_under_fsdp_is_explicit_and_matches_unsharded() -> Non
             power.append((m.group(2), m.group(1), "/while/" in line))
     assert power and not [c for c in power if c[0] == "collective-permute" or c[2]], power
     assert [c for c in power if c[0] == "all-gather" and "[32,4]" in c[1]], power
-    for i in range(4):
-        g = jax.tree.map(lambda x, i=i: jnp.sin((i + 1) * x) ** 3, params)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)  # noqa: E731
+    for g in [jax.tree.map(lambda x, i=i: jnp.sin((i + 1) * x) ** 3, params) for i in range(4)]:
         u_want, want = step(g, want, params)
         u_got, got = compiled(jax.device_put(g, sh), got, sharded)
-        for a, b in zip(jax.tree.leaves((u_got, got)), jax.tree.leaves((u_want, want))):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
-    for s, want_sh in zip(jax.tree.leaves(got), jax.tree.leaves(shardings)):
-        assert s.sharding.is_equivalent_to(want_sh, s.ndim)
+        jax.tree.map(close, (u_got, got), (u_want, want))
+    placed = jax.tree.map(
+        lambda x, want_sh: x.sharding.is_equivalent_to(want_sh, x.ndim), got, shardings
+    )
+    assert all(jax.tree.leaves(placed)), placed
 
 
 # ----------------------------------------------------------------------------
