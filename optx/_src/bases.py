@@ -1162,6 +1162,43 @@ def _soap_step_scattered(
     return direction, m, v, tuple(new_fs.get(i, f) for i, f in enumerate(fs)), basis_in
 
 
+def _soap_moment_rebased(
+    m: jax.Array, old: Sequence[Any], new: Sequence[Any], view: ModeView, mode: int, entry: Any
+) -> jax.Array:
+    """The refresh's change of basis of SOAP's first moment for a group stepped by
+    :func:`_soap_step_scattered` (mode ``mode`` alone sharded over the mesh axes
+    ``entry``), as explicit collectives: ``M ×_i (Q_iᵀ Q'_i)ᵀ`` per rotated mode, the
+    old-to-new transition ``Q_iᵀ Q'_i`` (``d_i × d_i``) instead of the rotation back and
+    forth through the parameter basis (the same map; the same numbers up to rounding,
+    ``tests/test_bases.py``). The new bases arrive whole (computed on every device),
+    the sharded mode's old basis by its columns: each device forms its rows of that
+    transition, ``Q[:, own]ᵀ Q'``, contracts its block of ``M`` with them and the
+    partial products are reduce-scattered onto the mode (``(N − 1)/N`` of ``M``'s
+    bytes, the floor: ``benchmarks/comm_budget.py``); the other modes' products are
+    local. The roundoff drop follows (:func:`drop_roundoff`)."""
+    nb, k = view.num_batch, len(view.modes)
+    rot = [i for i, r in enumerate(view.rotated) if r]
+    m_spec = PartitionSpec(*(None,) * nb, *(entry if i == mode else None for i in range(k)))
+    old_specs = {
+        i: PartitionSpec(*(None,) * nb, None, entry) if i == mode else PartitionSpec() for i in rot
+    }
+
+    def body(m: Any, old: Any, new: Any) -> Any:
+        for i in [i for i in rot if i != mode] + [mode]:
+            t = _mT(_f32(old[i])) @ _f32(new[i])
+            m = mode_product(m, t.astype(m.dtype), i, nb, into_basis=True)
+        m = jax.lax.psum_scatter(m, entry, scatter_dimension=nb + mode, tiled=True)
+        return drop_roundoff(m, rot, nb, (mode, entry))
+
+    return jax.shard_map(
+        body,
+        mesh=jax.sharding.get_abstract_mesh(),
+        in_specs=(m_spec, old_specs, {i: PartitionSpec() for i in rot}),
+        out_specs=m_spec,
+        check_vma=False,
+    )(m, {i: old[i] for i in rot}, {i: new[i] for i in rot})
+
+
 def _soap_tree_update(
     views: Sequence[ModeView],
     leaves: Sequence[Any],
@@ -1180,11 +1217,14 @@ def _soap_tree_update(
     every device (:func:`on_every_device`), one gather of each factor and basis
     per refresh; ``leaf_specs`` (per leaf, :func:`mode_specs`) and ``factor_specs``
     (per leaf, the factors' ``PartitionSpec``): a group with one sharded, rotated mode
-    takes its step through explicit collectives (:func:`_soap_step_scattered`)."""
+    takes its step through explicit collectives (:func:`_soap_step_scattered`) and its
+    refresh's change of basis of the first moment through one reduce-scatter
+    (:func:`_soap_moment_rebased`)."""
     first = s["count"] == 0
     leaf_specs = [None] * len(leaves) if leaf_specs is None else leaf_specs
     groups = _soap_groups(views, leaves, leaf_specs if explicit else None)
     stepped = []  # per group: (direction, m, v, new factors, factor inputs of the basis update)
+    scatter = []  # per group: (mode, mesh axes) of a group stepped by _soap_step_scattered
     for view, members in groups:
         nb, k = view.num_batch, len(view.modes)
         rot = [i for i, r in enumerate(view.rotated) if r]
@@ -1218,6 +1258,7 @@ def _soap_tree_update(
                 (G, mu, nu, fs, qs), sl, view, scattered, specs[scattered], normalize, f_specs
             )
             stepped.append((direction, m, v, new_fs_t, basis_in, qs, mu, nu))
+            scatter.append((scattered, specs[scattered]))
             continue
         rot_g = drop_roundoff(rotate(G, qs, nb), rot, nb)
         m = sl["b1"] * mu + sl["one_minus_b1"] * rot_g
@@ -1236,6 +1277,7 @@ def _soap_tree_update(
             # The first eigh sees the factor before its cast to the storage dtype.
             basis_in[i] = jnp.where(first, gram, _f32(new_fs[i]))
         stepped.append((direction * sl["step_scale"], m, v, tuple(new_fs), basis_in, qs, mu, nu))
+        scatter.append(None)
 
     def bases_branch(ops: Any) -> Any:
         ms, vs, qss = ops
@@ -1251,13 +1293,15 @@ def _soap_tree_update(
         )
         ms, vs, new_qss = list(ms), list(vs), [list(qs) for qs in qss]
         for j, (view, _) in enumerate(groups):
-            if stepped[j][4]:
+            if stepped[j][4] and scatter[j] is None:
                 ms[j] = rotate_back(ms[j], qss[j], view.num_batch)
         for (j, i), (q, order) in zip(where, results, strict=True):
             vs[j] = permute_mode(vs[j], order, i, groups[j][0].num_batch)
             new_qss[j][i] = q.astype(qss[j][i].dtype)
         for j, (view, _) in enumerate(groups):
-            if stepped[j][4]:
+            if stepped[j][4] and scatter[j] is not None:
+                ms[j] = _soap_moment_rebased(ms[j], qss[j], new_qss[j], view, *scatter[j])
+            elif stepped[j][4]:
                 nb = view.num_batch
                 ms[j] = drop_roundoff(rotate(ms[j], new_qss[j], nb), list(stepped[j][4]), nb)
         return ms, vs, [tuple(q) for q in new_qss]
