@@ -753,8 +753,9 @@ def _cosmos(params: Any) -> list[FloorProgram]:
     combination (:func:`_cosmos_combine`).
 
     Not in the floor (optx's documented deviation, ``tests/test_deviations.py``):
-    the fixed completion of rank-deficient subspaces (a second QR ``n × r``) and
-    the roundoff drop of projected coordinates."""
+    the fixed completion of rank-deficient subspaces (a second QR ``n × r``, one for
+    the first step's eigh and the power step: ``bases.subspace_update``) and the
+    roundoff drop of projected coordinates."""
     import jax.numpy as jnp
 
     import optx

@@ -325,13 +325,20 @@ def floor_pmat(name: str, tx: Any, params: Any, n: int, p_mat: int) -> tuple[flo
       local); the first step's eigh gathers the gradient once. COSMOS's ``lax.cond``
       is "first step (eigh) or power step", so its second branch runs on *every* later
       step and the "outside cond" column leaves it out: the step is that column plus
-      the power step ``P' = QR(β P S + (1−β) X (Xᵀ P))`` (``X``: ``n × m``, ``P``:
-      ``n × r``). Its floor: with the fan-in ``n`` sharded, ``Xᵀ P`` (``r × m``) is a
+      the power step ``P' = QR(β P S + (1−β) X (Xᵀ P))``, ``C = P'ᵀ X`` (``X``: ``n × m``,
+      ``P``: ``n × r``). Its floor: with the fan-in ``n`` sharded, ``Xᵀ P`` (``r × m``) is a
       contraction over the sharded axis that every device needs whole (an all-reduce,
-      ``2 (N − 1)/N × |V|``) and the tall ``n × r`` QR runs whole after one gather of its
-      input (``(N − 1)/N × |P|``); with the fan-out ``m`` sharded, ``P`` is gathered for
-      ``Xᵀ P`` (``|P|``) and ``X (Xᵀ P)`` (``n × r``) all-reduced (``2 |P|``). The
-      ``r × r`` reductions (``Pᵀ P'``, ``C Cᵀ``) are left out. This is in the total,
+      ``2 (N − 1)/N × |V|``), the tall ``n × r`` QR runs whole after one gather of its
+      input (``(N − 1)/N × |P|``), and ``C`` (``r × m``), a contraction over the sharded
+      axis too, is all-reduced (``2 (N − 1)/N × |V|``: ``V ← β V + (1−β) C²`` is
+      replicated there, its state sharding); with the fan-out ``m`` sharded, ``P`` is
+      replicated (its fan-in is not sharded) and ``X (Xᵀ P)`` (``n × r``) is all-reduced
+      (``2 (N − 1)/N × |P|``), ``C`` is local (its columns). Either way one ``r × r``
+      product is a contraction over the sharded axis (``Pᵀ P'`` with the fan-in sharded,
+      ``C Cᵀ`` with the fan-out sharded: ``2 (N − 1)/N × |S|``), and with the fan-in
+      sharded the ``m`` column norms of ``X`` (``C``'s roundoff floor, optx's
+      determinism deviation) are summed too (``2 (N − 1)/N × m`` floats).
+      ``bases.subspace_power_step_sharded`` is this schedule. This is in the total,
       not in the "outside cond" floor.
     * GaLore (SVD), DCT-AdamW (DCT scores), APOLLO (random, no refresh gather):
       :func:`_projected_floor`.
@@ -359,6 +366,10 @@ def floor_pmat(name: str, tx: Any, params: Any, n: int, p_mat: int) -> tuple[flo
             optx.tree_utils.path_to_str(k): v
             for k, v in jax.tree_util.tree_leaves_with_path(part.basis)
         }
+        moment = {
+            optx.tree_utils.path_to_str(k): v
+            for k, v in jax.tree_util.tree_leaves_with_path(part.basis_moment)
+        }
         resolve = layouts.resolved_layout_fn(optx.router_of(tx))
         coords = 0  # the r × m coordinates of leaves whose fan-in (the subspace side) is sharded
         power = 0.0  # the power step's (every step after the first, inside the cond)
@@ -370,11 +381,13 @@ def floor_pmat(name: str, tx: Any, params: Any, n: int, p_mat: int) -> tuple[flo
             view = sharding.matrix_view_specs(x, lay)
             v_bytes = nu[name_].size * nu[name_].dtype.itemsize
             p_bytes = basis[name_].size * basis[name_].dtype.itemsize
+            s_bytes = moment[name_].size * moment[name_].dtype.itemsize
             if view is not None and view[1] is not None:
                 coords += v_bytes
-                power += (n - 1) / n * (2 * v_bytes + p_bytes)
+                norms = v_bytes // nu[name_].shape[-2]  # one float per column of X
+                power += (n - 1) / n * (4 * v_bytes + p_bytes + 2 * s_bytes + 2 * norms)
             elif view is not None and view[2] is not None:
-                power += (n - 1) / n * 3 * p_bytes
+                power += (n - 1) / n * 2 * (p_bytes + s_bytes)
         steady = muon * moved + 2 * (n - 1) / n * coords
         return (steady + power + (n - 1) / n * moved) / p_mat, steady / p_mat
     if name in ("galore", "dct_adamw", "apollo"):

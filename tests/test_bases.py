@@ -15,6 +15,7 @@ The references below never call optx: they re-derive each method per matrix
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -591,6 +592,84 @@ def test_scale_by_cosmos_rank_is_clipped_to_fan_in() -> None:
     g = jax.tree.map(lambda p: jnp.ones_like(p) + 0.1 * jnp.arange(p.size).reshape(p.shape), params)
     u, _ = optx.scale_by_cosmos(rank=8).update(g, state)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
+
+
+def _fsdp_against_unsharded(tx: Any, steps: int) -> list[tuple[str, str, str]]:
+    """``tx`` under FSDP (Explicit axes, 8 devices) on a 32 × 24 row-sharded kernel, a
+    2 × 24 × 16 column-sharded stack and a 16 × 8 column-sharded kernel: ``steps``
+    updates equal the unsharded ones (updates and state, float tolerance) and the state
+    keeps its shardings. Returns the compiled update's collectives, ``(kind, result
+    type, op_name)``."""
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    k = jax.random.split(jax.random.key(3), 3)
+    params = {
+        "rows": {"kernel": jax.random.normal(k[0], (32, 24))},
+        "cols": {"kernel": jax.random.normal(k[1], (2, 24, 16))},
+        "wide": {"kernel": jax.random.normal(k[2], (16, 8))},
+    }
+    specs = {
+        "rows": {"kernel": P("x", None)},
+        "cols": {"kernel": P(None, None, "x")},
+        "wide": {"kernel": P(None, "x")},
+    }
+    sh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+    sharded = jax.device_put(params, sh)
+    shardings = optx.sharding.state_shardings(tx, sharded)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    want, got = tx.init(params), jax.device_put(tx.init(sharded), shardings)
+    compiled = step.lower(sharded, got, sharded).compile()
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)  # noqa: E731
+    for i in range(steps):
+        g = jax.tree.map(lambda x, i=i: jnp.sin((i + 1) * x) ** 3, params)
+        u_want, want = step(g, want, params)
+        u_got, got = compiled(jax.device_put(g, sh), got, sharded)
+        jax.tree.map(close, (u_got, got), (u_want, want))
+    placed = jax.tree.map(
+        lambda x, want_sh: x.sharding.is_equivalent_to(want_sh, x.ndim), got, shardings
+    )
+    assert all(jax.tree.leaves(placed)), placed
+    kinds = "all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute"
+    out = []
+    for line in compiled.as_text().splitlines():
+        m = re.search(rf"= (.*?) ({kinds})(?:-start)?\(", line)
+        if m:
+            out.append((m.group(2), m.group(1), re.search(r'op_name="([^"]*)"', line).group(1)))
+    return out
+
+
+@pytest.mark.xdist_group("cosmos")
+def test_cosmos_power_step_under_fsdp_is_explicit_and_matches_unsharded() -> None:
+    """COSMOS under FSDP (:func:`_fsdp_against_unsharded`), rank 4, four steps (three
+    power steps).
+
+    The power step (the ``lax.cond``'s second branch, every step after the first) runs
+    as one ``shard_map`` (bases.subspace_power_step_sharded): the QR's input is
+    gathered once (its ``32 × 4`` rows) and the QR runs whole on every device, so no
+    collective runs inside its loops and nothing is permuted (the compiler's partition
+    of the Householder QR all-reduced per column, inside the loops)."""
+    tx = optx.cosmos(0.01, rank=4, router=optx.Router(warn_guessed=False))
+    power = [c for c in _fsdp_against_unsharded(tx, 4) if "branch_0_fun" in c[2]]
+    assert power and not [c for c in power if c[0] == "collective-permute"], power
+    assert not [c for c in power if "/while/" in c[2]], power
+    assert [c for c in power if c[0] == "all-gather" and "[32,4]" in c[1]], power
+
+
+@pytest.mark.xdist_group("soap")
+def test_soap_refresh_rebases_the_moment_by_reduce_scatter_under_fsdp() -> None:
+    """SOAP under FSDP (:func:`_fsdp_against_unsharded`), a refresh every second step,
+    five steps (refreshes at steps 2 and 4).
+
+    The refresh's change of basis of the first moment (bases._soap_moment_rebased:
+    ``M`` times the old-to-new transitions ``Q_iᵀ Q'_i``) reduce-scatters its partial
+    products onto the sharded mode; no moment-sized array is all-reduced in the
+    refresh (the compiler's partition of the rotation back and forth all-reduced
+    them). Numbers: the unsharded step's (its rotation back and forth), to float
+    tolerance."""
+    tx = optx.soap(0.01, update_proj_gap=2, router=optx.Router(warn_guessed=False))
+    refresh = [c for c in _fsdp_against_unsharded(tx, 5) if "/cond/" in c[2]]
+    moments = ("[32,24]", "[2,24,16]", "[16,8]", "[1,32,24]", "[1,16,8]")
+    assert [c for c in refresh if c[0] == "reduce-scatter"], refresh
+    assert not [c for c in refresh if c[0] == "all-reduce" and any(x in c[1] for x in moments)]
 
 
 # ----------------------------------------------------------------------------

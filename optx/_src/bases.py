@@ -465,9 +465,15 @@ def _drop_noise(c: jax.Array, x: jax.Array) -> jax.Array:
     be noise. The floor is per column, not ``‖X‖_F``-wide, so it stays at the
     scale of roundoff on large matrices (a floor of ``8 n ε ‖X‖_F`` would zero
     real coordinates of a 768 × 768 gradient)."""
-    eps = float(jnp.finfo(x.dtype).eps)
     col = jnp.sqrt(jnp.sum(jnp.square(x), axis=-2, keepdims=True))
-    floor = 8.0 * eps * math.sqrt(x.shape[-2]) * col
+    return _drop_below_column_floor(c, col, x.shape[-2])
+
+
+def _drop_below_column_floor(c: jax.Array, col: jax.Array, n: int) -> jax.Array:
+    """:func:`_drop_noise` given the column norms ``col`` (``… × 1 × m``) of the
+    ``n``-row matrix ``X`` that ``c`` projects (a sharded ``X``'s norms are summed over
+    the mesh first)."""
+    floor = 8.0 * float(jnp.finfo(col.dtype).eps) * math.sqrt(n) * col
     return jnp.where(jnp.abs(c) <= floor, 0.0, c)
 
 
@@ -532,12 +538,19 @@ def subspace_init(
     """
     x = _f32(x)
     omb = 1.0 - beta if one_minus_beta is None else one_minus_beta
+    p = _canonical_completion(*_top_eigenvectors(x, rank))
+    c = _drop_noise(_mT(p) @ x, x)
+    return p, omb * (c @ _mT(c)), c
+
+
+def _top_eigenvectors(x: jax.Array, rank: int) -> tuple[jax.Array, jax.Array]:
+    """``(V, null)``: the top-``rank`` eigenvectors of ``X Xᵀ`` (descending) and the
+    columns whose eigenvalue is at most the roundoff floor ``8 n ε λ_max``
+    (:func:`subspace_init`, before the completion)."""
     vals, vecs = linalg.eigh(x @ _mT(x))
     vals, vecs = jnp.flip(vals, axis=-1)[..., :rank], jnp.flip(vecs, axis=-1)[..., :rank]
     top = jnp.max(vals, axis=-1, keepdims=True)
-    p = _canonical_completion(vecs, vals <= _null_floor(x.shape[-2], x.dtype) * top)
-    c = _drop_noise(_mT(p) @ x, x)
-    return p, omb * (c @ _mT(c)), c
+    return vecs, vals <= _null_floor(x.shape[-2], x.dtype) * top
 
 
 def subspace_power_step(
@@ -568,13 +581,107 @@ def subspace_power_step(
     """
     x, p, s = _f32(x), _f32(p), _f32(s)
     omb = 1.0 - beta if one_minus_beta is None else one_minus_beta
-    new_p, rr = linalg.qr(beta * (p @ s) + omb * (x @ (_mT(x) @ p)))
-    d = jnp.abs(jnp.diagonal(rr, axis1=-2, axis2=-1))
-    floor = _null_floor(x.shape[-2], x.dtype) * jnp.max(d, axis=-1, keepdims=True)
-    new_p = _canonical_completion(new_p, d <= floor)
+    new_p = _completed_qr(beta * (p @ s) + omb * (x @ (_mT(x) @ p)))
     t = _mT(p) @ new_p
     c = _drop_noise(_mT(new_p) @ x, x)
     new_s = beta * (_mT(t) @ s @ t) + omb * (c @ _mT(c))
+    return new_p, new_s, c
+
+
+def _completed_qr(a: jax.Array) -> jax.Array:
+    """The ``Q`` of ``QR(A)`` (``A``: ``… × n × r``) with the columns whose ``|R_jj|`` is
+    at most the roundoff floor ``8 n ε max|R_kk|`` replaced by a fixed completion
+    (:func:`subspace_power_step`)."""
+    return _canonical_completion(*_qr_candidate(a))
+
+
+def _qr_candidate(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(Q, null)``: the ``Q`` of ``QR(A)`` and its columns whose ``|R_jj|`` is at most
+    the roundoff floor ``8 n ε max|R_kk|`` (:func:`_completed_qr`, before the completion)."""
+    new_p, rr = linalg.qr(a)
+    d = jnp.abs(jnp.diagonal(rr, axis1=-2, axis2=-1))
+    return new_p, d <= _null_floor(a.shape[-2], a.dtype) * jnp.max(d, axis=-1, keepdims=True)
+
+
+def subspace_update(
+    x: jax.Array,
+    p: jax.Array,
+    s: jax.Array,
+    first: jax.Array,
+    rank: int,
+    beta: Any,
+    one_minus_beta: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`subspace_init` (``first``) or :func:`subspace_power_step`, with one
+    completion for both: the ``lax.cond`` picks the candidate basis and its null columns
+    (top-``r`` eigh, or the power step's QR), the completion, ``C = P'ᵀ X`` and ``S'``
+    follow once. The same numbers as the two functions; one QR program fewer to
+    compile.
+
+    Returns:
+      ``(P', S', C)``.
+    """
+    x, p, s = _f32(x), _f32(p), _f32(s)
+    q, null = jax.lax.cond(
+        first,
+        lambda ops: _top_eigenvectors(ops[0], rank),
+        lambda ops: _qr_candidate(
+            beta * (ops[1] @ ops[2]) + one_minus_beta * (ops[0] @ (_mT(ops[0]) @ ops[1]))
+        ),
+        (x, p, s),
+    )
+    new_p = _canonical_completion(q, null)
+    t = _mT(p) @ new_p
+    c = _drop_noise(_mT(new_p) @ x, x)
+    cc = one_minus_beta * (c @ _mT(c))
+    return new_p, jnp.where(first, cc, beta * (_mT(t) @ s @ t) + cc), c
+
+
+def subspace_power_step_sharded(
+    p: jax.Array,
+    s: jax.Array,
+    x: jax.Array,
+    beta: Any,
+    one_minus_beta: Any,
+    mode: int,
+    entry: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`subspace_power_step` inside ``shard_map``, with one side of ``x`` (``n × m``)
+    split over the mesh axes ``entry``: ``mode`` 0, the fan-in ``n`` (the subspace side;
+    ``x`` and ``P`` are this device's rows), or 1, the fan-out ``m`` (``x`` is this
+    device's columns, ``P`` whole).
+
+    Rows (``mode`` 0), per device: ``Xᵀ P`` (``m × r``) all-reduced, its rows of
+    ``A = β P S + (1−β) X (Xᵀ P)`` gathered whole (``n × r``), the QR and its completion
+    computed whole on every device (the same numbers everywhere; each keeps its rows of
+    ``P'``), then ``C = P'ᵀ X`` (``r × m``, with the column norms of ``X`` for its roundoff
+    floor) and ``Pᵀ P'`` (``r × r``) all-reduced. Columns (``mode`` 1): ``X (Xᵀ P)``
+    (``n × r``) all-reduced, the QR whole on every device, ``C`` local (its columns),
+    ``C Cᵀ`` (``r × r``) all-reduced. The explicit form of what the compiler's partition
+    of :func:`subspace_power_step` moves, without its extra gathers and permutes; the
+    same numbers up to the order of the sums.
+
+    Returns:
+      ``(P', S', C)``: ``P'`` split like ``P``, ``S'`` whole, ``C`` split like ``x``'s
+      columns (whole for ``mode`` 0).
+    """
+    x, p, s = _f32(x), _f32(p), _f32(s)
+    rows = x.ndim - 2
+    if mode == 0:
+        y = jax.lax.psum(_mT(x) @ p, entry)
+        a = jax.lax.all_gather(
+            beta * (p @ s) + one_minus_beta * (x @ y), entry, axis=rows, tiled=True
+        )
+        new_p = _mesh_block(_completed_qr(a), rows, entry)
+        t = jax.lax.psum(_mT(p) @ new_p, entry)
+        col = jnp.sqrt(jax.lax.psum(jnp.sum(jnp.square(x), axis=-2, keepdims=True), entry))
+        c = _drop_below_column_floor(jax.lax.psum(_mT(new_p) @ x, entry), col, a.shape[-2])
+        new_s = beta * (_mT(t) @ s @ t) + one_minus_beta * (c @ _mT(c))
+        return new_p, new_s, c
+    new_p = _completed_qr(beta * (p @ s) + one_minus_beta * jax.lax.psum(x @ (_mT(x) @ p), entry))
+    t = _mT(p) @ new_p
+    c = _drop_noise(_mT(new_p) @ x, x)
+    new_s = beta * (_mT(t) @ s @ t) + one_minus_beta * jax.lax.psum(c @ _mT(c), entry)
     return new_p, new_s, c
 
 
@@ -792,6 +899,8 @@ def _by_shape(
         key = tuple((a.shape[len(batch) :], jnp.dtype(a.dtype)) for a in arrays)
         groups.setdefault(key, []).append(e)
     out: list[Any] = [None] * len(entries)
+    rows = [sum(math.prod(entries[e][0]) for e in m) for m in groups.values() if len(m) > 1]
+    indices = _shared_indices(anchor, rows)
     for members in groups.values():
         flat = [
             tuple(jnp.reshape(a, (-1, *a.shape[len(b) :])) for a in arrays)
@@ -800,7 +909,7 @@ def _by_shape(
         args = flat[0] if len(flat) == 1 else tuple(jnp.concatenate(c) for c in zip(*flat))
         res = fn(*args)
         batches = [entries[e][0] for e in members]
-        parts = [_unstacked(r, batches, r.ndim - 1, anchor) for r in res]
+        parts = [_unstacked(r, batches, r.ndim - 1, indices) for r in res]
         for n, e in enumerate(members):
             out[e] = tuple(p[n] for p in parts)
     return out
@@ -889,22 +998,30 @@ def _stacked(parts: Sequence[jax.Array], tail: int) -> jax.Array:
 
 
 def _unstacked(
-    x: jax.Array, batches: Sequence[tuple[int, ...]], tail: int, anchor: jax.Array | None = None
+    x: jax.Array,
+    batches: Sequence[tuple[int, ...]],
+    tail: int,
+    indices: Sequence[jax.Array] | None = None,
 ) -> list[jax.Array]:
     """Inverse of :func:`_stacked`: one array of ``batch + x.shape[-tail:]`` per batch.
 
-    With ``anchor`` (an integer scalar, see :func:`layouts.runtime_indices`), the slices
-    are taken at runtime offsets, so same-size slices share their consumers' kernels.
+    With ``indices`` (:func:`_shared_indices`), the slices are taken at runtime offsets,
+    so same-size slices share their consumers' kernels.
     """
     sizes = [math.prod(batch) for batch in batches]
-    indices = None
-    if anchor is not None and len(sizes) > 1:
-        indices = layouts.runtime_indices(sum(sizes), anchor)
-    parts = layouts.split_rows(x, sizes, indices)
+    parts = layouts.split_rows(x, sizes, indices if len(sizes) > 1 else None)
     return [
         jnp.reshape(part, (*batch, *x.shape[x.ndim - tail :]))
         for part, batch in zip(parts, batches, strict=True)
     ]
+
+
+def _shared_indices(anchor: jax.Array | None, rows: Sequence[int]) -> tuple[jax.Array, ...] | None:
+    """One :func:`layouts.runtime_indices` (from the integer scalar ``anchor``) for every
+    :func:`_unstacked` of a program whose stacks have ``rows`` rows: one ``cond`` to
+    trace and compile, not one per sliced array. None without ``anchor`` or stacks."""
+    n = max(rows, default=0)
+    return None if anchor is None or n <= 1 else layouts.runtime_indices(n, anchor)
 
 
 def _mesh_block(x: jax.Array, axis: int, entry: Any) -> jax.Array:
@@ -1045,6 +1162,43 @@ def _soap_step_scattered(
     return direction, m, v, tuple(new_fs.get(i, f) for i, f in enumerate(fs)), basis_in
 
 
+def _soap_moment_rebased(
+    m: jax.Array, old: Sequence[Any], new: Sequence[Any], view: ModeView, mode: int, entry: Any
+) -> jax.Array:
+    """The refresh's change of basis of SOAP's first moment for a group stepped by
+    :func:`_soap_step_scattered` (mode ``mode`` alone sharded over the mesh axes
+    ``entry``), as explicit collectives: ``M ×_i (Q_iᵀ Q'_i)ᵀ`` per rotated mode, the
+    old-to-new transition ``Q_iᵀ Q'_i`` (``d_i × d_i``) instead of the rotation back and
+    forth through the parameter basis (the same map; the same numbers up to rounding,
+    ``tests/test_bases.py``). The new bases arrive whole (computed on every device),
+    the sharded mode's old basis by its columns: each device forms its rows of that
+    transition, ``Q[:, own]ᵀ Q'``, contracts its block of ``M`` with them and the
+    partial products are reduce-scattered onto the mode (``(N − 1)/N`` of ``M``'s
+    bytes, the floor: ``benchmarks/comm_budget.py``); the other modes' products are
+    local. The roundoff drop follows (:func:`drop_roundoff`)."""
+    nb, k = view.num_batch, len(view.modes)
+    rot = [i for i, r in enumerate(view.rotated) if r]
+    m_spec = PartitionSpec(*(None,) * nb, *(entry if i == mode else None for i in range(k)))
+    old_specs = {
+        i: PartitionSpec(*(None,) * nb, None, entry) if i == mode else PartitionSpec() for i in rot
+    }
+
+    def body(m: Any, old: Any, new: Any) -> Any:
+        for i in [i for i in rot if i != mode] + [mode]:
+            t = _mT(_f32(old[i])) @ _f32(new[i])
+            m = mode_product(m, t.astype(m.dtype), i, nb, into_basis=True)
+        m = jax.lax.psum_scatter(m, entry, scatter_dimension=nb + mode, tiled=True)
+        return drop_roundoff(m, rot, nb, (mode, entry))
+
+    return jax.shard_map(
+        body,
+        mesh=jax.sharding.get_abstract_mesh(),
+        in_specs=(m_spec, old_specs, {i: PartitionSpec() for i in rot}),
+        out_specs=m_spec,
+        check_vma=False,
+    )(m, {i: old[i] for i in rot}, {i: new[i] for i in rot})
+
+
 def _soap_tree_update(
     views: Sequence[ModeView],
     leaves: Sequence[Any],
@@ -1063,11 +1217,14 @@ def _soap_tree_update(
     every device (:func:`on_every_device`), one gather of each factor and basis
     per refresh; ``leaf_specs`` (per leaf, :func:`mode_specs`) and ``factor_specs``
     (per leaf, the factors' ``PartitionSpec``): a group with one sharded, rotated mode
-    takes its step through explicit collectives (:func:`_soap_step_scattered`)."""
+    takes its step through explicit collectives (:func:`_soap_step_scattered`) and its
+    refresh's change of basis of the first moment through one reduce-scatter
+    (:func:`_soap_moment_rebased`)."""
     first = s["count"] == 0
     leaf_specs = [None] * len(leaves) if leaf_specs is None else leaf_specs
     groups = _soap_groups(views, leaves, leaf_specs if explicit else None)
     stepped = []  # per group: (direction, m, v, new factors, factor inputs of the basis update)
+    scatter = []  # per group: (mode, mesh axes) of a group stepped by _soap_step_scattered
     for view, members in groups:
         nb, k = view.num_batch, len(view.modes)
         rot = [i for i, r in enumerate(view.rotated) if r]
@@ -1101,6 +1258,7 @@ def _soap_tree_update(
                 (G, mu, nu, fs, qs), sl, view, scattered, specs[scattered], normalize, f_specs
             )
             stepped.append((direction, m, v, new_fs_t, basis_in, qs, mu, nu))
+            scatter.append((scattered, specs[scattered]))
             continue
         rot_g = drop_roundoff(rotate(G, qs, nb), rot, nb)
         m = sl["b1"] * mu + sl["one_minus_b1"] * rot_g
@@ -1119,6 +1277,7 @@ def _soap_tree_update(
             # The first eigh sees the factor before its cast to the storage dtype.
             basis_in[i] = jnp.where(first, gram, _f32(new_fs[i]))
         stepped.append((direction * sl["step_scale"], m, v, tuple(new_fs), basis_in, qs, mu, nu))
+        scatter.append(None)
 
     def bases_branch(ops: Any) -> Any:
         ms, vs, qss = ops
@@ -1134,13 +1293,15 @@ def _soap_tree_update(
         )
         ms, vs, new_qss = list(ms), list(vs), [list(qs) for qs in qss]
         for j, (view, _) in enumerate(groups):
-            if stepped[j][4]:
+            if stepped[j][4] and scatter[j] is None:
                 ms[j] = rotate_back(ms[j], qss[j], view.num_batch)
         for (j, i), (q, order) in zip(where, results, strict=True):
             vs[j] = permute_mode(vs[j], order, i, groups[j][0].num_batch)
             new_qss[j][i] = q.astype(qss[j][i].dtype)
         for j, (view, _) in enumerate(groups):
-            if stepped[j][4]:
+            if stepped[j][4] and scatter[j] is not None:
+                ms[j] = _soap_moment_rebased(ms[j], qss[j], new_qss[j], view, *scatter[j])
+            elif stepped[j][4]:
                 nb = view.num_batch
                 ms[j] = drop_roundoff(rotate(ms[j], new_qss[j], nb), list(stepped[j][4]), nb)
         return ms, vs, [tuple(q) for q in new_qss]
@@ -1149,6 +1310,10 @@ def _soap_tree_update(
     if any(x[4] for x in stepped):
         ops = jax.lax.cond(first | s["refresh"], bases_branch, lambda ops: ops, ops)
     out: list[Any] = [None] * len(leaves)
+    indices = _shared_indices(
+        s["count"],
+        [sum(math.prod(views[e].batch_shape) for e in m) for _, m in groups if len(m) > 1],
+    )
     for j, (view, members) in enumerate(groups):
         direction, _, _, new_fs, basis_in, _, mu, nu = stepped[j]
         direction = jnp.where(first, 0.0, direction)
@@ -1166,14 +1331,13 @@ def _soap_tree_update(
             continue
         k = len(view.modes)
         batches = [views[e].batch_shape for e in members]
-        count = s["count"]
-        parts = [_unstacked(x, batches, k, count) for x in (direction, m, v)]
+        parts = [_unstacked(x, batches, k, indices) for x in (direction, m, v)]
         f_parts = [
-            _unstacked(f, batches, 2, count) if i in basis_in else None
+            _unstacked(f, batches, 2, indices) if i in basis_in else None
             for i, f in enumerate(new_fs)
         ]
         q_parts = [
-            _unstacked(q, batches, 2, count) if i in basis_in else None
+            _unstacked(q, batches, 2, indices) if i in basis_in else None
             for i, q in enumerate(new_qs)
         ]
         for n, e in enumerate(members):
@@ -1714,6 +1878,10 @@ def map_stacked(
         return fn(view, arrays) if keys is None else fn(view, arrays, keys[e])  # type: ignore[call-arg]
 
     out: list[Any] = [None] * len(leaves)
+    indices = _shared_indices(
+        anchor,
+        [sum(math.prod(views[e].batch_shape) for e in m) for m in groups.values() if len(m) > 1],
+    )
     for members in groups.values():
         if len(members) == 1:
             out[members[0]] = tuple(call(views[members[0]], leaves[members[0]], members[0]))
@@ -1728,7 +1896,7 @@ def map_stacked(
             stacked.append(_stacked(xs, 2))
         res = call(view, tuple(stacked), members[0])
         batches = [views[e].batch_shape for e in members]
-        parts = [_unstacked(x, batches, 2, anchor) for x in res]
+        parts = [_unstacked(x, batches, 2, indices) for x in res]
         shaped = leaf_shaped if out_leaf_shaped is None else out_leaf_shaped
         for i, e in enumerate(members):
             out[e] = tuple(
@@ -1765,6 +1933,37 @@ class ScaleByCosmosState(NamedTuple):
 def cosmos_rank(view: ModeView, rank: int) -> int:
     """The subspace rank used for a leaf: ``min(rank, fan_in)``."""
     return min(rank, view.mode_dims[0])
+
+
+def _cosmos_power_step(
+    view: ModeView, spec: tuple[Any, ...] | None
+) -> Callable[[Any, Any, Any], tuple[jax.Array, jax.Array, jax.Array]]:
+    """COSMOS's power step ``(X, P, S), β, 1−β -> (P', S', C)`` of a stack with view
+    ``view``: :func:`subspace_power_step`, or, on an Explicit mesh where one side alone
+    is sharded (``spec``: :func:`mode_specs`) and the mesh divides it, its explicit
+    collectives (:func:`subspace_power_step_sharded`, one ``shard_map``)."""
+    mode = None
+    if spec is not None and not jax.sharding.get_abstract_mesh().empty:
+        sharded = [i for i, e in enumerate(spec) if e is not None]
+        if len(sharded) == 1 and view.mode_dims[sharded[0]] % _entry_size(spec[sharded[0]]) == 0:
+            mode = sharded[0]
+    if mode is None:
+        return lambda ops, b, o: subspace_power_step(ops[1], ops[2], ops[0], b, o)
+    entry, nb = spec[mode], view.num_batch
+    x_spec = PartitionSpec(*(None,) * nb, *(entry if i == mode else None for i in range(2)))
+    p_spec = PartitionSpec(*(None,) * nb, entry if mode == 0 else None, None)
+    c_spec = PartitionSpec(*(None,) * nb, None, entry if mode == 1 else None)
+
+    def step(ops: Any, b: Any, o: Any) -> Any:
+        return jax.shard_map(
+            lambda x, p, s, b, o: subspace_power_step_sharded(p, s, x, b, o, mode, entry),
+            mesh=jax.sharding.get_abstract_mesh(),
+            in_specs=(x_spec, p_spec, PartitionSpec(), PartitionSpec(), PartitionSpec()),
+            out_specs=(p_spec, PartitionSpec(), c_spec),
+            check_vma=False,
+        )(*ops, b, o)
+
+    return step
 
 
 @hyperparams.validated()
@@ -1922,6 +2121,7 @@ def scale_by_cosmos(
         view: ModeView, spec: tuple[Any, ...] | None, split: bool = False
     ) -> Callable[[Any, Any], Any]:
         r = cosmos_rank(view, rank)
+        power_step = _cosmos_power_step(view, spec)
 
         def fn(arrays: Any, s: dict[str, jax.Array]) -> Any:
             g, mu, p, sm, v = arrays
@@ -1937,19 +2137,21 @@ def scale_by_cosmos(
                 X = jax.lax.with_sharding_constraint(
                     X, jax.sharding.NamedSharding(jax.sharding.get_abstract_mesh(), x_spec)
                 )
-            new_p, new_s, c = jax.lax.cond(
-                s["first"],
-                lambda ops: on_every_device(
-                    lambda x, b, o: subspace_init(x, r, b, o),
-                    ops[0],
-                    b2_,
-                    omb2,
-                    local=x_spec is not None,
-                    specs=(x_spec, None, None),
-                ),
-                lambda ops: subspace_power_step(ops[1], ops[2], ops[0], b2_, omb2),
-                (X, _f32(p), _f32(sm)),
-            )
+            if x_spec is None:  # one completion after the cond (subspace_update)
+                new_p, new_s, c = subspace_update(X, p, sm, s["first"], r, b2_, omb2)
+            else:
+                new_p, new_s, c = jax.lax.cond(
+                    s["first"],
+                    lambda ops: on_every_device(
+                        lambda x, b, o: subspace_init(x, r, b, o),
+                        ops[0],
+                        b2_,
+                        omb2,
+                        specs=(x_spec, None, None),
+                    ),
+                    lambda ops: power_step(ops, b2_, omb2),
+                    (X, _f32(p), _f32(sm)),
+                )
             new_v = b2_ * _f32(v) + omb2 * jnp.square(c)
             if nesterov:
                 g_hat = (X + b1_ * M) / (1.0 + b1_ * s["c1"])
