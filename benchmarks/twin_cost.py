@@ -149,14 +149,20 @@ def sophia_h_without_skip() -> optax.GradientTransformation:
 
 
 def make_step(tx: optax.GradientTransformation, params: Any) -> tuple[Callable[..., Any], Any]:
+    """The jitted update as ``state -> (updates, state)``.
+
+    The gradient and the parameters are arguments of the compiled program, not
+    constants folded into it: a folded gradient would let XLA decide a finiteness
+    check (``optax.apply_if_finite``) at compile time and drop its selection.
+    """
     grads = jax.tree.map(
         lambda p: 1e-3 * jnp.sin(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape) + 1e-4, params
     )
     extra = {"obj_fn": loss_fn, "loss_fn": loss_fn}
+    update = jax.jit(lambda s, g, p: tx.update(g, s, p, **extra))
 
-    @jax.jit
     def step(state: Any) -> tuple[Any, Any]:
-        return tx.update(grads, state, params, **extra)
+        return update(state, grads, params)
 
     state = tx.init(params)
     jax.block_until_ready(step(state))  # compile

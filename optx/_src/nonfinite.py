@@ -75,23 +75,34 @@ def _is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+def _all(flags: list[jax.Array]) -> jax.Array:
+    """The conjunction of scalar flags as one reduction, not a chain of ``&``.
+
+    XLA fuses a chain of ``&`` over per-leaf reductions into every consumer of
+    the result (each element-wise pass that selects on it took every per-leaf
+    flag as an operand); one reduction over the stacked flags is one scalar the
+    passes read.
+    """
+    if not flags:
+        return jnp.asarray(True)
+    return jnp.all(jnp.stack([jnp.asarray(f, jnp.bool_) for f in flags]))
+
+
 def all_finite(tree: Any) -> jax.Array:
     """True iff every inexact array leaf of ``tree`` is finite (non-arrays are ignored)."""
-    ok = jnp.asarray(True)
+    flags = []
     for x in jax.tree.leaves(tree):
         if _is_key(x) or not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.inexact):
             continue
         if x.size:
-            ok = ok & jnp.all(jnp.isfinite(x))
-    return ok
+            flags.append(jnp.all(jnp.isfinite(x)))
+    return _all(flags)
 
 
 def estimates_finite(state: Any) -> jax.Array:
     """True iff every ``estimate_finite`` field (:data:`ESTIMATE_FINITE`) in ``state`` is."""
-    ok = jnp.asarray(True)
-    for _, flag in optax.tree_utils.tree_get_all_with_path(state, ESTIMATE_FINITE):
-        ok = ok & jnp.all(flag)
-    return ok
+    found = optax.tree_utils.tree_get_all_with_path(state, ESTIMATE_FINITE)
+    return _all([jnp.all(flag) for _, flag in found])
 
 
 def _select(ok: jax.Array, new: Any, old: Any) -> Any:
@@ -165,11 +176,12 @@ def skip_if_not_finite(
         **extra: Any,
     ) -> tuple[base.Updates, SkipIfNotFiniteState]:
         checked = [extra.get(n) for n in names if not callable(extra.get(n))]
-        ok = all_finite([updates, *checked])
+        flags = [all_finite([updates, *checked])]
         new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)
-        ok = ok & estimates_finite(new_inner)
+        flags.append(estimates_finite(new_inner))
         if check_outputs:
-            ok = ok & all_finite((new_updates, new_inner))
+            flags.append(all_finite((new_updates, new_inner)))
+        ok = _all(flags)
         new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
         skipped = jnp.logical_not(ok).astype(jnp.int32)
         return new_updates, SkipIfNotFiniteState(
