@@ -65,9 +65,11 @@ class ScaleBySophiaState(NamedTuple):
         parameter, which doubled the cost of an ordinary step (optax computes
         its win rate only with ``verbose=True``).
       estimate_finite: whether this step's Hessian estimate was finite (True
-        on steps without a refresh). The primitive folds a non-finite estimate
-        into ``h`` like any other; :func:`optx.skip_if_not_finite` reads this
-        flag and skips such a step (the ``sophia_*`` aliases).
+        on steps without a refresh). Where it is False — or where the extra
+        argument ``inputs_finite`` of :func:`optx.skip_if_not_finite` says the
+        gradient was not — the primitive keeps its other fields unchanged and
+        emits zero updates; the wrapper reads the flag and counts the skip (the
+        ``sophia_*`` aliases).
     """
 
     count: jax.Array
@@ -177,17 +179,24 @@ def scale_by_sophia(
         if not refresh_at_start:
             due = due & (count > 0)
 
+        inputs_ok = nonfinite.inputs_finite(extra)
+
         def refresh(_: Any) -> tuple[Any, jax.Array, jax.Array]:
             next_key, probe_key = _refresh_key(state.key, extra)
             diag = curvature.estimate_diagonal(estimator, params, extra, probe_key)
-            hessian = jax.tree.map(lambda h, d: _ema(h, d, b2), state.hessian, diag)
-            return hessian, next_key, nonfinite.all_finite(diag)
+            finite = nonfinite.all_finite(diag)
+            take = finite & inputs_ok  # kept inside the branch (module docstring)
+            hessian = jax.tree.map(
+                lambda h, d: jnp.where(take, _ema(h, d, b2), h), state.hessian, diag
+            )
+            return hessian, jnp.where(take, next_key, state.key), finite
 
         def keep(_: Any) -> tuple[Any, jax.Array, jax.Array]:
             return state.hessian, state.key, jnp.ones([], jnp.bool_)
 
         hessian, key, finite = jax.lax.cond(due, refresh, keep, None)
-        mu = jax.tree.map(lambda m, g: _ema(m, g, b1), state.mu, updates)
+        ok = finite & inputs_ok
+        mu = jax.tree.map(lambda m, g: jnp.where(ok, _ema(m, g, b1), m), state.mu, updates)
         scale = gamma * tokens_per_batch
 
         def direction(g: jax.Array, m: jax.Array, h: jax.Array) -> jax.Array:
@@ -205,7 +214,12 @@ def scale_by_sophia(
             size = sum(jnp.size(x) for x in jax.tree.leaves(mu))
             return sum(leaves, jnp.zeros([], jnp.float32)) / max(size, 1)
 
-        new_updates = jax.tree.map(direction, updates, mu, hessian)
+        new_updates = jax.tree.map(
+            lambda g, m, h: jnp.where(ok, direction(g, m, h), jnp.zeros_like(g)),
+            updates,
+            mu,
+            hessian,
+        )
         # The count recomputes ``m`` from its inputs rather than taking the new ``m``
         # into the cond: XLA then fuses ``m``'s EMA into its consumers instead of
         # writing it out and reading it back for them (same values).
@@ -218,11 +232,11 @@ def scale_by_sophia(
             hessian,
         )
         return new_updates, ScaleBySophiaState(
-            count=optax.safe_increment(count),
+            count=jnp.where(ok, optax.safe_increment(count), count),
             mu=mu,
             hessian=hessian,
             key=key,
-            win_rate=win_rate,
+            win_rate=jnp.where(ok, win_rate, state.win_rate),
             estimate_finite=finite,
         )
 
@@ -252,8 +266,11 @@ class ScaleByAdaHessianState(NamedTuple):
       nu: EMA of the squared (spatially averaged) Hessian diagonal.
       key: PRNG key of the Hutchinson probes.
       estimate_finite: whether this step's Hessian estimate was finite (True
-        on steps without a refresh); :func:`optx.skip_if_not_finite` skips a
-        step where it is False (the ``adahessian`` alias).
+        on steps without a refresh). Where it is False — or where the extra
+        argument ``inputs_finite`` of :func:`optx.skip_if_not_finite` says the
+        gradient was not — the primitive keeps its other fields unchanged and
+        emits zero updates; the wrapper reads the flag and counts the skip (the
+        ``adahessian`` alias).
     """
 
     count: jax.Array
@@ -431,14 +448,21 @@ def scale_by_adahessian(
         **extra: Any,
     ) -> tuple[base.Updates, ScaleByAdaHessianState]:
         curvature.check_extra_args(estimator, extra, "AdaHessian")
+        inputs_ok = nonfinite.inputs_finite(extra)
 
         def refresh(_: Any) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
             next_key, probe_key = _refresh_key(state.key, extra)
             diag = curvature.estimate_diagonal(estimator, params, extra, probe_key)
             finite = nonfinite.all_finite(diag)
+            take = finite & inputs_ok  # kept inside the branch (optx.skip_if_not_finite)
             diag = base.tree_map_with_path_str(lambda p, d: averaging(p, d)(d), diag)
-            nu = jax.tree.map(lambda v, d: _ema(v, jnp.square(d), b2), state.nu, diag)
-            return nu, next_key, optax.safe_increment(state.hessian_count), finite
+            nu = jax.tree.map(
+                lambda v, d: jnp.where(take, _ema(v, jnp.square(d), b2), v), state.nu, diag
+            )
+            counted = jnp.where(
+                take, optax.safe_increment(state.hessian_count), state.hessian_count
+            )
+            return nu, jnp.where(take, next_key, state.key), counted, finite
 
         def keep(_: Any) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
             return state.nu, state.key, state.hessian_count, jnp.ones([], jnp.bool_)
@@ -447,8 +471,9 @@ def scale_by_adahessian(
             nu, key, hessian_count, finite = refresh(None)
         else:
             nu, key, hessian_count, finite = jax.lax.cond(state.count % k == 0, refresh, keep, None)
+        ok = finite & inputs_ok
         count = optax.safe_increment(state.count)
-        mu = jax.tree.map(lambda m, g: _ema(m, g, b1), state.mu, updates)
+        mu = jax.tree.map(lambda m, g: jnp.where(ok, _ema(m, g, b1), m), state.mu, updates)
 
         def direction(g: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
             cdt = adaptive.compute_dtype(g.dtype, m.dtype, v.dtype)
@@ -458,9 +483,11 @@ def scale_by_adahessian(
             denom = jnp.power(root, hessian_power) + eps
             return (m.astype(cdt) / bc1 / denom).astype(g.dtype)
 
-        new_updates = jax.tree.map(direction, updates, mu, nu)
+        new_updates = jax.tree.map(
+            lambda g, m, v: jnp.where(ok, direction(g, m, v), jnp.zeros_like(g)), updates, mu, nu
+        )
         return new_updates, ScaleByAdaHessianState(
-            count=count,
+            count=jnp.where(ok, count, state.count),
             hessian_count=hessian_count,
             mu=mu,
             nu=nu,

@@ -21,9 +21,17 @@ policy to them:
   is checked as well. The named aliases turn it off: their inputs and
   estimates are checked where they enter, which is what makes a step
   non-finite, and checking every output leaf cost them up to half their
-  compile time and doubled Sophia's step on XLA:CPU (a finiteness reduction
-  per output leaf must finish before the new state can be selected, so XLA
-  cannot fuse the selection into the step);
+  compile time and doubled Sophia's step on XLA:CPU;
+* a primitive with an ``estimate_finite`` field *keeps itself*: where its
+  estimate is not finite, or where the wrapper's input check fails (the
+  extra argument ``inputs_finite``, read with :func:`inputs_finite`), it
+  returns its state unchanged and zero updates, selecting inside its own
+  refresh branch. When such a primitive is the only thing beyond the inputs
+  that can fail the step (one such state, ``check_outputs=False``) and it
+  read the input check, the wrapper does not select its state a second time
+  (only its flag): after a ``lax.cond`` whose other branch passes a state
+  leaf through, that selection cost XLA a copy and a select pass per step
+  (Sophia's ``h``: +6 of 15 ms on the benchmark tree);
 * if anything is non-finite the whole step is skipped: zero updates (the
   parameters do not move) and the inner state is returned unchanged (its step
   counters included), so the next steps are exactly those of a run that never
@@ -71,6 +79,36 @@ this step from a function input (a Hessian diagonal from ``loss_fn``, say) was
 finite; :func:`skip_if_not_finite` skips the step where any such field is False."""
 
 
+INPUTS_FINITE = "inputs_finite"
+"""Name of the extra argument by which :func:`skip_if_not_finite` hands its check of the
+gradient and the array inputs to a self-keeping primitive (see :func:`inputs_finite`)."""
+
+
+class InputsCheck:
+    """The wrapper's input check, passed to the inner step as ``inputs_finite``.
+
+    ``ok`` is the check; ``readers`` counts, at trace time, the primitives that
+    read it (:func:`inputs_finite`), so the wrapper knows the check reached them.
+    """
+
+    def __init__(self, ok: jax.Array) -> None:
+        self.ok = ok
+        self.readers = 0
+
+
+def inputs_finite(extra: dict[str, Any]) -> jax.Array:
+    """The wrapper's input check from a step's extra arguments (True without a wrapper).
+
+    A self-keeping primitive (one with an ``estimate_finite`` field) calls it
+    once per ``update`` and keeps its state where it is False.
+    """
+    check = extra.get(INPUTS_FINITE)
+    if isinstance(check, InputsCheck):
+        check.readers += 1
+        return check.ok
+    return jnp.ones([], jnp.bool_)
+
+
 def _is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
@@ -113,6 +151,22 @@ def _select(ok: jax.Array, new: Any, old: Any) -> Any:
         return jnp.where(ok, n, o)
 
     return jax.tree.map(leaf, new, old)
+
+
+def _has_flag(x: Any) -> bool:
+    return isinstance(x, tuple) and ESTIMATE_FINITE in getattr(x, "_fields", ())
+
+
+def _select_around_kept(ok: jax.Array, new: Any, old: Any) -> Any:
+    """:func:`_select`, except in the states that kept themselves: only their flag."""
+
+    def node(n: Any, o: Any) -> Any:
+        if _has_flag(n):
+            flag = jnp.where(ok, getattr(n, ESTIMATE_FINITE), getattr(o, ESTIMATE_FINITE))
+            return n._replace(**{ESTIMATE_FINITE: flag})
+        return _select(ok, n, o)
+
+    return jax.tree.map(node, new, old, is_leaf=_has_flag)
 
 
 @hyperparams.validated()
@@ -176,19 +230,28 @@ def skip_if_not_finite(
         **extra: Any,
     ) -> tuple[base.Updates, SkipIfNotFiniteState]:
         checked = [extra.get(n) for n in names if not callable(extra.get(n))]
-        flags = [all_finite([updates, *checked])]
-        new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)
-        flags.append(estimates_finite(new_inner))
+        check = InputsCheck(all_finite([updates, *checked]))
+        new_updates, new_inner = inner.update(
+            updates, state.inner_state, params, **{**extra, INPUTS_FINITE: check}
+        )
+        kept = optax.tree_utils.tree_get_all_with_path(new_inner, ESTIMATE_FINITE)
+        flags = [check.ok, estimates_finite(new_inner)]
         if check_outputs:
             flags.append(all_finite((new_updates, new_inner)))
         ok = _all(flags)
         new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
+        # One self-keeping primitive that read the input check, and nothing else to fail:
+        # its own keep condition is ``ok``, so its state is already the right one.
+        if not check_outputs and len(kept) == 1 and check.readers == 1:
+            inner_state = _select_around_kept(ok, new_inner, state.inner_state)
+        else:
+            inner_state = _select(ok, new_inner, state.inner_state)
         skipped = jnp.logical_not(ok).astype(jnp.int32)
         return new_updates, SkipIfNotFiniteState(
             notfinite_count=jnp.where(ok, 0, state.notfinite_count + 1).astype(jnp.int32),
             last_finite=ok,
             total_notfinite=state.total_notfinite + skipped,
-            inner_state=_select(ok, new_inner, state.inner_state),
+            inner_state=inner_state,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

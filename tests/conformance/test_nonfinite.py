@@ -224,8 +224,11 @@ def test_estimate_finite_flag(primitive: Any, refresh_steps: tuple[int, ...]) ->
     assert bool(t.inner_state.estimate_finite)
     for i in range(3):
         refresh = i in refresh_steps
-        _, s_raw = raw(t.inner_state)
+        u_raw, s_raw = raw(t.inner_state)
         assert bool(s_raw.estimate_finite) != refresh, i  # the primitive's own flag
+        if refresh:  # the primitive keeps itself: state unchanged but the flag, zero updates
+            _equal(s_raw._replace(estimate_finite=True), t.inner_state, f"kept step {i}")
+            assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(u_raw))
         u, t_bad = jax.jit(lambda t: tx.update(grads, t, p, loss_fn=nan_loss))(t)
         assert int(t_bad.total_notfinite) == int(refresh), i
         if refresh:
@@ -235,6 +238,27 @@ def test_estimate_finite_flag(primitive: Any, refresh_steps: tuple[int, ...]) ->
             assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(t_bad))
         _, t = clean(t)
         assert int(t.total_notfinite) == 0
+
+
+def test_two_self_keeping_primitives_are_selected_by_the_wrapper() -> None:
+    """With two flagged states in the chain, one's bad estimate must also revert the
+    other: the wrapper selects both (each keeps itself only on its own estimate)."""
+    p = _params()
+    grads = jax.grad(problems.mixed_loss)(p)
+    hutchinson = optx.curvature.Hutchinson(1)
+    inner = optax.chain(
+        optx.scale_by_adahessian(),
+        # No refresh at step 0: Sophia's own estimate is fine, so it takes its step,
+        # and only the wrapper can revert it when AdaHessian's estimate is not finite.
+        optx.scale_by_sophia(tokens_per_batch=1, estimator=hutchinson),
+    )
+    tx = optx.skip_if_not_finite(inner, check_outputs=False)
+    t = tx.init(p)
+    nan_loss = lambda q: problems.mixed_loss(q) * jnp.nan  # noqa: E731
+    u, t1 = jax.jit(lambda t: tx.update(grads, t, p, loss_fn=nan_loss))(t)
+    assert int(t1.total_notfinite) == 1
+    _equal(t1.inner_state, t.inner_state, "both states kept")
+    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(u))
 
 
 def teardown_module() -> None:
