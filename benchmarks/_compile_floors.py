@@ -518,7 +518,6 @@ def _projection_floor(params: Any, name: str, kind: str) -> list[FloorProgram]:
     """ONE program: optax.adamw's step on the whole tree plus, per distinct matrix
     shape, the refresh under ``lax.cond`` and the projection and back-projection."""
     import jax.numpy as jnp
-    import optax
 
     import optx
     from optx._src import projection
@@ -530,9 +529,7 @@ def _projection_floor(params: Any, name: str, kind: str) -> list[FloorProgram]:
         geos.append(geo)
         xs.append(_spec(lay.matrix_shape, jnp.promote_types(dtype, jnp.float32)))
         projs.append(_spec(*projection._projector_shape_dtype(kind, geo, dtype)))
-    adamw = optax.adamw(1e-3, weight_decay=1e-4)
-    abstract = jax.tree.map(lambda p: _spec(p.shape, p.dtype), params)
-    state = jax.eval_shape(adamw.init, abstract)
+    adamw = _adamw_step_program(params)
 
     def one(geo: Any, x: Any, proj: Any, refresh: Any) -> Any:
         def fresh() -> Any:
@@ -549,12 +546,11 @@ def _projection_floor(params: Any, name: str, kind: str) -> list[FloorProgram]:
         return back, p
 
     def prog(g: Any, s: Any, p: Any, xs: Any, projs: Any, refresh: Any) -> Any:
-        u, s = adamw.update(g, s, p)
         out = [one(geo, x, q, refresh) for geo, x, q in zip(geos, xs, projs)]
-        return optax.apply_updates(p, u), s, out
+        return adamw.fn(g, s, p), out
 
     label = f"optax.adamw step + {kind} refresh and projection x {len(geos)} shapes"
-    args = (abstract, state, abstract, xs, projs, _spec((), jnp.bool_))
+    args = (*adamw.args, xs, projs, _spec((), jnp.bool_))
     return [FloorProgram(label, prog, args)]
 
 

@@ -582,10 +582,26 @@ def subspace_power_step(
     x, p, s = _f32(x), _f32(p), _f32(s)
     omb = 1.0 - beta if one_minus_beta is None else one_minus_beta
     new_p = _completed_qr(beta * (p @ s) + omb * (x @ (_mT(x) @ p)))
+    return new_p, *_carried_subspace_statistics(x, p, s, new_p, beta, omb)
+
+
+def _carried_subspace_statistics(
+    x: jax.Array,
+    p: jax.Array,
+    s: jax.Array,
+    new_p: jax.Array,
+    beta: Any,
+    omb: Any,
+    first: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """``(S', C)`` after a basis change ``P -> P'``: ``C = P'ᵀ X`` (roundoff-dropped) and
+    ``S' = β Tᵀ S T + (1−β) C Cᵀ`` with ``T = Pᵀ P'`` (only ``(1−β) C Cᵀ`` where ``first``)."""
     t = _mT(p) @ new_p
     c = _drop_noise(_mT(new_p) @ x, x)
     new_s = beta * (_mT(t) @ s @ t) + omb * (c @ _mT(c))
-    return new_p, new_s, c
+    if first is not None:
+        new_s = jnp.where(first, omb * (c @ _mT(c)), new_s)
+    return new_s, c
 
 
 def _completed_qr(a: jax.Array) -> jax.Array:
@@ -631,10 +647,7 @@ def subspace_update(
         (x, p, s),
     )
     new_p = _canonical_completion(q, null)
-    t = _mT(p) @ new_p
-    c = _drop_noise(_mT(new_p) @ x, x)
-    cc = one_minus_beta * (c @ _mT(c))
-    return new_p, jnp.where(first, cc, beta * (_mT(t) @ s @ t) + cc), c
+    return new_p, *_carried_subspace_statistics(x, p, s, new_p, beta, one_minus_beta, first)
 
 
 def subspace_power_step_sharded(

@@ -137,12 +137,6 @@ def all_finite(tree: Any) -> jax.Array:
     return _all(flags)
 
 
-def estimates_finite(state: Any) -> jax.Array:
-    """True iff every ``estimate_finite`` field (:data:`ESTIMATE_FINITE`) in ``state`` is."""
-    found = optax.tree_utils.tree_get_all_with_path(state, ESTIMATE_FINITE)
-    return _all([jnp.all(flag) for _, flag in found])
-
-
 def _select(ok: jax.Array, new: Any, old: Any) -> Any:
     def leaf(n: Any, o: Any) -> Any:
         if _is_key(n):
@@ -234,8 +228,9 @@ def skip_if_not_finite(
         new_updates, new_inner = inner.update(
             updates, state.inner_state, params, **{**extra, INPUTS_FINITE: check}
         )
+        # Every ``estimate_finite`` field (:data:`ESTIMATE_FINITE`) of the new state.
         kept = optax.tree_utils.tree_get_all_with_path(new_inner, ESTIMATE_FINITE)
-        flags = [check.ok, estimates_finite(new_inner)]
+        flags = [check.ok, *(jnp.all(flag) for _, flag in kept)]
         if check_outputs:
             flags.append(all_finite((new_updates, new_inner)))
         ok = _all(flags)

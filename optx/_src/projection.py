@@ -332,7 +332,8 @@ def stable_slots(previous: jax.Array, selected: jax.Array) -> jax.Array:
         taken = jnp.any(match, axis=0)
         # Rank of each new column among the non-kept ones, and of each free slot among
         # the free ones (ascending): the n-th new column goes to the n-th free slot.
-        rank_new = jnp.sum(~kept[None, :] & (before | (pos[:, None] == pos[None, :])), axis=1)
+        upto = pos[None, :] <= pos[:, None]  # (k, j): j at or before k
+        rank_new = jnp.sum(~kept[None, :] & upto, axis=1)
         rank_free = jnp.sum(~taken[None, :] & before, axis=1)
         to_free = ~taken[None, :] & (rank_free[None, :] == rank_new[:, None] - 1)
         target = jnp.where(kept[:, None], match, to_free)  # (a, j): one True per row
