@@ -605,12 +605,20 @@ def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return best
 
 
-def calibrate(matmul_size: int = 1024, stream_words: int = 1 << 25, repeats: int = 5) -> Peaks:
+def calibrate(
+    matmul_size: int | None = None, stream_words: int | None = None, repeats: int = 5
+) -> Peaks:
     """Peak float32 matmul FLOP/s and streaming bandwidth of the default device.
 
     A ``matmul_size``³ jitted matmul and ``y ← a·x + y`` over ``stream_words``
-    floats (12 bytes per word: two reads, one write); best of ``repeats``.
+    floats (12 bytes per word: two reads, one write); best of ``repeats``. The
+    defaults fit the device: 1024³ and 2²⁵ words on a CPU; 8192³ and 2²⁸ words
+    (1 GiB per array, far past any cache) on an accelerator, where a 1024³
+    product is too short to leave launch overhead behind.
     """
+    accelerator = jax.default_backend() != "cpu"
+    matmul_size = matmul_size or (8192 if accelerator else 1024)
+    stream_words = stream_words or (1 << 28 if accelerator else 1 << 25)
     k1, k2 = jax.random.split(jax.random.key(0))
     a = jax.random.normal(k1, (matmul_size, matmul_size), jnp.float32)
     b = jax.random.normal(k2, (matmul_size, matmul_size), jnp.float32)

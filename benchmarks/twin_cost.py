@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -184,7 +185,13 @@ def main() -> None:
     runners: dict[tuple[str, str], list[Any]] = {}
     for name, (twin, ours) in chosen.items():
         for side, make in (("optax", twin), ("optx", ours)):
+            t0 = time.perf_counter()
             runners[name, side] = list(make_step(make(), params))
+            print(
+                f"[twin_cost] compiled {side} {name} ({time.perf_counter() - t0:.1f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     wall: dict[tuple[str, str], list[float]] = {k: [] for k in runners}
     cpu: dict[tuple[str, str], list[float]] = {k: [] for k in runners}

@@ -199,6 +199,30 @@ def test_batched_strategy_without_mesh_matches_per_leaf() -> None:
         np.testing.assert_allclose(x, y, atol=1e-6)
 
 
+def _while_loops(tx: optax.GradientTransformation, grads: dict) -> int:
+    jaxpr = jax.make_jaxpr(lambda g: tx.update(g, optax.EmptyState())[0])(grads)
+    return sum(str(jaxpr).count(f" {loop}[") for loop in ("while", "scan"))
+
+
+@pytest.mark.parametrize(
+    ("backend", "devices", "loops"), [("gpu", 1, 1), ("cpu", 1, 3), ("gpu", 8, 3)]
+)
+def test_default_strategy_stacks_same_shape_matrices_on_one_accelerator(
+    monkeypatch: pytest.MonkeyPatch, backend: str, devices: int, loops: int
+) -> None:
+    # One Newton–Schulz loop for three same-shape matrices on one GPU/TPU (batched
+    # matmuls); one per leaf on a CPU or on several devices. The numbers are the same.
+    grads = {f"l{i}": {"kernel": jax.random.normal(jax.random.key(i), (5, 7))} for i in range(3)}
+    expected, _ = optx.scale_by_newton_schulz().update(grads, optax.EmptyState())
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(jax, "device_count", lambda *a: devices)
+    tx = optx.scale_by_newton_schulz()
+    assert _while_loops(tx, grads) == loops
+    out, _ = tx.update(grads, optax.EmptyState())
+    for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
 def test_batched_and_default_strategies_under_fsdp_use_all_to_alls() -> None:
     """FSDP-sharded matrices (one axis, the major axis of fan-in or fan-out): each device
     orthogonalizes whole matrices after one all-to-all and returns blocks with a second."""

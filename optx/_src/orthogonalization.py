@@ -581,6 +581,17 @@ def _orthogonalize_fsdp(
     return map_fsdp_matrices(leaves, fn_for, outs, always=always)
 
 
+def _stacks_on_one_device() -> bool:
+    """Whether ``'auto'`` stacks same-shape matrices: on one accelerator device.
+
+    Nothing is sharded there, and one batched iteration per shape beats one per leaf
+    (H200, GPT-2 small's 72 matrices: 13.1 ms against 21.2 ms,
+    ``benchmarks/muon_step.py``). XLA:CPU runs the stacks 5–10 % slower than leaf by leaf
+    (5.2 M-param tree, 2 cores), so a CPU keeps one program per leaf.
+    """
+    return jax.device_count() == 1 and jax.default_backend() != "cpu"
+
+
 def orthogonalize_leaves(
     leaves: list[tuple[jax.Array, ResolvedLayout]],
     coefficients: Any = "keller",
@@ -591,11 +602,13 @@ def orthogonalize_leaves(
 ) -> list[jax.Array]:
     """Newton–Schulz on every matrix of several tensors (one tree's matrix leaves).
 
-    * ``'auto'``: FSDP-sharded leaves (one sharded axis, the major axis of the fan-in or
-      fan-out, on an Explicit mesh) are grouped by matrix shape; a group where
-      :func:`all_to_all_pays` runs through two all-to-alls with device-local Newton–Schulz
-      (the FSDP floor ``2 (N − 1)/N²`` of its bytes), any other FSDP leaf is gathered once;
-      every other leaf runs :func:`orthogonalize_leaf` (``auto_axes``).
+    * ``'auto'``: on one accelerator device, as ``'batched'``: same-shape matrices stacked,
+      one iteration per shape (:func:`_stacks_on_one_device`). Otherwise FSDP-sharded leaves (one sharded
+      axis, the major axis of the fan-in or fan-out, on an Explicit mesh) are grouped by
+      matrix shape; a group where :func:`all_to_all_pays` runs through two all-to-alls with
+      device-local Newton–Schulz (the FSDP floor ``2 (N − 1)/N²`` of its bytes), any other
+      FSDP leaf is gathered once; every other leaf runs :func:`orthogonalize_leaf`
+      (``auto_axes``).
     * ``'replicate'``: every leaf gathered, computed everywhere, resharded.
     * ``'batched'``: every FSDP group through the all-to-alls; the rest stacked by shape and
       the stack sharded over the whole mesh.
@@ -603,7 +616,7 @@ def orthogonalize_leaves(
     The numbers are the single-device ones to float round-off whatever the strategy.
     """
     base.check_choice("strategy", strategy, sharding.STRATEGIES)
-    if strategy == "batched":
+    if strategy == "batched" or (strategy == "auto" and _stacks_on_one_device()):
         return _orthogonalize_batched(leaves, coefficients, steps, compute_dtype)
     outs: list[jax.Array | None] = [None] * len(leaves)
     fsdp: set[int] = set()
@@ -741,7 +754,10 @@ def scale_by_newton_schulz(
         Muon code; default f32 (or wider).
       layout: a :data:`~optx.LayoutSpec` (default: the default router's).
       strategy: sharding strategy for sharded matrices (the numbers are the
-        single-device ones whichever is chosen). ``'auto'`` (default): under
+        single-device ones whichever is chosen). ``'auto'`` (default): on one
+        accelerator device, same-shape matrices are stacked and orthogonalized together (one
+        batched iteration per shape, as ``'batched'``: on an H200, GPT-2 small's
+        72 matrices in 13.1 ms against 21.2 ms one leaf at a time); under
         FSDP — a leaf sharded on one axis, the major axis of its fan-in or
         fan-out, on an Explicit mesh — same-shape matrices are grouped and,
         where it moves no more bytes than gathering them (``2 ⌈T/N⌉ ≤ T`` for

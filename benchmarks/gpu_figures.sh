@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Issue 17's accelerator figures in one prepared run, for a lent GPU (or any CUDA/TPU host).
+#
+#   OUT=results/gpu bash benchmarks/gpu_figures.sh            # GPT-2-small trees
+#   PRESET=tiny NS_PRESETS=tiny OUT=/tmp/x bash benchmarks/gpu_figures.sh   # a CPU dry run
+#
+# Parts, in order of priority, each bounded by its own timeout so that one slow or failing
+# part leaves the others' figures: versions; Newton–Schulz in bf16 and f32 against the bf16
+# matmul peak; 8-bit AdamW against AdamW; every registered optimizer's step × optax.adamw on
+# the scanned tree (two runs, each with its own adamw baseline and calibration); the optax
+# twins; optx.muon against optax.contrib.muon. Tables go to $OUT/figures.md, logs to
+# $OUT/log.txt, the step table to $OUT/step_*.csv.
+set -u
+OUT=${OUT:-results/gpu}
+PRESET=${PRESET:-gpt2-small}
+NS_PRESETS=${NS_PRESETS:-small,gpt2-small}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
+FIG="$OUT/figures.md"
+LOG="$OUT/log.txt"
+: >"$FIG"
+: >"$LOG"
+
+part() {
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  echo "## $name" >>"$FIG"
+  echo '```' >>"$FIG"
+  echo "\$ $*" >>"$FIG"
+  timeout "$limit" "$@" >>"$FIG" 2>>"$LOG"
+  local rc=$?
+  echo '```' >>"$FIG"
+  echo "[$name] rc=$rc $((SECONDS - t0))s" | tee -a "$FIG" "$LOG"
+}
+
+# Group A: the methods the issue names, the twins' methods and the 8-bit states; group B: the rest
+# but SOAP, whose step compiled in 114.5 s on an H200 (2026-12-04): it runs last, alone.
+GROUP_A=muon,normuon,root,cosmos,mkor,mfac,adamw,adamw_8bit,galore,galore_8bit,agvm_sgd,sophia_h,adahessian,lion,adabelief,sophia_g,apollo_mini
+GROUP_B=$($PY -c "
+import optx
+a = set('$GROUP_A,soap'.split(','))
+print(','.join(n for n in optx.list_optimizers() if n not in a))")
+
+command -v nvidia-smi >/dev/null &&
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$FIG"
+part versions 60 $PY -c "
+import jax, optax, optx
+print('jax', jax.__version__, 'optax', optax.__version__, jax.devices())"
+part newton_schulz 100 $PY benchmarks/newton_schulz_peak.py --presets "$NS_PRESETS" --reps 20
+part quantization 80 $PY benchmarks/quantization_cost.py --preset "$PRESET" --repeats 20
+part step_a 150 $PY benchmarks/step_cost.py --preset "$PRESET" --scanned --repeats 10 \
+  --optimizers "$GROUP_A" --csv "$OUT/step_a.csv"
+part step_b 150 $PY benchmarks/step_cost.py --preset "$PRESET" --scanned --repeats 10 \
+  --optimizers "$GROUP_B" --csv "$OUT/step_b.csv"
+part muon 60 $PY benchmarks/muon_step.py --size "$PRESET" --reps 20
+part twins_elementwise 90 $PY benchmarks/twin_cost.py --size "$PRESET" --rounds 5 \
+  --pairs adamw,adabelief,lion,muon
+part twins_refresh 120 $PY benchmarks/twin_cost.py --size "$PRESET" --rounds 5 --pairs galore,sophia
+part step_soap 200 $PY benchmarks/step_cost.py --preset "$PRESET" --scanned --repeats 5 \
+  --optimizers soap --csv "$OUT/step_soap.csv"
