@@ -7,8 +7,9 @@
 # Parts, in order of priority, each bounded by its own timeout so that one slow or failing
 # part leaves the others' figures: versions; Newton–Schulz in bf16 and f32 against the bf16
 # matmul peak; 8-bit AdamW against AdamW; every registered optimizer's step × optax.adamw on
-# the scanned tree (two runs, each with its own adamw baseline and calibration); the optax
-# twins; optx.muon against optax.contrib.muon. Tables go to $OUT/figures.md, logs to
+# the scanned tree (two runs, each with its own adamw baseline and calibration); optx.muon
+# against optax.contrib.muon; ROOT's selection with 1, 2 or 4 key bits per counting pass; the
+# optax twins; SOAP's step alone. Tables go to $OUT/figures.md, logs to
 # $OUT/log.txt, the step table to $OUT/step_*.csv.
 set -u
 OUT=${OUT:-results/gpu}
@@ -56,6 +57,7 @@ part step_a 150 $PY benchmarks/step_cost.py --preset "$PRESET" --scanned --repea
 part step_b 150 $PY benchmarks/step_cost.py --preset "$PRESET" --scanned --repeats 10 \
   --optimizers "$GROUP_B" --csv "$OUT/step_b.csv"
 part muon 60 $PY benchmarks/muon_step.py --size "$PRESET" --reps 20
+part quantile_selection 60 $PY benchmarks/quantile_selection.py --preset "$PRESET" --scanned
 part twins_elementwise 90 $PY benchmarks/twin_cost.py --size "$PRESET" --rounds 5 \
   --pairs adamw,adabelief,lion,muon
 part twins_refresh 120 $PY benchmarks/twin_cost.py --size "$PRESET" --rounds 5 --pairs galore,sophia

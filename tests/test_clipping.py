@@ -121,11 +121,18 @@ def _order_stat_reference(m: np.ndarray, q: float, dtype: type) -> tuple[float, 
 QS = (0.0, 0.1, 0.37, 0.5, 0.9, 0.95, 1.0)
 
 
+@pytest.mark.parametrize("bits", [1, 2, 4])
 @pytest.mark.parametrize("x64", [False, True])
-def test_matrix_quantile_selects_exact_order_statistics(x64: bool) -> None:
+def test_matrix_quantile_selects_exact_order_statistics(
+    monkeypatch: pytest.MonkeyPatch, x64: bool, bits: int
+) -> None:
     """Lower/higher order statistics are bit-identical to a sort; the linear
     quantile matches np.quantile and jnp.quantile (today's sort-based rule) to
-    the last ulp (XLA may fuse the final ``a·(1−w) + b·w`` into an FMA)."""
+    the last ulp (XLA may fuse the final ``a·(1−w) + b·w`` into an FMA). Whatever
+    the key bits decided per counting pass (1 on a CPU, 2 on an accelerator)."""
+    from optx._src import clipping
+
+    monkeypatch.setattr(clipping, "bits_per_pass", lambda: bits)
     dtype = np.float64 if x64 else np.float32
     cases = {k: v.astype(dtype) for k, v in _selection_cases(np.random.default_rng(3)).items()}
 
@@ -240,8 +247,10 @@ def test_selection_counts_in_int32_past_float_exactness() -> None:
 
     x = jnp.asarray(np.random.default_rng(5).standard_normal((1, 7, 9)), jnp.float32)
     k = jnp.full((1, 1, 1), 40, jnp.int32)
-    exact = jax.jit(clipping._order_statistic_pair, static_argnums=(3, 4))
-    small, huge = exact(x, k, k + 1, (1, 2), 63), exact(x, k, k + 1, (1, 2), 2**30)
+    exact = jax.jit(clipping._order_statistic_pair, static_argnums=(3, 4, 5))
     want = np.sort(np.asarray(x).ravel())[40:42]
-    np.testing.assert_array_equal(np.ravel(small), want)
-    np.testing.assert_array_equal(np.ravel(huge), want)
+    for bits in (1, 2):
+        small = exact(x, k, k + 1, (1, 2), 63, bits)
+        huge = exact(x, k, k + 1, (1, 2), 2**30, bits)
+        np.testing.assert_array_equal(np.ravel(small), want)
+        np.testing.assert_array_equal(np.ravel(huge), want)

@@ -66,69 +66,106 @@ def _float_from_key(keys: jax.Array, dtype: Any) -> jax.Array:
     return jax.lax.bitcast_convert_type(jnp.where(keys >= sign, keys ^ sign, ~keys), dtype)
 
 
-def _counter(x: jax.Array, axes: tuple[int, ...], n: int) -> Callable[[jax.Array], jax.Array]:
-    """``t ↦ #{x ≤ t}`` per matrix, as one fused compare-and-sum pass.
+def _counter(
+    x: jax.Array, axes: tuple[int, ...], n: int
+) -> Callable[[list[jax.Array]], list[jax.Array]]:
+    """``[t₁, …, t_K] ↦ [#{x ≤ t₁}, …]`` per matrix, as one fused pass over ``x``.
 
-    Summed in ``x``'s float dtype while every partial sum is exact (``n`` up
-    to 2**24 entries in f32), which XLA's CPU backend reduces about twice as
-    fast as int32; int32 beyond.
+    The ``K`` counts are one reduction with ``K`` results (a variadic reduce: ``x`` is
+    read once, whatever ``K``). Summed in ``x``'s float dtype while every partial sum
+    is exact (``n`` up to 2**24 entries in f32), which XLA's CPU backend reduces about
+    twice as fast as int32; int32 beyond.
     """
     exact = n <= 2 ** (jnp.finfo(x.dtype).nmant + 1)
     count_dtype = x.dtype if exact else jnp.int32
+    zero = jnp.zeros((), count_dtype)
 
-    def count(t: jax.Array) -> jax.Array:
-        return jnp.sum((x <= t).astype(count_dtype), axis=axes, keepdims=True)
+    def add(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        return tuple(u + v for u, v in zip(a, b, strict=True))
+
+    def count(ts: list[jax.Array]) -> list[jax.Array]:
+        if len(ts) == 1:  # a plain sum (the sharding rules of a one-result reduce)
+            return [jnp.sum((x <= ts[0]).astype(count_dtype), axis=axes, keepdims=True)]
+        hits = tuple((x <= t).astype(count_dtype) for t in ts)
+        sums = jax.lax.reduce(hits, (zero,) * len(ts), add, axes)
+        return [jnp.expand_dims(c, axes) for c in sums]
 
     return count
 
 
+def bits_per_pass() -> int:
+    """Key bits decided per counting pass of the exact selection: 1.
+
+    A pass that decides ``r`` bits (1, 2 or 4: ``r`` divides the key width) counts
+    ``2ʳ − 1`` thresholds in one variadic reduction, so ``r = 2`` halves the passes
+    (and, on a mesh, the all-reduces) for 1.5× the compares; the selected values are
+    the same for every ``r``. On XLA:CPU ``r = 2`` ran ROOT's selection 1.1–2.0× slower and
+    ``r = 4`` 2.6–4.9× (5.2 M-param tree, five runs on a loaded 2-core machine;
+    ``benchmarks/quantile_selection.py``). On an H200
+    ROOT's 34 one-bit passes cost about what their bytes predict (13.72 vs Muon's
+    10.02 ms, GPT-2 small): ``r = 2`` should save half of that there, but it is not
+    measured yet (the same script, in ``benchmarks/gpu_figures.sh``), so every backend
+    keeps one bit per pass.
+    """
+    return 1
+
+
 def _order_statistic_pair(
-    x: jax.Array, lo: jax.Array, hi: jax.Array, axes: tuple[int, ...], n: int
+    x: jax.Array, lo: jax.Array, hi: jax.Array, axes: tuple[int, ...], n: int, r: int
 ) -> tuple[jax.Array, jax.Array]:
     """The ``lo``-th and ``hi``-th smallest entries (0-based, ``hi ∈ {lo, lo+1}``)
     over ``axes``, per remaining index.
 
     ``x_lo``: in key space (:func:`_sortable_key`), the smallest key ``v`` with
-    ``#{key(x) ≤ v} ≥ lo + 1`` is built from the most significant bit down: bit
-    ``b`` of ``v`` stays 0 iff at least ``lo + 1`` entries are ``≤`` the float
-    whose key has the bits decided so far, ``b`` zero and all lower bits one.
-    One counting pass per bit; the compare runs on the floats themselves (the
-    key map is monotone; keys above ``+inf``'s are clamped to it, keys below
-    ``−inf``'s are NaNs that count nothing, as they should). NaN entries are
-    never counted. ``x_hi`` is ``x_lo`` again if it repeats, else the smallest
-    entry above it: two more passes, taken in the loop's last iteration so
-    that every pass reads the loop's own copy of ``x`` (outside the loop XLA
-    may recompute a cheap producer such as a complex ``|x|``, which can round
-    differently in another fusion).
+    ``#{key(x) ≤ v} ≥ lo + 1`` is built from the most significant bits down, ``r``
+    bits (:func:`bits_per_pass`) per counting pass: the next ``r`` bits of ``v`` are
+    the number of digits ``c < 2ʳ − 1`` for which fewer than ``lo + 1`` entries are
+    ``≤`` the float whose key has the bits decided so far, then ``c``, then all lower
+    bits one (the counts grow with ``c``; ``r = 1`` is plain bisection). The compare
+    runs on the floats themselves (the key map is monotone; keys above ``+inf``'s are
+    clamped to it, keys below ``−inf``'s are NaNs that count nothing, as they should).
+    NaN entries are never counted. ``x_hi`` is ``x_lo`` again if it repeats, else the
+    smallest entry above it: two more passes, taken in the loop's last iteration so
+    that every pass reads the loop's own copy of ``x`` (outside the loop XLA may
+    recompute a cheap producer such as a complex ``|x|``, which can round differently
+    in another fusion).
     """
     utype = _key_type(x.dtype)
     nbits = 8 * utype.itemsize
+    passes = nbits // r
     one = jnp.asarray(1, utype)
     key_of_inf = _sortable_key(jnp.inf, x.dtype)
-    count_dtype = _counter(x, axes, n)(jnp.zeros((), x.dtype)).dtype
+    count = _counter(x, axes, n)
+    count_dtype = count([jnp.zeros((), x.dtype)])[0].dtype
     need_lo = (lo + 1).astype(count_dtype)
     need_hi = (hi + 1).astype(count_dtype)
     # Reduction results, so the carry has the reduced values' sharding type.
     reduced = jnp.zeros_like(jnp.min(x, axis=axes, keepdims=True))
     carry = (reduced.astype(utype), reduced, x)
 
-    def bit_step(i: jax.Array, ans: jax.Array, x_hi: jax.Array, x: jax.Array) -> Any:
-        bit = one << (nbits - 1 - i).astype(utype)
-        trial = jnp.minimum(ans | (bit - one), key_of_inf)
-        zero_here = _counter(x, axes, n)(_float_from_key(trial, x.dtype)) >= need_lo
-        return jnp.where(zero_here, ans, ans | bit), x_hi, x
+    def digit_step(i: jax.Array, ans: jax.Array, x_hi: jax.Array, x: jax.Array) -> Any:
+        shift = (nbits - r * (i + 1)).astype(utype)
+        below = (one << shift) - one
+        trials = [
+            _float_from_key(
+                jnp.minimum(ans | (jnp.asarray(c, utype) << shift) | below, key_of_inf), x.dtype
+            )
+            for c in range(2**r - 1)
+        ]
+        digit = sum((c < need_lo).astype(utype) for c in _counter(x, axes, n)(trials))
+        return ans | (digit << shift), x_hi, x
 
     def next_statistic(i: jax.Array, ans: jax.Array, x_hi: jax.Array, x: jax.Array) -> Any:
         del i, x_hi
         x_lo = _float_from_key(ans, x.dtype)
-        repeats = _counter(x, axes, n)(x_lo) >= need_hi
+        repeats = _counter(x, axes, n)([x_lo])[0] >= need_hi
         above = jnp.min(jnp.where(x > x_lo, x, jnp.inf), axis=axes, keepdims=True)
         return ans, jnp.where(repeats, x_lo, above), x
 
     def body(i: jax.Array, carry: Any) -> Any:
-        return jax.lax.cond(i < nbits, bit_step, next_statistic, i, *carry)
+        return jax.lax.cond(i < passes, digit_step, next_statistic, i, *carry)
 
-    ans, x_hi, _ = jax.lax.fori_loop(0, nbits + 1, body, carry)
+    ans, x_hi, _ = jax.lax.fori_loop(0, passes + 1, body, carry)
     x_lo = _float_from_key(ans, x.dtype)
     zero = jnp.zeros((), x.dtype)
     return jnp.where(x_lo == 0, zero, x_lo), jnp.where(x_hi == 0, zero, x_hi)  # +0, not −0
@@ -172,8 +209,15 @@ def matrix_quantile(
     return _matrix_quantile(x, q, layout, method)
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "method"))
 def _matrix_quantile(x: jax.Array, q: Any, layout: ResolvedLayout, method: str) -> jax.Array:
+    """:func:`_select_quantile` with this device's :func:`bits_per_pass`."""
+    return _select_quantile(x, q, layout, method, bits_per_pass())
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "method", "bits"))
+def _select_quantile(
+    x: jax.Array, q: Any, layout: ResolvedLayout, method: str, bits: int
+) -> jax.Array:
     """:func:`matrix_quantile`, jitted: eager calls compile one program per
     shape instead of dispatching the counting loop op by op."""
     cdt = base.compute_dtype(x.dtype)
@@ -185,7 +229,7 @@ def _matrix_quantile(x: jax.Array, q: Any, layout: ResolvedLayout, method: str) 
     w = h - floor
     lo = jnp.clip(floor, 0, n - 1).astype(jnp.int32)
     hi = jnp.clip(ceil, 0, n - 1).astype(jnp.int32)
-    x_lo, x_hi = _order_statistic_pair(xc, lo, hi, axes, n)
+    x_lo, x_hi = _order_statistic_pair(xc, lo, hi, axes, n, bits)
     if method == "lower":
         out = x_lo
     elif method == "higher":
