@@ -3,19 +3,27 @@
 #
 #   OUT=results/gpu bash benchmarks/gpu_figures.sh            # GPT-2-small trees
 #   PRESET=tiny NS_PRESETS=tiny OUT=/tmp/x bash benchmarks/gpu_figures.sh   # a CPU dry run
+#   PARTS=quantile_selection,compile_flags OUT=... bash benchmarks/gpu_figures.sh  # some parts
+#
+# All parts together take longer than one 10-minute device command (the first H200 run took
+# 488 s without the last four parts): pick PARTS per call. Not yet run on a GPU (2026-12-04):
+# quantile_selection, twins_elementwise, twins_refresh, step_soap, compile_flags.
 #
 # Parts, in order of priority, each bounded by its own timeout so that one slow or failing
 # part leaves the others' figures: versions; Newton–Schulz in bf16 and f32 against the bf16
 # matmul peak; 8-bit AdamW against AdamW; every registered optimizer's step × optax.adamw on
 # the scanned tree (two runs, each with its own adamw baseline and calibration); optx.muon
 # against optax.contrib.muon; ROOT's selection with 1, 2 or 4 key bits per counting pass; the
-# optax twins; SOAP's step alone. Tables go to $OUT/figures.md, logs to
+# optax twins; SOAP's step alone; SOAP/COSMOS/MKOR compile and step time with XLA's GEMM
+# autotuning off and with cuBLAS for every GEMM (is autotuning SOAP's many distinct GEMM
+# shapes what made its step compile for 114.5 s?). Tables go to $OUT/figures.md, logs to
 # $OUT/log.txt, the step table to $OUT/step_*.csv.
 set -u
 OUT=${OUT:-results/gpu}
 PRESET=${PRESET:-gpt2-small}
 NS_PRESETS=${NS_PRESETS:-small,gpt2-small}
 PY=${PY:-python3}
+PARTS=${PARTS:-all}
 mkdir -p "$OUT"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
@@ -27,6 +35,7 @@ LOG="$OUT/log.txt"
 part() {
   local name=$1 limit=$2
   shift 2
+  [[ $PARTS == all || ,$PARTS, == *,$name,* ]] || return 0
   local t0=$SECONDS
   echo "## $name" >>"$FIG"
   echo '```' >>"$FIG"
@@ -63,3 +72,9 @@ part twins_elementwise 90 $PY benchmarks/twin_cost.py --size "$PRESET" --rounds 
 part twins_refresh 120 $PY benchmarks/twin_cost.py --size "$PRESET" --rounds 5 --pairs galore,sophia
 part step_soap 200 $PY benchmarks/step_cost.py --preset "$PRESET" --scanned --repeats 5 \
   --optimizers soap --csv "$OUT/step_soap.csv"
+for flags in --xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false; do
+  [[ $PARTS == all || ,$PARTS, == *,compile_flags,* ]] && echo "with XLA_FLAGS $flags:" >>"$FIG"
+  XLA_FLAGS="${XLA_FLAGS:-} $flags" part compile_flags 150 $PY benchmarks/step_cost.py \
+    --preset "$PRESET" --scanned --repeats 5 --optimizers soap,cosmos,mkor,muon --no-roofline
+  grep "compiled" "$LOG" | tail -6 >>"$FIG"
+done
