@@ -7,16 +7,17 @@
 #
 # All parts together take longer than one 10-minute device command (the first H200 run took
 # 488 s without the last four parts): pick PARTS per call. Not yet run on a GPU (2026-12-04):
-# quantile_selection, twins_elementwise, twins_refresh, step_soap, compile_flags.
+# quantile_selection, linalg, twins_elementwise, twins_refresh, step_soap, compile_flags.
 #
 # Parts, in order of priority, each bounded by its own timeout so that one slow or failing
 # part leaves the others' figures: versions; Newton–Schulz in bf16 and f32 against the bf16
 # matmul peak; 8-bit AdamW against AdamW; every registered optimizer's step × optax.adamw on
 # the scanned tree (two runs, each with its own adamw baseline and calibration); optx.muon
-# against optax.contrib.muon; ROOT's selection with 1, 2 or 4 key bits per counting pass; the
-# optax twins; SOAP's step alone; SOAP/COSMOS/MKOR compile and step time with XLA's GEMM
-# autotuning off and with cuBLAS for every GEMM (is autotuning SOAP's many distinct GEMM
-# shapes what made its step compile for 114.5 s?). Tables go to $OUT/figures.md, logs to
+# against optax.contrib.muon; ROOT's selection with 1, 2 or 4 key bits per counting pass; QR,
+# eigh and SVD on the basis methods' shapes (COSMOS ran at 0.18 of its bound); the optax
+# twins; SOAP's step alone; SOAP/COSMOS/MKOR compile and step time with XLA's GEMM autotuning
+# off and with cuBLAS for every GEMM (is autotuning SOAP's many distinct GEMM shapes what made
+# its step compile for 114.5 s?). Tables go to $OUT/figures.md, logs to
 # $OUT/log.txt, the step table to $OUT/step_*.csv.
 set -u
 OUT=${OUT:-results/gpu}
@@ -67,6 +68,7 @@ part step_b 150 $PY benchmarks/step_cost.py --preset "$PRESET" --scanned --repea
   --optimizers "$GROUP_B" --csv "$OUT/step_b.csv"
 part muon 60 $PY benchmarks/muon_step.py --size "$PRESET" --reps 20
 part quantile_selection 60 $PY benchmarks/quantile_selection.py --preset "$PRESET" --scanned
+part linalg 90 $PY benchmarks/linalg_cost.py --shapes 12x768x64,12x3072x64,12x768x768
 part twins_elementwise 90 $PY benchmarks/twin_cost.py --size "$PRESET" --rounds 5 \
   --pairs adamw,adabelief,lion,muon
 part twins_refresh 120 $PY benchmarks/twin_cost.py --size "$PRESET" --rounds 5 --pairs galore,sophia
