@@ -317,7 +317,11 @@ def floor_pmat(name: str, tx: Any, params: Any, n: int, p_mat: int) -> tuple[flo
     """(static total, outside cond) floor of ``name`` in ``P_mat``, or None (not derived).
 
     * Muon family (muon, normuon, root): two all-to-alls, ``2 (N − 1)/N²``;
-      lipschitz_muon two matrix functions, twice that.
+      lipschitz_muon two matrix functions (Newton–Schulz on the update, the spectral cap
+      on the weights), twice that. The cap's FSDP groups are by shape alone, as
+      Newton–Schulz's (each matrix's geometry scale travels as per-matrix data and a
+      column-sharded matrix is capped transposed, the cap being spectral), so both pad
+      alike; split by scale and orientation, the cap was at 1.42 of this floor.
     * SOAP: :func:`_soap_floor`.
     * COSMOS: Newton–Schulz of the residual on the Muon floor; the subspace coordinates
       ``Pᵀ X`` of a leaf whose fan-in (the subspace side) is sharded reduce-scattered and

@@ -4,6 +4,7 @@ against float64 NumPy references written from arXiv 2507.13338."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -278,6 +279,103 @@ def test_sharded_projection_keeps_the_sharding() -> None:
             rtol=1e-5,
             atol=1e-6,
         )
+
+
+# Issue 16 §3: the caps under FSDP. up (4, 8, 16) has its fan-out sharded (its matrices are
+# sent transposed, (16, 8), geometry scale √2), down (4, 16, 8) its fan-in (scale 1/√2):
+# eight matrices of one shape, one per device of the 8-device mesh.
+_FSDP_SPECS = {"up": P(None, None, "x"), "down": P(None, "x", None)}
+_ALL_TO_ALL = re.compile(r"= (.*?) all-to-all(?:-start)?\(")
+
+
+def _fsdp_case(entry: Any = "x") -> tuple[dict[str, Any], dict[str, Any], Any]:
+    k = jax.random.split(jax.random.key(11), 4)
+    w = {
+        "up": {"kernel": 0.3 * jax.random.normal(k[0], (4, 8, 16))},
+        "down": {"kernel": 0.3 * jax.random.normal(k[1], (4, 16, 8))},
+    }
+    u = {
+        "up": {"kernel": 0.05 * jax.random.normal(k[2], (4, 8, 16))},
+        "down": {"kernel": 0.05 * jax.random.normal(k[3], (4, 16, 8))},
+    }
+    specs = {
+        name: {"kernel": P(*(entry if e == "x" else e for e in spec))}
+        for name, spec in _FSDP_SPECS.items()
+    }
+    return w, u, specs
+
+
+def _all_to_all_entries(hlo: str) -> list[int]:
+    """The result entry count of every all-to-all in ``hlo`` (summed over a tuple result)."""
+    out = []
+    for line in hlo.splitlines():
+        m = _ALL_TO_ALL.search(line)
+        if m:
+            dims = re.findall(r"\[([0-9,]*)\]", m.group(1))
+            out.append(sum(int(np.prod([int(d) for d in x.split(",") if d])) for x in dims))
+    return out
+
+
+@pytest.mark.parametrize("mesh_shape, entry", [((8,), "x"), ((4, 2), ("x", "y"))], ids=["x", "x-y"])
+def test_fsdp_caps_group_matrices_by_shape_alone(mesh_shape: tuple[int, ...], entry: Any) -> None:
+    """The caps are spectral (``s·P(Wᵀ/s) = (s·P(W/s))ᵀ``), so FSDP matrices of one shape
+    share one all-to-all pair whatever their geometry scale and orientation, each carrying
+    its own scale: two all-to-alls of one matrix per device (2 (N − 1)/N² of the bytes, the
+    floor). Grouped by (scale, orientation), up and down each went through their own pair,
+    padded from 4 to 8 matrices: four all-to-alls, twice the bytes. The numbers are the
+    unsharded ones (the modula coupling's α depends on each matrix's scale); on a
+    two-axis entry the per-matrix scales follow the all-to-all's device order."""
+    names = ("x", "y")[: len(mesh_shape)]
+    mesh = jax.make_mesh(mesh_shape, names, axis_types=(AxisType.Explicit,) * len(names))
+    w, u, specs = _fsdp_case(entry)
+    caps = {
+        "soft_cap": optx.constraints.spectral_soft_cap(1.0, 0.05, 0.01),
+        "soft_cap_modula": optx.constraints.spectral_soft_cap(1.0, 0.05, coupling="modula"),
+        "hard_cap": optx.constraints.spectral_hard_cap(0.8),
+        "svd_cap": optx.constraints.spectral_svd_cap(0.8),
+    }
+    if len(mesh_shape) > 1:
+        caps = {"soft_cap_modula": caps["soft_cap_modula"]}
+    put = lambda t: jax.tree.map(  # noqa: E731
+        lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), t, specs
+    )
+    ws, us = put(w), put(u)
+    per_device = 4 * 2 * 16 * 8 // 8  # 8 matrices of 16 × 8 over 8 devices
+    for name, tx in caps.items():
+        want, _ = jax.jit(tx.update)(u, tx.init(w), w)
+        fn = jax.jit(tx.update)
+        state = tx.init(ws)
+        hlo = fn.lower(us, state, ws).compile().as_text()
+        assert _all_to_all_entries(hlo) == [per_device, per_device], name
+        assert " all-gather(" not in hlo, name
+        got, _ = fn(us, state, ws)
+        for a, b, s in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(specs)):
+            assert jax.typeof(a).sharding.spec == s, name
+            np.testing.assert_allclose(
+                np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=name
+            )
+
+
+def test_fsdp_projection_of_the_user_keeps_its_orientation() -> None:
+    """A projection that does not commute with transposition (each column of ``M`` scaled
+    to unit norm) is not marked spectral: its FSDP groups stay split by orientation (and
+    scale), each matrix projected as ``(fan_in, fan_out)``: the unsharded numbers."""
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    w, u, specs = _fsdp_case()
+    tx = optx.constraints.spectral_projection(
+        lambda m, hp, pi: m / jnp.linalg.norm(m, axis=-2, keepdims=True)
+    )
+    want, _ = jax.jit(tx.update)(u, tx.init(w), w)
+    put = lambda t: jax.tree.map(  # noqa: E731
+        lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), t, specs
+    )
+    ws, us = put(w), put(u)
+    fn = jax.jit(tx.update)
+    hlo = fn.lower(us, tx.init(ws), ws).compile().as_text()
+    assert len(_all_to_all_entries(hlo)) == 4
+    got, _ = fn(us, tx.init(ws), ws)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
 def test_embedding_rms_projection() -> None:

@@ -66,6 +66,7 @@ Official-code quirks (``Arongil/lipschitz-transformers`` @158692e2,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -258,6 +259,27 @@ class SpectralProjectionState(NamedTuple):
 ProjectFn = Callable[[jax.Array, dict[str, Any], Any], jax.Array]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Spectral:
+    """A ``project`` that is a spectral function of each matrix (the caps).
+
+    ``P(M) = U g(Σ) Vᵀ`` for ``M = U Σ Vᵀ`` (odd polynomials of ``M``, ``min(Σ, w_max)``),
+    broadcasting over a per-matrix ``hp['scale']`` of shape ``(B, 1, 1)``. Then
+    ``s·P(Wᵀ/s) = (s·P(W/s))ᵀ`` for each matrix's own scale ``s`` (``Wᵀ = V Σ Uᵀ`` has the
+    same singular values), so :func:`spectral_projection`'s FSDP path stacks matrices by
+    shape alone, column-sharded ones transposed as Newton–Schulz's are, and carries each
+    matrix's ``s`` as per-matrix data (:func:`orthogonalization.map_fsdp_matrices`'
+    ``value``): the geometry scales and orientations of a shape share one all-to-all pair,
+    with no padding between them. Any other ``project`` is applied to ``(fan_in, fan_out)``
+    matrices with a Python-float scale, its FSDP groups split by scale and orientation.
+    """
+
+    fn: ProjectFn
+
+    def __call__(self, m: jax.Array, hp: dict[str, Any], pi: Any) -> jax.Array:
+        return self.fn(m, hp, pi)
+
+
 def _evaluate(value: Any, count: jax.Array) -> Any:
     return value(count) if callable(value) else value
 
@@ -312,7 +334,9 @@ def spectral_projection(
         :func:`optx.sharding.apply_matrix_fn`; ``'batched'`` sends every FSDP group
         through the all-to-alls (even a group of one matrix, as Newton–Schulz's
         ``'batched'``); sharded leaves that power-iterate are gathered (replicated)
-        for the per-matrix work either way.
+        for the per-matrix work either way. ``project`` is applied to each matrix as
+        ``(fan_in, fan_out)``, so the FSDP groups here are split by geometry scale and
+        orientation; the built-in caps, spectral functions, share one group per shape.
 
     Raises:
       ValueError: at ``update`` when ``params`` is not given.
@@ -338,6 +362,7 @@ def spectral_projection(
     base.check_positive_int("seed", seed, allow_zero=True)
     hyperparams = dict(hyperparams or {})
     uses_pi = power_iterations > 0
+    spectral = isinstance(project, _Spectral)
 
     def init_fn(params: base.Params) -> SpectralProjectionState:
         base.check_real_params(
@@ -430,6 +455,14 @@ def spectral_projection(
             def key(lay: ResolvedLayout, flip: bool) -> tuple[float, bool]:
                 return geometry_scale(geometry, lay.fan_in, lay.fan_out), flip
 
+            def scale_of(lay: ResolvedLayout, flip: bool) -> float:
+                return geometry_scale(geometry, lay.fan_in, lay.fan_out)
+
+            def spectral_fn(m: jax.Array, scales: jax.Array) -> jax.Array:
+                # Any orientation (P(Mᵀ) = P(M)ᵀ), each matrix with its own scale.
+                s = scales[:, None, None]
+                return (project(m / s, {**hp_now, "scale": s}, None) * s).astype(m.dtype)
+
             def fn_for(lay: ResolvedLayout, flip: bool) -> Callable[[jax.Array], jax.Array]:
                 scale = geometry_scale(geometry, lay.fan_in, lay.fan_out)
                 hp = {**hp_now, "scale": scale}
@@ -444,9 +477,15 @@ def spectral_projection(
 
             outs: list[Any] = [None] * len(todo)
             targets = [(w_c + u.astype(w_c.dtype), lay) for _, u, w_c, lay in todo]
-            fsdp = orthogonalization.map_fsdp_matrices(
-                targets, fn_for, outs, key=key, always=strategy == "batched"
-            )
+            always = strategy == "batched"
+            if spectral:
+                fsdp = orthogonalization.map_fsdp_matrices(
+                    targets, lambda lay, flip: spectral_fn, outs, value=scale_of, always=always
+                )
+            else:
+                fsdp = orthogonalization.map_fsdp_matrices(
+                    targets, fn_for, outs, key=key, always=always
+                )
             leaves = [u for _, u in flat]
             for j, (k, u, w_c, lay) in enumerate(todo):
                 if outs[j] is not None:
@@ -732,7 +771,7 @@ def spectral_soft_cap(
         return odd_polynomial_steps(m, ((1.0, -alpha, 0), (1.0, alpha, 0)))
 
     return spectral_projection(
-        project,
+        _Spectral(project),
         hyperparams={"w_max": w_max, "max_update_norm": max_update_norm, "decay": decay},
         geometry=geometry,
         layout=layout,
@@ -779,7 +818,11 @@ def spectral_hard_cap(
         return w * odd_polynomial_steps(m / w, HARD_CAP_COEFFICIENTS)
 
     return spectral_projection(
-        project, hyperparams={"w_max": w_max}, geometry=geometry, layout=layout, strategy=strategy
+        _Spectral(project),
+        hyperparams={"w_max": w_max},
+        geometry=geometry,
+        layout=layout,
+        strategy=strategy,
     )
 
 
@@ -823,7 +866,11 @@ def spectral_svd_cap(
         return ((u * capped[..., None, :]) @ vt).astype(m.dtype)
 
     return spectral_projection(
-        project, hyperparams={"w_max": w_max}, geometry=geometry, layout=layout, strategy=strategy
+        _Spectral(project),
+        hyperparams={"w_max": w_max},
+        geometry=geometry,
+        layout=layout,
+        strategy=strategy,
     )
 
 

@@ -436,12 +436,18 @@ def _from_local_matrices(m: jax.Array, block: jax.Array, lay: ResolvedLayout) ->
 def _all_to_all_matrix_fn(
     leaves: list[tuple[jax.Array, ResolvedLayout, bool]],
     entry: Any,
-    fn: Callable[[jax.Array], jax.Array],
+    fn: Callable[..., jax.Array],
+    values: Sequence[float] | None = None,
 ) -> list[jax.Array]:
     """``fn`` (Newton–Schulz) on FSDP-sharded matrices with two all-to-alls (distributed Muon).
 
     ``fn`` maps a stack of whole matrices to one of the same shape, matrix by matrix, and
     commutes with transposition (``fn(Gᵀ) = fn(G)ᵀ``, as every spectral function does).
+    With ``values`` (one number per leaf, e.g. its geometry scale) ``fn(stack, v)`` also
+    gets ``v``, shape ``(k,)`` in the stack's dtype: the number of each of the ``k``
+    matrices the device holds (1 for padding). They are per-matrix data that need no
+    communication: the stack's order is static, so each device slices its ``k`` entries
+    of a constant table at its own index along ``entry``.
 
     Every leaf holds, per device, a block of rows of its matrices (of columns where its flag
     is set: those blocks are transposed, as ``NS(Gᵀ) = NS(G)ᵀ``), sharded over the mesh axes
@@ -475,7 +481,17 @@ def _all_to_all_matrix_fn(
         # (XLA:CPU rejects an all-to-all whose operands differ in layout).
         stack = jax.lax.optimization_barrier(stack)
         whole = jax.lax.all_to_all(stack, names, split_axis=0, concat_axis=1, tiled=True)
-        out = fn(whole)
+        if values is None:
+            out = fn(whole)
+        else:
+            table = np.concatenate(
+                [np.full(m.shape[0], v, np.float64) for m, v in zip(mats, values)] + [np.ones(pad)]
+            )
+            held = whole.shape[0]
+            mine = jax.lax.dynamic_slice_in_dim(
+                jnp.asarray(table, stack.dtype), jax.lax.axis_index(names) * held, held
+            )
+            out = fn(whole, mine)
         back = jax.lax.all_to_all(out, names, split_axis=1, concat_axis=0, tiled=True)
         results, offset = [], 0
         for b, lay, m, flip in zip(blocks, lays, mats, flips):
@@ -534,10 +550,11 @@ def all_to_all_pays(n_matrices: int, n_devices: int) -> bool:
 
 def map_fsdp_matrices(
     leaves: list[tuple[jax.Array, ResolvedLayout]],
-    fn_for: Callable[[ResolvedLayout, bool], Callable[[jax.Array], jax.Array]],
+    fn_for: Callable[[ResolvedLayout, bool], Callable[..., jax.Array]],
     outs: list[jax.Array | None],
     *,
     key: Callable[[ResolvedLayout, bool], Any] | None = None,
+    value: Callable[[ResolvedLayout, bool], float] | None = None,
     always: bool = False,
 ) -> set[int]:
     """A matrix function on the FSDP-sharded leaves, one matrix per device (two all-to-alls).
@@ -546,8 +563,13 @@ def map_fsdp_matrices(
     splits groups further) where :func:`all_to_all_pays` (``always``: every group).
     ``fn_for(layout, transposed)`` of a group's first leaf gives the function applied to the
     stack of whole ``(rows, cols)`` matrices (transposed ones for column-sharded leaves); it
-    must map each matrix alone and commute with transposition. Returns the indices of every
-    FSDP-sharded leaf (handled or not), so a caller can gather the others once.
+    must map each matrix alone and commute with transposition. ``value(layout, transposed)``
+    is a number per leaf (the geometry scale of a Lipschitz projection) carried to each of
+    its matrices as per-matrix data: the function is then called as ``fn(stack, values)``
+    (see :func:`_all_to_all_matrix_fn`), so leaves that differ only in that number share one
+    group, and one all-to-all pair, instead of being split by ``key`` (and padded apart).
+    Returns the indices of every FSDP-sharded leaf (handled or not), so a caller can gather
+    the others once.
     """
     mesh = sharding.mesh_of([x for x, _ in leaves])
     groups = _fsdp_groups(leaves, key)
@@ -556,8 +578,12 @@ def map_fsdp_matrices(
         if not always and not all_to_all_pays(n_mats, _axis_size(mesh, entry)):
             continue
         i0, flip0 = members[0]
+        values = None if value is None else [value(leaves[i][1], flip) for i, flip in members]
         done = _all_to_all_matrix_fn(
-            [(*leaves[i], flip) for i, flip in members], entry, fn_for(leaves[i0][1], flip0)
+            [(*leaves[i], flip) for i, flip in members],
+            entry,
+            fn_for(leaves[i0][1], flip0),
+            values,
         )
         for (i, _), y in zip(members, done):
             outs[i] = y
