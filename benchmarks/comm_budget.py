@@ -19,8 +19,10 @@ with replicated gradients (DDP/ZeRO-1) one all-gather of the results,
 sharded, each device must receive its matrices whole and send their results back:
 two all-to-alls, ``2 (N − 1)/N² × P_mat`` (0.22 P_mat at N = 8).
 
-Static counts: a collective inside a loop body (``while``) counts once per instruction, and one
-inside a ``lax.cond`` branch counts as if it ran every step. The "outside cond" column leaves
+The collectives column counts instructions; the bytes count executions: a collective inside
+a loop body (``while``) counts once per iteration where XLA knows the trip count
+(``known_trip_count``; else once), and one inside a ``lax.cond`` branch counts as if it ran
+every step. The "outside cond" column leaves
 out the collectives of ``cond`` branches (their ``op_name`` holds ``/cond/``): the projector,
 basis or factor refreshes SOAP, COSMOS and GaLore run once every ``update_proj_gap`` steps —
 what every other step moves. The floor columns are each method's minimum (:func:`floor_pmat`),
@@ -89,17 +91,84 @@ def _group_size(rest: str, default: int) -> int:
     return default
 
 
+_HEADER = re.compile(r"^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s+\(.*->.*\{\s*$")
+_CALLEE = re.compile(
+    r"(?P<kind>body|condition|calls|to_apply|true_computation|false_computation)=%(?P<name>[\w.\-]+)"
+)
+_BRANCHES = re.compile(r"branch_computations=\{(?P<names>[^}]*)\}")
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(?P<n>[0-9]+)"\}')
+
+
+def execution_counts(hlo: str) -> dict[str, int]:
+    r"""How many times each computation of an HLO module runs per call of its entry.
+
+    A ``while`` body (and condition) runs ``known_trip_count`` times per execution of the
+    computation holding the loop (once where XLA does not know the count); a computation
+    called from several places runs once per call site; ``cond`` branches count as run.
+
+    Example:
+      >>> hlo = "\n".join([
+      ...     "%body (p: s32[]) -> s32[] {", "}",
+      ...     "ENTRY %main (a: s32[]) -> s32[] {",
+      ...     '  %w = s32[] while(%a), condition=%c, body=%body, '
+      ...     'backend_config={"known_trip_count":{"n":"34"}}', "}"])
+      >>> execution_counts(hlo)["body"]
+      34
+    """
+    calls: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
+    current, entry = None, None
+    for line in hlo.splitlines():
+        header = _HEADER.match(line)
+        if header:
+            current = header.group("name")
+            entry = current if line.startswith("ENTRY") else entry
+            continue
+        if current is None:
+            continue
+        trip = _TRIP_COUNT.search(line)
+        for callee in _CALLEE.finditer(line):
+            loop = callee.group("kind") in ("body", "condition") and trip
+            calls[current].append((callee.group("name"), int(trip.group("n")) if loop else 1))
+        for branches in _BRANCHES.finditer(line):
+            for name in branches.group("names").split(","):
+                calls[current].append((name.strip().lstrip("%"), 1))
+    runs: collections.Counter[str] = collections.Counter()
+
+    def visit(name: str, times: int) -> None:
+        runs[name] += times
+        for callee, factor in calls.get(name, []):
+            visit(callee, times * factor)
+
+    if entry is not None:
+        visit(entry, 1)
+    return dict(runs)
+
+
 def collective_traffic(hlo: str, n_devices: int) -> dict[str, tuple[int, float]]:
-    """``{collective: (count, bytes received per device)}`` of an HLO module's text.
+    r"""``{collective: (instructions, bytes received per device per step)}`` of an HLO
+    module's text (bytes weighted by :func:`execution_counts`).
 
     Example:
       >>> line = "%ag = f32[8,4]{1,0} all-gather(f32[1,4]{1,0} %x), replica_groups=[1,8]<=[8]"
       >>> collective_traffic(line, 8)["all-gather"]
       (1, 112.0)
+      >>> looped = "\n".join([
+      ...     "%body (p: f32[1,4]) -> f32[8,4] {", "  " + line, "}",
+      ...     "ENTRY %main (a: f32[1,4]) -> f32[8,4] {",
+      ...     '  %w = f32[8,4] while(%a), condition=%c, body=%body, '
+      ...     'backend_config={"known_trip_count":{"n":"3"}}', "}"])
+      >>> collective_traffic(looped, 8)["all-gather"]  # one instruction, three runs
+      (1, 336.0)
     """
     count: collections.Counter[str] = collections.Counter()
     received: collections.Counter[str] = collections.Counter()
+    runs = execution_counts(hlo)
+    current = None
     for line in hlo.splitlines():
+        header = _HEADER.match(line)
+        if header:
+            current = header.group("name")
+            continue
         m = _INSTR.search(_COMMENT.sub("", line))
         if not m:
             continue
@@ -115,7 +184,7 @@ def collective_traffic(hlo: str, n_devices: int) -> dict[str, tuple[int, float]]
             "collective-permute": 1.0,
         }[op]
         count[op] += 1
-        received[op] += nbytes * factor
+        received[op] += nbytes * factor * runs.get(current, 1)
     return {c: (count[c], received[c]) for c in COLLECTIVES}
 
 
