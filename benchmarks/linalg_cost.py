@@ -25,8 +25,8 @@ Example::
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import pathlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +34,9 @@ import jax
 import jax.numpy as jnp
 
 from optx._src import linalg
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import roofline
 
 
 def cholesky_qr2(a: jax.Array) -> jax.Array:
@@ -46,17 +49,6 @@ def cholesky_qr2(a: jax.Array) -> jax.Array:
         return jnp.swapaxes(qt, -1, -2)
 
     return once(once(a))
-
-
-def median_ms(fn: Callable[[jax.Array], Any], x: jax.Array, reps: int) -> float:
-    f = jax.jit(fn)
-    jax.block_until_ready(f(x))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(x))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,7 +72,10 @@ def main(argv: list[str] | None = None) -> None:
             )
             ops["svd"] = jnp.linalg.svd
         for name, fn in ops.items():
-            print(f"| {spec} | {name} | {median_ms(fn, x, args.reps):.3f} |", flush=True)
+            print(
+                f"| {spec} | {name} | {1e3 * roofline.median_seconds(jax.jit(fn), x, args.reps):.3f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -30,10 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -95,17 +92,6 @@ def bare_products(x: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, STEPS, step, x)
 
 
-def median_seconds(fn: Callable[[Any], Any], arg: Any, reps: int) -> float:
-    """Median wall time of ``fn(arg)`` over ``reps`` calls after a warm-up."""
-    jax.block_until_ready(fn(arg))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(arg))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def rows_for(mats: list[jax.Array], reps: int) -> list[tuple[str, float]]:
     """``(row name, median seconds)`` for every dtype and variant."""
     out = []
@@ -118,9 +104,9 @@ def rows_for(mats: list[jax.Array], reps: int) -> list[tuple[str, float]]:
 
         orthogonalize = jax.jit(lambda xs: [ns(x) for x in xs])
         bare = jax.jit(lambda xs: [bare_products(x) for x in xs])
-        out.append((f"{label} per leaf", median_seconds(orthogonalize, leaves, reps)))
-        out.append((f"{label} stacked", median_seconds(orthogonalize, stacks, reps)))
-        out.append((f"{label} bare products", median_seconds(bare, stacks, reps)))
+        out.append((f"{label} per leaf", roofline.median_seconds(orthogonalize, leaves, reps)))
+        out.append((f"{label} stacked", roofline.median_seconds(orthogonalize, stacks, reps)))
+        out.append((f"{label} bare products", roofline.median_seconds(bare, stacks, reps)))
     return out
 
 

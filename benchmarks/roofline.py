@@ -41,6 +41,7 @@ import inspect
 import math
 import pathlib
 import re
+import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -593,6 +594,17 @@ class Peaks:
 
     flops: float  # float32 matmul FLOP/s
     bytes: float  # streaming bytes/s
+
+
+def median_seconds(fn: Callable[[Any], Any], arg: Any, reps: int) -> float:
+    """Median wall time of ``fn(arg)`` over ``reps`` calls after a warm-up."""
+    jax.block_until_ready(fn(arg))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(arg))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
