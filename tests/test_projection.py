@@ -12,6 +12,7 @@ random kinds, check the projector's distributional properties.
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 import jax
@@ -230,6 +231,36 @@ def test_svd_subspace_matches_numpy_svd_reference() -> None:
     for a, b in zip(ours, ref):
         for k in SHAPES:
             np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+def test_svd_projector_is_the_leading_singular_vectors_exactly() -> None:
+    """The SVD projector is ``u[:, :, :r]`` (``'in'``) or ``(vh[:, :r, :])ᵀ`` (``'out'``)
+    of the same library SVD, bit for bit (the transpose-then-slice order of the
+    fan-out side only changes the layout XLA gives the result)."""
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 12, 9)), jnp.float32)
+    u, _, vh = jnp.linalg.svd(x, full_matrices=False)
+    for axis, want in (("in", u[:, :, :4]), ("out", jnp.swapaxes(vh[:, :4, :], 1, 2))):
+        got = optx.projections.compute_projector(x, None, projection="svd", axis=axis, rank=4)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=axis)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's layout assignment")
+@pytest.mark.parametrize("side", ["std", "reverse_std", "out"])
+def test_svd_refresh_keeps_the_stored_projector_layout(side: str) -> None:
+    """The refresh ``cond`` returns the projector in the state's row-major layout on
+    every side: XLA:CPU once gave the fan-out side's result the transposed layout that
+    made the SVD branch's transpose free, and then copied the stored projector into it
+    and back on every step (GaLore 1.12–1.17× optax.contrib.galore, issue 17)."""
+    tx = optx.scale_by_subspace(rank=8, update_proj_gap=10, side=side)
+    grads = {
+        "square": {"kernel": jnp.ones((16, 16))},
+        "wide": {"kernel": jnp.ones((16, 40))},
+        "tall": {"kernel": jnp.ones((40, 16))},
+    }
+    hlo = jax.jit(tx.update).lower(grads, tx.init(grads)).compile().as_text()
+    results = " ".join(re.findall(r"= \(([^)]*)\) conditional\(", hlo[hlo.index("ENTRY") :]))
+    layouts = re.findall(r"f32\[\d+,\d+,\d+\]\{([\d,]+)\}", results)
+    assert layouts == ["2,1,0"] * 3, layouts
 
 
 def test_residual_sign_and_reset_match_frugal_reference() -> None:

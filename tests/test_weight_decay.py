@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -51,3 +52,25 @@ def test_bad_input() -> None:
     tx = optx.add_decayed_weights_after_step(0.1, 0.1)
     with pytest.raises(ValueError):
         tx.update(jnp.ones(2), tx.init(jnp.ones(2)))  # params are required
+
+
+def test_literal_zero_decay_skips_the_parameters() -> None:
+    """λ = 0 as a Python number: the updates come back as they are, the counter advances,
+    and the values equal the full formula's (λ = 0 as an array takes the full path)."""
+    params = {"w": jnp.arange(6.0).reshape(2, 3) - 2.0, "b": jnp.ones(3, jnp.bfloat16)}
+    updates = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.full(3, 0.5, jnp.bfloat16)}
+    literal = optx.add_decayed_weights_after_step(0.0, 0.1)
+    full = optx.add_decayed_weights_after_step(jnp.asarray(0.0), 0.1)
+    out, state = literal.update(updates, literal.init(params), params)
+    ref, ref_state = full.update(updates, full.init(params), params)
+    for k in params:
+        assert out[k] is updates[k]  # not recomputed: the parameters are not read
+        np.testing.assert_array_equal(out[k], ref[k])
+        assert out[k].dtype == ref[k].dtype
+    assert int(state.count) == int(ref_state.count) == 1
+    # The jitted step does not read the parameters (a NaN there would show with λW).
+    nan_params = jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), params)
+    out, _ = jax.jit(literal.update)(updates, state, nan_params)
+    np.testing.assert_array_equal(out["w"], updates["w"])
+    with pytest.raises(ValueError):
+        literal.update(updates, state)  # params are still required, as in optax

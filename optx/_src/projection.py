@@ -242,7 +242,13 @@ def compute_projector(
         u, _, vh = linalg.svd(x)
         if axis == "in":
             return u[:, :, :rank]
-        return jnp.swapaxes(vh[:, :rank, :], 1, 2)
+        # Transpose, then slice (the same numbers as slicing first): LAPACK returns
+        # ``vh`` column-major, so ``vhᵀ`` is a free row-major view and the slice lands
+        # in the row-major ``(b, d, r)`` layout of the state. Sliced first, the
+        # transpose is free only in a column-major result, and XLA:CPU then gives the
+        # refresh ``cond``'s result that layout and copies the stored projector into
+        # it, and back, on every step.
+        return jnp.swapaxes(vh, 1, 2)[:, :, :rank]
     if projection == "random":
         return jax.random.normal(key, (b, d, rank), rdt) / math.sqrt(max(rank, 1))
     if projection == "orthogonal":

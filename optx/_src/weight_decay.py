@@ -34,6 +34,11 @@ def _value_at(x: base.ScalarOrSchedule, count: jax.Array) -> Any:
     return x(count) if callable(x) else x
 
 
+def _is_literal_zero(x: Any) -> bool:
+    """A Python ``int``/``float`` equal to 0 (not a schedule, not an array)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
+
+
 @hyperparams.validated()
 def add_decayed_weights_after_step(
     weight_decay: base.ScalarOrSchedule,
@@ -59,6 +64,11 @@ def add_decayed_weights_after_step(
         ``optax.add_decayed_weights``).
       skip_steps: no decay on the first ``skip_steps`` calls (SOAP's first call
         only initializes its preconditioner and leaves the weights alone).
+
+    A literal ``weight_decay=0`` (a Python number, as ``optax.add_decayed_weights``
+    checks) returns the updates as they are (``(1 − η·0) U + 0·W = U``) without
+    reading the parameters, a pass over every decayed leaf saved; the counter still
+    advances, so the state is the same as with any other λ.
 
     Example:
       >>> import jax.numpy as jnp, optax, optx
@@ -90,6 +100,9 @@ def add_decayed_weights_after_step(
                 "add_decayed_weights_after_step needs the parameters: call "
                 "update(updates, state, params)."
             )
+        count = optax.safe_increment(state.count)
+        if _is_literal_zero(weight_decay):
+            return updates, AddDecayedWeightsAfterStepState(count=count)
         # Scalars in the widest enabled float, cast to each leaf's compute dtype
         # (f32 for bf16/f32 leaves, f64 for f64 leaves under x64).
         lr_ = base.at_least_f32(_value_at(learning_rate, state.count))
@@ -105,7 +118,7 @@ def add_decayed_weights_after_step(
             return out.astype(u.dtype)
 
         new = jax.tree.map(leaf, updates, params, is_leaf=base.is_leaf_or_none)
-        return new, AddDecayedWeightsAfterStepState(count=optax.safe_increment(state.count))
+        return new, AddDecayedWeightsAfterStepState(count=count)
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
     if mask is None:
