@@ -15,10 +15,9 @@ router, so both send the same leaves to Newton–Schulz / the projection):
   weight decay 0 on both);
 * ``galore``: ``optax.contrib.galore`` (rank 128, gap 200, scale 1,
   optx's ``side='reverse_std'``: both project the larger dimension, but
-  on a square matrix optax projects the fan-in and optx the fan-out, whose
-  SVD projector XLA:CPU copies into a transposed layout across the refresh
-  ``cond`` — about 2 % of the step here, on the 16 square attention
-  kernels), with optx's routing;
+  on a square matrix optax projects the fan-in and optx the fan-out; the
+  projector keeps the state's row-major layout across the refresh ``cond``),
+  with optx's routing;
 * ``sophia``: ``optax.contrib.sophia`` (Hutchinson with Rademacher probes,
   refresh every 10 steps) against ``optx.sophia_h`` with the same probes,
   period, decay and γ (their rules differ in small ways — bias correction, the
