@@ -101,11 +101,10 @@ def bits_per_pass() -> int:
     (and, on a mesh, the all-reduces) for 1.5× the compares; the selected values are
     the same for every ``r``. On XLA:CPU ``r = 2`` ran ROOT's selection 1.1–2.0× slower and
     ``r = 4`` 2.6–4.9× (5.2 M-param tree, five runs on a loaded 2-core machine;
-    ``benchmarks/quantile_selection.py``). On an H200
-    ROOT's 34 one-bit passes cost about what their bytes predict (13.72 vs Muon's
-    10.02 ms, GPT-2 small): ``r = 2`` should save half of that there, but it is not
-    measured yet (the same script, in ``benchmarks/gpu_figures.sh``), so every backend
-    keeps one bit per pass.
+    ``benchmarks/quantile_selection.py``). On an H200 ROOT's 34 one-bit passes cost
+    about what their bytes predict (13.72 vs Muon's 10.02 ms, GPT-2 small): ``r = 2``
+    should save half of that there, but it is not measured yet (the same script, in
+    ``benchmarks/gpu_figures.sh``), so every backend keeps one bit per pass.
     """
     return 1
 
@@ -152,7 +151,7 @@ def _order_statistic_pair(
             )
             for c in range(2**r - 1)
         ]
-        digit = sum((c < need_lo).astype(utype) for c in _counter(x, axes, n)(trials))
+        digit = sum((k < need_lo).astype(utype) for k in _counter(x, axes, n)(trials))
         return ans | (digit << shift), x_hi, x
 
     def next_statistic(i: jax.Array, ans: jax.Array, x_hi: jax.Array, x: jax.Array) -> Any:
