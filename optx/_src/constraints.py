@@ -452,11 +452,11 @@ def spectral_projection(
                     cdt = jnp.promote_types(jnp.promote_types(u.dtype, w.dtype), jnp.float32)
                     todo.append((k, u, w.astype(cdt), lay))
 
-            def key(lay: ResolvedLayout, flip: bool) -> tuple[float, bool]:
-                return geometry_scale(geometry, lay.fan_in, lay.fan_out), flip
-
             def scale_of(lay: ResolvedLayout, flip: bool) -> float:
                 return geometry_scale(geometry, lay.fan_in, lay.fan_out)
+
+            def key(lay: ResolvedLayout, flip: bool) -> tuple[float, bool]:
+                return scale_of(lay, flip), flip
 
             def spectral_fn(m: jax.Array, scales: jax.Array) -> jax.Array:
                 # Any orientation (P(Mᵀ) = P(M)ᵀ), each matrix with its own scale.
@@ -464,7 +464,7 @@ def spectral_projection(
                 return (project(m / s, {**hp_now, "scale": s}, None) * s).astype(m.dtype)
 
             def fn_for(lay: ResolvedLayout, flip: bool) -> Callable[[jax.Array], jax.Array]:
-                scale = geometry_scale(geometry, lay.fan_in, lay.fan_out)
+                scale = scale_of(lay, flip)
                 hp = {**hp_now, "scale": scale}
 
                 def fn(m: jax.Array) -> jax.Array:

@@ -629,12 +629,12 @@ def orthogonalize_leaves(
     """Newton–Schulz on every matrix of several tensors (one tree's matrix leaves).
 
     * ``'auto'``: on one accelerator device, as ``'batched'``: same-shape matrices stacked,
-      one iteration per shape (:func:`_stacks_on_one_device`). Otherwise FSDP-sharded leaves (one sharded
-      axis, the major axis of the fan-in or fan-out, on an Explicit mesh) are grouped by
-      matrix shape; a group where :func:`all_to_all_pays` runs through two all-to-alls with
-      device-local Newton–Schulz (the FSDP floor ``2 (N − 1)/N²`` of its bytes), any other
-      FSDP leaf is gathered once; every other leaf runs :func:`orthogonalize_leaf`
-      (``auto_axes``).
+      one iteration per shape (:func:`_stacks_on_one_device`). Otherwise FSDP-sharded
+      leaves (one sharded axis, the major axis of the fan-in or fan-out, on an Explicit
+      mesh) are grouped by matrix shape; a group where :func:`all_to_all_pays` runs
+      through two all-to-alls with device-local Newton–Schulz (the FSDP floor
+      ``2 (N − 1)/N²`` of its bytes), any other FSDP leaf is gathered once; every other
+      leaf runs :func:`orthogonalize_leaf` (``auto_axes``).
     * ``'replicate'``: every leaf gathered, computed everywhere, resharded.
     * ``'batched'``: every FSDP group through the all-to-alls; the rest stacked by shape and
       the stack sharded over the whole mesh.
@@ -781,8 +781,8 @@ def scale_by_newton_schulz(
       layout: a :data:`~optx.LayoutSpec` (default: the default router's).
       strategy: sharding strategy for sharded matrices (the numbers are the
         single-device ones whichever is chosen). ``'auto'`` (default): on one
-        accelerator device, same-shape matrices are stacked and orthogonalized together (one
-        batched iteration per shape, as ``'batched'``: on an H200, GPT-2 small's
+        accelerator device, same-shape matrices are stacked and orthogonalized together
+        (one batched iteration per shape, as ``'batched'``: on an H200, GPT-2 small's
         72 matrices in 13.1 ms against 21.2 ms one leaf at a time); under
         FSDP — a leaf sharded on one axis, the major axis of its fan-in or
         fan-out, on an Explicit mesh — same-shape matrices are grouped and,
