@@ -99,9 +99,9 @@ def bits_per_pass() -> int:
     A pass that decides ``r`` bits (1, 2 or 4: ``r`` divides the key width) counts
     ``2ʳ − 1`` thresholds in one variadic reduction, so ``r = 2`` halves the passes
     (and, on a mesh, the all-reduces) for 1.5× the compares; the selected values are
-    the same for every ``r``. On XLA:CPU ``r = 2`` ran ROOT's selection 1.1–2.0× slower and
-    ``r = 4`` 2.6–4.9× (5.2 M-param tree, five runs on a loaded 2-core machine;
-    ``benchmarks/quantile_selection.py``). On an H200 ROOT's 34 one-bit passes cost
+    the same for every ``r``. On XLA:CPU ``r = 2`` ran ROOT's selection 1.07–1.66× slower and
+    ``r = 4`` 2.6–3.9× (5.2 M-param tree, six runs of ``python
+    benchmarks/quantile_selection.py --preset small``, three of them on a loaded machine). On an H200 ROOT's 34 one-bit passes cost
     about what their bytes predict (13.72 vs Muon's 10.02 ms, GPT-2 small): ``r = 2``
     should save half of that there, but it is not measured yet (the same script, in
     ``benchmarks/gpu_figures.sh``), so every backend keeps one bit per pass.
