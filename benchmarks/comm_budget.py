@@ -285,8 +285,10 @@ def _projected_floor(tx: Any, params: Any, n: int, refresh_gathers: Any) -> tupl
     their rows (state sharded on ``d``), ``(N − 1)/N² × |P|``. A matrix whose mesh axes
     are all on the batch (stack) axis is decomposed where it lies, for nothing. (The
     earlier floor, every sharded leaf gathered whole on every device, ``(N − 1)/N ×
-    |X|``, is what a replicated SVD costs; optx's ``linalg.svd`` decomposes a stack one
-    matrix per call and the compiler spreads those calls, below that bound.)
+    |X|``, is what a replicated SVD costs.) optx's refresh reaches this bound up to
+    padding: ``orthogonalization.map_fsdp_matrix_results`` sends each shape's group of
+    ``T`` matrices through all-to-alls padded to a multiple of ``N``, so a device receives
+    ``⌈T/N⌉`` matrices where the floor counts ``T/N``.
 
     A stored dense projector (``'any'``: GaLore's ``P``, ``d × r``) of a leaf whose
     projected axis is unsharded but whose other axis is sharded is gathered once per

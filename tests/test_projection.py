@@ -263,6 +263,57 @@ def test_svd_refresh_keeps_the_stored_projector_layout(side: str) -> None:
     assert layouts == ["2,1,0"] * 3, layouts
 
 
+@pytest.mark.xdist_group("galore")
+def test_galore_svd_refresh_under_fsdp_decomposes_each_matrix_on_one_device() -> None:
+    """GaLore (rank 4, a refresh every second step) under FSDP on 8 devices (Explicit
+    axes): three row-sharded and one column-sharded 16 × 16 kernel (one group of four),
+    a row-sharded 32 × 16 kernel with a 2-matrix row-sharded stack of the same shape, and
+    a column-sharded 16 × 32 kernel alone in its orientation.
+
+    The refresh hands each device whole matrices through one all-to-all per group and
+    returns the projectors' blocks through a second
+    (``orthogonalization.map_fsdp_matrix_results``): no matrix of the two groups is
+    gathered whole inside the refresh, as the per-leaf SVD did on every device; the lone
+    16 × 32 kernel is (one gather moves less than two all-to-alls padded to 8). Numbers: the unsharded run's over four steps (two refreshes), state included;
+    the state keeps its shardings."""
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    shapes = {
+        "q": ((16, 16), P("x", None)),
+        "k": ((16, 16), P("x", None)),
+        "v": ((16, 16), P("x", None)),
+        "o": ((16, 16), P(None, "x")),
+        "down": ((32, 16), P("x", None)),
+        "stack": ((2, 32, 16), P(None, "x", None)),
+        "up": ((16, 32), P(None, "x")),
+    }
+    keys = iter(jax.random.split(jax.random.key(5), len(shapes)))
+    params = {n: {"kernel": jax.random.normal(next(keys), s)} for n, (s, _) in shapes.items()}
+    sh = {n: {"kernel": NamedSharding(mesh, spec)} for n, (_, spec) in shapes.items()}
+    tx = optx.galore(0.01, rank=4, update_proj_gap=2, router=optx.Router(warn_guessed=False))
+    sharded = jax.device_put(params, sh)
+    shardings = optx.sharding.state_shardings(tx, sharded)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    want, got = tx.init(params), jax.device_put(tx.init(sharded), shardings)
+    compiled = step.lower(sharded, got, sharded).compile()
+    refresh = [
+        (m.group(2), m.group(1))
+        for line in compiled.as_text().splitlines()
+        if "/cond/" in line
+        and (m := re.search(r"= (.*?) (all-gather|all-reduce|all-to-all)(?:-start)?\(", line))
+    ]
+    assert [kind for kind, _ in refresh].count("all-to-all") == 4, refresh
+    gathered = [c[1] for c in refresh if c[0] != "all-to-all"]
+    assert len(gathered) == 1 and gathered[0].startswith("f32[1,16,32]"), refresh
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # noqa: E731
+    for i in range(4):
+        g = jax.tree.map(lambda x, i=i: jnp.sin((i + 1) * x) ** 3, params)
+        u_want, want = step(g, want, params)
+        u_got, got = compiled(jax.device_put(g, sh), got, sharded)
+        jax.tree.map(close, (u_got, got), (u_want, want))
+    placed = jax.tree.map(lambda x, s: x.sharding.is_equivalent_to(s, x.ndim), got, shardings)
+    assert all(jax.tree.leaves(placed)), placed
+
+
 def test_residual_sign_and_reset_match_frugal_reference() -> None:
     grads = [_tree(10 + s) for s in range(5)]
     tx = optx.scale_by_subspace(

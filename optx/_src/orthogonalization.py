@@ -50,10 +50,11 @@ shape (ROOT's shape-specific tables).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -433,6 +434,35 @@ def _from_local_matrices(m: jax.Array, block: jax.Array, lay: ResolvedLayout) ->
     return jnp.transpose(y, np.argsort(lay.permutation))
 
 
+def _whole_matrices_per_device(
+    blocks: Sequence[jax.Array],
+    lays: Sequence[ResolvedLayout],
+    flips: Sequence[bool],
+    names: tuple[str, ...],
+    n: int,
+) -> tuple[list[jax.Array], jax.Array, int]:
+    """Inside ``shard_map``: the first all-to-all of :func:`_all_to_all_matrix_fn`.
+
+    Stacks the device's blocks of rows (columns, transposed, where flipped), pads the stack
+    to a multiple of the ``names`` axes' size ``N`` with zero matrices, and hands each
+    device ``1/N`` of the stack whole. Returns the local matrices (for the way back), the
+    device's whole matrices ``(⌈T/N⌉, rows, cols)`` and the padding.
+    """
+    mats = [
+        jnp.swapaxes(m, -1, -2) if flip else m
+        for m, flip in zip((_local_matrices(b, lay) for b, lay in zip(blocks, lays)), flips)
+    ]
+    stack = jnp.concatenate(mats, axis=0)
+    pad = (-stack.shape[0]) % n
+    if pad:
+        stack = jnp.concatenate([stack, jnp.zeros((pad, *stack.shape[1:]), stack.dtype)])
+    # The barrier keeps XLA from feeding the all-to-all the transposed pieces directly
+    # (XLA:CPU rejects an all-to-all whose operands differ in layout).
+    stack = jax.lax.optimization_barrier(stack)
+    whole = jax.lax.all_to_all(stack, names, split_axis=0, concat_axis=1, tiled=True)
+    return mats, whole, pad
+
+
 def _all_to_all_matrix_fn(
     leaves: list[tuple[jax.Array, ResolvedLayout, bool]],
     entry: Any,
@@ -464,23 +494,11 @@ def _all_to_all_matrix_fn(
     flips = [flip for _, _, flip in leaves]
     mesh = sharding.mesh_of(xs)
     names = entry if isinstance(entry, tuple) else (entry,)
-    n = math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes))[k] for k in names)
+    n = _axis_size(mesh, entry)
     specs = tuple(sharding.spec_of(x) for x in xs)
 
     def body(*blocks: jax.Array) -> tuple[jax.Array, ...]:
-        mats = [
-            jnp.swapaxes(m, -1, -2) if flip else m
-            for m, flip in zip((_local_matrices(b, lay) for b, lay in zip(blocks, lays)), flips)
-        ]
-        stack = jnp.concatenate(mats, axis=0)
-        total = stack.shape[0]
-        pad = (-total) % n
-        if pad:
-            stack = jnp.concatenate([stack, jnp.zeros((pad, *stack.shape[1:]), stack.dtype)])
-        # The barrier keeps XLA from feeding the all-to-all the transposed pieces directly
-        # (XLA:CPU rejects an all-to-all whose operands differ in layout).
-        stack = jax.lax.optimization_barrier(stack)
-        whole = jax.lax.all_to_all(stack, names, split_axis=0, concat_axis=1, tiled=True)
+        mats, whole, pad = _whole_matrices_per_device(blocks, lays, flips, names, n)
         if values is None:
             out = fn(whole)
         else:
@@ -489,7 +507,7 @@ def _all_to_all_matrix_fn(
             )
             held = whole.shape[0]
             mine = jax.lax.dynamic_slice_in_dim(
-                jnp.asarray(table, stack.dtype), jax.lax.axis_index(names) * held, held
+                jnp.asarray(table, whole.dtype), jax.lax.axis_index(names) * held, held
             )
             out = fn(whole, mine)
         back = jax.lax.all_to_all(out, names, split_axis=1, concat_axis=0, tiled=True)
@@ -588,6 +606,136 @@ def map_fsdp_matrices(
         for (i, _), y in zip(members, done):
             outs[i] = y
     return {i for members in groups.values() for i, _ in members}
+
+
+def _result_axis(spec: PartitionSpec | None, entry: Any) -> int | None:
+    """The axis (1 or 2) of a per-matrix result ``(b, a, c)`` sharded over ``entry`` alone."""
+    if spec is None:
+        return None
+    entries = tuple(spec) + (None,) * (3 - len(spec))
+    sharded = [k for k, e in enumerate(entries) if e is not None]
+    if len(sharded) == 1 and sharded[0] in (1, 2) and entries[sharded[0]] == entry:
+        return sharded[0]
+    return None
+
+
+class ResultGroup(NamedTuple):
+    """Leaves whose matrices share one all-to-all pair in :func:`map_fsdp_matrix_results`."""
+
+    members: tuple[int, ...]
+    entry: Any
+    transposed: tuple[bool, ...]  # per member: column-sharded, its blocks transposed
+    result_axis: int
+
+
+def fsdp_result_groups(
+    leaves: list[tuple[jax.Array, ResolvedLayout]],
+    like: Sequence[Any],
+    key: Callable[[int], Any] | None = None,
+) -> list[ResultGroup]:
+    """The groups :func:`map_fsdp_matrix_results` sends through two all-to-alls.
+
+    Leaf ``i`` qualifies when it is FSDP-sharded (:func:`_fsdp_groups`) and its result
+    ``like[i]`` (an array ``(b, a, c)``) is sharded over the same mesh axes on axis 1 or 2
+    alone; leaves group by matrix shape and orientation (square matrices sharded either way
+    share a group: each device transposes the column-sharded ones back), result shape and
+    type, and ``key(i)`` (what the function depends on). A group is kept where the all-to-alls move
+    fewer bytes than gathering its ``T`` matrices on every device: ``⌈T/N⌉ (|X| + |R|) <
+    T |X|`` for matrices ``X`` and results ``R`` on ``N`` devices.
+    """
+    mesh = sharding.mesh_of([x for x, _ in leaves])
+    found: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for (entry, rows, cols, dtype, _), members in _fsdp_groups(leaves).items():
+        for i, flip in members:
+            axis = _result_axis(sharding.spec_of(like[i]), entry)
+            if axis is not None:
+                r = like[i]
+                extra = None if key is None else key(i)
+                side = None if rows == cols else flip
+                found[(entry, rows, cols, dtype, side, r.shape[1:], r.dtype, axis, extra)].append(
+                    (i, flip)
+                )
+    groups = []
+    for (entry, rows, cols, dtype, _, rshape, rdtype, axis, _), members in found.items():
+        n = _axis_size(mesh, entry)
+        t = sum(leaves[i][1].batch_size for i, _ in members)
+        x_bytes = rows * cols * np.dtype(dtype).itemsize
+        r_bytes = math.prod(rshape) * np.dtype(rdtype).itemsize
+        if -(-t // n) * (x_bytes + r_bytes) < t * x_bytes:
+            indices, flips = zip(*members)
+            groups.append(ResultGroup(indices, entry, flips, axis))
+    return groups
+
+
+def map_fsdp_matrix_results(
+    leaves: list[tuple[jax.Array, ResolvedLayout]],
+    like: Sequence[jax.Array],
+    fn_for: Callable[[int], Callable[[jax.Array], jax.Array]],
+    groups: Sequence[ResultGroup],
+) -> dict[int, jax.Array]:
+    """A per-matrix function whose result is not matrix-shaped, one matrix per device.
+
+    ``fn_for(i)`` maps whole matrices ``(k, rows, cols)`` of leaf ``i``'s matrix view (in
+    that view's orientation) to per-matrix results ``(k, a, c)`` shaped and typed like
+    ``like[i]``'s matrices, matrix by matrix — e.g. GaLore's SVD projector ``d × r``. For
+    each group of :func:`fsdp_result_groups`, the devices' blocks of rows (columns) are
+    stacked, an all-to-all hands each device ``1/N`` of the matrices whole, the function runs
+    there, and a second all-to-all returns every device its block of every result (split
+    on the result's sharded axis). Each device receives ``(N − 1)/N²`` of the matrices'
+    bytes and ``(N − 1)/N²`` of the results', where gathering costs ``(N − 1)/N`` of the
+    matrices. Returns the results by leaf index, sharded like ``like``.
+    """
+    done: dict[int, jax.Array] = {}
+    for group in groups:
+        members = list(group.members)
+        results = _results_on_owners(
+            [leaves[i] for i in members], [like[i] for i in members], fn_for(members[0]), group
+        )
+        done.update(zip(members, results))
+    return done
+
+
+def _results_on_owners(
+    leaves: list[tuple[jax.Array, ResolvedLayout]],
+    like: list[jax.Array],
+    fn: Callable[[jax.Array], jax.Array],
+    group: ResultGroup,
+) -> tuple[jax.Array, ...]:
+    """One group of :func:`map_fsdp_matrix_results`: two all-to-alls around ``fn``."""
+    xs = [x for x, _ in leaves]
+    lays = [lay for _, lay in leaves]
+    mesh = sharding.mesh_of(xs)
+    names = group.entry if isinstance(group.entry, tuple) else (group.entry,)
+    n = _axis_size(mesh, group.entry)
+    sizes = np.cumsum([0] + [lay.batch_size for lay in lays])
+
+    # Per stack position, whether its matrix is transposed (padding: no); a device flips its
+    # own back (by a table sliced at its index: the stack's order is static).
+    flipped = np.repeat(group.transposed, [lay.batch_size for lay in lays])
+
+    def body(*blocks: jax.Array) -> tuple[jax.Array, ...]:
+        _, whole, pad = _whole_matrices_per_device(blocks, lays, group.transposed, names, n)
+        if flipped.all():  # the function sees the view's own orientation
+            whole = jnp.swapaxes(whole, -1, -2)
+        elif flipped.any():  # square matrices sharded either way
+            table = jnp.asarray(np.concatenate([flipped, np.zeros(pad, bool)]))
+            held = whole.shape[0]
+            mine = jax.lax.dynamic_slice_in_dim(table, jax.lax.axis_index(names) * held, held)
+            whole = jnp.where(mine[:, None, None], jnp.swapaxes(whole, -1, -2), whole)
+        out = fn(whole)
+        back = jax.lax.all_to_all(
+            out, names, split_axis=group.result_axis, concat_axis=0, tiled=True
+        )
+        return tuple(back[a:b] for a, b in itertools.pairwise(sizes))
+
+    run = jax.shard_map(
+        body,
+        mesh=mesh,
+        in_specs=tuple(sharding.spec_of(x) for x in xs),
+        out_specs=tuple(sharding.spec_of(r) for r in like),
+        check_vma=False,
+    )
+    return run(*xs)
 
 
 def _orthogonalize_fsdp(

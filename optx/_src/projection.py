@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from optx._src import base, hyperparams, layouts, linalg, moments, sharding
+from optx._src import base, hyperparams, layouts, linalg, moments, orthogonalization, sharding
 from optx._src.layouts import LayoutSpec, ResolvedLayout
 
 PROJECTIONS = ("svd", "random", "orthogonal", "coordinate", "dct")
@@ -595,7 +595,7 @@ def _projected_transform(
         count = state.count
         refresh = jnp.logical_or(count == 0, (count + phase) % gap == 0)
 
-        def down(g: jax.Array, lay: ResolvedLayout, proj: Any, key: Any) -> Any:
+        def down(g: jax.Array, lay: ResolvedLayout, proj: Any, key: Any, owned: Any) -> Any:
             geo = geometry(lay)
             p_spec, r_spec = specs(g, geo)
             has_key = not isinstance(key, optax.MaskedNode)
@@ -604,6 +604,20 @@ def _projected_transform(
 
             x_spec = sharding.matrix_view_specs(g, lay)
             view = None if x_spec is None else PartitionSpec(*x_spec)
+
+            def projected(x: jax.Array, new_proj: jax.Array) -> jax.Array:
+                return project_scattered(
+                    x, new_proj, projection=projection, axis=geo.axis, x_spec=view, r_spec=r_spec
+                )
+
+            if not isinstance(owned, optax.MaskedNode):  # refreshed by :func:`refresh_on_owners`
+
+                def project_only(g: jax.Array, new_proj: jax.Array) -> jax.Array:
+                    x = layouts.to_matrices(g, lay).astype(base.compute_dtype(g.dtype))
+                    return projected(x, new_proj).astype(g.dtype)
+
+                r = sharding.call_with_out_specs(project_only, (g, owned), r_spec)
+                return r, owned, owned, key
 
             def fn(g: jax.Array, proj: jax.Array, key: Any, refresh: jax.Array) -> Any:
                 x = layouts.to_matrices(g, lay).astype(base.compute_dtype(g.dtype))
@@ -633,15 +647,7 @@ def _projected_transform(
                     return new.astype(proj.dtype), new_key
 
                 new_proj, new_key = jax.lax.cond(refresh, fresh, lambda _: (proj, key), None)
-                r = project_scattered(
-                    x,
-                    new_proj,
-                    projection=projection,
-                    axis=geo.axis,
-                    x_spec=None if x_spec is None else PartitionSpec(*x_spec),
-                    r_spec=r_spec,
-                )
-                return r.astype(g.dtype), new_proj, new_key
+                return projected(x, new_proj).astype(g.dtype), new_proj, new_key
 
             key_arg = key if has_key else jnp.zeros((0,), jnp.uint32)
             out_specs = (r_spec, p_spec, PartitionSpec())
@@ -649,6 +655,60 @@ def _projected_transform(
                 fn, (g, proj, key_arg, refresh), out_specs
             )
             return r, new_proj, new_proj, (new_key if has_key else key)
+
+        def refresh_on_owners(updates: base.Updates, projectors: Any, refresh: jax.Array) -> Any:
+            """SVD projectors of FSDP-sharded matrices, each decomposed on one device.
+
+            Per leaf the new projector where the refresh runs through
+            :func:`orthogonalization.map_fsdp_matrix_results` (one ``cond`` for all of
+            them), else ``MaskedNode``. An SVD needs its matrix whole; gathering it on
+            every device moves ``(N − 1)/N`` of it, handing each device its share of the
+            matrices ``(N − 1)/N²`` (and as much of the projectors back): distributed
+            Muon's argument (``benchmarks/comm_budget.py``). Only under an Explicit mesh
+            with FSDP-sharded matrices; elsewhere every leaf refreshes in its own ``cond``.
+            """
+            flat, treedef = jax.tree_util.tree_flatten_with_path(
+                updates, is_leaf=base.is_leaf_or_none
+            )
+            owned: list[Any] = [optax.MaskedNode()] * len(flat)
+            if projection != "svd" or not store_projector:
+                return jax.tree_util.tree_unflatten(treedef, owned)
+            stored = treedef.flatten_up_to(projectors)
+            at, leaves, like = [], [], []
+            for k, (path, g) in enumerate(flat):
+                lay = None if g is None else resolve(base.path_to_str(path), g)
+                if lay is not None:
+                    at.append(k)
+                    leaves.append((g, lay))
+                    like.append(stored[k])
+            geos = [geometry(lay) for _, lay in leaves]
+            groups = orthogonalization.fsdp_result_groups(
+                leaves, like, key=lambda i: (geos[i].axis, geos[i].rank)
+            )
+            handled = [i for group in groups for i in group.members]
+            if not handled:
+                return jax.tree_util.tree_unflatten(treedef, owned)
+
+            def svd_projectors(i: int) -> Callable[[jax.Array], jax.Array]:
+                def fn(x: jax.Array) -> jax.Array:
+                    x = x.astype(base.compute_dtype(x.dtype))
+                    new = compute_projector(
+                        x, None, projection="svd", axis=geos[i].axis, rank=geos[i].rank
+                    )
+                    return new.astype(like[i].dtype)
+
+                return fn
+
+            def fresh() -> list[jax.Array]:
+                done = orthogonalization.map_fsdp_matrix_results(
+                    leaves, like, svd_projectors, groups
+                )
+                return [done[i] for i in handled]
+
+            new = jax.lax.cond(refresh, fresh, lambda: [like[i] for i in handled])
+            for i, p in zip(handled, new):
+                owned[at[i]] = p
+            return jax.tree_util.tree_unflatten(treedef, owned)
 
         def regenerate(
             g: jax.Array, lay: ResolvedLayout, geo: LeafGeometry, key: Any, p_spec: Any, r_spec: Any
@@ -673,13 +733,15 @@ def _projected_transform(
             r, p, new_key = sharding.call_with_out_specs(fn, (g, key, refresh), out_specs)
             return r, p, optax.MaskedNode(), new_key
 
+        owned = refresh_on_owners(updates, state.projector, refresh)
         out = layouts.map_matrix_leaves(
             down,
             layout,
             updates,
             state.projector,
             state.key,
-            otherwise=lambda g, proj, key: (g, proj, proj, key),
+            owned,
+            otherwise=lambda g, proj, key, owned: (g, proj, proj, key),
         )
         low, used_proj, new_proj, new_key = base.unzip_tree(updates, out, 4)
 
