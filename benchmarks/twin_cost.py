@@ -36,6 +36,10 @@ machine load drifts hit twins alike. Printed: median wall and median process CPU
 time per update (all XLA threads; robust to other processes), and optx / twin
 for both. GaLore's refresh (an SVD every 200 steps) falls outside the windows
 for both. The same script runs unchanged on GPU/TPU.
+
+``--programs`` prints, instead of times, what XLA compiled for each side (noise-free):
+fusions, HLO instructions, and ``cost_analysis()``'s bytes accessed and FLOPs — two
+steps with the same four figures run the same kernels, so a ratio off 1.0 is noise.
 """
 
 from __future__ import annotations
@@ -164,9 +168,22 @@ def make_step(tx: optax.GradientTransformation, params: Any) -> tuple[Callable[.
     def step(state: Any) -> tuple[Any, Any]:
         return update(state, grads, params)
 
+    step.update, step.args = update, (grads, params)  # type: ignore[attr-defined]
     state = tx.init(params)
     jax.block_until_ready(step(state))  # compile
     return step, state
+
+
+def program_figures(step: Callable[..., Any], state: Any) -> tuple[int, int, float, float]:
+    """``(fusions, HLO instructions, bytes accessed, FLOPs)`` of a step's compiled update."""
+    update, args = step.update, (state, *step.args)
+    compiled = update.lower(*args).compile()
+    text = compiled.as_text()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    fusions = sum(1 for line in text.splitlines() if " fusion(" in line and " = " in line)
+    instructions = sum(1 for line in text.splitlines() if " = " in line)
+    return fusions, instructions, cost.get("bytes accessed", 0.0), cost.get("flops", 0.0)
 
 
 def main() -> None:
@@ -175,6 +192,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
     ap.add_argument("--window", type=int, default=10, help="consecutive updates per round")
     ap.add_argument("--pairs", default=None, help="comma-separated subset of the pairs")
+    ap.add_argument("--programs", action="store_true", help="compiled-program figures, no timing")
     args = ap.parse_args()
 
     params = gpt_params(PRESETS[args.size], jax.random.key(0))
@@ -191,6 +209,14 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
+
+    if args.programs:
+        print("| method | side | fusions | HLO instructions | bytes accessed | FLOPs |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
+        for (name, side), (step, state) in runners.items():
+            fus, ins, nbytes, flops = program_figures(step, state)
+            print(f"| {name} | {side} | {fus} | {ins} | {nbytes:,.0f} | {flops:,.0f} |")
+        return
 
     wall: dict[tuple[str, str], list[float]] = {k: [] for k in runners}
     cpu: dict[tuple[str, str], list[float]] = {k: [] for k in runners}
