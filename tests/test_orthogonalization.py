@@ -274,12 +274,13 @@ def test_batched_and_default_strategies_under_fsdp_use_all_to_alls() -> None:
 
 def test_fsdp_matrix_results_run_each_matrix_whole_on_one_device() -> None:
     """``map_fsdp_matrix_results`` with a function that is not spectral and depends on the
-    orientation (``f(X) = 2 X[:, :4] + X 1``, rows × 4): on 8 devices every result equals
+    orientation (``f(X) = 2 X[:, :8] + X 1``, rows × 8): on 8 devices every result equals
     ``f`` of the whole matrix in its own orientation, exactly, and comes back sharded like
     its template. Groups: a row-sharded 16 × 24 kernel with a 3-matrix stack of the same
-    shape (4 matrices, padded to 8); a row-sharded and a column-sharded 16 × 16 kernel
-    (square: one group, the column-sharded one transposed back on its device); a lone
-    8 × 32 kernel (gathering it moves less than the all-to-alls: left out)."""
+    shape (4 matrices, padded to 8; results sharded on their last axis); a row-sharded
+    and a column-sharded 16 × 16 kernel (square: one group, the column-sharded one
+    transposed back on its device; results sharded on their rows); a lone 8 × 32 kernel
+    (gathering it moves less than the all-to-alls: left out)."""
     mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
     k = iter(jax.random.split(jax.random.key(11), 5))
     cases = [  # (shape, spec, layout)
@@ -292,14 +293,17 @@ def test_fsdp_matrix_results_run_each_matrix_whole_on_one_device() -> None:
     xs = [jax.random.normal(next(k), shape) for shape, _, _ in cases]
     lays = [optx.ResolvedLayout(s, *axes) for (s, _, axes) in cases]
     sharded = [jax.device_put(x, NamedSharding(mesh, spec)) for x, (_, spec, _) in zip(xs, cases)]
+    result_specs = [P(None, None, "x")] * 2 + [P(None, "x", None)] * 3
 
     def f(m: jax.Array) -> jax.Array:
-        return 2 * m[:, :, :4] + jnp.sum(m, axis=2, keepdims=True)
+        return 2 * m[:, :, :8] + jnp.sum(m, axis=2, keepdims=True)
 
     def run(xs: list[jax.Array]) -> tuple[list[list[int]], dict[int, jax.Array]]:
         leaves = list(zip(xs, lays))
-        out = NamedSharding(mesh, P(None, "x", None))
-        like = [jax.device_put(jnp.zeros((lay.batch_size, lay.fan_in, 4)), out) for lay in lays]
+        like = [
+            jax.device_put(jnp.zeros((lay.batch_size, lay.fan_in, 8)), NamedSharding(mesh, spec))
+            for lay, spec in zip(lays, result_specs)
+        ]
         groups = orth.fsdp_result_groups(leaves, like)
         done = orth.map_fsdp_matrix_results(leaves, like, lambda i: f, groups)
         return [list(g.members) for g in groups], done
@@ -311,4 +315,4 @@ def test_fsdp_matrix_results_run_each_matrix_whole_on_one_device() -> None:
     for i, y in done.items():
         whole = np.asarray(xs[i]).reshape(lays[i].batch_size, lays[i].fan_in, lays[i].fan_out)
         np.testing.assert_array_equal(np.asarray(y), np.asarray(f(jnp.asarray(whole))))
-        assert jax.typeof(y).sharding.spec == P(None, "x", None)
+        assert jax.typeof(y).sharding.spec == result_specs[i]
