@@ -693,6 +693,7 @@ def _fused_steps(
     leaves = [x for _, x in flat]
     quantized = frozenset(qidx)
     out = {}
+    checked: dict[Any, bool] = {}  # one trace per kind of leaf (the tile shape is fixed)
     for j, (path, g) in enumerate(u_flat):
         if any(sharding.is_sharded(x) for x in (g, None if p_leaves is None else p_leaves[j])):
             continue
@@ -710,7 +711,18 @@ def _fused_steps(
             continue
         p = None if p_leaves is None else p_leaves[j]
         scalars = [leaves[i] for i in plan.scalars]
-        reads_p = qk.check_elementwise(inner.update, plan, block_size, g, scalars, p, extra)
+        key = (
+            plan.treedef,
+            plan.slots,
+            jnp.result_type(g),
+            None if p is None else jnp.result_type(p),
+            tuple(jax.typeof(s) for s in scalars),
+        )
+        if key not in checked:
+            checked[key] = qk.check_elementwise(
+                inner.update, plan, block_size, g, scalars, p, extra
+            )
+        reads_p = checked[key]
         u, codes, absmax = qk.fused_leaf_step(
             inner.update,
             plan,
