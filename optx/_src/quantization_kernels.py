@@ -37,12 +37,20 @@ Lowering: the Triton backend of Pallas
 (``jax.experimental.pallas.triton``), whose loads take array indexers (the
 code tables are gathered from global memory, where they stay in cache); on
 other platforms (CPU in the tests, TPU) the same kernel runs in Pallas'
-interpret mode (correct, slow: a reference, never a timing). On CUDA the
-reciprocal ``fl(1/a'_b)`` is computed with ``div.rn.f32`` (inline PTX) because
-Triton lowers ``/`` to the approximate ``div.full.f32``; the inner's own
-divisions and square roots are Triton's (approximate), so on a GPU the updates
-can differ from the XLA path's in the last bits while the moments of Adam,
-Lion and momentum (multiply-adds only) and so their codes do not.
+interpret mode (correct, slow: a reference, never a timing). Triton lowers
+``/`` to the approximate ``div.full.f32`` and ``sqrt`` to libdevice's, whose
+precision depends on NVVM reflection; XLA's are IEEE. So on CUDA the kernel
+computes the reciprocal ``fl(1/a'_b)`` with ``div.rn.f32`` and evaluates the
+inner's jaxpr with every float32 division and square root of a tile as
+``div.rn.f32`` / ``sqrt.rn.f32`` (inline PTX, :func:`_precise`); what remains
+between the two paths is multiply-add contraction (and the scalar bias
+corrections' ``pow``, libdevice's ``powif`` here), which moves an update or a
+moment by an ulp, hence rarely a code or a block scale. On CPU (interpret mode)
+codes and block scales are bit-identical to the XLA path's without FMA
+(``tests/test_quantization_kernels.py``). Non-finite moments differ on CUDA:
+Triton's ``max``/``min`` are IEEE ``maxNum``/``minNum`` (a NaN operand yields
+the other), so a NaN moment neither makes its block's scale NaN nor gets the
+XLA path's code.
 
 GPU timing is pending a GPU lease (``PARTS=pallas_8bit bash
 benchmarks/gpu_figures.sh``); the tile (``TILE`` entries, ``NUM_WARPS`` warps
@@ -286,20 +294,65 @@ def check_elementwise(
     return p_var in used
 
 
-def _reciprocal(x: jax.Array, precise_div: bool) -> jax.Array:
-    """``fl(1/x)`` correctly rounded (``div.rn.f32`` on CUDA: Triton's ``/`` is approximate)."""
-    if not precise_div:
-        return 1.0 / x
+# Correctly rounded float32 division and square root in PTX: Triton lowers ``/``
+# to the approximate ``div.full.f32`` and ``sqrt`` goes through libdevice, whose
+# precision depends on NVVM reflection; XLA's are IEEE.
+_PTX = {"div": ("div.rn.f32 $0, $1, $2;", "=r,r,r"), "sqrt": ("sqrt.rn.f32 $0, $1;", "=r,r")}
+
+
+def _ptx(name: str, args: Sequence[jax.Array], shape: tuple[int, ...]) -> jax.Array:
     from jax.experimental.pallas import triton as plt
 
+    asm, constraints = _PTX[name]
     (out,) = plt.elementwise_inline_asm(
-        "div.rn.f32 $0, $1, $2;",
-        args=[jnp.ones_like(x), x],
-        constraints="=r,r,r",
+        asm,
+        args=[jnp.broadcast_to(jnp.asarray(a, jnp.float32), shape) for a in args],
+        constraints=constraints,
         pack=1,
-        result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, jnp.float32)],
+        result_shape_dtypes=[jax.ShapeDtypeStruct(shape, jnp.float32)],
     )
     return out
+
+
+def _reciprocal(x: jax.Array, precise: bool) -> jax.Array:
+    """``fl(1/x)``, correctly rounded (PTX ``div.rn.f32`` when ``precise``)."""
+    return _ptx("div", [jnp.ones_like(x), x], x.shape) if precise else 1.0 / x
+
+
+def _eval_precise(jaxpr: Any, consts: Sequence[Any], *args: Any) -> list[Any]:
+    """Evaluates ``jaxpr`` with every float32 ``div`` and ``sqrt`` of a tile
+    replaced by its correctly rounded PTX instruction (calls are inlined)."""
+    env: dict[Any, Any] = {}
+
+    def read(v: Any) -> Any:
+        return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+
+    env.update(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    for eqn in jaxpr.eqns:
+        values = [read(v) for v in eqn.invars]
+        name, out_aval = eqn.primitive.name, eqn.outvars[0].aval
+        sub = eqn.params.get("jaxpr") if name in ("pjit", "jit", "closed_call") else None
+        if name in _PTX and out_aval.dtype == jnp.float32 and out_aval.shape:
+            outs = [_ptx(name, values, out_aval.shape)]
+        elif sub is not None and hasattr(sub, "consts"):
+            outs = _eval_precise(sub.jaxpr, sub.consts, *values)
+        else:
+            outs = eqn.primitive.bind(*values, **eqn.params)
+            outs = outs if eqn.primitive.multiple_results else [outs]
+        env.update(zip(eqn.outvars, outs))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _precise(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with correctly rounded float32 division and square root on tiles."""
+
+    def wrapped(*args: Any) -> Any:
+        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+        outs = _eval_precise(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
+        return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
+
+    return wrapped
 
 
 def _kernel(
@@ -348,7 +401,10 @@ def _kernel(
     scalars = [r[0] for r in scalar_refs]
     g = as_blocks(plt.load(g_ref, mask=valid, other=0))
     p = as_blocks(plt.load(p_ref, mask=valid, other=0)) if reads_params else None
-    u, new = leaf_update(update, plan, g, moments, scalars, p, {})
+    step = functools.partial(leaf_update, update, plan)
+    if precise_div:  # the inner's division and square root as XLA computes them
+        step = _precise(step)
+    u, new = step(g, moments, scalars, p, {})
     plt.store(u_ref, jnp.reshape(u.astype(update_dtype), (tile,)), mask=valid)
     valid_entries = as_blocks(valid)
     for k, signed in enumerate(plan.signed):
