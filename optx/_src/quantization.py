@@ -480,20 +480,25 @@ def quantize_moments(
     codes, block scales and gradient once (the parameter only if the inner
     reads it), runs ``inner.update`` on the dequantized values, reduces the
     new block maxima in registers and writes the codes, scales and update
-    once — 8-bit AdamW moves 6 B in and 6 B out per parameter instead of the
-    XLA structure's 26 B in and 6 B out. Same codes and block scales as the
-    XLA path (the same rounding rule). Only for **element-wise** inners
-    (``scale_by_adam``, ``scale_by_lion``, ``trace``): the inner's per-leaf
-    update is traced and any reducing, reshaping or entry-mixing primitive,
-    or an extra argument it reads, raises a ``ValueError``. Leaves the kernel
-    does not take run on the XLA path in the same step: leaves with a
-    full-precision moment next to a quantized one (``fields``), a
-    ``block_size`` that is not a power of two, leaves sharded over a mesh
-    axis. Leaves whose size is not a multiple of ``block_size`` work (the
-    tail is masked). On CUDA it lowers with Pallas' Triton backend; elsewhere
-    the kernel runs in Pallas' interpret mode (a correctness reference, slow).
-    GPU timing is pending a GPU lease (``benchmarks/quantization_cost.py
-    --pallas``).
+    once: 6 B in and 6 B out per parameter for Adam's two codes and a float32
+    gradient and update. A whole 8-bit AdamW step (the decay, learning rate
+    and ``apply_updates`` are one more XLA loop: update and parameter in,
+    parameter out) then moves 14 B in and 10 B out per parameter, against
+    26 B in and 6 B out for the XLA structure and 16 B in and 12 B out for
+    ``optax.adamw``. Same codes and block scales as the XLA path (the same
+    rounding rule; bit-identical on CPU without FMA, otherwise up to the
+    multiply-add contraction of the moments). Only for **element-wise**
+    inners (``scale_by_adam``, ``scale_by_lion``, ``trace``): the inner's
+    per-leaf update is traced and any reducing, reshaping or entry-mixing
+    primitive, or an extra argument it reads, raises a ``ValueError``.
+    Leaves the kernel does not take run on the XLA path in the same step:
+    leaves with a full-precision moment next to a quantized one
+    (``fields``), a ``block_size`` that is not a power of two, leaves
+    sharded over a mesh axis, leaves of 2³¹ entries or more. Leaves whose
+    size is not a multiple of ``block_size`` work (the tail is masked). On
+    CUDA it lowers with Pallas' Triton backend; elsewhere the kernel runs in
+    Pallas' interpret mode (a correctness reference, slow). GPU timing is
+    pending a GPU lease (``benchmarks/quantization_cost.py --pallas``).
 
     Args:
       inner: the transform whose state is quantized.
@@ -695,6 +700,8 @@ def _fused_steps(
     out = {}
     checked: dict[Any, bool] = {}  # one trace per kind of leaf (the tile shape is fixed)
     for j, (path, g) in enumerate(u_flat):
+        if math.prod(jnp.shape(g)) > 2**31 - 2 * qk.TILE:
+            continue  # the kernel indexes entries with int32
         if any(sharding.is_sharded(x) for x in (g, None if p_leaves is None else p_leaves[j])):
             continue
         like = g if p_leaves is None else p_leaves[j]

@@ -20,8 +20,11 @@ path's own rule (:func:`optx._src.quantization._nearest_code`: float32
 distances, ties to the lower code, one bucket-table lookup), so codes and
 block scales are those of the XLA path. Traffic per parameter of 8-bit AdamW
 (f32 gradient, no parameter read): the two codes and the gradient once
-(6 bytes) and the two codes and the update once (6 bytes), plus ``2·4/B`` bytes
-of block scales each way, against the XLA structure's 26 read / 6 written.
+(6 bytes in) and the two codes and the update once (6 bytes out), plus
+``2·4/B`` bytes of block scales each way. With the alias's decay, learning
+rate and ``apply_updates`` (one XLA loop after the kernel: update and
+parameter in, parameter out) a step moves 14 B in / 10 B out per parameter,
+against 26 / 6 for the XLA structure and 16 / 12 for ``optax.adamw``.
 
 The inner update runs **inside** the kernel on the tile's values, so the
 inner must be element-wise: the update and new state of an entry depend only
