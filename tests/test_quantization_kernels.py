@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +125,40 @@ def test_bit_identical_without_fma() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0 and "identical" in run.stdout, run.stderr[-3000:]
+
+
+class _State(NamedTuple):
+    mu: Any
+
+
+def _one_minus_square() -> optax.GradientTransformation:
+    """``mu ← 1 − g²`` (element-wise): below 1 on every real entry, exactly 1 on
+    the zeros a tile's masked tail loads."""
+
+    def update(g, state, params=None):
+        del params
+        mu = jax.tree.map(lambda m, x: 0.0 * m + 1.0 - x * x, state.mu, g)
+        return mu, _State(mu)
+
+    return optax.GradientTransformation(lambda p: _State(jax.tree.map(jnp.zeros_like, p)), update)
+
+
+def test_masked_tail_stays_out_of_the_block_maximum() -> None:
+    """A leaf whose size is a multiple of neither the block nor the tile: the
+    tail's padding entries (loaded as zeros) must not enter the last block's
+    maximum, as the XLA path's zero padding does not."""
+    params = {"d": jnp.zeros((1000,))}
+    g = {"d": jnp.asarray(np.random.default_rng(5).uniform(0.05, 0.1, 1000), jnp.float32)}
+    out = {}
+    for k in ("xla", "pallas"):
+        tx = optx.quantization.quantize_moments(_one_minus_square(), min_size=64, kernel=k)
+        out[k] = jax.jit(tx.update)(g, tx.init(params))[1]
+    scales = [np.asarray(out[k].absmax.mu["d"]) for k in ("xla", "pallas")]
+    assert scales[0][-1] < 1.0
+    np.testing.assert_array_equal(scales[0], scales[1])
+    np.testing.assert_array_equal(
+        np.asarray(out["xla"].inner_state.mu["d"]), np.asarray(out["pallas"].inner_state.mu["d"])
+    )
 
 
 def test_precise_evaluation_reproduces_the_inner(monkeypatch) -> None:
