@@ -441,36 +441,66 @@ def fused_leaf_step(
     zero padding is. Lowers with Pallas' Triton backend on CUDA and runs in
     interpret mode elsewhere.
     """
+    from optx._src import quantization
+
+    shape = jnp.shape(g)
+    n = math.prod(shape)
+    maps = [jnp.asarray(quantization._dynamic_map_np(s)) for s in plan.signed]
+    carries = [jnp.asarray(quantization._carry_table(s)) for s in plan.signed]
+    flat = lambda x: jnp.reshape(x, (-1,))  # noqa: E731
+    args = [*maps, *carries, *map(flat, codes), *absmax]
+    args += [jnp.reshape(s, (1,)) for s in scalars] + [flat(g)]
+    if p is not None:
+        args.append(flat(p))
+    # The kernel needs the plan's structure, not where the leaf sits in the state:
+    # same-size leaves share one traced and lowered call.
+    kind = plan._replace(
+        quantized=tuple(range(len(plan.quantized))), scalars=tuple(range(len(plan.scalars)))
+    )
+    call = _leaf_call(update, kind, n, block_size, jnp.dtype(update_dtype), p is not None)
+    out = call(*args)
+    m = len(plan.quantized)
+    u, new_codes, new_absmax = out[0], out[1 : 1 + m], out[1 + m :]
+    return (
+        jnp.reshape(u, shape),
+        [jnp.reshape(c, shape) for c in new_codes],
+        list(new_absmax),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _leaf_call(
+    update: Callable[..., Any],
+    plan: LeafPlan,
+    n: int,
+    block_size: int,
+    update_dtype: jnp.dtype,
+    reads_params: bool,
+) -> Callable[..., Any]:
+    """The jitted kernel call for leaves of ``n`` entries (one trace and one
+    lowering per kind of leaf, shared by same-size leaves): the Triton kernel
+    on CUDA, the interpreted one elsewhere."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plt
 
     from optx._src import quantization
 
-    shape = jnp.shape(g)
-    n = math.prod(shape)
     blocks = quantization.num_blocks(n, block_size)
     rows = max(1, TILE // block_size)
     tile = rows * block_size
-    maps = [jnp.asarray(quantization._dynamic_map_np(s)) for s in plan.signed]
-    carries = [jnp.asarray(quantization._carry_table(s)) for s in plan.signed]
-    flat = lambda x: jnp.reshape(x, (-1,))  # noqa: E731
-    scalar_args = [jnp.reshape(s, (1,)) for s in scalars]
-    args = [*maps, *carries, *map(flat, codes), *absmax, *scalar_args, flat(g)]
-    if p is not None:
-        args.append(flat(p))
-    whole = lambda x: pl.BlockSpec(x.shape, lambda i: (0,))  # noqa: E731
+    m = len(plan.quantized)
+    whole = lambda size: pl.BlockSpec((size,), lambda i: (0,))  # noqa: E731
     entries = pl.BlockSpec((tile,), lambda i: (i,))
     block_spec = pl.BlockSpec((rows,), lambda i: (i,))
-    m = len(plan.quantized)
+    tables = [whole(256)] * m + [whole(len(quantization._carry_table(s))) for s in plan.signed]
     in_specs = [
-        *map(whole, maps + carries),
+        *tables,
         *[entries] * m,
         *[block_spec] * m,
-        *map(whole, scalar_args),
+        *[whole(1)] * len(plan.scalars),
         entries,
+        *([entries] if reads_params else []),
     ]
-    if p is not None:
-        in_specs.append(entries)
     out_shape = (
         jax.ShapeDtypeStruct((n,), update_dtype),
         *[jax.ShapeDtypeStruct((n,), jnp.uint8)] * m,
@@ -487,8 +517,8 @@ def fused_leaf_step(
             blocks=blocks,
             rows=rows,
             block_size=block_size,
-            reads_params=p is not None,
-            update_dtype=jnp.dtype(update_dtype),
+            reads_params=reads_params,
+            update_dtype=update_dtype,
             precise_div=not interpret,
         )
         return pl.pallas_call(
@@ -502,14 +532,11 @@ def fused_leaf_step(
             name="quantized_moments_step",
         )(*args)
 
-    out = jax.lax.platform_dependent(
-        *args,
-        cuda=functools.partial(call, interpret=False),
-        default=functools.partial(call, interpret=True),
-    )
-    u, new_codes, new_absmax = out[0], out[1 : 1 + m], out[1 + m :]
-    return (
-        jnp.reshape(u, shape),
-        [jnp.reshape(c, shape) for c in new_codes],
-        list(new_absmax),
-    )
+    def run(*args: jax.Array) -> tuple[jax.Array, ...]:
+        return jax.lax.platform_dependent(
+            *args,
+            cuda=functools.partial(call, interpret=False),
+            default=functools.partial(call, interpret=True),
+        )
+
+    return jax.jit(run)
