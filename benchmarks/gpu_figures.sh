@@ -7,11 +7,11 @@
 #
 # All parts together take longer than one 10-minute device command (the first H200 run took
 # 488 s without the last four parts): pick PARTS per call. Not yet run on a GPU (2026-12-04):
-# quantile_selection, linalg, twins_elementwise, twins_refresh, step_soap, compile_flags.
+# pallas_8bit, quantile_selection, linalg, twins_elementwise, twins_refresh, step_soap, compile_flags.
 #
 # Parts, in order of priority, each bounded by its own timeout so that one slow or failing
 # part leaves the others' figures: versions; Newton–Schulz in bf16 and f32 against the bf16
-# matmul peak; 8-bit AdamW against AdamW; every registered optimizer's step × optax.adamw on
+# matmul peak; 8-bit AdamW against AdamW; the 8-bit Pallas kernel against it; every registered optimizer's step × optax.adamw on
 # the scanned tree (two runs, each with its own adamw baseline and calibration); optx.muon
 # against optax.contrib.muon; ROOT's selection with 1, 2 or 4 key bits per counting pass; QR,
 # eigh and SVD on the basis methods' shapes (COSMOS ran at 0.18 of its bound); the optax
@@ -45,6 +45,7 @@ part() {
   local rc=$?
   echo '```' >>"$FIG"
   echo "[$name] rc=$rc $((SECONDS - t0))s" | tee -a "$FIG" "$LOG"
+  [[ $rc == 0 ]] || echo "[$name] FAILED (rc=$rc): see $LOG" | tee -a "$FIG" "$LOG" >&2
 }
 
 # Group A: the methods the issue names, the twins' methods and the 8-bit states; group B: the rest
@@ -62,6 +63,11 @@ import jax, optax, optx
 print('jax', jax.__version__, 'optax', optax.__version__, jax.devices())"
 part newton_schulz 100 $PY benchmarks/newton_schulz_peak.py --presets "$NS_PRESETS" --reps 20
 part quantization 80 $PY benchmarks/quantization_cost.py --preset "$PRESET" --repeats 20
+# The fused Pallas (Triton) kernel of kernel='pallas' next to the XLA path: never run on a GPU
+# yet; a kernel that does not compile fails this part (rc != 0, FAILED line, traceback in $LOG),
+# and so does a run without a CUDA device (a CPU dry run reports it FAILED by design).
+part pallas_8bit 150 $PY benchmarks/quantization_cost.py --preset "$PRESET" --repeats 20 \
+  --pallas --no-references --require-gpu
 part step_a 150 $PY benchmarks/step_cost.py --preset "$PRESET" --scanned --repeats 10 \
   --optimizers "$GROUP_A" --csv "$OUT/step_a.csv"
 part step_b 150 $PY benchmarks/step_cost.py --preset "$PRESET" --scanned --repeats 10 \

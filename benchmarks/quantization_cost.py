@@ -19,6 +19,17 @@
   ``8bit, no re-coding`` — the block maxima and the update loops only, the
   codes replaced by zeros (the floor of the recomputing structure).
 
+With ``--pallas``, the row ``optx.adamw_8bit (pallas)`` times the fused
+Pallas kernel (``kernel='pallas'``: one pass per quantized leaf, Triton on
+CUDA) next to the XLA path, after checking that its first step's codes and
+block scales match the XLA path's (the mismatch counts are printed). Only on
+a CUDA backend: elsewhere the kernel runs in Pallas' interpret mode, a
+correctness reference that is never timed, and the row is skipped with a
+note. A kernel that does not compile raises (the run fails). ``--no-references``
+drops the reference rows; ``--require-gpu`` makes a run without a CUDA
+device fail instead of skipping the row (``benchmarks/gpu_figures.sh``'s part
+``pallas_8bit``, which therefore reports FAILED in a CPU dry run).
+
 Steps run round-robin (``--repeats`` rounds); the table gives the median and
 the minimum wall time and the median process CPU time (all threads: the
 figure least disturbed by other processes on a shared machine), each as a
@@ -27,6 +38,7 @@ ratio to ``optax.adamw`` in the same run.
 Example::
 
   python benchmarks/quantization_cost.py --preset small --repeats 25
+  python benchmarks/quantization_cost.py --preset gpt2-small --pallas --no-references  # GPU
 """
 
 from __future__ import annotations
@@ -182,11 +194,49 @@ def timed_steps(
     return times, cpu
 
 
+def check_pallas(params: Any, grads: Any) -> None:
+    """One step of ``kernel='pallas'`` against the XLA path from the same state:
+    prints how many codes and block scales differ (the same rounding rule; on a
+    GPU Triton's multiply-add contraction and its approximate ``/`` and
+    ``sqrt`` in the inner update can move a moment, hence a code, by an ulp).
+    Raises if the kernel does not compile."""
+    xla, fused = optx.adamw_8bit(1e-3), optx.adamw_8bit(1e-3, kernel="pallas")
+    state = xla.init(params)
+    ux, sx = jax.jit(xla.update)(grads, state, params)
+    up, sp = jax.jit(fused.update)(grads, state, params)
+    codes = scales = codes_total = scales_total = 0
+    for a, b in zip(jax.tree.leaves(sx), jax.tree.leaves(sp)):
+        differ = int(jnp.sum(a != b))
+        if a.dtype == jnp.uint8:
+            codes, codes_total = codes + differ, codes_total + a.size
+        elif a.ndim == 1:
+            scales, scales_total = scales + differ, scales_total + a.size
+    worst = max(
+        float(jnp.max(jnp.abs(a - b) / jnp.maximum(jnp.abs(a), 1e-30)))
+        for a, b in zip(jax.tree.leaves(ux), jax.tree.leaves(up))
+    )
+    print(
+        f"pallas vs XLA, one step: codes differing {codes} of {codes_total}, block scales "
+        f"differing {scales} of {scales_total}, max relative update difference {worst:.2e}\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python benchmarks/quantization_cost.py")
     p.add_argument("--preset", default="small", choices=sorted(_trees.PRESETS))
     p.add_argument("--repeats", type=int, default=25)
+    p.add_argument("--pallas", action="store_true", help="time kernel='pallas' (CUDA only)")
+    p.add_argument("--no-references", action="store_true", help="skip the reference rows")
+    p.add_argument(
+        "--require-gpu", action="store_true", help="with --pallas: fail instead of skipping"
+    )
     args = p.parse_args(argv)
+    on_gpu = jax.default_backend() == "gpu"
+    if args.pallas and args.require_gpu and not on_gpu:
+        raise SystemExit(
+            f"--pallas --require-gpu: backend {jax.default_backend()!r} has no CUDA device to "
+            "time the Pallas kernel on (it would run interpreted)."
+        )
     shape = _trees.PRESETS[args.preset]
     params = _trees.gpt_params(shape, jax.random.key(0))
     grads = _trees.gpt_params(shape, jax.random.key(1), std=1e-3)
@@ -216,12 +266,27 @@ def main(argv: list[str] | None = None) -> None:
         "optax.adamw": builder(lambda: optax.adamw(1e-3, weight_decay=1e-4)),
         "optx.adamw": builder(lambda: optx.adamw(1e-3)),
         "optx.adamw_8bit": builder(lambda: optx.adamw_8bit(1e-3)),
-        "8bit, one pass (previous; reference)": builder(one_pass),
-        "8bit, rounding coder (reference)": builder(
-            lambda: optx.adamw_8bit(1e-3), coder=rounding_coder
-        ),
-        "8bit, no re-coding (reference)": builder(lambda: optx.adamw_8bit(1e-3), coder=no_recoding),
     }
+    notes = []
+    if args.pallas:
+        check_pallas(params, grads)  # interpreted off a GPU: checked, not timed
+    if args.pallas and on_gpu:
+        rows["optx.adamw_8bit (pallas)"] = builder(lambda: optx.adamw_8bit(1e-3, kernel="pallas"))
+    elif args.pallas:
+        notes.append(
+            f"optx.adamw_8bit (pallas) skipped: backend {jax.default_backend()!r} runs the "
+            "kernel in Pallas' interpret mode (a correctness reference, never timed)."
+        )
+    if not args.no_references:
+        rows |= {
+            "8bit, one pass (previous; reference)": builder(one_pass),
+            "8bit, rounding coder (reference)": builder(
+                lambda: optx.adamw_8bit(1e-3), coder=rounding_coder
+            ),
+            "8bit, no re-coding (reference)": builder(
+                lambda: optx.adamw_8bit(1e-3), coder=no_recoding
+            ),
+        }
     times, cpu = timed_steps(rows, params, grads, args.repeats)
     base_med = statistics.median(times["optax.adamw"])
     base_min = min(times["optax.adamw"])
@@ -241,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
             f"| {name} | {1e3 * med:.2f} | {med / base_med:.2f} | {1e3 * low:.2f} | "
             f"{low / base_min:.2f} | {1e3 * c:.2f} | {c / base_cpu:.2f} |"
         )
+    for note in notes:
+        print(f"\n{note}")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ T_NORM = ("tests/test_normalization.py",)
 T_KRON = ("tests/test_kronecker.py", "tests/test_faithfulness.py")
 T_WD = ("tests/test_weight_decay.py",)
 T_QUANT = ("tests/test_quantization.py",)
+T_QUANT_KERNEL = ("tests/test_quantization_kernels.py",)
 T_ORTHO = ("tests/test_orthogonalization.py",)
 T_RADIAL = ("tests/test_radial.py", "tests/aliases/test_elementwise.py")
 T_VAR = ("tests/test_variance.py",)
@@ -370,6 +371,14 @@ MUTANTS = (
         "zero_code - jnp.minimum(k, 128)",
         T_QUANT,
         "8-bit negative code range",
+    ),
+    Mutant(
+        "quant_kernel_tail_mask",
+        S + "quantization_kernels.py",
+        "jnp.max(jnp.where(valid_entries, jnp.abs(x), 0.0), axis=1)",
+        "jnp.max(jnp.abs(x), axis=1)",
+        T_QUANT_KERNEL,
+        "Pallas 8-bit kernel: padding entries in the last block's maximum",
     ),
     # --- AdamP / SGDP ---
     Mutant(

@@ -442,6 +442,7 @@ TABLE: dict[str, Constraint] = {
         "svd", "random", "orthogonal", "coordinate", "dct", "block", callable_ok=True
     ),
     "scaling": choice("keller", "moonlight", "none", optional=True),
+    "kernel": choice("xla", "pallas", optional=True),
     # --- evolution strategies (EGGROLL / OpenES)
     "sigma": POSITIVE,
     "population_size": integer(2, optional=True),

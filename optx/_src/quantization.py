@@ -224,7 +224,9 @@ def _carry_table(signed: bool) -> np.ndarray:
     return out
 
 
-def _nearest_code(y: jax.Array, signed: bool) -> jax.Array:
+def _nearest_code(
+    y: jax.Array, signed: bool, lookup: Callable[[jax.Array], jax.Array] | None = None
+) -> jax.Array:
     """The code of ``y ∈ [−1, 1]`` (``[0, 1]`` unsigned) under optx's rule (int32).
 
     The rule: ``argmin_k fl(|y − map[k]|)``, float32 distances, ties to the
@@ -235,8 +237,16 @@ def _nearest_code(y: jax.Array, signed: bool) -> jax.Array:
     (:func:`_code_table`); ``code = candidate + (|y| > threshold)``, evaluated
     as one add and shift (:func:`_carry_table`), so that XLA fuses the lookup
     into the coding loop (an entry unpacked twice is written out first).
+    ``lookup(idx)`` reads the entries of :func:`_carry_table` (default: a
+    gather from the table as a constant; the Pallas kernel reads its table
+    input).
     """
-    table = jnp.asarray(_carry_table(signed))
+    if lookup is None:
+        table = jnp.asarray(_carry_table(signed))
+
+        def lookup(idx: jax.Array) -> jax.Array:
+            return table.at[idx].get(mode="promise_in_bounds")
+
     low_mask = (1 << _BUCKET_SHIFT) - 1
     n_buckets = _LAST_BUCKET - _FIRST_BUCKET + 1
     bits = jax.lax.bitcast_convert_type(jnp.abs(y), jnp.uint32)
@@ -248,7 +258,7 @@ def _nearest_code(y: jax.Array, signed: bool) -> jax.Array:
     idx = ((bits >> _BUCKET_SHIFT) - _FIRST_BUCKET).astype(jnp.int32)
     if signed:
         idx = idx + jnp.where(y < 0, n_buckets, 0)
-    entry = table.at[idx].get(mode="promise_in_bounds")
+    entry = lookup(idx)
     k = ((entry + (bits & low_mask)) >> _BUCKET_SHIFT).astype(jnp.int32)
     if not signed:
         return jnp.minimum(k, 255)  # NaN entries (a NaN block) land on the last code
@@ -431,6 +441,7 @@ def quantize_moments(
     unsigned_fields: Sequence[str] = ("nu",),
     fields: Sequence[str] | None = None,
     full_precision: str | Callable[[str], bool] | None = None,
+    kernel: str = "xla",
 ) -> optax.GradientTransformationExtraArgs:
     """Keeps the state of ``inner`` in block-wise 8-bit form (arXiv 2110.02861).
 
@@ -463,6 +474,32 @@ def quantize_moments(
     dequantize → update → quantize pass, up to the multiply-add contractions
     XLA:CPU chooses per fused loop (bit-identical with FMA disabled).
 
+    ``kernel='pallas'`` (opt-in; the XLA path is the portable default) does
+    the step of each quantized parameter leaf in one fused Pallas kernel
+    (:mod:`optx._src.quantization_kernels`): per tile of blocks it reads the
+    codes, block scales and gradient once (the parameter only if the inner
+    reads it), runs ``inner.update`` on the dequantized values, reduces the
+    new block maxima in registers and writes the codes, scales and update
+    once: 6 B in and 6 B out per parameter for Adam's two codes and a float32
+    gradient and update. A whole 8-bit AdamW step (the decay, learning rate
+    and ``apply_updates`` are one more XLA loop: update and parameter in,
+    parameter out) then moves 14 B in and 10 B out per parameter, against
+    26 B in and 6 B out for the XLA structure and 16 B in and 12 B out for
+    ``optax.adamw``. Same codes and block scales as the XLA path (the same
+    rounding rule; bit-identical on CPU without FMA, otherwise up to the
+    multiply-add contraction of the moments). Only for **element-wise**
+    inners (``scale_by_adam``, ``scale_by_lion``, ``trace``): the inner's
+    per-leaf update is traced and any reducing, reshaping or entry-mixing
+    primitive, or an extra argument it reads, raises a ``ValueError``.
+    Leaves the kernel does not take run on the XLA path in the same step:
+    leaves with a full-precision moment next to a quantized one
+    (``fields``), a ``block_size`` that is not a power of two, leaves
+    sharded over a mesh axis, leaves of 2³¹ entries or more. Leaves whose
+    size is not a multiple of ``block_size`` work (the tail is masked). On
+    CUDA it lowers with Pallas' Triton backend; elsewhere the kernel runs in
+    Pallas' interpret mode (a correctness reference, slow). GPU timing is
+    pending a GPU lease (``benchmarks/quantization_cost.py --pallas``).
+
     Args:
       inner: the transform whose state is quantized.
       block_size: entries per block scale (static; 256 in bitsandbytes, 2048 in
@@ -477,6 +514,8 @@ def quantize_moments(
         predicate on it; matching leaves keep full precision — bitsandbytes'
         per-parameter 32-bit override used for ``StableEmbedding``
         (paper §2.4). E.g. ``full_precision=r'(^|/)embed'``.
+      kernel: ``'xla'`` (default, every platform) or ``'pallas'`` (one fused
+        kernel per quantized leaf; element-wise inners only, see above).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
@@ -518,6 +557,7 @@ def quantize_moments(
             f"`full_precision` must be a regex string, a predicate or None, got {full_precision!r}."
         )
     inner = optax.with_extra_args_support(inner)
+    fused = kernel == "pallas"
 
     def is_signed(path: base.KeyPath) -> bool:
         return not any(name in unsigned for name in _field_names(path))
@@ -575,6 +615,12 @@ def quantize_moments(
             new_updates, new_inner = inner.update(updates, full, params, **extra)
             return new_updates, treedef.flatten_up_to(new_inner)
 
+        kernel_out: dict[int, Any] = {}
+        if fused:
+            kernel_out = _fused_steps(
+                inner, updates, params, extra, flat, scales, qidx, is_signed, block_size
+            )
+        done = {i for _, codes_out, _ in kernel_out.values() for i in codes_out}
         codes = [flat[i][1] for i in qidx]
         # The other leaves as they are, the block scales in the quantized slots.
         others = [scales[i] if i in qidx else x for i, (_, x) in enumerate(flat)]
@@ -591,7 +637,7 @@ def quantize_moments(
         new_updates, _ = inner_step(for_updates, others, updates, params)
         _, new_leaves = inner_step(for_codes, others, updates, params)
         groups: dict[Any, list[int]] = {}
-        for i in qidx:
+        for i in (i for i in qidx if i not in done):
             param_path = tuple(e for e in paths[i] if not isinstance(e, jax.tree_util.GetAttrKey))
             key = (num_blocks(math.prod(jnp.shape(first[i])), block_size), param_path)
             groups.setdefault(key, []).append(i)
@@ -606,10 +652,98 @@ def quantize_moments(
             for i, q in zip(members, quantized):
                 new_leaves[i] = sharding.reshard_like(q.codes, flat[i][1])
                 new_scales[i] = sharding.reshard_like(q.absmax, scales[i])
+        new_updates = optax.tree.cast_like(new_updates, updates)
+        if kernel_out:
+            # The kernel's leaves replace the XLA path's (whose unused loops XLA drops).
+            u_leaves, u_treedef = jax.tree_util.tree_flatten(new_updates)
+            for j, (u, codes_out, scales_out) in kernel_out.items():
+                u_leaves[j] = u
+                for i, c in codes_out.items():
+                    new_leaves[i], new_scales[i] = c, scales_out[i]
+            new_updates = jax.tree_util.tree_unflatten(u_treedef, u_leaves)
         new_state = QuantizedState(
             jax.tree_util.tree_unflatten(treedef, new_leaves),
             jax.tree_util.tree_unflatten(treedef, new_scales),
         )
-        return optax.tree.cast_like(new_updates, updates), new_state
+        return new_updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _fused_steps(
+    inner: optax.GradientTransformationExtraArgs,
+    updates: base.Updates,
+    params: base.Params | None,
+    extra: dict[str, Any],
+    flat: Sequence[tuple[base.KeyPath, Any]],
+    scales: Sequence[Any],
+    qidx: Sequence[int],
+    is_signed: Callable[[base.KeyPath], bool],
+    block_size: int,
+) -> dict[int, tuple[jax.Array, dict[int, jax.Array], dict[int, jax.Array]]]:
+    """``kernel='pallas'``: the fused kernel on every parameter leaf it takes.
+
+    Returns, per index of a parameter leaf in ``updates``' leaves: its update
+    and the new codes and block scales of its moments, by state-leaf index.
+    Leaves it does not take (see :func:`quantize_moments`) are left out and
+    stay on the XLA path.
+    """
+    from optx._src import quantization_kernels as qk
+
+    if block_size & (block_size - 1):
+        return {}  # Triton tiles are powers of two
+    u_flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+    p_leaves = None if params is None else jax.tree_util.tree_leaves(params)
+    state_index = {tuple(path): i for i, (path, _) in enumerate(flat)}
+    leaves = [x for _, x in flat]
+    quantized = frozenset(qidx)
+    out = {}
+    checked: dict[Any, bool] = {}  # one trace per kind of leaf (the tile shape is fixed)
+    for j, (path, g) in enumerate(u_flat):
+        if math.prod(jnp.shape(g)) > 2**31 - 2 * qk.TILE:
+            continue  # the kernel indexes entries with int32
+        if any(sharding.is_sharded(x) for x in (g, None if p_leaves is None else p_leaves[j])):
+            continue
+        like = g if p_leaves is None else p_leaves[j]
+        plan = qk.plan_leaf(
+            inner.init,
+            like,
+            tuple(path),
+            state_index,
+            leaves,
+            quantized,
+            lambda i: is_signed(flat[i][0]),
+        )
+        if plan is None or any(sharding.is_sharded(leaves[i]) for i in plan.quantized):
+            continue
+        p = None if p_leaves is None else p_leaves[j]
+        scalars = [leaves[i] for i in plan.scalars]
+        key = (
+            plan.treedef,
+            plan.slots,
+            jnp.result_type(g),
+            None if p is None else jnp.result_type(p),
+            tuple(jax.typeof(s) for s in scalars),
+        )
+        if key not in checked:
+            checked[key] = qk.check_elementwise(
+                inner.update, plan, block_size, g, scalars, p, extra
+            )
+        reads_p = checked[key]
+        u, codes, absmax = qk.fused_leaf_step(
+            inner.update,
+            plan,
+            [leaves[i] for i in plan.quantized],
+            [scales[i] for i in plan.quantized],
+            scalars,
+            g,
+            p if reads_p else None,
+            block_size,
+            jnp.result_type(g),
+        )
+        out[j] = (
+            u,
+            dict(zip(plan.quantized, codes)),
+            dict(zip(plan.quantized, absmax)),
+        )
+    return out

@@ -27,6 +27,7 @@ from optx._src.aliases.elementwise import adamw
 from optx._src.weight_decay import add_decayed_weights_after_step
 
 _COMMON_8BIT_STATIC = ("block_size", "min_size", "full_precision")
+_8BIT_KERNEL_STATIC = (*_COMMON_8BIT_STATIC, "kernel")
 _PROJECTION_STATIC = ("rank", "update_proj_gap", "projection", "side", "seed")
 
 
@@ -40,6 +41,7 @@ def _quantized(
     block_size: int | None,
     min_size: int | None,
     full_precision: str | Callable[[str], bool] | None,
+    kernel: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """``quantize_moments(inner)`` with the bitsandbytes defaults for None."""
     return quantization.quantize_moments(
@@ -47,6 +49,7 @@ def _quantized(
         block_size=_or(block_size, quantization.REFERENCE_BLOCK_SIZE),
         min_size=_or(min_size, quantization.REFERENCE_MIN_SIZE),
         full_precision=full_precision,
+        kernel=_or(kernel, "xla"),
     )
 
 
@@ -70,6 +73,7 @@ def adamw_8bit(
     min_size: int | None = None,
     full_precision: str | Callable[[str], bool] | None = None,
     nu_dtype: base.DTypeLike | None = None,
+    kernel: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AdamW with block-wise 8-bit moments (bitsandbytes ``AdamW8bit``).
 
@@ -110,6 +114,9 @@ def adamw_8bit(
       full_precision: regex (or predicate) on the state path of leaves to keep
         in full precision, see :func:`optx.quantization.quantize_moments`.
       nu_dtype: dtype of the full-precision (small) second moments.
+      kernel: ``'xla'`` (None, the portable default) or ``'pallas'``: one fused
+        kernel per quantized leaf (Triton on CUDA; same codes and block
+        scales), see :func:`optx.quantization.quantize_moments`.
 
     Complex parameters: supported (phase-equivariant); complex moments are kept in full
       precision (only real floating moments are quantized).
@@ -132,6 +139,7 @@ def adamw_8bit(
             block_size,
             min_size,
             full_precision,
+            kernel,
         ),
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
@@ -150,6 +158,7 @@ def lion_8bit(
     block_size: int | None = None,
     min_size: int | None = None,
     full_precision: str | Callable[[str], bool] | None = None,
+    kernel: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Lion with a block-wise 8-bit momentum (bitsandbytes ``Lion8bit``).
 
@@ -171,7 +180,7 @@ def lion_8bit(
       mu_dtype: dtype of full-precision (small) momenta.
       weight_decay: decoupled λ.
       mask: weight-decay mask.
-      block_size, min_size, full_precision: see :func:`adamw_8bit`.
+      block_size, min_size, full_precision, kernel: see :func:`adamw_8bit`.
 
     Complex parameters: supported (phase-equivariant); complex moments are kept in full
       precision (only real floating moments are quantized).
@@ -187,7 +196,11 @@ def lion_8bit(
     """
     return optax.chain(
         _quantized(
-            optax.scale_by_lion(b1, b2, mu_dtype=mu_dtype), block_size, min_size, full_precision
+            optax.scale_by_lion(b1, b2, mu_dtype=mu_dtype),
+            block_size,
+            min_size,
+            full_precision,
+            kernel,
         ),
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
@@ -206,6 +219,7 @@ def sgd_momentum_8bit(
     block_size: int | None = None,
     min_size: int | None = None,
     full_precision: str | Callable[[str], bool] | None = None,
+    kernel: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SGD with a block-wise 8-bit momentum buffer (bitsandbytes ``SGD8bit``).
 
@@ -229,7 +243,7 @@ def sgd_momentum_8bit(
       mu_dtype: dtype of full-precision (small) buffers.
       weight_decay: coupled L2 coefficient λ (added to the gradient).
       mask: weight-decay mask.
-      block_size, min_size, full_precision: see :func:`adamw_8bit`.
+      block_size, min_size, full_precision, kernel: see :func:`adamw_8bit`.
 
     Complex parameters: supported (phase-equivariant); complex moments are kept in full
       precision (only real floating moments are quantized).
@@ -250,6 +264,7 @@ def sgd_momentum_8bit(
             block_size,
             min_size,
             full_precision,
+            kernel,
         ),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -1072,7 +1087,7 @@ registry.register(
         family="memory",
         defaults={"learning_rate": 1e-3, "weight_decay": 1e-2},
         lr_grid=(3e-4, 1e-3, 3e-3, 1e-2),
-        static_args=_COMMON_8BIT_STATIC,
+        static_args=_8BIT_KERNEL_STATIC,
         test_overrides=_8BIT_TEST,
         description="AdamW with block-wise 8-bit moments (bitsandbytes AdamW8bit)",
     )
@@ -1085,7 +1100,7 @@ registry.register(
         family="memory",
         defaults={"learning_rate": 1e-4},
         lr_grid=(3e-5, 1e-4, 3e-4, 1e-3),
-        static_args=_COMMON_8BIT_STATIC,
+        static_args=_8BIT_KERNEL_STATIC,
         test_overrides={**_8BIT_TEST, "learning_rate": 1e-2},
         description="Lion with a block-wise 8-bit momentum (bitsandbytes Lion8bit)",
     )
@@ -1098,7 +1113,7 @@ registry.register(
         family="memory",
         defaults={"learning_rate": 1e-2, "momentum": 0.9},
         lr_grid=(3e-3, 1e-2, 3e-2, 1e-1),
-        static_args=_COMMON_8BIT_STATIC,
+        static_args=_8BIT_KERNEL_STATIC,
         test_overrides=_8BIT_TEST,
         description="SGD with a block-wise 8-bit momentum (bitsandbytes SGD8bit)",
     )

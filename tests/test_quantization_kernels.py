@@ -1,0 +1,247 @@
+"""Tests of optx/_src/quantization_kernels.py: the fused Pallas kernel of
+``quantize_moments(kernel='pallas')`` against the XLA path (interpret mode on
+CPU), its fallbacks, its refusals and its lowering for CUDA."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optx
+
+# A leaf of whole tiles, one whose size is a multiple of neither the block nor
+# the tile (masked tail), one below min_size (full precision), a bf16 leaf.
+SHAPES = {"a": (64, 64), "d": (5000,), "s": (3,), "h": (8, 512)}
+DTYPES = {"h": jnp.bfloat16}
+
+
+def _tree(rng: np.random.Generator, scale: float = 1.0) -> dict:
+    return {
+        k: jnp.asarray(rng.standard_normal(s) * scale, DTYPES.get(k, jnp.float32))
+        for k, s in SHAPES.items()
+    }
+
+
+def _pallas_calls(fn, *args) -> int:
+    """Kernel calls in the traced step (each appears in a CUDA and an interpret branch)."""
+    return str(jax.make_jaxpr(fn)(*args)).count("pallas_call[") // 2
+
+
+def _compare(make, steps: int, seed: int = 0) -> None:
+    """Teacher-forced: each step of both kernels starts from the XLA path's state.
+    Codes identical; block scales to one float32 ulp and updates to the
+    quantization tests' tolerance: XLA:CPU contracts the moments' multiply-adds
+    differently in the two programs (bit-identical without FMA, see
+    ``test_bit_identical_without_fma``)."""
+    rng = np.random.default_rng(seed)
+    params = _tree(rng)
+    txs = {k: make(k) for k in ("xla", "pallas")}
+    fns = {k: jax.jit(tx.update) for k, tx in txs.items()}
+    state = txs["xla"].init(params)
+    assert _pallas_calls(txs["pallas"].update, params, state, params) == 3
+    for _ in range(steps):
+        grads = _tree(rng, 10.0 ** rng.uniform(-3, 1))
+        (ux, sx), (up, sp) = (fns[k](grads, state, params) for k in ("xla", "pallas"))
+        assert jax.tree.structure(sx) == jax.tree.structure(sp)
+        for a, b in zip(jax.tree.leaves(sx), jax.tree.leaves(sp)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            if a.dtype == jnp.uint8:
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            else:
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(ux), jax.tree.leaves(up)):
+            assert a.dtype == b.dtype
+            # bf16 updates: the float32 difference can move the rounding by one bf16 ulp.
+            rtol = max(2e-5, float(jnp.finfo(a.dtype).eps))
+            np.testing.assert_allclose(
+                np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=rtol, atol=1e-6
+            )
+        state = sx
+
+
+def test_adamw_8bit_kernel_matches_xla_path() -> None:
+    """Three steps of adamw_8bit: signed (mu) and unsigned (nu) maps, a masked
+    tail, a min_size leaf on the XLA path, a bf16 leaf."""
+    _compare(lambda k: optx.adamw_8bit(1e-3, min_size=64, kernel=k), steps=3)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda k: optx.lion_8bit(1e-3, min_size=64, kernel=k),
+        lambda k: optx.sgd_momentum_8bit(1e-2, 0.9, True, min_size=64, kernel=k),
+        # An inner that reads the parameter: the kernel loads it.
+        lambda k: optx.quantization.quantize_moments(
+            optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(0.1)),
+            min_size=64,
+            kernel=k,
+        ),
+    ],
+    ids=["lion_8bit", "sgd_momentum_8bit_nesterov", "adam_with_decay_inner"],
+)
+def test_other_8bit_aliases_match_xla_path(make) -> None:
+    _compare(make, steps=1, seed=1)
+
+
+def test_bit_identical_without_fma() -> None:
+    """Without FMA (``--xla_cpu_max_isa=SSE4_2``) both programs compute the same
+    moments, so codes and block scales are bit-identical over several steps
+    (a fresh process: XLA flags are read once)."""
+    code = textwrap.dedent(
+        """
+        import jax, numpy as np, optx
+        import jax.numpy as jnp
+        rng = np.random.default_rng(2)
+        shapes = {"d": (5000,)}
+        tree = lambda s: {k: jnp.asarray(rng.standard_normal(v) * s, jnp.float32)
+                          for k, v in shapes.items()}
+        params = tree(1.0)
+        tx = {k: optx.adamw_8bit(1e-3, min_size=64, kernel=k) for k in ("xla", "pallas")}
+        state = {k: t.init(params) for k, t in tx.items()}
+        for _ in range(3):
+            g = tree(10.0 ** rng.uniform(-3, 1))
+            out = {k: jax.jit(t.update)(g, state[k], params) for k, t in tx.items()}
+            for a, b in zip(*(jax.tree.leaves(out[k][1]) for k in ("xla", "pallas"))):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            for a, b in zip(*(jax.tree.leaves(out[k][0]) for k in ("xla", "pallas"))):
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+            state = {k: out[k][1] for k in out}
+        print("identical")
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2", "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0 and "identical" in run.stdout, run.stderr[-3000:]
+
+
+class _State(NamedTuple):
+    mu: Any
+
+
+def _one_minus_square() -> optax.GradientTransformation:
+    """``mu ← 1 − g²`` (element-wise): below 1 on every real entry, exactly 1 on
+    the zeros a tile's masked tail loads."""
+
+    def update(g, state, params=None):
+        del params
+        mu = jax.tree.map(lambda m, x: 0.0 * m + 1.0 - x * x, state.mu, g)
+        return mu, _State(mu)
+
+    return optax.GradientTransformation(lambda p: _State(jax.tree.map(jnp.zeros_like, p)), update)
+
+
+def test_masked_tail_stays_out_of_the_block_maximum() -> None:
+    """A leaf whose size is a multiple of neither the block nor the tile: the
+    tail's padding entries (loaded as zeros) must not enter the last block's
+    maximum, as the XLA path's zero padding does not."""
+    params = {"d": jnp.zeros((1000,))}
+    g = {"d": jnp.asarray(np.random.default_rng(5).uniform(0.05, 0.1, 1000), jnp.float32)}
+    out = {}
+    for k in ("xla", "pallas"):
+        tx = optx.quantization.quantize_moments(_one_minus_square(), min_size=64, kernel=k)
+        out[k] = jax.jit(tx.update)(g, tx.init(params))[1]
+    scales = [np.asarray(out[k].absmax.mu["d"]) for k in ("xla", "pallas")]
+    assert scales[0][-1] < 1.0
+    np.testing.assert_array_equal(scales[0], scales[1])
+    np.testing.assert_array_equal(
+        np.asarray(out["xla"].inner_state.mu["d"]), np.asarray(out["pallas"].inner_state.mu["d"])
+    )
+
+
+def test_precise_evaluation_reproduces_the_inner(monkeypatch) -> None:
+    """On CUDA the kernel evaluates the inner's jaxpr with float32 ``div`` and
+    ``sqrt`` of tiles swapped for PTX instructions; with the plain operations
+    in their place the evaluator (literals, inlined calls, several outputs)
+    reproduces the inner bit for bit."""
+    from optx._src import quantization_kernels as qk
+
+    def plain(name, args, shape):
+        args = [jnp.broadcast_to(jnp.asarray(a, jnp.float32), shape) for a in args]
+        return args[0] / args[1] if name == "div" else jnp.sqrt(args[0])
+
+    monkeypatch.setattr(qk, "_ptx", plain)
+    tx = optx.scale_by_adam(0.9, 0.99, 1e-8)
+    rng = np.random.default_rng(4)
+    g, mu = (jnp.asarray(rng.standard_normal((2, 8)), jnp.float32) for _ in range(2))
+    state = tx.init(g)._replace(mu=mu, nu=mu * mu, count=jnp.asarray(3, jnp.int32))
+    want = jax.jit(tx.update)(g, state)
+    got = jax.jit(qk._precise(tx.update))(g, state)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_fallbacks_to_the_xla_path() -> None:
+    """Leaves the kernel does not take run on the XLA path in the same step:
+    a block size that is not a power of two, a full-precision moment next to a
+    quantized one, a sharded leaf."""
+    params = {"w": jnp.ones((64, 64)), "v": jnp.ones((32, 64))}
+
+    def calls(**kw) -> int:
+        tx = optx.quantization.quantize_moments(
+            optax.scale_by_adam(), min_size=64, kernel="pallas", **kw
+        )
+        return _pallas_calls(tx.update, params, tx.init(params), params)
+
+    assert calls() == 2
+    assert calls(block_size=96) == 0
+    assert calls(fields=("mu",)) == 0
+    assert calls(full_precision="v") == 1
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(mesh):
+        sharded = {
+            "w": jax.device_put(params["w"], NamedSharding(mesh, P("data", None))),
+            "v": jax.device_put(params["v"], NamedSharding(mesh, P())),
+        }
+        tx = optx.quantization.quantize_moments(optax.scale_by_adam(), min_size=64, kernel="pallas")
+        assert _pallas_calls(tx.update, sharded, tx.init(sharded), sharded) == 1
+
+
+def test_refuses_non_elementwise_inner_and_bad_names() -> None:
+    params = {"w": jnp.ones((64, 64))}
+    tx = optx.quantization.quantize_moments(
+        optax.chain(optax.scale_by_adam(), optax.normalize_by_update_norm()),
+        min_size=64,
+        kernel="pallas",
+    )
+    with pytest.raises(ValueError, match=r"element-wise.*reduce_sum"):
+        tx.update(params, tx.init(params), params)
+    with pytest.raises(ValueError, match="kernel"):
+        optx.quantization.quantize_moments(optax.scale_by_adam(), kernel="triton")
+    with pytest.raises(ValueError, match="kernel"):
+        optx.adamw_8bit(1e-3, kernel="cuda")
+
+
+def test_kernel_lowers_for_cuda_with_triton() -> None:
+    """The whole adamw_8bit step exports for CUDA without a GPU: one Triton
+    kernel per quantized leaf, the reciprocal and Adam's division and square
+    root as ``div.rn.f32`` / ``sqrt.rn.f32`` (not libdevice's), no interpret
+    loop."""
+    try:
+        from jax.experimental.pallas import triton  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the installed jaxlib
+        pytest.skip(f"this jaxlib has no Pallas Triton lowering: {e}")
+    params = {"a": jnp.zeros((64, 64)), "d": jnp.zeros((5000,)), "s": jnp.zeros(3)}
+    tx = optx.adamw_8bit(1e-3, min_size=64, kernel="pallas")
+    exported = jax.export.export(
+        jax.jit(tx.update),
+        platforms=["cuda"],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(params, tx.init(params), params)
+    text = exported.mlir_module()
+    calls = [line for line in text.splitlines() if "custom_call @__gpu$xla.gpu.triton" in line]
+    assert len(calls) == 2 and all('name = "quantized_moments_step"' in c for c in calls)
+    assert "div.rn.f32" in text and "sqrt.rn.f32" in text and "__nv_sqrtf" not in text
+    assert "stablehlo.while" not in text
