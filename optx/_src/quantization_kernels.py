@@ -267,7 +267,13 @@ def check_elementwise(
     arrays = {k: v for k, v in extra.items() if isinstance(v, jax.Array | np.ndarray)}
     statics = {k: v for k, v in extra.items() if k not in arrays}
 
-    def fn(g, moments, scalars, p, arrays):
+    def fn(
+        g: jax.Array,
+        moments: list[jax.Array],
+        scalars: list[jax.Array],
+        p: jax.Array | None,
+        arrays: dict[str, Any],
+    ) -> tuple[jax.Array, list[jax.Array]]:
         return leaf_update(update, plan, g, moments, scalars, p, {**statics, **arrays})
 
     closed = jax.make_jaxpr(fn)(g_tile, moments, scalar_specs, p_tile, arrays)
