@@ -70,8 +70,10 @@ def main() -> None:
     assert jax.device_count() == 8, jax.devices()
     kind = AxisType.Explicit if args.axis_types == "explicit" else AxisType.Auto
     mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(kind,) * 2)
-    # A tiny tree (compile time dominates): an FSDP x tensor-parallel matrix, a stacked one,
-    # a model-sharded fallback matrix (embedding) and a replicated vector.
+    # A tiny tree (compile time dominates): an FSDP x tensor-parallel matrix, a stack
+    # sharded over `data` alone (FSDP: the whole-matrix-per-device paths, e.g. Muon's and
+    # GaLore's all-to-alls, run across the processes), a model-sharded fallback matrix
+    # (embedding) and a replicated vector.
     mixed = jax.tree.map(np.asarray, problems.mixed_params())
     host = {
         "embed": {"embedding": mixed["embed"]["embedding"]},  # (12, 8)
@@ -80,7 +82,7 @@ def main() -> None:
     }
     specs = jax.tree.map(lambda x: P(), host)
     specs["hidden"]["kernel"] = P("data", "model")
-    specs["stack"]["kernel"] = P(None, "data", "model")
+    specs["stack"]["kernel"] = P(None, "data", None)
     specs["embed"]["embedding"] = P(None, "model")
 
     def global_array(x: np.ndarray, spec: P) -> jax.Array:
@@ -96,6 +98,22 @@ def main() -> None:
     def gather(tree: object) -> object:
         return multihost_utils.process_allgather(tree, tiled=True)
 
+    replicated = NamedSharding(mesh, P())
+
+    def loss(p: object) -> jax.Array:
+        """The loss of the parameters gathered on every device: its value (and ES
+        fitness, whose standardization amplifies round-off) does not depend on how the
+        processes split a reduction; the gradient still comes back sharded like ``p``."""
+        whole = jax.tree.map(
+            lambda x: (
+                jax.sharding.reshard(x, replicated)
+                if kind == AxisType.Explicit
+                else jax.lax.with_sharding_constraint(x, replicated)
+            ),
+            p,
+        )
+        return problems.mixed_loss(whole)
+
     for name in args.names.split(","):
         t0 = time.perf_counter()
         try:
@@ -104,7 +122,7 @@ def main() -> None:
             tx = optax.with_extra_args_support(spec.factory(**kwargs))
 
             def step(p, s, i, spec=spec, tx=tx):
-                _, grads, extra = problems.extra_args_for(spec, problems.mixed_loss, p, i, key)
+                _, grads, extra = problems.extra_args_for(spec, loss, p, i, key)
                 u, s = tx.update(grads, s, p, **extra)
                 return optax.apply_updates(p, u), s
 

@@ -316,3 +316,29 @@ def test_fsdp_matrix_results_run_each_matrix_whole_on_one_device() -> None:
         whole = np.asarray(xs[i]).reshape(lays[i].batch_size, lays[i].fan_in, lays[i].fan_out)
         np.testing.assert_array_equal(np.asarray(y), np.asarray(f(jnp.asarray(whole))))
         assert jax.typeof(y).sharding.spec == result_specs[i]
+
+
+def test_fsdp_matrix_results_split_further_over_the_other_mesh_axes() -> None:
+    """On a (data 4, model 2) mesh, a 4-matrix stack sharded over ``'data'`` alone whose
+    results are stored over ``('data', 'model')`` (``fill_spec`` spreads state over every
+    device): the all-to-alls run over ``'data'`` and each device keeps its ``'model'``
+    slice of the rows it receives, so every result equals the function of the whole
+    matrix, exactly, sharded like its template."""
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    x = jax.random.normal(jax.random.key(12), (4, 16, 24))
+    lay = optx.ResolvedLayout((4, 16, 24), (1,), (2,), (0,))
+    spec = P(None, ("data", "model"), None)
+
+    def f(m: jax.Array) -> jax.Array:
+        return 2 * m[:, :, :8] + jnp.sum(m, axis=2, keepdims=True)
+
+    @jax.jit
+    def run(x: jax.Array) -> jax.Array:
+        like = [jax.device_put(jnp.zeros((4, 16, 8)), NamedSharding(mesh, spec))]
+        groups = orth.fsdp_result_groups([(x, lay)], like)
+        assert [g.result_more for g in groups] == [("model",)], groups
+        return orth.map_fsdp_matrix_results([(x, lay)], like, lambda i: f, groups)[0]
+
+    y = run(jax.device_put(x, NamedSharding(mesh, P(None, "data", None))))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(f(x)))
+    assert jax.typeof(y).sharding.spec == spec

@@ -608,15 +608,23 @@ def map_fsdp_matrices(
     return {i for members in groups.values() for i, _ in members}
 
 
-def _result_axis(spec: PartitionSpec | None, entry: Any) -> int | None:
-    """The axis (1 or 2) of a per-matrix result ``(b, a, c)`` sharded over ``entry`` alone."""
+def _names(entry: Any) -> tuple[str, ...]:
+    return () if entry is None else entry if isinstance(entry, tuple) else (entry,)
+
+
+def _result_axis(spec: PartitionSpec | None, entry: Any) -> tuple[int, tuple[str, ...]] | None:
+    """Where a per-matrix result ``(b, a, c)`` is sharded: ``(axis, more)`` when only its
+    axis 1 or 2 is, over ``entry``'s mesh axes followed (minor) by the axes ``more``."""
     if spec is None:
         return None
     entries = tuple(spec) + (None,) * (3 - len(spec))
     sharded = [k for k, e in enumerate(entries) if e is not None]
-    if len(sharded) == 1 and sharded[0] in (1, 2) and entries[sharded[0]] == entry:
-        return sharded[0]
-    return None
+    if len(sharded) != 1 or sharded[0] not in (1, 2):
+        return None
+    names, lead = _names(entries[sharded[0]]), _names(entry)
+    if names[: len(lead)] != lead:
+        return None
+    return sharded[0], names[len(lead) :]
 
 
 class ResultGroup(NamedTuple):
@@ -626,6 +634,7 @@ class ResultGroup(NamedTuple):
     entry: Any
     transposed: tuple[bool, ...]  # per member: column-sharded, its blocks transposed
     result_axis: int
+    result_more: tuple[str, ...] = ()  # mesh axes the result is split over after ``entry``
 
 
 def fsdp_result_groups(
@@ -636,8 +645,10 @@ def fsdp_result_groups(
     """The groups :func:`map_fsdp_matrix_results` sends through two all-to-alls.
 
     Leaf ``i`` qualifies when it is FSDP-sharded (:func:`_fsdp_groups`) and its result
-    ``like[i]`` (an array ``(b, a, c)``) is sharded over the same mesh axes on axis 1 or 2
-    alone; leaves group by matrix shape and orientation (square matrices sharded either way
+    ``like[i]`` (an array ``(b, a, c)``) is sharded on its axis 1 or 2 alone, over the same
+    mesh axes followed (minor) by any others (e.g. ``('data', 'model')`` for a matrix sharded
+    over ``'data'``: each device then keeps its ``'model'`` slice of the block it receives);
+    leaves group by matrix shape and orientation (square matrices sharded either way
     share a group: each device transposes the column-sharded ones back), result shape and
     type, and ``key(i)`` (what the function depends on). A group is kept where the all-to-alls move
     fewer bytes than gathering its ``T`` matrices on every device: ``⌈T/N⌉ (|X| + |R|) <
@@ -647,7 +658,7 @@ def fsdp_result_groups(
     found: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for (entry, rows, cols, dtype, _), members in _fsdp_groups(leaves).items():
         for i, flip in members:
-            axis = _result_axis(sharding.spec_of(like[i]), entry)
+            axis = _result_axis(sharding.spec_of(like[i]), entry)  # (axis, more mesh axes)
             if axis is not None:
                 r = like[i]
                 extra = None if key is None else key(i)
@@ -663,7 +674,7 @@ def fsdp_result_groups(
         r_bytes = math.prod(rshape) * np.dtype(rdtype).itemsize
         if -(-t // n) * (x_bytes + r_bytes) < t * x_bytes:
             indices, flips = zip(*members)
-            groups.append(ResultGroup(indices, entry, flips, axis))
+            groups.append(ResultGroup(indices, entry, flips, *axis))
     return groups
 
 
@@ -726,6 +737,10 @@ def _results_on_owners(
         back = jax.lax.all_to_all(
             out, names, split_axis=group.result_axis, concat_axis=0, tiled=True
         )
+        if group.result_more:  # replicated over these axes: keep this device's slice
+            size = back.shape[group.result_axis] // _axis_size(mesh, group.result_more)
+            at = jax.lax.axis_index(group.result_more) * size
+            back = jax.lax.dynamic_slice_in_dim(back, at, size, axis=group.result_axis)
         return tuple(back[a:b] for a, b in itertools.pairwise(sizes))
 
     run = jax.shard_map(
