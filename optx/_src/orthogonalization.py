@@ -648,14 +648,14 @@ def fsdp_result_groups(
     ``like[i]`` (an array ``(b, a, c)``) is sharded on its axis 1 or 2 alone, over the same
     mesh axes followed (minor) by any others (e.g. ``('data', 'model')`` for a matrix sharded
     over ``'data'``: each device then keeps its ``'model'`` slice of the block it receives);
-    leaves group by matrix shape and orientation (square matrices sharded either way
-    share a group: each device transposes the column-sharded ones back), result shape and
-    type, and ``key(i)`` (what the function depends on). A group is kept where the all-to-alls move
-    fewer bytes than gathering its ``T`` matrices on every device: ``⌈T/N⌉ (|X| + |R|) <
-    T |X|`` for matrices ``X`` and results ``R`` on ``N`` devices.
+    leaves group by matrix shape and orientation (square matrices sharded either way share
+    a group: each device transposes the column-sharded ones back), result shape and type,
+    and ``key(i)`` (what the function depends on). A group is kept where the all-to-alls
+    move fewer bytes than gathering its ``T`` matrices on every device: ``⌈T/N⌉ (|X| + |R|)
+    < T |X|`` for matrices ``X`` and results ``R`` on ``N`` devices.
     """
     mesh = sharding.mesh_of([x for x, _ in leaves])
-    found: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    found: dict[tuple[Any, ...], list[tuple[int, bool]]] = defaultdict(list)
     for (entry, rows, cols, dtype, _), members in _fsdp_groups(leaves).items():
         for i, flip in members:
             axis = _result_axis(sharding.spec_of(like[i]), entry)  # (axis, more mesh axes)
@@ -716,7 +716,7 @@ def _results_on_owners(
     xs = [x for x, _ in leaves]
     lays = [lay for _, lay in leaves]
     mesh = sharding.mesh_of(xs)
-    names = group.entry if isinstance(group.entry, tuple) else (group.entry,)
+    names = _names(group.entry)
     n = _axis_size(mesh, group.entry)
     sizes = np.cumsum([0] + [lay.batch_size for lay in lays])
 
