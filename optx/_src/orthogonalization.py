@@ -493,7 +493,7 @@ def _all_to_all_matrix_fn(
     lays = [lay for _, lay, _ in leaves]
     flips = [flip for _, _, flip in leaves]
     mesh = sharding.mesh_of(xs)
-    names = entry if isinstance(entry, tuple) else (entry,)
+    names = _names(entry)
     n = _axis_size(mesh, entry)
     specs = tuple(sharding.spec_of(x) for x in xs)
 
@@ -550,7 +550,7 @@ def _fsdp_groups(
 
 
 def _axis_size(mesh: Any, entry: Any) -> int:
-    names = entry if isinstance(entry, tuple) else (entry,)
+    names = _names(entry)
     return math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes))[k] for k in names)
 
 
