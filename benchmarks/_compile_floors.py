@@ -315,11 +315,10 @@ def _spec(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
-def _adamw_step_program(params: Any) -> FloorProgram:
-    """``optax.adamw``'s jitted step (update + apply) on the whole tree."""
+def _step_program(params: Any, tx: Any, label: str) -> FloorProgram:
+    """An optax transform's jitted step (update + apply) on the whole tree."""
     import optax
 
-    tx = optax.adamw(1e-3, weight_decay=1e-4)
     abstract = jax.tree.map(lambda p: _spec(p.shape, p.dtype), params)
     state = jax.eval_shape(tx.init, abstract)
 
@@ -327,7 +326,14 @@ def _adamw_step_program(params: Any) -> FloorProgram:
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
-    return FloorProgram("optax.adamw step", step, (abstract, state, abstract))
+    return FloorProgram(label, step, (abstract, state, abstract))
+
+
+def _adamw_step_program(params: Any) -> FloorProgram:
+    """``optax.adamw``'s jitted step (update + apply) on the whole tree."""
+    import optax
+
+    return _step_program(params, optax.adamw(1e-3, weight_decay=1e-4), "optax.adamw step")
 
 
 def _distinct_layouts(params: Any) -> list[tuple[Any, Any]]:
@@ -372,6 +378,16 @@ def _muon_family(params: Any) -> list[FloorProgram]:
 
 for _name in ("muon", "normuon", "hybrid_auon"):
     register(_name)(_muon_family)
+
+
+@register("lion_kappa")
+def _lion_kappa(params: Any) -> list[FloorProgram]:
+    """The registry's Lion-𝒦 (``kappa='nuclear'``: Lion's direction orthogonalized):
+    Lion's element-wise step plus Newton–Schulz once per matrix shape."""
+    import optax
+
+    lion = _step_program(params, optax.lion(1e-4), "optax.lion step")
+    return [lion, *_newton_schulz_programs(params)]
 
 
 @register("lipschitz_muon")
