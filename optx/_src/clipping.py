@@ -363,11 +363,9 @@ def clip_by_quantile(
     ) -> tuple[base.Updates, Any]:
         del params, extra
 
-        resolve = layouts.resolved_layout_fn(layout)
-        flat, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=base.is_leaf_or_none)
+        flat, treedef, lays = layouts.leaves_with_layouts(updates, layout)
         local: dict[int, ResolvedLayout] = {}
-        for i, (path, x) in enumerate(flat):
-            lay = None if x is None else resolve(base.path_to_str(path), x)
+        for i, ((_, x), lay) in enumerate(zip(flat, lays)):
             if lay is not None and sharding.spec_of(x) is None:
                 local[i] = lay
         # Leaves off any mesh: one selection per distinct matrix size (see

@@ -440,14 +440,10 @@ def spectral_projection(
             """Without power iteration: FSDP-sharded matrices one per device (two
             all-to-alls, as Newton–Schulz's ``'auto'`` / ``'batched'``), the others
             per leaf."""
-            flat, treedef = jax.tree_util.tree_flatten_with_path(
-                updates, is_leaf=base.is_leaf_or_none
-            )
+            flat, treedef, lays = layouts.leaves_with_layouts(updates, layout)
             ws = treedef.flatten_up_to(params)
-            resolve = layouts.resolved_layout_fn(layout)
             todo = []
-            for k, ((p, u), w) in enumerate(zip(flat, ws)):
-                lay = None if u is None else resolve(base.path_to_str(p), u)
+            for k, ((_, u), w, lay) in enumerate(zip(flat, ws, lays)):
                 if lay is not None:
                     cdt = jnp.promote_types(jnp.promote_types(u.dtype, w.dtype), jnp.float32)
                     todo.append((k, u, w.astype(cdt), lay))

@@ -316,6 +316,18 @@ def resolved_layout_fn(spec: LayoutSpec) -> Callable[[str, Any], ResolvedLayout 
     return resolved
 
 
+def leaves_with_layouts(
+    tree: Any, layout: LayoutSpec
+) -> tuple[list[tuple[Any, Any]], Any, list[ResolvedLayout | None]]:
+    """``tree``'s ``(path, leaf)`` pairs (``None`` leaves kept), its structure, and each
+    leaf's resolved layout (``None`` for a ``None`` leaf or a leaf without a matrix view):
+    what a transform that handles its matrix leaves together walks."""
+    resolve = resolved_layout_fn(layout)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=base.is_leaf_or_none)
+    lays = [None if x is None else resolve(base.path_to_str(path), x) for path, x in flat]
+    return flat, treedef, lays
+
+
 def map_matrix_leaves(
     fn: Callable[..., Any],
     layout: LayoutSpec,

@@ -667,16 +667,13 @@ def _projected_transform(
             Muon's argument (``benchmarks/comm_budget.py``). Only under an Explicit mesh
             with FSDP-sharded matrices; elsewhere every leaf refreshes in its own ``cond``.
             """
-            flat, treedef = jax.tree_util.tree_flatten_with_path(
-                updates, is_leaf=base.is_leaf_or_none
-            )
+            flat, treedef, lays = layouts.leaves_with_layouts(updates, layout)
             owned: list[Any] = [optax.MaskedNode()] * len(flat)
             if projection != "svd" or not store_projector:
                 return jax.tree_util.tree_unflatten(treedef, owned)
             stored = treedef.flatten_up_to(projectors)
             at, leaves, like = [], [], []
-            for k, (path, g) in enumerate(flat):
-                lay = None if g is None else resolve(base.path_to_str(path), g)
+            for k, ((_, g), lay) in enumerate(zip(flat, lays)):
                 if lay is not None:
                     at.append(k)
                     leaves.append((g, lay))
