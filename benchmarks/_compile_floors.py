@@ -970,3 +970,82 @@ def _wgsef(params: Any) -> list[FloorProgram]:
             (grads, tx.init(params), params),
         )
     ]
+
+
+# ----------------------------------------------------------------------------
+# FRUGAL (block subspace, the registry's default): AdamW on the leaves outside
+# the matrix group; per group of same-shape matrices (the block choice is per
+# shape group, across leaves), Adam on the round(ρ·N) active matrices, which
+# needs them gathered by their (changing) indices and scattered back, and the
+# sign of the others.
+# ----------------------------------------------------------------------------
+
+
+@register("frugal")
+def _frugal(params: Any) -> list[FloorProgram]:
+    import jax.numpy as jnp
+    import optax
+
+    import optx
+    from optx._src import base, layouts, routing
+
+    density = optx.get_optimizer("frugal").defaults.get("density") or 0.25
+    router = routing.as_router(None)
+    resolve = layouts.resolved_layout_fn(router)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    lays: list[Any] = []
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, (path, x) in enumerate(flat):
+        name = base.path_to_str(path)
+        lay = resolve(name, x) if router.assign(name, x).group == routing.MATRIX else None
+        lays.append(lay)
+        if lay is not None:
+            groups.setdefault((*lay.matrix_shape[1:], jnp.dtype(x.dtype)), []).append(i)
+    others = [x for (_, x), lay in zip(flat, lays) if lay is None]
+    adamw = optax.adamw(1e-3)
+    n_active = {
+        g: max(1, round(density * sum(lays[i].batch_size for i in idx)))
+        for g, idx in groups.items()
+    }
+    moments = {g: [_spec((k, g[0], g[1]), jnp.float32)] * 2 for g, k in n_active.items()}
+    active = {g: _spec((k,), jnp.int32) for g, k in n_active.items()}
+
+    def adam_on_active(g: Any, stack: Any, mom: Any, act: Any, count: Any) -> Any:
+        """Adam (bias-corrected, reset at a refresh) on the gathered active blocks."""
+        fresh = count % 200 == 0
+        a = jnp.take(stack, act, axis=0)
+        m = 0.9 * jnp.where(fresh, 0.0, mom[0]) + 0.1 * a
+        v = 0.999 * jnp.where(fresh, 0.0, mom[1]) + 0.001 * a * a
+        t = jnp.where(fresh, 1, count % 200 + 1).astype(jnp.float32)
+        d = (m / (1 - 0.9**t)) / (jnp.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        return jnp.sign(stack).at[act].set(d), [m, v]
+
+    def prog(g_all: Any, p_all: Any, s: Any, mom: Any, act: Any, count: Any) -> Any:
+        g_leaves, p_leaves = treedef.flatten_up_to(g_all), treedef.flatten_up_to(p_all)
+        fb = [x for x, lay in zip(g_leaves, lays) if lay is None]
+        fb_p = [x for x, lay in zip(p_leaves, lays) if lay is None]
+        upd, s = adamw.update(fb, s, fb_p)
+        new_p = dict(
+            zip([i for i, lay in enumerate(lays) if lay is None], optax.apply_updates(fb_p, upd))
+        )
+        for g, idx in groups.items():
+            stack = jnp.concatenate([layouts.to_matrices(g_leaves[i], lays[i]) for i in idx])
+            full, mom[g] = adam_on_active(g, stack, mom[g], act[g], count)
+            offset = 0
+            for i in idx:
+                b = lays[i].batch_size
+                u = layouts.from_matrices(full[offset : offset + b], lays[i])
+                new_p[i] = p_leaves[i] - 1e-3 * u
+                offset += b
+        return [new_p[i] for i in range(len(lays))], s, mom
+
+    args = (
+        params,
+        params,
+        jax.eval_shape(adamw.init, others),
+        moments,
+        active,
+        _spec((), jnp.int32),
+    )
+    label = "adamw (others) + Adam on the gathered active blocks, sign of the rest, applied"
+    return [FloorProgram(label, prog, args)]

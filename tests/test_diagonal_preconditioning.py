@@ -306,6 +306,57 @@ def test_hessian_is_untouched_between_refreshes() -> None:
     np.testing.assert_array_equal(u["w"], 0.0)
 
 
+def test_adahessian_estimate_whose_square_overflows_keeps_the_state() -> None:
+    """A finite Hessian estimate whose square overflows float32 (ν ← β₂ν + (1−β₂)·d²)
+    is caught by the check of the new state, not only Inf/NaN estimates: nothing moves."""
+    params = {"w": jnp.array([1.0, 2.0]), "b": jnp.ones((3,))}
+
+    def loss_fn(p):  # Hessian diagonal 2e20 on w (finite; its square is not), 2 on b
+        return 1e20 * jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2)
+
+    tx = optx.scale_by_adahessian()
+    g = {"w": jnp.array([0.5, -0.5]), "b": jnp.full((3,), 0.25)}
+    state = tx.init(params)
+    u, kept = jax.jit(lambda s: tx.update(g, s, params, loss_fn=loss_fn))(state)
+    assert not bool(kept.estimate_finite)
+    _equal_trees(kept._replace(estimate_finite=state.estimate_finite), state)
+    for leaf in jax.tree.leaves(u):
+        np.testing.assert_array_equal(leaf, 0.0)
+    # The same problem scaled into range refreshes normally.
+    u, state = jax.jit(lambda s: tx.update(g, s, params, loss_fn=lambda p: 1e-20 * loss_fn(p)))(
+        state
+    )
+    assert bool(state.estimate_finite) and int(state.hessian_count) == 1
+
+
+def test_sophia_win_rate_counts_every_leaf_exactly() -> None:
+    """The float32 count equals NumPy's integer count over a multi-leaf tree."""
+    r = np.random.default_rng(3)
+    params = {
+        "a": jnp.asarray(r.normal(size=(37, 29)), jnp.float32),
+        "b": jnp.asarray(r.normal(size=(5,)), jnp.float32),
+        "c": jnp.asarray(r.normal(size=(3, 7, 11)), jnp.float32),
+    }
+    coef = jax.tree.map(lambda p: jnp.asarray(r.uniform(0.0, 2.0, p.shape), jnp.float32), params)
+
+    def loss_fn(p):
+        return sum(jnp.sum(c * x**2) for c, x in zip(jax.tree.leaves(coef), jax.tree.leaves(p)))
+
+    gamma = 0.7
+    tx = optx.scale_by_sophia(
+        gamma=gamma, b2=0.0, estimator=optx.curvature.Hutchinson(), refresh_at_start=True
+    )
+    g = jax.tree.map(lambda p: jnp.asarray(r.normal(size=p.shape), jnp.float32), params)
+    _, state = jax.jit(lambda s: tx.update(g, s, params, loss_fn=loss_fn))(tx.init(params))
+    wins = sum(
+        int(np.sum(np.abs(np.asarray(m)) < np.float32(gamma) * np.asarray(h)))
+        for m, h in zip(jax.tree.leaves(state.mu), jax.tree.leaves(state.hessian))
+    )
+    size = sum(p.size for p in jax.tree.leaves(params))
+    assert float(state.win_rate) == np.float32(wins) / np.float32(size)
+    assert 0 < wins < size
+
+
 def _equal_trees(a: Any, b: Any) -> None:
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -192,6 +192,39 @@ def _np_subspace_adam(
     return outs
 
 
+@pytest.mark.parametrize("axis", ["in", "out"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.complex64])
+def test_rank_one_projection_equals_the_matrix_product(axis: str, dtype: Any) -> None:
+    """Rank 1 is written as a product and a sum (a compile-time choice): same
+    result as the rank-r einsum, products accumulated in float32 at least."""
+    from optx._src import projection
+
+    r = np.random.default_rng(7)
+    x = r.normal(size=(3, 37, 29))
+    d = 37 if axis == "in" else 29
+    q = r.normal(size=(3, d, 1))
+    if dtype == jnp.complex64:
+        x, q = x + 1j * r.normal(size=x.shape), q + 1j * r.normal(size=q.shape)
+    xj, qj = jnp.asarray(x, dtype), jnp.asarray(q, dtype)
+    got = projection.project(xj, qj, projection="svd", axis=axis)
+    xe, qe = np.asarray(xj, np.complex128), np.asarray(qj, np.complex128)
+    want = (
+        np.einsum("bdr,bdo->bro", qe.conj(), xe)
+        if axis == "in"
+        else np.einsum("bid,bdr->bir", xe, qe.conj())
+    )
+    tol = 1e-2 if dtype == jnp.bfloat16 else 1e-5
+    np.testing.assert_allclose(np.asarray(got, np.complex128), want, rtol=tol, atol=tol)
+    assert got.dtype == dtype
+    back = projection.project_back(got, qj, projection="svd", axis=axis, matrix_shape=x.shape)
+    ge = np.asarray(got, np.complex128)
+    want_back = (
+        np.einsum("bdr,bro->bdo", qe, ge) if axis == "in" else np.einsum("bir,bdr->bid", ge, qe)
+    )
+    np.testing.assert_allclose(np.asarray(back, np.complex128), want_back, rtol=tol, atol=tol)
+    assert back.shape == x.shape and back.dtype == dtype
+
+
 @pytest.mark.parametrize("gap", [2, 100])
 def test_galore_subspace_adam_matches_reference(gap: int) -> None:
     grads = [_tree(s) for s in range(5)]

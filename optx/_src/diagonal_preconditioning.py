@@ -60,7 +60,8 @@ class ScaleBySophiaState(NamedTuple):
       win_rate: fraction of coordinates that were **not** clipped,
         ``mean(|m| < ρ·B·h)``, at the last refresh step of ``h`` (0 before
         the first) — the official training script's ``win_rate`` (tune ρ so
-        that it stays in 0.1–0.5). It is counted on refresh steps only: on
+        that it stays in 0.1–0.5), counted in float32 per leaf (exact up
+        to 2²⁴ wins per leaf). It is counted on refresh steps only: on
         XLA:CPU a full-tree count writes and re-reads one mask word per
         parameter, which doubled the cost of an ordinary step (optax computes
         its win rate only with ``verbose=True``).
@@ -184,12 +185,12 @@ def scale_by_sophia(
         def refresh(_: Any) -> tuple[Any, jax.Array, jax.Array]:
             next_key, probe_key = _refresh_key(state.key, extra)
             diag = curvature.estimate_diagonal(estimator, params, extra, probe_key)
-            finite = nonfinite.all_finite(diag)
-            take = finite & inputs_ok  # kept inside the branch (module docstring)
-            hessian = jax.tree.map(
-                lambda h, d: jnp.where(take, _ema(h, d, b2), h), state.hessian, diag
+            hessian, finite = nonfinite.keep_if_not_finite(
+                jax.tree.map(lambda h, d: _ema(h, d, b2), state.hessian, diag),
+                state.hessian,
+                inputs_ok,  # kept inside the branch (module docstring)
             )
-            return hessian, jnp.where(take, next_key, state.key), finite
+            return hessian, jnp.where(finite & inputs_ok, next_key, state.key), finite
 
         def keep(_: Any) -> tuple[Any, jax.Array, jax.Array]:
             return state.hessian, state.key, jnp.ones([], jnp.bool_)
@@ -208,7 +209,9 @@ def scale_by_sophia(
             def wins(m: jax.Array, h: jax.Array) -> jax.Array:
                 cdt = adaptive.compute_dtype(m.dtype, h.dtype)
                 won = jnp.abs(m.astype(cdt)) < scale * h.astype(cdt)
-                return jnp.sum(won).astype(jnp.float32)
+                # A float count: XLA:CPU compiles an integer count as several
+                # kernels per leaf shape, a float one as one kernel per shape.
+                return jnp.sum(jnp.where(won, 1.0, 0.0).astype(jnp.float32))
 
             leaves = jax.tree.leaves(jax.tree.map(wins, mu, hessian))
             size = sum(jnp.size(x) for x in jax.tree.leaves(mu))
@@ -453,12 +456,13 @@ def scale_by_adahessian(
         def refresh(_: Any) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
             next_key, probe_key = _refresh_key(state.key, extra)
             diag = curvature.estimate_diagonal(estimator, params, extra, probe_key)
-            finite = nonfinite.all_finite(diag)
-            take = finite & inputs_ok  # kept inside the branch (optx.skip_if_not_finite)
             diag = base.tree_map_with_path_str(lambda p, d: averaging(p, d)(d), diag)
-            nu = jax.tree.map(
-                lambda v, d: jnp.where(take, _ema(v, jnp.square(d), b2), v), state.nu, diag
+            nu, finite = nonfinite.keep_if_not_finite(
+                jax.tree.map(lambda v, d: _ema(v, jnp.square(d), b2), state.nu, diag),
+                state.nu,
+                inputs_ok,  # kept inside the branch (optx.skip_if_not_finite)
             )
+            take = finite & inputs_ok
             counted = jnp.where(
                 take, optax.safe_increment(state.hessian_count), state.hessian_count
             )

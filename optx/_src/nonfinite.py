@@ -133,8 +133,39 @@ def all_finite(tree: Any) -> jax.Array:
         if _is_key(x) or not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.inexact):
             continue
         if x.size:
-            flags.append(jnp.all(jnp.isfinite(x)))
+            flags.append(_leaf_finite(x))
     return _all(flags)
+
+
+def _leaf_finite(x: jax.Array) -> jax.Array:
+    """``all(isfinite(x))`` as the minimum of ``isfinite(x)`` coded as uint8.
+
+    The same values and bytes as ``jnp.all`` (one byte written and read per
+    entry), but XLA:CPU compiles a predicate reduction as several kernels per
+    leaf shape (its tree-reduction rewrite is not shared between leaves) and a
+    uint8 one as one kernel shared by every leaf: over the 35 leaves of the
+    benchmark tree the check compiled in 116 ms instead of 246 ms.
+    """
+    return jnp.min(jnp.isfinite(x).astype(jnp.uint8)) > 0
+
+
+def keep_if_not_finite(new: Any, old: Any, ok: jax.Array) -> tuple[Any, jax.Array]:
+    """``(where(ok & all_finite(new), new, old), all_finite(new))``, leaf by leaf.
+
+    A self-keeping primitive's refresh (Sophia's ``h``, AdaHessian's ``ν``)
+    checks the new state it computed from an estimate, not the estimate:
+    whatever the estimate made non-finite (an Inf or NaN in it, or a finite
+    estimate whose square or average overflows) is caught before it reaches
+    the state. ``new`` is computed once (an optimization barrier): otherwise
+    XLA fuses the estimate's last element-wise steps into both the check and
+    the selection, which compiled two kernels per leaf (AdaHessian on the
+    benchmark tree: 42 check kernels and 43 selection kernels, 0.85 s of its
+    1.13 s of LLVM time) instead of one shared by every leaf of a shape.
+    """
+    new = jax.lax.optimization_barrier(new)
+    finite = all_finite(new)
+    take = finite & ok
+    return jax.tree.map(lambda n, o: jnp.where(take, n, o), new, old), finite
 
 
 def _select(ok: jax.Array, new: Any, old: Any) -> Any:
