@@ -167,6 +167,29 @@ def test_soft_cap_coupling_matches_numpy_roots() -> None:
     assert float(alpha) == pytest.approx(alpha_np(1.0, 0.02), rel=1e-5)
 
 
+def test_soft_cap_solves_a_static_coupling_once_per_step() -> None:
+    """Static w_max, δ, λ: α is one constant of the step (no root-solving loop
+    per matrix in the program); scheduled values solve it in the step. Same caps."""
+    r = np.random.default_rng(2)
+    w = {
+        f"l{i}": {"kernel": jnp.asarray(r.normal(size=s), jnp.float32)}
+        for i, s in enumerate([(6, 4), (5, 7), (6, 4), (3, 3)])
+    }
+    u = jax.tree.map(lambda x: jnp.asarray(0.3 * r.normal(size=x.shape), jnp.float32), w)
+    static = constraints.spectral_soft_cap(1.0, max_update_norm=0.2, decay=0.01)
+    scheduled = constraints.spectral_soft_cap(
+        1.0, max_update_norm=lambda c: 0.2 + 0.0 * c, decay=lambda c: 0.01 + 0.0 * c
+    )
+    out = {}
+    for name, tx in (("static", static), ("scheduled", scheduled)):
+        step = jax.jit(lambda u, s, p, tx=tx: tx.update(u, s, p)[0])
+        text = step.lower(u, tx.init(w), w).as_text()
+        out[name] = (step(u, tx.init(w), w), len(re.findall(r"stablehlo\.while", text)))
+    assert out["static"][1] == 0 and out["scheduled"][1] > 0
+    for a, b in zip(jax.tree.leaves(out["static"][0]), jax.tree.leaves(out["scheduled"][0])):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_coupling_is_zero_when_decay_keeps_weights_inside() -> None:
     # w_max·λ ≥ δ: k ≤ w_max, no cap needed (the official code returns α = 1 here).
     assert float(optx.constraints.soft_cap_coupling(8.0, 0.1, 0.2)) == 0.0
