@@ -83,24 +83,31 @@ def _adamw_step(params: Any) -> tuple[Callable[..., Any], Any]:
     return step, tx.init(params)
 
 
-def _refreshed(count: Any, estimate: Callable[[], Any], like: Any) -> Any:
-    """``estimate()`` every 10th step, zeros otherwise (one cond for the tree)."""
-    import jax.numpy as jnp
-
-    return jax.lax.cond(count % 10 == 0, estimate, lambda: jax.tree.map(jnp.zeros_like, like))
-
-
 def _curvature_floor(params: Any, label: str, estimate: Callable[..., Any]) -> list[FloorProgram]:
+    """AdamW's step and the estimate's EMA under the refresh cond, with the checks the
+    reliability contract requires of a curvature method (the brief: a non-finite
+    curvature input skips the step, it does not poison the state): the gradient's
+    finiteness, and the refreshed EMA's, kept only where finite
+    (:func:`optx.nonfinite.keep_if_not_finite`, the cheapest form measured)."""
     import jax.numpy as jnp
+
+    from optx._src import nonfinite
 
     step, state = _adamw_step(params)
     grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
 
-    def prog(g: Any, s: Any, p: Any, key: jax.Array, count: jax.Array) -> Any:
-        return step(g, s, p), _refreshed(count, lambda: estimate(p, key), p)
+    def prog(g: Any, s: Any, p: Any, h: Any, key: jax.Array, count: jax.Array) -> Any:
+        grad_ok = nonfinite.all_finite(g)
 
-    args = (grads, state, params, jax.random.key(0), jnp.zeros([], jnp.int32))
-    return [FloorProgram(f"adamw step + {label}", prog, args)]
+        def refresh() -> Any:
+            new = jax.tree.map(lambda a, b: 0.99 * a + 0.01 * b, h, estimate(p, key))
+            return nonfinite.keep_if_not_finite(new, h, grad_ok)
+
+        h, ok = jax.lax.cond(count % 10 == 0, refresh, lambda: (h, jnp.asarray(True)))
+        return step(g, s, p), h, ok & grad_ok
+
+    args = (grads, state, params, params, jax.random.key(0), jnp.zeros([], jnp.int32))
+    return [FloorProgram(f"adamw step + {label} EMA + finiteness checks", prog, args)]
 
 
 def _loss(params: Any) -> jax.Array:

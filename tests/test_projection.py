@@ -347,6 +347,40 @@ def test_galore_svd_refresh_under_fsdp_decomposes_each_matrix_on_one_device() ->
     assert all(jax.tree.leaves(placed)), placed
 
 
+@pytest.mark.filterwarnings("ignore::optx.RoutingWarning")  # 'm2' is routed by its name
+def test_dct_refresh_is_one_cond_with_same_shapes_stacked() -> None:
+    """Without a mesh, the DCT column choice of every matrix runs in one refresh
+    ``cond`` (same-shape matrices stacked), and chooses what the per-leaf refresh
+    chooses (the per-leaf path runs under a mesh)."""
+    r = np.random.default_rng(4)
+    shapes = [(12, 8), (12, 8), (3, 12, 8), (8, 12), (9, 5)]
+    params = {f"m{i}": {"kernel": jnp.zeros(s)} for i, s in enumerate(shapes)}
+    grads = [
+        jax.tree.map(lambda x: jnp.asarray(r.normal(size=x.shape), jnp.float32), params)
+        for _ in range(4)
+    ]
+    tx = optx.dct_adamw(1e-2, rank=3, update_proj_gap=2)
+
+    def conds(tree: Any) -> int:
+        text = jax.jit(tx.update).lower(tree, tx.init(tree), tree).as_text()
+        return len(re.findall(r"stablehlo\.(?:if|case)\b", text))
+
+    assert conds(params) == conds({"m0": params["m0"]})
+
+    def run() -> list[Any]:
+        state, out = tx.init(params), []
+        for g in grads:
+            u, state = jax.jit(tx.update)(g, state, params)
+            out.append((u, state))
+        return out
+
+    stacked = run()
+    with jax.set_mesh(jax.make_mesh((1,), ("x",), axis_types=(AxisType.Auto,))):
+        per_leaf = run()
+    for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(per_leaf), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
 def test_residual_sign_and_reset_match_frugal_reference() -> None:
     grads = [_tree(10 + s) for s in range(5)]
     tx = optx.scale_by_subspace(
