@@ -683,8 +683,13 @@ def _projected_transform(
             """
             flat, treedef, lays = layouts.leaves_with_layouts(updates, layout)
             owned: list[Any] = [optax.MaskedNode()] * len(flat)
+            unsharded = jax.sharding.get_abstract_mesh().empty and all(
+                sharding.spec_of(g) is None for (_, g), lay in zip(flat, lays) if lay is not None
+            )
             if projection == "dct" and store_projector:
-                return dct_refresh_by_shape(flat, treedef, lays, projectors, refresh)
+                if unsharded:
+                    return refresh_by_shape(flat, treedef, lays, projectors, refresh)
+                return jax.tree_util.tree_unflatten(treedef, owned)
             if projection != "svd" or not store_projector:
                 return jax.tree_util.tree_unflatten(treedef, owned)
             stored = treedef.flatten_up_to(projectors)
@@ -723,26 +728,26 @@ def _projected_transform(
                 owned[at[i]] = p
             return jax.tree_util.tree_unflatten(treedef, owned)
 
-        def dct_refresh_by_shape(
+        def refresh_by_shape(
             flat: list[Any], treedef: Any, lays: list[Any], projectors: Any, refresh: jax.Array
         ) -> Any:
             """DCT column choices of unsharded matrices, same shapes stacked, one ``cond``.
 
             The selection (scores against the basis, ``top_k``, :func:`stable_slots`) is
             per matrix, so the matrices of one ``(fan_in, fan_out)``, axis, rank and
-            dtype are one batch: one scoring and one slot assignment per shape instead
-            of one per leaf, and one refresh ``cond`` for the tree instead of one per
-            leaf (DCT-AdamW on the benchmark tree: 24 of each before). Only without a
-            mesh in context; elsewhere each leaf refreshes on its own (the sharded
-            scoring of :func:`dct_select_scattered`).
+            dtype are one batch: one selection program per shape instead of one per
+            leaf, and one refresh ``cond`` for the tree instead of one per leaf
+            (DCT-AdamW on the benchmark tree: 24 of each before; compile 1.42 → 1.16 s,
+            ``benchmarks/compile_time.py``). Only for unsharded trees outside a mesh;
+            sharded ones keep the per-leaf refreshes (the sharded scoring of
+            :func:`dct_select_scattered`). GaLore's SVDs stay per leaf: stacked, XLA:CPU
+            compiled them slower (0.61 → 0.87 s), though into fewer instructions.
             """
             owned: list[Any] = [optax.MaskedNode()] * len(flat)
-            if not jax.sharding.get_abstract_mesh().empty:
-                return jax.tree_util.tree_unflatten(treedef, owned)
             stored = treedef.flatten_up_to(projectors)
             groups: dict[tuple[Any, ...], list[int]] = {}
             for k, ((_, g), lay) in enumerate(zip(flat, lays)):
-                if lay is not None and sharding.spec_of(g) is None:
+                if lay is not None:
                     geo = geometry(lay)
                     cdt = base.compute_dtype(g.dtype)
                     key = (*lay.matrix_shape[1:], geo.axis, geo.rank, jnp.dtype(cdt))
@@ -753,11 +758,15 @@ def _projected_transform(
                 xs = [layouts.to_matrices(flat[k][1], lays[k]) for k in members]
                 x = jnp.concatenate(xs).astype(base.compute_dtype(flat[members[0]][1].dtype))
                 new = compute_projector(
-                    x, None, projection="dct", axis=geo.axis, rank=geo.rank, score_norm=score_norm
+                    x,
+                    None,
+                    projection=projection,
+                    axis=geo.axis,
+                    rank=geo.rank,
+                    score_norm=score_norm,
                 )
-                old = jnp.concatenate([stored[k] for k in members])
-                if slot_order == "stable":
-                    new = stable_slots(old, new)
+                if projection == "dct" and slot_order == "stable":
+                    new = stable_slots(jnp.concatenate([stored[k] for k in members]), new)
                 splits = list(itertools.accumulate(lays[k].batch_size for k in members))[:-1]
                 return [p.astype(stored[k].dtype) for p, k in zip(jnp.split(new, splits), members)]
 
