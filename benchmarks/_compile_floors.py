@@ -537,15 +537,18 @@ def _galore_8bit(params: Any) -> list[FloorProgram]:
 # ----------------------------------------------------------------------------
 
 
-def _projection_floor(params: Any, name: str, kind: str) -> list[FloorProgram]:
+def _projection_floor(
+    params: Any, name: str, kind: str, rank: int | None = None
+) -> list[FloorProgram]:
     """ONE program: optax.adamw's step on the whole tree plus, per distinct matrix
-    shape, the refresh under ``lax.cond`` and the projection and back-projection."""
+    shape, the refresh under ``lax.cond`` and the projection and back-projection
+    (``rank``: the registry default's, or given)."""
     import jax.numpy as jnp
 
     import optx
     from optx._src import projection
 
-    rank = optx.get_optimizer(name).defaults["rank"]
+    rank = optx.get_optimizer(name).defaults["rank"] if rank is None else rank
     geos, xs, projs = [], [], []
     for lay, dtype in _distinct_layouts(params):
         geo = projection.leaf_geometry(lay, "std", rank)
@@ -585,6 +588,13 @@ def _galore(params: Any) -> list[FloorProgram]:
 @register("dct_adamw")
 def _dct_adamw(params: Any) -> list[FloorProgram]:
     return _projection_floor(params, "dct_adamw", "dct")
+
+
+@register("conda")
+def _conda(params: Any) -> list[FloorProgram]:
+    """Conda rotates each matrix's smaller side by the full SVD basis of its momentum
+    (refreshed every T steps): GaLore's program at full rank."""
+    return _projection_floor(params, "conda", "svd", rank=2**31 - 1)
 
 
 # ----------------------------------------------------------------------------
