@@ -186,9 +186,11 @@ def scale_by_sophia(
             next_key, probe_key = _refresh_key(state.key, extra)
             diag = curvature.estimate_diagonal(estimator, params, extra, probe_key)
             hessian, finite = nonfinite.keep_if_not_finite(
-                jax.tree.map(lambda h, d: _ema(h, d, b2), state.hessian, diag),
                 state.hessian,
+                diag,
+                lambda h, d: _ema(h, d, b2),
                 inputs_ok,  # kept inside the branch (module docstring)
+                written_once=k > 1,
             )
             return hessian, jnp.where(finite & inputs_ok, next_key, state.key), finite
 
@@ -458,9 +460,11 @@ def scale_by_adahessian(
             diag = curvature.estimate_diagonal(estimator, params, extra, probe_key)
             diag = base.tree_map_with_path_str(lambda p, d: averaging(p, d)(d), diag)
             nu, finite = nonfinite.keep_if_not_finite(
-                jax.tree.map(lambda v, d: _ema(v, jnp.square(d), b2), state.nu, diag),
                 state.nu,
+                jax.tree.map(jnp.square, diag),
+                lambda v, d2: _ema(v, d2, b2),
                 inputs_ok,  # kept inside the branch (optx.skip_if_not_finite)
+                written_once=k > 1,
             )
             take = finite & inputs_ok
             counted = jnp.where(

@@ -47,7 +47,7 @@ non-finite stops moving; watch ``total_notfinite``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -149,21 +149,38 @@ def _leaf_finite(x: jax.Array) -> jax.Array:
     return jnp.min(jnp.isfinite(x).astype(jnp.uint8)) > 0
 
 
-def keep_if_not_finite(new: Any, old: Any, ok: jax.Array) -> tuple[Any, jax.Array]:
-    """``(where(ok & all_finite(new), new, old), all_finite(new))``, leaf by leaf.
+def keep_if_not_finite(
+    old: Any,
+    entering: Any,
+    update: Callable[[jax.Array, jax.Array], jax.Array],
+    ok: jax.Array,
+    *,
+    written_once: bool = True,
+) -> tuple[Any, jax.Array]:
+    """``(where(ok & finite, update(old, entering), old), finite)``, leaf by leaf.
 
     A self-keeping primitive's refresh (Sophia's ``h``, AdaHessian's ``ν``)
-    checks the new state it computed from an estimate, not the estimate:
-    whatever the estimate made non-finite (an Inf or NaN in it, or a finite
-    estimate whose square or average overflows) is caught before it reaches
-    the state. ``new`` is computed once (an optimization barrier): otherwise
-    XLA fuses the estimate's last element-wise steps into both the check and
-    the selection, which compiled two kernels per leaf (AdaHessian on the
-    benchmark tree: 42 check kernels and 43 selection kernels, 0.85 s of its
-    1.13 s of LLVM time) instead of one shared by every leaf of a shape.
+    keeps its state finite: ``finite`` says that the values entering the state
+    are — the estimate as the EMA takes it, after any transformation
+    (AdaHessian's squared, averaged diagonal, so a finite estimate whose square
+    overflows is caught too) — or, with ``written_once``, the new state itself.
+
+    ``written_once`` (for refreshes that do not run every step): the new state
+    is written out once (an optimization barrier), then checked and selected.
+    Otherwise XLA fuses the estimate's last element-wise steps into both the
+    check and the selection, which compiles two kernels per leaf instead of one
+    per leaf shape (Sophia-H on the benchmark tree: 127 kernels instead of 99,
+    0.3 s of compile) but saves a write and two reads: AdaHessian refreshes
+    every step and keeps ``written_once=False`` (19.5 instead of 26 ms a step
+    there, ``benchmarks/step_cost.py``; checking the new state without the
+    barrier costs the same reads again).
     """
-    new = jax.lax.optimization_barrier(new)
-    finite = all_finite(new)
+    if written_once:
+        new = jax.lax.optimization_barrier(jax.tree.map(update, old, entering))
+        finite = all_finite(new)
+    else:
+        new = jax.tree.map(update, old, entering)
+        finite = all_finite(entering)
     take = finite & ok
     return jax.tree.map(lambda n, o: jnp.where(take, n, o), new, old), finite
 

@@ -368,17 +368,6 @@ def project(x: jax.Array, projector: jax.Array, *, projection: Any, axis: str) -
         return jnp.take_along_axis(x, projector[:, None, :], axis=2)
     d = x.shape[1] if axis == "in" else x.shape[2]
     p = jnp.conj(_dense(projector, projection, d, x.dtype).astype(x.dtype))
-    if p.shape[-1] == 1:
-        # Rank 1 (APOLLO-Mini): a product and a sum, not an einsum. XLA:CPU emits a
-        # matrix-vector product as a generated loop per matrix shape (~30 ms of
-        # compile each; 0.28 s of APOLLO-Mini's on the benchmark tree), the sum
-        # as kernels shared between shapes. Same products (in float32 at least,
-        # as a dot accumulates them), summed in another order.
-        cdt = jnp.promote_types(x.dtype, jnp.float32)
-        p, xc = p.astype(cdt), x.astype(cdt)
-        if axis == "in":
-            return jnp.sum(p * xc, axis=1, keepdims=True).astype(x.dtype)
-        return jnp.sum(xc * jnp.swapaxes(p, 1, 2), axis=2, keepdims=True).astype(x.dtype)
     if axis == "in":
         return jnp.einsum("bdr,bdo->bro", p, x)
     return jnp.einsum("bid,bdr->bir", x, p)
@@ -401,8 +390,6 @@ def project_back(
         return jax.vmap(lambda z, i, v: z.at[:, i].set(v))(zeros, projector, r)
     d = fi if axis == "in" else fo
     p = _dense(projector, projection, d, r.dtype).astype(r.dtype)
-    if p.shape[-1] == 1:  # rank 1: an outer product (see project)
-        return p * r if axis == "in" else r * jnp.swapaxes(p, 1, 2)
     if axis == "in":
         return jnp.einsum("bdr,bro->bdo", p, r)
     return jnp.einsum("bir,bdr->bid", r, p)
