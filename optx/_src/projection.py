@@ -596,6 +596,25 @@ def _projected_transform(
         count = state.count
         refresh = jnp.logical_or(count == 0, (count + phase) % gap == 0)
 
+        def fresh_projector(
+            x: jax.Array, key: Any, geo: LeafGeometry, previous: jax.Array, selected: Any = None
+        ) -> jax.Array:
+            """The new projector of matrices ``x`` (``selected``: DCT columns already
+            chosen by the sharded scoring), DCT slots kept stable against ``previous``."""
+            new = selected
+            if new is None:
+                new = compute_projector(
+                    x,
+                    key,
+                    projection=projection,
+                    axis=geo.axis,
+                    rank=geo.rank,
+                    score_norm=score_norm,
+                )
+            if projection == "dct" and slot_order == "stable":
+                new = stable_slots(previous, new)
+            return new
+
         def down(g: jax.Array, lay: ResolvedLayout, proj: Any, key: Any, owned: Any) -> Any:
             geo = geometry(lay)
             p_spec, r_spec = specs(g, geo)
@@ -634,17 +653,7 @@ def _projected_transform(
                         new = dct_select_scattered(
                             x, axis=geo.axis, rank=geo.rank, score_norm=score_norm, x_spec=view
                         )
-                    if new is None:
-                        new = compute_projector(
-                            x,
-                            use,
-                            projection=projection,
-                            axis=geo.axis,
-                            rank=geo.rank,
-                            score_norm=score_norm,
-                        )
-                    if projection == "dct" and slot_order == "stable":
-                        new = stable_slots(proj, new)
+                    new = fresh_projector(x, use, geo, proj, new)
                     return new.astype(proj.dtype), new_key
 
                 new_proj, new_key = jax.lax.cond(refresh, fresh, lambda _: (proj, key), None)
@@ -744,16 +753,8 @@ def _projected_transform(
                 geo = geometry(lays[members[0]])
                 xs = [layouts.to_matrices(flat[k][1], lays[k]) for k in members]
                 x = jnp.concatenate(xs).astype(base.compute_dtype(flat[members[0]][1].dtype))
-                new = compute_projector(
-                    x,
-                    None,
-                    projection=projection,
-                    axis=geo.axis,
-                    rank=geo.rank,
-                    score_norm=score_norm,
-                )
-                if projection == "dct" and slot_order == "stable":
-                    new = stable_slots(jnp.concatenate([stored[k] for k in members]), new)
+                previous = jnp.concatenate([stored[k] for k in members])
+                new = fresh_projector(x, None, geo, previous)
                 splits = list(itertools.accumulate(lays[k].batch_size for k in members))[:-1]
                 return [p.astype(stored[k].dtype) for p, k in zip(jnp.split(new, splits), members)]
 
