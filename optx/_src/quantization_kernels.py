@@ -267,16 +267,9 @@ def check_elementwise(
     arrays = {k: v for k, v in extra.items() if isinstance(v, jax.Array | np.ndarray)}
     statics = {k: v for k, v in extra.items() if k not in arrays}
 
-    def fn(
-        g: jax.Array,
-        moments: list[jax.Array],
-        scalars: list[jax.Array],
-        p: jax.Array | None,
-        arrays: dict[str, Any],
-    ) -> tuple[jax.Array, list[jax.Array]]:
-        return leaf_update(update, plan, g, moments, scalars, p, {**statics, **arrays})
-
-    closed = jax.make_jaxpr(fn)(g_tile, moments, scalar_specs, p_tile, arrays)
+    closed = jax.make_jaxpr(
+        lambda g, m, s, p, a: leaf_update(update, plan, g, m, s, p, {**statics, **a})
+    )(g_tile, moments, scalar_specs, p_tile, arrays)
     jaxpr = closed.jaxpr
     bad = sorted(set(_non_elementwise(jaxpr)))
     if bad:
