@@ -343,12 +343,13 @@ def _adamw_step_program(params: Any) -> FloorProgram:
     return _step_program(params, optax.adamw(1e-3, weight_decay=1e-4), "optax.adamw step")
 
 
-def _distinct_layouts(params: Any) -> list[tuple[Any, Any]]:
-    """``(resolved layout, dtype)`` of the default router's matrix leaves, one per shape."""
+def _distinct_layouts(params: Any, router: Any = None) -> list[tuple[Any, Any]]:
+    """``(resolved layout, dtype)`` of the matrix leaves of ``router`` (default:
+    the default router), one per shape."""
     import optx
     from optx._src import base, layouts
 
-    resolve = layouts.resolved_layout_fn(optx.default_router())
+    resolve = layouts.resolved_layout_fn(optx.default_router() if router is None else router)
     seen: dict[tuple[Any, ...], tuple[Any, Any]] = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         lay = resolve(base.path_to_str(path), leaf)
@@ -433,31 +434,45 @@ for _name in ("adamp", "sgdp"):
 
 
 # ----------------------------------------------------------------------------
-# 8-bit states (quant): the element-wise step plus ONE coding program for the
-# whole quantized state (its leaves concatenated), i.e. what a per-leaf coder
-# could at best shrink to. The excess of total over this floor is the per-leaf
-# coding (one dequantize + block-max + code fusion chain per quantized leaf).
+# 8-bit states (quant): the element-wise step with float32 states plus one
+# program that codes every quantized leaf (dequantize -> block maxima of the
+# leaf's moments in one reduction -> codes). The state mirrors the parameter
+# tree (one code array per leaf, as optax states do), so the coding is per leaf:
+# XLA's HLO passes see each leaf's coding, and XLA:CPU compiles one kernel per
+# distinct fusion *shape*. Viewing every coded leaf as ``(blocks, block_size)``
+# (a free reshape) so that same-size leaves could share kernels was measured:
+# XLA folds the views back into the fusions (the same 36 kernels for
+# adamw_8bit on the scanned tree, with or without an ``optimization_barrier``
+# around the views). Coding the concatenated state in one program (the floor
+# used before 2026-12-05) needs a flat state buffer, i.e. copies of every leaf
+# in and out of it each step. Not in the floor: quantize_moments' three traces
+# of the inner update (its step-time design: XLA:CPU recomputes the moments in
+# each coding loop instead of writing them out).
 # ----------------------------------------------------------------------------
 
 
-def _quantized_sizes(params: Any, min_size: int = 4096) -> int:
-    """Entries of the leaves whose moments the 8-bit variants quantize."""
-    import math
-
-    return sum(
-        math.prod(x.shape) for x in jax.tree.leaves(params) if math.prod(x.shape) >= min_size
-    )
-
-
-def _eight_bit_floor(
-    params: Any, tx: Any, label: str, unsigned: bool, coded: int | None = None
-) -> list[FloorProgram]:
-    """``tx``'s step (float32 states) + one coding program for ``coded`` entries
-    (default: the leaves of at least 4096 entries) per coded moment."""
+def _coded_leaves(name: str, params: Any) -> list[list[tuple[tuple[int, ...], bool]]]:
+    """The ``uint8`` state leaves of optimizer ``name`` as ``(shape, signed)``,
+    grouped by parameter (``nu`` fields use the unsigned map, as
+    ``quantize_moments``' default)."""
     import jax.numpy as jnp
-    import optax
 
-    from optx._src import quantization as q
+    import optx
+
+    state = jax.eval_shape(optx.get_optimizer(name).build().init, params)
+    groups: dict[tuple[Any, ...], list[tuple[tuple[int, ...], bool]]] = {}
+    for path, x in jax.tree_util.tree_leaves_with_path(state):
+        if getattr(x, "dtype", None) == jnp.uint8:
+            fields = {getattr(k, "name", None) for k in path}
+            param = tuple(k for k in path if not isinstance(k, jax.tree_util.GetAttrKey))
+            groups.setdefault(param, []).append((tuple(x.shape), "nu" not in fields))
+    return list(groups.values())
+
+
+def _eight_bit_floor(params: Any, tx: Any, label: str, name: str) -> list[FloorProgram]:
+    """``tx``'s step (float32 states) + the coding of every quantized leaf of
+    optimizer ``name``'s state."""
+    import optax
 
     state = jax.eval_shape(tx.init, params)
 
@@ -465,69 +480,85 @@ def _eight_bit_floor(
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
-    n = _quantized_sizes(params) if coded is None else coded
-    blocks = q.num_blocks(n, q.REFERENCE_BLOCK_SIZE)
-    codes = jax.ShapeDtypeStruct((n,), jnp.uint8)
-    scales = jax.ShapeDtypeStruct((blocks,), jnp.float32)
-    kinds = (True, False) if unsigned else (True,)
-
-    def coding(*args: Any) -> Any:
-        out = []
-        for signed, (c, a) in zip(kinds, zip(args[::2], args[1::2])):
-            x = q.dequantize_blockwise(q.QuantizedArray(c, a), signed=signed)
-            out.append(q.quantize_blockwise(x * 0.5, signed=signed))
-        return out
-
     return [
         FloorProgram(f"{label} step (f32 states)", step, (params, state, params)),
-        FloorProgram(
-            "8-bit coding of the concatenated state", coding, (codes, scales) * len(kinds)
-        ),
+        _coding_program(params, name),
     ]
+
+
+def _coding_program(params: Any, name: str) -> FloorProgram:
+    """One program: every quantized leaf of optimizer ``name``'s state
+    dequantized, halved and re-quantized, the block maxima of a parameter's
+    moments in one reduction (as ``quantize_moments`` groups them)."""
+    import jax.numpy as jnp
+
+    from optx._src import quantization as q
+
+    groups = _coded_leaves(name, params)
+    block = q.REFERENCE_BLOCK_SIZE
+    args = [
+        [
+            (
+                jax.ShapeDtypeStruct(shape, jnp.uint8),
+                jax.ShapeDtypeStruct((q.num_blocks(math.prod(shape), block),), jnp.float32),
+            )
+            for shape, _ in group
+        ]
+        for group in groups
+    ]
+
+    def coding(arrays: Any) -> Any:
+        out = []
+        for group, coded in zip(groups, arrays, strict=True):
+            maps = [signed for _, signed in group]
+            xs = [
+                q.dequantize_blockwise(q.QuantizedArray(c, a), signed=signed) * 0.5
+                for signed, (c, a) in zip(maps, coded, strict=True)
+            ]
+            out.append(q._quantize_group(xs, maps, block, xs))
+        return out
+
+    label = f"8-bit coding of {sum(map(len, groups))} quantized leaves"
+    return FloorProgram(label, coding, (args,))
 
 
 @register("adamw_8bit")
 def _adamw_8bit(params: Any) -> list[FloorProgram]:
     import optax
 
-    return _eight_bit_floor(params, optax.adamw(1e-3, weight_decay=1e-4), "optax.adamw", True)
+    return _eight_bit_floor(
+        params, optax.adamw(1e-3, weight_decay=1e-4), "optax.adamw", "adamw_8bit"
+    )
 
 
 @register("lion_8bit")
 def _lion_8bit(params: Any) -> list[FloorProgram]:
     import optax
 
-    return _eight_bit_floor(params, optax.lion(1e-4), "optax.lion", False)
+    return _eight_bit_floor(params, optax.lion(1e-4), "optax.lion", "lion_8bit")
 
 
 @register("sgd_momentum_8bit")
 def _sgd_momentum_8bit(params: Any) -> list[FloorProgram]:
     import optax
 
-    return _eight_bit_floor(params, optax.sgd(1e-2, momentum=0.9), "optax.sgd", False)
+    return _eight_bit_floor(params, optax.sgd(1e-2, momentum=0.9), "optax.sgd", "sgd_momentum_8bit")
 
 
 @register("galore_8bit")
 def _galore_8bit(params: Any) -> list[FloorProgram]:
-    """GaLore's own step (float32 moments, same router, rank and refresh) plus
-    one coding program per moment over all of galore_8bit's quantized entries
-    (the projected moments and the fallback leaves' moments)."""
-    import jax.numpy as jnp
-
-    import optx
-
-    state = jax.eval_shape(optx.get_optimizer("galore_8bit").build().init, params)
-    codes = sum(x.size for x in jax.tree.leaves(state) if x.dtype == jnp.uint8)
-    tx = optx.get_optimizer("galore").build()
-    return _eight_bit_floor(params, tx, "optx.galore", True, coded=codes // 2)
+    """GaLore's floor (below) plus the coding of every quantized leaf of
+    galore_8bit's state (the projected moments and the fallback leaves' moments)."""
+    return [*_galore(params), _coding_program(params, "galore_8bit")]
 
 
 # ----------------------------------------------------------------------------
 # GaLore and DCT-AdamW (helper "projection"): ONE program, optax.adamw's step on the
 # whole tree plus, once per distinct matrix shape, the projection math the method cannot avoid:
 # the refresh under ``lax.cond`` (GaLore: an SVD's top-r singular vectors; DCT-AdamW:
-# the DCT basis, the scores ``Qᵀ X``, ``top_k`` and the stable slot rule) and the
-# projection ``Pᵀ X`` and back-projection ``P N``. What the floors leave out is per-leaf
+# the DCT basis, the scores ``Qᵀ X``, ``top_k`` and the stable slot rule), the
+# projection ``Pᵀ X``, Adam's moments and normalization ``N`` in the projected space
+# and the back-projection ``P N``. What the floors leave out is per-leaf
 # bookkeeping (one projector and one cond per leaf, the router's partition).
 # Stacking same-shape leaves into one refresh per shape (one cond per group, the SVD
 # or the DCT scores over the stack, vmapped draws for APOLLO) was measured and did not
@@ -537,27 +568,47 @@ def _galore_8bit(params: Any) -> list[FloorProgram]:
 # ----------------------------------------------------------------------------
 
 
+def _fallback_leaves(params: Any, router: Any) -> list[Any]:
+    """The leaves ``router`` leaves to the fallback (no matrix layout)."""
+    from optx._src import base, layouts
+
+    resolve = layouts.resolved_layout_fn(router)
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [x for path, x in flat if resolve(base.path_to_str(path), x) is None]
+
+
 def _projection_floor(
     params: Any, name: str, kind: str, rank: int | None = None
 ) -> list[FloorProgram]:
-    """ONE program: optax.adamw's step on the whole tree plus, per distinct matrix
-    shape, the refresh under ``lax.cond`` and the projection and back-projection
-    (``rank``: the registry default's, or given)."""
+    """ONE program: optax.adamw's step on the fallback leaves plus, per distinct
+    matrix shape, the refresh under ``lax.cond``, the projection, Adam's moments
+    and normalization in the projected space, the back-projection and the
+    decayed apply (``rank``: the registry default's, whose router sends matrices
+    with a side ``<= rank`` to the fallback; or given, for every matrix)."""
     import jax.numpy as jnp
 
     import optx
     from optx._src import projection
 
-    rank = optx.get_optimizer(name).defaults["rank"] if rank is None else rank
-    geos, xs, projs = [], [], []
-    for lay, dtype in _distinct_layouts(params):
+    router = optx.default_router()
+    if rank is None:
+        rank = optx.get_optimizer(name).defaults["rank"]
+        router = router.with_rank_limit(rank)
+    geos, xs, projs, moments = [], [], [], []
+    for lay, dtype in _distinct_layouts(params, router):
         geo = projection.leaf_geometry(lay, "std", rank)
         geos.append(geo)
-        xs.append(_spec(lay.matrix_shape, jnp.promote_types(dtype, jnp.float32)))
-        projs.append(_spec(*projection._projector_shape_dtype(kind, geo, dtype)))
-    adamw = _adamw_step_program(params)
+        x = _spec(lay.matrix_shape, jnp.promote_types(dtype, jnp.float32))
+        proj = _spec(*projection._projector_shape_dtype(kind, geo, dtype))
+        r = jax.eval_shape(
+            lambda x, p, geo=geo: projection.project(x, p, projection=kind, axis=geo.axis), x, proj
+        )
+        xs.append(x)
+        projs.append(proj)
+        moments.append((r, r))
+    adamw = _adamw_step_program(_fallback_leaves(params, router))
 
-    def one(geo: Any, x: Any, proj: Any, refresh: Any) -> Any:
+    def one(geo: Any, x: Any, w: Any, proj: Any, mv: Any, refresh: Any) -> Any:
         def fresh() -> Any:
             new = projection.compute_projector(
                 x, None, projection=kind, axis=geo.axis, rank=geo.rank
@@ -568,15 +619,19 @@ def _projection_floor(
 
         p = jax.lax.cond(refresh, fresh, lambda: proj)
         r = projection.project(x, p, projection=kind, axis=geo.axis)
-        back = projection.project_back(r, p, projection=kind, axis=geo.axis, matrix_shape=x.shape)
-        return back, p
+        m = 0.9 * mv[0] + 0.1 * r
+        v = 0.999 * mv[1] + 0.001 * r * r
+        n = m / (jnp.sqrt(v) + 1e-8)
+        back = projection.project_back(n, p, projection=kind, axis=geo.axis, matrix_shape=x.shape)
+        return w - 1e-3 * (back + 1e-4 * w), p, (m, v)
 
-    def prog(g: Any, s: Any, p: Any, xs: Any, projs: Any, refresh: Any) -> Any:
-        out = [one(geo, x, q, refresh) for geo, x, q in zip(geos, xs, projs)]
+    def prog(g: Any, s: Any, p: Any, xs: Any, projs: Any, mvs: Any, refresh: Any) -> Any:
+        per_shape = zip(geos, xs, xs, projs, mvs, strict=True)
+        out = [one(*args, refresh) for args in per_shape]
         return adamw.fn(g, s, p), out
 
-    label = f"optax.adamw step + {kind} refresh and projection x {len(geos)} shapes"
-    args = (*adamw.args, xs, projs, _spec((), jnp.bool_))
+    label = f"optax.adamw on the fallback + {kind} refresh, projected Adam x {len(geos)} shapes"
+    args = (*adamw.args, xs, projs, moments, _spec((), jnp.bool_))
     return [FloorProgram(label, prog, args)]
 
 
