@@ -738,6 +738,14 @@ def spectral_soft_cap(
     inside the ``w_max`` ball stays inside after a step of norm ≤ δ with
     multiplicative decay ``1 − λ``. Two Gram products per step, no SVD.
 
+    Only from a feasible start: ``p₂(p₁(σ))`` flips the sign of singular
+    values above ``1/√α`` and exceeds ``σ`` further out, so a weight far outside
+    the ball diverges (overflows within a few steps), as with the official
+    code. With ``w_max = 1`` and δ = 0.024 (α ≈ 0.088): σ = 2 ↦ 1.48,
+    3 ↦ 0.63, 3.5 ↦ −0.29, 5 ↦ −25.7. Project the initial weights with
+    :func:`spectral_svd_cap` (or use ``spectral_hard_cap``) when they may lie
+    outside.
+
     Args:
       w_max: the norm bound.
       max_update_norm: δ, the step's largest possible norm in the geometry's

@@ -1052,7 +1052,11 @@ def lipschitz_muon(
     (``Embed.dualize``, with ``max_inflation_factor``) is not reproduced:
     embeddings are trained by the fallback AdamW. Initialize the model inside
     the ball (e.g. one :func:`optx.constraints.spectral_svd_cap` projection of the initial
-    weights): a soft cap only guarantees the bound from a feasible start.
+    weights): a soft cap only guarantees the bound from a feasible start, and far
+    outside it diverges (see :func:`optx.constraints.spectral_soft_cap`: at the
+    default learning rate, weights whose RMS→RMS singular values exceed about 4.3
+    overflow within a few steps, as in the official code; a Lecun-normal ``(4d, d)``
+    kernel starts near 3).
 
     Positional order of ``optax.contrib.muon`` (see :func:`optx.muon`).
 
