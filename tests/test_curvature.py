@@ -96,6 +96,26 @@ def test_random_probes_are_the_plain_draw_bit_for_bit() -> None:
     np.testing.assert_array_equal(second, jax.random.normal(keys[1], (total,), jnp.float32))
 
 
+def test_random_probes_cut_leaves_at_runtime_offsets() -> None:
+    """Each leaf is cut out of the one draw by a ``dynamic_slice`` at an offset XLA
+    cannot fold (a static slice offset is a constant of every consumer fusion, so
+    same-shape leaves would compile one kernel each), with the plain draw's values;
+    a single leaf is the draw itself."""
+    params = {"a": jnp.zeros((8, 16)), "b": jnp.zeros((8, 16)), "c": jnp.zeros((5,))}
+    key = jax.random.key(11)
+    fn = jax.jit(lambda k: optx.curvature.random_probes(k, params))
+    text = fn.lower(key).as_text()
+    assert text.count("stablehlo.dynamic_slice") == 3
+    static = [line for line in text.splitlines() if "stablehlo.slice" in line and "f32>" in line]
+    assert not static  # the only static slices left are of the key's two words
+    total = 8 * 16 * 2 + 5
+    np.testing.assert_array_equal(
+        _ravel(fn(key)), jax.random.rademacher(key, (total,), jnp.float32)
+    )
+    one = jax.jit(lambda k: optx.curvature.random_probes(k, {"a": jnp.zeros((3, 4))}))
+    assert "dynamic_slice" not in one.lower(key).as_text()
+
+
 @pytest.mark.parametrize(("partitionable", "x64"), [(True, False), (False, False), (True, True)])
 def test_random_probes_drawn_in_rows_keep_the_plain_bits(partitionable: bool, x64: bool) -> None:
     """A tree larger than one row of the draw (Rademacher signs are drawn as rows where
