@@ -950,11 +950,14 @@ def _eggroll(params: Any) -> list[FloorProgram]:
         for (_, x), lay in zip(flat, lays, strict=True)
     ]
 
-    def noise(z: jax.Array) -> list[Any]:
-        out, start = [], 0
-        for (_, x), lay, n in zip(flat, lays, sizes, strict=True):
-            block = z[:, start : start + n]
-            start += n
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+
+    def noise(z: jax.Array, key: jax.Array) -> list[Any]:
+        # Runtime offsets (as optx's draws): consumers of same-shape blocks share kernels.
+        offsets = base.runtime_offsets(starts, key)
+        out = []
+        for (_, x), lay, n, start in zip(flat, lays, sizes, offsets, strict=True):
+            block = jax.lax.dynamic_slice_in_dim(z, start, n, axis=1)
             if lay is None:
                 out.append(jnp.reshape(block, (pairs, *x.shape)))
                 continue
@@ -975,7 +978,7 @@ def _eggroll(params: Any) -> list[FloorProgram]:
 
     def prog(p: Any, key: jax.Array) -> Any:
         z = jax.random.normal(key, (pairs, sum(sizes)), jnp.float32)
-        e = noise(z)
+        e = noise(z, key)
         leaves = jax.tree_util.tree_leaves(p)
 
         def fit(ej: list[Any]) -> jax.Array:

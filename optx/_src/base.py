@@ -246,6 +246,18 @@ def materialized(fn: Callable[[jax.Array], Any], anchor: jax.Array) -> Any:
     return jax.lax.cond((jnp.ravel(data)[0] | 1) != 0, fn, zeros, anchor)
 
 
+def runtime_offsets(offsets: Sequence[int], anchor: jax.Array) -> tuple[jax.Array, ...]:
+    """``offsets`` as int32 scalars XLA cannot constant-fold (one :func:`materialized`
+    region from ``anchor``).
+
+    A slice at a static offset is a constant of every fusion that consumes it, so
+    ``k`` same-shape pieces sliced out of one array compile as ``k`` distinct
+    kernels; sliced at these offsets (``lax.dynamic_slice``) their consumers are
+    one kernel. Same values; the region costs one predicate per step.
+    """
+    return materialized(lambda _: tuple(jnp.asarray(o, jnp.int32) for o in offsets), anchor)
+
+
 def compute_dtype(*dtypes: Any) -> jnp.dtype:
     """The dtype internal arithmetic runs in: ``promote(*dtypes, float32)``.
 

@@ -212,7 +212,7 @@ def _split_flat(flat: jax.Array, sizes: list[int], key: jax.Array) -> list[jax.A
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     if len(sizes) <= 1 or sum(sizes) >= 2**31:
         return [flat[s : s + n] for s, n in zip(starts, sizes, strict=True)]
-    offsets = base.materialized(lambda _: tuple(jnp.asarray(s, jnp.int32) for s in starts), key)
+    offsets = base.runtime_offsets(starts, key)
     return [jax.lax.dynamic_slice_in_dim(flat, o, n) for o, n in zip(offsets, sizes, strict=True)]
 
 

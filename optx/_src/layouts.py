@@ -450,7 +450,7 @@ def runtime_indices(n: int, anchor: jax.Array) -> tuple[jax.Array, ...]:
     tree of ``benchmarks/compile_time.py``: SOAP 382 -> 274, COSMOS 336 -> 216,
     MKOR 318 -> 149). Same values; the cond costs one predicate per step.
     """
-    return base.materialized(lambda _: tuple(jnp.asarray(i, jnp.int32) for i in range(n)), anchor)
+    return base.runtime_offsets(range(n), anchor)
 
 
 def split_rows(
