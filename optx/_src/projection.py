@@ -163,6 +163,30 @@ def leaf_key(seed: int, path: str) -> jax.Array:
 # ----------------------------------------------------------------------------
 
 
+def next_keys(keys: Any) -> Any:
+    """``key_data(split(k)[0])`` for every key-data leaf of ``keys`` (``MaskedNode``
+    leaves kept): the next key of each leaf's chain, in one batched split per key
+    shape. Split one leaf at a time, XLA:CPU compiles each split's rolled Threefry
+    loop as its own kernel (24 of them, 0.3 s of LLVM time, for APOLLO on the
+    benchmark tree of ``benchmarks/compile_time.py``). Same keys.
+    """
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    leaves, treedef = jax.tree.flatten(keys, is_leaf=masked)
+    groups: dict[tuple[tuple[int, ...], Any], list[int]] = {}
+    for i, k in enumerate(leaves):
+        if not masked(k):
+            groups.setdefault((jnp.shape(k), jnp.result_type(k)), []).append(i)
+    out = list(leaves)
+    for members in groups.values():
+        stacked = jnp.stack([leaves[i] for i in members])
+        split = jax.vmap(lambda k: jax.random.split(jax.random.wrap_key_data(k))[0])(stacked)
+        data = jax.random.key_data(split)
+        offsets = base.runtime_offsets(range(len(members)), data) if len(members) > 1 else (0,)
+        for i, o in zip(members, offsets, strict=True):
+            out[i] = jax.lax.dynamic_index_in_dim(data, o, keepdims=False)
+    return jax.tree.unflatten(treedef, out)
+
+
 def dct_basis(
     dim: int, indices: jax.Array | None = None, dtype: base.DTypeLike = jnp.float32
 ) -> jax.Array:
@@ -615,12 +639,14 @@ def _projected_transform(
                 new = stable_slots(previous, new)
             return new
 
-        def down(g: jax.Array, lay: ResolvedLayout, proj: Any, key: Any, owned: Any) -> Any:
+        def down(
+            g: jax.Array, lay: ResolvedLayout, proj: Any, key: Any, nxt: Any, owned: Any
+        ) -> Any:
             geo = geometry(lay)
             p_spec, r_spec = specs(g, geo)
             has_key = not isinstance(key, optax.MaskedNode)
             if not store_projector:
-                return regenerate(g, lay, geo, key, p_spec, r_spec)
+                return regenerate(g, lay, geo, key, nxt, p_spec, r_spec)
 
             x_spec = sharding.matrix_view_specs(g, lay)
             view = None if x_spec is None else PartitionSpec(*x_spec)
@@ -639,13 +665,12 @@ def _projected_transform(
                 r = sharding.call_with_out_specs(project_only, (g, owned), r_spec)
                 return r, owned, owned, key
 
-            def fn(g: jax.Array, proj: jax.Array, key: Any, refresh: jax.Array) -> Any:
+            def fn(g: jax.Array, proj: jax.Array, key: Any, nxt: Any, refresh: jax.Array) -> Any:
                 x = layouts.to_matrices(g, lay).astype(base.compute_dtype(g.dtype))
 
                 def fresh(_: Any) -> tuple[jax.Array, Any]:
-                    if has_key:  # key chain k_{n+1} = split(k_n)[0], the period's key
-                        use = jax.random.split(jax.random.wrap_key_data(key))[0]
-                        new_key = jax.random.key_data(use)
+                    if has_key:  # key chain k_{n+1} = split(k_n)[0] (next_keys), the period's
+                        use, new_key = jax.random.wrap_key_data(nxt), nxt
                     else:
                         use, new_key = None, key
                     new = None
@@ -660,9 +685,10 @@ def _projected_transform(
                 return projected(x, new_proj).astype(g.dtype), new_proj, new_key
 
             key_arg = key if has_key else jnp.zeros((0,), jnp.uint32)
+            nxt_arg = nxt if has_key else key_arg
             out_specs = (r_spec, p_spec, PartitionSpec())
             r, new_proj, new_key = sharding.call_with_out_specs(
-                fn, (g, proj, key_arg, refresh), out_specs
+                fn, (g, proj, key_arg, nxt_arg, refresh), out_specs
             )
             return r, new_proj, new_proj, (new_key if has_key else key)
 
@@ -771,13 +797,18 @@ def _projected_transform(
             return jax.tree_util.tree_unflatten(treedef, owned)
 
         def regenerate(
-            g: jax.Array, lay: ResolvedLayout, geo: LeafGeometry, key: Any, p_spec: Any, r_spec: Any
+            g: jax.Array,
+            lay: ResolvedLayout,
+            geo: LeafGeometry,
+            key: Any,
+            nxt: Any,
+            p_spec: Any,
+            r_spec: Any,
         ) -> Any:
             """Seed-only state: the draw of the current period is re-made every step."""
 
-            def fn(g: jax.Array, key: jax.Array, refresh: jax.Array) -> Any:
+            def fn(g: jax.Array, key: jax.Array, nxt: jax.Array, refresh: jax.Array) -> Any:
                 x = layouts.to_matrices(g, lay).astype(base.compute_dtype(g.dtype))
-                nxt = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(key))[0])
                 current = jnp.where(refresh, nxt, key)
                 p = compute_projector(
                     x,
@@ -790,7 +821,7 @@ def _projected_transform(
                 return r.astype(g.dtype), p, current
 
             out_specs = (r_spec, p_spec, PartitionSpec())
-            r, p, new_key = sharding.call_with_out_specs(fn, (g, key, refresh), out_specs)
+            r, p, new_key = sharding.call_with_out_specs(fn, (g, key, nxt, refresh), out_specs)
             return r, p, optax.MaskedNode(), new_key
 
         owned = refresh_on_owners(updates, state.projector, refresh)
@@ -800,8 +831,9 @@ def _projected_transform(
             updates,
             state.projector,
             state.key,
+            next_keys(state.key),
             owned,
-            otherwise=lambda g, proj, key, owned: (g, proj, proj, key),
+            otherwise=lambda g, proj, key, nxt, owned: (g, proj, proj, key),
         )
         low, used_proj, new_proj, new_key = base.unzip_tree(updates, out, 4)
 
