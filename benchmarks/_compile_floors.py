@@ -111,7 +111,10 @@ def _curvature_floor(params: Any, label: str, estimate: Callable[..., Any]) -> l
 
 
 def _loss(params: Any) -> jax.Array:
-    import _trees
+    try:
+        import _trees  # benchmarks/ on sys.path (the benchmark scripts)
+    except ImportError:
+        from benchmarks import _trees  # the repository root (tests)
 
     return _trees.quadratic_loss(params)
 
@@ -664,33 +667,49 @@ def _conda(params: Any) -> list[FloorProgram]:
 
 @register("apollo")
 def _apollo(params: Any, name: str = "apollo") -> list[FloorProgram]:
+    """ONE program: AdamW on the fallback leaves; every matrix leaf's projector draw
+    (the key chain's splits batched, each leaf's key at a runtime offset so that
+    same-shape draws share kernels); per distinct matrix shape APOLLO's math: the
+    projection, Adam's moments in the projected space, the channel-wise (APOLLO-Mini:
+    tensor-wise) scaling factors applied to the raw gradient, the norm-growth limiter
+    and the decayed apply."""
     import math
 
     import jax.numpy as jnp
-    import optax
 
     import optx
+    from optx._src import base, projection
 
-    state = jax.eval_shape(optx.get_optimizer(name).build().init, params)
+    spec = optx.get_optimizer(name)
+    rank = spec.defaults.get("rank", 1)
+    channelwise = name == "apollo"
+    router = optx.default_router().with_rank_limit(rank)
+    state = jax.eval_shape(spec.build().init, params)
     shapes = [
         x.shape
         for path, x in jax.tree_util.tree_leaves_with_path(state)
         if "projector" in jax.tree_util.keystr(path) and getattr(x, "ndim", 0) == 3
     ]
-    adamw = optax.adamw(1e-3, weight_decay=1e-4)
-    adamw_state = jax.eval_shape(adamw.init, params)
+    adamw = _adamw_step_program(_fallback_leaves(params, router))
+    geos, xs, moments = [], [], []
+    for lay, dtype in _distinct_layouts(params, router):
+        geo = projection.leaf_geometry(lay, "std", rank)
+        x = _spec(lay.matrix_shape, jnp.promote_types(dtype, jnp.float32))
+        proj = _spec(*projection._projector_shape_dtype("random", geo, dtype))
+        r = jax.eval_shape(
+            lambda x, p, geo=geo: projection.project(x, p, projection="random", axis=geo.axis),
+            x,
+            proj,
+        )
+        geos.append((geo, proj.shape))
+        xs.append(x)
+        moments.append((r, r))
 
-    def step(g: Any, s: Any, p: Any) -> Any:
-        u, s = adamw.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    def draws(keys: Any) -> Any:
-        # The key chain's splits batched in one call (as optx.projection.next_keys).
-        # Each leaf's key taken at a runtime offset, so same-shape draws share kernels.
-        from optx._src import base
-
+    def draws(keys: jax.Array) -> list[jax.Array]:
+        if not shapes:
+            return []
         split = jax.vmap(lambda k: jax.random.split(jax.random.wrap_key_data(k))[0])
-        uses = jax.random.key_data(split(jnp.stack(keys)))
+        uses = jax.random.key_data(split(keys))
         offsets = base.runtime_offsets(range(len(shapes)), uses)
         out = []
         for o, shape in zip(offsets, shapes, strict=True):
@@ -698,11 +717,31 @@ def _apollo(params: Any, name: str = "apollo") -> list[FloorProgram]:
             out.append(jax.random.normal(use, shape) / math.sqrt(shape[-1]))
         return out
 
-    keys = [jax.ShapeDtypeStruct((2,), jnp.uint32) for _ in shapes]
-    return [
-        FloorProgram("optax.adamw step", step, (params, adamw_state, params)),
-        FloorProgram(f"{len(shapes)} per-leaf projector draws", draws, (keys,)),
-    ]
+    def one(geo: Any, p: jax.Array, x: jax.Array, mv: Any, prev: jax.Array) -> Any:
+        r = projection.project(x, p, projection="random", axis=geo.axis)
+        m = 0.9 * mv[0] + 0.1 * r
+        v = 0.999 * mv[1] + 0.001 * r * r
+        n = m / (jnp.sqrt(v) + 1e-6)
+        axes = ((1 if geo.axis == "in" else 2),) if channelwise else (1, 2)
+        norm = lambda a: jnp.sqrt(jnp.sum(a * a, axis=axes, keepdims=True))  # noqa: E731
+        scaled = x * (norm(n) / (norm(r) + 1e-8))
+        total = jnp.sqrt(jnp.sum(scaled * scaled))
+        limit = jnp.maximum(total / (1.01 * prev), 1.0)
+        return x - 1e-2 * (scaled / limit + 1e-4 * x), (m, v), total / limit
+
+    def prog(g: Any, s: Any, p: Any, keys: Any, xs: Any, mvs: Any, prev: Any) -> Any:
+        drawn = draws(keys)
+        first = {shape: d for shape, d in zip(shapes, drawn)}
+        out = [
+            one(geo, first.get(pshape, drawn[0]), x, mv, prev)
+            for (geo, pshape), x, mv in zip(geos, xs, mvs, strict=True)
+        ]
+        return adamw.fn(g, s, p), drawn, out
+
+    keys = jax.ShapeDtypeStruct((len(shapes), 2), jnp.uint32)
+    args = (*adamw.args, keys, xs, moments, _spec((), jnp.float32))
+    label = f"AdamW on the fallback + {len(shapes)} draws + APOLLO math x {len(geos)} shapes"
+    return [FloorProgram(label, prog, args)]
 
 
 def _adamw_program(params: Any) -> FloorProgram:

@@ -66,3 +66,15 @@ def test_fallback_leaves_are_the_non_matrix_leaves() -> None:
     assert sum(x.ndim == 1 for x in fallback) == 5
     limited = floors._fallback_leaves(params, optx.default_router().with_rank_limit(64))
     assert len(limited) == len(jax.tree.leaves(params))  # tiny: every side is <= 64
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+@pytest.mark.parametrize("name", ["apollo", "apollo_mini", "eggroll"])
+def test_random_floors_trace_on_both_trees(name: str, preset: str) -> None:
+    """The floors that draw per-leaf randomness build and lower on the unscanned and
+    scanned trees, including a tree whose matrices all go to the fallback (tiny:
+    APOLLO's rank limit)."""
+    for scanned in (False, True):
+        shape = dataclasses.replace(_trees.PRESETS[preset], scanned=scanned)
+        for prog in floors.FLOORS[name](_trees.gpt_param_shapes(shape)):
+            jax.jit(prog.fn).trace(*prog.args).lower()
