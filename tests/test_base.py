@@ -74,3 +74,15 @@ def test_bias_correction_precision() -> None:
     np.testing.assert_allclose(base.bias_correction(0.9, count), 1 - 0.9**3, rtol=1e-6)
     with jax.enable_x64(True):
         np.testing.assert_allclose(base.bias_correction(0.9, count), 1 - 0.9**3, rtol=1e-15)
+
+
+def test_runtime_offsets_are_the_offsets_and_not_constants() -> None:
+    """``base.runtime_offsets`` gives the offsets themselves, computed inside one
+    conditional (so XLA cannot fold them into the consumers as constants), from a key or
+    an integer anchor, jitted or not."""
+    offsets = (0, 7, 130)
+    for anchor in (jax.random.key(3), jnp.arange(4, dtype=jnp.int32)):
+        assert [int(o) for o in base.runtime_offsets(offsets, anchor)] == list(offsets)
+        fn = jax.jit(lambda a: base.runtime_offsets(offsets, a))
+        assert [int(o) for o in fn(anchor)] == list(offsets)
+        assert "stablehlo.case" in fn.lower(anchor).as_text()
