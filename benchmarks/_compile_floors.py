@@ -678,7 +678,7 @@ def _apollo(params: Any, name: str = "apollo") -> list[FloorProgram]:
     import jax.numpy as jnp
 
     import optx
-    from optx._src import base, projection
+    from optx._src import projection
 
     spec = optx.get_optimizer(name)
     rank = spec.defaults.get("rank", 1)
@@ -705,17 +705,12 @@ def _apollo(params: Any, name: str = "apollo") -> list[FloorProgram]:
         xs.append(x)
         moments.append((r, r))
 
-    def draws(keys: jax.Array) -> list[jax.Array]:
-        if not shapes:
-            return []
-        split = jax.vmap(lambda k: jax.random.split(jax.random.wrap_key_data(k))[0])
-        uses = jax.random.key_data(split(keys))
-        offsets = base.runtime_offsets(range(len(shapes)), uses)
-        out = []
-        for o, shape in zip(offsets, shapes, strict=True):
-            use = jax.random.wrap_key_data(jax.lax.dynamic_index_in_dim(uses, o, keepdims=False))
-            out.append(jax.random.normal(use, shape) / math.sqrt(shape[-1]))
-        return out
+    def draws(keys: list[jax.Array]) -> list[jax.Array]:
+        uses = projection.next_keys(keys)  # the method's batched key-chain split
+        return [
+            jax.random.normal(jax.random.wrap_key_data(k), shape) / math.sqrt(shape[-1])
+            for k, shape in zip(uses, shapes, strict=True)
+        ]
 
     def one(geo: Any, p: jax.Array, x: jax.Array, mv: Any, prev: jax.Array) -> Any:
         r = projection.project(x, p, projection="random", axis=geo.axis)
@@ -738,7 +733,7 @@ def _apollo(params: Any, name: str = "apollo") -> list[FloorProgram]:
         ]
         return adamw.fn(g, s, p), drawn, out
 
-    keys = jax.ShapeDtypeStruct((len(shapes), 2), jnp.uint32)
+    keys = [jax.ShapeDtypeStruct((2,), jnp.uint32) for _ in shapes]
     args = (*adamw.args, keys, xs, moments, _spec((), jnp.float32))
     label = f"AdamW on the fallback + {len(shapes)} draws + APOLLO math x {len(geos)} shapes"
     return [FloorProgram(label, prog, args)]
@@ -996,14 +991,11 @@ def _eggroll(params: Any) -> list[FloorProgram]:
         for (_, x), lay in zip(flat, lays, strict=True)
     ]
 
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-
     def noise(z: jax.Array, key: jax.Array) -> list[Any]:
-        # Runtime offsets (as optx's draws): consumers of same-shape blocks share kernels.
-        offsets = base.runtime_offsets(starts, key)
+        # Runtime offsets: the consumers of same-shape blocks share kernels.
+        blocks = base.split_consecutive(z, sizes, key, axis=1)
         out = []
-        for (_, x), lay, n, start in zip(flat, lays, sizes, offsets, strict=True):
-            block = jax.lax.dynamic_slice_in_dim(z, start, n, axis=1)
+        for (_, x), lay, block in zip(flat, lays, blocks, strict=True):
             if lay is None:
                 out.append(jnp.reshape(block, (pairs, *x.shape)))
                 continue

@@ -86,3 +86,17 @@ def test_runtime_offsets_are_the_offsets_and_not_constants() -> None:
         fn = jax.jit(lambda a: base.runtime_offsets(offsets, a))
         assert [int(o) for o in fn(anchor)] == list(offsets)
         assert "stablehlo.case" in fn.lower(anchor).as_text()
+
+
+def test_split_consecutive_cuts_at_runtime_offsets() -> None:
+    """``base.split_consecutive`` gives the slices of ``x`` along ``axis`` (the pieces
+    of two or more: dynamic slices at runtime offsets; one piece: a plain slice)."""
+    x = jnp.arange(2 * 9, dtype=jnp.float32).reshape(2, 9)
+    anchor = jnp.zeros((1,), jnp.int32)
+    fn = jax.jit(lambda x, a: base.split_consecutive(x, [2, 3, 4], a, axis=1))
+    pieces = fn(x, anchor)
+    for got, (lo, hi) in zip(pieces, [(0, 2), (2, 5), (5, 9)], strict=True):
+        np.testing.assert_array_equal(got, x[:, lo:hi])
+    assert fn.lower(x, anchor).as_text().count("stablehlo.dynamic_slice") == 3
+    (whole,) = base.split_consecutive(x, [2], anchor)
+    np.testing.assert_array_equal(whole, x)

@@ -258,6 +258,27 @@ def runtime_offsets(offsets: Sequence[int], anchor: jax.Array) -> tuple[jax.Arra
     return materialized(lambda _: tuple(jnp.asarray(o, jnp.int32) for o in offsets), anchor)
 
 
+def split_consecutive(
+    x: jax.Array, sizes: Sequence[int], anchor: jax.Array, axis: int = 0
+) -> list[jax.Array]:
+    """``x`` cut along ``axis`` into consecutive pieces of ``sizes`` entries, at
+    :func:`runtime_offsets` (from ``anchor``), so that the consumers of same-shape
+    pieces compile as one kernel. One piece, or offsets past int32, are plain slices.
+    Same values.
+    """
+    sizes = [int(n) for n in sizes]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    if len(sizes) <= 1 or sum(sizes) >= 2**31:
+        return [
+            jax.lax.slice_in_dim(x, s, s + n, axis=axis) for s, n in zip(starts, sizes, strict=True)
+        ]
+    offsets = runtime_offsets(starts, anchor)
+    return [
+        jax.lax.dynamic_slice_in_dim(x, o, n, axis=axis)
+        for o, n in zip(offsets, sizes, strict=True)
+    ]
+
+
 def compute_dtype(*dtypes: Any) -> jnp.dtype:
     """The dtype internal arithmetic runs in: ``promote(*dtypes, float32)``.
 

@@ -185,35 +185,20 @@ def random_probes(key: jax.Array, tree: Any, distribution: str = "rademacher") -
     (preset ``small`` of ``benchmarks/compile_time.py``) this cut the HLO of
     agvm_sgd from 15.2k to 7.9k instructions, sophia_h 10.6k to 7.0k,
     adahessian 5.9k to 5.2k. The leaves are cut out of the draw at runtime
-    offsets (:func:`_split_flat`), so that consumers of same-shape leaves
-    compile as one kernel.
+    offsets (``base.split_consecutive``), so that the consumers of same-shape
+    leaves (the HVP's, the estimate's EMA and its finiteness check) compile as
+    one kernel, not one per leaf (LLVM kernels of a step on the unscanned
+    benchmark tree, ``benchmarks/compile_kernels.py``: AdaHessian 117 -> 65,
+    Sophia-H 99 -> 71, AGVM 125 -> 69; the same step time).
     """
     base.check_choice("distribution", distribution, DISTRIBUTIONS)
     leaves, treedef = jax.tree.flatten(tree)
     sizes = [math.prod(jnp.shape(x)) for x in leaves]
     total = sum(sizes)
     flat = base.materialized(lambda k: _flat_draw(distribution, k, total), key)
-    pieces = _split_flat(flat, sizes, key)
+    pieces = base.split_consecutive(flat, sizes, key)
     out = [jnp.reshape(z, jnp.shape(x)).astype(x.dtype) for x, z in zip(leaves, pieces)]
     return jax.tree.unflatten(treedef, out)
-
-
-def _split_flat(flat: jax.Array, sizes: list[int], key: jax.Array) -> list[jax.Array]:
-    """``flat`` cut into consecutive pieces of ``sizes`` entries, at runtime offsets.
-
-    A slice at a static offset is a constant of every fusion that consumes it,
-    so the consumers of same-shape leaves (the HVP's, the estimate's EMA and
-    its finiteness check) would compile as one kernel per leaf; at offsets XLA
-    cannot fold (``base.materialized`` from the key) they compile as one kernel
-    per shape (LLVM kernels of a step on the unscanned benchmark tree of
-    ``benchmarks/compile_kernels.py``: AdaHessian 117 -> 65, Sophia-H 99 -> 71,
-    AGVM 125 -> 69; the same step time). Same values.
-    """
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    if len(sizes) <= 1 or sum(sizes) >= 2**31:
-        return [flat[s : s + n] for s, n in zip(starts, sizes, strict=True)]
-    offsets = base.runtime_offsets(starts, key)
-    return [jax.lax.dynamic_slice_in_dim(flat, o, n) for o, n in zip(offsets, sizes, strict=True)]
 
 
 def _averaged(fn: Callable[..., jax.Array], axis_name: str | None) -> Callable[..., jax.Array]:

@@ -341,11 +341,9 @@ def _pair_keys(leaf_keys: list[jax.Array], epoch: Any, pairs: jax.Array) -> list
     per_pair = jax.vmap(lambda j: fold(flat, j))(pairs)
     # Runtime offsets: the key slices of same-shape leaves share kernels (EGGROLL,
     # unscanned benchmark tree: 272 -> 245 LLVM kernels; the same step time).
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    offsets = base.runtime_offsets(starts, flat) if len(sizes) > 1 else (0,)
+    pieces = base.split_consecutive(per_pair, sizes, flat, axis=1)
     return [
-        jnp.reshape(jax.lax.dynamic_slice_in_dim(per_pair, o, n, axis=1), (pairs.shape[0], *sh))
-        for sh, n, o in zip(shapes, sizes, offsets, strict=True)
+        jnp.reshape(piece, (pairs.shape[0], *sh)) for sh, piece in zip(shapes, pieces, strict=True)
     ]
 
 

@@ -181,9 +181,9 @@ def next_keys(keys: Any) -> Any:
         stacked = jnp.stack([leaves[i] for i in members])
         split = jax.vmap(lambda k: jax.random.split(jax.random.wrap_key_data(k))[0])(stacked)
         data = jax.random.key_data(split)
-        offsets = base.runtime_offsets(range(len(members)), data) if len(members) > 1 else (0,)
-        for i, o in zip(members, offsets, strict=True):
-            out[i] = jax.lax.dynamic_index_in_dim(data, o, keepdims=False)
+        rows = base.split_consecutive(data, [1] * len(members), data)
+        for i, row in zip(members, rows, strict=True):
+            out[i] = row[0]
     return jax.tree.unflatten(treedef, out)
 
 
