@@ -89,8 +89,9 @@ def _adabelief_ref(grads, b1=0.9, b2=0.999, eps=1e-16, rectify=True, sgd=True, a
         {"rectify": False},
         {"rectify": False, "amsgrad": True},
         {"rectify": True, "degenerated_to_sgd": False, "b2": 0.9},
+        {"rectify": True, "b2": 0.0},
     ],
-    ids=["rectified", "plain", "amsgrad", "rectified-nosgd-b2=0.9"],
+    ids=["rectified", "plain", "amsgrad", "rectified-nosgd-b2=0.9", "rectified-b2=0"],
 )
 def test_scale_by_belief_matches_reference(shape: str, kw: dict) -> None:
     grads = _grads(SHAPES[shape], steps=9)
@@ -115,10 +116,11 @@ def test_scale_by_belief_matches_reference(shape: str, kw: dict) -> None:
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7, err_msg=f"step {t + 1}")
 
 
-@pytest.mark.parametrize("b2", [0.999, 0.99, 0.95, 0.5])
+@pytest.mark.parametrize("b2", [0.999, 0.99, 0.95, 0.5, 0.0])
 @pytest.mark.parametrize("traced", [False, True])
 def test_rectification_is_accurate(b2: float, traced: bool) -> None:
-    """ρ_t in f32 within ~1e-5 of float64 (β₂ = 0.999: ρ₅ ≈ 4.996, next to the threshold 5)."""
+    """ρ_t in f32 within ~1e-5 of float64 (β₂ = 0.999: ρ₅ ≈ 4.996, next to the threshold 5;
+    β₂ = 0, allowed by the table, had raised a math domain error: ρ_t = ρ_∞ = 1)."""
     ts = np.array([1, 2, 5, 6, 7, 50, 1000, 10**5])
     fn = optx._src.adaptive.radam_rectification
     if traced:

@@ -819,3 +819,46 @@ def test_subspace_split_keeps_real_coordinates_of_a_large_gradient() -> None:
     inside = p @ rng.standard_normal((64, 256)).astype(np.float32)
     _, res_in = bases.subspace_split(jnp.asarray(inside), jnp.asarray(p))
     assert not np.any(np.asarray(res_in))
+
+
+def test_scale_by_cosmos_gamma_zero_and_eps_zero() -> None:
+    """γ = 0 (allowed by the alias and the primitive alike) drops the Newton–Schulz
+    residual: the update is the γ > 0 one minus γ times the normalized residual, so
+    two runs at γ and 2γ differ by exactly that term; ε = 0 with the rank at the fan-in
+    (the residual is zero) stays finite (it had been 0/0)."""
+    r = np.random.default_rng(4)
+    g = {"w": jnp.asarray(r.normal(size=(6, 10)), jnp.float32)}
+    outs = {}
+    for gamma in (0.0, 0.2, 0.4):
+        tx = optx.scale_by_cosmos(gamma=gamma, rank=3)
+        u, _ = tx.update(g, tx.init(g))
+        outs[gamma] = np.asarray(u["w"])
+    np.testing.assert_allclose(outs[0.4] - outs[0.2], outs[0.2] - outs[0.0], atol=1e-5)
+    assert np.abs(outs[0.2] - outs[0.0]).max() > 1e-3
+    tx = optx.scale_by_cosmos(eps=0.0, rank=6)
+    state = tx.init(g)
+    for _ in range(3):
+        u, state = tx.update(g, state)
+        assert bool(jnp.all(jnp.isfinite(u["w"])))
+
+
+@pytest.mark.parametrize("name", ["scale_by_soap", "scale_by_cosmos", "scale_by_conda"])
+def test_eps_zero_is_the_limit_of_small_eps(name: str) -> None:
+    """``eps=0`` (allowed, as in optax) in a rotated or projected basis: SOAP zeroes
+    its roundoff coordinates (``M' = V = 0``), a 16 × 32 gradient reaches only 16 of
+    the 32 right-basis directions, and COSMOS's residual is zero at full rank. Those
+    coordinates get no step, as any ``eps > 0`` gives them; the update equals the
+    ``eps = 1e-30`` one (it had been NaN for SOAP and COSMOS)."""
+    r = np.random.default_rng(5)
+    w = jnp.asarray(0.3 * r.normal(size=(16, 32)), jnp.float32)
+    g = {"w": jnp.sin(w) + w * jnp.cos(w) + w}
+    kw = {"rank": 16} if name == "scale_by_cosmos" else {}
+    outs = []
+    for eps in (0.0, 1e-30):
+        tx = getattr(optx, name)(eps=eps, **kw)
+        state = tx.init(g)
+        for _ in range(3):
+            u, state = tx.update(g, state)
+        outs.append(np.asarray(u["w"]))
+    assert np.all(np.isfinite(outs[0]))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6, atol=1e-7)

@@ -137,3 +137,21 @@ def test_one_matrix_at_a_time_equals_the_batched_kernel(decomposition: str) -> N
     got = jax.jit(getattr(linalg, decomposition))(x)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 0), (2, 3, 0), (2, 0, 3), (3, 0), (0, 3), (0, 3, 3)])
+def test_decompositions_of_empty_matrices_have_numpys_shapes(shape: tuple[int, ...]) -> None:
+    """Empty matrices and batches of them (a zero-size leaf's modes): the reduced
+    factors NumPy returns, under ``jit``; eigh and SVD for the square ones and SVD
+    for all. These had raised at trace time (a ``-1`` reshape of a zero-size
+    batch, the Householder loop indexing an empty axis)."""
+    x = jnp.zeros(shape, jnp.float32)
+    for got, want in zip(jax.jit(linalg.qr)(x), np.linalg.qr(np.zeros(shape)), strict=True):
+        assert got.shape == want.shape
+    u, s, vh = jax.jit(linalg.svd)(x)
+    assert (u.shape, s.shape, vh.shape) == tuple(
+        a.shape for a in np.linalg.svd(np.zeros(shape), full_matrices=False)
+    )
+    if shape[-1] == shape[-2]:
+        vals, vecs = jax.jit(linalg.eigh)(x)
+        assert vals.shape == shape[:-1] and vecs.shape == shape

@@ -161,7 +161,8 @@ def radam_rectification(
     else:
         delta = 1.0 - b2
         if isinstance(delta, numbers.Real):
-            ell = -math.log1p(-float(delta))
+            # β₂ = 0: ℓ = ∞ (then u = ∞ and ρ_t = ρ_∞ = 1 < 4 at every step).
+            ell = -math.log1p(-float(delta)) if delta < 1 else math.inf
             offset = jnp.asarray(2.0 / delta - 2.0 / ell - 1.0, dt)
         else:
             d = jnp.asarray(delta, dt)

@@ -279,6 +279,17 @@ def split_consecutive(
     ]
 
 
+def safe_divide(x: jax.Array, den: jax.Array) -> jax.Array:
+    """``x / den`` with 0 where ``den`` is 0 (not ≥ 0 for a NaN ``den``: NaN stays).
+
+    For a norm at 0 (∇ of a norm at 0: 0 is a sub-gradient) and for Adam's
+    ``m / (√v + ε)`` at ``ε = 0`` in a coordinate no gradient has reached (a rotated
+    basis' exact zeros): no information, no step. Elsewhere the plain quotient.
+    """
+    zero = den == 0
+    return jnp.where(zero, 0.0, x / jnp.where(zero, 1.0, den))
+
+
 def compute_dtype(*dtypes: Any) -> jnp.dtype:
     """The dtype internal arithmetic runs in: ``promote(*dtypes, float32)``.
 

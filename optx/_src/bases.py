@@ -123,19 +123,26 @@ def no_modes(shape: Sequence[int]) -> ModeView:
     return ModeView(shape, tuple(range(len(shape))), (), ())
 
 
+def _rotatable(dim: int, max_dim: float | None) -> bool:
+    """Whether a mode of size ``dim`` gets a factor and a basis: at most ``max_dim``
+    (None: any), and not empty (an empty mode has nothing to rotate; its 0×0 factor
+    has no eigen-decomposition to refresh)."""
+    return dim >= 1 and (max_dim is None or dim <= max_dim)
+
+
 def vector_modes(shape: Sequence[int], max_dim: int) -> ModeView:
     """A 1-D leaf as a single mode (SOAP's ``precondition_1d``)."""
     shape = tuple(int(d) for d in shape)
     if len(shape) != 1:
         raise ValueError(f"vector_modes needs a 1-D shape, got {shape}.")
-    return ModeView(shape, (), ((0,),), (shape[0] <= max_dim,))
+    return ModeView(shape, (), ((0,),), (_rotatable(shape[0], max_dim),))
 
 
 def matrix_modes(layout: ResolvedLayout, max_dim: int | None = None) -> ModeView:
     """The two modes ``(fan_in, fan_out)`` of a matrix layout."""
     modes = (layout.reduction_axes, layout.output_axes)
     dims = (layout.fan_in, layout.fan_out)
-    rotated = tuple(max_dim is None or d <= max_dim for d in dims)
+    rotated = tuple(_rotatable(d, max_dim) for d in dims)
     return ModeView(layout.shape, layout.batch_axes, modes, rotated)
 
 
@@ -197,7 +204,9 @@ def axis_modes(layout: ResolvedLayout, max_dim: int, *, merge_dims: bool = False
         elif current:
             groups[-1] = groups[-1] + tuple(current)
     dims = [math.prod(shape[a] for a in g) for g in groups]
-    return ModeView(shape, layout.batch_axes, tuple(groups), tuple(d <= max_dim for d in dims))
+    return ModeView(
+        shape, layout.batch_axes, tuple(groups), tuple(_rotatable(d, max_dim) for d in dims)
+    )
 
 
 def to_modes(x: jax.Array, view: ModeView) -> jax.Array:
@@ -916,7 +925,7 @@ def _by_shape(
     indices = _shared_indices(anchor, rows)
     for members in groups.values():
         flat = [
-            tuple(jnp.reshape(a, (-1, *a.shape[len(b) :])) for a in arrays)
+            tuple(jnp.reshape(a, (math.prod(b), *a.shape[len(b) :])) for a in arrays)
             for b, arrays in (entries[e] for e in members)
         ]
         args = flat[0] if len(flat) == 1 else tuple(jnp.concatenate(c) for c in zip(*flat))
@@ -1006,7 +1015,11 @@ def _soap_groups(
 
 def _stacked(parts: Sequence[jax.Array], tail: int) -> jax.Array:
     """Concatenation on one leading batch axis of arrays whose last ``tail`` axes agree."""
-    flat = [jnp.reshape(x, (-1, *x.shape[x.ndim - tail :])) for x in parts]
+    # The batch size spelled out: ``-1`` is ambiguous for an empty leaf, ``(0,)`` or ``(3, 0)``.
+    flat = [
+        jnp.reshape(x, (math.prod(x.shape[: x.ndim - tail]), *x.shape[x.ndim - tail :]))
+        for x in parts
+    ]
     return flat[0] if len(flat) == 1 else jnp.concatenate(flat)
 
 
@@ -1149,7 +1162,7 @@ def _soap_step_scattered(
         rot_g = drop_roundoff(x, rot, nb, (mode, entry))
         m = sl["b1"] * mu + sl["one_minus_b1"] * rot_g
         v = sl["b2"] * nu + sl["one_minus_b2"] * jnp.square(rot_g)
-        d = m / (jnp.sqrt(v) + sl["eps"])
+        d = base.safe_divide(m, jnp.sqrt(v) + sl["eps"])  # zeroed coordinates: no step
         for i in order[::-1]:
             d = mode_product(d, qs[i].astype(d.dtype), i, nb, into_basis=False)
         d = jax.lax.psum_scatter(d, entry, scatter_dimension=nb + mode, tiled=True)
@@ -1276,7 +1289,7 @@ def _soap_tree_update(
         rot_g = drop_roundoff(rotate(G, qs, nb), rot, nb)
         m = sl["b1"] * mu + sl["one_minus_b1"] * rot_g
         v = sl["b2"] * nu + sl["one_minus_b2"] * jnp.square(rot_g)
-        direction = rotate_back(m / (jnp.sqrt(v) + sl["eps"]), qs, nb)
+        direction = rotate_back(base.safe_divide(m, jnp.sqrt(v) + sl["eps"]), qs, nb)
         if normalize:
             # Per matrix of a stack (each is its own tensor in PyTorch);
             # an unrotated leaf is normalized as a whole.
@@ -1487,6 +1500,8 @@ def scale_by_soap(
       (:func:`drop_roundoff`); the same perturbation then moves parameters by
       6e-7. Where the bases are unique and no coordinate is roundoff the
       update is the official one (golden ``soap__public``, float64 reference).
+      A zeroed coordinate has ``M' = V = 0`` and gets no step, also at
+      ``eps=0`` (where the quotient would be ``0/0``).
 
     Implementation: leaves with the same modes are stacked on one batch axis
     and the first eigh and the refresh share one ``lax.cond`` for the whole tree
@@ -1812,7 +1827,7 @@ def scale_by_conda(
                 bases = tuple(q if i == side else None for i in range(2))
             rot_g, rot_m = rotate(G, bases, nb), rotate(m, bases, nb)
             v = s["b2"] * to_modes(_f32(nu), view) + s["one_minus_b2"] * jnp.square(rot_g)
-            direction = rotate_back(rot_m / (jnp.sqrt(v) + s["eps"]), bases, nb)
+            direction = rotate_back(base.safe_divide(rot_m, jnp.sqrt(v) + s["eps"]), bases, nb)
             direction = direction * s["step_scale"]
             if side is not None:
                 direction = direction * s["scale"]
@@ -1979,7 +1994,7 @@ def _cosmos_power_step(
     return step
 
 
-@hyperparams.validated()
+@hyperparams.validated(gamma=hyperparams.NONNEGATIVE)
 def scale_by_cosmos(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -2054,9 +2069,11 @@ def scale_by_cosmos(
     (``S``) + ``mr`` (``V``).
 
     Args:
-      b1, b2, eps: momentum and second-moment decay, ε (injectable).
+      b1, b2, eps: momentum and second-moment decay, ε (injectable). With
+        ``eps=0`` a subspace coordinate whose second moment is 0 (no gradient
+        of rank ``r`` has reached it) gets no step, not ``0/0``.
       rank: subspace rank r (static).
-      gamma: weight γ of the Newton–Schulz residual (injectable).
+      gamma: weight γ of the Newton–Schulz residual (injectable; 0 drops it).
       nesterov: the official Nesterov form (default on). ``False`` is the
         official other branch, which scales the *raw gradient* by ``1/c₁``
         (``COSMOS_optim.py`` lines 86–87 @61de180e): ``M`` is then kept but
@@ -2171,7 +2188,7 @@ def scale_by_cosmos(
             else:  # official: the raw gradient over c1 (the momentum is unused)
                 g_hat = X / s["c1"]
             coeff, residual = subspace_split(g_hat, new_p)
-            adam = new_p @ (coeff / (jnp.sqrt(new_v) / jnp.sqrt(s["bc2"]) + s["eps"]))
+            adam = new_p @ base.safe_divide(coeff, jnp.sqrt(new_v) / jnp.sqrt(s["bc2"]) + s["eps"])
             states = (
                 from_modes(M, view).astype(mu.dtype),
                 new_p.astype(p.dtype),
@@ -2188,10 +2205,11 @@ def scale_by_cosmos(
         return fn
 
     def combined(adam: jax.Array, ortho: jax.Array, s: dict[str, jax.Array]) -> jax.Array:
-        """``adam + γ √(nm) O / (‖O‖_F + ε)`` per matrix of a ``batch + (n, m)`` stack."""
+        """``adam + γ √(nm) O / (‖O‖_F + ε)`` per matrix of a ``batch + (n, m)`` stack
+        (``O = 0``, a residual the rank captured whole, gives 0 also at ``ε = 0``)."""
         n, m = ortho.shape[-2:]
         ortho_norm = jnp.sqrt(jnp.sum(jnp.square(ortho), axis=(-2, -1), keepdims=True))
-        ortho = math.sqrt(n * m) * ortho / (ortho_norm + s["eps"])
+        ortho = math.sqrt(n * m) * base.safe_divide(ortho, ortho_norm + s["eps"])
         return adam + s["gamma"] * ortho
 
     def orthogonalized_leaves(

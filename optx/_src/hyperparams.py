@@ -365,7 +365,7 @@ TABLE: dict[str, Constraint] = {
     "gamma": POSITIVE.but(optional=True),
     "rms": POSITIVE,
     "delta": POSITIVE,
-    "p": real(1.0),
+    "p": real(1.0, low_closed=False),
     "quantile": UNIT_CLOSED,
     "w_max": POSITIVE,
     "hessian_power": UNIT_CLOSED,
@@ -438,9 +438,8 @@ TABLE: dict[str, Constraint] = {
     "inactive_update_rule": choice("sign", "sgd", optional=True),
     "residual": choice("sign", "sgd", optional=True),
     "preset": choice("official", optional=True),
-    "projection": choice(
-        "svd", "random", "orthogonal", "coordinate", "dct", "block", callable_ok=True
-    ),
+    # FRUGAL's ``'block'`` is its own override (``aliases/memory.py``).
+    "projection": choice("svd", "random", "orthogonal", "coordinate", "dct", callable_ok=True),
     "scaling": choice("keller", "moonlight", "none", optional=True),
     "kernel": choice("xla", "pallas", optional=True),
     # --- evolution strategies (EGGROLL / OpenES)

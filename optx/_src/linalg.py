@@ -66,6 +66,8 @@ def householder_qr(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     kk = min(m, n)
     rows = jnp.arange(m)
     batch = x.shape[:-2]
+    if kk == 0:  # an empty matrix: empty factors (the loops below would index empty axes)
+        return jnp.zeros((*batch, m, 0), x.dtype), jnp.zeros((*batch, 0, n), x.dtype)
 
     def factor(k: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]):
         a, vs, taus = carry
@@ -124,7 +126,7 @@ def _one_matrix_at_a_time(fn: Callable[[jax.Array], tuple[jax.Array, ...]]) -> C
         batch = x.shape[:-2]
         if math.prod(batch) <= 1:
             return fn(x)
-        outs = jax.lax.map(fn, x.reshape((-1, *x.shape[-2:])))
+        outs = jax.lax.map(fn, x.reshape((math.prod(batch), *x.shape[-2:])))
         return tuple(o.reshape(batch + o.shape[1:]) for o in outs)
 
     return serial

@@ -97,12 +97,6 @@ def _elementwise_gradient(c: jax.Array, kappa: str, delta: Any) -> jax.Array:
     raise ValueError(f"Unknown element-wise kappa {kappa!r}.")
 
 
-def _safe_divide(x: jax.Array, norm: jax.Array) -> jax.Array:
-    """``x / norm`` with 0 where ``norm == 0`` (∇ of a norm at 0: 0 is a sub-gradient)."""
-    positive = norm > 0
-    return jnp.where(positive, x / jnp.where(positive, norm, 1.0), 0.0)
-
-
 def _argmax_indicator(a: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """1 at the first arg-max of ``a`` over ``axes`` (per block), 0 elsewhere.
 
@@ -122,16 +116,16 @@ def _block_gradient(c: jax.Array, kappa: str, axes: tuple[int, ...], p: Any) -> 
     """∇ of a norm of ``c`` taken over ``axes`` (one value per block)."""
     if kappa in ("l2", "nuclear"):  # nuclear reaches here only for vectors
         norm = jnp.sqrt(jnp.sum(base.abs_sq(c), axis=axes, keepdims=True))
-        return _safe_divide(c, norm)
+        return base.safe_divide(c, norm)
     a = jnp.abs(c)
     if kappa == "linf":
         return jnp.sign(c) * sharding.apply_matrix_fn(lambda x: _argmax_indicator(x, axes), a)
     if kappa == "lp":
         # Homogeneous of degree 0: normalize by the block maximum first.
-        y = _safe_divide(a, jnp.max(a, axis=axes, keepdims=True))
+        y = base.safe_divide(a, jnp.max(a, axis=axes, keepdims=True))
         yp1 = y ** (p - 1.0)
         norm_p = jnp.sum(yp1 * y, axis=axes, keepdims=True) ** (1.0 / p)
-        return jnp.sign(c) * _safe_divide(yp1, norm_p ** (p - 1.0))
+        return jnp.sign(c) * base.safe_divide(yp1, norm_p ** (p - 1.0))
     raise ValueError(f"Unknown block kappa {kappa!r}.")
 
 
@@ -163,7 +157,7 @@ def kappa_gradient(
     raise ValueError(f"Unknown kappa {kappa!r}; choose one of {list(KAPPAS)} or pass a callable.")
 
 
-@hyperparams.validated()
+@hyperparams.validated(b1=hyperparams.UNIT_CLOSED)
 def scale_by_lion_kappa(
     b1: float = 0.9,
     b2: float = 0.99,

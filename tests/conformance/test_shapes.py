@@ -10,6 +10,7 @@ leaf's shape and dtype. One compiled call (three steps) per optimizer.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -82,6 +83,33 @@ def test_degenerate_leaves(name: str) -> None:
     # Zero gradient in, zero update out is not required (weight decay); moving the
     # non-degenerate matrix is: the tree was optimized at all.
     assert bool(jnp.any(updates["hidden"]["kernel"] != 0))
+    for leaf in problems.floating_state_leaves(state):
+        assert bool(jnp.all(jnp.isfinite(leaf))), f"{name}: non-finite state"
+
+
+# Options that send vectors or N-D leaves down another code path than the defaults.
+OPTION_PATHS = [
+    ("soap", {"precondition_1d": True}),
+    ("soap", {"factorization": "axes", "merge_dims": True, "precondition_1d": True}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [pytest.param(n, o, marks=pytest.mark.xdist_group(n)) for n, o in OPTION_PATHS],
+    ids=[f"{n}-{'-'.join(o)}" for n, o in OPTION_PATHS],
+)
+def test_degenerate_leaves_with_options(name: str, options: dict[str, Any]) -> None:
+    """The same tree through the optional paths: an empty vector under SOAP's
+    ``precondition_1d`` is an empty mode, left unrotated (it had failed to trace)."""
+    spec = optx.get_optimizer(name)
+    tx = spec.build(**{**spec.test_overrides, **options})
+    params = degenerate_params()
+    _, state, updates = _run(spec, tx, params)
+    for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]:
+        p = functools.reduce(lambda t, k: t[k.key], path, params)
+        assert u.shape == (STEPS, *p.shape) and bool(jnp.all(jnp.isfinite(u))), path
+    assert bool(jnp.any(updates["hidden"]["bias"] != 0))
     for leaf in problems.floating_state_leaves(state):
         assert bool(jnp.all(jnp.isfinite(leaf))), f"{name}: non-finite state"
 
