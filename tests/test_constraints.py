@@ -485,3 +485,16 @@ def test_bad_arguments() -> None:
     p = {"hidden": {"kernel": jnp.ones((3, 3))}}
     with pytest.raises(ValueError, match="params"):
         tx.update(p, tx.init(p))
+
+
+def test_hard_cap_range_is_as_documented() -> None:
+    """``spectral_hard_cap``'s polynomials (the official coefficients) cap singular
+    values up to about 3.5 ``w_max`` and not beyond: the numbers its docstring quotes."""
+    sigma = np.array([0.5, 1.0, 2.0, 3.0, 3.4, 3.6, 3.7, 4.0])
+    w = {"w": jnp.diag(jnp.asarray(sigma, jnp.float32))}
+    tx = optx.constraints.spectral_hard_cap(1.0, geometry="l2")
+    u, _ = tx.update(jax.tree.map(jnp.zeros_like, w), tx.init(w), w)
+    got = np.diag(np.asarray(optax.apply_updates(w, u)["w"]))
+    inside = sigma <= 3.4
+    np.testing.assert_allclose(got[inside], np.minimum(sigma[inside], 1.0), atol=0.04)
+    np.testing.assert_allclose(got[~inside], [0.657, -0.321, -0.998], atol=0.01)

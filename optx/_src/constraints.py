@@ -743,8 +743,8 @@ def spectral_soft_cap(
     the ball diverges (overflows within a few steps), as with the official
     code. With ``w_max = 1`` and δ = 0.024 (α ≈ 0.088): σ = 2 ↦ 1.48,
     3 ↦ 0.63, 3.5 ↦ −0.29, 5 ↦ −25.7. Project the initial weights with
-    :func:`spectral_svd_cap` (or use ``spectral_hard_cap``) when they may lie
-    outside.
+    :func:`spectral_svd_cap` when they may lie outside (``spectral_hard_cap``
+    reaches further, to about 3.5 ``w_max``, but not arbitrarily far).
 
     Args:
       w_max: the norm bound.
@@ -825,6 +825,12 @@ def spectral_hard_cap(
     ``M ← M(aI + b MᵀM + c (MᵀM)²)`` on ``M = W/(s·w_max)``, then
     ``W ← s·w_max·M``. Approximate (singular values well above ``w_max`` are
     not mapped exactly to it); :func:`spectral_svd_cap` is exact.
+
+    The coefficients are fitted for ``σ/w_max`` up to about 3.5 (there
+    ``σ ↦ 1.01 w_max``); beyond, as with the official code, the sign flips and
+    the steps overflow: σ/w_max = 3.6 ↦ 0.66, 3.7 ↦ −0.32, 4 ↦ −1.0, 5 ↦ NaN
+    (float32). Weights that may lie further out (an initialization, a large
+    step): :func:`spectral_svd_cap`.
 
     Args:
       w_max: the norm bound.
