@@ -100,3 +100,14 @@ def test_split_consecutive_cuts_at_runtime_offsets() -> None:
     assert fn.lower(x, anchor).as_text().count("stablehlo.dynamic_slice") == 3
     (whole,) = base.split_consecutive(x, [2], anchor)
     np.testing.assert_array_equal(whole, x)
+
+
+def test_safe_divide_is_zero_only_where_the_denominator_is_zero() -> None:
+    x = jnp.array([1.0, 0.0, 2.0, 3.0, 1.0 + 2.0j])
+    den = jnp.array([2.0, 0.0, 0.0, jnp.nan, 4.0])
+    got = np.asarray(base.safe_divide(x, den))
+    np.testing.assert_array_equal(got[:3], [0.5, 0.0, 0.0])
+    assert np.isnan(got[3])  # a NaN denominator is not hidden
+    assert got[4] == (1.0 + 2.0j) / 4.0
+    g = jax.grad(lambda d: base.safe_divide(jnp.float32(3.0), d))(jnp.float32(0.0))
+    assert bool(jnp.isfinite(g))  # no NaN leaks through the unselected branch

@@ -280,11 +280,12 @@ def split_consecutive(
 
 
 def safe_divide(x: jax.Array, den: jax.Array) -> jax.Array:
-    """``x / den`` with 0 where ``den`` is 0 (not ≥ 0 for a NaN ``den``: NaN stays).
+    """``x / den`` with 0 where ``den`` is 0; elsewhere the plain quotient (a NaN
+    ``den`` gives NaN, for the non-finite policy to see).
 
     For a norm at 0 (∇ of a norm at 0: 0 is a sub-gradient) and for Adam's
     ``m / (√v + ε)`` at ``ε = 0`` in a coordinate no gradient has reached (a rotated
-    basis' exact zeros): no information, no step. Elsewhere the plain quotient.
+    basis' exact zeros): no information, no step.
     """
     zero = den == 0
     return jnp.where(zero, 0.0, x / jnp.where(zero, 1.0, den))
