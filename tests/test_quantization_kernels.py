@@ -4,6 +4,7 @@ CPU), its fallbacks, its refusals and its lowering for CUDA."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -207,6 +208,37 @@ def test_fallbacks_to_the_xla_path() -> None:
         }
         tx = optx.quantization.quantize_moments(optax.scale_by_adam(), min_size=64, kernel="pallas")
         assert _pallas_calls(tx.update, sharded, tx.init(sharded), sharded) == 1
+
+
+@pytest.mark.parametrize("context", [False, True])
+def test_runs_on_an_explicit_mesh_with_and_without_set_mesh(context: bool) -> None:
+    """Compiled and run (not only traced) on an Explicit mesh: a replicated leaf on
+    the kernel next to a sharded one on the XLA path gives the XLA path's numbers,
+    with or without ``jax.set_mesh`` (under it, Pallas' interpret-mode lowering had
+    failed on the replicated leaf: a tile got sharded types)."""
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    rng = np.random.default_rng(3)
+    specs = {"w": P("data", None), "v": P()}
+    params = {
+        k: jax.device_put(
+            jnp.asarray(rng.standard_normal((32, 64)), jnp.float32), NamedSharding(mesh, s)
+        )
+        for k, s in specs.items()
+    }
+    grads = jax.tree.map(lambda x: 0.1 * x + 0.01, params)
+    out = {}
+    with jax.set_mesh(mesh) if context else contextlib.nullcontext():
+        for kernel in ("xla", "pallas"):
+            tx = optx.adamw_8bit(1e-3, min_size=64, block_size=64, kernel=kernel)
+            state = tx.init(params)
+            if kernel == "pallas":
+                assert _pallas_calls(tx.update, grads, state, params) == 1
+            out[kernel] = jax.jit(tx.update)(grads, state, params)
+    for a, b in zip(jax.tree.leaves(out["xla"]), jax.tree.leaves(out["pallas"])):
+        assert jax.typeof(a).sharding.spec == jax.typeof(b).sharding.spec
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-5, atol=1e-7
+        )
 
 
 def test_refuses_non_elementwise_inner_and_bad_names() -> None:

@@ -730,16 +730,28 @@ def _fused_steps(
                 inner.update, plan, block_size, g, scalars, p, extra
             )
         reads_p = checked[key]
-        u, codes, absmax = qk.fused_leaf_step(
-            inner.update,
-            plan,
-            [leaves[i] for i in plan.quantized],
-            [scales[i] for i in plan.quantized],
-            scalars,
-            g,
-            p if reads_p else None,
-            block_size,
-            jnp.result_type(g),
+
+        def step(
+            codes: Any, absmax: Any, scalars: Any, g: jax.Array, p: Any, plan: Any = plan
+        ) -> Any:
+            return qk.fused_leaf_step(
+                inner.update, plan, codes, absmax, scalars, g, p, block_size, jnp.result_type(g)
+            )
+
+        # On an Explicit mesh (the leaf replicated): under Auto axes, as other per-leaf math
+        # (sharding.call_with_out_specs); Pallas' interpret-mode lowering under an Explicit
+        # mesh context gave a tile sharded types and failed.
+        m = len(plan.quantized)
+        u, codes, absmax = sharding.call_with_out_specs(
+            step,
+            (
+                [leaves[i] for i in plan.quantized],
+                [scales[i] for i in plan.quantized],
+                scalars,
+                g,
+                p if reads_p else None,
+            ),
+            (None, [None] * m, [None] * m),
         )
         out[j] = (
             u,
