@@ -241,6 +241,27 @@ def test_runs_on_an_explicit_mesh_with_and_without_set_mesh(context: bool) -> No
         )
 
 
+def test_injected_hyperparameters_run_on_the_xla_path() -> None:
+    """``optax.inject_hyperparams(optx.adamw_8bit)(..., kernel='pallas')``: the inner's
+    ``b1``/``b2``/``eps`` are traced values a Pallas kernel cannot capture (it had
+    raised); the leaves run on the XLA path, with a warning, and give its numbers."""
+    params = {"w": jnp.full((64, 64), 0.1), "b": jnp.ones((64,))}
+    grads = jax.tree.map(lambda x: 0.3 * x + 0.01, params)
+    static = optx.get_optimizer("adamw_8bit").all_static_args()
+    out = {}
+    for kernel in ("xla", "pallas"):
+        tx = optax.inject_hyperparams(optx.adamw_8bit, static_args=static)(
+            learning_rate=1e-3, b1=0.8, min_size=0, kernel=kernel
+        )
+        state = tx.init(params)
+        if kernel == "pallas":
+            with pytest.warns(UserWarning, match="cannot capture"):
+                assert _pallas_calls(tx.update, grads, state, params) == 0
+        out[kernel] = jax.jit(tx.update)(grads, state, params)
+    for a, b in zip(jax.tree.leaves(out["xla"]), jax.tree.leaves(out["pallas"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_refuses_non_elementwise_inner_and_bad_names() -> None:
     params = {"w": jnp.ones((64, 64))}
     tx = optx.quantization.quantize_moments(

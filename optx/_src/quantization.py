@@ -56,6 +56,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -494,7 +495,10 @@ def quantize_moments(
     Leaves the kernel does not take run on the XLA path in the same step:
     leaves with a full-precision moment next to a quantized one
     (``fields``), a ``block_size`` that is not a power of two, leaves
-    sharded over a mesh axis, leaves of 2³¹ entries or more. Leaves whose
+    sharded over a mesh axis, leaves of 2³¹ entries or more, and every leaf
+    when the inner closes over arrays (``optax.inject_hyperparams`` makes the
+    inner's ``b1``, ``b2``, ``eps`` traced values, which a Pallas kernel cannot
+    capture; a warning says so). Leaves whose
     size is not a multiple of ``block_size`` work (the tail is masked). On
     CUDA it lowers with Pallas' Triton backend; elsewhere the kernel runs in
     Pallas' interpret mode (a correctness reference, slow). GPU timing is
@@ -670,6 +674,15 @@ def quantize_moments(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _warn_captured_arrays() -> None:
+    warnings.warn(
+        "quantize_moments(kernel='pallas'): the inner update closes over arrays (e.g. "
+        "hyper-parameters injected by optax.inject_hyperparams), which a Pallas kernel "
+        "cannot capture; those leaves run on the XLA path (same numbers).",
+        stacklevel=3,
+    )
+
+
 def _fused_steps(
     inner: optax.GradientTransformationExtraArgs,
     updates: base.Updates,
@@ -729,7 +742,10 @@ def _fused_steps(
             checked[key] = qk.check_elementwise(
                 inner.update, plan, block_size, g, scalars, p, extra
             )
-        reads_p = checked[key]
+        reads_p, captures = checked[key]
+        if captures:
+            _warn_captured_arrays()
+            continue
 
         def step(
             codes: Any, absmax: Any, scalars: Any, g: jax.Array, p: Any, plan: Any = plan

@@ -252,12 +252,15 @@ def check_elementwise(
     scalars: Sequence[jax.Array],
     p: jax.Array | None,
     extra: dict[str, Any],
-) -> bool:
-    """Raises unless the inner's update is element-wise; True if it reads ``p``.
+) -> tuple[bool, bool]:
+    """Raises unless the inner's update is element-wise; returns ``(reads p,
+    captures arrays)``.
 
     Traces :func:`leaf_update` on a tile and refuses primitives outside the
     element-wise allow-list and extra arguments the update reads (the kernel
-    gets none).
+    gets none). "Captures arrays": the update closes over array values (the
+    traced hyper-parameters of ``optax.inject_hyperparams``), which a Pallas
+    kernel cannot capture; such leaves stay on the XLA path.
     """
     tile = jax.ShapeDtypeStruct((2, block_size), jnp.float32)
     g_tile = jax.ShapeDtypeStruct(tile.shape, jnp.result_type(g))
@@ -290,10 +293,11 @@ def check_elementwise(
             "quantize_moments(kernel='pallas'): the inner update reads the extra arguments "
             f"{sorted(extra)}, which the kernel does not take. Use kernel='xla'."
         )
+    captures = bool(closed.consts)
     if not n_p:
-        return False
+        return False, captures
     p_var = jaxpr.invars[len(jaxpr.invars) - n_arrays - 1]
-    return p_var in used
+    return p_var in used, captures
 
 
 # Correctly rounded float32 division and square root in PTX: Triton lowers ``/``
