@@ -1,5 +1,7 @@
 """Tests for argument validation and key-path helpers (optx._src.base)."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,3 +113,23 @@ def test_safe_divide_is_zero_only_where_the_denominator_is_zero() -> None:
     assert got[4] == (1.0 + 2.0j) / 4.0
     g = jax.grad(lambda d: base.safe_divide(jnp.float32(3.0), d))(jnp.float32(0.0))
     assert bool(jnp.isfinite(g))  # no NaN leaks through the unselected branch
+
+
+@pytest.mark.parametrize(
+    ("shape", "tail", "want"),
+    [
+        ((2, 3, 4), 2, (2, 3, 4)),
+        ((2, 3, 4), 1, (6, 4)),
+        ((0,), 1, (1, 0)),
+        ((3, 0), 1, (3, 0)),
+        ((0, 4, 5), 2, (0, 4, 5)),
+        ((2, 0, 3), 1, (0, 3)),
+        ((5,), 0, (5,)),
+    ],
+)
+def test_merge_leading_spells_out_the_merged_size(shape, tail, want) -> None:
+    """Zero-size arrays included (a ``-1`` reshape raises on ``(0,)`` with tail 1)."""
+    x = jnp.arange(math.prod(shape), dtype=jnp.float32).reshape(shape)
+    got = base.merge_leading(x, tail)
+    assert got.shape == want
+    np.testing.assert_array_equal(np.asarray(got).ravel(), np.asarray(x).ravel())

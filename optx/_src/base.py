@@ -279,6 +279,16 @@ def split_consecutive(
     ]
 
 
+def merge_leading(x: jax.Array, tail: int) -> jax.Array:
+    """``x`` as ``(prod(leading), *last tail axes)``: the leading axes merged into one.
+
+    The merged size is spelled out, not ``-1``, which is ambiguous for zero-size
+    arrays (an empty leaf ``(0,)`` or ``(3, 0)``).
+    """
+    lead = x.ndim - tail
+    return jnp.reshape(x, (math.prod(x.shape[:lead]), *x.shape[lead:]))
+
+
 def safe_divide(x: jax.Array, den: jax.Array) -> jax.Array:
     """``x / den`` with 0 where ``den`` is 0; elsewhere the plain quotient (a NaN
     ``den`` gives NaN, for the non-finite policy to see).

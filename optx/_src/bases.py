@@ -925,7 +925,7 @@ def _by_shape(
     indices = _shared_indices(anchor, rows)
     for members in groups.values():
         flat = [
-            tuple(jnp.reshape(a, (math.prod(b), *a.shape[len(b) :])) for a in arrays)
+            tuple(base.merge_leading(a, a.ndim - len(b)) for a in arrays)
             for b, arrays in (entries[e] for e in members)
         ]
         args = flat[0] if len(flat) == 1 else tuple(jnp.concatenate(c) for c in zip(*flat))
@@ -1015,11 +1015,7 @@ def _soap_groups(
 
 def _stacked(parts: Sequence[jax.Array], tail: int) -> jax.Array:
     """Concatenation on one leading batch axis of arrays whose last ``tail`` axes agree."""
-    # The batch size spelled out: ``-1`` is ambiguous for an empty leaf, ``(0,)`` or ``(3, 0)``.
-    flat = [
-        jnp.reshape(x, (math.prod(x.shape[: x.ndim - tail]), *x.shape[x.ndim - tail :]))
-        for x in parts
-    ]
+    flat = [base.merge_leading(x, tail) for x in parts]
     return flat[0] if len(flat) == 1 else jnp.concatenate(flat)
 
 

@@ -102,7 +102,7 @@ def conv_input_statistic(
     ``(*window, in)`` order (the fan-in order of :func:`optx.conv_layout`).
     """
     nsp = len(kernel_size)
-    x = x.reshape((math.prod(x.shape[: x.ndim - nsp - 1]), *x.shape[x.ndim - nsp - 1 :]))
+    x = base.merge_leading(x, nsp + 1)
     lhs_spec = "N" + "HWD"[:nsp] + "C" if nsp <= 3 else None
     if lhs_spec is None:
         raise NotImplementedError("conv capture supports 1 to 3 spatial dimensions")

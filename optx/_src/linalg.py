@@ -33,6 +33,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from optx._src import base
+
 __all__ = ["householder_qr", "qr"]
 
 
@@ -126,7 +128,7 @@ def _one_matrix_at_a_time(fn: Callable[[jax.Array], tuple[jax.Array, ...]]) -> C
         batch = x.shape[:-2]
         if math.prod(batch) <= 1:
             return fn(x)
-        outs = jax.lax.map(fn, x.reshape((math.prod(batch), *x.shape[-2:])))
+        outs = jax.lax.map(fn, base.merge_leading(x, 2))
         return tuple(o.reshape(batch + o.shape[1:]) for o in outs)
 
     return serial
