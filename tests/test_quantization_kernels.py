@@ -179,7 +179,13 @@ def test_precise_evaluation_reproduces_the_inner(monkeypatch) -> None:
     g, mu = (jnp.asarray(rng.standard_normal((2, 8)), jnp.float32) for _ in range(2))
     state = tx.init(g)._replace(mu=mu, nu=mu * mu, count=jnp.asarray(3, jnp.int32))
     want = jax.jit(tx.update)(g, state)
-    got = jax.jit(qk._precise(tx.update))(g, state)
+
+    def evaluated(g, state):
+        closed, shape = jax.make_jaxpr(tx.update, return_shape=True)(g, state)
+        outs = qk._eval_jaxpr(closed.jaxpr, closed.consts, *jax.tree.leaves((g, state)))
+        return jax.tree.unflatten(jax.tree.structure(shape), outs)
+
+    got = jax.jit(evaluated)(g, state)
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -241,23 +247,136 @@ def test_runs_on_an_explicit_mesh_with_and_without_set_mesh(context: bool) -> No
         )
 
 
-def test_injected_hyperparameters_run_on_the_xla_path() -> None:
+@pytest.mark.parametrize(
+    "name, varied, kwargs",
+    [
+        ("adamw_8bit", "b1", {"learning_rate": 1e-3, "b1": 0.8}),
+        ("lion_8bit", "b2", {"learning_rate": 1e-3, "b2": 0.9}),
+        (
+            "sgd_momentum_8bit",
+            "momentum",
+            {"learning_rate": 1e-2, "momentum": 0.8, "nesterov": True},
+        ),
+    ],
+)
+def test_injected_hyperparameters_are_kernel_inputs(name: str, varied: str, kwargs: dict) -> None:
     """``optax.inject_hyperparams(optx.adamw_8bit)(..., kernel='pallas')``: the inner's
-    ``b1``/``b2``/``eps`` are traced values a Pallas kernel cannot capture (it had
-    raised); the leaves run on the XLA path, with a warning, and give its numbers."""
-    params = {"w": jnp.full((64, 64), 0.1), "b": jnp.ones((64,))}
-    grads = jax.tree.map(lambda x: 0.3 * x + 0.01, params)
-    static = optx.get_optimizer("adamw_8bit").all_static_args()
-    out = {}
+    ``b1``/``b2``/``eps`` are traced values the kernel cannot capture (it had raised,
+    then fallen back to the XLA path); they are now kernel inputs. With one injected
+    value changed between steps, three steps give the XLA path's codes and updates."""
+    params = {"w": jnp.full((64, 64), 0.1), "b": jnp.ones((5000,))}
+    static = optx.get_optimizer(name).all_static_args()
+    out, states = {}, {}
     for kernel in ("xla", "pallas"):
-        tx = optax.inject_hyperparams(optx.adamw_8bit, static_args=static)(
-            learning_rate=1e-3, b1=0.8, min_size=0, kernel=kernel
+        tx = optax.inject_hyperparams(getattr(optx, name), static_args=static)(
+            **kwargs, min_size=0, kernel=kernel
         )
         state = tx.init(params)
+        grads = jax.tree.map(lambda x: 0.3 * x + 0.01, params)
         if kernel == "pallas":
-            with pytest.warns(UserWarning, match="cannot capture"):
-                assert _pallas_calls(tx.update, grads, state, params) == 0
-        out[kernel] = jax.jit(tx.update)(grads, state, params)
+            assert _pallas_calls(tx.update, grads, state, params) == 2
+        step = jax.jit(tx.update)
+        for t, value in enumerate((0.8, 0.5, 0.95)):
+            state.hyperparams[varied] = jnp.asarray(value)
+            grads = jax.tree.map(lambda x, t=t: (t + 1) * x - 0.02 * t, grads)
+            out[kernel], state = step(grads, state, params)
+        states[kernel] = state
+    for a, b in zip(jax.tree.leaves(states["xla"]), jax.tree.leaves(states["pallas"])):
+        if a.dtype == jnp.uint8:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        else:
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(out["xla"]), jax.tree.leaves(out["pallas"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-9)
+
+
+def test_injected_value_changes_the_kernels_result() -> None:
+    """The injected ``b1`` is read by the kernel, not frozen at trace time: one
+    jitted update with two values of ``b1`` gives two different first moments."""
+    params = {"w": jnp.full((64, 64), 0.1)}
+    quantization = optx.quantization
+
+    def adam_8bit(b1: float) -> optax.GradientTransformation:
+        return quantization.quantize_moments(
+            optax.scale_by_adam(b1=b1), min_size=0, kernel="pallas"
+        )
+
+    tx = optax.inject_hyperparams(adam_8bit)(b1=0.9)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    for b1 in (0.9, 0.1):
+        state.hyperparams["b1"] = jnp.asarray(b1)
+        _, new = step(jax.tree.map(jnp.ones_like, params), state, params)
+        codes = new.inner_state.inner_state.mu["w"]
+        scales = new.inner_state.absmax.mu["w"]
+        mu = quantization.dequantize_blockwise(quantization.QuantizedArray(codes, scales))
+        np.testing.assert_allclose(np.asarray(mu), 1 - b1, rtol=1e-6)
+
+
+def _flagged_momentum(flag: jax.Array, power: jax.Array) -> optax.GradientTransformation:
+    """``mu ← 0.5 mu + (g if flag else -g)^power``: closes over a traced boolean and
+    a traced integer when injected."""
+    tr = optax.trace(0.5)
+
+    def update(g, state, params=None):
+        del params
+        g = jax.tree.map(lambda x: jnp.where(flag, x, -x) ** power, g)
+        return tr.update(g, state)
+
+    return optax.GradientTransformation(tr.init, update)
+
+
+def test_injected_boolean_and_integer_are_kernel_inputs() -> None:
+    """A traced boolean (which travels as int32: Triton loads no booleans) and a
+    traced integer reach the kernel: the XLA path's codes for both values of the
+    flag, in one compiled update."""
+    params = {"w": jnp.full((64, 64), 0.1)}
+    grads = {"w": jnp.asarray(np.random.default_rng(6).uniform(0.1, 1.0, (64, 64)), jnp.float32)}
+    out = {}
+    for kernel in ("xla", "pallas"):
+        make = lambda flag, power, k=kernel: optx.quantization.quantize_moments(  # noqa: E731
+            _flagged_momentum(flag, power), min_size=0, kernel=k
+        )
+        tx = optax.inject_hyperparams(make)(flag=jnp.asarray(True), power=jnp.asarray(3))
+        state = tx.init(params)
+        if kernel == "pallas":
+            assert _pallas_calls(tx.update, grads, state) == 1
+        step = jax.jit(tx.update)
+        out[kernel] = []
+        for flag in (True, False):
+            state.hyperparams["flag"] = jnp.asarray(flag)
+            out[kernel].append(step(grads, state))
+    for a, b in zip(jax.tree.leaves(out["xla"]), jax.tree.leaves(out["pallas"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    first, second = (np.asarray(u["w"]) for u, _ in out["pallas"])
+    np.testing.assert_allclose(first, -second)
+
+
+def test_non_scalar_captured_array_runs_on_the_xla_path() -> None:
+    """An inner closing over an array of more than one entry (no tile of it in the
+    kernel) runs on the XLA path, with a warning, and gives its numbers."""
+    params = {"w": jnp.full((64, 64), 0.1)}
+    grads = {"w": jnp.full((64, 64), 0.3)}
+    weights = jnp.linspace(0.5, 1.5, 4096).reshape(64, 64)
+
+    def scaled_momentum(inner_weights: jax.Array) -> optax.GradientTransformation:
+        tr = optax.trace(0.9)
+        return optax.GradientTransformation(
+            tr.init, lambda g, s, p=None: tr.update(jax.tree.map(lambda x: x * inner_weights, g), s)
+        )
+
+    out = {}
+    for kernel in ("xla", "pallas"):
+        tx = optx.quantization.quantize_moments(scaled_momentum(weights), min_size=0, kernel=kernel)
+
+        def update(g, s, p, tx=tx):
+            return tx.update(g, s, p)
+
+        state = tx.init(params)
+        if kernel == "pallas":
+            with pytest.warns(UserWarning, match="more than one entry"):
+                assert _pallas_calls(update, grads, state, params) == 0
+        out[kernel] = jax.jit(update)(grads, state, params)
     for a, b in zip(jax.tree.leaves(out["xla"]), jax.tree.leaves(out["pallas"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -277,17 +396,24 @@ def test_refuses_non_elementwise_inner_and_bad_names() -> None:
         optx.adamw_8bit(1e-3, kernel="cuda")
 
 
-def test_kernel_lowers_for_cuda_with_triton() -> None:
+@pytest.mark.parametrize("injected", [False, True], ids=["plain", "inject_hyperparams"])
+def test_kernel_lowers_for_cuda_with_triton(injected: bool) -> None:
     """The whole adamw_8bit step exports for CUDA without a GPU: one Triton
     kernel per quantized leaf, the reciprocal and Adam's division and square
     root as ``div.rn.f32`` / ``sqrt.rn.f32`` (not libdevice's), no interpret
-    loop."""
+    loop; also with its hyper-parameters injected (kernel inputs)."""
     try:
         from jax.experimental.pallas import triton  # noqa: F401
     except ImportError as e:  # pragma: no cover - depends on the installed jaxlib
         pytest.skip(f"this jaxlib has no Pallas Triton lowering: {e}")
     params = {"a": jnp.zeros((64, 64)), "d": jnp.zeros((5000,)), "s": jnp.zeros(3)}
-    tx = optx.adamw_8bit(1e-3, min_size=64, kernel="pallas")
+    if injected:  # b1, b2, eps and the weight decay as traced values: kernel inputs
+        static = optx.get_optimizer("adamw_8bit").all_static_args()
+        tx = optax.inject_hyperparams(optx.adamw_8bit, static_args=static)(
+            1e-3, min_size=64, kernel="pallas"
+        )
+    else:
+        tx = optx.adamw_8bit(1e-3, min_size=64, kernel="pallas")
     exported = jax.export.export(
         jax.jit(tx.update),
         platforms=["cuda"],

@@ -496,9 +496,9 @@ def quantize_moments(
     leaves with a full-precision moment next to a quantized one
     (``fields``), a ``block_size`` that is not a power of two, leaves
     sharded over a mesh axis, leaves of 2³¹ entries or more, and every leaf
-    when the inner closes over arrays (``optax.inject_hyperparams`` makes the
-    inner's ``b1``, ``b2``, ``eps`` traced values, which a Pallas kernel cannot
-    capture; a warning says so). Leaves whose
+    when the inner closes over an array of more than one entry (a warning
+    says so). One-entry values it closes over, such as the traced ``b1``,
+    ``b2``, ``eps`` of ``optax.inject_hyperparams``, are kernel inputs. Leaves whose
     size is not a multiple of ``block_size`` work (the tail is masked). On
     CUDA it lowers with Pallas' Triton backend; elsewhere the kernel runs in
     Pallas' interpret mode (a correctness reference, slow). GPU timing is
@@ -676,9 +676,9 @@ def quantize_moments(
 
 def _warn_captured_arrays() -> None:
     warnings.warn(
-        "quantize_moments(kernel='pallas'): the inner update closes over arrays (e.g. "
-        "hyper-parameters injected by optax.inject_hyperparams), which a Pallas kernel "
-        "cannot capture; those leaves run on the XLA path (same numbers).",
+        "quantize_moments(kernel='pallas'): the inner update closes over an array of more "
+        "than one entry, which the kernel cannot tile; those leaves run on the XLA path "
+        "(same numbers).",
         stacklevel=3,
     )
 
@@ -711,7 +711,7 @@ def _fused_steps(
     leaves = [x for _, x in flat]
     quantized = frozenset(qidx)
     out = {}
-    checked: dict[Any, bool] = {}  # one trace per kind of leaf (the tile shape is fixed)
+    checked: dict[Any, tuple[bool, list[Any] | None]] = {}  # one trace per kind of leaf
     for j, (path, g) in enumerate(u_flat):
         if math.prod(jnp.shape(g)) > 2**31 - 2 * qk.TILE:
             continue  # the kernel indexes entries with int32
@@ -742,16 +742,31 @@ def _fused_steps(
             checked[key] = qk.check_elementwise(
                 inner.update, plan, block_size, g, scalars, p, extra
             )
-        reads_p, captures = checked[key]
-        if captures:
+        reads_p, captured = checked[key]
+        if captured is None:
             _warn_captured_arrays()
             continue
 
         def step(
-            codes: Any, absmax: Any, scalars: Any, g: jax.Array, p: Any, plan: Any = plan
+            codes: Any,
+            absmax: Any,
+            scalars: Any,
+            captured: Any,
+            g: jax.Array,
+            p: Any,
+            plan: Any = plan,
         ) -> Any:
             return qk.fused_leaf_step(
-                inner.update, plan, codes, absmax, scalars, g, p, block_size, jnp.result_type(g)
+                inner.update,
+                plan,
+                codes,
+                absmax,
+                scalars,
+                captured,
+                g,
+                p,
+                block_size,
+                jnp.result_type(g),
             )
 
         # On an Explicit mesh (the leaf replicated): under Auto axes, as other per-leaf math
@@ -764,6 +779,7 @@ def _fused_steps(
                 [leaves[i] for i in plan.quantized],
                 [scales[i] for i in plan.quantized],
                 scalars,
+                captured,
                 g,
                 p if reads_p else None,
             ),

@@ -45,7 +45,7 @@ interpret mode (correct, slow: a reference, never a timing). Triton lowers
 precision depends on NVVM reflection; XLA's are IEEE. So on CUDA the kernel
 computes the reciprocal ``fl(1/a'_b)`` with ``div.rn.f32`` and evaluates the
 inner's jaxpr with every float32 division and square root of a tile as
-``div.rn.f32`` / ``sqrt.rn.f32`` (inline PTX, :func:`_precise`); what remains
+``div.rn.f32`` / ``sqrt.rn.f32`` (inline PTX, :func:`_eval_jaxpr`); what remains
 between the two paths is multiply-add contraction (and the scalar bias
 corrections' ``pow``, libdevice's ``powif`` here), which moves an update or a
 moment by an ulp, hence rarely a code or a block scale. On CPU (interpret mode)
@@ -252,27 +252,36 @@ def check_elementwise(
     scalars: Sequence[jax.Array],
     p: jax.Array | None,
     extra: dict[str, Any],
-) -> tuple[bool, bool]:
+) -> tuple[bool, list[Any] | None]:
     """Raises unless the inner's update is element-wise; returns ``(reads p,
-    captures arrays)``.
+    captured values)``.
 
-    Traces :func:`leaf_update` on a tile and refuses primitives outside the
-    element-wise allow-list and extra arguments the update reads (the kernel
-    gets none). "Captures arrays": the update closes over array values (the
-    traced hyper-parameters of ``optax.inject_hyperparams``), which a Pallas
-    kernel cannot capture; such leaves stay on the XLA path.
+    Traces :func:`leaf_update` on the kernel's tile and refuses primitives
+    outside the element-wise allow-list and extra arguments the update reads
+    (the kernel gets none). Captured values are the arrays the update closes
+    over (the traced hyper-parameters of ``optax.inject_hyperparams``), in the
+    order of that trace: the kernel takes them as inputs (:func:`_inner_step`
+    substitutes them in the same trace made inside the kernel). ``None`` when
+    one of them has more than one entry: the kernel has no tile of it, and
+    the leaf stays on the XLA path.
     """
-    tile = jax.ShapeDtypeStruct((2, block_size), jnp.float32)
-    g_tile = jax.ShapeDtypeStruct(tile.shape, jnp.result_type(g))
-    p_tile = None if p is None else jax.ShapeDtypeStruct(tile.shape, jnp.result_type(p))
-    moments = [tile] * len(plan.quantized)
     scalar_specs = [jax.ShapeDtypeStruct(jnp.shape(s), jnp.result_type(s)) for s in scalars]
     arrays = {k: v for k, v in extra.items() if isinstance(v, jax.Array | np.ndarray)}
     statics = {k: v for k, v in extra.items() if k not in arrays}
 
-    closed = jax.make_jaxpr(
-        lambda g, m, s, p, a: leaf_update(update, plan, g, m, s, p, {**statics, **a})
-    )(g_tile, moments, scalar_specs, p_tile, arrays)
+    def trace(shape: tuple[int, int]) -> Any:
+        tile = jax.ShapeDtypeStruct(shape, jnp.float32)
+        g_tile = jax.ShapeDtypeStruct(shape, jnp.result_type(g))
+        p_tile = None if p is None else jax.ShapeDtypeStruct(shape, jnp.result_type(p))
+        moments = [tile] * len(plan.quantized)
+        return jax.make_jaxpr(
+            lambda g, m, s, p, a: leaf_update(update, plan, g, m, s, p, {**statics, **a})
+        )(g_tile, moments, scalar_specs, p_tile, arrays)
+
+    # First on one entry, which broadcasts against any array the update closes over.
+    if any(math.prod(jnp.shape(c)) != 1 for c in trace((1, 1)).consts):
+        return False, None
+    closed = trace((_rows(block_size), block_size))
     jaxpr = closed.jaxpr
     bad = sorted(set(_non_elementwise(jaxpr)))
     if bad:
@@ -293,11 +302,16 @@ def check_elementwise(
             "quantize_moments(kernel='pallas'): the inner update reads the extra arguments "
             f"{sorted(extra)}, which the kernel does not take. Use kernel='xla'."
         )
-    captures = bool(closed.consts)
+    consts = list(closed.consts)
     if not n_p:
-        return False, captures
+        return False, consts
     p_var = jaxpr.invars[len(jaxpr.invars) - n_arrays - 1]
-    return p_var in used, captures
+    return p_var in used, consts
+
+
+def _rows(block_size: int) -> int:
+    """Blocks per kernel tile."""
+    return max(1, TILE // block_size)
 
 
 # Correctly rounded float32 division and square root in PTX: Triton lowers ``/``
@@ -325,9 +339,10 @@ def _reciprocal(x: jax.Array, precise: bool) -> jax.Array:
     return _ptx("div", [jnp.ones_like(x), x], x.shape) if precise else 1.0 / x
 
 
-def _eval_precise(jaxpr: Any, consts: Sequence[Any], *args: Any) -> list[Any]:
-    """Evaluates ``jaxpr`` with every float32 ``div`` and ``sqrt`` of a tile
-    replaced by its correctly rounded PTX instruction (calls are inlined)."""
+def _eval_jaxpr(jaxpr: Any, consts: Sequence[Any], *args: Any, precise: bool = True) -> list[Any]:
+    """Evaluates ``jaxpr`` (calls inlined) with, when ``precise``, every float32
+    ``div`` and ``sqrt`` of a tile replaced by its correctly rounded PTX
+    instruction."""
     env: dict[Any, Any] = {}
 
     def read(v: Any) -> Any:
@@ -339,10 +354,10 @@ def _eval_precise(jaxpr: Any, consts: Sequence[Any], *args: Any) -> list[Any]:
         values = [read(v) for v in eqn.invars]
         name, out_aval = eqn.primitive.name, eqn.outvars[0].aval
         sub = eqn.params.get("jaxpr") if name in ("pjit", "jit", "closed_call") else None
-        if name in _PTX and out_aval.dtype == jnp.float32 and out_aval.shape:
+        if precise and name in _PTX and out_aval.dtype == jnp.float32 and out_aval.shape:
             outs = [_ptx(name, values, out_aval.shape)]
         elif sub is not None and hasattr(sub, "consts"):
-            outs = _eval_precise(sub.jaxpr, sub.consts, *values)
+            outs = _eval_jaxpr(sub.jaxpr, sub.consts, *values, precise=precise)
         else:
             outs = eqn.primitive.bind(*values, **eqn.params)
             outs = outs if eqn.primitive.multiple_results else [outs]
@@ -350,21 +365,42 @@ def _eval_precise(jaxpr: Any, consts: Sequence[Any], *args: Any) -> list[Any]:
     return [read(v) for v in jaxpr.outvars]
 
 
-def _precise(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` with correctly rounded float32 division and square root on tiles."""
-
-    def wrapped(*args: Any) -> Any:
-        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-        outs = _eval_precise(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
-        return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
-
-    return wrapped
+def _inner_step(
+    update: Callable[..., Any],
+    plan: LeafPlan,
+    captured: Sequence[jax.Array],
+    precise: bool,
+    g: jax.Array,
+    moments: Sequence[jax.Array],
+    scalars: Sequence[jax.Array],
+    p: jax.Array | None,
+) -> tuple[jax.Array, list[jax.Array]]:
+    """:func:`leaf_update` on a tile inside the kernel, through its jaxpr: the
+    values the update closes over (traced outside the kernel, which a kernel
+    cannot capture) are replaced by ``captured``, the kernel's inputs, in the
+    order of the same trace made by :func:`check_elementwise`."""
+    args = (g, list(moments), list(scalars), p)
+    closed, out_shape = jax.make_jaxpr(
+        lambda *a: leaf_update(update, plan, *a, {}), return_shape=True
+    )(*args)
+    if len(closed.consts) != len(captured):
+        raise RuntimeError(  # the two traces of one function on one tile shape differ
+            f"quantize_moments(kernel='pallas'): the inner update captured {len(closed.consts)} "
+            f"values inside the kernel and {len(captured)} outside it."
+        )
+    consts = [
+        jnp.reshape(v, jnp.shape(c)).astype(jnp.result_type(c))
+        for v, c in zip(captured, closed.consts)
+    ]
+    outs = _eval_jaxpr(closed.jaxpr, consts, *jax.tree.leaves(args), precise=precise)
+    return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
 
 
 def _kernel(
     *refs: Any,
     update: Callable[..., Any],
     plan: LeafPlan,
+    n_captured: int,
     n: int,
     blocks: int,
     rows: int,
@@ -384,6 +420,7 @@ def _kernel(
     carries, refs = refs[m : 2 * m], refs[2 * m :]
     codes_in, absmax_in, refs = refs[:m], refs[m : 2 * m], refs[2 * m :]
     scalar_refs, refs = refs[: len(plan.scalars)], refs[len(plan.scalars) :]
+    captured_refs, refs = refs[:n_captured], refs[n_captured:]
     g_ref, refs = refs[0], refs[1:]
     if reads_params:
         p_ref, refs = refs[0], refs[1:]
@@ -407,10 +444,9 @@ def _kernel(
     scalars = [r[0] for r in scalar_refs]
     g = as_blocks(plt.load(g_ref, mask=valid, other=0))
     p = as_blocks(plt.load(p_ref, mask=valid, other=0)) if reads_params else None
-    step = functools.partial(leaf_update, update, plan)
-    if precise_div:  # the inner's division and square root as XLA computes them
-        step = _precise(step)
-    u, new = step(g, moments, scalars, p, {})
+    # With precise_div, the inner's division and square root as XLA computes them.
+    captured = [r[0] for r in captured_refs]
+    u, new = _inner_step(update, plan, captured, precise_div, g, moments, scalars, p)
     plt.store(u_ref, jnp.reshape(u.astype(update_dtype), (tile,)), mask=valid)
     valid_entries = as_blocks(valid)
     for k, signed in enumerate(plan.signed):
@@ -430,6 +466,7 @@ def fused_leaf_step(
     codes: Sequence[jax.Array],
     absmax: Sequence[jax.Array],
     scalars: Sequence[jax.Array],
+    captured: Sequence[jax.Array],
     g: jax.Array,
     p: jax.Array | None,
     block_size: int,
@@ -437,7 +474,9 @@ def fused_leaf_step(
 ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
     """One kernel call for one parameter leaf: ``(update, new codes, new absmax)``.
 
-    ``p`` is None unless the inner reads the parameter. The grid runs over
+    ``captured`` are the one-entry values the update closes over, as
+    :func:`check_elementwise` returns them (kernel inputs; booleans travel as
+    int32). ``p`` is None unless the inner reads the parameter. The grid runs over
     tiles of ``TILE`` entries (whole blocks); the last tile's tail (a leaf
     whose size is not a multiple of the tile or of ``block_size``) is masked:
     padding entries are excluded from the block maximum, as the XLA path's
@@ -452,7 +491,8 @@ def fused_leaf_step(
     carries = [jnp.asarray(quantization._carry_table(s)) for s in plan.signed]
     flat = lambda x: jnp.reshape(x, (-1,))  # noqa: E731
     args = [*maps, *carries, *map(flat, codes), *absmax]
-    args += [jnp.reshape(s, (1,)) for s in scalars] + [flat(g)]
+    args += [jnp.reshape(s, (1,)) for s in scalars]
+    args += [jnp.reshape(_as_kernel_scalar(c), (1,)) for c in captured] + [flat(g)]
     if p is not None:
         args.append(flat(p))
     # The kernel needs the plan's structure, not where the leaf sits in the state:
@@ -460,7 +500,9 @@ def fused_leaf_step(
     kind = plan._replace(
         quantized=tuple(range(len(plan.quantized))), scalars=tuple(range(len(plan.scalars)))
     )
-    call = _leaf_call(update, kind, n, block_size, jnp.dtype(update_dtype), p is not None)
+    call = _leaf_call(
+        update, kind, len(captured), n, block_size, jnp.dtype(update_dtype), p is not None
+    )
     out = call(*args)
     m = len(plan.quantized)
     u, new_codes, new_absmax = out[0], out[1 : 1 + m], out[1 + m :]
@@ -471,10 +513,17 @@ def fused_leaf_step(
     )
 
 
+def _as_kernel_scalar(x: Any) -> jax.Array:
+    """A captured value as a kernel input (Triton loads no booleans)."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.int32) if x.dtype == jnp.bool_ else x
+
+
 @functools.lru_cache(maxsize=256)
 def _leaf_call(
     update: Callable[..., Any],
     plan: LeafPlan,
+    n_captured: int,
     n: int,
     block_size: int,
     update_dtype: jnp.dtype,
@@ -489,7 +538,7 @@ def _leaf_call(
     from optx._src import quantization
 
     blocks = quantization.num_blocks(n, block_size)
-    rows = max(1, TILE // block_size)
+    rows = _rows(block_size)
     tile = rows * block_size
     m = len(plan.quantized)
     whole = lambda size: pl.BlockSpec((size,), lambda i: (0,))  # noqa: E731
@@ -500,7 +549,7 @@ def _leaf_call(
         *tables,
         *[entries] * m,
         *[block_spec] * m,
-        *[whole(1)] * len(plan.scalars),
+        *[whole(1)] * (len(plan.scalars) + n_captured),
         entries,
         *([entries] if reads_params else []),
     ]
@@ -516,6 +565,7 @@ def _leaf_call(
             _kernel,
             update=update,
             plan=plan,
+            n_captured=n_captured,
             n=n,
             blocks=blocks,
             rows=rows,
