@@ -94,6 +94,71 @@ def test_adam_equals_optax_and_keeps_nu_dtype() -> None:
     assert s.nu["w"].dtype == jnp.float32 and u["w"].dtype == jnp.bfloat16
 
 
+def _torch_adam_steps(grads: list[np.ndarray], b1: float, b2: float, eps: float) -> list:
+    """``torch.optim.Adam``'s directions ``m̂/(√v̂ + ε)`` in float64, with ``1 − βᵗ``
+    in Python doubles."""
+    m = v = 0.0
+    out = []
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        out.append(m / (1 - b1**t) / (np.sqrt(v / (1 - b2**t)) + eps))
+    return out
+
+
+def test_exact_bias_correction_is_pytorchs() -> None:
+    """``exact_bias_correction=True``: float32 updates within a few ulps of PyTorch's
+    Adam (f64 reference) over 20 steps, where optax's float32 ``1 − βᵗ`` (the default)
+    is 6.4e-6 too large, always in the same direction."""
+    rng = np.random.default_rng(0)
+    grads = [rng.uniform(0.5, 2.0, 64).astype(np.float32) for _ in range(20)]
+    want = _torch_adam_steps([g.astype(np.float64) for g in grads], 0.9, 0.999, 1e-8)
+    for exact, lo, hi in ((True, 0.0, 1e-6), (False, 5e-6, 1e-4)):
+        tx = optx.scale_by_adam(exact_bias_correction=exact)
+        state, update = tx.init(jnp.zeros(64)), jax.jit(tx.update)
+        worst = 0.0
+        for g, w in zip(grads, want):
+            u, state = update(jnp.asarray(g), state)
+            worst = max(worst, float(np.max(np.abs(np.asarray(u, np.float64) / w - 1))))
+        assert lo <= worst < hi, (exact, worst)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optx.adamp(1.0, nesterov=False, weight_decay=0.0),
+        lambda: optx.muon(
+            adam_learning_rate=1.0, adam_b2=0.999, adam_eps=1e-8, adam_weight_decay=0.0
+        ),
+        lambda: optx.frugal(1.0, weight_decay=0.0),
+        lambda: optx.dct_adamw(1.0, weight_decay=0.0),
+        lambda: optx.lora_pro(1.0, weight_decay=0.0),
+        lambda: optx.mkor(1.0, inner="adam", weight_decay=0.0),
+        lambda: optx.mkor(1.0, inner="adamw", weight_decay=0.0),
+    ],
+    ids=[
+        "adamp",
+        "muon_fallback",
+        "frugal_fallback",
+        "dct_fallback",
+        "lora_pro_fallback",
+        "mkor_adam",
+        "mkor_adamw",
+    ],
+)
+def test_pytorch_reference_aliases_use_the_exact_bias_correction(make) -> None:
+    """Aliases whose official code is PyTorch: their Adam on a bias leaf is
+    PyTorch's to float32 rounding (optax's ``1 − βᵗ`` would be 6.4e-6 off)."""
+    g = np.full(8, 0.5, np.float32)
+    params = {"bias": jnp.zeros(8)}
+    tx = make()
+    state, update = tx.init(params), jax.jit(tx.update)
+    want = _torch_adam_steps([g.astype(np.float64)] * 3, 0.9, 0.999, 1e-8)
+    for w in want:
+        u, state = update({"bias": jnp.asarray(g)}, state, params)
+        np.testing.assert_allclose(np.asarray(u["bias"], np.float64), -w, rtol=1e-6)
+
+
 def test_bf16_second_moment_loses_small_updates_that_f32_keeps() -> None:
     """Why nu_dtype exists: (1 - 0.999) g^2 increments vanish against bf16 nu."""
     g = {"w": jnp.ones((4,), jnp.bfloat16)}

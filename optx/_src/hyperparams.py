@@ -469,6 +469,7 @@ TABLE: dict[str, Constraint] = {
             "nesterov",
             "check_outputs",
             "bias_correction",
+            "exact_bias_correction",
             "rectify",
             "degenerated_to_sgd",
             "amsgrad",

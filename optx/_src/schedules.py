@@ -40,6 +40,20 @@ def rex_schedule(
 ) -> optax.Schedule:
     """The REX profile from ``init_value`` (η_max) to ``end_value`` (η_min).
 
+    .. math::
+
+      η(t) = η_{min} + (η_{max} - η_{min})\\,\\frac{1 - z}{1/2 + (1 - z)/2},
+      \\qquad z = \\min(t/T, 1)
+
+    ``schedule(count)`` is the rate of the step that sees ``count`` (optax's
+    convention), so the first step uses η_max. A PyTorch loop with the
+    reference ``REXScheduler`` (pytorch-optimizer) calls ``scheduler.step()``
+    after ``optimizer.step()``: its first step runs at the optimizer's initial
+    rate (the scheduler sets η_min there) and step ``c ≥ 1`` at ``η(c)``
+    (tested on the golden profile):
+    ``lambda c: jnp.where(c == 0, η_min, rex_schedule(η_max, T, η_min)(c))``
+    reproduces that loop.
+
     Args:
       init_value: η_max, the value at ``count = 0``.
       decay_steps: T, the number of steps of the decay (static int > 0); the

@@ -17,7 +17,7 @@ import jax
 import optax
 
 from optx._src import adapters, base, hyperparams, lora, moments, registry
-from optx._src.aliases.elementwise import adamw
+from optx._src.aliases.elementwise import torch_adamw
 from optx._src.weight_decay import add_decayed_weights_after_step
 
 ADAPTER = "adapter"
@@ -123,14 +123,15 @@ def lora_pro(
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    fallback = adamw(
+    fallback = torch_adamw(
         learning_rate if adam_learning_rate is None else adam_learning_rate,
         adam_b1,
         adam_b2,
         adam_eps,
-        weight_decay=weight_decay if adam_weight_decay is None else adam_weight_decay,
-        mu_dtype=mu_dtype,
-        nu_dtype=nu_dtype,
+        weight_decay if adam_weight_decay is None else adam_weight_decay,
+        None,
+        mu_dtype,
+        nu_dtype,
     )
 
     def labels(tree: Any) -> Any:

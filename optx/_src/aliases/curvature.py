@@ -24,7 +24,7 @@ from optx._src import (
     registry,
     routing,
 )
-from optx._src.aliases.elementwise import adamw
+from optx._src.aliases.elementwise import torch_adamw
 
 INNER_OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -228,7 +228,12 @@ def sophia_h(
     rule; the official SophiaG formula would flip the sign). No bias
     correction. With ``learning_rate = lr_p · p`` and ``gamma = p`` this is
     pytorch-optimizer's ``SophiaH(lr_p, p=p)`` exactly (its clamp is
-    ``clip(m / max(h, ε'), ±p)``); tested on its golden trajectory.
+    ``clip(m / max(h, ε'), ±p)``, so ``eps = p·ε'`` and
+    ``weight_decay = λ'/p``); tested on its golden trajectory. Its other
+    decay forms are not arguments here: ``weight_decouple=False`` (coupled L2)
+    is ``optax.chain(optax.add_decayed_weights(λ'), sophia_h(...))`` and
+    ``fixed_decay=True`` is ``weight_decay = λ'/(lr_p·p)`` for a constant
+    learning rate; ``maximize`` is a negated loss.
 
     Differences to ``optax.contrib.sophia`` (also Sophia-H): optax
     bias-corrects ``m``, uses Rademacher probes by default (the paper:
@@ -449,7 +454,9 @@ def mfac(
     buffer's span); the newest gradient enters the buffer before the
     product; weight decay is L2-style, added to the gradient before
     preconditioning; momentum is an EMA of the preconditioned direction
-    (``v`` starts at 0, no bias correction). State: ``m·d`` buffer + ``m²`` Gram
+    (``v`` starts at 0, no bias correction). Not offered: the official
+    ``sparse=True`` variant (gradients pruned to a fixed sparsity mask, for
+    pruning runs). State: ``m·d`` buffer + ``m²`` Gram
     (+ ``d`` momentum) — see :func:`optx.tree_utils.mfac_state_bytes`.
 
     Stability: the step multiplies ``g`` by up to ``η/λ`` (``F⁻¹ ≤ 1/λ``), in the
@@ -535,18 +542,19 @@ def _inner_optimizer(args: Mapping[str, Any]) -> optax.GradientTransformation:
                     args["eps"],
                     mu_dtype=args["mu_dtype"],
                     nu_dtype=args["nu_dtype"],
+                    exact_bias_correction=True,
                 ),
                 optax.scale_by_learning_rate(learning_rate),
             )
-        return adamw(
+        return torch_adamw(  # torch.optim.AdamW
             learning_rate,
             args["b1"],
             args["b2"],
             args["eps"],
-            mu_dtype=args["mu_dtype"],
-            weight_decay=weight_decay,
-            mask=mask,
-            nu_dtype=args["nu_dtype"],
+            weight_decay,
+            mask,
+            args["mu_dtype"],
+            args["nu_dtype"],
         )
     if isinstance(inner, optax.GradientTransformation):
         return optax.chain(inner, optax.scale_by_learning_rate(learning_rate))

@@ -86,6 +86,37 @@ def adamw(
     )
 
 
+def torch_adamw(
+    learning_rate: base.ScalarOrSchedule,
+    b1: float,
+    b2: float,
+    eps: float,
+    weight_decay: base.ScalarOrSchedule,
+    mask: base.Mask | None,
+    mu_dtype: base.DTypeLike | None,
+    nu_dtype: base.DTypeLike | None,
+    *,
+    eps_placement: str = "corrected",
+) -> optax.GradientTransformationExtraArgs:
+    """AdamW as ``torch.optim.AdamW`` computes it: :func:`adamw` with the exact
+    ``1 − βᵗ`` (``optx.scale_by_adam(exact_bias_correction=True)``), the
+    fallback of the aliases whose official code is PyTorch. ``eps_placement=
+    'uncorrected'`` is the Hugging Face form (ε on the uncorrected ``√v``)."""
+    return optax.chain(
+        moments.scale_by_adam(
+            b1,
+            b2,
+            eps,
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+            eps_placement=eps_placement,
+            exact_bias_correction=True,
+        ),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
 registry.register(
     registry.OptimizerSpec(
         name="adamw",
@@ -180,7 +211,9 @@ def adamp(
     if nesterov:
         inner = adaptive.scale_by_adam_lookahead(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     else:
-        inner = moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+        inner = moments.scale_by_adam(
+            b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype, exact_bias_correction=True
+        )
     return optax.chain(
         radial.project_out_radial(
             inner, delta, wd_ratio, weight_decay, eps, layout=router, mask=mask
@@ -500,7 +533,9 @@ def lion(
     Official ``google/automl`` ``lion_pytorch.py`` semantics: the momentum is
     updated *after* it is used, ``sign(0) = 0``, decay decoupled and
     multiplied by η, applied before the step. With λ > 0 Lion minimizes ``f``
-    over the box ``‖x‖_∞ ≤ 1/λ`` (arXiv 2310.05898).
+    over the box ``‖x‖_∞ ≤ 1/λ`` (arXiv 2310.05898). lion-pytorch's
+    ``decoupled_weight_decay=True`` (decay not multiplied by η) is
+    ``weight_decay = λ/η`` for a constant learning rate.
 
     Same positional order as ``optax.lion`` (``lr, b1, b2, mu_dtype,
     weight_decay, mask``). How it differs from ``optax.lion``: optax's default

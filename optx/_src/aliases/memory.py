@@ -23,7 +23,7 @@ import optax
 
 from optx._src import base, hyperparams, moments, normalization, quantization, registry, routing
 from optx._src import projection as proj_lib
-from optx._src.aliases.elementwise import adamw
+from optx._src.aliases.elementwise import torch_adamw
 from optx._src.weight_decay import add_decayed_weights_after_step
 
 _COMMON_8BIT_STATIC = ("block_size", "min_size", "full_precision")
@@ -362,15 +362,20 @@ def galore(
     Official-code quirks (all reproduced): the ``'std'`` side projects the
     **smaller** dimension (``r × max(m,n)`` moments; optax.contrib.galore
     projects the larger, official ``'reverse_std'``, available as
-    ``side='reverse_std'``); the SVD runs in float32 on the current gradient at
-    steps ``0, T, 2T, …``; ε = 1e-6 is added to the *uncorrected* ``√V`` with the
+    ``side='reverse_std'``); the SVD runs on the current gradient at
+    steps ``0, T, 2T, …`` (in float32 for float32 and narrower parameters;
+    **deviation:** in float64 for float64 ones, where the official code casts
+    to float32 first); ε = 1e-6 is added to the *uncorrected* ``√V`` with the
     bias correction in the step size; α (``scale``) is linear; the moments are
     neither reset nor rotated when the subspace changes (``reset_on_refresh``
     offers the reset); decoupled decay is applied to the *post-step* weights
     with the base lr; the non-projected parameters get the same AdamW without
     projection. SVD sign conventions differ between LAPACK builds; after a
     refresh with stale moments the trajectory depends on them (as in the
-    official code). Rank is clipped to ``min(m, n)``.
+    official code). **Deviation:** a matrix whose smaller side is at most
+    ``rank`` goes to the fallback AdamW (:meth:`optx.Router.with_rank_limit`),
+    where the official code runs GaLore on it with a full-rank projection (a
+    rotation: full-size moments in a rotated basis, no memory saved).
 
     ``base_optimizer`` replaces the subspace Adam by any gradient-only
     transform (Adafactor, Lion, SGD, an 8-bit Adam, ...); it then also defines
@@ -611,10 +616,16 @@ def apollo(
     limiter never limits the first step and stores the limited norm; the
     channel factors are computed for the larger (unprojected) dimension and
     scale the raw gradient; the projection is redrawn at steps ``0, T, 2T, …``
-    without resetting the moments; decay after the step with the base lr;
-    ``rank > min(m, n)`` is not checked by the reference (optx clips it). Not
-    reproduced: the torch ``Generator`` seed chain (JAX keys instead, so the
-    random bits differ) — tests inject the reference's draws.
+    without resetting the moments; decay after the step with the base lr.
+    With ``projection='svd'`` the singular vectors' signs are the solver's
+    (they differ between LAPACK builds) and the moments carry over a refresh,
+    so after the first refresh the trajectory depends on them, in the
+    official code as here. Not reproduced: the torch ``Generator`` seed chain
+    (JAX keys instead, so the random bits differ) — tests inject the
+    reference's draws; and a matrix whose smaller side is at most ``rank``
+    goes to the fallback AdamW (:meth:`optx.Router.with_rank_limit`: its
+    projection would not be low-rank), where the official code projects it
+    anyway with an over-rank Gaussian projection (not norm-preserving).
 
     Args:
       learning_rate: scalar or schedule (scripts: 0.01 with cosine; class 1e-3).
@@ -904,8 +915,10 @@ def frugal(
     update_proj_gap = _or(update_proj_gap, 200)
     seed = _or(seed, 0)
     inner = base_optimizer
-    if inner is None:
-        inner = moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    if inner is None:  # the official code's torch Adam: the exact 1 − βᵗ
+        inner = moments.scale_by_adam(
+            b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype, exact_bias_correction=True
+        )
     if projection == "block":
         subspace = proj_lib.scale_by_block_subspace(
             inner,
@@ -939,9 +952,7 @@ def frugal(
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    fallback = adamw(
-        learning_rate, b1, b2, eps, 0.0, mu_dtype, weight_decay, mask, nu_dtype=nu_dtype
-    )
+    fallback = torch_adamw(learning_rate, b1, b2, eps, weight_decay, mask, mu_dtype, nu_dtype)
     return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
 
 
@@ -1052,7 +1063,9 @@ def dct_adamw(
     router = routing.as_router(router).with_rank_limit(_or(rank, 128))
     matrix = optax.chain(
         proj_lib.scale_by_subspace(
-            moments.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+            moments.scale_by_adam(
+                b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype, exact_bias_correction=True
+            ),
             rank=_or(rank, 128),
             projection="dct",
             side=side,
@@ -1065,9 +1078,7 @@ def dct_adamw(
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    fallback = adamw(
-        learning_rate, b1, b2, eps, 0.0, mu_dtype, weight_decay, mask, nu_dtype=nu_dtype
-    )
+    fallback = torch_adamw(learning_rate, b1, b2, eps, weight_decay, mask, mu_dtype, nu_dtype)
     return routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)
 
 

@@ -25,7 +25,7 @@ from optx._src import (
     registry,
     routing,
 )
-from optx._src.aliases.elementwise import adamw
+from optx._src.aliases.elementwise import torch_adamw
 
 # Keller Jordan's MuonWithAuxAdam defaults for the non-matrix parameters:
 # lr 3e-4 next to Muon's 0.02, betas (0.9, 0.95), eps 1e-10, no decay.
@@ -181,7 +181,9 @@ def fallback_adamw(
     Its learning rate is ``adam_learning_rate`` if given, else
     ``settings.adam_lr_ratio × learning_rate`` (so one schedule drives both
     groups); ``mask`` is the user's weight-decay mask (over the full tree).
-    ``eps_placement='corrected'`` is :func:`optx.adamw` (``m̂/(√v̂ + ε)``);
+    ``eps_placement='corrected'`` is :func:`optx.adamw` (``m̂/(√v̂ + ε)``) with
+    the exact ``1 − βᵗ`` of PyTorch's Adam, which the official codes use
+    (:func:`~optx._src.aliases.elementwise.torch_adamw`);
     ``'uncorrected'`` puts ε on the uncorrected ``√v`` and folds the bias
     correction into the step, ``m/(√v + ε)·√(1−β₂ᵗ)/(1−β₁ᵗ)`` (HF/torch-style
     AdamW of the ROOT, GaLore and APOLLO codes).
@@ -191,28 +193,16 @@ def fallback_adamw(
     else:
         lr = adam_learning_rate
     base.check_choice("eps_placement", eps_placement, moments.EPS_PLACEMENTS)
-    if eps_placement == "uncorrected":
-        return optax.chain(
-            moments.scale_by_adam(
-                settings.adam_b1,
-                settings.adam_b2,
-                settings.adam_eps,
-                mu_dtype=mu_dtype,
-                nu_dtype=nu_dtype,
-                eps_placement="uncorrected",
-            ),
-            optax.add_decayed_weights(settings.adam_weight_decay, mask),
-            optax.scale_by_learning_rate(lr),
-        )
-    return adamw(
+    return torch_adamw(
         lr,
         settings.adam_b1,
         settings.adam_b2,
         settings.adam_eps,
-        mu_dtype=mu_dtype,
-        weight_decay=settings.adam_weight_decay,
-        mask=mask,
-        nu_dtype=nu_dtype,
+        settings.adam_weight_decay,
+        mask,
+        mu_dtype,
+        nu_dtype,
+        eps_placement=eps_placement,
     )
 
 
@@ -634,6 +624,10 @@ def auon(
       heads to AdamW — with the drop-in defaults of :func:`optx.muon`, or the
       README's (lr ``0.1 × learning_rate``, β = (0.8, 0.95), ε = 1e-10, no
       decay) with ``preset='official'``.
+    * **Deviation:** a stacked leaf ``(L, in, out)`` (a scanned layer) gets one
+      brake per matrix, ``‖U‖`` and ``r`` over each of its ``L`` matrices, as
+      ``L`` separate layers would in PyTorch; the repository, given the 3-D
+      tensor as one parameter, takes both over the whole tensor.
 
     Positional order of ``optax.contrib.muon`` restricted to AuON's arguments
     (``lr, b1, eps, weight_decay, mask, mu_dtype``).
@@ -739,6 +733,10 @@ def hybrid_auon(
       2-D conv kernels (Flax or PyTorch storage order; float64 NumPy
       transcription of ``HybridAuON.step``, 1e-10).
 
+      Stacked leaves ``(L, in, out)`` (scanned layers) get one brake per
+      matrix, as ``L`` separate layers would; the repository takes the brake's
+      norms over the whole 3-D tensor it is given as one parameter.
+
     Positional order of ``optax.contrib.muon`` (see :func:`optx.muon`).
 
     Args:
@@ -838,7 +836,10 @@ def root(
     * The quantile is computed on ``|U|`` in f32 (``g.abs().float()``) with a
       hand-written ``kthvalue`` interpolation equal to ``torch.quantile``; optx
       finds the two order statistics by exact selection (no sort,
-      :func:`optx.linalg.matrix_quantile`) and interpolates in f32.
+      :func:`optx.linalg.matrix_quantile`) and interpolates in f32 (in f64 for
+      f64 updates: a deviation, as is the interpolation weight, which the
+      official code rounds to float32 (``torch.tensor(q·(N−1))``) and optx
+      keeps exact; the two move a float64 step by about 1e-6 of its size).
     * Newton–Schulz runs in the gradient dtype (f32), no bf16 cast (optx:
       ``ns_dtype=None``, f32).
     * Weight decay multiplies by ``1 − ηλ`` with the *unadjusted* lr while the

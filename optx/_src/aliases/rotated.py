@@ -143,8 +143,11 @@ def soap(
     * **The first step only initializes** the preconditioner (``L, R`` from the
       first gradient, ``Q`` by eigh): the parameters do not move and are not
       decayed; the bias-correction step counts real updates only.
-    * eigh at the first call, power step + QR afterwards; eigh/QR in the
-      parameter's compute dtype (float32, float64 for f64 parameters).
+    * eigh at the first call, power step + QR afterwards. **Deviation:** optx
+      runs them in the parameter's compute dtype (float32, float64 for f64
+      parameters, so a float64 run is float64 end to end); the official code
+      casts to float32 first (``.float()``) even for float64 parameters, so
+      its float64 trajectories carry float32 bases (about 1e-7 apart).
     * ε is added to ``√V`` before the bias correction (folded into the step).
     * Weight decay acts on the *updated* weights with the raw learning rate.
     * Dimensions above ``max_precond_dim`` stay unrotated; 1-D parameters are
@@ -290,7 +293,9 @@ def conda(
     ``M = (1−β₁)G``); the rotation is full-rank on the smaller side (not
     GaLore's low rank); ``V`` lives in the rotated basis and is **not** rotated
     or reset at a refresh; the SVD runs at pre-increment steps 0, T, 2T, … in
-    the compute dtype (float32, float64 for f64 parameters); ε is added to the uncorrected ``√V``; the decay uses the raw
+    the compute dtype (float32, float64 for f64 parameters: **a deviation**, the
+    official code casts to float32 first, so its float64 runs carry float32
+    rotations); ε is added to the uncorrected ``√V``; the decay uses the raw
     learning rate on the updated weights. The signature's ε is 1e-8 (its
     docstring says 1e-6). Paper scripts used ``b2 = 0.99``, ``T = 2000``,
     ``scale = 0.25`` and lr ≈ 6e-3–1e-2 for LLM pre-training.
@@ -406,8 +411,11 @@ def cosmos(
     identical to AdamW at ``β₁ = 0.9`` (the default), about twice AdamW's step
     at the README's ``β₁ = 0.95``; optx uses the standard AdamW (a deliberate
     deviation, METHODS.md) unless ``official_fallback=True`` reproduces it. Newton–Schulz runs in f32 by default
-    (``ns_dtype='bfloat16'`` is the official cast); ``rank`` is clipped to the
-    fan-in. The older (Feb 2025) code projected on the output side with EMA
+    (``ns_dtype='bfloat16'`` is the official cast). **Deviation:** a matrix
+    whose smaller side is at most ``rank`` goes to the fallback AdamW
+    (:meth:`optx.Router.with_rank_limit`); the official code runs COSMOS on it
+    with the rank clipped, which :func:`optx.scale_by_cosmos` does when called
+    directly. The older (Feb 2025) code projected on the output side with EMA
     momentum and a separate β₃; it is not reproduced.
 
     State memory per ``m × n`` matrix: ``mn + (m + n) r + r²`` — against SOAP's
