@@ -168,7 +168,7 @@ def scale_by_adam(
     available with the defaults.
 
     ``exact_bias_correction=True`` forms ``1 − βᵗ`` exactly
-    (:func:`optx._src.base.bias_correction`, a few ulps) as PyTorch's Adam and
+    (``base.bias_correction``, a few ulps) as PyTorch's Adam and
     the official codes built on it do in Python doubles; optax raises the
     float32 ``β`` to the power ``t``, and ``1 − float32(0.999)`` is 1.3e-5 off,
     so with float32 states every step of optax's Adam is about 6.4e-6 larger

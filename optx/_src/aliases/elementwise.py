@@ -53,8 +53,10 @@ def adamw(
 
     The same numbers, defaults and positional order as ``optax.adamw``
     (``optx.adamw(lr, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask)``),
-    plus ``nu_dtype`` so bf16 models can keep the second moment in f32. This is the fallback optimizer of every routed optx
-    alias (embeddings, heads, norms, biases).
+    plus ``nu_dtype`` so bf16 models can keep the second moment in f32. The
+    routed aliases' fallback (embeddings, heads, norms, biases) is this AdamW
+    with PyTorch's exact ``1 − βᵗ`` (``torch_adamw``), as their official
+    codes compute it.
 
     Args:
       learning_rate: scalar or schedule.

@@ -183,7 +183,7 @@ def fallback_adamw(
     groups); ``mask`` is the user's weight-decay mask (over the full tree).
     ``eps_placement='corrected'`` is :func:`optx.adamw` (``m̂/(√v̂ + ε)``) with
     the exact ``1 − βᵗ`` of PyTorch's Adam, which the official codes use
-    (:func:`~optx._src.aliases.elementwise.torch_adamw`);
+    (``torch_adamw``);
     ``'uncorrected'`` puts ε on the uncorrected ``√v`` and folds the bias
     correction into the step, ``m/(√v + ε)·√(1−β₂ᵗ)/(1−β₁ᵗ)`` (HF/torch-style
     AdamW of the ROOT, GaLore and APOLLO codes).
