@@ -264,7 +264,10 @@ def scale_by_lora_pro(
     ``g̃_A = g_A``, ``g̃_B = s⁻² Sa⁻¹ g_B``, ``Δ_A = g'_A``,
     ``Δ_B = s⁻² Sa⁻¹ g'_B`` is used. Inverses are ``pinv(S + δI)`` as in the
     official code, computed (like the Sylvester solve) from symmetric
-    eigendecompositions of the ``r × r`` matrices. Leaves that belong to no
+    eigendecompositions of the ``r × r`` matrices (δ at the leaf's precision:
+    the official ``delta * torch.eye(r)`` is float32 even in a float64 run, so
+    there its δ is float32-rounded, which moves a float64 trajectory by about
+    1e-11 at δ = 1e-8). Leaves that belong to no
     pair pass through unchanged (:func:`optx.lora_pro` sends them to AdamW).
 
     Official-code quirks (``lorapro_full_adjustment`` in the patched DeepSpeed
@@ -549,11 +552,12 @@ def sparsifying_schedule(
     first = stage_steps if first_stage_steps is None else first_stage_steps
     first = base.check_positive_int("first_stage_steps", first)
     boundaries = np.asarray([first + k * stage_steps for k in range(num_stages - 1)], np.int32)
-    table = np.asarray(values, np.float32)
+    table = np.asarray(values, np.float64)
 
     def schedule(count: Any) -> jax.Array:
+        # In the widest enabled float: a float64 run gets the official float64 values.
         stage = jnp.sum(jnp.asarray(count) >= boundaries)
-        return jnp.asarray(table)[stage]
+        return jnp.asarray(table, base.scalar_dtype())[stage]
 
     return schedule
 

@@ -353,6 +353,18 @@ def test_gate_threshold_dead_zone_and_sora_bad_inputs() -> None:
         optx.schedules.sparsifying_schedule(0.0, 1.0, 3, stage_steps=0)
 
 
+@pytest.mark.parametrize("kind", ["linear", "log_linear", "exp_linear"])
+def test_sparsifying_schedule_is_float64_under_x64(kind: str) -> None:
+    """Under x64 the ξ values are the official float64 ones (the table had been
+    float32, so a float64 run got float32-rounded thresholds)."""
+    want = optx.lora.sparsifying_thresholds(1e-4, 3e-3, 4, kind)
+    with jax.enable_x64(True):
+        sched = optx.schedules.sparsifying_schedule(1e-4, 3e-3, 4, stage_steps=2, kind=kind)
+        got = [sched(t) for t in (0, 2, 4, 6)]
+    assert all(x.dtype == jnp.float64 for x in got)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.float64))
+
+
 def test_sora_penalty_and_schedule_drive_the_threshold() -> None:
     p = {"a": {"lora_gate": jnp.array([1.0, -3.0, 0.0])}, "b": {"lora_gate": jnp.array([2.0])}}
     assert float(optx.lora.sora_l1_penalty(p, 1e-3)) == pytest.approx(1e-3 * 6.0 / 4)
