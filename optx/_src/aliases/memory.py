@@ -865,9 +865,14 @@ def frugal(
     scripts use ``'descending'``, the default here; the official
     ``BlockOptimizer`` resets the state of newly chosen blocks whatever
     ``reset_statistics`` says (optx's default ``True`` does the same;
-    ``False`` carries the slots over, an optx option); the
+    ``False`` carries the slots over, an optx option; with ``'svd'`` the
+    carried state then depends on the singular vectors' signs, which differ
+    between LAPACK builds, as in the official ``GaloreAdamW`` without a
+    reset); the
     code read is the fork ``hungquangbui02022003/FRUGAL`` (the upstream
-    ``philip-zmushko/FRUGAL`` was not available).
+    ``philip-zmushko/FRUGAL`` was not available). **Deviation:** the SVD of
+    ``'svd'`` runs in float64 for float64 parameters; the official projector
+    casts the gradient to float32 first.
 
     Args:
       learning_rate: scalar or schedule (scripts 1e-3, cosine, warmup).
