@@ -1017,9 +1017,16 @@ def dct_adamw(
     optx builds the basis per matrix).
     Not reproduced: the hard-coded right projection for (512|1024)×(3584|4096)
     shapes, ``max_shape`` (the router sends embeddings/heads to AdamW), error
-    feedback (``use_ef``) and the Hadamard/random-QR variants.
+    feedback (``use_ef``), the Hadamard/random-QR variants, ``ell_norm=inf``
+    (ℓ∞ scores; ``score_norm`` is a finite ``p > 0``), the "theoretical
+    similarity" of ``ell_norm < 0`` and ``sim_type='makhoul'`` (another basis).
 
     Deviations from the official code:
+      Small matrices. A matrix whose smaller side is at most ``rank`` goes to
+      the fallback AdamW (:meth:`optx.Router.with_rank_limit`); the official
+      code runs DCT-AdamW on it with the full basis when the side equals
+      ``rank`` (Adam in rotated coordinates) and fails when it is smaller.
+
       Slot order. The moments are kept by slot, so the order of the selected
       columns decides which moments each column inherits at a refresh. The
       official ``torch.topk(sorted=False)`` order is no rule: on CPU it is the
