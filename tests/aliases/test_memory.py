@@ -190,7 +190,8 @@ def test_adamw_8bit_matches_bitsandbytes_teacher_forced() -> None:
         assert np.all(ours_err <= ref_err + 1e-6), "a reference code is nearer than ours"
         mismatched += int(np.sum(ours != ref))
         total += ours.size
-    # The reference rounds ~2% of codes to a neighbour of the nearest one.
+    # The reference's grid lookup misses the nearest code for ~2% of these entries
+    # (up to 12% on heavier-tailed moments; see the quantization module notes).
     assert mismatched / total < 0.05
 
 

@@ -231,7 +231,11 @@ def sgd_momentum_8bit(
     PyTorch ``SGD`` semantics (coupled L2 decay added to the gradient, the
     first buffer equals the gradient since it starts at zero), the buffer
     quantized with the signed dynamic map: ``optax.trace`` wrapped in
-    :func:`optx.quantization.quantize_moments`.
+    :func:`optx.quantization.quantize_moments`. bitsandbytes' ``SGD8bit``
+    (0.50.2) accepts ``nesterov`` and ``dampening`` but its momentum update
+    reads neither: it is ``nesterov=False`` here (teacher-forced, float32
+    rounding); ``nesterov=True`` is PyTorch's Nesterov step, which SGD8bit
+    does not compute.
 
     Positional order of ``optax.sgd`` (``lr, momentum, nesterov, mu_dtype`` —
     optax's ``accumulator_dtype``).
