@@ -300,6 +300,12 @@ def conda(
     docstring says 1e-6). Paper scripts used ``b2 = 0.99``, ``T = 2000``,
     ``scale = 0.25`` and lr ≈ 6e-3–1e-2 for LLM pre-training.
 
+    Not offered: the projector's other ``proj_type`` values, which the paper
+    does not use. ``'reverse_std'``, ``'right'`` and ``'left'`` on the larger
+    side are a GaLore-like projection of rank ``min(m, n)`` (``'reverse_std'``
+    fails in the official ``project_back`` for wide PyTorch weights), and
+    ``'full'`` rotates both sides.
+
     State memory per ``m × n`` matrix: ``2mn + min(m, n)²``.
 
     Args:
