@@ -416,6 +416,15 @@ def permute_mode(x: jax.Array, order: jax.Array, mode: int, num_batch: int) -> j
     return jnp.take_along_axis(x, order.reshape(index_shape), axis=num_batch + mode)
 
 
+def singular_factor(x: jax.Array, mode: int) -> jax.Array:
+    """The reduced SVD factor of a batch of ``n × m`` matrices ``x = U S Vᵀ`` on
+    one side (≥ f32): ``U`` (``n × k``) for mode 0, ``V`` (``m × k``) for mode 1,
+    ``k = min(n, m)``; orthogonal on the smaller side (:func:`singular_basis`),
+    orthonormal columns on the larger one."""
+    u, _, vh = linalg.svd(_f32(x))
+    return u if mode == 0 else jnp.swapaxes(vh, -1, -2)
+
+
 def singular_basis(x: jax.Array, mode: int) -> jax.Array:
     """The full orthogonal factor of the reduced SVD of a batch of matrices on
     the smaller side (≥ f32): ``U`` (``n × n``) for mode 0 when ``n <= m``, ``V``
@@ -423,8 +432,7 @@ def singular_basis(x: jax.Array, mode: int) -> jax.Array:
     n, m = x.shape[-2], x.shape[-1]
     if (mode == 0 and n > m) or (mode == 1 and m > n) or mode not in (0, 1):
         raise ValueError(f"singular_basis: mode {mode} is not the smaller side of {(n, m)}.")
-    u, _, vh = linalg.svd(_f32(x))
-    return u if mode == 0 else jnp.swapaxes(vh, -1, -2)
+    return singular_factor(x, mode)
 
 
 def _mT(x: jax.Array) -> jax.Array:
@@ -1679,10 +1687,13 @@ class ScaleByCondaState(NamedTuple):
     Attributes:
       count: number of updates so far.
       mu: first moment in the **original** coordinates (parameter-shaped).
-      nu: second moment in the rotated basis (parameter-shaped; not rotated or
-        reset when the basis changes).
-      bases: per leaf, the orthogonal basis of the smaller side
-        ``batch + (k, k)``, or ``optax.MaskedNode()`` for unrotated leaves.
+      nu: second moment in the rotated basis (not rotated or reset when the
+        basis changes): parameter-shaped when the rotated side is the smaller
+        one; otherwise the projected matrix ``batch + (k, d)`` or
+        ``batch + (d, k)`` (``k = min(fan_in, fan_out)``).
+      bases: per leaf, the orthogonal SVD factor of the rotated side
+        ``batch + (d_side, k)`` (``(k, k)`` on the smaller side), or
+        ``optax.MaskedNode()`` for unrotated leaves.
     """
 
     count: jax.Array
@@ -1691,11 +1702,23 @@ class ScaleByCondaState(NamedTuple):
     bases: Any
 
 
-def conda_side(view: ModeView) -> int:
-    """The mode Conda rotates: the smaller side of the matrix; fan-in on a tie
-    (the PyTorch ``(out, in)`` rule ``out >= in → right (in) side``)."""
+CONDA_SIDES = ("std", "reverse_std", "in", "out")
+
+
+def conda_side(view: ModeView, side: str = "std") -> int:
+    """The mode Conda rotates (0: fan-in, 1: fan-out) for the official
+    ``proj_type``: ``'std'`` the smaller side, fan-in on a tie (the PyTorch
+    ``(out, in)`` rule ``out >= in → right (in) side``); ``'reverse_std'`` the
+    other one; ``'in'`` (PyTorch ``'right'``) and ``'out'`` (``'left'``)."""
     fan_in, fan_out = view.mode_dims
-    return 0 if fan_in <= fan_out else 1
+    smaller = 0 if fan_in <= fan_out else 1
+    return {"std": smaller, "reverse_std": 1 - smaller, "in": 0, "out": 1}[side]
+
+
+def _projected_dims(view: ModeView, mode: int) -> tuple[int, ...]:
+    """Mode dims of a matrix view with ``mode`` projected to ``min`` of the two."""
+    k = min(view.mode_dims)
+    return tuple(k if i == mode else d for i, d in enumerate(view.mode_dims))
 
 
 @hyperparams.validated()
@@ -1711,6 +1734,7 @@ def scale_by_conda(
     nu_dtype: base.DTypeLike | None = None,
     precond_dtype: base.DTypeLike | None = None,
     layout: LayoutSpec = None,
+    side: str = "std",
 ) -> optax.GradientTransformationExtraArgs:
     """Column-normalized Adam: Adam's second moment in the SVD basis of the momentum.
 
@@ -1748,7 +1772,17 @@ def scale_by_conda(
     * SVD sign conventions cancel (``V`` holds squares and ``Ñ`` goes back
       through the same ``Q``).
 
-    State memory per ``m × n`` matrix: ``2mn + min(m, n)²``.
+    ``side`` is the official projector's ``proj_type``: ``'std'`` (default,
+    the paper's), ``'reverse_std'`` (the larger side), ``'in'`` (PyTorch
+    ``'right'``) and ``'out'`` (``'left'``); they match the official code
+    (float64 run, its float32 SVD: 2e-8) wherever it runs: on the smaller side
+    and on square matrices. On the larger side of a non-square matrix the
+    official code fails (its ``V`` is parameter-shaped); optx then projects as
+    GaLore does: ``Q`` is the reduced factor (``d × k``, orthonormal columns),
+    a rank-``k`` projection, and ``V`` has the projected shape. ``'full'``
+    (both sides) is not offered.
+
+    State memory per ``m × n`` matrix: ``2mn + min(m, n)²`` on either side.
 
     Args:
       b1, b2, eps: Adam's hyper-parameters (injectable).
@@ -1759,6 +1793,7 @@ def scale_by_conda(
       precond_dtype: storage dtype of the bases (default: the parameter's
         compute dtype, float32 for bf16/f32 parameters, float64 for f64).
       layout: a :data:`~optx.LayoutSpec` (default: the default router's).
+      side: the rotated side (static; official ``proj_type``, see above).
 
     References:
       Wang, Zhou, Dong, Li, Li, Zhou, Lao, Fang, Lin, "Conda: Column-Normalized
@@ -1781,31 +1816,53 @@ def scale_by_conda(
     mu_dtype = _check_dtype_arg("mu_dtype", mu_dtype)
     nu_dtype = _check_dtype_arg("nu_dtype", nu_dtype)
     precond_dtype = _check_dtype_arg("precond_dtype", precond_dtype)
+    base.check_choice("side", side, CONDA_SIDES)
     view_of = rotation_view_fn(layout)
+
+    def rotated_mode(view: ModeView) -> int | None:
+        return conda_side(view, side) if view.modes else None
+
+    def projects(view: ModeView, mode: int | None) -> bool:
+        """Whether the rotated side is the larger one (``V`` then has the projected shape)."""
+        return mode is not None and view.mode_dims[mode] > min(view.mode_dims)
 
     def init_fn(params: base.Params) -> ScaleByCondaState:
         base.check_real_params(params, "optx.scale_by_conda")  # real-only math (docstring)
 
         def leaf_basis(path: Any, p: Any) -> Any:
             view = view_of(base.path_to_str(path), p)
-            if not view.modes:
+            mode = rotated_mode(view)
+            if mode is None:
                 return optax.MaskedNode()
             dtype = precond_dtype or base.compute_dtype(p.dtype)
-            basis = factor_zeros(view, conda_side(view), dtype, p)
-            # A (d, d) basis per matrix: the mesh axes its first axis does not use go on
+            shape = (*view.batch_shape, view.mode_dims[mode], min(view.mode_dims))
+            axes = (*view.batch_axes, mode_source_axis(view, mode), None)
+            basis = zeros_from_axes(shape, dtype, p, axes)
+            # A (d, k) basis per matrix: the mesh axes its first axis does not use go on
             # the second (sharding.fill_spec), so it is spread over every device.
             return sharding.zeros_filled(basis.shape, dtype, sharding.spec_of(basis), p)
+
+        def leaf_nu(path: Any, p: Any) -> Any:
+            view = view_of(base.path_to_str(path), p)
+            mode = rotated_mode(view)
+            dtype = p.dtype if nu_dtype is None else nu_dtype
+            if not projects(view, mode):
+                return jnp.zeros_like(p, dtype=dtype)
+            axes = tuple(None if i == mode else mode_source_axis(view, i) for i in range(2))
+            shape = (*view.batch_shape, *_projected_dims(view, mode))
+            return zeros_from_axes(shape, dtype, p, (*view.batch_axes, *axes))
 
         return ScaleByCondaState(
             count=jnp.zeros([], jnp.int32),
             mu=optax.tree.zeros_like(params, dtype=mu_dtype),
-            nu=optax.tree.zeros_like(params, dtype=nu_dtype),
+            nu=jax.tree_util.tree_map_with_path(leaf_nu, params),
             bases=jax.tree_util.tree_map_with_path(leaf_basis, params),
         )
 
     def leaf_update(view: ModeView) -> Callable[[Any, Any], Any]:
         nb = view.num_batch
-        side = conda_side(view) if view.modes else None
+        mode = rotated_mode(view)
+        projected = projects(view, mode)
 
         def fn(arrays: Any, s: dict[str, jax.Array]) -> Any:
             g, mu, nu, q = arrays
@@ -1813,24 +1870,25 @@ def scale_by_conda(
             s = _in_dtype(s, G.dtype)
             m = s["b1"] * to_modes(_f32(mu), view) + s["one_minus_b1"] * G
             bases: tuple[Any, ...] = ()
-            if side is not None:
+            if mode is not None:
                 q = jax.lax.cond(
                     s["refresh"],
-                    lambda m: singular_basis(m, side).astype(q.dtype),
+                    lambda m: singular_factor(m, mode).astype(q.dtype),
                     lambda m: q,
                     m,
                 )
-                bases = tuple(q if i == side else None for i in range(2))
+                bases = tuple(q if i == mode else None for i in range(2))
             rot_g, rot_m = rotate(G, bases, nb), rotate(m, bases, nb)
-            v = s["b2"] * to_modes(_f32(nu), view) + s["one_minus_b2"] * jnp.square(rot_g)
+            v_prev = _f32(nu) if projected else to_modes(_f32(nu), view)
+            v = s["b2"] * v_prev + s["one_minus_b2"] * jnp.square(rot_g)
             direction = rotate_back(base.safe_divide(rot_m, jnp.sqrt(v) + s["eps"]), bases, nb)
             direction = direction * s["step_scale"]
-            if side is not None:
+            if mode is not None:
                 direction = direction * s["scale"]
             return (
                 from_modes(direction, view).astype(g.dtype),
                 from_modes(m, view).astype(mu.dtype),
-                from_modes(v, view).astype(nu.dtype),
+                (v if projected else from_modes(v, view)).astype(nu.dtype),
                 q,
             )
 

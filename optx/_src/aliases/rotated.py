@@ -264,6 +264,7 @@ def conda(
     nu_dtype: base.DTypeLike | None = None,
     precond_dtype: base.DTypeLike | None = None,
     router: routing.Router | None = None,
+    side: str = "std",
 ) -> optax.GradientTransformationExtraArgs:
     """Conda (Column-Normalized Adam): Adam with its second moment in the SVD
     basis of the momentum.
@@ -300,11 +301,12 @@ def conda(
     docstring says 1e-6). Paper scripts used ``b2 = 0.99``, ``T = 2000``,
     ``scale = 0.25`` and lr ≈ 6e-3–1e-2 for LLM pre-training.
 
-    Not offered: the projector's other ``proj_type`` values, which the paper
-    does not use. ``'reverse_std'``, ``'right'`` and ``'left'`` on the larger
-    side are a GaLore-like projection of rank ``min(m, n)`` (``'reverse_std'``
-    fails in the official ``project_back`` for wide PyTorch weights), and
-    ``'full'`` rotates both sides.
+    ``side`` is the official ``proj_type`` (:func:`optx.scale_by_conda`):
+    ``'std'``, ``'reverse_std'``, ``'in'`` (``'right'``) or ``'out'``
+    (``'left'``), as the official code where it runs (the smaller side, square
+    matrices); on the larger side, where the official code fails, a
+    rank-``min(m, n)`` projection. Not offered: ``'full'`` (both sides), which
+    the paper does not use.
 
     State memory per ``m × n`` matrix: ``2mn + min(m, n)²``.
 
@@ -320,6 +322,7 @@ def conda(
       nu_dtype: second-moment dtype; precond_dtype: the bases (default:
         the parameter's compute dtype).
       router: an :class:`optx.Router` (default :func:`optx.default_router`).
+      side: the rotated side (static; the official ``proj_type``, see above).
 
     Complex parameters: refused at init (a TypeError naming the leaf) because the rotated basis
       (singular vectors of the momentum) and Conda's official math are real-only.
@@ -350,6 +353,7 @@ def conda(
             nu_dtype=nu_dtype,
             precond_dtype=precond_dtype,
             layout=router,
+            side=side,
         ),
         add_decayed_weights_after_step(weight_decay, learning_rate, mask),
         optax.scale_by_learning_rate(learning_rate),
