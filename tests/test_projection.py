@@ -434,6 +434,66 @@ def test_dct_refresh_phase_and_scores_match_reference() -> None:
             np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.parametrize("score_norm", [1.0, 2.0, 0.5, float("inf")])
+@pytest.mark.parametrize("axis", ["in", "out"])
+def test_dct_scores_are_the_lp_norms_of_the_official_code(score_norm: float, axis: str) -> None:
+    """The ``'dct'`` selection ranks basis vectors by the ℓp norm of their
+    alignments ``S`` (the official ``S.norm(p=ell_norm)``), ``p = inf`` included
+    (the largest ``|S|``)."""
+    from optx._src import projection
+
+    x = np.random.default_rng(3).standard_normal((2, 12, 9)) * np.linspace(0.5, 2, 9)
+    d = x.shape[1] if axis == "in" else x.shape[2]
+    q = dct_columns(d)
+    s = np.einsum("dk,bdo->bko", q, x) if axis == "in" else np.einsum("bid,dk->bik", x, q)
+    norms = np.linalg.norm(s, ord=score_norm, axis=2 if axis == "in" else 1)
+    want = np.argsort(-norms, axis=1, kind="stable")[:, :4]
+    got = projection.compute_projector(
+        jnp.asarray(x, jnp.float32),
+        None,
+        projection="dct",
+        axis=axis,
+        rank=4,
+        score_norm=score_norm,
+    )
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_dct_adamw_linf_scores_on_a_mesh_sharded_on_both_axes() -> None:
+    """``score_norm=inf`` on an Explicit mesh with the kernel sharded on both
+    axes: the scores' blocks of the other axis combine by a max (not a sum), so
+    the sharded selection and trajectory are the unsharded ones."""
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    rng = np.random.default_rng(9)
+    params = {"w": {"kernel": jnp.asarray(rng.standard_normal((16, 8)), jnp.float32)}}
+    grads = [
+        jax.tree.map(
+            lambda x, s=seed: (
+                x * jnp.asarray(np.random.default_rng(s).uniform(0.2, 3.0, (1, 8)), jnp.float32)
+            ),
+            params,
+        )
+        for seed in range(4)
+    ]
+    tx = optx.dct_adamw(1e-2, rank=3, score_norm=float("inf"))
+
+    def run(params, grads):
+        state, step = tx.init(params), jax.jit(tx.update)
+        for g in grads:
+            u, state = step(g, state, params)
+            params = optax.apply_updates(params, u)
+        return params
+
+    want = run(params, grads)
+    spec = NamedSharding(mesh, P("data", "model"))
+    with jax.set_mesh(mesh):
+        put = lambda tree: jax.tree.map(lambda x: jax.device_put(x, spec), tree)  # noqa: E731
+        got = run(put(params), [put(g) for g in grads])
+    np.testing.assert_allclose(
+        np.asarray(got["w"]["kernel"]), np.asarray(want["w"]["kernel"]), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_refresh_runs_only_on_schedule() -> None:
     g = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((6, 4)), jnp.float32)}
     tx = optx.scale_by_subspace(rank=2, projection="orthogonal", update_proj_gap=3)

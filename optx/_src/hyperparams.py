@@ -67,6 +67,7 @@ class Constraint:
         (see the module docstring).
       choices: the allowed values of a ``'choice'``.
       callable_ok: a ``'choice'`` also accepts a callable (a custom kind).
+      allow_inf: a ``'real'`` also accepts ``+inf`` (e.g. an ℓ∞ norm's ``p``).
     """
 
     kind: str
@@ -79,6 +80,7 @@ class Constraint:
     static: bool = False
     choices: tuple[Any, ...] = ()
     callable_ok: bool = False
+    allow_inf: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -111,6 +113,8 @@ class Constraint:
             text = "a finite number" + (f" in {rng}" if rng.startswith(("[", "(")) else "")
             if rng and not rng.startswith(("[", "(")):
                 text += f" {rng}"
+            if self.allow_inf:
+                text += " or inf"
             if self.schedule:
                 text += " (or a schedule)"
             return text + extra
@@ -196,7 +200,8 @@ class Constraint:
             )
         if concrete is None:
             return  # a tracer (inject_hyperparams under jit): checked by nobody
-        if not math.isfinite(concrete) or not self._in_range(concrete):
+        infinite = self.allow_inf and concrete == math.inf
+        if not (math.isfinite(concrete) or infinite) or not self._in_range(concrete):
             raise ValueError(f"`{name}` must be {self.describe()}, got {value!r}{where}.")
 
     def _in_range(self, v: float) -> bool:
@@ -400,7 +405,7 @@ TABLE: dict[str, Constraint] = {
     "refresh_phase": integer(0),
     "feature_axis": integer(None),
     "density": real(0.0, 1.0, optional=True, static=True),
-    "score_norm": real(0.0, low_closed=False, optional=True, static=True),
+    "score_norm": real(0.0, low_closed=False, optional=True, static=True).but(allow_inf=True),
     "gnb_clip_norm": POSITIVE.but(optional=True),
     "grad_clip": POSITIVE.but(optional=True),
     "world_size": integer(1, optional=True),

@@ -233,6 +233,8 @@ def _scores(S: jax.Array, axis: str, norm: float) -> jax.Array:
     a = jnp.abs(S)
     if norm == 1:
         return jnp.sum(a, axis=reduce_axis)
+    if norm == math.inf:  # the official ell_norm=inf: S.norm(p=inf)
+        return jnp.max(a, axis=reduce_axis)
     return jnp.sum(a**norm, axis=reduce_axis)  # monotone in the ℓp norm
 
 
@@ -324,8 +326,8 @@ def dct_select_scattered(
         S = jnp.einsum("dk,bdo->bko", q, xl) if axis == "in" else jnp.einsum("bid,dk->bik", xl, q)
         S = jax.lax.psum_scatter(S, contracted, scatter_dimension=k_axis, tiled=True)
         score = _scores(S, axis, score_norm)
-        if other is not None:
-            score = jax.lax.psum(score, other)
+        if other is not None:  # the other axis' blocks: a sum of |S|ᵖ, or a max for p = inf
+            score = (jax.lax.pmax if score_norm == math.inf else jax.lax.psum)(score, other)
         score = jax.lax.all_gather(score, contracted, axis=1, tiled=True)
         return jax.lax.top_k(score, rank)[1].astype(jnp.int32)
 
@@ -941,7 +943,8 @@ def scale_by_subspace(
       refresh_phase: refresh when ``count == 0`` or ``(count + phase) % T == 0``
         (``count`` = steps before this one). GaLore/APOLLO/FRUGAL use 0; the
         official DCT-AdamW uses 1 (its 1-based counter: steps 1, T, 2T, ...).
-      score_norm: ``p`` of the ℓp alignment score of DCT columns (official 1).
+      score_norm: ``p`` of the ℓp alignment score of DCT columns (official 1;
+        ``math.inf``: the largest ``|S|`` of each column).
       seed: seed of the per-leaf PRNG keys (random kinds; static).
       store_projector: keep the projector in the state (default, as the
         official codes do). ``False`` (``projection='random'`` only) keeps just

@@ -1021,8 +1021,7 @@ def dct_adamw(
     optx builds the basis per matrix).
     Not reproduced: the hard-coded right projection for (512|1024)×(3584|4096)
     shapes, ``max_shape`` (the router sends embeddings/heads to AdamW), error
-    feedback (``use_ef``), the Hadamard/random-QR variants, ``ell_norm=inf``
-    (ℓ∞ scores; ``score_norm`` is a finite ``p > 0``), the "theoretical
+    feedback (``use_ef``), the Hadamard/random-QR variants, the "theoretical
     similarity" of ``ell_norm < 0`` and ``sim_type='makhoul'`` (another basis).
 
     Deviations from the official code:
@@ -1056,7 +1055,8 @@ def dct_adamw(
       rank: number of DCT columns (static; None = 128).
       update_proj_gap: ``T`` (static; None = 1, the official default).
       side: ``'std'`` (official: basis over the smaller dimension).
-      score_norm: ℓp of the alignment score (static; None = 1, official).
+      score_norm: ℓp of the alignment score (static; None = 1, official;
+        ``math.inf`` is the official ``ell_norm=inf``).
       slot_order: ``'stable'`` (default) or ``'score'``; see the deviations.
       nu_dtype: second-moment dtype.
       router: an :class:`optx.Router`.
