@@ -173,9 +173,10 @@ def scale_by_adam(
     float32 ``β`` to the power ``t``, and ``1 − float32(0.999)`` is 1.3e-5 off,
     so with float32 states every step of optax's Adam is about 6.4e-6 larger
     (relative) than PyTorch's, always in the same direction. The aliases whose
-    reference is PyTorch code (AdamP, MKOR's inner Adam, the matrix methods'
-    AdamW fallback) set it; :func:`optx.adamw` keeps optax's numbers. The
-    other two options already use the exact correction.
+    reference is PyTorch code set it (AdamP, MKOR's inner Adam/AdamW, FRUGAL's
+    and DCT-AdamW's Adam, and the AdamW fallback of the matrix methods and
+    LoRA-Pro); :func:`optx.adamw` keeps optax's numbers. The other two options
+    already use the exact correction.
 
     References:
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", arXiv 1412.6980.
