@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 import optx
 from optx._src import bases, layouts
+from tests.mesh_runs import assert_sharded_run_matches
 
 # ----------------------------------------------------------------------------
 # NumPy float64 references
@@ -614,27 +615,10 @@ def test_scale_by_conda_sides_match_the_official_projector(side: str, shape: tup
 def test_conda_alias_side_on_a_sharded_mesh(side: str) -> None:
     """The larger-side projection (``V`` of the projected shape) on an 8-device
     Explicit mesh with a sharded kernel gives the unsharded numbers."""
-    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
     rng = np.random.default_rng(8)
     params = {"w": {"kernel": jnp.asarray(rng.standard_normal((16, 8)), jnp.float32)}}
     grads = [jax.tree.map(lambda x, c=t + 1.0: x * c + 0.1, params) for t in range(3)]
-    tx = optx.conda(1e-2, update_proj_gap=2, side=side)
-
-    def run(params, grads):
-        state, step = tx.init(params), jax.jit(tx.update)
-        for g in grads:
-            u, state = step(g, state, params)
-            params = optax.apply_updates(params, u)
-        return params
-
-    want = run(params, grads)
-    spec = NamedSharding(mesh, P("data", "model"))
-    with jax.set_mesh(mesh):
-        put = lambda tree: jax.tree.map(lambda x: jax.device_put(x, spec), tree)  # noqa: E731
-        got = run(put(params), [put(g) for g in grads])
-    np.testing.assert_allclose(
-        np.asarray(got["w"]["kernel"]), np.asarray(want["w"]["kernel"]), rtol=1e-5, atol=1e-6
-    )
+    assert_sharded_run_matches(optx.conda(1e-2, update_proj_gap=2, side=side), params, grads)
 
 
 # ----------------------------------------------------------------------------

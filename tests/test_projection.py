@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 import optx
 from tests.matrix_views import matrices
+from tests.mesh_runs import assert_sharded_run_matches
 from tests.projection_reference import (
     adam_moments,
     columns_projection,
@@ -463,35 +464,13 @@ def test_dct_adamw_linf_scores_on_a_mesh_sharded_on_both_axes() -> None:
     """``score_norm=inf`` on an Explicit mesh with the kernel sharded on both
     axes: the scores' blocks of the other axis combine by a max (not a sum), so
     the sharded selection and trajectory are the unsharded ones."""
-    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
     rng = np.random.default_rng(9)
-    params = {"w": {"kernel": jnp.asarray(rng.standard_normal((16, 8)), jnp.float32)}}
-    grads = [
-        jax.tree.map(
-            lambda x, s=seed: (
-                x * jnp.asarray(np.random.default_rng(s).uniform(0.2, 3.0, (1, 8)), jnp.float32)
-            ),
-            params,
-        )
-        for seed in range(4)
-    ]
+    kernel = rng.standard_normal((16, 8))
+    params = {"w": {"kernel": jnp.asarray(kernel, jnp.float32)}}
+    column_scales = [np.random.default_rng(s).uniform(0.2, 3.0, (1, 8)) for s in range(4)]
+    grads = [{"w": {"kernel": jnp.asarray(kernel * c, jnp.float32)}} for c in column_scales]
     tx = optx.dct_adamw(1e-2, rank=3, score_norm=float("inf"))
-
-    def run(params, grads):
-        state, step = tx.init(params), jax.jit(tx.update)
-        for g in grads:
-            u, state = step(g, state, params)
-            params = optax.apply_updates(params, u)
-        return params
-
-    want = run(params, grads)
-    spec = NamedSharding(mesh, P("data", "model"))
-    with jax.set_mesh(mesh):
-        put = lambda tree: jax.tree.map(lambda x: jax.device_put(x, spec), tree)  # noqa: E731
-        got = run(put(params), [put(g) for g in grads])
-    np.testing.assert_allclose(
-        np.asarray(got["w"]["kernel"]), np.asarray(want["w"]["kernel"]), rtol=1e-5, atol=1e-6
-    )
+    assert_sharded_run_matches(tx, params, grads)
 
 
 def test_refresh_runs_only_on_schedule() -> None:
