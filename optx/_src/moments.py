@@ -249,20 +249,25 @@ def _scale_by_adam_exact_correction(
         count = optax.safe_increment(state.count)
         mu = optax.tree.update_moment(updates, state.mu, b1, 1)
         nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
-        if corrected:
+        if corrected:  # m̂ / (√(v̂ + ε_root) + ε), as optax but with the exact 1 − βᵗ
             bc1, bc2 = base.bias_correction(b1, count), base.bias_correction(b2, count)
-        step = step_size_correction(b1, b2, count) if bias_correction else base.at_least_f32(1.0)
+
+            def direction(mc: jax.Array, vc: jax.Array) -> jax.Array:
+                cdt = mc.dtype
+                return mc / bc1.astype(cdt) / (jnp.sqrt(vc / bc2.astype(cdt) + eps_root) + eps)
+
+        else:  # the correction (or none) folded into the step: ε on the uncorrected √v
+            step = step_size_correction(b1, b2, count) if bias_correction else None
+
+            def direction(mc: jax.Array, vc: jax.Array) -> jax.Array:
+                scaled = mc if step is None else step.astype(mc.dtype) * mc
+                return scaled / (jnp.sqrt(vc + eps_root) + eps)
 
         def leaf(g: Any, m: Any, v: Any) -> Any:
             if g is None:
                 return None
             cdt = base.compute_dtype(m.dtype, v.dtype)
-            mc, vc = m.astype(cdt), v.astype(cdt)
-            if corrected:  # m̂ / (√(v̂ + ε_root) + ε), as optax but with the exact 1 − βᵗ
-                u = mc / bc1.astype(cdt) / (jnp.sqrt(vc / bc2.astype(cdt) + eps_root) + eps)
-            else:
-                u = step.astype(cdt) * mc / (jnp.sqrt(vc + eps_root) + eps)
-            return u.astype(g.dtype)
+            return direction(m.astype(cdt), v.astype(cdt)).astype(g.dtype)
 
         new_updates = jax.tree.map(leaf, updates, mu, nu, is_leaf=base.is_leaf_or_none)
         return new_updates, optax.ScaleByAdamState(
