@@ -32,7 +32,8 @@ def assert_sharded_run_matches(
     atol: float = 1e-6,
 ) -> None:
     """The trajectory with every leaf sharded by ``spec`` on a ``(data 4, model 2)``
-    Explicit mesh, under ``jax.set_mesh``, ends where the unsharded one does."""
+    Explicit mesh ends where the unsharded one does, with and without
+    ``jax.set_mesh``."""
     want = apply_steps(tx, params, grads)
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
     sharding = NamedSharding(mesh, spec)
@@ -40,7 +41,10 @@ def assert_sharded_run_matches(
     def put(tree: Any) -> Any:
         return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
 
+    sharded_grads = [put(g) for g in grads]
+    runs = [apply_steps(tx, put(params), sharded_grads)]
     with jax.set_mesh(mesh):
-        got = apply_steps(tx, put(params), [put(g) for g in grads])
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+        runs.append(apply_steps(tx, put(params), sharded_grads))
+    for got in runs:
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)

@@ -614,7 +614,8 @@ def test_scale_by_conda_sides_match_the_official_projector(side: str, shape: tup
 @pytest.mark.parametrize("side", ["reverse_std", "out"])
 def test_conda_alias_side_on_a_sharded_mesh(side: str) -> None:
     """The larger-side projection (``V`` of the projected shape) on an 8-device
-    Explicit mesh with a sharded kernel gives the unsharded numbers."""
+    Explicit mesh with a sharded kernel gives the unsharded numbers, with and
+    without ``jax.set_mesh``."""
     rng = np.random.default_rng(8)
     params = {"w": {"kernel": jnp.asarray(rng.standard_normal((16, 8)), jnp.float32)}}
     grads = [jax.tree.map(lambda x, c=t + 1.0: x * c + 0.1, params) for t in range(3)]

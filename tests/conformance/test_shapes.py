@@ -91,6 +91,9 @@ def test_degenerate_leaves(name: str) -> None:
 OPTION_PATHS = [
     ("soap", {"precondition_1d": True}),
     ("soap", {"factorization": "axes", "merge_dims": True, "precondition_1d": True}),
+    # The larger side: a (d, k) basis and a projected second moment (k = 0 for empty leaves).
+    ("conda", {"side": "reverse_std"}),
+    ("conda", {"side": "in"}),
 ]
 
 
@@ -101,7 +104,8 @@ OPTION_PATHS = [
 )
 def test_degenerate_leaves_with_options(name: str, options: dict[str, Any]) -> None:
     """The same tree through the optional paths: an empty vector under SOAP's
-    ``precondition_1d`` is an empty mode, left unrotated (it had failed to trace)."""
+    ``precondition_1d`` is an empty mode, left unrotated (it had failed to trace);
+    Conda's larger-side projections of empty, 1×n and n×1 matrices."""
     spec = optx.get_optimizer(name)
     tx = spec.build(**{**spec.test_overrides, **options})
     params = degenerate_params()
