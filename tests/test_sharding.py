@@ -1,5 +1,6 @@
 """Tests for optx._src.sharding (8 virtual CPU devices from conftest)."""
 
+import contextlib
 import re
 
 import jax
@@ -295,3 +296,94 @@ def test_lipschitz_muon_batched_projects_fsdp_matrices_through_all_to_alls() -> 
         np.asarray(outs[0]["dense"]["kernel"]), np.asarray(outs[1]["dense"]["kernel"]),
         rtol=1e-5, atol=1e-7,
     )  # fmt: skip
+
+
+MIXED_AXES = ["galore", "apollo", "dct_adamw", "frugal", "muon"]
+
+
+@pytest.mark.filterwarnings("ignore:FRUGAL")  # one active block per group of one matrix
+@pytest.mark.parametrize("spec", [P("data", None), P("data", "model"), P(None, "model")], ids=str)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in MIXED_AXES]
+)
+def test_state_shardings_on_a_mesh_mixing_explicit_and_auto_axes(name: str, spec: P) -> None:
+    """``data`` Explicit, ``model`` Auto: the README recipe (``jit(init, out_shardings=
+    state_shardings)``, then a jitted update) runs and gives the unsharded numbers. The
+    shardings had been derived on an all-Explicit copy of the mesh, which placed the
+    projected moments on other dimensions than the real ``init`` types them with."""
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit, AxisType.Auto))
+    opt = optx.get_optimizer(name)
+    tx = opt.build(**opt.test_overrides)
+    params = {"dense": {"kernel": jax.random.normal(jax.random.key(3), (32, 64))}}
+    want = tx.update(params, tx.init(params), params)[0]["dense"]["kernel"]
+    with jax.set_mesh(mesh):
+        p = jax.device_put(params, NamedSharding(mesh, spec))
+        shardings = optx.sharding.state_shardings(tx, p)
+        state = jax.jit(tx.init, out_shardings=shardings)(p)
+        plain = jax.jit(tx.init)(p)
+        # The Explicit axis where the real init puts it.
+        assert jax.tree.map(jax.typeof, state) == jax.tree.map(jax.typeof, plain)
+        got = jax.jit(tx.update)(p, state, p)[0]["dense"]["kernel"]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+
+
+def test_state_shardings_keep_auto_axes_on_free_dimensions() -> None:
+    """On a mixed mesh a parameter-shaped moment keeps the Auto axis of its parameter."""
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit, AxisType.Auto))
+    p = {
+        "w": jax.ShapeDtypeStruct(
+            (8, 16), jnp.float32, sharding=NamedSharding(mesh, P("data", "model"))
+        )
+    }
+    shardings = optx.sharding.state_shardings(optx.adamw(1e-3), p)
+    mu = shardings[0].mu["w"]
+    assert mu.spec == P("data", "model") and mu.mesh == mesh
+
+
+@pytest.mark.parametrize(
+    ("shape", "spec"),
+    [((8, 4, 32), P(None, None, "x")), ((3, 3, 16, 32), P(None, None, None, "x"))],
+    ids=["attention_out", "conv"],
+)
+@pytest.mark.parametrize("name", ["adamp", "sgdp"])
+def test_radial_projection_on_leaves_sharded_off_the_summed_axes(name, shape, spec) -> None:
+    """AdamP/SGDP's channel sums on a leaf sharded on its output channels (summed axes
+    unsharded): the CPU blocked sum's reshape has no Explicit sharding rule, so it had
+    raised ``ShardingTypeError`` with or without ``jax.set_mesh``; now the plain sums."""
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    # Named as a model names them, so the layouts are the attention and conv ones.
+    module = {"attn": {"out": {}}} if len(shape) == 3 else {"conv": {}}
+    inner = module["attn"]["out"] if len(shape) == 3 else module["conv"]
+    inner["kernel"] = jax.random.normal(jax.random.key(4), shape)
+    params, kernel = module, lambda t: jax.tree.leaves(t)[0]
+    grads = jax.tree.map(lambda x: x**3, params)
+    tx = optx.get_optimizer(name).build()
+    want = kernel(jax.jit(tx.update)(grads, tx.init(params), params)[0])
+    for context in (False, True):
+        with jax.set_mesh(mesh) if context else contextlib.nullcontext():
+            ps, gs = jax.device_put((params, grads), NamedSharding(mesh, spec))
+            got = kernel(jax.jit(tx.update)(gs, tx.init(ps), ps)[0])
+        assert jax.typeof(got).sharding.spec == spec
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["lora_pro", "sora"])
+def test_lora_state_on_an_explicit_mesh_without_set_mesh(name: str) -> None:
+    """An FSDP-sharded LoRA pair, eager ``init`` with no mesh in context: LoRA-Pro's full
+    moments had been created with a bare ``PartitionSpec`` (an error outside
+    ``jax.set_mesh``); the state is now placed on the pair's own mesh, as
+    ``state_shardings`` says, and the jitted update runs."""
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    params = {"layer": {"lora_a": 0.1 * jnp.ones((32, 4)), "lora_b": 0.01 * jnp.ones((4, 64))}}
+    sh = {"layer": {"lora_a": NamedSharding(mesh, P("x", None)),
+                    "lora_b": NamedSharding(mesh, P(None, "x"))}}  # fmt: skip
+    params = jax.device_put(params, sh)
+    tx = optx.get_optimizer(name).build()
+    state = tx.init(params)
+    for s, want in zip(
+        jax.tree.leaves(state), jax.tree.leaves(optx.sharding.state_shardings(tx, params))
+    ):
+        if any(e is not None for e in want.spec):
+            assert s.sharding.is_equivalent_to(want, s.ndim), (s.shape, s.sharding, want)
+    updates, _ = jax.jit(tx.update)(params, state, params)
+    assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))

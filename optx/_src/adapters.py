@@ -196,7 +196,8 @@ def _full_moment(a: Any, b: Any, dtype: Any) -> jax.Array:
     last = entries[-1]
     if last is not None and set(last if isinstance(last, tuple) else (last,)) & set(used):
         entries[-1] = None
-    return jnp.zeros(shape, dtype, out_sharding=jax.sharding.PartitionSpec(*entries))
+    spec = jax.sharding.PartitionSpec(*entries)
+    return sharding.zeros(shape, dtype, sharding.named(spec, a if sa is not None else b))
 
 
 def _sharded_pair_step(

@@ -19,7 +19,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optx._src import adaptive, base, curvature, hyperparams, layouts, nonfinite, routing
+from optx._src import (
+    adaptive,
+    base,
+    curvature,
+    hyperparams,
+    layouts,
+    nonfinite,
+    routing,
+    sharding,
+)
 
 
 def _new_key(seed: int) -> jax.Array:
@@ -163,7 +172,7 @@ def scale_by_sophia(
             count=jnp.zeros([], jnp.int32),
             mu=_zeros_like(params, mu_dtype),
             hessian=_zeros_like(params, nu_dtype),
-            key=_new_key(seed),
+            key=sharding.put_like(_new_key(seed), params),
             win_rate=jnp.zeros([], jnp.float32),
             estimate_finite=jnp.ones([], jnp.bool_),
         )
@@ -442,7 +451,7 @@ def scale_by_adahessian(
             hessian_count=jnp.zeros([], jnp.int32),
             mu=_zeros_like(params, mu_dtype),
             nu=_zeros_like(params, nu_dtype),
-            key=_new_key(seed),
+            key=sharding.put_like(_new_key(seed), params),
             estimate_finite=jnp.ones([], jnp.bool_),
         )
 

@@ -1307,7 +1307,7 @@ def scale_by_block_subspace(
             count=jnp.zeros([], jnp.int32),
             active=at_owners(treedef, groups, active),
             cursor=at_owners(treedef, groups, cursor),
-            key=jax.random.key_data(jax.random.key(seed)),
+            key=sharding.put_like(jax.random.key_data(jax.random.key(seed)), params),
             inner_state=inner.init(at_owners(treedef, groups, templates)),
         )
 

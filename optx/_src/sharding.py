@@ -175,15 +175,28 @@ def zeros(shape: Sequence[int], dtype: Any, target: NamedSharding | None) -> jax
 def put_like(x: Any, like: Any, spec: PartitionSpec | None = None) -> Any:
     """``x`` (a tree) placed on ``like``'s Explicit mesh with ``spec`` (default replicated).
 
-    State an ``init`` creates from scratch (identity factors, flags) would
-    otherwise live on no mesh when no ``jax.set_mesh`` is active, and ``jit``
-    would let the compiler choose its output sharding, so the next step's
-    types differ. Placing it on the params' mesh types it as under
-    ``jax.set_mesh``. A no-op when ``like`` is on no Explicit mesh.
+    State an ``init`` creates from scratch (identity factors, flags, PRNG key
+    data) would otherwise live on no mesh when no ``jax.set_mesh`` is active,
+    and ``jit`` would let the compiler choose its output sharding, so the next
+    step's types differ. Placing it on the params' mesh types it as under
+    ``jax.set_mesh``. The default replicated spec is padded to each leaf's rank
+    (``P(None, None)`` for a matrix), as ``jit`` types the step's outputs: a
+    ``P()`` state leaf returned as ``P(None,)`` would compile the step twice. A
+    no-op when ``like`` is on no Explicit mesh.
     """
-    target = named(PartitionSpec() if spec is None else spec, like)
-    if target is None:
+    if spec is not None:
+        target = named(spec, like)
+        if target is None:
+            return x
+        return jax.tree.map(lambda leaf: _place(leaf, target), x)
+    if named(PartitionSpec(), like) is None:
         return x
+    return jax.tree.map(
+        lambda leaf: _place(leaf, named(PartitionSpec(*(None,) * jnp.ndim(leaf)), like)), x
+    )
+
+
+def _place(x: jax.Array, target: NamedSharding) -> jax.Array:
     if isinstance(target.mesh, jax.sharding.Mesh):
         return jax.device_put(x, target)
     return jax.sharding.reshard(x, target)
@@ -370,7 +383,11 @@ def state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
     ``NamedSharding`` (all on one mesh, Explicit or Auto axes). The state is
     evaluated with ``jax.eval_shape`` under an Explicit copy of the mesh, so
     param-shaped state inherits the param sharding and non-param-shaped state
-    gets the sharding its ``init`` derives (see :func:`zeros_like_spec`).
+    gets the sharding its ``init`` derives (see :func:`zeros_like_spec`). On a
+    mesh mixing Explicit and Auto axes the Explicit axes are placed as ``init``
+    places them on that mesh (the step's types must match them), and an Auto
+    axis is kept where the all-Explicit evaluation put it on a dimension the
+    Explicit axes leave free.
     Returns a tree of ``NamedSharding`` on the params' mesh, ready for
     ``jax.jit(tx.init, out_shardings=...)``.
 
@@ -395,24 +412,66 @@ def state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
         )
     mesh = meshes[0]
     explicit = _explicit_mesh_like(mesh)
+    state = _abstract_state_specs(tx, params, explicit)
+    auto = {n for n, t in zip(mesh.axis_names, mesh.axis_types) if t != AxisType.Explicit}
+    if auto and len(auto) < len(mesh.axis_names):
+        placed = _abstract_state_specs(tx, params, mesh)
+        state = jax.tree.map(
+            lambda p, e: _with_free_auto_axes(p, e, auto), placed, state, is_leaf=_is_spec
+        )
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), state, is_leaf=_is_spec)
+
+
+def _is_spec(x: Any) -> bool:
+    return isinstance(x, PartitionSpec)
+
+
+def _abstract_state_specs(tx: optax.GradientTransformation, params: Any, mesh: Any) -> Any:
+    """``tx.init``'s state as a tree of rank-padded ``PartitionSpec``, evaluated on ``mesh``.
+
+    Specs are padded to the leaf's rank, as jit types its outputs: a state placed
+    with ``P()`` where a step returns ``P(None,)`` would compile the step twice.
+    """
 
     def to_abstract(x: Any) -> jax.ShapeDtypeStruct:
         sh = getattr(x, "sharding", None)
         spec = sh.spec if isinstance(sh, NamedSharding) else PartitionSpec()
-        return jax.ShapeDtypeStruct(jnp.shape(x), x.dtype, sharding=NamedSharding(explicit, spec))
+        return jax.ShapeDtypeStruct(jnp.shape(x), x.dtype, sharding=NamedSharding(mesh, spec))
 
-    abstract = jax.tree.map(to_abstract, params)
-    with jax.set_mesh(explicit):
-        state = jax.eval_shape(tx.init, abstract)
-
-    def to_sharding(s: Any) -> NamedSharding:
-        # Specs padded to the leaf's rank, as jit types its outputs: a state placed
-        # with P() where a step returns P(None,) would compile the step twice.
-        sh = getattr(s, "sharding", None)
+    def to_spec(s: Any) -> PartitionSpec:
+        # The traced type's spec: it names every Explicit axis, also on a mesh
+        # mixing axis types (where eval_shape's outputs carry no sharding).
+        sh = jax.typeof(s).sharding
         spec = tuple(sh.spec) if isinstance(sh, NamedSharding) else ()
-        return NamedSharding(mesh, PartitionSpec(*spec, *(None,) * (len(s.shape) - len(spec))))
+        return PartitionSpec(*spec, *(None,) * (jnp.ndim(s) - len(spec)))
 
-    return jax.tree.map(to_sharding, state)
+    specs = []
+
+    def init_specs(p: Any) -> Any:
+        state = tx.init(p)
+        specs.append(jax.tree.map(to_spec, state))
+        return state
+
+    with jax.set_mesh(mesh):
+        jax.eval_shape(init_specs, jax.tree.map(to_abstract, params))
+    return specs[0]
+
+
+def _with_free_auto_axes(
+    placed: PartitionSpec, everywhere: PartitionSpec, auto: set[str]
+) -> PartitionSpec:
+    """``placed`` (Explicit axes only) plus ``everywhere``'s Auto axes on its free dimensions."""
+
+    def names(entry: Any) -> tuple:
+        return () if entry is None else entry if isinstance(entry, tuple) else (entry,)
+
+    used = {n for e in placed for n in names(e)}
+    out = []
+    for p, e in zip(placed, everywhere):
+        extra = tuple(n for n in names(e) if n in auto and n not in used) if p is None else ()
+        used.update(extra)
+        out.append(p if p is not None else (extra[0] if len(extra) == 1 else extra or None))
+    return PartitionSpec(*out)
 
 
 def reduce_scattered(

@@ -155,6 +155,11 @@ def test_sharded_update_with_and_without_set_mesh(name: str) -> None:
                 # shardings, so a second step would compile again; one is enough.
                 out = _run(step, sharded, state0, 2 if kind == AxisType.Explicit else 1)
                 assert step._cache_size() == compiled + 1, where
+                if kind == AxisType.Explicit and context:
+                    # The user's jax.jit(tx.init) types the state as the step returns it
+                    # (a P() key where the step returns P(None,) compiled the step twice).
+                    _run(step, sharded, jax.jit(tx.init)(sharded), 1)
+                    assert step._cache_size() == compiled + 1, f"{where}: jit(init)'s state"
             if kind == AxisType.Explicit:
                 assert _types(out[1][1]) == _types(out[0][1]), where
                 if name in FSDP_GATHERS and not context:
