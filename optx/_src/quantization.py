@@ -277,17 +277,58 @@ def num_blocks(size: int, block_size: int) -> int:
     return max(1, math.ceil(int(size) / int(block_size)))
 
 
-def _blocks(x: jax.Array, block_size: int) -> jax.Array:
+def _block_view(shape: Sequence[int], block_size: int) -> tuple[tuple[int, ...], int] | None:
+    """A view of ``shape`` in which the axes from the returned one on hold exactly
+    one block, made by splitting one dimension (no two dimensions merged), or None.
+
+    Row-major blocks of ``block_size`` entries are ``m`` consecutive slices of
+    one axis times every axis after it (``block_size = m · prod(shape[a+1:])``,
+    ``m`` dividing ``shape[a]``): ``(…, shape[a] / m, m, *shape[a+1:])``. Block
+    maxima and coding on that view need no flattening, so a leaf sharded on
+    any dimension is reduced shard by shard (a flattened column-sharded matrix
+    would be gathered whole under a mesh); the numbers are the same as on the
+    flat view. None when a block boundary falls inside a slice or the last
+    block is partial.
+    """
+    total = math.prod(shape)
+    if total == 0 or total % block_size:
+        return None
+    suffix = 1
+    for a in range(len(shape) - 1, -1, -1):
+        if block_size % suffix:
+            return None
+        m = block_size // suffix
+        if m <= shape[a] and shape[a] % m == 0:
+            return (*shape[:a], shape[a] // m, m, *shape[a + 1 :]), a + 1
+        suffix *= shape[a]
+    return None
+
+
+def _as_blocks(x: jax.Array, block_size: int) -> tuple[jax.Array, int]:
+    """``(view, axis)``: ``x`` viewed so that the axes from ``axis`` on are one
+    block (:func:`_block_view`), else flattened and zero-padded to
+    ``(num_blocks, block_size)``."""
+    view = _block_view(jnp.shape(x), block_size)
+    if view is not None:
+        return jnp.reshape(x, view[0]), view[1]
     flat = jnp.reshape(x, (-1,))
     n = flat.shape[0]
     pad = num_blocks(n, block_size) * block_size - n
     if pad:
         flat = jnp.concatenate([flat, jnp.zeros((pad,), flat.dtype)])
-    return jnp.reshape(flat, (-1, block_size))
+    return jnp.reshape(flat, (-1, block_size)), 1
+
+
+def _per_block(values: jax.Array, blocks: jax.Array, axis: int) -> jax.Array:
+    """The ``(num_blocks,)`` ``values`` broadcast against the block view ``blocks``."""
+    lead = blocks.shape[:axis]
+    return jnp.reshape(values, (*lead, *(1,) * (blocks.ndim - axis)))
 
 
 def _unblock(blocks: jax.Array, shape: Sequence[int]) -> jax.Array:
     n = math.prod(shape)
+    if math.prod(blocks.shape) == n:
+        return jnp.reshape(blocks, tuple(shape))
     return jnp.reshape(jnp.reshape(blocks, (-1,))[:n], tuple(shape))
 
 
@@ -302,31 +343,34 @@ def _block_absmax(xs: Sequence[jax.Array], block_size: int) -> list[jax.Array]:
     if len(xs) == 1:
         # One array: max and min in one reduction (a one-operand reduce, or two
         # identical operands, would be a plain max again); |max(max, −min)|.
-        blocks = _blocks(xs[0].astype(jnp.float32), block_size)
+        blocks, axis = _as_blocks(xs[0].astype(jnp.float32), block_size)
+        dims = tuple(range(axis, blocks.ndim))
         init = (jnp.array(-jnp.inf, jnp.float32), jnp.array(jnp.inf, jnp.float32))
 
         def max_min(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
             return jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1])
 
-        hi, lo = jax.lax.reduce((blocks, blocks), init, max_min, (1,))
-        return [jnp.abs(jnp.maximum(hi, -lo))]
-    blocks = [jnp.abs(_blocks(x.astype(jnp.float32), block_size)) for x in xs]
+        hi, lo = jax.lax.reduce((blocks, blocks), init, max_min, dims)
+        return [jnp.reshape(jnp.abs(jnp.maximum(hi, -lo)), (-1,))]
+    views = [_as_blocks(x.astype(jnp.float32), block_size) for x in xs]
+    blocks = [jnp.abs(b) for b, _ in views]
+    dims = tuple(range(views[0][1], blocks[0].ndim))
     init = tuple(jnp.array(-jnp.inf, jnp.float32) for _ in blocks)
 
     def maximum(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         return tuple(jnp.maximum(u, v) for u, v in zip(a, b))
 
-    return list(jax.lax.reduce(tuple(blocks), init, maximum, (1,)))
+    return [jnp.reshape(m, (-1,)) for m in jax.lax.reduce(tuple(blocks), init, maximum, dims)]
 
 
 def _encode(x: jax.Array, absmax: jax.Array, signed: bool, block_size: int) -> jax.Array:
     """The ``uint8`` codes of ``x`` for the block scales ``absmax``."""
-    blocks = _blocks(x.astype(jnp.float32), block_size)
+    blocks, axis = _as_blocks(x.astype(jnp.float32), block_size)
     # x · fl(1/a_b), as bitsandbytes' CPU quantizer and CUDA kernels compute it
     # (not a correctly rounded x / a_b: the two differ by an ulp near code
     # boundaries).
     inverse = 1.0 / jnp.where(absmax > 0, absmax, 1.0)
-    normalized = blocks * inverse[:, None]
+    normalized = blocks * _per_block(inverse, blocks, axis)
     codes = _nearest_code(jnp.clip(normalized, -1.0 if signed else 0.0, 1.0), signed)
     return _unblock(codes.astype(jnp.uint8), jnp.shape(x))
 
@@ -421,7 +465,8 @@ def _decode(
 ) -> jax.Array:
     """``map[codes] · absmax[block]`` in ``codes``' shape."""
     values = jnp.asarray(_dynamic_map_np(signed))[codes.astype(jnp.int32)]
-    blocks = _blocks(values, block_size) * absmax[:, None]
+    blocks, axis = _as_blocks(values, block_size)
+    blocks = blocks * _per_block(absmax, blocks, axis)
     return _unblock(blocks, jnp.shape(codes)).astype(dtype)
 
 
