@@ -5,6 +5,7 @@ dequantize, the ``quantize_moments`` wrapper).
 from optx._src.quantization import (
     QuantizedArray,
     QuantizedState,
+    StateScales,
     dequantize_blockwise,
     dynamic_map,
     quantize_blockwise,
@@ -14,6 +15,7 @@ from optx._src.quantization import (
 __all__ = [
     "QuantizedArray",
     "QuantizedState",
+    "StateScales",
     "dequantize_blockwise",
     "dynamic_map",
     "quantize_blockwise",

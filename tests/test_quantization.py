@@ -544,3 +544,36 @@ def test_step_codes_every_leaf_with_its_own_block_maxima() -> None:
                 codes = np.asarray(leaf).astype(int)
                 assert codes.shape == shape and np.abs(codes - want_codes).max() <= 1
                 assert np.mean(codes != want_codes) <= 0.01, (k, f)  # float32 vs float64 ties
+
+
+@pytest.mark.parametrize(
+    ("name", "field"), [("adamw_8bit", "mu"), ("lion_8bit", "mu"), ("sgd_momentum_8bit", "trace")]
+)
+def test_optax_name_based_state_tools_find_each_field_once(name: str, field: str) -> None:
+    """``optax.tree.get`` (optax's own ``test_explicit_dtype`` reads ``mu`` so) and
+    ``optax.tree.set``: the block scales' mirror of the inner state is a
+    ``StateScales`` node, not a ``NamedTuple``, so ``count`` and the moments are found
+    once, in the inner state. The mirror had made ``get`` raise "multiple values" and
+    ``set(count=…)`` write the mirror's slot, which the step then decoded as a
+    quantized leaf (a uint8 count and a doubled step)."""
+    params = {"w": jnp.ones((64, 64)), "b": jnp.ones(4)}
+    tx = optx.get_optimizer(name).build(min_size=0)
+    state = tx.init(params)
+    moment = optax.tree.get(state, field)
+    assert moment["w"].dtype == jnp.uint8 and moment["w"].shape == (64, 64)
+    scales = optax.tree.get(state, "absmax")
+    assert isinstance(scales, optx.quantization.StateScales)
+    assert getattr(scales, field)["w"].shape == (16,)  # 4096 entries in blocks of 256
+    if name == "sgd_momentum_8bit":  # a momentum state has no count
+        return
+    assert optax.tree.get(state, "count").dtype == jnp.int32
+    moved = optax.tree.set(state, count=jnp.asarray(100, jnp.int32))
+    assert jax.tree.structure(moved) == jax.tree.structure(state)
+    u, after = jax.jit(tx.update)(params, moved, params)
+    assert optax.tree.get(after, "count") == 101
+    # The same alias with nothing quantized, its count set the same way: the same step
+    # (the moments of a constant gradient are exact in 8 bits).
+    full = optx.get_optimizer(name).build(min_size=10**9)
+    full_state = optax.tree.set(full.init(params), count=jnp.asarray(100, jnp.int32))
+    want, _ = jax.jit(full.update)(params, full_state, params)
+    np.testing.assert_allclose(np.asarray(u["w"]), np.asarray(want["w"]), rtol=1e-6)

@@ -69,6 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import serialization
 from jax.sharding import PartitionSpec
 
 from optx._src import base, hyperparams, sharding
@@ -92,6 +93,122 @@ class QuantizedArray(NamedTuple):
     absmax: jax.Array
 
 
+@jax.tree_util.register_pytree_with_keys_class
+class StateScales:
+    """The block scales of one ``NamedTuple`` node of a quantized inner state.
+
+    Its fields are the node's (``scales.mu``, ``scales._replace(mu=…)``), but it
+    is not a ``NamedTuple``: optax's name-based state tools (``optax.tree.get``,
+    ``optax.tree.set``) match ``NamedTuple`` fields and dict keys, and would
+    otherwise find ``count``, ``mu`` or ``nu`` twice (and ``tree.set`` write
+    the scales' copy, which the step would then read as a quantized leaf).
+    """
+
+    __slots__ = ("_names", "_node_type", "_values")
+
+    def __init__(self, node_type: type, names: Sequence[str], values: Sequence[Any]) -> None:
+        object.__setattr__(self, "_node_type", node_type)
+        object.__setattr__(self, "_names", tuple(names))
+        object.__setattr__(self, "_values", tuple(values))
+
+    def __getattr__(self, name: str) -> Any:
+        names = object.__getattribute__(self, "_names")
+        if name in names:
+            return object.__getattribute__(self, "_values")[names.index(name)]
+        raise AttributeError(name)
+
+    def _replace(self, **changes: Any) -> StateScales:
+        values = [changes.pop(n, v) for n, v in zip(self._names, self._values)]
+        if changes:
+            raise ValueError(f"StateScales has no fields {sorted(changes)}.")
+        return StateScales(self._node_type, self._names, values)
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return StateScales, (self._node_type, self._names, self._values)
+
+    def as_node(self) -> Any:
+        """The inner state's ``NamedTuple`` type holding these children."""
+        return self._node_type(*self._values)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, StateScales)
+            and (self._node_type, self._names) == (other._node_type, other._names)
+            and all(a is b or a == b for a, b in zip(self._values, other._values))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={v!r}" for n, v in zip(self._names, self._values))
+        return f"StateScales[{self._node_type.__name__}]({fields})"
+
+    def tree_flatten_with_keys(self) -> tuple[list[tuple[Any, Any]], tuple[type, tuple]]:
+        keys = [jax.tree_util.GetAttrKey(n) for n in self._names]
+        return list(zip(keys, self._values)), (self._node_type, self._names)
+
+    @classmethod
+    def tree_unflatten(cls, aux: tuple[type, tuple], children: Sequence[Any]) -> StateScales:
+        return cls(aux[0], aux[1], children)
+
+
+def _scales_state_dict(scales: StateScales) -> dict[str, Any]:
+    return {n: serialization.to_state_dict(v) for n, v in zip(scales._names, scales._values)}
+
+
+def _scales_from_state_dict(target: StateScales, state: dict[str, Any]) -> StateScales:
+    return target._replace(
+        **{
+            n: serialization.from_state_dict(getattr(target, n), state[n], name=n)
+            for n in target._names
+        }
+    )
+
+
+# Flax checkpoints (``flax.serialization.to_bytes``/``from_bytes``) as for a NamedTuple.
+serialization.register_serialization_state(StateScales, _scales_state_dict, _scales_from_state_dict)
+
+
+def _is_named_tuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(type(x), "_fields")
+
+
+def _scales_tree(mirror: Any, params_def: Any) -> Any:
+    """``mirror`` (of the inner state's structure) with its ``NamedTuple`` nodes
+    outside parameter-shaped subtrees (structure ``params_def``) as :class:`StateScales`."""
+
+    def masked(x: Any) -> bool:
+        return isinstance(x, optax.MaskedNode)
+
+    def convert(node: Any) -> Any:
+        if (
+            node is None
+            or masked(node)
+            or not jax.tree_util.treedef_children(jax.tree.structure(node, is_leaf=masked))
+        ):
+            return node
+        if jax.tree.structure(node, is_leaf=masked) == params_def:
+            return node
+        if _is_named_tuple(node):
+            return StateScales(type(node), node._fields, [convert(v) for v in node])
+        if isinstance(node, list | tuple):
+            return type(node)(convert(v) for v in node)
+        if isinstance(node, dict):
+            return type(node)((k, convert(v)) for k, v in node.items())
+        return node
+
+    return convert(mirror)
+
+
+def _as_inner_structure(scales: Any) -> Any:
+    """Inverse of :func:`_scales_tree`: the scales tree with the inner state's node types."""
+    return jax.tree.map(
+        lambda x: x.as_node() if isinstance(x, StateScales) else x,
+        scales,
+        is_leaf=lambda x: isinstance(x, StateScales),
+    )
+
+
 class QuantizedState(NamedTuple):
     """State of :func:`quantize_moments`.
 
@@ -104,7 +221,10 @@ class QuantizedState(NamedTuple):
         for every other leaf (counters, small or full-precision moments). Its
         moment fields mirror the parameter tree as the inner state's do, so
         ``optax.tree.map_params``, ``optax.masked`` and checkpoint tools see
-        the same structure for any set of quantized leaves.
+        the same structure for any set of quantized leaves. The inner state's
+        ``NamedTuple`` nodes appear as :class:`StateScales` (the same fields,
+        read as attributes), so that ``optax.tree.get(state, 'count')`` or
+        ``'mu'`` and ``optax.tree.set`` find each field once, in ``inner_state``.
     """
 
     inner_state: Any
@@ -483,6 +603,10 @@ def _field_names(path: base.KeyPath) -> list[str]:
     return [e.name for e in path if isinstance(e, jax.tree_util.GetAttrKey)]
 
 
+def _param_structure(tree: Any) -> Any:
+    return jax.tree.structure(tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+
+
 @hyperparams.validated()
 def quantize_moments(
     inner: optax.GradientTransformation,
@@ -643,7 +767,7 @@ def quantize_moments(
                 scales.append(optax.MaskedNode())
         return QuantizedState(
             jax.tree_util.tree_unflatten(treedef, leaves),
-            jax.tree_util.tree_unflatten(treedef, scales),
+            _scales_tree(jax.tree_util.tree_unflatten(treedef, scales), _param_structure(params)),
         )
 
     def update_fn(
@@ -653,7 +777,7 @@ def quantize_moments(
         **extra: Any,
     ) -> tuple[base.Updates, QuantizedState]:
         flat, treedef = jax.tree_util.tree_flatten_with_path(state.inner_state)
-        scales = treedef.flatten_up_to(state.absmax)
+        scales = treedef.flatten_up_to(_as_inner_structure(state.absmax))
         paths = [path for path, _ in flat]
         qidx = [i for i, s in enumerate(scales) if not isinstance(s, optax.MaskedNode)]
 
@@ -717,7 +841,9 @@ def quantize_moments(
             new_updates = jax.tree_util.tree_unflatten(u_treedef, u_leaves)
         new_state = QuantizedState(
             jax.tree_util.tree_unflatten(treedef, new_leaves),
-            jax.tree_util.tree_unflatten(treedef, new_scales),
+            _scales_tree(
+                jax.tree_util.tree_unflatten(treedef, new_scales), _param_structure(updates)
+            ),
         )
         return new_updates, new_state
 
