@@ -577,3 +577,18 @@ def test_optax_name_based_state_tools_find_each_field_once(name: str, field: str
     full_state = optax.tree.set(full.init(params), count=jnp.asarray(100, jnp.int32))
     want, _ = jax.jit(full.update)(params, full_state, params)
     np.testing.assert_allclose(np.asarray(u["w"]), np.asarray(want["w"]), rtol=1e-6)
+
+
+def test_sgd_momentum_8bit_without_decay_needs_no_params() -> None:
+    """As ``optax.sgd``: ``update(grads, state)`` with the default ``weight_decay=0``
+    (the chain had always started with ``add_decayed_weights``, which needs params);
+    with a decay, params are still required."""
+    g = {"w": jnp.linspace(-1.0, 1.0, 64 * 64).reshape(64, 64)}
+    tx = optx.sgd_momentum_8bit(0.1, momentum=0.9, min_size=10**9)
+    ref = optax.sgd(0.1, momentum=0.9)
+    u, _ = tx.update(g, tx.init(g))
+    want, _ = ref.update(g, ref.init(g))
+    np.testing.assert_allclose(np.asarray(u["w"]), np.asarray(want["w"]), rtol=1e-6)
+    decayed = optx.sgd_momentum_8bit(0.1, weight_decay=0.1)
+    with pytest.raises(ValueError):
+        decayed.update(g, decayed.init(g))

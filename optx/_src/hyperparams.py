@@ -49,7 +49,7 @@ import numpy as np
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-KINDS = ("real", "int", "choice", "bool", "dtype", "any")
+KINDS = ("real", "int", "choice", "bool", "dtype", "mask", "any")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +129,8 @@ class Constraint:
             return "a Python bool"
         if self.kind == "dtype":
             return "a dtype (e.g. 'float32', jnp.bfloat16)" + extra
+        if self.kind == "mask":
+            return "a bool, a tree of bools (a prefix of the params) or a callable" + extra
         return "any value"
 
     # ----------------------------------------------------------------- check
@@ -168,6 +170,16 @@ class Constraint:
         if self.kind == "int":
             self._check_int(name, value, where)
             return
+        if self.kind == "mask":
+            # A number or a string is no mask (optax would take it as "everything"):
+            # typically a positional argument one place off (an ε where the mask is).
+            numeric = isinstance(value, numbers.Number | str) or (
+                isinstance(value, np.generic | np.ndarray | jax.Array)
+                and not jnp.issubdtype(np.asarray(value).dtype, np.bool_)
+            )
+            if numeric and not isinstance(value, bool | np.bool_):
+                raise TypeError(f"`{name}` must be {self.describe()}, got {value!r}{where}.")
+            return
         self._check_real(name, value, where)
 
     def _check_int(self, name: str, value: Any, where: str) -> None:
@@ -202,7 +214,9 @@ class Constraint:
             return  # a tracer (inject_hyperparams under jit): checked by nobody
         infinite = self.allow_inf and concrete == math.inf
         if not (math.isfinite(concrete) or infinite) or not self._in_range(concrete):
-            raise ValueError(f"`{name}` must be {self.describe()}, got {value!r}{where}.")
+            raise ValueError(
+                f"`{name}` must be {self.describe()}, got {value!r}{where}.{_rounded_hint(value)}"
+            )
 
     def _in_range(self, v: float) -> bool:
         if self.low is not None and (v < self.low or (v == self.low and not self.low_closed)):
@@ -234,6 +248,8 @@ class Constraint:
             out.append("yes")
         elif self.kind == "dtype":
             out.append("not_a_dtype")
+        elif self.kind == "mask":
+            out += [0.1, "w"]
         if not self.optional and self.kind not in ("any",):
             out.append(None)
         return out
@@ -261,6 +277,18 @@ def _concrete_scalar(value: Any) -> Any:
             return None
         return float(value)
     return _NOT_SCALAR
+
+
+def _rounded_hint(value: Any) -> str:
+    """Why a low-precision array may be out of range: inject_hyperparams' cast."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return ""
+    return (
+        f" A {jnp.dtype(dtype).name} value: optax.inject_hyperparams casts hyper-parameters to "
+        "the parameters' dtype (0.999 becomes 1 in bfloat16); pass "
+        "hyperparam_dtype=jnp.float32 to optax.inject_hyperparams."
+    )
 
 
 def _schedule_at_zero(fn: Callable[..., Any]) -> Any:
@@ -323,6 +351,8 @@ RATE = real(0.0, schedule=True)
 """``>= 0``, a number or a schedule (learning rates, weight decays)."""
 FLAG = Constraint("bool")
 DTYPE = Constraint("dtype", optional=True, static=True)
+MASK = Constraint("mask", optional=True)
+"""optax's weight-decay mask: None, a bool, a tree of bools or a callable."""
 ANY = Constraint("any")
 STATIC = Constraint("any", static=True)
 """Structural and unchecked here (routers, layouts, transforms, trees, tables)."""
@@ -448,7 +478,7 @@ TABLE: dict[str, Constraint] = {
     "scaling": choice("keller", "moonlight", "none", optional=True),
     "kernel": choice("xla", "pallas", optional=True),
     # --- evolution strategies (EGGROLL / OpenES)
-    "sigma": POSITIVE,
+    "sigma": POSITIVE.but(schedule=True),
     "population_size": integer(2, optional=True),
     "noise_reuse": integer(0, optional=True),
     "group_size": integer(0, optional=True),
@@ -465,7 +495,7 @@ TABLE: dict[str, Constraint] = {
     "threshold_mode": choice("official", "soft"),
     "gate_learning_rate": RATE.but(optional=True),
     "gate_eps": NONNEGATIVE,
-    "gate_weight_decay": NONNEGATIVE,
+    "gate_weight_decay": NONNEGATIVE.but(schedule=True),
     "kappa": STATIC,
     # --- flags
     **{
@@ -535,7 +565,7 @@ TABLE: dict[str, Constraint] = {
         )
     },
     # --- trees and callables applied to the parameters
-    "mask": ANY,
+    "mask": MASK,
 }
 
 

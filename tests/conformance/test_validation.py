@@ -15,7 +15,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -118,6 +120,12 @@ def test_every_declared_constraint_raises_naming_the_argument(name: str) -> None
         (lambda: optx.root(clip_eps=-1.0), "clip_eps"),
         (lambda: optx.lipschitz_muon(weight_decay=-0.1), "weight_decay"),
         (lambda: optx.lipschitz_muon(-0.02), "learning_rate"),
+        # optax.contrib.muon's positional order (…, beta, eps, weight_decay) on the Muon
+        # family without ε: the decay lands on `mask`, which had taken any value.
+        (lambda: optx.muon(0.02, "keller", 5, 0.95, 1e-8, 0.1), "mask"),
+        (lambda: optx.root(0.02, None, None, 0.95, 1e-8, 0.1), "mask"),
+        (lambda: optx.lipschitz_muon(0.02, None, None, 0.95, 1e-8, 0.1), "mask"),
+        (lambda: optx.adamw(1e-3, mask="kernel"), "mask"),
     ],
 )
 def test_issue_cases_name_the_argument(call: Callable[[], Any], argument: str) -> None:
@@ -135,6 +143,64 @@ def test_messages_state_the_allowed_range() -> None:
         optx.galore(rank=2.5)
     with pytest.raises(TypeError, match=r"`b1` must be .*callable"):
         optx.adamw(b1=lambda count: 0.9)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        None,
+        True,
+        False,
+        {"w": True, "b": False},
+        np.bool_(True),
+        lambda p: {k: k == "w" for k in p},
+    ],
+    ids=["none", "true", "false", "prefix_tree", "numpy_bool", "callable"],
+)
+def test_optax_masks_are_accepted(mask: Any) -> None:
+    params = {"w": jnp.ones((4, 4)), "b": jnp.ones(4)}
+    for tx in (optx.adamw(1e-3, mask=mask), optx.muon(mask=mask), optx.adamp(mask=mask)):
+        tx.init(params)
+
+
+def test_low_precision_injected_values_say_why() -> None:
+    """optax.inject_hyperparams casts hyper-parameters to the params' dtype: b2 = 0.999
+    is 1 in bfloat16. The error says so and names the fix."""
+    tx = optax.inject_hyperparams(optx.adamw)(learning_rate=1e-3)
+    with pytest.raises(ValueError, match=r"`b2` .*bfloat16.*hyperparam_dtype=jnp.float32"):
+        tx.init({"w": jnp.ones((4, 4), jnp.bfloat16)})
+    fixed = optax.inject_hyperparams(optx.adamw, hyperparam_dtype=jnp.float32)(learning_rate=1e-3)
+    params = {"w": jnp.ones((4, 4), jnp.bfloat16)}
+    updates, _ = fixed.update(params, fixed.init(params), params)
+    # (float32 updates, as optax.adamw gives under a float32 hyperparam_dtype)
+    assert bool(jnp.all(jnp.isfinite(updates["w"]))) and bool(jnp.all(updates["w"] != 0))
+
+
+def test_documented_schedules_are_accepted() -> None:
+    """OpenES/EGGROLL's σ and SoRA's gate decay are documented as schedules (σ of the
+    generation): accepted, and a generation's update is that of the constant σ it reads."""
+    params = {"w": jnp.zeros(3)}
+    key = jax.random.key(0)
+    sigma = optax.exponential_decay(0.1, 1, 0.5)  # 0.1, then 0.05
+
+    def update(tx: Any, state: Any, s: float) -> tuple[Any, Any]:
+        gen = optax.tree_utils.tree_get(state, "generation")
+        f = optx.evolution.es_evaluate(
+            lambda p, n: -jnp.sum((p["w"] + n["w"] - 1.0) ** 2), params, key, 8,
+            sigma=s, rank=None, generation=gen,
+        )  # fmt: skip
+        return tx.update(params, state, params, fitness=f, key=key)
+
+    scheduled = optx.openes(0.1, sigma=sigma)
+    state = scheduled.init(params)
+    for gen, s in enumerate((0.1, 0.05)):
+        constant = optx.openes(0.1, sigma=s)
+        want, _ = update(constant, state, s)
+        got, state = update(scheduled, state, s)
+        np.testing.assert_allclose(np.asarray(got["w"]), np.asarray(want["w"]), rtol=1e-6)
+        assert gen == 0 or not np.allclose(np.asarray(got["w"]), 0.0)
+    optx.eggroll(0.1, sigma=sigma, rank=1)
+    optx.sora(gate_weight_decay=optax.linear_schedule(0.1, 0.0, 10))
 
 
 def test_injected_structural_arguments_get_one_error_with_static_args() -> None:

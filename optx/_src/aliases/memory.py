@@ -24,7 +24,7 @@ import optax
 from optx._src import base, hyperparams, moments, normalization, quantization, registry, routing
 from optx._src import projection as proj_lib
 from optx._src.aliases.elementwise import torch_adamw
-from optx._src.weight_decay import add_decayed_weights_after_step
+from optx._src.weight_decay import _is_literal_zero, add_decayed_weights_after_step
 
 _COMMON_8BIT_STATIC = ("block_size", "min_size", "full_precision")
 _8BIT_KERNEL_STATIC = (*_COMMON_8BIT_STATIC, "kernel")
@@ -261,8 +261,15 @@ def sgd_momentum_8bit(
       >>> tx = optx.sgd_momentum_8bit(0.1, momentum=0.9)
       >>> state = tx.init({'w': jnp.zeros((128, 64))})
     """
+    # A literal 0 adds nothing: no decay transform, so ``update(grads, state)``
+    # works without params, as it does for ``optax.sgd``.
+    decay = (
+        optax.identity()
+        if _is_literal_zero(weight_decay)
+        else optax.add_decayed_weights(weight_decay, mask)
+    )
     return optax.chain(
-        optax.add_decayed_weights(weight_decay, mask),
+        decay,
         _quantized(
             optax.trace(momentum, nesterov=nesterov, accumulator_dtype=mu_dtype),
             block_size,
