@@ -369,3 +369,19 @@ def test_nnx_curvature_args_closures() -> None:
     direct, via, sampled = run(model)
     np.testing.assert_allclose(direct, via, rtol=1e-6)
     assert np.isfinite(float(sampled))
+
+
+def test_sophia_without_params_reads_full_params() -> None:
+    """``update(grads, state, None, full_params=p, ...)`` (what optx.curvature_args
+    passes): the estimate covers the full tree. It had returned None for every leaf
+    (selected by a None params tree), failing inside the non-finite check with a
+    structure error; now the step runs and equals the one given ``params``."""
+    p = {"w": jnp.linspace(0.5, 1.5, 6).reshape(3, 2), "b": jnp.ones(2)}
+    loss = lambda q: sum(jnp.sum(x**4) for x in jax.tree.leaves(q))  # noqa: E731
+    g = jax.grad(loss)(p)
+    tx = optx.scale_by_sophia(estimator=optx.curvature.Hutchinson())
+    extra = {"loss_fn": loss, "full_params": p, "key": jax.random.key(0)}
+    want, _ = tx.update(g, tx.init(p), p, **extra)
+    got, _ = tx.update(g, tx.init(p), None, **extra)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

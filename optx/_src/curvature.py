@@ -502,7 +502,8 @@ def estimate_diagonal(estimator: Any, params: Any, extra: Mapping[str, Any], key
         full = params
     resolved = {n: _lookup(extra, n) for n in estimator.requires}
     diag = estimator(resolved, full, key)
-    return select_by_path(diag, params)
+    # No params (an update called without them, ``full_params`` given): the whole tree.
+    return diag if params is None else select_by_path(diag, params)
 
 
 # ----------------------------------------------------------------------------
