@@ -204,6 +204,18 @@ def check_same_structure(name_a: str, tree_a: Any, name_b: str, tree_b: Any) -> 
         )
 
 
+def expand_mask(mask: Any, params: Any) -> Any:
+    """optax's mask as a tree of bools with ``params``' structure.
+
+    ``mask`` is None (everything), a bool, a tree of bools that is a prefix of
+    ``params`` (``{'embed': False, 'blocks': True}``), or a callable of the
+    params returning one of those, as ``optax.masked`` and
+    ``optax.add_decayed_weights`` take it.
+    """
+    tree = True if mask is None else mask(params) if callable(mask) else mask
+    return jax.tree.map(lambda keep, sub: jax.tree.map(lambda _: keep, sub), tree, params)
+
+
 def unzip_tree(prefix: Any, tree_of_tuples: Any, n: int = 2) -> tuple[Any, ...]:
     """Splits a tree whose leaves (at ``prefix``'s leaf positions) are n-tuples.
 

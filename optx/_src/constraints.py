@@ -992,7 +992,7 @@ def embedding_rms_projection(
         del extra
         if params is None:
             raise ValueError("embedding_rms_projection emits P(W + u) - W and needs params.")
-        selected = mask(params) if callable(mask) else mask
+        selected = base.expand_mask(mask, params)
 
         def leaf(u: Any, w: Any, sel: Any) -> Any:
             if u is None or not sel:

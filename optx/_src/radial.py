@@ -186,11 +186,10 @@ def _matrix_view_projection(
 
 
 def _decay_factors(mask: base.Mask | None, params: base.Params) -> Any:
-    """A tree like ``params`` of 1.0 (decayed) / 0.0 (masked out) Python floats."""
-    if mask is None:
-        return jax.tree.map(lambda _: 1.0, params)
-    tree = mask(params) if callable(mask) else mask
-    return jax.tree.map(lambda _, keep: 1.0 if keep else 0.0, params, tree)
+    """A tree like ``params`` of 1.0 (decayed) / 0.0 (masked out) Python floats (``mask``:
+    optax's, a prefix tree of bools too)."""
+    flags = base.expand_mask(mask, params)
+    return jax.tree.map(lambda _, keep: 1.0 if keep else 0.0, params, flags)
 
 
 @hyperparams.validated()

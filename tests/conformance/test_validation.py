@@ -145,22 +145,31 @@ def test_messages_state_the_allowed_range() -> None:
         optx.adamw(b1=lambda count: 0.9)
 
 
+_KEEP_W = {"w": True, "b": False}
+
+
 @pytest.mark.parametrize(
-    "mask",
+    ("mask", "full"),
     [
-        None,
-        True,
-        False,
-        {"w": True, "b": False},
-        np.bool_(True),
-        lambda p: {k: k == "w" for k in p},
+        (None, {"w": True, "b": True}),
+        (True, {"w": True, "b": True}),
+        (False, {"w": False, "b": False}),
+        ({"w": True, "b": False}, _KEEP_W),
+        (np.bool_(True), {"w": True, "b": True}),
+        (lambda p: {"w": True, "b": False}, _KEEP_W),
     ],
     ids=["none", "true", "false", "prefix_tree", "numpy_bool", "callable"],
 )
-def test_optax_masks_are_accepted(mask: Any) -> None:
-    params = {"w": jnp.ones((4, 4)), "b": jnp.ones(4)}
-    for tx in (optx.adamw(1e-3, mask=mask), optx.muon(mask=mask), optx.adamp(mask=mask)):
-        tx.init(params)
+def test_optax_masks_are_accepted(mask: Any, full: dict) -> None:
+    """Every form of optax's mask, prefix trees included, gives the step of the
+    equivalent full tree of bools (AdamP/SGDP's decay had required the full tree)."""
+    params = {"w": 0.3 * jnp.ones((4, 4)), "b": jnp.ones(4)}
+    for factory in (optx.adamw, optx.muon, optx.adamp, optx.sgdp):
+        tx, ref = factory(weight_decay=0.1, mask=mask), factory(weight_decay=0.1, mask=full)
+        got, _ = tx.update(params, tx.init(params), params)
+        want, _ = ref.update(params, ref.init(params), params)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_low_precision_injected_values_say_why() -> None:
