@@ -148,3 +148,19 @@ def test_limiter_leaves_vectors_alone_and_keeps_dtype() -> None:
         u, state = tx.update(jax.tree.map(lambda x: 5 * x, g), state)
     assert u["bias"].dtype == jnp.bfloat16 and float(u["bias"][0]) == 5.0
     assert state.norm["kernel"].dtype == jnp.float32 and state.norm["kernel"].shape == (1, 1)
+
+
+def test_normuon_eps_zero_gives_an_untouched_neuron_no_step() -> None:
+    """NorMuon at ε = 0 with one output neuron's gradient column zero: that neuron gets
+    no step (the ε → 0 limit) and the others the small-ε numbers; its 0/0 had made the
+    whole matrix NaN through the norm-preserving rescale."""
+    g = jax.random.normal(jax.random.key(0), (16, 8)).at[:, 3].set(0.0)
+    params = {"dense": {"kernel": jnp.zeros((16, 8))}}
+    grads = {"dense": {"kernel": g}}
+    steps = {}
+    for eps in (0.0, 1e-30):
+        tx = optx.normuon(0.02, eps=eps, weight_decay=0.0)
+        steps[eps] = tx.update(grads, tx.init(params), params)[0]["dense"]["kernel"]
+    assert bool(jnp.all(jnp.isfinite(steps[0.0])))
+    np.testing.assert_array_equal(np.asarray(steps[0.0][:, 3]), 0.0)
+    np.testing.assert_allclose(np.asarray(steps[0.0]), np.asarray(steps[1e-30]), rtol=1e-6)

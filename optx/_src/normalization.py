@@ -129,7 +129,9 @@ def _scale_by_axis_rms(
                 denom = jnp.sqrt(nu_hat + eps)
             else:
                 denom = jnp.sqrt(nu_hat) + eps
-            return (xc / denom).astype(x.dtype), new_nu.astype(nu.dtype)
+            # A neuron no gradient has reached (ν = 0) at ε = 0: no step, the ε → 0
+            # limit (a 0/0 row would spread NaN through the norm-preserving rescale).
+            return base.safe_divide(xc, denom).astype(x.dtype), new_nu.astype(nu.dtype)
 
         out = layouts.map_matrix_leaves(
             leaf, layout, updates, state.nu, otherwise=lambda x, nu: (x, nu)
