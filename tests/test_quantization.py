@@ -592,3 +592,15 @@ def test_sgd_momentum_8bit_without_decay_needs_no_params() -> None:
     decayed = optx.sgd_momentum_8bit(0.1, weight_decay=0.1)
     with pytest.raises(ValueError):
         decayed.update(g, decayed.init(g))
+
+
+def test_misspelled_fields_are_refused_at_init() -> None:
+    """``fields=('mu_typo',)`` had quantized nothing, silently (a full-precision state)."""
+    params = {"w": jnp.ones((64, 64))}
+    tx = optx.quantization.quantize_moments(optax.scale_by_adam(), fields=("mu_typo",))
+    with pytest.raises(ValueError, match=r"`fields` names \['mu_typo'\].*'count', 'mu', 'nu'"):
+        tx.init(params)
+    ok = optx.quantization.quantize_moments(optax.scale_by_adam(), fields=("mu",), min_size=0)
+    state = ok.init(params)
+    assert state.inner_state.mu["w"].dtype == jnp.uint8
+    assert state.inner_state.nu["w"].dtype == jnp.float32

@@ -47,6 +47,8 @@ non-finite stops moving; watch ``total_notfinite``.
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -212,6 +214,21 @@ def _select_around_kept(ok: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(node, new, old, is_leaf=_has_flag)
 
 
+def _warn_on_misspelled_inputs(names: Sequence[str], extra: dict[str, Any]) -> None:
+    """A named input that is absent while a close spelling was passed (at trace time):
+    a missing input is not checked, by design, so a typo would turn the check off."""
+    for n in names:
+        if n in extra:
+            continue
+        close = difflib.get_close_matches(n, list(extra), n=1, cutoff=0.75)
+        if close:
+            warnings.warn(
+                f"skip_if_not_finite: `inputs` names {n!r}, which this update did not "
+                f"receive; it received {close[0]!r}. {n!r} is not checked.",
+                stacklevel=3,
+            )
+
+
 @hyperparams.validated()
 def skip_if_not_finite(
     inner: optax.GradientTransformation,
@@ -272,6 +289,7 @@ def skip_if_not_finite(
         params: base.Params | None = None,
         **extra: Any,
     ) -> tuple[base.Updates, SkipIfNotFiniteState]:
+        _warn_on_misspelled_inputs(names, extra)
         checked = [extra.get(n) for n in names if not callable(extra.get(n))]
         check = InputsCheck(all_finite([updates, *checked]))
         new_updates, new_inner = inner.update(

@@ -749,8 +749,22 @@ def quantize_moments(
             return False
         return not keep_full(base.path_to_str(path))
 
+    def check_fields(state: Any) -> None:
+        # A misspelled field would quantize nothing, silently.
+        nodes = jax.tree_util.tree_flatten_with_path(
+            state, is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode)
+        )[0]
+        present = {n for path, _ in nodes for n in _field_names(path)}
+        if selected is not None and not selected <= present:
+            raise ValueError(
+                f"`fields` names {sorted(selected - present)}, which the inner state has no "
+                f"field of (its fields: {sorted(present)})."
+            )
+
     def init_fn(params: base.Params) -> QuantizedState:
-        flat, treedef = jax.tree_util.tree_flatten_with_path(inner.init(params))
+        inner_state = inner.init(params)
+        check_fields(inner_state)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(inner_state)
         leaves, scales = [], []
         for path, x in flat:
             if wants_quantization(path, x):

@@ -263,3 +263,15 @@ def test_two_self_keeping_primitives_are_selected_by_the_wrapper() -> None:
 
 def teardown_module() -> None:
     jax.clear_caches()
+
+
+def test_misspelled_input_name_warns() -> None:
+    """A named input that is absent is not checked (by design); when a close spelling
+    was passed instead, the check would silently be off: it warns, naming both."""
+    tx = optx.skip_if_not_finite(optax.sgd(0.1), inputs=("fitnes",))
+    p = {"w": jnp.ones(2)}
+    with pytest.warns(UserWarning, match=r"'fitnes'.*'fitness'"):
+        tx.update(p, tx.init(p), p, fitness=jnp.asarray([jnp.nan, 1.0]))
+    right = optx.skip_if_not_finite(optax.sgd(0.1), inputs=("fitness",))
+    _, state = right.update(p, right.init(p), p, fitness=jnp.asarray([jnp.nan, 1.0]))
+    assert int(state.total_notfinite) == 1
