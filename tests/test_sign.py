@@ -228,3 +228,24 @@ def test_bad_arguments_raise() -> None:
         optx.scale_by_lion_kappa(b2=1.5)
     with pytest.raises(TypeError):
         optx.scale_by_lion_kappa(kappa="nuclear", ns_steps=2.0)
+
+
+@pytest.mark.parametrize("kappa", ["linf", "lp", "l2", "nuclear"])
+def test_block_kappas_on_empty_matrices(kappa: str) -> None:
+    """A router that sends every ≥ 2-D leaf to the matrix path, empty ones included:
+    the block norms' gradient of an empty block is empty (argmax and max of a
+    zero-size block had raised), and the other leaves step as without it."""
+    router = optx.Router(
+        rules=(
+            optx.Rule(r".*", "matrix", optx.DENSE, min_ndim=2, name="all"),
+            *optx.default_rules(),
+        ),
+        warn_guessed=False,
+    )
+    w = {"kernel": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)}
+    params = {"e": {"kernel": jnp.zeros((0, 5))}, "f": {"kernel": jnp.zeros((5, 0))}, "w": w}
+    tx = optx.lion_kappa(0.01, kappa=kappa, router=router)
+    u, _ = jax.jit(tx.update)(params, tx.init(params), params)
+    assert u["e"]["kernel"].shape == (0, 5) and u["f"]["kernel"].shape == (5, 0)
+    alone = jax.jit(tx.update)({"w": w}, tx.init({"w": w}), {"w": w})[0]
+    np.testing.assert_array_equal(np.asarray(u["w"]["kernel"]), np.asarray(alone["w"]["kernel"]))

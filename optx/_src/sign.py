@@ -114,6 +114,8 @@ def _argmax_indicator(a: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 
 def _block_gradient(c: jax.Array, kappa: str, axes: tuple[int, ...], p: Any) -> jax.Array:
     """∇ of a norm of ``c`` taken over ``axes`` (one value per block)."""
+    if c.size == 0:  # an empty block: nothing to move (argmax/max have no identity)
+        return jnp.zeros_like(c)
     if kappa in ("l2", "nuclear"):  # nuclear reaches here only for vectors
         norm = jnp.sqrt(jnp.sum(base.abs_sq(c), axis=axes, keepdims=True))
         return base.safe_divide(c, norm)
