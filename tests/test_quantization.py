@@ -399,8 +399,9 @@ def test_sharded_8bit_step_gathers_no_matrix(name: str, spec: P) -> None:
 
 
 def test_block_views_split_one_axis_and_match_the_flat_blocks() -> None:
-    """Blocks viewed by splitting one axis (no flattening) where a block is whole
-    slices: the same maxima, codes and decoded values as the flattened blocks."""
+    """Blocks viewed by splitting one axis (no flattening; what sharded leaves use)
+    where a block is whole slices: the same maxima, codes and decoded values as the
+    flattened blocks (unsharded leaves' path), for both maps."""
     from optx._src import quantization as q
 
     assert q._block_view((256, 64), 2048) == ((8, 32, 64), 1)
@@ -411,20 +412,19 @@ def test_block_views_split_one_axis_and_match_the_flat_blocks() -> None:
     assert q._block_view((6, 4), 3) is None  # blocks straddle rows
     rng = np.random.default_rng(3)
     for shape, block in [((256, 64), 2048), ((32, 2, 64), 256), ((4, 3, 3, 16), 48), ((96,), 32)]:
-        x = jnp.asarray(rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3, shape), jnp.float32)
         assert q._block_view(shape, block) is not None
-        got = q.quantize_blockwise(x, block_size=block)
-        flat = np.asarray(x).reshape(-1, block)
-        np.testing.assert_array_equal(np.asarray(got.absmax), np.abs(flat).max(axis=1))
-        decoded = q.dequantize_blockwise(got, block_size=block)
-        m = optx.quantization.dynamic_map(True)
-        want = (
-            m[np.asarray(got.codes).reshape(-1, block).astype(int)]
-            * np.abs(flat).max(axis=1)[:, None]
-        )
-        np.testing.assert_array_equal(
-            np.asarray(decoded).reshape(-1, block), want.astype(np.float32)
-        )
+        x = jnp.asarray(rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3, shape), jnp.float32)
+        for signed in (True, False):
+            v = x if signed else jnp.abs(x)
+            outs = {}
+            for split in (True, False):
+                (a,) = q._block_absmax([v], block, split)
+                codes = q._encode(v, a, signed, block, split)
+                outs[split] = (a, codes, q._decode(codes, a, signed, block, jnp.float32, split))
+            flat = np.asarray(v).reshape(-1, block)
+            np.testing.assert_array_equal(np.asarray(outs[True][0]), np.abs(flat).max(axis=1))
+            for got, want in zip(outs[True], outs[False]):
+                np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_golden_sidecar_block_layout() -> None:

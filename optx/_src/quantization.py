@@ -424,11 +424,12 @@ def _block_view(shape: Sequence[int], block_size: int) -> tuple[tuple[int, ...],
     return None
 
 
-def _as_blocks(x: jax.Array, block_size: int) -> tuple[jax.Array, int]:
-    """``(view, axis)``: ``x`` viewed so that the axes from ``axis`` on are one
-    block (:func:`_block_view`), else flattened and zero-padded to
-    ``(num_blocks, block_size)``."""
-    view = _block_view(jnp.shape(x), block_size)
+def _as_blocks(x: jax.Array, block_size: int, split: bool) -> tuple[jax.Array, int]:
+    """``(view, axis)``: for a sharded leaf (``split``), ``x`` viewed so that the axes
+    from ``axis`` on are one block (:func:`_block_view`); otherwise (or when no
+    such view exists) flattened and zero-padded to ``(num_blocks, block_size)``.
+    Unsharded leaves keep the flat view, whose program XLA:CPU was measured on."""
+    view = _block_view(jnp.shape(x), block_size) if split else None
     if view is not None:
         return jnp.reshape(x, view[0]), view[1]
     flat = jnp.reshape(x, (-1,))
@@ -452,7 +453,7 @@ def _unblock(blocks: jax.Array, shape: Sequence[int]) -> jax.Array:
     return jnp.reshape(jnp.reshape(blocks, (-1,))[:n], tuple(shape))
 
 
-def _block_absmax(xs: Sequence[jax.Array], block_size: int) -> list[jax.Array]:
+def _block_absmax(xs: Sequence[jax.Array], block_size: int, split: bool = False) -> list[jax.Array]:
     """``max |x|`` over each block of every array in ``xs`` (all of one size).
 
     One variadic reduction for all of them: XLA:CPU fuses the producers of a
@@ -463,7 +464,7 @@ def _block_absmax(xs: Sequence[jax.Array], block_size: int) -> list[jax.Array]:
     if len(xs) == 1:
         # One array: max and min in one reduction (a one-operand reduce, or two
         # identical operands, would be a plain max again); |max(max, −min)|.
-        blocks, axis = _as_blocks(xs[0].astype(jnp.float32), block_size)
+        blocks, axis = _as_blocks(xs[0].astype(jnp.float32), block_size, split)
         dims = tuple(range(axis, blocks.ndim))
         init = (jnp.array(-jnp.inf, jnp.float32), jnp.array(jnp.inf, jnp.float32))
 
@@ -472,7 +473,7 @@ def _block_absmax(xs: Sequence[jax.Array], block_size: int) -> list[jax.Array]:
 
         hi, lo = jax.lax.reduce((blocks, blocks), init, max_min, dims)
         return [jnp.reshape(jnp.abs(jnp.maximum(hi, -lo)), (-1,))]
-    views = [_as_blocks(x.astype(jnp.float32), block_size) for x in xs]
+    views = [_as_blocks(x.astype(jnp.float32), block_size, split) for x in xs]
     blocks = [jnp.abs(b) for b, _ in views]
     dims = tuple(range(views[0][1], blocks[0].ndim))
     init = tuple(jnp.array(-jnp.inf, jnp.float32) for _ in blocks)
@@ -483,9 +484,11 @@ def _block_absmax(xs: Sequence[jax.Array], block_size: int) -> list[jax.Array]:
     return [jnp.reshape(m, (-1,)) for m in jax.lax.reduce(tuple(blocks), init, maximum, dims)]
 
 
-def _encode(x: jax.Array, absmax: jax.Array, signed: bool, block_size: int) -> jax.Array:
+def _encode(
+    x: jax.Array, absmax: jax.Array, signed: bool, block_size: int, split: bool = False
+) -> jax.Array:
     """The ``uint8`` codes of ``x`` for the block scales ``absmax``."""
-    blocks, axis = _as_blocks(x.astype(jnp.float32), block_size)
+    blocks, axis = _as_blocks(x.astype(jnp.float32), block_size, split)
     # x · fl(1/a_b), as bitsandbytes' CPU quantizer and CUDA kernels compute it
     # (not a correctly rounded x / a_b: the two differ by an ulp near code
     # boundaries).
@@ -497,7 +500,7 @@ def _encode(x: jax.Array, absmax: jax.Array, signed: bool, block_size: int) -> j
 
 # Traced and lowered once per (shape, dtype, map, block size); XLA inlines the
 # calls, so the program is the same as calling the function per leaf.
-_encode_jitted = jax.jit(_encode, static_argnames=("signed", "block_size"))
+_encode_jitted = jax.jit(_encode, static_argnames=("signed", "block_size", "split"))
 
 
 def quantize_blockwise(
@@ -536,16 +539,17 @@ def _quantize_group(
     """Quantizes arrays of one size: block maxima of ``xs`` in one reduction,
     codes from ``recomputed`` (the same values, traced separately so that XLA
     recomputes them in the coding loop instead of storing them)."""
+    split = any(sharding.is_sharded(x) for x in (*xs, *recomputed))
 
     def absmax_fn(*vs: jax.Array) -> list[jax.Array]:
-        return _block_absmax(vs, block_size)
+        return _block_absmax(vs, block_size, split)
 
     specs = [PartitionSpec() for _ in xs]
     maxima = sharding.call_with_out_specs(absmax_fn, tuple(xs), specs)
     out = []
     for x, s, a in zip(recomputed, signed, maxima):
         codes = sharding.call_with_out_specs(
-            functools.partial(_encode_jitted, signed=s, block_size=block_size),
+            functools.partial(_encode_jitted, signed=s, block_size=block_size, split=split),
             (x, a),
             sharding.spec_or_replicated(x),
         )
@@ -574,23 +578,32 @@ def dequantize_blockwise(
     """
     block_size = base.check_positive_int("block_size", block_size)
     fn = functools.partial(
-        _decode_jitted, signed=bool(signed), block_size=block_size, dtype=jnp.dtype(dtype)
+        _decode_jitted,
+        signed=bool(signed),
+        block_size=block_size,
+        dtype=jnp.dtype(dtype),
+        split=sharding.is_sharded(q.codes),
     )
     out_spec = sharding.spec_or_replicated(q.codes)
     return sharding.call_with_out_specs(fn, (q.codes, q.absmax), out_spec)
 
 
 def _decode(
-    codes: jax.Array, absmax: jax.Array, signed: bool, block_size: int, dtype: jnp.dtype
+    codes: jax.Array,
+    absmax: jax.Array,
+    signed: bool,
+    block_size: int,
+    dtype: jnp.dtype,
+    split: bool = False,
 ) -> jax.Array:
     """``map[codes] · absmax[block]`` in ``codes``' shape."""
     values = jnp.asarray(_dynamic_map_np(signed))[codes.astype(jnp.int32)]
-    blocks, axis = _as_blocks(values, block_size)
+    blocks, axis = _as_blocks(values, block_size, split)
     blocks = blocks * _per_block(absmax, blocks, axis)
     return _unblock(blocks, jnp.shape(codes)).astype(dtype)
 
 
-_decode_jitted = jax.jit(_decode, static_argnames=("signed", "block_size", "dtype"))
+_decode_jitted = jax.jit(_decode, static_argnames=("signed", "block_size", "dtype", "split"))
 
 
 # ----------------------------------------------------------------------------
