@@ -604,3 +604,43 @@ def test_misspelled_fields_are_refused_at_init() -> None:
     state = ok.init(params)
     assert state.inner_state.mu["w"].dtype == jnp.uint8
     assert state.inner_state.nu["w"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("kernel", ["xla", "pallas"])
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_low_precision_leaves_step_in_float32(dtype: jnp.dtype, kernel: str) -> None:
+    """float16/bfloat16 parameters: the inner update runs in float32, as
+    bitsandbytes' kernels do. The codes and block scales are those of the
+    float32 run on the same values, the update that run's cast to the leaf's
+    dtype, and a float16 gradient whose square overflows (|g| > 256) or
+    underflows leaves every other entry of its block alone. Before, ``g²``
+    in float16 put ``inf`` in the block maximum and NaN in the whole block."""
+    rng = np.random.default_rng(0)
+    params = {
+        "w": jnp.asarray(0.02 * rng.standard_normal((64, 96)), dtype),
+        "b": jnp.asarray(0.02 * rng.standard_normal(8), dtype),  # full precision
+    }
+    wide = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+    tx = optx.quantization.quantize_moments(optax.scale_by_adam(), min_size=64, kernel=kernel)
+    step = jax.jit(tx.update)
+    state, state32 = tx.init(params), tx.init(wide)
+    for t in range(3):
+        g = 1e-3 * rng.standard_normal((64, 96))
+        g[t, :8], g[t + 8, :8] = 400.0, 1e-5
+        grads = {"w": jnp.asarray(g, dtype), "b": jnp.asarray(rng.standard_normal(8), dtype)}
+        updates, state = step(grads, state, params)
+        updates32, state32 = step(
+            jax.tree.map(lambda x: x.astype(jnp.float32), grads), state32, wide
+        )
+        for u in jax.tree.leaves(updates):
+            assert u.dtype == dtype and bool(jnp.isfinite(u).all())
+        np.testing.assert_array_equal(
+            np.asarray(updates["w"]), np.asarray(updates32["w"].astype(dtype))
+        )
+        for name in ("mu", "nu"):
+            for tree in ("inner_state", "absmax"):
+                np.testing.assert_array_equal(
+                    np.asarray(getattr(getattr(state, tree), name)["w"]),
+                    np.asarray(getattr(getattr(state32, tree), name)["w"]),
+                )
+            assert getattr(state.inner_state, name)["b"].dtype == dtype  # as initialized

@@ -194,3 +194,38 @@ def test_bad_input() -> None:
         optx.agvm(optax.sgd(0.1), update_interval=2.5)
     with pytest.raises(ValueError, match="even"):
         optx.elementwise.half_batch_gradients(lambda p, b: jnp.sum(b), {}, jnp.ones(3))
+
+
+@pytest.mark.parametrize("wrapper", ["masked", "partition"])
+def test_agvm_inside_masked_and_partition_sees_its_own_leaves(wrapper: str) -> None:
+    """optax.masked / partition pass extra arguments through whole: the
+    half-batch gradients are cut to the inner's leaves, so AGVM on a part of
+    the tree is AGVM on that part alone (its groups' statistics from its own
+    leaves). Before, the structure check refused the full trees."""
+    rng = np.random.default_rng(0)
+
+    def tree() -> dict:
+        return {
+            "backbone": {"w": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32)},
+            "neck": {"w": jnp.asarray(rng.standard_normal(5), jnp.float32)},
+            "head": {"w": jnp.asarray(rng.standard_normal(2), jnp.float32)},
+        }
+
+    params = tree()
+    part = {k: params[k] for k in ("backbone", "neck")}
+    make = lambda: optx.agvm_sgd(0.1, groups=("backbone", ".*"), start_step=0)  # noqa: E731
+    if wrapper == "masked":
+        mask = {"backbone": {"w": True}, "neck": {"w": True}, "head": {"w": False}}
+        tx = optax.masked(make(), mask)
+    else:
+        labels = {"backbone": {"w": "a"}, "neck": {"w": "a"}, "head": {"w": "b"}}
+        tx = optax.partition({"a": make(), "b": optax.set_to_zero()}, labels)
+    alone = make()
+    state, state_alone = tx.init(params), alone.init(part)
+    for _ in range(3):
+        g, ga, gb = tree(), tree(), tree()
+        u, state = tx.update(g, state, params, grads_a=ga, grads_b=gb)
+        cut = lambda t: {k: t[k] for k in ("backbone", "neck")}  # noqa: E731
+        ua, state_alone = alone.update(cut(g), state_alone, part, grads_a=cut(ga), grads_b=cut(gb))
+        for k in ("backbone", "neck"):
+            np.testing.assert_array_equal(np.asarray(u[k]["w"]), np.asarray(ua[k]["w"]))

@@ -70,7 +70,9 @@ def _scale_by_two_moments(
 
     def init_fn(params: base.Params) -> Any:
         return state_type(
-            count=jnp.zeros([], jnp.int32), mu=_zeros(params, mu_dtype), nu=_zeros(params, nu_dtype)
+            count=jnp.zeros([], jnp.int32),
+            mu=base.moment_zeros(params, mu_dtype),
+            nu=_zeros(params, nu_dtype),
         )
 
     def update_fn(
@@ -270,7 +272,7 @@ def scale_by_belief(
     def init_fn(params: base.Params) -> ScaleByBeliefState:
         return ScaleByBeliefState(
             count=jnp.zeros([], jnp.int32),
-            mu=_zeros(params, mu_dtype),
+            mu=base.moment_zeros(params, mu_dtype),
             nu=_zeros(params, nu_dtype),
             nu_max=_zeros(params, nu_dtype) if amsgrad else optax.EmptyState(),
         )
@@ -583,7 +585,7 @@ def scale_by_sai(
         return ScaleBySaiState(
             count=jnp.zeros([], jnp.int32),
             gsnr=jax.tree_util.tree_map_with_path(gsnr_leaf, params),
-            mu=_zeros(params, mu_dtype),
+            mu=base.moment_zeros(params, mu_dtype),
         )
 
     def update_fn(

@@ -204,6 +204,28 @@ def check_same_structure(name_a: str, tree_a: Any, name_b: str, tree_b: Any) -> 
         )
 
 
+def masked_like(tree: Any, like: Any) -> Any:
+    """``tree`` with an ``optax.MaskedNode`` wherever ``like`` has one.
+
+    ``optax.masked`` and ``optax.partition`` hand their inner transform the
+    updates with masked leaves replaced by ``MaskedNode`` but pass extra
+    arguments through whole; a full tree given as an extra argument (AGVM's
+    ``grads_a``/``grads_b``) is cut to the inner's leaves with this. Trees of
+    another structure come back unchanged (the caller's structure check names
+    them).
+    """
+
+    def is_node(x: Any) -> bool:
+        return x is None or isinstance(x, optax.MaskedNode)
+
+    try:
+        return jax.tree.map(
+            lambda m, x: m if isinstance(m, optax.MaskedNode) else x, like, tree, is_leaf=is_node
+        )
+    except (ValueError, TypeError):
+        return tree
+
+
 def expand_mask(mask: Any, params: Any) -> Any:
     """optax's mask as a tree of bools with ``params``' structure.
 
@@ -424,6 +446,29 @@ def clip_grad_norm_like_torch(tree: Any, max_norm: Any) -> Any:
         tree,
         is_leaf=is_leaf_or_none,
     )
+
+
+def moment_dtype(dtype: DType | None, leaf_dtype: DType) -> jnp.dtype:
+    """The dtype of a signed moment (``mu``) of a leaf, given ``mu_dtype``.
+
+    ``None`` keeps the leaf's dtype. A real ``mu_dtype`` on a complex leaf sets
+    the precision of a complex moment (float32, bfloat16, float16 → complex64;
+    float64 → complex128): a real moment would drop the imaginary part of
+    every gradient (``optax.tree.zeros_like(params, dtype=jnp.float32)``
+    does, with a JAX ComplexWarning), against the complex policy.
+    """
+    if dtype is None:
+        return jnp.dtype(leaf_dtype)
+    if jnp.issubdtype(leaf_dtype, jnp.complexfloating) and not jnp.issubdtype(
+        dtype, jnp.complexfloating
+    ):
+        return jnp.promote_types(dtype, jnp.complex64)
+    return jnp.dtype(dtype)
+
+
+def moment_zeros(params: Any, dtype: DType | None) -> Any:
+    """Zeros like ``params`` for a signed moment: :func:`moment_dtype` per leaf."""
+    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=moment_dtype(dtype, p.dtype)), params)
 
 
 def check_real_params(params: Any, method: str) -> None:

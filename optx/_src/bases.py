@@ -2157,8 +2157,7 @@ def scale_by_cosmos(
     base.check_finite("gamma", gamma)
     rank = base.check_positive_int("rank", rank)
     ns_steps = base.check_positive_int("ns_steps", ns_steps)
-    if not callable(ns_coeffs):
-        orthogonalization.resolve_coefficients(ns_coeffs).for_steps(ns_steps)
+    orthogonalization.check_ns_coeffs(ns_coeffs, ns_steps)
     ns_dtype = _check_dtype_arg("ns_dtype", ns_dtype)
     mu_dtype = _check_dtype_arg("mu_dtype", mu_dtype)
     nu_dtype = _check_dtype_arg("nu_dtype", nu_dtype)

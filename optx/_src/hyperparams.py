@@ -49,7 +49,7 @@ import numpy as np
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-KINDS = ("real", "int", "choice", "bool", "dtype", "mask", "any")
+KINDS = ("real", "int", "choice", "bool", "dtype", "mask", "transform", "any")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +131,9 @@ class Constraint:
             return "a dtype (e.g. 'float32', jnp.bfloat16)" + extra
         if self.kind == "mask":
             return "a bool, a tree of bools (a prefix of the params) or a callable" + extra
+        if self.kind == "transform":
+            named = f" or one of {', '.join(repr(c) for c in self.choices)}" if self.choices else ""
+            return "an optax.GradientTransformation" + named + extra
         return "any value"
 
     # ----------------------------------------------------------------- check
@@ -170,6 +173,11 @@ class Constraint:
         if self.kind == "int":
             self._check_int(name, value, where)
             return
+        if self.kind == "transform":
+            # Duck-typed as optax chains it: an ``init`` and an ``update`` to call.
+            if value in self.choices if isinstance(value, str) else _is_transform(value):
+                return
+            raise TypeError(f"`{name}` must be {self.describe()}, got {value!r}{where}.")
         if self.kind == "mask":
             # A number or a string is no mask (optax would take it as "everything"):
             # typically a positional argument one place off (an ε where the mask is).
@@ -250,12 +258,18 @@ class Constraint:
             out.append("not_a_dtype")
         elif self.kind == "mask":
             out += [0.1, "w"]
+        elif self.kind == "transform":
+            out += ["__not_a_transform__", 0.1, float]  # float: a callable, no transform
         if not self.optional and self.kind not in ("any",):
             out.append(None)
         return out
 
 
 _NOT_SCALAR = object()
+
+
+def _is_transform(value: Any) -> bool:
+    return callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))
 
 
 def _num(x: float) -> str:
@@ -354,6 +368,8 @@ DTYPE = Constraint("dtype", optional=True, static=True)
 MASK = Constraint("mask", optional=True)
 """optax's weight-decay mask: None, a bool, a tree of bools or a callable."""
 ANY = Constraint("any")
+TRANSFORM = Constraint("transform", optional=True, static=True)
+"""An optax transform (``init``/``update``), e.g. a wrapper's ``inner``."""
 STATIC = Constraint("any", static=True)
 """Structural and unchecked here (routers, layouts, transforms, trees, tables)."""
 
@@ -541,9 +557,7 @@ TABLE: dict[str, Constraint] = {
             "layout",
             "extra_layout",
             "ns_coeffs",
-            "inner",
             "inputs",
-            "base_optimizer",
             "transforms",
             "project",
             "hyperparams",
@@ -557,13 +571,16 @@ TABLE: dict[str, Constraint] = {
             "axis_name",
             "spatial_axes",
             "grad_clip_iter_range",
-            "tx",
             "optimizer",
             "group_weights",
             "gates",
             "k",
         )
     },
+    # --- transforms (duck-typed: an ``init`` and an ``update``)
+    "inner": TRANSFORM,
+    "base_optimizer": TRANSFORM,
+    "tx": TRANSFORM,
     # --- trees and callables applied to the parameters
     "mask": MASK,
 }

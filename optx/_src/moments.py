@@ -88,7 +88,7 @@ def scale_by_momentum(
     def init_fn(params: base.Params) -> ScaleByMomentumState:
         return ScaleByMomentumState(
             count=jnp.zeros([], jnp.int32),
-            mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+            mu=base.moment_zeros(params, mu_dtype),
         )
 
     def update_fn(
@@ -199,7 +199,9 @@ def scale_by_adam(
         return _scale_by_adam_exact_correction(
             b1, b2, eps, eps_root, mu_dtype, nu_dtype, eps_placement, bias_correction
         )
-    inner = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov)
+    inner = with_moment_dtype(
+        optax.scale_by_adam(b1, b2, eps, eps_root, nesterov=nesterov), "mu", mu_dtype
+    )
 
     def init_fn(params: base.Params) -> optax.ScaleByAdamState:
         state = inner.init(params)
@@ -210,12 +212,40 @@ def scale_by_adam(
     def update_fn(
         updates: base.Updates, state: Any, params: base.Params | None = None, **extra: Any
     ) -> tuple[base.Updates, Any]:
-        del extra
-        new_updates, new_state = inner.update(updates, state, params)
+        new_updates, new_state = inner.update(updates, state, params, **extra)
         new_state = new_state._replace(nu=optax.tree.cast_like(new_state.nu, state.nu))
         # f32 moments with bf16 gradients give f32 updates in optax; keep the
         # gradient dtype (apply_updates would cast anyway).
         return optax.tree.cast_like(new_updates, updates), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def with_moment_dtype(
+    inner: optax.GradientTransformation, field: str, dtype: base.DTypeLike | None
+) -> optax.GradientTransformationExtraArgs:
+    """An optax moment transform with its signed moment ``field`` in ``dtype``.
+
+    For optax's ``scale_by_adam`` (``mu``), ``scale_by_lion`` (``mu``) and
+    ``trace`` (``trace``), built without their dtype argument: the moment is
+    created with :func:`optx._src.base.moment_dtype` per leaf (a real ``dtype``
+    on a complex leaf gives a complex moment of that precision) and cast back
+    to its stored dtype after each step, where optax would cast it to the
+    given dtype (dropping a complex leaf's imaginary part). The numbers are
+    optax's: its updates are computed before its own cast.
+    """
+    dtype = base.canonicalize_dtype(dtype)
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params: base.Params) -> Any:
+        return inner.init(params)._replace(**{field: base.moment_zeros(params, dtype)})
+
+    def update_fn(
+        updates: base.Updates, state: Any, params: base.Params | None = None, **extra: Any
+    ) -> tuple[base.Updates, Any]:
+        new_updates, new_state = inner.update(updates, state, params, **extra)
+        moment = optax.tree.cast_like(getattr(new_state, field), getattr(state, field))
+        return new_updates, new_state._replace(**{field: moment})
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -238,7 +268,7 @@ def _scale_by_adam_exact_correction(
     def init_fn(params: base.Params) -> optax.ScaleByAdamState:
         return optax.ScaleByAdamState(
             count=jnp.zeros([], jnp.int32),
-            mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+            mu=base.moment_zeros(params, mu_dtype),
             nu=optax.tree.zeros_like(params, dtype=nu_dtype),
         )
 

@@ -305,9 +305,23 @@ def resolve_coefficients(spec: Any, min_dim: int = 0, max_dim: int = 0) -> Newto
         and all(isinstance(v, (int, float)) for v in spec)
     ):
         return NewtonSchulzCoefficients((tuple(spec),), repeat_last=True, name="custom")
-    if isinstance(spec, Sequence):
+    if isinstance(spec, Sequence) and spec and all(isinstance(t, Sequence) for t in spec):
         return NewtonSchulzCoefficients(tuple(tuple(t) for t in spec), repeat_last=False)
-    raise TypeError(f"Cannot interpret {spec!r} as Newton–Schulz coefficients.")
+    raise TypeError(
+        f"Cannot interpret {spec!r} as Newton–Schulz coefficients: pass a preset name, one "
+        "(a, b, c) triple, a table of triples or a callable (min_dim, max_dim) -> spec."
+    )
+
+
+def check_ns_coeffs(ns_coeffs: Any, ns_steps: int) -> None:
+    """Resolves ``ns_coeffs`` for ``ns_steps`` at construction, or raises naming
+    the user's arguments (a callable is resolved per shape, at trace time)."""
+    if callable(ns_coeffs):
+        return
+    try:
+        resolve_coefficients(ns_coeffs).for_steps(ns_steps)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"`ns_coeffs`={ns_coeffs!r} (ns_steps={ns_steps}): {e}") from None
 
 
 # ----------------------------------------------------------------------------
@@ -940,8 +954,9 @@ def scale_by_newton_schulz(
         ``'cubic'``), a :class:`NewtonSchulzCoefficients`, one triple, a table,
         or a callable ``(min_dim, max_dim) -> coefficients``.
       ns_steps: iterations (static int; None = 5).
-      ns_dtype: iteration dtype; ``jnp.bfloat16`` reproduces the official
-        Muon code; default f32 (or wider).
+      ns_dtype: iteration dtype; ``jnp.bfloat16`` iterates in bf16 as the
+        official Muon code does (not with PyTorch's rounding, see
+        :func:`optx.muon`); default f32 (or wider).
       layout: a :data:`~optx.LayoutSpec` (default: the default router's).
       strategy: sharding strategy for sharded matrices (the numbers are the
         single-device ones whichever is chosen). ``'auto'`` (default): on one
@@ -978,11 +993,7 @@ def scale_by_newton_schulz(
       (4, 3)
     """
     coefficients, steps = ns_coeffs, 5 if ns_steps is None else ns_steps
-    if not callable(coefficients):
-        try:  # fail at construction, naming the user's arguments
-            resolve_coefficients(coefficients).for_steps(steps)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"`ns_coeffs`={coefficients!r} (ns_steps={steps}): {e}") from None
+    check_ns_coeffs(coefficients, steps)
     compute_dtype = base.canonicalize_dtype(ns_dtype)
 
     def init_fn(params: base.Params) -> optax.EmptyState:

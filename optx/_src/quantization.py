@@ -714,7 +714,11 @@ def quantize_moments(
       the quantized leaves, and a block-scale tree of the same structure
       (``optax.MaskedNode()`` where a leaf is not quantized), so the state
       mirrors the parameter tree as optax states do. Updates come back in the
-      gradient dtype.
+      gradient dtype. float16 and bfloat16 gradients and parameters enter the
+      inner update in float32, as bitsandbytes computes for every parameter
+      dtype (a float16 ``g²`` would overflow above 256 and put ``inf`` in its
+      block's scale); full-precision state leaves keep the dtype ``inner.init``
+      gave them.
 
     References:
       Dettmers, Lewis, Shleifer, Zettlemoyer, "8-bit Optimizers via Block-wise
@@ -807,6 +811,8 @@ def quantize_moments(
         scales = treedef.flatten_up_to(_as_inner_structure(state.absmax))
         paths = [path for path, _ in flat]
         qidx = [i for i, s in enumerate(scales) if not isinstance(s, optax.MaskedNode)]
+        grads, grads_in = _in_float32(updates), updates
+        params = _in_float32(params)
 
         def inner_step(
             codes: Sequence[jax.Array], leaves: list[Any], updates: base.Updates, params: Any
@@ -823,13 +829,13 @@ def quantize_moments(
         kernel_out: dict[int, Any] = {}
         if fused:
             kernel_out = _fused_steps(
-                inner, updates, params, extra, flat, scales, qidx, is_signed, block_size
+                inner, grads, params, extra, flat, scales, qidx, is_signed, block_size
             )
         done = {i for _, codes_out, _ in kernel_out.values() for i in codes_out}
         codes = [flat[i][1] for i in qidx]
         # The other leaves as they are, the block scales in the quantized slots.
         others = [scales[i] if i in qidx else x for i, (_, x) in enumerate(flat)]
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((codes, updates))):
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((codes, grads))):
             # Under a trace: traced and lowered once, called three times (XLA
             # inlines the calls, so the program is that of three traces).
             inner_step = jax.jit(inner_step)
@@ -838,9 +844,12 @@ def quantize_moments(
         # the codes. XLA:CPU then recomputes the cheap element-wise chain in each
         # loop instead of writing the new moments out around the reduction.
         for_updates, for_codes = jax.lax.optimization_barrier((codes, codes))
-        _, first = inner_step(codes, others, updates, params)
-        new_updates, _ = inner_step(for_updates, others, updates, params)
-        _, new_leaves = inner_step(for_codes, others, updates, params)
+        _, first = inner_step(codes, others, grads, params)
+        new_updates, _ = inner_step(for_updates, others, grads, params)
+        _, new_leaves = inner_step(for_codes, others, grads, params)
+        for i, (_, x) in enumerate(flat):
+            if i not in qidx and hasattr(x, "dtype"):
+                new_leaves[i] = new_leaves[i].astype(x.dtype)  # as stored
         groups: dict[Any, list[int]] = {}
         for i in (i for i in qidx if i not in done):
             param_path = tuple(e for e in paths[i] if not isinstance(e, jax.tree_util.GetAttrKey))
@@ -857,7 +866,6 @@ def quantize_moments(
             for i, q in zip(members, quantized):
                 new_leaves[i] = sharding.reshard_like(q.codes, flat[i][1])
                 new_scales[i] = sharding.reshard_like(q.absmax, scales[i])
-        new_updates = optax.tree.cast_like(new_updates, updates)
         if kernel_out:
             # The kernel's leaves replace the XLA path's (whose unused loops XLA drops).
             u_leaves, u_treedef = jax.tree_util.tree_flatten(new_updates)
@@ -866,6 +874,7 @@ def quantize_moments(
                 for i, c in codes_out.items():
                     new_leaves[i], new_scales[i] = c, scales_out[i]
             new_updates = jax.tree_util.tree_unflatten(u_treedef, u_leaves)
+        new_updates = optax.tree.cast_like(new_updates, grads_in)
         new_state = QuantizedState(
             jax.tree_util.tree_unflatten(treedef, new_leaves),
             _scales_tree(
@@ -875,6 +884,24 @@ def quantize_moments(
         return new_updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _in_float32(tree: Any) -> Any:
+    """Floating leaves narrower than float32 (float16, bfloat16) in float32.
+
+    The inner update of 8-bit states computes in float32, as bitsandbytes'
+    kernels do in registers for every parameter dtype: the moments decode to
+    float32, and a float16 ``g²`` overflows above 256 and underflows below
+    2.4e-4, which would put ``inf`` in a block maximum and wipe out its block.
+    """
+
+    def widen(x: Any) -> Any:
+        dtype = getattr(x, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            return x
+        return x.astype(jnp.float32) if jnp.finfo(dtype).bits < 32 else x
+
+    return jax.tree.map(widen, tree)
 
 
 def _warn_captured_arrays() -> None:

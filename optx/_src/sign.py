@@ -211,6 +211,7 @@ def scale_by_lion_kappa(
     if not callable(kappa):
         base.check_choice("kappa", kappa, KAPPAS)
     base.check_positive_int("ns_steps", ns_steps)
+    orthogonalization.check_ns_coeffs(ns_coeffs, ns_steps)
     base.check_choice("strategy", strategy, sharding.STRATEGIES)
     base.check_in_range("delta", delta, 0.0, math.inf, low_inclusive=False)
     base.check_in_range("p", p, 1.0, math.inf, low_inclusive=False)
@@ -218,7 +219,7 @@ def scale_by_lion_kappa(
 
     def init_fn(params: base.Params) -> ScaleByLionKappaState:
         return ScaleByLionKappaState(
-            count=jnp.zeros([], jnp.int32), mu=optax.tree.zeros_like(params, dtype=mu_dtype)
+            count=jnp.zeros([], jnp.int32), mu=base.moment_zeros(params, mu_dtype)
         )
 
     def direction(c: jax.Array, lay: ResolvedLayout | None) -> jax.Array:

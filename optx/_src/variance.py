@@ -164,7 +164,10 @@ def agvm(
 
     Both have the structure of the gradients; :func:`half_batch_gradients`
     computes them (and the full-batch gradient, their mean) in a jitted train
-    step at the cost of one full-batch backward pass.
+    step at the cost of one full-batch backward pass. Inside ``optax.masked``
+    or ``optax.partition``, which pass extra arguments through whole, the full
+    trees are cut to the leaves this transform sees (its groups' statistics
+    then come from those leaves alone).
 
     Args:
       inner: any optax optimizer (SGD, AdamW, LAMB, LARS, ...).
@@ -299,6 +302,8 @@ def agvm(
         grads_b: base.Updates,
         **extra: Any,
     ) -> tuple[base.Updates, AgvmState]:
+        # Inside optax.masked / partition: the half-batch gradients of the inner's leaves.
+        grads_a, grads_b = base.masked_like(grads_a, updates), base.masked_like(grads_b, updates)
         base.check_same_structure("grads_a", grads_a, "updates", updates)
         base.check_same_structure("grads_b", grads_b, "updates", updates)
         labels = group_labels(updates, groups)

@@ -534,3 +534,20 @@ def test_bad_alias_arguments() -> None:
         optx.adamw_8bit(1e-3, block_size=0)
     with pytest.raises(TypeError):
         optx.lion_8bit(1e-4, full_precision=1)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_adamw_8bit_full_precision_leaves_are_optax_adamw(nesterov: bool) -> None:
+    """Leaves below ``min_size`` keep full-precision moments: there
+    ``adamw_8bit`` is ``optax.adamw`` with the same arguments, ``nesterov``
+    (optax's keyword) included."""
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.standard_normal((6, 5)), jnp.float32)}
+    kwargs = dict(weight_decay=0.1, nesterov=nesterov)
+    txs = [optx.adamw_8bit(1e-2, **kwargs), optax.adamw(1e-2, **kwargs)]
+    states = [tx.init(params) for tx in txs]
+    for _ in range(4):
+        g = {"w": jnp.asarray(rng.standard_normal((6, 5)), jnp.float32)}
+        (u, states[0]), (ref, states[1]) = (tx.update(g, s, params) for tx, s in zip(txs, states))
+        np.testing.assert_allclose(np.asarray(u["w"]), np.asarray(ref["w"]), rtol=1e-6, atol=1e-9)
+        params = optax.apply_updates(params, ref)

@@ -154,6 +154,46 @@ def test_complex_phase_equivariant_or_refused(name: str) -> None:
             assert bool(jnp.all(jnp.isfinite(leaf))), f"{name}: non-finite state"
 
 
+WITH_MU_DTYPE = [
+    n
+    for n in NAMES
+    if n not in REFUSES
+    and "mu_dtype" in inspect.signature(optx.get_optimizer(n).factory).parameters
+]
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in WITH_MU_DTYPE]
+)
+def test_real_mu_dtype_keeps_complex_moments(name: str) -> None:
+    """A real ``mu_dtype`` sets the precision of a complex leaf's moment
+    (float32 → complex64, ``base.moment_dtype``): the same trajectory as the
+    default. Before, optax's cast of ``mu`` to float32 dropped the imaginary
+    part of every gradient, silently (a ComplexWarning)."""
+    spec = optx.get_optimizer(name)
+    params = complex_params()
+    ref, _ = _trajectory_updates(spec, spec.build(**spec.test_overrides), params)
+    tx = spec.build(**{**spec.test_overrides, "mu_dtype": jnp.float32})
+    updates, state = _trajectory_updates(spec, tx, params)
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    moments = [
+        leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+        if any(f in jax.tree_util.keystr(path) for f in (".mu", ".trace")) and jnp.ndim(leaf) >= 2
+    ]
+    assert moments and all(m.dtype == jnp.complex64 for m in moments), name
+
+
+def test_moment_dtype_sets_the_precision_of_a_complex_moment() -> None:
+    from optx._src import base
+
+    assert base.moment_dtype(None, jnp.complex64) == jnp.complex64
+    assert base.moment_dtype(jnp.bfloat16, jnp.complex64) == jnp.complex64
+    assert base.moment_dtype(jnp.bfloat16, jnp.float32) == jnp.bfloat16
+    assert base.moment_dtype(jnp.complex64, jnp.complex64) == jnp.complex64
+
+
 def test_refusal_table_is_registered() -> None:
     assert set(REFUSES) <= set(NAMES)
 

@@ -303,3 +303,37 @@ def test_every_declared_choice_and_flag_is_accepted(name: str) -> None:
                     value,
                     str(e),
                 )
+
+
+NS_FACTORIES = [n for n, fn in FACTORIES.items() if "ns_coeffs" in inspect.signature(fn).parameters]
+
+
+@pytest.mark.parametrize("name", NS_FACTORIES)
+@pytest.mark.parametrize(
+    "bad", ["no_such_preset", (1.0, 2.0), ((3.0, -4.0), (3.0, -4.0, 1.0)), 3.0]
+)
+def test_malformed_newton_schulz_coefficients_fail_at_construction(name: str, bad: Any) -> None:
+    """A malformed ``ns_coeffs`` (an unknown preset, a pair, a table with a
+    short entry, a number) raises when the transform is built, naming
+    ``ns_coeffs`` (``orthogonalization.check_ns_coeffs``): Lion-𝒦 took them
+    until its first step, COSMOS and Lipschitz-Muon raised without the name,
+    and a pair raised "'float' object is not iterable"."""
+    fn = FACTORIES[name]
+    with pytest.raises((TypeError, ValueError), match="`ns_coeffs`"):
+        fn(**{**_base_kwargs(name, fn), "ns_coeffs": bad})
+
+
+def test_transform_arguments_are_checked_by_name() -> None:
+    """``inner``/``base_optimizer``/``tx`` take a transform (MKOR's ``inner``
+    also 'sgd', 'adam', 'adamw'): a name or an uncalled factory such as
+    ``optax.sgd`` is refused at construction, naming the argument."""
+    for call, arg in [
+        (lambda: optx.agvm(inner="sgd"), "inner"),
+        (lambda: optx.galore(base_optimizer="adam"), "base_optimizer"),
+        (lambda: optx.quantization.quantize_moments(optax.adam), "inner"),
+        (lambda: optx.mkor(inner="sgdm"), "inner"),
+    ]:
+        with pytest.raises(TypeError, match=f"`{arg}` must be an optax.GradientTransformation"):
+            call()
+    optx.mkor(inner="adam")
+    optx.mkor(inner=optax.scale_by_lion())

@@ -27,6 +27,8 @@ from optx._src import (
 from optx._src.aliases.elementwise import torch_adamw
 
 INNER_OPTIMIZERS = ("sgd", "adam", "adamw")
+# MKOR's `inner`: one of the official optimizers by name, or a transform.
+_MKOR_INNER = hyperparams.Constraint("transform", static=True, choices=INNER_OPTIMIZERS)
 
 
 @hyperparams.validated()
@@ -564,7 +566,7 @@ def _inner_optimizer(args: Mapping[str, Any]) -> optax.GradientTransformation:
     )
 
 
-@hyperparams.validated()
+@hyperparams.validated(inner=_MKOR_INNER)
 def mkor(
     learning_rate: base.ScalarOrSchedule = 0.1,
     momentum: float = 0.9,
@@ -696,7 +698,7 @@ def mkor(
     return nonfinite.skip_if_not_finite(tx, inputs, check_outputs=False)
 
 
-@hyperparams.validated()
+@hyperparams.validated(inner=_MKOR_INNER)
 def mkor_h(
     learning_rate: base.ScalarOrSchedule = 0.1,
     momentum: float = 0.9,

@@ -768,7 +768,9 @@ def agvm_sgd(
     """
     inner = optax.chain(
         optax.add_decayed_weights(weight_decay, mask),
-        optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=mu_dtype),
+        moments.with_moment_dtype(
+            optax.trace(decay=momentum, nesterov=nesterov), "trace", mu_dtype
+        ),
         optax.scale_by_learning_rate(learning_rate),
     )
     tx = variance.agvm(

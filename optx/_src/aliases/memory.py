@@ -69,6 +69,7 @@ def adamw_8bit(
     weight_decay: base.ScalarOrSchedule = 1e-4,
     mask: base.Mask | None = None,
     *,
+    nesterov: bool = False,
     block_size: int | None = None,
     min_size: int | None = None,
     full_precision: str | Callable[[str], bool] | None = None,
@@ -108,6 +109,8 @@ def adamw_8bit(
       mu_dtype: dtype of the full-precision (small) first moments.
       weight_decay: decoupled λ (optax's 1e-4; bitsandbytes ``AdamW8bit`` 1e-2).
       mask: weight-decay mask.
+      nesterov: optax's Nesterov Adam (``optax.adamw(..., nesterov=True)``;
+        not in bitsandbytes).
       block_size: entries per absmax block (static; None = 256, bitsandbytes).
       min_size: smaller leaves keep full-precision moments (static; None =
         4096, bitsandbytes).
@@ -135,7 +138,9 @@ def adamw_8bit(
     """
     return optax.chain(
         _quantized(
-            moments.scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+            moments.scale_by_adam(
+                b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov
+            ),
             block_size,
             min_size,
             full_precision,
@@ -196,7 +201,7 @@ def lion_8bit(
     """
     return optax.chain(
         _quantized(
-            optax.scale_by_lion(b1, b2, mu_dtype=mu_dtype),
+            moments.with_moment_dtype(optax.scale_by_lion(b1, b2), "mu", mu_dtype),
             block_size,
             min_size,
             full_precision,
@@ -271,7 +276,7 @@ def sgd_momentum_8bit(
     return optax.chain(
         decay,
         _quantized(
-            optax.trace(momentum, nesterov=nesterov, accumulator_dtype=mu_dtype),
+            moments.with_moment_dtype(optax.trace(momentum, nesterov=nesterov), "trace", mu_dtype),
             block_size,
             min_size,
             full_precision,
@@ -408,7 +413,9 @@ def galore(
       b1, b2, eps: Adam hyper-parameters (official ε 1e-6).
       projection: ``'svd'`` (official) or another kind of
         :func:`optx.scale_by_subspace`.
-      side: ``'std'`` (official), ``'reverse_std'``, ``'in'``, ``'out'``.
+      side: ``'std'`` (official), ``'reverse_std'``, ``'in'``, ``'out'``. The
+        official ``proj_type='left'`` (PyTorch ``(out, in)`` weights) is
+        ``side='out'`` on Flax ``(in, out)`` kernels, ``'right'`` is ``'in'``.
       bias_correction: fold Adam's bias correction into the step (the official
         ``correct_bias``, True).
       reset_on_refresh: reset the subspace optimizer's state at each refresh.
