@@ -303,3 +303,26 @@ def test_bad_arguments_raise() -> None:
         optx.scale_by_sai(beta=-0.1)
     with pytest.raises(ValueError):
         optx.scale_by_adam_lookahead(eps=-1e-8)
+
+
+def test_exadam_overflowed_moment_gives_no_step_not_nan() -> None:
+    """A gradient entry whose square overflows float32 makes ``v = inf``:
+    the debiasing ratio ``v / (v + ε)`` is taken as its limit 1 (not
+    inf/inf = NaN), so that entry's step is 0, as Adam's ``m / √∞`` is, and
+    the other entries (element-wise method) are those of a run without it."""
+    tx = optx.scale_by_exadam()
+    spiked = jnp.asarray([1.0, 1e20, -2.0, 0.5], jnp.float32)
+    calm = spiked.at[1].set(3.0)
+    runs = []
+    for second in (spiked, calm):
+        state = tx.init(jnp.zeros(4))
+        out = []
+        for g in (jnp.ones(4), second, jnp.ones(4)):
+            u, state = tx.update(g, state)
+            out.append(u)
+        runs.append(out)
+    for u in runs[0]:
+        assert bool(jnp.isfinite(u).all())
+    assert float(runs[0][1][1]) == 0.0
+    for a, b in zip(runs[0], runs[1]):
+        np.testing.assert_array_equal(np.asarray(a)[[0, 2, 3]], np.asarray(b)[[0, 2, 3]])

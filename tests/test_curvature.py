@@ -385,3 +385,44 @@ def test_sophia_without_params_reads_full_params() -> None:
     got, _ = tx.update(g, tx.init(p), None, **extra)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("name", ["sophia_h", "sophia_g", "adahessian"])
+def test_integer_leaves_have_no_curvature(name: str) -> None:
+    """An int32 leaf in the params (a step counter) gets float0 tangents and a
+    zero diagonal (``hvp``, the Gauss–Newton–Bartlett gradient); the float
+    leaves' estimates and steps are those of the tree without it. Before,
+    ``jax.jvp`` raised on the integer probe."""
+    w = jnp.asarray(np.random.default_rng(0).standard_normal((4, 3)), jnp.float32)
+    labels = jnp.asarray([0, 2, 1, 1])
+
+    def logits(p: Any) -> jax.Array:
+        return jnp.eye(4, 4) @ p["w"]
+
+    def loss_fn(p: Any) -> jax.Array:
+        return optax.softmax_cross_entropy_with_integer_labels(logits(p), labels).mean()
+
+    sampled = curvature.sampled_label_loss(logits)
+    spec = optx.get_optimizer(name)
+    out = []
+    for params in ({"w": w, "count": jnp.int32(3)}, {"w": w}):
+        tx = spec.build(weight_decay=0.0)
+        grads = jax.grad(loss_fn, allow_int=True)(params)
+        grads = {k: jnp.zeros((), jnp.int32) if k == "count" else g for k, g in grads.items()}
+        ctx = optx.ExtraArgsContext(
+            loss_fn=loss_fn,
+            params=params,
+            grads=grads,
+            loss=loss_fn(params),
+            key=jax.random.key(1),
+            aux={"sampled_loss_fn": sampled},
+        )
+        state = tx.init(params)
+        for _ in range(2):
+            u, state = tx.update(grads, state, params, **spec.make_extra_args(ctx))
+        out.append(u)
+        if "count" in params:
+            assert float(u["count"]) == 0.0  # float32 -0.0, as optax.adamw's
+    np.testing.assert_array_equal(np.asarray(out[0]["w"]), np.asarray(out[1]["w"]))
+    h = curvature.hvp(loss_fn, {"w": w, "count": jnp.int32(3)}, {"w": w, "count": jnp.int32(1)})
+    assert h["count"].dtype == jnp.int32 and int(h["count"]) == 0

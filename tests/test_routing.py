@@ -426,6 +426,18 @@ def test_low_rank_methods_send_small_matrices_to_the_fallback(name: str) -> None
     jax.eval_shape(tx.init, RANK_PARAMS)
 
 
+@pytest.mark.parametrize(
+    "name,rank",
+    [("galore", 128), ("galore_8bit", 128), ("apollo", 256), ("dct_adamw", 128), ("cosmos", 64)],
+)
+def test_default_rank_is_the_rank_limit(name: str, rank: int) -> None:
+    """``rank=None`` means the documented default rank, for the router's
+    rank guard too (COSMOS' default had left its router without the limit,
+    sending matrices of min side <= 64 to the matrix path)."""
+    assert optx.router_of(getattr(optx, name)()).rank_limit == rank
+    assert optx.router_of(getattr(optx, name)(rank=rank)).rank_limit == rank
+
+
 def test_with_rank_limit() -> None:
     router = optx.default_router()
     assert router.with_rank_limit(None) is router

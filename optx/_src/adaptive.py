@@ -394,13 +394,18 @@ def scale_by_exadam(
     base.check_in_range("b2", b2, 0.0, 1.0)
     base.check_nonnegative("eps", eps)
 
+    def saturation(x: jax.Array) -> jax.Array:
+        # x / (x + ε) → 1 as x → ∞: an overflowed moment (a gradient entry
+        # whose square exceeds the float range) gives 1, not inf/inf = NaN,
+        # so its step is 0 as Adam's is (finite / √∞).
+        return jnp.where(jnp.isposinf(x), jnp.ones([], x.dtype), x / (x + eps))
+
     def direction(g: jax.Array, m: jax.Array, v: jax.Array, count: jax.Array) -> jax.Array:
         cdt = g.dtype
         bc1 = one_minus_power(b1, count).astype(cdt)
         bc2 = one_minus_power(b2, count).astype(cdt)
-        d1 = 1.0 + power(b2, count).astype(cdt) * (v / (v + eps))
-        m2 = base.abs_sq(m)
-        d2 = 1.0 + power(b1, count).astype(cdt) * (m2 / (m2 + eps))
+        d1 = 1.0 + power(b2, count).astype(cdt) * saturation(v)
+        d2 = 1.0 + power(b1, count).astype(cdt) * saturation(base.abs_sq(m))
         if dynamic_step_size:
             alpha = (0.5 * jnp.log(2.0 * (count.astype(base.scalar_dtype(cdt)) + 1.0))).astype(cdt)
         else:

@@ -76,6 +76,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optx._src import base
@@ -103,7 +104,29 @@ def hvp(loss_fn: LossFn, params: Any, tangents: Any) -> Any:
       >>> optx.curvature.hvp(loss, {'w': jnp.ones(2)}, {'w': jnp.ones(2)})['w']
       Array([1., 2.], dtype=float32)
     """
-    return jax.jvp(jax.grad(loss_fn), (params,), (tangents,))[1]
+    # Integer and bool leaves (a step counter kept in the params) have no
+    # curvature: float0 tangents in, zeros of their dtype out.
+    tangents = jax.tree.map(
+        lambda p, t: t if _differentiable(p) else np.zeros(jnp.shape(p), jax.dtypes.float0),
+        params,
+        tangents,
+    )
+    out = jax.jvp(jax.grad(loss_fn, allow_int=True), (params,), (tangents,))[1]
+    return _integer_leaves_zero(params, out)
+
+
+def _differentiable(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def _integer_leaves_zero(params: Any, tree: Any) -> Any:
+    """``tree`` with JAX's float0 cotangents of integer/bool leaves as zeros of
+    the leaf's dtype, as the optimizer states of those leaves hold."""
+    return jax.tree.map(
+        lambda p, x: x if _differentiable(p) else jnp.zeros(jnp.shape(p), jnp.result_type(p)),
+        params,
+        tree,
+    )
 
 
 _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -193,11 +216,18 @@ def random_probes(key: jax.Array, tree: Any, distribution: str = "rademacher") -
     """
     base.check_choice("distribution", distribution, DISTRIBUTIONS)
     leaves, treedef = jax.tree.flatten(tree)
-    sizes = [math.prod(jnp.shape(x)) for x in leaves]
+    # Integer and bool leaves take no draw (zeros): the float leaves' probes do
+    # not depend on them.
+    sizes = [math.prod(jnp.shape(x)) if _differentiable(x) else 0 for x in leaves]
     total = sum(sizes)
     flat = base.materialized(lambda k: _flat_draw(distribution, k, total), key)
     pieces = base.split_consecutive(flat, sizes, key)
-    out = [jnp.reshape(z, jnp.shape(x)).astype(x.dtype) for x, z in zip(leaves, pieces)]
+    out = [
+        jnp.reshape(z, jnp.shape(x)).astype(x.dtype)
+        if _differentiable(x)
+        else jnp.zeros(jnp.shape(x), jnp.result_type(x))
+        for x, z in zip(leaves, pieces)
+    ]
     return jax.tree.unflatten(treedef, out)
 
 
@@ -312,7 +342,8 @@ def gauss_newton_bartlett_diagonal(
     """
     if axis_name is not None:
         key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-    g = jax.grad(_averaged(sampled_loss_fn, axis_name))(params, key)
+    g = jax.grad(_averaged(sampled_loss_fn, axis_name), allow_int=True)(params, key)
+    g = _integer_leaves_zero(params, g)
     if clip_norm is not None:
         g = base.clip_grad_norm_like_torch(g, clip_norm)
     return jax.tree.map(lambda x: x * x, g)

@@ -489,6 +489,12 @@ def mfac(
       ``λI + (1/m) Σ g gᴴ``, its Gram matrix ``K_ij = Σ ḡ_i g_j`` is Hermitian (a complex
       Cholesky solve), so ``F⁻¹ g = m Gᵀ (mλI + K)⁻¹ e_s`` as for real gradients.
 
+    Non-finite gradients: the Gram matrix couples every leaf, so one NaN or Inf
+    gradient entry makes every leaf's step non-finite, and the gradient stays in
+    the buffer for the next ``m`` steps (as in the official code). Skip such
+    steps before they reach the buffer: ``optax.apply_if_finite(optx.mfac(...),
+    max_consecutive_errors)`` or ``optx.skip_if_not_finite(optx.mfac(...))``.
+
     References:
       Frantar, Kurtic, Alistarh, "M-FAC: Efficient Matrix-Free Approximations
       of Second-Order Information", NeurIPS 2021, arXiv 2107.03356 (code:

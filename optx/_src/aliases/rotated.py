@@ -477,13 +477,14 @@ def cosmos(
       >>> updates, state = tx.update(grads, tx.init(params), params)
       >>> params = optax.apply_updates(params, updates)
     """
+    rank = 64 if rank is None else rank
     router = routing.as_router(router).with_rank_limit(rank)
     matrix = optax.chain(
         bases.scale_by_cosmos(
             b1,
             b2,
             eps,
-            rank=64 if rank is None else rank,
+            rank=rank,
             gamma=gamma,
             nesterov=nesterov,
             ns_coeffs=ns_coeffs,
