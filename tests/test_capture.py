@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -249,3 +251,54 @@ def test_linen_capture() -> None:
     np.testing.assert_allclose(caps["Conv_0/kernel"].inputs, ref, rtol=1e-5, atol=1e-6)
     # The MKOR layers of the linen tree match the capture keys.
     assert sorted(optx.curvature.mkor_statistics_from_gradients(grads)) == sorted(caps)
+
+
+@pytest.mark.parametrize("lift", ["scan", "remat", "vmap"])
+def test_linen_layers_inside_lifted_transforms_are_skipped(lift: str) -> None:
+    """Layers applied inside ``nn.scan``/``nn.remat``/``nn.vmap`` run in the
+    lifted transform's trace: they are not captured (MKOR derives their
+    statistics from the gradients), the outer ones are, and gradients are
+    ``jax.value_and_grad``'s. Before, their statistics leaked the inner
+    tracers (``UnexpectedTracerError``)."""
+
+    class Layer(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array, _: Any) -> tuple[jax.Array, None]:
+            return x + jnp.tanh(nn.Dense(8)(x)), None
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            x = nn.Dense(8)(x)
+            if lift == "scan":
+                stack = nn.scan(
+                    Layer, variable_axes={"params": 0}, split_rngs={"params": True}, length=3
+                )
+                x, _ = stack(name="stack")(x, None)
+            elif lift == "remat":
+                x, _ = nn.remat(Layer)(name="block")(x, None)
+            else:
+                batched = nn.vmap(
+                    Layer,
+                    in_axes=(0, None),
+                    out_axes=(0, None),
+                    variable_axes={"params": None},
+                    split_rngs={"params": False},
+                )
+                x, _ = batched(name="block")(x, None)
+            return nn.Dense(3)(x)
+
+    model, x = Net(), jnp.linspace(-1.0, 1.0, 24).reshape(4, 6)
+    params = model.init(jax.random.key(0), x)["params"]
+
+    def loss_fn(p: Any, x: jax.Array) -> jax.Array:
+        return jnp.mean(model.apply({"params": p}, x) ** 2)
+
+    loss, grads, caps = jax.jit(
+        lambda p: optx.curvature.linen_value_grad_and_captures(loss_fn, p, x)
+    )(params)
+    ref_loss, ref_grads = jax.value_and_grad(loss_fn)(params, x)
+    assert sorted(caps) == ["Dense_0/kernel", "Dense_1/kernel"]
+    assert float(loss) == pytest.approx(float(ref_loss))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -288,6 +288,22 @@ def test_mkor_h_switches_when_the_loss_rate_drops() -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def test_mkor_h_loss_statistics_in_float64_under_x64() -> None:
+    """Under x64 the switch's loss statistics are float64 (the widest enabled
+    float, as other scalar statistics): a float64 loss whose window means
+    differ below float32 resolution still gives the rate. Before, they were
+    float32 and the loss was cast down (the rates 0, the switch never armed)."""
+    with jax.enable_x64(True):
+        params = {"dense": {"kernel": jnp.ones((3, 2), jnp.float64)}}
+        tx = optx.scale_by_mkor(update_interval=1, hybrid=True, switch_window=1)
+        state = tx.init(params)
+        for f in (state.switch.window_loss, state.switch.previous_mean, state.switch.best_rate):
+            assert f.dtype == jnp.float64
+        for loss in (1.0, 1.0 - 1e-9):
+            _, state = tx.update(params, state, loss=jnp.asarray(loss, jnp.float64))
+        assert float(state.switch.best_rate) == pytest.approx(1e-9, rel=1e-6)
+
+
 def test_mkor_h_needs_the_loss() -> None:
     params = {"dense": {"kernel": jnp.ones((3, 2))}}
     tx = optx.mkor_h(0.1)

@@ -648,3 +648,37 @@ def test_router_for_bad_inputs() -> None:
         optx.router_for(_mlp(), SDS((2, 5), jnp.float32))  # the model wants 12 features
     assert any("optx.router_for" in note for note in info.value.__notes__)
     assert nnx.Linear.__call__ is call and nnx.Embed.attend is attend
+
+
+class _RematNet(nnx.Module):
+    """The forward pass inside ``nnx.remat`` (gradient checkpointing): NNX
+    rebuilds the modules it applies, so they are not the model's objects."""
+
+    def __init__(self, rngs: nnx.Rngs, width: int = 16) -> None:
+        self.l1 = nnx.Linear(6, width, rngs=rngs)
+        self.l2 = nnx.Linear(width, width, rngs=rngs)
+        self.proj = nnx.Linear(width, 3 if width == 16 else width, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        @nnx.remat
+        def forward(m: _RematNet, x: jax.Array) -> jax.Array:
+            return m.proj(nnx.relu(m.l2(nnx.relu(m.l1(x)))))
+
+        return forward(self, x)
+
+
+def test_output_layer_applied_inside_an_nnx_transform() -> None:
+    """A module rebuilt by ``nnx.remat`` is found by its type and kernel shape
+    when that is unique, so the output layer is still the head (before, it
+    took the matrix path silently); where it is not unique, ``router_for``
+    warns that the output layer is left to the name rules."""
+    model = _RematNet(nnx.Rngs(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = optx.describe(optx.router_for(model, jnp.ones((2, 6))), model)
+    rows = {r.path: (r.group, r.rule) for r in table.rows}
+    assert rows["proj/kernel"] == ("fallback", "head")
+    assert rows["l1/kernel"][0] == rows["l2/kernel"][0] == "matrix"
+    ambiguous = _RematNet(nnx.Rngs(0), width=8)  # l2 and proj both (8, 8)
+    with pytest.warns(UserWarning, match="could not tell which module"):
+        optx.router_for(ambiguous, jnp.ones((2, 6)))

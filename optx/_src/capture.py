@@ -33,9 +33,11 @@ here: :func:`optx.scale_by_mkor` appends it for layers whose bias it folds in.
 Captures are a dict from the kernel's '/'-joined parameter path (e.g.
 ``'blocks/0/mlp/up/kernel'``) to :class:`LayerStatistics`; pass them to the
 optimizer as the ``captures`` extra argument. Layers that run inside
-``nnx.scan``/``nnx.vmap`` or a nested ``jit`` are not captured (their module
-objects are rebuilt inside the transform); MKOR then derives their statistics
-from their gradients (see :func:`optx.scale_by_mkor`). Capturing patches the
+``nnx.scan``/``nnx.vmap``/``nnx.remat`` or a nested ``jit`` are not captured
+(their module objects are rebuilt inside the transform), nor linen layers
+inside ``nn.scan``/``nn.remat``/``nn.vmap`` (their values live in the lifted
+transform's trace); MKOR then derives their statistics from their gradients
+(see :func:`optx.scale_by_mkor`). Capturing patches the
 layer classes while the loss is traced: do not trace two captures concurrently
 from different threads.
 """
@@ -405,6 +407,15 @@ def _linen_layer_info(mod: Any) -> tuple[str, int] | None:
     return None
 
 
+def _trace_state() -> Any:
+    """JAX's current trace (as Flax compares them): a layer applied inside a
+    lifted transform (``nn.scan``, ``nn.remat``, ``nn.vmap``) runs in another
+    trace than the loss, and its values cannot leave it."""
+    from jax.extend import core
+
+    return core.get_opaque_trace_state(convention="flax")
+
+
 def linen_value_grad_and_captures(
     loss_fn: Callable[..., Any],
     params: Any,
@@ -434,26 +445,32 @@ def linen_value_grad_and_captures(
     import flax.linen as nn
 
     found: dict[str, tuple[str, int]] = {}
+    outer: list[Any] = []  # the trace of the loss (a layer inside a lifted transform has another)
 
     def discover(next_fun: Callable[..., Any], a: Any, kw: Any, context: Any) -> Any:
-        if context.method_name == "__call__":
+        if context.method_name == "__call__" and _trace_state() == outer[0]:
             info = _linen_layer_info(context.module)
             if info is not None:
                 found["/".join(context.module.path)] = info
         return next_fun(*a, **kw)
 
+    def traced_loss(p: Any) -> Any:
+        outer.append(_trace_state())
+        return loss_fn(p, *args)
+
     with _LOCK, nn.intercept_methods(discover):
-        jax.eval_shape(lambda p: loss_fn(p, *args), params)
+        jax.eval_shape(traced_loss, params)
     probes = {p: jnp.zeros((fan_out,), base.scalar_dtype()) for p, (_, fan_out) in found.items()}
 
     def wrapped(params: Any, probes: dict[str, jax.Array]) -> tuple[jax.Array, Any]:
         inputs: dict[str, list] = {}
+        loss_trace = _trace_state()
 
         def intercept(next_fun: Callable[..., Any], a: Any, kw: Any, context: Any) -> Any:
             mod = context.module
             info = _linen_layer_info(mod) if context.method_name == "__call__" else None
             path = "/".join(mod.path)
-            if info is None or path not in probes:
+            if info is None or path not in probes or _trace_state() != loss_trace:
                 return next_fun(*a, **kw)
             return _tapped_call(
                 mod,

@@ -177,7 +177,9 @@ class Constraint:
             # Duck-typed as optax chains it: an ``init`` and an ``update`` to call.
             if value in self.choices if isinstance(value, str) else _is_transform(value):
                 return
-            raise TypeError(f"`{name}` must be {self.describe()}, got {value!r}{where}.")
+            # An unknown name where names are allowed is a bad value, anything else a bad type.
+            error = ValueError if isinstance(value, str) and self.choices else TypeError
+            raise error(f"`{name}` must be {self.describe()}, got {value!r}{where}.")
         if self.kind == "mask":
             # A number or a string is no mask (optax would take it as "everything"):
             # typically a positional argument one place off (an ε where the mask is).

@@ -634,10 +634,11 @@ def scale_by_mkor(
             reset_g=field(3),
             switch=SecondOrderSwitchState(
                 second_order=jnp.ones([], jnp.bool_),
-                window_loss=jnp.zeros([], jnp.float32),
+                # Loss statistics in the widest enabled float (f64 under x64).
+                window_loss=jnp.zeros([], base.scalar_dtype()),
                 window_steps=jnp.zeros([], jnp.int32),
-                previous_mean=jnp.zeros([], jnp.float32),
-                best_rate=jnp.zeros([], jnp.float32),
+                previous_mean=jnp.zeros([], base.scalar_dtype()),
+                best_rate=jnp.zeros([], base.scalar_dtype()),
                 windows=jnp.zeros([], jnp.int32),
                 switched_at=jnp.full([], -1, jnp.int32),
             ),
@@ -845,11 +846,11 @@ def scale_by_mkor(
         return out
 
     def switch_update(sw: SecondOrderSwitchState, loss: Any, count: jax.Array):
-        loss = jnp.asarray(loss, jnp.float32)
+        loss = jnp.asarray(loss, sw.window_loss.dtype)
         total = sw.window_loss + loss
         steps = sw.window_steps + 1
         closing = steps >= window
-        mean = total / steps.astype(jnp.float32)
+        mean = total / steps.astype(total.dtype)
         prev = sw.previous_mean
         have_prev = sw.windows > 0
         rate = jnp.where(have_prev, (prev - mean) / jnp.maximum(jnp.abs(prev), 1e-12), 0.0)

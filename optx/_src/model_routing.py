@@ -61,6 +61,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -281,6 +282,15 @@ def _variable_shape(var: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
+def _signature(module: Any) -> tuple[Any, ...]:
+    """A layer module's type and the shape of its kernel (or embedding table)."""
+    for name in ("kernel", "embedding"):
+        var = getattr(module, name, None)
+        if var is not None and hasattr(var, "shape"):
+            return (type(module), tuple(var.shape))
+    return (type(module), None)
+
+
 def _nnx_calls(
     nnx: Any, model: Any, inputs: tuple[Any, ...], method: Any, kwargs: dict[str, Any]
 ) -> list[tuple[Any, ...] | None]:
@@ -295,11 +305,19 @@ def _nnx_calls(
     ]
     calls: list[tuple[Any, ...] | None] = []
     ids: dict[int, tuple[Any, ...]] = {}
+    by_signature: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
 
     def hook(orig: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(orig)
         def wrapper(self: Any, *args: Any, **kw: Any) -> Any:
-            calls.append(ids.get(id(self)))
+            path = ids.get(id(self))
+            if path is None:
+                # A module rebuilt by an NNX transform (nnx.remat, jit, scan, vmap)
+                # inside the call: found by its type and parameter shape when that
+                # is unique in the model.
+                found = by_signature.get(_signature(self), [])
+                path = found[0] if len(found) == 1 else None
+            calls.append(path)
             return orig(self, *args, **kw)
 
         return wrapper
@@ -308,6 +326,7 @@ def _nnx_calls(
         for p, node in nnx.iter_graph(m):
             if isinstance(node, nnx.Module):
                 ids[id(node)] = tuple(p)
+                by_signature.setdefault(_signature(node), []).append(tuple(p))
         if method is None:
             return m(*xs, **kwargs)
         if isinstance(method, str):
@@ -431,7 +450,16 @@ def _output_module(walk: _Walk) -> tuple[Any, ...] | None:
     """The output layer: the last layer applied (unless it is an embedding's ``attend``)."""
     if walk.calls:
         last = walk.calls[-1]
-        if last is None or isinstance(walk.modules.get(last), walk.embed_type):
+        if last is None:
+            warnings.warn(
+                "optx.router_for could not tell which module the last layer call applied "
+                "(a module rebuilt inside an NNX transform such as nnx.remat, with another "
+                "layer of the same type and kernel shape): the output layer is left to the "
+                "name rules (head, lm_head, out, ...); check optx.describe.",
+                stacklevel=3,
+            )
+            return None
+        if isinstance(walk.modules.get(last), walk.embed_type):
             return None
         return last
     return walk.sequential_last

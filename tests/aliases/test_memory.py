@@ -31,6 +31,7 @@ from tests.projection_reference import (
     projected_axis,
     up,
 )
+from tests.references import goldens
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 
@@ -46,23 +47,16 @@ def _flax(x: np.ndarray) -> np.ndarray:
 
 
 def _run_golden(tx: optax.GradientTransformation, meta: dict[str, Any], z: Any) -> None:
-    names = meta["param_order"]
-    params = {n: jnp.asarray(_flax(z[f"init/{n}"])) for n in names}
-    state = tx.init(params)
-    step = jax.jit(tx.update)
-    atol = meta["tolerance"]["params_after_atol"]
-    for t in range(meta["T"]):
-        grads = {n: jnp.asarray(_flax(z[f"grads/{n}"][t])) for n in names}
-        updates, state = step(grads, state, params)
-        params = optax.apply_updates(params, updates)
-        for n in names:
-            np.testing.assert_allclose(
-                np.asarray(params[n]),
-                _flax(z[f"params_after/{n}"][t]),
-                rtol=0,
-                atol=atol,
-                err_msg=f"{meta['case_id']}: {n} after step {t}",
-            )
+    goldens.replay(
+        tx,
+        z,
+        meta["param_order"],
+        meta["T"],
+        rtol=0,
+        atol=meta["tolerance"]["params_after_atol"],
+        label=meta["case_id"],
+        to_flax=_flax,
+    )
 
 
 # ----------------------------------------------------------------------------

@@ -33,12 +33,11 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import optx
+from tests.references import goldens
 
 DATA = pathlib.Path(__file__).parent.parent / "data"
 METHODS = ("adabelief", "adamp", "sgdp", "lion")
@@ -51,15 +50,6 @@ def _load(method: str) -> tuple[dict, dict]:
         return meta, dict(z)
 
 
-def _flax(x: np.ndarray) -> np.ndarray:
-    """PyTorch (out, in) / (out, in, kh, kw) -> Flax (in, out) / (kh, kw, in, out)."""
-    if x.ndim == 2:
-        return x.T
-    if x.ndim == 4:
-        return x.transpose(2, 3, 1, 0)
-    return x
-
-
 CASES = [(m, cid) for m in METHODS for cid in _load(m)[0]["cases"]]
 
 
@@ -67,25 +57,19 @@ def _replay(method: str, cid: str, optx_kwargs: dict) -> None:
     meta, z = _load(method)
     case = meta["cases"][cid]
     tol = case["tolerance"]
-    names = case["param_order"]
     with jax.enable_x64(True):
         tx = getattr(optx, case["optx"]["factory"])(**optx_kwargs)
-        params = {n: jnp.asarray(_flax(z[f"{cid}/init/{n}"])) for n in names}
-        assert all(p.dtype == jnp.float64 for p in params.values())
-        state = tx.init(params)
-        update = jax.jit(tx.update)
-        for t in range(case["T"]):
-            grads = {n: jnp.asarray(_flax(z[f"{cid}/grads/{n}"][t])) for n in names}
-            updates, state = update(grads, state, params)
-            params = optax.apply_updates(params, updates)
-            for n in names:
-                np.testing.assert_allclose(
-                    np.asarray(params[n]),
-                    _flax(z[f"{cid}/params_after/{n}"][t]),
-                    rtol=tol["rtol"],
-                    atol=tol["atol"],
-                    err_msg=f"{cid}: {n} after step {t + 1}",
-                )
+        assert all(z[f"{cid}/init/{n}"].dtype == np.float64 for n in case["param_order"])
+        goldens.replay(
+            tx,
+            z,
+            case["param_order"],
+            case["T"],
+            rtol=tol["rtol"],
+            atol=tol["atol"],
+            label=cid,
+            prefix=f"{cid}/",
+        )
 
 
 @pytest.mark.parametrize(("method", "cid"), CASES, ids=[cid for _, cid in CASES])

@@ -327,13 +327,14 @@ def test_transform_arguments_are_checked_by_name() -> None:
     """``inner``/``base_optimizer``/``tx`` take a transform (MKOR's ``inner``
     also 'sgd', 'adam', 'adamw'): a name or an uncalled factory such as
     ``optax.sgd`` is refused at construction, naming the argument."""
-    for call, arg in [
-        (lambda: optx.agvm(inner="sgd"), "inner"),
-        (lambda: optx.galore(base_optimizer="adam"), "base_optimizer"),
-        (lambda: optx.quantization.quantize_moments(optax.adam), "inner"),
-        (lambda: optx.mkor(inner="sgdm"), "inner"),
+    for call, arg, error in [
+        (lambda: optx.agvm(inner="sgd"), "inner", TypeError),
+        (lambda: optx.galore(base_optimizer="adam"), "base_optimizer", TypeError),
+        (lambda: optx.quantization.quantize_moments(optax.adam), "inner", TypeError),
+        (lambda: optx.mkor(inner="sgdm"), "inner", ValueError),  # an unknown name
+        (lambda: optx.mkor(inner=optax.sgd), "inner", TypeError),
     ]:
-        with pytest.raises(TypeError, match=f"`{arg}` must be an optax.GradientTransformation"):
+        with pytest.raises(error, match=f"`{arg}` must be an optax.GradientTransformation"):
             call()
     optx.mkor(inner="adam")
     optx.mkor(inner=optax.scale_by_lion())
