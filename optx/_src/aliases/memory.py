@@ -638,7 +638,10 @@ def apollo(
     With ``projection='svd'`` the singular vectors' signs are the solver's
     (they differ between LAPACK builds) and the moments carry over a refresh,
     so after the first refresh the trajectory depends on them, in the
-    official code as here. Not reproduced: the torch ``Generator`` seed chain
+    official code as here; the official SVD runs in float32 for float64
+    parameters (its projector casts the gradient), optx's in the parameter dtype (float64:
+    up to 1e-4 apart before the first refresh, 1e-14 with the official SVD in
+    float64). Not reproduced: the torch ``Generator`` seed chain
     (JAX keys instead, so the random bits differ) — tests inject the
     reference's draws; and a matrix whose smaller side is at most ``rank``
     goes to the fallback AdamW (:meth:`optx.Router.with_rank_limit`: its
