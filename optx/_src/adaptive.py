@@ -398,7 +398,8 @@ def scale_by_exadam(
         # x / (x + ε) → 1 as x → ∞: an overflowed moment (a gradient entry
         # whose square exceeds the float range) gives 1, not inf/inf = NaN,
         # so its step is 0 as Adam's is (finite / √∞).
-        return jnp.where(jnp.isposinf(x), jnp.ones([], x.dtype), x / (x + eps))
+        # (A complex leaf's v is stored complex with a zero imaginary part.)
+        return jnp.where(jnp.isposinf(jnp.real(x)), jnp.ones([], x.dtype), x / (x + eps))
 
     def direction(g: jax.Array, m: jax.Array, v: jax.Array, count: jax.Array) -> jax.Array:
         cdt = g.dtype
