@@ -415,3 +415,35 @@ def test_init_state_leaves_are_distinct_buffers() -> None:
     state = optx.scale_by_mkor(update_interval=1).init(params)
     for _ in range(2):  # would raise "donate the same buffer twice"
         _, state = step(params, state)
+
+
+def test_capture_of_a_conv_routed_as_dense_names_the_router() -> None:
+    """An NNX conv named ``c1`` is routed by name as stacked dense layers
+    (``[guessed]``), so its capture does not fit: the error says which layout
+    the router gave and that ``optx.router_for(model, x)`` routes it as the
+    conv it is; with that router the step runs."""
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.c1 = nnx.Conv(3, 5, (3, 3), rngs=rngs)
+            self.head = nnx.Linear(5, 2, rngs=rngs)
+
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return self.head(jnp.tanh(self.c1(x)).mean((1, 2)))
+
+    x = jnp.ones((2, 6, 6, 3))
+
+    def loss(m: Net, x: jax.Array) -> jax.Array:
+        return jnp.mean(m(x) ** 2)
+
+    for router in (None, "model"):
+        model = Net(nnx.Rngs(0))
+        kwargs = {} if router is None else {"router": optx.router_for(model, x)}
+        optimizer = nnx.Optimizer(model, optx.mkor(0.05, **kwargs), wrt=nnx.Param)
+        _, grads, captures = optx.curvature.value_grad_and_captures(loss, model, x)
+        if router is None:
+            with pytest.raises(ValueError, match=r"c1/kernel.*router_for\(model, x\)"):
+                optimizer.update(model, grads, captures=captures)
+        else:
+            optimizer.update(model, grads, captures=captures)

@@ -657,7 +657,12 @@ def scale_by_mkor(
         if jnp.shape(cap.inputs) != want_a or jnp.shape(cap.output_grads) != want_g:
             raise ValueError(
                 f"Capture of layer '{layer.path}' has shapes {jnp.shape(cap.inputs)}, "
-                f"{jnp.shape(cap.output_grads)}; expected {want_a} and {want_g}."
+                f"{jnp.shape(cap.output_grads)}; expected {want_a} and {want_g} from the "
+                f"router's layout of the kernel (reduction axes {lay.reduction_axes}, output axes "
+                f"{lay.output_axes}). A kernel routed by its "
+                "name with another layout than the layer's (e.g. a conv named like a dense "
+                "layer) needs the model's router: router=optx.router_for(model, x); "
+                "optx.describe shows each leaf's layout."
             )
 
     def capture_of(captures: Any, path: str) -> Any:
