@@ -1,11 +1,14 @@
-"""Option coverage of AdaBelief, AdamP, SGDP and Lion against their official PyTorch codes.
+"""Option coverage of AdaBelief, AdamP, SGDP, Lion, EXAdam, SGD-SaI, M-FAC and NorMuon against
+their official PyTorch codes.
 
-Each case of ``tests/data/options__<method>.{json,npz}`` is a float64, 12-step trajectory of
-the official class (repository, commit, file and class in the JSON) run with one option
-combination on small leaves: a tall (12, 5) and a wide (4, 14) Linear weight, a (4, 3, 2, 2)
-conv kernel and a (4,) bias. The recorded gradients are replayed through the optx factory
-with the mapped kwargs (the JSON's ``optx``), and the weights must match after every step
-to rtol 1e-10 / atol 1e-12 (the JSON's ``tolerance``). Covered:
+Each case of ``tests/data/options__<method>.{json,npz}`` is a float64 trajectory (12 steps; 10
+for EXAdam, SGD-SaI, M-FAC and NorMuon) of the official class (repository, commit, file and
+class in the case's ``reference``, with any run-time ``shims`` the generator applied) run with
+one option combination on small leaves: a tall (12, 5) and a wide (4, 14) Linear weight, a
+(4, 3, 2, 2) conv kernel and a (4,) bias (NorMuon: only the leaves its class takes). The
+recorded gradients are replayed through the optx factory with the mapped kwargs (the JSON's
+``optx``), and the weights must match after every step to rtol 1e-10 / atol 1e-12 (the
+JSON's ``tolerance``). Covered:
 
 * AdaBelief: defaults (rectified, eps 1e-16), rectify=False, decoupled decay, L2 decay
   (weight_decouple=False), fixed_decay, amsgrad with and without rectification (with
@@ -20,6 +23,17 @@ to rtol 1e-10 / atol 1e-12 (the JSON's ``tolerance``). Covered:
   plain SGD with weight decay.
 * Lion: weight decay with betas (0.95, 0.98), and lion-pytorch's
   ``decoupled_weight_decay=True`` (wd divided by the initial lr) mapped to optx's weight_decay.
+* EXAdam: HEAD (989d7b6, arXiv v2) as ``dynamic_step_size=False``, defaults and with betas
+  (0.8, 0.99) / eps 1e-6 / weight decay; v1 (9ff8463, step scaled by ln(sqrt(2) sqrt(t + 1)))
+  as the default ``dynamic_step_size=True``, with and without weight decay.
+* SGD-SaI: release 1.0.3 (e213080) with its defaults and with momentum 0.5 / eps 1e-6 /
+  weight decay 0.1; 1.0.4 (3edf2c4) as ``scale_rule='gsnr_max'``; 1.1.0 (6c13d90) as
+  ``scale_rule='sqrt_numel'``.
+* M-FAC (8116367; one flattened vector over all leaves): m=8 with the defaults; m=4 with
+  momentum 0.9 (the ring buffer wraps); m=5 with weight decay, damp 1e-3 and momentum 0.5.
+* NorMuon (d45c9a4; float64 Newton-Schulz): defaults; lr / momentum / beta2 / weight decay;
+  a conv kernel as ``conv_view='torch'``; SingleDeviceNorMuonWithAuxAdam groups mapped to the
+  ``adam_*`` arguments (the bias takes the Adam branch).
 
 The data are PyTorch-layout: Linear (out, in) -> Flax (in, out) by a transpose, conv
 (out, in, kh, kw) -> Flax (kh, kw, in, out). The generator is
@@ -40,7 +54,7 @@ import optx
 from tests.references import goldens
 
 DATA = pathlib.Path(__file__).parent.parent / "data"
-METHODS = ("adabelief", "adamp", "sgdp", "lion")
+METHODS = ("adabelief", "adamp", "sgdp", "lion", "exadam", "sgd_sai", "mfac", "normuon")
 
 
 @functools.cache
