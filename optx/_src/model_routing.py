@@ -286,8 +286,8 @@ def _signature(module: Any) -> tuple[Any, ...]:
     """A layer module's type and the shape of its kernel (or embedding table)."""
     for name in ("kernel", "embedding"):
         var = getattr(module, name, None)
-        if var is not None and hasattr(var, "shape"):
-            return (type(module), tuple(var.shape))
+        if var is not None:
+            return (type(module), _variable_shape(var))
     return (type(module), None)
 
 

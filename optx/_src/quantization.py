@@ -811,8 +811,8 @@ def quantize_moments(
         scales = treedef.flatten_up_to(_as_inner_structure(state.absmax))
         paths = [path for path, _ in flat]
         qidx = [i for i, s in enumerate(scales) if not isinstance(s, optax.MaskedNode)]
-        grads, grads_in = _in_float32(updates), updates
-        params = _in_float32(params)
+        grads, grads_in = _in_compute_dtype(updates), updates
+        params = _in_compute_dtype(params)
 
         def inner_step(
             codes: Sequence[jax.Array], leaves: list[Any], updates: base.Updates, params: Any
@@ -886,8 +886,9 @@ def quantize_moments(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _in_float32(tree: Any) -> Any:
-    """Floating leaves narrower than float32 (float16, bfloat16) in float32.
+def _in_compute_dtype(tree: Any) -> Any:
+    """Floating leaves in the library's compute dtype (``base.compute_dtype``:
+    float16 and bfloat16 in float32, wider dtypes unchanged).
 
     The inner update of 8-bit states computes in float32, as bitsandbytes'
     kernels do in registers for every parameter dtype: the moments decode to
@@ -897,9 +898,9 @@ def _in_float32(tree: Any) -> Any:
 
     def widen(x: Any) -> Any:
         dtype = getattr(x, "dtype", None)
-        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
             return x
-        return x.astype(jnp.float32) if jnp.finfo(dtype).bits < 32 else x
+        return x.astype(base.compute_dtype(dtype))
 
     return jax.tree.map(widen, tree)
 
