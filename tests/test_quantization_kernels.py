@@ -205,6 +205,42 @@ def test_precise_evaluation_reproduces_the_inner(monkeypatch) -> None:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def _kernel_dtypes(fn, *args) -> set[tuple[tuple[str, ...], str]]:
+    """Per kernel call of the traced step: the dtypes of its leaf-size operands
+    (codes, gradient, parameter) and of its update output."""
+    found = set()
+
+    def visit(jaxpr: jax.extend.core.Jaxpr) -> None:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "pallas_call":
+                n = eqn.outvars[0].aval.size
+                ins = tuple(str(v.aval.dtype) for v in eqn.invars if v.aval.size == n)
+                found.add((ins, str(eqn.outvars[0].aval.dtype)))
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                        visit(sub.jaxpr)
+                    elif isinstance(sub, jax.extend.core.Jaxpr):
+                        visit(sub)
+
+    visit(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_leaves_are_widened_inside_the_kernel(dtype: jnp.dtype) -> None:
+    """A bfloat16/float16 leaf's gradient and parameter enter the kernel as
+    stored (widened to float32 in registers) and its update leaves it in the
+    gradient's dtype: no widening pass before the kernel, no narrowing pass
+    after it. The numbers are the XLA path's (``_compare`` runs a bf16 leaf)."""
+    params = {"w": jnp.ones((64, 64), dtype)}
+    inner = optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(0.1))
+    tx = optx.quantization.quantize_moments(inner, min_size=64, kernel="pallas")
+    name = jnp.dtype(dtype).name
+    found = _kernel_dtypes(tx.update, params, tx.init(params), params)
+    assert found == {(("uint8", "uint8", name, name), name)}
+
+
 def test_fallbacks_to_the_xla_path() -> None:
     """Leaves the kernel does not take run on the XLA path in the same step:
     a block size that is not a power of two, a full-precision moment next to a

@@ -812,7 +812,7 @@ def quantize_moments(
         paths = [path for path, _ in flat]
         qidx = [i for i, s in enumerate(scales) if not isinstance(s, optax.MaskedNode)]
         grads, grads_in = _in_compute_dtype(updates), updates
-        params = _in_compute_dtype(params)
+        params, params_in = _in_compute_dtype(params), params
 
         def inner_step(
             codes: Sequence[jax.Array], leaves: list[Any], updates: base.Updates, params: Any
@@ -828,8 +828,9 @@ def quantize_moments(
 
         kernel_out: dict[int, Any] = {}
         if fused:
+            # The kernel reads the leaves as stored and widens them in registers.
             kernel_out = _fused_steps(
-                inner, grads, params, extra, flat, scales, qidx, is_signed, block_size
+                inner, grads_in, params_in, extra, flat, scales, qidx, is_signed, block_size
             )
         done = {i for _, codes_out, _ in kernel_out.values() for i in codes_out}
         codes = [flat[i][1] for i in qidx]

@@ -25,6 +25,10 @@ block scales are those of the XLA path. Traffic per parameter of 8-bit AdamW
 rate and ``apply_updates`` (one XLA loop after the kernel: update and
 parameter in, parameter out) a step moves 14 B in / 10 B out per parameter,
 against 26 / 6 for the XLA structure and 16 / 12 for ``optax.adamw``.
+Gradients and parameters of float16/bfloat16 leaves are read as stored and
+widened to float32 in registers (the XLA path's ``base.compute_dtype``), and
+the update is written in the gradient's dtype: no widening pass before the
+kernel, no narrowing pass after it.
 
 The inner update runs **inside** the kernel on the tile's values, so the
 inner must be element-wise: the update and new state of an entry depend only
@@ -71,6 +75,8 @@ import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
+
+from optx._src import base
 
 TILE = 2048  # entries per program (a power of two; untuned, pending a GPU lease)
 NUM_WARPS = 4
@@ -271,8 +277,12 @@ def check_elementwise(
 
     def trace(shape: tuple[int, int]) -> Any:
         tile = jax.ShapeDtypeStruct(shape, jnp.float32)
-        g_tile = jax.ShapeDtypeStruct(shape, jnp.result_type(g))
-        p_tile = None if p is None else jax.ShapeDtypeStruct(shape, jnp.result_type(p))
+        g_tile = jax.ShapeDtypeStruct(shape, base.compute_dtype(jnp.result_type(g)))
+        p_tile = (
+            None
+            if p is None
+            else jax.ShapeDtypeStruct(shape, base.compute_dtype(jnp.result_type(p)))
+        )
         moments = [tile] * len(plan.quantized)
         return jax.make_jaxpr(
             lambda g, m, s, p, a: leaf_update(update, plan, g, m, s, p, {**statics, **a})
@@ -436,14 +446,18 @@ def _kernel(
     def as_blocks(x: jax.Array) -> jax.Array:
         return jnp.reshape(x, (rows, block_size))
 
+    def widen(x: jax.Array) -> jax.Array:
+        # float16/bfloat16 leaves are read as stored and computed in float32.
+        return x.astype(base.compute_dtype(x.dtype))
+
     moments = []
     for k in range(m):
         c = plt.load(codes_in[k], mask=valid, other=0).astype(jnp.int32)
         a = plt.load(absmax_in[k], mask=valid_blocks, other=0.0)
         moments.append(as_blocks(maps[k][c]) * a[:, None])
     scalars = [r[0] for r in scalar_refs]
-    g = as_blocks(plt.load(g_ref, mask=valid, other=0))
-    p = as_blocks(plt.load(p_ref, mask=valid, other=0)) if reads_params else None
+    g = widen(as_blocks(plt.load(g_ref, mask=valid, other=0)))
+    p = widen(as_blocks(plt.load(p_ref, mask=valid, other=0))) if reads_params else None
     # With precise_div, the inner's division and square root as XLA computes them.
     captured = [r[0] for r in captured_refs]
     u, new = _inner_step(update, plan, captured, precise_div, g, moments, scalars, p)
