@@ -1063,6 +1063,14 @@ def dct_adamw(
       score): 0.2517 / 0.2096 / 0.2535 at step 100, 0.0209 / 0.0173 / 0.0238
       at step 299.
 
+      float64 basis. The official ``dct3_matrix`` evaluates its cosines in
+      float32 (``.to(torch.float)``) and casts the basis to the parameter
+      dtype, so a float64 run carries a float32-accurate basis; optx builds
+      the basis in the parameter's dtype (:func:`optx.projections.dct_basis`),
+      accurate to float64. Measured on float64 parameters: 5.8e-7 to 7e-6 of
+      the weight change (the larger for ``d = 64``), 9e-15 with the official
+      basis computed in float64.
+
     Args:
       learning_rate: scalar or schedule (required in the official class).
       b1, b2, eps: Adam hyper-parameters.
