@@ -512,6 +512,8 @@ TABLE: dict[str, Constraint] = {
     "mode": choice("official", "soft"),
     "threshold_mode": choice("official", "soft"),
     "gate_learning_rate": RATE.but(optional=True),
+    "gate_b1": UNIT,
+    "gate_b2": UNIT,
     "gate_eps": NONNEGATIVE,
     "gate_weight_decay": NONNEGATIVE.but(schedule=True),
     "kappa": STATIC,

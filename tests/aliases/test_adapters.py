@@ -259,10 +259,19 @@ def test_sora_matches_official_sparse_adamw_golden() -> None:
         np.testing.assert_allclose(got, values, rtol=1e-12)
 
 
-def _hf_adam(g: np.ndarray, m: np.ndarray, v: np.ndarray, t: int, eps: float) -> tuple:
-    m = 0.9 * m + 0.1 * g
-    v = 0.999 * v + 0.001 * g * g
-    step = np.sqrt(1 - 0.999**t) / (1 - 0.9**t)
+def _hf_adam(
+    g: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    t: int,
+    eps: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    correct_bias: bool = True,
+) -> tuple:
+    b1, b2 = betas
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    step = np.sqrt(1 - b2**t) / (1 - b1**t) if correct_bias else 1.0
     return step * m / (np.sqrt(v) + eps), m, v
 
 
@@ -274,8 +283,21 @@ def _official_threshold(x: np.ndarray, xi: float) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("mode", ["official", "soft"])
-def test_sora_matches_float64_reference(mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "betas", "correct_bias"),
+    [
+        ("official", (0.9, 0.999), True),
+        ("soft", (0.9, 0.999), True),
+        ("official", (0.8, 0.98), False),
+    ],
+)
+def test_sora_matches_float64_reference(
+    mode: str, betas: tuple[float, float], correct_bias: bool
+) -> None:
+    """The official trainer: HF AdamW (the user's betas, ``correct_bias``) on
+    the non-gate leaves and ``SparseAdamW`` built with only ``params`` and
+    ``lr`` on the gates (transformers' defaults: betas (0.9, 0.999), ε 1e-6,
+    bias correction on), whatever the main optimizer's betas."""
     rng = np.random.default_rng(1)
     lr, glr, wd, gwd, xi, steps = 0.05, 0.1, 0.1, 0.01, 0.03, 5
     init = {
@@ -294,6 +316,9 @@ def test_sora_matches_float64_reference(mode: str) -> None:
             threshold_mode=mode,
             gate_learning_rate=glr,
             gate_weight_decay=gwd,
+            b1=betas[0],
+            b2=betas[1],
+            bias_correction=correct_bias,
         )
         params = jax.tree.map(jnp.asarray, init)
         state = tx.init(params)
@@ -305,7 +330,10 @@ def test_sora_matches_float64_reference(mode: str) -> None:
     mom = {k: (np.zeros_like(v), np.zeros_like(v)) for k, v in ref.items()}
     for t, g in enumerate(grads, start=1):
         for k in ref:
-            d, m, v = _hf_adam(g["l"][k], *mom[k], t, 1e-6 if k == "lora_gate" else 1e-8)
+            if k == "lora_gate":
+                d, m, v = _hf_adam(g["l"][k], *mom[k], t, 1e-6)
+            else:
+                d, m, v = _hf_adam(g["l"][k], *mom[k], t, 1e-8, betas, correct_bias)
             mom[k] = (m, v)
             if k == "lora_gate":  # SparseAdamW: pre-step decay, then the threshold
                 x = ref[k] - glr * d - glr * gwd * ref[k]

@@ -156,6 +156,8 @@ def sora(
     threshold: base.ScalarOrSchedule = 1e-3,
     threshold_mode: str = "official",
     gate_learning_rate: base.ScalarOrSchedule | None = None,
+    gate_b1: float = 0.9,
+    gate_b2: float = 0.999,
     gate_eps: float = 1e-6,
     gate_weight_decay: base.ScalarOrSchedule = 0.0,
     bias_correction: bool = True,
@@ -184,14 +186,21 @@ def sora(
     and prune with :func:`optx.lora.prune_sora`.
 
     Official-code details: ``SparseAdamW`` is built with only ``params`` and
-    ``lr`` (``sparse_lr``, default the main lr), so its ε is transformers'
-    default 1e-6 and its weight decay 0; its decay term (if any) uses the
-    pre-step weights. The gates are excluded from the main optimizer.
+    ``lr`` (``sparse_lr``, default the main lr; ``run_glue.py``), so its
+    betas are transformers' defaults (0.9, 0.999) whatever the trainer's
+    ``adam_beta1``/``adam_beta2`` (which reach the main optimizer only), its
+    ε is transformers' default 1e-6, its bias correction is on and its weight
+    decay 0; its decay term (if any) uses the pre-step weights. The gates are
+    excluded from the main optimizer. Hence ``b1``, ``b2``, ``eps`` and
+    ``bias_correction`` configure the non-gate AdamW only, and the gate
+    optimizer has its own ``gate_b1``, ``gate_b2``, ``gate_eps`` and
+    ``gate_weight_decay`` with the official values as defaults.
 
     Args:
       learning_rate: η of the non-gate leaves (and of the gates unless
         ``gate_learning_rate`` is given).
-      b1, b2: Adam's coefficients (both optimizers).
+      b1, b2: Adam's coefficients of the non-gate AdamW (HF ``adam_beta1``,
+        ``adam_beta2``).
       eps: ε of the non-gate AdamW (HF ``adam_epsilon`` 1e-8).
       weight_decay: decay of the non-gate leaves (post-step, HF order).
       mask: weight-decay mask for the non-gate leaves (the official trainer
@@ -199,9 +208,12 @@ def sora(
       threshold: ξ (``sparse_lambda_2``, default 1e-3; scalar or schedule).
       threshold_mode: ``'official'`` (2ξ dead zone) or ``'soft'``.
       gate_learning_rate: η_g (``sparse_lr``; default ``learning_rate``).
+      gate_b1, gate_b2: the gate Adam's coefficients (0.9, 0.999).
       gate_eps: ε_g (1e-6).
       gate_weight_decay: λ_g (0).
-      bias_correction: Adam's bias correction (HF ``correct_bias``, True).
+      bias_correction: the non-gate AdamW's bias correction (HF
+        ``correct_bias``, True); the gate Adam's is always on, as the official
+        ``SparseAdamW``'s.
       mu_dtype, nu_dtype: moment dtypes.
 
     Complex parameters: refused at init (a TypeError naming the leaf) because the official gate
@@ -225,7 +237,7 @@ def sora(
     base.check_learning_rate("learning_rate", learning_rate)
     gate_lr = learning_rate if gate_learning_rate is None else gate_learning_rate
     base.check_learning_rate("gate_learning_rate", gate_lr)
-    for name, value in (("b1", b1), ("b2", b2)):
+    for name, value in (("b1", b1), ("b2", b2), ("gate_b1", gate_b1), ("gate_b2", gate_b2)):
         base.check_in_range(name, value, 0.0, 1.0)
     for name, value in (
         ("eps", eps),
@@ -237,25 +249,27 @@ def sora(
             base.check_nonnegative(name, value)
     base.check_choice("threshold_mode", threshold_mode, adapters.THRESHOLD_MODES)
 
-    def adam(e: Any) -> optax.GradientTransformationExtraArgs:
+    def adam(
+        b1: float, b2: float, eps: float, corrected: bool
+    ) -> optax.GradientTransformationExtraArgs:
         return moments.scale_by_adam(
             b1,
             b2,
-            e,
+            eps,
             eps_placement="uncorrected",
-            bias_correction=bias_correction,
+            bias_correction=corrected,
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
         )
 
     gate_tx = optax.chain(
-        adam(gate_eps),
+        adam(gate_b1, gate_b2, gate_eps, True),
         optax.add_decayed_weights(gate_weight_decay),
         optax.scale_by_learning_rate(gate_lr),
         adapters.scale_by_gate_threshold(threshold, mode=threshold_mode),
     )
     other_tx = optax.chain(
-        adam(eps),
+        adam(b1, b2, eps, bias_correction),
         add_decayed_weights_after_step(weight_decay, learning_rate, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
