@@ -133,6 +133,8 @@ def _lora_pro_pair(
     a, b, ga, gb = (x.astype(cdt) for x in (a, b, ga, gb))
     s = jnp.asarray(s, cdt)
     inv_s2 = 1.0 / (s * s)
+    if official:  # ``delta * torch.eye(r)``: a float32 δ, even in a float64 run
+        delta = jnp.asarray(delta, jnp.float32)
     at = _t(a)
     wa, va = jnp.linalg.eigh(at @ a)  # PyTorch A Aᵀ
     wb, vb = jnp.linalg.eigh(b @ _t(b))  # PyTorch Bᵀ B
@@ -265,10 +267,8 @@ def scale_by_lora_pro(
     ``g̃_A = g_A``, ``g̃_B = s⁻² Sa⁻¹ g_B``, ``Δ_A = g'_A``,
     ``Δ_B = s⁻² Sa⁻¹ g'_B`` is used. Inverses are ``pinv(S + δI)`` as in the
     official code, computed (like the Sylvester solve) from symmetric
-    eigendecompositions of the ``r × r`` matrices (δ at the leaf's precision:
-    the official ``delta * torch.eye(r)`` is float32 even in a float64 run, so
-    there its δ is float32-rounded, which moves a float64 trajectory by about
-    1e-11 at δ = 1e-8). Leaves that belong to no
+    eigendecompositions of the ``r × r`` matrices (δ at the leaf's precision
+    with ``variant='paper'``; see the quirks for ``'official'``). Leaves that belong to no
     pair pass through unchanged (:func:`optx.lora_pro` sends them to AdamW).
 
     Official-code quirks (``lorapro_full_adjustment`` in the patched DeepSpeed
@@ -281,6 +281,9 @@ def scale_by_lora_pro(
       branch gives the same adjusted gradients, since ``g_A = 0`` then;
     * after the first step the second moment is accumulated from a bfloat16
       copy of ``G̃`` (a no-op in its bf16 training, a rounding in f32/f64);
+    * ``delta * torch.eye(r)`` is a float32 tensor even in a float64 run, so
+      its δ is float32-rounded (at δ = 1e-8 the exact δ moves a float64
+      trajectory with ``B₀ = 0`` by up to 5e-11 of the weight change);
     * the scale is hard-coded to ``s = 16/8 = 2`` whatever the model uses
       (also for rsLoRA): ``scaling='official'``;
     * clipping in that DeepSpeed pipeline divides the *adjusted* update by the

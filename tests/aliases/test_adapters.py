@@ -84,6 +84,35 @@ def test_lora_pro_matches_official_golden(tag: str, atol: float) -> None:
         assert worst < atol, worst
 
 
+def test_lora_pro_official_variant_rounds_delta_to_float32() -> None:
+    """``variant='official'``: the official ``delta * torch.eye(r)`` is a float32
+    tensor in a float64 run, so its δ is ``float32(δ)``; with ``B₀ = 0`` (where
+    δ alone regularizes ``pinv(BᵀB + δI)``) the steps depend on that rounding.
+    The paper variant keeps δ as given."""
+    rng = np.random.default_rng(3)
+    params = {"p": {"lora_a": rng.normal(size=(4, 3)) / 2, "lora_b": np.zeros((3, 7))}}
+    grads = [jax.tree.map(lambda x: rng.normal(size=x.shape), params) for _ in range(4)]
+    rounded = float(np.float32(1e-8))
+
+    def run(variant: str, delta: float) -> list[np.ndarray]:
+        with jax.enable_x64(True):
+            tx = optax.chain(
+                optx.scale_by_lora_pro(variant=variant, delta=delta), optax.scale(-1e-2)
+            )
+            p = jax.tree.map(jnp.asarray, params)
+            state, out = tx.init(p), []
+            for g in grads:
+                u, state = jax.jit(tx.update)(jax.tree.map(jnp.asarray, g), state, p)
+                p = optax.apply_updates(p, u)
+                out.append(np.asarray(p["p"]["lora_b"]))
+        return out
+
+    for got, want in zip(run("official", 1e-8), run("official", rounded)):
+        np.testing.assert_array_equal(got, want)
+    paper, paper_rounded = run("paper", 1e-8), run("paper", rounded)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(paper, paper_rounded)) > 0
+
+
 def _pinv(x: np.ndarray, delta: float) -> np.ndarray:
     return np.linalg.pinv(x + delta * np.eye(x.shape[0]))
 

@@ -1055,7 +1055,13 @@ def lipschitz_muon(
     give each group its share through ``learning_rate`` (e.g. with
     ``optax.multi_transform``); the official embedding gradient dualization
     (``Embed.dualize``, with ``max_inflation_factor``) is not reproduced:
-    embeddings are trained by the fallback AdamW. Initialize the model inside
+    embeddings are trained by the fallback AdamW; on float64 parameters the
+    ``'nanogpt'`` path computes two constants in float32 (the coupling α with
+    a float32 ``torch.linalg.eigvals`` and the scale ``√(fan_out/fan_in)`` as a
+    float32 tensor) where optx computes them in the parameters' dtype: 1e-8 to
+    6e-7 of the weight change per step, 3e-15 with both official constants in
+    float64 (the ``'modula'`` path is float64 throughout and matches to 3e-14).
+    Initialize the model inside
     the ball (e.g. one :func:`optx.constraints.spectral_svd_cap` projection of the initial
     weights): a soft cap only guarantees the bound from a feasible start, and far
     outside it diverges (see :func:`optx.constraints.spectral_soft_cap`: at the
