@@ -363,7 +363,17 @@ def eigh_basis(factor: jax.Array) -> jax.Array:
     by QR), and every other column's sign is fixed (:func:`_eigh_candidate`), so the
     basis is deterministic to float tolerance. Where the factor has no such
     eigenvalue (a unique basis) the result is the plain eigh's up to column signs.
+
+    Under differentiation the basis is a constant of the factor
+    (``stop_gradient``, as for :func:`power_qr_basis` and
+    :func:`soap_basis_update`): eigenvectors of repeated eigenvalues (a
+    low-rank factor's null space) have no derivative, and the null-column
+    completion is a ``while_loop``, which reverse mode cannot transpose. So
+    ``jax.grad`` through SOAP's steps (meta-learning a learning rate,
+    MAML-style unrolls) differentiates the rotated Adam step with the
+    rotation held fixed.
     """
+    factor = jax.lax.stop_gradient(factor)
     vecs, fill, null = _eigh_candidate(factor)
     new, null = _finish_basis(vecs, fill, null)
     return jnp.where(null, new, vecs)
@@ -384,7 +394,9 @@ def power_qr_basis(factor: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.
     Returns:
       ``(new_basis, order)`` where ``order`` (``batch + (d,)``) is the sorting
       permutation, to be applied to statistics kept in the old basis.
+      The basis is a constant under differentiation (see :func:`eigh_basis`).
     """
+    factor, basis = jax.lax.stop_gradient((factor, basis))
     a, fill, null, order = _power_candidate(factor, basis)
     return _finish_basis(a, fill, null)[0], order
 
@@ -393,7 +405,9 @@ def soap_basis_update(
     factor: jax.Array, basis: jax.Array, first: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """:func:`eigh_basis` (``first``) or :func:`power_qr_basis` with one QR program
-    for both: ``(new_basis, order)`` (``order`` is the identity when ``first``)."""
+    for both: ``(new_basis, order)`` (``order`` is the identity when ``first``);
+    a constant under differentiation (see :func:`eigh_basis`)."""
+    factor, basis = jax.lax.stop_gradient((factor, basis))
     d = basis.shape[-1]
 
     def from_eigh(ops: Any) -> Any:

@@ -372,3 +372,42 @@ def test_cosmos_official_fallback_reproduces_the_quirky_adam() -> None:
     a, _ = optx.cosmos(lr, official_fallback=True).update(g, optx.cosmos(lr).init(params), params)
     b, _ = optx.cosmos(lr).update(g, optx.cosmos(lr).init(params), params)
     np.testing.assert_allclose(a["embed"]["embedding"], b["embed"]["embedding"], rtol=1e-5)
+
+
+def test_soap_unrolled_steps_are_reverse_differentiable() -> None:
+    """Meta-learning through SOAP: ``jax.grad`` of the loss after unrolled steps
+    (refreshes included, inside ``lax.scan``) with respect to an injected
+    learning rate matches central differences to the basis' own share, and with
+    respect to the initial weights is finite. The basis is a constant of its
+    factors under differentiation (``bases.eigh_basis``): the derivative holds
+    the rotation fixed, measured 1.2e-4 relative from the central difference
+    (-114.2149 vs -114.2008, float64), which moves the basis too. Before, the
+    null-column completion's ``while_loop`` refused reverse mode."""
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        w0 = {"hidden": {"kernel": jnp.asarray(rng.normal(size=(8, 6)))}}
+        weights = jnp.asarray(np.linspace(0.5, 1.5, 48).reshape(8, 6))
+
+        def loss(p: Any) -> jax.Array:
+            return jnp.sum(weights * (p["hidden"]["kernel"] - 0.1) ** 2)
+
+        def unrolled(learning_rate: Any, w: Any) -> jax.Array:
+            tx = optax.inject_hyperparams(optx.soap, static_args=("update_proj_gap",))(
+                learning_rate=learning_rate, update_proj_gap=2
+            )
+
+            def step(carry: Any, _: None) -> tuple[Any, None]:
+                p, s = carry
+                u, s = tx.update(jax.grad(loss)(p), s, p)
+                return (optax.apply_updates(p, u), s), None
+
+            (p, _), _ = jax.lax.scan(step, (w, tx.init(w)), None, length=5)
+            return loss(p)
+
+        lr, h = 1e-2, 1e-6
+        by_lr = jax.jit(jax.grad(unrolled))(lr, w0)
+        f = jax.jit(unrolled)
+        central = (f(lr + h, w0) - f(lr - h, w0)) / (2 * h)
+        np.testing.assert_allclose(float(by_lr), float(central), rtol=1e-3)
+        by_w = jax.jit(jax.grad(unrolled, argnums=1))(lr, w0)
+        assert bool(jnp.isfinite(by_w["hidden"]["kernel"]).all())
