@@ -104,7 +104,7 @@ def accumulate_gradients(
             return zeros, state.inner_state
 
         emit = k == every_k - 1
-        new_updates, new_inner = jax.lax.cond(emit, real_step, micro_step, None)
+        new_updates, new_inner = base.cond(emit, real_step, micro_step, None)
         new_acc = jax.tree.map(lambda a: jnp.where(emit, jnp.zeros_like(a), a), acc)
         return new_updates, AccumulateGradientsState(
             mini_step=jnp.where(emit, 0, k + 1).astype(jnp.int32),

@@ -617,7 +617,7 @@ def scale_by_sai(
                 out = jax.tree.map(lambda x: x / top, out)
             return out
 
-        gsnr = jax.lax.cond(first, measure, lambda _: state.gsnr, None)
+        gsnr = base.cond(first, measure, lambda _: state.gsnr, None)
 
         def leaf(g: Any, mu: Any, scale: Any) -> tuple[Any, Any]:
             cdt = compute_dtype(g.dtype, mu.dtype)

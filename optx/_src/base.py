@@ -255,6 +255,115 @@ def unzip_tree(prefix: Any, tree_of_tuples: Any, n: int = 2) -> tuple[Any, ...]:
     )
 
 
+# ----------------------------------------------------------------------------
+# Control flow inside jax.shard_map
+# ----------------------------------------------------------------------------
+#
+# Inside ``jax.shard_map`` (``check_vma=True``, its default) every value has a
+# type that says over which manual mesh axes it varies. ``lax.cond`` needs both
+# branches to return the same types and ``lax.scan``/``while_loop``/``fori_loop``
+# a carry whose type the body keeps; an optimizer's state is made by ``init``
+# from constants (device-invariant) and refreshed from the local gradients
+# (varying), so a "keep" branch and a "refresh" branch differ, and a carry that
+# starts as ``zeros``/``eye`` becomes varying in the body. These wrappers are
+# ``jax.lax``'s own outside ``shard_map``; inside it they mark each output or
+# carry leaf varying (``jax.lax.pcast(..., to='varying')``: a type, not a
+# value, change) over the union of the axes its alternatives vary over.
+
+
+def _manual_axes() -> frozenset[str]:
+    """The manual mesh axes of the current trace (inside ``jax.shard_map``)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return frozenset() if mesh.empty else frozenset(mesh.manual_axes)
+
+
+def _varying(x: Any) -> frozenset[str]:
+    """The manual axes ``x`` (an array or a ``ShapeDtypeStruct``) varies over."""
+    aval = x if isinstance(x, jax.ShapeDtypeStruct) else jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)
+    return frozenset() if manual is None else frozenset(manual.varying)
+
+
+def _vary_to(tree: Any, axes: Any) -> Any:
+    """``tree`` with each leaf marked varying over its entry of ``axes`` too."""
+
+    def leaf(x: Any, want: frozenset[str]) -> Any:
+        missing = tuple(sorted(want - _varying(x)))
+        return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+    return jax.tree.map(leaf, tree, axes)
+
+
+def vary_like(tree: Any, like: Any) -> Any:
+    """``tree`` (e.g. random probes made from a key) marked varying over the
+    manual axes of the matching leaves of ``like`` (the parameters), so that it
+    can be a tangent of them inside ``jax.shard_map``; ``tree`` elsewhere."""
+    if not _manual_axes():
+        return tree
+    return _vary_to(tree, jax.tree.map(_varying, like))
+
+
+def _carry_fixed_point(body: Callable[[Any], Any], carry: Any) -> Any:
+    """``carry`` marked varying wherever ``body`` (carry → carry) makes it vary."""
+    for _ in range(16):  # the axes only grow; a few rounds at most
+        out = jax.eval_shape(body, carry)
+        axes = jax.tree.map(lambda o, c: _varying(o) | _varying(c), out, carry)
+        grown = _vary_to(carry, axes)
+        if all(a == _varying(c) for a, c in zip(jax.tree.leaves(axes), jax.tree.leaves(carry))):
+            return grown
+        carry = grown
+    return carry
+
+
+def cond(
+    pred: Any, true_fun: Callable[..., Any], false_fun: Callable[..., Any], *operands: Any
+) -> Any:
+    """``jax.lax.cond`` whose branches may differ in the manual axes they vary over."""
+    if not _manual_axes():
+        return jax.lax.cond(pred, true_fun, false_fun, *operands)
+    outs = [jax.eval_shape(fn, *operands) for fn in (true_fun, false_fun)]
+    by_pred = _varying(pred)
+    axes = jax.tree.map(lambda a, b: _varying(a) | _varying(b) | by_pred, *outs)
+    return jax.lax.cond(
+        pred,
+        lambda *o: _vary_to(true_fun(*o), axes),
+        lambda *o: _vary_to(false_fun(*o), axes),
+        *operands,
+    )
+
+
+def scan(
+    f: Callable[[Any, Any], tuple[Any, Any]],
+    init: Any,
+    xs: Any = None,
+    length: int | None = None,
+    **kwargs: Any,
+) -> tuple[Any, Any]:
+    """``jax.lax.scan`` whose body may make an invariant carry varying."""
+    leaves = jax.tree.leaves(xs)
+    if _manual_axes() and all(jnp.shape(x)[0] for x in leaves):
+        first = jax.tree.map(lambda x: x[0], xs)
+        init = _carry_fixed_point(lambda c: f(c, first)[0], init)
+    return jax.lax.scan(f, init, xs, length=length, **kwargs)
+
+
+def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], init: Any) -> Any:
+    """``jax.lax.while_loop`` whose body may make an invariant carry varying."""
+    if _manual_axes():
+        init = _carry_fixed_point(body_fun, init)
+    return jax.lax.while_loop(cond_fun, body_fun, init)
+
+
+def fori_loop(
+    lower: Any, upper: Any, body_fun: Callable[[Any, Any], Any], init: Any, **kwargs: Any
+) -> Any:
+    """``jax.lax.fori_loop`` whose body may make an invariant carry varying."""
+    if _manual_axes():
+        index = jnp.asarray(lower, jnp.int32)
+        init = _carry_fixed_point(lambda c: body_fun(index, c), init)
+    return jax.lax.fori_loop(lower, upper, body_fun, init, **kwargs)
+
+
 def materialized(fn: Callable[[jax.Array], Any], anchor: jax.Array) -> Any:
     """``fn(anchor)`` computed in its own region, which XLA neither fuses nor folds.
 
@@ -277,7 +386,7 @@ def materialized(fn: Callable[[jax.Array], Any], anchor: jax.Array) -> Any:
     def zeros(_: jax.Array) -> Any:
         return jax.tree.map(lambda o: jnp.zeros(o.shape, o.dtype), out)
 
-    return jax.lax.cond((jnp.ravel(data)[0] | 1) != 0, fn, zeros, anchor)
+    return cond((jnp.ravel(data)[0] | 1) != 0, fn, zeros, anchor)
 
 
 def runtime_offsets(offsets: Sequence[int], anchor: jax.Array) -> tuple[jax.Array, ...]:

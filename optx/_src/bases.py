@@ -349,7 +349,7 @@ def _finish_basis(a: jax.Array, fill: jax.Array, null: jax.Array) -> tuple[jax.A
         return grown, new, d, jnp.any(grown != null)
 
     init = (null, jnp.zeros_like(a), jnp.zeros_like(null, a.dtype), jnp.asarray(True))
-    null, new, d, _ = jax.lax.while_loop(lambda c: c[3], body, init)
+    null, new, d, _ = base.while_loop(lambda c: c[3], body, init)
     return jnp.where(null & (d < 0), -new, new), null
 
 
@@ -414,7 +414,7 @@ def soap_basis_update(
         vecs, fill, null = _eigh_candidate(ops[0])
         return vecs, fill, null, jnp.broadcast_to(jnp.arange(d), (*null.shape[:-2], d))
 
-    a, fill, null, order = jax.lax.cond(
+    a, fill, null, order = base.cond(
         first, from_eigh, lambda ops: _power_candidate(*ops), (factor, basis)
     )
     new, null = _finish_basis(a, fill, null)
@@ -669,7 +669,7 @@ def subspace_update(
       ``(P', S', C)``.
     """
     x, p, s = _f32(x), _f32(p), _f32(s)
-    q, null = jax.lax.cond(
+    q, null = base.cond(
         first,
         lambda ops: _top_eigenvectors(ops[0], rank),
         lambda ops: _qr_candidate(
@@ -1352,7 +1352,7 @@ def _soap_tree_update(
 
     ops = ([x[1] for x in stepped], [x[2] for x in stepped], [x[5] for x in stepped])
     if any(x[4] for x in stepped):
-        ops = jax.lax.cond(first | s["refresh"], bases_branch, lambda ops: ops, ops)
+        ops = base.cond(first | s["refresh"], bases_branch, lambda ops: ops, ops)
     out: list[Any] = [None] * len(leaves)
     indices = _shared_indices(
         s["count"],
@@ -1885,7 +1885,7 @@ def scale_by_conda(
             m = s["b1"] * to_modes(_f32(mu), view) + s["one_minus_b1"] * G
             bases: tuple[Any, ...] = ()
             if mode is not None:
-                q = jax.lax.cond(
+                q = base.cond(
                     s["refresh"],
                     lambda m: singular_factor(m, mode).astype(q.dtype),
                     lambda m: q,
@@ -2237,7 +2237,7 @@ def scale_by_cosmos(
             if x_spec is None:  # one completion after the cond (subspace_update)
                 new_p, new_s, c = subspace_update(X, p, sm, s["first"], r, b2_, omb2)
             else:
-                new_p, new_s, c = jax.lax.cond(
+                new_p, new_s, c = base.cond(
                     s["first"],
                     lambda ops: on_every_device(
                         lambda x, b, o: subspace_init(x, r, b, o),

@@ -162,9 +162,9 @@ def _order_statistic_pair(
         return ans, jnp.where(repeats, x_lo, above), x
 
     def body(i: jax.Array, carry: Any) -> Any:
-        return jax.lax.cond(i < passes, digit_step, next_statistic, i, *carry)
+        return base.cond(i < passes, digit_step, next_statistic, i, *carry)
 
-    ans, x_hi, _ = jax.lax.fori_loop(0, passes + 1, body, carry)
+    ans, x_hi, _ = base.fori_loop(0, passes + 1, body, carry)
     x_lo = _float_from_key(ans, x.dtype)
     zero = jnp.zeros((), x.dtype)
     return jnp.where(x_lo == 0, zero, x_lo), jnp.where(x_hi == 0, zero, x_hi)  # +0, not −0

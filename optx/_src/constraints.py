@@ -149,7 +149,7 @@ def power_iteration(
             return jnp.einsum("bmn,bn->bm", mats, jnp.einsum("bmn,bm->bn", mats, x))
         return jnp.einsum("bmn,bm->bn", mats, jnp.einsum("bmn,bn->bm", mats, x))
 
-    x = jax.lax.fori_loop(0, num_iters, lambda _, x: normalize(apply(x)), normalize(start))
+    x = base.fori_loop(0, num_iters, lambda _, x: normalize(apply(x)), normalize(start))
     if left:
         other = jnp.einsum("bmn,bm->bn", mats, x)
     else:
@@ -181,7 +181,7 @@ def _solve_coupling_beta(c: jax.Array) -> jax.Array:
         return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
 
     zero = jnp.zeros_like(target)
-    lo, hi = jax.lax.fori_loop(0, 40, bisect, (zero, zero + 1.0))
+    lo, hi = base.fori_loop(0, 40, bisect, (zero, zero + 1.0))
     beta = 0.5 * (lo + hi)
 
     def newton(_: Any, beta: jax.Array) -> jax.Array:
@@ -189,7 +189,7 @@ def _solve_coupling_beta(c: jax.Array) -> jax.Array:
         slope = (4.0 * beta * beta - 9.0 * beta + 6.0) / (2.0 * jnp.sqrt(q))
         return jnp.clip(beta - (g(beta) - target) / slope, lo, hi)
 
-    return jax.lax.fori_loop(0, 3, newton, beta)
+    return base.fori_loop(0, 3, newton, beta)
 
 
 def soft_cap_coupling(w_max: Any, max_update_norm: Any, decay: float = 0.0) -> jax.Array:

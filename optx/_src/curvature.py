@@ -228,7 +228,8 @@ def random_probes(key: jax.Array, tree: Any, distribution: str = "rademacher") -
         else jnp.zeros(jnp.shape(x), jnp.result_type(x))
         for x, z in zip(leaves, pieces)
     ]
-    return jax.tree.unflatten(treedef, out)
+    # Inside jax.shard_map: a tangent of its leaf (the same draw on every device).
+    return base.vary_like(jax.tree.unflatten(treedef, out), tree)
 
 
 def _averaged(fn: Callable[..., jax.Array], axis_name: str | None) -> Callable[..., jax.Array]:
@@ -301,7 +302,7 @@ def hutchinson_diagonal(
         return jax.tree.map(jnp.add, acc, one(k)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    total, _ = jax.lax.scan(body, zeros, keys)
+    total, _ = base.scan(body, zeros, keys)
     return jax.tree.map(lambda t: t / num_samples, total)
 
 

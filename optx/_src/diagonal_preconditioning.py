@@ -206,7 +206,7 @@ def scale_by_sophia(
         def keep(_: Any) -> tuple[Any, jax.Array, jax.Array]:
             return state.hessian, state.key, jnp.ones([], jnp.bool_)
 
-        hessian, key, finite = jax.lax.cond(due, refresh, keep, None)
+        hessian, key, finite = base.cond(due, refresh, keep, None)
         ok = finite & inputs_ok
         mu = jax.tree.map(lambda m, g: jnp.where(ok, _ema(m, g, b1), m), state.mu, updates)
         scale = gamma * tokens_per_batch
@@ -237,7 +237,7 @@ def scale_by_sophia(
         # The count recomputes ``m`` from its inputs rather than taking the new ``m``
         # into the cond: XLA then fuses ``m``'s EMA into its consumers instead of
         # writing it out and reading it back for them (same values).
-        win_rate = jax.lax.cond(
+        win_rate = base.cond(
             due,
             lambda m, g, h: count_wins(jax.tree.map(lambda a, b: _ema(a, b, b1), m, g), h),
             lambda *_: state.win_rate,
@@ -487,7 +487,7 @@ def scale_by_adahessian(
         if k == 1:
             nu, key, hessian_count, finite = refresh(None)
         else:
-            nu, key, hessian_count, finite = jax.lax.cond(state.count % k == 0, refresh, keep, None)
+            nu, key, hessian_count, finite = base.cond(state.count % k == 0, refresh, keep, None)
         ok = finite & inputs_ok
         count = optax.safe_increment(state.count)
         mu = jax.tree.map(lambda m, g: jnp.where(ok, _ema(m, g, b1), m), state.mu, updates)

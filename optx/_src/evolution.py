@@ -657,7 +657,7 @@ def _scanned_full_gradient(
         eps = _full_from_draw(z[None], lay, 1)[0]
         return acc + dj * eps.astype(acc.dtype), None
 
-    acc, _ = jax.lax.scan(body, jnp.zeros(shape, d.dtype), (keys, d))
+    acc, _ = base.scan(body, jnp.zeros(shape, d.dtype), (keys, d))
     return acc
 
 

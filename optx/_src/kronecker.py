@@ -242,7 +242,7 @@ def _leading_pair(mat: jax.Array, iters: int = 8) -> tuple[jax.Array, jax.Array]
         v = v / jnp.maximum(jnp.linalg.norm(v), 1e-30)
         return mat.T @ (mat @ v)
 
-    v = jax.lax.fori_loop(0, iters, body, v)
+    v = base.fori_loop(0, iters, body, v)
     v = v / jnp.maximum(jnp.linalg.norm(v), 1e-30)
     mv = mat @ v
     sigma = jnp.linalg.norm(mv)
@@ -737,7 +737,7 @@ def scale_by_mkor(
             flags = {p: (states[p].reset_a, states[p].reset_g) for p in local}
             return {p: states[p] for p in sharded}, a, g, flags
 
-        new, a_st, g_st, flags = jax.lax.cond(due, fresh, keep, layer_states)
+        new, a_st, g_st, flags = base.cond(due, fresh, keep, layer_states)
         a_inv, g_inv = {}, {}
         for groups, stacks, out in ((a_groups, a_st, a_inv), (g_groups, g_st, g_inv)):
             for members, stack in zip(groups, stacks):
@@ -934,9 +934,7 @@ def scale_by_mkor(
             return keep, state_flat
 
         if hybrid:
-            new_leaves, new_states = jax.lax.cond(
-                switch.second_order, second_order, first_order, None
-            )
+            new_leaves, new_states = base.cond(switch.second_order, second_order, first_order, None)
         else:
             new_leaves, new_states = second_order(None)
 

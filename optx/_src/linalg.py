@@ -91,7 +91,7 @@ def householder_qr(x: jax.Array) -> tuple[jax.Array, jax.Array]:
         return a, vs, taus
 
     init = (x, jnp.zeros((*batch, m, kk), x.dtype), jnp.zeros((*batch, kk), x.dtype))
-    a, vs, taus = jax.lax.fori_loop(0, kk, factor, init)
+    a, vs, taus = base.fori_loop(0, kk, factor, init)
     r = jnp.triu(a[..., :kk, :])
 
     def form(i: jax.Array, q: jax.Array) -> jax.Array:
@@ -102,7 +102,7 @@ def householder_qr(x: jax.Array) -> tuple[jax.Array, jax.Array]:
         return q - (tau[..., None] * v)[..., :, None] * w[..., None, :]
 
     q0 = jnp.broadcast_to(jnp.eye(m, kk, dtype=x.dtype), (*batch, m, kk))
-    q = jax.lax.fori_loop(0, kk, form, q0)
+    q = base.fori_loop(0, kk, form, q0)
     return q, r
 
 

@@ -321,7 +321,7 @@ def fit_newton_schulz_coefficients(
 
     @jax.jit
     def run(theta: jax.Array) -> jax.Array:
-        theta, _ = jax.lax.fori_loop(0, iterations, body, (theta, solver.init(theta)))
+        theta, _ = base.fori_loop(0, iterations, body, (theta, solver.init(theta)))
         return theta
 
     theta = run(theta0)

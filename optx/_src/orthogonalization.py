@@ -388,10 +388,10 @@ def newton_schulz(
 
     if all(t == table[0] for t in table):
         abc = jnp.asarray(table[0], dtype=scalar_dtype)
-        X = jax.lax.fori_loop(0, steps, lambda _, X: step(X, abc), X)
+        X = base.fori_loop(0, steps, lambda _, X: step(X, abc), X)
     else:
         abcs = jnp.asarray(table, dtype=scalar_dtype)
-        X, _ = jax.lax.scan(lambda X, abc: (step(X, abc), None), X, abcs)
+        X, _ = base.scan(lambda X, abc: (step(X, abc), None), X, abcs)
     if transpose:
         X = jnp.swapaxes(X, -1, -2)
     return X.astype(x.dtype)

@@ -683,7 +683,7 @@ def _projected_transform(
                     new = fresh_projector(x, use, geo, proj, new)
                     return new.astype(proj.dtype), new_key
 
-                new_proj, new_key = jax.lax.cond(refresh, fresh, lambda _: (proj, key), None)
+                new_proj, new_key = base.cond(refresh, fresh, lambda _: (proj, key), None)
                 return projected(x, new_proj).astype(g.dtype), new_proj, new_key
 
             key_arg = key if has_key else jnp.zeros((0,), jnp.uint32)
@@ -747,7 +747,7 @@ def _projected_transform(
                 )
                 return [done[i] for i in handled]
 
-            new = jax.lax.cond(refresh, fresh, lambda: [like[i] for i in handled])
+            new = base.cond(refresh, fresh, lambda: [like[i] for i in handled])
             for i, p in zip(handled, new):
                 owned[at[i]] = p
             return jax.tree_util.tree_unflatten(treedef, owned)
@@ -793,7 +793,7 @@ def _projected_transform(
             def fresh() -> list[jax.Array]:
                 return [p for members in groups.values() for p in choose(members)]
 
-            new = jax.lax.cond(refresh, fresh, lambda: [stored[k] for k in order])
+            new = base.cond(refresh, fresh, lambda: [stored[k] for k in order])
             for k, p in zip(order, new):
                 owned[k] = p
             return jax.tree_util.tree_unflatten(treedef, owned)
@@ -842,7 +842,7 @@ def _projected_transform(
         inner_state = state.inner_state
         if reset_on_refresh:
             fresh_state = optax.tree.cast_like(inner.init(low), inner_state)
-            inner_state = jax.lax.cond(refresh, lambda: fresh_state, lambda: inner_state)
+            inner_state = base.cond(refresh, lambda: fresh_state, lambda: inner_state)
         directions, new_inner = inner.update(low, inner_state, None, **extra)
 
         def up(g: jax.Array, lay: ResolvedLayout, r: jax.Array, n: jax.Array, proj: Any) -> Any:
@@ -1356,7 +1356,7 @@ def scale_by_block_subspace(
         inner_state = state.inner_state
         if reset_on_refresh:
             fresh = optax.tree.cast_like(inner.init(gathered), inner_state)
-            inner_state = jax.lax.cond(refresh, lambda: fresh, lambda: inner_state)
+            inner_state = base.cond(refresh, lambda: fresh, lambda: inner_state)
         directions, new_inner = inner.update(gathered, inner_state, None, **extra)
         directions = by_group(treedef, groups, directions, info)
 

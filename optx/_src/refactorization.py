@@ -93,7 +93,7 @@ def reset_state_every(
         reset = jnp.logical_and(state.count > 0, state.count % every_k == 0)
         template = updates if params is None else params
         fresh = _fresh_like(inner, template, state.inner_state)
-        inner_state = jax.lax.cond(reset, lambda: fresh, lambda: state.inner_state)
+        inner_state = base.cond(reset, lambda: fresh, lambda: state.inner_state)
         new_updates, new_inner = inner.update(updates, inner_state, params, **extra)
         return new_updates, ResetEveryState(optax.safe_increment(state.count), new_inner)
 
@@ -236,11 +236,11 @@ def refactorize_every(
                 nl, nr = refactorize(wl + ul.astype(wl.dtype), wr + ur.astype(wr.dtype))
                 return (nl - wl).astype(ul.dtype), (nr - wr).astype(ur.dtype)
 
-            leaves[i], leaves[j] = jax.lax.cond(now, refactor, lambda _, a=ul, b=ur: (a, b), None)
+            leaves[i], leaves[j] = base.cond(now, refactor, lambda _, a=ul, b=ur: (a, b), None)
         out = jax.tree_util.tree_unflatten(treedef, leaves)
         if reset_state:
             fresh = _fresh_like(inner, params, new_inner)
-            new_inner = jax.lax.cond(now, lambda: fresh, lambda: new_inner)
+            new_inner = base.cond(now, lambda: fresh, lambda: new_inner)
         return out, ResetEveryState(count, new_inner)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -339,7 +339,7 @@ def agvm(
         if n == 0:  # an empty tree has no groups: nothing to modulate
             scales, proxy = state.scales, state.variance_proxy
         else:
-            scales, proxy = jax.lax.cond(
+            scales, proxy = base.cond(
                 measure, measured, lambda _: (state.scales, state.variance_proxy), None
             )
         if grad_clip is not None:
