@@ -16,6 +16,7 @@ for :data:`PER_LEAF_ON_THE_BIAS` (README "Inside ``jax.shard_map``").
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -65,11 +66,13 @@ def _loss(params: Any) -> jax.Array:
     return sum(jnp.sum((x - 0.1) ** 2 + 0.05 * x**4) for x in jax.tree.leaves(params))
 
 
-def _train(spec: optx.OptimizerSpec, tx: Any, params: Any) -> Any:
+def _train(
+    spec: optx.OptimizerSpec, tx: Any, params: Any, loss: Callable[[Any], jax.Array] = _loss
+) -> Any:
     key = jax.random.key(0)
     state = tx.init(params)
     for step in range(2):
-        _, grads, extra = problems.extra_args_for(spec, _loss, params, step, key)
+        _, grads, extra = problems.extra_args_for(spec, loss, params, step, key)
         updates, state = tx.update(grads, state, params, **extra)
         params = optax.apply_updates(params, updates)
     return params
@@ -115,19 +118,11 @@ def test_curvature_probes_are_tangents_of_sharded_blocks(name: str) -> None:
     specs = {"hidden": {"kernel": P(None, "x")}}
     mesh = jax.make_mesh((LAYERS,), ("x",), devices=jax.devices()[:LAYERS])
 
-    def train(block: Any) -> Any:
-        def loss(p: Any) -> jax.Array:
-            whole = jax.lax.all_gather(p["hidden"]["kernel"], "x", axis=1, tiled=True)
-            return _loss(whole) / LAYERS
+    def loss(p: Any) -> jax.Array:
+        whole = jax.lax.all_gather(p["hidden"]["kernel"], "x", axis=1, tiled=True)
+        return _loss(whole) / LAYERS
 
-        key = jax.random.key(0)
-        state = tx.init(block)
-        for step in range(2):
-            _, grads, extra = problems.extra_args_for(spec, loss, block, step, key)
-            updates, state = tx.update(grads, state, block, **extra)
-            block = optax.apply_updates(block, updates)
-        return block
-
+    train = functools.partial(_train, spec, tx, loss=loss)
     in_mesh = jax.shard_map(train, mesh=mesh, in_specs=(specs,), out_specs=specs)
     placed = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
     got = jax.jit(in_mesh)(placed)
