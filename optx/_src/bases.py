@@ -1243,6 +1243,106 @@ def _soap_moment_rebased(
     )(m, {i: old[i] for i in rot}, {i: new[i] for i in rot})
 
 
+def _soap_group_inputs(
+    views: Sequence[ModeView], leaves: Sequence[Any], view: ModeView, members: list[int]
+) -> tuple[Any, ...]:
+    """One group's ``(g, mu, nu, factors, bases)``: ``g`` and the moments in float32, in
+    the group's modes and stacked on its batch axis (a lone unrotated leaf as it is),
+    the factors and bases of its rotated modes stacked, the others shared."""
+    if members == [members[0]] and not view.modes:
+        g, mu, nu, fs, qs = leaves[members[0]]
+        return _f32(g), _f32(mu), _f32(nu), fs, qs
+    k = len(view.modes)
+    rot = [i for i, r in enumerate(view.rotated) if r]
+    g, mu, nu = (
+        _stacked([to_modes(_f32(leaves[e][n]), views[e]) for e in members], k) for n in range(3)
+    )
+    fs, qs = (
+        tuple(
+            _stacked([leaves[e][n][i] for e in members], 2)
+            if i in rot
+            else leaves[members[0]][n][i]
+            for i in range(k)
+        )
+        for n in (3, 4)
+    )
+    return g, mu, nu, fs, qs
+
+
+def _soap_rotated_adam(
+    inputs: tuple[Any, ...],
+    sl: dict[str, jax.Array],
+    view: ModeView,
+    normalize: bool,
+    first: jax.Array,
+) -> tuple[Any, ...]:
+    """One group's step in its current bases (``inputs`` from :func:`_soap_group_inputs`):
+    Adam's moments of the rotated gradient, the direction rotated back (normalized per
+    matrix when ``normalize``), the factors' EMA of the gradient's mode Gram matrices and
+    the inputs of the basis update (the first call's eigh sees the first Gram matrix)."""
+    G, mu, nu, fs, qs = inputs
+    nb = view.num_batch
+    rot = [i for i, r in enumerate(view.rotated) if r]
+    rot_g = drop_roundoff(rotate(G, qs, nb), rot, nb)
+    m = sl["b1"] * mu + sl["one_minus_b1"] * rot_g
+    v = sl["b2"] * nu + sl["one_minus_b2"] * jnp.square(rot_g)
+    direction = rotate_back(base.safe_divide(m, jnp.sqrt(v) + sl["eps"]), qs, nb)
+    if normalize:
+        # Per matrix of a stack (each is its own tensor in PyTorch);
+        # an unrotated leaf is normalized as a whole.
+        axes = tuple(range(nb if view.modes else 0, direction.ndim))
+        rms = jnp.sqrt(jnp.mean(jnp.square(direction), axis=axes, keepdims=True))
+        direction = direction / (rms + 1e-30)
+    new_fs, basis_in = list(fs), {}
+    for i in rot:
+        gram = sl["one_minus_shampoo_beta"] * mode_gram(G, i, nb)
+        new_fs[i] = (sl["shampoo_beta"] * _f32(fs[i]) + gram).astype(fs[i].dtype)
+        # The first eigh sees the factor before its cast to the storage dtype.
+        basis_in[i] = jnp.where(first, gram, _f32(new_fs[i]))
+    return direction * sl["step_scale"], m, v, tuple(new_fs), basis_in
+
+
+def _soap_group_outputs(
+    views: Sequence[ModeView],
+    leaves: Sequence[Any],
+    view: ModeView,
+    members: list[int],
+    arrays: tuple[Any, ...],
+    indices: tuple[jax.Array, ...] | None,
+) -> dict[int, tuple[Any, ...]]:
+    """One group's stacked ``(direction, m, v, factors, bases)`` split back into its
+    leaves (their shapes and dtypes; unrotated modes keep the leaf's own factors)."""
+    direction, m, v, new_fs, new_qs = arrays
+    if members == [members[0]] and not view.modes:
+        g, mu0, nu0, fs, qs = leaves[members[0]]
+        return {
+            members[0]: (
+                direction.astype(g.dtype),
+                m.astype(mu0.dtype),
+                v.astype(nu0.dtype),
+                fs,
+                qs,
+            )
+        }
+    k = len(view.modes)
+    rot = [i for i, r in enumerate(view.rotated) if r]
+    batches = [views[e].batch_shape for e in members]
+    parts = [_unstacked(x, batches, k, indices) for x in (direction, m, v)]
+    f_parts = {i: _unstacked(new_fs[i], batches, 2, indices) for i in rot}
+    q_parts = {i: _unstacked(new_qs[i], batches, 2, indices) for i in rot}
+    out = {}
+    for n, e in enumerate(members):
+        g, mu0, nu0, fs, qs = leaves[e]
+        out[e] = (
+            from_modes(parts[0][n], views[e]).astype(g.dtype),
+            from_modes(parts[1][n], views[e]).astype(mu0.dtype),
+            from_modes(parts[2][n], views[e]).astype(nu0.dtype),
+            tuple(f_parts[i][n] if i in f_parts else fs[i] for i in range(k)),
+            tuple(q_parts[i][n] if i in q_parts else qs[i] for i in range(k)),
+        )
+    return out
+
+
 def _soap_tree_update(
     views: Sequence[ModeView],
     leaves: Sequence[Any],
@@ -1270,58 +1370,24 @@ def _soap_tree_update(
     stepped = []  # per group: (direction, m, v, new factors, factor inputs of the basis update)
     scatter = []  # per group: (mode, mesh axes) of a group stepped by _soap_step_scattered
     for view, members in groups:
-        nb, k = view.num_batch, len(view.modes)
-        rot = [i for i, r in enumerate(view.rotated) if r]
-        if members == [members[0]] and not view.modes:
-            g, mu, nu, fs, qs = leaves[members[0]]
-            G, mu, nu = _f32(g), _f32(mu), _f32(nu)
-        else:
-            G = _stacked([to_modes(_f32(leaves[e][0]), views[e]) for e in members], k)
-            mu = _stacked([to_modes(_f32(leaves[e][1]), views[e]) for e in members], k)
-            nu = _stacked([to_modes(_f32(leaves[e][2]), views[e]) for e in members], k)
-            fs = tuple(
-                _stacked([leaves[e][3][i] for e in members], 2)
-                if i in rot
-                else leaves[members[0]][3][i]
-                for i in range(k)
-            )
-            qs = tuple(
-                _stacked([leaves[e][4][i] for e in members], 2)
-                if i in rot
-                else leaves[members[0]][4][i]
-                for i in range(k)
-            )
-        sl = _in_dtype(s, G.dtype)
+        inputs = _soap_group_inputs(views, leaves, view, members)
+        sl = _in_dtype(s, inputs[0].dtype)
         specs = None
         if explicit and all(leaf_specs[e] == leaf_specs[members[0]] for e in members):
             specs = leaf_specs[members[0]]
         scattered = _scattered_mode(view, specs) if view.modes else None
         if scattered is not None:
-            f_specs = (factor_specs or [[None] * k] * len(leaves))[members[0]]
-            direction, m, v, new_fs_t, basis_in = _soap_step_scattered(
-                (G, mu, nu, fs, qs), sl, view, scattered, specs[scattered], normalize, f_specs
+            f_specs = (factor_specs or [[None] * len(view.modes)] * len(leaves))[members[0]]
+            stepped.append(
+                _soap_step_scattered(
+                    inputs, sl, view, scattered, specs[scattered], normalize, f_specs
+                )
             )
-            stepped.append((direction, m, v, new_fs_t, basis_in, qs, mu, nu))
             scatter.append((scattered, specs[scattered]))
-            continue
-        rot_g = drop_roundoff(rotate(G, qs, nb), rot, nb)
-        m = sl["b1"] * mu + sl["one_minus_b1"] * rot_g
-        v = sl["b2"] * nu + sl["one_minus_b2"] * jnp.square(rot_g)
-        direction = rotate_back(base.safe_divide(m, jnp.sqrt(v) + sl["eps"]), qs, nb)
-        if normalize:
-            # Per matrix of a stack (each is its own tensor in PyTorch);
-            # an unrotated leaf is normalized as a whole.
-            axes = tuple(range(nb if view.modes else 0, direction.ndim))
-            rms = jnp.sqrt(jnp.mean(jnp.square(direction), axis=axes, keepdims=True))
-            direction = direction / (rms + 1e-30)
-        new_fs, basis_in = list(fs), {}
-        for i in rot:
-            gram = sl["one_minus_shampoo_beta"] * mode_gram(G, i, nb)
-            new_fs[i] = (sl["shampoo_beta"] * _f32(fs[i]) + gram).astype(fs[i].dtype)
-            # The first eigh sees the factor before its cast to the storage dtype.
-            basis_in[i] = jnp.where(first, gram, _f32(new_fs[i]))
-        stepped.append((direction * sl["step_scale"], m, v, tuple(new_fs), basis_in, qs, mu, nu))
-        scatter.append(None)
+        else:
+            stepped.append(_soap_rotated_adam(inputs, sl, view, normalize, first))
+            scatter.append(None)
+        stepped[-1] += (inputs[4], inputs[1], inputs[2])  # the old bases and moments
 
     def bases_branch(ops: Any) -> Any:
         ms, vs, qss = ops
@@ -1353,47 +1419,22 @@ def _soap_tree_update(
     ops = ([x[1] for x in stepped], [x[2] for x in stepped], [x[5] for x in stepped])
     if any(x[4] for x in stepped):
         ops = base.cond(first | s["refresh"], bases_branch, lambda ops: ops, ops)
-    out: list[Any] = [None] * len(leaves)
     indices = _shared_indices(
         s["count"],
         [sum(math.prod(views[e].batch_shape) for e in m) for _, m in groups if len(m) > 1],
     )
+    out: dict[int, tuple[Any, ...]] = {}
     for j, (view, members) in enumerate(groups):
-        direction, _, _, new_fs, basis_in, _, mu, nu = stepped[j]
-        direction = jnp.where(first, 0.0, direction)
-        m, v = jnp.where(first, mu, ops[0][j]), jnp.where(first, nu, ops[1][j])
-        new_qs = ops[2][j]
-        if members == [members[0]] and not view.modes:
-            g, mu0, nu0, fs, qs = leaves[members[0]]
-            out[members[0]] = (
-                direction.astype(g.dtype),
-                m.astype(mu0.dtype),
-                v.astype(nu0.dtype),
-                fs,
-                qs,
-            )
-            continue
-        k = len(view.modes)
-        batches = [views[e].batch_shape for e in members]
-        parts = [_unstacked(x, batches, k, indices) for x in (direction, m, v)]
-        f_parts = [
-            _unstacked(f, batches, 2, indices) if i in basis_in else None
-            for i, f in enumerate(new_fs)
-        ]
-        q_parts = [
-            _unstacked(q, batches, 2, indices) if i in basis_in else None
-            for i, q in enumerate(new_qs)
-        ]
-        for n, e in enumerate(members):
-            g, mu0, nu0, fs, qs = leaves[e]
-            out[e] = (
-                from_modes(parts[0][n], views[e]).astype(g.dtype),
-                from_modes(parts[1][n], views[e]).astype(mu0.dtype),
-                from_modes(parts[2][n], views[e]).astype(nu0.dtype),
-                tuple(fs[i] if f_parts[i] is None else f_parts[i][n] for i in range(k)),
-                tuple(qs[i] if q_parts[i] is None else q_parts[i][n] for i in range(k)),
-            )
-    return out
+        direction, _, _, new_fs, _, _, mu, nu = stepped[j]
+        arrays = (
+            jnp.where(first, 0.0, direction),
+            jnp.where(first, mu, ops[0][j]),
+            jnp.where(first, nu, ops[1][j]),
+            new_fs,
+            ops[2][j],
+        )
+        out.update(_soap_group_outputs(views, leaves, view, members, arrays, indices))
+    return [out[e] for e in range(len(leaves))]
 
 
 # ----------------------------------------------------------------------------
