@@ -955,6 +955,41 @@ LIPSCHITZ_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _spectral_projection_steps(
+    projection: str | None,
+    w_max: float,
+    max_update_norm: base.ScalarOrSchedule,
+    decay_per_step: base.ScalarOrSchedule,
+    spectral_decay: float,
+    power_iteration: dict[str, int | bool],
+    common: dict[str, str | routing.Router],
+    *,
+    coupling: str,
+    strategy: str,
+) -> list[optax.GradientTransformation]:
+    """Lipschitz-Muon's weight projection after the update (none for ``projection=None``):
+    the soft cap couples to δ and ``ηλ``; hard/SVD caps need only ``w_max``; normalize,
+    hammer and spectral weight decay estimate norms by power iteration."""
+    if projection == "soft_cap":
+        return [
+            constraints.spectral_soft_cap(
+                w_max,
+                max_update_norm,
+                decay_per_step,
+                coupling=coupling,
+                strategy=strategy,
+                **common,
+            )
+        ]
+    if projection in ("hard_cap", "svd_cap"):
+        return [constraints.PROJECTIONS[projection](w_max, strategy=strategy, **common)]
+    if projection in ("normalize", "hammer"):
+        return [constraints.PROJECTIONS[projection](w_max, **power_iteration, **common)]
+    if projection == "spectral_wd":
+        return [constraints.spectral_weight_decay(spectral_decay, **power_iteration, **common)]
+    return []
+
+
 @hyperparams.validated(
     projection=hyperparams.choice(*LIPSCHITZ_PROJECTIONS),
     preset=hyperparams.choice("nanogpt", "modula", "official", optional=True),
@@ -1149,25 +1184,19 @@ def lipschitz_muon(
     )
     fallback = fallback_for("lipschitz_muon", {**locals(), "preset": fallback_preset})
     steps = [routing.routed({routing.MATRIX: matrix, routing.FALLBACK: fallback}, router)]
-    pi = {"power_iterations": power_iterations, "warm_start": warm_start, "seed": seed}
-    common = {"geometry": geometry, "layout": router}
-    if projection == "soft_cap":
-        steps.append(
-            constraints.spectral_soft_cap(
-                w_max,
-                max_update_norm,
-                _times(learning_rate, weight_decay),
-                coupling=coupling,
-                strategy=strategy,
-                **common,
-            )
+    steps.extend(
+        _spectral_projection_steps(
+            projection,
+            w_max,
+            max_update_norm,
+            _times(learning_rate, weight_decay),
+            spectral_decay,
+            {"power_iterations": power_iterations, "warm_start": warm_start, "seed": seed},
+            {"geometry": geometry, "layout": router},
+            coupling=coupling,
+            strategy=strategy,
         )
-    elif projection in ("hard_cap", "svd_cap"):
-        steps.append(constraints.PROJECTIONS[projection](w_max, strategy=strategy, **common))
-    elif projection in ("normalize", "hammer"):
-        steps.append(constraints.PROJECTIONS[projection](w_max, **pi, **common))
-    elif projection == "spectral_wd":
-        steps.append(constraints.spectral_weight_decay(spectral_decay, **pi, **common))
+    )
     if project_embeddings:
         steps.append(
             constraints.embedding_rms_projection(1.0, mask=constraints.embedding_mask(router))
