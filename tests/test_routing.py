@@ -304,6 +304,63 @@ def test_guessed_leaves_warn_once_at_init_and_show_in_describe() -> None:
         optx.default_router().replace(colour="red")
 
 
+#: Registered optimizers whose math uses a leaf's matrix view at their registry defaults,
+#: without their own routed groups (a guessed conv view changes their numbers too).
+VIEW_USERS = {
+    "adahessian",  # conv windows averaged (spatial_axes='conv')
+    "adamp",  # channels of the radial test
+    "sgdp",
+    "sgd_sai",  # blocks of the g-SNR
+    "soap",  # the rotated modes
+    "conda",  # the projected matrix
+    "eggroll",  # low-rank noise per matrix
+    "lion_kappa",  # the nuclear κ (registry default) per matrix
+    "mkor",  # the layer's Kronecker factors
+    "mkor_h",
+    "wgsef",  # the groups (output units)
+}
+#: Optimizers that route matrices through optx.routed (which warns itself) at their
+#: registry defaults, on :data:`GUESSED_CONV`'s 64 x 128 kernel (a low-rank method
+#: whose default rank is >= 64 sends it to its fallback instead).
+ROUTED_MATRIX_USERS = {
+    "apollo_mini",
+    "auon",
+    "frugal",
+    "hybrid_auon",
+    "lipschitz_muon",
+    "muon",
+    "normuon",
+    "root",
+}
+GUESSED_CONV = {
+    "stem": {"kernel": SDS((3, 3, 64, 128), jnp.float32), "bias": SDS((128,), jnp.float32)},
+    "fc": {"kernel": SDS((128, 10), jnp.float32)},
+}
+
+
+@pytest.mark.parametrize("name", optx.list_optimizers())
+def test_every_optimizer_that_uses_a_guessed_view_warns_once(name: str) -> None:
+    """A conv kernel whose name does not say so ('stem') is guessed a stack of nine
+    64 x 128 matrices: every optimizer whose numbers depend on that view says so at
+    ``init``, once, whether it routes through ``optx.routed`` or takes the router's
+    layouts directly (AdamP's channels, SGD-SaI's blocks, SOAP's modes, ...)."""
+    tx = optx.get_optimizer(name).build()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        jax.eval_shape(tx.init, GUESSED_CONV)
+        jax.eval_shape(tx.init, GUESSED_CONV)
+    messages = [str(w.message) for w in record if w.category is optx.RoutingWarning]
+    expected = 1 if name in VIEW_USERS | ROUTED_MATRIX_USERS else 0
+    assert len(messages) == expected, messages
+    assert all("'stem/kernel' (3, 3, 64, 128)" in m for m in messages)
+    if name in VIEW_USERS:
+        quiet = optx.get_optimizer(name).build(router=optx.Router(warn_guessed=False))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            jax.eval_shape(quiet.init, GUESSED_CONV)
+            optx.describe(optx.get_optimizer(name).build(), GUESSED_CONV)
+
+
 # -- describe through wrappers ------------------------------------------------------------------
 
 WRAPPED_PARAMS = {

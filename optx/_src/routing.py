@@ -679,9 +679,9 @@ def routed(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-@hyperparams.validated()
+@hyperparams.validated(warn_guessed=hyperparams.FLAG)
 def attach_router(
-    tx: optax.GradientTransformation, router: Router
+    tx: optax.GradientTransformation, router: Router, *, warn_guessed: bool = False
 ) -> optax.GradientTransformationExtraArgs:
     """Keeps ``router`` on ``tx`` so :func:`router_of` and :func:`describe` find it.
 
@@ -689,13 +689,27 @@ def attach_router(
     attribute survives ``optax.chain``, ``optax.MultiSteps``, ``optax.masked``,
     ... because they close over ``tx``; :func:`router_of` searches closures).
     Returns a new transform (``tx`` is not modified) with extra-args support.
+
+    ``warn_guessed``: ``init`` warns once (:class:`RoutingWarning`, as
+    :func:`routed` does) when the router guessed the matrix view of a leaf. Set it
+    for a transform that takes the router's layouts directly (``layout=router``)
+    rather than through :func:`routed`, so a guessed view that shapes its math is
+    reported too (``Router(..., warn_guessed=False)`` still opts out).
     """
     if not isinstance(router, Router):
         raise TypeError(f"attach_router needs an optx.Router, got {router!r}.")
     tx = optax.with_extra_args_support(tx)
     inner_init = tx.init
+    warned = False
 
     def init(params: base.Params) -> optax.OptState:
+        nonlocal warned
+        if warn_guessed and router.warn_guessed and not warned:
+            assignments = router.assignments(params)
+            describing = bool(getattr(_RECORDING, "stack", None))
+            if any(a.guessed for a in assignments) and not describing:
+                warned = True
+                _warn_guessed(assignments)
         return inner_init(params)
 
     init.router = router  # type: ignore[attr-defined]

@@ -417,6 +417,9 @@ def adahessian(
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
+    # A guessed view changes the conv windows averaged and the blocks of ``block_size``.
+    uses_layouts = spatial_axes == "conv" or block_size is not None
+    tx = routing.attach_router(tx, routing.as_router(router), warn_guessed=uses_layouts)
     return nonfinite.skip_if_not_finite(tx, check_outputs=False)
 
 
@@ -506,18 +509,22 @@ def mfac(
       >>> tx = optx.mfac(learning_rate=1e-3, num_grads=8)
       >>> u, state = tx.update(params, tx.init(params), params)
     """
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay, mask),
-        fisher.scale_by_mfac(
-            num_grads,
-            damp,
-            blockwise=blockwise,
-            router=router,
-            buffer_dtype=buffer_dtype,
-            compute_dtype=compute_dtype,
+    return routing.attach_router(
+        optax.chain(
+            optax.add_decayed_weights(weight_decay, mask),
+            fisher.scale_by_mfac(
+                num_grads,
+                damp,
+                blockwise=blockwise,
+                router=router,
+                buffer_dtype=buffer_dtype,
+                compute_dtype=compute_dtype,
+            ),
+            moments.scale_by_momentum(b1, kind="ema", nesterov=False, mu_dtype=mu_dtype),
+            optax.scale_by_learning_rate(learning_rate),
         ),
-        moments.scale_by_momentum(b1, kind="ema", nesterov=False, mu_dtype=mu_dtype),
-        optax.scale_by_learning_rate(learning_rate),
+        routing.as_router(router),
+        warn_guessed=blockwise,
     )
 
 
@@ -699,6 +706,8 @@ def mkor(
         ),
         _inner_optimizer(locals()),
     )
+    layers = kronecker.mkor_router() if router is None else routing.as_router(router)
+    tx = routing.attach_router(tx, layers, warn_guessed=True)
     # MKOR-H's ``loss`` feeds its switch; plain MKOR ignores it.
     inputs = ("captures", "loss") if hybrid else ("captures",)
     return nonfinite.skip_if_not_finite(tx, inputs, check_outputs=False)

@@ -216,11 +216,15 @@ def adamp(
         inner = moments.scale_by_adam(
             b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype, exact_bias_correction=True
         )
-    return optax.chain(
-        radial.project_out_radial(
-            inner, delta, wd_ratio, weight_decay, eps, layout=router, mask=mask
+    return routing.attach_router(
+        optax.chain(
+            radial.project_out_radial(
+                inner, delta, wd_ratio, weight_decay, eps, layout=router, mask=mask
+            ),
+            optax.scale_by_learning_rate(learning_rate),
         ),
-        optax.scale_by_learning_rate(learning_rate),
+        router,
+        warn_guessed=True,
     )
 
 
@@ -298,18 +302,22 @@ def sgdp(
         def feedback(state: moments.ScaleByMomentumState, projected: Any) -> Any:
             return state._replace(mu=optax.tree.cast_like(projected, state.mu))
 
-    return optax.chain(
-        radial.project_out_radial(
-            inner,
-            delta,
-            wd_ratio,
-            _scaled(weight_decay, 1.0 / (1.0 - momentum)),
-            eps,
-            layout=router,
-            project_inner_state=feedback,
-            mask=mask,
+    return routing.attach_router(
+        optax.chain(
+            radial.project_out_radial(
+                inner,
+                delta,
+                wd_ratio,
+                _scaled(weight_decay, 1.0 / (1.0 - momentum)),
+                eps,
+                layout=router,
+                project_inner_state=feedback,
+                mask=mask,
+            ),
+            optax.scale_by_learning_rate(learning_rate),
         ),
-        optax.scale_by_learning_rate(learning_rate),
+        router,
+        warn_guessed=True,
     )
 
 
@@ -497,22 +505,26 @@ def lion_kappa(
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
     router = routing.as_router(router)
-    return optax.chain(
-        sign.scale_by_lion_kappa(
-            b1,
-            b2,
-            kappa,
-            delta=delta,
-            p=p,
-            ns_coeffs=ns_coeffs,
-            ns_steps=5 if ns_steps is None else ns_steps,
-            ns_dtype=ns_dtype,
-            layout=router,
-            strategy=strategy,
-            mu_dtype=mu_dtype,
+    return routing.attach_router(
+        optax.chain(
+            sign.scale_by_lion_kappa(
+                b1,
+                b2,
+                kappa,
+                delta=delta,
+                p=p,
+                ns_coeffs=ns_coeffs,
+                ns_steps=5 if ns_steps is None else ns_steps,
+                ns_dtype=ns_dtype,
+                layout=router,
+                strategy=strategy,
+                mu_dtype=mu_dtype,
+            ),
+            optax.add_decayed_weights(weight_decay, mask),
+            optax.scale_by_learning_rate(learning_rate),
         ),
-        optax.add_decayed_weights(weight_decay, mask),
-        optax.scale_by_learning_rate(learning_rate),
+        router,
+        warn_guessed=isinstance(kappa, str) and kappa in sign.BLOCK_KAPPAS,
     )
 
 
@@ -691,10 +703,14 @@ def sgd_sai(
       >>> updates, state = tx.update(params, tx.init(params), params)
     """
     router = routing.as_router(router)
-    return optax.chain(
-        adaptive.scale_by_sai(b1, eps, scale_rule=scale_rule, layout=router, mu_dtype=mu_dtype),
-        optax.add_decayed_weights(weight_decay, mask),
-        optax.scale_by_learning_rate(learning_rate),
+    return routing.attach_router(
+        optax.chain(
+            adaptive.scale_by_sai(b1, eps, scale_rule=scale_rule, layout=router, mu_dtype=mu_dtype),
+            optax.add_decayed_weights(weight_decay, mask),
+            optax.scale_by_learning_rate(learning_rate),
+        ),
+        router,
+        warn_guessed=True,
     )
 
 

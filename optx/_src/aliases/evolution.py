@@ -167,7 +167,9 @@ def _es_alias(
     tx = nonfinite.skip_if_not_finite(
         optax.chain(es, factory(learning_rate)), ("fitness",), check_outputs=False
     )
-    return routing.attach_router(tx, evolution.es_router() if router is None else router)
+    layers = evolution.es_router() if router is None else router
+    # Low-rank noise follows each matrix view; full-rank noise does not need one.
+    return routing.attach_router(tx, layers, warn_guessed=rank is not None)
 
 
 @hyperparams.validated()

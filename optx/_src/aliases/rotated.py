@@ -253,7 +253,7 @@ def soap(
         add_decayed_weights_after_step(weight_decay, learning_rate, mask, skip_steps=1),
         optax.scale_by_learning_rate(learning_rate),
     )
-    return routing.attach_router(tx, router)
+    return routing.attach_router(tx, router, warn_guessed=True)
 
 
 @hyperparams.validated()
@@ -366,7 +366,7 @@ def conda(
         add_decayed_weights_after_step(weight_decay, learning_rate, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
-    return routing.attach_router(tx, router)
+    return routing.attach_router(tx, router, warn_guessed=True)
 
 
 @hyperparams.validated(gamma=hyperparams.NONNEGATIVE)

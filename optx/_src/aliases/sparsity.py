@@ -109,7 +109,7 @@ def wgsef(
         strength, 0.5 if k is None else k, groups=groups, group_weights=group_weights, layout=router
     )
     tx = optax.with_extra_args_support(optax.chain(step, prox))
-    return routing.attach_router(tx, routing.as_router(router))
+    return routing.attach_router(tx, routing.as_router(router), warn_guessed=True)
 
 
 registry.register(
