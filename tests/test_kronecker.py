@@ -447,3 +447,29 @@ def test_capture_of_a_conv_routed_as_dense_names_the_router() -> None:
                 optimizer.update(model, grads, captures=captures)
         else:
             optimizer.update(model, grads, captures=captures)
+
+
+@pytest.mark.parametrize("clip_value", [0.5, 100.0])
+def test_bias_input_is_clamped_with_the_statistics(clip_value: float) -> None:
+    """The official ``AHandler`` appends the bias input 1 to ``a`` and then clamps to
+    ``±clip_value``: below 1 the bias input is ``clip_value``. After the first refresh
+    (a reset to I), the second is one Sherman–Morrison step of I with
+    ``v = clip([ā, 1])``: ``A⁻¹ = I − vvᵀ / (1 + vᵀv)``."""
+    params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+    a = jnp.asarray([0.2, -0.8, 1.7])
+    g = jnp.asarray([0.3, -2.0])
+    captures = {"dense/kernel": optx.curvature.LayerStatistics(a, g)}
+    tx = optx.mkor(
+        0.1, update_interval=1, clip_value=clip_value, factor_dtype=jnp.float32, weight_decay=0.0
+    )
+    state = tx.init(params)
+    for _ in range(2):
+        _, state = tx.update(params, state, params, captures=captures)
+    mk = next(
+        x
+        for x in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "a_inv"))
+        if hasattr(x, "a_inv")
+    )
+    v = np.clip(np.append(np.asarray(a), 1.0), -clip_value, clip_value)
+    want = np.eye(4) - np.outer(v, v) / (1.0 + v @ v)
+    np.testing.assert_allclose(np.asarray(mk.a_inv["dense"]["kernel"])[0], want, atol=1e-6)

@@ -568,7 +568,10 @@ def scale_by_mkor(
       stabilization_factor: ζ of ``reset_mode='blend'`` (official 0.1).
       reset_mode: ``'identity'`` (released behaviour) or ``'blend'``.
       reset_threshold: blow-up threshold on ``max|F⁻¹|`` (official 2).
-      clip_value: clamp of the statistics (official 100).
+      clip_value: clamp of the batch-mean statistics ``ā`` (with its bias input 1, which
+        becomes ``min(1, clip_value)`` as in the official code) and ``ḡ`` (official
+        100). The official per-sample clamp is the capture's: pass the same value to
+        :func:`optx.curvature.value_grad_and_captures` (``clip_value=``).
       warmup_steps: refresh every step before this step (static; None = 0,
         official).
       statistics: ``'auto'``, ``'captures'`` or ``'gradients'``.
@@ -684,11 +687,11 @@ def scale_by_mkor(
             cdt = jnp.result_type(jnp.float32, cap.inputs, cap.output_grads)
             a = jnp.asarray(cap.inputs, cdt).reshape(lay.batch_size, lay.fan_in)
             g = jnp.asarray(cap.output_grads, cdt).reshape(lay.batch_size, lay.fan_out)
-        a = jnp.clip(a, -clip, clip)
-        g = jnp.clip(g, -clip, clip)
         if layer.bias is not None:
+            # The official handler appends the bias input, then clamps: the ones become
+            # ``min(1, clip_value)``.
             a = jnp.concatenate([a, jnp.ones((a.shape[0], 1), a.dtype)], axis=1)
-        return a, g
+        return jnp.clip(a, -clip, clip), jnp.clip(g, -clip, clip)
 
     def refresh(plan, leaves, layer_states, captures, due, ix):
         """``layer_states`` refreshed where ``due``, else unchanged (one ``lax.cond``).

@@ -535,7 +535,7 @@ def _mkor(hybrid: bool):
         """MKOR (mkor/mkor.py @3a0e3bb2, arXiv 2306.01685 Alg. 1) with float64 factors
         (the official ``half_precision=False``): layers are the matrix leaves with the
         PyTorch view M = [∇W, ∇b]ᵀ (a sibling ``bias`` folded in as the last input row,
-        ā gets a trailing 1). Statistics: the test's captures (``aux[t]['_captures']``,
+        ā gets a trailing 1 before the clamp). Statistics: the test's captures (``aux[t]['_captures']``,
         drawn with ``jax.random``) where given, else from the gradient — with a bias
         ḡ = ∇b, ā = ∇W∇b/‖∇b‖² — clamped to ±100. Every k steps (from step 0): a factor
         flagged for reset becomes I (all start flagged), else one Sherman–Morrison step;
@@ -570,9 +570,9 @@ def _mkor(hybrid: bool):
                         else:
                             gg = bias[i, 0]
                             a = x @ gg / max(np.sum(gg * gg), 1e-30)
-                        a, gg = np.clip(a, -clip, clip), np.clip(gg, -clip, clip)
-                        if bk:
+                        if bk:  # the official AHandler appends the ones, then clamps
                             a = np.concatenate([a, [1.0]])
+                        a, gg = np.clip(a, -clip, clip), np.clip(gg, -clip, clip)
                         ra = st.get(("ra", k, i), True)
                         rg = st.get(("rg", k, i), True)
                         A = np.eye(a.size) if ra else _sherman_morrison(st[("A", k, i)], a, decay)

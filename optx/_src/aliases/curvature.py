@@ -656,7 +656,9 @@ def mkor(
       b1, b2, eps: Adam's / AdamW's hyper-parameters.
       update_interval, factor_decay, stabilization_factor, reset_mode,
         reset_threshold, clip_value, warmup_steps, statistics, factor_dtype,
-        router: see :func:`optx.scale_by_mkor`.
+        router: see :func:`optx.scale_by_mkor`. ``clip_value`` clamps the batch means
+        here; the official per-sample clamp happens in the capture, so a non-default
+        value goes to :func:`optx.curvature.value_grad_and_captures` too.
       nu_dtype: the inner Adam's / AdamW's second-moment dtype.
       hybrid, switch_window, switch_threshold, switch_min_steps: MKOR-H
         (:func:`optx.mkor_h` is ``mkor(..., hybrid=True)``).
