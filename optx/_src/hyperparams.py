@@ -128,7 +128,7 @@ class Constraint:
         if self.kind == "bool":
             return "a Python bool"
         if self.kind == "dtype":
-            return "a dtype (e.g. 'float32', jnp.bfloat16)" + extra
+            return "a floating dtype (e.g. 'float32', jnp.bfloat16)" + extra
         if self.kind == "mask":
             return "a bool, a tree of bools (a prefix of the params) or a callable" + extra
         if self.kind == "transform":
@@ -156,8 +156,12 @@ class Constraint:
             return
         if self.kind == "dtype":
             try:
-                jnp.dtype(value)
+                dtype = jnp.dtype(value)
             except TypeError:
+                dtype = None
+            # States and compute dtypes hold real (or complex) numbers: an integer or
+            # bool dtype would round them away silently.
+            if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
                 raise TypeError(
                     f"`{name}` must be {self.describe()}, got {value!r}{where}."
                 ) from None
@@ -257,7 +261,7 @@ class Constraint:
         elif self.kind == "bool":
             out.append("yes")
         elif self.kind == "dtype":
-            out.append("not_a_dtype")
+            out += ["not_a_dtype", "int8", jnp.bool_]
         elif self.kind == "mask":
             out += [0.1, "w"]
         elif self.kind == "transform":
@@ -629,12 +633,36 @@ def check_arguments(
             constraint.check(name, value, owner)
 
 
+#: Kinds whose None keeps its meaning whatever the signature's default (no mask, the
+#: leaf's dtype, no transform, anything).
+_NONE_MEANS_DEFAULT_KINDS = ("any", "mask", "dtype", "transform")
+
+
+def _none_excluded(parameter: inspect.Parameter, constraint: Constraint) -> bool:
+    """Whether a table entry that allows None must not for this parameter: the table
+    allows it for the factories that resolve None to a default, and this one neither
+    defaults to None nor declares None in its annotation (None would fail in update)."""
+    default = parameter.default
+    return (
+        constraint.optional
+        and constraint.kind not in _NONE_MEANS_DEFAULT_KINDS
+        and default is not None
+        and default is not inspect.Parameter.empty
+        and "None" not in str(parameter.annotation)
+    )
+
+
 def validated(**overrides: Constraint) -> Callable[[F], F]:
     """Checks a factory's arguments against :data:`TABLE` (and ``overrides``).
 
     The wrapped factory keeps its signature, docstring and module (so
     ``optax.inject_hyperparams`` and doctests see the original), and exposes
     its constraints as ``factory.constraints`` (name → :class:`Constraint`).
+
+    A table entry that allows None (for the factories that resolve it to a default)
+    does not where this factory's parameter has a value as its default and no
+    ``None`` in its annotation: ``None`` is then rejected by name, as any other
+    invalid value.
 
     Raises:
       KeyError: at decoration, if an argument has no constraint (add it to
@@ -654,6 +682,8 @@ def validated(**overrides: Constraint) -> Callable[[F], F]:
                     f"{fn.__module__}.{fn.__qualname__}: argument {name!r} has no constraint; "
                     "add it to optx._src.hyperparams.TABLE or pass an override to validated()."
                 )
+            if name not in overrides and _none_excluded(signature.parameters[name], constraint):
+                constraint = constraint.but(optional=False)
             constraints[name] = constraint
         owner = f"optx.{fn.__name__}"
 

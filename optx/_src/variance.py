@@ -234,8 +234,9 @@ def agvm(
     if stop_step is not None and stop_step <= start_step:
         # The official hook silently ignores such a stop (it never stops).
         raise ValueError(f"`stop_step` ({stop_step}) must be > `start_step` ({start_step}).")
-    if not 0 < min_ratio <= max_ratio:
-        raise ValueError(f"Need 0 < min_ratio <= max_ratio, got {min_ratio}, {max_ratio}.")
+    low, high = base._concrete_float(min_ratio), base._concrete_float(max_ratio)
+    if low is not None and high is not None and not 0 < low <= high:  # traced: unchecked
+        raise ValueError(f"Need 0 < `min_ratio` <= `max_ratio`, got {min_ratio}, {max_ratio}.")
     world_size = base.check_positive_int("world_size", 1 if world_size is None else world_size)
     if grad_clip is not None:
         base.check_finite("grad_clip", grad_clip)

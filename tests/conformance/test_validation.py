@@ -126,6 +126,20 @@ def test_every_declared_constraint_raises_naming_the_argument(name: str) -> None
         (lambda: optx.root(0.02, None, None, 0.95, 1e-8, 0.1), "mask"),
         (lambda: optx.lipschitz_muon(0.02, None, None, 0.95, 1e-8, 0.1), "mask"),
         (lambda: optx.adamw(1e-3, mask="kernel"), "mask"),
+        # None where the factory's default is a value (the table allows None for the
+        # factories that resolve it): accepted, then failed inside update.
+        (lambda: optx.adamw(eps_root=None), "eps_root"),
+        (lambda: optx.scale_by_adam(eps_root=None), "eps_root"),
+        (lambda: optx.sophia_h(gamma=None), "gamma"),
+        (lambda: optx.scale_by_cosh_rms(gamma=None), "gamma"),
+        (lambda: optx.scale_by_norm_growth_limiter(gamma=None), "gamma"),
+        (lambda: optx.agvm(optax.sgd(0.1), adam_preconditioning=True, adam_eps=None), "adam_eps"),
+        (lambda: optx.root(scaling=None), "scaling"),
+        # Integer and bool dtypes for states and compute: accepted, then rounded away.
+        (lambda: optx.muon(ns_dtype="int8"), "ns_dtype"),
+        (lambda: optx.adamw(mu_dtype="int8"), "mu_dtype"),
+        (lambda: optx.soap(precond_dtype="int8"), "precond_dtype"),
+        (lambda: optx.soap(nu_dtype=jnp.bool_), "nu_dtype"),
     ],
 )
 def test_issue_cases_name_the_argument(call: Callable[[], Any], argument: str) -> None:
@@ -338,3 +352,36 @@ def test_transform_arguments_are_checked_by_name() -> None:
             call()
     optx.mkor(inner="adam")
     optx.mkor(inner=optax.scale_by_lion())
+
+
+#: Public primitives whose update needs extra arguments this check does not build.
+_NEEDS_EXTRA_ARGS = {
+    "agvm",
+    "openes",
+    "scale_by_adahessian",
+    "scale_by_eggroll",
+    "scale_by_sophia",
+}
+
+
+#: Primitives that need more than a plain tree: low-rank factor pairs (refactorize_every),
+#: a projection callable (spectral_projection; its named projections are checked).
+_NOT_ON_A_PLAIN_TREE = {"refactorize_every", "spectral_projection"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n in FACTORIES if n not in optx.list_optimizers() and n not in _NOT_ON_A_PLAIN_TREE],
+)
+def test_every_public_primitive_works_under_inject_hyperparams(name: str) -> None:
+    """``optax.inject_hyperparams(optx.X, static_args=<its structural arguments>)``, traced:
+    every default becomes an array, and no factory check may branch on it (the
+    registered optimizers have their own check in tests/test_conformance.py)."""
+    fn = FACTORIES[name]
+    static = tuple(n for n, c in hyperparams.constraints_of(fn).items() if c.static)
+    tx = optax.inject_hyperparams(fn, static_args=static)(**_base_kwargs(name, fn))
+    params = {"w": jnp.ones((8, 6)), "b": jnp.ones(6)}
+    state = jax.eval_shape(tx.init, params)
+    assert "hyperparams" in state._fields
+    if name not in _NEEDS_EXTRA_ARGS:
+        jax.eval_shape(lambda s: tx.update(params, s, params), state)
