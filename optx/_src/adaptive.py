@@ -539,14 +539,15 @@ def scale_by_sai(
       M_1 = g_1,\\; M_t = μ M_{t-1} + (1-μ) g_t,\\qquad u_t = \\mathrm{gsnr}_b\\, M_t
 
     Official-code (``sgd-sai`` 1.0.3) details reproduced: the std is torch's
-    **unbiased** (n − 1) std over the block, NaN → 0, so a single-element
-    block gets ``gsnr = |g|/ε`` (≈ ``1e8·|g|``); the first momentum buffer is a
+    **unbiased** (n − 1) std over the block; the first momentum buffer is a
     *copy* of ``g`` (not ``(1 − μ) g``); a block whose first gradient is zero
     is frozen forever (``gsnr = 0``).
 
     Deviation from the official code: a **single-element** block (a scalar, a
-    1×1 matrix) has no std; the official ``nan_to_num`` makes its scale
-    ``|g|/ε`` (≈ ``1e8·|g|``: the parameter diverges), optx uses 1 (``√numel``). The official code computes one scale per
+    1×1 matrix) has no unbiased std; the official ``nan_to_num`` makes it 0 and
+    the scale ``|g|/ε`` (≈ ``1e8·|g|``: the parameter diverges, and under
+    ``'gsnr_max'`` that scale divides every other block's), optx uses 1
+    (``√numel``). The official code computes one scale per
     *tensor*; optx uses one per matrix for leaves with a layout, so a scanned
     ``(L, in, out)`` stack gets the L scales its L PyTorch tensors would get
     (leaves without a layout, e.g. stacked biases, get one scale per leaf).

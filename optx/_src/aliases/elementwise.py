@@ -670,9 +670,11 @@ def sgd_sai(
       \\mathrm{gsnr}_b = \\frac{\\|g_1^{(b)}\\|_2}{\\mathrm{std}(g_1^{(b)}) + ε}
 
     with ``M`` and the frozen g-SNR of :func:`optx.scale_by_sai` (official
-    ``sgd-sai`` 1.0.3: unbiased std, NaN → 0 so a single-element tensor gets
-    ``gsnr = |g|/ε``; the first buffer is a copy of ``g``; decoupled decay
-    ``w(1 − ηλ)`` with the pre-step weights). Blocks are per matrix for
+    ``sgd-sai`` 1.0.3: unbiased std; the first buffer is a copy of ``g``;
+    decoupled decay ``w(1 − ηλ)`` with the pre-step weights). Deviation: a
+    single-element tensor gets the scale 1 where the official ``nan_to_num``
+    gives ``|g|/ε`` (≈ ``1e8·|g|``, a diverging step; see
+    :func:`optx.scale_by_sai`). Blocks are per matrix for
     leaves with a layout (per layer of a scanned stack), per leaf otherwise.
     Memory: one momentum plus one scalar per block (half of AdamW's state).
 

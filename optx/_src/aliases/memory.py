@@ -656,7 +656,9 @@ def apollo(
       mask: optional weight-decay mask (tree or callable), as in optax.
       rank: projection rank (static; None = 256; README: ¼ d_model, 256 for 1B/7B).
       scale: α (enters as √α).
-      scale_type: ``'channel'`` or ``'tensor'``.
+      scale_type: ``'channel'`` or ``'tensor'``. With ``'channel'`` and a side other
+        than ``'std'`` the channels are those of the unprojected dimension (the
+        official code fails there with a shape error).
       projection: ``'random'`` (official), ``'svd'`` (official option), or any
         kind/callable of :func:`optx.scale_by_subspace`.
       side: ``'std'`` (official).
