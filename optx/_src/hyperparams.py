@@ -39,7 +39,8 @@ import functools
 import inspect
 import math
 import numbers
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -68,6 +69,9 @@ class Constraint:
       choices: the allowed values of a ``'choice'``.
       callable_ok: a ``'choice'`` also accepts a callable (a custom kind).
       allow_inf: a ``'real'`` also accepts ``+inf`` (e.g. an ℓ∞ norm's ``p``).
+      shape_of: for an ``'any'`` structural object, a check of its form: returns
+        what the value must be when it is not (a TypeError names the argument),
+        None when it is.
     """
 
     kind: str
@@ -81,6 +85,7 @@ class Constraint:
     choices: tuple[Any, ...] = ()
     callable_ok: bool = False
     allow_inf: bool = False
+    shape_of: Callable[[Any], str | None] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -146,6 +151,9 @@ class Constraint:
                 return
             raise TypeError(f"`{name}` must be {self.describe()}, got None{where}.")
         if self.kind == "any":
+            expected = None if self.shape_of is None else self.shape_of(value)
+            if expected is not None:
+                raise TypeError(f"`{name}` must be {expected}, got {value!r}{where}.")
             return
         if self.kind == "bool":
             if not isinstance(value, (bool, np.bool_)):
@@ -380,6 +388,101 @@ STATIC = Constraint("any", static=True)
 """Structural and unchecked here (routers, layouts, transforms, trees, tables)."""
 
 
+def _is_str_sequence(value: Any) -> bool:
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and all(isinstance(v, str) for v in value)
+    )
+
+
+def _router_form(value: Any) -> str | None:
+    from optx._src import routing  # local import: routing is validated by this module
+
+    ok = isinstance(value, routing.Router) or (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and all(isinstance(r, routing.Rule) for r in value)
+    )
+    return None if ok else "an optx.Router, a sequence of optx.Rule or None"
+
+
+def _layout_form(value: Any) -> str | None:
+    from optx._src import layouts  # local import: layouts builds on this module
+
+    expected = (
+        "a LayoutSpec: None, an optx.MatrixLayout, a router, a callable "
+        "(path, leaf) -> MatrixLayout | None, or a tree of MatrixLayout/None"
+    )
+    if callable(value) or callable(getattr(value, "layout", None)):
+        return None  # a layout function, or a router (its ``layout`` method)
+    if isinstance(value, layouts.MatrixLayout):
+        return None
+    if isinstance(value, (str, bytes, numbers.Number, np.ndarray, jax.Array)):
+        return expected
+    leaves = jax.tree.leaves(value, is_leaf=lambda x: isinstance(x, layouts.MatrixLayout))
+    ok = all(isinstance(x, layouts.MatrixLayout) for x in leaves)
+    return None if ok else expected
+
+
+def _strings_form(value: Any) -> str | None:
+    return None if _is_str_sequence(value) else "a sequence of str"
+
+
+def _groups_form(value: Any) -> str | None:
+    ok = isinstance(value, str) or _is_str_sequence(value)
+    return None if ok else "a str or a sequence of str"
+
+
+def _pattern_form(value: Any) -> str | None:
+    if callable(value):
+        return None
+    if not isinstance(value, str):
+        return "a regular expression (str) or a callable"
+    try:
+        re.compile(value)
+    except re.error as e:
+        return f"a valid regular expression ({e})"
+    return None
+
+
+def _axis_name_form(value: Any) -> str | None:
+    ok = isinstance(value, str) or (
+        isinstance(value, tuple) and value and all(isinstance(v, str) for v in value)
+    )
+    return None if ok else "a mesh axis name (str), a tuple of them or None"
+
+
+def _pairs_form(value: Any) -> str | None:
+    from optx._src import lora  # local import: lora is validated by this module
+
+    def is_pair(p: Any) -> bool:  # an adapter, or refactorize_every's (left, right) paths
+        return isinstance(p, lora.LoRAPair) or (
+            isinstance(p, tuple) and len(p) == 2 and all(isinstance(x, str) for x in p)
+        )
+
+    ok = callable(value) or (isinstance(value, Sequence) and all(is_pair(p) for p in value))
+    return (
+        None
+        if ok
+        else (
+            "a sequence of optx.lora.LoRAPair (optx.lora.lora_pairs) or of (left_path, "
+            "right_path) pairs, a callable or None"
+        )
+    )
+
+
+def _transforms_form(value: Any) -> str | None:
+    ok = isinstance(value, Mapping) and all(
+        isinstance(k, str) and _is_transform(v) for k, v in value.items()
+    )
+    return None if ok else "a mapping from group names to optax transforms"
+
+
+def _weights_form(value: Any) -> str | None:
+    return None if isinstance(value, str) or callable(value) else "None, 'size' or a callable"
+
+
 # ----------------------------------------------------------------------------
 # The table: one constraint per argument name
 # ----------------------------------------------------------------------------
@@ -407,7 +510,7 @@ TABLE: dict[str, Constraint] = {
     "adam_b2": UNIT.but(optional=True),
     "beta": UNIT,
     "momentum": UNIT,
-    "agvm_decay": UNIT,
+    "agvm_decay": UNIT_CLOSED,  # as agvm's `decay`: 1 keeps the initial factors
     "shampoo_beta": UNIT.but(optional=True),
     "factor_decay": UNIT_CLOSED,
     "dampening": UNIT_CLOSED,
@@ -561,30 +664,31 @@ TABLE: dict[str, Constraint] = {
     **{
         obj: STATIC
         for obj in (
-            "router",
-            "layout",
-            "extra_layout",
             "ns_coeffs",
             "inputs",
-            "transforms",
             "project",
             "hyperparams",
-            "pairs",
-            "fields",
-            "unsigned_fields",
-            "full_precision",
-            "groups",
             "estimator",
             "project_inner_state",
-            "axis_name",
             "spatial_axes",
             "grad_clip_iter_range",
             "optimizer",
-            "group_weights",
             "gates",
             "k",
         )
     },
+    # --- structural objects whose form is checked here (their contents by the factory)
+    "router": STATIC.but(shape_of=_router_form),
+    "layout": STATIC.but(shape_of=_layout_form),
+    "extra_layout": STATIC.but(shape_of=_layout_form),
+    "fields": STATIC.but(shape_of=_strings_form),
+    "unsigned_fields": STATIC.but(shape_of=_strings_form),
+    "groups": STATIC.but(shape_of=_groups_form),
+    "full_precision": STATIC.but(shape_of=_pattern_form),
+    "axis_name": STATIC.but(shape_of=_axis_name_form),
+    "pairs": STATIC.but(shape_of=_pairs_form),
+    "group_weights": STATIC.but(shape_of=_weights_form),
+    "transforms": STATIC.but(shape_of=_transforms_form),
     # --- transforms (duck-typed: an ``init`` and an ``update``)
     "inner": TRANSFORM,
     "base_optimizer": TRANSFORM,

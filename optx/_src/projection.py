@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import warnings
 import zlib
 from collections import defaultdict
@@ -63,6 +64,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
@@ -135,15 +137,22 @@ def leaf_geometry(
     return LeafGeometry(layout, axis, d, r)
 
 
+def _check_density(density: Any) -> float:
+    """A static fraction in [0, 1] (a Python or NumPy number; not an array, not a bool)."""
+    static = isinstance(density, (numbers.Real, np.integer, np.floating))
+    if isinstance(density, (bool, np.bool_)) or not static:
+        raise TypeError(f"`density` must be a static float in [0, 1], got {density!r}.")
+    base.check_in_range("density", density, 0.0, 1.0, high_inclusive=True)
+    return float(density)
+
+
 def _check_rank_args(rank: Any, density: Any) -> None:
     if (rank is None) == (density is None):
         raise ValueError("Pass exactly one of `rank` (an int) and `density` (a float in [0, 1]).")
     if rank is not None:
         base.check_positive_int("rank", rank)
     else:
-        if isinstance(density, bool) or not isinstance(density, (int, float)):
-            raise TypeError(f"`density` must be a static float in [0, 1], got {density!r}.")
-        base.check_in_range("density", density, 0.0, 1.0, high_inclusive=True)
+        _check_density(density)
 
 
 def _check_projection(projection: Any) -> None:
@@ -1233,9 +1242,7 @@ def scale_by_block_subspace(
       >>> state.active['stack']['kernel'].shape   # 2 of the 4 stacked matrices
       (2,)
     """
-    if isinstance(density, bool) or not isinstance(density, (int, float)):
-        raise TypeError(f"`density` must be a static float in [0, 1], got {density!r}.")
-    base.check_in_range("density", density, 0.0, 1.0, high_inclusive=True)
+    density = _check_density(density)
     gap = base.check_positive_int("update_proj_gap", update_proj_gap)
     base.check_choice("order", order, BLOCK_ORDERS)
     base.check_choice("residual", residual, RESIDUALS)

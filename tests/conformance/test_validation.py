@@ -140,6 +140,20 @@ def test_every_declared_constraint_raises_naming_the_argument(name: str) -> None
         (lambda: optx.adamw(mu_dtype="int8"), "mu_dtype"),
         (lambda: optx.soap(precond_dtype="int8"), "precond_dtype"),
         (lambda: optx.soap(nu_dtype=jnp.bool_), "nu_dtype"),
+        # Structural objects of the wrong form: accepted, then failed at update without a
+        # name (or failed at construction naming nothing, or with re.error).
+        (lambda: optx.scale_by_newton_schulz(layout="garbage"), "layout"),
+        (lambda: optx.scale_by_sai(layout=3), "layout"),
+        (lambda: optx.wgsef(0.1, group_weights=-1), "group_weights"),
+        (lambda: optx.wgsef(0.1, router="x"), "router"),
+        (lambda: optx.muon(router=3.5), "router"),
+        (lambda: optx.lora_pro(pairs=3.5), "pairs"),
+        (lambda: optx.agvm_sgd(groups=3.5), "groups"),
+        (lambda: optx.routed(3.5), "transforms"),
+        (lambda: optx.routed({"matrix": 0.1}), "transforms"),
+        (lambda: optx.quantization.quantize_moments(optax.adam(1e-3), fields=3), "fields"),
+        (lambda: optx.adamw_8bit(full_precision="("), "full_precision"),
+        (lambda: optx.sophia_h(axis_name=3.5), "axis_name"),
     ],
 )
 def test_issue_cases_name_the_argument(call: Callable[[], Any], argument: str) -> None:
@@ -385,3 +399,18 @@ def test_every_public_primitive_works_under_inject_hyperparams(name: str) -> Non
     assert "hyperparams" in state._fields
     if name not in _NEEDS_EXTRA_ARGS:
         jax.eval_shape(lambda s: tx.update(params, s, params), state)
+
+
+def test_numpy_scalars_are_static_numbers() -> None:
+    """A NumPy scalar is a static number like a Python one (``density`` had required a
+    Python float); an array is not."""
+    params = {"w": jnp.ones((4, 8, 8))}
+    quiet = optx.Router(warn_guessed=False)
+    for density in (np.float32(0.25), np.float64(0.25), 0.25):
+        optx.frugal(density=density, router=quiet).init(params)
+        optx.scale_by_block_subspace(density=density, layout=quiet).init(params)
+    with pytest.raises(TypeError, match="`density`"):
+        optx.frugal(density=jnp.asarray(0.25))
+    # agvm's EMA and agvm_sgd's (the same α) accept the same range.
+    optx.agvm(optax.sgd(0.1), decay=1.0)
+    optx.agvm_sgd(agvm_decay=1.0)
