@@ -519,3 +519,14 @@ def test_with_rank_limit() -> None:
 
     traced(3)
     assert seen == [router]
+
+
+def test_describe_an_nnx_optimizer_lists_the_leaves_of_its_wrt_filter() -> None:
+    """``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` updates the adapters only: the
+    table lists them, not the frozen base kernels."""
+    model = nnx.LoRALinear(6, 16, lora_rank=2, rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optx.muon(0.02), wrt=nnx.LoRAParam)
+    paths = [r.path for r in optx.describe(opt, model).rows]
+    assert paths and all("lora" in p for p in paths), paths
+    full = [r.path for r in optx.describe(optx.muon(0.02), model).rows]
+    assert "kernel" in full

@@ -950,10 +950,11 @@ def _is_linen_module(obj: Any) -> bool:
     return linen is not None and isinstance(obj, linen.Module)
 
 
-def model_params(model: Any) -> Any:
-    """``nnx.state(model, nnx.Param)`` for an NNX model; anything else unchanged."""
+def model_params(model: Any, wrt: Any = None) -> Any:
+    """``nnx.state(model, wrt)`` for an NNX model (``wrt``: an NNX filter, default
+    ``nnx.Param``); anything else unchanged."""
     if _is_nnx_module(model):
-        return _nnx().state(model, _nnx().Param)
+        return _nnx().state(model, _nnx().Param if wrt is None else wrt)
     return model
 
 
@@ -1023,7 +1024,8 @@ def describe(obj: Any, params: Any = None) -> RoutingTable:
         * any transform built from optx, also wrapped (``optax.chain``,
           ``optax.inject_hyperparams``, ``optax.MultiSteps``,
           ``optx.accumulate_gradients``, ``optax.masked``, ``optax.partition``),
-          or an ``nnx.Optimizer``: its ``init`` is traced abstractly and every
+          or an ``nnx.Optimizer`` (with the model as ``params``; the leaves of its
+          ``wrt`` filter are listed): its ``init`` is traced abstractly and every
           routed transform inside reports what it sees; leaves outside every
           router (masked out, or a transform without routing) show group ``-``;
         * a :class:`Router`, a sequence of :class:`Rule` or None (the default
@@ -1064,9 +1066,10 @@ def describe(obj: Any, params: Any = None) -> RoutingTable:
                 f"describe({type(obj).__name__}) needs the parameter tree (or the NNX model): "
                 "optx.describe(tx, params)."
             )
-    tree = model_params(params)
     if _is_nnx_optimizer(obj):
-        return _transform_table(obj.tx, tree)
+        # The leaves the optimizer updates: its ``wrt`` filter (e.g. nnx.LoRAParam).
+        return _transform_table(obj.tx, model_params(params, getattr(obj, "wrt", None)))
+    tree = model_params(params)
     if isinstance(obj, optax.GradientTransformation) or _is_transform_object(obj):
         return _transform_table(obj, tree)
     if obj is None or isinstance(obj, (Router, Sequence)):
