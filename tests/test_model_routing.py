@@ -668,17 +668,205 @@ class _RematNet(nnx.Module):
 
 
 def test_output_layer_applied_inside_an_nnx_transform() -> None:
-    """A module rebuilt by ``nnx.remat`` is found by its type and kernel shape
-    when that is unique, so the output layer is still the head (before, it
-    took the matrix path silently); where it is not unique, ``router_for``
-    warns that the output layer is left to the name rules."""
-    model = _RematNet(nnx.Rngs(0))
+    """A module rebuilt by ``nnx.remat`` is still known by its path (a static
+    attribute NNX copies into the rebuilt module), so the output layer is the
+    head even when another layer has its type and kernel shape (before, that
+    case warned and left the output layer to the name rules)."""
+    for width in (16, 8):  # width 8: l2 and proj both (8, 8)
+        model = _RematNet(nnx.Rngs(0), width=width)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            table = optx.describe(optx.router_for(model, jnp.ones((2, 6))), model)
+        rows = {r.path: (r.group, r.rule) for r in table.rows}
+        assert rows["proj/kernel"] == ("fallback", "head")
+        assert rows["l1/kernel"][0] == rows["l2/kernel"][0] == "matrix"
+    assert not hasattr(model.proj, "_optx_router_for_path")  # the model is left as it was
+
+
+class _LayerBuiltInTheCall(nnx.Module):
+    """Its last layer call applies a module built during the call (not the model's)."""
+
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.hidden = nnx.Linear(6, 8, rngs=rngs)
+        self.head = nnx.Linear(8, 8, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nnx.Linear(8, 3, rngs=nnx.Rngs(0))(self.head(nnx.relu(self.hidden(x))))
+
+
+def test_unknown_last_layer_call_warns_and_leaves_the_output_to_names() -> None:
+    model = _LayerBuiltInTheCall(nnx.Rngs(0))
+    with pytest.warns(UserWarning, match="not part of the model"):
+        router = optx.router_for(model, jnp.ones((2, 6)))
+    rows = {r.path: (r.group, r.rule) for r in optx.describe(router, model).rows}
+    assert rows["head/kernel"] == ("fallback", "head")  # by its name
+    assert rows["hidden/kernel"] == ("matrix", "dense")
+
+
+# -- the call order, not the names, decides the output layer ----------------------------------
+
+
+class _HiddenHeadNames(nnx.Module):
+    """Hidden layers named like output layers (``fc``, ``out_proj``); the head is ``classifier``."""
+
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.fc = nnx.Linear(4, 32, rngs=rngs)
+        self.out_proj = nnx.Linear(32, 32, rngs=rngs)
+        self.classifier = nnx.Linear(32, 10, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nnx.relu(self.conv(x)).mean((1, 2))
+        return self.classifier(nnx.relu(self.out_proj(nnx.relu(self.fc(h)))))
+
+
+class _TiedWithProjOut(nnx.Module):
+    """A tied output (``Embed.attend``) after a hidden ``LinearGeneral`` named ``proj_out``."""
+
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.embed = nnx.Embed(11, 8, rngs=rngs)
+        self.proj_in = nnx.LinearGeneral(8, (2, 4), rngs=rngs)
+        self.proj_out = nnx.LinearGeneral((2, 4), 8, axis=(-2, -1), rngs=rngs)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return self.embed.attend(self.proj_out(nnx.relu(self.proj_in(self.embed(tokens)))))
+
+
+class _LinenHiddenHeadNames(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Dense(32, name="fc")(x))
+        x = nn.relu(nn.Dense(32, name="out_proj")(x))
+        return nn.Dense(10, name="classifier")(x)
+
+
+def _rows(router: optx.Router, params: Any) -> dict[str, tuple[str, str]]:
+    return {a.path: (a.group, a.rule) for a in router.assignments(params)}
+
+
+def test_call_order_not_names_decides_the_output_layer() -> None:
+    """With example inputs the last layer applied is the only output layer: a
+    hidden ``fc``/``out_proj``/``proj_out`` is a hidden layer; without them
+    (no call order) the name rules still name output layers."""
+    model = _abstract(_HiddenHeadNames)
+    params = nnx.state(model, nnx.Param)
+    rows = _rows(optx.router_for(model, SDS((1, 8, 8, 1), jnp.float32)), params)
+    assert rows["fc/kernel"] == rows["out_proj/kernel"] == (M, "dense")
+    assert rows["classifier/kernel"] == (F, "head")
+    no_inputs = _rows(optx.router_for(model), params)
+    assert no_inputs["fc/kernel"] == no_inputs["out_proj/kernel"] == (F, "head")
+    # A tied output: no dense layer is the output layer.
+    tied = _abstract(_TiedWithProjOut)
+    tied_params = nnx.state(tied, nnx.Param)
+    rows = _rows(optx.router_for(tied, SDS((2, 5), jnp.int32)), tied_params)
+    assert rows["proj_out/kernel"] == rows["proj_in/kernel"] == (M, "dense")
+    assert rows["embed/embedding"] == (F, "embedding")
+    # linen (always with a call order)
+    x = SDS((2, 6), jnp.float32)
+    linen_params = jax.eval_shape(_LinenHiddenHeadNames().init, jax.random.key(0), x)["params"]
+    rows = _rows(optx.router_for(_LinenHiddenHeadNames(), x), linen_params)
+    assert rows["fc/kernel"] == rows["out_proj/kernel"] == (M, "dense")
+    assert rows["classifier/kernel"] == (F, "head")
+
+
+# -- ensembles: nnx.vmap / nn.vmap members -----------------------------------------------------
+
+
+class _Member(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.l1 = nnx.Linear(6, 16, rngs=rngs)
+        self.l2 = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.l2(nnx.relu(self.l1(x)))
+
+
+class _Ensemble(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        @nnx.split_rngs(splits=3)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make(rngs: nnx.Rngs) -> _Member:
+            return _Member(rngs)
+
+        self.members = make(rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nnx.vmap(lambda m, x: m(x), in_axes=(0, None))(self.members, x).mean(0)
+
+
+class _LinenMember(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Dense(3, name="l2")(nn.relu(nn.Dense(16, name="l1")(x)))
+
+
+class _LinenEnsemble(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        ensemble = nn.vmap(
+            _LinenMember,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=3,
+        )
+        return ensemble(name="members")(x).mean(0)
+
+
+def test_ensemble_head_goes_to_the_output_group() -> None:
+    """Each member's output layer (stacked by vmap) is the head, like a single
+    model's; the members' hidden layers stay stacked dense matrices; no warning."""
+    table = {
+        "members/l1/kernel": (M, (3, 6, 16)),
+        "members/l1/bias": (F, None),
+        "members/l2/kernel": (F, None),
+        "members/l2/bias": (F, None),
+    }
+    model = _abstract(_Ensemble)
+    x = SDS((2, 6), jnp.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        table = optx.describe(optx.router_for(model, jnp.ones((2, 6))), model)
-    rows = {r.path: (r.group, r.rule) for r in table.rows}
-    assert rows["proj/kernel"] == ("fallback", "head")
-    assert rows["l1/kernel"][0] == rows["l2/kernel"][0] == "matrix"
-    ambiguous = _RematNet(nnx.Rngs(0), width=8)  # l2 and proj both (8, 8)
-    with pytest.warns(UserWarning, match="could not tell which module"):
-        optx.router_for(ambiguous, jnp.ones((2, 6)))
+        router = optx.router_for(model, x)
+        linen_router = optx.router_for(_LinenEnsemble(), x)
+    params = nnx.state(model, nnx.Param)
+    assert _views(router, params) == table
+    assert _rows(router, params)["members/l2/kernel"] == (F, "head")
+    linen_params = jax.eval_shape(_LinenEnsemble().init, jax.random.key(0), x)["params"]
+    assert _views(linen_router, linen_params) == table
+    # A scanned stack is not the head: the layer applied after it is (SCANNED_TABLE).
+    scanned = _abstract(ScannedMLP)
+    assert (
+        _views(optx.router_for(scanned, SDS((2, 8), jnp.float32)), nnx.state(scanned, nnx.Param))
+        == SCANNED_TABLE
+    )
+
+
+def test_linen_vmap_with_the_member_axis_inside_the_kernel() -> None:
+    """``nn.vmap(variable_axes={'params': 1})`` puts the member axis between fan-in
+    and fan-out: the fan-in size comes from the call's input, as NNX's ``in_features``."""
+
+    class Member(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return nn.Dense(16)(x)
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            ensemble = nn.vmap(
+                Member,
+                variable_axes={"params": 1},
+                split_rngs={"params": True},
+                in_axes=None,
+                out_axes=0,
+                axis_size=3,
+            )
+            return nn.Dense(2, name="head")(ensemble(name="ens")(x).mean(0))
+
+    x = SDS((2, 6), jnp.float32)
+    params = jax.eval_shape(Net().init, jax.random.key(0), x)["params"]
+    assert params["ens"]["Dense_0"]["kernel"].shape == (6, 3, 16)
+    a = optx.router_for(Net(), x).assign("ens/Dense_0/kernel", params["ens"]["Dense_0"]["kernel"])
+    assert (a.group, a.layout) == (M, optx.MatrixLayout((0,), (2,)))
+    assert optx.MatrixLayout.resolve(a.layout, (6, 3, 16)).matrix_shape == (3, 6, 16)

@@ -4,7 +4,12 @@ Names alone cannot route every model: linen calls a model's last layer
 ``Dense_1``, an NNX conv may be called ``c1``, a scanned block's down-projection
 may be called ``out``. :func:`router_for` reads the model instead — the type of
 the module that owns each parameter decides its layout — and, given example
-inputs, the call order decides which layer is the output layer.
+inputs, the call order decides which layer is the output layer: the last layer
+applied, whatever its name (stacked too: the head of an ``nnx.vmap``/``nn.vmap``
+ensemble), and none when that is a tied ``Embed.attend``. Only without a call
+order (an NNX model without example inputs) do names say which layers are
+output layers (``head``, ``classifier``, a top-level ``fc``/``out_proj``, ...; never
+a stacked one), besides the last layer of an ``nnx.Sequential``.
 
 * **NNX** (``flax.nnx.Module``): the module graph is walked
   (``nnx.iter_graph``); only ``nnx.Param`` variables are routed (BatchNorm
@@ -14,12 +19,15 @@ inputs, the call order decides which layer is the output layer.
   example inputs, one abstract call (``nnx.eval_shape``) records the order in
   which ``Linear``/``LinearGeneral``/``Einsum``/``Conv``/``ConvTranspose``
   modules and ``Embed.attend`` are applied (their ``__call__`` is wrapped for
-  the duration of that call); without inputs, the last layer of an
-  ``nnx.Sequential`` model is its output layer.
+  the duration of that call; each layer module of the traced copy carries its
+  path as a static attribute, so modules that ``nnx.vmap``/``nnx.scan``/
+  ``nnx.remat`` rebuild inside the call are known too).
 * **linen** (``flax.linen.Module``, example inputs required): the module
-  classes, their attributes and the call order are recorded with
-  ``flax.linen.intercept_methods`` during an abstract ``init``
-  (``jax.eval_shape``); ``nn.scan``/``nn.vmap`` axes are found the same way.
+  classes, their attributes, the call order and each layer's input feature
+  sizes (read from its call's input, as NNX modules declare ``in_features``) are
+  recorded with ``flax.linen.intercept_methods`` during an abstract ``init``
+  (``jax.eval_shape``); ``nn.scan``/``nn.vmap`` axes are found the same way
+  (an axis ``variable_axes`` put between fan-in and fan-out included).
 
 What each module type means (the ``(batch, fan_in, fan_out)`` matrix view):
 
@@ -177,30 +185,64 @@ def _nnx_decl(nnx: Any, module: Any, attr: Any, parent: Any, name_in_parent: Any
     return _UNKNOWN
 
 
-def _linen_decl(nn: Any, module: Any, attr: Any, parent: Any, name_in_parent: Any) -> _Decl:
+def _linen_input_sizes(nn: Any, module: Any, args: Any, kw: Any) -> tuple[int, ...] | None:
+    """The kernel's input-side sizes a linen layer call implies (as NNX's ``in_features``).
+
+    ``Dense``/``Conv``/``ConvTranspose``: the input features (over
+    ``feature_group_count``); ``DenseGeneral``: its ``batch_dims`` sizes, then its
+    ``axis`` sizes. ``None`` when the call's input has no shape.
+    """
+    x = args[0] if args else kw.get("inputs")
+    shape = tuple(getattr(x, "shape", ()))
+    if not shape:
+        return None
+    if isinstance(module, nn.DenseGeneral):
+        axes = (*_tuple(module.batch_dims), *_tuple(module.axis))
+        if not all(isinstance(a, int) and -len(shape) <= a < len(shape) for a in axes):
+            return None
+        return tuple(int(shape[a]) for a in axes)
+    if isinstance(module, nn.Conv):
+        return (int(shape[-1]) // max(int(module.feature_group_count), 1),)
+    if isinstance(module, (nn.Dense, nn.ConvTranspose)):
+        return (int(shape[-1]),)
+    return None
+
+
+def _linen_decl(
+    nn: Any,
+    input_sizes: dict[int, tuple[int, ...]],
+    module: Any,
+    attr: Any,
+    parent: Any,
+    name_in_parent: Any,
+) -> _Decl:
+    """``module``'s declaration of ``attr``; ``input_sizes`` (by ``id(module)``) from its call."""
     layer_types = (nn.Dense, nn.DenseGeneral, nn.Einsum, nn.Conv, nn.ConvTranspose)
     if attr == "bias" and isinstance(module, layer_types):
         return _BIAS
     if attr != "kernel":
         if isinstance(module, nn.Embed) and attr == "embedding":
-            return _Decl("embedding", "embedding", (None, None), (0,), (1,))
+            table = (module.num_embeddings, module.features)
+            return _Decl("embedding", "embedding", table, (0,), (1,))
         return _NORM if isinstance(module, _norm_types(nn)) else _UNKNOWN
+    sizes = input_sizes.get(id(module))
     if isinstance(module, nn.Dense):
-        return _Decl("matrix", "dense", (None, module.features), (0,), (1,))
+        fan_in = sizes[0] if sizes else None
+        return _Decl("matrix", "dense", (fan_in, module.features), (0,), (1,))
     if isinstance(module, nn.DenseGeneral):
         rule = _attention_rule(
             parent, getattr(nn, "MultiHeadDotProductAttention", None), name_in_parent
         )
-        batch = (None,) * len(_tuple(module.batch_dims))
-        ins = (None,) * len(_tuple(module.axis))
-        return _block_decl(rule, batch, ins, _tuple(module.features))
+        nb, ni = len(_tuple(module.batch_dims)), len(_tuple(module.axis))
+        known = sizes if sizes is not None and len(sizes) == nb + ni else (None,) * (nb + ni)
+        return _block_decl(rule, known[:nb], known[nb:], _tuple(module.features))
     if isinstance(module, nn.Einsum):
         return _einsum_decl(module.einsum_str, tuple(module.shape))
     if isinstance(module, (nn.Conv, nn.ConvTranspose)):
         window = _tuple(module.kernel_size)
         transpose = isinstance(module, nn.ConvTranspose) and bool(module.transpose_kernel)
-        features = module.features
-        shape = (*window, features, None) if transpose else (*window, None, features)
+        features, fan_in = module.features, sizes[0] if sizes else None
+        shape = (*window, features, fan_in) if transpose else (*window, fan_in, features)
         return _conv_decl(shape, transpose)
     return _UNKNOWN
 
@@ -282,19 +324,20 @@ def _variable_shape(var: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
-def _signature(module: Any) -> tuple[Any, ...]:
-    """A layer module's type and the shape of its kernel (or embedding table)."""
-    for name in ("kernel", "embedding"):
-        var = getattr(module, name, None)
-        if var is not None:
-            return (type(module), _variable_shape(var))
-    return (type(module), None)
+_PATH_TAG = "_optx_router_for_path"  # a static attribute, so NNX transforms carry it
 
 
 def _nnx_calls(
     nnx: Any, model: Any, inputs: tuple[Any, ...], method: Any, kwargs: dict[str, Any]
 ) -> list[tuple[Any, ...] | None]:
-    """The layer modules an abstract call applies, in order (wrapping their methods)."""
+    """The layer modules an abstract call applies, in order (wrapping their methods).
+
+    Inside the traced call each layer module of the (traced copy of the) model
+    carries its path as a static attribute, which NNX transforms (``nnx.vmap``,
+    ``nnx.scan``, ``nnx.remat``, ``nnx.jit``) copy into the modules they rebuild;
+    a layer call whose module has none (one that is not part of the model, e.g.
+    built during the call) is recorded as ``None``.
+    """
     hooked = [
         (nnx.Linear, "__call__"),
         (nnx.LinearGeneral, "__call__"),
@@ -303,30 +346,22 @@ def _nnx_calls(
         (nnx.ConvTranspose, "__call__"),
         (nnx.Embed, "attend"),
     ]
+    layer_types = tuple(cls for cls, _ in hooked)
     calls: list[tuple[Any, ...] | None] = []
-    ids: dict[int, tuple[Any, ...]] = {}
-    by_signature: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
 
     def hook(orig: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(orig)
         def wrapper(self: Any, *args: Any, **kw: Any) -> Any:
-            path = ids.get(id(self))
-            if path is None:
-                # A module rebuilt by an NNX transform (nnx.remat, jit, scan, vmap)
-                # inside the call: found by its type and parameter shape when that
-                # is unique in the model.
-                found = by_signature.get(_signature(self), [])
-                path = found[0] if len(found) == 1 else None
-            calls.append(path)
+            calls.append(vars(self).get(_PATH_TAG))
             return orig(self, *args, **kw)
 
         return wrapper
 
     def run(m: Any, *xs: Any) -> Any:
+        # `m` is eval_shape's own copy of the model: tagging it leaves the model as it was.
         for p, node in nnx.iter_graph(m):
-            if isinstance(node, nnx.Module):
-                ids[id(node)] = tuple(p)
-                by_signature.setdefault(_signature(node), []).append(tuple(p))
+            if isinstance(node, layer_types):
+                object.__setattr__(node, _PATH_TAG, tuple(p))
         if method is None:
             return m(*xs, **kwargs)
         if isinstance(method, str):
@@ -414,15 +449,19 @@ def _walk_linen(
     layer_types = (nn.Dense, nn.DenseGeneral, nn.Einsum, nn.Conv, nn.ConvTranspose)
     modules: dict[tuple[Any, ...], Any] = {}
     calls: list[tuple[Any, ...] | None] = []
+    input_sizes: dict[int, tuple[int, ...]] = {}  # by id of the module in `modules`
 
     def interceptor(next_fun: Any, args: Any, kw: Any, context: Any) -> Any:
         m = context.module
         path = tuple(m.path)
-        modules.setdefault(path, m)
+        stored = modules.setdefault(path, m)
         name = context.method_name
-        if (name == "__call__" and isinstance(m, layer_types)) or (
-            name == "attend" and isinstance(m, nn.Embed)
-        ):
+        if name == "__call__" and isinstance(m, layer_types):
+            calls.append(path)
+            sizes = _linen_input_sizes(nn, m, args, kw)
+            if sizes is not None:
+                input_sizes.setdefault(id(stored), sizes)
+        elif name == "attend" and isinstance(m, nn.Embed):
             calls.append(path)
         return next_fun(*args, **kw)
 
@@ -440,29 +479,40 @@ def _walk_linen(
     params = variables.get("params", {}) if hasattr(variables, "get") else {}
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     leaves = [_Leaf(tuple(base.path_entry_name(k) for k in p), tuple(x.shape)) for p, x in flat]
-    return _Walk(modules, leaves, calls, functools.partial(_linen_decl, nn), nn.Embed)
+    decl = functools.partial(_linen_decl, nn, input_sizes)
+    return _Walk(modules, leaves, calls, decl, nn.Embed)
 
 
 # -- the table --------------------------------------------------------------------
 
 
-def _output_module(walk: _Walk) -> tuple[Any, ...] | None:
-    """The output layer: the last layer applied (unless it is an embedding's ``attend``)."""
-    if walk.calls:
-        last = walk.calls[-1]
-        if last is None:
-            warnings.warn(
-                "optx.router_for could not tell which module the last layer call applied "
-                "(a module rebuilt inside an NNX transform such as nnx.remat, with another "
-                "layer of the same type and kernel shape): the output layer is left to the "
-                "name rules (head, lm_head, out, ...); check optx.describe.",
-                stacklevel=3,
-            )
-            return None
-        if isinstance(walk.modules.get(last), walk.embed_type):
-            return None
-        return last
-    return walk.sequential_last
+class _Output(NamedTuple):
+    """Which layer is the model's output layer, and whether names may say so."""
+
+    module: tuple[Any, ...] | None  # the output layer's path (None: no layer is known)
+    by_name: bool  # no call order: layers with head names are output layers too
+
+
+def _output_layer(walk: _Walk) -> _Output:
+    """The last layer applied; without a call order, the ``nnx.Sequential``'s last and names.
+
+    A tied output (``Embed.attend`` applied last) leaves no layer as the output layer.
+    """
+    if not walk.calls:
+        return _Output(walk.sequential_last, True)
+    last = walk.calls[-1]
+    if last is None:
+        warnings.warn(
+            "optx.router_for could not tell which module the last layer call applied "
+            "(a layer module that is not part of the model, e.g. one built during the "
+            "call): the output layer is left to the name rules (head, lm_head, out, ...); "
+            "check optx.describe.",
+            stacklevel=4,
+        )
+        return _Output(None, True)
+    if isinstance(walk.modules.get(last), walk.embed_type):
+        return _Output(None, False)
+    return _Output(last, False)
 
 
 _HEAD_PATH = routing.Rule(routing._component(routing.HEAD_NAMES), FALLBACK)
@@ -472,6 +522,25 @@ _TOP_HEAD_PATH = routing.Rule(rf"(?i)^({routing.TOP_LEVEL_HEAD_NAMES})(/|$)", FA
 def _is_head_name(module_path: str) -> bool:
     return bool(module_path) and (
         _HEAD_PATH.matches(module_path, 2) or _TOP_HEAD_PATH.matches(module_path, 2)
+    )
+
+
+def _is_output(
+    output: _Output, owner: tuple[Any, ...], decl: _Decl, stacked: bool, module_path: str
+) -> bool:
+    """Whether the layer at ``owner`` is the output layer.
+
+    The last layer applied is, stacked or not (an ``nnx.vmap``/``nn.vmap``
+    ensemble's head is one). The name rules only speak without a call order, and
+    never for stacked layers (a scanned block's ``out`` projection is hidden).
+    """
+    if output.module is not None and owner == output.module:
+        return True
+    return (
+        output.by_name
+        and not stacked
+        and decl.rule in ("dense", "einsum")
+        and _is_head_name(module_path)
     )
 
 
@@ -507,7 +576,7 @@ def _table(
     embedding_group: str,
     lora_group: str,
 ) -> list[Assignment]:
-    output = _output_module(walk) if output_group is not None else None
+    output = _output_layer(walk) if output_group is not None else None
     param_paths = {leaf.path for leaf in walk.leaves}
     entries: list[Assignment] = []
     bases: dict[tuple[Any, ...], str] = {}
@@ -532,15 +601,7 @@ def _table(
             continue
         if decl.kind == "matrix":
             layout, stacked = fitted  # type: ignore[misc]
-            is_output = (
-                output_group is not None
-                and not stacked
-                and (
-                    owner == output
-                    or (decl.rule in ("dense", "einsum") and _is_head_name(mod_path))
-                )
-            )
-            if is_output:
+            if output is not None and _is_output(output, owner, decl, stacked, mod_path):
                 group = output_group
                 lay = layout if group in name_router.matrix_groups else None
                 entries.append(Assignment(path, leaf.shape, group, lay, "head", **common))  # type: ignore[arg-type]
@@ -595,11 +656,15 @@ def router_for(
 
     The owning module's type decides each parameter's group and layout (see the
     module table in :mod:`optx._src.model_routing`); leading axes added by
-    ``nnx.vmap``/``nnx.scan``/``nn.scan``/``nn.vmap`` are batch axes; with
-    example inputs the last layer applied is the output layer and goes to
-    ``output_group`` (AdamW in the aliases), as embeddings do. Leaves of module
-    types it does not know are routed by ``name_router``'s rules and marked as
-    guessed. The result is an ordinary, hashable :class:`~optx.Router`: pass it
+    ``nnx.vmap``/``nnx.scan``/``nn.scan``/``nn.vmap`` are batch axes. The output
+    layer goes to ``output_group`` (AdamW in the aliases), as embeddings do: with
+    example inputs it is the last layer applied, whatever its name (stacked
+    too: a vmapped ensemble's head; none when the model ends in a tied
+    ``Embed.attend``); without a call order (NNX without example inputs) it is
+    the last layer of an ``nnx.Sequential`` and any unstacked layer with a head
+    name (``head``, ``classifier``, a top-level ``fc``/``out_proj``, ...). Leaves
+    of module types it does not know are routed by ``name_router``'s rules and
+    marked as guessed. The result is an ordinary, hashable :class:`~optx.Router`: pass it
     as ``router=`` to any matrix method, extend it with
     :meth:`~optx.Router.with_rules` (those rules override the model table), and
     look at it with :func:`optx.describe`.
@@ -610,7 +675,7 @@ def router_for(
       *example_inputs: inputs of one call (arrays or ``jax.ShapeDtypeStruct``;
         only shapes and dtypes are used, nothing is computed). Optional for
         NNX (then the output layer is found only for ``nnx.Sequential`` models
-        and by name), required for linen.
+        and by name), required for linen (whose parameter shapes need a call).
       method: the method to call instead of ``__call__`` (a name, or for NNX a
         function ``(model, *inputs, **call_kwargs)``; for linen as
         ``Module.init``'s ``method``).
