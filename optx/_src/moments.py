@@ -80,14 +80,10 @@ def scale_by_momentum(
     if bias_correction and kind != "ema":
         raise ValueError("bias_correction is only defined for kind='ema'.")
     base.check_in_range("dampening", dampening, 0.0, 1.0, high_inclusive=True)
-    # A traced (injected) dampening is applied as a value; a concrete one only if non-zero.
-    damped = base._concrete_float(dampening) != 0.0
-    if kind != "sum":
-        if damped and base._concrete_float(dampening) is not None:
-            raise ValueError(
-                "`dampening` is only defined for kind='sum' (torch.optim.SGD's buffer)."
-            )
-        damped = False
+    value = base._concrete_float(dampening)  # None when traced (injected): applied as is
+    if kind != "sum" and value not in (None, 0.0):
+        raise ValueError("`dampening` is only defined for kind='sum' (torch.optim.SGD's buffer).")
+    damped = kind == "sum" and value != 0.0
     mu_dtype = base.canonicalize_dtype(mu_dtype)
 
     def init_fn(params: base.Params) -> ScaleByMomentumState:

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 import warnings
 import zlib
 from collections import defaultdict
@@ -64,7 +63,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
@@ -137,22 +135,14 @@ def leaf_geometry(
     return LeafGeometry(layout, axis, d, r)
 
 
-def _check_density(density: Any) -> float:
-    """A static fraction in [0, 1] (a Python or NumPy number; not an array, not a bool)."""
-    static = isinstance(density, (numbers.Real, np.integer, np.floating))
-    if isinstance(density, (bool, np.bool_)) or not static:
-        raise TypeError(f"`density` must be a static float in [0, 1], got {density!r}.")
-    base.check_in_range("density", density, 0.0, 1.0, high_inclusive=True)
-    return float(density)
-
-
 def _check_rank_args(rank: Any, density: Any) -> None:
     if (rank is None) == (density is None):
         raise ValueError("Pass exactly one of `rank` (an int) and `density` (a float in [0, 1]).")
     if rank is not None:
         base.check_positive_int("rank", rank)
     else:
-        _check_density(density)
+        # Its type (a static Python or NumPy number) is the constraint table's check.
+        base.check_in_range("density", density, 0.0, 1.0, high_inclusive=True)
 
 
 def _check_projection(projection: Any) -> None:
@@ -1242,7 +1232,7 @@ def scale_by_block_subspace(
       >>> state.active['stack']['kernel'].shape   # 2 of the 4 stacked matrices
       (2,)
     """
-    density = _check_density(density)
+    density = float(density)  # a static number in [0, 1]: checked by the constraint table
     gap = base.check_positive_int("update_proj_gap", update_proj_gap)
     base.check_choice("order", order, BLOCK_ORDERS)
     base.check_choice("residual", residual, RESIDUALS)

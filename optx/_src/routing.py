@@ -598,12 +598,25 @@ def _recording() -> Iterator[list[tuple[Router, list[Assignment]]]]:
         stack.pop()
 
 
+def _describing() -> bool:
+    """Whether :func:`describe` is tracing an ``init`` (which then warns nothing)."""
+    return bool(getattr(_RECORDING, "stack", None))
+
+
 def _record(router: Router, assignments: list[Assignment]) -> bool:
     """Records for :func:`describe`; True when a recording is active."""
-    stack = getattr(_RECORDING, "stack", None)
-    if not stack:
+    if not _describing():
         return False
-    stack[-1].append((router, assignments))
+    _RECORDING.stack[-1].append((router, assignments))
+    return True
+
+
+def _warns_guessed(router: Router, assignments: list[Assignment], describing: bool) -> bool:
+    """Warns (:func:`_warn_guessed`) when ``router`` guessed a leaf's view, unless it
+    opted out or :func:`describe` is tracing; returns whether it warned."""
+    if not router.warn_guessed or describing or not any(a.guessed for a in assignments):
+        return False
+    _warn_guessed(assignments)
     return True
 
 
@@ -658,10 +671,8 @@ def routed(
                 f"The router sends leaves to groups with no transform: {listing}. "
                 f"Transforms are given for groups {sorted(transforms)}."
             )
-        guessed = router.warn_guessed and any(a.guessed for a in assignments)
-        if guessed and not warned and not describing:
-            warned = True
-            _warn_guessed(assignments)
+        if not warned:
+            warned = _warns_guessed(router, assignments, describing)
         return partition.init(params)
 
     def update_fn(
@@ -704,12 +715,8 @@ def attach_router(
 
     def init(params: base.Params) -> optax.OptState:
         nonlocal warned
-        if warn_guessed and router.warn_guessed and not warned:
-            assignments = router.assignments(params)
-            describing = bool(getattr(_RECORDING, "stack", None))
-            if any(a.guessed for a in assignments) and not describing:
-                warned = True
-                _warn_guessed(assignments)
+        if warn_guessed and not warned:
+            warned = _warns_guessed(router, router.assignments(params), _describing())
         return inner_init(params)
 
     init.router = router  # type: ignore[attr-defined]
