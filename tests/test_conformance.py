@@ -298,6 +298,57 @@ def test_gradient_accumulation(name: str) -> None:
         np.testing.assert_allclose(a, b, rtol=2e-5 * tol, atol=1e-7 * tol)
 
 
+def _subtree(tree: Any, keys: set[str], like: Any) -> Any:
+    """``tree``'s entries at ``keys`` when it is shaped like ``like`` (a tree extra
+    argument such as AGVM's ``grads_a``); anything else (a loss function, a key) as is."""
+    if isinstance(tree, dict) and tree.keys() == like.keys():
+        return {k: tree[k] for k in keys}
+    return tree
+
+
+@pytest.mark.parametrize("name", GROUPED)
+def test_inside_optax_partition_equals_the_subtree_alone(name: str) -> None:
+    """``optax.partition`` hands the optimizer its leaves with ``MaskedNode`` in place
+    of the others: routing, grouping and any coupling across leaves (AGVM's groups,
+    EGGROLL's fitness, M-FAC's gradient window) see exactly the labelled leaves.
+
+    The updates equal the same optimizer run on the subtree alone (up to the round-off
+    of a differently fused program), and the other partition's leaves get plain SGD."""
+    spec = _spec(name)
+    sgd_keys = {"ln", "stack"}
+    params = problems.mixed_params()
+    keys = set(params) - sgd_keys
+    sub = functools.partial(_subtree, keys=keys, like=params)
+    labels = {
+        k: jax.tree.map(lambda _, k=k: "sgd" if k in sgd_keys else "opt", v)
+        for k, v in params.items()
+    }
+    tx = optax.partition({"opt": _build(spec), "sgd": optax.sgd(0.1)}, labels)
+    alone = _build(spec)
+    key = jax.random.key(5)
+
+    @jax.jit
+    def step(p: Any, s: Any, s_alone: Any, i: jax.Array) -> tuple[Any, ...]:
+        _, grads, extra = problems.extra_args_for(spec, problems.mixed_loss, p, i, key)
+        u, s = tx.update(grads, s, p, **extra)
+        sub_extra = {a: sub(v) for a, v in extra.items()}
+        u_alone, s_alone = alone.update(sub(grads), s_alone, sub(p), **sub_extra)
+        return optax.apply_updates(p, u), s, s_alone, u, u_alone, grads
+
+    state, alone_state = tx.init(params), alone.init(sub(params))
+    tol = spec.equivalence_tolerance
+    for i in range(2):
+        params, state, alone_state, u, u_alone, grads = step(
+            params, state, alone_state, jnp.asarray(i)
+        )
+        for a, b in zip(jax.tree.leaves(sub(u)), jax.tree.leaves(u_alone), strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-5 * tol, atol=1e-7 * tol)
+        for k in sgd_keys:
+            for a, g in zip(jax.tree.leaves(u[k]), jax.tree.leaves(grads[k]), strict=True):
+                np.testing.assert_array_equal(a, -0.1 * g)
+    assert step._cache_size() == 1
+
+
 @pytest.mark.parametrize("name", GROUPED)
 def test_abstract_init(name: str) -> None:
     tx = _shared_tx(name)
