@@ -216,6 +216,14 @@ def test_sampled_label_loss_mask() -> None:
     np.testing.assert_allclose(float(f(logits, jax.random.key(0))), np.log(2.0), rtol=1e-6)
 
 
+def test_sampled_label_loss_mask_is_a_mean_over_kept_positions() -> None:
+    """Two kept positions with uniform logits (CE = log 3 whatever label is drawn), one
+    masked out: the loss is their mean ``log 3``, not their sum."""
+    logits = jnp.array([[0.0, 0.0, 0.0], [10.0, -10.0, 0.0], [1.0, 1.0, 1.0]])
+    f = optx.curvature.sampled_label_loss(lambda p: p, where=jnp.array([True, False, True]))
+    np.testing.assert_allclose(float(f(logits, jax.random.key(1))), np.log(3.0), rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------
 # Selection by key path (partition / masked / NNX)
 # ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ and a small MLP whose full Hessian comes from ``jax.hessian`` in float64.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -465,3 +466,54 @@ def test_optax_obj_fn_alias_is_accepted() -> None:
     a, _ = tx.update(g, tx.init(params), params, obj_fn=loss_fn, key=jax.random.key(0))
     b, _ = tx.update(g, tx.init(params), params, loss_fn=loss_fn, key=jax.random.key(0))
     np.testing.assert_array_equal(a["w"], b["w"])
+
+
+def test_primitive_defaults_are_the_official_ones() -> None:
+    """Liuhong99/Sophia SophiaG (betas (0.965, 0.99), rho 0.04, the denominator's 1e-15)
+    and amirgholami/adahessian (betas (0.9, 0.999), eps 1e-4, hessian_power 1)."""
+
+    def defaults(fn: Any, *names: str) -> tuple[Any, ...]:
+        sig = inspect.signature(fn).parameters
+        return tuple(sig[n].default for n in names)
+
+    assert defaults(optx.scale_by_sophia, "b1", "b2", "gamma", "eps") == (0.965, 0.99, 0.04, 1e-15)
+    assert defaults(optx.scale_by_sophia, "tokens_per_batch") == (1.0,)
+    assert defaults(optx.scale_by_adahessian, "b1", "b2", "eps", "hessian_power") == (
+        0.9,
+        0.999,
+        1e-4,
+        1.0,
+    )
+
+
+def test_sophia_default_refresh_period_is_10() -> None:
+    """SophiaG's ``k = 10``: without ``update_interval`` the curvature is refreshed at
+    steps 10, 20, … (not 0, 9, 11). Rademacher Hutchinson on a diagonal quadratic is exact,
+    so a refresh from ``h = 0`` gives ``(1 − β₂)·diag(H)``."""
+    a = jnp.asarray([1.0, 2.0, 3.0])
+    loss_fn = lambda w: 0.5 * jnp.sum(a * w**2)  # noqa: E731
+    b2 = 0.9
+    w = jnp.ones(3)
+    cases = {
+        None: ((0, False), (9, False), (10, True), (11, False), (20, True)),
+        1: ((0, False), (1, True), (2, True)),  # k = 1: every step but the first
+    }
+    for k, steps in cases.items():
+        tx = optx.scale_by_sophia(b2=b2, estimator=optx.curvature.Hutchinson(), update_interval=k)
+        state = tx.init(w)
+        update = jax.jit(lambda s, tx=tx: tx.update(a * w, s, w, loss_fn=loss_fn)[1].hessian)
+        for step, refreshed in steps:
+            h = np.asarray(update(state._replace(count=jnp.asarray(step, jnp.int32))))
+            want = (1 - b2) * np.asarray(a) if refreshed else np.zeros(3)
+            np.testing.assert_allclose(h, want, rtol=1e-6, err_msg=f"k {k}, step {step}")
+
+
+def test_sophia_win_rate_of_a_single_element_tree() -> None:
+    """One element, unclipped (``|m| < γh``): the win rate is 1 (wins / size, size 1)."""
+    w = jnp.asarray(1.0)
+    tx = optx.scale_by_sophia(
+        gamma=1.0, b2=0.0, estimator=optx.curvature.Hutchinson(), refresh_at_start=True
+    )
+    loss_fn = lambda p: p**2  # noqa: E731  (h = 2)
+    _, state = tx.update(jnp.asarray(0.1), tx.init(w), w, loss_fn=loss_fn)
+    assert float(state.win_rate) == 1.0

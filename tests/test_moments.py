@@ -1,5 +1,7 @@
 """Tests for momentum and Adam moments (optx._src.moments)."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -227,3 +229,47 @@ def test_bias_correction_factor() -> None:
     for t in range(1, 4):
         u, state = tx.update(jnp.ones(2), state)
         np.testing.assert_allclose(np.asarray(u), np.sqrt(1 - 0.99**t) / (1 - 0.9**t), rtol=1e-5)
+
+
+def test_adam_defaults_are_optax_adam() -> None:
+    """``scale_by_adam`` and ``scale_by_bias_correction`` default to optax's Adam constants
+    (written from optax's signature, not read from optx)."""
+    ref = inspect.signature(optax.scale_by_adam).parameters
+    got = inspect.signature(optx.scale_by_adam).parameters
+    for k in ("b1", "b2", "eps", "eps_root"):
+        assert got[k].default == ref[k].default, k
+    bc = inspect.signature(optx.scale_by_bias_correction).parameters
+    assert (bc["b1"].default, bc["b2"].default) == (ref["b1"].default, ref["b2"].default)
+
+
+@pytest.mark.parametrize("placement", ["corrected", "uncorrected"])
+@pytest.mark.parametrize("bias_correction", [True, False])
+def test_exact_correction_with_large_eps_and_eps_root_matches_reference(
+    placement: str, bias_correction: bool
+) -> None:
+    """The exact-``1 − βᵗ`` path with ε and ε_root large enough to see where they sit:
+    ``m̂ / (√(v̂ + ε_root) + ε)`` (corrected), ``√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√(v + ε_root) + ε)``
+    (uncorrected), ``m / (√(v + ε_root) + ε)`` (no correction)."""
+    b1, b2, eps, eps_root = 0.9, 0.999, 1e-3, 1e-4
+    tx = optx.scale_by_adam(
+        b1,
+        b2,
+        eps,
+        eps_root,
+        eps_placement=placement,
+        bias_correction=bias_correction,
+        exact_bias_correction=True,
+    )
+    state = tx.init(jnp.zeros((3, 4)))
+    m = v = 0.0
+    for t, g in enumerate(_grads(), start=1):
+        u, state = tx.update(jnp.asarray(g, jnp.float32), state)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        if not bias_correction:
+            ref = m / (np.sqrt(v + eps_root) + eps)
+        elif placement == "corrected":
+            ref = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t) + eps_root) + eps)
+        else:
+            ref = np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v + eps_root) + eps)
+        np.testing.assert_allclose(np.asarray(u), ref, rtol=2e-5)

@@ -1,5 +1,6 @@
 """Tests for row/column RMS, norm preservation and shape scaling."""
 
+import inspect
 import math
 
 import jax
@@ -164,3 +165,17 @@ def test_normuon_eps_zero_gives_an_untouched_neuron_no_step() -> None:
     assert bool(jnp.all(jnp.isfinite(steps[0.0])))
     np.testing.assert_array_equal(np.asarray(steps[0.0][:, 3]), 0.0)
     np.testing.assert_allclose(np.asarray(steps[0.0]), np.asarray(steps[1e-30]), rtol=1e-6)
+
+
+def test_defaults_are_the_papers() -> None:
+    """NorMuon's neuron-wise β₂ 0.95 (arXiv 2510.05491), Moonlight's RMS 0.2
+    (arXiv 2502.16982) and APOLLO/Fira's norm-growth limit 1.01."""
+
+    def default(fn: object, name: str) -> object:
+        return inspect.signature(fn).parameters[name].default
+
+    assert default(optx.scale_by_row_rms, "beta") == 0.95
+    assert default(optx.scale_by_column_rms, "beta") == 0.95
+    assert default(optx.scale_by_shape, "rms") == 0.2
+    assert default(optx.scale_to_rms, "rms") == 0.2
+    assert default(optx.scale_by_norm_growth_limiter, "gamma") == 1.01

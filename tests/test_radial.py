@@ -8,6 +8,8 @@ matrices tested separately.
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -291,3 +293,37 @@ def test_split_reduction_axis_sharded_under_explicit_mesh_falls_back() -> None:
     np.testing.assert_allclose(
         np.asarray(u["hidden"]["kernel"]), ref["hidden"]["kernel"], rtol=1e-5
     )
+
+
+def test_defaults_are_adamps() -> None:
+    """clovaai/AdamP: ``delta`` 0.1, ``wd_ratio`` 0.1, ``eps`` 1e-8 (the cosine's floor),
+    no weight decay."""
+    official = {"delta": 0.1, "wd_ratio": 0.1, "eps": 1e-8, "weight_decay": 0.0}
+    for fn, names in (
+        (radial.project_out_radial, ("delta", "wd_ratio", "eps", "weight_decay")),
+        (radial.radial_projection, ("delta", "eps")),
+    ):
+        sig = inspect.signature(fn).parameters
+        assert {k: sig[k].default for k in names} == {k: official[k] for k in names}
+
+
+def test_complex_projection_is_hermitian_orthogonal_per_channel() -> None:
+    """Complex kernel, gradient Hermitian-orthogonal to each weight column (cos = 0, the
+    channel branch): the projected direction satisfies ``Σ w̄ d' = 0`` per column, and
+    equals ``d − ŵ⟨ŵ, d⟩`` with ``⟨x, y⟩ = Σ x̄ y`` (float64 reference)."""
+    r = np.random.default_rng(7)
+
+    def c(shape: tuple[int, ...]) -> np.ndarray:
+        return r.normal(size=shape) + 1j * r.normal(size=shape)
+
+    w, g, d = c((6, 4)), c((6, 4)), c((6, 4))
+    g = g - w * np.sum(np.conj(w) * g, axis=0) / np.sum(np.abs(w) ** 2, axis=0)
+    lay = optx.MatrixLayout().resolve(w.shape)
+    got, branch = optx.constraints.radial_projection(
+        *(jnp.asarray(x, jnp.complex64) for x in (g, w, d)), lay
+    )
+    assert int(branch[0, 0]) == 1
+    w_hat = w / np.linalg.norm(w, axis=0)
+    want = d - w_hat * np.sum(np.conj(w_hat) * d, axis=0)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.sum(np.conj(w) * np.asarray(got), axis=0), 0.0, atol=1e-4)

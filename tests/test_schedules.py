@@ -78,3 +78,10 @@ def test_bad_input() -> None:
         optx.schedules.rex_schedule(float("nan"), 10)
     with pytest.raises(ValueError):
         optx.schedules.warmup_rex_schedule(0.0, 1.0, warmup_steps=10, decay_steps=10)
+
+
+def test_default_end_value_is_zero() -> None:
+    """REX decays to η_min = 0 unless told otherwise (the paper's profile, and
+    ``optax.warmup_cosine_decay_schedule``'s default): the last step's value is 0."""
+    assert float(optx.schedules.rex_schedule(1.0, 10)(10)) == 0.0
+    assert float(optx.schedules.warmup_rex_schedule(0.0, 1.0, 4, 14)(14)) == 0.0

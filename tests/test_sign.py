@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -249,3 +251,41 @@ def test_block_kappas_on_empty_matrices(kappa: str) -> None:
     assert u["e"]["kernel"].shape == (0, 5) and u["f"]["kernel"].shape == (5, 0)
     alone = jax.jit(tx.update)({"w": w}, tx.init({"w": w}), {"w": w})[0]
     np.testing.assert_array_equal(np.asarray(u["w"]["kernel"]), np.asarray(alone["w"]["kernel"]))
+
+
+def test_lion_kappa_defaults_agree() -> None:
+    """Lion-𝒦's (β₁, β₂) default to Lion's (0.9, 0.99), read from ``optax.scale_by_lion``;
+    the Newton–Schulz steps to Muon's 5 (``optax.contrib.muon``); ``kappa_gradient``,
+    the primitive and the alias share δ and p."""
+
+    def defaults(fn: object) -> dict[str, object]:
+        return {k: v.default for k, v in inspect.signature(fn).parameters.items()}
+
+    lion, muon = defaults(optax.scale_by_lion), defaults(optax.contrib.muon)
+    grad = defaults(optx.elementwise.kappa_gradient)
+    prim, alias = defaults(optx.scale_by_lion_kappa), defaults(optx.lion_kappa)
+    for d in (prim, alias):
+        assert (d["b1"], d["b2"]) == (lion["b1"], lion["b2"])
+        assert (d["delta"], d["p"]) == (grad["delta"], grad["p"])
+    assert grad["ns_steps"] == prim["ns_steps"] == muon["ns_steps"]
+
+
+@pytest.mark.parametrize("kappa", ["l1", "huber", "relativistic", "log_cosh"])
+def test_elementwise_kappas_on_complex_are_phase_times_the_real_profile(kappa: str) -> None:
+    """On complex ``c`` an element-wise ∇𝒦 is ``(c/|c|)·f(|c|)`` with the real profile
+    ``f``: 1 (ℓ₁), ``min(r/δ, 1)`` (Huber), ``r/√(r²+δ²)`` (relativistic),
+    ``tanh(r/δ)`` (log-cosh) — phase-equivariant, real ``f``."""
+    delta = 0.7
+    r = np.random.default_rng(3)
+    c = (r.normal(size=(4, 5)) + 1j * r.normal(size=(4, 5))).astype(np.complex64)
+    mod = np.abs(c.astype(np.complex128))
+    profile = {
+        "l1": np.ones_like(mod),
+        "huber": np.minimum(mod / delta, 1.0),
+        "relativistic": mod / np.sqrt(mod**2 + delta**2),
+        "log_cosh": np.tanh(mod / delta),
+    }[kappa]
+    want = c.astype(np.complex128) / mod * profile
+    got = optx.elementwise.kappa_gradient(jnp.asarray(c), kappa, delta=delta)
+    assert got.dtype == jnp.complex64
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=2e-6)

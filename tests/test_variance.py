@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import jax
@@ -94,12 +95,19 @@ def test_agvm_sgd_matches_official_hook() -> None:
     assert scales[0] == 1.0 and scales[2] < scales[1] < 1.0
 
 
-def test_adam_preconditioning_uses_the_inner_second_moment() -> None:
-    b2, eps = 0.999, 1e-8
+@pytest.mark.parametrize("eps", [1e-8, 0.05])  # 0.05: large enough to see where ε sits
+def test_adam_preconditioning_uses_the_inner_second_moment(eps: float) -> None:
+    b2 = 0.999
     grads, halves = _data(3, seed=1)
     inner = optx.adamw(1e-3, b2=b2, eps=eps, weight_decay=0.0)
     tx = optx.agvm(
-        inner, GROUPS, start_step=0, update_interval=1, adam_preconditioning=True, adam_b2=b2
+        inner,
+        GROUPS,
+        start_step=0,
+        update_interval=1,
+        adam_preconditioning=True,
+        adam_b2=b2,
+        adam_eps=eps,
     )
     params = _tree({k: np.zeros(s) for k, s in SHAPES.items()})
     state = tx.init(params)
@@ -229,3 +237,67 @@ def test_agvm_inside_masked_and_partition_sees_its_own_leaves(wrapper: str) -> N
         ua, state_alone = alone.update(cut(g), state_alone, part, grads_a=cut(ga), grads_b=cut(gb))
         for k in ("backbone", "neck"):
             np.testing.assert_array_equal(np.asarray(u[k]["w"]), np.asarray(ua[k]["w"]))
+
+
+def test_agvm_defaults_are_the_official_hooks() -> None:
+    """Sense-X/AGVM's hook: scale EMA momentum 0.97, ratio clip (0.5, 10); the Adam
+    preconditioner's (β₂, ε) are Adam's (0.999, 1e-8)."""
+    sig = inspect.signature(optx.agvm).parameters
+    got = {k: sig[k].default for k in ("decay", "min_ratio", "max_ratio", "adam_b2", "adam_eps")}
+    assert got == {
+        "decay": 0.97,
+        "min_ratio": 0.5,
+        "max_ratio": 10.0,
+        "adam_b2": 0.999,
+        "adam_eps": 1e-8,
+    }
+
+
+def test_default_window_starts_at_500_and_measures_every_5_steps() -> None:
+    """The official hook's defaults: modulation from iteration 500 on, a measurement
+    every 5 iterations (steps 499, 501 are not measured; 500 and 505 are)."""
+    grads, halves = _data(1)
+    g, (ga, gb) = grads[0], halves[0]
+    tx = optx.agvm(optax.sgd(0.1), GROUPS)
+    params = _tree({k: np.zeros(s) for k, s in SHAPES.items()})
+    state = tx.init(params)
+    update = jax.jit(lambda s: tx.update(_tree(g), s, params, grads_a=_tree(ga), grads_b=_tree(gb)))
+    want = _cos_proxy(ga, gb, [["backbone"], ["neck"], ["head"]])
+    for step, measured in ((499, False), (500, True), (501, False), (505, True)):
+        _, new = update(state._replace(count=jnp.asarray(step, jnp.int32)))
+        proxy = np.asarray(new.variance_proxy)
+        if measured:
+            np.testing.assert_allclose(proxy, want, rtol=1e-5, err_msg=f"step {step}")
+        else:
+            np.testing.assert_array_equal(proxy, np.zeros(3), err_msg=f"step {step}")
+
+
+def test_group_cosine_pools_leaves_and_is_hermitian_on_complex() -> None:
+    """``D_i = 1 − Re⟨gᴬ, gᴮ⟩ / (‖gᴬ‖‖gᴮ‖)`` over the concatenation of a group's leaves
+    (leaves of different sizes, a complex one: ``⟨x, y⟩ = Σ x̄ y``), float64 reference."""
+    r = np.random.default_rng(5)
+
+    def draw() -> dict:
+        return {
+            "a": {"kernel": r.normal(size=(4, 3)), "bias": r.normal(size=(2,))},
+            "b": {"kernel": r.normal(size=(3, 2)) + 1j * r.normal(size=(3, 2))},
+        }
+
+    base_, noise = draw(), draw()
+    ga = jax.tree.map(lambda x, e: x + 0.7 * e, base_, noise)
+    gb = jax.tree.map(lambda x, e: x - 0.7 * e, base_, noise)
+    as_jnp = lambda t: jax.tree.map(  # noqa: E731
+        lambda x: jnp.asarray(x, jnp.complex64 if np.iscomplexobj(x) else jnp.float32), t
+    )
+    tx = optx.agvm(optax.sgd(0.1), start_step=0, update_interval=1)  # groups: top-level keys
+    params = as_jnp(jax.tree.map(np.zeros_like, base_))
+    _, state = tx.update(
+        as_jnp(base_), tx.init(params), params, grads_a=as_jnp(ga), grads_b=as_jnp(gb)
+    )
+    want = []
+    for k in ("a", "b"):
+        x = np.concatenate([v.ravel() for v in jax.tree.leaves(ga[k])])
+        y = np.concatenate([v.ravel() for v in jax.tree.leaves(gb[k])])
+        cos = np.real(np.vdot(x, y)) / (np.linalg.norm(x) * np.linalg.norm(y))
+        want.append(1.0 - cos)
+    np.testing.assert_allclose(np.asarray(state.variance_proxy), want, rtol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 
@@ -300,6 +301,41 @@ def test_inside_nnx_optimizer(name: str) -> None:
     got = nnx.as_pure(nnx.state(model, nnx.Param))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_mkor_h_forwards_every_argument_to_mkor() -> None:
+    """``mkor_h(**kw)`` is ``mkor(**kw, hybrid=True)`` for every argument, each given a
+    non-default value (inner Adam, so ``b1``/``b2``/``eps`` reach the numbers). A new
+    argument of ``mkor_h`` must be added here."""
+    kw = dict(
+        momentum=0.7, nesterov=True, inner="adam", switch_window=2, switch_threshold=0.3,
+        switch_min_steps=1, weight_decay=0.01, mask=None, b1=0.8, b2=0.95, eps=1e-3,
+        update_interval=2, factor_decay=0.9, stabilization_factor=0.2,
+        reset_mode="identity", reset_threshold=3.0, clip_value=50.0, warmup_steps=1,
+        statistics="auto", factor_dtype="float32", router=None, nu_dtype=None,
+        mu_dtype=None,
+    )  # fmt: skip
+    assert set(inspect.signature(optx.mkor_h).parameters) - {"learning_rate"} == set(kw)
+    params = {"dense": {"kernel": jnp.ones((3, 2)) * 0.5, "bias": jnp.zeros(2)}}
+    r = np.random.default_rng(0)
+    grads = [
+        jax.tree.map(lambda x: jnp.asarray(r.normal(size=x.shape), jnp.float32), params)
+        for _ in range(4)
+    ]
+
+    def run(tx: optax.GradientTransformation) -> list[jax.Array]:
+        state, out = tx.init(params), []
+        for i, g in enumerate(grads):
+            u, state = tx.update(g, state, params, loss=jnp.asarray(1.0 / (i + 1)))
+            out += jax.tree.leaves(u)
+        return out
+
+    got = run(optx.mkor_h(0.01, **kw))
+    for a, b in zip(got, run(optx.mkor(0.01, hybrid=True, **kw)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The comparison sees the inner Adam's β₂ (a swapped argument would show).
+    other = run(optx.mkor(0.01, hybrid=True, **{**kw, "b2": kw["b1"]}))
+    assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(got, other)) > 1e-6
 
 
 # ----------------------------------------------------------------------------

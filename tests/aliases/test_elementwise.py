@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -384,3 +386,49 @@ def test_bad_input() -> None:
         optx.agvm_sgd(0.1, update_interval=0.5)
     with pytest.raises(TypeError):
         optx.adamp(1e-3, router="default")
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_adamw_equals_optax_adamw_with_non_default_hyperparameters(nesterov: bool) -> None:
+    """Distinct, non-default β₁, β₂, ε, ε_root and decay, so a swapped or dropped
+    hyper-parameter shows (varying gradients: with constant ones Adam's step is β-free)."""
+    hp = {"b1": 0.8, "b2": 0.95, "eps": 1e-3, "eps_root": 1e-4, "weight_decay": 0.1}
+    _assert_same(
+        _trajectory(optx.adamw(3e-3, nesterov=nesterov, **hp)),
+        _trajectory(optax.adamw(3e-3, nesterov=nesterov, **hp)),
+    )
+
+
+def test_pytorch_adamw_fallback_with_non_default_betas() -> None:
+    """The PyTorch-form AdamW fallback (``torch_adamw``, here DCT-AdamW's bias leaf) is
+    ``torch.optim.AdamW`` (exact ``1 − βᵗ``, ε on the corrected ``√v̂``) with the β₁, β₂
+    passed, on varying gradients (float64 reference)."""
+    lr, b1, b2, eps = 0.1, 0.8, 0.95, 1e-3
+    tx = optx.dct_adamw(lr, b1, b2, eps, weight_decay=0.0)
+    r = np.random.default_rng(4)
+    params = {"bias": jnp.zeros(6)}
+    state, update = tx.init(params), jax.jit(tx.update)
+    m = v = np.zeros(6)
+    for t in range(1, 5):
+        g = r.normal(size=6)
+        u, state = update({"bias": jnp.asarray(g, jnp.float32)}, state, params)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        want = -lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        np.testing.assert_allclose(np.asarray(u["bias"]), want, rtol=1e-5, err_msg=f"step {t}")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda wd: optx.sgdp(0.1, 0.9, weight_decay=wd),
+        lambda wd: optx.adabelief(3e-3, weight_decay=wd, fixed_decay=True),
+    ],
+    ids=["sgdp", "adabelief_fixed_decay"],
+)
+def test_weight_decay_schedule_equals_the_constant(
+    make: Callable[[Any], optax.GradientTransformation],
+) -> None:
+    """A constant schedule ``λ(t) = λ`` gives the numbers of the float ``λ`` (the
+    aliases rescale a schedule the way they rescale a float)."""
+    _assert_same(_trajectory(make(lambda count: 0.05)), _trajectory(make(0.05)), rtol=1e-6)

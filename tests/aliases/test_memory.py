@@ -545,3 +545,65 @@ def test_adamw_8bit_full_precision_leaves_are_optax_adamw(nesterov: bool) -> Non
         (u, states[0]), (ref, states[1]) = (tx.update(g, s, params) for tx, s in zip(txs, states))
         np.testing.assert_allclose(np.asarray(u["w"]), np.asarray(ref["w"]), rtol=1e-6, atol=1e-9)
         params = optax.apply_updates(params, ref)
+
+
+@pytest.mark.parametrize("name", ["galore", "galore_8bit", "apollo"])
+def test_default_projector_refresh_period_is_200(name: str) -> None:
+    """GaLore's and APOLLO's official ``update_proj_gap`` 200: without the argument the
+    projector is kept at step 199 and recomputed at step 200."""
+    r = np.random.default_rng(0)
+    params = {"hidden": {"kernel": jnp.zeros((6, 8))}}
+    g1, g2 = (
+        {"hidden": {"kernel": jnp.asarray(r.normal(size=(6, 8)), jnp.float32)}} for _ in range(2)
+    )
+    tx = getattr(optx, name)(1e-2, rank=2)
+
+    def projectors(state: object) -> list[jax.Array]:
+        found = []
+        has = lambda x: hasattr(x, "projector")  # noqa: E731
+        jax.tree.map(lambda x: found.append(x.projector) if has(x) else None, state, is_leaf=has)
+        return jax.tree.leaves(found)
+
+    _, state = tx.update(g1, tx.init(params), params)
+    before = projectors(state)
+    assert before
+    for step, refreshed in ((199, False), (200, True)):
+        at = optax.tree_utils.tree_set(state, count=jnp.asarray(step, jnp.int32))
+        _, new = tx.update(g2, at, params)
+        changed = [not np.allclose(a, b) for a, b in zip(before, projectors(new))]
+        assert changed == [refreshed] * len(before), step
+
+
+@pytest.mark.parametrize(
+    ("name", "rank"), [("galore", 128), ("galore_8bit", 128), ("apollo", 256), ("dct_adamw", 128)]
+)
+def test_default_rank(name: str, rank: int) -> None:
+    """The documented default ranks (GaLore 128, APOLLO 256, DCT-AdamW 128): a matrix
+    whose smaller side is ``rank`` goes to the fallback; one side longer, it is projected
+    to ``rank`` rows (abstract ``init``, nothing compiled)."""
+    tx = getattr(optx, name)(1e-3)
+    for n, projected in ((rank, False), (rank + 1, True)):
+        params = {"hidden": {"kernel": jax.ShapeDtypeStruct((n, rank + 8), jnp.float32)}}
+        matrix = jax.eval_shape(tx.init, params).inner_states["matrix"]
+        shapes = [x.shape for x in jax.tree.leaves(matrix)]
+        moments = [s for s in shapes if len(s) == 3 and s[-1] == rank + 8]
+        assert moments == ([(1, rank, rank + 8)] * 2 if projected else []), (n, shapes)
+
+
+def test_galore_8bit_fallback_adam_uses_the_betas_passed() -> None:
+    """On a leaf below ``min_size`` (kept in full precision) GaLore-8bit's fallback is
+    optax-form Adam with the β₁, β₂, ε passed: float64 reference, distinct non-default
+    betas and varying gradients (with constant ones Adam's step does not depend on β)."""
+    lr, b1, b2, eps = 0.1, 0.8, 0.95, 1e-3
+    tx = optx.galore_8bit(lr, b1=b1, b2=b2, eps=eps, weight_decay=0.0)
+    r = np.random.default_rng(6)
+    params = {"bias": jnp.zeros(6)}
+    state, update = tx.init(params), jax.jit(tx.update)
+    m = v = np.zeros(6)
+    for t in range(1, 5):
+        g = r.normal(size=6)
+        u, state = update({"bias": jnp.asarray(g, jnp.float32)}, state, params)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        want = -lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        np.testing.assert_allclose(np.asarray(u["bias"]), want, rtol=2e-5, err_msg=f"step {t}")
