@@ -926,3 +926,30 @@ def test_eps_zero_is_the_limit_of_small_eps(name: str) -> None:
         outs.append(np.asarray(u["w"]))
     assert np.all(np.isfinite(outs[0]))
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6, atol=1e-7)
+
+
+def test_eigh_basis_column_signs_are_fixed_by_the_generic_vector() -> None:
+    """LAPACK's eigenvector signs are arbitrary; ``eigh_basis`` fixes each column's sign so
+    its projection on the fixed generic vector is positive (deterministic stored basis)."""
+    a = np.random.default_rng(7).normal(size=(6, 6))
+    f = jnp.asarray(a @ a.T, jnp.float32)
+    q = np.asarray(bases.eigh_basis(f), np.float64)
+    g = np.asarray(bases._generic((6, 1), jnp.float32), np.float64)[:, 0]
+    assert np.all(q.T @ g > 0)
+    # Same eigenvectors as the float64 eigh (descending), up to those signs.
+    _, v = np.linalg.eigh(a @ a.T)
+    v = v[:, ::-1]
+    np.testing.assert_allclose(np.abs(q.T @ v), np.eye(6), atol=1e-4)
+
+
+def test_power_qr_basis_of_a_rank_deficient_factor_is_scale_invariant() -> None:
+    """The basis of ``c F`` is that of ``F``: the null-space completion is at the scale of
+    ``F Q``, so no real column is mistaken for roundoff however large ``F`` is."""
+    r = np.random.default_rng(5)
+    a = r.normal(size=(5, 2))
+    f = a @ a.T  # rank 2: three null columns to complete
+    q0 = jnp.asarray(np.linalg.qr(r.normal(size=(5, 5)))[0], jnp.float32)
+    want, _ = bases.power_qr_basis(jnp.asarray(f, jnp.float32), q0)
+    for c in (1e-6, 1e6):
+        got, _ = bases.power_qr_basis(jnp.asarray(c * f, jnp.float32), q0)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)

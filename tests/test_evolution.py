@@ -340,3 +340,70 @@ def test_errors() -> None:
         )
     with pytest.raises(TypeError, match="complex"):
         tx.init({"dense": {"kernel": jnp.ones((3, 2), jnp.complex64)}})
+
+
+def test_eggroll_defaults_are_the_documented_rank_reuse_and_groups() -> None:
+    """``rank``, ``noise_reuse`` and ``group_size`` left to None are rank 1, a fresh draw
+    every generation and no groups (the documented values): two generations match the
+    explicit settings exactly."""
+    r = np.random.default_rng(0)
+    params = {"dense": {"kernel": jnp.asarray(r.normal(size=(3, 2)), jnp.float32)}}
+    key = jax.random.key(1)
+    fits = [jnp.asarray(r.normal(size=8), jnp.float32) for _ in range(2)]
+
+    def run(tx):
+        state, p, out = tx.init(params), params, []
+        for f in fits:
+            u, state = tx.update(p, state, p, fitness=f, key=key)
+            p = optax.apply_updates(p, u)
+            out.append(np.asarray(u["dense"]["kernel"]))
+        return np.stack(out)
+
+    np.testing.assert_array_equal(
+        run(optx.eggroll(0.1, 0.1)),
+        run(optx.eggroll(0.1, 0.1, rank=1, noise_reuse=1, group_size=0)),
+    )
+
+
+def test_centered_ranks_map_to_minus_half_plus_half() -> None:
+    """``'centered_ranks'`` (Salimans et al.): rank / (n − 1) − ½, per group when grouped."""
+    f = np.array([0.3, -2.0, 5.0, 1.0, 0.0, 7.0])
+    ranks = np.argsort(np.argsort(f)).astype(np.float64)
+    got = optx.evolution.shape_fitness(jnp.asarray(f, jnp.float32), method="centered_ranks")
+    np.testing.assert_allclose(got, ranks / 5 - 0.5, rtol=1e-6)
+    grouped = optx.evolution.shape_fitness(
+        jnp.asarray(f, jnp.float32), method="centered_ranks", group_size=3
+    )
+    want = np.concatenate([np.argsort(np.argsort(g)) / 2 - 0.5 for g in f.reshape(2, 3)])
+    np.testing.assert_allclose(grouped, want, rtol=1e-6)
+
+
+def test_scanned_full_rank_gradient_equals_the_vmapped_one(monkeypatch) -> None:
+    """Full-rank leaves over ``_VMAP_BYTES`` are summed pair by pair in a scan (O(leaf)
+    memory); the result is the same ``Σ_j d_j ε_j`` as the one-shot draw."""
+    from optx._src import evolution
+
+    r = np.random.default_rng(3)
+    params = {"vec": jnp.asarray(r.normal(size=5), jnp.float32), "b": jnp.zeros((2, 3))}
+    fitness = jnp.asarray(r.normal(size=6), jnp.float32)
+    key = jax.random.key(4)
+    want = optx.evolution.es_gradient(params, fitness, key, sigma=0.1, rank=None)
+    monkeypatch.setattr(evolution, "_VMAP_BYTES", 0)
+    got = optx.evolution.es_gradient(params, fitness, key, sigma=0.1, rank=None)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert float(jnp.abs(b).max()) > 0
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_perturbed_matmul_with_a_dense_noise_array() -> None:
+    """Full-rank noise (an array, as OpenES draws): ``x (W + E)``; None: ``x W``."""
+    r = np.random.default_rng(6)
+    x, w, e = r.normal(size=(5, 3)), r.normal(size=(3, 2)), r.normal(size=(3, 2))
+    got = optx.evolution.perturbed_matmul(
+        jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), jnp.asarray(e, jnp.float32)
+    )
+    np.testing.assert_allclose(got, x @ (w + e), rtol=1e-5, atol=1e-6)
+    plain = optx.evolution.perturbed_matmul(
+        jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32)
+    )
+    np.testing.assert_allclose(plain, x @ w, rtol=1e-5, atol=1e-6)

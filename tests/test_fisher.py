@@ -186,3 +186,15 @@ def test_blockwise_and_global_under_an_explicit_mesh() -> None:
             assert jax.typeof(u["hidden"]["kernel"]).sharding.spec == P("data", "model")
         for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(ref)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_defaults_are_the_official_m_and_damp() -> None:
+    """``scale_by_mfac()`` keeps m = 1024 gradients with λ = 1e-5 (the official defaults):
+    the first step is ``m g / (mλ + ‖g‖²)`` with those values."""
+    g = {"w": jnp.array([3.0, 4.0])}
+    tx = optx.scale_by_mfac()
+    state = tx.init(g)
+    assert state.grads.shape == (1024, 2)
+    u, _ = tx.update(g, state)
+    m, damp = 1024, 1e-5
+    np.testing.assert_allclose(u["w"], m * np.array([3.0, 4.0]) / (m * damp + 25.0), rtol=1e-6)

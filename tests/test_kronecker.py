@@ -473,3 +473,16 @@ def test_bias_input_is_clamped_with_the_statistics(clip_value: float) -> None:
     v = np.clip(np.append(np.asarray(a), 1.0), -clip_value, clip_value)
     want = np.eye(4) - np.outer(v, v) / (1.0 + v @ v)
     np.testing.assert_allclose(np.asarray(mk.a_inv["dense"]["kernel"])[0], want, atol=1e-6)
+
+
+def test_mkor_h_rate_is_relative_to_the_previous_window_mean() -> None:
+    """``r_k = (L̄_{k−1} − L̄_k)/|L̄_{k−1}|``: a loss halving every window has the constant
+    rate ½ (so r* = ½ and no switch even at threshold 0.9), although its absolute decrease
+    shrinks 5, 2.5, 1.25."""
+    params = {"dense": {"kernel": jnp.ones((3, 2))}}
+    tx = optx.scale_by_mkor(update_interval=1, hybrid=True, switch_window=1, switch_threshold=0.9)
+    state = tx.init(params)
+    for loss in (10.0, 5.0, 2.5, 1.25):
+        _, state = tx.update(params, state, loss=jnp.asarray(loss))
+    assert float(state.switch.best_rate) == pytest.approx(0.5, rel=1e-6)
+    assert bool(state.switch.second_order)

@@ -38,6 +38,48 @@ def test_newton_schulz_matches_float64_reference(shape, preset) -> None:
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10, atol=1e-12)
 
 
+# Tables written from their sources (not read from optx): Keller Jordan's Muon
+# (one triple repeated), Dion's 5 steps (lipschitz-transformers
+# nanogpt/train_spectral_cap.py), YouJiacheng's 6 steps over 1024
+# (modula/atom.py::_orthogonalize).
+SOURCE_TABLES = {
+    "keller": ([KELLER] * 5, 1e-7),
+    "dion": (
+        [
+            (4.0848, -6.8946, 2.9270),
+            (3.9505, -6.3029, 2.6377),
+            (3.7418, -5.5913, 2.3037),
+            (2.8769, -3.1427, 1.2046),
+            (2.8366, -3.0525, 1.2012),
+        ],
+        1e-7,
+    ),
+    "youjiacheng": (
+        [
+            tuple(v / 1024 for v in row)
+            for row in (
+                (3955, -8306, 5008),
+                (3735, -6681, 3463),
+                (3799, -6499, 3211),
+                (4019, -6385, 2906),
+                (2677, -3029, 1162),
+                (2172, -1833, 682),
+            )
+        ],
+        1e-12,
+    ),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(SOURCE_TABLES))
+def test_preset_tables_are_their_sources(preset: str) -> None:
+    table, eps = SOURCE_TABLES[preset]
+    g = np.random.default_rng(1).normal(size=(7, 5))
+    with jax.enable_x64(True):
+        got = optx.linalg.newton_schulz(jnp.asarray(g), preset, steps=len(table))
+    np.testing.assert_allclose(np.asarray(got), ns_reference(g, table, eps), rtol=1e-12, atol=1e-13)
+
+
 def test_newton_schulz_f32_close_to_f64() -> None:
     g = np.random.default_rng(1).normal(size=(12, 20))
     got = optx.linalg.newton_schulz(jnp.asarray(g, jnp.float32), "keller", 5)
@@ -342,3 +384,24 @@ def test_fsdp_matrix_results_split_further_over_the_other_mesh_axes() -> None:
     y = run(jax.device_put(x, NamedSharding(mesh, P(None, "data", None))))
     np.testing.assert_array_equal(np.asarray(y), np.asarray(f(x)))
     assert jax.typeof(y).sharding.spec == spec
+
+
+def test_polar_express_preset_normalizes_by_1_01_norm_plus_1e_7() -> None:
+    """The Polar Express iteration (arXiv 2505.16932, official code): ``X / (1.01‖X‖_F +
+    1e-7)`` then the generator's table; float64 reference, 2 steps (later steps converge
+    whatever the scale)."""
+    g = np.random.default_rng(3).normal(size=(5, 8))
+    table = optx.linalg.polar_express_coefficients(1e-3, 10, safety=1e-2, cushion=0.02)
+    with jax.enable_x64(True):
+        got = optx.linalg.newton_schulz(jnp.asarray(g), "polar_express", steps=2)
+    want = ns_reference(g, table[:2], eps=1e-7, norm_scale=1.01)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-9, atol=1e-11)
+
+
+def test_polar_express_generator_defaults_are_the_paper_settings() -> None:
+    """``polar_express_coefficients()`` uses the paper code's ℓ = 1e-3, 10 steps, safety 1e-2
+    and cushion 0.02 (the explicit call, whose table is checked above)."""
+    np.testing.assert_array_equal(
+        np.array(optx.linalg.polar_express_coefficients()),
+        np.array(optx.linalg.polar_express_coefficients(1e-3, 10, safety=1e-2, cushion=0.02)),
+    )

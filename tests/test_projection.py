@@ -540,7 +540,10 @@ def test_apollo_scaling_matches_reference(scale_type: str) -> None:
 # ----------------------------------------------------------------------------
 
 
-def test_block_subspace_matches_reference_ascending_order() -> None:
+@pytest.mark.parametrize("residual", ["sign", "sgd", None])
+def test_block_subspace_matches_reference_ascending_order(residual: str | None) -> None:
+    """Inactive blocks get ``ρ ψ(G)``: ψ = sign (FRUGAL's signSGD), the identity
+    (``'sgd'``) or nothing (``None``)."""
     shapes = {"a": (4, 6, 5), "b": (6, 5), "c": (5, 6)}  # groups 6x5 (N=5), 5x6 (N=1)
     rng = np.random.default_rng(5)
     grads = [{k: rng.standard_normal(s) for k, s in shapes.items()} for _ in range(5)]
@@ -548,7 +551,7 @@ def test_block_subspace_matches_reference_ascending_order() -> None:
         density=0.4,
         update_proj_gap=2,
         order="ascending",
-        residual="sign",
+        residual=residual,
         residual_scale=0.5,
         layout=optx.DENSE,
     )
@@ -574,7 +577,8 @@ def test_block_subspace_matches_reference_ascending_order() -> None:
         A = stack[active]
         m = b1 * m + (1 - b1) * A
         v = b2 * v + (1 - b2) * A**2
-        full = 0.5 * np.sign(stack)
+        psi = {"sign": np.sign(stack), "sgd": stack, None: np.zeros_like(stack)}[residual]
+        full = 0.5 * psi
         full[active] = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
         np.testing.assert_allclose(out["a"], full[:4], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(out["b"], full[4], rtol=1e-4, atol=1e-6)

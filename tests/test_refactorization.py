@@ -99,3 +99,19 @@ def test_quick_recovery_schedule() -> None:
     assert values[19] == 0.0  # lambda(20): the next restart's first ramp value
     with pytest.raises(ValueError):
         optx.schedules.quick_recovery_schedule(1.0, cycle_length=0)
+
+
+def test_quick_recovery_schedule_with_one_recovery_step_is_the_target() -> None:
+    """R = 1: no ramp, the restart step already uses the target ``f(s₀ + 1)`` (formula's
+    ``min(1, ·)`` at full progress), never a 0/0."""
+    f = optax.linear_schedule(1.0, 0.0, transition_steps=20)
+    sched = optx.schedules.quick_recovery_schedule(f, cycle_length=4, recovery_steps=1)
+    got = np.array([float(sched(t)) for t in range(9)])
+    # Official: s = t before the first restart, t + 1 after; s₀ = 4⌊s/4⌋; since = s − s₀ < 1
+    # only at the restart, where the rate is f(s₀ + 1); elsewhere f(s).
+    want = []
+    for t in range(9):
+        s = t + 1 if t >= 4 else t
+        s0 = (s // 4) * 4
+        want.append(1.0 - (s0 + 1) / 20 if s - s0 < 1 else 1.0 - s / 20)
+    np.testing.assert_allclose(got, want, rtol=1e-6)

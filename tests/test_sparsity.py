@@ -285,3 +285,47 @@ def test_errors() -> None:
     bad = optx.sparsity.group_sparse_envelope_prox(0.1, 1, group_weights=lambda p, lay, m: -1.0)
     with pytest.raises(ValueError, match="weights"):
         bad.update(params, bad.init(params), params)
+
+
+def test_wgsef_defaults_are_half_the_groups_penalty_0_1_momentum_0_9() -> None:
+    """``k=None`` keeps half the groups (rounded up), μ = 0.1 and SGD momentum 0.9 (the
+    documented defaults): the same float64 reference as above with those values."""
+    params = {"hidden": {"kernel": jnp.asarray(RNG.normal(size=(6, 5)), jnp.float32)}}
+    grads = [
+        jax.tree.map(lambda p: jnp.asarray(RNG.normal(size=p.shape), p.dtype), params)
+        for _ in range(3)
+    ]
+    lr = 0.5
+    tx = optx.wgsef(lr)
+    state = tx.init(params)
+    w = np.asarray(params["hidden"]["kernel"], np.float64)
+    buf = np.zeros_like(w)
+    p = params
+    for g in grads:
+        u, state = tx.update(g, state, p)
+        p = optax.apply_updates(p, u)
+        buf = 0.9 * buf + np.asarray(g["hidden"]["kernel"], np.float64)
+        w = group_prox_reference(w - lr * buf, lr * 0.1, 3, (), 1)  # k = ceil(0.5 · 5)
+        np.testing.assert_allclose(np.asarray(p["hidden"]["kernel"]), w, rtol=2e-5, atol=2e-6)
+
+
+def test_group_norms_and_envelope_value_match_numpy() -> None:
+    """``group_norms`` (output groups: a kernel's columns; complex: ``√Σ|w|²``) and the
+    logged regularizer ``group_sparse_envelope`` = Σ over matrices of S_k(√d ⊙ norms)."""
+    a = RNG.normal(size=(5, 6))
+    b = RNG.normal(size=(4, 3))
+    params = {"hidden": {"kernel": jnp.asarray(a)}, "mlp": {"kernel": jnp.asarray(b)}}
+    norms = optx.sparsity.group_norms(params)
+    np.testing.assert_allclose(norms["hidden/kernel"], [np.linalg.norm(a, axis=0)], rtol=1e-5)
+    got = optx.sparsity.group_sparse_envelope(params, 2)
+    want = envelope(np.linalg.norm(a, axis=0), 2) + envelope(np.linalg.norm(b, axis=0), 2)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # 'size' weights d_j = |G_j| (rows): S_k(√d ⊙ norms).
+    got = optx.sparsity.group_sparse_envelope(params, 2, group_weights="size")
+    want = envelope(np.sqrt(5) * np.linalg.norm(a, axis=0), 2) + envelope(
+        np.sqrt(4) * np.linalg.norm(b, axis=0), 2
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    c = RNG.normal(size=(3, 4)) + 1j * RNG.normal(size=(3, 4))
+    cn = optx.sparsity.group_norms({"hidden": {"kernel": jnp.asarray(c, jnp.complex64)}})
+    np.testing.assert_allclose(cn["hidden/kernel"], [np.linalg.norm(c, axis=0)], rtol=1e-5)

@@ -108,6 +108,50 @@ OFFICIAL = [
     # FRUGAL and DCT-AdamW: Adam's (0.9, 0.999, 1e-8).
     ("frugal", {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0}),
     ("dct_adamw", {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0}),
+    # Muon: Keller Jordan's (lr 0.02, momentum 0.95, Nesterov); NorMuon's official
+    # neuron-wise beta2 0.95, eps 1e-10 and Moonlight's RMS 0.2.
+    ("muon", {"learning_rate": 0.02, "b1": 0.95, "weight_decay": 0.0, "nesterov": True}),
+    (
+        "normuon",
+        {
+            "learning_rate": 0.02,
+            "b1": 0.95,
+            "b2": 0.95,
+            "eps": 1e-10,
+            "rms": 0.2,
+            "weight_decay": 0.0,
+            "nesterov": True,
+        },
+    ),
+    # AuON: the paper's LM runs (0.055, beta 0.95, eps 1e-8); ROOT's official settings.
+    ("auon", {"learning_rate": 0.055, "b1": 0.95, "eps": 1e-8, "weight_decay": 0.0}),
+    ("hybrid_auon", {"learning_rate": 0.055, "b1": 0.95, "eps": 1e-8, "weight_decay": 0.0}),
+    (
+        "root",
+        {"learning_rate": 1e-3, "b1": 0.95, "weight_decay": 0.1, "quantile": 0.9, "clip_eps": 1e-9},
+    ),
+    # SOAP's official (3e-3, betas (0.95, 0.95), eps 1e-8, decay 0.01); Conda's and
+    # COSMOS's class defaults.
+    ("soap", {"learning_rate": 3e-3, "b1": 0.95, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.01}),
+    ("conda", {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "scale": 1.0}),
+    (
+        "cosmos",
+        {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "lr_ratio": 0.1, "gamma": 0.2},
+    ),
+    # LoRA-Pro's DeepSpeed adjustment: ridge delta 1e-8, its Adam's hard-coded
+    # (0.9, 0.999) and 1e-8; SoRA: xi 1e-3 (sparse_lambda_2), the gate Adam
+    # (0.9, 0.999, eps 1e-6, no decay).
+    ("lora_pro", {"delta": 1e-8, "b1": 0.9, "b2": 0.999, "eps": 1e-8}),
+    (
+        "sora",
+        {
+            "threshold": 1e-3,
+            "gate_b1": 0.9,
+            "gate_b2": 0.999,
+            "gate_eps": 1e-6,
+            "gate_weight_decay": 0.0,
+        },
+    ),
 ]
 
 

@@ -411,3 +411,56 @@ def test_soap_unrolled_steps_are_reverse_differentiable() -> None:
         np.testing.assert_allclose(float(by_lr), float(central), rtol=1e-3)
         by_w = jax.jit(jax.grad(unrolled, argnums=1))(lr, w0)
         assert bool(jnp.isfinite(by_w["hidden"]["kernel"]).all())
+
+
+def test_soap_default_refresh_period_is_ten() -> None:
+    """``update_proj_gap=None`` is the official ``precondition_frequency`` 10: twelve steps
+    (the first only initializes; a refresh after step 10) equal the explicit setting."""
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
+    params = {"mlp": {"kernel": w}}
+    gs = jnp.asarray(np.random.default_rng(1).normal(size=(12, 4, 3)), jnp.float32)
+
+    def run(gap):
+        tx = optx.soap(1e-2, update_proj_gap=gap)
+
+        def body(state, g):
+            u, state = tx.update({"mlp": {"kernel": g}}, state, params)
+            return state, u["mlp"]["kernel"]
+
+        return np.asarray(jax.jit(lambda: jax.lax.scan(body, tx.init(params), gs)[1])())
+
+    np.testing.assert_array_equal(run(None), run(10))
+
+
+def test_cosmos_default_rank_is_64() -> None:
+    """``rank=None`` is the official 64: the basis of a matrix with 80 rows is 80 × 64."""
+    params = {"mlp": {"kernel": jax.ShapeDtypeStruct((80, 70), jnp.float32)}}
+    state = jax.eval_shape(optx.cosmos().init, params)
+    assert optax.tree_utils.tree_get(state, "basis")["mlp"]["kernel"].shape == (80, 64)
+
+
+def test_conda_default_refresh_period_is_fifty() -> None:
+    """``update_proj_gap=None`` is the official CLI's 50: 52 steps (refreshes at steps 0
+    and 50) equal the explicit setting."""
+    params = {"mlp": {"kernel": jnp.zeros((4, 3), jnp.float32)}}
+    gs = jnp.asarray(np.random.default_rng(2).normal(size=(52, 4, 3)), jnp.float32)
+
+    def run(gap):
+        tx = optx.conda(1e-2, update_proj_gap=gap)
+
+        def body(state, g):
+            u, state = tx.update({"mlp": {"kernel": g}}, state, params)
+            return state, u["mlp"]["kernel"]
+
+        return np.asarray(jax.jit(lambda: jax.lax.scan(body, tx.init(params), gs)[1])())
+
+    np.testing.assert_array_equal(run(None), run(50))
+
+
+def test_official_cosmos_adam_first_step_has_eps_outside_the_root() -> None:
+    """First step ``u = g / (|g| + ε)`` with the default ε = 1e-8: a 1e-8 gradient gives ½,
+    a zero gradient a zero (not 0/0) update."""
+    tx = optx.scale_by_official_cosmos_adam()
+    g = jnp.array([2.0, 1e-8, 0.0], jnp.float32)
+    u, _ = tx.update(g, tx.init(jnp.zeros(3)))
+    np.testing.assert_allclose(u, [2.0 / (2.0 + 1e-8), 0.5, 0.0], rtol=1e-5)
