@@ -184,11 +184,26 @@ def _grads(n: int = 5) -> list[np.ndarray]:
     return [rng.standard_normal((3, 4)) * 10.0 ** rng.uniform(-3, 0, (3, 4)) for _ in range(n)]
 
 
+@pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("placement", ["corrected", "uncorrected"])
 @pytest.mark.parametrize("bias_correction", [True, False])
-def test_adam_eps_placement_matches_reference(placement: str, bias_correction: bool) -> None:
-    b1, b2, eps = 0.9, 0.999, 1e-3  # a large eps makes the placement visible
-    tx = optx.scale_by_adam(b1, b2, eps, eps_placement=placement, bias_correction=bias_correction)
+def test_adam_eps_placement_matches_reference(
+    placement: str, bias_correction: bool, exact: bool
+) -> None:
+    """ε and ε_root large enough to see where they sit, on optax's bias correction and
+    the exact ``1 − βᵗ`` path: ``m̂ / (√(v̂ + ε_root) + ε)`` (corrected),
+    ``√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√(v + ε_root) + ε)`` (uncorrected), ``m / (√(v + ε_root) + ε)``
+    (no correction)."""
+    b1, b2, eps, eps_root = 0.9, 0.999, 1e-3, 1e-4
+    tx = optx.scale_by_adam(
+        b1,
+        b2,
+        eps,
+        eps_root,
+        eps_placement=placement,
+        bias_correction=bias_correction,
+        exact_bias_correction=exact,
+    )
     state = tx.init(jnp.zeros((3, 4)))
     m = v = 0.0
     for t, g in enumerate(_grads(), start=1):
@@ -196,11 +211,11 @@ def test_adam_eps_placement_matches_reference(placement: str, bias_correction: b
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g**2
         if not bias_correction:
-            ref = m / (np.sqrt(v) + eps)
+            ref = m / (np.sqrt(v + eps_root) + eps)
         elif placement == "corrected":  # optax / bitsandbytes / PyTorch Adam
-            ref = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+            ref = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t) + eps_root) + eps)
         else:  # Hugging Face AdamW, official GaLore/APOLLO
-            ref = np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
+            ref = np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v + eps_root) + eps)
         np.testing.assert_allclose(np.asarray(u), ref, rtol=2e-5)
 
 
@@ -240,36 +255,3 @@ def test_adam_defaults_are_optax_adam() -> None:
         assert got[k].default == ref[k].default, k
     bc = inspect.signature(optx.scale_by_bias_correction).parameters
     assert (bc["b1"].default, bc["b2"].default) == (ref["b1"].default, ref["b2"].default)
-
-
-@pytest.mark.parametrize("placement", ["corrected", "uncorrected"])
-@pytest.mark.parametrize("bias_correction", [True, False])
-def test_exact_correction_with_large_eps_and_eps_root_matches_reference(
-    placement: str, bias_correction: bool
-) -> None:
-    """The exact-``1 − βᵗ`` path with ε and ε_root large enough to see where they sit:
-    ``m̂ / (√(v̂ + ε_root) + ε)`` (corrected), ``√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√(v + ε_root) + ε)``
-    (uncorrected), ``m / (√(v + ε_root) + ε)`` (no correction)."""
-    b1, b2, eps, eps_root = 0.9, 0.999, 1e-3, 1e-4
-    tx = optx.scale_by_adam(
-        b1,
-        b2,
-        eps,
-        eps_root,
-        eps_placement=placement,
-        bias_correction=bias_correction,
-        exact_bias_correction=True,
-    )
-    state = tx.init(jnp.zeros((3, 4)))
-    m = v = 0.0
-    for t, g in enumerate(_grads(), start=1):
-        u, state = tx.update(jnp.asarray(g, jnp.float32), state)
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g**2
-        if not bias_correction:
-            ref = m / (np.sqrt(v + eps_root) + eps)
-        elif placement == "corrected":
-            ref = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t) + eps_root) + eps)
-        else:
-            ref = np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v + eps_root) + eps)
-        np.testing.assert_allclose(np.asarray(u), ref, rtol=2e-5)

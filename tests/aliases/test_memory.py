@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -590,12 +591,25 @@ def test_default_rank(name: str, rank: int) -> None:
         assert moments == ([(1, rank, rank + 8)] * 2 if projected else []), (n, shapes)
 
 
-def test_galore_8bit_fallback_adam_uses_the_betas_passed() -> None:
-    """On a leaf below ``min_size`` (kept in full precision) GaLore-8bit's fallback is
-    optax-form Adam with the β₁, β₂, ε passed: float64 reference, distinct non-default
-    betas and varying gradients (with constant ones Adam's step does not depend on β)."""
+@pytest.mark.parametrize(
+    "make",
+    [
+        # DCT-AdamW's bias leaf: the PyTorch-form AdamW fallback (``torch_adamw``: exact
+        # ``1 − βᵗ``, ε on the corrected ``√v̂``).
+        lambda lr, b1, b2, eps: optx.dct_adamw(lr, b1, b2, eps, weight_decay=0.0),
+        # GaLore-8bit's leaf below ``min_size`` (kept in full precision): optax-form Adam.
+        lambda lr, b1, b2, eps: optx.galore_8bit(lr, b1=b1, b2=b2, eps=eps),
+    ],
+    ids=["dct_adamw", "galore_8bit"],
+)
+def test_fallback_adam_uses_the_betas_passed(
+    make: Callable[..., optax.GradientTransformation],
+) -> None:
+    """A vector leaf goes to the fallback Adam with the β₁, β₂, ε passed: float64
+    reference, distinct non-default betas and varying gradients (with constant ones Adam's
+    step does not depend on β)."""
     lr, b1, b2, eps = 0.1, 0.8, 0.95, 1e-3
-    tx = optx.galore_8bit(lr, b1=b1, b2=b2, eps=eps, weight_decay=0.0)
+    tx = make(lr, b1, b2, eps)
     r = np.random.default_rng(6)
     params = {"bias": jnp.zeros(6)}
     state, update = tx.init(params), jax.jit(tx.update)
@@ -606,4 +620,6 @@ def test_galore_8bit_fallback_adam_uses_the_betas_passed() -> None:
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g**2
         want = -lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
-        np.testing.assert_allclose(np.asarray(u["bias"]), want, rtol=2e-5, err_msg=f"step {t}")
+        np.testing.assert_allclose(
+            np.asarray(u["bias"]), want, rtol=2e-5, atol=1e-7, err_msg=f"step {t}"
+        )
