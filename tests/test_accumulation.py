@@ -87,3 +87,33 @@ def test_bad_every_k() -> None:
         optx.accumulate_gradients(optax.sgd(1.0), every_k=0)
     with pytest.raises(TypeError):
         optx.accumulate_gradients(optax.sgd(1.0), every_k=2.0)
+
+
+def test_sum_mode_starts_each_window_from_zero() -> None:
+    # Sum of the micro-batch gradients of each window of every_k steps, not a running
+    # total: window 2 gives 3 + 4 + 5, and the accumulator is zero after each emit.
+    tx = optx.accumulate_gradients(optax.sgd(1.0), every_k=3, use_grad_mean=False)
+    state = tx.init(jnp.zeros(2))
+    upd = jax.jit(tx.update)
+    emitted = []
+    for i in range(6):
+        u, state = upd(jnp.full((2,), float(i)), state)
+        if i % 3 == 2:
+            emitted.append(np.asarray(u))
+            np.testing.assert_array_equal(state.acc_grads, np.zeros(2))
+    np.testing.assert_allclose(emitted[0], -(0.0 + 1.0 + 2.0) * np.ones(2))
+    np.testing.assert_allclose(emitted[1], -(3.0 + 4.0 + 5.0) * np.ones(2))
+
+
+def test_bf16_gradients_accumulate_in_float32() -> None:
+    # Default accumulator: the leaf's compute dtype (f32 for bf16), so the emitted
+    # gradient is the f32 mean rounded once to bf16, not a bf16 running mean.
+    tx = optx.accumulate_gradients(optax.sgd(-1.0), every_k=4)
+    state = tx.init(jnp.zeros(3, jnp.bfloat16))
+    assert state.acc_grads.dtype == jnp.float32
+    # (a bf16 running mean of these rounds every entry differently)
+    g = np.random.default_rng(10).normal(size=(4, 3)).astype(jnp.bfloat16)
+    for row in g:
+        u, state = tx.update(jnp.asarray(row), state)
+    want = g.astype(np.float32).mean(0).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(u), want)

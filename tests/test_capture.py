@@ -302,3 +302,42 @@ def test_linen_layers_inside_lifted_transforms_are_skipped(lift: str) -> None:
     assert float(loss) == pytest.approx(float(ref_loss))
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "padding,kernel,kwargs",
+    [
+        ("CIRCULAR", 4, {}),
+        ("REFLECT", 4, {}),
+        ("REFLECT", 2, {"kernel_dilation": 3}),
+        ("CAUSAL", 3, {"kernel_dilation": 2}),
+        ("SAME", 3, {"kernel_dilation": 2}),
+        ("SAME", 2, {"strides": 2}),
+        (((2, 1),), 3, {}),
+        (1, 3, {"input_dilation": 2}),
+    ],
+)
+def test_conv_input_statistic_for_every_padding(padding: Any, kernel: int, kwargs: Any) -> None:
+    # y = patches · K + b, so ā · K = mean over (samples, positions) of y − b; with a
+    # square (fan_in × fan_out) kernel this pins every entry of the mean patch ā.
+    fan_in = kernel * 2
+    conv = nnx.Conv(2, fan_in, (kernel,), padding=padding, rngs=nnx.Rngs(0), **kwargs)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 7, 2)), jnp.float32)
+    _, _, caps = optx.curvature.value_grad_and_captures(lambda m, x: jnp.sum(m(x)), conv, x)
+    k = np.asarray(conv.kernel[...], np.float64).reshape(fan_in, fan_in)
+    y = np.asarray(conv(x) - conv.bias[...], np.float64)
+    np.testing.assert_allclose(
+        np.asarray(caps["kernel"].inputs) @ k, y.mean((0, 1)), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_general_statistic_moves_contracted_axes_last() -> None:
+    # LinearGeneral contracting a middle axis: the rows are every other index, the
+    # features the contracted axis (x (5, 3, 2) contracted on axis 1 -> rows (5·2, 3)).
+    layer = nnx.LinearGeneral(3, 4, axis=1, rngs=nnx.Rngs(0))
+    x = np.random.default_rng(2).normal(size=(5, 3, 2)).astype(np.float32)
+    _, _, caps = optx.curvature.value_grad_and_captures(
+        lambda m, x: jnp.sum(m(x)), layer, jnp.asarray(x)
+    )
+    want = np.moveaxis(x, 1, -1).reshape(-1, 3).mean(0)
+    np.testing.assert_allclose(caps["kernel"].inputs, want, rtol=1e-5, atol=1e-6)

@@ -254,3 +254,18 @@ def test_selection_counts_in_int32_past_float_exactness() -> None:
         huge = exact(x, k, k + 1, (1, 2), 2**30, bits)
         np.testing.assert_array_equal(np.ravel(small), want)
         np.testing.assert_array_equal(np.ravel(huge), want)
+
+
+def test_batch_axis_between_the_matrix_axes() -> None:
+    # Layout (fan-in 0, fan-out 2): axis 1 is the batch axis, so matrix b is g[:, b, :]
+    # and each gets its own threshold (not a row block of the flattened tensor).
+    r = np.random.default_rng(7)
+    g = r.standard_t(3, size=(4, 3, 5))
+    g[:, 1, :] *= 10.0  # matrices of very different scales
+    lay = optx.MatrixLayout((0,), (2,))
+    with jax.enable_x64(True):
+        u, _ = optx.clip_by_quantile(0.5, 1e-9, layout=lay).update(
+            {"w": jnp.asarray(g)}, optax.EmptyState()
+        )
+    want = np.stack([soft_threshold_clip(g[:, b, :], 0.5, 1e-9) for b in range(3)], axis=1)
+    np.testing.assert_allclose(np.asarray(u["w"]), want, rtol=1e-14)

@@ -155,3 +155,14 @@ def test_decompositions_of_empty_matrices_have_numpys_shapes(shape: tuple[int, .
     if shape[-1] == shape[-2]:
         vals, vecs = jax.jit(linalg.eigh)(x)
         assert vals.shape == shape[:-1] and vecs.shape == shape
+
+
+def test_householder_qr_zero_pivot_takes_lapacks_sign() -> None:
+    # alpha = 0 with nonzero entries below: dlarfg's beta = -sign(alpha)·norm with
+    # sign(+0) = +1, so R[0, 0] = -5 and Q matches LAPACK with its signs.
+    x = np.array([[0.0, 1.0], [3.0, 2.0], [4.0, 5.0]])
+    q, r = linalg.householder_qr(jnp.asarray(x, jnp.float32))
+    q_ref, r_ref = np.linalg.qr(x)
+    assert r_ref[0, 0] == pytest.approx(-5.0)
+    np.testing.assert_allclose(q, q_ref, atol=1e-6)
+    np.testing.assert_allclose(r, r_ref, atol=1e-5)
