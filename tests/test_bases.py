@@ -953,3 +953,14 @@ def test_power_qr_basis_of_a_rank_deficient_factor_is_scale_invariant() -> None:
     for c in (1e-6, 1e6):
         got, _ = bases.power_qr_basis(jnp.asarray(c * f, jnp.float32), q0)
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
+
+
+def test_scale_by_soap_shampoo_beta_defaults_to_b2() -> None:
+    """``shampoo_beta=None`` is the official ``−1``: the factors' EMA decays with ``b2``
+    (b1 ≠ b2 here, so a factor EMA at ``b1`` would show)."""
+    b1, b2, eps, freq = 0.5, 0.95, 1e-8, 2
+    grads = gradient_sequence(5, seed=11)
+    updates = run_transform(optx.scale_by_soap(b1, b2, eps, update_proj_gap=freq), grads)
+    ref = NpSoap(b1, b2, eps, b2, freq, [True, True])
+    for t, g in enumerate(grads):
+        assert_close(updates[t]["dense"]["kernel"], ref.step(g["dense"]), 2e-4, "dense", t)

@@ -486,3 +486,18 @@ def test_mkor_h_rate_is_relative_to_the_previous_window_mean() -> None:
         _, state = tx.update(params, state, loss=jnp.asarray(loss))
     assert float(state.switch.best_rate) == pytest.approx(0.5, rel=1e-6)
     assert bool(state.switch.second_order)
+
+
+def test_mkor_h_switch_rule_is_strict() -> None:
+    """The switch needs ``r_k < switch_threshold · r*`` (strict): window rates ½ (r* = ½)
+    then exactly ¼ = 0.5·½ keep preconditioning; the next rate, ⅙, switches."""
+    params = {"dense": {"kernel": jnp.ones((3, 2))}}
+    tx = optx.scale_by_mkor(
+        update_interval=1, hybrid=True, switch_window=1, switch_threshold=0.5, switch_min_steps=0
+    )
+    state = tx.init(params)
+    second = []
+    for loss in (16.0, 8.0, 6.0, 5.0):  # rates: -, 1/2, 1/4, 1/6 (exact in float32)
+        _, state = tx.update(params, state, loss=jnp.asarray(loss))
+        second.append(bool(state.switch.second_order))
+    assert second == [True, True, True, False]

@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 import optx
 from optx._src import orthogonalization as orth
+from tests.test_deviations import DION, YOUJIACHENG
 
 KELLER = (3.4445, -4.7750, 2.0315)
 
@@ -39,35 +40,12 @@ def test_newton_schulz_matches_float64_reference(shape, preset) -> None:
 
 
 # Tables written from their sources (not read from optx): Keller Jordan's Muon
-# (one triple repeated), Dion's 5 steps (lipschitz-transformers
-# nanogpt/train_spectral_cap.py), YouJiacheng's 6 steps over 1024
-# (modula/atom.py::_orthogonalize).
+# (one triple repeated), Dion's 5 steps and YouJiacheng's 6 (tests/test_deviations.py,
+# from lipschitz-transformers' nanogpt/train_spectral_cap.py and modula/atom.py).
 SOURCE_TABLES = {
     "keller": ([KELLER] * 5, 1e-7),
-    "dion": (
-        [
-            (4.0848, -6.8946, 2.9270),
-            (3.9505, -6.3029, 2.6377),
-            (3.7418, -5.5913, 2.3037),
-            (2.8769, -3.1427, 1.2046),
-            (2.8366, -3.0525, 1.2012),
-        ],
-        1e-7,
-    ),
-    "youjiacheng": (
-        [
-            tuple(v / 1024 for v in row)
-            for row in (
-                (3955, -8306, 5008),
-                (3735, -6681, 3463),
-                (3799, -6499, 3211),
-                (4019, -6385, 2906),
-                (2677, -3029, 1162),
-                (2172, -1833, 682),
-            )
-        ],
-        1e-12,
-    ),
+    "dion": (DION, 1e-7),
+    "youjiacheng": (YOUJIACHENG, 1e-12),
 }
 
 

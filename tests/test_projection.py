@@ -742,3 +742,23 @@ def test_stable_slots_matches_the_slot_rule() -> None:
         got = np.asarray(jax.jit(stable_slots)(prev, new))
         want = [_stable_slots_reference(list(p), list(n)) for p, n in zip(prev, new)]
         np.testing.assert_array_equal(got, np.asarray(want))
+
+
+def test_orthogonal_projector_is_the_sign_fixed_qr_of_the_gaussian_draw() -> None:
+    """``'orthogonal'`` is the QR of the Gaussian that ``'random'`` draws from the same
+    key, with ``diag(R) > 0`` (``torch.nn.init.orthogonal_``: the unique, Haar-distributed
+    Q), so ``Z = Q R`` with R upper triangular with a positive diagonal."""
+    x = jnp.zeros((2, 9, 4), jnp.float32)
+    key = jax.random.key(3)
+    z = np.asarray(
+        optx.projections.compute_projector(x, key, projection="random", axis="in", rank=3),
+        np.float64,
+    )
+    q = np.asarray(
+        optx.projections.compute_projector(x, key, projection="orthogonal", axis="in", rank=3),
+        np.float64,
+    )
+    for b in range(2):
+        want, r = np.linalg.qr(z[b])
+        want = want * np.sign(np.diag(r))
+        np.testing.assert_allclose(q[b], want, atol=1e-5)

@@ -235,13 +235,22 @@ def test_group_views_and_options() -> None:
     )
 
 
-def test_wgsef_alias_is_sgd_momentum_then_prox() -> None:
-    """optx.wgsef == optax.sgd(lr, momentum) followed by the prox at λ = lr·μ."""
-    params = {"hidden": {"kernel": jnp.asarray(RNG.normal(size=(6, 4)), jnp.float32)}}
-    grads = [jax.tree.map(lambda p: jnp.asarray(RNG.normal(size=p.shape), p.dtype), params)]
-    grads *= 3
-    lr, mu, m, k = 0.1, 0.8, 0.9, 2
-    tx = optx.wgsef(lr, k, mu, momentum=m)
+@pytest.mark.parametrize("defaults", [False, True])
+def test_wgsef_alias_is_sgd_momentum_then_prox(defaults: bool) -> None:
+    """optx.wgsef == optax.sgd(lr, momentum) followed by the prox at λ = lr·μ; left to
+    their defaults, ``k`` keeps half the groups (rounded up), μ = 0.1, momentum 0.9."""
+    fan_out = 5 if defaults else 4
+    params = {"hidden": {"kernel": jnp.asarray(RNG.normal(size=(6, fan_out)), jnp.float32)}}
+    grads = [
+        jax.tree.map(lambda p: jnp.asarray(RNG.normal(size=p.shape), p.dtype), params)
+        for _ in range(3)
+    ]
+    if defaults:
+        lr, mu, m, k = 0.5, 0.1, 0.9, 3  # k = ceil(0.5 · 5)
+        tx = optx.wgsef(lr)
+    else:
+        lr, mu, m, k = 0.1, 0.8, 0.7, 2
+        tx = optx.wgsef(lr, k, mu, momentum=m)
     state = tx.init(params)
     w = np.asarray(params["hidden"]["kernel"], np.float64)
     buf = np.zeros_like(w)
@@ -285,28 +294,6 @@ def test_errors() -> None:
     bad = optx.sparsity.group_sparse_envelope_prox(0.1, 1, group_weights=lambda p, lay, m: -1.0)
     with pytest.raises(ValueError, match="weights"):
         bad.update(params, bad.init(params), params)
-
-
-def test_wgsef_defaults_are_half_the_groups_penalty_0_1_momentum_0_9() -> None:
-    """``k=None`` keeps half the groups (rounded up), μ = 0.1 and SGD momentum 0.9 (the
-    documented defaults): the same float64 reference as above with those values."""
-    params = {"hidden": {"kernel": jnp.asarray(RNG.normal(size=(6, 5)), jnp.float32)}}
-    grads = [
-        jax.tree.map(lambda p: jnp.asarray(RNG.normal(size=p.shape), p.dtype), params)
-        for _ in range(3)
-    ]
-    lr = 0.5
-    tx = optx.wgsef(lr)
-    state = tx.init(params)
-    w = np.asarray(params["hidden"]["kernel"], np.float64)
-    buf = np.zeros_like(w)
-    p = params
-    for g in grads:
-        u, state = tx.update(g, state, p)
-        p = optax.apply_updates(p, u)
-        buf = 0.9 * buf + np.asarray(g["hidden"]["kernel"], np.float64)
-        w = group_prox_reference(w - lr * buf, lr * 0.1, 3, (), 1)  # k = ceil(0.5 · 5)
-        np.testing.assert_allclose(np.asarray(p["hidden"]["kernel"]), w, rtol=2e-5, atol=2e-6)
 
 
 def test_group_norms_and_envelope_value_match_numpy() -> None:

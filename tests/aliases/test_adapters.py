@@ -439,3 +439,14 @@ def test_sora_penalty_and_schedule_drive_the_threshold() -> None:
         u, state = tx.update(zero, state, w)  # same weights, the count advances
         after = float(optax.apply_updates(w, u)["lora_gate"][0])
         assert after == (0.0 if t >= 3 else pytest.approx(0.15))
+
+
+def test_sym_pinv_drops_eigenvalues_at_the_cutoff() -> None:
+    """``torch.linalg.pinv`` drops eigenvalues with ``|λ| ≤ r·ε·max|λ|``: an
+    eigenvalue exactly at the cutoff (every eigenvalue of ``S = 0`` with δ = 0,
+    as for ``B₀ = 0`` without a ridge) gives 0, not ``1/0``."""
+    with jax.enable_x64(True):
+        for s, delta in ((np.zeros((3, 3)), 0.0), (np.diag([3.0, 1.0, 0.0]), 0.0)):
+            w, v = jnp.linalg.eigh(jnp.asarray(s))
+            got = np.asarray(adapters._sym_pinv(w, v, delta))
+            np.testing.assert_allclose(got, np.linalg.pinv(s), atol=1e-12)

@@ -413,23 +413,24 @@ def test_soap_unrolled_steps_are_reverse_differentiable() -> None:
         assert bool(jnp.isfinite(by_w["hidden"]["kernel"]).all())
 
 
-def test_soap_default_refresh_period_is_ten() -> None:
-    """``update_proj_gap=None`` is the official ``precondition_frequency`` 10: twelve steps
-    (the first only initializes; a refresh after step 10) equal the explicit setting."""
-    w = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
-    params = {"mlp": {"kernel": w}}
-    gs = jnp.asarray(np.random.default_rng(1).normal(size=(12, 4, 3)), jnp.float32)
+@pytest.mark.parametrize(("name", "gap"), [("soap", 10), ("conda", 50)])
+def test_default_refresh_period_is_the_official_one(name: str, gap: int) -> None:
+    """``update_proj_gap=None`` is the official period (SOAP's ``precondition_frequency``
+    10, Conda's CLI 50): ``gap + 2`` steps, a refresh after step ``gap``, equal the
+    explicit setting."""
+    params = {"mlp": {"kernel": jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)))}}
+    gs = jnp.asarray(np.random.default_rng(1).normal(size=(gap + 2, 4, 3)), jnp.float32)
 
-    def run(gap):
-        tx = optx.soap(1e-2, update_proj_gap=gap)
+    def run(update_proj_gap: int | None) -> np.ndarray:
+        tx = getattr(optx, name)(1e-2, update_proj_gap=update_proj_gap)
 
-        def body(state, g):
+        def body(state: Any, g: jax.Array) -> tuple[Any, jax.Array]:
             u, state = tx.update({"mlp": {"kernel": g}}, state, params)
             return state, u["mlp"]["kernel"]
 
         return np.asarray(jax.jit(lambda: jax.lax.scan(body, tx.init(params), gs)[1])())
 
-    np.testing.assert_array_equal(run(None), run(10))
+    np.testing.assert_array_equal(run(None), run(gap))
 
 
 def test_cosmos_default_rank_is_64() -> None:
@@ -437,24 +438,6 @@ def test_cosmos_default_rank_is_64() -> None:
     params = {"mlp": {"kernel": jax.ShapeDtypeStruct((80, 70), jnp.float32)}}
     state = jax.eval_shape(optx.cosmos().init, params)
     assert optax.tree_utils.tree_get(state, "basis")["mlp"]["kernel"].shape == (80, 64)
-
-
-def test_conda_default_refresh_period_is_fifty() -> None:
-    """``update_proj_gap=None`` is the official CLI's 50: 52 steps (refreshes at steps 0
-    and 50) equal the explicit setting."""
-    params = {"mlp": {"kernel": jnp.zeros((4, 3), jnp.float32)}}
-    gs = jnp.asarray(np.random.default_rng(2).normal(size=(52, 4, 3)), jnp.float32)
-
-    def run(gap):
-        tx = optx.conda(1e-2, update_proj_gap=gap)
-
-        def body(state, g):
-            u, state = tx.update({"mlp": {"kernel": g}}, state, params)
-            return state, u["mlp"]["kernel"]
-
-        return np.asarray(jax.jit(lambda: jax.lax.scan(body, tx.init(params), gs)[1])())
-
-    np.testing.assert_array_equal(run(None), run(50))
 
 
 def test_official_cosmos_adam_first_step_has_eps_outside_the_root() -> None:
