@@ -6,7 +6,6 @@ codes' quirks named in the docstrings), never by calling optx.
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import jax
@@ -16,6 +15,7 @@ import optax
 import pytest
 
 import optx
+from tests.signatures import defaults
 
 SHAPES = {"dense": (5, 4), "stacked": (3, 5, 4), "conv": (3, 3, 2, 4)}
 STEPS = 7
@@ -332,11 +332,6 @@ def test_exadam_overflowed_moment_gives_no_step_not_nan() -> None:
 def test_primitive_defaults_are_the_official_ones() -> None:
     """Defaults written from the official codes / optax, not read from optx: a slip
     (b2 0.999 → 0.99, ε 1e-8 → 1e-3) changes every run that does not pass the argument."""
-
-    def defaults(fn: object, *names: str) -> tuple[object, ...]:
-        sig = inspect.signature(fn).parameters
-        return tuple(sig[n].default for n in names)
-
     adam = defaults(optax.scale_by_adam, "b1", "b2", "eps")  # (0.9, 0.999, 1e-8)
     # AdaBelief 0.2.1 / optax.scale_by_belief: (0.9, 0.999, 1e-16).
     assert defaults(optx.scale_by_belief, "b1", "b2", "eps") == defaults(
@@ -344,4 +339,4 @@ def test_primitive_defaults_are_the_official_ones() -> None:
     )
     assert defaults(optx.scale_by_exadam, "b1", "b2", "eps") == adam  # EXAdam: Adam's
     assert defaults(optx.scale_by_adam_lookahead, "b1", "b2", "eps") == adam  # AdamP's
-    assert defaults(optx.scale_by_sai, "beta", "eps") == (0.9, 1e-8)  # SGD-SaI 1.0.3
+    assert defaults(optx.scale_by_sai, "beta", "eps") == {"beta": 0.9, "eps": 1e-8}  # SGD-SaI 1.0.3

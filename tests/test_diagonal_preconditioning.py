@@ -9,7 +9,6 @@ and a small MLP whose full Hessian comes from ``jax.hessian`` in float64.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import jax
@@ -19,6 +18,7 @@ import optax
 import pytest
 
 import optx
+from tests.signatures import defaults
 
 SHAPES = {"dense": (6, 4), "stack": (3, 4, 2), "conv": (3, 3, 2, 4), "bias": (4,)}
 
@@ -471,19 +471,10 @@ def test_optax_obj_fn_alias_is_accepted() -> None:
 def test_primitive_defaults_are_the_official_ones() -> None:
     """Liuhong99/Sophia SophiaG (betas (0.965, 0.99), rho 0.04, the denominator's 1e-15)
     and amirgholami/adahessian (betas (0.9, 0.999), eps 1e-4, hessian_power 1)."""
-
-    def defaults(fn: Any, *names: str) -> tuple[Any, ...]:
-        sig = inspect.signature(fn).parameters
-        return tuple(sig[n].default for n in names)
-
-    assert defaults(optx.scale_by_sophia, "b1", "b2", "gamma", "eps") == (0.965, 0.99, 0.04, 1e-15)
-    assert defaults(optx.scale_by_sophia, "tokens_per_batch") == (1.0,)
-    assert defaults(optx.scale_by_adahessian, "b1", "b2", "eps", "hessian_power") == (
-        0.9,
-        0.999,
-        1e-4,
-        1.0,
-    )
+    sophia = {"b1": 0.965, "b2": 0.99, "gamma": 0.04, "eps": 1e-15, "tokens_per_batch": 1.0}
+    adahessian = {"b1": 0.9, "b2": 0.999, "eps": 1e-4, "hessian_power": 1.0}
+    assert defaults(optx.scale_by_sophia, *sophia) == sophia
+    assert defaults(optx.scale_by_adahessian, *adahessian) == adahessian
 
 
 def test_sophia_default_refresh_period_is_10() -> None:

@@ -1,6 +1,5 @@
 """Tests for row/column RMS, norm preservation and shape scaling."""
 
-import inspect
 import math
 
 import jax
@@ -10,6 +9,7 @@ import optax
 import pytest
 
 import optx
+from tests.signatures import defaults
 
 
 def row_rms_reference(xs, beta, eps, axis, bias_correction=False, eps_inside=False):
@@ -170,12 +170,8 @@ def test_normuon_eps_zero_gives_an_untouched_neuron_no_step() -> None:
 def test_defaults_are_the_papers() -> None:
     """NorMuon's neuron-wise β₂ 0.95 (arXiv 2510.05491), Moonlight's RMS 0.2
     (arXiv 2502.16982) and APOLLO/Fira's norm-growth limit 1.01."""
-
-    def default(fn: object, name: str) -> object:
-        return inspect.signature(fn).parameters[name].default
-
-    assert default(optx.scale_by_row_rms, "beta") == 0.95
-    assert default(optx.scale_by_column_rms, "beta") == 0.95
-    assert default(optx.scale_by_shape, "rms") == 0.2
-    assert default(optx.scale_to_rms, "rms") == 0.2
-    assert default(optx.scale_by_norm_growth_limiter, "gamma") == 1.01
+    assert defaults(optx.scale_by_row_rms, "beta") == {"beta": 0.95}
+    assert defaults(optx.scale_by_column_rms, "beta") == {"beta": 0.95}
+    assert defaults(optx.scale_by_shape, "rms") == {"rms": 0.2}
+    assert defaults(optx.scale_to_rms, "rms") == {"rms": 0.2}
+    assert defaults(optx.scale_by_norm_growth_limiter, "gamma") == {"gamma": 1.01}

@@ -8,8 +8,6 @@ matrices tested separately.
 
 from __future__ import annotations
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 import optx
 from optx._src import radial
+from tests.signatures import defaults
 
 # The "-wide" cases have a fan-in that is a multiple of 8 (>= 16), so on CPU
 # their channel sums take the one-pass blocked reduce of sums_over_axes.
@@ -303,8 +302,7 @@ def test_defaults_are_adamps() -> None:
         (radial.project_out_radial, ("delta", "wd_ratio", "eps", "weight_decay")),
         (radial.radial_projection, ("delta", "eps")),
     ):
-        sig = inspect.signature(fn).parameters
-        assert {k: sig[k].default for k in names} == {k: official[k] for k in names}
+        assert defaults(fn, *names) == {k: official[k] for k in names}
 
 
 def test_complex_projection_is_hermitian_orthogonal_per_channel() -> None:

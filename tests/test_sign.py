@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +18,7 @@ import optax
 import pytest
 
 import optx
+from tests.signatures import defaults
 
 DELTA, P = 0.7, 3.0
 
@@ -257,10 +256,6 @@ def test_lion_kappa_defaults_agree() -> None:
     """Lion-𝒦's (β₁, β₂) default to Lion's (0.9, 0.99), read from ``optax.scale_by_lion``;
     the Newton–Schulz steps to Muon's 5 (``optax.contrib.muon``); ``kappa_gradient``,
     the primitive and the alias share δ and p."""
-
-    def defaults(fn: object) -> dict[str, object]:
-        return {k: v.default for k, v in inspect.signature(fn).parameters.items()}
-
     lion, muon = defaults(optax.scale_by_lion), defaults(optax.contrib.muon)
     grad = defaults(optx.elementwise.kappa_gradient)
     prim, alias = defaults(optx.scale_by_lion_kappa), defaults(optx.lion_kappa)

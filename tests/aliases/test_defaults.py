@@ -9,12 +9,11 @@ drop-in twins), never read back from optx.
 
 from __future__ import annotations
 
-import inspect
-
 import optax
 import pytest
 
 import optx
+from tests.signatures import defaults
 
 # (optimizer, {argument: official default}, source)
 OFFICIAL = [
@@ -155,31 +154,23 @@ OFFICIAL = [
 ]
 
 
-def _defaults(fn: object) -> dict[str, object]:
-    return {
-        k: p.default
-        for k, p in inspect.signature(fn).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
 @pytest.mark.parametrize(("name", "expected"), OFFICIAL, ids=[n for n, _ in OFFICIAL])
 def test_official_defaults(name: str, expected: dict[str, float]) -> None:
-    got = _defaults(getattr(optx, name))
+    got = defaults(getattr(optx, name))
     assert {k: got.get(k) for k in expected} == expected
 
 
 @pytest.mark.parametrize("name", ["adamw", "adamw_8bit"])
 def test_adamw_defaults_are_optax_adamw(name: str) -> None:
     """``adamw`` and ``adamw_8bit`` are drop-ins for ``optax.adamw``: same defaults."""
-    ref = _defaults(optax.adamw)
-    got = _defaults(getattr(optx, name))
+    ref = defaults(optax.adamw)
+    got = defaults(getattr(optx, name))
     for k in ("b1", "b2", "eps", "eps_root", "weight_decay"):
         assert got[k] == ref[k], k
 
 
 def test_lion_betas_are_optax_lion() -> None:
-    ref, got = _defaults(optax.lion), _defaults(optx.lion)
+    ref, got = defaults(optax.lion), defaults(optx.lion)
     assert (got["b1"], got["b2"]) == (ref["b1"], ref["b2"])
 
 
@@ -187,8 +178,8 @@ def test_lion_betas_are_optax_lion() -> None:
 def test_mkor_defaults_are_the_primitives(name: str) -> None:
     """The aliases document their MKOR arguments as ``optx.scale_by_mkor``'s: the same
     defaults; their inner Adam's are optax's."""
-    prim, adam = _defaults(optx.scale_by_mkor), _defaults(optax.adam)
-    got = _defaults(getattr(optx, name))
+    prim, adam = defaults(optx.scale_by_mkor), defaults(optax.adam)
+    got = defaults(getattr(optx, name))
     for k in ("factor_decay", "stabilization_factor", "reset_threshold", "clip_value"):
         assert got[k] == prim[k], k
     assert got["switch_threshold"] == prim["switch_threshold"]
